@@ -1,0 +1,3 @@
+"""souverain: a self-hostable sovereign AI cloud."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The FastAPI app factory and the /api control-plane routers."""

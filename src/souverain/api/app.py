@@ -1,0 +1,122 @@
+"""The app factory. Everything stateful is built in the lifespan, nothing at import.
+
+    create_app(settings, hooks=[...])  ->  FastAPI with /v1, /api, /healthz, /readyz, /docs
+
+`hooks` are async context managers entered once the database is migrated, in order; the
+`souverain up` command uses one to start an embedded Ray head and the controller inside
+the server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+
+import httpx
+from fastapi import FastAPI
+
+from souverain import __version__
+from souverain.api.routers import deployments, fleet, health, keys, me, models, orgs, usage
+from souverain.db.engine import create_engine, session_factory, upgrade
+from souverain.gateway import errors
+from souverain.gateway import routes as gateway_routes
+from souverain.gateway.routing import RouteTable
+from souverain.gateway.state import AppState
+from souverain.services import bootstrap
+from souverain.services import usage as usage_service
+from souverain.services.auth import KeyCache
+from souverain.settings import Settings, ensure_data_dir, load_master_key
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[AppState], AbstractAsyncContextManager[None]]
+
+DESCRIPTION = """\
+**souverain** — a sovereign AI cloud you run yourself.
+
+* `/v1` — OpenAI- and Mistral-compatible inference (`Authorization: Bearer sk-souv-…`).
+* `/api` — the control plane: organisations, projects, keys, datacenters, nodes, models,
+  deployments, usage.
+
+Every route needs an API key except `/healthz`, `/readyz` and these docs.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    hooks: Sequence[Hook] = (),
+    on_first_key: Callable[[str], None] | None = None,
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await _start(settings, on_first_key)
+        app.state.souverain = state
+        refresher = asyncio.create_task(
+            state.routes.refresh_forever(state.sessions, settings.replica_refresh_s)
+        )
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for hook in hooks:
+                    await stack.enter_async_context(hook(state))
+                yield
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            await state.upstream.aclose()
+            await state.engine.dispose()
+
+    app = FastAPI(
+        title="souverain", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(gateway_routes.router)
+    for router in (
+        me.router,
+        orgs.router,
+        keys.router,
+        fleet.router,
+        models.router,
+        deployments.router,
+        usage.router,
+    ):
+        app.include_router(router)
+    return app
+
+
+async def _start(settings: Settings, on_first_key: Callable[[str], None] | None) -> AppState:
+    ensure_data_dir(settings)
+    engine = create_engine(settings.sqlalchemy_url)
+    await upgrade(engine)
+    sessions = session_factory(engine)
+    server_id = f"{socket.gethostname()}:{settings.port}"
+    async with sessions.begin() as session:
+        interrupted = await usage_service.settle_interrupted(session, server_id=server_id)
+        first_key = await bootstrap.ensure_operator_key(session)
+    if interrupted:
+        log.warning(
+            "settled %d usage record(s) left open by a previous run as 'interrupted'", interrupted
+        )
+    if first_key and on_first_key:
+        on_first_key(first_key)
+    routes = RouteTable()
+    await routes.refresh(sessions)
+    return AppState(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        keys=KeyCache(sessions, ttl_s=settings.key_cache_ttl_s),
+        routes=routes,
+        upstream=httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+        ),
+        master_key=load_master_key(settings),
+        server_id=server_id,
+    )

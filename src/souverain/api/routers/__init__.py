@@ -1,0 +1,1 @@
+"""Thin routers: parse, authorise (via the service), call one service, return."""

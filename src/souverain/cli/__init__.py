@@ -1,0 +1,1 @@
+"""The `souverain` command line. Reaches a running server only through `client/`."""

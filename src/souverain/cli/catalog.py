@@ -1,0 +1,150 @@
+"""models and deployments."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from souverain.cli.context import client, console
+from souverain.core.schemas.deployments import DeploymentCreateRequest
+from souverain.core.schemas.models import ModelRegisterRequest
+
+models = typer.Typer(help="The model registry.", no_args_is_help=True)
+deployments = typer.Typer(help="Model deployments and their replicas.", no_args_is_help=True)
+
+
+def sha256_with_progress(path: Path) -> str:
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
+    with Progress(*columns, console=console, transient=size < 64 * 2**20) as progress:
+        task = progress.add_task(f"sha256 {path.name}", total=size)
+        with path.open("rb") as handle:
+            while block := handle.read(8 * 2**20):
+                digest.update(block)
+                progress.update(task, advance=len(block))
+    return digest.hexdigest()
+
+
+@models.command("list")
+def models_list() -> None:
+    with client() as c:
+        table = Table("name", "engine", "capabilities", "owner", "artifact", "size", "license")
+        for model in c.list_models():
+            artifact = model.artifacts[0] if model.artifacts else None
+            size = (
+                f"{artifact.size_bytes / 2**20:.0f} MiB"
+                if artifact and artifact.size_bytes
+                else "-"
+            )
+            table.add_row(
+                model.name,
+                model.engine,
+                ",".join(model.capabilities),
+                model.owner_org_id or "platform",
+                (artifact.sha256 or "")[:12] if artifact else "-",
+                size,
+                artifact.license if artifact else "-",
+            )
+        console.print(table)
+
+
+@models.command("register")
+def models_register(
+    name: str,
+    path: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, resolve_path=True, help="A local GGUF file."
+    ),
+    engine: str = typer.Option("llamacpp"),
+    capability: list[str] = typer.Option(None, help="chat, completions, embeddings (repeatable)."),
+    context_length: int = typer.Option(4096, "--context-length"),
+    license: str = typer.Option("unknown"),
+    org: str = typer.Option(None, help="Make it private to this organisation."),
+) -> None:
+    """Register a local model file; its sha256 is computed here and checked on every node."""
+    checksum = sha256_with_progress(path)
+    request = ModelRegisterRequest(
+        name=name,
+        uri=f"file://{path}",
+        sha256=checksum,
+        size_bytes=path.stat().st_size,
+        format="gguf" if path.suffix == ".gguf" else "safetensors",
+        engine=engine,
+        capabilities=list(capability) if capability else ["chat", "completions"],
+        context_length=context_length,
+        license=license,
+        org=org,
+    )
+    with client() as c:
+        model = c.register_model(request)
+    console.print(f"registered [bold]{model.name}[/bold] ({model.id}) sha256 {checksum[:16]}…")
+
+
+@deployments.command("list")
+def deployments_list() -> None:
+    with client() as c:
+        table = Table("name", "model", "replicas", "status", "reason", "datacenters")
+        for d in c.list_deployments():
+            colour = {"ready": "green", "failed": "red", "unschedulable": "red"}.get(
+                d.status, "yellow"
+            )
+            table.add_row(
+                d.name,
+                d.model,
+                f"{d.ready_replicas}/{d.replicas}",
+                f"[{colour}]{d.status}[/{colour}]",
+                d.status_reason,
+                ",".join(d.datacenters) or "any",
+            )
+        console.print(table)
+
+
+@deployments.command("create")
+def deployments_create(
+    name: str,
+    model: str = typer.Option(...),
+    replicas: int = typer.Option(1),
+    datacenter: list[str] = typer.Option(
+        None, help="Allowed datacenters (repeatable; default any)."
+    ),
+    cpus: float = typer.Option(1.0),
+    gpus: int = typer.Option(0),
+    org: str = typer.Option(None, help="Deploy for this organisation only."),
+) -> None:
+    request = DeploymentCreateRequest(
+        name=name,
+        model=model,
+        replicas=replicas,
+        datacenters=list(datacenter or []),
+        cpus=cpus,
+        gpus=gpus,
+        org=org,
+    )
+    with client() as c:
+        d = c.create_deployment(request)
+    console.print(
+        f"created deployment [bold]{d.name}[/bold] ({d.id}): {d.status} — {d.status_reason}"
+    )
+
+
+@deployments.command("scale")
+def deployments_scale(name: str, replicas: int) -> None:
+    with client() as c:
+        d = c.scale_deployment(name, replicas)
+    console.print(f"{d.name}: {d.replicas} replica(s) wanted, {d.ready_replicas} ready")
+
+
+@deployments.command("delete")
+def deployments_delete(name: str) -> None:
+    with client() as c:
+        d = c.delete_deployment(name)
+    console.print(f"deleting {d.id}: replicas are being stopped")

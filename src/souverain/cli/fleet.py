@@ -1,0 +1,84 @@
+"""datacenters and nodes."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from souverain.cli.context import client, console
+from souverain.core.schemas.fleet import DatacenterCreateRequest
+
+datacenters = typer.Typer(
+    help="Datacenters: where nodes live, and what sovereignty depends on.", no_args_is_help=True
+)
+nodes = typer.Typer(help="Nodes, as Ray sees them.", no_args_is_help=True)
+
+
+@datacenters.command("list")
+def datacenters_list() -> None:
+    with client() as c:
+        table = Table(
+            "id", "name", "country", "jurisdictions", "operator", "certifications", "gCO2e/kWh"
+        )
+        for dc in c.list_datacenters():
+            table.add_row(
+                dc.id,
+                dc.name,
+                dc.country,
+                ",".join(dc.jurisdictions),
+                f"{dc.operator_name} ({dc.operator_country})",
+                ",".join(dc.certifications) or "-",
+                f"{dc.carbon_intensity:g}",
+            )
+        console.print(table)
+
+
+@datacenters.command("add")
+def datacenters_add(
+    datacenter_id: str = typer.Argument(..., metavar="ID"),
+    name: str = typer.Option(..., help="Human name, e.g. 'Paris 1'."),
+    country: str = typer.Option(..., help="ISO country code, e.g. FR."),
+    operator: str = typer.Option(..., help="Who operates the datacenter."),
+    operator_country: str = typer.Option(..., "--operator-country", help="Operator's HQ country."),
+    certification: list[str] = typer.Option(
+        None, help="E.g. SecNumCloud, HDS, ISO27001 (repeatable)."
+    ),
+    carbon_intensity: float = typer.Option(..., "--carbon-intensity", help="Grid gCO2e/kWh."),
+) -> None:
+    request = DatacenterCreateRequest(
+        id=datacenter_id,
+        name=name,
+        country=country,
+        operator_name=operator,
+        operator_country=operator_country,
+        certifications=list(certification or []),
+        carbon_intensity=carbon_intensity,
+    )
+    with client() as c:
+        dc = c.create_datacenter(request)
+    console.print(
+        f"added datacenter [bold]{dc.id}[/bold] in {dc.country} ({', '.join(dc.jurisdictions)})"
+    )
+    console.print(
+        f"join a server to it:  ray start --address <head>:6379 --labels souverain.io/datacenter={dc.id}"
+    )
+
+
+@nodes.command("list")
+def nodes_list() -> None:
+    with client() as c:
+        table = Table("node", "datacenter", "address", "state", "CPU", "GPU", "last seen")
+        for node in c.list_nodes():
+            cpu = f"{node.available.get('CPU', 0):g}/{node.resources.get('CPU', 0):g}"
+            gpu = f"{node.available.get('GPU', 0):g}/{node.resources.get('GPU', 0):g}"
+            state = "[green]alive[/green]" if node.alive else "[red]dead[/red]"
+            table.add_row(
+                node.id[:12],
+                node.datacenter_id or "[yellow]unlabelled[/yellow]",
+                node.address,
+                state,
+                cpu,
+                gpu,
+                f"{node.last_seen:%H:%M:%S}",
+            )
+        console.print(table)

@@ -1,0 +1,227 @@
+"""Processes: `up` (everything in one), `server` (API only), `controller` (reconcilers only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from souverain.api.app import create_app
+from souverain.cli import config
+from souverain.cli.context import console
+from souverain.cluster import ray_cluster
+from souverain.controller.deployments import EngineDefaults
+from souverain.controller.runner import Controller, forget_replicas
+from souverain.db.engine import create_engine, session_factory, upgrade
+from souverain.engines.artifacts import builtin_path, file_sha256
+from souverain.gateway.state import AppState
+from souverain.services import bootstrap
+from souverain.settings import Settings, ensure_data_dir, load_master_key
+
+BUILTIN = "smollm2-135m-instruct"
+
+
+def _settings(data_dir: Path | None, host: str | None, port: int | None) -> Settings:
+    overrides: dict[str, object] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _controller(settings: Settings, state_sessions: object, master_key: bytes) -> Controller:
+    return Controller(
+        state_sessions,  # type: ignore[arg-type]
+        ray_cluster.RayCluster(),
+        master_key=master_key,
+        engine=EngineDefaults(threads=settings.engine_threads, bind_host=settings.engine_bind_host),
+        interval_s=settings.reconcile_interval_s,
+        lease_s=settings.controller_lease_s,
+    )
+
+
+def builtin_model(settings: Settings) -> bootstrap.BuiltinModel:
+    path = builtin_path(BUILTIN)
+    return bootstrap.BuiltinModel(
+        name=BUILTIN,
+        uri=f"builtin://{BUILTIN}",
+        sha256=file_sha256(path),
+        size_bytes=path.stat().st_size,
+        license="Apache-2.0",
+        context_length=settings.engine_context,
+    )
+
+
+class Banner:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.first_key: str | None = None
+        self.started = time.monotonic()
+
+    def remember_key(self, key: str) -> None:
+        self.first_key = key
+
+    async def show_when_ready(self, state: AppState, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not state.routes.routes.get(BUILTIN):
+            if not self.settings.deploy_builtin_model:
+                break
+            await asyncio.sleep(0.2)
+        self.show(ready=bool(state.routes.routes.get(BUILTIN)))
+
+    def show(self, *, ready: bool) -> None:
+        base = self.settings.base_url
+        path = config.write_config(url=base, api_key=self.first_key)
+        took = time.monotonic() - self.started
+        console.print()
+        console.print(f"[bold green]souverain is up[/bold green] in {took:.1f}s")
+        console.print(f"  API        {base}/v1   (OpenAI- and Mistral-compatible)")
+        console.print(f"  Docs       {base}/docs")
+        console.print(f"  Data       {self.settings.data_dir}")
+        if self.settings.deploy_builtin_model:
+            state = "ready" if ready else "still starting (see `souverain deployments list`)"
+            console.print(f"  Model      {BUILTIN}: {state}")
+        if self.first_key:
+            console.print("  Operator API key (shown once, saved to the CLI config):")
+            console.print(f"    {self.first_key}", highlight=False, soft_wrap=True)
+        console.print(f"  CLI config {path}")
+        console.print("  Ctrl-C stops everything.\n")
+
+
+def embedded_platform(settings: Settings, banner: Banner):  # type: ignore[no-untyped-def]
+    """The `up` hook: local datacenter, built-in model, Ray head and controller in-process."""
+
+    @contextlib.asynccontextmanager
+    async def hook(state: AppState) -> AsyncIterator[None]:
+        async with state.sessions.begin() as session:
+            local = bootstrap.LocalDatacenter(
+                id=settings.local_datacenter,
+                country=settings.local_country,
+                carbon_intensity=settings.local_carbon_intensity,
+            )
+            await bootstrap.ensure_local_datacenter(session, local=local)
+            model = await asyncio.to_thread(builtin_model, settings)
+            await bootstrap.ensure_builtin_model(
+                session, builtin=model, deploy=settings.deploy_builtin_model
+            )
+        embedded = settings.ray_address is None
+        labels = ray_cluster.datacenter_labels(settings.local_datacenter)
+        await asyncio.to_thread(
+            ray_cluster.connect,
+            settings.ray_address,
+            labels=labels,
+            num_cpus=settings.embedded_ray_cpus,
+        )
+        if embedded:
+            await forget_replicas(state.sessions)  # a fresh embedded cluster runs none of them
+        controller = _controller(settings, state.sessions, state.master_key)
+        stop = asyncio.Event()
+        running = asyncio.create_task(controller.run(stop))
+        announcing = asyncio.create_task(banner.show_when_ready(state))
+        try:
+            yield
+        finally:
+            announcing.cancel()
+            stop.set()
+            await running
+            if embedded:
+                console.print("stopping engines and Ray…")
+                await controller.teardown()
+                await asyncio.to_thread(ray_cluster.shutdown)
+
+    return hook
+
+
+def _serve(app: object, settings: Settings) -> None:
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,  # type: ignore[arg-type]
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    server.run()
+
+
+DataDir = typer.Option(
+    None, "--data-dir", envvar="SOUVERAIN_DATA_DIR", help="Default: the user data dir."
+)
+Host = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1).")
+Port = typer.Option(None, "--port", help="Port (default 8000).")
+
+
+def up(data_dir: Path | None = DataDir, host: str | None = Host, port: int | None = Port) -> None:
+    """Run everything on this machine: API, controller, an embedded Ray head and the built-in model."""
+    settings = _settings(data_dir, host, port)
+    ensure_data_dir(settings)
+    _logging(settings)
+    banner = Banner(settings)
+    app = create_app(
+        settings, hooks=[embedded_platform(settings, banner)], on_first_key=banner.remember_key
+    )
+    _serve(app, settings)
+
+
+def server(
+    data_dir: Path | None = DataDir, host: str | None = Host, port: int | None = Port
+) -> None:
+    """Run the API server only (stateless; run several behind a load balancer)."""
+    settings = _settings(data_dir, host, port)
+    _logging(settings)
+
+    def first_key(key: str) -> None:
+        console.print(
+            f"first operator API key (shown once):\n  {key}", highlight=False, soft_wrap=True
+        )
+
+    _serve(create_app(settings, on_first_key=first_key), settings)
+
+
+def controller(data_dir: Path | None = DataDir) -> None:
+    """Run the controller against an existing Ray cluster (SOUVERAIN_RAY_ADDRESS, default 'auto')."""
+    settings = _settings(data_dir, None, None)
+    _logging(settings)
+    asyncio.run(_run_controller(settings))
+
+
+async def _run_controller(settings: Settings) -> None:
+    engine = create_engine(settings.sqlalchemy_url)
+    await upgrade(engine)
+    sessions = session_factory(engine)
+    address = settings.ray_address or os.environ.get("RAY_ADDRESS") or "auto"
+    await asyncio.to_thread(ray_cluster.connect, address, labels={}, num_cpus=None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await _controller(settings, sessions, load_master_key(settings)).run(stop)
+    finally:
+        await engine.dispose()

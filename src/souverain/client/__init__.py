@@ -1,0 +1,5 @@
+"""A typed HTTP client for /api, used by the CLI and the tests. It never imports the server."""
+
+from souverain.client.client import ApiError, SouverainClient
+
+__all__ = ["ApiError", "SouverainClient"]

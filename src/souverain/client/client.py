@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from souverain.core.schemas.deployments import Deployment, DeploymentCreateRequest
+from souverain.core.schemas.fleet import Datacenter, DatacenterCreateRequest, Node
+from souverain.core.schemas.models import Model, ModelRegisterRequest
+from souverain.core.schemas.tenancy import (
+    ApiKey,
+    ApiKeyCreated,
+    KeyCreateRequest,
+    Me,
+    Member,
+    MemberAddRequest,
+    Organisation,
+    OrganisationCreateRequest,
+    Project,
+    ProjectCreateRequest,
+)
+from souverain.core.schemas.usage import UsageReport
+
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class SouverainClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> SouverainClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # plumbing
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: BaseModel | dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        payload = (
+            body.model_dump(mode="json", exclude_none=True) if isinstance(body, BaseModel) else body
+        )
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        response = self._http.request(method, path, json=payload, params=clean)
+        if response.status_code >= 400:
+            raise _error(response)
+        return None if response.status_code == 204 else response.json()
+
+    def _get(self, kind: type[T], path: str, **params: Any) -> T:
+        return TypeAdapter(kind).validate_python(self._request("GET", path, params=params))
+
+    # identity and tenancy
+
+    def me(self) -> Me:
+        return self._get(Me, "/api/me")
+
+    def list_orgs(self) -> list[Organisation]:
+        return self._get(list[Organisation], "/api/orgs")
+
+    def create_org(self, request: OrganisationCreateRequest) -> Organisation:
+        return Organisation.model_validate(self._request("POST", "/api/orgs", body=request))
+
+    def get_org(self, org: str) -> Organisation:
+        return self._get(Organisation, f"/api/orgs/{org}")
+
+    def list_projects(self, org: str) -> list[Project]:
+        return self._get(list[Project], f"/api/orgs/{org}/projects")
+
+    def create_project(self, org: str, request: ProjectCreateRequest) -> Project:
+        return Project.model_validate(
+            self._request("POST", f"/api/orgs/{org}/projects", body=request)
+        )
+
+    def list_members(self, org: str) -> list[Member]:
+        return self._get(list[Member], f"/api/orgs/{org}/members")
+
+    def add_member(self, org: str, request: MemberAddRequest) -> Member:
+        return Member.model_validate(
+            self._request("POST", f"/api/orgs/{org}/members", body=request)
+        )
+
+    def remove_member(self, org: str, user: str) -> None:
+        self._request("DELETE", f"/api/orgs/{org}/members/{user}")
+
+    def create_key(self, request: KeyCreateRequest) -> ApiKeyCreated:
+        return ApiKeyCreated.model_validate(self._request("POST", "/api/keys", body=request))
+
+    def list_keys(self, org: str | None = None) -> list[ApiKey]:
+        return self._get(list[ApiKey], "/api/keys", org=org)
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        return ApiKey.model_validate(self._request("DELETE", f"/api/keys/{key_id}"))
+
+    # fleet
+
+    def list_datacenters(self) -> list[Datacenter]:
+        return self._get(list[Datacenter], "/api/datacenters")
+
+    def create_datacenter(self, request: DatacenterCreateRequest) -> Datacenter:
+        return Datacenter.model_validate(self._request("POST", "/api/datacenters", body=request))
+
+    def list_nodes(self) -> list[Node]:
+        return self._get(list[Node], "/api/nodes")
+
+    # models and deployments
+
+    def list_models(self) -> list[Model]:
+        return self._get(list[Model], "/api/models")
+
+    def register_model(self, request: ModelRegisterRequest) -> Model:
+        return Model.model_validate(self._request("POST", "/api/models", body=request))
+
+    def list_deployments(self) -> list[Deployment]:
+        return self._get(list[Deployment], "/api/deployments")
+
+    def get_deployment(self, ref: str) -> Deployment:
+        return self._get(Deployment, f"/api/deployments/{ref}")
+
+    def create_deployment(self, request: DeploymentCreateRequest) -> Deployment:
+        return Deployment.model_validate(self._request("POST", "/api/deployments", body=request))
+
+    def scale_deployment(self, ref: str, replicas: int) -> Deployment:
+        body = {"replicas": replicas}
+        return Deployment.model_validate(
+            self._request("PATCH", f"/api/deployments/{ref}", body=body)
+        )
+
+    def delete_deployment(self, ref: str) -> Deployment:
+        return Deployment.model_validate(self._request("DELETE", f"/api/deployments/{ref}"))
+
+    # usage
+
+    def usage(
+        self,
+        *,
+        org: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        group_by: str = "model",
+        limit: int = 100,
+    ) -> UsageReport:
+        return self._get(
+            UsageReport,
+            "/api/usage",
+            org=org,
+            group_by=group_by,
+            limit=limit,
+            **{
+                "from": since.isoformat() if since else None,
+                "to": until.isoformat() if until else None,
+            },
+        )
+
+    # inference (the CLI's chat; SDK users call /v1 directly)
+
+    def stream_chat(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Iterator[str]:
+        import json
+
+        body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if temperature is not None:
+            body["temperature"] = temperature
+        with self._http.stream("POST", "/v1/chat/completions", json=body, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error(response)
+            for line in response.iter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                if "error" in chunk:
+                    raise ApiError(
+                        502, chunk["error"].get("code", "upstream_error"), chunk["error"]["message"]
+                    )
+                for choice in chunk.get("choices", []):
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield text
+
+
+def _error(response: httpx.Response) -> ApiError:
+    try:
+        error = response.json()["error"]
+        return ApiError(response.status_code, str(error.get("code")), str(error.get("message")))
+    except (ValueError, KeyError, TypeError):
+        return ApiError(response.status_code, "http_error", response.text[:300])

@@ -1,0 +1,1 @@
+"""The only package that imports Ray: nodes → snapshot, replica actors, label selectors."""

@@ -1,0 +1,144 @@
+"""The controller's view of Ray: observe nodes, start, probe and stop replica actors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+from souverain.cluster.replica_actor import ReplicaActor
+from souverain.core.fleet import (
+    DATACENTER_LABEL,
+    RAY_NAMESPACE,
+    ObservedNode,
+    ReplicaSpec,
+    ReplicaStatus,
+)
+
+log = logging.getLogger(__name__)
+
+_RemoteReplica: Any = ray.remote(ReplicaActor)
+
+
+class RayCluster:
+    """Synchronous calls; the controller runs them in a worker thread."""
+
+    def observe_nodes(self) -> list[ObservedNode]:
+        available = _available_per_node()
+        nodes = []
+        for node in ray.nodes():
+            node_id = node["NodeID"]
+            resources = {
+                k: float(v)
+                for k, v in node.get("Resources", {}).items()
+                if not k.startswith("node:")
+            }
+            nodes.append(
+                ObservedNode(
+                    id=node_id,
+                    address=node.get("NodeManagerAddress", ""),
+                    alive=bool(node.get("Alive")),
+                    resources=resources,
+                    available=available.get(node_id, {}),
+                    labels={str(k): str(v) for k, v in (node.get("Labels") or {}).items()},
+                )
+            )
+        return nodes
+
+    def start_replica(self, spec: ReplicaSpec) -> None:
+        options: dict[str, Any] = {
+            "name": spec.actor_name,
+            "namespace": RAY_NAMESPACE,
+            "lifetime": "detached",
+            "label_selector": {DATACENTER_LABEL: spec.datacenter_id},
+            "num_cpus": spec.cpus,
+            "num_gpus": spec.gpus,
+            "max_restarts": -1,
+            "max_concurrency": 4,
+        }
+        _RemoteReplica.options(**options).remote(spec)
+
+    def replica_status(self, actor_name: str, timeout_s: float = 5.0) -> ReplicaStatus | None:
+        """None when the actor does not exist (any more)."""
+        actor = _find_actor(actor_name)
+        if actor is None:
+            return None
+        try:
+            status: ReplicaStatus = ray.get(actor.status.remote(), timeout=timeout_s)
+        except (GetTimeoutError, ActorUnavailableError):
+            return ReplicaStatus(
+                state="starting", url=None, node_id=None, restarts=0, error="actor not answering"
+            )
+        except RayActorError:
+            return None  # dead for good
+        return status
+
+    def engine_pid(self, actor_name: str) -> int | None:
+        actor = _find_actor(actor_name)
+        return None if actor is None else ray.get(actor.engine_pid.remote(), timeout=10)
+
+    def stop_replica(self, actor_name: str) -> None:
+        actor = _find_actor(actor_name)
+        if actor is None:
+            return
+        with contextlib.suppress(Exception):
+            ray.get(actor.stop.remote(), timeout=15)
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+
+    def replica_actor_names(self) -> list[str]:
+        names = []
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry.get("namespace") == RAY_NAMESPACE and entry["name"].startswith(
+                "souverain-replica-"
+            ):
+                names.append(entry["name"])
+        return names
+
+
+def _find_actor(actor_name: str) -> Any:
+    try:
+        return ray.get_actor(actor_name, namespace=RAY_NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _available_per_node() -> dict[str, dict[str, float]]:
+    with contextlib.suppress(Exception):
+        state = ray._private.state.state  # per-node availability; no public API offers it
+        return {
+            node_id: {k: float(v) for k, v in resources.items() if not k.startswith("node:")}
+            for node_id, resources in state.available_resources_per_node().items()
+        }
+    return {}
+
+
+def connect(address: str | None, *, labels: dict[str, str], num_cpus: int | None) -> None:
+    """Join an existing cluster, or start an embedded head carrying the local datacenter label."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(
+            address=address, namespace=RAY_NAMESPACE, log_to_driver=False, configure_logging=False
+        )
+    else:
+        ray.init(
+            namespace=RAY_NAMESPACE,
+            labels=labels,
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def datacenter_labels(datacenter_id: str) -> dict[str, str]:
+    return {DATACENTER_LABEL: datacenter_id}

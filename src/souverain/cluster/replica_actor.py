@@ -1,0 +1,34 @@
+"""The Ray actor that owns one engine replica on one node.
+
+It is created detached and named (`souverain-replica-<id>`), with a `label_selector`
+naming its datacenter, so Ray itself refuses to run it anywhere else. It binds the engine
+to the node's private address, and reports the engine's URL and health to the controller.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from souverain.core.fleet import ReplicaSpec, ReplicaStatus
+from souverain.engines.registry import launcher_for
+from souverain.engines.supervisor import EngineSupervisor
+
+
+class ReplicaActor:
+    def __init__(self, spec: ReplicaSpec) -> None:
+        host = spec.bind_host or ray.util.get_node_ip_address()
+        node_id = ray.get_runtime_context().get_node_id()
+        self._supervisor = EngineSupervisor(
+            spec, launcher_for(spec.engine), host=host, node_id=node_id
+        )
+        self._supervisor.start()
+
+    def status(self) -> ReplicaStatus:
+        return self._supervisor.status()
+
+    def engine_pid(self) -> int | None:
+        return self._supervisor.pid
+
+    def stop(self) -> bool:
+        self._supervisor.stop()
+        return True

@@ -1,0 +1,19 @@
+"""What the controller needs from the cluster; `cluster.ray_cluster.RayCluster` provides it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from souverain.core.fleet import ObservedNode, ReplicaSpec, ReplicaStatus
+
+
+class ClusterFacade(Protocol):
+    def observe_nodes(self) -> list[ObservedNode]: ...
+
+    def start_replica(self, spec: ReplicaSpec) -> None: ...
+
+    def replica_status(self, actor_name: str, timeout_s: float = 5.0) -> ReplicaStatus | None: ...
+
+    def stop_replica(self, actor_name: str) -> None: ...
+
+    def replica_actor_names(self) -> list[str]: ...

@@ -1,0 +1,121 @@
+"""The controller process: leader lease, node sync, deployment reconciliation, orphan sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from souverain.controller import leader
+from souverain.controller.deployments import DeploymentReconciler, EngineDefaults
+from souverain.controller.facade import ClusterFacade
+from souverain.core.fleet import ObservedNode
+from souverain.db.tables import DatacenterRow, ReplicaRow
+from souverain.scheduler.types import DatacenterView, NodeView, Snapshot
+from souverain.services import nodes as nodes_service
+
+log = logging.getLogger(__name__)
+
+ORPHAN_GRACE_S = 120.0
+
+
+class Controller:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        cluster: ClusterFacade,
+        *,
+        master_key: bytes,
+        engine: EngineDefaults,
+        interval_s: float = 1.0,
+        lease_s: float = 15.0,
+    ) -> None:
+        self._sessions = sessions
+        self._cluster = cluster
+        self._interval_s = interval_s
+        self._lease_s = lease_s
+        self.holder = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+        self.deployments = DeploymentReconciler(
+            sessions, cluster, master_key=master_key, engine=engine
+        )
+        self.is_leader = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.is_leader = await leader.try_acquire(
+                    self._sessions, holder=self.holder, ttl_s=self._lease_s
+                )
+                if self.is_leader:
+                    await self.cycle()
+            except Exception:
+                log.exception("controller cycle failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
+        if self.is_leader:
+            await leader.release(self._sessions, holder=self.holder)
+
+    async def cycle(self) -> None:
+        observed = await asyncio.to_thread(self._cluster.observe_nodes)
+        async with self._sessions.begin() as session:
+            await nodes_service.sync_nodes(session, observed=observed)
+            datacenters = list((await session.execute(select(DatacenterRow))).scalars())
+        snapshot = build_snapshot(observed, datacenters)
+        await self.deployments.run_once(snapshot)
+        await self.sweep_orphans()
+
+    async def sweep_orphans(self) -> None:
+        """Stop replica actors no replica row knows about (a crash between start and apply)."""
+        names = set(await asyncio.to_thread(self._cluster.replica_actor_names))
+        async with self._sessions() as session:
+            known = set((await session.execute(select(ReplicaRow.actor_name))).scalars())
+        now = asyncio.get_running_loop().time()
+        recent = self.deployments.recently_started
+        for name in list(recent):
+            if now - recent[name] > ORPHAN_GRACE_S:
+                del recent[name]
+        for name in names - known - set(recent):
+            log.warning("stopping orphan replica actor %s", name)
+            await asyncio.to_thread(self._cluster.stop_replica, name)
+
+    async def teardown(self) -> None:
+        """Stop every replica (used when `souverain up` exits with its embedded cluster)."""
+        names = await asyncio.to_thread(self._cluster.replica_actor_names)
+        await asyncio.gather(*(asyncio.to_thread(self._cluster.stop_replica, n) for n in names))
+        await forget_replicas(self._sessions)
+
+
+async def forget_replicas(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with sessions.begin() as session:
+        await session.execute(delete(ReplicaRow))
+
+
+def build_snapshot(observed: list[ObservedNode], datacenters: list[DatacenterRow]) -> Snapshot:
+    return Snapshot(
+        nodes=tuple(
+            NodeView(
+                id=node.id,
+                datacenter_id=node.datacenter_id,
+                alive=node.alive,
+                cpus_free=node.available.get("CPU", 0.0),
+                gpus_free=node.available.get("GPU", 0.0),
+                memory_free_gib=node.available.get("memory", 0.0) / 2**30,
+            )
+            for node in observed
+        ),
+        datacenters={
+            dc.id: DatacenterView(
+                id=dc.id,
+                country=dc.country,
+                operator_country=dc.operator_country,
+                certifications=frozenset(dc.certifications),
+                carbon_intensity=dc.carbon_intensity,
+            )
+            for dc in datacenters
+        },
+    )

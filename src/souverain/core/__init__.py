@@ -1,0 +1,1 @@
+"""Pure domain types. Imports nothing internal, touches no I/O."""

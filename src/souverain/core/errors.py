@@ -1,0 +1,93 @@
+"""The error tree. Services raise these; `api/` and `gateway/` map them to HTTP once.
+
+    SouverainError(code, message, param)
+    ├── InvalidRequestError        400  a client mistake: bad value, out of bounds
+    │   └── PayloadTooLargeError    413
+    ├── AuthenticationError        401  missing, malformed, wrong, revoked or expired key
+    ├── PermissionDeniedError      403  authenticated, but the key may not do this
+    ├── NotFoundError              404  absent, or belongs to someone else (never 403 across tenants)
+    ├── ConflictError              409  a name already taken, a state that forbids the change
+    ├── RateLimitedError           429  carries retry_after seconds
+    ├── PolicyRefusedError         451  no compliant place to process this request
+    ├── UpstreamError              502  the engine answered badly or broke off
+    └── ServiceUnavailableError    503  nothing ready to serve yet
+
+Messages are written for the API user and never carry secrets.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request_error"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNAUTHENTICATED = "invalid_api_key"
+    PERMISSION_DENIED = "permission_denied"
+    NOT_FOUND = "not_found"
+    MODEL_NOT_FOUND = "model_not_found"
+    CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limit_exceeded"
+    POLICY_REFUSED = "unavailable_for_legal_reasons"
+    UPSTREAM_ERROR = "upstream_error"
+    UNAVAILABLE = "service_unavailable"
+
+
+class SouverainError(Exception):
+    """Base of every error a service may raise; `code` decides the HTTP status."""
+
+    code: ErrorCode = ErrorCode.INVALID_REQUEST
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequestError(SouverainError):
+    code = ErrorCode.INVALID_REQUEST
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class AuthenticationError(SouverainError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(SouverainError):
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class NotFoundError(SouverainError):
+    code = ErrorCode.NOT_FOUND
+
+
+class ModelNotFoundError(NotFoundError):
+    code = ErrorCode.MODEL_NOT_FOUND
+
+
+class ConflictError(SouverainError):
+    code = ErrorCode.CONFLICT
+
+
+class RateLimitedError(SouverainError):
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PolicyRefusedError(SouverainError):
+    code = ErrorCode.POLICY_REFUSED
+
+
+class UpstreamError(SouverainError):
+    code = ErrorCode.UPSTREAM_ERROR
+
+
+class ServiceUnavailableError(SouverainError):
+    code = ErrorCode.UNAVAILABLE

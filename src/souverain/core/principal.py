@@ -1,0 +1,27 @@
+"""Who is calling: the result of authenticating an API key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from souverain.core.roles import Role, Scope
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    user_id: str
+    user_name: str
+    org_id: str | None  # None only for platform operators
+    project_id: str | None  # set when the key is restricted to one project
+    role: Role
+    scopes: frozenset[Scope]  # effective scopes: key ∩ role ∩ user's current role
+    expires_at: datetime | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return Scope.PLATFORM in self.scopes
+
+    def has(self, scope: Scope) -> bool:
+        return scope in self.scopes

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from souverain.core.schemas.common import Out, StrictRequest
+from souverain.core.schemas.tenancy import Slug
+
+
+class DeploymentCreateRequest(StrictRequest):
+    name: Slug
+    model: str = Field(max_length=128)
+    replicas: int = Field(default=1, ge=0, le=64)
+    datacenters: list[Slug] = Field(default_factory=list, max_length=64, description="Empty: any.")
+    cpus: float = Field(default=1.0, gt=0, le=512)
+    gpus: int = Field(default=0, ge=0, le=16)
+    engine_args: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
+    org: str | None = Field(default=None, max_length=64)
+
+
+class DeploymentScaleRequest(StrictRequest):
+    replicas: int = Field(ge=0, le=64)
+
+
+class Replica(Out):
+    id: str
+    state: str
+    datacenter_id: str
+    node_id: str | None
+    reason: str
+    engine_restarts: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class Deployment(Out):
+    id: str
+    name: str
+    model: str
+    org_id: str | None
+    engine: str
+    replicas: int
+    ready_replicas: int
+    datacenters: list[str]
+    cpus: float
+    gpus: int
+    engine_args: dict[str, Any]
+    status: str
+    status_reason: str
+    replica_details: list[Replica]
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from souverain.core.schemas.common import Out, StrictRequest
+
+Engine = Literal["llamacpp", "vllm"]
+Capability = Literal["chat", "completions", "embeddings"]
+
+
+class ModelRegisterRequest(StrictRequest):
+    name: str = Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$")
+    uri: str = Field(
+        max_length=2000,
+        description="file:///abs/path.gguf (visible on the nodes), or hf://owner/repo/file for online nodes.",
+    )
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int | None = Field(default=None, ge=0)
+    format: Literal["gguf", "safetensors", "hf"] = "gguf"
+    engine: Engine = "llamacpp"
+    capabilities: list[Capability] = Field(default=["chat", "completions"], max_length=3)
+    context_length: int = Field(default=4096, ge=128, le=1_048_576)
+    license: str = Field(default="unknown", max_length=64)
+    description: str = Field(default="", max_length=2000)
+    org: str | None = Field(
+        default=None, max_length=64, description="Private to this organisation."
+    )
+
+
+class ModelArtifact(Out):
+    uri: str
+    sha256: str | None
+    size_bytes: int | None
+    format: str
+    license: str
+    source: str
+
+
+class Model(Out):
+    id: str
+    name: str
+    owner_org_id: str | None
+    engine: str
+    capabilities: list[str]
+    context_length: int
+    description: str
+    artifacts: list[ModelArtifact]
+    created_at: datetime

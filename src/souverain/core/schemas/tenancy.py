@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field
+
+from souverain.core.roles import Role, Scope
+from souverain.core.schemas.common import Out, StrictRequest
+
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$", max_length=64)]
+UserName = Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$", max_length=64)]
+
+
+class OrganisationCreateRequest(StrictRequest):
+    name: Slug
+    display_name: str | None = Field(default=None, max_length=200)
+    owner: UserName | None = Field(
+        default=None, description="User who becomes the owner (created if new)."
+    )
+
+
+class Organisation(Out):
+    id: str
+    name: str
+    display_name: str
+    created_at: datetime
+
+
+class ProjectCreateRequest(StrictRequest):
+    name: Slug
+
+
+class Project(Out):
+    id: str
+    org_id: str
+    name: str
+    created_at: datetime
+
+
+class MemberAddRequest(StrictRequest):
+    user: UserName
+    role: Role
+
+
+class Member(Out):
+    user_id: str
+    user: str
+    role: Role
+    created_at: datetime
+
+
+class KeyCreateRequest(StrictRequest):
+    name: str = Field(default="", max_length=100)
+    org: str | None = Field(default=None, max_length=64, description="Organisation id or name.")
+    project: str | None = Field(
+        default=None, max_length=64, description="Restrict the key to this project."
+    )
+    user: UserName | None = Field(
+        default=None, description="Issue the key for another member (admins)."
+    )
+    role: Role = Role.MEMBER
+    scopes: list[Scope] | None = Field(
+        default=None, max_length=len(Scope), description="Narrow the role."
+    )
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class ApiKey(Out):
+    id: str
+    name: str
+    user: str
+    org_id: str | None
+    project_id: str | None
+    role: Role
+    scopes: list[Scope]
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="The full key. Shown once; only a hash is kept.")
+
+
+class Me(Out):
+    user: str
+    user_id: str
+    key_id: str
+    org_id: str | None
+    org: str | None
+    project_id: str | None
+    role: Role
+    scopes: list[Scope]

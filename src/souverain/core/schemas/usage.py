@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from souverain.core.schemas.common import Out
+
+
+class UsageRecord(Out):
+    id: str
+    org_id: str | None
+    project_id: str | None
+    key_id: str
+    endpoint: str
+    model: str
+    stream: bool
+    datacenter_id: str | None
+    country: str | None
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float | None
+    ttft_ms: float | None
+    created_at: datetime
+
+
+class UsageGroup(Out):
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class UsageReport(Out):
+    group_by: str
+    groups: list[UsageGroup]
+    records: list[UsageRecord]

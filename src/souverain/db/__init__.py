@@ -1,0 +1,1 @@
+"""Database: tables, the async engine and session factory, Alembic migrations."""

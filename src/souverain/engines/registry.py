@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from souverain.engines.base import EngineLauncher
+from souverain.engines.llamacpp import LlamaCppLauncher
+from souverain.engines.vllm import VllmLauncher
+
+ENGINES: dict[str, EngineLauncher] = {"llamacpp": LlamaCppLauncher(), "vllm": VllmLauncher()}
+
+
+def launcher_for(engine: str) -> EngineLauncher:
+    try:
+        return ENGINES[engine]
+    except KeyError:
+        raise ValueError(f"unknown engine {engine!r}; known: {sorted(ENGINES)}") from None

@@ -1,0 +1,185 @@
+"""Keeps one engine process alive and says whether it is ready.
+
+One long-lived thread owns the process: it resolves the model file, starts the engine
+bound to the node's private address, waits for it to answer with the replica secret,
+and restarts it with backoff whenever it exits. Engine processes are started with
+PR_SET_PDEATHSIG, so they die with the thread that started them: if the actor's process
+is killed, its engine cannot outlive it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from souverain.core.fleet import ReplicaSpec, ReplicaStatus
+from souverain.engines import artifacts
+from souverain.engines.base import EngineLauncher
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def url_for(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class EngineSupervisor:
+    def __init__(
+        self,
+        spec: ReplicaSpec,
+        launcher: EngineLauncher,
+        *,
+        host: str,
+        node_id: str | None,
+        start_timeout_s: float = 600.0,
+        log_dir: Path | None = None,
+    ) -> None:
+        self._spec = spec
+        self._launcher = launcher
+        self._host = host
+        self._node_id = node_id
+        self._start_timeout_s = start_timeout_s
+        self._log_path = (
+            log_dir or Path(tempfile.gettempdir()) / "souverain-engines"
+        ) / f"{spec.replica_id}.log"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._state = "starting"
+        self._url: str | None = None
+        self._error = ""
+        self._restarts = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"engine-{spec.replica_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def status(self) -> ReplicaStatus:
+        with self._lock:
+            return ReplicaStatus(
+                state=self._state,
+                url=self._url,
+                node_id=self._node_id,
+                restarts=self._restarts,
+                error=self._error,
+            )
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._terminate(timeout_s)
+        self._thread.join(timeout=timeout_s)
+
+    def _set(self, state: str, *, url: str | None = None, error: str = "") -> None:
+        with self._lock:
+            self._state, self._url, self._error = state, url, error
+
+    def _run(self) -> None:
+        try:
+            model_path = artifacts.resolve(
+                self._spec.artifact_uri, sha256=self._spec.artifact_sha256
+            )
+        except artifacts.ArtifactError as error:
+            self._set("failed", error=str(error))
+            return
+        backoff = 1.0
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self._serve_once(model_path)
+            if self._stop.is_set():
+                break
+            with self._lock:
+                self._restarts += 1
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _serve_once(self, model_path: Path) -> None:
+        port = free_port(self._host)
+        url = url_for(self._host, port)
+        argv = self._launcher.command(
+            spec=self._spec, model_path=model_path, host=self._host, port=port
+        )
+        env = {**os.environ, **self._launcher.environment(spec=self._spec)}
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._set("starting")
+        with self._log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        if not self._wait_ready(url):
+            self._terminate(5.0)
+            return
+        self._set("ready", url=url)
+        while not self._stop.wait(0.5):
+            if self._process.poll() is not None:
+                self._set("starting", error=f"engine exited with code {self._process.returncode}")
+                return
+
+    def _wait_ready(self, url: str) -> bool:
+        headers = (
+            {"Authorization": f"Bearer {self._spec.secret}"}
+            if self._launcher.health_needs_secret
+            else {}
+        )
+        deadline = time.monotonic() + self._start_timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                process = self._process
+                if process is None or process.poll() is not None:
+                    code = process.returncode if process else None
+                    self._set(
+                        "starting",
+                        error=f"engine exited during start (code {code}); see {self._log_path}",
+                    )
+                    return False
+                with contextlib.suppress(httpx.HTTPError):
+                    if (
+                        client.get(url + self._launcher.health_path, headers=headers).status_code
+                        == 200
+                    ):
+                        return True
+                self._stop.wait(0.25)
+        if not self._stop.is_set():
+            self._set("starting", error=f"engine not ready after {self._start_timeout_s:.0f}s")
+        return False
+
+    def _terminate(self, timeout_s: float) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)

@@ -1,0 +1,44 @@
+"""vLLM's OpenAI server, for GPU nodes. It reports usage in streams by itself."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from souverain.core.fleet import ReplicaSpec
+
+
+class VllmLauncher:
+    name = "vllm"
+    health_path = "/v1/models"
+    health_needs_secret = True
+
+    def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_path),
+            "--served-model-name",
+            spec.model_name,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--max-model-len",
+            str(int(spec.engine_args.get("max_model_len", spec.context_length))),
+            "--disable-log-requests",
+        ]
+        if spec.gpus > 1:
+            argv += ["--tensor-parallel-size", str(spec.gpus)]
+        if "gpu_memory_utilization" in spec.engine_args:
+            argv += [
+                "--gpu-memory-utilization",
+                str(float(spec.engine_args["gpu_memory_utilization"])),
+            ]
+        return argv
+
+    def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
+        # vLLM reads its bearer key from VLLM_API_KEY when --api-key is not given.
+        return {"VLLM_API_KEY": spec.secret}

@@ -1,0 +1,109 @@
+"""The one place where errors become HTTP responses, in OpenAI's shape:
+
+    {"error": {"message": "...", "type": "...", "code": "...", "param": null}}
+
+Used for /v1 and /api alike, so every client parses one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from souverain.core.errors import ErrorCode, RateLimitedError, SouverainError
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.POLICY_REFUSED: 451,
+    ErrorCode.UPSTREAM_ERROR: 502,
+    ErrorCode.UNAVAILABLE: 503,
+}
+
+TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    451: "policy_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+}
+
+
+def error_body(status: int, message: str, code: str, param: str | None = None) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": TYPES.get(status, "server_error"),
+            "code": code,
+            "param": param,
+        }
+    }
+
+
+def error_response(error: SouverainError) -> JSONResponse:
+    status = STATUS[error.code]
+    headers = {}
+    if isinstance(error, RateLimitedError):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        error_body(status, error.message, error.code, error.param), status, headers=headers
+    )
+
+
+def validation_message(errors: list[Any]) -> tuple[str, str | None]:
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    param = ".".join(location) or None
+    message = str(first.get("msg", "invalid value"))
+    extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return (f"{param}: {message}{extra}" if param else message + extra), param
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(SouverainError)
+    async def _domain(_request: Request, error: SouverainError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:
+        status = 400 if request.url.path.startswith("/v1") else 422
+        message, param = validation_message(list(error.errors()))
+        return JSONResponse(error_body(status, message, "invalid_request_error", param), status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return JSONResponse(
+            error_body(error.status_code, str(error.detail), code),
+            error.status_code,
+            headers=error.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.error("unhandled error: %s", type(error).__name__, exc_info=error)
+        return JSONResponse(error_body(500, "internal error", "internal_error"), 500)

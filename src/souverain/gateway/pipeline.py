@@ -1,0 +1,332 @@
+"""The inference request pipeline.
+
+Invariant: every admitted request ends with exactly one settled usage record. The record
+is opened before the engine is called and settled in a `finally` shielded from
+cancellation, whatever happens: success, engine error, broken stream, client disconnect.
+If this process is killed in between, the record stays `open` and is settled
+`interrupted` at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+import httpx
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+
+from souverain.core.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+    SouverainError,
+    UpstreamError,
+)
+from souverain.core.ids import new_id, replica_secret
+from souverain.core.principal import Principal
+from souverain.core.roles import Scope
+from souverain.db.tables import UsageRecordRow
+from souverain.gateway.state import AppState
+from souverain.services import projects, usage
+from souverain.services.access import check_scope
+from souverain.services.routes import ModelInfo, ReplicaRoute
+from souverain.services.usage import Settlement
+
+log = logging.getLogger(__name__)
+
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+
+
+@dataclass
+class Call:
+    state: AppState
+    principal: Principal
+    endpoint: str  # chat | completions | embeddings
+    model: ModelInfo
+    body: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    record_id: str = ""
+    started: float = 0.0
+
+
+def resolve_model(state: AppState, principal: Principal, name: str, endpoint: str) -> ModelInfo:
+    check_scope(principal, Scope.INFERENCE)
+    model = state.routes.visible_model(principal, name)
+    if model is None:
+        raise ModelNotFoundError(
+            f"The model '{name}' does not exist or you do not have access to it.", param="model"
+        )
+    if endpoint not in model.capabilities:
+        what = {
+            "chat": "chat completions",
+            "completions": "text completions",
+            "embeddings": "embeddings",
+        }[endpoint]
+        raise InvalidRequestError(f"The model '{name}' does not support {what}.", param="model")
+    return model
+
+
+async def run(call: Call, request: Request) -> Response:
+    routes = call.state.routes.usable_routes(call.principal, call.model.name)
+    if not routes:
+        raise ServiceUnavailableError(
+            f"The model '{call.model.name}' has no ready replica right now; retry shortly.",
+            param="model",
+        )
+    call.body["model"] = call.model.name
+    await _open_record(call)
+    try:
+        route, response = await _send(call, routes)
+    except SouverainError as error:
+        await _settle(call, Settlement(status="upstream_error", error=error.message[:500]))
+        raise
+    if call.stream:
+        return StreamingResponse(
+            _relay(call, route, response),
+            media_type="text/event-stream",
+            headers=_headers(call, route) | {"Cache-Control": "no-cache"},
+        )
+    return await _complete(call, route, response, request)
+
+
+def _headers(call: Call, route: ReplicaRoute) -> dict[str, str]:
+    return {"x-request-id": call.record_id, "x-souverain-datacenter": route.datacenter_id}
+
+
+async def _open_record(call: Call) -> None:
+    principal = call.principal
+    project_id = principal.project_id
+    if project_id is None and principal.org_id is not None:
+        project_id = await _default_project(call.state, principal.org_id)
+    call.record_id = new_id("req")
+    call.started = time.perf_counter()
+    async with call.state.sessions.begin() as session:
+        await usage.open_record(
+            session,
+            record=UsageRecordRow(
+                id=call.record_id,
+                org_id=principal.org_id,
+                project_id=project_id,
+                key_id=principal.key_id,
+                user_id=principal.user_id,
+                endpoint=call.endpoint,
+                model=call.model.name,
+                stream=call.stream,
+                server_id=call.state.server_id,
+            ),
+        )
+
+
+async def _default_project(state: AppState, org_id: str) -> str | None:
+    if org_id not in state.default_projects:
+        async with state.sessions() as session:
+            state.default_projects[org_id] = (
+                await projects.get_default_project(session, org_id=org_id)
+            ).id
+    return state.default_projects.get(org_id)
+
+
+async def _send(call: Call, routes: list[ReplicaRoute]) -> tuple[ReplicaRoute, httpx.Response]:
+    """Send to the least busy replica; on a refused connection, try the next compliant one."""
+    tried: set[str] = set()
+    content = json.dumps(call.body).encode()
+    while (route := call.state.routes.pick(routes, exclude=tried)) is not None:
+        tried.add(route.replica_id)
+        secret = replica_secret(call.state.master_key, route.replica_id)
+        upstream = call.state.upstream.build_request(
+            "POST",
+            route.url + PATHS[call.endpoint],
+            content=content,
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        )
+        call.state.routes.outstanding[route.replica_id] += 1
+        try:
+            response = await call.state.upstream.send(upstream, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            call.state.routes.outstanding[route.replica_id] -= 1
+            log.warning("replica %s refused the connection; trying another", route.replica_id)
+            continue
+        except BaseException:
+            call.state.routes.outstanding[route.replica_id] -= 1
+            raise
+        if response.status_code >= 400:
+            call.state.routes.outstanding[route.replica_id] -= 1
+            raise await _upstream_error(response)
+        return route, response
+    raise ServiceUnavailableError(
+        f"No replica of '{call.model.name}' could be reached; retry shortly."
+    )
+
+
+async def _upstream_error(response: httpx.Response) -> SouverainError:
+    try:
+        raw = await response.aread()
+    finally:
+        await response.aclose()
+    message = _engine_message(raw) or f"engine answered HTTP {response.status_code}"
+    if 400 <= response.status_code < 500 and response.status_code not in (401, 403):
+        return InvalidRequestError(message)
+    return UpstreamError(f"The model engine failed: {message}")
+
+
+def _engine_message(raw: bytes) -> str:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")[:300]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message", ""))[:300]
+    detail = data.get("detail") if isinstance(data, dict) else None
+    return str(error or detail or "")[:300]
+
+
+async def _complete(
+    call: Call, route: ReplicaRoute, response: httpx.Response, request: Request
+) -> Response:
+    settlement = _base_settlement(route)
+    try:
+        raw = await _read_unless_disconnected(response, request)
+        if raw is None:
+            settlement = replace(settlement, status="client_cancelled")
+            return Response(status_code=499)
+        data = json.loads(raw)
+        tokens = data.get("usage") or {}
+        settlement = replace(
+            settlement,
+            status="ok",
+            prompt_tokens=int(tokens.get("prompt_tokens", 0)),
+            completion_tokens=int(tokens.get("completion_tokens", 0)),
+        )
+        return Response(raw, media_type="application/json", headers=_headers(call, route))
+    except (httpx.HTTPError, ValueError) as error:
+        settlement = replace(settlement, status="upstream_error", error=type(error).__name__)
+        raise UpstreamError("The model engine broke off the response.") from error
+    finally:
+        call.state.routes.outstanding[route.replica_id] -= 1
+        elapsed = (time.perf_counter() - call.started) * 1000
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+            await _settle(call, replace(settlement, latency_ms=elapsed, ttft_ms=elapsed))
+
+
+async def _read_unless_disconnected(response: httpx.Response, request: Request) -> bytes | None:
+    """Read the engine's answer; None if the client went away first (the read is cancelled)."""
+    read = asyncio.ensure_future(response.aread())
+    gone = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({read, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if read in done:
+        return read.result()
+    read.cancel()
+    return None
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _relay(call: Call, route: ReplicaRoute, response: httpx.Response) -> AsyncIterator[bytes]:
+    settlement = replace(
+        _base_settlement(route), status="upstream_error", error="stream ended early"
+    )
+    chunks = 0
+    ttft: float | None = None
+    reported: dict[str, Any] | None = None
+    try:
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                settlement = replace(settlement, status="ok", error="")
+                break
+            if ttft is None:
+                ttft = (time.perf_counter() - call.started) * 1000
+            if '"usage"' in payload:
+                chunk = json.loads(payload)
+                if not chunk.get("choices") and chunk.get("usage"):
+                    reported = chunk["usage"]
+                    if call.include_usage:
+                        yield f"data: {payload}\n\n".encode()
+                    continue
+            chunks += 1
+            yield f"data: {payload}\n\n".encode()
+        if settlement.status == "ok":
+            yield b"data: [DONE]\n\n"
+        else:
+            yield _stream_error("The model engine broke off the stream.")
+    except asyncio.CancelledError:
+        settlement = replace(settlement, status="client_cancelled", error="client disconnected")
+        raise
+    except httpx.HTTPError as error:
+        settlement = replace(settlement, status="upstream_error", error=type(error).__name__)
+        yield _stream_error("The model engine broke off the stream.")
+    finally:
+        call.state.routes.outstanding[route.replica_id] -= 1
+        settlement = _stream_tokens(settlement, reported, chunks)
+        elapsed = (time.perf_counter() - call.started) * 1000
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+            await _settle(call, replace(settlement, latency_ms=elapsed, ttft_ms=ttft))
+
+
+def _stream_tokens(
+    settlement: Settlement, reported: dict[str, Any] | None, chunks: int
+) -> Settlement:
+    if reported is not None:
+        return replace(
+            settlement,
+            prompt_tokens=int(reported.get("prompt_tokens", 0)),
+            completion_tokens=int(reported.get("completion_tokens", 0)),
+        )
+    # The engine reported nothing (the stream broke): count what was delivered.
+    return replace(settlement, completion_tokens=chunks, tokens_counted_by="gateway")
+
+
+def _stream_error(message: str) -> bytes:
+    body = {
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "code": "upstream_error",
+            "param": None,
+        }
+    }
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def _base_settlement(route: ReplicaRoute) -> Settlement:
+    return Settlement(
+        status="ok",
+        deployment_id=route.deployment_id,
+        replica_id=route.replica_id,
+        node_id=route.node_id,
+        datacenter_id=route.datacenter_id,
+        country=route.country,
+    )
+
+
+async def _settle(call: Call, settlement: Settlement) -> None:
+    try:
+        async with call.state.sessions.begin() as session:
+            await usage.settle_record(session, record_id=call.record_id, settlement=settlement)
+    except Exception:
+        log.exception(
+            "settling usage record %s failed; it will be settled as interrupted", call.record_id
+        )

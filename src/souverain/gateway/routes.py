@@ -1,0 +1,138 @@
+"""/v1 routes. Each parses and bounds its body, then hands over to the pipeline."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from souverain.core.errors import InvalidRequestError, ModelNotFoundError, PayloadTooLargeError
+from souverain.core.roles import Scope
+from souverain.gateway import pipeline
+from souverain.gateway.deps import PrincipalDep, StateDep
+from souverain.gateway.errors import validation_message
+from souverain.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from souverain.gateway.state import AppState
+from souverain.services.access import check_scope
+from souverain.services.routes import ModelInfo
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+Body = TypeVar("Body", bound=BaseModel)
+
+_JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+async def parse_body(request: Request, state: AppState, model: type[Body]) -> Body:
+    """Read and validate a body with bounds; errors are 400/413 in OpenAI's shape."""
+    declared = request.headers.get("content-length")
+    limit = state.settings.max_request_bytes
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"Request body exceeds {limit} bytes.")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLargeError(f"Request body exceeds {limit} bytes.")
+    try:
+        return model.model_validate_json(bytes(raw))
+    except ValidationError as error:
+        message, param = validation_message(list(error.errors(include_url=False)))
+        raise InvalidRequestError(message, param=param) from None
+
+
+def _model_object(model: ModelInfo) -> dict[str, Any]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.owner_org_id or "souverain",
+    }
+
+
+@router.get("/models", summary="List models")
+async def list_models(principal: PrincipalDep, state: StateDep) -> dict[str, Any]:
+    """Models you can call right now: visible to your organisation and served by a ready replica."""
+    check_scope(principal, Scope.INFERENCE)
+    models = [
+        _model_object(model)
+        for name, model in sorted(state.routes.models.items())
+        if state.routes.visible_model(principal, name)
+        and state.routes.usable_routes(principal, name)
+    ]
+    return {"object": "list", "data": models}
+
+
+@router.get("/models/{model:path}", summary="Retrieve a model")
+async def get_model(model: str, principal: PrincipalDep, state: StateDep) -> dict[str, Any]:
+    """One model, if you can call it."""
+    check_scope(principal, Scope.INFERENCE)
+    info = state.routes.visible_model(principal, model)
+    if info is None:
+        raise ModelNotFoundError(
+            f"The model '{model}' does not exist or you do not have access to it."
+        )
+    return _model_object(info)
+
+
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion",
+    openapi_extra={"requestBody": _JSON_BODY},
+)
+async def chat_completions(request: Request, principal: PrincipalDep, state: StateDep) -> Response:
+    """OpenAI- and Mistral-compatible chat. `stream: true` streams server-sent events; with
+    `stream_options: {"include_usage": true}` the last chunk carries token usage."""
+    check_scope(principal, Scope.INFERENCE)
+    body = await parse_body(request, state, ChatCompletionRequest)
+    model = pipeline.resolve_model(state, principal, body.model, "chat")
+    call = pipeline.Call(
+        state=state,
+        principal=principal,
+        endpoint="chat",
+        model=model,
+        body=body.upstream_body(max_tokens_cap=model.context_length),
+        stream=bool(body.stream),
+        include_usage=body.include_usage,
+    )
+    return await pipeline.run(call, request)
+
+
+@router.post(
+    "/completions", summary="Create a text completion", openapi_extra={"requestBody": _JSON_BODY}
+)
+async def completions(request: Request, principal: PrincipalDep, state: StateDep) -> Response:
+    """Legacy text completion (OpenAI `completions`)."""
+    check_scope(principal, Scope.INFERENCE)
+    body = await parse_body(request, state, CompletionRequest)
+    model = pipeline.resolve_model(state, principal, body.model, "completions")
+    call = pipeline.Call(
+        state=state,
+        principal=principal,
+        endpoint="completions",
+        model=model,
+        body=body.upstream_body(max_tokens_cap=model.context_length),
+        stream=bool(body.stream),
+        include_usage=body.include_usage,
+    )
+    return await pipeline.run(call, request)
+
+
+@router.post("/embeddings", summary="Create embeddings", openapi_extra={"requestBody": _JSON_BODY})
+async def embeddings(request: Request, principal: PrincipalDep, state: StateDep) -> Response:
+    """Embeddings, for models registered with the `embeddings` capability."""
+    check_scope(principal, Scope.INFERENCE)
+    body = await parse_body(request, state, EmbeddingRequest)
+    model = pipeline.resolve_model(state, principal, body.model, "embeddings")
+    call = pipeline.Call(
+        state=state,
+        principal=principal,
+        endpoint="embeddings",
+        model=model,
+        body=body.upstream_body(),
+        stream=False,
+        include_usage=False,
+    )
+    return await pipeline.run(call, request)

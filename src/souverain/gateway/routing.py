@@ -1,0 +1,90 @@
+"""The route table: which ready replicas serve which model, and how busy each one is.
+
+Refreshed from the database every `replica_refresh_s`; the hot path reads memory only.
+Routing picks the replica with the fewest outstanding requests among those the caller
+may use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Set
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from souverain.core.principal import Principal
+from souverain.services.routes import ModelInfo, ReplicaRoute, load_models, load_ready_routes
+
+log = logging.getLogger(__name__)
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self.models: dict[str, ModelInfo] = {}
+        self.routes: dict[str, list[ReplicaRoute]] = {}
+        self.outstanding: defaultdict[str, int] = defaultdict(int)
+        self.loaded = False
+
+    def replace(self, models: list[ModelInfo], routes: list[ReplicaRoute]) -> None:
+        by_model: dict[str, list[ReplicaRoute]] = defaultdict(list)
+        for route in routes:
+            by_model[route.model_name].append(route)
+        self.models = {model.name: model for model in models}
+        self.routes = dict(by_model)
+        self.loaded = True
+
+    async def refresh(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        async with sessions() as session:
+            models = await load_models(session)
+            routes = await load_ready_routes(session)
+        self.replace(models, routes)
+
+    async def refresh_forever(
+        self, sessions: async_sessionmaker[AsyncSession], interval_s: float
+    ) -> None:
+        while True:
+            try:
+                await self.refresh(sessions)
+            except Exception:
+                log.exception("refreshing the route table failed")
+            await asyncio.sleep(interval_s)
+
+    def visible_model(self, principal: Principal, name: str) -> ModelInfo | None:
+        model = self.models.get(name)
+        if model is None:
+            return None
+        if (
+            model.owner_org_id is not None
+            and not principal.is_operator
+            and model.owner_org_id != principal.org_id
+        ):
+            return None
+        return model
+
+    def usable_routes(self, principal: Principal, model_name: str) -> list[ReplicaRoute]:
+        return [
+            route
+            for route in self.routes.get(model_name, ())
+            if route.deployment_org_id is None
+            or principal.is_operator
+            or route.deployment_org_id == principal.org_id
+        ]
+
+    def pick(
+        self, routes: list[ReplicaRoute], exclude: Set[str] = frozenset()
+    ) -> ReplicaRoute | None:
+        candidates = [route for route in routes if route.replica_id not in exclude]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda route: self.outstanding[route.replica_id])
+
+    @contextlib.contextmanager
+    def track(self, route: ReplicaRoute) -> Iterator[None]:
+        self.outstanding[route.replica_id] += 1
+        try:
+            yield
+        finally:
+            self.outstanding[route.replica_id] -= 1

@@ -1,0 +1,25 @@
+"""What one server process holds: settings, database, key cache, routes, HTTP client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from souverain.gateway.routing import RouteTable
+from souverain.services.auth import KeyCache
+from souverain.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    keys: KeyCache
+    routes: RouteTable
+    upstream: httpx.AsyncClient
+    master_key: bytes
+    server_id: str
+    default_projects: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DatacenterView:
+    id: str
+    country: str
+    operator_country: str
+    certifications: frozenset[str]
+    carbon_intensity: float
+
+
+@dataclass(frozen=True)
+class NodeView:
+    id: str
+    datacenter_id: str | None
+    alive: bool
+    cpus_free: float
+    gpus_free: float
+    gpu_memory_gib: float = 0.0
+    memory_free_gib: float = 0.0
+    engines: frozenset[str] = frozenset({"llamacpp", "vllm"})
+    models_on_disk: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    nodes: tuple[NodeView, ...]
+    datacenters: dict[str, DatacenterView]
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    engine: str
+    cpus: float
+    gpus: int = 0
+    datacenters: frozenset[str] = frozenset()  # empty: any known datacenter
+    model_name: str = ""
+
+
+@dataclass(frozen=True)
+class Placement:
+    node_id: str
+    datacenter_id: str
+
+
+@dataclass(frozen=True)
+class Unschedulable:
+    reasons: dict[str, str] = field(default_factory=dict)  # node id -> why it was dropped
+    summary: str = ""

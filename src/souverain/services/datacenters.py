@@ -1,0 +1,50 @@
+"""Datacenters: where nodes live, with the attributes sovereignty is decided on."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from souverain.core.errors import ConflictError, NotFoundError
+from souverain.core.principal import Principal
+from souverain.core.roles import Scope
+from souverain.core.schemas.fleet import DatacenterCreateRequest
+from souverain.db.tables import DatacenterRow
+from souverain.services.access import check_operator, check_scope
+
+
+async def list_datacenters(session: AsyncSession, *, principal: Principal) -> list[DatacenterRow]:
+    """Every tenant may see where the platform can process data: that is what it chooses from."""
+    check_scope(principal, Scope.READ)
+    return list((await session.execute(select(DatacenterRow).order_by(DatacenterRow.id))).scalars())
+
+
+async def get_datacenter(
+    session: AsyncSession, *, principal: Principal, datacenter_id: str
+) -> DatacenterRow:
+    check_scope(principal, Scope.READ)
+    row = await session.get(DatacenterRow, datacenter_id)
+    if row is None:
+        raise NotFoundError("datacenter not found")
+    return row
+
+
+async def create_datacenter(
+    session: AsyncSession, *, principal: Principal, request: DatacenterCreateRequest
+) -> DatacenterRow:
+    check_operator(principal)
+    if await session.get(DatacenterRow, request.id) is not None:
+        raise ConflictError(f"datacenter '{request.id}' already exists", param="id")
+    return await put_datacenter(session, request=request)
+
+
+async def put_datacenter(
+    session: AsyncSession, *, request: DatacenterCreateRequest
+) -> DatacenterRow:
+    """Create, or leave alone if present (used at first start for the local datacenter)."""
+    row = await session.get(DatacenterRow, request.id)
+    if row is None:
+        row = DatacenterRow(**request.model_dump())
+        session.add(row)
+        await session.flush()
+    return row

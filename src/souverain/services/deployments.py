@@ -1,0 +1,142 @@
+"""Deployments: the desired state (model, replicas, where). The controller makes it so.
+
+Tenants see their own organisation's deployments and the platform's (read-only);
+changing a deployment needs `manage` in its organisation, or the operator for platform
+deployments.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from souverain.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from souverain.core.ids import new_id
+from souverain.core.principal import Principal
+from souverain.core.roles import Scope
+from souverain.core.schemas.deployments import DeploymentCreateRequest
+from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow, utcnow
+from souverain.services import models, orgs
+from souverain.services.access import can_see_org, check_operator, check_org, check_scope
+
+
+async def find_deployment(session: AsyncSession, *, ref: str) -> DeploymentRow | None:
+    query = select(DeploymentRow).where(
+        or_(DeploymentRow.id == ref, DeploymentRow.name == ref), DeploymentRow.deleted.is_(False)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+def _visible(principal: Principal, deployment: DeploymentRow) -> bool:
+    return deployment.org_id is None or can_see_org(principal, deployment.org_id)
+
+
+async def get_deployment(session: AsyncSession, *, principal: Principal, ref: str) -> DeploymentRow:
+    check_scope(principal, Scope.READ)
+    deployment = await find_deployment(session, ref=ref)
+    if deployment is None or not _visible(principal, deployment):
+        raise NotFoundError("deployment not found")
+    return deployment
+
+
+def _check_manage(principal: Principal, deployment: DeploymentRow) -> None:
+    if deployment.org_id is None:
+        check_operator(principal)
+    else:
+        check_org(principal, deployment.org_id, Scope.MANAGE, what="deployment")
+
+
+async def list_deployments(session: AsyncSession, *, principal: Principal) -> list[DeploymentRow]:
+    check_scope(principal, Scope.READ)
+    query = (
+        select(DeploymentRow).where(DeploymentRow.deleted.is_(False)).order_by(DeploymentRow.name)
+    )
+    if not principal.is_operator:
+        query = query.where(
+            or_(DeploymentRow.org_id.is_(None), DeploymentRow.org_id == principal.org_id)
+        )
+    return list((await session.execute(query)).scalars())
+
+
+async def create_deployment(
+    session: AsyncSession, *, principal: Principal, request: DeploymentCreateRequest
+) -> DeploymentRow:
+    org_id = None
+    if request.org is not None:
+        org = await orgs.get_org(session, principal=principal, ref=request.org)
+        check_org(principal, org.id, Scope.MANAGE)
+        org_id = org.id
+    else:
+        check_operator(principal)
+    model = await models.get_model(session, principal=principal, ref=request.model)
+    await _check_datacenters(session, request.datacenters)
+    if await find_deployment(session, ref=request.name) is not None:
+        raise ConflictError(f"deployment '{request.name}' already exists", param="name")
+    return await put_deployment(session, request=request, model=model, org_id=org_id)
+
+
+async def put_deployment(
+    session: AsyncSession, *, request: DeploymentCreateRequest, model: ModelRow, org_id: str | None
+) -> DeploymentRow:
+    deployment = DeploymentRow(
+        id=new_id("dep"),
+        name=request.name,
+        model_id=model.id,
+        org_id=org_id,
+        engine=model.engine,
+        replicas=request.replicas,
+        datacenters=list(request.datacenters),
+        cpus=request.cpus,
+        gpus=request.gpus,
+        engine_args=dict(request.engine_args),
+        status="pending",
+        status_reason="waiting for the controller",
+    )
+    session.add(deployment)
+    await session.flush()
+    return deployment
+
+
+async def _check_datacenters(session: AsyncSession, ids: list[str]) -> None:
+    for datacenter_id in ids:
+        if await session.get(DatacenterRow, datacenter_id) is None:
+            raise InvalidRequestError(
+                f"datacenter '{datacenter_id}' does not exist", param="datacenters"
+            )
+
+
+async def scale_deployment(
+    session: AsyncSession, *, principal: Principal, ref: str, replicas: int
+) -> DeploymentRow:
+    deployment = await get_deployment(session, principal=principal, ref=ref)
+    _check_manage(principal, deployment)
+    deployment.replicas = replicas
+    deployment.updated_at = utcnow()
+    await session.flush()
+    return deployment
+
+
+async def delete_deployment(
+    session: AsyncSession, *, principal: Principal, ref: str
+) -> DeploymentRow:
+    """Mark for deletion; the controller stops the replicas, then removes the row."""
+    deployment = await get_deployment(session, principal=principal, ref=ref)
+    _check_manage(principal, deployment)
+    deployment.deleted = True
+    deployment.replicas = 0
+    deployment.status = "deleting"
+    deployment.name = f"{deployment.name}~deleted~{deployment.id}"[:64]
+    deployment.updated_at = utcnow()
+    await session.flush()
+    return deployment
+
+
+async def replicas_of(
+    session: AsyncSession, *, deployment_ids: list[str]
+) -> dict[str, list[ReplicaRow]]:
+    result: dict[str, list[ReplicaRow]] = {dep_id: [] for dep_id in deployment_ids}
+    if deployment_ids:
+        query = select(ReplicaRow).where(ReplicaRow.deployment_id.in_(deployment_ids))
+        for replica in (await session.execute(query.order_by(ReplicaRow.created_at))).scalars():
+            result[replica.deployment_id].append(replica)
+    return result

@@ -1,0 +1,113 @@
+"""The model registry: names that clients call, and the artifacts behind them."""
+
+from __future__ import annotations
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from souverain.core.errors import ConflictError, NotFoundError
+from souverain.core.ids import new_id
+from souverain.core.principal import Principal
+from souverain.core.roles import Scope
+from souverain.core.schemas.models import ModelRegisterRequest
+from souverain.db.tables import ModelArtifactRow, ModelRow
+from souverain.services import orgs
+from souverain.services.access import can_see_org, check_operator, check_org, check_scope
+
+
+def can_see_model(principal: Principal, model: ModelRow) -> bool:
+    return model.owner_org_id is None or can_see_org(principal, model.owner_org_id)
+
+
+async def find_model(session: AsyncSession, *, ref: str) -> ModelRow | None:
+    query = select(ModelRow).where(or_(ModelRow.id == ref, ModelRow.name == ref))
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def get_model(session: AsyncSession, *, principal: Principal, ref: str) -> ModelRow:
+    check_scope(principal, Scope.READ)
+    model = await find_model(session, ref=ref)
+    if model is None or not can_see_model(principal, model):
+        raise NotFoundError("model not found")
+    return model
+
+
+async def list_models(session: AsyncSession, *, principal: Principal) -> list[ModelRow]:
+    if not (principal.has(Scope.READ) or principal.has(Scope.INFERENCE)):
+        check_scope(principal, Scope.READ)
+    query = select(ModelRow).order_by(ModelRow.name)
+    if not principal.is_operator:
+        query = query.where(
+            or_(ModelRow.owner_org_id.is_(None), ModelRow.owner_org_id == principal.org_id)
+        )
+    return list((await session.execute(query)).scalars())
+
+
+async def artifacts_of(
+    session: AsyncSession, *, model_ids: list[str]
+) -> dict[str, list[ModelArtifactRow]]:
+    result: dict[str, list[ModelArtifactRow]] = {model_id: [] for model_id in model_ids}
+    if model_ids:
+        query = select(ModelArtifactRow).where(ModelArtifactRow.model_id.in_(model_ids))
+        for artifact in (
+            await session.execute(query.order_by(ModelArtifactRow.created_at))
+        ).scalars():
+            result[artifact.model_id].append(artifact)
+    return result
+
+
+async def register_model(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    request: ModelRegisterRequest,
+    source: str = "user",
+) -> ModelRow:
+    owner_org_id = None
+    if request.org is not None:
+        org = await orgs.get_org(session, principal=principal, ref=request.org)
+        check_org(principal, org.id, Scope.MANAGE)
+        owner_org_id = org.id
+    else:
+        check_operator(principal)
+    return await put_model(
+        session, request=request, owner_org_id=owner_org_id, source=source, replace=False
+    )
+
+
+async def put_model(
+    session: AsyncSession,
+    *,
+    request: ModelRegisterRequest,
+    owner_org_id: str | None,
+    source: str,
+    replace: bool,
+) -> ModelRow:
+    model = await find_model(session, ref=request.name)
+    if model is not None and not replace:
+        raise ConflictError(f"model '{request.name}' already exists", param="name")
+    if model is None:
+        model = ModelRow(id=new_id("mdl"), name=request.name)
+        session.add(model)
+    model.owner_org_id = owner_org_id
+    model.engine = request.engine
+    model.capabilities = list(request.capabilities)
+    model.context_length = request.context_length
+    model.description = request.description
+    await session.flush()
+    for old in (await artifacts_of(session, model_ids=[model.id]))[model.id]:
+        await session.delete(old)
+    session.add(
+        ModelArtifactRow(
+            id=new_id("art"),
+            model_id=model.id,
+            uri=request.uri,
+            sha256=request.sha256,
+            size_bytes=request.size_bytes,
+            format=request.format,
+            license=request.license,
+            source=source,
+        )
+    )
+    await session.flush()
+    return model

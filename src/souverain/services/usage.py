@@ -1,0 +1,159 @@
+"""Usage records: exactly one per admitted request.
+
+A record is written `open` when the request is admitted and settled exactly once, by a
+guarded UPDATE (`WHERE status = 'open'`), so a late second settlement cannot double
+count. Records a killed server left open are settled `interrupted` at the next start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from souverain.core.errors import InvalidRequestError
+from souverain.core.principal import Principal
+from souverain.core.roles import Scope
+from souverain.db.tables import UsageRecordRow, utcnow
+from souverain.services import orgs
+from souverain.services.access import check_scope
+
+OPEN = "open"
+GROUPS = {"day", "model", "project", "key", "datacenter", "status"}
+
+
+@dataclass(frozen=True)
+class Settlement:
+    status: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tokens_counted_by: str = "engine"
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    deployment_id: str | None = None
+    replica_id: str | None = None
+    node_id: str | None = None
+    datacenter_id: str | None = None
+    country: str | None = None
+    error: str = ""
+
+
+async def open_record(session: AsyncSession, *, record: UsageRecordRow) -> None:
+    record.status = OPEN
+    session.add(record)
+    await session.flush()
+
+
+async def settle_record(session: AsyncSession, *, record_id: str, settlement: Settlement) -> bool:
+    """Settle once. Returns False when the record was already settled."""
+    values = {k: v for k, v in settlement.__dict__.items()}
+    result = await session.execute(
+        update(UsageRecordRow)
+        .where(UsageRecordRow.id == record_id, UsageRecordRow.status == OPEN)
+        .values(**values, settled_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def settle_interrupted(session: AsyncSession, *, server_id: str | None = None) -> int:
+    """Settle records left open by a server that died. None: every open record."""
+    query = update(UsageRecordRow).where(UsageRecordRow.status == OPEN)
+    if server_id is not None:
+        query = query.where(UsageRecordRow.server_id == server_id)
+    result = await session.execute(
+        query.values(
+            status="interrupted", settled_at=utcnow(), error="server stopped before settlement"
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def list_records(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    org_ref: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+) -> list[UsageRecordRow]:
+    query = await _scoped(session, principal=principal, org_ref=org_ref, since=since, until=until)
+    query = query.order_by(UsageRecordRow.created_at.desc()).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+async def aggregate(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    org_ref: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    group_by: str,
+) -> list[tuple[str, int, int, int]]:
+    if group_by not in GROUPS:
+        raise InvalidRequestError(f"group_by must be one of {sorted(GROUPS)}", param="group_by")
+    records = await list_records(
+        session, principal=principal, org_ref=org_ref, since=since, until=until, limit=1_000_000
+    )
+    groups: dict[str, list[int]] = {}
+    for record in records:
+        key = _group_key(record, group_by)
+        totals = groups.setdefault(key, [0, 0, 0])
+        totals[0] += 1
+        totals[1] += record.prompt_tokens
+        totals[2] += record.completion_tokens
+    return [(key, t[0], t[1], t[2]) for key, t in sorted(groups.items())]
+
+
+def _group_key(record: UsageRecordRow, group_by: str) -> str:
+    if group_by == "day":
+        return record.created_at.date().isoformat()
+    value = {
+        "model": record.model,
+        "project": record.project_id,
+        "key": record.key_id,
+        "datacenter": record.datacenter_id,
+        "status": record.status,
+    }[group_by]
+    return value or "-"
+
+
+async def _scoped(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    org_ref: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> Select[UsageRecordRow]:
+    check_scope(principal, Scope.READ)
+    query = select(UsageRecordRow)
+    if org_ref is not None:
+        org = await orgs.get_org(session, principal=principal, ref=org_ref)
+        query = query.where(UsageRecordRow.org_id == org.id)
+    if not principal.is_operator:
+        query = query.where(UsageRecordRow.org_id == principal.org_id)
+        if principal.project_id is not None:
+            query = query.where(UsageRecordRow.project_id == principal.project_id)
+        if not (principal.has(Scope.MANAGE) or principal.has(Scope.AUDIT)):
+            query = query.where(UsageRecordRow.user_id == principal.user_id)
+    if since is not None:
+        query = query.where(UsageRecordRow.created_at >= as_utc(since))
+    if until is not None:
+        query = query.where(UsageRecordRow.created_at < as_utc(until))
+    return query
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Read a naive time as UTC, as ISO 8601 without an offset is commonly meant."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+async def count_records(session: AsyncSession, *, status: str | None = None) -> int:
+    query = select(func.count()).select_from(UsageRecordRow)
+    if status is not None:
+        query = query.where(UsageRecordRow.status == status)
+    return int((await session.execute(query)).scalar_one())

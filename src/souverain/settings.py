@@ -1,0 +1,146 @@
+"""All configuration, in one pydantic-settings class. `SOUVERAIN_` prefix.
+
+Nothing happens at import: `Settings()` reads the environment when called, and the data
+directory is created by whoever starts a process (`ensure_data_dir`), not here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from platformdirs import user_config_dir, user_data_dir
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "souverain"}
+
+
+def default_data_dir() -> Path:
+    return Path(user_data_dir("souverain", appauthor=False))
+
+
+def default_config_file() -> Path:
+    return Path(user_config_dir("souverain", appauthor=False)) / "config.json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOUVERAIN_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="Where SQLite, keys and logs live."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: SQLite in the data directory. "
+        "postgresql://… is accepted and driven through asyncpg.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = Field(
+        default=None, description="Base URL clients use, if not http://host:port."
+    )
+
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Master key from which per-replica engine secrets are derived. Every "
+        "server and controller process of one installation must share it. Default: a "
+        "random key kept in <data_dir>/secret.key (mode 0600).",
+    )
+    dev_mode: bool = Field(
+        default=False, description="Allows placeholder secrets. Never in production."
+    )
+
+    ray_address: str | None = Field(
+        default=None,
+        description="Existing Ray cluster (e.g. 'auto' or 'ray://…'). None: embedded head.",
+    )
+    local_datacenter: str = Field(
+        default="local", description="Datacenter id of the embedded Ray head."
+    )
+    local_country: str = Field(default="FR", description="ISO country of the local datacenter.")
+    local_carbon_intensity: float = Field(
+        default=56.0, ge=0, description="gCO2e/kWh of the local grid."
+    )
+    embedded_ray_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs the embedded head offers."
+    )
+
+    deploy_builtin_model: bool = Field(
+        default=True, description="souverain up deploys SmolLM2 on first start."
+    )
+    engine_threads: int = Field(
+        default=2, ge=1, le=256, description="llama.cpp threads per replica."
+    )
+    engine_context: int = Field(
+        default=4096, ge=256, le=1_048_576, description="llama.cpp context length."
+    )
+    engine_bind_host: str | None = Field(
+        default=None,
+        description="Address engines bind to. Default: the Ray node's private address.",
+    )
+
+    key_cache_ttl_s: float = Field(
+        default=2.0, ge=0, le=5, description="Revocation is seen within this."
+    )
+    replica_refresh_s: float = Field(default=1.0, gt=0, le=30)
+    reconcile_interval_s: float = Field(default=1.0, gt=0, le=60)
+    controller_lease_s: float = Field(default=15.0, gt=1, le=600)
+    upstream_timeout_s: float = Field(default=600.0, gt=0)
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    log_level: str = "INFO"
+
+    @field_validator("secret_key")
+    @classmethod
+    def _no_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        dev = os.environ.get("SOUVERAIN_DEV_MODE", "").lower() in {"1", "true", "yes"}
+        if not dev and (raw.lower() in _PLACEHOLDER_SECRETS or len(raw) < 32):
+            raise ValueError("secret_key must be at least 32 characters and not a placeholder")
+        return value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return normalise_database_url(
+            self.database_url or f"sqlite:///{self.data_dir / 'souverain.db'}"
+        )
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::"} else self.host
+        return f"http://{host}:{self.port}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Pick the async driver for a plain URL: sqlite -> aiosqlite, postgresql -> asyncpg."""
+    for plain, driver in (
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def ensure_data_dir(settings: Settings) -> Path:
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return settings.data_dir
+
+
+def load_master_key(settings: Settings) -> bytes:
+    """The installation's master key: from settings, else from (or into) the data dir."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    path = ensure_data_dir(settings) / "secret.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
