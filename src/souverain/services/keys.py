@@ -139,7 +139,7 @@ async def list_keys(
         if principal.project_id is not None:
             query = query.where(ApiKeyRow.project_id == principal.project_id)
     query = query.order_by(ApiKeyRow.created_at)
-    return [(k, u) for k, u in (await session.execute(query)).tuples()]
+    return [(k, u) for k, u in (await session.execute(query)).all()]
 
 
 async def revoke_key(session: AsyncSession, *, principal: Principal, key_id: str) -> ApiKeyRow:

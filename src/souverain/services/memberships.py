@@ -34,7 +34,7 @@ async def list_members(
         .where(MembershipRow.org_id == org.id)
         .order_by(UserRow.name)
     )
-    return [(m, u) for m, u in (await session.execute(query)).tuples()]
+    return [(m, u) for m, u in (await session.execute(query)).all()]
 
 
 async def add_member(

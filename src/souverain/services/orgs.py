@@ -51,6 +51,7 @@ async def create_org(
         id=new_id("org"), name=request.name, display_name=request.display_name or request.name
     )
     session.add(org)
+    await session.flush()
     session.add(ProjectRow(id=new_id("prj"), org_id=org.id, name=DEFAULT_PROJECT))
     if request.owner:
         owner = await users.ensure_user(session, name=request.owner)

@@ -70,5 +70,5 @@ async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
             datacenter_id=replica.datacenter_id,
             country=datacenter.country,
         )
-        for replica, deployment, model, datacenter in (await session.execute(query)).tuples()
+        for replica, deployment, model, datacenter in (await session.execute(query)).all()
     ]

@@ -1,0 +1,201 @@
+"""Factories: put tenants, keys, models and ready replicas straight into the database.
+
+Names get a random suffix so tests can share one database without colliding.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from souverain.core.ids import hash_secret, new_api_key, new_id
+from souverain.core.roles import Role, Scope, scopes_of
+from souverain.db.tables import (
+    ApiKeyRow,
+    DatacenterRow,
+    DeploymentRow,
+    MembershipRow,
+    ModelArtifactRow,
+    ModelRow,
+    OrganisationRow,
+    ProjectRow,
+    ReplicaRow,
+    UserRow,
+)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Tenant:
+    org_id: str
+    org_name: str
+    project_id: str
+    users: dict[str, str]  # user name -> id
+
+
+@dataclass
+class Key:
+    id: str
+    key: str
+    user_id: str
+    org_id: str | None
+
+
+class Factory:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def tenant(
+        self, name: str | None = None, *, roles: dict[str, Role] | None = None
+    ) -> Tenant:
+        """An organisation with a default project and members: {"alice": Role.OWNER, …}."""
+        org_name = name or unique("org")
+        roles = roles if roles is not None else {unique("owner"): Role.OWNER}
+        async with self.sessions.begin() as session:
+            org = OrganisationRow(id=new_id("org"), name=org_name, display_name=org_name)
+            project = ProjectRow(id=new_id("prj"), org_id=org.id, name="default")
+            session.add(org)
+            await session.flush()
+            session.add(project)
+            users = {}
+            for user_name, role in roles.items():
+                user = UserRow(id=new_id("usr"), name=f"{user_name}-{org_name}", is_operator=False)
+                session.add(user)
+                await session.flush()
+                session.add(
+                    MembershipRow(id=new_id("mem"), org_id=org.id, user_id=user.id, role=role)
+                )
+                users[user_name] = user.id
+        return Tenant(org.id, org_name, project.id, users)
+
+    async def operator(self) -> Key:
+        async with self.sessions.begin() as session:
+            user = UserRow(id=new_id("usr"), name=unique("operator"), is_operator=True)
+            session.add(user)
+        return await self.key(user_id=user.id, org_id=None, role=Role.OPERATOR)
+
+    async def key(
+        self,
+        *,
+        user_id: str,
+        org_id: str | None,
+        role: Role,
+        scopes: frozenset[Scope] | None = None,
+        project_id: str | None = None,
+        expires_at: datetime | None = None,
+        revoked_at: datetime | None = None,
+    ) -> Key:
+        key_id, secret, full = new_api_key()
+        async with self.sessions.begin() as session:
+            session.add(
+                ApiKeyRow(
+                    id=key_id,
+                    secret_hash=hash_secret(secret),
+                    name="test key",
+                    user_id=user_id,
+                    created_by=user_id,
+                    org_id=org_id,
+                    project_id=project_id,
+                    role=role,
+                    scopes=sorted(scopes if scopes is not None else scopes_of(role)),
+                    expires_at=expires_at,
+                    revoked_at=revoked_at,
+                )
+            )
+        return Key(key_id, full, user_id, org_id)
+
+    async def member_key(self, tenant: Tenant, user: str, role: Role) -> Key:
+        return await self.key(user_id=tenant.users[user], org_id=tenant.org_id, role=role)
+
+    async def datacenter(
+        self, dc_id: str | None = None, *, country: str = "FR", carbon: float = 50.0
+    ) -> str:
+        dc_id = dc_id or unique("dc")
+        async with self.sessions.begin() as session:
+            if await session.get(DatacenterRow, dc_id) is None:
+                session.add(
+                    DatacenterRow(
+                        id=dc_id,
+                        name=dc_id,
+                        country=country,
+                        operator_name="test operator",
+                        operator_country=country,
+                        certifications=[],
+                        carbon_intensity=carbon,
+                    )
+                )
+        return dc_id
+
+    async def served_model(
+        self,
+        *,
+        url: str,
+        datacenter_id: str,
+        name: str | None = None,
+        owner_org_id: str | None = None,
+        capabilities: tuple[str, ...] = ("chat", "completions"),
+        replica_id: str | None = None,
+    ) -> tuple[str, str]:
+        """A model with a deployment and one ready replica at `url`. Returns (model name, replica id)."""
+        name = name or unique("model")
+        replica_id = replica_id or new_id("rep")
+        async with self.sessions.begin() as session:
+            model = ModelRow(
+                id=new_id("mdl"),
+                name=name,
+                owner_org_id=owner_org_id,
+                engine="llamacpp",
+                capabilities=list(capabilities),
+                context_length=4096,
+                description="",
+            )
+            session.add(model)
+            await session.flush()
+            session.add(
+                ModelArtifactRow(
+                    id=new_id("art"),
+                    model_id=model.id,
+                    uri="file:///dev/null",
+                    sha256=None,
+                    size_bytes=None,
+                    format="gguf",
+                    license="test",
+                    source="test",
+                )
+            )
+            deployment = DeploymentRow(
+                id=new_id("dep"),
+                name=unique("dep"),
+                model_id=model.id,
+                org_id=owner_org_id,
+                engine="llamacpp",
+                replicas=1,
+                datacenters=[],
+                cpus=1,
+                gpus=0,
+                engine_args={},
+                status="ready",
+                status_reason="",
+            )
+            session.add(deployment)
+            await session.flush()
+            session.add(
+                ReplicaRow(
+                    id=replica_id,
+                    deployment_id=deployment.id,
+                    actor_name=f"test-{replica_id}",
+                    datacenter_id=datacenter_id,
+                    node_id="node-test",
+                    url=url,
+                    state="ready",
+                    reason="",
+                    engine_restarts=0,
+                )
+            )
+        return name, replica_id

@@ -1,0 +1,172 @@
+"""A stand-in engine: an OpenAI-compatible server that streams canned tokens.
+
+For gateway tests and benchmarks only; never the only test of a feature. It behaves like
+souverain's llama.cpp engine where the gateway can tell: it requires its bearer secret,
+streams server-sent events ending in a usage chunk with `choices: []` and `[DONE]`, and
+reports exact usage. Faults can be injected per request through the prompt text:
+
+    "#fail-500"        answer HTTP 500
+    "#break-stream"    stream two tokens, then drop the connection
+    "#slow"            wait 0.2 s between tokens (for disconnect tests)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+WORDS = ["souverain", "keeps", "every", "token", "where", "the", "tenant", "allows", "it", "to", "be", "processed"]
+
+
+class StandInEngine:
+    def __init__(
+        self,
+        *,
+        secret_for: Callable[[str], str],
+        model: str = "stand-in",
+        tokens: int = 16,
+        token_delay_s: float = 0.0,
+    ) -> None:
+        """`secret_for(replica_id)` gives the secret a replica accepts. Paths may be prefixed
+        with /r/<replica_id> so one stand-in can play many replicas."""
+        self.secret_for = secret_for
+        self.model = model
+        self.tokens = tokens
+        self.token_delay_s = token_delay_s
+        self.requests: list[dict[str, Any]] = []
+        self.cancelled = 0
+        routes = []
+        for prefix in ("", "/r/{replica}"):
+            routes += [
+                Route(prefix + "/v1/models", self.models, methods=["GET"]),
+                Route(prefix + "/v1/chat/completions", self.chat, methods=["POST"]),
+                Route(prefix + "/v1/completions", self.completions, methods=["POST"]),
+                Route(prefix + "/v1/embeddings", self.embeddings, methods=["POST"]),
+            ]
+        self.app = Starlette(routes=routes)
+
+    def _authorised(self, request: Request) -> bool:
+        replica = request.path_params.get("replica", "default")
+        return request.headers.get("authorization") == f"Bearer {self.secret_for(replica)}"
+
+    async def models(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return JSONResponse({"detail": "Invalid API key"}, status_code=401)
+        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def chat(self, request: Request) -> Response:
+        return await self._generate(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, "text")
+
+    async def embeddings(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return JSONResponse({"detail": "Invalid API key"}, status_code=401)
+        body = await request.json()
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+            for i in range(len(inputs))
+        ]
+        tokens = sum(len(str(text).split()) for text in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse(
+            {"object": "list", "data": data, "model": body["model"], "usage": usage}
+        )
+
+    async def _generate(self, request: Request, kind: str) -> Response:
+        if not self._authorised(request):
+            return JSONResponse({"detail": "Invalid API key"}, status_code=401)
+        body = await request.json()
+        self.requests.append(body)
+        prompt = _prompt_text(body)
+        if "#fail-500" in prompt:
+            return JSONResponse({"error": {"message": "engine exploded"}}, status_code=500)
+        count = min(int(body.get("max_tokens") or self.tokens), self.tokens)
+        prompt_tokens = max(1, len(prompt.split()))
+        if body.get("stream"):
+            return StreamingResponse(
+                self._stream(body, kind, prompt, count, prompt_tokens),
+                media_type="text/event-stream",
+            )
+        text = " ".join(WORDS[i % len(WORDS)] for i in range(count))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        if kind == "chat":
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": count,
+            "total_tokens": prompt_tokens + count,
+        }
+        return JSONResponse(
+            {
+                "id": "cmpl-stand-in",
+                "object": "chat.completion" if kind == "chat" else "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model", self.model),
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    async def _stream(
+        self, body: dict[str, Any], kind: str, prompt: str, count: int, prompt_tokens: int
+    ) -> AsyncIterator[bytes]:
+        delay = 0.2 if "#slow" in prompt else self.token_delay_s
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        base = {
+            "id": "cmpl-stand-in",
+            "object": obj,
+            "created": int(time.time()),
+            "model": body.get("model"),
+        }
+        try:
+            for i in range(count):
+                if "#break-stream" in prompt and i == 2:
+                    raise ConnectionError("stand-in engine broke the stream")
+                piece = WORDS[i % len(WORDS)] + " "
+                choice: dict[str, Any] = {"index": 0, "finish_reason": None}
+                if kind == "chat":
+                    choice["delta"] = (
+                        {"content": piece} if i else {"role": "assistant", "content": piece}
+                    )
+                else:
+                    choice["text"] = piece
+                yield f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode()
+                if delay:
+                    await asyncio.sleep(delay)
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": count,
+                "total_tokens": prompt_tokens + count,
+            }
+            yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        parts = []
+        for message in body["messages"]:
+            content = message.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return " ".join(parts)
+    prompt = body.get("prompt", "")
+    return " ".join(prompt) if isinstance(prompt, list) else str(prompt)

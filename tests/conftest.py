@@ -1,0 +1,156 @@
+"""Shared fixtures: a real database (SQLite always, PostgreSQL when
+SOUVERAIN_TEST_POSTGRES_URL is set), a live souverain server on a real port, a stand-in
+engine, and factories."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from souverain.api.app import create_app
+from souverain.core.ids import replica_secret
+from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.settings import Settings, normalise_database_url
+from souverain.testing.factories import Factory
+from souverain.testing.live import LiveServer
+from souverain.testing.stand_in import StandInEngine
+
+MASTER_KEY = "0123456789abcdef" * 4
+POSTGRES_URL = os.environ.get("SOUVERAIN_TEST_POSTGRES_URL")
+
+DATABASES = [pytest.param("sqlite", id="sqlite")]
+if POSTGRES_URL:
+    DATABASES.append(pytest.param("postgres", id="postgres", marks=pytest.mark.postgres))
+
+
+async def reset_postgres(url: str) -> None:
+    engine = create_engine_unpooled(normalise_database_url(url))
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP SCHEMA public CASCADE"))
+        await connection.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
+async def fresh_database_url(kind: str, directory: Path) -> str:
+    if kind == "postgres":
+        assert POSTGRES_URL
+        await reset_postgres(POSTGRES_URL)
+        return POSTGRES_URL
+    return f"sqlite:///{directory / 'souverain.db'}"
+
+
+@dataclass
+class Platform:
+    """A live server on a real database, with factories and a stand-in engine."""
+
+    url: str
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    factory: Factory
+    stand_in_url: str
+    stand_in: StandInEngine
+    master_key: bytes
+
+    def secret_for(self, replica_id: str) -> str:
+        return replica_secret(self.master_key, replica_id)
+
+    async def served_model(self, **kwargs: object) -> str:
+        """A model served by the stand-in engine through one ready replica; waits until routable."""
+        from souverain.core.ids import new_id
+
+        replica_id = new_id("rep")
+        url = f"{self.stand_in_url}/r/{replica_id}"
+        dc = await self.factory.datacenter("fr-test", country="FR")
+        name, _ = await self.factory.served_model(
+            url=url, datacenter_id=dc, replica_id=replica_id, **kwargs
+        )  # type: ignore[arg-type]
+        operator = await self.operator_key()
+        async with self.client(operator) as client:
+            await wait_until(lambda: _listed(client, name))
+        return name
+
+    async def operator_key(self) -> str:
+        if not hasattr(self, "_operator"):
+            self._operator = (await self.factory.operator()).key
+        return self._operator
+
+    def client(self, key: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def stand_in_secret() -> str:
+    return "stand-in-secret-for-tests"
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+async def platform(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Platform]:
+    directory = tmp_path_factory.mktemp(f"platform-{request.param}")
+    url = await fresh_database_url(request.param, directory)
+    settings = Settings(
+        data_dir=directory,
+        database_url=url,
+        secret_key=MASTER_KEY,  # type: ignore[arg-type]
+        replica_refresh_s=0.2,
+        key_cache_ttl_s=1.0,
+        port=8000,
+    )
+    stand_in = StandInEngine(
+        secret_for=lambda replica: replica_secret(MASTER_KEY.encode(), replica)
+    )
+    with LiveServer(create_app(settings)) as server, LiveServer(stand_in.app) as engine:
+        engine_sessions = create_engine_unpooled(settings.sqlalchemy_url)
+        sessions = session_factory(engine_sessions)
+        yield Platform(
+            url=server.url,
+            settings=settings,
+            sessions=sessions,
+            factory=Factory(sessions),
+            stand_in_url=engine.url,
+            stand_in=stand_in,
+            master_key=MASTER_KEY.encode(),
+        )
+        await engine_sessions.dispose()
+
+
+async def wait_until(
+    predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        outcome = predicate()
+        if asyncio.iscoroutine(outcome):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval_s)
+
+
+async def _listed(client: httpx.AsyncClient, name: str) -> bool:
+    response = await client.get("/v1/models")
+    return any(m["id"] == name for m in response.json().get("data", []))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("SOUVERAIN_CONFIG", str(tmp_path / "cli-config.json"))
+    yield
