@@ -137,10 +137,10 @@ class TestMetering:
                 json=chat(model, max_tokens=3, stream=True, stream_options={"include_usage": True}),
             )
         plain_chunks = [
-            json.loads(l[5:]) for l in plain.text.splitlines() if l.startswith("data: {")
+            json.loads(line[5:]) for line in plain.text.splitlines() if line.startswith("data: {")
         ]
         asked_chunks = [
-            json.loads(l[5:]) for l in asked.text.splitlines() if l.startswith("data: {")
+            json.loads(line[5:]) for line in asked.text.splitlines() if line.startswith("data: {")
         ]
         assert all("usage" not in c for c in plain_chunks)
         assert (
