@@ -181,11 +181,14 @@ class TestMetering:
         model = await platform.served_model()
         key, key_id = await member(platform)
         cancelled_before = platform.stand_in.cancelled
-        async with platform.client(key) as client, client.stream(
-            "POST",
-            "/v1/chat/completions",
-            json=chat(model, "#slow", stream=True, max_tokens=16),
-        ) as response:
+        async with (
+            platform.client(key) as client,
+            client.stream(
+                "POST",
+                "/v1/chat/completions",
+                json=chat(model, "#slow", stream=True, max_tokens=16),
+            ) as response,
+        ):
             async for line in response.aiter_lines():
                 if line.startswith("data: {"):
                     break  # leave after the first token

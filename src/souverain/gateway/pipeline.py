@@ -61,9 +61,14 @@ class Call:
     started: float = 0.0
 
 
-def resolve_model(state: AppState, principal: Principal, name: str, endpoint: str) -> ModelInfo:
+async def resolve_model(
+    state: AppState, principal: Principal, name: str, endpoint: str
+) -> ModelInfo:
     check_scope(principal, Scope.INFERENCE)
     model = state.routes.visible_model(principal, name)
+    if model is None:
+        await state.routes.refresh_if_older_than(state.sessions, 0.25)
+        model = state.routes.visible_model(principal, name)
     if model is None:
         raise ModelNotFoundError(
             f"The model '{name}' does not exist or you do not have access to it.", param="model"
@@ -80,6 +85,9 @@ def resolve_model(state: AppState, principal: Principal, name: str, endpoint: st
 
 async def run(call: Call, request: Request) -> Response:
     routes = call.state.routes.usable_routes(call.principal, call.model.name)
+    if not routes:
+        await call.state.routes.refresh_if_older_than(call.state.sessions, 0.25)
+        routes = call.state.routes.usable_routes(call.principal, call.model.name)
     if not routes:
         raise ServiceUnavailableError(
             f"The model '{call.model.name}' has no ready replica right now; retry shortly.",

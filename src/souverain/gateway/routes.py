@@ -87,7 +87,7 @@ async def chat_completions(request: Request, principal: PrincipalDep, state: Sta
     `stream_options: {"include_usage": true}` the last chunk carries token usage."""
     check_scope(principal, Scope.INFERENCE)
     body = await parse_body(request, state, ChatCompletionRequest)
-    model = pipeline.resolve_model(state, principal, body.model, "chat")
+    model = await pipeline.resolve_model(state, principal, body.model, "chat")
     call = pipeline.Call(
         state=state,
         principal=principal,
@@ -107,7 +107,7 @@ async def completions(request: Request, principal: PrincipalDep, state: StateDep
     """Legacy text completion (OpenAI `completions`)."""
     check_scope(principal, Scope.INFERENCE)
     body = await parse_body(request, state, CompletionRequest)
-    model = pipeline.resolve_model(state, principal, body.model, "completions")
+    model = await pipeline.resolve_model(state, principal, body.model, "completions")
     call = pipeline.Call(
         state=state,
         principal=principal,
@@ -125,7 +125,7 @@ async def embeddings(request: Request, principal: PrincipalDep, state: StateDep)
     """Embeddings, for models registered with the `embeddings` capability."""
     check_scope(principal, Scope.INFERENCE)
     body = await parse_body(request, state, EmbeddingRequest)
-    model = pipeline.resolve_model(state, principal, body.model, "embeddings")
+    model = await pipeline.resolve_model(state, principal, body.model, "embeddings")
     call = pipeline.Call(
         state=state,
         principal=principal,

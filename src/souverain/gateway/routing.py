@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Set
 
@@ -27,6 +28,7 @@ class RouteTable:
         self.routes: dict[str, list[ReplicaRoute]] = {}
         self.outstanding: defaultdict[str, int] = defaultdict(int)
         self.loaded = False
+        self.refreshed_at = 0.0
 
     def replace(self, models: list[ModelInfo], routes: list[ReplicaRoute]) -> None:
         by_model: dict[str, list[ReplicaRoute]] = defaultdict(list)
@@ -35,12 +37,20 @@ class RouteTable:
         self.models = {model.name: model for model in models}
         self.routes = dict(by_model)
         self.loaded = True
+        self.refreshed_at = time.monotonic()
 
     async def refresh(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         async with sessions() as session:
             models = await load_models(session)
             routes = await load_ready_routes(session)
         self.replace(models, routes)
+
+    async def refresh_if_older_than(
+        self, sessions: async_sessionmaker[AsyncSession], age_s: float
+    ) -> None:
+        """On a miss, look again now rather than wait for the next periodic refresh."""
+        if time.monotonic() - self.refreshed_at > age_s:
+            await self.refresh(sessions)
 
     async def refresh_forever(
         self, sessions: async_sessionmaker[AsyncSession], interval_s: float

@@ -23,7 +23,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-WORDS = ["souverain", "keeps", "every", "token", "where", "the", "tenant", "allows", "it", "to", "be", "processed"]
+WORDS = [
+    "souverain",
+    "keeps",
+    "every",
+    "token",
+    "where",
+    "the",
+    "tenant",
+    "allows",
+    "it",
+    "to",
+    "be",
+    "processed",
+]
 
 
 class StandInEngine:

@@ -1,0 +1,261 @@
+"""`souverain up` end to end: the official SDKs, the CLI, the engine's own door, a killed
+engine coming back, Ctrl-C leaving nothing behind, and a second start reusing everything.
+
+Real parts only: a `souverain up` process with its embedded Ray head, and llama.cpp
+serving SmolLM2-135M-Instruct.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from mistralai.client import Mistral
+
+from tests.e2e.conftest import Up, all_engine_processes
+
+pytestmark = [pytest.mark.ray, pytest.mark.engine, pytest.mark.slow]
+
+MODEL = "smollm2-135m-instruct"
+QUESTION = [{"role": "user", "content": "Name three colours."}]
+
+
+def sdk(up: Up) -> openai.OpenAI:
+    assert up.first_key
+    return openai.OpenAI(base_url=f"{up.url}/v1", api_key=up.first_key, max_retries=0)
+
+
+class TestFirstStart:
+    def test_banner_gives_url_docs_and_a_key_once(self, up: Up) -> None:
+        text = "".join(up.output)
+        assert f"{up.url}/v1" in text and f"{up.url}/docs" in text
+        assert up.first_key is not None
+        assert f"{MODEL}: ready" in text
+        assert up.config.stat().st_mode & 0o777 == 0o600
+        assert up.first_key in up.config.read_text()
+
+    def test_docs_and_health_are_public(self, up: Up) -> None:
+        assert httpx.get(f"{up.url}/healthz").status_code == 200
+        assert httpx.get(f"{up.url}/readyz").json()["ready_replicas"] >= 1
+        assert httpx.get(f"{up.url}/openapi.json").status_code == 200
+
+
+class TestOpenAISdk:
+    def test_models_list(self, up: Up) -> None:
+        assert MODEL in {m.id for m in sdk(up).models.list()}
+
+    def test_chat(self, up: Up) -> None:
+        answer = sdk(up).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content
+        assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+    def test_stream_with_usage_agrees_with_non_stream(self, up: Up) -> None:
+        client = sdk(up)
+        params = {
+            "model": MODEL,
+            "messages": QUESTION,
+            "max_tokens": 24,
+            "temperature": 0,
+            "seed": 7,
+        }
+        whole = client.chat.completions.create(**params)  # type: ignore[call-overload]
+        chunks = list(
+            client.chat.completions.create(
+                **params, stream=True, stream_options={"include_usage": True}
+            )  # type: ignore[call-overload]
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == whole.choices[0].message.content
+        final = chunks[-1]
+        assert final.choices == [] and final.usage is not None
+        assert final.usage.prompt_tokens == whole.usage.prompt_tokens
+        assert final.usage.completion_tokens == whole.usage.completion_tokens
+
+    def test_stream_without_usage_has_no_usage_chunk(self, up: Up) -> None:
+        chunks = list(
+            sdk(up).chat.completions.create(
+                model=MODEL, messages=QUESTION, max_tokens=8, stream=True
+            )
+        )  # type: ignore[call-overload]
+        assert chunks and all(c.usage is None for c in chunks)
+
+    def test_completions(self, up: Up) -> None:
+        answer = sdk(up).completions.create(
+            model=MODEL, prompt="The capital of France is", max_tokens=8
+        )
+        assert answer.choices[0].text and answer.usage and answer.usage.completion_tokens <= 8
+
+    def test_bad_request_is_an_sdk_error_in_openai_shape(self, up: Up) -> None:
+        with pytest.raises(openai.BadRequestError) as raised:
+            sdk(up).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=10**9)  # type: ignore[arg-type]
+        assert raised.value.body["param"] == "max_tokens"  # type: ignore[index]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{up.url}/v1", api_key="sk-souv-wrong").models.list()
+        with pytest.raises(openai.NotFoundError):
+            sdk(up).chat.completions.create(model="gpt-4o", messages=QUESTION)  # type: ignore[arg-type]
+
+
+class TestMistralSdk:
+    def test_complete_and_stream(self, up: Up) -> None:
+        client = Mistral(api_key=up.first_key, server_url=up.url)
+        answer = client.chat.complete(model=MODEL, messages=QUESTION, max_tokens=12)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content
+        assert answer.usage.completion_tokens > 0
+        pieces = [
+            event.data.choices[0].delta.content or ""
+            for event in client.chat.stream(model=MODEL, messages=QUESTION, max_tokens=12)  # type: ignore[arg-type]
+            if event.data.choices
+        ]
+        assert "".join(str(p) for p in pieces)
+
+
+class TestEngineDoor:
+    def test_engine_refuses_calls_without_its_replica_secret(self, up: Up) -> None:
+        [url] = up.replica_urls()
+        assert not url.startswith("http://0.0.0.0")
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert (
+            httpx.get(
+                f"{url}/v1/models", headers={"Authorization": f"Bearer {up.first_key}"}
+            ).status_code
+            == 401
+        )
+        body = {"messages": QUESTION, "max_tokens": 2}
+        assert httpx.post(f"{url}/v1/chat/completions", json=body).status_code == 401
+
+
+class TestCli:
+    def test_operator_workflow(self, up: Up) -> None:
+        assert "acme" in up.cli("orgs", "create", "acme", "--owner", "alice").stdout
+        created = up.cli(
+            "keys", "create", "--org", "acme", "--user", "alice", "--role", "owner"
+        ).stdout
+        alice_key = created.split()[-1]
+        assert alice_key.startswith("sk-souv-")
+        assert "acme" in up.cli("orgs", "list").stdout
+        up.cli(
+            "datacenters",
+            "add",
+            "fra1",
+            "--name",
+            "Frankfurt 1",
+            "--country",
+            "DE",
+            "--operator",
+            "Acme DC",
+            "--operator-country",
+            "DE",
+            "--certification",
+            "C5",
+            "--carbon-intensity",
+            "380",
+        )
+        listed = up.cli("datacenters", "list").stdout
+        assert "fra1" in listed and "DE" in listed
+        assert "local" in up.cli("nodes", "list").stdout
+        assert MODEL in up.cli("models", "list").stdout
+        assert _status(up.cli("deployments", "list").stdout, MODEL) == "ready"
+        # alice (owner of acme) sees her org only, and cannot add datacenters
+        assert "acme" in up.cli("orgs", "list", key=alice_key).stdout
+        refused = up.cli(
+            "datacenters",
+            "add",
+            "x1",
+            "--name",
+            "x",
+            "--country",
+            "FR",
+            "--operator",
+            "x",
+            "--operator-country",
+            "FR",
+            "--carbon-intensity",
+            "1",
+            key=alice_key,
+            check=False,
+        )
+        assert refused.returncode == 1 and "403" in refused.stderr
+        reply = up.cli("chat", "--message", "Say hello.", "--max-tokens", "8", key=alice_key)
+        assert reply.stdout.strip()
+        usage = up.cli("usage", "--by", "status").stdout
+        assert "ok" in usage
+        keys = up.cli("keys", "list").stdout
+        assert "sk-souv-" not in keys
+
+    def test_register_deploy_scale_and_delete_a_model(self, up: Up, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        from souverain.engines.artifacts import builtin_path
+
+        gguf = tmp_path / "my-model.gguf"
+        gguf.write_bytes(builtin_path(MODEL).read_bytes())
+        up.cli("models", "register", "my-model", str(gguf), "--license", "Apache-2.0")
+        assert "my-model" in up.cli("models", "list").stdout
+        up.cli("deployments", "create", "mine", "--model", "my-model", "--datacenter", "local")
+        deadline = time.monotonic() + 120
+        while _status(up.cli("deployments", "list").stdout, "mine") != "ready":
+            assert time.monotonic() < deadline, up.cli("deployments", "list").stdout
+            time.sleep(1)
+        answer = sdk(up).chat.completions.create(model="my-model", messages=QUESTION, max_tokens=4)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content is not None
+        up.cli("deployments", "scale", "mine", "0")
+        while _status(up.cli("deployments", "list").stdout, "mine") != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(1)
+        up.cli("deployments", "delete", "mine")
+        while "mine" in up.cli("deployments", "list").stdout:
+            assert time.monotonic() < deadline
+            time.sleep(1)
+
+
+def _row(table: str, name: str) -> str:
+    return next((line for line in table.splitlines() if f" {name} " in line), "")
+
+
+def _status(table: str, name: str) -> str:
+    """The status cell of a `deployments list` row (columns: name, model, replicas, status, …)."""
+    cells = [cell.strip() for cell in _row(table, name).split("│")]
+    return cells[4] if len(cells) > 4 else ""
+
+
+class TestResilience:
+    def test_killed_engine_is_restarted_and_serves_again(self, up: Up) -> None:
+        [engine] = up.engine_processes()
+        engine.kill()
+        engine.wait(10)
+        client = sdk(up)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                answer = client.chat.completions.create(
+                    model=MODEL, messages=QUESTION, max_tokens=4
+                )  # type: ignore[arg-type]
+                if answer.choices:
+                    break
+            except (openai.APIStatusError, openai.APIConnectionError):
+                pass
+            assert time.monotonic() < deadline, "engine never came back"
+            time.sleep(0.5)
+        [replacement] = up.engine_processes()
+        assert replacement.pid != engine.pid
+
+
+class TestRestart:
+    """Runs last in this module: it stops and restarts the installation."""
+
+    def test_ctrl_c_stops_everything_and_second_start_reuses_state(self, up: Up) -> None:
+        key = up.first_key
+        up.cli("orgs", "create", "kept-across-restarts")
+        engines = up.engine_processes()
+        assert engines
+        assert up.stop() in (0, 130, -2)  # 130: the conventional status after Ctrl-C
+        assert "stopping engines and Ray" in "".join(up.output)
+        time.sleep(1)
+        assert not any(p.is_running() and p.status() != "zombie" for p in engines)
+        assert not all_engine_processes()
+        up.start()
+        assert up.first_key is None, "a second start must not mint a new operator key"
+        up.first_key = key
+        assert MODEL in {m.id for m in sdk(up).models.list()}
+        assert "kept-across-restarts" in up.cli("orgs", "list").stdout
+        assert _status(up.cli("deployments", "list").stdout, MODEL) == "ready"
