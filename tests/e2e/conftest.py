@@ -116,9 +116,9 @@ class Up:
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             argv = proc.info["cmdline"] or []
-            if "souverain.engines.llamacpp_main" in argv and "--port" in argv:
-                if argv[argv.index("--port") + 1] in ports:
-                    found.append(proc)
+            serving = "souverain.engines.llamacpp_main" in argv and "--port" in argv
+            if serving and argv[argv.index("--port") + 1] in ports:
+                found.append(proc)
         return found
 
 

@@ -1,0 +1,36 @@
+# souverain: the two commands a newcomer needs are `make up` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup up test lint unit bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[llamacpp,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install souverain, the llama.cpp engine and the dev tools
+
+up: $(STAMP)  ## set up, then run everything locally with the built-in model
+	$(BIN)/souverain up
+
+lint: $(STAMP)  ## ruff, mypy --strict, import-linter layer contracts
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: $(STAMP)  ## the fast tests only (no Ray, no engine)
+	$(BIN)/pytest -q -m "not ray and not engine"
+
+test: lint  ## set up, lint, then the whole suite (PostgreSQL too when SOUVERAIN_TEST_POSTGRES_URL is set)
+	$(BIN)/pytest -q
+
+bench: $(STAMP)  ## end-to-end tokens/s through souverain vs straight to the engine
+	$(BIN)/python bench/e2e_tokens.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,175 @@
+"""End to end: `souverain up` time to first token, then single-stream tokens/s and time to
+first token through souverain versus straight to the llama.cpp engine, same prompt, same
+run, alternating order.
+
+    python bench/e2e_tokens.py [--rounds 8] [--max-tokens 128] [--concurrency 1]
+
+Prints medians and the ratio souverain / direct (1.00 means no cost). Traffic stays on
+this machine; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from souverain.core.ids import replica_secret
+from souverain.testing.live import free_port
+
+MODEL = "smollm2-135m-instruct"
+KEY_RE = re.compile(r"sk-souv-[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
+PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+
+@dataclass
+class Sample:
+    ttft_s: float
+    tokens: int
+    decode_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.tokens - 1) / self.decode_s if self.decode_s > 0 and self.tokens > 1 else 0.0
+
+
+async def stream_once(client: httpx.AsyncClient, url: str, key: str, max_tokens: int) -> Sample:
+    body = {
+        "model": MODEL,
+        "messages": PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    started = time.perf_counter()
+    first = last = 0.0
+    pieces = 0
+    headers = {"Authorization": f"Bearer {key}"}
+    async with client.stream(
+        "POST", url + "/v1/chat/completions", json=body, headers=headers
+    ) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and (chunk["choices"][0].get("delta") or {}).get("content"):
+                last = time.perf_counter()
+                first = first or last
+                pieces += 1
+    return Sample(ttft_s=first - started, tokens=pieces, decode_s=last - first)
+
+
+def start_up(data_dir: Path, port: int, config: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    env = {**os.environ, "SOUVERAIN_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "souverain.cli.main",
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return process, []
+
+
+async def first_token_after_start(
+    url: str, output: list[str], process: subprocess.Popen[str], started: float
+) -> tuple[str, float]:
+    loop = asyncio.get_running_loop()
+    assert process.stdout is not None
+    deadline = time.monotonic() + 300
+    key = None
+    while key is None and time.monotonic() < deadline:
+        line = await loop.run_in_executor(None, process.stdout.readline)
+        output.append(line)
+        found = KEY_RE.search(line)
+        key = found.group(0) if found else None
+    if key is None:
+        raise SystemExit("no operator key in the output of souverain up:\n" + "".join(output[-40:]))
+    async with httpx.AsyncClient(timeout=120) as client:
+        while time.monotonic() < deadline:
+            try:
+                sample = await stream_once(client, url, key, 1)
+                if sample.tokens:
+                    return key, time.perf_counter() - started
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit("souverain up never produced a token")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, port = Path(tmp) / "data", free_port()
+        url = f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        process, output = start_up(data_dir, port, Path(tmp) / "cli.json")
+        try:
+            key, to_first_token = await first_token_after_start(url, output, process, started)
+            print(f"souverain up (fresh data dir) → first streamed token: {to_first_token:.1f} s")
+            with sqlite3.connect(data_dir / "souverain.db") as db:
+                replica_id, engine_url = db.execute(
+                    "SELECT id, url FROM replicas WHERE state='ready'"
+                ).fetchone()
+            engine_key = replica_secret(
+                (data_dir / "secret.key").read_text().strip().encode(), replica_id
+            )
+            direct: list[Sample] = []
+            gateway: list[Sample] = []
+            async with httpx.AsyncClient(timeout=300) as client:
+                await stream_once(client, engine_url, engine_key, 8)  # warm both paths
+                await stream_once(client, url, key, 8)
+                for round_ in range(args.rounds):
+                    order = [(direct, engine_url, engine_key), (gateway, url, key)]
+                    for samples, target, secret in order if round_ % 2 == 0 else order[::-1]:
+                        samples.append(await stream_once(client, target, secret, args.max_tokens))
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(60)
+
+    def med(samples: list[Sample], attr: str) -> float:
+        return statistics.median(getattr(s, attr) for s in samples)
+
+    print(f"single stream, {args.rounds} rounds, max_tokens={args.max_tokens}, medians:")
+    print(f"  {'':22}{'direct':>10}{'souverain':>12}{'ratio':>8}")
+    d_tps, g_tps = med(direct, "tokens_per_s"), med(gateway, "tokens_per_s")
+    d_ttft, g_ttft = med(direct, "ttft_s") * 1000, med(gateway, "ttft_s") * 1000
+    print(f"  {'tokens/s':22}{d_tps:10.1f}{g_tps:12.1f}{g_tps / d_tps:8.3f}")
+    print(f"  {'time to first token ms':22}{d_ttft:10.1f}{g_ttft:12.1f}{g_ttft / d_ttft:8.3f}")
+    print(
+        f"  tokens per answer: direct {med(direct, 'tokens'):.0f}, souverain {med(gateway, 'tokens'):.0f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

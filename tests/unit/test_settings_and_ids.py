@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from souverain.core.ids import (
+    hash_secret,
+    new_api_key,
+    parse_api_key,
+    replica_secret,
+    secret_matches,
+)
+from souverain.settings import Settings, normalise_database_url
+
+
+class TestSettings:
+    def test_placeholder_master_key_is_refused(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("SOUVERAIN_DEV_MODE", raising=False)
+        with pytest.raises(ValidationError):
+            Settings(secret_key="changeme")  # type: ignore[arg-type]
+
+    def test_database_urls_get_async_drivers(self) -> None:
+        assert normalise_database_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+        assert normalise_database_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+
+    def test_environment_prefix(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SOUVERAIN_PORT", "9123")
+        assert Settings().port == 9123
+
+
+class TestKeys:
+    def test_round_trip(self) -> None:
+        key_id, secret, full = new_api_key()
+        assert parse_api_key(full) == (key_id, secret)
+        assert secret_matches(secret, hash_secret(secret))
+        assert not secret_matches(secret + "x", hash_secret(secret))
+
+    @pytest.mark.parametrize(
+        "bad", ["", "sk-souv-", "sk-souv-xyz_abc", "Bearer sk-souv-0123456789abcdef_" + "a" * 43]
+    )
+    def test_malformed_keys_do_not_parse(self, bad: str) -> None:
+        assert parse_api_key(bad) is None
+
+    def test_replica_secrets_differ_per_replica_and_installation(self) -> None:
+        assert replica_secret(b"a" * 32, "rep_1") != replica_secret(b"a" * 32, "rep_2")
+        assert replica_secret(b"a" * 32, "rep_1") != replica_secret(b"b" * 32, "rep_1")
