@@ -122,14 +122,6 @@ class Up:
         return found
 
 
-def all_engine_processes() -> list[psutil.Process]:
-    return [
-        proc
-        for proc in psutil.process_iter(["cmdline"])
-        if "souverain.engines.llamacpp_main" in (proc.info["cmdline"] or [])
-    ]
-
-
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     base = tmp_path_factory.mktemp("up")

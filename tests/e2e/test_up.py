@@ -14,7 +14,7 @@ import openai
 import pytest
 from mistralai.client import Mistral
 
-from tests.e2e.conftest import Up, all_engine_processes
+from tests.e2e.conftest import Up
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine, pytest.mark.slow]
 
@@ -252,7 +252,6 @@ class TestRestart:
         assert "stopping engines and Ray" in "".join(up.output)
         time.sleep(1)
         assert not any(p.is_running() and p.status() != "zombie" for p in engines)
-        assert not all_engine_processes()
         up.start()
         assert up.first_key is None, "a second start must not mint a new operator key"
         up.first_key = key
