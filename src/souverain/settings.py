@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     dev_mode: bool = Field(
         default=False, description="Allows placeholder secrets. Never in production."
     )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 key that signs reports and audit seals, kept outside the database. "
+        "Default: <data_dir>/signing.key (mode 0600), created on first start.",
+    )
 
     ray_address: str | None = Field(
         default=None,
@@ -108,6 +113,10 @@ class Settings(BaseSettings):
         return normalise_database_url(
             self.database_url or f"sqlite:///{self.data_dir / 'souverain.db'}"
         )
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.data_dir / "signing.key"
 
     @property
     def base_url(self) -> str:

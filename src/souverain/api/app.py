@@ -20,13 +20,24 @@ import httpx
 from fastapi import FastAPI
 
 from souverain import __version__
-from souverain.api.routers import deployments, fleet, health, keys, me, models, orgs, usage
+from souverain.api.routers import (
+    deployments,
+    fleet,
+    health,
+    keys,
+    me,
+    models,
+    orgs,
+    policies,
+    reports,
+    usage,
+)
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.gateway import errors
 from souverain.gateway import routes as gateway_routes
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.state import AppState
-from souverain.services import bootstrap
+from souverain.services import bootstrap, signing
 from souverain.services import usage as usage_service
 from souverain.services.auth import KeyCache
 from souverain.settings import Settings, ensure_data_dir, load_master_key
@@ -80,11 +91,13 @@ def create_app(
     for router in (
         me.router,
         orgs.router,
+        policies.router,
         keys.router,
         fleet.router,
         models.router,
         deployments.router,
         usage.router,
+        reports.router,
     ):
         app.include_router(router)
     return app
@@ -119,4 +132,5 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         ),
         master_key=load_master_key(settings),
         server_id=server_id,
+        signing_key=signing.load_or_create(settings.signing_key_path),
     )

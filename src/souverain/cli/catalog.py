@@ -92,7 +92,7 @@ def models_register(
 @deployments.command("list")
 def deployments_list() -> None:
     with client() as c:
-        table = Table("name", "model", "replicas", "status", "reason", "datacenters")
+        table = Table("name", "model", "replicas", "status", "reason", "where")
         for d in c.list_deployments():
             colour = {"ready": "green", "failed": "red", "unschedulable": "red"}.get(
                 d.status, "yellow"
@@ -106,6 +106,15 @@ def deployments_list() -> None:
                 ",".join(d.datacenters) or "any",
             )
         console.print(table)
+
+
+def _where(
+    datacenters: list[str], jurisdictions: list[str] | None, certifications: list[str]
+) -> str:
+    parts = [",".join(datacenters)] if datacenters else []
+    parts += [",".join(jurisdictions)] if jurisdictions is not None else []
+    parts += [f"+{c}" for c in certifications]
+    return " ".join(parts) or "any"
 
 
 @deployments.command("create")

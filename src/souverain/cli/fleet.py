@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from souverain.cli.context import client, console
-from souverain.core.schemas.fleet import DatacenterCreateRequest
+from souverain.core.schemas.fleet import DatacenterCreateRequest, DatacenterUpdateRequest
 
 datacenters = typer.Typer(
     help="Datacenters: where nodes live, and what sovereignty depends on.", no_args_is_help=True
@@ -61,6 +61,32 @@ def datacenters_add(
     )
     console.print(
         f"join a server to it:  ray start --address <head>:6379 --labels souverain.io/datacenter={dc.id}"
+    )
+
+
+@datacenters.command("update")
+def datacenters_update(
+    datacenter_id: str = typer.Argument(..., metavar="ID"),
+    name: str = typer.Option(None),
+    country: str = typer.Option(None),
+    operator: str = typer.Option(None),
+    operator_country: str = typer.Option(None, "--operator-country"),
+    certification: list[str] = typer.Option(None, help="Replaces the list (repeatable)."),
+    carbon_intensity: float = typer.Option(None, "--carbon-intensity"),
+) -> None:
+    """Change a datacenter; replicas that stop complying with their constraints are re-placed."""
+    request = DatacenterUpdateRequest(
+        name=name,
+        country=country,
+        operator_name=operator,
+        operator_country=operator_country,
+        certifications=list(certification) if certification else None,
+        carbon_intensity=carbon_intensity,
+    )
+    with client() as c:
+        dc = c.update_datacenter(datacenter_id, request)
+    console.print(
+        f"{dc.id}: {dc.country} ({', '.join(dc.jurisdictions)}), operator {dc.operator_country}"
     )
 
 

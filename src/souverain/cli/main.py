@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from souverain import __version__
-from souverain.cli import catalog, chat, fleet, run, tenancy, usage
+from souverain.cli import catalog, chat, fleet, run, sovereignty, tenancy, usage
 from souverain.cli.context import console, options
 
 app = typer.Typer(
@@ -48,6 +48,8 @@ app.add_typer(fleet.datacenters, name="datacenters")
 app.add_typer(fleet.nodes, name="nodes")
 app.add_typer(catalog.models, name="models")
 app.add_typer(catalog.deployments, name="deployments")
+app.add_typer(sovereignty.policies, name="policies")
+app.add_typer(sovereignty.reports, name="reports")
 
 if __name__ == "__main__":
     app()

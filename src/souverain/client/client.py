@@ -7,9 +7,19 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from souverain.core.schemas.deployments import Deployment, DeploymentCreateRequest
-from souverain.core.schemas.fleet import Datacenter, DatacenterCreateRequest, Node
+from souverain.core.schemas.deployments import (
+    Deployment,
+    DeploymentCreateRequest,
+    DeploymentUpdateRequest,
+)
+from souverain.core.schemas.fleet import (
+    Datacenter,
+    DatacenterCreateRequest,
+    DatacenterUpdateRequest,
+    Node,
+)
 from souverain.core.schemas.models import Model, ModelRegisterRequest
+from souverain.core.schemas.policies import PolicyDocument, PolicyView
 from souverain.core.schemas.tenancy import (
     ApiKey,
     ApiKeyCreated,
@@ -131,6 +141,12 @@ class SouverainClient:
     def create_datacenter(self, request: DatacenterCreateRequest) -> Datacenter:
         return Datacenter.model_validate(self._request("POST", "/api/datacenters", body=request))
 
+    def update_datacenter(self, datacenter_id: str, request: DatacenterUpdateRequest) -> Datacenter:
+        body = request.model_dump(mode="json", exclude_unset=True)
+        return Datacenter.model_validate(
+            self._request("PATCH", f"/api/datacenters/{datacenter_id}", body=body)
+        )
+
     def list_nodes(self) -> list[Node]:
         return self._get(list[Node], "/api/nodes")
 
@@ -152,10 +168,45 @@ class SouverainClient:
         return Deployment.model_validate(self._request("POST", "/api/deployments", body=request))
 
     def scale_deployment(self, ref: str, replicas: int) -> Deployment:
-        body = {"replicas": replicas}
+        return self.update_deployment(ref, DeploymentUpdateRequest(replicas=replicas))
+
+    def update_deployment(self, ref: str, request: DeploymentUpdateRequest) -> Deployment:
+        body = request.model_dump(mode="json", exclude_unset=True)
         return Deployment.model_validate(
             self._request("PATCH", f"/api/deployments/{ref}", body=body)
         )
+
+    # sovereignty
+
+    def get_policy(
+        self, org: str, project: str | None = None, *, effective: bool = False
+    ) -> PolicyView:
+        if project is None:
+            return self._get(PolicyView, f"/api/orgs/{org}/policy")
+        path = f"/api/orgs/{org}/projects/{project}/policy"
+        return self._get(PolicyView, path, effective=str(effective).lower())
+
+    def set_policy(
+        self, org: str, document: PolicyDocument, project: str | None = None
+    ) -> PolicyView:
+        path = (
+            f"/api/orgs/{org}/policy"
+            if project is None
+            else f"/api/orgs/{org}/projects/{project}/policy"
+        )
+        body = document.model_dump(mode="json")
+        return PolicyView.model_validate(self._request("PUT", path, body=body))
+
+    def residency_report(self, org: str, *, since: datetime, until: datetime) -> dict[str, Any]:
+        params = {"from": since.isoformat(), "to": until.isoformat()}
+        report: dict[str, Any] = self._request(
+            "GET", f"/api/orgs/{org}/reports/residency", params=params
+        )
+        return report
+
+    def signing_key(self) -> dict[str, str]:
+        key: dict[str, str] = self._request("GET", "/api/signing-key")
+        return key
 
     def delete_deployment(self, ref: str) -> Deployment:
         return Deployment.model_validate(self._request("DELETE", f"/api/deployments/{ref}"))

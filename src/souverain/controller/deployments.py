@@ -1,9 +1,11 @@
 """The deployment reconciler: keeps each deployment's replicas placed, healthy and counted.
 
-load    claim the deployment row with a lease token; read it, its model and replicas
+load    claim the deployment row with a lease token; read it, its model, replicas and the
+        placement policy (its own constraints ∩ its organisation's ceiling)
 process ask each replica actor how its engine is; drop vanished replicas; drain replicas
-        outside the allowed datacenters; stop extras; place missing ones (scheduler, then a
-        detached Ray actor with a label_selector for the chosen datacenter)
+        whose datacenter no longer complies (a changed policy, constraint or datacenter);
+        stop extras; place missing ones (scheduler, then a detached Ray actor with a
+        label_selector for the chosen datacenter)
 apply   write replica rows and the deployment status where id and token still match
 """
 
@@ -21,9 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.controller.facade import ClusterFacade
 from souverain.core.fleet import ReplicaSpec, actor_name_for
 from souverain.core.ids import new_id, replica_secret
+from souverain.core.policy import Policy, exclusion
 from souverain.db.tables import DeploymentRow, ModelArtifactRow, ModelRow, ReplicaRow, utcnow
-from souverain.scheduler.placement import place
-from souverain.scheduler.types import NodeView, Placement, PlacementRequest, Snapshot
+from souverain.scheduler.placer import Placer
+from souverain.scheduler.types import Placement, PlacementRequest
+from souverain.services.deployments import placement_policy
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ class Loaded:
     model: ModelRow
     artifact: ModelArtifactRow | None
     replicas: list[ReplicaRow]
+    policy: Policy
 
 
 @dataclass
@@ -69,21 +74,21 @@ class DeploymentReconciler:
         self._lease_s = lease_s
         self.recently_started: dict[str, float] = {}
 
-    async def run_once(self, snapshot: Snapshot) -> None:
+    async def run_once(self, placer: Placer) -> None:
         async with self._sessions() as session:
             ids = list((await session.execute(select(DeploymentRow.id))).scalars())
         for deployment_id in ids:
             try:
-                await self.reconcile(deployment_id, snapshot)
+                await self.reconcile(deployment_id, placer)
             except Exception:  # one broken deployment must not stop the others
                 log.exception("reconciling deployment %s failed", deployment_id)
 
-    async def reconcile(self, deployment_id: str, snapshot: Snapshot) -> None:
+    async def reconcile(self, deployment_id: str, placer: Placer) -> None:
         token = secrets.token_hex(8)
         loaded = await self._load(deployment_id, token)
         if loaded is None:
             return
-        outcome = await self._process(loaded, snapshot)
+        outcome = await self._process(loaded, placer)
         await self._apply(loaded.deployment.id, token, outcome)
 
     async def _load(self, deployment_id: str, token: str) -> Loaded | None:
@@ -120,11 +125,12 @@ class DeploymentReconciler:
                     )
                 ).scalars()
             )
-        return Loaded(deployment, model, artifact, replicas)
+            policy = await placement_policy(session, deployment=deployment)
+        return Loaded(deployment, model, artifact, replicas, policy)
 
-    async def _process(self, loaded: Loaded, snapshot: Snapshot) -> Outcome:
+    async def _process(self, loaded: Loaded, placer: Placer) -> Outcome:
         deployment, outcome = loaded.deployment, Outcome()
-        live = await self._observe(loaded.replicas, deployment, outcome)
+        live = await self._observe(loaded, placer, outcome)
         desired = 0 if deployment.deleted else deployment.replicas
         for extra in _pick_extras(live, desired):
             await asyncio.to_thread(self._cluster.stop_replica, extra.actor_name)
@@ -132,7 +138,7 @@ class DeploymentReconciler:
             live.remove(extra)
         unschedulable = ""
         while len(live) < desired and not unschedulable:
-            placed = await self._place_one(loaded, snapshot, outcome)
+            placed = await self._place_one(loaded, placer, outcome)
             if isinstance(placed, str):
                 unschedulable = placed
             else:
@@ -140,17 +146,19 @@ class DeploymentReconciler:
         _set_status(outcome, deployment, live, desired, unschedulable)
         return outcome
 
-    async def _observe(
-        self, replicas: list[ReplicaRow], deployment: DeploymentRow, outcome: Outcome
-    ) -> list[ReplicaRow]:
+    async def _observe(self, loaded: Loaded, placer: Placer, outcome: Outcome) -> list[ReplicaRow]:
         live = []
-        allowed = set(deployment.datacenters)
-        for replica in replicas:
-            if allowed and replica.datacenter_id not in allowed:
-                log.info(
-                    "draining replica %s: datacenter %s no longer allowed",
-                    replica.id,
-                    replica.datacenter_id,
+        datacenters = placer.snapshot.datacenters
+        for replica in loaded.replicas:
+            datacenter = datacenters.get(replica.datacenter_id)
+            reason = (
+                "datacenter removed"
+                if datacenter is None
+                else exclusion(loaded.policy, datacenter.site)
+            )
+            if reason is not None:
+                log.warning(
+                    "draining replica %s in %s: %s", replica.id, replica.datacenter_id, reason
                 )
                 await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
                 outcome.deletes.append(replica.id)
@@ -175,7 +183,7 @@ class DeploymentReconciler:
         return live
 
     async def _place_one(
-        self, loaded: Loaded, snapshot: Snapshot, outcome: Outcome
+        self, loaded: Loaded, placer: Placer, outcome: Outcome
     ) -> ReplicaRow | str:
         deployment, model = loaded.deployment, loaded.model
         if loaded.artifact is None:
@@ -184,10 +192,11 @@ class DeploymentReconciler:
             engine=deployment.engine,
             cpus=deployment.cpus,
             gpus=deployment.gpus,
-            datacenters=frozenset(deployment.datacenters),
+            policy=loaded.policy,
+            strategy="binpack" if deployment.strategy == "binpack" else "spread",
             model_name=model.name,
         )
-        decision = place(request, snapshot)
+        decision = placer.place(request)
         if not isinstance(decision, Placement):
             return decision.summary
         replica_id = new_id("rep")
@@ -209,7 +218,7 @@ class DeploymentReconciler:
         )
         await asyncio.to_thread(self._cluster.start_replica, spec)
         self.recently_started[spec.actor_name] = asyncio.get_running_loop().time()
-        _reserve(snapshot, decision.node_id, deployment.cpus, deployment.gpus)
+        placer.reserve(decision.node_id, cpus=deployment.cpus, gpus=deployment.gpus)
         replica = ReplicaRow(
             id=replica_id,
             deployment_id=deployment.id,
@@ -271,21 +280,6 @@ def _pick_extras(live: list[ReplicaRow], desired: int) -> list[ReplicaRow]:
         live, key=lambda r: (r.state == "ready", -r.created_at.timestamp() if r.created_at else 0)
     )
     return ranked[:surplus]
-
-
-def _reserve(snapshot: Snapshot, node_id: str, cpus: float, gpus: int) -> None:
-    """Ray's availability lags; count what this round placed so it is not placed twice."""
-    nodes = list(snapshot.nodes)
-    for index, node in enumerate(nodes):
-        if node.id == node_id:
-            nodes[index] = NodeView(
-                **{
-                    **node.__dict__,
-                    "cpus_free": node.cpus_free - cpus,
-                    "gpus_free": node.gpus_free - gpus,
-                }
-            )
-    object.__setattr__(snapshot, "nodes", tuple(nodes))
 
 
 def _set_status(

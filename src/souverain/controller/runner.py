@@ -15,7 +15,8 @@ from souverain.controller import leader
 from souverain.controller.deployments import DeploymentReconciler, EngineDefaults
 from souverain.controller.facade import ClusterFacade
 from souverain.core.fleet import ObservedNode
-from souverain.db.tables import DatacenterRow, ReplicaRow
+from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow
+from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import DatacenterView, NodeView, Snapshot
 from souverain.services import nodes as nodes_service
 
@@ -65,8 +66,8 @@ class Controller:
         async with self._sessions.begin() as session:
             await nodes_service.sync_nodes(session, observed=observed)
             datacenters = list((await session.execute(select(DatacenterRow))).scalars())
-        snapshot = build_snapshot(observed, datacenters)
-        await self.deployments.run_once(snapshot)
+            on_disk = await models_by_node(session)
+        await self.deployments.run_once(Placer(build_snapshot(observed, datacenters, on_disk)))
         await self.sweep_orphans()
 
     async def sweep_orphans(self) -> None:
@@ -95,7 +96,25 @@ async def forget_replicas(sessions: async_sessionmaker[AsyncSession]) -> None:
         await session.execute(delete(ReplicaRow))
 
 
-def build_snapshot(observed: list[ObservedNode], datacenters: list[DatacenterRow]) -> Snapshot:
+async def models_by_node(session: AsyncSession) -> dict[str, frozenset[str]]:
+    """Models each node serves now, hence has on disk (the scheduler prefers those nodes)."""
+    query = (
+        select(ReplicaRow.node_id, ModelRow.name)
+        .join(DeploymentRow, DeploymentRow.id == ReplicaRow.deployment_id)
+        .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+        .where(ReplicaRow.node_id.is_not(None))
+    )
+    found: dict[str, set[str]] = {}
+    for node_id, model_name in (await session.execute(query)).all():
+        found.setdefault(str(node_id), set()).add(model_name)
+    return {node_id: frozenset(names) for node_id, names in found.items()}
+
+
+def build_snapshot(
+    observed: list[ObservedNode],
+    datacenters: list[DatacenterRow],
+    on_disk: dict[str, frozenset[str]] | None = None,
+) -> Snapshot:
     return Snapshot(
         nodes=tuple(
             NodeView(
@@ -105,6 +124,10 @@ def build_snapshot(observed: list[ObservedNode], datacenters: list[DatacenterRow
                 cpus_free=node.available.get("CPU", 0.0),
                 gpus_free=node.available.get("GPU", 0.0),
                 memory_free_gib=node.available.get("memory", 0.0) / 2**30,
+                engines=frozenset(
+                    {"llamacpp", "vllm"} if node.resources.get("GPU") else {"llamacpp"}
+                ),
+                models_on_disk=(on_disk or {}).get(node.id, frozenset()),
             )
             for node in observed
         ),

@@ -189,6 +189,8 @@ class DeploymentRow(Base):
     cpus: Mapped[float] = mapped_column(Float)
     gpus: Mapped[int] = mapped_column(Integer)
     engine_args: Mapped[dict[str, Any]] = mapped_column(JSON)
+    placement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # policy vocabulary
+    strategy: Mapped[str] = mapped_column(String(16), default="spread")
     status: Mapped[str] = mapped_column(String(16))
     status_reason: Mapped[str] = mapped_column(Text, default="")
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -236,6 +238,9 @@ class UsageRecordRow(Base):
     node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     datacenter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     country: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    operator_country: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    certifications: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    jurisdictions: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(24))
     error: Mapped[str] = mapped_column(Text, default="")
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -246,6 +251,22 @@ class UsageRecordRow(Base):
     server_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SovereigntyPolicyRow(Base):
+    """Append-only: each change is a new version, so the policy in force at any past
+    moment can be found (residency reports check records against it)."""
+
+    __tablename__ = "sovereignty_policies"
+    __table_args__ = (Index("ix_sovereignty_policies_scope", "org_id", "project_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=True
+    )  # None: the organisation's ceiling, set by the operator
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class LeaseRow(Base):

@@ -25,11 +25,13 @@ from fastapi.responses import Response, StreamingResponse
 from souverain.core.errors import (
     InvalidRequestError,
     ModelNotFoundError,
+    PolicyRefusedError,
     ServiceUnavailableError,
     SouverainError,
     UpstreamError,
 )
 from souverain.core.ids import new_id, replica_secret
+from souverain.core.jurisdictions import jurisdictions_of
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.tables import UsageRecordRow
@@ -84,10 +86,18 @@ async def resolve_model(
 
 
 async def run(call: Call, request: Request) -> Response:
-    routes = call.state.routes.usable_routes(call.principal, call.model.name)
+    table = call.state.routes
+    routes, excluded = table.compliant_routes(call.principal, call.model.name)
     if not routes:
-        await call.state.routes.refresh_if_older_than(call.state.sessions, 0.25)
-        routes = call.state.routes.usable_routes(call.principal, call.model.name)
+        await table.refresh_if_older_than(call.state.sessions, 0.25)
+        routes, excluded = table.compliant_routes(call.principal, call.model.name)
+    if not routes and excluded:
+        reasons = "; ".join(f"{dc}: {why}" for dc, why in sorted(excluded.items()))
+        raise PolicyRefusedError(
+            f"No replica of '{call.model.name}' runs where your sovereignty policy allows "
+            f"({reasons}). The request was not processed anywhere.",
+            param="model",
+        )
     if not routes:
         raise ServiceUnavailableError(
             f"The model '{call.model.name}' has no ready replica right now; retry shortly.",
@@ -115,7 +125,7 @@ def _headers(call: Call, route: ReplicaRoute) -> dict[str, str]:
 
 async def _open_record(call: Call) -> None:
     principal = call.principal
-    project_id = principal.project_id
+    project_id = call.state.routes.project_of(principal)
     if project_id is None and principal.org_id is not None:
         project_id = await _default_project(call.state, principal.org_id)
     call.record_id = new_id("req")
@@ -327,6 +337,9 @@ def _base_settlement(route: ReplicaRoute) -> Settlement:
         node_id=route.node_id,
         datacenter_id=route.datacenter_id,
         country=route.country,
+        operator_country=route.operator_country,
+        certifications=sorted(route.certifications),
+        jurisdictions=jurisdictions_of(route.country),
     )
 
 

@@ -54,13 +54,14 @@ def _model_object(model: ModelInfo) -> dict[str, Any]:
 
 @router.get("/models", summary="List models")
 async def list_models(principal: PrincipalDep, state: StateDep) -> dict[str, Any]:
-    """Models you can call right now: visible to your organisation and served by a ready replica."""
+    """Models you can call right now: visible to your organisation and served by a ready
+    replica in a datacenter your sovereignty policy allows."""
     check_scope(principal, Scope.INFERENCE)
     models = [
         _model_object(model)
         for name, model in sorted(state.routes.models.items())
         if state.routes.visible_model(principal, name)
-        and state.routes.usable_routes(principal, name)
+        and state.routes.compliant_routes(principal, name)[0]
     ]
     return {"object": "list", "data": models}
 

@@ -16,8 +16,16 @@ from collections.abc import Iterator, Set
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
 from souverain.core.principal import Principal
-from souverain.services.routes import ModelInfo, ReplicaRoute, load_models, load_ready_routes
+from souverain.services import policies
+from souverain.services.routes import (
+    ModelInfo,
+    ReplicaRoute,
+    load_default_projects,
+    load_models,
+    load_ready_routes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +37,20 @@ class RouteTable:
         self.outstanding: defaultdict[str, int] = defaultdict(int)
         self.loaded = False
         self.refreshed_at = 0.0
+        self.policies: dict[tuple[str, str | None], Policy] = {}
+        self.default_projects: dict[str, str] = {}
+        self._effective: dict[tuple[str, str], Policy] = {}
 
-    def replace(self, models: list[ModelInfo], routes: list[ReplicaRoute]) -> None:
+    def replace(
+        self,
+        models: list[ModelInfo],
+        routes: list[ReplicaRoute],
+        policies: dict[tuple[str, str | None], Policy] | None = None,
+        default_projects: dict[str, str] | None = None,
+    ) -> None:
+        self.policies = policies or {}
+        self.default_projects = default_projects or {}
+        self._effective = {}
         by_model: dict[str, list[ReplicaRoute]] = defaultdict(list)
         for route in routes:
             by_model[route.model_name].append(route)
@@ -43,7 +63,9 @@ class RouteTable:
         async with sessions() as session:
             models = await load_models(session)
             routes = await load_ready_routes(session)
-        self.replace(models, routes)
+            in_force = await policies.current_all(session)
+            defaults = await load_default_projects(session)
+        self.replace(models, routes, in_force, defaults)
 
     async def refresh_if_older_than(
         self, sessions: async_sessionmaker[AsyncSession], age_s: float
@@ -82,6 +104,38 @@ class RouteTable:
             or principal.is_operator
             or route.deployment_org_id == principal.org_id
         ]
+
+    def project_of(self, principal: Principal) -> str | None:
+        if principal.project_id is not None or principal.org_id is None:
+            return principal.project_id
+        return self.default_projects.get(principal.org_id)
+
+    def policy_for(self, principal: Principal) -> Policy:
+        """The caller's effective policy: its organisation's ceiling ∩ its project's policy."""
+        if principal.org_id is None:
+            return UNRESTRICTED  # platform operators are not tenants
+        project_id = self.project_of(principal) or ""
+        key = (principal.org_id, project_id)
+        if key not in self._effective:
+            ceiling = self.policies.get((principal.org_id, None), UNRESTRICTED)
+            project = self.policies.get((principal.org_id, project_id), UNRESTRICTED)
+            self._effective[key] = intersect(ceiling, project)
+        return self._effective[key]
+
+    def compliant_routes(
+        self, principal: Principal, model_name: str
+    ) -> tuple[list[ReplicaRoute], dict[str, str]]:
+        """Usable routes that satisfy the caller's policy, and why each other datacenter was excluded."""
+        policy = self.policy_for(principal)
+        kept: list[ReplicaRoute] = []
+        excluded: dict[str, str] = {}
+        for route in self.usable_routes(principal, model_name):
+            reason = exclusion(policy, route.site)
+            if reason is None:
+                kept.append(route)
+            else:
+                excluded[route.datacenter_id] = reason
+        return kept, excluded
 
     def pick(
         self, routes: list[ReplicaRoute], exclude: Set[str] = frozenset()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from souverain.gateway.routing import RouteTable
@@ -22,4 +23,5 @@ class AppState:
     upstream: httpx.AsyncClient
     master_key: bytes
     server_id: str
+    signing_key: Ed25519PrivateKey
     default_projects: dict[str, str] = field(default_factory=dict)

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+from souverain.core.policy import UNRESTRICTED, Policy, Site
 
 
 @dataclass(frozen=True)
@@ -11,6 +14,10 @@ class DatacenterView:
     certifications: frozenset[str]
     carbon_intensity: float
 
+    @property
+    def site(self) -> Site:
+        return Site(self.id, self.country, self.operator_country, self.certifications)
+
 
 @dataclass(frozen=True)
 class NodeView:
@@ -19,7 +26,7 @@ class NodeView:
     alive: bool
     cpus_free: float
     gpus_free: float
-    gpu_memory_gib: float = 0.0
+    gpu_memory_gib: float = 0.0  # per GPU
     memory_free_gib: float = 0.0
     engines: frozenset[str] = frozenset({"llamacpp", "vllm"})
     models_on_disk: frozenset[str] = frozenset()
@@ -36,7 +43,12 @@ class PlacementRequest:
     engine: str
     cpus: float
     gpus: int = 0
-    datacenters: frozenset[str] = frozenset()  # empty: any known datacenter
+    gpu_memory_gib: float = 0.0  # per GPU; 0: any
+    memory_gib: float = 0.0
+    policy: Policy = field(
+        default=UNRESTRICTED
+    )  # the deployment's constraints ∩ its owner's ceiling
+    strategy: Literal["spread", "binpack"] = "spread"
     model_name: str = ""
 
 

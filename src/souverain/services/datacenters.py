@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from souverain.core.errors import ConflictError, NotFoundError
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.core.schemas.fleet import DatacenterCreateRequest
-from souverain.db.tables import DatacenterRow
+from souverain.core.schemas.fleet import DatacenterCreateRequest, DatacenterUpdateRequest
+from souverain.db.tables import DatacenterRow, utcnow
 from souverain.services.access import check_operator, check_scope
 
 
@@ -47,4 +47,22 @@ async def put_datacenter(
         row = DatacenterRow(**request.model_dump())
         session.add(row)
         await session.flush()
+    return row
+
+
+async def update_datacenter(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    datacenter_id: str,
+    request: DatacenterUpdateRequest,
+) -> DatacenterRow:
+    """Operators correct or change a datacenter; the controller re-checks its replicas."""
+    check_operator(principal)
+    row = await get_datacenter(session, principal=principal, datacenter_id=datacenter_id)
+    for name, value in request.model_dump(exclude_unset=True).items():
+        if value is not None:
+            setattr(row, name, value)
+    row.updated_at = utcnow()
+    await session.flush()
     return row

@@ -12,11 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from souverain.core.ids import new_id
+from souverain.core.policy import UNRESTRICTED, Policy, intersect
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.core.schemas.deployments import DeploymentCreateRequest
+from souverain.core.schemas.deployments import DeploymentCreateRequest, DeploymentUpdateRequest
 from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow, utcnow
-from souverain.services import models, orgs
+from souverain.services import models, orgs, policies
 from souverain.services.access import can_see_org, check_operator, check_org, check_scope
 
 
@@ -89,6 +90,12 @@ async def put_deployment(
         cpus=request.cpus,
         gpus=request.gpus,
         engine_args=dict(request.engine_args),
+        placement={
+            "jurisdictions": request.jurisdictions,
+            "certifications": sorted(set(request.certifications)),
+            "operator_jurisdictions": request.operator_jurisdictions,
+        },
+        strategy=request.strategy,
         status="pending",
         status_reason="waiting for the controller",
     )
@@ -105,15 +112,47 @@ async def _check_datacenters(session: AsyncSession, ids: list[str]) -> None:
             )
 
 
-async def scale_deployment(
-    session: AsyncSession, *, principal: Principal, ref: str, replicas: int
+async def update_deployment(
+    session: AsyncSession, *, principal: Principal, ref: str, request: DeploymentUpdateRequest
 ) -> DeploymentRow:
     deployment = await get_deployment(session, principal=principal, ref=ref)
     _check_manage(principal, deployment)
-    deployment.replicas = replicas
+    if request.replicas is not None:
+        deployment.replicas = request.replicas
+    if request.datacenters is not None:
+        await _check_datacenters(session, request.datacenters)
+        deployment.datacenters = list(request.datacenters)
+    placement = dict(deployment.placement)
+    for name in ("jurisdictions", "certifications", "operator_jurisdictions"):
+        if name in request.model_fields_set:
+            placement[name] = getattr(request, name)
+    deployment.placement = placement
+    if request.strategy is not None:
+        deployment.strategy = request.strategy
     deployment.updated_at = utcnow()
     await session.flush()
     return deployment
+
+
+def constraints_of(deployment: DeploymentRow) -> Policy:
+    """The deployment's own placement constraints, in the policy vocabulary."""
+    placement = deployment.placement or {}
+    jurisdictions = placement.get("jurisdictions")
+    operators = placement.get("operator_jurisdictions")
+    return Policy(
+        jurisdictions=None if jurisdictions is None else frozenset(jurisdictions),
+        datacenters=frozenset(deployment.datacenters) if deployment.datacenters else None,
+        certifications=frozenset(placement.get("certifications") or ()),
+        operator_jurisdictions=None if operators is None else frozenset(operators),
+    )
+
+
+async def placement_policy(session: AsyncSession, *, deployment: DeploymentRow) -> Policy:
+    """Where replicas may run: the deployment's constraints ∩ its organisation's ceiling."""
+    ceiling = UNRESTRICTED
+    if deployment.org_id is not None:
+        ceiling = await policies.ceiling_of(session, org_id=deployment.org_id)
+    return intersect(ceiling, constraints_of(deployment))
 
 
 async def delete_deployment(

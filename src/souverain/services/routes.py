@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow
+from souverain.core.policy import Site
+from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ProjectRow, ReplicaRow
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class ReplicaRoute:
     node_id: str | None
     datacenter_id: str
     country: str
+    operator_country: str
+    certifications: frozenset[str]
+
+    @property
+    def site(self) -> Site:
+        return Site(self.datacenter_id, self.country, self.operator_country, self.certifications)
 
 
 async def load_models(session: AsyncSession) -> list[ModelInfo]:
@@ -69,6 +76,14 @@ async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
             node_id=replica.node_id,
             datacenter_id=replica.datacenter_id,
             country=datacenter.country,
+            operator_country=datacenter.operator_country,
+            certifications=frozenset(datacenter.certifications),
         )
         for replica, deployment, model, datacenter in (await session.execute(query)).all()
     ]
+
+
+async def load_default_projects(session: AsyncSession) -> dict[str, str]:
+    """Organisation id -> its `default` project id (where org-wide keys' usage goes)."""
+    query = select(ProjectRow.org_id, ProjectRow.id).where(ProjectRow.name == "default")
+    return {org_id: project_id for org_id, project_id in (await session.execute(query)).all()}

@@ -37,6 +37,9 @@ class Settlement:
     node_id: str | None = None
     datacenter_id: str | None = None
     country: str | None = None
+    operator_country: str | None = None
+    certifications: list[str] | None = None
+    jurisdictions: list[str] | None = None
     error: str = ""
 
 

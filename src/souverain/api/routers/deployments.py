@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from souverain.core.schemas.deployments import (
     Deployment,
     DeploymentCreateRequest,
-    DeploymentScaleRequest,
+    DeploymentUpdateRequest,
     Replica,
 )
 from souverain.db.tables import DeploymentRow, ModelRow
@@ -32,6 +32,10 @@ async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deploym
                 replicas=row.replicas,
                 ready_replicas=sum(1 for r in reps if r.state == "ready"),
                 datacenters=list(row.datacenters),
+                jurisdictions=(row.placement or {}).get("jurisdictions"),
+                certifications=list((row.placement or {}).get("certifications") or []),
+                operator_jurisdictions=(row.placement or {}).get("operator_jurisdictions"),
+                strategy=row.strategy,
                 cpus=row.cpus,
                 gpus=row.gpus,
                 engine_args=dict(row.engine_args),
@@ -70,12 +74,13 @@ async def get_deployment(
 
 
 @router.patch("/{deployment}", response_model=Deployment)
-async def scale_deployment(
-    deployment: str, body: DeploymentScaleRequest, principal: PrincipalDep, session: SessionDep
+async def update_deployment(
+    deployment: str, body: DeploymentUpdateRequest, principal: PrincipalDep, session: SessionDep
 ) -> Deployment:
-    """Scale to a number of replicas (0 stops it, keeping the deployment)."""
-    row = await deployments.scale_deployment(
-        session, principal=principal, ref=deployment, replicas=body.replicas
+    """Scale (0 stops it, keeping the deployment) or change placement constraints; replicas
+    that no longer comply are drained and placed again."""
+    row = await deployments.update_deployment(
+        session, principal=principal, ref=deployment, request=body
     )
     await session.commit()
     return (await _out(session, [row]))[0]

@@ -3,7 +3,12 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from souverain.core.jurisdictions import jurisdictions_of
-from souverain.core.schemas.fleet import Datacenter, DatacenterCreateRequest, Node
+from souverain.core.schemas.fleet import (
+    Datacenter,
+    DatacenterCreateRequest,
+    DatacenterUpdateRequest,
+    Node,
+)
 from souverain.db.tables import DatacenterRow
 from souverain.gateway.deps import PrincipalDep, SessionDep
 from souverain.services import datacenters, nodes
@@ -50,6 +55,19 @@ async def get_datacenter(
     return _datacenter(
         await datacenters.get_datacenter(session, principal=principal, datacenter_id=datacenter_id)
     )
+
+
+@router.patch("/datacenters/{datacenter_id}", response_model=Datacenter)
+async def update_datacenter(
+    datacenter_id: str, body: DatacenterUpdateRequest, principal: PrincipalDep, session: SessionDep
+) -> Datacenter:
+    """Change a datacenter's attributes (operators). Replicas there that no longer satisfy
+    their deployment's constraints are drained and re-placed."""
+    row = await datacenters.update_datacenter(
+        session, principal=principal, datacenter_id=datacenter_id, request=body
+    )
+    await session.commit()
+    return _datacenter(row)
 
 
 @router.get("/nodes", response_model=list[Node])

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from souverain.core.schemas.common import Out, StrictRequest
+from souverain.core.schemas.policies import _jurisdictions
 from souverain.core.schemas.tenancy import Slug
+
+Strategy = Literal["spread", "binpack"]
 
 
 class DeploymentCreateRequest(StrictRequest):
@@ -18,10 +21,29 @@ class DeploymentCreateRequest(StrictRequest):
     gpus: int = Field(default=0, ge=0, le=16)
     engine_args: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=32)
     org: str | None = Field(default=None, max_length=64)
+    jurisdictions: list[str] | None = Field(
+        default=None, max_length=300, description="Countries or EU/EEA."
+    )
+    certifications: list[str] = Field(
+        default_factory=list, max_length=32, description="All required."
+    )
+    operator_jurisdictions: list[str] | None = Field(default=None, max_length=300)
+    strategy: Strategy = "spread"
+
+    _check = field_validator("jurisdictions", "operator_jurisdictions")(_jurisdictions)
 
 
-class DeploymentScaleRequest(StrictRequest):
-    replicas: int = Field(ge=0, le=64)
+class DeploymentUpdateRequest(StrictRequest):
+    """Change what is given; replicas that no longer comply are drained and re-placed."""
+
+    replicas: int | None = Field(default=None, ge=0, le=64)
+    datacenters: list[Slug] | None = Field(default=None, max_length=64)
+    jurisdictions: list[str] | None = Field(default=None, max_length=300)
+    certifications: list[str] | None = Field(default=None, max_length=32)
+    operator_jurisdictions: list[str] | None = Field(default=None, max_length=300)
+    strategy: Strategy | None = None
+
+    _check = field_validator("jurisdictions", "operator_jurisdictions")(_jurisdictions)
 
 
 class Replica(Out):
@@ -44,6 +66,10 @@ class Deployment(Out):
     replicas: int
     ready_replicas: int
     datacenters: list[str]
+    jurisdictions: list[str] | None
+    certifications: list[str]
+    operator_jurisdictions: list[str] | None
+    strategy: str
     cpus: float
     gpus: int
     engine_args: dict[str, Any]

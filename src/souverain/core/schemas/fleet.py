@@ -28,6 +28,22 @@ class DatacenterCreateRequest(StrictRequest):
     _check_country = field_validator("country", "operator_country")(_country)
 
 
+class DatacenterUpdateRequest(StrictRequest):
+    """Change a datacenter's attributes; replicas that stop complying are re-placed."""
+
+    name: str | None = Field(default=None, max_length=200)
+    country: str | None = Field(default=None, min_length=2, max_length=2)
+    operator_name: str | None = Field(default=None, max_length=200)
+    operator_country: str | None = Field(default=None, min_length=2, max_length=2)
+    certifications: list[str] | None = Field(default=None, max_length=32)
+    carbon_intensity: float | None = Field(default=None, ge=0, le=2000)
+
+    @field_validator("country", "operator_country")
+    @classmethod
+    def _check_country(cls, value: str | None) -> str | None:
+        return None if value is None else _country(value)
+
+
 class Datacenter(Out):
     id: str
     name: str
