@@ -1,0 +1,43 @@
+"""A souverain server whose controller drives a given Ray cluster, for multi-node tests.
+
+`ray.cluster_utils.Cluster` gives several labelled Ray nodes on one machine; this hook
+connects the server process to it and runs the controller, exactly as `souverain
+controller` does against a real cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+from souverain.cluster import ray_cluster
+from souverain.controller.deployments import EngineDefaults
+from souverain.controller.runner import Controller
+from souverain.gateway.state import AppState
+
+
+def controller_hook(
+    address: str, *, threads: int = 1
+) -> Callable[[AppState], AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def hook(state: AppState) -> AsyncIterator[None]:
+        await asyncio.to_thread(ray_cluster.connect, address, labels={}, num_cpus=None)
+        controller = Controller(
+            state.sessions,
+            ray_cluster.RayCluster(),
+            master_key=state.master_key,
+            engine=EngineDefaults(threads=threads, bind_host=None),
+            interval_s=0.5,
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(controller.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await running
+            await controller.teardown()
+
+    return hook
