@@ -95,6 +95,40 @@ class Settings(BaseSettings):
     upstream_timeout_s: float = Field(default=600.0, gt=0)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="Where rate-limit counters live: memory:// (one process) or "
+        "redis://host:6379 (shared by every server process).",
+    )
+    default_key_rpm: int | None = Field(
+        default=None, ge=1, description="Requests/min per key unless set."
+    )
+    default_key_tpm: int | None = Field(
+        default=None, ge=1, description="Tokens/min per key unless set."
+    )
+    metrics_bind: str | None = Field(
+        default=None,
+        description="host:port for a separate, credential-free Prometheus endpoint on a private "
+        "address. /metrics on the API always exists and needs an operator key.",
+    )
+    energy_interval_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Energy attribution period."
+    )
+    energy_watts_per_core: float = Field(
+        default=10.0, gt=0, le=1000, description="For the CPU-time estimate."
+    )
+    energy_prompt_weight: float = Field(
+        default=1.0, ge=0, description="Attribution weight of a prompt token."
+    )
+    energy_completion_weight: float = Field(
+        default=3.0, ge=0, description="… of a completion token."
+    )
+    energy_j_per_token_prior: float = Field(
+        default=0.3,
+        ge=0,
+        description="J per weighted token assumed before a replica's first measured interval.",
+    )
+
     log_level: str = "INFO"
 
     @field_validator("secret_key")

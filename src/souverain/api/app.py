@@ -35,6 +35,7 @@ from souverain.api.routers import (
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.gateway import errors
 from souverain.gateway import routes as gateway_routes
+from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.state import AppState
 from souverain.services import bootstrap, signing
@@ -133,4 +134,5 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         master_key=load_master_key(settings),
         server_id=server_id,
         signing_key=signing.load_or_create(settings.signing_key_path),
+        limiter=RateLimiter(settings.rate_limit_storage),
     )

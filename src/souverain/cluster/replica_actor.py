@@ -18,9 +18,11 @@ class ReplicaActor:
     def __init__(self, spec: ReplicaSpec) -> None:
         host = spec.bind_host or ray.util.get_node_ip_address()
         node_id = ray.get_runtime_context().get_node_id()
+        gpus = [int(i) for i in ray.get_gpu_ids()] if spec.gpus else []
         self._supervisor = EngineSupervisor(
-            spec, launcher_for(spec.engine), host=host, node_id=node_id
+            spec, launcher_for(spec.engine), host=host, node_id=node_id, gpu_indices=gpus
         )
+
         self._supervisor.start()
 
     def status(self) -> ReplicaStatus:

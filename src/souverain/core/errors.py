@@ -8,6 +8,8 @@
     ├── NotFoundError              404  absent, or belongs to someone else (never 403 across tenants)
     ├── ConflictError              409  a name already taken, a state that forbids the change
     ├── RateLimitedError           429  carries retry_after seconds
+    │   └── QuotaExceededError     429  a monthly budget is spent
+
     ├── PolicyRefusedError         451  no compliant place to process this request
     ├── UpstreamError              502  the engine answered badly or broke off
     └── ServiceUnavailableError    503  nothing ready to serve yet
@@ -29,6 +31,8 @@ class ErrorCode(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
     CONFLICT = "conflict"
     RATE_LIMITED = "rate_limit_exceeded"
+    QUOTA_EXCEEDED = "insufficient_quota"
+
     POLICY_REFUSED = "unavailable_for_legal_reasons"
     UPSTREAM_ERROR = "upstream_error"
     UNAVAILABLE = "service_unavailable"
@@ -76,9 +80,18 @@ class ConflictError(SouverainError):
 class RateLimitedError(SouverainError):
     code = ErrorCode.RATE_LIMITED
 
-    def __init__(self, message: str, *, retry_after_s: float) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.headers = headers or {}
+
+
+class QuotaExceededError(RateLimitedError):
+    """A monthly budget has no room left for this request."""
+
+    code = ErrorCode.QUOTA_EXCEEDED
 
 
 class PolicyRefusedError(SouverainError):

@@ -43,6 +43,7 @@ class ReplicaSpec:
     context_length: int
     bind_host: str | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)
+    watts_per_core: float = 10.0  # for the CPU-time energy estimate, when nothing measures
 
     @property
     def actor_name(self) -> str:
@@ -62,3 +63,5 @@ class ReplicaStatus:
     node_id: str | None
     restarts: int
     error: str = ""
+    energy_j: float = 0.0  # cumulative since the actor started, across engine restarts
+    energy_source: str = "estimate"

@@ -18,6 +18,8 @@ class Principal:
     role: Role
     scopes: frozenset[Scope]  # effective scopes: key ∩ role ∩ user's current role
     expires_at: datetime | None = None
+    rpm: int | None = None  # the key's own rate limits, if any
+    tpm: int | None = None
 
     @property
     def is_operator(self) -> bool:

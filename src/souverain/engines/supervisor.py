@@ -18,13 +18,18 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
 from souverain.core.fleet import ReplicaSpec, ReplicaStatus
+from souverain.energy.sources import PowerSource, pick_source, process_cpu_seconds
 from souverain.engines import artifacts
 from souverain.engines.base import EngineLauncher
+
+SourceFactory = Callable[[int], PowerSource]  # engine pid -> its power source
+
 
 _PR_SET_PDEATHSIG = 1
 
@@ -55,7 +60,10 @@ class EngineSupervisor:
         node_id: str | None,
         start_timeout_s: float = 600.0,
         log_dir: Path | None = None,
+        gpu_indices: Sequence[int] = (),
+        power: SourceFactory | None = None,
     ) -> None:
+
         self._spec = spec
         self._launcher = launcher
         self._host = host
@@ -71,6 +79,11 @@ class EngineSupervisor:
         self._error = ""
         self._restarts = 0
         self._process: subprocess.Popen[bytes] | None = None
+        self._power = power or self._default_power(gpu_indices, spec.watts_per_core)
+        self._source: PowerSource | None = None
+        self._energy_base = 0.0  # energy of engine processes that have exited
+        self._energy_source = "estimate"
+
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{spec.replica_id}", daemon=True
         )
@@ -78,7 +91,25 @@ class EngineSupervisor:
     def start(self) -> None:
         self._thread.start()
 
+    @staticmethod
+    def _default_power(gpu_indices: Sequence[int], watts_per_core: float) -> SourceFactory:
+        def factory(pid: int) -> PowerSource:
+            return pick_source(
+                gpu_indices=gpu_indices,
+                cpu_seconds=lambda: process_cpu_seconds(pid),
+                watts_per_core=watts_per_core,
+            )
+
+        return factory
+
+    def energy_joules(self) -> float:
+        """Cumulative energy of this replica's engine processes."""
+        with self._lock:
+            source, base = self._source, self._energy_base
+        return base + (source.energy_joules() if source is not None else 0.0)
+
     def status(self) -> ReplicaStatus:
+        energy = self.energy_joules()
         with self._lock:
             return ReplicaStatus(
                 state=self._state,
@@ -86,6 +117,8 @@ class EngineSupervisor:
                 node_id=self._node_id,
                 restarts=self._restarts,
                 error=self._error,
+                energy_j=energy,
+                energy_source=self._energy_source,
             )
 
     @property
@@ -136,6 +169,8 @@ class EngineSupervisor:
             self._process = subprocess.Popen(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
             )
+        self._attach_power(self._process.pid)
+
         if not self._wait_ready(url):
             self._terminate(5.0)
             return
@@ -145,7 +180,15 @@ class EngineSupervisor:
                 self._set("starting", error=f"engine exited with code {self._process.returncode}")
                 return
 
+    def _attach_power(self, pid: int) -> None:
+        """Measure the new engine process, keeping what the previous one consumed."""
+        previous = self.energy_joules()
+        source = self._power(pid)
+        with self._lock:
+            self._energy_base, self._source, self._energy_source = previous, source, source.name
+
     def _wait_ready(self, url: str) -> bool:
+
         headers = (
             {"Authorization": f"Bearer {self._spec.secret}"}
             if self._launcher.health_needs_secret

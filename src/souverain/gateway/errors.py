@@ -29,6 +29,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.POLICY_REFUSED: 451,
     ErrorCode.UPSTREAM_ERROR: 502,
     ErrorCode.UNAVAILABLE: 503,
@@ -64,7 +65,9 @@ def error_response(error: SouverainError) -> JSONResponse:
     status = STATUS[error.code]
     headers = {}
     if isinstance(error, RateLimitedError):
+        headers.update(error.headers)
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(

@@ -35,6 +35,9 @@ from souverain.core.jurisdictions import jurisdictions_of
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.tables import UsageRecordRow
+from souverain.energy.attribution import co2e_grams
+from souverain.gateway import admission
+from souverain.gateway.admission import Admission
 from souverain.gateway.state import AppState
 from souverain.services import projects, usage
 from souverain.services.access import check_scope
@@ -61,6 +64,7 @@ class Call:
     include_usage: bool
     record_id: str = ""
     started: float = 0.0
+    admission: Admission | None = None
 
 
 async def resolve_model(
@@ -104,12 +108,13 @@ async def run(call: Call, request: Request) -> Response:
             param="model",
         )
     call.body["model"] = call.model.name
-    await _open_record(call)
+    await _open_record(call, routes)
     try:
         route, response = await _send(call, routes)
     except SouverainError as error:
-        await _settle(call, Settlement(status="upstream_error", error=error.message[:500]))
+        await _settle(call, Settlement(status="upstream_error", error=error.message[:500]), None)
         raise
+
     if call.stream:
         return StreamingResponse(
             _relay(call, route, response),
@@ -120,31 +125,49 @@ async def run(call: Call, request: Request) -> Response:
 
 
 def _headers(call: Call, route: ReplicaRoute) -> dict[str, str]:
-    return {"x-request-id": call.record_id, "x-souverain-datacenter": route.datacenter_id}
+    headers = {"x-request-id": call.record_id, "x-souverain-datacenter": route.datacenter_id}
+    if call.admission is not None:
+        headers |= call.admission.rate_headers
+    return headers
 
 
-async def _open_record(call: Call) -> None:
-    principal = call.principal
-    project_id = call.state.routes.project_of(principal)
+async def _open_record(call: Call, routes: list[ReplicaRoute]) -> None:
+    """Admission: rate limits, budget reservation, and the usage record, or a refusal."""
+    state, principal = call.state, call.principal
+    project_id = state.routes.project_of(principal)
     if project_id is None and principal.org_id is not None:
-        project_id = await _default_project(call.state, principal.org_id)
+        project_id = await _default_project(state, principal.org_id)
+    prompt = admission.prompt_bound(call.body)
+    completion = admission.completion_bound(call.endpoint, call.body, call.model)
+    price = state.routes.prices.get(call.model.id)
+    worst = max(
+        (admission.energy_per_token(state, r.energy_j_per_token) for r in routes), default=0.0
+    )
+    amounts = admission.estimate(
+        state, prompt=prompt, completion=completion, price=price, j_per_token=worst
+    )
     call.record_id = new_id("req")
     call.started = time.perf_counter()
-    async with call.state.sessions.begin() as session:
-        await usage.open_record(
-            session,
-            record=UsageRecordRow(
-                id=call.record_id,
-                org_id=principal.org_id,
-                project_id=project_id,
-                key_id=principal.key_id,
-                user_id=principal.user_id,
-                endpoint=call.endpoint,
-                model=call.model.name,
-                stream=call.stream,
-                server_id=call.state.server_id,
-            ),
-        )
+    record = UsageRecordRow(
+        id=call.record_id,
+        org_id=principal.org_id,
+        project_id=project_id,
+        key_id=principal.key_id,
+        user_id=principal.user_id,
+        endpoint=call.endpoint,
+        model=call.model.name,
+        stream=call.stream,
+        server_id=state.server_id,
+    )
+    call.admission = await admission.admit(
+        state,
+        principal=principal,
+        record=record,
+        project_id=project_id,
+        amounts=amounts,
+        rate_tokens=prompt // 4 + completion,
+        price=price,
+    )
 
 
 async def _default_project(state: AppState, org_id: str) -> str | None:
@@ -222,13 +245,19 @@ async def _complete(
             return Response(status_code=499)
         data = json.loads(raw)
         tokens = data.get("usage") or {}
-        settlement = replace(
-            settlement,
-            status="ok",
-            prompt_tokens=int(tokens.get("prompt_tokens", 0)),
-            completion_tokens=int(tokens.get("completion_tokens", 0)),
+        settlement = metered(
+            call,
+            route,
+            replace(
+                settlement,
+                status="ok",
+                prompt_tokens=int(tokens.get("prompt_tokens", 0)),
+                completion_tokens=int(tokens.get("completion_tokens", 0)),
+            ),
         )
-        return Response(raw, media_type="application/json", headers=_headers(call, route))
+        headers = _headers(call, route) | energy_headers(settlement, route)
+        return Response(raw, media_type="application/json", headers=headers)
+
     except (httpx.HTTPError, ValueError) as error:
         settlement = replace(settlement, status="upstream_error", error=type(error).__name__)
         raise UpstreamError("The model engine broke off the response.") from error
@@ -237,7 +266,7 @@ async def _complete(
         elapsed = (time.perf_counter() - call.started) * 1000
         with anyio.CancelScope(shield=True):
             await response.aclose()
-            await _settle(call, replace(settlement, latency_ms=elapsed, ttft_ms=elapsed))
+            await _settle(call, replace(settlement, latency_ms=elapsed, ttft_ms=elapsed), route)
 
 
 async def _read_unless_disconnected(response: httpx.Response, request: Request) -> bytes | None:
@@ -281,8 +310,9 @@ async def _relay(call: Call, route: ReplicaRoute, response: httpx.Response) -> A
                 if not chunk.get("choices") and chunk.get("usage"):
                     reported = chunk["usage"]
                     if call.include_usage:
-                        yield f"data: {payload}\n\n".encode()
+                        yield _usage_chunk(call, route, settlement, chunk)
                     continue
+
             chunks += 1
             yield f"data: {payload}\n\n".encode()
         if settlement.status == "ok":
@@ -301,7 +331,7 @@ async def _relay(call: Call, route: ReplicaRoute, response: httpx.Response) -> A
         elapsed = (time.perf_counter() - call.started) * 1000
         with anyio.CancelScope(shield=True):
             await response.aclose()
-            await _settle(call, replace(settlement, latency_ms=elapsed, ttft_ms=ttft))
+            await _settle(call, replace(settlement, latency_ms=elapsed, ttft_ms=ttft), route)
 
 
 def _stream_tokens(
@@ -343,7 +373,63 @@ def _base_settlement(route: ReplicaRoute) -> Settlement:
     )
 
 
-async def _settle(call: Call, settlement: Settlement) -> None:
+def _usage_chunk(
+    call: Call, route: ReplicaRoute, settlement: Settlement, chunk: dict[str, Any]
+) -> bytes:
+    """The engine's usage chunk, with souverain's energy and CO2e estimates added."""
+    tokens = chunk["usage"]
+    estimate = metered(
+        call,
+        route,
+        replace(
+            settlement,
+            prompt_tokens=int(tokens.get("prompt_tokens", 0)),
+            completion_tokens=int(tokens.get("completion_tokens", 0)),
+        ),
+    )
+    chunk["souverain"] = {
+        "energy_joules": round(estimate.energy_estimate_j or 0.0, 6),
+        "co2e_grams": round(co2e_estimate(estimate, route), 9),
+        "datacenter": route.datacenter_id,
+    }
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+def metered(call: Call, route: ReplicaRoute, settlement: Settlement) -> Settlement:
+    """Price and energy estimate of what was actually used."""
+    state = call.state
+    price = call.admission.price if call.admission else None
+    j_per_token = admission.energy_per_token(state, route.energy_j_per_token)
+    used = admission.estimate(
+        state,
+        prompt=settlement.prompt_tokens,
+        completion=settlement.completion_tokens,
+        price=price,
+        j_per_token=j_per_token,
+    )
+    return replace(
+        settlement,
+        cost=used.cost,
+        currency=price.currency if price else None,
+        energy_estimate_j=used.energy_j,
+        energy_source=route.energy_source or "estimate",
+    )
+
+
+def co2e_estimate(settlement: Settlement, route: ReplicaRoute) -> float:
+    return co2e_grams(settlement.energy_estimate_j or 0.0, route.carbon_intensity)
+
+
+def energy_headers(settlement: Settlement, route: ReplicaRoute) -> dict[str, str]:
+    return {
+        "x-souverain-energy-joules": f"{settlement.energy_estimate_j or 0.0:.6g}",
+        "x-souverain-co2e-grams": f"{co2e_estimate(settlement, route):.6g}",
+    }
+
+
+async def _settle(call: Call, settlement: Settlement, route: ReplicaRoute | None) -> None:
+    if route is not None and settlement.energy_estimate_j is None:
+        settlement = metered(call, route, settlement)
     try:
         async with call.state.sessions.begin() as session:
             await usage.settle_record(session, record_id=call.record_id, settlement=settlement)

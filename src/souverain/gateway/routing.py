@@ -19,12 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
 from souverain.core.principal import Principal
 from souverain.services import policies
+from souverain.services.prices import Price, current_prices
 from souverain.services.routes import (
     ModelInfo,
     ReplicaRoute,
+    load_budgeted_orgs,
     load_default_projects,
     load_models,
+    load_project_limits,
     load_ready_routes,
+    replica_states,
 )
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,10 @@ class RouteTable:
         self.policies: dict[tuple[str, str | None], Policy] = {}
         self.default_projects: dict[str, str] = {}
         self._effective: dict[tuple[str, str], Policy] = {}
+        self.prices: dict[str, Price] = {}  # model id -> price in force
+        self.project_limits: dict[str, tuple[int | None, int | None]] = {}
+        self.budgeted_orgs: frozenset[str] = frozenset()
+        self.replica_states: dict[str, int] = {}
 
     def replace(
         self,
@@ -65,6 +73,10 @@ class RouteTable:
             routes = await load_ready_routes(session)
             in_force = await policies.current_all(session)
             defaults = await load_default_projects(session)
+            self.prices = await current_prices(session)
+            self.project_limits = await load_project_limits(session)
+            self.budgeted_orgs = await load_budgeted_orgs(session)
+            self.replica_states = await replica_states(session)
         self.replace(models, routes, in_force, defaults)
 
     async def refresh_if_older_than(

@@ -8,6 +8,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.services.auth import KeyCache
 from souverain.settings import Settings
@@ -24,4 +25,5 @@ class AppState:
     master_key: bytes
     server_id: str
     signing_key: Ed25519PrivateKey
+    limiter: RateLimiter
     default_projects: dict[str, str] = field(default_factory=dict)

@@ -33,21 +33,46 @@ def _split(nodes: Sequence[NodeView], why: Callable[[NodeView], str | None]) -> 
     return kept, dropped
 
 
+def why_down(node: NodeView) -> str | None:
+    return None if node.alive else "node is down"
+
+
+def why_unplaceable_site(node: NodeView, snapshot: Snapshot) -> str | None:
+    if node.datacenter_id is None:
+        return "no datacenter label"
+    if node.datacenter_id not in snapshot.datacenters:
+        return f"unknown datacenter ({node.datacenter_id})"
+    return None
+
+
+def why_no_engine(node: NodeView, request: PlacementRequest) -> str | None:
+    return None if request.engine in node.engines else f"no {request.engine} engine"
+
+
+def why_short_of_gpus(node: NodeView, request: PlacementRequest) -> str | None:
+    if node.gpus_free < request.gpus:
+        return f"lack {request.gpus} free GPU(s)"
+    if request.gpus and node.gpu_memory_gib < request.gpu_memory_gib:
+        return f"lack {request.gpu_memory_gib:g} GiB GPU memory"
+    return None
+
+
+def why_short_of_cpu_or_memory(node: NodeView, request: PlacementRequest) -> str | None:
+    if node.cpus_free < request.cpus:
+        return f"lack {request.cpus:g} free CPU(s)"
+    if node.memory_free_gib < request.memory_gib:
+        return f"lack {request.memory_gib:g} GiB memory"
+    return None
+
+
 def healthy(nodes: Sequence[NodeView], request: PlacementRequest, snapshot: Snapshot) -> Kept:
-    return _split(nodes, lambda n: None if n.alive else "node is down")
+    return _split(nodes, why_down)
 
 
 def in_known_datacenter(
     nodes: Sequence[NodeView], request: PlacementRequest, snapshot: Snapshot
 ) -> Kept:
-    def why(node: NodeView) -> str | None:
-        if node.datacenter_id is None:
-            return "no datacenter label"
-        if node.datacenter_id not in snapshot.datacenters:
-            return f"unknown datacenter ({node.datacenter_id})"
-        return None
-
-    return _split(nodes, why)
+    return _split(nodes, lambda n: why_unplaceable_site(n, snapshot))
 
 
 def sovereign(nodes: Sequence[NodeView], request: PlacementRequest, snapshot: Snapshot) -> Kept:
@@ -58,33 +83,17 @@ def sovereign(nodes: Sequence[NodeView], request: PlacementRequest, snapshot: Sn
 def engine_supported(
     nodes: Sequence[NodeView], request: PlacementRequest, snapshot: Snapshot
 ) -> Kept:
-    return _split(
-        nodes, lambda n: None if request.engine in n.engines else f"no {request.engine} engine"
-    )
+    return _split(nodes, lambda n: why_no_engine(n, request))
 
 
 def enough_gpus(nodes: Sequence[NodeView], request: PlacementRequest, snapshot: Snapshot) -> Kept:
-    def why(node: NodeView) -> str | None:
-        if node.gpus_free < request.gpus:
-            return f"lack {request.gpus} free GPU(s)"
-        if request.gpus and node.gpu_memory_gib < request.gpu_memory_gib:
-            return f"lack {request.gpu_memory_gib:g} GiB GPU memory"
-        return None
-
-    return _split(nodes, why)
+    return _split(nodes, lambda n: why_short_of_gpus(n, request))
 
 
 def enough_cpu_and_memory(
     nodes: Sequence[NodeView], request: PlacementRequest, snapshot: Snapshot
 ) -> Kept:
-    def why(node: NodeView) -> str | None:
-        if node.cpus_free < request.cpus:
-            return f"lack {request.cpus:g} free CPU(s)"
-        if node.memory_free_gib < request.memory_gib:
-            return f"lack {request.memory_gib:g} GiB memory"
-        return None
-
-    return _split(nodes, why)
+    return _split(nodes, lambda n: why_short_of_cpu_or_memory(n, request))
 
 
 FILTERS: tuple[Filter, ...] = (
@@ -133,8 +142,13 @@ def summarise(total: int, reasons: dict[str, str]) -> str:
         if detail:
             details.setdefault(kind, Counter())[detail.rstrip(")")] += 1
     parts = []
-    for kind, count in kinds.most_common():
+    for kind, count in _by_count(kinds):
         counted = details.get(kind)
-        suffix = f" ({', '.join(f'{d}: {n}' for d, n in counted.most_common())})" if counted else ""
+        suffix = f" ({', '.join(f'{d}: {n}' for d, n in _by_count(counted))})" if counted else ""
         parts.append(f"{count} {kind}{suffix}")
     return f"0/{total} nodes fit: {', '.join(parts)}"
+
+
+def _by_count(counter: Counter[str]) -> list[tuple[str, int]]:
+    """Most frequent first, then alphabetical: the same summary whatever the node order."""
+    return sorted(counter.items(), key=lambda item: (-item[1], item[0]))

@@ -14,7 +14,15 @@ from collections import defaultdict
 from dataclasses import replace
 
 from souverain.core.policy import Policy, exclusion
-from souverain.scheduler.placement import pack_key, place
+from souverain.scheduler.placement import (
+    pack_key,
+    summarise,
+    why_down,
+    why_no_engine,
+    why_short_of_cpu_or_memory,
+    why_short_of_gpus,
+    why_unplaceable_site,
+)
 from souverain.scheduler.types import NodeView, Placement, PlacementRequest, Snapshot, Unschedulable
 
 Key = tuple[float, float, float, str]
@@ -48,13 +56,13 @@ class Placer:
         for dc_id in self._sorted:
             groups[snapshot.datacenters[dc_id].carbon_intensity].append(dc_id)
         self._groups = sorted(groups.items())
-        self._excluded: dict[tuple[Policy, str], bool] = {}
+        self._excluded: dict[tuple[Policy, str], str | None] = {}
 
     def place(self, request: PlacementRequest) -> Placement | Unschedulable:
         for _carbon, dc_ids in self._groups:
             best: tuple[tuple[object, ...], NodeView] | None = None
             for dc_id in dc_ids:
-                if self._is_excluded(request.policy, dc_id):
+                if self._exclusion(request.policy, dc_id) is not None:
                     continue
                 found = self._best_in(dc_id, request)
                 if found is not None and (best is None or found[0] < best[0]):
@@ -62,7 +70,23 @@ class Placer:
             if best is not None:
                 node = best[1]
                 return Placement(node_id=node.id, datacenter_id=node.datacenter_id or "")
-        return place(request, self.current())
+        return self._explain(request)
+
+    def _explain(self, request: PlacementRequest) -> Unschedulable:
+        """A reason for every node: the first filter of the chain that drops it."""
+        snapshot = self.snapshot
+        reasons: dict[str, str] = {}
+        for node in self._nodes.values():
+            reason = why_down(node) or why_unplaceable_site(node, snapshot)
+            if reason is None:
+                reason = (
+                    self._exclusion(request.policy, node.datacenter_id or "")
+                    or why_no_engine(node, request)
+                    or why_short_of_gpus(node, request)
+                    or why_short_of_cpu_or_memory(node, request)
+                )
+            reasons[node.id] = reason or "fits, but was not chosen"
+        return Unschedulable(reasons=reasons, summary=summarise(len(self._nodes), reasons))
 
     def reserve(self, node_id: str, *, cpus: float, gpus: float = 0, memory_gib: float = 0) -> None:
         """Take resources off a node (placed this round; Ray's own view lags)."""
@@ -86,12 +110,11 @@ class Placer:
     def current(self) -> Snapshot:
         return Snapshot(nodes=tuple(self._nodes.values()), datacenters=self.snapshot.datacenters)
 
-    def _is_excluded(self, policy: Policy, dc_id: str) -> bool:
-        cached = self._excluded.get((policy, dc_id))
-        if cached is None:
-            cached = exclusion(policy, self.snapshot.datacenters[dc_id].site) is not None
-            self._excluded[(policy, dc_id)] = cached
-        return cached
+    def _exclusion(self, policy: Policy, dc_id: str) -> str | None:
+        key = (policy, dc_id)
+        if key not in self._excluded:
+            self._excluded[key] = exclusion(policy, self.snapshot.datacenters[dc_id].site)
+        return self._excluded[key]
 
     def _best_in(
         self, dc_id: str, request: PlacementRequest

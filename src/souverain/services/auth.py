@@ -59,6 +59,8 @@ async def authenticate(
         role=role,
         scopes=effective_scopes(role, frozenset(Scope(s) for s in row.scopes), holder),
         expires_at=row.expires_at,
+        rpm=row.rpm,
+        tpm=row.tpm,
     )
 
 

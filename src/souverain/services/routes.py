@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.policy import Site
-from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ProjectRow, ReplicaRow
+from souverain.db.tables import (
+    BudgetRow,
+    CarbonIntensityRow,
+    DatacenterRow,
+    DeploymentRow,
+    ModelRow,
+    ProjectRow,
+    ReplicaRow,
+    utcnow,
+)
+from souverain.energy.carbon import hour_of
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,9 @@ class ReplicaRoute:
     country: str
     operator_country: str
     certifications: frozenset[str]
+    carbon_intensity: float = 0.0  # gCO2e/kWh now (the hourly series if loaded, else static)
+    energy_j_per_token: float | None = None  # per weighted token, from the last interval
+    energy_source: str | None = None
 
     @property
     def site(self) -> Site:
@@ -55,6 +68,12 @@ async def load_models(session: AsyncSession) -> list[ModelInfo]:
 
 
 async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
+    hour = hour_of(utcnow())
+    series = select(CarbonIntensityRow).where(CarbonIntensityRow.hour == hour)
+    intensities = {
+        row.datacenter_id: row.g_per_kwh for row in (await session.execute(series)).scalars()
+    }
+
     query = (
         select(ReplicaRow, DeploymentRow, ModelRow, DatacenterRow)
         .join(DeploymentRow, DeploymentRow.id == ReplicaRow.deployment_id)
@@ -78,6 +97,9 @@ async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
             country=datacenter.country,
             operator_country=datacenter.operator_country,
             certifications=frozenset(datacenter.certifications),
+            carbon_intensity=intensities.get(datacenter.id, datacenter.carbon_intensity),
+            energy_j_per_token=replica.energy_j_per_token,
+            energy_source=replica.energy_source,
         )
         for replica, deployment, model, datacenter in (await session.execute(query)).all()
     ]
@@ -87,3 +109,22 @@ async def load_default_projects(session: AsyncSession) -> dict[str, str]:
     """Organisation id -> its `default` project id (where org-wide keys' usage goes)."""
     query = select(ProjectRow.org_id, ProjectRow.id).where(ProjectRow.name == "default")
     return {org_id: project_id for org_id, project_id in (await session.execute(query)).all()}
+
+
+async def load_project_limits(session: AsyncSession) -> dict[str, tuple[int | None, int | None]]:
+    """Project id -> (requests/min, tokens/min), for projects that have limits."""
+    query = select(ProjectRow.id, ProjectRow.rpm, ProjectRow.tpm).where(
+        (ProjectRow.rpm.is_not(None)) | (ProjectRow.tpm.is_not(None))
+    )
+    return {project_id: (rpm, tpm) for project_id, rpm, tpm in (await session.execute(query)).all()}
+
+
+async def load_budgeted_orgs(session: AsyncSession) -> frozenset[str]:
+    """Organisations with at least one budget: only their requests pay for a reservation."""
+    return frozenset((await session.execute(select(BudgetRow.org_id).distinct())).scalars())
+
+
+async def replica_states(session: AsyncSession) -> dict[str, int]:
+    """How many replicas are in each state (for /metrics)."""
+    query = select(ReplicaRow.state, func.count()).group_by(ReplicaRow.state)
+    return {state: int(count) for state, count in (await session.execute(query)).all()}

@@ -41,6 +41,10 @@ class Settlement:
     certifications: list[str] | None = None
     jurisdictions: list[str] | None = None
     error: str = ""
+    cost: float = 0.0
+    currency: str | None = None
+    energy_estimate_j: float | None = None
+    energy_source: str | None = None
 
 
 async def open_record(session: AsyncSession, *, record: UsageRecordRow) -> None:
