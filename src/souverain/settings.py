@@ -65,8 +65,10 @@ class Settings(BaseSettings):
         default="local", description="Datacenter id of the embedded Ray head."
     )
     local_country: str = Field(default="FR", description="ISO country of the local datacenter.")
-    local_carbon_intensity: float = Field(
-        default=56.0, ge=0, description="gCO2e/kWh of the local grid."
+    local_carbon_intensity: float | None = Field(
+        default=None,
+        ge=0,
+        description="gCO2e/kWh of the local grid (default: the country's average).",
     )
     embedded_ray_cpus: int | None = Field(
         default=None, ge=1, description="CPUs the embedded head offers."

@@ -18,14 +18,18 @@ from contextlib import AbstractAsyncContextManager
 
 import httpx
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 
 from souverain import __version__
 from souverain.api.routers import (
+    billing,
     deployments,
     fleet,
     health,
     keys,
+    limits,
     me,
+    metrics,
     models,
     orgs,
     policies,
@@ -35,6 +39,7 @@ from souverain.api.routers import (
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.gateway import errors
 from souverain.gateway import routes as gateway_routes
+from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.state import AppState
@@ -73,6 +78,12 @@ def create_app(
         )
         try:
             async with contextlib.AsyncExitStack() as stack:
+                if settings.metrics_bind:
+                    host, _, port = settings.metrics_bind.rpartition(":")
+                    server, _thread = start_http_server(
+                        int(port), addr=host or "127.0.0.1", registry=state.metrics.registry
+                    )
+                    stack.callback(server.shutdown)
                 for hook in hooks:
                     await stack.enter_async_context(hook(state))
                 yield
@@ -99,6 +110,9 @@ def create_app(
         deployments.router,
         usage.router,
         reports.router,
+        billing.router,
+        limits.router,
+        metrics.router,
     ):
         app.include_router(router)
     return app
@@ -135,4 +149,5 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         server_id=server_id,
         signing_key=signing.load_or_create(settings.signing_key_path),
         limiter=RateLimiter(settings.rate_limit_storage),
+        metrics=Metrics(routes),
     )

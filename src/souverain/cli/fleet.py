@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
 from souverain.cli.context import client, console
+from souverain.core.schemas.billing import CarbonPoint, CarbonSeriesRequest
 from souverain.core.schemas.fleet import DatacenterCreateRequest, DatacenterUpdateRequest
+from souverain.energy.carbon import parse_series
 
 datacenters = typer.Typer(
     help="Datacenters: where nodes live, and what sovereignty depends on.", no_args_is_help=True
@@ -43,7 +47,9 @@ def datacenters_add(
     certification: list[str] = typer.Option(
         None, help="E.g. SecNumCloud, HDS, ISO27001 (repeatable)."
     ),
-    carbon_intensity: float = typer.Option(..., "--carbon-intensity", help="Grid gCO2e/kWh."),
+    carbon_intensity: float = typer.Option(
+        None, "--carbon-intensity", help="Grid gCO2e/kWh (default: the country's annual average)."
+    ),
 ) -> None:
     request = DatacenterCreateRequest(
         id=datacenter_id,
@@ -88,6 +94,19 @@ def datacenters_update(
     console.print(
         f"{dc.id}: {dc.country} ({', '.join(dc.jurisdictions)}), operator {dc.operator_country}"
     )
+
+
+@datacenters.command("carbon")
+def datacenters_carbon(
+    datacenter_id: str = typer.Argument(..., metavar="ID"),
+    csv_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV: hour,g_per_kwh"),
+) -> None:
+    """Load an hourly grid carbon-intensity series (e.g. exported from RTE eCO2mix or ENTSO-E)."""
+    series = parse_series(csv_file.read_text().splitlines())
+    points = [CarbonPoint(hour=hour, g_per_kwh=value) for hour, value in sorted(series.items())]
+    with client() as c:
+        loaded = c.load_carbon(datacenter_id, CarbonSeriesRequest(points=points))
+    console.print(f"{datacenter_id}: {loaded} hourly values loaded")
 
 
 @nodes.command("list")

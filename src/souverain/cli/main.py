@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from souverain import __version__
-from souverain.cli import catalog, chat, fleet, run, sovereignty, tenancy, usage
+from souverain.cli import billing, catalog, chat, fleet, run, sovereignty, tenancy, usage
 from souverain.cli.context import console, options
 
 app = typer.Typer(
@@ -50,6 +50,11 @@ app.add_typer(catalog.models, name="models")
 app.add_typer(catalog.deployments, name="deployments")
 app.add_typer(sovereignty.policies, name="policies")
 app.add_typer(sovereignty.reports, name="reports")
+app.add_typer(billing.prices, name="prices")
+app.add_typer(billing.budgets, name="budgets")
+app.add_typer(billing.invoices, name="invoices")
+app.add_typer(billing.limits, name="limits")
+
 
 if __name__ == "__main__":
     app()

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import typer
 import uvicorn
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.api.app import create_app
 from souverain.cli import config
 from souverain.cli.context import console
 from souverain.cluster import ray_cluster
 from souverain.controller.deployments import EngineDefaults
+from souverain.controller.energy import EnergyAccountant
 from souverain.controller.runner import Controller, forget_replicas
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.engines.artifacts import builtin_path, file_sha256
@@ -50,14 +52,26 @@ def _logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _controller(settings: Settings, state_sessions: object, master_key: bytes) -> Controller:
+def _controller(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], master_key: bytes
+) -> Controller:
     return Controller(
-        state_sessions,  # type: ignore[arg-type]
+        sessions,
         ray_cluster.RayCluster(),
         master_key=master_key,
-        engine=EngineDefaults(threads=settings.engine_threads, bind_host=settings.engine_bind_host),
+        engine=EngineDefaults(
+            threads=settings.engine_threads,
+            bind_host=settings.engine_bind_host,
+            watts_per_core=settings.energy_watts_per_core,
+        ),
         interval_s=settings.reconcile_interval_s,
         lease_s=settings.controller_lease_s,
+        energy=EnergyAccountant(
+            sessions,
+            interval_s=settings.energy_interval_s,
+            prompt_weight=settings.energy_prompt_weight,
+            completion_weight=settings.energy_completion_weight,
+        ),
     )
 
 

@@ -1,4 +1,4 @@
-"""usage: a table and a small terminal chart."""
+"""usage: a table, a small terminal chart, or a CSV export."""
 
 from __future__ import annotations
 
@@ -17,20 +17,40 @@ def usage(
     group_by: str = typer.Option(
         "model", "--by", help="day, model, project, key, datacenter or status"
     ),
+    model: str = typer.Option(None, "--model"),
+    project: str = typer.Option(None, "--project", help="Project id."),
+    key: str = typer.Option(None, "--key", help="Key id."),
+    csv: bool = typer.Option(False, "--csv", help="Export the records as CSV instead."),
+    limit: int = typer.Option(10_000, "--limit", help="Records in the CSV export."),
 ) -> None:
-    """Requests and tokens, grouped."""
+    """Requests, tokens, cost, energy and CO2e, grouped."""
+    filters = {"org": org, "model": model, "project": project, "key": key}
     with client() as c:
-        report = c.usage(org=org, since=since, until=until, group_by=group_by, limit=0)
-    table = Table(group_by, "requests", "prompt tokens", "completion tokens", "")
+        if csv:
+            dates = {
+                "from": since.isoformat() if since else None,
+                "to": until.isoformat() if until else None,
+            }
+            console.print(
+                c.usage_csv(**filters, **dates, limit=limit), end="", highlight=False, markup=False
+            )
+            return
+        report = c.usage(since=since, until=until, group_by=group_by, limit=0, **filters)
+    table = Table(
+        group_by, "requests", "prompt tok", "completion tok", "cost", "energy Wh", "CO2e g", ""
+    )
     peak = max((g.prompt_tokens + g.completion_tokens for g in report.groups), default=0) or 1
     for group in report.groups:
         total = group.prompt_tokens + group.completion_tokens
-        bar = "█" * max(1 if total else 0, round(30 * total / peak))
+        bar = "█" * max(1 if total else 0, round(24 * total / peak))
         table.add_row(
             group.key,
             str(group.requests),
             f"{group.prompt_tokens:,}",
             f"{group.completion_tokens:,}",
+            f"{group.cost:.4f}",
+            f"{group.energy_j / 3600:.3f}",
+            f"{group.co2e_g:.4f}",
             f"[cyan]{bar}[/cyan]",
         )
     console.print(table)

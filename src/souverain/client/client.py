@@ -7,6 +7,14 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from souverain.core.schemas.billing import (
+    BudgetOut,
+    BudgetSetRequest,
+    CarbonSeriesRequest,
+    PriceOut,
+    PriceSetRequest,
+    RateLimitsRequest,
+)
 from souverain.core.schemas.deployments import (
     Deployment,
     DeploymentCreateRequest,
@@ -221,6 +229,9 @@ class SouverainClient:
         until: datetime | None = None,
         group_by: str = "model",
         limit: int = 100,
+        model: str | None = None,
+        project: str | None = None,
+        key: str | None = None,
     ) -> UsageReport:
         return self._get(
             UsageReport,
@@ -228,11 +239,76 @@ class SouverainClient:
             org=org,
             group_by=group_by,
             limit=limit,
+            model=model,
+            project=project,
+            key=key,
             **{
                 "from": since.isoformat() if since else None,
                 "to": until.isoformat() if until else None,
             },
         )
+
+    def usage_csv(self, **params: Any) -> str:
+        clean = {k: v for k, v in params.items() if v is not None} | {"format": "csv"}
+        response = self._http.get("/api/usage", params=clean)
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.text
+
+    # billing and quotas
+
+    def set_price(self, model: str, request: PriceSetRequest) -> PriceOut:
+        return PriceOut.model_validate(
+            self._request("PUT", f"/api/models/{model}/price", body=request)
+        )
+
+    def list_prices(self) -> list[PriceOut]:
+        return self._get(list[PriceOut], "/api/prices")
+
+    def invoice(self, org: str, period: str, *, csv: bool = False) -> dict[str, Any] | str:
+        if csv:
+            response = self._http.get(
+                f"/api/orgs/{org}/invoices/{period}", params={"format": "csv"}
+            )
+            if response.status_code >= 400:
+                raise _error(response)
+            return response.text
+        document: dict[str, Any] = self._request("GET", f"/api/orgs/{org}/invoices/{period}")
+        return document
+
+    def set_budget(
+        self, org: str, request: BudgetSetRequest, project: str | None = None
+    ) -> BudgetOut:
+        path = (
+            f"/api/orgs/{org}/budget"
+            if project is None
+            else f"/api/orgs/{org}/projects/{project}/budget"
+        )
+        return BudgetOut.model_validate(
+            self._request("PUT", path, body=request.model_dump(mode="json"))
+        )
+
+    def list_budgets(self, org: str, period: str | None = None) -> list[BudgetOut]:
+        return self._get(list[BudgetOut], f"/api/orgs/{org}/budgets", period=period)
+
+    def set_key_limits(self, key_id: str, request: RateLimitsRequest) -> RateLimitsRequest:
+        body = request.model_dump(mode="json")
+        return RateLimitsRequest.model_validate(
+            self._request("PUT", f"/api/keys/{key_id}/limits", body=body)
+        )
+
+    def set_project_limits(
+        self, org: str, project: str, request: RateLimitsRequest
+    ) -> RateLimitsRequest:
+        body = request.model_dump(mode="json")
+        path = f"/api/orgs/{org}/projects/{project}/limits"
+        return RateLimitsRequest.model_validate(self._request("PUT", path, body=body))
+
+    def load_carbon(self, datacenter: str, request: CarbonSeriesRequest) -> int:
+        loaded: dict[str, int] = self._request(
+            "PUT", f"/api/datacenters/{datacenter}/carbon", body=request
+        )
+        return loaded["hours"]
 
     # inference (the CLI's chat; SDK users call /v1 directly)
 

@@ -20,6 +20,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from souverain.controller.energy import EnergyAccountant
 from souverain.controller.facade import ClusterFacade
 from souverain.core.fleet import ReplicaSpec, actor_name_for
 from souverain.core.ids import new_id, replica_secret
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 class EngineDefaults:
     threads: int
     bind_host: str | None
+    watts_per_core: float = 10.0
 
 
 @dataclass
@@ -65,8 +67,11 @@ class DeploymentReconciler:
         *,
         master_key: bytes,
         engine: EngineDefaults,
+        energy: EnergyAccountant,
         lease_s: float = 120.0,
     ) -> None:
+        self.energy = energy
+
         self._sessions = sessions
         self._cluster = cluster
         self._master_key = master_key
@@ -135,6 +140,8 @@ class DeploymentReconciler:
         for extra in _pick_extras(live, desired):
             await asyncio.to_thread(self._cluster.stop_replica, extra.actor_name)
             outcome.deletes.append(extra.id)
+            self.energy.retire(extra.id)
+
             live.remove(extra)
         unschedulable = ""
         while len(live) < desired and not unschedulable:
@@ -162,12 +169,16 @@ class DeploymentReconciler:
                 )
                 await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
                 outcome.deletes.append(replica.id)
+                self.energy.retire(replica.id)
                 continue
             status = await asyncio.to_thread(self._cluster.replica_status, replica.actor_name)
             if status is None:
                 log.warning("replica %s vanished from the cluster; it will be replaced", replica.id)
                 outcome.deletes.append(replica.id)
+                self.energy.retire(replica.id)
                 continue
+            self.energy.observe(replica, status)
+
             changes: dict[str, object] = {
                 "state": status.state,
                 "url": status.url if status.state == "ready" else None,
@@ -215,7 +226,9 @@ class DeploymentReconciler:
             context_length=model.context_length,
             bind_host=self._engine.bind_host,
             engine_args=dict(deployment.engine_args),
+            watts_per_core=self._engine.watts_per_core,
         )
+
         await asyncio.to_thread(self._cluster.start_replica, spec)
         self.recently_started[spec.actor_name] = asyncio.get_running_loop().time()
         placer.reserve(decision.node_id, cpus=deployment.cpus, gpus=deployment.gpus)

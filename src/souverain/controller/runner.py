@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.controller import leader
 from souverain.controller.deployments import DeploymentReconciler, EngineDefaults
+from souverain.controller.energy import EnergyAccountant
 from souverain.controller.facade import ClusterFacade
 from souverain.core.fleet import ObservedNode
 from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow
@@ -35,15 +36,21 @@ class Controller:
         engine: EngineDefaults,
         interval_s: float = 1.0,
         lease_s: float = 15.0,
+        energy: EnergyAccountant | None = None,
     ) -> None:
+
         self._sessions = sessions
         self._cluster = cluster
         self._interval_s = interval_s
         self._lease_s = lease_s
         self.holder = f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
-        self.deployments = DeploymentReconciler(
-            sessions, cluster, master_key=master_key, engine=engine
+        self.energy = energy or EnergyAccountant(
+            sessions, interval_s=30.0, prompt_weight=1.0, completion_weight=3.0
         )
+        self.deployments = DeploymentReconciler(
+            sessions, cluster, master_key=master_key, engine=engine, energy=self.energy
+        )
+
         self.is_leader = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -68,6 +75,8 @@ class Controller:
             datacenters = list((await session.execute(select(DatacenterRow))).scalars())
             on_disk = await models_by_node(session)
         await self.deployments.run_once(Placer(build_snapshot(observed, datacenters, on_disk)))
+        await self.energy.close_due()
+
         await self.sweep_orphans()
 
     async def sweep_orphans(self) -> None:
@@ -87,8 +96,19 @@ class Controller:
     async def teardown(self) -> None:
         """Stop every replica (used when `souverain up` exits with its embedded cluster)."""
         names = await asyncio.to_thread(self._cluster.replica_actor_names)
+        await self._observe_last_energy()
         await asyncio.gather(*(asyncio.to_thread(self._cluster.stop_replica, n) for n in names))
+        await self.energy.close_all()
+
         await forget_replicas(self._sessions)
+
+    async def _observe_last_energy(self) -> None:
+        async with self._sessions() as session:
+            replicas = list((await session.execute(select(ReplicaRow))).scalars())
+        for replica in replicas:
+            status = await asyncio.to_thread(self._cluster.replica_status, replica.actor_name)
+            if status is not None:
+                self.energy.observe(replica, status)
 
 
 async def forget_replicas(sessions: async_sessionmaker[AsyncSession]) -> None:

@@ -430,9 +430,11 @@ def energy_headers(settlement: Settlement, route: ReplicaRoute) -> dict[str, str
 async def _settle(call: Call, settlement: Settlement, route: ReplicaRoute | None) -> None:
     if route is not None and settlement.energy_estimate_j is None:
         settlement = metered(call, route, settlement)
+    call.state.metrics.observe(model=call.model.name, endpoint=call.endpoint, settlement=settlement)
     try:
         async with call.state.sessions.begin() as session:
             await usage.settle_record(session, record_id=call.record_id, settlement=settlement)
+
     except Exception:
         log.exception(
             "settling usage record %s failed; it will be settled as interrupted", call.record_id

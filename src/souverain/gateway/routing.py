@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
 from souverain.core.principal import Principal
 from souverain.services import policies
+from souverain.services.energy import totals_by_datacenter
 from souverain.services.prices import Price, current_prices
 from souverain.services.routes import (
     ModelInfo,
@@ -48,6 +49,7 @@ class RouteTable:
         self.project_limits: dict[str, tuple[int | None, int | None]] = {}
         self.budgeted_orgs: frozenset[str] = frozenset()
         self.replica_states: dict[str, int] = {}
+        self.energy_totals: dict[str, tuple[float, float]] = {}
 
     def replace(
         self,
@@ -77,6 +79,8 @@ class RouteTable:
             self.project_limits = await load_project_limits(session)
             self.budgeted_orgs = await load_budgeted_orgs(session)
             self.replica_states = await replica_states(session)
+            self.energy_totals = await totals_by_datacenter(session)
+
         self.replace(models, routes, in_force, defaults)
 
     async def refresh_if_older_than(

@@ -8,6 +8,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.services.auth import KeyCache
@@ -26,4 +27,5 @@ class AppState:
     server_id: str
     signing_key: Ed25519PrivateKey
     limiter: RateLimiter
+    metrics: Metrics
     default_projects: dict[str, str] = field(default_factory=dict)

@@ -28,7 +28,7 @@ OPERATOR_USER = "operator"
 class LocalDatacenter:
     id: str
     country: str
-    carbon_intensity: float
+    carbon_intensity: float | None
 
 
 @dataclass(frozen=True)

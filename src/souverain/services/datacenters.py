@@ -5,11 +5,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.errors import ConflictError, NotFoundError
+from souverain.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.schemas.fleet import DatacenterCreateRequest, DatacenterUpdateRequest
 from souverain.db.tables import DatacenterRow, utcnow
+from souverain.energy.carbon import default_for
 from souverain.services.access import check_operator, check_scope
 
 
@@ -44,7 +45,17 @@ async def put_datacenter(
     """Create, or leave alone if present (used at first start for the local datacenter)."""
     row = await session.get(DatacenterRow, request.id)
     if row is None:
-        row = DatacenterRow(**request.model_dump())
+        intensity = request.carbon_intensity
+        if intensity is None:
+            intensity = default_for(request.country)
+        if intensity is None:
+            raise InvalidRequestError(
+                f"no default grid intensity is known for {request.country}: give carbon_intensity",
+                param="carbon_intensity",
+            )
+        row = DatacenterRow(
+            **request.model_dump(exclude={"carbon_intensity"}), carbon_intensity=intensity
+        )
         session.add(row)
         await session.flush()
     return row

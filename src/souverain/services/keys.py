@@ -167,3 +167,20 @@ def _can_see_key(principal: Principal, row: ApiKeyRow) -> bool:
     if principal.project_id is not None and row.project_id != principal.project_id:
         return False
     return row.user_id == principal.user_id or principal.has(Scope.MANAGE)
+
+
+async def set_limits(
+    session: AsyncSession, *, principal: Principal, key_id: str, rpm: int | None, tpm: int | None
+) -> ApiKeyRow:
+    """Rate limits of a key: set by whoever manages its organisation (or the operator),
+    never by the key's own holder, since lifting a limit grants more."""
+    row = await session.get(ApiKeyRow, key_id)
+    if row is None or not _can_see_key(principal, row):
+        raise NotFoundError("key not found")
+    if row.org_id is None:
+        check_scope(principal, Scope.PLATFORM)
+    else:
+        check_org(principal, row.org_id, Scope.MANAGE)
+    row.rpm, row.tpm = rpm, tpm
+    await session.flush()
+    return row

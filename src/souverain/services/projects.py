@@ -59,3 +59,20 @@ async def create_project(
     session.add(project)
     await session.flush()
     return project
+
+
+async def set_limits(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    org_ref: str,
+    project_ref: str,
+    rpm: int | None,
+    tpm: int | None,
+) -> ProjectRow:
+    org = await orgs.get_org(session, principal=principal, ref=org_ref)
+    check_org(principal, org.id, Scope.MANAGE)
+    project = await get_project(session, principal=principal, org_id=org.id, ref=project_ref)
+    project.rpm, project.tpm = rpm, tpm
+    await session.flush()
+    return project

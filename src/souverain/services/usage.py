@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,69 +78,88 @@ async def settle_interrupted(session: AsyncSession, *, server_id: str | None = N
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True)
+class UsageFilter:
+    org_ref: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    model: str | None = None
+    project: str | None = None  # project id
+    key: str | None = None  # key id
+
+
 async def list_records(
-    session: AsyncSession,
-    *,
-    principal: Principal,
-    org_ref: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    limit: int,
+    session: AsyncSession, *, principal: Principal, where: UsageFilter, limit: int
 ) -> list[UsageRecordRow]:
-    query = await _scoped(session, principal=principal, org_ref=org_ref, since=since, until=until)
+    query = await _scoped(session, principal=principal, where=where)
     query = query.order_by(UsageRecordRow.created_at.desc()).limit(limit)
     return list((await session.execute(query)).scalars())
 
 
+@dataclass(frozen=True)
+class Group:
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    energy_j: float
+    co2e_g: float
+
+
 async def aggregate(
-    session: AsyncSession,
-    *,
-    principal: Principal,
-    org_ref: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    group_by: str,
-) -> list[tuple[str, int, int, int]]:
+    session: AsyncSession, *, principal: Principal, where: UsageFilter, group_by: str
+) -> list[Group]:
     if group_by not in GROUPS:
         raise InvalidRequestError(f"group_by must be one of {sorted(GROUPS)}", param="group_by")
-    records = await list_records(
-        session, principal=principal, org_ref=org_ref, since=since, until=until, limit=1_000_000
-    )
-    groups: dict[str, list[int]] = {}
-    for record in records:
-        key = _group_key(record, group_by)
-        totals = groups.setdefault(key, [0, 0, 0])
-        totals[0] += 1
-        totals[1] += record.prompt_tokens
-        totals[2] += record.completion_tokens
-    return [(key, t[0], t[1], t[2]) for key, t in sorted(groups.items())]
-
-
-def _group_key(record: UsageRecordRow, group_by: str) -> str:
-    if group_by == "day":
-        return record.created_at.date().isoformat()
-    value = {
-        "model": record.model,
-        "project": record.project_id,
-        "key": record.key_id,
-        "datacenter": record.datacenter_id,
-        "status": record.status,
+    column = {
+        "day": func.date(UsageRecordRow.created_at),
+        "model": UsageRecordRow.model,
+        "project": UsageRecordRow.project_id,
+        "key": UsageRecordRow.key_id,
+        "datacenter": UsageRecordRow.datacenter_id,
+        "status": UsageRecordRow.status,
     }[group_by]
-    return value or "-"
+    scoped = (await _scoped(session, principal=principal, where=where)).subquery()
+    grouped: Any = column.label("grouped")
+    query = (
+        select(
+            grouped,
+            func.count(),
+            func.coalesce(func.sum(UsageRecordRow.prompt_tokens), 0),
+            func.coalesce(func.sum(UsageRecordRow.completion_tokens), 0),
+            func.coalesce(func.sum(UsageRecordRow.cost), 0.0),
+            func.coalesce(
+                func.sum(func.coalesce(UsageRecordRow.energy_j, UsageRecordRow.energy_estimate_j)),
+                0.0,
+            ),
+            func.coalesce(func.sum(UsageRecordRow.co2e_g), 0.0),
+        )
+        .where(UsageRecordRow.id.in_(select(scoped.c.id)))
+        .group_by(grouped)
+        .order_by(grouped)
+    )
+    return [
+        Group(
+            str(key) if key is not None else "-",
+            int(n),
+            int(p),
+            int(c),
+            float(cost),
+            float(joules),
+            float(grams),
+        )
+        for key, n, p, c, cost, joules, grams in (await session.execute(query)).all()
+    ]
 
 
 async def _scoped(
-    session: AsyncSession,
-    *,
-    principal: Principal,
-    org_ref: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    session: AsyncSession, *, principal: Principal, where: UsageFilter
 ) -> Select[UsageRecordRow]:
     check_scope(principal, Scope.READ)
     query = select(UsageRecordRow)
-    if org_ref is not None:
-        org = await orgs.get_org(session, principal=principal, ref=org_ref)
+    if where.org_ref is not None:
+        org = await orgs.get_org(session, principal=principal, ref=where.org_ref)
         query = query.where(UsageRecordRow.org_id == org.id)
     if not principal.is_operator:
         query = query.where(UsageRecordRow.org_id == principal.org_id)
@@ -147,10 +167,16 @@ async def _scoped(
             query = query.where(UsageRecordRow.project_id == principal.project_id)
         if not (principal.has(Scope.MANAGE) or principal.has(Scope.AUDIT)):
             query = query.where(UsageRecordRow.user_id == principal.user_id)
-    if since is not None:
-        query = query.where(UsageRecordRow.created_at >= as_utc(since))
-    if until is not None:
-        query = query.where(UsageRecordRow.created_at < as_utc(until))
+    if where.since is not None:
+        query = query.where(UsageRecordRow.created_at >= as_utc(where.since))
+    if where.until is not None:
+        query = query.where(UsageRecordRow.created_at < as_utc(where.until))
+    if where.model is not None:
+        query = query.where(UsageRecordRow.model == where.model)
+    if where.project is not None:
+        query = query.where(UsageRecordRow.project_id == where.project)
+    if where.key is not None:
+        query = query.where(UsageRecordRow.key_id == where.key)
     return query
 
 

@@ -14,12 +14,13 @@ from contextlib import AbstractAsyncContextManager
 
 from souverain.cluster import ray_cluster
 from souverain.controller.deployments import EngineDefaults
+from souverain.controller.energy import EnergyAccountant
 from souverain.controller.runner import Controller
 from souverain.gateway.state import AppState
 
 
 def controller_hook(
-    address: str, *, threads: int = 1
+    address: str, *, threads: int = 1, energy_interval_s: float = 2.0
 ) -> Callable[[AppState], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def hook(state: AppState) -> AsyncIterator[None]:
@@ -30,7 +31,14 @@ def controller_hook(
             master_key=state.master_key,
             engine=EngineDefaults(threads=threads, bind_host=None),
             interval_s=0.5,
+            energy=EnergyAccountant(
+                state.sessions,
+                interval_s=energy_interval_s,
+                prompt_weight=1.0,
+                completion_weight=3.0,
+            ),
         )
+
         stop = asyncio.Event()
         running = asyncio.create_task(controller.run(stop))
         try:

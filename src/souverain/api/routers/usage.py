@@ -1,39 +1,65 @@
 from __future__ import annotations
 
+import csv
+import io
 from datetime import datetime
 
 from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse, Response
 
 from souverain.core.schemas.usage import UsageGroup, UsageRecord, UsageReport
 from souverain.gateway.deps import PrincipalDep, SessionDep
 from souverain.services import usage
+from souverain.services.usage import UsageFilter
 
 router = APIRouter(prefix="/api/usage", tags=["usage"])
 
+CSV_COLUMNS = [
+    "id", "created_at", "org_id", "project_id", "key_id", "endpoint", "model", "stream", "status",
+    "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "datacenter_id", "country",
+    "cost", "currency", "energy_j", "energy_estimate_j", "co2e_g", "energy_source",
+]  # fmt: skip
 
-@router.get("", response_model=UsageReport)
+
+@router.get("", response_model=None)
 async def get_usage(
     principal: PrincipalDep,
     session: SessionDep,
     org: str | None = Query(default=None, max_length=64),
     since: datetime | None = Query(default=None, alias="from"),
     until: datetime | None = Query(default=None, alias="to"),
+    model: str | None = Query(default=None, max_length=128),
+    project: str | None = Query(default=None, max_length=32, description="Project id."),
+    key: str | None = Query(default=None, max_length=16, description="Key id."),
     group_by: str = Query(default="model", pattern="^(day|model|project|key|datacenter|status)$"),
-    limit: int = Query(default=100, ge=0, le=10_000),
-) -> UsageReport:
-    """Requests and tokens, grouped, plus the latest records. Members see their own usage;
-    admins and auditors see their whole organisation."""
-    groups = await usage.aggregate(
-        session, principal=principal, org_ref=org, since=since, until=until, group_by=group_by
+    limit: int = Query(default=100, ge=0, le=100_000),
+    format: str = Query(default="json", pattern="^(json|csv)$"),
+) -> UsageReport | Response:
+    """Requests, tokens, cost, energy and CO2e grouped by day, model, project, key,
+    datacenter or status, plus the latest records. `format=csv` exports the records.
+    Members see their own usage; admins and auditors see their whole organisation."""
+    where = UsageFilter(
+        org_ref=org, since=since, until=until, model=model, project=project, key=key
     )
-    records = await usage.list_records(
-        session, principal=principal, org_ref=org, since=since, until=until, limit=limit
-    )
+    records = await usage.list_records(session, principal=principal, where=where, limit=limit)
+    if format == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(CSV_COLUMNS)
+        for record in records:
+            writer.writerow([_cell(getattr(record, column)) for column in CSV_COLUMNS])
+        return PlainTextResponse(out.getvalue(), media_type="text/csv")
+    groups = await usage.aggregate(session, principal=principal, where=where, group_by=group_by)
     return UsageReport(
         group_by=group_by,
-        groups=[
-            UsageGroup(key=k, requests=r, prompt_tokens=p, completion_tokens=c)
-            for k, r, p, c in groups
-        ],
+        groups=[UsageGroup.model_validate(group) for group in groups],
         records=[UsageRecord.model_validate(r) for r in records],
     )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)

@@ -23,7 +23,12 @@ class DatacenterCreateRequest(StrictRequest):
     operator_name: str = Field(max_length=200)
     operator_country: str = Field(min_length=2, max_length=2)
     certifications: list[str] = Field(default_factory=list, max_length=32)
-    carbon_intensity: float = Field(ge=0, le=2000, description="Grid intensity, gCO2e/kWh.")
+    carbon_intensity: float | None = Field(
+        default=None,
+        ge=0,
+        le=2000,
+        description="Grid intensity, gCO2e/kWh. Default: souverain's table for the country.",
+    )
 
     _check_country = field_validator("country", "operator_country")(_country)
 

@@ -20,6 +20,12 @@ class UsageRecord(Out):
     completion_tokens: int
     latency_ms: float | None
     ttft_ms: float | None
+    cost: float
+    currency: str | None
+    energy_j: float | None
+    energy_estimate_j: float | None
+    co2e_g: float | None
+    energy_source: str | None
     created_at: datetime
 
 
@@ -28,6 +34,9 @@ class UsageGroup(Out):
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    cost: float
+    energy_j: float  # attributed where the interval has closed, else the estimate
+    co2e_g: float
 
 
 class UsageReport(Out):
