@@ -18,7 +18,7 @@ from souverain.core.errors import InvalidRequestError
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.tables import UsageRecordRow, utcnow
-from souverain.services import orgs
+from souverain.services import budgets, orgs
 from souverain.services.access import check_scope
 
 OPEN = "open"
@@ -55,27 +55,58 @@ async def open_record(session: AsyncSession, *, record: UsageRecordRow) -> None:
 
 
 async def settle_record(session: AsyncSession, *, record_id: str, settlement: Settlement) -> bool:
-    """Settle once. Returns False when the record was already settled."""
-    values = {k: v for k, v in settlement.__dict__.items()}
+    """Settle once, and move its budget reservation to `used` in the same transaction.
+    Returns False when the record was already settled."""
     result = await session.execute(
         update(UsageRecordRow)
         .where(UsageRecordRow.id == record_id, UsageRecordRow.status == OPEN)
-        .values(**values, settled_at=utcnow())
+        .values(**settlement.__dict__, settled_at=utcnow())
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    reservation = select(
+        UsageRecordRow.ledger_ids,
+        UsageRecordRow.reserved_tokens,
+        UsageRecordRow.reserved_cost,
+        UsageRecordRow.reserved_energy_j,
+    ).where(UsageRecordRow.id == record_id)
+    ledger_ids, tokens, cost, energy = (await session.execute(reservation)).one()
+    if ledger_ids:
+        used = budgets.Amounts(
+            tokens=settlement.prompt_tokens + settlement.completion_tokens,
+            cost=settlement.cost,
+            energy_j=settlement.energy_estimate_j or 0.0,
+        )
+        reserved = budgets.Amounts(tokens, cost, energy)
+        await budgets.settle(session, ledger_ids=list(ledger_ids), reserved=reserved, used=used)
+    return True
 
 
 async def settle_interrupted(session: AsyncSession, *, server_id: str | None = None) -> int:
-    """Settle records left open by a server that died. None: every open record."""
-    query = update(UsageRecordRow).where(UsageRecordRow.status == OPEN)
+    """Settle records left open by a server that died (None: every open record). Their
+    budgets are charged the whole reservation: never less than the request may have used."""
+    query = select(UsageRecordRow).where(UsageRecordRow.status == OPEN)
     if server_id is not None:
         query = query.where(UsageRecordRow.server_id == server_id)
-    result = await session.execute(
-        query.values(
-            status="interrupted", settled_at=utcnow(), error="server stopped before settlement"
+    settled = 0
+    for record in list((await session.execute(query)).scalars()):
+        interrupted = Settlement(status="interrupted", error="server stopped before settlement")
+        changed = await session.execute(
+            update(UsageRecordRow)
+            .where(UsageRecordRow.id == record.id, UsageRecordRow.status == OPEN)
+            .values(**interrupted.__dict__, settled_at=utcnow())
         )
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+        if not changed.rowcount:  # type: ignore[attr-defined]
+            continue
+        settled += 1
+        if record.ledger_ids:
+            reserved = budgets.Amounts(
+                record.reserved_tokens, record.reserved_cost, record.reserved_energy_j
+            )
+            await budgets.settle(
+                session, ledger_ids=list(record.ledger_ids), reserved=reserved, used=reserved
+            )
+    return settled
 
 
 @dataclass(frozen=True)

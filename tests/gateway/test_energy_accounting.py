@@ -1,0 +1,162 @@
+"""The controller's energy accountant against the real database: conservation
+(Σ attributed + idle = measured within 1 %), carbon from the datacenter's intensity or
+hourly series, and counters that restart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from souverain.controller.energy import EnergyAccountant
+from souverain.core.fleet import ReplicaStatus
+from souverain.core.roles import Role
+from souverain.db.tables import CarbonIntensityRow, EnergyIntervalRow, ReplicaRow, UsageRecordRow
+from souverain.energy.carbon import hour_of
+from tests.conftest import Platform
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC) + timedelta(seconds=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def reading(joules: float) -> ReplicaStatus:
+    return ReplicaStatus(
+        state="ready", url="x", node_id="n", restarts=0, energy_j=joules, energy_source="rapl"
+    )
+
+
+async def serve(platform: Platform, count: int) -> tuple[str, str]:
+    """A model with one replica that served `count` requests. Returns (model, replica id)."""
+    model = await platform.served_model()
+    tenant = await platform.factory.tenant(roles={"u": Role.MEMBER})
+    key = await platform.factory.member_key(tenant, "u", Role.MEMBER)
+    async with platform.client(key.key) as client:
+        for i in range(count):
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": "one two three"}],
+                "max_tokens": 2 + i,
+            }
+            assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+    async with platform.sessions() as session:
+        replica_id = (
+            (
+                await session.execute(
+                    select(UsageRecordRow.replica_id).where(UsageRecordRow.model == model)
+                )
+            )
+            .scalars()
+            .first()
+        )
+    assert replica_id
+    return model, replica_id
+
+
+async def replica(platform: Platform, replica_id: str) -> ReplicaRow:
+    async with platform.sessions() as session:
+        row = await session.get(ReplicaRow, replica_id)
+    assert row is not None
+    return row
+
+
+class TestEnergyAccountant:
+    async def test_conservation_and_attribution(self, platform: Platform) -> None:
+        model, replica_id = await serve(platform, 4)
+        clock = FakeClock()
+        accountant = EnergyAccountant(
+            platform.sessions, interval_s=10, prompt_weight=1, completion_weight=3, clock=clock
+        )
+        row = await replica(platform, replica_id)
+        for joules in (1000.0, 1250.0, 1400.0):
+            accountant.observe(row, reading(joules))
+            clock.advance(4)
+        await accountant.close_due()  # 12 s > 10 s: closes
+        accountant.observe(row, reading(1500.0))  # nothing served in the next interval: idle
+        clock.advance(11)
+        await accountant.close_due()
+        async with platform.sessions() as session:
+            intervals = list(
+                (
+                    await session.execute(
+                        select(EnergyIntervalRow).where(EnergyIntervalRow.replica_id == replica_id)
+                    )
+                ).scalars()
+            )
+            records = list(
+                (
+                    await session.execute(
+                        select(UsageRecordRow).where(UsageRecordRow.model == model)
+                    )
+                ).scalars()
+            )
+            refreshed = await session.get(ReplicaRow, replica_id)
+        measured = sum(i.energy_j for i in intervals)
+        assert measured == pytest.approx(500.0)
+        assert sum(i.attributed_j + i.idle_j for i in intervals) == pytest.approx(
+            measured, rel=0.01
+        )
+        assert sum(r.energy_j or 0 for r in records) == pytest.approx(400.0, rel=0.01)
+        assert intervals[-1].idle_j == pytest.approx(100.0)
+        # heavier requests (more completion tokens) get more energy
+        by_tokens = sorted(records, key=lambda r: r.completion_tokens)
+        assert [r.energy_j for r in by_tokens] == sorted(r.energy_j for r in by_tokens)
+        assert all(r.co2e_g == pytest.approx((r.energy_j or 0) / 3.6e6 * 50.0) for r in records)
+        assert all(r.energy_source == "rapl" for r in records)
+        assert (
+            refreshed is not None
+            and refreshed.energy_j_per_token
+            and refreshed.energy_j_per_token > 0
+        )
+
+    async def test_counter_restart_and_hourly_series(self, platform: Platform) -> None:
+        _, replica_id = await serve(platform, 1)
+        clock = FakeClock()
+        async with platform.sessions.begin() as session:
+            session.add(
+                CarbonIntensityRow(datacenter_id="fr-test", hour=hour_of(clock.now), g_per_kwh=20.0)
+            )
+        accountant = EnergyAccountant(
+            platform.sessions, interval_s=5, prompt_weight=1, completion_weight=1, clock=clock
+        )
+        row = await replica(platform, replica_id)
+        for joules in (0.0, 100.0, 5.0, 25.0):  # the actor restarted after 100 J
+            accountant.observe(row, reading(joules))
+            clock.advance(2)
+        await accountant.close_due()
+        async with platform.sessions() as session:
+            [interval] = (
+                await session.execute(
+                    select(EnergyIntervalRow).where(EnergyIntervalRow.replica_id == replica_id)
+                )
+            ).scalars()
+        assert interval.energy_j == pytest.approx(120.0)  # 100 before the restart, 20 after
+        assert interval.carbon_intensity == 20.0
+        assert interval.co2e_g == pytest.approx(120.0 / 3.6e6 * 20.0)
+
+    async def test_retired_replicas_close_at_once(self, platform: Platform) -> None:
+        _, replica_id = await serve(platform, 1)
+        clock = FakeClock()
+        accountant = EnergyAccountant(
+            platform.sessions, interval_s=3600, prompt_weight=1, completion_weight=1, clock=clock
+        )
+        row = await replica(platform, replica_id)
+        accountant.observe(row, reading(10.0))
+        accountant.observe(row, reading(70.0))
+        accountant.retire(replica_id)
+        await accountant.close_due()
+        async with platform.sessions() as session:
+            [interval] = (
+                await session.execute(
+                    select(EnergyIntervalRow).where(EnergyIntervalRow.replica_id == replica_id)
+                )
+            ).scalars()
+        assert interval.energy_j == pytest.approx(60.0) and interval.idle_j == 0.0
