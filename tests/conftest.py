@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.api.app import create_app
 from souverain.core.ids import replica_secret
+from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
 from souverain.settings import Settings, normalise_database_url
 from souverain.testing.factories import Factory
@@ -73,9 +74,14 @@ class Platform:
         name, _ = await self.factory.served_model(
             url=url, datacenter_id=dc, replica_id=replica_id, **kwargs
         )  # type: ignore[arg-type]
-        operator = await self.operator_key()
-        async with self.client(operator) as client:
+        owner = kwargs.get("owner_org_id")
+        if owner is None:
+            watcher = await self.operator_key()
+        else:  # only its own organisation can see a private model
+            watcher = (await self.factory.new_member(str(owner), Role.MEMBER)).key
+        async with self.client(watcher) as client:
             await wait_until(lambda: _listed(client, name))
+
         return name
 
     async def operator_key(self) -> str:

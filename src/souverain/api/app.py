@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from prometheus_client import start_http_server
 
 from souverain import __version__
+from souverain.api.middleware import EdgeGuard
 from souverain.api.routers import (
     billing,
     deployments,
@@ -95,9 +96,16 @@ def create_app(
             await state.engine.dispose()
 
     app = FastAPI(
-        title="souverain", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="souverain",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses=errors.DOCUMENTED,
+        redirect_slashes=False,  # a redirect would echo the Host header
     )
     errors.install(app)
+    app.add_middleware(EdgeGuard, max_body_bytes=settings.max_request_bytes)
+
     app.include_router(health.router)
     app.include_router(gateway_routes.router)
     for router in (

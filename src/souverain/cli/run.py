@@ -98,11 +98,11 @@ class Banner:
 
     async def show_when_ready(self, state: AppState, timeout_s: float = 300.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not state.routes.routes.get(BUILTIN):
+        while time.monotonic() < deadline and not state.routes.ready_replicas(BUILTIN):
             if not self.settings.deploy_builtin_model:
                 break
             await asyncio.sleep(0.2)
-        self.show(ready=bool(state.routes.routes.get(BUILTIN)))
+        self.show(ready=bool(state.routes.ready_replicas(BUILTIN)))
 
     def show(self, *, ready: bool) -> None:
         base = self.settings.base_url

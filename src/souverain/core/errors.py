@@ -2,7 +2,9 @@
 
     SouverainError(code, message, param)
     ├── InvalidRequestError        400  a client mistake: bad value, out of bounds
-    │   └── PayloadTooLargeError    413
+    │   ├── PayloadTooLargeError    413
+    │   └── UnsupportedMediaTypeError 415  a body that is not JSON
+
     ├── AuthenticationError        401  missing, malformed, wrong, revoked or expired key
     ├── PermissionDeniedError      403  authenticated, but the key may not do this
     ├── NotFoundError              404  absent, or belongs to someone else (never 403 across tenants)
@@ -25,6 +27,8 @@ from enum import StrEnum
 class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request_error"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+
     UNAUTHENTICATED = "invalid_api_key"
     PERMISSION_DENIED = "permission_denied"
     NOT_FOUND = "not_found"
@@ -55,6 +59,10 @@ class InvalidRequestError(SouverainError):
 
 class PayloadTooLargeError(InvalidRequestError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class AuthenticationError(SouverainError):

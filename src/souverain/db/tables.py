@@ -153,9 +153,14 @@ class NodeRow(Base):
 
 
 class ModelRow(Base):
+    """Names are unique per owner: platform models among themselves (and no private model
+    may take a platform name), private ones within their organisation, so a tenant can
+    never learn another tenant's model names."""
+
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("owner_org_id", "name"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
     owner_org_id: Mapped[str | None] = mapped_column(
         ForeignKey("organisations.id", ondelete="CASCADE"), nullable=True, index=True
     )
@@ -181,8 +186,9 @@ class ModelArtifactRow(Base):
 
 class DeploymentRow(Base):
     __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"), index=True)
     org_id: Mapped[str | None] = mapped_column(
         ForeignKey("organisations.id", ondelete="CASCADE"), nullable=True, index=True

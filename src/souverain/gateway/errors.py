@@ -17,12 +17,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from souverain.core.errors import ErrorCode, RateLimitedError, SouverainError
+from souverain.core.schemas.common import ErrorResponse
 
 log = logging.getLogger(__name__)
 
 STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.PERMISSION_DENIED: 403,
     ErrorCode.NOT_FOUND: 404,
@@ -41,12 +43,33 @@ TYPES: dict[int, str] = {
     403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
     451: "policy_error",
     502: "upstream_error",
     503: "service_unavailable",
+}
+
+
+DOCUMENTED: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Invalid request",
+        401: "Missing, malformed, wrong, revoked or expired API key",
+        403: "The key may not do this",
+        404: "Not found, or not yours",
+        409: "Conflict",
+        413: "Body too large",
+        415: "Body is not JSON",
+        422: "Validation error",
+        429: "Rate limit or budget reached (see Retry-After)",
+        451: "No datacenter allowed by your sovereignty policy serves this",
+        502: "The model engine failed",
+        503: "Nothing ready to serve this yet",
+    }.items()
 }
 
 

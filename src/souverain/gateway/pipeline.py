@@ -65,6 +65,7 @@ class Call:
     record_id: str = ""
     started: float = 0.0
     admission: Admission | None = None
+    content: bytes = b""
 
 
 async def resolve_model(
@@ -91,10 +92,10 @@ async def resolve_model(
 
 async def run(call: Call, request: Request) -> Response:
     table = call.state.routes
-    routes, excluded = table.compliant_routes(call.principal, call.model.name)
+    routes, excluded = table.compliant_routes(call.principal, call.model)
     if not routes:
         await table.refresh_if_older_than(call.state.sessions, 0.25)
-        routes, excluded = table.compliant_routes(call.principal, call.model.name)
+        routes, excluded = table.compliant_routes(call.principal, call.model)
     if not routes and excluded:
         reasons = "; ".join(f"{dc}: {why}" for dc, why in sorted(excluded.items()))
         raise PolicyRefusedError(
@@ -108,7 +109,14 @@ async def run(call: Call, request: Request) -> Response:
             param="model",
         )
     call.body["model"] = call.model.name
+    try:
+        call.content = json.dumps(call.body, allow_nan=False).encode()
+    except ValueError:
+        raise InvalidRequestError(
+            "Numbers must be finite: NaN and Infinity are not JSON."
+        ) from None
     await _open_record(call, routes)
+
     try:
         route, response = await _send(call, routes)
     except SouverainError as error:
@@ -182,7 +190,8 @@ async def _default_project(state: AppState, org_id: str) -> str | None:
 async def _send(call: Call, routes: list[ReplicaRoute]) -> tuple[ReplicaRoute, httpx.Response]:
     """Send to the least busy replica; on a refused connection, try the next compliant one."""
     tried: set[str] = set()
-    content = json.dumps(call.body).encode()
+    content = call.content
+
     while (route := call.state.routes.pick(routes, exclude=tried)) is not None:
         tried.add(route.replica_id)
         secret = replica_secret(call.state.master_key, route.replica_id)

@@ -8,7 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from souverain.core.errors import InvalidRequestError, ModelNotFoundError, PayloadTooLargeError
+from souverain.core.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from souverain.core.roles import Scope
 from souverain.gateway import pipeline
 from souverain.gateway.deps import PrincipalDep, StateDep
@@ -27,7 +32,15 @@ _JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"typ
 
 async def parse_body(request: Request, state: AppState, model: type[Body]) -> Body:
     """Read and validate a body with bounds; errors are 400/413 in OpenAI's shape."""
+    media_type = (
+        request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    )
+    if media_type != "application/json":
+        raise UnsupportedMediaTypeError(
+            f"Send the body as JSON (Content-Type: application/json), not {media_type}."
+        )
     declared = request.headers.get("content-length")
+
     limit = state.settings.max_request_bytes
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"Request body exceeds {limit} bytes.")
@@ -57,12 +70,13 @@ async def list_models(principal: PrincipalDep, state: StateDep) -> dict[str, Any
     """Models you can call right now: visible to your organisation and served by a ready
     replica in a datacenter your sovereignty policy allows."""
     check_scope(principal, Scope.INFERENCE)
+    table = state.routes
     models = [
         _model_object(model)
-        for name, model in sorted(state.routes.models.items())
-        if state.routes.visible_model(principal, name)
-        and state.routes.compliant_routes(principal, name)[0]
+        for model in table.visible_models(principal)
+        if table.compliant_routes(principal, model)[0]
     ]
+
     return {"object": "list", "data": models}
 
 

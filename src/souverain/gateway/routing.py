@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 class RouteTable:
     def __init__(self) -> None:
-        self.models: dict[str, ModelInfo] = {}
-        self.routes: dict[str, list[ReplicaRoute]] = {}
+        self.models: dict[str, ModelInfo] = {}  # by id
+        self.by_name: dict[str, list[ModelInfo]] = {}
+        self.routes: dict[str, list[ReplicaRoute]] = {}  # by model id
         self.outstanding: defaultdict[str, int] = defaultdict(int)
         self.loaded = False
         self.refreshed_at = 0.0
@@ -63,8 +64,12 @@ class RouteTable:
         self._effective = {}
         by_model: dict[str, list[ReplicaRoute]] = defaultdict(list)
         for route in routes:
-            by_model[route.model_name].append(route)
-        self.models = {model.name: model for model in models}
+            by_model[route.model_id].append(route)
+        by_name: dict[str, list[ModelInfo]] = defaultdict(list)
+        for model in models:
+            by_name[model.name].append(model)
+        self.models = {model.id: model for model in models}
+        self.by_name = dict(by_name)
         self.routes = dict(by_model)
         self.loaded = True
         self.refreshed_at = time.monotonic()
@@ -101,25 +106,28 @@ class RouteTable:
             await asyncio.sleep(interval_s)
 
     def visible_model(self, principal: Principal, name: str) -> ModelInfo | None:
-        model = self.models.get(name)
-        if model is None:
-            return None
-        if (
-            model.owner_org_id is not None
-            and not principal.is_operator
-            and model.owner_org_id != principal.org_id
-        ):
-            return None
-        return model
+        """The model called `name` for this caller: its organisation's own, else the platform's."""
+        candidates = self.by_name.get(name, ())
+        for model in candidates:
+            if model.owner_org_id is not None and model.owner_org_id == principal.org_id:
+                return model
+        return next((model for model in candidates if model.owner_org_id is None), None)
 
-    def usable_routes(self, principal: Principal, model_name: str) -> list[ReplicaRoute]:
+    def visible_models(self, principal: Principal) -> list[ModelInfo]:
+        found = (self.visible_model(principal, name) for name in sorted(self.by_name))
+        return [model for model in found if model is not None]
+
+    def usable_routes(self, principal: Principal, model: ModelInfo) -> list[ReplicaRoute]:
+        """Ready replicas of the model in deployments the caller may use: the platform's and
+        its own organisation's."""
         return [
             route
-            for route in self.routes.get(model_name, ())
-            if route.deployment_org_id is None
-            or principal.is_operator
-            or route.deployment_org_id == principal.org_id
+            for route in self.routes.get(model.id, ())
+            if route.deployment_org_id is None or route.deployment_org_id == principal.org_id
         ]
+
+    def ready_replicas(self, name: str) -> int:
+        return sum(len(self.routes.get(model.id, ())) for model in self.by_name.get(name, ()))
 
     def project_of(self, principal: Principal) -> str | None:
         if principal.project_id is not None or principal.org_id is None:
@@ -139,13 +147,13 @@ class RouteTable:
         return self._effective[key]
 
     def compliant_routes(
-        self, principal: Principal, model_name: str
+        self, principal: Principal, model: ModelInfo
     ) -> tuple[list[ReplicaRoute], dict[str, str]]:
         """Usable routes that satisfy the caller's policy, and why each other datacenter was excluded."""
         policy = self.policy_for(principal)
         kept: list[ReplicaRoute] = []
         excluded: dict[str, str] = {}
-        for route in self.usable_routes(principal, model_name):
+        for route in self.usable_routes(principal, model):
             reason = exclusion(policy, route.site)
             if reason is None:
                 kept.append(route)

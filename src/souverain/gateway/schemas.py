@@ -19,7 +19,7 @@ Text = Annotated[str, Field(max_length=MAX_TEXT)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TextPart(_Strict):

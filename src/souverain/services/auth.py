@@ -67,10 +67,10 @@ async def authenticate(
 async def _holder_role(session: AsyncSession, *, row: ApiKeyRow, user: UserRow) -> Role | None:
     if row.org_id is None:
         return Role.OPERATOR if user.is_operator else None
+    # An organisation's key works only while its user is a member there: being a platform
+    # operator grants nothing inside a tenant.
     membership = await memberships.find_membership(session, org_id=row.org_id, user_id=user.id)
-    if membership is not None:
-        return Role(membership.role)
-    return Role.OPERATOR if user.is_operator else None
+    return None if membership is None else Role(membership.role)
 
 
 class KeyCache:

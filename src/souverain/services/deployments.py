@@ -21,11 +21,33 @@ from souverain.services import models, orgs, policies
 from souverain.services.access import can_see_org, check_operator, check_org, check_scope
 
 
-async def find_deployment(session: AsyncSession, *, ref: str) -> DeploymentRow | None:
+async def find_deployment(
+    session: AsyncSession, *, principal: Principal, ref: str
+) -> DeploymentRow | None:
+    """By id or name among the deployments the caller may see: its organisation's and the
+    platform's (operators: all, using an id when a name is ambiguous)."""
     query = select(DeploymentRow).where(
         or_(DeploymentRow.id == ref, DeploymentRow.name == ref), DeploymentRow.deleted.is_(False)
     )
-    return (await session.execute(query)).scalar_one_or_none()
+    if not principal.is_operator:
+        query = query.where(
+            or_(DeploymentRow.org_id.is_(None), DeploymentRow.org_id == principal.org_id)
+        )
+    rows = list((await session.execute(query)).scalars())
+    exact = [row for row in rows if row.id == ref]
+    if exact:
+        return exact[0]
+    if len(rows) > 1:
+        raise ConflictError(f"several deployments are named '{ref}'; use the deployment's id")
+    return rows[0] if rows else None
+
+
+async def _name_taken(session: AsyncSession, *, name: str, org_id: str | None) -> bool:
+    owner = DeploymentRow.org_id.is_(None) if org_id is None else DeploymentRow.org_id == org_id
+    query = select(DeploymentRow.id).where(
+        DeploymentRow.name == name, owner, DeploymentRow.deleted.is_(False)
+    )
+    return (await session.execute(query.limit(1))).first() is not None
 
 
 def _visible(principal: Principal, deployment: DeploymentRow) -> bool:
@@ -34,7 +56,7 @@ def _visible(principal: Principal, deployment: DeploymentRow) -> bool:
 
 async def get_deployment(session: AsyncSession, *, principal: Principal, ref: str) -> DeploymentRow:
     check_scope(principal, Scope.READ)
-    deployment = await find_deployment(session, ref=ref)
+    deployment = await find_deployment(session, principal=principal, ref=ref)
     if deployment is None or not _visible(principal, deployment):
         raise NotFoundError("deployment not found")
     return deployment
@@ -70,8 +92,11 @@ async def create_deployment(
     else:
         check_operator(principal)
     model = await models.get_model(session, principal=principal, ref=request.model)
+    if model.owner_org_id is not None and model.owner_org_id != org_id:
+        raise NotFoundError("model not found", param="model")  # another tenant's private model
+
     await _check_datacenters(session, request.datacenters)
-    if await find_deployment(session, ref=request.name) is not None:
+    if await _name_taken(session, name=request.name, org_id=org_id):
         raise ConflictError(f"deployment '{request.name}' already exists", param="name")
     return await put_deployment(session, request=request, model=model, org_id=org_id)
 

@@ -87,6 +87,12 @@ async def _target_user(
     else:
         check_scope(principal, Scope.PLATFORM)
     user = await users.find_user_by_name(session, name=request.user)
+    if org_id is not None:
+        # Only this organisation's members exist here: whether the name is a user
+        # elsewhere on the platform is none of the caller's business.
+        member = user and await memberships.find_membership(session, org_id=org_id, user_id=user.id)
+        if not member:
+            raise NotFoundError("no member of this organisation has that name", param="user")
     if user is None:
         raise NotFoundError("user not found", param="user")
     return user
@@ -96,9 +102,7 @@ async def _holder_role(session: AsyncSession, *, user: UserRow, org_id: str | No
     if org_id is None:
         return Role.OPERATOR if user.is_operator else None
     membership = await memberships.find_membership(session, org_id=org_id, user_id=user.id)
-    if membership is not None:
-        return Role(membership.role)
-    return Role.OPERATOR if user.is_operator else None
+    return None if membership is None else Role(membership.role)
 
 
 async def _target_project(

@@ -19,17 +19,45 @@ def can_see_model(principal: Principal, model: ModelRow) -> bool:
     return model.owner_org_id is None or can_see_org(principal, model.owner_org_id)
 
 
-async def find_model(session: AsyncSession, *, ref: str) -> ModelRow | None:
+async def find_model(session: AsyncSession, *, principal: Principal, ref: str) -> ModelRow | None:
+    """By id or name, among the models the caller may see (its organisation's and the
+    platform's; operators see all and must use an id when a name is ambiguous)."""
     query = select(ModelRow).where(or_(ModelRow.id == ref, ModelRow.name == ref))
+    if not principal.is_operator:
+        query = query.where(
+            or_(ModelRow.owner_org_id.is_(None), ModelRow.owner_org_id == principal.org_id)
+        )
+    rows = list((await session.execute(query)).scalars())
+    exact = [row for row in rows if row.id == ref]
+    if exact:
+        return exact[0]
+    if len(rows) > 1:
+        raise ConflictError(f"several models are named '{ref}'; use the model's id", param="model")
+    return rows[0] if rows else None
+
+
+async def find_public_model(session: AsyncSession, *, name: str) -> ModelRow | None:
+    query = select(ModelRow).where(ModelRow.name == name, ModelRow.owner_org_id.is_(None))
     return (await session.execute(query)).scalar_one_or_none()
 
 
 async def get_model(session: AsyncSession, *, principal: Principal, ref: str) -> ModelRow:
     check_scope(principal, Scope.READ)
-    model = await find_model(session, ref=ref)
-    if model is None or not can_see_model(principal, model):
+    model = await find_model(session, principal=principal, ref=ref)
+    if model is None:
         raise NotFoundError("model not found")
     return model
+
+
+async def _name_taken(session: AsyncSession, *, name: str, owner_org_id: str | None) -> bool:
+    """A platform name clashes with any model; a private name with its organisation's
+    models and the platform's (both of which the registering tenant can see anyway)."""
+    query = select(ModelRow.id).where(ModelRow.name == name)
+    if owner_org_id is not None:
+        query = query.where(
+            or_(ModelRow.owner_org_id.is_(None), ModelRow.owner_org_id == owner_org_id)
+        )
+    return (await session.execute(query.limit(1))).first() is not None
 
 
 async def list_models(session: AsyncSession, *, principal: Principal) -> list[ModelRow]:
@@ -83,9 +111,9 @@ async def put_model(
     source: str,
     replace: bool,
 ) -> ModelRow:
-    model = await find_model(session, ref=request.name)
-    if model is not None and not replace:
+    if not replace and await _name_taken(session, name=request.name, owner_org_id=owner_org_id):
         raise ConflictError(f"model '{request.name}' already exists", param="name")
+    model = await find_public_model(session, name=request.name) if replace else None
     if model is None:
         model = ModelRow(id=new_id("mdl"), name=request.name)
         session.add(model)

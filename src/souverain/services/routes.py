@@ -36,7 +36,9 @@ class ReplicaRoute:
     replica_id: str
     deployment_id: str
     deployment_org_id: str | None
+    model_id: str
     model_name: str
+
     url: str
     node_id: str | None
     datacenter_id: str
@@ -90,6 +92,7 @@ async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
             replica_id=replica.id,
             deployment_id=deployment.id,
             deployment_org_id=deployment.org_id,
+            model_id=model.id,
             model_name=model.name,
             url=replica.url or "",
             node_id=replica.node_id,

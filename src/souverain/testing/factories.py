@@ -110,7 +110,17 @@ class Factory:
             )
         return Key(key_id, full, user_id, org_id)
 
+    async def new_member(self, org_id: str, role: Role) -> Key:
+        """A fresh user made a member of `org_id`, with a key of that role."""
+        async with self.sessions.begin() as session:
+            user = UserRow(id=new_id("usr"), name=unique("member"), is_operator=False)
+            session.add(user)
+            await session.flush()
+            session.add(MembershipRow(id=new_id("mem"), org_id=org_id, user_id=user.id, role=role))
+        return await self.key(user_id=user.id, org_id=org_id, role=role)
+
     async def member_key(self, tenant: Tenant, user: str, role: Role) -> Key:
+
         return await self.key(user_id=tenant.users[user], org_id=tenant.org_id, role=role)
 
     async def datacenter(

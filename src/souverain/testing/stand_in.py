@@ -56,6 +56,9 @@ class StandInEngine:
         self.token_delay_s = token_delay_s
         self.requests: list[dict[str, Any]] = []
         self.cancelled = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
         routes = []
         for prefix in ("", "/r/{replica}"):
             routes += [
@@ -144,6 +147,8 @@ class StandInEngine:
             "created": int(time.time()),
             "model": body.get("model"),
         }
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             for i in range(count):
                 if "#break-stream" in prompt and i == 2:
@@ -169,6 +174,8 @@ class StandInEngine:
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        finally:
+            self.in_flight -= 1
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
