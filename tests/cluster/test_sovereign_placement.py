@@ -62,6 +62,7 @@ class Fleet:
     operator: str
     nodes: dict[str, str]
     factory: Factory
+    database_url: str
 
     def client(self, key: str | None = None) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -87,7 +88,7 @@ async def fleet(
         engine = create_engine_unpooled(settings.sqlalchemy_url)
         factory = Factory(session_factory(engine))
         operator = (await factory.operator()).key
-        fleet = Fleet(server.url, operator, ray_nodes, factory)
+        fleet = Fleet(server.url, operator, ray_nodes, factory, settings.sqlalchemy_url)
         async with fleet.client() as client:
             for dc, attributes in DATACENTERS.items():
                 body = {
@@ -231,3 +232,46 @@ class TestSovereignPlacement:
 
 def _chat(model: str) -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+
+
+class TestEnergyOnRealReplicas:
+    async def test_replica_energy_is_attributed_to_requests_and_conserved(
+        self, fleet: Fleet
+    ) -> None:
+        await deployment_ready(fleet, "anywhere")
+        tenant = await fleet.factory.tenant(roles={"e": Role.MEMBER})
+        key = (await fleet.factory.member_key(tenant, "e", Role.MEMBER)).key
+        async with fleet.client(key) as client:
+            for _ in range(3):
+                answer = await client.post("/v1/chat/completions", json=_chat(MODEL))
+                assert answer.status_code == 200
+                assert float(answer.headers["x-souverain-energy-joules"]) > 0
+
+            async def attributed() -> bool:
+                usage = (await client.get("/api/usage", params={"limit": 10})).json()["records"]
+                return len(usage) == 3 and all(r["energy_j"] is not None for r in usage)
+
+            await wait_until(attributed, timeout_s=30, interval_s=0.5)
+            records = (await client.get("/api/usage", params={"limit": 10})).json()["records"]
+        assert all(r["energy_source"] == "estimate" and r["energy_j"] > 0 for r in records)
+        assert all(
+            r["co2e_g"] == pytest.approx(r["energy_j"] / 3.6e6 * 20) for r in records
+        )  # iad1: 20 g/kWh
+        engine = create_engine_unpooled(fleet_settings_url(fleet))
+        async with session_factory(engine)() as session:
+            from sqlalchemy import select
+
+            from souverain.db.tables import EnergyIntervalRow
+
+            intervals = list((await session.execute(select(EnergyIntervalRow))).scalars())
+        await engine.dispose()
+        assert intervals
+        measured = sum(i.energy_j for i in intervals)
+        assert measured > 0
+        assert sum(i.attributed_j + i.idle_j for i in intervals) == pytest.approx(
+            measured, rel=0.01
+        )
+
+
+def fleet_settings_url(fleet: Fleet) -> str:
+    return fleet.database_url

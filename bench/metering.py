@@ -1,0 +1,181 @@
+"""What admission and settlement add to a request, on SQLite and PostgreSQL.
+
+    python bench/metering.py [--requests 600] [--postgres postgresql://postgres@127.0.0.1/test]
+
+Two measurements, each at concurrency 1 and 32:
+
+* admission + settlement alone: rate-limit check, budget reservation (conditional UPDATE),
+  usage record insert, then settlement (guarded UPDATE + ledger correction), exactly the
+  calls the gateway makes, against a real database with a budget in force;
+* a whole request through souverain (non-streamed, canned-token stand-in engine) versus the
+  same request straight to the stand-in, in the same run: the difference is everything the
+  gateway adds (authentication, policy, routing, admission, proxy, settlement).
+
+Prints p50 and p99 in milliseconds. Traffic stays on 127.0.0.1; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from souverain.api.app import create_app
+from souverain.core.ids import new_id, replica_secret
+from souverain.core.roles import Role
+from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.db.tables import UsageRecordRow
+from souverain.gateway import admission
+from souverain.gateway.state import AppState
+from souverain.services import usage
+from souverain.services.budgets import Amounts
+from souverain.services.usage import Settlement
+from souverain.settings import Settings
+from souverain.testing.factories import Factory
+from souverain.testing.live import LiveServer
+from souverain.testing.stand_in import StandInEngine
+
+MASTER = "b" * 64
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def timed(concurrency: int, total: int, call: Callable[[], Awaitable[object]]) -> list[float]:
+    samples: list[float] = []
+    remaining = iter(range(total))
+
+    async def worker() -> None:
+        for _ in remaining:
+            started = time.perf_counter()
+            await call()
+            samples.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples
+
+
+async def reset_postgres(url: str) -> None:
+    from sqlalchemy import text
+
+    from souverain.settings import normalise_database_url
+
+    engine = create_engine_unpooled(normalise_database_url(url))
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP SCHEMA public CASCADE"))
+        await connection.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
+async def bench_database(label: str, url: str, directory: Path, requests: int) -> None:
+    settings = Settings(data_dir=directory, database_url=url, secret_key=MASTER, port=8000)  # type: ignore[arg-type]
+    stand_in = StandInEngine(
+        secret_for=lambda replica: replica_secret(MASTER.encode(), replica), tokens=16
+    )
+    app = create_app(settings)
+    with LiveServer(app) as server, LiveServer(stand_in.app) as engine:
+        state: AppState = app.state.souverain
+        db = create_engine_unpooled(settings.sqlalchemy_url)
+        factory = Factory(session_factory(db))
+        tenant = await factory.tenant(roles={"bench": Role.OWNER})
+        key = await factory.member_key(tenant, "bench", Role.OWNER)
+        dc = await factory.datacenter("bench-dc", country="FR")
+        replica_id = new_id("rep")
+        model, _ = await factory.served_model(
+            url=f"{engine.url}/r/{replica_id}",
+            datacenter_id=dc,
+            replica_id=replica_id,
+            name="bench-model",
+        )
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"Authorization": f"Bearer {key.key}"}
+        ) as client:
+            assert (
+                await client.put(f"/api/orgs/{tenant.org_name}/budget", json={"tokens": 10**12})
+            ).status_code == 200
+        await state.routes.refresh(state.sessions)
+        principal = await state.keys.authenticate(key.key)
+
+        async def admit_and_settle() -> None:
+            record = UsageRecordRow(
+                id=new_id("req"), org_id=tenant.org_id, project_id=tenant.project_id, key_id=key.id,
+                user_id=principal.user_id, endpoint="chat", model=model, stream=False, server_id="bench",
+            )  # fmt: skip
+            await admission.admit(
+                state, principal=principal, record=record, project_id=tenant.project_id,
+                amounts=Amounts(tokens=100), rate_tokens=100, price=None,
+            )  # fmt: skip
+            async with state.sessions.begin() as session:
+                done = Settlement(
+                    status="ok", prompt_tokens=10, completion_tokens=16, replica_id=replica_id
+                )
+                await usage.settle_record(session, record_id=record.id, settlement=done)
+
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "hello there"}],
+            "max_tokens": 16,
+        }
+        secret = replica_secret(MASTER.encode(), replica_id)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+            async def through_souverain() -> None:
+                response = await client.post(
+                    f"{server.url}/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {key.key}"},
+                )
+                response.raise_for_status()
+
+            async def straight() -> None:
+                response = await client.post(
+                    f"{engine.url}/r/{replica_id}/v1/chat/completions", json=body,
+                    headers={"Authorization": f"Bearer {secret}"},
+                )  # fmt: skip
+                response.raise_for_status()
+
+            for concurrency in (1, 32):
+                await timed(concurrency, 20, admit_and_settle)  # warm up
+                micro = percentiles(await timed(concurrency, requests, admit_and_settle))
+                await timed(concurrency, 20, straight)
+                await timed(concurrency, 20, through_souverain)
+                direct = percentiles(await timed(concurrency, requests, straight))
+                gateway = percentiles(await timed(concurrency, requests, through_souverain))
+                print(
+                    f"{label:<10} c={concurrency:<3} admission+settlement p50 {micro[0]:6.2f} p99 {micro[1]:6.2f} │ "
+                    f"stand-in p50 {direct[0]:6.2f} p99 {direct[1]:6.2f} │ via souverain p50 {gateway[0]:6.2f} "
+                    f"p99 {gateway[1]:6.2f} │ added p50 {gateway[0] - direct[0]:6.2f} p99 {gateway[1] - direct[1]:6.2f}"
+                )
+        await db.dispose()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument(
+        "--postgres", default=None, help="a PostgreSQL URL whose public schema may be reset"
+    )
+    args = parser.parse_args()
+    print("latencies in ms")
+    with tempfile.TemporaryDirectory() as tmp:
+        await bench_database(
+            "sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", Path(tmp), args.requests
+        )
+        if args.postgres:
+            await reset_postgres(args.postgres)
+            await bench_database("postgresql", args.postgres, Path(tmp), args.requests)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

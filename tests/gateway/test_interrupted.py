@@ -1,0 +1,103 @@
+"""A server killed with SIGKILL mid-stream loses nothing: the usage record it left open is
+settled `interrupted` when it starts again, and its budget reservation is charged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+
+from souverain.core.roles import Role
+from souverain.db.tables import BudgetLedgerRow, BudgetRow, UsageRecordRow
+from souverain.testing.live import free_port
+from tests.conftest import MASTER_KEY, Platform, wait_until
+
+
+def start_server(platform: Platform, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SOUVERAIN_DATA_DIR": str(data_dir),
+        "SOUVERAIN_DATABASE_URL": str(platform.settings.database_url),
+        "SOUVERAIN_SECRET_KEY": MASTER_KEY,
+        "SOUVERAIN_REPLICA_REFRESH_S": "0.2",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "souverain.cli.main", "server", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def ready(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"{url}/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def test_sigkill_mid_stream_is_settled_interrupted_at_restart(
+    platform: Platform, tmp_path: Path
+) -> None:
+    model = await platform.served_model()
+    tenant = await platform.factory.tenant(roles={"u": Role.OWNER})
+    key = await platform.factory.member_key(tenant, "u", Role.OWNER)
+    async with platform.client(key.key) as client:
+        assert (
+            await client.put(f"/api/orgs/{tenant.org_name}/budget", json={"tokens": 10_000})
+        ).status_code == 200
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(platform, port, tmp_path)
+    try:
+        await wait_until(lambda: ready(url), timeout_s=60, interval_s=0.2)
+        await asyncio.sleep(0.5)  # the route table has the model and the budget
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "#slow"}],
+            "max_tokens": 16,
+            "stream": True,
+        }
+        async with (
+            httpx.AsyncClient(headers={"Authorization": f"Bearer {key.key}"}, timeout=30) as client,
+            client.stream("POST", f"{url}/v1/chat/completions", json=body) as response,
+        ):
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    server.send_signal(signal.SIGKILL)  # mid-stream, no chance to settle
+                    break
+        server.wait(10)
+        async with platform.sessions() as session:
+            [record] = (
+                await session.execute(select(UsageRecordRow).where(UsageRecordRow.key_id == key.id))
+            ).scalars()
+        assert record.status == "open" and record.reserved_tokens > 0
+        server = start_server(platform, port, tmp_path)  # same host:port, same server identity
+        await wait_until(lambda: ready(url), timeout_s=60, interval_s=0.2)
+        async with platform.sessions() as session:
+            settled = await session.get(UsageRecordRow, record.id, populate_existing=True)
+            ledger = (
+                await session.execute(
+                    select(BudgetLedgerRow)
+                    .join(BudgetRow, BudgetRow.id == BudgetLedgerRow.budget_id)
+                    .where(BudgetRow.org_id == tenant.org_id)
+                )
+            ).scalar_one()
+        assert (
+            settled is not None
+            and settled.status == "interrupted"
+            and settled.settled_at is not None
+        )
+        assert ledger.reserved_tokens == 0 and ledger.used_tokens == record.reserved_tokens
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(30)
