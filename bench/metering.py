@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -26,10 +29,9 @@ from pathlib import Path
 
 import httpx
 
-from souverain.api.app import create_app
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
-from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.db.engine import create_engine, create_engine_unpooled, session_factory
 from souverain.db.tables import UsageRecordRow
 from souverain.gateway import admission
 from souverain.gateway.state import AppState
@@ -38,8 +40,7 @@ from souverain.services.budgets import Amounts
 from souverain.services.usage import Settlement
 from souverain.settings import Settings
 from souverain.testing.factories import Factory
-from souverain.testing.live import LiveServer
-from souverain.testing.stand_in import StandInEngine
+from souverain.testing.live import free_port
 
 MASTER = "b" * 64
 
@@ -75,87 +76,161 @@ async def reset_postgres(url: str) -> None:
     await engine.dispose()
 
 
-async def bench_database(label: str, url: str, directory: Path, requests: int) -> None:
-    settings = Settings(data_dir=directory, database_url=url, secret_key=MASTER, port=8000)  # type: ignore[arg-type]
-    stand_in = StandInEngine(
-        secret_for=lambda replica: replica_secret(MASTER.encode(), replica), tokens=16
+def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    app = create_app(settings)
-    with LiveServer(app) as server, LiveServer(stand_in.app) as engine:
-        state: AppState = app.state.souverain
-        db = create_engine_unpooled(settings.sqlalchemy_url)
-        factory = Factory(session_factory(db))
-        tenant = await factory.tenant(roles={"bench": Role.OWNER})
-        key = await factory.member_key(tenant, "bench", Role.OWNER)
-        dc = await factory.datacenter("bench-dc", country="FR")
-        replica_id = new_id("rep")
-        model, _ = await factory.served_model(
-            url=f"{engine.url}/r/{replica_id}",
-            datacenter_id=dc,
-            replica_id=replica_id,
-            name="bench-model",
-        )
-        async with httpx.AsyncClient(
-            base_url=server.url, headers={"Authorization": f"Bearer {key.key}"}
-        ) as client:
-            assert (
-                await client.put(f"/api/orgs/{tenant.org_name}/budget", json={"tokens": 10**12})
-            ).status_code == 200
-        await state.routes.refresh(state.sessions)
-        principal = await state.keys.authenticate(key.key)
 
-        async def admit_and_settle() -> None:
-            record = UsageRecordRow(
-                id=new_id("req"), org_id=tenant.org_id, project_id=tenant.project_id, key_id=key.id,
-                user_id=principal.user_id, endpoint="chat", model=model, stream=False, server_id="bench",
+
+async def wait_http(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                await client.get(url)
+                return
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+async def bench_database(label: str, url: str, directory: Path, requests: int) -> None:
+    settings = Settings(data_dir=directory, database_url=url, secret_key=MASTER, port=free_port())  # type: ignore[arg-type]
+    engine_port = free_port()
+    engine_url = f"http://127.0.0.1:{engine_port}"
+    stand_in = spawn(
+        [
+            sys.executable,
+            "-m",
+            "souverain.testing.stand_in",
+            "--port",
+            str(engine_port),
+            "--master-key",
+            MASTER,
+        ],
+        {},
+    )
+    server = spawn(
+        [sys.executable, "-m", "souverain.cli.main", "server", "--port", str(settings.port)],
+        {
+            "SOUVERAIN_DATA_DIR": str(directory),
+            "SOUVERAIN_DATABASE_URL": url,
+            "SOUVERAIN_SECRET_KEY": MASTER,
+            "SOUVERAIN_LOG_LEVEL": "WARNING",
+        },
+    )
+    try:
+        await wait_http(f"{settings.base_url}/healthz")
+        await wait_http(f"{engine_url}/v1/models")
+        await run_measurements(label, settings, engine_url, requests)
+    finally:
+        for process in (server, stand_in):
+            process.terminate()
+            process.wait(30)
+
+
+async def run_measurements(label: str, settings: Settings, engine_url: str, requests: int) -> None:
+    pooled = create_engine(settings.sqlalchemy_url)
+    sessions = session_factory(pooled)
+    factory = Factory(sessions)
+    tenant = await factory.tenant(roles={"bench": Role.OWNER})
+    key = await factory.member_key(tenant, "bench", Role.OWNER)
+    dc = await factory.datacenter("bench-dc", country="FR")
+    replica_id = new_id("rep")
+    model, _ = await factory.served_model(
+        url=f"{engine_url}/r/{replica_id}",
+        datacenter_id=dc,
+        replica_id=replica_id,
+        name=new_id("bench"),
+    )
+    async with httpx.AsyncClient(
+        base_url=settings.base_url, headers={"Authorization": f"Bearer {key.key}"}
+    ) as client:
+        assert (
+            await client.put(f"/api/orgs/{tenant.org_name}/budget", json={"tokens": 10**12})
+        ).status_code == 200
+        await asyncio.sleep(1.5)  # the server's route table learns the model and the budget
+    state = direct_state(settings, pooled, sessions)
+    await state.routes.refresh(state.sessions)
+    principal = await state.keys.authenticate(key.key)
+
+    async def admit_and_settle() -> None:
+        record = UsageRecordRow(
+            id=new_id("req"), org_id=tenant.org_id, project_id=tenant.project_id, key_id=key.id,
+            user_id=principal.user_id, endpoint="chat", model=model, stream=False, server_id="bench",
+        )  # fmt: skip
+        await admission.admit(
+            state, principal=principal, record=record, project_id=tenant.project_id,
+            amounts=Amounts(tokens=100), rate_tokens=100, price=None,
+        )  # fmt: skip
+        async with state.sessions.begin() as session:
+            done = Settlement(
+                status="ok", prompt_tokens=10, completion_tokens=16, replica_id=replica_id
+            )
+            await usage.settle_record(session, record_id=record.id, settlement=done)
+
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 16,
+    }
+    secret = replica_secret(MASTER.encode(), replica_id)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def through_souverain() -> None:
+            response = await client.post(
+                f"{settings.base_url}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key.key}"},
+            )
+            response.raise_for_status()
+
+        async def straight() -> None:
+            response = await client.post(
+                f"{engine_url}/r/{replica_id}/v1/chat/completions", json=body,
+                headers={"Authorization": f"Bearer {secret}"},
             )  # fmt: skip
-            await admission.admit(
-                state, principal=principal, record=record, project_id=tenant.project_id,
-                amounts=Amounts(tokens=100), rate_tokens=100, price=None,
-            )  # fmt: skip
-            async with state.sessions.begin() as session:
-                done = Settlement(
-                    status="ok", prompt_tokens=10, completion_tokens=16, replica_id=replica_id
-                )
-                await usage.settle_record(session, record_id=record.id, settlement=done)
+            response.raise_for_status()
 
-        body = {
-            "model": model,
-            "messages": [{"role": "user", "content": "hello there"}],
-            "max_tokens": 16,
-        }
-        secret = replica_secret(MASTER.encode(), replica_id)
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        for concurrency in (1, 32):
+            await timed(concurrency, 20, admit_and_settle)  # warm up
+            micro = percentiles(await timed(concurrency, requests, admit_and_settle))
+            await timed(concurrency, 20, straight)
+            await timed(concurrency, 20, through_souverain)
+            direct = percentiles(await timed(concurrency, requests, straight))
+            gateway = percentiles(await timed(concurrency, requests, through_souverain))
+            print(
+                f"{label:<10} c={concurrency:<3} admission+settlement p50 {micro[0]:6.2f} p99 {micro[1]:6.2f} │ "
+                f"stand-in p50 {direct[0]:6.2f} p99 {direct[1]:6.2f} │ via souverain p50 {gateway[0]:6.2f} "
+                f"p99 {gateway[1]:6.2f} │ added p50 {gateway[0] - direct[0]:6.2f} p99 {gateway[1] - direct[1]:6.2f}"
+            )
+    await pooled.dispose()
 
-            async def through_souverain() -> None:
-                response = await client.post(
-                    f"{server.url}/v1/chat/completions",
-                    json=body,
-                    headers={"Authorization": f"Bearer {key.key}"},
-                )
-                response.raise_for_status()
 
-            async def straight() -> None:
-                response = await client.post(
-                    f"{engine.url}/r/{replica_id}/v1/chat/completions", json=body,
-                    headers={"Authorization": f"Bearer {secret}"},
-                )  # fmt: skip
-                response.raise_for_status()
+def direct_state(settings: Settings, pooled: object, sessions: object) -> AppState:
+    """The pieces of a server's state that admission and settlement use, in this process."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-            for concurrency in (1, 32):
-                await timed(concurrency, 20, admit_and_settle)  # warm up
-                micro = percentiles(await timed(concurrency, requests, admit_and_settle))
-                await timed(concurrency, 20, straight)
-                await timed(concurrency, 20, through_souverain)
-                direct = percentiles(await timed(concurrency, requests, straight))
-                gateway = percentiles(await timed(concurrency, requests, through_souverain))
-                print(
-                    f"{label:<10} c={concurrency:<3} admission+settlement p50 {micro[0]:6.2f} p99 {micro[1]:6.2f} │ "
-                    f"stand-in p50 {direct[0]:6.2f} p99 {direct[1]:6.2f} │ via souverain p50 {gateway[0]:6.2f} "
-                    f"p99 {gateway[1]:6.2f} │ added p50 {gateway[0] - direct[0]:6.2f} p99 {gateway[1] - direct[1]:6.2f}"
-                )
-        await db.dispose()
+    from souverain.gateway.metrics import Metrics
+    from souverain.gateway.ratelimit import RateLimiter
+    from souverain.gateway.routing import RouteTable
+    from souverain.services.auth import KeyCache
+
+    routes = RouteTable()
+    return AppState(
+        settings=settings,
+        engine=pooled,  # type: ignore[arg-type]
+        sessions=sessions,  # type: ignore[arg-type]
+        keys=KeyCache(sessions, ttl_s=2.0),  # type: ignore[arg-type]
+        routes=routes,
+        upstream=httpx.AsyncClient(),
+        master_key=MASTER.encode(),
+        server_id="bench",
+        signing_key=Ed25519PrivateKey.generate(),
+        limiter=RateLimiter("memory://"),
+        metrics=Metrics(routes),
+    )
 
 
 async def main() -> None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from souverain.core.principal import Principal
-from souverain.db.tables import UsageRecordRow, utcnow
+from souverain.db.tables import BudgetRow, UsageRecordRow, utcnow
 from souverain.energy.attribution import Served, weight
 from souverain.gateway.ratelimit import Limit
 from souverain.gateway.state import AppState
@@ -114,9 +116,7 @@ async def admit(
             )
             if applicable:
                 now = utcnow()
-                ledger_ids = await budgets.ensure_ledgers(
-                    session, budgets=applicable, period=budgets.period_of(now)
-                )
+                ledger_ids = await _ledgers(state, session, applicable, budgets.period_of(now))
                 await budgets.reserve(session, ledger_ids=ledger_ids, amounts=amounts, now=now)
                 admission.reserved, admission.ledger_ids = amounts, ledger_ids
                 record.ledger_ids = ledger_ids
@@ -125,3 +125,16 @@ async def admit(
                 record.reserved_energy_j = amounts.energy_j
         await usage.open_record(session, record=record)
     return admission
+
+
+async def _ledgers(
+    state: AppState, session: AsyncSession, applicable: list[BudgetRow], period: str
+) -> list[str]:
+    """Ledger ids per (budget, month) never change once created: remember them."""
+    missing = [budget for budget in applicable if (budget.id, period) not in state.ledger_ids]
+    if missing:
+        created = await budgets.ensure_ledgers(session, budgets=missing, period=period)
+        state.ledger_ids.update(
+            {(b.id, period): ledger for b, ledger in zip(missing, created, strict=True)}
+        )
+    return [state.ledger_ids[(budget.id, period)] for budget in applicable]

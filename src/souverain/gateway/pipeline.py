@@ -442,7 +442,11 @@ async def _settle(call: Call, settlement: Settlement, route: ReplicaRoute | None
     call.state.metrics.observe(model=call.model.name, endpoint=call.endpoint, settlement=settlement)
     try:
         async with call.state.sessions.begin() as session:
-            await usage.settle_record(session, record_id=call.record_id, settlement=settlement)
+            admitted = call.admission
+            reservation = (admitted.ledger_ids, admitted.reserved) if admitted is not None else None
+            await usage.settle_record(
+                session, record_id=call.record_id, settlement=settlement, reservation=reservation
+            )
 
     except Exception:
         log.exception(

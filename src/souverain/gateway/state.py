@@ -29,3 +29,6 @@ class AppState:
     limiter: RateLimiter
     metrics: Metrics
     default_projects: dict[str, str] = field(default_factory=dict)
+    ledger_ids: dict[tuple[str, str], str] = field(
+        default_factory=dict
+    )  # (budget, month) -> ledger

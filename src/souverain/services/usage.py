@@ -54,8 +54,15 @@ async def open_record(session: AsyncSession, *, record: UsageRecordRow) -> None:
     await session.flush()
 
 
-async def settle_record(session: AsyncSession, *, record_id: str, settlement: Settlement) -> bool:
+async def settle_record(
+    session: AsyncSession,
+    *,
+    record_id: str,
+    settlement: Settlement,
+    reservation: tuple[list[str], budgets.Amounts] | None = None,
+) -> bool:
     """Settle once, and move its budget reservation to `used` in the same transaction.
+    `reservation` (ledger ids, amounts) saves reading it back when the caller knows it.
     Returns False when the record was already settled."""
     result = await session.execute(
         update(UsageRecordRow)
@@ -64,22 +71,30 @@ async def settle_record(session: AsyncSession, *, record_id: str, settlement: Se
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         return False
-    reservation = select(
-        UsageRecordRow.ledger_ids,
-        UsageRecordRow.reserved_tokens,
-        UsageRecordRow.reserved_cost,
-        UsageRecordRow.reserved_energy_j,
-    ).where(UsageRecordRow.id == record_id)
-    ledger_ids, tokens, cost, energy = (await session.execute(reservation)).one()
+    if reservation is None:
+        reservation = await _reservation_of(session, record_id)
+    ledger_ids, reserved = reservation
     if ledger_ids:
         used = budgets.Amounts(
             tokens=settlement.prompt_tokens + settlement.completion_tokens,
             cost=settlement.cost,
             energy_j=settlement.energy_estimate_j or 0.0,
         )
-        reserved = budgets.Amounts(tokens, cost, energy)
         await budgets.settle(session, ledger_ids=list(ledger_ids), reserved=reserved, used=used)
     return True
+
+
+async def _reservation_of(
+    session: AsyncSession, record_id: str
+) -> tuple[list[str], budgets.Amounts]:
+    query = select(
+        UsageRecordRow.ledger_ids,
+        UsageRecordRow.reserved_tokens,
+        UsageRecordRow.reserved_cost,
+        UsageRecordRow.reserved_energy_j,
+    ).where(UsageRecordRow.id == record_id)
+    ledger_ids, tokens, cost, energy = (await session.execute(query)).one()
+    return list(ledger_ids or []), budgets.Amounts(tokens, cost, energy)
 
 
 async def settle_interrupted(session: AsyncSession, *, server_id: str | None = None) -> int:

@@ -190,3 +190,36 @@ def _prompt_text(body: dict[str, Any]) -> str:
         return " ".join(parts)
     prompt = body.get("prompt", "")
     return " ".join(prompt) if isinstance(prompt, list) else str(prompt)
+
+
+def main() -> None:
+    """Run a stand-in engine in its own process (benchmarks):
+
+    python -m souverain.testing.stand_in --port 9000 --master-key … [--tokens 16]
+
+    It accepts, for /r/<replica>/v1/…, the secret souverain derives for that replica.
+    """
+    import argparse
+
+    import uvicorn
+
+    from souverain.core.ids import replica_secret
+
+    parser = argparse.ArgumentParser(description="canned-token OpenAI-compatible engine")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--master-key", required=True)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    args = parser.parse_args()
+    key = args.master_key.encode()
+    engine = StandInEngine(
+        secret_for=lambda replica: replica_secret(key, replica),
+        tokens=args.tokens,
+        token_delay_s=args.token_delay,
+    )
+    uvicorn.run(engine.app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
