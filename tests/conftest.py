@@ -111,6 +111,7 @@ async def platform(
         secret_key=MASTER_KEY,  # type: ignore[arg-type]
         replica_refresh_s=0.2,
         key_cache_ttl_s=1.0,
+        audit_window_s=0.3,
         port=8000,
     )
     stand_in = StandInEngine(

@@ -131,6 +131,16 @@ class Settings(BaseSettings):
         description="J per weighted token assumed before a replica's first measured interval.",
     )
 
+    audit_window_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Aggregation window of flood-prone audit events."
+    )
+    audit_seal_interval_s: float = Field(
+        default=300.0, gt=0, description="How often the controller seals the audit chain."
+    )
+    audit_retention_days: int = Field(
+        default=400, ge=180, le=36500, description="Audit events are kept at least this long."
+    )
+
     log_level: str = "INFO"
 
     @field_validator("secret_key")

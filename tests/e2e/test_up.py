@@ -183,6 +183,8 @@ class TestCli:
         assert "ok" in usage
         keys = up.cli("keys", "list").stdout
         assert "sk-souv-" not in keys
+        assert "org.create" in up.cli("audit", "list", "--action", "org.create").stdout
+        assert "intact" in up.cli("audit", "verify").stdout
 
     def test_register_deploy_scale_and_delete_a_model(self, up: Up, tmp_path) -> None:  # type: ignore[no-untyped-def]
         from souverain.engines.artifacts import builtin_path

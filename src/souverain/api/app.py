@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 from souverain import __version__
 from souverain.api.middleware import EdgeGuard
 from souverain.api.routers import (
+    audit,
     billing,
     deployments,
     fleet,
@@ -40,6 +41,7 @@ from souverain.api.routers import (
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.gateway import errors
 from souverain.gateway import routes as gateway_routes
+from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
@@ -77,6 +79,8 @@ def create_app(
         refresher = asyncio.create_task(
             state.routes.refresh_forever(state.sessions, settings.replica_refresh_s)
         )
+        stop_trail = asyncio.Event()
+        trail = asyncio.create_task(state.audit_trail.run(stop_trail))
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if settings.metrics_bind:
@@ -89,9 +93,12 @@ def create_app(
                     await stack.enter_async_context(hook(state))
                 yield
         finally:
+            stop_trail.set()
+            await trail  # writes what the last window counted
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+
             await state.upstream.aclose()
             await state.engine.dispose()
 
@@ -121,6 +128,7 @@ def create_app(
         billing.router,
         limits.router,
         metrics.router,
+        audit.router,
     ):
         app.include_router(router)
     return app
@@ -158,4 +166,5 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         signing_key=signing.load_or_create(settings.signing_key_path),
         limiter=RateLimiter(settings.rate_limit_storage),
         metrics=Metrics(routes),
+        audit_trail=AuditTrail(sessions, window_s=settings.audit_window_s),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from souverain import __version__
-from souverain.cli import billing, catalog, chat, fleet, run, sovereignty, tenancy, usage
+from souverain.cli import audit, billing, catalog, chat, fleet, run, sovereignty, tenancy, usage
 from souverain.cli.context import console, options
 
 app = typer.Typer(
@@ -54,6 +54,7 @@ app.add_typer(billing.prices, name="prices")
 app.add_typer(billing.budgets, name="budgets")
 app.add_typer(billing.invoices, name="invoices")
 app.add_typer(billing.limits, name="limits")
+app.add_typer(audit.audit, name="audit")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from souverain.controller.runner import Controller, forget_replicas
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.engines.artifacts import builtin_path, file_sha256
 from souverain.gateway.state import AppState
-from souverain.services import bootstrap
+from souverain.services import bootstrap, signing
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 
 BUILTIN = "smollm2-135m-instruct"
@@ -72,6 +72,9 @@ def _controller(
             prompt_weight=settings.energy_prompt_weight,
             completion_weight=settings.energy_completion_weight,
         ),
+        signing_key=signing.load_or_create(settings.signing_key_path),
+        seal_interval_s=settings.audit_seal_interval_s,
+        retention_days=settings.audit_retention_days,
     )
 
 

@@ -212,7 +212,29 @@ class SouverainClient:
         )
         return report
 
+    def audit_events(
+        self,
+        *,
+        org: str | None = None,
+        action: str | None = None,
+        limit: int = 1000,
+        after_seq: int = 0,
+    ) -> dict[str, Any]:
+        page: dict[str, Any] = self._request(
+            "GET",
+            "/api/audit",
+            params={"org": org, "action": action, "limit": limit, "after_seq": after_seq},
+        )
+        return page
+
+    def audit_chain(self, *, after_seq: int = 0) -> dict[str, Any]:
+        chain: dict[str, Any] = self._request(
+            "GET", "/api/audit/chain", params={"after_seq": after_seq}
+        )
+        return chain
+
     def signing_key(self) -> dict[str, str]:
+
         key: dict[str, str] = self._request("GET", "/api/signing-key")
         return key
 

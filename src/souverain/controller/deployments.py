@@ -28,6 +28,7 @@ from souverain.core.policy import Policy, exclusion
 from souverain.db.tables import DeploymentRow, ModelArtifactRow, ModelRow, ReplicaRow, utcnow
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import Placement, PlacementRequest
+from souverain.services import audit
 from souverain.services.deployments import placement_policy
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class Outcome:
     status: str = "pending"
     reason: str = ""
     remove_deployment: bool = False
+    org_id: str | None = None
+    events: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)  # audit
 
 
 class DeploymentReconciler:
@@ -134,12 +137,13 @@ class DeploymentReconciler:
         return Loaded(deployment, model, artifact, replicas, policy)
 
     async def _process(self, loaded: Loaded, placer: Placer) -> Outcome:
-        deployment, outcome = loaded.deployment, Outcome()
+        deployment, outcome = loaded.deployment, Outcome(org_id=loaded.deployment.org_id)
         live = await self._observe(loaded, placer, outcome)
         desired = 0 if deployment.deleted else deployment.replicas
         for extra in _pick_extras(live, desired):
             await asyncio.to_thread(self._cluster.stop_replica, extra.actor_name)
             outcome.deletes.append(extra.id)
+            outcome.events.append(("replica.stop", extra.id, {"reason": "scaled down"}))
             self.energy.retire(extra.id)
 
             live.remove(extra)
@@ -169,12 +173,22 @@ class DeploymentReconciler:
                 )
                 await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
                 outcome.deletes.append(replica.id)
+                outcome.events.append(
+                    (
+                        "replica.drain",
+                        replica.id,
+                        {"datacenter": replica.datacenter_id, "reason": reason},
+                    )
+                )
                 self.energy.retire(replica.id)
                 continue
             status = await asyncio.to_thread(self._cluster.replica_status, replica.actor_name)
             if status is None:
                 log.warning("replica %s vanished from the cluster; it will be replaced", replica.id)
                 outcome.deletes.append(replica.id)
+                outcome.events.append(
+                    ("replica.lost", replica.id, {"datacenter": replica.datacenter_id})
+                )
                 self.energy.retire(replica.id)
                 continue
             self.energy.observe(replica, status)
@@ -244,6 +258,13 @@ class DeploymentReconciler:
             engine_restarts=0,
         )
         outcome.inserts.append(replica)
+        outcome.events.append(
+            (
+                "replica.place",
+                replica_id,
+                {"datacenter": decision.datacenter_id, "node": decision.node_id},
+            )
+        )
         return replica
 
     async def _apply(self, deployment_id: str, token: str, outcome: Outcome) -> None:
@@ -267,6 +288,16 @@ class DeploymentReconciler:
             if outcome.deletes:
                 await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
             session.add_all(outcome.inserts)
+            for action, replica_id, details in outcome.events:
+                await audit.record(
+                    session,
+                    actor=audit.SYSTEM_CONTROLLER,
+                    action=action,
+                    org_id=outcome.org_id,
+                    target_type="replica",
+                    target_id=replica_id,
+                    details={"deployment": deployment_id, **details},
+                )
             if outcome.remove_deployment:
                 await session.execute(
                     delete(DeploymentRow).where(DeploymentRow.id == deployment_id)

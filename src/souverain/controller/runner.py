@@ -8,6 +8,7 @@ import logging
 import socket
 import uuid
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,6 +20,7 @@ from souverain.core.fleet import ObservedNode
 from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import DatacenterView, NodeView, Snapshot
+from souverain.services import audit_log
 from souverain.services import nodes as nodes_service
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,15 @@ class Controller:
         interval_s: float = 1.0,
         lease_s: float = 15.0,
         energy: EnergyAccountant | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
+        seal_interval_s: float = 300.0,
+        retention_days: int = 400,
     ) -> None:
+        self._signing_key = signing_key
+        self._seal_interval_s = seal_interval_s
+        self._retention_days = retention_days
+        self._last_seal = 0.0
+        self._last_prune = 0.0
 
         self._sessions = sessions
         self._cluster = cluster
@@ -76,6 +86,19 @@ class Controller:
             on_disk = await models_by_node(session)
         await self.deployments.run_once(Placer(build_snapshot(observed, datacenters, on_disk)))
         await self.energy.close_due()
+        await self.keep_audit()
+
+    async def keep_audit(self) -> None:
+        """Seal the audit chain's head now and then; once a day, prune what retention allows."""
+        now = asyncio.get_running_loop().time()
+        if self._signing_key is not None and now - self._last_seal >= self._seal_interval_s:
+            async with self._sessions.begin() as session:
+                await audit_log.seal(session, signing_key=self._signing_key)
+            self._last_seal = now
+        if now - self._last_prune >= 86_400:
+            async with self._sessions.begin() as session:
+                await audit_log.prune(session, retention_days=self._retention_days)
+            self._last_prune = now
 
         await self.sweep_orphans()
 

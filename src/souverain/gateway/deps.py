@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import AuthenticationError
+from souverain.core.ids import parse_api_key
 from souverain.core.principal import Principal
 from souverain.gateway.state import AppState
 
@@ -43,7 +44,20 @@ def bearer_token(request: Request) -> str:
 async def get_principal(
     request: Request, state: Annotated[AppState, Depends(get_state)]
 ) -> Principal:
-    return await state.keys.authenticate(bearer_token(request))
+    try:
+        principal = await state.keys.authenticate(bearer_token(request))
+    except AuthenticationError as error:
+        state.audit_trail.note("auth.failed", subject=_key_id_of(request), reason=error.message)
+        raise
+    request.state.principal = principal
+    return principal
+
+
+def _key_id_of(request: Request) -> str:
+    """The public id part of the key tried, never its secret."""
+    header = request.headers.get("authorization", "")
+    parsed = parse_api_key(header.partition(" ")[2].strip())
+    return f"key:{parsed[0]}" if parsed else "malformed"
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

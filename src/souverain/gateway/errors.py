@@ -109,9 +109,31 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
     return (f"{param}: {message}{extra}" if param else message + extra), param
 
 
+MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _note_denied(request: Request, error: SouverainError) -> None:
+    """A refused change (escalation, widening a policy…) is audited, counted per window."""
+    principal = getattr(request.state, "principal", None)
+    trail = getattr(getattr(request.app.state, "souverain", None), "audit_trail", None)
+    if principal is None or trail is None:
+        return
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    trail.note(
+        "change.denied",
+        org_id=principal.org_id,
+        subject=f"key:{principal.key_id}",
+        reason=f"{request.method} {path}: {error.message}",
+    )
+
+
 def install(app: FastAPI) -> None:
+
     @app.exception_handler(SouverainError)
-    async def _domain(_request: Request, error: SouverainError) -> JSONResponse:
+    async def _domain(request: Request, error: SouverainError) -> JSONResponse:
+        if error.code == ErrorCode.PERMISSION_DENIED and request.method in MUTATIONS:
+            _note_denied(request, error)
         return error_response(error)
 
     @app.exception_handler(RequestValidationError)

@@ -98,6 +98,13 @@ async def run(call: Call, request: Request) -> Response:
         routes, excluded = table.compliant_routes(call.principal, call.model)
     if not routes and excluded:
         reasons = "; ".join(f"{dc}: {why}" for dc, why in sorted(excluded.items()))
+        call.state.audit_trail.note(
+            "sovereignty.refused",
+            org_id=call.principal.org_id,
+            subject=f"model:{call.model.name}",
+            reason=reasons,
+        )
+
         raise PolicyRefusedError(
             f"No replica of '{call.model.name}' runs where your sovereignty policy allows "
             f"({reasons}). The request was not processed anywhere.",

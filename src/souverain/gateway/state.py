@@ -8,6 +8,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
@@ -28,6 +29,7 @@ class AppState:
     signing_key: Ed25519PrivateKey
     limiter: RateLimiter
     metrics: Metrics
+    audit_trail: AuditTrail
     default_projects: dict[str, str] = field(default_factory=dict)
     ledger_ids: dict[tuple[str, str], str] = field(
         default_factory=dict

@@ -19,7 +19,7 @@ from souverain.core.schemas.deployments import DeploymentCreateRequest
 from souverain.core.schemas.fleet import DatacenterCreateRequest
 from souverain.core.schemas.models import ModelRegisterRequest
 from souverain.db.tables import ApiKeyRow, DeploymentRow
-from souverain.services import datacenters, deployments, models, users
+from souverain.services import audit, datacenters, deployments, models, users
 
 OPERATOR_USER = "operator"
 
@@ -64,6 +64,10 @@ async def ensure_operator_key(session: AsyncSession) -> str | None:
         )
     )
     await session.flush()
+    await audit.record(
+        session, actor=audit.Actor("system", "bootstrap"), action="key.create", target_type="key", target_id=key_id,
+        details={"user": OPERATOR_USER, "role": Role.OPERATOR, "first_start": True},
+    )  # fmt: skip
     return full
 
 

@@ -30,6 +30,7 @@ from souverain.core.roles import Scope
 from souverain.db.tables import BudgetLedgerRow, BudgetRow, utcnow
 from souverain.services import orgs, projects
 from souverain.services.access import check_org
+from souverain.services.audit import actor_of, record
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,20 @@ async def set_budget(
         update(BudgetLedgerRow)
         .where(BudgetLedgerRow.budget_id == row.id, BudgetLedgerRow.period == period_of(utcnow()))
         .values(**_ledger_limits(row))
+    )
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="budget.set",
+        org_id=org.id,
+        target_type="budget",
+        target_id=row.id,
+        details={
+            "project_id": project_id,
+            "tokens": limits.tokens,
+            "cost": limits.cost,
+            "energy_kwh": limits.energy_kwh,
+        },
     )
     return row
 

@@ -12,6 +12,7 @@ from souverain.core.schemas.fleet import DatacenterCreateRequest, DatacenterUpda
 from souverain.db.tables import DatacenterRow, utcnow
 from souverain.energy.carbon import default_for
 from souverain.services.access import check_operator, check_scope
+from souverain.services.audit import actor_of, record
 
 
 async def list_datacenters(session: AsyncSession, *, principal: Principal) -> list[DatacenterRow]:
@@ -36,7 +37,16 @@ async def create_datacenter(
     check_operator(principal)
     if await session.get(DatacenterRow, request.id) is not None:
         raise ConflictError(f"datacenter '{request.id}' already exists", param="id")
-    return await put_datacenter(session, request=request)
+    row = await put_datacenter(session, request=request)
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="datacenter.create",
+        target_type="datacenter",
+        target_id=row.id,
+        details=request.model_dump(mode="json"),
+    )
+    return row
 
 
 async def put_datacenter(
@@ -76,4 +86,12 @@ async def update_datacenter(
             setattr(row, name, value)
     row.updated_at = utcnow()
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="datacenter.update",
+        target_type="datacenter",
+        target_id=row.id,
+        details=request.model_dump(mode="json", exclude_unset=True),
+    )
     return row

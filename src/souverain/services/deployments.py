@@ -19,6 +19,7 @@ from souverain.core.schemas.deployments import DeploymentCreateRequest, Deployme
 from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow, utcnow
 from souverain.services import models, orgs, policies
 from souverain.services.access import can_see_org, check_operator, check_org, check_scope
+from souverain.services.audit import actor_of, record
 
 
 async def find_deployment(
@@ -98,7 +99,17 @@ async def create_deployment(
     await _check_datacenters(session, request.datacenters)
     if await _name_taken(session, name=request.name, org_id=org_id):
         raise ConflictError(f"deployment '{request.name}' already exists", param="name")
-    return await put_deployment(session, request=request, model=model, org_id=org_id)
+    deployment = await put_deployment(session, request=request, model=model, org_id=org_id)
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="deployment.create",
+        org_id=org_id,
+        target_type="deployment",
+        target_id=deployment.id,
+        details=request.model_dump(mode="json"),
+    )
+    return deployment
 
 
 async def put_deployment(
@@ -156,6 +167,15 @@ async def update_deployment(
         deployment.strategy = request.strategy
     deployment.updated_at = utcnow()
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="deployment.update",
+        org_id=deployment.org_id,
+        target_type="deployment",
+        target_id=deployment.id,
+        details=request.model_dump(mode="json", exclude_unset=True),
+    )
     return deployment
 
 
@@ -192,6 +212,14 @@ async def delete_deployment(
     deployment.name = f"{deployment.name}~deleted~{deployment.id}"[:64]
     deployment.updated_at = utcnow()
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="deployment.delete",
+        org_id=deployment.org_id,
+        target_type="deployment",
+        target_id=deployment.id,
+    )
     return deployment
 
 

@@ -20,6 +20,7 @@ from souverain.db.tables import (
 from souverain.energy.attribution import Served, Split, co2e_grams
 from souverain.energy.carbon import hour_of
 from souverain.services.access import check_operator
+from souverain.services.audit import actor_of, record
 from souverain.services.datacenters import get_datacenter
 
 
@@ -123,6 +124,14 @@ async def load_series(
         for hour, value in series.items()
     )
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="datacenter.carbon.load",
+        target_type="datacenter",
+        target_id=datacenter_id,
+        details={"hours": len(series)},
+    )
     return len(series)
 
 

@@ -21,6 +21,7 @@ from souverain.core.schemas.tenancy import KeyCreateRequest
 from souverain.db.tables import ApiKeyRow, UserRow, utcnow
 from souverain.services import memberships, orgs, projects, users
 from souverain.services.access import check_org, check_scope
+from souverain.services.audit import actor_of, record
 
 
 async def create_key(
@@ -60,6 +61,21 @@ async def create_key(
     )
     session.add(row)
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="key.create",
+        org_id=org_id,
+        target_type="key",
+        target_id=key_id,
+        details={
+            "user": user.name,
+            "role": request.role,
+            "scopes": sorted(scopes),
+            "project_id": project_id,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
     return row, full
 
 
@@ -160,6 +176,14 @@ async def revoke_key(session: AsyncSession, *, principal: Principal, key_id: str
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         await session.flush()
+        await record(
+            session,
+            actor=actor_of(principal),
+            action="key.revoke",
+            org_id=row.org_id,
+            target_type="key",
+            target_id=row.id,
+        )
     return row
 
 
@@ -187,4 +211,13 @@ async def set_limits(
         check_org(principal, row.org_id, Scope.MANAGE)
     row.rpm, row.tpm = rpm, tpm
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="key.limits",
+        org_id=row.org_id,
+        target_type="key",
+        target_id=row.id,
+        details={"rpm": rpm, "tpm": tpm},
+    )
     return row

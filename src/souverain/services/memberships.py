@@ -13,6 +13,7 @@ from souverain.core.schemas.tenancy import MemberAddRequest
 from souverain.db.tables import MembershipRow, UserRow
 from souverain.services import orgs, users
 from souverain.services.access import check_org
+from souverain.services.audit import actor_of, record
 
 
 async def find_membership(
@@ -58,6 +59,15 @@ async def add_member(
             raise PermissionDeniedError("you cannot change the role of a member who outranks you")
         membership.role = request.role
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="member.set",
+        org_id=org.id,
+        target_type="user",
+        target_id=user.id,
+        details={"user": user.name, "role": request.role},
+    )
     return membership, user
 
 
@@ -74,3 +84,12 @@ async def remove_member(
         raise PermissionDeniedError("you cannot remove a member who outranks you")
     await session.delete(membership)
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="member.remove",
+        org_id=org.id,
+        target_type="user",
+        target_id=membership.user_id,
+        details={"user": user_name},
+    )

@@ -13,6 +13,7 @@ from souverain.core.schemas.models import ModelRegisterRequest
 from souverain.db.tables import ModelArtifactRow, ModelRow
 from souverain.services import orgs
 from souverain.services.access import can_see_org, check_operator, check_org, check_scope
+from souverain.services.audit import actor_of, record
 
 
 def can_see_model(principal: Principal, model: ModelRow) -> bool:
@@ -98,9 +99,19 @@ async def register_model(
         owner_org_id = org.id
     else:
         check_operator(principal)
-    return await put_model(
+    model = await put_model(
         session, request=request, owner_org_id=owner_org_id, source=source, replace=False
     )
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="model.register",
+        org_id=owner_org_id,
+        target_type="model",
+        target_id=model.id,
+        details={"name": model.name, "uri": request.uri, "sha256": request.sha256},
+    )
+    return model
 
 
 async def put_model(

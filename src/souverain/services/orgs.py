@@ -13,6 +13,7 @@ from souverain.core.schemas.tenancy import OrganisationCreateRequest
 from souverain.db.tables import MembershipRow, OrganisationRow, ProjectRow
 from souverain.services import users
 from souverain.services.access import can_see_org, check_operator, check_scope
+from souverain.services.audit import actor_of, record
 
 DEFAULT_PROJECT = "default"
 
@@ -59,4 +60,13 @@ async def create_org(
             MembershipRow(id=new_id("mem"), org_id=org.id, user_id=owner.id, role=Role.OWNER)
         )
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="org.create",
+        org_id=org.id,
+        target_type="organisation",
+        target_id=org.id,
+        details={"name": org.name, "owner": request.owner},
+    )
     return org

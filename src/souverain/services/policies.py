@@ -21,6 +21,7 @@ from souverain.core.schemas.policies import PolicyDocument
 from souverain.db.tables import ProjectRow, SovereigntyPolicyRow
 from souverain.services import orgs, projects
 from souverain.services.access import check_operator, check_org
+from souverain.services.audit import actor_of, record
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,19 @@ async def set_ceiling(
     it, so narrowing the ceiling narrows every project at once."""
     check_operator(principal)
     org = await orgs.get_org(session, principal=principal, ref=org_ref)
-    return await _append(
+    version = await _append(
         session, org_id=org.id, project_id=None, document=document, by=principal.user_id
     )
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="policy.ceiling.set",
+        org_id=org.id,
+        target_type="policy",
+        target_id=version.id,
+        details=document.model_dump(mode="json"),
+    )
+    return version
 
 
 async def set_project_policy(
@@ -99,9 +110,19 @@ async def set_project_policy(
         raise PermissionDeniedError(
             "a project policy may only narrow its organisation's ceiling: " + "; ".join(problems)
         )
-    return await _append(
+    version = await _append(
         session, org_id=org.id, project_id=project.id, document=document, by=principal.user_id
     )
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="policy.project.set",
+        org_id=org.id,
+        target_type="project",
+        target_id=project.id,
+        details=document.model_dump(mode="json"),
+    )
+    return version
 
 
 async def _append(

@@ -14,6 +14,7 @@ from souverain.core.principal import Principal
 from souverain.db.tables import ModelRow, PriceRow
 from souverain.services import models
 from souverain.services.access import check_operator
+from souverain.services.audit import actor_of, record
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,18 @@ async def set_price(
     )
     session.add(row)
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="price.set",
+        target_type="model",
+        target_id=model.id,
+        details={
+            "currency": currency,
+            "input_per_million": input_per_million,
+            "output_per_million": output_per_million,
+        },
+    )
     return _price(row), model
 
 

@@ -11,6 +11,7 @@ from souverain.core.schemas.tenancy import ProjectCreateRequest
 from souverain.db.tables import ProjectRow
 from souverain.services import orgs
 from souverain.services.access import check_org, check_project
+from souverain.services.audit import actor_of, record
 
 
 async def list_projects(
@@ -58,6 +59,15 @@ async def create_project(
     project = ProjectRow(id=new_id("prj"), org_id=org.id, name=request.name)
     session.add(project)
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="project.create",
+        org_id=org.id,
+        target_type="project",
+        target_id=project.id,
+        details={"name": project.name},
+    )
     return project
 
 
@@ -75,4 +85,13 @@ async def set_limits(
     project = await get_project(session, principal=principal, org_id=org.id, ref=project_ref)
     project.rpm, project.tpm = rpm, tpm
     await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="project.limits",
+        org_id=org.id,
+        target_type="project",
+        target_id=project.id,
+        details={"rpm": rpm, "tpm": tpm},
+    )
     return project

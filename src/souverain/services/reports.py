@@ -23,7 +23,7 @@ from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.signing import sign
 from souverain.db.tables import UsageRecordRow, utcnow
-from souverain.services import orgs, policies
+from souverain.services import audit, orgs, policies
 from souverain.services.access import check_org
 from souverain.services.usage import as_utc
 
@@ -59,6 +59,19 @@ async def residency(
         "platform_version": __version__,
         **_tally(records, history),
     }
+    await audit.record(
+        session,
+        actor=audit.actor_of(principal),
+        action="report.residency",
+        org_id=org.id,
+        target_type="organisation",
+        target_id=org.id,
+        details={
+            "from": since.isoformat(),
+            "to": until.isoformat(),
+            "records": document["records"]["count"],
+        },
+    )
     return sign(signing_key, document)
 
 

@@ -31,6 +31,8 @@ def controller_hook(
             master_key=state.master_key,
             engine=EngineDefaults(threads=threads, bind_host=None),
             interval_s=0.5,
+            signing_key=state.signing_key,
+            seal_interval_s=2.0,
             energy=EnergyAccountant(
                 state.sessions,
                 interval_s=energy_interval_s,

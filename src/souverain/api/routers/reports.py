@@ -25,7 +25,7 @@ async def residency_report(
     against the sovereignty policy in force when it was made, violations listed. Signed
     with the platform's Ed25519 key: verify offline with `souverain reports verify`.
     For auditors, admins and owners of the organisation, and operators."""
-    return await reports.residency(
+    signed = await reports.residency(
         session,
         principal=principal,
         org_ref=org,
@@ -33,6 +33,8 @@ async def residency_report(
         until=until,
         signing_key=state.signing_key,
     )
+    await session.commit()  # the report's generation is audited
+    return signed
 
 
 @router.get("/signing-key")

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse, Response
+
+from souverain.gateway.deps import PrincipalDep, SessionDep
+from souverain.services import audit_log
+from souverain.services.audit_log import AuditFilter
+
+router = APIRouter(prefix="/api/audit", tags=["audit"])
+
+
+@router.get("", response_model=None)
+async def list_audit_events(
+    principal: PrincipalDep,
+    session: SessionDep,
+    org: str | None = Query(default=None, max_length=64),
+    since: datetime | None = Query(default=None, alias="from"),
+    until: datetime | None = Query(default=None, alias="to"),
+    action: str | None = Query(default=None, max_length=64),
+    after_seq: int = Query(default=0, ge=0),
+    limit: int = Query(default=1000, ge=1, le=10_000),
+    format: str = Query(default="json", pattern="^(json|jsonl)$"),
+) -> dict[str, Any] | Response:
+    """Audit events in order (page with `after_seq`). Auditors, admins and owners see their
+    organisation's events; operators see all. `format=jsonl` exports one event per line,
+    each with its `hash` and `prev_hash`."""
+    where = AuditFilter(
+        org_ref=org, since=since, until=until, action=action, after_seq=after_seq, limit=limit
+    )
+    events = [
+        audit_log.as_dict(row)
+        for row in await audit_log.list_events(session, principal=principal, where=where)
+    ]
+    if format == "jsonl":
+        lines = "".join(json.dumps(event, ensure_ascii=False) + "\n" for event in events)
+        return PlainTextResponse(lines, media_type="application/x-ndjson")
+    return {"events": events, "next_after_seq": events[-1]["seq"] if events else after_seq}
+
+
+@router.get("/chain")
+async def audit_chain(
+    principal: PrincipalDep,
+    session: SessionDep,
+    after_seq: int = Query(default=0, ge=0),
+    limit: int = Query(default=10_000, ge=1, le=50_000),
+) -> dict[str, Any]:
+    """The whole chain with its seals and head, to verify it offline (operators):
+    `souverain audit verify`."""
+    events, seals, head = await audit_log.chain(
+        session, principal=principal, after_seq=after_seq, limit=limit
+    )
+    return {"events": events, "seals": seals, "head_seq": head}
