@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.audit import event_hash, verify_chain
 from souverain.core.roles import Role
+from souverain.core.signing import load_public_key
 from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
 from souverain.db.tables import AuditEventRow, AuditHeadRow, ProjectRow, utcnow
 from souverain.services import audit, audit_log
@@ -360,3 +361,24 @@ def _platform_key(platform: Platform) -> Ed25519PrivateKey:
     from souverain.services.signing import load_or_create
 
     return load_or_create(platform.settings.signing_key_path)
+
+
+async def test_concurrent_changes_form_one_intact_chain(platform: Platform) -> None:
+    tenant = await platform.factory.tenant(roles={"a": Role.ADMIN})
+    admin = await platform.factory.member_key(tenant, "a", Role.ADMIN)
+    async with platform.client(admin.key) as client:
+        created = await asyncio.gather(
+            *(
+                client.post(f"/api/orgs/{tenant.org_name}/projects", json={"name": f"p{i}"})
+                for i in range(20)
+            )
+        )
+    assert all(r.status_code == 201 for r in created)
+    operator = (await platform.factory.operator()).key
+    async with platform.client(operator) as client:
+        page = (await client.get("/api/audit/chain")).json()
+        public = load_public_key((await client.get("/api/signing-key")).json()["public_key_pem"])
+    verdict = verify_chain(page["events"], page["seals"], public, head_seq=page["head_seq"])
+    assert verdict.ok, verdict.problems
+    seqs = [e["seq"] for e in page["events"] if e["org_id"] == tenant.org_id]
+    assert len(seqs) == 20 and len(set(seqs)) == 20
