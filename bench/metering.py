@@ -32,7 +32,6 @@ import httpx
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine, create_engine_unpooled, session_factory
-from souverain.db.tables import UsageRecordRow
 from souverain.gateway import admission
 from souverain.gateway.state import AppState
 from souverain.services import usage
@@ -155,11 +154,11 @@ async def run_measurements(label: str, settings: Settings, engine_url: str, requ
     principal = await state.keys.authenticate(key.key)
 
     async def admit_and_settle() -> None:
-        record = UsageRecordRow(
-            id=new_id("req"), org_id=tenant.org_id, project_id=tenant.project_id, key_id=key.id,
-            user_id=principal.user_id, endpoint="chat", model=model, stream=False, server_id="bench",
-        )  # fmt: skip
-        await admission.admit(
+        record = {
+            "id": new_id("req"), "org_id": tenant.org_id, "project_id": tenant.project_id, "key_id": key.id,
+            "user_id": principal.user_id, "endpoint": "chat", "model": model, "stream": False, "server_id": "bench",
+        }  # fmt: skip
+        admitted = await admission.admit(
             state, principal=principal, record=record, project_id=tenant.project_id,
             amounts=Amounts(tokens=100), rate_tokens=100, price=None,
         )  # fmt: skip
@@ -167,7 +166,12 @@ async def run_measurements(label: str, settings: Settings, engine_url: str, requ
             done = Settlement(
                 status="ok", prompt_tokens=10, completion_tokens=16, replica_id=replica_id
             )
-            await usage.settle_record(session, record_id=record.id, settlement=done)
+            await usage.settle_record(
+                session,
+                record_id=admitted.record_id,
+                settlement=done,
+                reservation=(admitted.ledger_ids, admitted.reserved),
+            )
 
     body = {
         "model": model,
@@ -212,6 +216,7 @@ def direct_state(settings: Settings, pooled: object, sessions: object) -> AppSta
     """The pieces of a server's state that admission and settlement use, in this process."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from souverain.gateway.auditing import AuditTrail
     from souverain.gateway.metrics import Metrics
     from souverain.gateway.ratelimit import RateLimiter
     from souverain.gateway.routing import RouteTable
@@ -230,6 +235,7 @@ def direct_state(settings: Settings, pooled: object, sessions: object) -> AppSta
         signing_key=Ed25519PrivateKey.generate(),
         limiter=RateLimiter("memory://"),
         metrics=Metrics(routes),
+        audit_trail=AuditTrail(sessions),  # type: ignore[arg-type]
     )
 
 

@@ -93,8 +93,11 @@ def create_app(
                     await stack.enter_async_context(hook(state))
                 yield
         finally:
+            if state.pending_settlements:  # usage records of answers already sent
+                await asyncio.wait(state.pending_settlements, timeout=30)
             stop_trail.set()
             await trail  # writes what the last window counted
+
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher

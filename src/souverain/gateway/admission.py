@@ -15,12 +15,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.principal import Principal
-from souverain.db.tables import BudgetRow, UsageRecordRow, utcnow
+from souverain.db.tables import utcnow
 from souverain.energy.attribution import Served, weight
 from souverain.gateway.ratelimit import Limit
 from souverain.gateway.state import AppState
 from souverain.services import budgets, usage
-from souverain.services.budgets import Amounts
+from souverain.services.budgets import Amounts, Budget
 from souverain.services.prices import Price
 from souverain.services.routes import ModelInfo
 
@@ -96,7 +96,7 @@ async def admit(
     state: AppState,
     *,
     principal: Principal,
-    record: UsageRecordRow,
+    record: dict[str, Any],
     project_id: str | None,
     amounts: Amounts,
     rate_tokens: int,
@@ -107,28 +107,27 @@ async def admit(
         limits_for(state, principal, project_id), tokens=rate_tokens
     )
     admission = Admission(
-        record_id=record.id, project_id=project_id, price=price, rate_headers=rate_headers
+        record_id=record["id"], project_id=project_id, price=price, rate_headers=rate_headers
     )
     async with state.sessions.begin() as session:
-        if principal.org_id is not None and principal.org_id in state.routes.budgeted_orgs:
-            applicable = await budgets.applicable(
-                session, org_id=principal.org_id, project_id=project_id
-            )
-            if applicable:
-                now = utcnow()
-                ledger_ids = await _ledgers(state, session, applicable, budgets.period_of(now))
-                await budgets.reserve(session, ledger_ids=ledger_ids, amounts=amounts, now=now)
-                admission.reserved, admission.ledger_ids = amounts, ledger_ids
-                record.ledger_ids = ledger_ids
-                record.reserved_tokens = amounts.tokens
-                record.reserved_cost = amounts.cost
-                record.reserved_energy_j = amounts.energy_j
-        await usage.open_record(session, record=record)
+        applicable = state.routes.budgets_for(principal.org_id, project_id)
+        if applicable:
+            now = utcnow()
+            ledger_ids = await _ledgers(state, session, applicable, budgets.period_of(now))
+            await budgets.reserve(session, ledger_ids=ledger_ids, amounts=amounts, now=now)
+            admission.reserved, admission.ledger_ids = amounts, ledger_ids
+            record = record | {
+                "ledger_ids": ledger_ids,
+                "reserved_tokens": amounts.tokens,
+                "reserved_cost": amounts.cost,
+                "reserved_energy_j": amounts.energy_j,
+            }
+        await usage.open_record(session, values=record)
     return admission
 
 
 async def _ledgers(
-    state: AppState, session: AsyncSession, applicable: list[BudgetRow], period: str
+    state: AppState, session: AsyncSession, applicable: list[Budget], period: str
 ) -> list[str]:
     """Ledger ids per (budget, month) never change once created: remember them."""
     missing = [budget for budget in applicable if (budget.id, period) not in state.ledger_ids]

@@ -34,7 +34,6 @@ from souverain.core.ids import new_id, replica_secret
 from souverain.core.jurisdictions import jurisdictions_of
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.db.tables import UsageRecordRow
 from souverain.energy.attribution import co2e_grams
 from souverain.gateway import admission
 from souverain.gateway.admission import Admission
@@ -163,17 +162,17 @@ async def _open_record(call: Call, routes: list[ReplicaRoute]) -> None:
     )
     call.record_id = new_id("req")
     call.started = time.perf_counter()
-    record = UsageRecordRow(
-        id=call.record_id,
-        org_id=principal.org_id,
-        project_id=project_id,
-        key_id=principal.key_id,
-        user_id=principal.user_id,
-        endpoint=call.endpoint,
-        model=call.model.name,
-        stream=call.stream,
-        server_id=state.server_id,
-    )
+    record = {
+        "id": call.record_id,
+        "org_id": principal.org_id,
+        "project_id": project_id,
+        "key_id": principal.key_id,
+        "user_id": principal.user_id,
+        "endpoint": call.endpoint,
+        "model": call.model.name,
+        "stream": call.stream,
+        "server_id": state.server_id,
+    }
     call.admission = await admission.admit(
         state,
         principal=principal,
@@ -282,7 +281,17 @@ async def _complete(
         elapsed = (time.perf_counter() - call.started) * 1000
         with anyio.CancelScope(shield=True):
             await response.aclose()
-            await _settle(call, replace(settlement, latency_ms=elapsed, ttft_ms=elapsed), route)
+        # Settled beside the answer, not before it: the client does not wait for the write.
+        settle_soon(call, replace(settlement, latency_ms=elapsed, ttft_ms=elapsed), route)
+
+
+def settle_soon(call: Call, settlement: Settlement, route: ReplicaRoute | None) -> None:
+    """Settle in a task of its own; the server waits for pending ones before it stops.
+    If the process dies first, the record is settled `interrupted` at the next start."""
+    task = asyncio.get_running_loop().create_task(_settle(call, settlement, route))
+    pending = call.state.pending_settlements
+    pending.add(task)
+    task.add_done_callback(pending.discard)
 
 
 async def _read_unless_disconnected(response: httpx.Response, request: Request) -> bytes | None:

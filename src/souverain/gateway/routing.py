@@ -19,12 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
 from souverain.core.principal import Principal
 from souverain.services import policies
+from souverain.services.budgets import Budget, all_budgets
 from souverain.services.energy import totals_by_datacenter
 from souverain.services.prices import Price, current_prices
 from souverain.services.routes import (
     ModelInfo,
     ReplicaRoute,
-    load_budgeted_orgs,
     load_default_projects,
     load_models,
     load_project_limits,
@@ -48,7 +48,7 @@ class RouteTable:
         self._effective: dict[tuple[str, str], Policy] = {}
         self.prices: dict[str, Price] = {}  # model id -> price in force
         self.project_limits: dict[str, tuple[int | None, int | None]] = {}
-        self.budgeted_orgs: frozenset[str] = frozenset()
+        self.budgets: dict[str, list[Budget]] = {}  # org id -> its budgets
         self.replica_states: dict[str, int] = {}
         self.energy_totals: dict[str, tuple[float, float]] = {}
 
@@ -82,7 +82,7 @@ class RouteTable:
             defaults = await load_default_projects(session)
             self.prices = await current_prices(session)
             self.project_limits = await load_project_limits(session)
-            self.budgeted_orgs = await load_budgeted_orgs(session)
+            self.budgets = await all_budgets(session)
             self.replica_states = await replica_states(session)
             self.energy_totals = await totals_by_datacenter(session)
 
@@ -128,6 +128,16 @@ class RouteTable:
 
     def ready_replicas(self, name: str) -> int:
         return sum(len(self.routes.get(model.id, ())) for model in self.by_name.get(name, ()))
+
+    def budgets_for(self, org_id: str | None, project_id: str | None) -> list[Budget]:
+        """The organisation's budget and the project's, if any (as of the last refresh)."""
+        if org_id is None:
+            return []
+        return [
+            b
+            for b in self.budgets.get(org_id, ())
+            if b.project_id is None or b.project_id == project_id
+        ]
 
     def project_of(self, principal: Principal) -> str | None:
         if principal.project_id is not None or principal.org_id is None:

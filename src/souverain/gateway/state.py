@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import httpx
@@ -34,3 +35,4 @@ class AppState:
     ledger_ids: dict[tuple[str, str], str] = field(
         default_factory=dict
     )  # (budget, month) -> ledger
+    pending_settlements: set[asyncio.Task[None]] = field(default_factory=set)

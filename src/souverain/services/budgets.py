@@ -15,10 +15,12 @@ server left open is charged its whole reservation (never less than it may have u
 from __future__ import annotations
 
 import calendar
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import BigInteger, Float, Update, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,6 +40,38 @@ class Amounts:
     tokens: int = 0
     cost: float = 0.0
     energy_j: float = 0.0
+
+
+class BudgetLimits(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def tokens(self) -> int | None: ...
+    @property
+    def cost(self) -> float | None: ...
+    @property
+    def energy_kwh(self) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the gateway needs to know of a budget, cached in its route table."""
+
+    id: str
+    org_id: str
+    project_id: str | None
+    tokens: int | None
+    cost: float | None
+    energy_kwh: float | None
+
+
+async def all_budgets(session: AsyncSession) -> dict[str, list[Budget]]:
+    """Organisation id -> its budgets (the organisation's own and its projects')."""
+    result: dict[str, list[Budget]] = {}
+    for row in (await session.execute(select(BudgetRow))).scalars():
+        budget = Budget(row.id, row.org_id, row.project_id, row.tokens, row.cost, row.energy_kwh)
+        result.setdefault(row.org_id, []).append(budget)
+    return result
 
 
 @dataclass(frozen=True)
@@ -111,21 +145,13 @@ def _project_is(project_id: str | None):  # type: ignore[no-untyped-def]
     )
 
 
-def _ledger_limits(row: BudgetRow) -> dict[str, float | int | None]:
+def _ledger_limits(row: BudgetLimits) -> dict[str, float | int | None]:
     energy = None if row.energy_kwh is None else row.energy_kwh * 3.6e6
     return {"limit_tokens": row.tokens, "limit_cost": row.cost, "limit_energy_j": energy}
 
 
-async def applicable(
-    session: AsyncSession, *, org_id: str, project_id: str | None
-) -> list[BudgetRow]:
-    query = select(BudgetRow).where(BudgetRow.org_id == org_id)
-    rows = (await session.execute(query)).scalars()
-    return [row for row in rows if row.project_id is None or row.project_id == project_id]
-
-
 async def ensure_ledgers(
-    session: AsyncSession, *, budgets: list[BudgetRow], period: str
+    session: AsyncSession, *, budgets: Sequence[BudgetLimits], period: str
 ) -> list[str]:
     """The ledger ids of these budgets for `period`, created on first use (concurrent
     creators do not conflict: INSERT … ON CONFLICT DO NOTHING, then read)."""
@@ -152,35 +178,64 @@ async def ensure_ledgers(
     return ids
 
 
+def _reserve_statement() -> Update:
+    ledger = BudgetLedgerRow
+    tokens = bindparam("tokens", type_=BigInteger)
+    cost = bindparam("cost", type_=Float)
+    energy = bindparam("energy", type_=Float)
+
+    return (
+        update(ledger)
+        .where(
+            ledger.id == bindparam("ledger_id"),
+            ledger.limit_tokens.is_(None)
+            | (ledger.used_tokens + ledger.reserved_tokens + tokens <= ledger.limit_tokens),
+            ledger.limit_cost.is_(None)
+            | (ledger.used_cost + ledger.reserved_cost + cost <= ledger.limit_cost),
+            ledger.limit_energy_j.is_(None)
+            | (ledger.used_energy_j + ledger.reserved_energy_j + energy <= ledger.limit_energy_j),
+        )
+        .values(
+            reserved_tokens=ledger.reserved_tokens + tokens,
+            reserved_cost=ledger.reserved_cost + cost,
+            reserved_energy_j=ledger.reserved_energy_j + energy,
+        )
+    )
+
+
+def _settle_statement() -> Update:
+    ledger = BudgetLedgerRow
+    return (
+        update(ledger)
+        .where(ledger.id == bindparam("ledger_id"))
+        .values(
+            reserved_tokens=ledger.reserved_tokens - bindparam("r_tokens"),
+            reserved_cost=ledger.reserved_cost - bindparam("r_cost"),
+            reserved_energy_j=ledger.reserved_energy_j - bindparam("r_energy"),
+            used_tokens=ledger.used_tokens + bindparam("u_tokens"),
+            used_cost=ledger.used_cost + bindparam("u_cost"),
+            used_energy_j=ledger.used_energy_j + bindparam("u_energy"),
+        )
+    )
+
+
+# Built once; requests only bind values (SQLAlchemy caches the compiled statements).
+_RESERVE = _reserve_statement()
+_SETTLE = _settle_statement()
+
+
 async def reserve(
     session: AsyncSession, *, ledger_ids: list[str], amounts: Amounts, now: datetime
 ) -> None:
     """Reserve on every ledger or raise QuotaExceededError (the caller's transaction rolls back)."""
     for ledger_id in ledger_ids:
-        ledger = BudgetLedgerRow
-        result = await session.execute(
-            update(ledger)
-            .where(
-                ledger.id == ledger_id,
-                (ledger.limit_tokens.is_(None))
-                | (
-                    ledger.used_tokens + ledger.reserved_tokens + amounts.tokens
-                    <= ledger.limit_tokens
-                ),
-                (ledger.limit_cost.is_(None))
-                | (ledger.used_cost + ledger.reserved_cost + amounts.cost <= ledger.limit_cost),
-                (ledger.limit_energy_j.is_(None))
-                | (
-                    ledger.used_energy_j + ledger.reserved_energy_j + amounts.energy_j
-                    <= ledger.limit_energy_j
-                ),
-            )
-            .values(
-                reserved_tokens=ledger.reserved_tokens + amounts.tokens,
-                reserved_cost=ledger.reserved_cost + amounts.cost,
-                reserved_energy_j=ledger.reserved_energy_j + amounts.energy_j,
-            )
-        )
+        params = {
+            "ledger_id": ledger_id,
+            "tokens": amounts.tokens,
+            "cost": amounts.cost,
+            "energy": amounts.energy_j,
+        }
+        result = await session.execute(_RESERVE, params)
         if not result.rowcount:  # type: ignore[attr-defined]
             raise QuotaExceededError(
                 "Your monthly budget has no room for this request (its estimate counts max_tokens). "
@@ -192,20 +247,12 @@ async def reserve(
 async def settle(
     session: AsyncSession, *, ledger_ids: list[str], reserved: Amounts, used: Amounts
 ) -> None:
+    params = {
+        "r_tokens": reserved.tokens, "r_cost": reserved.cost, "r_energy": reserved.energy_j,
+        "u_tokens": used.tokens, "u_cost": used.cost, "u_energy": used.energy_j,
+    }  # fmt: skip
     for ledger_id in ledger_ids:
-        ledger = BudgetLedgerRow
-        await session.execute(
-            update(ledger)
-            .where(ledger.id == ledger_id)
-            .values(
-                reserved_tokens=ledger.reserved_tokens - reserved.tokens,
-                reserved_cost=ledger.reserved_cost - reserved.cost,
-                reserved_energy_j=ledger.reserved_energy_j - reserved.energy_j,
-                used_tokens=ledger.used_tokens + used.tokens,
-                used_cost=ledger.used_cost + used.cost,
-                used_energy_j=ledger.used_energy_j + used.energy_j,
-            )
-        )
+        await session.execute(_SETTLE, {**params, "ledger_id": ledger_id})
 
 
 async def ledgers_of(

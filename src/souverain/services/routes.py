@@ -9,7 +9,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.policy import Site
 from souverain.db.tables import (
-    BudgetRow,
     CarbonIntensityRow,
     DatacenterRow,
     DeploymentRow,
@@ -120,11 +119,6 @@ async def load_project_limits(session: AsyncSession) -> dict[str, tuple[int | No
         (ProjectRow.rpm.is_not(None)) | (ProjectRow.tpm.is_not(None))
     )
     return {project_id: (rpm, tpm) for project_id, rpm, tpm in (await session.execute(query)).all()}
-
-
-async def load_budgeted_orgs(session: AsyncSession) -> frozenset[str]:
-    """Organisations with at least one budget: only their requests pay for a reservation."""
-    return frozenset((await session.execute(select(BudgetRow.org_id).distinct())).scalars())
 
 
 async def replica_states(session: AsyncSession) -> dict[str, int]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import InvalidRequestError
@@ -48,10 +48,28 @@ class Settlement:
     energy_source: str | None = None
 
 
-async def open_record(session: AsyncSession, *, record: UsageRecordRow) -> None:
-    record.status = OPEN
-    session.add(record)
-    await session.flush()
+_RECORDS: Table = UsageRecordRow.__table__  # type: ignore[assignment]
+_SETTLED_COLUMNS = (*Settlement.__dataclass_fields__, "settled_at")
+# Built once: the hot path only binds values (SQLAlchemy caches the compiled form).
+_OPEN_STATEMENT = insert(_RECORDS)
+_SETTLE_STATEMENT = (
+    update(_RECORDS)
+    .where(_RECORDS.c.id == bindparam("record_id"), _RECORDS.c.status == OPEN)
+    .values({column: bindparam(f"new_{column}") for column in _SETTLED_COLUMNS})
+)
+_RECORD_DEFAULTS = {
+    "status": OPEN, "error": "", "prompt_tokens": 0, "completion_tokens": 0, "tokens_counted_by": "engine",
+    "cost": 0.0, "reserved_tokens": 0, "reserved_cost": 0.0, "reserved_energy_j": 0.0, "ledger_ids": [],
+    "deployment_id": None, "replica_id": None, "node_id": None, "datacenter_id": None, "country": None,
+    "operator_country": None, "certifications": None, "jurisdictions": None, "latency_ms": None,
+    "ttft_ms": None, "currency": None, "energy_estimate_j": None, "energy_j": None, "co2e_g": None,
+    "energy_source": None, "settled_at": None,
+}  # fmt: skip
+
+
+async def open_record(session: AsyncSession, *, values: dict[str, Any]) -> None:
+    """Insert a usage record in state `open` (the caller's transaction commits it)."""
+    await session.execute(_OPEN_STATEMENT, [{**_RECORD_DEFAULTS, "created_at": utcnow(), **values}])
 
 
 async def settle_record(
@@ -64,11 +82,9 @@ async def settle_record(
     """Settle once, and move its budget reservation to `used` in the same transaction.
     `reservation` (ledger ids, amounts) saves reading it back when the caller knows it.
     Returns False when the record was already settled."""
-    result = await session.execute(
-        update(UsageRecordRow)
-        .where(UsageRecordRow.id == record_id, UsageRecordRow.status == OPEN)
-        .values(**settlement.__dict__, settled_at=utcnow())
-    )
+    params = {f"new_{name}": value for name, value in settlement.__dict__.items()}
+    params |= {"new_settled_at": utcnow(), "record_id": record_id}
+    result = await session.execute(_SETTLE_STATEMENT, params)
     if not result.rowcount:  # type: ignore[attr-defined]
         return False
     if reservation is None:
