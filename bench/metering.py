@@ -217,6 +217,7 @@ def direct_state(settings: Settings, pooled: object, sessions: object) -> AppSta
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from souverain.gateway.auditing import AuditTrail
+    from souverain.gateway.journal import UsageJournal
     from souverain.gateway.metrics import Metrics
     from souverain.gateway.ratelimit import RateLimiter
     from souverain.gateway.routing import RouteTable
@@ -236,6 +237,7 @@ def direct_state(settings: Settings, pooled: object, sessions: object) -> AppSta
         limiter=RateLimiter("memory://"),
         metrics=Metrics(routes),
         audit_trail=AuditTrail(sessions),  # type: ignore[arg-type]
+        journal=UsageJournal(Path(tempfile.mkdtemp()), sessions),  # type: ignore[arg-type]
     )
 
 

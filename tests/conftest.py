@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -145,6 +146,28 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval_s)
+
+
+async def usage_records(
+    sessions: async_sessionmaker[AsyncSession], expected: int, **where: object
+) -> list[Any]:
+    """Wait until `expected` settled usage records match `where` (usage reaches the
+    database in batches, a few milliseconds after the answer), then return them."""
+    from sqlalchemy import select
+
+    from souverain.db.tables import UsageRecordRow
+
+    found: list[Any] = []
+
+    async def settled() -> bool:
+        nonlocal found
+        query = select(UsageRecordRow).filter_by(**where)
+        async with sessions() as session:
+            found = list((await session.execute(query)).scalars())
+        return len(found) >= expected and all(r.status != "open" for r in found)
+
+    await wait_until(settled, timeout_s=10)
+    return found
 
 
 async def _listed(client: httpx.AsyncClient, name: str) -> bool:

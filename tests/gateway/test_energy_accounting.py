@@ -14,7 +14,7 @@ from souverain.core.fleet import ReplicaStatus
 from souverain.core.roles import Role
 from souverain.db.tables import CarbonIntensityRow, EnergyIntervalRow, ReplicaRow, UsageRecordRow
 from souverain.energy.carbon import hour_of
-from tests.conftest import Platform
+from tests.conftest import Platform, usage_records
 
 
 class FakeClock:
@@ -47,18 +47,9 @@ async def serve(platform: Platform, count: int) -> tuple[str, str]:
                 "max_tokens": 2 + i,
             }
             assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
-    async with platform.sessions() as session:
-        replica_id = (
-            (
-                await session.execute(
-                    select(UsageRecordRow.replica_id).where(UsageRecordRow.model == model)
-                )
-            )
-            .scalars()
-            .first()
-        )
-    assert replica_id
-    return model, replica_id
+    [first, *_] = await usage_records(platform.sessions, count, model=model)
+    assert first.replica_id
+    return model, first.replica_id
 
 
 async def replica(platform: Platform, replica_id: str) -> ReplicaRow:

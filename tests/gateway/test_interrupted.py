@@ -16,7 +16,7 @@ from sqlalchemy import select
 from souverain.core.roles import Role
 from souverain.db.tables import BudgetLedgerRow, BudgetRow, UsageRecordRow
 from souverain.testing.live import free_port
-from tests.conftest import MASTER_KEY, Platform, wait_until
+from tests.conftest import MASTER_KEY, Platform, usage_records, wait_until
 
 
 def start_server(platform: Platform, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
@@ -97,6 +97,56 @@ async def test_sigkill_mid_stream_is_settled_interrupted_at_restart(
             and settled.settled_at is not None
         )
         assert ledger.reserved_tokens == 0 and ledger.used_tokens == record.reserved_tokens
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(30)
+
+
+async def test_sigkill_loses_no_usage_of_requests_without_a_budget(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """Usage reaches the database in batches, through a journal that survives the process."""
+    model = await platform.served_model()
+    tenant = await platform.factory.tenant(roles={"u": Role.MEMBER})
+    key = await platform.factory.member_key(tenant, "u", Role.MEMBER)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(platform, port, tmp_path)
+    try:
+        await wait_until(lambda: ready(url), timeout_s=60, interval_s=0.2)
+        await asyncio.sleep(0.5)
+        headers = {"Authorization": f"Bearer {key.key}"}
+        async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+            done = await client.post(
+                f"{url}/v1/chat/completions",
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": "one two"}],
+                    "max_tokens": 3,
+                },
+            )
+            assert done.status_code == 200
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": "#slow"}],
+                "max_tokens": 16,
+                "stream": True,
+            }
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        server.send_signal(
+                            signal.SIGKILL
+                        )  # the answered request may not be written yet
+                        break
+        server.wait(10)
+        server = start_server(platform, port, tmp_path)
+        await wait_until(lambda: ready(url), timeout_s=60, interval_s=0.2)
+        records = await usage_records(platform.sessions, 2, key_id=key.id)
+        by_status = {r.status: r for r in records}
+        assert set(by_status) == {"ok", "interrupted"}
+        assert (by_status["ok"].prompt_tokens, by_status["ok"].completion_tokens) == (2, 3)
     finally:
         if server.poll() is None:
             server.terminate()

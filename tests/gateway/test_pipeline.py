@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from souverain.core.roles import Role
 from souverain.db.tables import UsageRecordRow
-from tests.conftest import Platform, wait_until
+from tests.conftest import Platform, usage_records, wait_until
 
 
 async def member(platform: Platform) -> tuple[str, str]:
@@ -60,6 +60,7 @@ class TestBounds:
         assert error["type"] == "invalid_request_error"
         assert error["param"].startswith(param)
         assert len(platform.stand_in.requests) == before
+        await asyncio.sleep(0.3)  # longer than a usage batch takes to reach the database
         assert await records(platform, key_id) == []
 
     async def test_oversized_body_is_413(self, platform: Platform) -> None:
@@ -118,7 +119,7 @@ class TestMetering:
                 "/v1/chat/completions", json=chat(model, "one two three", max_tokens=5, stream=True)
             )
             assert streamed.status_code == 200
-        rows = await records(platform, key_id)
+        rows = await usage_records(platform.sessions, 2, key_id=key_id)
         assert len(rows) == 2
         assert {r.status for r in rows} == {"ok"}
         assert {(r.prompt_tokens, r.completion_tokens) for r in rows} == {(3, 5)}
@@ -158,7 +159,7 @@ class TestMetering:
             response = await client.post("/v1/chat/completions", json=chat(model, "#fail-500"))
         assert response.status_code == 502
         assert response.json()["error"]["type"] == "upstream_error"
-        [row] = await records(platform, key_id)
+        [row] = await usage_records(platform.sessions, 1, key_id=key_id)
         assert row.status == "upstream_error"
 
     async def test_broken_stream_is_reported_and_metered_with_delivered_tokens(
@@ -171,7 +172,7 @@ class TestMetering:
                 "/v1/chat/completions", json=chat(model, "#break-stream", stream=True)
             )
         assert '"upstream_error"' in response.text
-        [row] = await records(platform, key_id)
+        [row] = await usage_records(platform.sessions, 1, key_id=key_id)
         assert row.status == "upstream_error"
         assert row.completion_tokens == 2 and row.tokens_counted_by == "gateway"
 
@@ -211,7 +212,7 @@ class TestMetering:
                 )
             )
         assert all(r.status_code == 200 for r in results)
-        rows = await records(platform, key_id)
+        rows = await usage_records(platform.sessions, 20, key_id=key_id)
         assert len(rows) == 20 and all(r.status == "ok" for r in rows)
         assert len({r.id for r in rows}) == 20
 

@@ -17,7 +17,7 @@ from souverain.core.roles import Role
 from souverain.db.tables import BudgetLedgerRow, UsageRecordRow
 from souverain.testing.factories import Tenant
 from souverain.testing.live import LiveServer
-from tests.conftest import Platform, wait_until
+from tests.conftest import Platform, usage_records, wait_until
 
 
 def chat(model: str, text: str = "hi", **extra: object) -> dict[str, object]:
@@ -223,6 +223,7 @@ class TestPricesAndInvoices:
                 assert ok.status_code == 200
                 assert float(ok.headers["x-souverain-energy-joules"]) > 0
                 assert float(ok.headers["x-souverain-co2e-grams"]) > 0
+            await usage_records(platform.sessions, 2, org_id=tenant.org_id)
             period = datetime.now(UTC).strftime("%Y-%m")
             invoice = (await client.get(f"/api/orgs/{tenant.org_name}/invoices/{period}")).json()
             csv_text = (

@@ -11,7 +11,7 @@ from souverain.core.roles import Role
 from souverain.db.tables import UsageRecordRow
 from souverain.testing.factories import Tenant
 from souverain.testing.live import free_port
-from tests.conftest import Platform, wait_until
+from tests.conftest import Platform, usage_records, wait_until
 
 
 def chat(model: str) -> dict[str, object]:
@@ -106,12 +106,7 @@ class TestSovereignRouting:
         async with platform.client(key) as client:
             response = await client.post("/v1/chat/completions", json=chat(model))
         assert response.status_code == 200
-        async with platform.sessions() as session:
-            [record] = (
-                await session.execute(
-                    select(UsageRecordRow).where(UsageRecordRow.org_id == tenant.org_id)
-                )
-            ).scalars()
+        [record] = await usage_records(platform.sessions, 1, org_id=tenant.org_id)
         assert (record.datacenter_id, record.country, record.operator_country) == (
             "fr-test",
             "FR",

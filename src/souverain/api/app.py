@@ -15,6 +15,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
@@ -42,6 +43,7 @@ from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.gateway import errors
 from souverain.gateway import routes as gateway_routes
 from souverain.gateway.auditing import AuditTrail
+from souverain.gateway.journal import UsageJournal
 from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
@@ -95,6 +97,7 @@ def create_app(
         finally:
             if state.pending_settlements:  # usage records of answers already sent
                 await asyncio.wait(state.pending_settlements, timeout=30)
+            await state.journal.stop()
             stop_trail.set()
             await trail  # writes what the last window counted
 
@@ -137,12 +140,19 @@ def create_app(
     return app
 
 
+def journal_directory(settings: Settings, server_id: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-." else "-" for c in server_id)
+    return settings.data_dir / "journal" / safe
+
+
 async def _start(settings: Settings, on_first_key: Callable[[str], None] | None) -> AppState:
     ensure_data_dir(settings)
     engine = create_engine(settings.sqlalchemy_url)
     await upgrade(engine)
     sessions = session_factory(engine)
     server_id = f"{socket.gethostname()}:{settings.port}"
+    journal = UsageJournal(journal_directory(settings, server_id), sessions)
+    await journal.start()  # replays what a killed predecessor left
     async with sessions.begin() as session:
         interrupted = await usage_service.settle_interrupted(session, server_id=server_id)
         first_key = await bootstrap.ensure_operator_key(session)
@@ -170,4 +180,5 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         limiter=RateLimiter(settings.rate_limit_storage),
         metrics=Metrics(routes),
         audit_trail=AuditTrail(sessions, window_s=settings.audit_window_s),
+        journal=journal,
     )

@@ -35,6 +35,7 @@ class Admission:
     reserved: Amounts = field(default_factory=Amounts)
     ledger_ids: list[str] = field(default_factory=list)
     rate_headers: dict[str, str] = field(default_factory=dict)
+    journaled: bool = False  # opened through the usage journal, not the database
 
 
 def prompt_bound(body: dict[str, Any]) -> int:
@@ -109,19 +110,22 @@ async def admit(
     admission = Admission(
         record_id=record["id"], project_id=project_id, price=price, rate_headers=rate_headers
     )
+    applicable = state.routes.budgets_for(principal.org_id, project_id)
+    if not applicable:
+        state.journal.open(record)  # reaches the database in the next batch
+        admission.journaled = True
+        return admission
     async with state.sessions.begin() as session:
-        applicable = state.routes.budgets_for(principal.org_id, project_id)
-        if applicable:
-            now = utcnow()
-            ledger_ids = await _ledgers(state, session, applicable, budgets.period_of(now))
-            await budgets.reserve(session, ledger_ids=ledger_ids, amounts=amounts, now=now)
-            admission.reserved, admission.ledger_ids = amounts, ledger_ids
-            record = record | {
-                "ledger_ids": ledger_ids,
-                "reserved_tokens": amounts.tokens,
-                "reserved_cost": amounts.cost,
-                "reserved_energy_j": amounts.energy_j,
-            }
+        now = utcnow()
+        ledger_ids = await _ledgers(state, session, applicable, budgets.period_of(now))
+        await budgets.reserve(session, ledger_ids=ledger_ids, amounts=amounts, now=now)
+        admission.reserved, admission.ledger_ids = amounts, ledger_ids
+        record = record | {
+            "ledger_ids": ledger_ids,
+            "reserved_tokens": amounts.tokens,
+            "reserved_cost": amounts.cost,
+            "reserved_energy_j": amounts.energy_j,
+        }
         await usage.open_record(session, values=record)
     return admission
 

@@ -286,8 +286,12 @@ async def _complete(
 
 
 def settle_soon(call: Call, settlement: Settlement, route: ReplicaRoute | None) -> None:
-    """Settle in a task of its own; the server waits for pending ones before it stops.
-    If the process dies first, the record is settled `interrupted` at the next start."""
+    """Settle without making the client wait: through the journal at once, or in a task of
+    its own (the server waits for pending ones before it stops). If the process dies
+    first, the record is settled `interrupted` at the next start."""
+    if call.admission is not None and call.admission.journaled:
+        call.state.journal.settle(call.record_id, prepare(call, settlement, route).__dict__)
+        return
     task = asyncio.get_running_loop().create_task(_settle(call, settlement, route))
     pending = call.state.pending_settlements
     pending.add(task)
@@ -452,18 +456,25 @@ def energy_headers(settlement: Settlement, route: ReplicaRoute) -> dict[str, str
     }
 
 
-async def _settle(call: Call, settlement: Settlement, route: ReplicaRoute | None) -> None:
+def prepare(call: Call, settlement: Settlement, route: ReplicaRoute | None) -> Settlement:
     if route is not None and settlement.energy_estimate_j is None:
         settlement = metered(call, route, settlement)
     call.state.metrics.observe(model=call.model.name, endpoint=call.endpoint, settlement=settlement)
+    return settlement
+
+
+async def _settle(call: Call, settlement: Settlement, route: ReplicaRoute | None) -> None:
+    settlement = prepare(call, settlement, route)
+    admitted = call.admission
+    if admitted is not None and admitted.journaled:
+        call.state.journal.settle(call.record_id, settlement.__dict__)
+        return
     try:
         async with call.state.sessions.begin() as session:
-            admitted = call.admission
             reservation = (admitted.ledger_ids, admitted.reserved) if admitted is not None else None
             await usage.settle_record(
                 session, record_id=call.record_id, settlement=settlement, reservation=reservation
             )
-
     except Exception:
         log.exception(
             "settling usage record %s failed; it will be settled as interrupted", call.record_id

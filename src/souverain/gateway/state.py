@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from souverain.gateway.auditing import AuditTrail
+from souverain.gateway.journal import UsageJournal
 from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
@@ -31,6 +32,7 @@ class AppState:
     limiter: RateLimiter
     metrics: Metrics
     audit_trail: AuditTrail
+    journal: UsageJournal
     default_projects: dict[str, str] = field(default_factory=dict)
     ledger_ids: dict[tuple[str, str], str] = field(
         default_factory=dict

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, Table, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import InvalidRequestError
@@ -57,7 +59,9 @@ _SETTLE_STATEMENT = (
     .where(_RECORDS.c.id == bindparam("record_id"), _RECORDS.c.status == OPEN)
     .values({column: bindparam(f"new_{column}") for column in _SETTLED_COLUMNS})
 )
+_SETTLEMENT_DEFAULTS = Settlement(status="ok").__dict__
 _RECORD_DEFAULTS = {
+
     "status": OPEN, "error": "", "prompt_tokens": 0, "completion_tokens": 0, "tokens_counted_by": "engine",
     "cost": 0.0, "reserved_tokens": 0, "reserved_cost": 0.0, "reserved_energy_j": 0.0, "ledger_ids": [],
     "deployment_id": None, "replica_id": None, "node_id": None, "datacenter_id": None, "country": None,
@@ -70,6 +74,31 @@ _RECORD_DEFAULTS = {
 async def open_record(session: AsyncSession, *, values: dict[str, Any]) -> None:
     """Insert a usage record in state `open` (the caller's transaction commits it)."""
     await session.execute(_OPEN_STATEMENT, [{**_RECORD_DEFAULTS, "created_at": utcnow(), **values}])
+
+
+async def insert_records(
+    session: AsyncSession, *, records: list[dict[str, Any]], if_absent: bool
+) -> None:
+    """Insert records (open, or already settled); `if_absent` skips ids already stored."""
+    rows = [{**_RECORD_DEFAULTS, **record} for record in records]
+    if not if_absent:
+        await session.execute(_OPEN_STATEMENT, rows)
+        return
+    dialect = session.get_bind().dialect.name
+    insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(insert_for(_RECORDS).on_conflict_do_nothing(index_elements=["id"]), rows)
+
+
+async def settle_fields(
+    session: AsyncSession, *, record_id: str, fields: dict[str, Any], settled_at: datetime
+) -> bool:
+    """A journaled settlement: the same guarded UPDATE as `settle_record`, no budget."""
+    params = {
+        f"new_{name}": fields.get(name, default) for name, default in _SETTLEMENT_DEFAULTS.items()
+    }
+    params |= {"new_settled_at": settled_at, "record_id": record_id}
+    result = await session.execute(_SETTLE_STATEMENT, params)
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def settle_record(

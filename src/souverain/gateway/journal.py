@@ -1,0 +1,180 @@
+"""The usage journal: usage records leave the request path and reach the database in batches.
+
+Opening and settling a usage record are appended, as JSON lines, to a journal file of this
+server process (one `write` to a file opened O_APPEND: the kernel holds the bytes even if
+the process is killed the next instant) and queued in memory. A writer task applies the
+queue to the database in one transaction every few milliseconds (an open and its
+settlement in the same batch become one INSERT), then deletes the journal files the batch
+covered. At start, a server replays what a killed predecessor left in its journal (opens
+inserted once, settlements applied once), so a SIGKILL loses nothing; records still open
+afterwards are then settled `interrupted`.
+
+Requests of organisations with a budget do not use the journal for their opening: their
+reservation must be taken atomically in the database before the engine is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from souverain.db.tables import utcnow
+from souverain.services import usage
+
+log = logging.getLogger(__name__)
+
+Entry = dict[str, Any]
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$t": value.isoformat()}
+    return value
+
+
+def _decode(entry: Entry) -> Entry:
+    return {
+        k: datetime.fromisoformat(v["$t"]) if isinstance(v, dict) and "$t" in v else v
+        for k, v in entry.items()
+    }
+
+
+class UsageJournal:
+    def __init__(
+        self, directory: Path, sessions: async_sessionmaker[AsyncSession], *, flush_s: float = 0.02
+    ) -> None:
+        self._directory = directory
+        self._sessions = sessions
+        self._flush_s = flush_s
+        self._queue: list[Entry] = []
+        self._wake = asyncio.Event()
+        self._generation = 0
+        self._fd: int | None = None
+        self._files: list[Path] = []  # files holding entries not yet in the database
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.failures = 0
+
+    # the request path
+
+    def open(self, record: dict[str, Any]) -> None:
+        self._append({"op": "open", **record, "created_at": utcnow()})
+
+    def settle(self, record_id: str, values: dict[str, Any]) -> None:
+        self._append({"op": "settle", "id": record_id, **values, "settled_at": utcnow()})
+
+    def _append(self, entry: Entry) -> None:
+        line = json.dumps({k: _encode(v) for k, v in entry.items()}, separators=(",", ":")) + "\n"
+        os.write(self._current_fd(), line.encode())
+        self._queue.append(entry)
+        self._wake.set()
+
+    def _current_fd(self) -> int:
+        if self._fd is None:
+            self._generation += 1
+            path = self._directory / f"usage-{os.getpid()}-{self._generation:08d}.jsonl"
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._files.append(path)
+        return self._fd
+
+    # the writer
+
+    async def start(self) -> int:
+        """Replay what a previous process left, then start writing. Returns entries replayed."""
+        self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        replayed = await self.replay()
+        self._writer = asyncio.get_running_loop().create_task(self._run())
+        return replayed
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+        await self._flush()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self._flush_s)  # let a batch gather
+            try:
+                await self._flush()
+            except Exception:
+                self.failures += 1
+                log.exception(
+                    "writing usage records failed; they stay in the journal and will be retried"
+                )
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    async def _flush(self) -> None:
+        if not self._queue:
+            return
+        batch, covered = self._queue, self._files
+        self._queue, self._files = [], []
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            async with self._sessions.begin() as session:
+                await apply(session, batch)
+        except BaseException:
+            self._queue = batch + self._queue  # retried with what came since
+            self._files = covered + self._files
+            raise
+        for path in covered:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    async def replay(self) -> int:
+        leftovers = sorted(self._directory.glob("usage-*.jsonl"))
+        entries = list(_read(leftovers))
+        if entries:
+            async with self._sessions.begin() as session:
+                await apply(session, entries, replaying=True)
+            log.warning("replayed %d usage journal entries left by a stopped server", len(entries))
+        for path in leftovers:
+            path.unlink()
+        return len(entries)
+
+
+def _read(paths: list[Path]) -> Iterator[Entry]:
+    for path in paths:
+        for line in path.read_text().splitlines():
+            try:
+                yield _decode(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by the crash: its request never reached the engine
+
+
+async def apply(session: AsyncSession, entries: list[Entry], *, replaying: bool = False) -> None:
+    """Opens become INSERTs (merged with their settlement when both are here); other
+    settlements are guarded UPDATEs, so nothing is counted twice, also when replaying."""
+    opens: dict[str, Entry] = {}
+    settles: list[Entry] = []
+    for entry in entries:
+        fields = {k: v for k, v in entry.items() if k != "op"}
+        if entry["op"] == "open":
+            opens[fields["id"]] = fields
+        elif fields["id"] in opens and not replaying:
+            opens[fields["id"]] |= fields | {"status": fields["status"]}
+        else:
+            settles.append(fields)
+    if opens:
+        await usage.insert_records(session, records=list(opens.values()), if_absent=replaying)
+    for fields in settles:
+        record_id = fields.pop("id")
+        settled_at = fields.pop("settled_at")
+        await usage.settle_fields(
+            session, record_id=record_id, fields=fields, settled_at=settled_at
+        )
