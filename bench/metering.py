@@ -221,6 +221,7 @@ def direct_state(settings: Settings, pooled: object, sessions: object) -> AppSta
     from souverain.gateway.metrics import Metrics
     from souverain.gateway.ratelimit import RateLimiter
     from souverain.gateway.routing import RouteTable
+    from souverain.gateway.upstream import Upstream
     from souverain.services.auth import KeyCache
 
     routes = RouteTable()
@@ -230,7 +231,7 @@ def direct_state(settings: Settings, pooled: object, sessions: object) -> AppSta
         sessions=sessions,  # type: ignore[arg-type]
         keys=KeyCache(sessions, ttl_s=2.0),  # type: ignore[arg-type]
         routes=routes,
-        upstream=httpx.AsyncClient(),
+        upstream=Upstream(timeout_s=60),
         master_key=MASTER.encode(),
         server_id="bench",
         signing_key=Ed25519PrivateKey.generate(),

@@ -20,7 +20,7 @@ import pytest
 
 from souverain.core.roles import Role
 from souverain.testing.factories import unique
-from tests.conftest import Platform
+from tests.conftest import Platform, wait_until
 from tests.security.helpers import (
     after_server_error,
     assert_openai_error,
@@ -327,6 +327,7 @@ class TestInferenceBodies:
                 chunked=case.chunked,
             )
         assert len(platform.stand_in.requests) == engine_before, "the engine was reached"
+        await asyncio.sleep(0.1)  # a usage record would have reached the database by now
         assert await usage_count(platform, target.member_key_id) == usage_before
         error = assert_openai_error(response, case.status)
         assert error["type"] == "invalid_request_error"
@@ -343,7 +344,11 @@ class TestInferenceBodies:
                     client, path, json.dumps(base(endpoint, target)).encode(), content_type=JSON
                 )
                 assert response.status_code == 200, (endpoint, response.text)
-        assert await usage_count(platform, target.member_key_id) == usage_before + 3
+
+        async def metered() -> bool:  # usage reaches the database a few milliseconds later
+            return await usage_count(platform, target.member_key_id) == usage_before + 3
+
+        await wait_until(metered, timeout_s=5)
 
 
 # -------------------------------------------------------------------------- /api

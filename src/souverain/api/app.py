@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI
 from prometheus_client import start_http_server
 
@@ -48,6 +47,7 @@ from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.state import AppState
+from souverain.gateway.upstream import Upstream
 from souverain.services import bootstrap, signing
 from souverain.services import usage as usage_service
 from souverain.services.auth import KeyCache
@@ -105,7 +105,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
 
-            await state.upstream.aclose()
+            await state.upstream.close()
             await state.engine.dispose()
 
     app = FastAPI(
@@ -170,10 +170,7 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         sessions=sessions,
         keys=KeyCache(sessions, ttl_s=settings.key_cache_ttl_s),
         routes=routes,
-        upstream=httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-        ),
+        upstream=Upstream(timeout_s=settings.upstream_timeout_s),
         master_key=load_master_key(settings),
         server_id=server_id,
         signing_key=signing.load_or_create(settings.signing_key_path),

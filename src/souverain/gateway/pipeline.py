@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
-import httpx
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -35,7 +34,7 @@ from souverain.core.jurisdictions import jurisdictions_of
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.energy.attribution import co2e_grams
-from souverain.gateway import admission
+from souverain.gateway import admission, upstream
 from souverain.gateway.admission import Admission
 from souverain.gateway.state import AppState
 from souverain.services import projects, usage
@@ -193,31 +192,26 @@ async def _default_project(state: AppState, org_id: str) -> str | None:
     return state.default_projects.get(org_id)
 
 
-async def _send(call: Call, routes: list[ReplicaRoute]) -> tuple[ReplicaRoute, httpx.Response]:
+async def _send(call: Call, routes: list[ReplicaRoute]) -> tuple[ReplicaRoute, upstream.Response]:
     """Send to the least busy replica; on a refused connection, try the next compliant one."""
     tried: set[str] = set()
-    content = call.content
-
     while (route := call.state.routes.pick(routes, exclude=tried)) is not None:
         tried.add(route.replica_id)
         secret = replica_secret(call.state.master_key, route.replica_id)
-        upstream = call.state.upstream.build_request(
-            "POST",
-            route.url + PATHS[call.endpoint],
-            content=content,
-            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
-        )
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
         call.state.routes.outstanding[route.replica_id] += 1
         try:
-            response = await call.state.upstream.send(upstream, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
+            response = await call.state.upstream.post(
+                route.url + PATHS[call.endpoint], call.content, headers
+            )
+        except upstream.Refused:
             call.state.routes.outstanding[route.replica_id] -= 1
             log.warning("replica %s refused the connection; trying another", route.replica_id)
             continue
         except BaseException:
             call.state.routes.outstanding[route.replica_id] -= 1
             raise
-        if response.status_code >= 400:
+        if response.status >= 400:
             call.state.routes.outstanding[route.replica_id] -= 1
             raise await _upstream_error(response)
         return route, response
@@ -226,13 +220,15 @@ async def _send(call: Call, routes: list[ReplicaRoute]) -> tuple[ReplicaRoute, h
     )
 
 
-async def _upstream_error(response: httpx.Response) -> SouverainError:
+async def _upstream_error(response: upstream.Response) -> SouverainError:
     try:
-        raw = await response.aread()
+        raw = await response.read()
+    except upstream.Broken:
+        raw = b""
     finally:
-        await response.aclose()
-    message = _engine_message(raw) or f"engine answered HTTP {response.status_code}"
-    if 400 <= response.status_code < 500 and response.status_code not in (401, 403):
+        response.close()
+    message = _engine_message(raw) or f"engine answered HTTP {response.status}"
+    if 400 <= response.status < 500 and response.status not in (401, 403):
         return InvalidRequestError(message)
     return UpstreamError(f"The model engine failed: {message}")
 
@@ -250,7 +246,7 @@ def _engine_message(raw: bytes) -> str:
 
 
 async def _complete(
-    call: Call, route: ReplicaRoute, response: httpx.Response, request: Request
+    call: Call, route: ReplicaRoute, response: upstream.Response, request: Request
 ) -> Response:
     settlement = _base_settlement(route)
     try:
@@ -273,14 +269,13 @@ async def _complete(
         headers = _headers(call, route) | energy_headers(settlement, route)
         return Response(raw, media_type="application/json", headers=headers)
 
-    except (httpx.HTTPError, ValueError) as error:
+    except (upstream.Broken, ValueError) as error:
         settlement = replace(settlement, status="upstream_error", error=type(error).__name__)
         raise UpstreamError("The model engine broke off the response.") from error
     finally:
         call.state.routes.outstanding[route.replica_id] -= 1
         elapsed = (time.perf_counter() - call.started) * 1000
-        with anyio.CancelScope(shield=True):
-            await response.aclose()
+        response.close()
         # Settled beside the answer, not before it: the client does not wait for the write.
         settle_soon(call, replace(settlement, latency_ms=elapsed, ttft_ms=elapsed), route)
 
@@ -298,9 +293,9 @@ def settle_soon(call: Call, settlement: Settlement, route: ReplicaRoute | None) 
     task.add_done_callback(pending.discard)
 
 
-async def _read_unless_disconnected(response: httpx.Response, request: Request) -> bytes | None:
+async def _read_unless_disconnected(response: upstream.Response, request: Request) -> bytes | None:
     """Read the engine's answer; None if the client went away first (the read is cancelled)."""
-    read = asyncio.ensure_future(response.aread())
+    read = asyncio.ensure_future(response.read())
     gone = asyncio.ensure_future(_wait_disconnect(request))
     try:
         done, _ = await asyncio.wait({read, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -317,7 +312,9 @@ async def _wait_disconnect(request: Request) -> None:
         pass
 
 
-async def _relay(call: Call, route: ReplicaRoute, response: httpx.Response) -> AsyncIterator[bytes]:
+async def _relay(
+    call: Call, route: ReplicaRoute, response: upstream.Response
+) -> AsyncIterator[bytes]:
     settlement = replace(
         _base_settlement(route), status="upstream_error", error="stream ended early"
     )
@@ -325,7 +322,7 @@ async def _relay(call: Call, route: ReplicaRoute, response: httpx.Response) -> A
     ttft: float | None = None
     reported: dict[str, Any] | None = None
     try:
-        async for line in response.aiter_lines():
+        async for line in response.lines():
             if not line.startswith("data:"):
                 continue
             payload = line[5:].strip()
@@ -351,15 +348,15 @@ async def _relay(call: Call, route: ReplicaRoute, response: httpx.Response) -> A
     except asyncio.CancelledError:
         settlement = replace(settlement, status="client_cancelled", error="client disconnected")
         raise
-    except httpx.HTTPError as error:
-        settlement = replace(settlement, status="upstream_error", error=type(error).__name__)
+    except upstream.Broken as error:
+        settlement = replace(settlement, status="upstream_error", error=str(error))
         yield _stream_error("The model engine broke off the stream.")
     finally:
         call.state.routes.outstanding[route.replica_id] -= 1
         settlement = _stream_tokens(settlement, reported, chunks)
         elapsed = (time.perf_counter() - call.started) * 1000
+        response.close()
         with anyio.CancelScope(shield=True):
-            await response.aclose()
             await _settle(call, replace(settlement, latency_ms=elapsed, ttft_ms=ttft), route)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -14,6 +13,7 @@ from souverain.gateway.journal import UsageJournal
 from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
+from souverain.gateway.upstream import Upstream
 from souverain.services.auth import KeyCache
 from souverain.settings import Settings
 
@@ -25,7 +25,7 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     keys: KeyCache
     routes: RouteTable
-    upstream: httpx.AsyncClient
+    upstream: Upstream
     master_key: bytes
     server_id: str
     signing_key: Ed25519PrivateKey
