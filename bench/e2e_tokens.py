@@ -2,10 +2,11 @@
 first token through souverain versus straight to the llama.cpp engine, same prompt, same
 run, alternating order.
 
-    python bench/e2e_tokens.py [--rounds 8] [--max-tokens 128] [--concurrency 1]
+    python bench/e2e_tokens.py [--rounds 8] [--max-tokens 128] [--concurrency 1 4]
 
-Prints medians and the ratio souverain / direct (1.00 means no cost). Traffic stays on
-this machine; every loop is bounded.
+Prints medians and the ratio souverain / direct (1.00 means no cost); at concurrency > 1
+also the aggregate tokens/s of the parallel streams (llama.cpp serves one request at a
+time, so they queue). Traffic stays on this machine; every loop is bounded.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ async def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,31 +146,69 @@ async def main() -> None:
             engine_key = replica_secret(
                 (data_dir / "secret.key").read_text().strip().encode(), replica_id
             )
-            direct: list[Sample] = []
-            gateway: list[Sample] = []
+            results = {}
             async with httpx.AsyncClient(timeout=300) as client:
                 await stream_once(client, engine_url, engine_key, 8)  # warm both paths
                 await stream_once(client, url, key, 8)
-                for round_ in range(args.rounds):
-                    order = [(direct, engine_url, engine_key), (gateway, url, key)]
-                    for samples, target, secret in order if round_ % 2 == 0 else order[::-1]:
-                        samples.append(await stream_once(client, target, secret, args.max_tokens))
+                for concurrency in args.concurrency:
+                    results[concurrency] = await compare(
+                        client,
+                        [(engine_url, engine_key), (url, key)],
+                        args.rounds,
+                        args.max_tokens,
+                        concurrency,
+                    )
         finally:
             process.send_signal(signal.SIGINT)
             process.wait(60)
 
-    def med(samples: list[Sample], attr: str) -> float:
-        return statistics.median(getattr(s, attr) for s in samples)
+    for concurrency, ((direct, direct_rate), (gateway, gateway_rate)) in results.items():
+        report(
+            concurrency, args.rounds, args.max_tokens, direct, gateway, direct_rate, gateway_rate
+        )
 
-    print(f"single stream, {args.rounds} rounds, max_tokens={args.max_tokens}, medians:")
-    print(f"  {'':22}{'direct':>10}{'souverain':>12}{'ratio':>8}")
+
+async def compare(
+    client: httpx.AsyncClient,
+    targets: list[tuple[str, str]],
+    rounds: int,
+    max_tokens: int,
+    concurrency: int,
+) -> list[tuple[list[Sample], float]]:
+    """Alternate the targets round by round; each round runs `concurrency` streams at once."""
+    samples: list[list[Sample]] = [[] for _ in targets]
+    tokens = [0 for _ in targets]
+    seconds = [0.0 for _ in targets]
+    for round_ in range(rounds):
+        order = list(range(len(targets)))
+        for index in order if round_ % 2 == 0 else order[::-1]:
+            url, secret = targets[index]
+            started = time.perf_counter()
+            batch = await asyncio.gather(
+                *(stream_once(client, url, secret, max_tokens) for _ in range(concurrency))
+            )
+            seconds[index] += time.perf_counter() - started
+            tokens[index] += sum(s.tokens for s in batch)
+            samples[index] += batch
+    return [(samples[i], tokens[i] / seconds[i]) for i in range(len(targets))]
+
+
+def report(
+    concurrency: int, rounds: int, max_tokens: int, direct: list[Sample], gateway: list[Sample],
+    direct_rate: float, gateway_rate: float,
+) -> None:  # fmt: skip
+    def med(samples: list[Sample], attr: str) -> float:
+        return float(statistics.median(getattr(s, attr) for s in samples))
+
+    print(f"concurrency {concurrency}, {rounds} rounds, max_tokens={max_tokens}, medians:")
+    print(f"  {'':26}{'direct':>10}{'souverain':>12}{'ratio':>8}")
     d_tps, g_tps = med(direct, "tokens_per_s"), med(gateway, "tokens_per_s")
     d_ttft, g_ttft = med(direct, "ttft_s") * 1000, med(gateway, "ttft_s") * 1000
-    print(f"  {'tokens/s':22}{d_tps:10.1f}{g_tps:12.1f}{g_tps / d_tps:8.3f}")
-    print(f"  {'time to first token ms':22}{d_ttft:10.1f}{g_ttft:12.1f}{g_ttft / d_ttft:8.3f}")
+    print(f"  {'tokens/s per stream':26}{d_tps:10.1f}{g_tps:12.1f}{g_tps / d_tps:8.3f}")
     print(
-        f"  tokens per answer: direct {med(direct, 'tokens'):.0f}, souverain {med(gateway, 'tokens'):.0f}"
+        f"  {'tokens/s, all streams':26}{direct_rate:10.1f}{gateway_rate:12.1f}{gateway_rate / direct_rate:8.3f}"
     )
+    print(f"  {'time to first token ms':26}{d_ttft:10.1f}{g_ttft:12.1f}{g_ttft / d_ttft:8.3f}")
 
 
 if __name__ == "__main__":

@@ -216,6 +216,7 @@ async def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound per measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     args = parser.parse_args()
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -265,19 +266,21 @@ async def main() -> None:
                 processes.append(proxy)
                 await wait_http(target.url.replace("/v1/chat/completions", "/health/liveliness"))
                 targets.append(target)
-            await report(targets, args.requests, args.seconds)
+            await report(targets, args.requests, args.seconds, tuple(args.concurrency))
         finally:
             for process in processes:
                 process.terminate()
                 process.wait(30)
 
 
-async def report(targets: list[Target], requests: int, seconds: float) -> None:
+async def report(
+    targets: list[Target], requests: int, seconds: float, levels: tuple[int, ...]
+) -> None:
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     results: dict[tuple[str, bool, int], Result] = {}
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
         for stream in (False, True):
-            for concurrency in CONCURRENCY:
+            for concurrency in levels:
                 for target in targets:
                     results[(target.name, stream, concurrency)] = await measure(
                         client,
@@ -291,7 +294,7 @@ async def report(targets: list[Target], requests: int, seconds: float) -> None:
         f"{'mode':<8}{'c':>4}  {'target':<20}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'added p50':>11}{'added p99':>11}"
     )
     for stream in (False, True):
-        for concurrency in CONCURRENCY:
+        for concurrency in levels:
             base = results[("direct", stream, concurrency)]
             for target in targets:
                 r = results[(target.name, stream, concurrency)]
