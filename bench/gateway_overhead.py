@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from _processes import reset_postgres, spawn, wait_http
 
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
@@ -53,27 +53,6 @@ class Result:
     p50: float
     p99: float
     rps: float
-
-
-def spawn(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        argv,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def wait_http(url: str, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                await client.get(url)
-                return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.2)
-    raise SystemExit(f"{url} did not come up")
 
 
 async def measure(
@@ -192,16 +171,6 @@ def litellm_target(
     return Target(
         "litellm", f"http://127.0.0.1:{port}/v1/chat/completions", LITELLM_KEY, "bench-model"
     ), proxy
-
-
-async def reset_postgres(url: str) -> None:
-    from sqlalchemy import text
-
-    engine = create_engine_unpooled(normalise_database_url(url))
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP SCHEMA public CASCADE"))
-        await connection.execute(text("CREATE SCHEMA public"))
-    await engine.dispose()
 
 
 async def main() -> None:

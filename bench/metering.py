@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,10 +26,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+from _processes import reset_postgres, spawn, wait_http
 
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
-from souverain.db.engine import create_engine, create_engine_unpooled, session_factory
+from souverain.db.engine import create_engine, session_factory
 from souverain.gateway import admission
 from souverain.gateway.state import AppState
 from souverain.services import usage
@@ -61,36 +60,6 @@ async def timed(concurrency: int, total: int, call: Callable[[], Awaitable[objec
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return samples
-
-
-async def reset_postgres(url: str) -> None:
-    from sqlalchemy import text
-
-    from souverain.settings import normalise_database_url
-
-    engine = create_engine_unpooled(normalise_database_url(url))
-    async with engine.begin() as connection:
-        await connection.execute(text("DROP SCHEMA public CASCADE"))
-        await connection.execute(text("CREATE SCHEMA public"))
-    await engine.dispose()
-
-
-def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
-async def wait_http(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                await client.get(url)
-                return
-            except httpx.HTTPError:
-                await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
 
 
 async def bench_database(label: str, url: str, directory: Path, requests: int) -> None:

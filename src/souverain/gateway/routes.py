@@ -27,6 +27,7 @@ from souverain.services.routes import ModelInfo
 router = APIRouter(prefix="/v1", tags=["inference"])
 
 Body = TypeVar("Body", bound=BaseModel)
+InferenceBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 _JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
 
@@ -100,6 +101,30 @@ async def get_model(model: str, principal: PrincipalDep, state: StateDep) -> dic
     return _model_object(info)
 
 
+async def infer(request: Request, endpoint: str, schema: type[InferenceBody]) -> Response:
+    """The one path of every inference route: authenticate, bound the body, resolve the
+    model the caller may use, then the pipeline."""
+    state, principal = await caller(request)
+    check_scope(principal, Scope.INFERENCE)
+    body = await parse_body(request, state, schema)
+    model = await pipeline.resolve_model(state, principal, body.model, endpoint)
+    if isinstance(body, EmbeddingRequest):
+        upstream, stream, include_usage = body.upstream_body(), False, False
+    else:
+        upstream = body.upstream_body(max_tokens_cap=model.context_length)
+        stream, include_usage = bool(body.stream), body.include_usage
+    call = pipeline.Call(
+        state=state,
+        principal=principal,
+        endpoint=endpoint,
+        model=model,
+        body=upstream,
+        stream=stream,
+        include_usage=include_usage,
+    )
+    return await pipeline.run(call, request)
+
+
 @router.post(
     "/chat/completions",
     summary="Create a chat completion",
@@ -108,20 +133,7 @@ async def get_model(model: str, principal: PrincipalDep, state: StateDep) -> dic
 async def chat_completions(request: Request) -> Response:
     """OpenAI- and Mistral-compatible chat. `stream: true` streams server-sent events; with
     `stream_options: {"include_usage": true}` the last chunk carries token usage."""
-    state, principal = await caller(request)
-    check_scope(principal, Scope.INFERENCE)
-    body = await parse_body(request, state, ChatCompletionRequest)
-    model = await pipeline.resolve_model(state, principal, body.model, "chat")
-    call = pipeline.Call(
-        state=state,
-        principal=principal,
-        endpoint="chat",
-        model=model,
-        body=body.upstream_body(max_tokens_cap=model.context_length),
-        stream=bool(body.stream),
-        include_usage=body.include_usage,
-    )
-    return await pipeline.run(call, request)
+    return await infer(request, "chat", ChatCompletionRequest)
 
 
 @router.post(
@@ -129,36 +141,10 @@ async def chat_completions(request: Request) -> Response:
 )
 async def completions(request: Request) -> Response:
     """Legacy text completion (OpenAI `completions`)."""
-    state, principal = await caller(request)
-    check_scope(principal, Scope.INFERENCE)
-    body = await parse_body(request, state, CompletionRequest)
-    model = await pipeline.resolve_model(state, principal, body.model, "completions")
-    call = pipeline.Call(
-        state=state,
-        principal=principal,
-        endpoint="completions",
-        model=model,
-        body=body.upstream_body(max_tokens_cap=model.context_length),
-        stream=bool(body.stream),
-        include_usage=body.include_usage,
-    )
-    return await pipeline.run(call, request)
+    return await infer(request, "completions", CompletionRequest)
 
 
 @router.post("/embeddings", summary="Create embeddings", openapi_extra={"requestBody": _JSON_BODY})
 async def embeddings(request: Request) -> Response:
     """Embeddings, for models registered with the `embeddings` capability."""
-    state, principal = await caller(request)
-    check_scope(principal, Scope.INFERENCE)
-    body = await parse_body(request, state, EmbeddingRequest)
-    model = await pipeline.resolve_model(state, principal, body.model, "embeddings")
-    call = pipeline.Call(
-        state=state,
-        principal=principal,
-        endpoint="embeddings",
-        model=model,
-        body=body.upstream_body(),
-        stream=False,
-        include_usage=False,
-    )
-    return await pipeline.run(call, request)
+    return await infer(request, "embeddings", EmbeddingRequest)
