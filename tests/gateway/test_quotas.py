@@ -114,8 +114,12 @@ class TestBudgets:
             assert (
                 await client.post("/v1/chat/completions", json=chat(model, max_tokens=20))
             ).status_code == 200
-            listed = (await client.get(f"/api/orgs/{tenant.org_name}/budgets")).json()
-        assert listed[0]["used_tokens"] > 0 and listed[0]["reserved_tokens"] == 0
+
+            async def settled() -> bool:  # settlement is written beside the answer
+                listed = (await client.get(f"/api/orgs/{tenant.org_name}/budgets")).json()
+                return bool(listed[0]["used_tokens"] > 0 and listed[0]["reserved_tokens"] == 0)
+
+            await wait_until(settled, timeout_s=5)
 
 
 async def _budget_known(platform: Platform, org_id: str) -> bool:
@@ -266,6 +270,8 @@ class TestUsageApiAndMetrics:
                 assert (
                     await client.post("/v1/chat/completions", json=chat(name, stream=True))
                 ).status_code == 200
+            await usage_records(platform.sessions, 3, key_id=key_id)
+
             by_model = (await client.get("/api/usage", params={"group_by": "model"})).json()
             by_day = (await client.get("/api/usage", params={"group_by": "day"})).json()
             only = (await client.get("/api/usage", params={"model": other, "key": key_id})).json()

@@ -28,7 +28,7 @@ from souverain.core.ids import new_id, parse_api_key
 from souverain.core.roles import Role
 from souverain.db.tables import UsageRecordRow
 from souverain.testing.live import free_port
-from tests.conftest import Platform
+from tests.conftest import Platform, wait_until
 from tests.security.helpers import Served, chat_body, serve
 
 
@@ -163,10 +163,17 @@ class TestCanary:
         assert "souverain.gateway.pipeline" in names, sorted(names)
         assert any(record.levelno == logging.DEBUG for record in server_records)
 
-        async with platform.sessions() as session:
-            query = select(UsageRecordRow.error).where(UsageRecordRow.key_id == canary.id)
-            errors = [e for e in (await session.execute(query)).scalars() if e]
-        assert errors  # the failures above were metered with a reason
+        errors: list[str] = []
+
+        async def metered() -> bool:  # usage reaches the database a few milliseconds later
+            nonlocal errors
+            async with platform.sessions() as session:
+                query = select(UsageRecordRow.error).where(UsageRecordRow.key_id == canary.id)
+                errors = [e for e in (await session.execute(query)).scalars() if e]
+            return bool(errors)
+
+        await wait_until(metered, timeout_s=5)  # the failures above were metered with a reason
+
         for value in canaries.values():
             assert all(value not in error for error in errors)
 

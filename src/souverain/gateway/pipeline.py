@@ -199,7 +199,11 @@ async def _send(call: Call, routes: list[ReplicaRoute]) -> tuple[ReplicaRoute, u
         tried.add(route.replica_id)
         secret = replica_secret(call.state.master_key, route.replica_id)
         headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        log.debug(
+            "request %s to replica %s in %s", call.record_id, route.replica_id, route.datacenter_id
+        )
         call.state.routes.outstanding[route.replica_id] += 1
+
         try:
             response = await call.state.upstream.post(
                 route.url + PATHS[call.endpoint], call.content, headers
