@@ -14,10 +14,13 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Set
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
 from souverain.core.principal import Principal
+from souverain.db.tables import AuditHeadRow, ReplicaRow, utcnow
+from souverain.energy.carbon import hour_of
 from souverain.services import policies
 from souverain.services.budgets import Budget, all_budgets
 from souverain.services.energy import totals_by_datacenter
@@ -98,9 +101,18 @@ class RouteTable:
     async def refresh_forever(
         self, sessions: async_sessionmaker[AsyncSession], interval_s: float
     ) -> None:
+        """Reload when something routing depends on changed, and at least every 30 s.
+
+        One cheap query tells: every change made through the API is audited (the audit
+        chain's head moves), the controller touches `replicas.updated_at` when a replica's
+        state changes, and a new hour may bring a new carbon intensity."""
+        token: object = None
         while True:
             try:
-                await self.refresh(sessions)
+                current = await change_token(sessions)
+                if current != token or time.monotonic() - self.refreshed_at > 30:
+                    await self.refresh(sessions)
+                    token = current
             except Exception:
                 log.exception("refreshing the route table failed")
             await asyncio.sleep(interval_s)
@@ -186,3 +198,17 @@ class RouteTable:
             yield
         finally:
             self.outstanding[route.replica_id] -= 1
+
+
+async def change_token(sessions: async_sessionmaker[AsyncSession]) -> tuple[object, ...]:
+    async with sessions() as session:
+        row = (
+            await session.execute(
+                select(
+                    select(AuditHeadRow.last_seq).where(AuditHeadRow.id == 1).scalar_subquery(),
+                    func.max(ReplicaRow.updated_at),
+                    func.count(ReplicaRow.id),
+                )
+            )
+        ).one()
+    return (*row, hour_of(utcnow()))
