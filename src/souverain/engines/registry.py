@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 from souverain.engines.base import EngineLauncher
+from souverain.engines.embeddings import EmbeddingsLauncher
 from souverain.engines.llamacpp import LlamaCppLauncher
 from souverain.engines.vllm import VllmLauncher
 
-ENGINES: dict[str, EngineLauncher] = {"llamacpp": LlamaCppLauncher(), "vllm": VllmLauncher()}
+ENGINES: dict[str, EngineLauncher] = {
+    "llamacpp": LlamaCppLauncher(),
+    "vllm": VllmLauncher(),
+    "embeddings": EmbeddingsLauncher(),
+}
 
 
 def launcher_for(engine: str) -> EngineLauncher:

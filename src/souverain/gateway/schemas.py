@@ -174,6 +174,12 @@ class EmbeddingRequest(_Strict):
     dimensions: int | None = Field(default=None, ge=1, le=65536)
     user: Annotated[str, Field(max_length=256)] | None = None
     output_dtype: Literal["float"] | None = None  # Mistral
+    output_dimension: int | None = Field(default=None, ge=1, le=65536)  # Mistral's `dimensions`
 
     def upstream_body(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True, exclude={"user", "output_dtype"})
+        body = self.model_dump(
+            exclude_none=True, exclude={"user", "output_dtype", "output_dimension"}
+        )
+        if self.output_dimension is not None and self.dimensions is None:
+            body["dimensions"] = self.output_dimension
+        return body

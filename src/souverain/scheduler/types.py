@@ -28,7 +28,7 @@ class NodeView:
     gpus_free: float
     gpu_memory_gib: float = 0.0  # per GPU
     memory_free_gib: float = 0.0
-    engines: frozenset[str] = frozenset({"llamacpp", "vllm"})
+    engines: frozenset[str] = frozenset({"llamacpp", "vllm", "embeddings"})
     models_on_disk: frozenset[str] = frozenset()
 
 

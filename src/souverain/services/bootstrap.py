@@ -17,7 +17,7 @@ from souverain.core.jurisdictions import is_country
 from souverain.core.roles import Role, scopes_of
 from souverain.core.schemas.deployments import DeploymentCreateRequest
 from souverain.core.schemas.fleet import DatacenterCreateRequest
-from souverain.core.schemas.models import ModelRegisterRequest
+from souverain.core.schemas.models import Capability, Engine, Format, ModelRegisterRequest
 from souverain.db.tables import ApiKeyRow, DeploymentRow
 from souverain.services import audit, datacenters, deployments, models, users
 
@@ -39,6 +39,11 @@ class BuiltinModel:
     size_bytes: int | None
     license: str
     context_length: int
+    engine: Engine = "llamacpp"
+    format: Format = "gguf"
+    capabilities: tuple[Capability, ...] = ("chat", "completions")
+    description: str = "SmolLM2-135M-Instruct (Q4_1 GGUF), shipped with souverain."
+    cpus: float = 1.0
 
 
 async def ensure_operator_key(session: AsyncSession) -> str | None:
@@ -100,12 +105,12 @@ async def ensure_builtin_model(
             uri=builtin.uri,
             sha256=builtin.sha256,
             size_bytes=builtin.size_bytes,
-            format="gguf",
-            engine="llamacpp",
-            capabilities=["chat", "completions"],
+            format=builtin.format,
+            engine=builtin.engine,
+            capabilities=list(builtin.capabilities),
             context_length=builtin.context_length,
             license=builtin.license,
-            description="SmolLM2-135M-Instruct (Q4_1 GGUF), shipped with souverain.",
+            description=builtin.description,
         ),
         owner_org_id=None,
         source="builtin",
@@ -120,7 +125,7 @@ async def ensure_builtin_model(
         await deployments.put_deployment(
             session,
             request=DeploymentCreateRequest(
-                name=builtin.name, model=builtin.name, replicas=1, cpus=1.0
+                name=builtin.name, model=builtin.name, replicas=1, cpus=builtin.cpus
             ),
             model=model,
             org_id=None,

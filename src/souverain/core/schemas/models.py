@@ -7,8 +7,9 @@ from pydantic import Field
 
 from souverain.core.schemas.common import Out, StrictRequest
 
-Engine = Literal["llamacpp", "vllm"]
+Engine = Literal["llamacpp", "vllm", "embeddings"]
 Capability = Literal["chat", "completions", "embeddings"]
+Format = Literal["gguf", "safetensors", "hf"]
 
 
 class ModelRegisterRequest(StrictRequest):
@@ -19,7 +20,7 @@ class ModelRegisterRequest(StrictRequest):
     )
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     size_bytes: int | None = Field(default=None, ge=0)
-    format: Literal["gguf", "safetensors", "hf"] = "gguf"
+    format: Format = "gguf"
     engine: Engine = "llamacpp"
     capabilities: list[Capability] = Field(default=["chat", "completions"], max_length=3)
     context_length: int = Field(default=4096, ge=128, le=1_048_576)

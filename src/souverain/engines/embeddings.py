@@ -1,0 +1,35 @@
+"""Sentence embeddings on CPU, through souverain's own small OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from souverain.core.fleet import ReplicaSpec
+from souverain.engines.llamacpp import SECRET_ENV
+
+
+class EmbeddingsLauncher:
+    name = "embeddings"
+    health_path = "/v1/models"
+    health_needs_secret = True
+
+    def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "souverain.engines.embeddings_main",
+            "--model",
+            str(model_path),
+            "--alias",
+            spec.model_name,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--threads",
+            str(int(spec.engine_args.get("threads", spec.threads))),
+        ]
+
+    def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
+        return {SECRET_ENV: spec.secret, "HF_HUB_OFFLINE": "1"}
