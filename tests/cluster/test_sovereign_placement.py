@@ -41,13 +41,21 @@ DATACENTERS = {
 }
 
 
+HANDLES: dict[str, object] = {}  # datacenter -> the Ray node's handle, to remove one
+
+
 @pytest.fixture(scope="module")
 def ray_nodes() -> Iterator[dict[str, str]]:
-    """Datacenter (or "unlabelled") -> Ray node id."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    """Datacenter (or "unlabelled") -> Ray node id. Dead nodes are noticed within seconds."""
+    fast_failure = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast_failure}
+    )
     nodes = {dc: cluster.add_node(num_cpus=4, labels={DATACENTER_LABEL: dc}) for dc in DATACENTERS}
     nodes["unlabelled"] = cluster.add_node(num_cpus=16)
     cluster.wait_for_nodes()
+    HANDLES.update(nodes)
+    HANDLES["cluster"] = cluster
     try:
         yield {name: node.node_id for name, node in nodes.items()} | {"address": cluster.address}
     finally:
@@ -275,3 +283,28 @@ class TestEnergyOnRealReplicas:
 
 def fleet_settings_url(fleet: Fleet) -> str:
     return fleet.database_url
+
+
+class TestNodeLoss:
+    """Runs last: it removes a node from the cluster."""
+
+    async def test_replicas_of_a_lost_node_are_placed_elsewhere(self, fleet: Fleet) -> None:
+        before = await deployment_ready(fleet, "anywhere")
+        assert {r["datacenter_id"] for r in before["replica_details"]} == {"iad1"}
+        cluster: Cluster = HANDLES["cluster"]  # type: ignore[assignment]
+        cluster.remove_node(HANDLES["iad1"], allow_graceful=False)
+
+        async def replaced() -> bool:
+            async with fleet.client() as client:
+                current = (await client.get("/api/deployments/anywhere")).json()
+            details = current["replica_details"]
+            return (
+                current["status"] == "ready"
+                and len(details) == 3
+                and all(
+                    r["node_id"] not in (None, fleet.nodes["iad1"], fleet.nodes["unlabelled"])
+                    for r in details
+                )
+            )
+
+        await wait_until(replaced, timeout_s=120, interval_s=0.5)

@@ -43,6 +43,7 @@ from souverain.gateway import errors
 from souverain.gateway import routes as gateway_routes
 from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
+from souverain.gateway.meter import Meter
 from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
@@ -178,4 +179,5 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         metrics=Metrics(routes),
         audit_trail=AuditTrail(sessions, window_s=settings.audit_window_s),
         journal=journal,
+        meter=Meter.from_settings(settings),
     )

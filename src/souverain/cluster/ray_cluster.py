@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -24,7 +25,10 @@ _RemoteReplica: Any = ray.remote(ReplicaActor)
 
 
 class RayCluster:
-    """Synchronous calls; the controller runs them in a worker thread."""
+    """Synchronous calls, which the controller runs in a worker thread, and one long poll."""
+
+    def __init__(self) -> None:
+        self._handles: dict[str, Any] = {}  # actor name -> handle (valid across restarts)
 
     def observe_nodes(self) -> list[ObservedNode]:
         available = _available_per_node()
@@ -57,7 +61,7 @@ class RayCluster:
             "num_cpus": spec.cpus,
             "num_gpus": spec.gpus,
             "max_restarts": -1,
-            "max_concurrency": 4,
+            "max_concurrency": 8,  # a long poll, status, stop and energy reads at once
         }
         _RemoteReplica.options(**options).remote(spec)
 
@@ -74,6 +78,28 @@ class RayCluster:
             )
         except RayActorError:
             return None  # dead for good
+        return status
+
+    async def watch_replica(
+        self, actor_name: str, version: int, timeout_s: float
+    ) -> ReplicaStatus | None:
+        """The replica's status once newer than `version` (or after `timeout_s`); None when
+        the actor does not exist any more. A restarting actor answers `starting`."""
+        actor = self._handles.get(actor_name) or await asyncio.to_thread(_find_actor, actor_name)
+        if actor is None:
+            return None
+        self._handles[actor_name] = actor
+        try:
+            status: ReplicaStatus = await asyncio.wait_for(
+                actor.watch.remote(version, timeout_s), timeout=timeout_s + 10
+            )
+        except (TimeoutError, ActorUnavailableError, RayActorError):
+            if await asyncio.to_thread(_find_actor, actor_name) is None:
+                self._handles.pop(actor_name, None)
+                return None
+            return ReplicaStatus(
+                state="starting", url=None, node_id=None, restarts=0, error="actor not answering"
+            )
         return status
 
     def engine_pid(self, actor_name: str) -> int | None:

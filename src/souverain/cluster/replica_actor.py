@@ -28,6 +28,10 @@ class ReplicaActor:
     def status(self) -> ReplicaStatus:
         return self._supervisor.status()
 
+    def watch(self, version: int, timeout_s: float) -> ReplicaStatus:
+        """A long poll: answers as soon as the status is newer than `version`."""
+        return self._supervisor.watch(version, timeout_s)
+
     def engine_pid(self) -> int | None:
         return self._supervisor.pid
 

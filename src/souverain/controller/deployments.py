@@ -1,12 +1,14 @@
-"""The deployment reconciler: keeps each deployment's replicas placed, healthy and counted.
+"""The deployment reconciler: keeps each deployment's replicas placed and counted.
 
-load    claim the deployment row with a lease token; read it, its model, replicas and the
-        placement policy (its own constraints ∩ its organisation's ceiling)
-process ask each replica actor how its engine is; drop vanished replicas; drain replicas
-        whose datacenter no longer complies (a changed policy, constraint or datacenter);
-        stop extras; place missing ones (scheduler, then a detached Ray actor with a
-        label_selector for the chosen datacenter)
-apply   write replica rows and the deployment status where id and token still match
+load    claim the deployment row with a lease token; read it, its model, replicas (with
+        the state the replica observer wrote) and the placement policy (its own
+        constraints ∩ its organisation's ceiling)
+process drop lost replicas; drain replicas whose datacenter no longer complies (a changed
+        policy, constraint or datacenter) or whose node left the cluster; stop extras;
+        place missing ones (scheduler, then a detached Ray actor with a label_selector
+        for the chosen datacenter)
+apply   one transaction that starts with `UPDATE deployments … WHERE id AND lock_token`:
+        if another controller took the row, nothing of this round is written
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.controller.energy import EnergyAccountant
 from souverain.controller.facade import ClusterFacade
+from souverain.controller.observer import LOST
 from souverain.core.fleet import ReplicaSpec, actor_name_for
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.policy import Policy, exclusion
@@ -50,16 +53,30 @@ class Loaded:
     policy: Policy
 
 
+@dataclass(frozen=True)
+class Event:
+    action: str
+    target_type: str
+    target_id: str
+    details: dict[str, object]
+
+
 @dataclass
 class Outcome:
-    updates: dict[str, dict[str, object]] = field(default_factory=dict)
     deletes: list[str] = field(default_factory=list)
     inserts: list[ReplicaRow] = field(default_factory=list)
     status: str = "pending"
     reason: str = ""
     remove_deployment: bool = False
     org_id: str | None = None
-    events: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)  # audit
+    events: list[Event] = field(default_factory=list)  # audited with the write-back
+
+    def replica_event(self, action: str, replica_id: str, **details: object) -> None:
+        self.events.append(Event(action, "replica", replica_id, details))
+
+
+class LeaseLost(Exception):
+    """Another controller owns the deployment row now; this round writes nothing."""
 
 
 class DeploymentReconciler:
@@ -71,7 +88,7 @@ class DeploymentReconciler:
         master_key: bytes,
         engine: EngineDefaults,
         energy: EnergyAccountant,
-        lease_s: float = 120.0,
+        lease_s: float = 60.0,
     ) -> None:
         self.energy = energy
 
@@ -97,7 +114,12 @@ class DeploymentReconciler:
         if loaded is None:
             return
         outcome = await self._process(loaded, placer)
-        await self._apply(loaded.deployment.id, token, outcome)
+        try:
+            await self._apply(loaded.deployment, token, outcome)
+        except LeaseLost:
+            log.warning(
+                "lost the lease on deployment %s; dropping this round's writes", deployment_id
+            )
 
     async def _load(self, deployment_id: str, token: str) -> Loaded | None:
         now = utcnow()
@@ -143,7 +165,7 @@ class DeploymentReconciler:
         for extra in _pick_extras(live, desired):
             await asyncio.to_thread(self._cluster.stop_replica, extra.actor_name)
             outcome.deletes.append(extra.id)
-            outcome.events.append(("replica.stop", extra.id, {"reason": "scaled down"}))
+            outcome.replica_event("replica.stop", extra.id, reason="scaled down")
             self.energy.retire(extra.id)
 
             live.remove(extra)
@@ -155,56 +177,37 @@ class DeploymentReconciler:
             else:
                 live.append(placed)
         _set_status(outcome, deployment, live, desired, unschedulable)
+        if _worth_auditing(deployment.status, outcome.status):
+            outcome.events.append(
+                Event(
+                    "deployment.status",
+                    "deployment",
+                    deployment.id,
+                    {"from": deployment.status, "to": outcome.status, "reason": outcome.reason},
+                )
+            )
         return outcome
 
     async def _observe(self, loaded: Loaded, placer: Placer, outcome: Outcome) -> list[ReplicaRow]:
         live = []
-        datacenters = placer.snapshot.datacenters
         for replica in loaded.replicas:
-            datacenter = datacenters.get(replica.datacenter_id)
-            reason = (
-                "datacenter removed"
-                if datacenter is None
-                else exclusion(loaded.policy, datacenter.site)
-            )
+            reason = _drain_reason(replica, loaded.policy, placer)
             if reason is not None:
                 log.warning(
                     "draining replica %s in %s: %s", replica.id, replica.datacenter_id, reason
                 )
                 await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
                 outcome.deletes.append(replica.id)
-                outcome.events.append(
-                    (
-                        "replica.drain",
-                        replica.id,
-                        {"datacenter": replica.datacenter_id, "reason": reason},
-                    )
+                outcome.replica_event(
+                    "replica.drain", replica.id, datacenter=replica.datacenter_id, reason=reason
                 )
                 self.energy.retire(replica.id)
-                continue
-            status = await asyncio.to_thread(self._cluster.replica_status, replica.actor_name)
-            if status is None:
-                log.warning("replica %s vanished from the cluster; it will be replaced", replica.id)
+            elif replica.state == LOST:
                 outcome.deletes.append(replica.id)
-                outcome.events.append(
-                    ("replica.lost", replica.id, {"datacenter": replica.datacenter_id})
-                )
+                outcome.replica_event("replica.lost", replica.id, datacenter=replica.datacenter_id)
                 self.energy.retire(replica.id)
-                continue
-            self.energy.observe(replica, status)
-
-            changes: dict[str, object] = {
-                "state": status.state,
-                "url": status.url if status.state == "ready" else None,
-                "node_id": status.node_id or replica.node_id,
-                "engine_restarts": status.restarts,
-                "reason": status.error,
-            }
-            if any(getattr(replica, k) != v for k, v in changes.items()):
-                outcome.updates[replica.id] = {**changes, "updated_at": utcnow()}
-                for key, value in changes.items():
-                    setattr(replica, key, value)
-            live.append(replica)
+            else:
+                live.append(replica)
         return live
 
     async def _place_one(
@@ -258,54 +261,16 @@ class DeploymentReconciler:
             engine_restarts=0,
         )
         outcome.inserts.append(replica)
-        outcome.events.append(
-            (
-                "replica.place",
-                replica_id,
-                {"datacenter": decision.datacenter_id, "node": decision.node_id},
-            )
+        outcome.replica_event(
+            "replica.place", replica_id, datacenter=decision.datacenter_id, node=decision.node_id
         )
         return replica
 
-    async def _apply(self, deployment_id: str, token: str, outcome: Outcome) -> None:
+    async def _apply(self, deployment: DeploymentRow, token: str, outcome: Outcome) -> None:
         async with self._sessions.begin() as session:
-            owned = (
-                await session.execute(
-                    select(DeploymentRow.id).where(
-                        DeploymentRow.id == deployment_id, DeploymentRow.lock_token == token
-                    )
-                )
-            ).first()
-            if owned is None:
-                log.warning(
-                    "lost the lease on deployment %s; dropping this round's writes", deployment_id
-                )
-                return
-            for replica_id, values in outcome.updates.items():
-                await session.execute(
-                    update(ReplicaRow).where(ReplicaRow.id == replica_id).values(**values)
-                )
-            if outcome.deletes:
-                await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
-            session.add_all(outcome.inserts)
-            for action, replica_id, details in outcome.events:
-                await audit.record(
-                    session,
-                    actor=audit.SYSTEM_CONTROLLER,
-                    action=action,
-                    org_id=outcome.org_id,
-                    target_type="replica",
-                    target_id=replica_id,
-                    details={"deployment": deployment_id, **details},
-                )
-            if outcome.remove_deployment:
-                await session.execute(
-                    delete(DeploymentRow).where(DeploymentRow.id == deployment_id)
-                )
-                return
-            await session.execute(
+            owned = await session.execute(
                 update(DeploymentRow)
-                .where(DeploymentRow.id == deployment_id)
+                .where(DeploymentRow.id == deployment.id, DeploymentRow.lock_token == token)
                 .values(
                     status=outcome.status,
                     status_reason=outcome.reason,
@@ -313,6 +278,45 @@ class DeploymentReconciler:
                     lock_expires_at=None,
                 )
             )
+            if not owned.rowcount:  # type: ignore[attr-defined]
+                raise LeaseLost(deployment.id)
+            if outcome.deletes:
+                await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
+            session.add_all(outcome.inserts)
+            for event in outcome.events:
+                await audit.record(
+                    session,
+                    actor=audit.SYSTEM_CONTROLLER,
+                    action=event.action,
+                    org_id=outcome.org_id,
+                    target_type=event.target_type,
+                    target_id=event.target_id,
+                    details={"deployment": deployment.id, **event.details},
+                )
+            if outcome.remove_deployment:
+                await session.execute(
+                    delete(DeploymentRow).where(DeploymentRow.id == deployment.id)
+                )
+
+
+def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | None:
+    """Why a replica must stop where it is: its datacenter is gone or no longer allowed, or
+    its node left the cluster (Ray would restart the actor only inside that datacenter,
+    and there may be no node left there)."""
+    datacenter = placer.snapshot.datacenters.get(replica.datacenter_id)
+    if datacenter is None:
+        return "datacenter removed"
+    excluded = exclusion(policy, datacenter.site)
+    if excluded is not None:
+        return excluded
+    if replica.node_id is not None and replica.node_id not in placer.alive_nodes:
+        return f"node {replica.node_id[:12]} lost"
+    return None
+
+
+def _worth_auditing(before: str, after: str) -> bool:
+    """Entering or leaving a failure is an event; starting and scaling are not."""
+    return before != after and bool({before, after} & {"failed", "degraded"})
 
 
 def _pick_extras(live: list[ReplicaRow], desired: int) -> list[ReplicaRow]:
@@ -340,8 +344,14 @@ def _set_status(
         outcome.status, outcome.reason = "deleting", f"stopping {len(live)} replica(s)"
     elif desired == 0:
         outcome.status, outcome.reason = "stopped", "scaled to zero"
+    elif failed and len(failed) == len(live):
+        outcome.status = "failed"
+        outcome.reason = failed[0].reason or "every engine failed to start"
     elif failed:
-        outcome.status, outcome.reason = "failed", failed[0].reason or "an engine failed to start"
+        outcome.status = "degraded"
+        outcome.reason = (
+            f"{ready}/{desired} replicas ready, {len(failed)} failed: {failed[0].reason}"
+        )
     elif unschedulable:
         outcome.status, outcome.reason = "unschedulable", unschedulable
     elif ready >= desired:

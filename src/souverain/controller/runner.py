@@ -1,4 +1,14 @@
-"""The controller process: leader lease, node sync, deployment reconciliation, orphan sweep."""
+"""The controller process: one leader at a time, and one loop per concern.
+
+The leader lease is renewed by a task of its own every third of its lifetime, whatever
+the work loops are doing, so a slow Ray call cannot make it lapse. While leading, each
+concern runs in its own loop with a heartbeat (`health()`): node sync and deployment
+reconciliation, the replica observer (long polls), energy intervals, audit seals and
+pruning, the orphan sweep. One failing or slow loop neither stops nor corrupts another;
+every write-back is guarded by the row's lease token. If the lease cannot be renewed,
+every loop is cancelled at once and the controller goes back to waiting; another
+controller takes over when the lease expires and adopts the running replicas by name.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select
@@ -16,6 +29,7 @@ from souverain.controller import leader
 from souverain.controller.deployments import DeploymentReconciler, EngineDefaults
 from souverain.controller.energy import EnergyAccountant
 from souverain.controller.facade import ClusterFacade
+from souverain.controller.observer import ReplicaObserver
 from souverain.core.fleet import ObservedNode
 from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow
 from souverain.scheduler.placer import Placer
@@ -26,6 +40,27 @@ from souverain.services import nodes as nodes_service
 log = logging.getLogger(__name__)
 
 ORPHAN_GRACE_S = 120.0
+
+
+@dataclass
+class Loop:
+    """One concern, run every `interval_s`; its heartbeat is the time of its last success."""
+
+    name: str
+    interval_s: float
+    body: Callable[[], Awaitable[None]]
+    last_ok: float = 0.0
+    failures: int = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.body()
+                self.last_ok = time.monotonic()
+            except Exception:
+                self.failures += 1
+                log.exception("controller loop %r failed; it will run again", self.name)
+            await asyncio.sleep(self.interval_s)
 
 
 class Controller:
@@ -42,13 +77,13 @@ class Controller:
         signing_key: Ed25519PrivateKey | None = None,
         seal_interval_s: float = 300.0,
         retention_days: int = 400,
+        observer_poll_s: float = 10.0,
     ) -> None:
         self._signing_key = signing_key
         self._seal_interval_s = seal_interval_s
         self._retention_days = retention_days
         self._last_seal = 0.0
         self._last_prune = 0.0
-
         self._sessions = sessions
         self._cluster = cluster
         self._interval_s = interval_s
@@ -60,23 +95,61 @@ class Controller:
         self.deployments = DeploymentReconciler(
             sessions, cluster, master_key=master_key, engine=engine, energy=self.energy
         )
-
+        self.observer = ReplicaObserver(
+            sessions, cluster, energy=self.energy, poll_s=observer_poll_s
+        )
+        self.loops = [
+            Loop("deployments", interval_s, self.cycle),
+            Loop("energy", min(interval_s, 5.0), self.energy.close_due),
+            Loop("audit", 5.0, self.keep_audit),
+            Loop("orphans", 10.0, self.sweep_orphans),
+        ]
         self.is_leader = False
+        self.led_since: float | None = None
+
+    def health(self) -> dict[str, float | None]:
+        """Seconds since each loop last succeeded (None: never, or not leading)."""
+        now = time.monotonic()
+        return {
+            loop.name: (now - loop.last_ok) if self.is_leader and loop.last_ok else None
+            for loop in self.loops
+        }
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                self.is_leader = await leader.try_acquire(
-                    self._sessions, holder=self.holder, ttl_s=self._lease_s
-                )
-                if self.is_leader:
-                    await self.cycle()
-            except Exception:
-                log.exception("controller cycle failed")
+            if await self._acquire():
+                await self._lead(stop)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
         if self.is_leader:
+            self.is_leader = False
             await leader.release(self._sessions, holder=self.holder)
+
+    async def _acquire(self) -> bool:
+        try:
+            return await leader.try_acquire(self._sessions, holder=self.holder, ttl_s=self._lease_s)
+        except Exception:
+            log.exception("the leader lease could not be read")
+            return False
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        """Run every loop until `stop`, or until the lease cannot be renewed."""
+        self.is_leader, self.led_since = True, time.monotonic()
+        log.info("controller %s is leading", self.holder)
+        tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in self.loops]
+        tasks.append(asyncio.create_task(self.observer.run(), name="observer"))
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self._lease_s / 3)
+                if not stop.is_set() and not await self._acquire():
+                    log.error("controller %s lost the leader lease; stepping down", self.holder)
+                    self.is_leader = False
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def cycle(self) -> None:
         observed = await asyncio.to_thread(self._cluster.observe_nodes)
@@ -85,8 +158,6 @@ class Controller:
             datacenters = list((await session.execute(select(DatacenterRow))).scalars())
             on_disk = await models_by_node(session)
         await self.deployments.run_once(Placer(build_snapshot(observed, datacenters, on_disk)))
-        await self.energy.close_due()
-        await self.keep_audit()
 
     async def keep_audit(self) -> None:
         """Seal the audit chain's head now and then; once a day, prune what retention allows."""
@@ -99,8 +170,6 @@ class Controller:
             async with self._sessions.begin() as session:
                 await audit_log.prune(session, retention_days=self._retention_days)
             self._last_prune = now
-
-        await self.sweep_orphans()
 
     async def sweep_orphans(self) -> None:
         """Stop replica actors no replica row knows about (a crash between start and apply)."""

@@ -14,7 +14,8 @@
 
     ├── PolicyRefusedError         451  no compliant place to process this request
     ├── UpstreamError              502  the engine answered badly or broke off
-    └── ServiceUnavailableError    503  nothing ready to serve yet
+    │   └── UpstreamTimeoutError   504  the engine did not answer in time
+    └── ServiceUnavailableError    503  nothing ready to serve yet, or the database is away
 
 Messages are written for the API user and never carry secrets.
 """
@@ -39,6 +40,7 @@ class ErrorCode(StrEnum):
 
     POLICY_REFUSED = "unavailable_for_legal_reasons"
     UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
     UNAVAILABLE = "service_unavailable"
 
 
@@ -108,6 +110,10 @@ class PolicyRefusedError(SouverainError):
 
 class UpstreamError(SouverainError):
     code = ErrorCode.UPSTREAM_ERROR
+
+
+class UpstreamTimeoutError(UpstreamError):
+    code = ErrorCode.UPSTREAM_TIMEOUT
 
 
 class ServiceUnavailableError(SouverainError):

@@ -58,10 +58,11 @@ def actor_name_for(replica_id: str) -> str:
 class ReplicaStatus:
     """What an engine actor reports about its engine process."""
 
-    state: str  # starting | ready | failed
+    state: str  # starting | ready | failed | stopped
     url: str | None
     node_id: str | None
     restarts: int
     error: str = ""
     energy_j: float = 0.0  # cumulative since the actor started, across engine restarts
     energy_source: str = "estimate"
+    version: int = 0  # grows with every change of state, url or error (for long polls)

@@ -1,17 +1,38 @@
-"""The engine protocol: what souverain needs to start and probe an OpenAI-compatible engine."""
+"""The engine protocol: what souverain needs to start an OpenAI-compatible engine and to
+know that it really answers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from souverain.core.fleet import ReplicaSpec
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A tiny real request sent with the replica secret. An engine is ready only once it
+    has answered one: an HTTP route that answers proves nothing about the first decode,
+    which is where a build with instructions the CPU lacks dies."""
+
+    path: str
+    body: dict[str, Any]
+    answered: Callable[[Any], bool]  # the decoded JSON answer -> whether it produced output
+
+
+def one_token_completion(model: str) -> Probe:
+    return Probe(
+        path="/v1/completions",
+        body={"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0},
+        answered=lambda answer: isinstance(answer, dict) and bool(answer.get("choices")),
+    )
+
+
 class EngineLauncher(Protocol):
     name: str
-    health_path: str
-    health_needs_secret: bool
+    build_hint: str  # what to rebuild when the engine dies of an illegal instruction
 
     def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
         """The argv of the engine process. Never carries the secret (argv is world-readable)."""
@@ -19,4 +40,8 @@ class EngineLauncher(Protocol):
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
         """Extra environment variables; this is where the replica secret travels."""
+        ...
+
+    def probe(self, *, spec: ReplicaSpec) -> Probe:
+        """The request that proves the engine generates."""
         ...

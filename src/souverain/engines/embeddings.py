@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
+from souverain.engines.base import Probe
 from souverain.engines.llamacpp import SECRET_ENV
 
 
 class EmbeddingsLauncher:
     name = "embeddings"
-    health_path = "/v1/models"
-    health_needs_secret = True
+    build_hint = "PyTorch (install the CPU build made for this architecture)"
 
     def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
         return [
@@ -33,3 +33,12 @@ class EmbeddingsLauncher:
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
         return {SECRET_ENV: spec.secret, "HF_HUB_OFFLINE": "1"}
+
+    def probe(self, *, spec: ReplicaSpec) -> Probe:
+        return Probe(
+            path="/v1/embeddings",
+            body={"model": spec.model_name, "input": "ready?"},
+            answered=lambda answer: bool(
+                isinstance(answer, dict) and answer.get("data") and answer["data"][0]["embedding"]
+            ),
+        )

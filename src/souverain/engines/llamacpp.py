@@ -6,14 +6,14 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
+from souverain.engines.base import Probe, one_token_completion
 
 SECRET_ENV = "SOUVERAIN_ENGINE_SECRET"  # noqa: S105 (a variable name, not a secret)
 
 
 class LlamaCppLauncher:
     name = "llamacpp"
-    health_path = "/v1/models"
-    health_needs_secret = True
+    build_hint = "llama-cpp-python (scripts/build-llamacpp builds it portable)"
 
     def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
         argv = [
@@ -41,3 +41,6 @@ class LlamaCppLauncher:
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
         return {SECRET_ENV: spec.secret}
+
+    def probe(self, *, spec: ReplicaSpec) -> Probe:
+        return one_token_completion(spec.model_name)

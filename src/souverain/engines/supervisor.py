@@ -1,16 +1,22 @@
-"""Keeps one engine process alive and says whether it is ready.
+"""Keeps one engine process alive and says, truthfully, whether it can answer.
 
 One long-lived thread owns the process: it resolves the model file, starts the engine
-bound to the node's private address, waits for it to answer with the replica secret,
-and restarts it with backoff whenever it exits. Engine processes are started with
-PR_SET_PDEATHSIG, so they die with the thread that started them: if the actor's process
-is killed, its engine cannot outlive it.
+bound to the node's private address, and calls it ready only once it has answered a tiny
+real generation with the replica secret (an HTTP route that answers proves nothing about
+the first decode). When the process exits the replica is unready at once, and watchers
+(`watch`, a long poll) hear of it within milliseconds. Three exits within two minutes are
+a crash loop: the replica is `failed`, with a reason naming the signal or exit code and
+the engine's last log lines; restarts go on with backoff, and a success clears it.
+
+Engine processes are started with PR_SET_PDEATHSIG, so they die with the thread that
+started them: if the actor's process is killed, its engine cannot outlive it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -27,11 +33,13 @@ from souverain.core.fleet import ReplicaSpec, ReplicaStatus
 from souverain.energy.sources import PowerSource, pick_source, process_cpu_seconds
 from souverain.engines import artifacts
 from souverain.engines.base import EngineLauncher
+from souverain.engines.exits import CrashLoop, describe_exit, log_tail
 
 SourceFactory = Callable[[int], PowerSource]  # engine pid -> its power source
 
-
 _PR_SET_PDEATHSIG = 1
+LOG_ROTATE_BYTES = 16 * 2**20
+BACKOFF_MAX_S = 30.0
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -62,8 +70,8 @@ class EngineSupervisor:
         log_dir: Path | None = None,
         gpu_indices: Sequence[int] = (),
         power: SourceFactory | None = None,
+        crash_loop: CrashLoop | None = None,
     ) -> None:
-
         self._spec = spec
         self._launcher = launcher
         self._host = host
@@ -74,16 +82,20 @@ class EngineSupervisor:
         ) / f"{spec.replica_id}.log"
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # Versions are wall-clock nanoseconds, so a restarted actor's status is newer than
+        # anything its previous incarnation reported.
+        self._version = time.time_ns()
         self._state = "starting"
         self._url: str | None = None
         self._error = ""
         self._restarts = 0
+        self._crashes = crash_loop or CrashLoop()
         self._process: subprocess.Popen[bytes] | None = None
         self._power = power or self._default_power(gpu_indices, spec.watts_per_core)
         self._source: PowerSource | None = None
         self._energy_base = 0.0  # energy of engine processes that have exited
         self._energy_source = "estimate"
-
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{spec.replica_id}", daemon=True
         )
@@ -119,7 +131,14 @@ class EngineSupervisor:
                 error=self._error,
                 energy_j=energy,
                 energy_source=self._energy_source,
+                version=self._version,
             )
+
+    def watch(self, version: int, timeout_s: float) -> ReplicaStatus:
+        """Wait until the status is newer than `version` (or `timeout_s` passes); return it."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._version > version, timeout=timeout_s)
+        return self.status()
 
     @property
     def pid(self) -> int | None:
@@ -130,10 +149,15 @@ class EngineSupervisor:
         self._stop.set()
         self._terminate(timeout_s)
         self._thread.join(timeout=timeout_s)
+        self._set("stopped")
 
     def _set(self, state: str, *, url: str | None = None, error: str = "") -> None:
-        with self._lock:
+        with self._changed:
+            if (self._state, self._url, self._error) == (state, url, error):
+                return
             self._state, self._url, self._error = state, url, error
+            self._version = max(self._version + 1, time.time_ns())
+            self._changed.notify_all()
 
     def _run(self) -> None:
         try:
@@ -146,39 +170,60 @@ class EngineSupervisor:
         backoff = 1.0
         while not self._stop.is_set():
             started = time.monotonic()
-            self._serve_once(model_path)
+            reason = self._serve_once(model_path)
             if self._stop.is_set():
                 break
-            with self._lock:
-                self._restarts += 1
+            self._exited(reason)
             if time.monotonic() - started > 60:
                 backoff = 1.0
             self._stop.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
 
-    def _serve_once(self, model_path: Path) -> None:
+    def _exited(self, reason: str) -> None:
+        """Unready at once; `failed` when the exits make a crash loop."""
+        self._crashes.record(time.monotonic())
+        with self._lock:
+            self._restarts += 1
+            failed = self._state == "failed"
+        if self._crashes.looping or failed:
+            self._set("failed", error=f"crash loop: {reason}")
+        else:
+            self._set("starting", error=reason)
+
+    def _serve_once(self, model_path: Path) -> str:
+        """Run the engine until it exits; returns why it did."""
         port = free_port(self._host)
         url = url_for(self._host, port)
         argv = self._launcher.command(
             spec=self._spec, model_path=model_path, host=self._host, port=port
         )
         env = {**os.environ, **self._launcher.environment(spec=self._spec)}
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._set("starting")
+        self._rotate_log()
         with self._log_path.open("ab") as log:
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
             )
-        self._attach_power(self._process.pid)
-
-        if not self._wait_ready(url):
+        self._process = process
+        self._attach_power(process.pid)
+        not_ready = self._wait_ready(url, process)
+        if not_ready is not None:
             self._terminate(5.0)
-            return
+            return not_ready
+        self._crashes.clear()
         self._set("ready", url=url)
-        while not self._stop.wait(0.5):
-            if self._process.poll() is not None:
-                self._set("starting", error=f"engine exited with code {self._process.returncode}")
-                return
+        process.wait()
+        return self._exit_reason(process.returncode)
+
+    def _exit_reason(self, code: int | None) -> str:
+        return describe_exit(
+            code, build_hint=self._launcher.build_hint, log_tail=log_tail(self._log_path)
+        )
+
+    def _rotate_log(self) -> None:
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if self._log_path.stat().st_size > LOG_ROTATE_BYTES:
+                self._log_path.replace(self._log_path.with_suffix(".log.1"))
 
     def _attach_power(self, pid: int) -> None:
         """Measure the new engine process, keeping what the previous one consumed."""
@@ -187,34 +232,24 @@ class EngineSupervisor:
         with self._lock:
             self._energy_base, self._source, self._energy_source = previous, source, source.name
 
-    def _wait_ready(self, url: str) -> bool:
-
-        headers = (
-            {"Authorization": f"Bearer {self._spec.secret}"}
-            if self._launcher.health_needs_secret
-            else {}
-        )
+    def _wait_ready(self, url: str, process: subprocess.Popen[bytes]) -> str | None:
+        """None once the engine answered the probe; else why it never did."""
+        probe = self._launcher.probe(spec=self._spec)
+        headers = {"Authorization": f"Bearer {self._spec.secret}"}
+        content = json.dumps(probe.body).encode()
         deadline = time.monotonic() + self._start_timeout_s
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=httpx.Timeout(60.0, connect=2.0)) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
-                process = self._process
-                if process is None or process.poll() is not None:
-                    code = process.returncode if process else None
-                    self._set(
-                        "starting",
-                        error=f"engine exited during start (code {code}); see {self._log_path}",
-                    )
-                    return False
-                with contextlib.suppress(httpx.HTTPError):
-                    if (
-                        client.get(url + self._launcher.health_path, headers=headers).status_code
-                        == 200
-                    ):
-                        return True
+                if process.poll() is not None:
+                    return self._exit_reason(process.returncode)
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    answer = client.post(url + probe.path, content=content, headers=headers)
+                    if answer.status_code == 200 and probe.answered(answer.json()):
+                        return None
                 self._stop.wait(0.25)
-        if not self._stop.is_set():
-            self._set("starting", error=f"engine not ready after {self._start_timeout_s:.0f}s")
-        return False
+        if process.poll() is not None:
+            return self._exit_reason(process.returncode)
+        return f"engine did not answer a generation within {self._start_timeout_s:.0f}s"
 
     def _terminate(self, timeout_s: float) -> None:
         process = self._process

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
+from souverain.engines.base import Probe, one_token_completion
 
 
 class VllmLauncher:
     name = "vllm"
-    health_path = "/v1/models"
-    health_needs_secret = True
+    build_hint = "vLLM (install the wheel built for this node's CPU and CUDA version)"
 
     def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
         argv = [
@@ -42,3 +42,6 @@ class VllmLauncher:
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
         # vLLM reads its bearer key from VLLM_API_KEY when --api-key is not given.
         return {"VLLM_API_KEY": spec.secret}
+
+    def probe(self, *, spec: ReplicaSpec) -> Probe:
+        return one_token_completion(spec.model_name)

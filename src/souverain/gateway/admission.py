@@ -9,33 +9,45 @@ budgets   reserve the estimate on every monthly ledger that applies, atomically,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.principal import Principal
 from souverain.db.tables import utcnow
-from souverain.energy.attribution import Served, weight
 from souverain.gateway.ratelimit import Limit
 from souverain.gateway.state import AppState
 from souverain.services import budgets, usage
 from souverain.services.budgets import Amounts, Budget
 from souverain.services.prices import Price
 from souverain.services.routes import ModelInfo
+from souverain.services.usage import OpenRecord
 
 MESSAGE_OVERHEAD = 16  # chat template tokens per message, generously
 
 
-@dataclass
-class Admission:
-    record_id: str
-    project_id: str | None
+@dataclass(frozen=True)
+class Admitted:
+    """A request let in: its usage record is open, its budgets hold a reservation, and it
+    must be settled exactly once (`gateway.exchange.Exchange` sees to it)."""
+
+    record: OpenRecord
     price: Price | None
-    reserved: Amounts = field(default_factory=Amounts)
-    ledger_ids: list[str] = field(default_factory=list)
-    rate_headers: dict[str, str] = field(default_factory=dict)
-    journaled: bool = False  # opened through the usage journal, not the database
+    reserved: Amounts
+    rate_headers: Mapping[str, str]
+    journaled: bool  # opened through the usage journal, not the database
+    started: float  # perf_counter() at admission
+
+    @property
+    def record_id(self) -> str:
+        return self.record.id
+
+    @property
+    def ledger_ids(self) -> list[str]:
+        return list(self.record.ledger_ids)
 
 
 def prompt_bound(body: dict[str, Any]) -> int:
@@ -73,61 +85,37 @@ def limits_for(state: AppState, principal: Principal, project_id: str | None) ->
     return limits
 
 
-def energy_per_token(state: AppState, j_per_token: float | None) -> float:
-    return state.settings.energy_j_per_token_prior if j_per_token is None else j_per_token
-
-
-def estimate(
-    state: AppState, *, prompt: int, completion: int, price: Price | None, j_per_token: float
-) -> Amounts:
-    settings = state.settings
-    weighted = weight(
-        Served("", prompt, completion),
-        prompt_weight=settings.energy_prompt_weight,
-        completion_weight=settings.energy_completion_weight,
-    )
-    return Amounts(
-        tokens=prompt + completion,
-        cost=price.cost(prompt, completion) if price else 0.0,
-        energy_j=weighted * j_per_token,
-    )
-
-
 async def admit(
     state: AppState,
     *,
     principal: Principal,
-    record: dict[str, Any],
-    project_id: str | None,
+    record: OpenRecord,
     amounts: Amounts,
     rate_tokens: int,
     price: Price | None,
-) -> Admission:
-    """Rate limits, then the usage record and budget reservations in one transaction."""
+) -> Admitted:
+    """Rate limits, then the usage record and budget reservations in one transaction.
+    Raises (429, 503) without opening anything when the request may not go in."""
     rate_headers = await state.limiter.admit(
-        limits_for(state, principal, project_id), tokens=rate_tokens
+        limits_for(state, principal, record.project_id), tokens=rate_tokens
     )
-    admission = Admission(
-        record_id=record["id"], project_id=project_id, price=price, rate_headers=rate_headers
-    )
-    applicable = state.routes.budgets_for(principal.org_id, project_id)
+    applicable = state.routes.budgets_for(principal.org_id, record.project_id)
     if not applicable:
         state.journal.open(record)  # reaches the database in the next batch
-        admission.journaled = True
-        return admission
+        return Admitted(record, price, Amounts(), rate_headers, True, time.perf_counter())
     async with state.sessions.begin() as session:
         now = utcnow()
         ledger_ids = await _ledgers(state, session, applicable, budgets.period_of(now))
         await budgets.reserve(session, ledger_ids=ledger_ids, amounts=amounts, now=now)
-        admission.reserved, admission.ledger_ids = amounts, ledger_ids
-        record = record | {
-            "ledger_ids": ledger_ids,
-            "reserved_tokens": amounts.tokens,
-            "reserved_cost": amounts.cost,
-            "reserved_energy_j": amounts.energy_j,
-        }
-        await usage.open_record(session, values=record)
-    return admission
+        record = replace(
+            record,
+            ledger_ids=tuple(ledger_ids),
+            reserved_tokens=amounts.tokens,
+            reserved_cost=amounts.cost,
+            reserved_energy_j=amounts.energy_j,
+        )
+        await usage.open_record(session, record=record)
+    return Admitted(record, price, amounts, rate_headers, False, time.perf_counter())
 
 
 async def _ledgers(

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from souverain.core.errors import ErrorCode, RateLimitedError, SouverainError
@@ -34,6 +35,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.POLICY_REFUSED: 451,
     ErrorCode.UPSTREAM_ERROR: 502,
+    ErrorCode.UPSTREAM_TIMEOUT: 504,
     ErrorCode.UNAVAILABLE: 503,
 }
 
@@ -51,6 +53,7 @@ TYPES: dict[int, str] = {
     451: "policy_error",
     502: "upstream_error",
     503: "service_unavailable",
+    504: "upstream_error",
 }
 
 
@@ -68,7 +71,8 @@ DOCUMENTED: dict[int | str, dict[str, Any]] = {
         429: "Rate limit or budget reached (see Retry-After)",
         451: "No datacenter allowed by your sovereignty policy serves this",
         502: "The model engine failed",
-        503: "Nothing ready to serve this yet",
+        503: "Nothing ready to serve this yet, or a dependency is unavailable",
+        504: "The model engine did not answer in time",
     }.items()
 }
 
@@ -153,5 +157,21 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        if is_database_away(error):
+            log.warning("the database is unreachable: %s", type(error).__name__)
+            message = "The database is unreachable right now; retry shortly."
+            body = error_body(503, message, ErrorCode.UNAVAILABLE)
+            return JSONResponse(body, 503, headers={"Retry-After": "1"})
         log.error("unhandled error: %s", type(error).__name__, exc_info=error)
         return JSONResponse(error_body(500, "internal error", "internal_error"), 500)
+
+
+def is_database_away(error: BaseException) -> bool:
+    """A lost or refused database connection (a restart, a failover), not a bug."""
+    if isinstance(error, OperationalError | InterfaceError):
+        return True
+    if isinstance(error, DBAPIError):
+        state = str(getattr(error.orig, "sqlstate", None) or "")
+        # SQLSTATE 08: connection exception; 57: shutdown, starting up, cannot connect now
+        return error.connection_invalidated or state[:2] in {"08", "57"}
+    return isinstance(error, ConnectionError)

@@ -11,6 +11,11 @@ afterwards are then settled `interrupted`.
 
 Requests of organisations with a budget do not use the journal for their opening: their
 reservation must be taken atomically in the database before the engine is called.
+
+If the journal cannot be written (disk full, directory gone or read-only), a new request
+is refused with 503 before anything is processed; a settlement that cannot be journaled
+still reaches the database through the in-memory queue (it is only unprotected against
+a SIGKILL in the next few milliseconds), and the failure is logged.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from souverain.core.errors import ServiceUnavailableError
 from souverain.db.tables import utcnow
 from souverain.services import usage
+from souverain.services.usage import OpenRecord, Settlement
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +69,60 @@ class UsageJournal:
         self._files: list[Path] = []  # files holding entries not yet in the database
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self.failures = 0
+        self.failures = 0  # batches the database refused
+        self.write_failures = 0  # entries the journal file refused
 
     # the request path
 
-    def open(self, record: dict[str, Any]) -> None:
-        self._append({"op": "open", **record, "created_at": utcnow()})
+    def open(self, record: OpenRecord) -> None:
+        """Journal an admitted request; raises 503 if the journal cannot be written."""
+        entry = {"op": "open", **usage.row_values(record)}
+        try:
+            self._write(entry)
+        except OSError as error:
+            self.write_failures += 1
+            self._drop_fd()
+            log.error("the usage journal cannot be written (%s): refusing requests", error)
+            raise ServiceUnavailableError(
+                "Usage cannot be recorded right now (the server's usage journal is not "
+                "writable); the request was not processed. Retry shortly."
+            ) from None
+        self._enqueue(entry)
 
-    def settle(self, record_id: str, values: dict[str, Any]) -> None:
-        self._append({"op": "settle", "id": record_id, **values, "settled_at": utcnow()})
+    def settle(self, record_id: str, settlement: Settlement) -> None:
+        entry = {
+            "op": "settle",
+            "id": record_id,
+            **usage.settlement_values(settlement),
+            "settled_at": utcnow(),
+        }
+        try:
+            self._write(entry)
+        except OSError as error:
+            self.write_failures += 1
+            self._drop_fd()
+            log.error(
+                "the usage journal cannot be written (%s); settlement of %s kept in memory "
+                "until the database has it",
+                error,
+                record_id,
+            )
+        self._enqueue(entry)
 
-    def _append(self, entry: Entry) -> None:
+    def _write(self, entry: Entry) -> None:
         line = json.dumps({k: _encode(v) for k, v in entry.items()}, separators=(",", ":")) + "\n"
         os.write(self._current_fd(), line.encode())
+
+    def _enqueue(self, entry: Entry) -> None:
         self._queue.append(entry)
         self._wake.set()
+
+    def _drop_fd(self) -> None:
+        """After a failed write, start a new file next time (the directory may be back)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
     def _current_fd(self) -> int:
         if self._fd is None:
@@ -171,10 +217,11 @@ async def apply(session: AsyncSession, entries: list[Entry], *, replaying: bool 
         else:
             settles.append(fields)
     if opens:
-        await usage.insert_records(session, records=list(opens.values()), if_absent=replaying)
+        await usage.insert_rows(session, rows=list(opens.values()), if_absent=replaying)
     for fields in settles:
-        record_id = fields.pop("id")
-        settled_at = fields.pop("settled_at")
-        await usage.settle_fields(
-            session, record_id=record_id, fields=fields, settled_at=settled_at
+        await usage.settle_unbudgeted(
+            session,
+            record_id=fields["id"],
+            settlement=usage.settlement_from(fields),
+            settled_at=fields["settled_at"],
         )

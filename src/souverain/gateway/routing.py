@@ -2,7 +2,9 @@
 
 Refreshed from the database every `replica_refresh_s`; the hot path reads memory only.
 Routing picks the replica with the fewest outstanding requests among those the caller
-may use.
+may use. A replica that refused a connection is avoided by this process at once, for a
+few seconds or until the table shows it at a new address, before any reload says so.
+Outstanding requests are counted in one place: `track()`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class RouteTable:
         self.budgets: dict[str, list[Budget]] = {}  # org id -> its budgets
         self.replica_states: dict[str, int] = {}
         self.energy_totals: dict[str, tuple[float, float]] = {}
+        self._suspects: dict[str, tuple[str, float]] = {}  # replica -> (url, until)
 
     def replace(
         self,
@@ -186,10 +189,26 @@ class RouteTable:
     def pick(
         self, routes: list[ReplicaRoute], exclude: Set[str] = frozenset()
     ) -> ReplicaRoute | None:
+        """The least busy replica, preferring those not suspected of being down."""
         candidates = [route for route in routes if route.replica_id not in exclude]
         if not candidates:
             return None
-        return min(candidates, key=lambda route: self.outstanding[route.replica_id])
+        trusted = [route for route in candidates if not self.is_suspect(route)]
+        return min(trusted or candidates, key=lambda route: self.outstanding[route.replica_id])
+
+    def suspect(self, route: ReplicaRoute, for_s: float = 5.0) -> None:
+        """The replica refused a connection: avoid it until it shows up at a new address."""
+        self._suspects[route.replica_id] = (route.url, time.monotonic() + for_s)
+
+    def is_suspect(self, route: ReplicaRoute) -> bool:
+        suspected = self._suspects.get(route.replica_id)
+        if suspected is None:
+            return False
+        url, until = suspected
+        if url != route.url or time.monotonic() > until:
+            del self._suspects[route.replica_id]
+            return False
+        return True
 
     @contextlib.contextmanager
     def track(self, route: ReplicaRoute) -> Iterator[None]:

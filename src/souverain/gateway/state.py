@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
+from souverain.gateway.meter import Meter
 from souverain.gateway.metrics import Metrics
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
@@ -33,6 +34,7 @@ class AppState:
     metrics: Metrics
     audit_trail: AuditTrail
     journal: UsageJournal
+    meter: Meter
     default_projects: dict[str, str] = field(default_factory=dict)
     ledger_ids: dict[tuple[str, str], str] = field(
         default_factory=dict

@@ -1,9 +1,13 @@
 """The HTTP client to engines: aiohttp, pooled, behind the few operations the pipeline uses.
 
 aiohttp parses HTTP in C; in front of a local engine it costs about a third of what httpx
-does per request (bench/gateway_overhead.py). Transport failures become two exceptions:
-`Refused` (nothing was sent; another replica may be tried) and `Broken` (the engine had
-the request; never retried).
+does per request (bench/gateway_overhead.py). Transport failures become three exceptions:
+
+    Refused    the connection could not be made: nothing was sent, another compliant
+               replica may be tried
+    Broken     the engine had the request and dropped the connection (it may have
+               processed it): never sent again, answered 502
+    TimedOut   a Broken whose engine said nothing for the read timeout: 504
 """
 
 from __future__ import annotations
@@ -19,6 +23,16 @@ class Refused(Exception):
 
 class Broken(Exception):
     pass
+
+
+class TimedOut(Broken):
+    pass
+
+
+def _broken(error: BaseException) -> Broken:
+    if isinstance(error, TimeoutError):
+        return TimedOut(f"no answer within the read timeout ({type(error).__name__})")
+    return Broken(type(error).__name__)
 
 
 class Upstream:
@@ -38,12 +52,12 @@ class Upstream:
             response = await self._client().post(url, data=content, headers=headers)
         except (
             aiohttp.ClientConnectorError,
-            aiohttp.ServerDisconnectedError,
+            aiohttp.ConnectionTimeoutError,
             ConnectionRefusedError,
         ) as error:
             raise Refused(str(error)) from error
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise Broken(type(error).__name__) from error
+            raise _broken(error) from error
         return Response(response)
 
     async def close(self) -> None:
@@ -60,14 +74,14 @@ class Response:
         try:
             return await self._response.read()
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise Broken(type(error).__name__) from error
+            raise _broken(error) from error
 
     async def lines(self) -> AsyncIterator[str]:
         try:
             async for line in self._response.content:
                 yield line.decode("utf-8", "replace").rstrip("\r\n")
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise Broken(type(error).__name__) from error
+            raise _broken(error) from error
 
     def close(self) -> None:
         """Release the connection when the answer was read whole; drop it otherwise (which

@@ -57,6 +57,7 @@ class Placer:
             groups[snapshot.datacenters[dc_id].carbon_intensity].append(dc_id)
         self._groups = sorted(groups.items())
         self._excluded: dict[tuple[Policy, str], str | None] = {}
+        self.alive_nodes = frozenset(node.id for node in snapshot.nodes if node.alive)
 
     def place(self, request: PlacementRequest) -> Placement | Unschedulable:
         for _carbon, dc_ids in self._groups:

@@ -7,7 +7,7 @@ count. Records a killed server left open are settled `interrupted` at the next s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,8 +50,56 @@ class Settlement:
     energy_source: str | None = None
 
 
+@dataclass(frozen=True)
+class OpenRecord:
+    """What is known of a request when it is admitted; its usage record is written `open`."""
+
+    id: str
+    key_id: str
+    user_id: str
+    endpoint: str
+    model: str
+    stream: bool
+    server_id: str
+    org_id: str | None = None
+    project_id: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    ledger_ids: tuple[str, ...] = ()
+    reserved_tokens: int = 0
+    reserved_cost: float = 0.0
+    reserved_energy_j: float = 0.0
+
+
+_OPEN_FIELDS = tuple(f.name for f in fields(OpenRecord))
+SETTLEMENT_FIELDS = tuple(f.name for f in fields(Settlement))
+_ATTRIBUTED_LATER = {"energy_j": None, "co2e_g": None}  # written by the energy accountant
+
+
+def open_values(record: OpenRecord) -> dict[str, Any]:
+    values = {name: getattr(record, name) for name in _OPEN_FIELDS}
+    values["ledger_ids"] = list(record.ledger_ids)
+    return values
+
+
+def settlement_values(settlement: Settlement) -> dict[str, Any]:
+    return {name: getattr(settlement, name) for name in SETTLEMENT_FIELDS}
+
+
+def settlement_from(values: dict[str, Any]) -> Settlement:
+    """A settlement read back (from the journal); unknown keys are ignored."""
+    return Settlement(**{name: values[name] for name in SETTLEMENT_FIELDS if name in values})
+
+
+def row_values(
+    record: OpenRecord, settlement: Settlement | None = None, settled_at: datetime | None = None
+) -> dict[str, Any]:
+    """The one mapping from the typed record (and its settlement, if known) to a row."""
+    outcome = settlement_values(settlement or Settlement(status=OPEN))
+    return open_values(record) | outcome | _ATTRIBUTED_LATER | {"settled_at": settled_at}
+
+
 _RECORDS: Table = UsageRecordRow.__table__  # type: ignore[assignment]
-_SETTLED_COLUMNS = (*Settlement.__dataclass_fields__, "settled_at")
+_SETTLED_COLUMNS = (*SETTLEMENT_FIELDS, "settled_at")
 # Built once: the hot path only binds values (SQLAlchemy caches the compiled form).
 _OPEN_STATEMENT = insert(_RECORDS)
 _SETTLE_STATEMENT = (
@@ -59,28 +107,18 @@ _SETTLE_STATEMENT = (
     .where(_RECORDS.c.id == bindparam("record_id"), _RECORDS.c.status == OPEN)
     .values({column: bindparam(f"new_{column}") for column in _SETTLED_COLUMNS})
 )
-_SETTLEMENT_DEFAULTS = Settlement(status="ok").__dict__
-_RECORD_DEFAULTS = {
-
-    "status": OPEN, "error": "", "prompt_tokens": 0, "completion_tokens": 0, "tokens_counted_by": "engine",
-    "cost": 0.0, "reserved_tokens": 0, "reserved_cost": 0.0, "reserved_energy_j": 0.0, "ledger_ids": [],
-    "deployment_id": None, "replica_id": None, "node_id": None, "datacenter_id": None, "country": None,
-    "operator_country": None, "certifications": None, "jurisdictions": None, "latency_ms": None,
-    "ttft_ms": None, "currency": None, "energy_estimate_j": None, "energy_j": None, "co2e_g": None,
-    "energy_source": None, "settled_at": None,
-}  # fmt: skip
 
 
-async def open_record(session: AsyncSession, *, values: dict[str, Any]) -> None:
+async def open_record(session: AsyncSession, *, record: OpenRecord) -> None:
     """Insert a usage record in state `open` (the caller's transaction commits it)."""
-    await session.execute(_OPEN_STATEMENT, [{**_RECORD_DEFAULTS, "created_at": utcnow(), **values}])
+    await session.execute(_OPEN_STATEMENT, [row_values(record)])
 
 
-async def insert_records(
-    session: AsyncSession, *, records: list[dict[str, Any]], if_absent: bool
+async def insert_rows(
+    session: AsyncSession, *, rows: list[dict[str, Any]], if_absent: bool
 ) -> None:
-    """Insert records (open, or already settled); `if_absent` skips ids already stored."""
-    rows = [{**_RECORD_DEFAULTS, **record} for record in records]
+    """Insert rows made by `row_values` (open, or already settled); `if_absent` skips ids
+    already stored."""
     if not if_absent:
         await session.execute(_OPEN_STATEMENT, rows)
         return
@@ -89,15 +127,18 @@ async def insert_records(
     await session.execute(insert_for(_RECORDS).on_conflict_do_nothing(index_elements=["id"]), rows)
 
 
-async def settle_fields(
-    session: AsyncSession, *, record_id: str, fields: dict[str, Any], settled_at: datetime
+def _settle_params(record_id: str, settlement: Settlement, settled_at: datetime) -> dict[str, Any]:
+    params = {f"new_{name}": value for name, value in settlement_values(settlement).items()}
+    return params | {"new_settled_at": settled_at, "record_id": record_id}
+
+
+async def settle_unbudgeted(
+    session: AsyncSession, *, record_id: str, settlement: Settlement, settled_at: datetime
 ) -> bool:
     """A journaled settlement: the same guarded UPDATE as `settle_record`, no budget."""
-    params = {
-        f"new_{name}": fields.get(name, default) for name, default in _SETTLEMENT_DEFAULTS.items()
-    }
-    params |= {"new_settled_at": settled_at, "record_id": record_id}
-    result = await session.execute(_SETTLE_STATEMENT, params)
+    result = await session.execute(
+        _SETTLE_STATEMENT, _settle_params(record_id, settlement, settled_at)
+    )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -111,9 +152,9 @@ async def settle_record(
     """Settle once, and move its budget reservation to `used` in the same transaction.
     `reservation` (ledger ids, amounts) saves reading it back when the caller knows it.
     Returns False when the record was already settled."""
-    params = {f"new_{name}": value for name, value in settlement.__dict__.items()}
-    params |= {"new_settled_at": utcnow(), "record_id": record_id}
-    result = await session.execute(_SETTLE_STATEMENT, params)
+    result = await session.execute(
+        _SETTLE_STATEMENT, _settle_params(record_id, settlement, utcnow())
+    )
     if not result.rowcount:  # type: ignore[attr-defined]
         return False
     if reservation is None:
@@ -154,7 +195,7 @@ async def settle_interrupted(session: AsyncSession, *, server_id: str | None = N
         changed = await session.execute(
             update(UsageRecordRow)
             .where(UsageRecordRow.id == record.id, UsageRecordRow.status == OPEN)
-            .values(**interrupted.__dict__, settled_at=utcnow())
+            .values(**settlement_values(interrupted), settled_at=utcnow())
         )
         if not changed.rowcount:  # type: ignore[attr-defined]
             continue

@@ -1,0 +1,239 @@
+"""One admitted request, from its admission to its one settlement.
+
+Invariant: every admitted request ends with exactly one settled usage record. An
+`Exchange` wraps the immutable `Admitted` value and is the only thing that settles it, at
+most once: `async with exchange:` settles on the way out whatever happened (success, an
+engine error, a timeout, a broken stream, a client disconnect, a cancellation), with the
+outcome the pipeline concluded or, failing that, one read from the exception. A streamed
+answer is handed over (`stream()`): the response re-enters the exchange and settles when
+the stream ends, however it ends. If this process is killed in between, the record stays
+`open` and is settled `interrupted` at the next start.
+
+The exchange also holds the chosen replica's outstanding-request count
+(`RouteTable.track`) from the moment the request is sent until it is settled, so load is
+counted in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from souverain.core.errors import SouverainError
+from souverain.core.jurisdictions import jurisdictions_of
+from souverain.core.principal import Principal
+from souverain.energy.attribution import co2e_grams
+from souverain.gateway.admission import Admitted
+from souverain.gateway.state import AppState
+from souverain.services import usage
+from souverain.services.routes import ModelInfo, ReplicaRoute
+from souverain.services.usage import Settlement
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Call:
+    """What the route parsed: who asks, for what, and the bounded body."""
+
+    state: AppState
+    principal: Principal
+    endpoint: str  # chat | completions | embeddings
+    model: ModelInfo
+    body: dict[str, Any]
+    stream: bool
+    include_usage: bool
+
+
+class Exchange:
+    def __init__(self, call: Call, admitted: Admitted) -> None:
+        self.call = call
+        self.state = call.state
+        self.admitted = admitted
+        self.route: ReplicaRoute | None = None
+        self._outcome: Settlement | None = None
+        self._tracking: contextlib.AbstractContextManager[None] | None = None
+        self._handed_over = False
+        self._settled = False
+
+    @property
+    def record_id(self) -> str:
+        return self.admitted.record_id
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.admitted.started) * 1000
+
+    # the replica
+
+    def use(self, route: ReplicaRoute) -> None:
+        """Count the request against `route` (and no longer against any other)."""
+        self.release()
+        self.route = route
+        self._tracking = self.state.routes.track(route)
+        self._tracking.__enter__()
+
+    def release(self) -> None:
+        if self._tracking is not None:
+            self._tracking.__exit__(None, None, None)
+            self._tracking = None
+
+    # the outcome
+
+    def conclude(self, settlement: Settlement) -> None:
+        """What happened, as the pipeline knows it; the settlement will say this."""
+        self._outcome = settlement
+
+    def base(self, status: str = "ok", error: str = "") -> Settlement:
+        """A settlement naming where the request ran (nothing, before a replica was used)."""
+        route = self.route
+        if route is None:
+            return Settlement(status=status, error=error)
+        return Settlement(
+            status=status,
+            error=error,
+            deployment_id=route.deployment_id,
+            replica_id=route.replica_id,
+            node_id=route.node_id,
+            datacenter_id=route.datacenter_id,
+            country=route.country,
+            operator_country=route.operator_country,
+            certifications=sorted(route.certifications),
+            jurisdictions=jurisdictions_of(route.country),
+        )
+
+    def metered(self, settlement: Settlement) -> Settlement:
+        """Price and energy estimate of what was actually used."""
+        route, price = self.route, self.admitted.price
+        j_per_token = self.state.meter.per_token(route.energy_j_per_token if route else None)
+        used = self.state.meter.amounts(
+            prompt=settlement.prompt_tokens,
+            completion=settlement.completion_tokens,
+            price=price,
+            j_per_token=j_per_token,
+        )
+        return replace(
+            settlement,
+            cost=used.cost,
+            currency=price.currency if price else None,
+            energy_estimate_j=used.energy_j,
+            energy_source=(route.energy_source if route else None) or "estimate",
+        )
+
+    def co2e_grams(self, settlement: Settlement) -> float:
+        intensity = self.route.carbon_intensity if self.route else 0.0
+        return co2e_grams(settlement.energy_estimate_j or 0.0, intensity)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"x-request-id": self.record_id, **self.admitted.rate_headers}
+        if self.route is not None:
+            headers["x-souverain-datacenter"] = self.route.datacenter_id
+        return headers
+
+    # the lifecycle
+
+    async def __aenter__(self) -> Exchange:
+        self._handed_over = False
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        if self._handed_over and error is None:
+            return  # a streamed response owns the exchange now
+        self.settle(error)
+
+    def stream(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> SettledStream:
+        """Hand the exchange to a streamed response, which settles it when it ends."""
+        self._handed_over = True
+        return SettledStream(self, body, headers)
+
+    def settle(self, error: BaseException | None = None) -> None:
+        """Settle once; later calls do nothing. Never makes the client wait for the write."""
+        if self._settled:
+            return
+        self._settled = True
+        self.release()
+        outcome = self._outcome or self.base(*_status_of(error))
+        if outcome.latency_ms is None:
+            elapsed = self.elapsed_ms()
+            outcome = replace(outcome, latency_ms=elapsed, ttft_ms=outcome.ttft_ms or elapsed)
+        if self.route is not None and outcome.energy_estimate_j is None:
+            outcome = self.metered(outcome)
+        self.state.metrics.observe(
+            model=self.call.model.name, endpoint=self.call.endpoint, settlement=outcome
+        )
+        if self.admitted.journaled:
+            self.state.journal.settle(self.record_id, outcome)
+            return
+        task = asyncio.get_running_loop().create_task(self._write(outcome))
+        pending = self.state.pending_settlements
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    async def _write(self, outcome: Settlement) -> None:
+        admitted = self.admitted
+        try:
+            with anyio.CancelScope(shield=True):
+                async with self.state.sessions.begin() as session:
+                    await usage.settle_record(
+                        session,
+                        record_id=self.record_id,
+                        settlement=outcome,
+                        reservation=(admitted.ledger_ids, admitted.reserved),
+                    )
+        except Exception:
+            log.exception(
+                "settling usage record %s failed; it will be settled as interrupted",
+                self.record_id,
+            )
+
+
+def _status_of(error: BaseException | None) -> tuple[str, str]:
+    """The settlement status and error text an exception stands for."""
+    if error is None:
+        return "ok", ""
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return "client_cancelled", "client disconnected"
+    if isinstance(error, SouverainError):
+        return "upstream_error", error.message[:500]
+    return "upstream_error", type(error).__name__
+
+
+class SettledStream(StreamingResponse):
+    """A streamed answer that settles its exchange when it ends, however it ends: the
+    body generator is closed first, so it concludes before the settlement is written."""
+
+    def __init__(
+        self, exchange: Exchange, body: AsyncIterator[bytes], headers: dict[str, str]
+    ) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self._exchange = exchange
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self._exchange:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await _close(self._body)
+
+
+async def _close(body: AsyncIterator[bytes]) -> None:
+    closing = getattr(body, "aclose", None)
+    if closing is not None:
+        with contextlib.suppress(Exception):
+            await closing()

@@ -1,0 +1,113 @@
+"""Relaying a streamed answer: server-sent events from the engine to the client, with the
+usage the engine reported (or, if the stream broke first, what was delivered).
+
+The relay concludes its exchange when it ends, however it ends: `[DONE]` (ok), the engine
+breaking off (upstream_error, and an error event to the client), the client going away or
+the generator being closed (client_cancelled).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from souverain.gateway import upstream
+from souverain.gateway.exchange import Exchange
+from souverain.services.usage import Settlement
+
+
+@dataclass
+class Progress:
+    chunks: int = 0
+    ttft_ms: float | None = None
+    reported: dict[str, Any] | None = None  # the engine's usage chunk
+    done: bool = False
+    broken: str = ""
+
+
+async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterator[bytes]:
+    progress = Progress()
+    try:
+        async for line in response.lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                progress.done = True
+                break
+            if progress.ttft_ms is None:
+                progress.ttft_ms = exchange.elapsed_ms()
+            if '"usage"' in payload:
+                chunk = json.loads(payload)
+                if not chunk.get("choices") and chunk.get("usage"):
+                    progress.reported = chunk["usage"]
+                    if exchange.call.include_usage:
+                        yield usage_chunk(exchange, chunk)
+                    continue
+            progress.chunks += 1
+            yield f"data: {payload}\n\n".encode()
+        if progress.done:
+            yield b"data: [DONE]\n\n"
+        else:
+            progress.broken = "stream ended early"
+            yield stream_error("The model engine broke off the stream.")
+    except upstream.Broken as error:
+        progress.broken = str(error) or type(error).__name__
+        yield stream_error("The model engine broke off the stream.")
+    except ValueError:
+        progress.broken = "the engine sent an event that is not JSON"
+        yield stream_error("The model engine sent a malformed event.")
+    finally:
+        response.close()
+        exchange.conclude(_settlement(exchange, progress))
+
+
+def _settlement(exchange: Exchange, progress: Progress) -> Settlement:
+    if progress.done:
+        settlement = exchange.base("ok")
+    elif progress.broken:
+        settlement = exchange.base("upstream_error", progress.broken[:500])
+    else:
+        settlement = exchange.base("client_cancelled", "client disconnected")
+    settlement = replace(settlement, latency_ms=exchange.elapsed_ms(), ttft_ms=progress.ttft_ms)
+    if progress.reported is not None:
+        return replace(
+            settlement,
+            prompt_tokens=int(progress.reported.get("prompt_tokens", 0)),
+            completion_tokens=int(progress.reported.get("completion_tokens", 0)),
+        )
+    # The engine reported nothing (the stream broke): count what was delivered.
+    return replace(settlement, completion_tokens=progress.chunks, tokens_counted_by="gateway")
+
+
+def usage_chunk(exchange: Exchange, chunk: dict[str, Any]) -> bytes:
+    """The engine's usage chunk, with souverain's energy and CO2e estimates added."""
+    tokens = chunk["usage"]
+    estimate = exchange.metered(
+        replace(
+            exchange.base(),
+            prompt_tokens=int(tokens.get("prompt_tokens", 0)),
+            completion_tokens=int(tokens.get("completion_tokens", 0)),
+        )
+    )
+    route = exchange.route
+    chunk["souverain"] = {
+        "energy_joules": round(estimate.energy_estimate_j or 0.0, 6),
+        "co2e_grams": round(exchange.co2e_grams(estimate), 9),
+        "datacenter": route.datacenter_id if route else None,
+    }
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+def stream_error(message: str) -> bytes:
+    body = {
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "code": "upstream_error",
+            "param": None,
+        }
+    }
+    return f"data: {json.dumps(body)}\n\n".encode()
