@@ -1,7 +1,7 @@
 """The energy accountant: turns each replica's cumulative energy into closed intervals,
 attributed to the requests settled in them, the rest kept as idle energy.
 
-Every reconcile round the deployment reconciler hands it the replica's latest reading;
+The replica observer hands it each replica's latest reading, at least twice an interval;
 every `interval_s` (and when a replica goes away) it closes the replica's interval:
 measured = last reading - first reading, split by `energy.attribution.attribute`.
 If the actor restarts, its counter starts again from zero; the interval carries on from
@@ -52,6 +52,10 @@ class EnergyAccountant:
         self._clock = clock
         self._open: dict[str, OpenInterval] = {}
         self._retired: set[str] = set()
+
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s
 
     def observe(self, replica: ReplicaRow, status: ReplicaStatus) -> None:
         now = self._clock()

@@ -95,9 +95,9 @@ class Controller:
         self.deployments = DeploymentReconciler(
             sessions, cluster, master_key=master_key, engine=engine, energy=self.energy
         )
-        self.observer = ReplicaObserver(
-            sessions, cluster, energy=self.energy, poll_s=observer_poll_s
-        )
+        # Readings arrive with every long poll: at least two per energy interval.
+        poll_s = min(observer_poll_s, self.energy.interval_s / 2)
+        self.observer = ReplicaObserver(sessions, cluster, energy=self.energy, poll_s=poll_s)
         self.loops = [
             Loop("deployments", interval_s, self.cycle),
             Loop("energy", min(interval_s, 5.0), self.energy.close_due),
@@ -237,9 +237,9 @@ def build_snapshot(
                 gpus_free=node.available.get("GPU", 0.0),
                 memory_free_gib=node.available.get("memory", 0.0) / 2**30,
                 engines=frozenset(
-                    {"llamacpp", "embeddings", "vllm"}
+                    {"llamacpp", "embeddings", "stand-in", "vllm"}
                     if node.resources.get("GPU")
-                    else {"llamacpp", "embeddings"}
+                    else {"llamacpp", "embeddings", "stand-in"}
                 ),
                 models_on_disk=(on_disk or {}).get(node.id, frozenset()),
             )

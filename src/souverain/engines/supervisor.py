@@ -235,7 +235,10 @@ class EngineSupervisor:
     def _wait_ready(self, url: str, process: subprocess.Popen[bytes]) -> str | None:
         """None once the engine answered the probe; else why it never did."""
         probe = self._launcher.probe(spec=self._spec)
-        headers = {"Authorization": f"Bearer {self._spec.secret}"}
+        headers = {
+            "Authorization": f"Bearer {self._spec.secret}",
+            "Content-Type": "application/json",
+        }
         content = json.dumps(probe.body).encode()
         deadline = time.monotonic() + self._start_timeout_s
         with httpx.Client(timeout=httpx.Timeout(60.0, connect=2.0)) as client:

@@ -8,12 +8,26 @@ reports exact usage. Faults can be injected per request through the prompt text:
     "#fail-500"        answer HTTP 500
     "#break-stream"    stream two tokens, then drop the connection
     "#slow"            wait 0.2 s between tokens (for disconnect tests)
+    "#stall"           say nothing for an hour (before the headers)
+    "#stall-stream"    stream two tokens, then say nothing for an hour
+
+and, only when it runs as a process of its own (`main`), by killing itself:
+
+    "#die-mid-json"    send half of a JSON answer, then SIGKILL itself
+    "#die-mid-stream"  stream two tokens, then SIGKILL itself
+
+Run as a process, `--fault sigill` makes it die of SIGILL on every generation (while the
+`--fault-while` path exists, if given), as a llama.cpp build with instructions the CPU
+lacks does on its first decode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -47,6 +61,9 @@ class StandInEngine:
         model: str = "stand-in",
         tokens: int = 16,
         token_delay_s: float = 0.0,
+        own_process: bool = False,
+        fault: str = "",
+        fault_while: str = "",
     ) -> None:
         """`secret_for(replica_id)` gives the secret a replica accepts. Paths may be prefixed
         with /r/<replica_id> so one stand-in can play many replicas."""
@@ -54,6 +71,9 @@ class StandInEngine:
         self.model = model
         self.tokens = tokens
         self.token_delay_s = token_delay_s
+        self.own_process = own_process  # faults that kill the process are allowed
+        self.fault = fault
+        self.fault_while = fault_while  # the fault applies only while this path exists
         self.requests: list[dict[str, Any]] = []
         self.cancelled = 0
         self.in_flight = 0
@@ -68,6 +88,9 @@ class StandInEngine:
                 Route(prefix + "/v1/embeddings", self.embeddings, methods=["POST"]),
             ]
         self.app = Starlette(routes=routes)
+
+    def _faulty(self) -> bool:
+        return not self.fault_while or os.path.exists(self.fault_while)
 
     def _authorised(self, request: Request) -> bool:
         replica = request.path_params.get("replica", "default")
@@ -105,8 +128,15 @@ class StandInEngine:
         body = await request.json()
         self.requests.append(body)
         prompt = _prompt_text(body)
+        if self.fault == "sigill" and self.own_process and self._faulty():
+            print("stand-in: executing an instruction this CPU does not have", flush=True)
+            os.kill(os.getpid(), signal.SIGILL)
         if "#fail-500" in prompt:
             return JSONResponse({"error": {"message": "engine exploded"}}, status_code=500)
+        if "#stall" in prompt and "#stall-stream" not in prompt:
+            await asyncio.sleep(3600)
+        if "#die-mid-json" in prompt and self.own_process:
+            return StreamingResponse(_half_then_die(), media_type="application/json")
         count = min(int(body.get("max_tokens") or self.tokens), self.tokens)
         prompt_tokens = max(1, len(prompt.split()))
         if body.get("stream"):
@@ -153,6 +183,10 @@ class StandInEngine:
             for i in range(count):
                 if "#break-stream" in prompt and i == 2:
                     raise ConnectionError("stand-in engine broke the stream")
+                if "#stall-stream" in prompt and i == 2:
+                    await asyncio.sleep(3600)
+                if "#die-mid-stream" in prompt and i == 2 and self.own_process:
+                    _die()
                 piece = WORDS[i % len(WORDS)] + " "
                 choice: dict[str, Any] = {"index": 0, "finish_reason": None}
                 if kind == "chat":
@@ -178,6 +212,17 @@ class StandInEngine:
             self.in_flight -= 1
 
 
+def _die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def _half_then_die() -> AsyncIterator[bytes]:
+    yield b'{"id": "cmpl-stand-in", "object": "chat.completion", "choices": [{"ind'
+    await asyncio.sleep(0.05)  # the half reaches the client before the process dies
+    _die()
+
+
 def _prompt_text(body: dict[str, Any]) -> str:
     if "messages" in body:
         parts = []
@@ -193,11 +238,14 @@ def _prompt_text(body: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    """Run a stand-in engine in its own process (benchmarks):
+    """Run a stand-in engine in its own process:
 
-    python -m souverain.testing.stand_in --port 9000 --master-key … [--tokens 16]
-
-    It accepts, for /r/<replica>/v1/…, the secret souverain derives for that replica.
+    python -m souverain.testing.stand_in --port 9000 --master-key …   (benchmarks: one
+        process plays every replica at /r/<replica>/v1/…, with the secret souverain
+        derives for it)
+    python -m souverain.testing.stand_in --host H --port P [--fault sigill]
+        (a replica's engine, started by souverain: it accepts only the secret in
+        SOUVERAIN_ENGINE_SECRET)
     """
     import argparse
 
@@ -208,15 +256,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="canned-token OpenAI-compatible engine")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--master-key", required=True)
+    parser.add_argument("--master-key", default="")
+    parser.add_argument("--alias", default="stand-in")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--fault", default="", choices=["", "sigill"])
+    parser.add_argument("--fault-while", default="", help="only while this path exists")
     args = parser.parse_args()
-    key = args.master_key.encode()
+    if args.master_key:
+        key = args.master_key.encode()
+
+        def secret_for(replica: str) -> str:
+            return replica_secret(key, replica)
+    else:
+        secret = os.environ.pop("SOUVERAIN_ENGINE_SECRET", "")
+        if not secret:
+            sys.exit("SOUVERAIN_ENGINE_SECRET is not set: refusing to serve without a secret")
+
+        def secret_for(replica: str) -> str:
+            return secret
+
     engine = StandInEngine(
-        secret_for=lambda replica: replica_secret(key, replica),
+        secret_for=secret_for,
+        model=args.alias,
         tokens=args.tokens,
         token_delay_s=args.token_delay,
+        own_process=True,
+        fault=args.fault,
+        fault_while=args.fault_while,
     )
     uvicorn.run(engine.app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
