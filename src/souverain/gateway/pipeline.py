@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from dataclasses import replace
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -40,6 +42,7 @@ from souverain.services.routes import ModelInfo, ReplicaRoute
 from souverain.services.usage import OpenRecord
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PATHS = {
     "chat": "/v1/chat/completions",
@@ -77,7 +80,10 @@ async def run(call: Call, request: Request) -> Response:
     content = _encode(call)
     exchange = Exchange(call, await _admit(call, routes))
     async with exchange:
-        response = await _send(exchange, routes, content)
+        try:
+            response = await _unless_disconnected(_send(exchange, routes, content), request)
+        except ClientGone:
+            return _cancelled(exchange)
         if call.stream:
             return exchange.stream(
                 relay(exchange, response), exchange.headers() | {"Cache-Control": "no-cache"}
@@ -229,18 +235,22 @@ def _engine_message(raw: bytes) -> str:
     return str(error or detail or "")[:300]
 
 
+def _cancelled(exchange: Exchange) -> Response:
+    exchange.conclude(exchange.base("client_cancelled", "client disconnected"))
+    return Response(status_code=499)
+
+
 async def _complete(exchange: Exchange, response: upstream.Response, request: Request) -> Response:
     try:
-        raw = await _read_unless_disconnected(response, request)
+        raw = await _unless_disconnected(response.read(), request)
+    except ClientGone:
+        return _cancelled(exchange)
     except upstream.TimedOut:
         raise UpstreamTimeoutError("The model engine did not finish its answer in time.") from None
     except upstream.Broken:
         raise UpstreamError("The model engine broke off the response.") from None
     finally:
         response.close()
-    if raw is None:
-        exchange.conclude(exchange.base("client_cancelled", "client disconnected"))
-        return Response(status_code=499)
     try:
         tokens = json.loads(raw).get("usage") or {}
     except (ValueError, AttributeError):
@@ -260,18 +270,24 @@ async def _complete(exchange: Exchange, response: upstream.Response, request: Re
     return Response(raw, media_type="application/json", headers=headers)
 
 
-async def _read_unless_disconnected(response: upstream.Response, request: Request) -> bytes | None:
-    """Read the engine's answer; None if the client went away first (the read is cancelled)."""
-    read = asyncio.ensure_future(response.read())
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready; the work was cancelled."""
+
+
+async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:
+    """Await `work`, cancelling it if the client goes away first (then ClientGone)."""
+    task = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        await asyncio.wait({read, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        answered = read.done()
+        answered = task.done()
         if not answered:
-            read.cancel()
-    return read.result() if answered else None
+            task.cancel()  # aiohttp drops the connection: the engine stops generating
+    if not answered:
+        raise ClientGone
+    return task.result()
 
 
 async def _wait_disconnect(request: Request) -> None:

@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.ids import hash_secret, new_api_key, new_id
@@ -209,3 +210,60 @@ class Factory:
                 )
             )
         return name, replica_id
+
+    async def add_replica(
+        self, model_name: str, *, url: str, replica_id: str, datacenter_id: str
+    ) -> None:
+        """One more ready replica at `url` for the deployment of a `served_model`."""
+        async with self.sessions.begin() as session:
+            deployment = (
+                await session.execute(
+                    select(DeploymentRow)
+                    .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+                    .where(ModelRow.name == model_name)
+                )
+            ).scalar_one()
+            deployment.replicas += 1
+            session.add(
+                ReplicaRow(
+                    id=replica_id,
+                    deployment_id=deployment.id,
+                    actor_name=f"test-{replica_id}",
+                    datacenter_id=datacenter_id,
+                    node_id="node-test",
+                    url=url,
+                    state="ready",
+                    reason="",
+                    engine_restarts=0,
+                )
+            )
+
+    async def stand_in_model(self, name: str, *, owner_org_id: str | None = None) -> str:
+        """A model served by the stand-in engine as a real process (fault tests): the API
+        refuses this engine, so the fixture writes the model itself. Deploy it through
+        the API like any other."""
+        async with self.sessions.begin() as session:
+            model = ModelRow(
+                id=new_id("mdl"),
+                name=name,
+                owner_org_id=owner_org_id,
+                engine="stand-in",
+                capabilities=["chat", "completions"],
+                context_length=4096,
+                description="stand-in engine (fault tests)",
+            )
+            session.add(model)
+            await session.flush()
+            session.add(
+                ModelArtifactRow(
+                    id=new_id("art"),
+                    model_id=model.id,
+                    uri="builtin://smollm2-135m-instruct",  # resolved, never read
+                    sha256=None,
+                    size_bytes=None,
+                    format="gguf",
+                    license="test",
+                    source="test",
+                )
+            )
+        return name
