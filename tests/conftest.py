@@ -42,12 +42,30 @@ async def reset_postgres(url: str) -> None:
     await engine.dispose()
 
 
-async def fresh_database_url(kind: str, directory: Path) -> str:
+async def fresh_database_url(kind: str, directory: Path, *, database: str | None = None) -> str:
+    """An empty database. On PostgreSQL, `database` names one of its own on the same
+    server (created if missing), so a module can own it while the session's platform
+    keeps the default one."""
     if kind == "postgres":
         assert POSTGRES_URL
-        await reset_postgres(POSTGRES_URL)
-        return POSTGRES_URL
+        url = POSTGRES_URL if database is None else await _own_database(POSTGRES_URL, database)
+        await reset_postgres(url)
+        return url
     return f"sqlite:///{directory / 'souverain.db'}"
+
+
+async def _own_database(url: str, database: str) -> str:
+    engine = create_engine_unpooled(normalise_database_url(url)).execution_options(
+        isolation_level="AUTOCOMMIT"
+    )
+    async with engine.connect() as connection:
+        exists = await connection.scalar(
+            text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database}
+        )
+        if not exists:
+            await connection.execute(text(f'CREATE DATABASE "{database}"'))
+    await engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + database
 
 
 @dataclass

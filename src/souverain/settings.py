@@ -91,7 +91,13 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = Field(
         default=2.0, ge=0, le=5, description="Revocation is seen within this."
     )
-    replica_refresh_s: float = Field(default=1.0, gt=0, le=30)
+    replica_refresh_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="How often a server asks whether routes changed (one cheap query); an "
+        "engine that exits is out of every server's routes within about this long.",
+    )
     reconcile_interval_s: float = Field(default=1.0, gt=0, le=60)
     controller_lease_s: float = Field(default=15.0, gt=1, le=600)
     upstream_timeout_s: float = Field(default=600.0, gt=0)

@@ -119,7 +119,9 @@ class FaultPlatform:
             url=engines[0].url, datacenter_id=dc, replica_id=replica_ids[0]
         )
         for replica_id, engine in zip(replica_ids[1:], engines[1:], strict=True):
-            await self.factory.add_replica(name, url=engine.url, replica_id=replica_id, datacenter_id=dc)
+            await self.factory.add_replica(
+                name, url=engine.url, replica_id=replica_id, datacenter_id=dc
+            )
         async with self.client() as client:
 
             async def routable() -> bool:
@@ -160,7 +162,7 @@ async def faulty(
     directory: Path = tmp_path_factory.mktemp(f"faults-{request.param}")
     settings = Settings(
         data_dir=directory,
-        database_url=await fresh_database_url(request.param, directory),
+        database_url=await fresh_database_url(request.param, directory, database="faults"),
         secret_key=MASTER_KEY,  # type: ignore[arg-type]
         replica_refresh_s=0.2,
         key_cache_ttl_s=1.0,

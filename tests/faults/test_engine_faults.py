@@ -63,8 +63,9 @@ class TestKilledEngines:
             answer = await client.post("/v1/chat/completions", json=chat(model, "#die-mid-json"))
         tally.saw(answer.status_code)
         assert answer.status_code == 502
-        assert "not sent again" in answer.json()["error"]["message"] or "broke off" in (
-            answer.json()["error"]["message"]
+        assert (
+            "not sent again" in answer.json()["error"]["message"]
+            or "broke off" in (answer.json()["error"]["message"])
         )
         await faulty.settled(model, 1)
         tally.records = 1
@@ -132,4 +133,3 @@ class TestStalledEngines:
         tally.records = 1
         assert record.status == "client_cancelled"
         assert await faulty.open_records() == 0
-
