@@ -152,11 +152,12 @@ class TestEngineThatDiesOnItsFirstGeneration:
         [replica] = deployment["replica_details"]
         assert replica["state"] == "failed" and "without native flags" in replica["reason"]
 
-        listed = subprocess.run(
+        env = {**os.environ, "SOUVERAIN_URL": fleet.url, "SOUVERAIN_API_KEY": fleet.operator,
+               "COLUMNS": "250"}  # fmt: skip
+        listed = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "souverain.cli.main", "deployments", "list"],
-            env={**os.environ, "SOUVERAIN_URL": fleet.url, "SOUVERAIN_API_KEY": fleet.operator,
-                 "COLUMNS": "250"},
-            capture_output=True, text=True, timeout=60, check=True,
+            env=env, capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
         assert "sigill" in listed.stdout and "failed" in listed.stdout
         assert "SIGILL" in listed.stdout
