@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         description="How often a server asks whether routes changed (one cheap query); an "
         "engine that exits is out of every server's routes within about this long.",
     )
+    up_ready_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="How long `souverain up` waits for the built-in model to answer.",
+    )
     reconcile_interval_s: float = Field(default=1.0, gt=0, le=60)
     controller_lease_s: float = Field(default=15.0, gt=1, le=600)
     upstream_timeout_s: float = Field(default=600.0, gt=0)

@@ -25,7 +25,7 @@ from souverain.controller.runner import Controller, forget_replicas
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.engines.artifacts import ArtifactError, builtin_path, file_sha256
 from souverain.gateway.state import AppState
-from souverain.services import bootstrap, signing
+from souverain.services import bootstrap, deployments, signing
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 
 BUILTIN = "smollm2-135m-instruct"
@@ -115,22 +115,63 @@ def builtin_embeddings() -> bootstrap.BuiltinModel | None:
     )
 
 
+FIXES = {
+    "SIGILL": "rebuild llama.cpp portable: `make clean setup` (no CMAKE_ARGS), see the README "
+    "section 'Engine builds'",
+    "SIGKILL": "the engine was killed, often for lack of memory: free memory or lower "
+    "SOUVERAIN_ENGINE_CONTEXT",
+    "checksum": "the model file changed on disk: reinstall the package that ships it",
+}
+
+
+def how_to_fix(reason: str) -> str:
+    for marker, fix in FIXES.items():
+        if marker in reason:
+            return fix
+    return "see the engine's log in the reason above, then `souverain deployments list`"
+
+
 class Banner:
+    """Says `ready` only once the built-in model has answered a real generation; if it
+    fails, says why and how to fix it, and stops `up` with a non-zero exit code."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.first_key: str | None = None
         self.started = time.monotonic()
+        self.exit_code = 0
+        self.server: uvicorn.Server | None = None
 
     def remember_key(self, key: str) -> None:
         self.first_key = key
 
-    async def show_when_ready(self, state: AppState, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not state.routes.ready_replicas(BUILTIN):
-            if not self.settings.deploy_builtin_model:
-                break
+    async def show_when_ready(self, state: AppState) -> None:
+        if not self.settings.deploy_builtin_model:
+            self.show(ready=False)
+            return
+        deadline = time.monotonic() + self.settings.up_ready_timeout_s
+        while not state.routes.ready_replicas(BUILTIN):
+            status = await _status(state, BUILTIN)
+            if status is not None and status[0] == "failed":
+                self.fail(f"{BUILTIN} failed: {status[1]}", how_to_fix(status[1]))
+                return
+            if time.monotonic() > deadline:
+                waited = self.settings.up_ready_timeout_s
+                self.fail(f"{BUILTIN} did not answer within {waited:.0f}s", how_to_fix(""))
+                return
             await asyncio.sleep(0.2)
-        self.show(ready=bool(state.routes.ready_replicas(BUILTIN)))
+        self.show(ready=True)
+        embeddings = await _status(state, EMBEDDINGS)
+        if embeddings is not None and embeddings[0] == "failed":
+            console.print(f"[yellow]warning[/yellow]: {EMBEDDINGS} failed: {embeddings[1]}")
+
+    def fail(self, what: str, fix: str) -> None:
+        console.print(f"\n[bold red]souverain could not start its model[/bold red]: {what}")
+        console.print(f"  How to fix: {fix}")
+        console.print("  Stopping (exit code 1).")
+        self.exit_code = 1
+        if self.server is not None:
+            self.server.should_exit = True
 
     def show(self, *, ready: bool) -> None:
         base = self.settings.base_url
@@ -141,14 +182,18 @@ class Banner:
         console.print(f"  API        {base}/v1   (OpenAI- and Mistral-compatible)")
         console.print(f"  Docs       {base}/docs")
         console.print(f"  Data       {self.settings.data_dir}")
-        if self.settings.deploy_builtin_model:
-            state = "ready" if ready else "still starting (see `souverain deployments list`)"
-            console.print(f"  Model      {BUILTIN}: {state}")
+        if ready:
+            console.print(f"  Model      {BUILTIN}: ready")
         if self.first_key:
             console.print("  Operator API key (shown once, saved to the CLI config):")
             console.print(f"    {self.first_key}", highlight=False, soft_wrap=True)
         console.print(f"  CLI config {path}")
         console.print("  Ctrl-C stops everything.\n")
+
+
+async def _status(state: AppState, name: str) -> tuple[str, str] | None:
+    async with state.sessions() as session:
+        return await deployments.platform_status(session, name=name)
 
 
 def embedded_platform(settings: Settings, banner: Banner):  # type: ignore[no-untyped-def]
@@ -200,8 +245,8 @@ def embedded_platform(settings: Settings, banner: Banner):  # type: ignore[no-un
     return hook
 
 
-def _serve(app: object, settings: Settings) -> None:
-    server = uvicorn.Server(
+def _server(app: object, settings: Settings) -> uvicorn.Server:
+    return uvicorn.Server(
         uvicorn.Config(
             app,  # type: ignore[arg-type]
             host=settings.host,
@@ -212,7 +257,6 @@ def _serve(app: object, settings: Settings) -> None:
             timeout_graceful_shutdown=10,
         )
     )
-    server.run()
 
 
 DataDir = typer.Option(
@@ -231,7 +275,10 @@ def up(data_dir: Path | None = DataDir, host: str | None = Host, port: int | Non
     app = create_app(
         settings, hooks=[embedded_platform(settings, banner)], on_first_key=banner.remember_key
     )
-    _serve(app, settings)
+    banner.server = _server(app, settings)
+    banner.server.run()
+    if banner.exit_code:
+        raise typer.Exit(banner.exit_code)
 
 
 def server(
@@ -246,7 +293,7 @@ def server(
             f"first operator API key (shown once):\n  {key}", highlight=False, soft_wrap=True
         )
 
-    _serve(create_app(settings, on_first_key=first_key), settings)
+    _server(create_app(settings, on_first_key=first_key), settings).run()
 
 
 def controller(data_dir: Path | None = DataDir) -> None:

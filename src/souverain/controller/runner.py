@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.controller import leader
@@ -204,8 +204,14 @@ class Controller:
 
 
 async def forget_replicas(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """A fresh embedded cluster runs no replica: forget them, and what was said of them."""
     async with sessions.begin() as session:
         await session.execute(delete(ReplicaRow))
+        await session.execute(
+            update(DeploymentRow)
+            .where(DeploymentRow.deleted.is_(False))
+            .values(status="pending", status_reason="")
+        )
 
 
 async def models_by_node(session: AsyncSession) -> dict[str, frozenset[str]]:

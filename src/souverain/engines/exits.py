@@ -45,12 +45,15 @@ def _signal_words(number: int, build_hint: str) -> str:
     return _SIGNAL_HINTS.get(sig, f"killed by {sig.name}")
 
 
-def log_tail(path: Path, *, lines: int = TAIL_LINES, max_bytes: int = 8192) -> str:
-    """The last lines of an engine log, shortened, joined with ' | '."""
+def log_tail(
+    path: Path, *, since: int = 0, lines: int = TAIL_LINES, max_bytes: int = 8192
+) -> str:
+    """The last lines an engine wrote to its log after byte `since` (where this run of
+    the engine began), shortened, joined with ' | '."""
     try:
         with path.open("rb") as handle:
             size = handle.seek(0, 2)
-            handle.seek(max(0, size - max_bytes))
+            handle.seek(max(since, size - max_bytes, 0))
             text = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""

@@ -13,7 +13,7 @@ SECRET_ENV = "SOUVERAIN_ENGINE_SECRET"  # noqa: S105 (a variable name, not a sec
 
 class LlamaCppLauncher:
     name = "llamacpp"
-    build_hint = "llama-cpp-python (scripts/build-llamacpp builds it portable)"
+    build_hint = "llama-cpp-python"
 
     def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
         argv = [

@@ -92,6 +92,7 @@ class EngineSupervisor:
         self._restarts = 0
         self._crashes = crash_loop or CrashLoop()
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where the current engine run's output begins in its log
         self._power = power or self._default_power(gpu_indices, spec.watts_per_core)
         self._source: PowerSource | None = None
         self._energy_base = 0.0  # energy of engine processes that have exited
@@ -200,6 +201,7 @@ class EngineSupervisor:
         env = {**os.environ, **self._launcher.environment(spec=self._spec)}
         self._rotate_log()
         with self._log_path.open("ab") as log:
+            self._log_start = log.tell()
             process = subprocess.Popen(
                 argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
             )
@@ -216,7 +218,9 @@ class EngineSupervisor:
 
     def _exit_reason(self, code: int | None) -> str:
         return describe_exit(
-            code, build_hint=self._launcher.build_hint, log_tail=log_tail(self._log_path)
+            code,
+            build_hint=self._launcher.build_hint,
+            log_tail=log_tail(self._log_path, since=self._log_start),
         )
 
     def _rotate_log(self) -> None:

@@ -43,6 +43,20 @@ async def find_deployment(
     return rows[0] if rows else None
 
 
+async def platform_status(session: AsyncSession, *, name: str) -> tuple[str, str] | None:
+    """(status, reason) of the platform's deployment called `name`, if there is one."""
+    row = (
+        await session.execute(
+            select(DeploymentRow.status, DeploymentRow.status_reason).where(
+                DeploymentRow.name == name,
+                DeploymentRow.org_id.is_(None),
+                DeploymentRow.deleted.is_(False),
+            )
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
 async def _name_taken(session: AsyncSession, *, name: str, org_id: str | None) -> bool:
     owner = DeploymentRow.org_id.is_(None) if org_id is None else DeploymentRow.org_id == org_id
     query = select(DeploymentRow.id).where(
