@@ -7,6 +7,13 @@ run, alternating order.
 Prints medians and the ratio souverain / direct (1.00 means no cost); at concurrency > 1
 also the aggregate tokens/s of the parallel streams (llama.cpp serves one request at a
 time, so they queue). Traffic stays on this machine; every loop is bounded.
+
+    python bench/e2e_tokens.py --builds WHEELDIR WHEELDIR…
+
+compares llama.cpp builds instead (folders made by scripts/build-llamacpp, each holding a
+wheel and the CMAKE_ARGS it was built with): one engine per build, same model, same
+prompt, rounds alternating, single-stream tokens/s and the ratio of each build to the
+first. A build that cannot run on this CPU is reported with how it died.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from _processes import spawn
 
 from souverain.core.ids import replica_secret
 from souverain.testing.live import free_port
@@ -129,7 +138,11 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--builds", type=Path, nargs="+", help="compare llama.cpp builds")
     args = parser.parse_args()
+    if args.builds:
+        await compare_builds(args.builds, args.rounds, args.max_tokens)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, port = Path(tmp) / "data", free_port()
@@ -209,6 +222,68 @@ def report(
         f"  {'tokens/s, all streams':26}{direct_rate:10.1f}{gateway_rate:12.1f}{gateway_rate / direct_rate:8.3f}"
     )
     print(f"  {'time to first token ms':26}{d_ttft:10.1f}{g_ttft:12.1f}{g_ttft / d_ttft:8.3f}")
+
+
+async def compare_builds(builds: list[Path], rounds: int, max_tokens: int) -> None:
+    from souverain.engines.artifacts import builtin_path
+
+    secret = "bench-secret"
+    with tempfile.TemporaryDirectory() as tmp:
+        engines: list[tuple[str, str, subprocess.Popen[bytes]]] = []
+        for index, build in enumerate(builds):
+            [wheel] = build.glob("llama_cpp_python-*.whl")
+            site = Path(tmp) / f"build-{index}"
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(site)
+            flags = (build / "CMAKE_ARGS").read_text().strip()
+            port = free_port()
+            process = spawn(
+                [sys.executable, "-m", "souverain.engines.llamacpp_main", "--model",
+                 str(builtin_path(MODEL)), "--alias", MODEL, "--host", "127.0.0.1",
+                 "--port", str(port), "--threads", str(os.cpu_count() or 2)],
+                env={"PYTHONPATH": str(site), "SOUVERAIN_ENGINE_SECRET": secret},
+            )  # fmt: skip
+            engines.append((flags, f"http://127.0.0.1:{port}", process))
+        try:
+            runnable = []
+            async with httpx.AsyncClient(timeout=300) as client:
+                for flags, url, process in engines:
+                    if await _answers(client, url, secret, process):
+                        runnable.append((flags, url))
+                    else:
+                        print(f"build {flags}: cannot run here (exit code {process.returncode})")
+                samples: dict[str, list[Sample]] = {flags: [] for flags, _ in runnable}
+                for round_ in range(rounds):
+                    order = runnable if round_ % 2 == 0 else runnable[::-1]
+                    for flags, url in order:
+                        samples[flags].append(await stream_once(client, url, secret, max_tokens))
+        finally:
+            for _, _, process in engines:
+                process.terminate()
+                process.wait(30)
+    if not runnable:
+        return
+    base = statistics.median(s.tokens_per_s for s in samples[runnable[0][0]])
+    print(f"llama.cpp builds, {rounds} rounds, max_tokens={max_tokens}, single stream:")
+    for flags, _ in runnable:
+        rate = statistics.median(s.tokens_per_s for s in samples[flags])
+        print(f"  {rate:7.1f} tokens/s  ratio {rate / base:5.3f}  {flags}")
+
+
+async def _answers(
+    client: httpx.AsyncClient, url: str, secret: str, process: subprocess.Popen[bytes]
+) -> bool:
+    """Whether the engine produces a token (a build it cannot run dies trying)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            sample = await stream_once(client, url, secret, 2)
+            if sample.tokens:
+                return True
+        except httpx.HTTPError:
+            await asyncio.sleep(0.2)
+    process.wait(10)
+    return False
 
 
 if __name__ == "__main__":

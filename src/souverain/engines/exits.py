@@ -45,9 +45,7 @@ def _signal_words(number: int, build_hint: str) -> str:
     return _SIGNAL_HINTS.get(sig, f"killed by {sig.name}")
 
 
-def log_tail(
-    path: Path, *, since: int = 0, lines: int = TAIL_LINES, max_bytes: int = 8192
-) -> str:
+def log_tail(path: Path, *, since: int = 0, lines: int = TAIL_LINES, max_bytes: int = 8192) -> str:
     """The last lines an engine wrote to its log after byte `since` (where this run of
     the engine began), shortened, joined with ' | '."""
     try:
