@@ -308,3 +308,35 @@ class TestNodeLoss:
             )
 
         await wait_until(replaced, timeout_s=120, interval_s=0.5)
+
+    async def test_a_lost_node_never_sends_its_replicas_across_a_border(
+        self, fleet: Fleet
+    ) -> None:
+        """fra1 is now the only EU datacenter (par1 was relabelled US above): when its node
+        goes, the EU-only replicas have nowhere to go and none is placed outside the EU."""
+        before = await deployment_ready(fleet, "eu-model")
+        assert {r["datacenter_id"] for r in before["replica_details"]} == {"fra1"}
+        cluster: Cluster = HANDLES["cluster"]  # type: ignore[assignment]
+        cluster.remove_node(HANDLES["fra1"], allow_graceful=False)
+
+        async def stranded() -> bool:
+            async with fleet.client() as client:
+                current = (await client.get("/api/deployments/eu-model")).json()
+            return current["status"] == "unschedulable" and not current["replica_details"]
+
+        await wait_until(stranded, timeout_s=120, interval_s=0.5)
+        async with fleet.client() as client:
+            current = (await client.get("/api/deployments/eu-model")).json()
+            assert "outside" in current["status_reason"]  # why each remaining node was refused
+
+        async def anywhere_on_par1() -> bool:
+            async with fleet.client() as client:
+                found = (await client.get("/api/deployments/anywhere")).json()
+            details = found["replica_details"]
+            return found["status"] == "ready" and all(
+                r["datacenter_id"] == "par1" and r["node_id"] == fleet.nodes["par1"]
+                for r in details
+            )
+
+        # The unconstrained deployment, on the other hand, is served from what is left.
+        await wait_until(anywhere_on_par1, timeout_s=120, interval_s=0.5)
