@@ -131,6 +131,7 @@ async def platform(
         replica_refresh_s=0.2,
         key_cache_ttl_s=1.0,
         audit_window_s=0.3,
+        key_mint_per_minute=10_000,  # the suite mints many keys; its limit has its own test
         port=8000,
     )
     stand_in = StandInEngine(

@@ -153,6 +153,15 @@ class Settings(BaseSettings):
         default=400, ge=180, le=36500, description="Audit events are kept at least this long."
     )
 
+    key_mint_per_minute: int = Field(
+        default=10, ge=1, le=10_000, description="API keys one user may create per minute."
+    )
+    model_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories operators may register file:// models from (checked again "
+        "on every node after resolving symlinks). Default: <data_dir>/models.",
+    )
+
     log_level: str = "INFO"
 
     @field_validator("secret_key")
@@ -171,6 +180,10 @@ class Settings(BaseSettings):
         return normalise_database_url(
             self.database_url or f"sqlite:///{self.data_dir / 'souverain.db'}"
         )
+
+    @property
+    def model_roots_or_default(self) -> list[Path]:
+        return self.model_roots or [self.data_dir / "models"]
 
     @property
     def signing_key_path(self) -> Path:

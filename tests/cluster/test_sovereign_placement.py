@@ -309,9 +309,7 @@ class TestNodeLoss:
 
         await wait_until(replaced, timeout_s=120, interval_s=0.5)
 
-    async def test_a_lost_node_never_sends_its_replicas_across_a_border(
-        self, fleet: Fleet
-    ) -> None:
+    async def test_a_lost_node_never_sends_its_replicas_across_a_border(self, fleet: Fleet) -> None:
         """fra1 is now the only EU datacenter (par1 was relabelled US above): when its node
         goes, the EU-only replicas have nowhere to go and none is placed outside the EU."""
         before = await deployment_ready(fleet, "eu-model")

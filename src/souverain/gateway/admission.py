@@ -77,6 +77,13 @@ def limits_for(state: AppState, principal: Principal, project_id: str | None) ->
         limits.append(Limit("key", principal.key_id, "requests", key_rpm))
     if key_tpm:
         limits.append(Limit("key", principal.key_id, "tokens", key_tpm))
+    for key_id, rpm, tpm in principal.lineage_limits:
+        if key_id == principal.key_id:
+            continue  # the key's own, above
+        if rpm:  # the keys that minted this one: their buckets are shared with it
+            limits.append(Limit("key", key_id, "requests", rpm))
+        if tpm:
+            limits.append(Limit("key", key_id, "tokens", tpm))
     project_rpm, project_tpm = state.routes.project_limits.get(project_id or "", (None, None))
     if project_rpm:
         limits.append(Limit("project", project_id or "", "requests", project_rpm))

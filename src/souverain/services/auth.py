@@ -22,6 +22,7 @@ from souverain.db.tables import ApiKeyRow, OrganisationRow, UserRow, utcnow
 from souverain.services import memberships
 
 _INVALID = "Incorrect API key provided. Keys look like sk-souv-<id>_<secret>."
+MAX_LINEAGE = 64  # keys minted by keys minted by …: deeper chains are refused
 
 
 async def authenticate(
@@ -49,6 +50,7 @@ async def authenticate(
         )
     if row.org_id is not None and await session.get(OrganisationRow, row.org_id) is None:
         raise AuthenticationError(_INVALID)
+    limits = await lineage_limits(session, row=row, now=now)
     role = Role(row.role)
     return Principal(
         key_id=row.id,
@@ -61,7 +63,31 @@ async def authenticate(
         expires_at=row.expires_at,
         rpm=row.rpm,
         tpm=row.tpm,
+        lineage_limits=limits,
     )
+
+
+async def lineage_limits(
+    session: AsyncSession, *, row: ApiKeyRow, now: datetime
+) -> tuple[tuple[str, int | None, int | None], ...]:
+    """Walk up the keys that minted this one: any of them revoked or expired makes this
+    key invalid too (revocation cascades even for keys minted before a cascade was
+    written), and each one's rate limits apply to this key as well."""
+    limits: list[tuple[str, int | None, int | None]] = []
+    current: ApiKeyRow | None = row
+    for _ in range(MAX_LINEAGE):
+        if current is None:
+            return tuple(limits)
+        if current is not row and current.revoked_at is not None:
+            raise AuthenticationError("This API key has been revoked (a key above it was).")
+        if current.expires_at is not None and current.expires_at <= now:
+            raise AuthenticationError("This API key has expired.")
+        if current.rpm is not None or current.tpm is not None:
+            limits.append((current.id, current.rpm, current.tpm))
+        if current.parent_key_id is None:
+            return tuple(limits)
+        current = await session.get(ApiKeyRow, current.parent_key_id)
+    raise AuthenticationError(_INVALID)
 
 
 async def _holder_role(session: AsyncSession, *, row: ApiKeyRow, user: UserRow) -> Role | None:

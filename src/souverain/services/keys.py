@@ -2,8 +2,12 @@
 
 A new key never grants more than its creator holds: its role must be within the
 creator's effective scopes and within the role of the user it is issued for; a key
-restricted to a project can only mint keys for that project; and it cannot outlive the
-key that created it.
+restricted to a project can only mint keys for that project; it cannot outlive the key
+that created it; the minting key is checked in the database, not the cache, so a key
+revoked a millisecond ago mints nothing. A minted key remembers its parent: revoking a
+key revokes every key below it, and a parent's rate limits bind its descendants too
+(they share its buckets). Keys belong to a membership: removing a member revokes their
+keys in that organisation, so re-adding them starts with none.
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from souverain.core.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from souverain.core.ids import hash_secret, new_api_key
 from souverain.core.principal import Principal
 from souverain.core.roles import Role, Scope, can_grant, scopes_of
@@ -22,6 +31,8 @@ from souverain.db.tables import ApiKeyRow, UserRow, utcnow
 from souverain.services import memberships, orgs, projects, users
 from souverain.services.access import check_org, check_scope
 from souverain.services.audit import actor_of, record
+from souverain.services.auth import lineage_limits
+from souverain.services.key_lineage import revoke_lineage
 
 
 async def create_key(
@@ -33,6 +44,7 @@ async def create_key(
 ) -> tuple[ApiKeyRow, str]:
     """Return the stored row and the full key, which is never shown again."""
     now = now or utcnow()
+    await _check_minter(session, principal=principal, now=now)
     org_id = await _target_org(session, principal=principal, request=request)
     user = await _target_user(session, principal=principal, request=request, org_id=org_id)
     holder_role = await _holder_role(session, user=user, org_id=org_id)
@@ -52,6 +64,7 @@ async def create_key(
         name=request.name,
         user_id=user.id,
         created_by=principal.user_id,
+        parent_key_id=principal.key_id,
         org_id=org_id,
         project_id=project_id,
         role=request.role,
@@ -77,6 +90,16 @@ async def create_key(
         },
     )
     return row, full
+
+
+async def _check_minter(session: AsyncSession, *, principal: Principal, now: datetime) -> None:
+    """The key asking to mint, as the database has it now (not as the cache remembers it)."""
+    row = await session.get(ApiKeyRow, principal.key_id)
+    if row is None or row.revoked_at is not None:
+        raise AuthenticationError("This API key has been revoked.")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise AuthenticationError("This API key has expired.")
+    await lineage_limits(session, row=row, now=now)  # an ancestor revoked: refused too
 
 
 async def _target_org(
@@ -174,8 +197,7 @@ async def revoke_key(session: AsyncSession, *, principal: Principal, key_id: str
         if not can_grant(principal.scopes, role=Role(row.role)):
             raise PermissionDeniedError("you cannot revoke a key above your own role")
     if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        await session.flush()
+        cascaded = await revoke_lineage(session, key=row)
         await record(
             session,
             actor=actor_of(principal),
@@ -183,6 +205,7 @@ async def revoke_key(session: AsyncSession, *, principal: Principal, key_id: str
             org_id=row.org_id,
             target_type="key",
             target_id=row.id,
+            details={"descendants_revoked": cascaded},
         )
     return row
 

@@ -11,7 +11,7 @@ from souverain.core.principal import Principal
 from souverain.core.roles import Role, Scope, can_grant
 from souverain.core.schemas.tenancy import MemberAddRequest
 from souverain.db.tables import MembershipRow, UserRow
-from souverain.services import orgs, users
+from souverain.services import key_lineage, orgs, users
 from souverain.services.access import check_org
 from souverain.services.audit import actor_of, record
 
@@ -83,6 +83,9 @@ async def remove_member(
     if not can_grant(principal.scopes, role=Role(membership.role)):
         raise PermissionDeniedError("you cannot remove a member who outranks you")
     await session.delete(membership)
+    revoked = await key_lineage.revoke_membership_keys(
+        session, org_id=org.id, user_id=membership.user_id
+    )
     await session.flush()
     await record(
         session,
@@ -91,5 +94,5 @@ async def remove_member(
         org_id=org.id,
         target_type="user",
         target_id=membership.user_id,
-        details={"user": user_name},
+        details={"user": user_name, "keys_revoked": revoked},
     )

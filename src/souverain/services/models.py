@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.errors import ConflictError, NotFoundError
+from souverain.core.artifact_uri import BadArtifactUri, parse_artifact_uri
+from souverain.core.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
@@ -85,13 +95,39 @@ async def artifacts_of(
     return result
 
 
+def check_artifact_source(principal: Principal, uri: str, *, model_roots: Sequence[Path]) -> None:
+    """Who may bring weights from where (see `core.artifact_uri`): tenants from a hub or
+    the built-in set; operators also from a path inside the installation's model roots."""
+    try:
+        parsed = parse_artifact_uri(uri)
+    except BadArtifactUri as error:
+        raise InvalidRequestError(str(error), param="uri") from None
+    if not parsed.operator_only:
+        return
+    if not principal.is_operator:
+        raise PermissionDeniedError(
+            "file:// artifacts are for operators: bring your model from a hub (hf://)",
+            param="uri",
+        )
+    real = Path(os.path.realpath(parsed.target))
+    if not any(real == (base := Path(os.path.realpath(root))) or base in real.parents
+               for root in model_roots):  # fmt: skip
+        raise InvalidRequestError(
+            "file:// artifacts must lie inside the model roots "
+            f"(SOUVERAIN_MODEL_ROOTS: {', '.join(str(r) for r in model_roots) or 'none'})",
+            param="uri",
+        )
+
+
 async def register_model(
     session: AsyncSession,
     *,
     principal: Principal,
     request: ModelRegisterRequest,
+    model_roots: Sequence[Path] = (),
     source: str = "user",
 ) -> ModelRow:
+    check_artifact_source(principal, request.uri, model_roots=model_roots)
     owner_org_id = None
     if request.org is not None:
         org = await orgs.get_org(session, principal=principal, ref=request.org)

@@ -5,7 +5,8 @@ from fastapi import APIRouter, Query, status
 from souverain.core.roles import Role, Scope
 from souverain.core.schemas.tenancy import ApiKey, ApiKeyCreated, KeyCreateRequest
 from souverain.db.tables import ApiKeyRow, UserRow
-from souverain.gateway.deps import PrincipalDep, SessionDep
+from souverain.gateway.deps import PrincipalDep, SessionDep, StateDep
+from souverain.gateway.ratelimit import Limit
 from souverain.services import keys
 
 router = APIRouter(prefix="/api/keys", tags=["keys"])
@@ -28,11 +29,17 @@ def _out(row: ApiKeyRow, user: UserRow) -> ApiKey:
 
 @router.post("", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
 async def create_key(
-    body: KeyCreateRequest, principal: PrincipalDep, session: SessionDep
+    body: KeyCreateRequest, principal: PrincipalDep, session: SessionDep, state: StateDep
 ) -> ApiKeyCreated:
     """Create a key. The full key is in the response once and never again. A key can never
     grant more than you hold: its role and scopes must be within yours and within those of
-    the user it is for, and it cannot outlive the key that creates it."""
+    the user it is for, and it cannot outlive the key that creates it. The new key shares
+    the rate limits of the key that creates it, and is revoked with it. Each user may
+    create `SOUVERAIN_KEY_MINT_PER_MINUTE` keys a minute (429 beyond)."""
+    mint = Limit(
+        "user (key creation)", principal.user_id, "requests", state.settings.key_mint_per_minute
+    )
+    await state.limiter.admit([mint], tokens=0)
     row, full = await keys.create_key(session, principal=principal, request=body)
     user = await session.get(UserRow, row.user_id)
     assert user is not None

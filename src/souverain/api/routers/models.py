@@ -4,7 +4,7 @@ from fastapi import APIRouter, status
 
 from souverain.core.schemas.models import Model, ModelArtifact, ModelRegisterRequest
 from souverain.db.tables import ModelArtifactRow, ModelRow
-from souverain.gateway.deps import PrincipalDep, SessionDep
+from souverain.gateway.deps import PrincipalDep, SessionDep, StateDep
 from souverain.services import models
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -34,11 +34,18 @@ async def list_models(principal: PrincipalDep, session: SessionDep) -> list[Mode
 
 @router.post("", response_model=Model, status_code=status.HTTP_201_CREATED)
 async def register_model(
-    body: ModelRegisterRequest, principal: PrincipalDep, session: SessionDep
+    body: ModelRegisterRequest, principal: PrincipalDep, session: SessionDep, state: StateDep
 ) -> Model:
     """Register a model artifact. Platform models need the operator; `org` makes it private to
-    an organisation. Engines check the sha256 on each node before serving."""
-    row = await models.register_model(session, principal=principal, request=body)
+    an organisation. Tenants bring weights from a hub (`hf://owner/repo/file`); `file://`
+    paths are for operators, inside the installation's model roots. Engines check the
+    sha256 on each node before serving."""
+    row = await models.register_model(
+        session,
+        principal=principal,
+        request=body,
+        model_roots=state.settings.model_roots_or_default,
+    )
     artifacts = await models.artifacts_of(session, model_ids=[row.id])
     await session.commit()
     return _out(row, artifacts[row.id])
