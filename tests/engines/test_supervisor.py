@@ -174,3 +174,39 @@ class TestCrashLoop:
         assert loop.looping
         loop.clear()
         assert not loop.looping
+
+
+class TestNeverSilent:
+    @pytest.mark.parametrize(
+        "engine_args",
+        [{"token_delay": "abc"}, {"token_delay": [1]}, {"fault": ["sigill"]}],
+        ids=["text-for-a-number", "list-for-a-number", "list-for-a-choice"],
+    )
+    def test_a_bad_argument_that_reached_the_node_fails_visibly(
+        self, tmp_path: Path, engine_args: dict[str, object]
+    ) -> None:
+        """Arguments are checked at the API; if one got past it (a row written by hand), the
+        replica says so instead of staying `starting` with no reason."""
+        supervisor = EngineSupervisor(
+            spec(**engine_args), StandInLauncher(), host="127.0.0.1", node_id="n", log_dir=tmp_path
+        )
+        supervisor.start()
+        try:
+            wait_for(supervisor, "failed", 40)
+            error = supervisor.status().error
+        finally:
+            supervisor.stop()
+        assert "engine supervisor stopped" in error or "crash loop" in error
+
+    def test_a_bad_artifact_uri_fails_visibly(self, tmp_path: Path) -> None:
+        bad = ReplicaSpec(**{**spec().__dict__, "artifact_uri": "hf://../../etc/passwd"})
+        supervisor = EngineSupervisor(
+            bad, StandInLauncher(), host="127.0.0.1", node_id="n", log_dir=tmp_path
+        )
+        supervisor.start()
+        try:
+            wait_for(supervisor, "failed", 10)
+            error = supervisor.status().error
+        finally:
+            supervisor.stop()
+        assert "hf://" in error

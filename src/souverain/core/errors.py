@@ -3,7 +3,8 @@
     SouverainError(code, message, param)
     ├── InvalidRequestError        400  a client mistake: bad value, out of bounds
     │   ├── PayloadTooLargeError    413
-    │   └── UnsupportedMediaTypeError 415  a body that is not JSON
+    │   ├── UnsupportedMediaTypeError 415  a body that is not JSON
+    │   └── UnprocessableError     422  well-formed, but a value the platform cannot take
 
     ├── AuthenticationError        401  missing, malformed, wrong, revoked or expired key
     ├── PermissionDeniedError      403  authenticated, but the key may not do this
@@ -29,6 +30,7 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request_error"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNPROCESSABLE = "unprocessable_entity"
 
     UNAUTHENTICATED = "invalid_api_key"
     PERMISSION_DENIED = "permission_denied"
@@ -65,6 +67,10 @@ class PayloadTooLargeError(InvalidRequestError):
 
 class UnsupportedMediaTypeError(InvalidRequestError):
     code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
+class UnprocessableError(InvalidRequestError):
+    code = ErrorCode.UNPROCESSABLE
 
 
 class AuthenticationError(SouverainError):

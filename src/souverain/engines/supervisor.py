@@ -47,6 +47,12 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _plain(error: BaseException) -> str:
+    """An exception in words, without Python's internals."""
+    text = str(error).splitlines()[0][:300] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -161,6 +167,14 @@ class EngineSupervisor:
             self._changed.notify_all()
 
     def _run(self) -> None:
+        """The supervisor thread. It never dies silently: whatever goes wrong becomes
+        `failed` with its reason, where a person looks."""
+        try:
+            self._supervise()
+        except Exception as error:  # a bug or a bad argument must not leave "starting"
+            self._set("failed", error=f"the engine supervisor stopped: {_plain(error)}")
+
+    def _supervise(self) -> None:
         try:
             model_path = artifacts.resolve(
                 self._spec.artifact_uri,

@@ -10,7 +10,13 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from souverain.core.engine_args import EngineArgError, check_engine_args
+from souverain.core.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    UnprocessableError,
+)
 from souverain.core.ids import new_id
 from souverain.core.policy import UNRESTRICTED, Policy, intersect
 from souverain.core.principal import Principal
@@ -110,6 +116,15 @@ async def create_deployment(
     if model.owner_org_id is not None and model.owner_org_id != org_id:
         raise NotFoundError("model not found", param="model")  # another tenant's private model
 
+    try:
+        check_engine_args(
+            model.engine,
+            dict(request.engine_args),
+            context_length=model.context_length,
+            cpus=request.cpus,
+        )
+    except EngineArgError as error:
+        raise UnprocessableError(str(error), param=f"engine_args.{error.name}") from None
     await _check_datacenters(session, request.datacenters)
     if await _name_taken(session, name=request.name, org_id=org_id):
         raise ConflictError(f"deployment '{request.name}' already exists", param="name")
