@@ -153,6 +153,13 @@ class Settings(BaseSettings):
         default=400, ge=180, le=36500, description="Audit events are kept at least this long."
     )
 
+    engine_failures_per_key: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Requests of one key that may break an engine within 10 minutes before "
+        "the key is paused (429) for the rest of that window.",
+    )
     key_mint_per_minute: int = Field(
         default=10, ge=1, le=10_000, description="API keys one user may create per minute."
     )

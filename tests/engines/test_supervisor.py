@@ -210,3 +210,30 @@ class TestNeverSilent:
         finally:
             supervisor.stop()
         assert "hf://" in error
+
+
+class TestSecretStaysPrivate:
+    def test_the_replica_secret_is_not_in_the_engines_argv_or_environment(
+        self, supervised: EngineSupervisor
+    ) -> None:
+        wait_for(supervised, "ready", 30)
+        pid = supervised.pid
+        assert pid is not None
+        secret = b"s3cret-for-this-replica"
+        assert secret not in Path(f"/proc/{pid}/environ").read_bytes()
+        assert secret not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+    def test_engine_logs_are_private(self, tmp_path: Path) -> None:
+        os.environ["SOUVERAIN_NODE_DIR"] = str(tmp_path / "node-home")
+        try:
+            supervisor = EngineSupervisor(spec(), StandInLauncher(), host="127.0.0.1", node_id="n")
+            supervisor.start()
+            wait_for(supervisor, "ready", 30)
+            supervisor.stop()
+        finally:
+            del os.environ["SOUVERAIN_NODE_DIR"]
+        engines = tmp_path / "node-home" / "node" / "engines"
+        assert engines.stat().st_mode & 0o777 == 0o700
+        assert (engines.parent.stat().st_mode & 0o777) == 0o700
+        [log] = list(engines.iterdir())
+        assert log.stat().st_mode & 0o777 == 0o600

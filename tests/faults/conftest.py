@@ -7,6 +7,7 @@ clear error, and exactly one usage record per admitted request (none lost, none 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -155,19 +157,20 @@ class FaultPlatform:
             return int((await session.execute(query)).scalar_one())
 
 
-@pytest.fixture(scope="module", params=DATABASES)
-async def faulty(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+@contextlib.asynccontextmanager
+async def fault_platform(
+    directory: Path, database: str, **overrides: Any
 ) -> AsyncIterator[FaultPlatform]:
-    directory: Path = tmp_path_factory.mktemp(f"faults-{request.param}")
+    """A live server with a short engine read timeout, a tenant and its owner's key."""
     settings = Settings(
         data_dir=directory,
-        database_url=await fresh_database_url(request.param, directory, database="faults"),
+        database_url=await fresh_database_url(database, directory, database="faults"),
         secret_key=MASTER_KEY,  # type: ignore[arg-type]
         replica_refresh_s=0.2,
         key_cache_ttl_s=1.0,
         upstream_timeout_s=READ_TIMEOUT_S,
         port=free_port(),
+        **overrides,
     )
     with LiveServer(create_app(settings), port=settings.port) as server:
         engine = create_engine_unpooled(settings.sqlalchemy_url)
@@ -183,6 +186,16 @@ async def faulty(
                 process.process.kill()
                 process.process.wait()
             await engine.dispose()
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+async def faulty(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[FaultPlatform]:
+    directory: Path = tmp_path_factory.mktemp(f"faults-{request.param}")
+    # These tests break engines on purpose with one key: the key is never paused here.
+    async with fault_platform(directory, request.param, engine_failures_per_key=1000) as found:
+        yield found
 
 
 @pytest.fixture

@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.faults.conftest import READ_TIMEOUT_S, FaultPlatform, Tally
+from souverain.core.roles import Role
+from tests.conftest import wait_until
+from tests.faults.conftest import READ_TIMEOUT_S, FaultPlatform, Tally, fault_platform
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +136,44 @@ class TestStalledEngines:
         tally.records = 1
         assert record.status == "client_cancelled"
         assert await faulty.open_records() == 0
+
+
+class TestKeysThatBreakEngines:
+    async def test_a_key_that_keeps_breaking_engines_is_paused_and_audited(
+        self, tmp_path: Path, tally: Tally
+    ) -> None:
+        async with fault_platform(
+            tmp_path, "sqlite", engine_failures_per_key=3, audit_window_s=0.3
+        ) as platform:
+            model, engines = await platform.model_on_engines(4)
+            async with platform.client() as client:
+                for _ in range(3):
+                    answer = await client.post(
+                        "/v1/chat/completions", json=chat(model, "#die-mid-json")
+                    )
+                    tally.saw(answer.status_code)
+                    assert answer.status_code == 502
+                paused = await client.post("/v1/chat/completions", json=chat(model, "hello"))
+                tally.saw(paused.status_code)
+                assert paused.status_code == 429
+                assert "paused" in paused.json()["error"]["message"]
+                assert int(paused.headers["retry-after"]) > 0
+            assert sum(e.alive() for e in engines) == 1  # the fourth was never reached
+            other = await platform.factory.member_key(
+                await platform.factory.tenant(roles={"bo": Role.OWNER}), "bo", Role.OWNER
+            )
+            async with httpx.AsyncClient(
+                base_url=platform.url, headers={"Authorization": f"Bearer {other.key}"}
+            ) as client:
+                served = await client.post("/v1/chat/completions", json=chat(model, "hi"))
+                assert served.status_code == 200  # other tenants are not punished
+
+                async def audited() -> bool:
+                    async with platform.client() as owner:
+                        events = (
+                            await owner.get("/api/audit", params={"action": "engine.failure"})
+                        ).json()
+                    return len(events["events"]) >= 1
+
+                await wait_until(audited, timeout_s=10)
+            tally.records = len(await platform.settled(model, 4))

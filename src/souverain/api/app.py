@@ -175,7 +175,9 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         master_key=load_master_key(settings),
         server_id=server_id,
         signing_key=signing.load_or_create(settings.signing_key_path),
-        limiter=RateLimiter(settings.rate_limit_storage),
+        limiter=RateLimiter(
+            settings.rate_limit_storage, crashes_per_10_minutes=settings.engine_failures_per_key
+        ),
         metrics=Metrics(routes),
         audit_trail=AuditTrail(sessions, window_s=settings.audit_window_s),
         journal=journal,

@@ -219,6 +219,8 @@ def embedded_platform(settings: Settings, banner: Banner):  # type: ignore[no-un
                     session, builtin=embedder, deploy=settings.deploy_builtin_model
                 )
         embedded = settings.ray_address is None
+        # Engine logs and caches of this machine's node live in the data directory.
+        os.environ.setdefault("SOUVERAIN_NODE_DIR", str(settings.data_dir))
         labels = ray_cluster.datacenter_labels(settings.local_datacenter)
         await asyncio.to_thread(
             ray_cluster.connect,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -18,6 +21,7 @@ from souverain.core.fleet import (
     ReplicaSpec,
     ReplicaStatus,
 )
+from souverain.engines.node_dir import private
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +147,8 @@ def _available_per_node() -> dict[str, dict[str, float]]:
 
 
 def connect(address: str | None, *, labels: dict[str, str], num_cpus: int | None) -> None:
-    """Join an existing cluster, or start an embedded head carrying the local datacenter label."""
+    """Join an existing cluster, or start an embedded head carrying the local datacenter
+    label, its files in a private directory and its processes on the loopback address."""
     if ray.is_initialized():
         return
     if address:
@@ -158,7 +163,26 @@ def connect(address: str | None, *, labels: dict[str, str], num_cpus: int | None
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=str(private_temp_dir()),
         )
+    protect_token_file()
+
+
+def private_temp_dir() -> Path:
+    """Ray's session files (sockets, logs, ports) under a 0700 directory of this user."""
+    path = Path(tempfile.gettempdir()) / f"souverain-ray-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return private(path)
+
+
+def protect_token_file() -> None:
+    """Ray's cluster token, readable by this user only."""
+    token = Path.home() / ".ray" / "auth_token"
+    with contextlib.suppress(OSError):
+        if token.is_file() and not token.is_symlink() and token.stat().st_uid == os.getuid():
+            os.chmod(token.parent, 0o700)
+            os.chmod(token, 0o600)
 
 
 def shutdown() -> None:

@@ -15,11 +15,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from souverain.core.artifact_uri import BUILTIN_MODELS, BadArtifactUri, parse_artifact_uri
+from souverain.engines.node_dir import node_dir, read_private, write_private
 
 
 class ArtifactError(Exception):
@@ -77,12 +77,12 @@ def file_sha256(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
 
 
 def check_sha256(path: Path, expected: str) -> None:
-    stat = path.stat()
-    marker = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache_file = Path(tempfile.gettempdir()) / "souverain-verified.json"
+    info = path.stat()
+    marker = f"{path.resolve()}|{info.st_size}|{info.st_mtime_ns}|{info.st_ino}"
+    cache_file = node_dir() / "verified.json"
     try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
+        cache = json.loads(read_private(cache_file) or b"{}")
+    except ValueError:
         cache = {}
     if cache.get(marker) == expected:
         return
@@ -90,9 +90,7 @@ def check_sha256(path: Path, expected: str) -> None:
     if actual != expected:
         raise ArtifactError(f"checksum mismatch: the file on this node is not sha256 {expected}")
     cache[marker] = actual
-    tmp = cache_file.with_suffix(f".{os.getpid()}")
-    tmp.write_text(json.dumps(cache))
-    tmp.replace(cache_file)
+    write_private(cache_file, json.dumps(cache).encode())
 
 
 def _download_from_hub(ref: str) -> Path:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
 from souverain.engines.base import Probe
-from souverain.engines.llamacpp import SECRET_ENV
 
 
 class EmbeddingsLauncher:
@@ -32,7 +31,7 @@ class EmbeddingsLauncher:
         ]
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
-        return {SECRET_ENV: spec.secret, "HF_HUB_OFFLINE": "1"}
+        return {"HF_HUB_OFFLINE": "1"}  # the secret travels through a pipe
 
     def probe(self, *, spec: ReplicaSpec) -> Probe:
         return Probe(

@@ -15,10 +15,9 @@ import asyncio
 import base64
 import os
 import secrets
-import sys
 from typing import Any
 
-from souverain.engines.llamacpp import SECRET_ENV
+from souverain.engines.secret import read_secret
 
 
 def build_app(model: Any, *, alias: str, secret: str) -> Any:
@@ -106,9 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    secret = os.environ.pop(SECRET_ENV, "")
-    if not secret:
-        sys.exit(f"{SECRET_ENV} is not set: refusing to serve without a replica secret")
+    secret = read_secret()
     os.environ["HF_HUB_OFFLINE"] = "1"  # never reach a hub from an engine
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 

@@ -8,8 +8,6 @@ from pathlib import Path
 from souverain.core.fleet import ReplicaSpec
 from souverain.engines.base import Probe, one_token_completion
 
-SECRET_ENV = "SOUVERAIN_ENGINE_SECRET"  # noqa: S105 (a variable name, not a secret)
-
 
 class LlamaCppLauncher:
     name = "llamacpp"
@@ -40,7 +38,7 @@ class LlamaCppLauncher:
         return argv
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
-        return {SECRET_ENV: spec.secret}
+        return {}  # the secret travels through a pipe (engines/secret.py)
 
     def probe(self, *, spec: ReplicaSpec) -> Probe:
         return one_token_completion(spec.model_name)

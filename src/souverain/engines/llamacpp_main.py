@@ -14,13 +14,11 @@ The bearer secret arrives in the environment, never in argv. The server accepts 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from souverain.engines.llamacpp import SECRET_ENV
+from souverain.engines.secret import read_secret
 
 
 def install_usage_counting() -> None:
@@ -93,9 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-layers", type=int, default=0)
     parser.add_argument("--embedding", action="store_true")
     args = parser.parse_args(argv)
-    secret = os.environ.pop(SECRET_ENV, "")
-    if not secret:
-        sys.exit(f"{SECRET_ENV} is not set: refusing to serve without a replica secret")
+    secret = read_secret()
 
     import uvicorn
     from llama_cpp.server.app import create_app

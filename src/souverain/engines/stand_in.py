@@ -12,7 +12,6 @@ from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
 from souverain.engines.base import Probe, one_token_completion
-from souverain.engines.llamacpp import SECRET_ENV
 
 
 class StandInLauncher:
@@ -40,7 +39,7 @@ class StandInLauncher:
         return argv
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
-        return {SECRET_ENV: spec.secret}
+        return {}  # the secret travels through a pipe (engines/secret.py)
 
     def probe(self, *, spec: ReplicaSpec) -> Probe:
         return one_token_completion(spec.model_name)

@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +33,8 @@ from souverain.energy.sources import PowerSource, pick_source, process_cpu_secon
 from souverain.engines import artifacts
 from souverain.engines.base import EngineLauncher
 from souverain.engines.exits import CrashLoop, describe_exit, log_tail
+from souverain.engines.node_dir import node_dir, open_log
+from souverain.engines.secret import SECRET_ENV, SECRET_FD_ENV, secret_pipe
 
 SourceFactory = Callable[[int], PowerSource]  # engine pid -> its power source
 
@@ -83,9 +84,8 @@ class EngineSupervisor:
         self._host = host
         self._node_id = node_id
         self._start_timeout_s = start_timeout_s
-        self._log_path = (
-            log_dir or Path(tempfile.gettempdir()) / "souverain-engines"
-        ) / f"{spec.replica_id}.log"
+        self._log_dir = log_dir
+        self._log_path = (log_dir or Path(".")) / f"{spec.replica_id}.log"
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -214,13 +214,25 @@ class EngineSupervisor:
         argv = self._launcher.command(
             spec=self._spec, model_path=model_path, host=self._host, port=port
         )
+        secret = secret_pipe(self._spec.secret)
         env = {**os.environ, **self._launcher.environment(spec=self._spec)}
+        env[SECRET_FD_ENV] = str(secret)
+        env.pop(SECRET_ENV, None)
         self._rotate_log()
-        with self._log_path.open("ab") as log:
-            self._log_start = log.tell()
+        log = open_log(self._log_path)
+        try:
+            self._log_start = os.lseek(log, 0, os.SEEK_END)
             process = subprocess.Popen(
-                argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(secret,),
+                preexec_fn=_die_with_parent,
             )
+        finally:
+            os.close(log)
+            os.close(secret)
         self._process = process
         self._attach_power(process.pid)
         not_ready = self._wait_ready(url, process)
@@ -240,7 +252,10 @@ class EngineSupervisor:
         )
 
     def _rotate_log(self) -> None:
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log_dir is None:  # engine logs live in the node's private directory
+            self._log_path = node_dir("engines") / self._log_path.name
+        else:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileNotFoundError):
             if self._log_path.stat().st_size > LOG_ROTATE_BYTES:
                 self._log_path.replace(self._log_path.with_suffix(".log.1"))

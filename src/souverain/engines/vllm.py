@@ -17,7 +17,7 @@ class VllmLauncher:
         argv = [
             sys.executable,
             "-m",
-            "vllm.entrypoints.openai.api_server",
+            "souverain.engines.vllm_main",
             "--model",
             str(model_path),
             "--served-model-name",
@@ -40,8 +40,7 @@ class VllmLauncher:
         return argv
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
-        # vLLM reads its bearer key from VLLM_API_KEY when --api-key is not given.
-        return {"VLLM_API_KEY": spec.secret}
+        return {}  # the secret travels through a pipe; vllm_main hands it to vLLM in-process
 
     def probe(self, *, spec: ReplicaSpec) -> Probe:
         return one_token_completion(spec.model_name)

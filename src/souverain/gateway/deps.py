@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.errors import AuthenticationError
+from souverain.core.errors import AuthenticationError, InvalidRequestError
 from souverain.core.ids import parse_api_key
 from souverain.core.principal import Principal
 from souverain.gateway.state import AppState
@@ -32,7 +32,14 @@ async def get_session(
 
 
 def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization")
+    """The one bearer token of the request. Two Authorization headers are ambiguous (a
+    proxy may read one and souverain the other): refused, never "the first wins"."""
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise InvalidRequestError(
+            "Send exactly one Authorization header; this request has several."
+        )
+    header = headers[0] if headers else ""
     if not header:
         raise AuthenticationError(_MISSING)
     scheme, _, token = header.partition(" ")

@@ -133,6 +133,20 @@ class Exchange:
         intensity = self.route.carbon_intensity if self.route else 0.0
         return co2e_grams(settlement.energy_estimate_j or 0.0, intensity)
 
+    async def note_engine_failure(self, what: str) -> None:
+        """An engine that drops a request it was processing has most likely died of it: the
+        audit log names the key that sent it, and a key that does it again and again is
+        paused (`RateLimiter.check_crashes`)."""
+        principal = self.call.principal
+        replica = self.route.replica_id if self.route else "?"
+        self.state.audit_trail.note(
+            "engine.failure",
+            org_id=principal.org_id,
+            subject=f"key:{principal.key_id}",
+            reason=f"replica {replica} {what} (request {self.record_id})",
+        )
+        await self.state.limiter.note_crash(principal.key_id)
+
     def headers(self) -> dict[str, str]:
         headers = {"x-request-id": self.record_id, **self.admitted.rate_headers}
         if self.route is not None:

@@ -76,6 +76,7 @@ async def resolve_model(
 
 
 async def run(call: Call, request: Request) -> Response:
+    await call.state.limiter.check_crashes(call.principal.key_id)
     routes = await _compliant_routes(call)
     content = _encode(call)
     exchange = Exchange(call, await _admit(call, routes))
@@ -198,6 +199,7 @@ async def _send(
                 "The model engine did not answer in time; the request was stopped."
             ) from None
         except upstream.Broken:
+            await exchange.note_engine_failure("dropped the connection before answering")
             raise UpstreamError(
                 "The model engine dropped the connection before answering; the request was "
                 "not sent again because it may have been processed."
@@ -248,6 +250,7 @@ async def _complete(exchange: Exchange, response: upstream.Response, request: Re
     except upstream.TimedOut:
         raise UpstreamTimeoutError("The model engine did not finish its answer in time.") from None
     except upstream.Broken:
+        await exchange.note_engine_failure("broke off its answer")
         raise UpstreamError("The model engine broke off the response.") from None
     finally:
         response.close()

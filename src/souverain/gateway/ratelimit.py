@@ -42,12 +42,30 @@ def _reset_text(seconds: float) -> str:
 
 
 class RateLimiter:
-    def __init__(self, storage: str) -> None:
+    def __init__(self, storage: str, *, crashes_per_10_minutes: int = 3) -> None:
         options = {"implementation": "redispy"} if "redis" in storage else {}
         self._limiter = SlidingWindowCounterRateLimiter(
             storage_from_string(_storage_uri(storage), **options)
         )
         self._items: dict[int, RateLimitItem] = {}
+        self._crashes = RateLimitItemPerMinute(crashes_per_10_minutes, multiples=10)
+
+    async def check_crashes(self, key_id: str) -> None:
+        """A key whose requests broke engines too often is refused for a while (429): one
+        tenant must not keep a shared model down for every other one."""
+        if not await self._limiter.test(self._crashes, "souverain", f"crashes:{key_id}"):
+            stats = await self._limiter.get_window_stats(
+                self._crashes, "souverain", f"crashes:{key_id}"
+            )
+            wait = max(1.0, stats.reset_time - time.time())
+            raise RateLimitedError(
+                f"Requests from this key made the model engine fail {self._crashes.amount} times "
+                f"in 10 minutes; this key is paused. Retry in {math.ceil(wait)}s.",
+                retry_after_s=wait,
+            )
+
+    async def note_crash(self, key_id: str) -> None:
+        await self._limiter.hit(self._crashes, "souverain", f"crashes:{key_id}")
 
     def _item(self, per_minute: int) -> RateLimitItem:
         if per_minute not in self._items:

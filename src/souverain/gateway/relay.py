@@ -53,8 +53,12 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
         else:
             progress.broken = "stream ended early"
             yield stream_error("The model engine broke off the stream.")
+    except upstream.TimedOut as error:
+        progress.broken = str(error)
+        yield stream_error("The model engine stopped answering; the stream was ended.")
     except upstream.Broken as error:
         progress.broken = str(error) or type(error).__name__
+        await exchange.note_engine_failure("broke off its stream")
         yield stream_error("The model engine broke off the stream.")
     except ValueError:
         progress.broken = "the engine sent an event that is not JSON"

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from souverain.gateway.grammar_bounds import check_response_format, check_schema
+
 MAX_MESSAGES = 2048
 MAX_TEXT = 1_000_000  # characters in one message or prompt
 MAX_STOP = 4
@@ -71,6 +73,21 @@ class FunctionDef(_Strict):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @model_validator(mode="after")
+    def _bounded_schema(self) -> FunctionDef:
+        if self.parameters is not None:
+            check_schema(self.parameters, "tools.function.parameters")
+        return self
+
+
+class ToolChoiceFunction(_Strict):
+    name: Annotated[str, Field(max_length=256)]
+
+
+class ToolChoice(_Strict):
+    type: Literal["function"] = "function"
+    function: ToolChoiceFunction
+
 
 class Tool(_Strict):
     type: Literal["function"] = "function"
@@ -98,7 +115,14 @@ class _Sampling(_Strict):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     repetition_penalty: float | None = Field(default=None, ge=0, le=10)
     logit_bias: (
-        Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=300)] | None
+        Annotated[
+            dict[
+                Annotated[str, Field(pattern=r"^[0-9]{1,9}$")],  # token ids
+                Annotated[float, Field(ge=-100, le=100)],
+            ],
+            Field(max_length=300),
+        ]
+        | None
     ) = None
     user: Annotated[str, Field(max_length=256)] | None = None
     metadata: (
@@ -142,7 +166,7 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
-    tool_choice: Literal["none", "auto", "required", "any"] | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required", "any"] | ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     safe_prompt: bool | None = None  # Mistral; souverain adds no system prompt of its own
     prompt_mode: Literal["reasoning"] | None = None  # Mistral
@@ -151,6 +175,7 @@ class ChatCompletionRequest(_Sampling):
     def _completion_tokens(self) -> ChatCompletionRequest:
         if self.max_completion_tokens is not None and self.max_tokens is None:
             self.max_tokens = self.max_completion_tokens
+        check_response_format(self.response_format)
         return self
 
     def upstream_body(self, *, max_tokens_cap: int) -> dict[str, Any]:

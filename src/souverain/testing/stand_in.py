@@ -269,9 +269,9 @@ def main() -> None:
         def secret_for(replica: str) -> str:
             return replica_secret(key, replica)
     else:
-        secret = os.environ.pop("SOUVERAIN_ENGINE_SECRET", "")
-        if not secret:
-            sys.exit("SOUVERAIN_ENGINE_SECRET is not set: refusing to serve without a secret")
+        from souverain.engines.secret import read_secret
+
+        secret = read_secret()
 
         def secret_for(replica: str) -> str:
             return secret

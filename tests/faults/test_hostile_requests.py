@@ -1,0 +1,260 @@
+"""Requests built to crash the shared engine, against a real llama.cpp engine serving
+SmolLM2: every class of grammar and sampler input that once killed it is refused with a
+400 before the engine sees it; generated schemas and sampling parameters within the bounds
+never kill it; and a key whose requests keep breaking engines is paused and audited."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from souverain.api.app import create_app
+from souverain.core.ids import new_id, replica_secret
+from souverain.core.roles import Role
+from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.engines.artifacts import builtin_path
+from souverain.gateway.grammar_bounds import MAX_REPEAT
+from souverain.settings import Settings
+from souverain.testing.factories import Factory
+from souverain.testing.live import LiveServer, free_port
+from tests.conftest import MASTER_KEY, wait_until
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+MODEL_FILE = "smollm2-135m-instruct"
+
+
+@dataclass
+class Target:
+    url: str
+    key: str
+    model: str
+    engine: subprocess.Popen[bytes]
+    factory: Factory
+    tenant_org: str
+
+    def chat(self, **extra: Any) -> dict[str, Any]:
+        return {"model": self.model, "max_tokens": 4, "temperature": 0,
+                "messages": [{"role": "user", "content": "Give me data."}], **extra}  # fmt: skip
+
+
+def start_engine(replica_id: str) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "souverain.engines.llamacpp_main", "--model",
+         str(builtin_path(MODEL_FILE)), "--alias", "smollm2", "--host", "127.0.0.1",
+         "--port", str(port), "--threads", "2", "--ctx", "2048"],
+        env={**os.environ, "SOUVERAIN_ENGINE_SECRET": replica_secret(MASTER_KEY.encode(), replica_id)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            httpx.get(f"{url}/v1/models", timeout=2)
+            return url, process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("the llama.cpp engine did not start")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    replica_id = new_id("rep")
+    url, process = start_engine(replica_id)
+    yield replica_id, url, process
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture(scope="module")
+async def target(
+    engine: tuple[str, str, subprocess.Popen[bytes]], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Target]:
+    replica_id, url, process = engine
+    directory: Path = tmp_path_factory.mktemp("hostile")
+    settings = Settings(
+        data_dir=directory,
+        database_url=f"sqlite:///{directory / 'souverain.db'}",
+        secret_key=MASTER_KEY,  # type: ignore[arg-type]
+        replica_refresh_s=0.2,
+        port=free_port(),
+    )
+    with LiveServer(create_app(settings), port=settings.port) as server:
+        db = create_engine_unpooled(settings.sqlalchemy_url)
+        factory = Factory(session_factory(db))
+        tenant = await factory.tenant(roles={"eve": Role.OWNER})
+        key = (await factory.member_key(tenant, "eve", Role.OWNER)).key
+        model, _ = await factory.served_model(
+            url=url, datacenter_id=await factory.datacenter("h-dc"), replica_id=replica_id
+        )
+        found = Target(server.url, key, model, process, factory, tenant.org_name)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60,
+                                     headers={"Authorization": f"Bearer {key}"}) as client:  # fmt: skip
+
+            async def listed() -> bool:
+                data = (await client.get("/v1/models")).json().get("data", [])
+                return any(m["id"] == model for m in data)
+
+            await wait_until(listed)
+        yield found
+        await db.dispose()
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def _wide(count: int) -> dict[str, Any]:
+    return {"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(count)}}
+
+
+CRASHERS = {
+    "maxItems 10000": {"type": "array", "items": {"type": "integer"}, "maxItems": 10000},
+    "minItems 5000": {"type": "array", "items": {"type": "integer"}, "minItems": 5000},
+    "maxLength 2000": {"type": "string", "maxLength": 2000},
+    "minLength 100000": {"type": "string", "minLength": 100000},
+    "maxProperties 10000": {"type": "object", "maxProperties": 10000},
+    "pattern a{0,5000}": {"type": "string", "pattern": "^a{0,5000}$"},
+    "pattern a{9999,}": {"type": "string", "pattern": "^a{9999,}$"},
+    "long pattern": {"type": "string", "pattern": "a" * 2000},
+    "nested 40 deep": _deep(40),
+    "1000 properties": _wide(1000),
+    "remote $ref": {"$ref": "http://169.254.169.254/latest/meta-data"},
+    "maxItems as text": {"type": "array", "items": {}, "maxItems": "10000"},
+    "maxItems negative": {"type": "array", "items": {}, "maxItems": -1},
+}
+
+
+class TestCrashersAreRefused:
+    @pytest.mark.parametrize("name", list(CRASHERS))
+    @pytest.mark.parametrize("where", ["json_object", "json_schema", "tool"])
+    async def test_refused_before_the_engine_and_the_engine_lives(
+        self, target: Target, name: str, where: str
+    ) -> None:
+        schema = CRASHERS[name]
+        if where == "json_object":
+            extra: dict[str, Any] = {"response_format": {"type": "json_object", "schema": schema}}
+        elif where == "json_schema":
+            extra = {"response_format": {"type": "json_schema",
+                                         "json_schema": {"name": "x", "schema": schema}}}  # fmt: skip
+        else:
+            tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+            extra = {
+                "tools": [tool],
+                "tool_choice": {"type": "function", "function": {"name": "f"}},
+            }
+        async with httpx.AsyncClient(base_url=target.url, timeout=60,
+                                     headers={"Authorization": f"Bearer {target.key}"}) as client:  # fmt: skip
+            answer = await client.post("/v1/chat/completions", json=target.chat(**extra))
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+        assert target.engine.poll() is None
+
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            {"logit_bias": {"abc": 1}},
+            {"logit_bias": {"-5": 1}},
+            {"logit_bias": {str(i): 1 for i in range(301)}},
+            {"logit_bias": {"1": 1000}},
+            {"stop": ["x"] * 5},
+            {"stop": "x" * 600},
+            {"grammar": "root ::= [a]*"},
+            {"response_format": {"type": "regex", "regex": "a*"}},
+            {"tool_choice": {"type": "function", "function": {"name": "f", "x": 1}}},
+            {"top_k": 10**9},
+            {"n": 5},
+        ],
+        ids=lambda extra: next(iter(extra)),
+    )
+    async def test_sampler_inputs_out_of_bounds_are_refused(
+        self, target: Target, extra: dict[str, Any]
+    ) -> None:
+        async with httpx.AsyncClient(base_url=target.url, timeout=60,
+                                     headers={"Authorization": f"Bearer {target.key}"}) as client:  # fmt: skip
+            answer = await client.post("/v1/chat/completions", json=target.chat(**extra))
+        assert answer.status_code == 400, answer.text
+        assert target.engine.poll() is None
+
+
+def _bounded(name: str) -> st.SearchStrategy[int]:
+    return st.integers(min_value=0, max_value=MAX_REPEAT)
+
+
+def _leaf() -> st.SearchStrategy[dict[str, Any]]:
+    strings = st.fixed_dictionaries(
+        {"type": st.just("string")},
+        optional={"maxLength": _bounded("max"), "minLength": st.integers(0, 8),
+                  "pattern": st.sampled_from(["^[a-z]{1,256}$", "^[0-9]{2,4}-[A-Z]{0,3}$", "^x+$"]),
+                  "enum": st.lists(st.text("abc", max_size=5), min_size=1, max_size=5)},
+    )  # fmt: skip
+    numbers = st.fixed_dictionaries(
+        {"type": st.sampled_from(["integer", "number"])},
+        optional={"minimum": st.integers(-1000, 0), "maximum": st.integers(1, 1000)},
+    )
+    return st.one_of(strings, numbers, st.just({"type": "boolean"}), st.just({"type": "null"}))
+
+
+SCHEMAS = st.recursive(
+    _leaf(),
+    lambda inner: st.one_of(
+        st.fixed_dictionaries(
+            {"type": st.just("array"), "items": inner},
+            optional={"maxItems": _bounded("max"), "minItems": st.integers(0, 4)},
+        ),
+        st.builds(
+            lambda props: {"type": "object", "properties": props, "required": sorted(props)[:2]},
+            st.dictionaries(st.text("abcdef", min_size=1, max_size=6), inner, max_size=5),
+        ),
+        st.builds(lambda options: {"anyOf": options}, st.lists(inner, min_size=1, max_size=3)),
+    ),
+    max_leaves=8,
+)
+SAMPLING = st.fixed_dictionaries(
+    {"max_tokens": st.integers(1, 6)},
+    optional={
+        "temperature": st.floats(0, 2), "top_p": st.floats(0, 1), "top_k": st.integers(0, 1000),
+        "min_p": st.floats(0, 1), "repetition_penalty": st.floats(0, 10),
+        "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),
+        "seed": st.integers(0, 2**31), "stop": st.lists(st.text(min_size=1, max_size=8), max_size=4),
+        "logit_bias": st.dictionaries(st.integers(0, 49151).map(str), st.floats(-100, 100), max_size=20),
+    },
+)  # fmt: skip
+
+
+class TestFuzz:
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(schema=SCHEMAS, sampling=SAMPLING, as_tool=st.booleans())
+    def test_bounded_schemas_and_samplers_never_kill_the_engine(
+        self, target: Target, schema: dict[str, Any], sampling: dict[str, Any], as_tool: bool
+    ) -> None:
+        if as_tool:
+            tool = {"type": "function", "function": {"name": "f", "parameters":
+                    {"type": "object", "properties": {"v": schema}}}}  # fmt: skip
+            extra = {
+                "tools": [tool],
+                "tool_choice": {"type": "function", "function": {"name": "f"}},
+            }
+        else:
+            extra = {"response_format": {"type": "json_object", "schema": schema}}
+        body = {**target.chat(**extra), **sampling}
+        answer = httpx.post(f"{target.url}/v1/chat/completions", json=body, timeout=120,
+                            headers={"Authorization": f"Bearer {target.key}"})  # fmt: skip
+        assert target.engine.poll() is None, f"the engine died on {json.dumps(body)[:2000]}"
+        assert answer.status_code in (200, 400), (answer.status_code, answer.text[:500])
