@@ -6,13 +6,9 @@ never kill it; and a key whose requests keep breaking engines is paused and audi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,20 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from souverain.api.app import create_app
-from souverain.core.ids import new_id, replica_secret
-from souverain.core.roles import Role
-from souverain.db.engine import create_engine_unpooled, session_factory
-from souverain.engines.artifacts import builtin_path
 from souverain.gateway.grammar_bounds import MAX_REPEAT
-from souverain.settings import Settings
-from souverain.testing.factories import Factory
-from souverain.testing.live import LiveServer, free_port
-from tests.conftest import MASTER_KEY, wait_until
+from tests.llamacpp_target import llamacpp_target
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-
-MODEL_FILE = "smollm2-135m-instruct"
 
 
 @dataclass
@@ -42,75 +28,16 @@ class Target:
     key: str
     model: str
     engine: subprocess.Popen[bytes]
-    factory: Factory
-    tenant_org: str
 
     def chat(self, **extra: Any) -> dict[str, Any]:
         return {"model": self.model, "max_tokens": 4, "temperature": 0,
                 "messages": [{"role": "user", "content": "Give me data."}], **extra}  # fmt: skip
 
 
-def start_engine(replica_id: str) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "souverain.engines.llamacpp_main", "--model",
-         str(builtin_path(MODEL_FILE)), "--alias", "smollm2", "--host", "127.0.0.1",
-         "--port", str(port), "--threads", "2", "--ctx", "2048"],
-        env={**os.environ, "SOUVERAIN_ENGINE_SECRET": replica_secret(MASTER_KEY.encode(), replica_id)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            httpx.get(f"{url}/v1/models", timeout=2)
-            return url, process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("the llama.cpp engine did not start")
-
-
 @pytest.fixture(scope="module")
-def engine() -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
-    replica_id = new_id("rep")
-    url, process = start_engine(replica_id)
-    yield replica_id, url, process
-    process.kill()
-    process.wait()
-
-
-@pytest.fixture(scope="module")
-async def target(
-    engine: tuple[str, str, subprocess.Popen[bytes]], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Target]:
-    replica_id, url, process = engine
-    directory: Path = tmp_path_factory.mktemp("hostile")
-    settings = Settings(
-        data_dir=directory,
-        database_url=f"sqlite:///{directory / 'souverain.db'}",
-        secret_key=MASTER_KEY,  # type: ignore[arg-type]
-        replica_refresh_s=0.2,
-        port=free_port(),
-    )
-    with LiveServer(create_app(settings), port=settings.port) as server:
-        db = create_engine_unpooled(settings.sqlalchemy_url)
-        factory = Factory(session_factory(db))
-        tenant = await factory.tenant(roles={"eve": Role.OWNER})
-        key = (await factory.member_key(tenant, "eve", Role.OWNER)).key
-        model, _ = await factory.served_model(
-            url=url, datacenter_id=await factory.datacenter("h-dc"), replica_id=replica_id
-        )
-        found = Target(server.url, key, model, process, factory, tenant.org_name)
-        async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                     headers={"Authorization": f"Bearer {key}"}) as client:  # fmt: skip
-
-            async def listed() -> bool:
-                data = (await client.get("/v1/models")).json().get("data", [])
-                return any(m["id"] == model for m in data)
-
-            await wait_until(listed)
-        yield found
-        await db.dispose()
+async def target(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Target]:
+    async with llamacpp_target(tmp_path_factory.mktemp("hostile")) as found:
+        yield Target(found.url, found.key, found.model, found.engine)
 
 
 def _deep(levels: int) -> dict[str, Any]:

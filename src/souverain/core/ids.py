@@ -46,5 +46,11 @@ def replica_secret(master_key: bytes, replica_id: str) -> str:
     return hmac.new(master_key, f"replica:{replica_id}".encode(), hashlib.sha256).hexdigest()
 
 
+def cache_scope(master_key: bytes, org_id: str | None) -> str:
+    """The opaque name of an organisation's KV-cache partition on engines."""
+    subject = f"cache:{org_id or 'platform'}"
+    return hmac.new(master_key, subject.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?$")

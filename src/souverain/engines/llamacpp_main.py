@@ -8,7 +8,14 @@ every stream one extra chunk carries that usage, in OpenAI's shape (`choices: []
 gateway passes it on when the client asked for `stream_options.include_usage` and drops
 it otherwise.
 
-The bearer secret arrives in the environment, never in argv. The server accepts no other.
+The bearer secret arrives through a pipe (engines/secret.py), never argv or the
+environment. The server accepts no other.
+
+KV-cache prefix reuse never crosses an organisation: the gateway names each request's
+cache scope (an opaque value per organisation) in `X-Souverain-Cache-Scope`, and a
+request whose scope differs from the previous one starts from an empty cache. Otherwise
+the time to first token tells a tenant whether another tenant's prompt began like its
+guess. Requests of one organisation keep reusing each other's prefixes.
 """
 
 from __future__ import annotations
@@ -16,9 +23,31 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from souverain.engines.secret import read_secret
+
+CACHE_SCOPE: ContextVar[str] = ContextVar("souverain_cache_scope", default="")
+SCOPE_HEADER = b"x-souverain-cache-scope"
+
+
+class CacheScope:
+    """ASGI middleware: the request's cache scope, for `generate` to read."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        value = ""
+        for name, raw in scope.get("headers", ()):
+            if name == SCOPE_HEADER:
+                value = raw.decode("latin-1")
+        token = CACHE_SCOPE.set(value)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CACHE_SCOPE.reset(token)
 
 
 def install_usage_counting() -> None:
@@ -27,6 +56,10 @@ def install_usage_counting() -> None:
     original_generate = llama_cpp.Llama.generate
 
     def generate(self: Any, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
+        scope = CACHE_SCOPE.get()
+        if getattr(self, "_souverain_scope", None) != scope:
+            self.reset()  # another organisation's prefix is never reused
+            self._souverain_scope = scope
         counts = [len(tokens), 0]
         self._souverain_usage = counts
         inner = original_generate(self, tokens, *args, **kwargs)
@@ -111,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         embedding=args.embedding,
         verbose=False,
     )
-    app = create_app(server_settings=server, model_settings=[model])
+    app = CacheScope(create_app(server_settings=server, model_settings=[model]))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

@@ -28,7 +28,7 @@ from souverain.core.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from souverain.core.ids import new_id, replica_secret
+from souverain.core.ids import cache_scope, new_id, replica_secret
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.gateway import admission, upstream
@@ -181,7 +181,13 @@ async def _send(
     while (route := state.routes.pick(routes, exclude=tried)) is not None:
         tried.add(route.replica_id)
         secret = replica_secret(state.master_key, route.replica_id)
-        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        headers = {
+            "Authorization": f"Bearer {secret}",
+            "Content-Type": "application/json",
+            "X-Souverain-Cache-Scope": cache_scope(
+                state.master_key, exchange.call.principal.org_id
+            ),
+        }
         log.debug("request %s to replica %s in %s", exchange.record_id, route.replica_id,
                   route.datacenter_id)  # fmt: skip
         exchange.use(route)
