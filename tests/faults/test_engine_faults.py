@@ -44,6 +44,7 @@ class TestKilledEngines:
         tally.records = 1
         assert record.status == "upstream_error"
         assert (record.completion_tokens, record.tokens_counted_by) == (2, "gateway")
+        assert record.prompt_tokens == 3  # the engine said how long the prompt was
         assert engine.process.wait(5) == -signal.SIGKILL
 
     async def test_engine_killed_mid_json_answer(self, faulty: FaultPlatform, tally: Tally) -> None:

@@ -175,6 +175,7 @@ class TestMetering:
         [row] = await usage_records(platform.sessions, 1, key_id=key_id)
         assert row.status == "upstream_error"
         assert row.completion_tokens == 2 and row.tokens_counted_by == "gateway"
+        assert row.prompt_tokens >= 1  # the engine said how long the prompt was, before token one
 
     async def test_client_disconnect_cancels_upstream_and_is_metered(
         self, platform: Platform

@@ -6,7 +6,9 @@ the prompt is the token list handed to it and the completion is every non end-of
 token it yields, which is exactly how the non-streamed `usage` is computed. At the end of
 every stream one extra chunk carries that usage, in OpenAI's shape (`choices: []`); the
 gateway passes it on when the client asked for `stream_options.include_usage` and drops
-it otherwise.
+it otherwise. Before the first token, one more chunk (`choices: []`,
+`souverain_prompt_tokens`) says how many prompt tokens were read, so a stream cut short
+is still charged for its prompt; the gateway never forwards it.
 
 The bearer secret arrives through a pipe (engines/secret.py), never argv or the
 environment. The server accepts no other.
@@ -96,6 +98,9 @@ def _append_usage(
 ) -> Iterator[dict[str, Any]]:
     last: dict[str, Any] = {}
     for chunk in chunks:
+        if not last:  # the prompt has been read: say how long it was, in case the stream breaks
+            prompt = getattr(llama, "_souverain_usage", (0, 0))[0]
+            yield {**chunk, "choices": [], "souverain_prompt_tokens": prompt}
         last = chunk
         yield chunk
     prompt, completion = getattr(llama, "_souverain_usage", (0, 0))

@@ -29,6 +29,9 @@ class VllmLauncher:
             "--max-model-len",
             str(int(spec.engine_args.get("max_model_len", spec.context_length))),
             "--disable-log-requests",
+            # Prefix caching would be shared by every organisation, a timing channel
+            # between tenants: off.
+            "--no-enable-prefix-caching",
         ]
         if spec.gpus > 1:
             argv += ["--tensor-parallel-size", str(spec.gpus)]

@@ -23,6 +23,7 @@ class Progress:
     chunks: int = 0
     ttft_ms: float | None = None
     reported: dict[str, Any] | None = None  # the engine's usage chunk
+    prompt_tokens: int | None = None  # said by the engine before the first token
     done: bool = False
     broken: str = ""
 
@@ -37,6 +38,9 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
             if payload == "[DONE]":
                 progress.done = True
                 break
+            if '"souverain_prompt_tokens"' in payload:
+                progress.prompt_tokens = int(json.loads(payload)["souverain_prompt_tokens"])
+                continue
             if progress.ttft_ms is None:
                 progress.ttft_ms = exchange.elapsed_ms()
             if '"usage"' in payload:
@@ -82,8 +86,14 @@ def _settlement(exchange: Exchange, progress: Progress) -> Settlement:
             prompt_tokens=int(progress.reported.get("prompt_tokens", 0)),
             completion_tokens=int(progress.reported.get("completion_tokens", 0)),
         )
-    # The engine reported nothing (the stream broke): count what was delivered.
-    return replace(settlement, completion_tokens=progress.chunks, tokens_counted_by="gateway")
+    # The engine's final count never came (the stream broke): the prompt it said it read,
+    # and the tokens that were delivered.
+    return replace(
+        settlement,
+        prompt_tokens=progress.prompt_tokens or 0,
+        completion_tokens=progress.chunks,
+        tokens_counted_by="gateway",
+    )
 
 
 def usage_chunk(exchange: Exchange, chunk: dict[str, Any]) -> bytes:
