@@ -323,6 +323,10 @@ class BudgetRow(Base):
     tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     cost: Mapped[float | None] = mapped_column(Float, nullable=True)
     energy_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Set by the operator on an organisation's budget: tenants may only go below these.
+    ceiling_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    ceiling_cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ceiling_energy_kwh: Mapped[float | None] = mapped_column(Float, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.errors import QuotaExceededError
+from souverain.core.errors import PermissionDeniedError, QuotaExceededError
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
@@ -100,7 +100,9 @@ async def set_budget(
     project_ref: str | None,
     limits: Limits,
 ) -> BudgetRow:
-    """Organisation budgets: owners and operators. Project budgets: admins and above."""
+    """Organisation budgets: owners and operators. Project budgets: admins and above.
+    What the operator sets on an organisation is also its ceiling: tenants may lower their
+    budgets (and set project budgets) within it, never raise or remove them."""
     org = await orgs.get_org(session, principal=principal, ref=org_ref)
     check_org(principal, org.id, Scope.MANAGE if project_ref else Scope.OWN)
     project_id = None
@@ -108,12 +110,18 @@ async def set_budget(
         project_id = (
             await projects.get_project(session, principal=principal, org_id=org.id, ref=project_ref)
         ).id
-    query = select(BudgetRow).where(BudgetRow.org_id == org.id, _project_is(project_id))
-    row = (await session.execute(query)).scalar_one_or_none()
+    org_row = await _budget_row(session, org.id, None)
+    sets_ceiling = principal.is_operator and project_id is None
+    if not sets_ceiling:
+        _check_within_ceiling(limits, org_row)
+    row = org_row if project_id is None else await _budget_row(session, org.id, project_id)
     if row is None:
         row = BudgetRow(id=new_id("bud"), org_id=org.id, project_id=project_id)
         session.add(row)
     row.tokens, row.cost, row.energy_kwh = limits.tokens, limits.cost, limits.energy_kwh
+    if sets_ceiling:
+        row.ceiling_tokens, row.ceiling_cost = limits.tokens, limits.cost
+        row.ceiling_energy_kwh = limits.energy_kwh
     row.updated_at = utcnow()
     await session.flush()
     # The month in progress takes the new limits at once.
@@ -137,6 +145,29 @@ async def set_budget(
         },
     )
     return row
+
+
+async def _budget_row(
+    session: AsyncSession, org_id: str, project_id: str | None
+) -> BudgetRow | None:
+    query = select(BudgetRow).where(BudgetRow.org_id == org_id, _project_is(project_id))
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+def _check_within_ceiling(limits: Limits, org_row: BudgetRow | None) -> None:
+    if org_row is None:
+        return
+    for name, wanted, ceiling in (
+        ("tokens", limits.tokens, org_row.ceiling_tokens),
+        ("cost", limits.cost, org_row.ceiling_cost),
+        ("energy_kwh", limits.energy_kwh, org_row.ceiling_energy_kwh),
+    ):
+        if ceiling is not None and (wanted is None or wanted > ceiling):
+            raise PermissionDeniedError(
+                f"the operator's ceiling for {name} is {ceiling:g} a month; a budget may only "
+                "be lowered within it",
+                param=name,
+            )
 
 
 def _project_is(project_id: str | None):  # type: ignore[no-untyped-def]
