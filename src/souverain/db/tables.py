@@ -392,6 +392,7 @@ class AuditEventRow(Base):
     __tablename__ = "audit_events"
     __table_args__ = (
         Index("ix_audit_events_org_seq", "org_id", "seq"),
+        Index("ix_audit_events_org_org_seq", "org_id", "org_seq"),
         Index("ix_audit_events_time", "time"),
     )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -407,6 +408,17 @@ class AuditEventRow(Base):
     details: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # The event's number within its organisation (gapless), what tenants see and page by;
+    # outside the hash: derived, like an index.
+    org_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AuditOrgHeadRow(Base):
+    """Each organisation's last `org_seq`; taken under the chain head's lock."""
+
+    __tablename__ = "audit_org_heads"
+    org_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditHeadRow(Base):

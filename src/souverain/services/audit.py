@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from souverain.core.audit import event_hash
 from souverain.core.errors import ServiceUnavailableError
 from souverain.core.principal import Principal
-from souverain.db.tables import AuditEventRow, AuditHeadRow, utcnow
+from souverain.db.tables import AuditEventRow, AuditHeadRow, AuditOrgHeadRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,31 @@ async def record(
         "prev_hash": prev_hash,
     }
     event["hash"] = event_hash(event)
-    session.add(AuditEventRow(**event))
+    org_seq = await _next_org_seq(session, org_id) if org_id is not None else None
+    session.add(AuditEventRow(**event, org_seq=org_seq))
     await session.execute(
         update(AuditHeadRow).where(AuditHeadRow.id == 1).values(last_hash=event["hash"])
     )
     await session.flush()
     return int(seq)
+
+
+async def _next_org_seq(session: AsyncSession, org_id: str) -> int:
+    """The organisation's next event number. The chain head's lock, taken first, already
+    serialises appends, so the insert of a first counter cannot race."""
+    bumped = await session.execute(
+        update(AuditOrgHeadRow)
+        .where(AuditOrgHeadRow.org_id == org_id)
+        .values(last_seq=AuditOrgHeadRow.last_seq + 1)
+    )
+    if not bumped.rowcount:  # type: ignore[attr-defined]
+        session.add(AuditOrgHeadRow(org_id=org_id, last_seq=1))
+        await session.flush()
+        return 1
+    return int(
+        (
+            await session.execute(
+                select(AuditOrgHeadRow.last_seq).where(AuditOrgHeadRow.org_id == org_id)
+            )
+        ).scalar_one()
+    )

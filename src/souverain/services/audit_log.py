@@ -19,8 +19,11 @@ from souverain.services.access import check_operator, check_org, check_scope
 from souverain.services.audit import SYSTEM_CONTROLLER, record, timestamp
 
 
-def as_dict(row: AuditEventRow) -> dict[str, Any]:
-    return {
+def as_dict(row: AuditEventRow, *, tenant_view: bool = False) -> dict[str, Any]:
+    """An event as operators see it, or (`tenant_view`) as its organisation does: numbered
+    by `org_seq`, without the link to the previous event of the global chain, which may be
+    another tenant's."""
+    found = {
         "seq": row.seq,
         "time": row.time,
         "actor_type": row.actor_type,
@@ -35,6 +38,10 @@ def as_dict(row: AuditEventRow) -> dict[str, Any]:
         "prev_hash": row.prev_hash,
         "hash": row.hash,
     }
+    if tenant_view:
+        found["seq"] = row.org_seq
+        del found["prev_hash"]
+    return found
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,8 @@ async def list_events(
 ) -> list[AuditEventRow]:
     """Auditors, admins and owners read their organisation's events; operators read all."""
     check_scope(principal, Scope.AUDIT)
-    query = select(AuditEventRow).where(AuditEventRow.seq > where.after_seq)
+    number = AuditEventRow.seq if principal.is_operator else AuditEventRow.org_seq
+    query = select(AuditEventRow).where(number > where.after_seq)
     if where.org_ref is not None:
         org = await orgs.get_org(session, principal=principal, ref=where.org_ref)
         check_org(principal, org.id, Scope.AUDIT)
@@ -65,7 +73,7 @@ async def list_events(
         query = query.where(AuditEventRow.time < timestamp(_utc(where.until)))
     if where.action is not None:
         query = query.where(AuditEventRow.action == where.action)
-    query = query.order_by(AuditEventRow.seq).limit(where.limit)
+    query = query.order_by(number).limit(where.limit)
     return list((await session.execute(query)).scalars())
 
 

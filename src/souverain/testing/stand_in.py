@@ -181,7 +181,11 @@ class StandInEngine:
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             # Like souverain's llama.cpp engine: the prompt's length before the first token.
-            early: dict[str, Any] = {**base, "choices": [], "souverain_prompt_tokens": prompt_tokens}
+            early: dict[str, Any] = {
+                **base,
+                "choices": [],
+                "souverain_prompt_tokens": prompt_tokens,
+            }
             yield f"data: {json.dumps(early)}\n\n".encode()
             for i in range(count):
                 if "#break-stream" in prompt and i == 2:

@@ -27,13 +27,14 @@ async def list_audit_events(
     format: str = Query(default="json", pattern="^(json|jsonl)$"),
 ) -> dict[str, Any] | Response:
     """Audit events in order (page with `after_seq`). Auditors, admins and owners see their
-    organisation's events; operators see all. `format=jsonl` exports one event per line,
-    each with its `hash` and `prev_hash`."""
+    organisation's events, numbered within the organisation (`seq` has no gaps); operators
+    see all, with the global chain's `seq` and `prev_hash`. `format=jsonl` exports one
+    event per line."""
     where = AuditFilter(
         org_ref=org, since=since, until=until, action=action, after_seq=after_seq, limit=limit
     )
     events = [
-        audit_log.as_dict(row)
+        audit_log.as_dict(row, tenant_view=not principal.is_operator)
         for row in await audit_log.list_events(session, principal=principal, where=where)
     ]
     if format == "jsonl":
