@@ -1,13 +1,12 @@
-"""A real llama.cpp engine process serving SmolLM2, behind a live souverain server whose
-route table knows it as one ready replica: for tests that need the real engine without
-a Ray cluster."""
+"""A real llama.cpp engine serving SmolLM2, started and watched by souverain's own engine
+supervisor (so it is probed and measured like any replica), behind a live souverain
+server whose route table knows it as one ready replica: for tests that need the real
+engine without a Ray cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,10 +16,12 @@ from typing import Any
 import httpx
 
 from souverain.api.app import create_app
+from souverain.core.fleet import ReplicaSpec
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
-from souverain.engines.artifacts import builtin_path
+from souverain.engines.llamacpp import LlamaCppLauncher
+from souverain.engines.supervisor import EngineSupervisor
 from souverain.settings import Settings
 from souverain.testing.factories import Factory, Tenant
 from souverain.testing.live import LiveServer, free_port
@@ -31,10 +32,15 @@ from tests.conftest import MASTER_KEY, wait_until
 class LlamaTarget:
     url: str
     model: str
-    engine: subprocess.Popen[bytes]
+    supervisor: EngineSupervisor
     factory: Factory
     tenant: Tenant
     key: str  # the tenant owner's
+
+    def engine_alive(self) -> bool:
+        """The engine process has never exited since it became ready."""
+        status = self.supervisor.status()
+        return status.state == "ready" and status.restarts == 0
 
     def client(self, key: str | None = None, timeout_s: float = 120) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -44,32 +50,31 @@ class LlamaTarget:
         )
 
 
-def start_llamacpp(replica_id: str, *, ctx: int = 4096) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    secret = replica_secret(MASTER_KEY.encode(), replica_id)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "souverain.engines.llamacpp_main", "--model",
-         str(builtin_path("smollm2-135m-instruct")), "--alias", "smollm2", "--host", "127.0.0.1",
-         "--port", str(port), "--threads", "2", "--ctx", str(ctx)],
-        env={**os.environ, "SOUVERAIN_ENGINE_SECRET": secret},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def supervised_llamacpp(replica_id: str, log_dir: Path) -> EngineSupervisor:
+    spec = ReplicaSpec(
+        replica_id=replica_id, deployment_id="dep_test", model_name="smollm2",
+        engine="llamacpp", artifact_uri="builtin://smollm2-135m-instruct", artifact_sha256=None,
+        secret=replica_secret(MASTER_KEY.encode(), replica_id), datacenter_id="llama-dc",
+        cpus=2, gpus=0, threads=2, context_length=4096,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            httpx.get(f"{url}/v1/models", timeout=2)
-            return url, process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("the llama.cpp engine did not start")
+    supervisor = EngineSupervisor(
+        spec, LlamaCppLauncher(), host="127.0.0.1", node_id="node-test", log_dir=log_dir
+    )
+    supervisor.start()
+    status = supervisor.status()
+    deadline = time.monotonic() + 180
+    while status.state != "ready":
+        assert status.state != "failed" and time.monotonic() < deadline, status.error
+        status = supervisor.watch(status.version, 5)
+    return supervisor
 
 
 @contextlib.asynccontextmanager
 async def llamacpp_target(directory: Path, **settings: Any) -> AsyncIterator[LlamaTarget]:
     replica_id = new_id("rep")
-    url, process = start_llamacpp(replica_id)
+    supervisor = await asyncio.to_thread(supervised_llamacpp, replica_id, directory)
+    status = supervisor.status()
+    assert status.url is not None
     config = Settings(
         data_dir=directory,
         database_url=f"sqlite:///{directory / 'souverain.db'}",
@@ -85,8 +90,12 @@ async def llamacpp_target(directory: Path, **settings: Any) -> AsyncIterator[Lla
             tenant = await factory.tenant(roles={"eve": Role.OWNER})
             key = (await factory.member_key(tenant, "eve", Role.OWNER)).key
             dc = await factory.datacenter("llama-dc")
-            model, _ = await factory.served_model(url=url, datacenter_id=dc, replica_id=replica_id)
-            target = LlamaTarget(server.url, model, process, factory, tenant, key)
+            model, _ = await factory.served_model(
+                url=status.url, datacenter_id=dc, replica_id=replica_id
+            )
+            # What the controller's observer would write from the replica's status:
+            await factory.replica_observed(replica_id, prompt_overhead=status.prompt_overhead)
+            target = LlamaTarget(server.url, model, supervisor, factory, tenant, key)
             async with target.client() as client:
 
                 async def listed() -> bool:
@@ -97,5 +106,4 @@ async def llamacpp_target(directory: Path, **settings: Any) -> AsyncIterator[Lla
             yield target
             await db.dispose()
     finally:
-        process.kill()
-        process.wait()
+        await asyncio.to_thread(supervisor.stop)

@@ -6,7 +6,6 @@ never kill it; and a key whose requests keep breaking engines is paused and audi
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from souverain.gateway.grammar_bounds import MAX_REPEAT
-from tests.llamacpp_target import llamacpp_target
+from tests.llamacpp_target import LlamaTarget, llamacpp_target
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -27,7 +26,7 @@ class Target:
     url: str
     key: str
     model: str
-    engine: subprocess.Popen[bytes]
+    found: LlamaTarget
 
     def chat(self, **extra: Any) -> dict[str, Any]:
         return {"model": self.model, "max_tokens": 4, "temperature": 0,
@@ -37,7 +36,7 @@ class Target:
 @pytest.fixture(scope="module")
 async def target(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Target]:
     async with llamacpp_target(tmp_path_factory.mktemp("hostile")) as found:
-        yield Target(found.url, found.key, found.model, found.engine)
+        yield Target(found.url, found.key, found.model, found)
 
 
 def _deep(levels: int) -> dict[str, Any]:
@@ -91,7 +90,7 @@ class TestCrashersAreRefused:
             answer = await client.post("/v1/chat/completions", json=target.chat(**extra))
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["type"] == "invalid_request_error"
-        assert target.engine.poll() is None
+        assert target.found.engine_alive()
 
     @pytest.mark.parametrize(
         "extra",
@@ -117,7 +116,7 @@ class TestCrashersAreRefused:
                                      headers={"Authorization": f"Bearer {target.key}"}) as client:  # fmt: skip
             answer = await client.post("/v1/chat/completions", json=target.chat(**extra))
         assert answer.status_code == 400, answer.text
-        assert target.engine.poll() is None
+        assert target.found.engine_alive()
 
 
 def _bounded(name: str) -> st.SearchStrategy[int]:
@@ -183,5 +182,5 @@ class TestFuzz:
         body = {**target.chat(**extra), **sampling}
         answer = httpx.post(f"{target.url}/v1/chat/completions", json=body, timeout=120,
                             headers={"Authorization": f"Bearer {target.key}"})  # fmt: skip
-        assert target.engine.poll() is None, f"the engine died on {json.dumps(body)[:2000]}"
+        assert target.found.engine_alive(), f"the engine died on {json.dumps(body)[:2000]}"
         assert answer.status_code in (200, 400), (answer.status_code, answer.text[:500])

@@ -151,4 +151,7 @@ def observed_fields(row: ReplicaRow, status: ReplicaStatus | None) -> dict[str, 
             "engine_restarts": status.restarts,
             "reason": status.error,
         }
+        if status.prompt_overhead is not None:
+            fixed, per_message = status.prompt_overhead
+            wanted |= {"prompt_overhead_fixed": fixed, "prompt_overhead_per_message": per_message}
     return {key: value for key, value in wanted.items() if getattr(row, key) != value}

@@ -67,3 +67,6 @@ class ReplicaStatus:
     energy_j: float = 0.0  # cumulative since the actor started, across engine restarts
     energy_source: str = "estimate"
     version: int = 0  # grows with every change of state, url or error (for long polls)
+    # What the engine's chat template adds to a prompt, measured once it is ready:
+    # (tokens for a conversation of one empty message, tokens per further message).
+    prompt_overhead: tuple[int, int] | None = None

@@ -228,6 +228,10 @@ class ReplicaRow(Base):
     engine_restarts: Mapped[int] = mapped_column(Integer, default=0)
     energy_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
     energy_j_per_token: Mapped[float | None] = mapped_column(Float, nullable=True)  # last interval
+    # What the engine's chat template adds, measured when it became ready (tokens for one
+    # empty message, and per further message); None until measured.
+    prompt_overhead_fixed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt_overhead_per_message: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

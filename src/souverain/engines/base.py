@@ -30,6 +30,17 @@ def one_token_completion(model: str) -> Probe:
     )
 
 
+def chat_overhead_probes(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two chats whose prompt token counts tell what the chat template adds: one empty
+    user message, then three empty messages (user, assistant, user)."""
+    one = [{"role": "user", "content": ""}]
+    three = [*one, {"role": "assistant", "content": ""}, {"role": "user", "content": ""}]
+    return tuple(  # type: ignore[return-value]
+        {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0}
+        for messages in (one, three)
+    )
+
+
 class EngineLauncher(Protocol):
     name: str
     build_hint: str  # what to rebuild when the engine dies of an illegal instruction
@@ -45,3 +56,5 @@ class EngineLauncher(Protocol):
     def probe(self, *, spec: ReplicaSpec) -> Probe:
         """The request that proves the engine generates."""
         ...
+
+    measures_chat_template: bool  # whether to measure the template's overhead once ready

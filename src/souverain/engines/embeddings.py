@@ -11,6 +11,7 @@ from souverain.engines.base import Probe
 
 class EmbeddingsLauncher:
     name = "embeddings"
+    measures_chat_template = False
     build_hint = "PyTorch (install the CPU build made for this architecture)"
 
     def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:

@@ -11,6 +11,7 @@ from souverain.engines.base import Probe, one_token_completion
 
 class LlamaCppLauncher:
     name = "llamacpp"
+    measures_chat_template = True
     build_hint = "llama-cpp-python"
 
     def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:

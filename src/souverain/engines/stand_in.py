@@ -16,6 +16,7 @@ from souverain.engines.base import Probe, one_token_completion
 
 class StandInLauncher:
     name = "stand-in"
+    measures_chat_template = True
     build_hint = "the stand-in engine"
 
     def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:

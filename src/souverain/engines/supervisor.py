@@ -31,7 +31,7 @@ import httpx
 from souverain.core.fleet import ReplicaSpec, ReplicaStatus
 from souverain.energy.sources import PowerSource, pick_source, process_cpu_seconds
 from souverain.engines import artifacts
-from souverain.engines.base import EngineLauncher
+from souverain.engines.base import EngineLauncher, chat_overhead_probes
 from souverain.engines.exits import CrashLoop, describe_exit, log_tail
 from souverain.engines.node_dir import node_dir, open_log
 from souverain.engines.secret import SECRET_ENV, SECRET_FD_ENV, secret_pipe
@@ -99,6 +99,7 @@ class EngineSupervisor:
         self._crashes = crash_loop or CrashLoop()
         self._process: subprocess.Popen[bytes] | None = None
         self._log_start = 0  # where the current engine run's output begins in its log
+        self._prompt_overhead: tuple[int, int] | None = None
         self._power = power or self._default_power(gpu_indices, spec.watts_per_core)
         self._source: PowerSource | None = None
         self._energy_base = 0.0  # energy of engine processes that have exited
@@ -139,6 +140,7 @@ class EngineSupervisor:
                 energy_j=energy,
                 energy_source=self._energy_source,
                 version=self._version,
+                prompt_overhead=self._prompt_overhead,
             )
 
     def watch(self, version: int, timeout_s: float) -> ReplicaStatus:
@@ -240,9 +242,30 @@ class EngineSupervisor:
             self._terminate(5.0)
             return not_ready
         self._crashes.clear()
+        self._measure_template(url)
         self._set("ready", url=url)
         process.wait()
         return self._exit_reason(process.returncode)
+
+    def _measure_template(self, url: str) -> None:
+        """How many prompt tokens the chat template adds, for admission's bound on what a
+        request may cost (an empty message is far from free: a default system prompt)."""
+        if not self._launcher.measures_chat_template or self._prompt_overhead is not None:
+            return
+        headers = {"Authorization": f"Bearer {self._spec.secret}"}
+        counts = []
+        with (
+            contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError),
+            httpx.Client(timeout=60.0) as client,
+        ):
+            for body in chat_overhead_probes(self._spec.model_name):
+                answer = client.post(url + "/v1/chat/completions", json=body, headers=headers)
+                counts.append(int(answer.json()["usage"]["prompt_tokens"]))
+        if len(counts) == 2:
+            one, three = counts
+            per_message = max(1, (three - one + 1) // 2)
+            with self._lock:
+                self._prompt_overhead = (one, per_message)
 
     def _exit_reason(self, code: int | None) -> str:
         return describe_exit(

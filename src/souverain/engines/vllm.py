@@ -11,6 +11,7 @@ from souverain.engines.base import Probe, one_token_completion
 
 class VllmLauncher:
     name = "vllm"
+    measures_chat_template = True
     build_hint = "vLLM (install the wheel built for this node's CPU and CUDA version)"
 
     def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:

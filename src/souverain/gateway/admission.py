@@ -9,6 +9,7 @@ budgets   reserve the estimate on every monthly ledger that applies, atomically,
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -26,7 +27,9 @@ from souverain.services.prices import Price
 from souverain.services.routes import ModelInfo
 from souverain.services.usage import OpenRecord
 
-MESSAGE_OVERHEAD = 16  # chat template tokens per message, generously
+# A chat template's cost when the replica has not measured its own: generous defaults.
+UNMEASURED_OVERHEAD = (256, 16)
+SLACK_PER_MESSAGE = 4  # roles and names the measurement's empty messages did not have
 
 
 @dataclass(frozen=True)
@@ -50,15 +53,32 @@ class Admitted:
         return list(self.record.ledger_ids)
 
 
-def prompt_bound(body: dict[str, Any]) -> int:
-    """No tokenizer produces more tokens than UTF-8 bytes, plus special tokens."""
+def prompt_bound(body: dict[str, Any], overhead: tuple[int, int] | None = None) -> int:
+    """An upper bound of the prompt tokens the engine will count, whatever the input.
+
+    A byte-level tokenizer yields at most one token per UTF-8 byte of what it reads (plus
+    one for a leading space); the chat template adds a fixed part (a default system
+    prompt, often) and a part per message, which each replica measures when it becomes
+    ready (`overhead`). Everything a message carries that the template may render (content,
+    name, tool calls) counts by its bytes, and so do tool definitions."""
+    fixed, per_message = overhead or UNMEASURED_OVERHEAD
     if "messages" in body:
-        return sum(
-            len(str(m.get("content") or "").encode()) + MESSAGE_OVERHEAD for m in body["messages"]
-        )
+        messages = body["messages"]
+        rendered = sum(_bytes_of(m) + per_message + SLACK_PER_MESSAGE for m in messages)
+        tools = len(json.dumps(body["tools"]).encode()) if body.get("tools") else 0
+        return fixed + rendered + tools
     text = body.get("prompt", body.get("input", ""))
     pieces = text if isinstance(text, list) else [text]
-    return sum(len(str(piece).encode()) + MESSAGE_OVERHEAD for piece in pieces)
+    return sum(len(str(piece).encode()) + SLACK_PER_MESSAGE for piece in pieces)
+
+
+def _bytes_of(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    size = len(content.encode()) if isinstance(content, str) else len(json.dumps(content).encode())
+    for extra in ("name", "tool_calls", "tool_call_id"):
+        if message.get(extra):
+            size += len(json.dumps(message[extra]).encode())
+    return size + 1
 
 
 def completion_bound(endpoint: str, body: dict[str, Any], model: ModelInfo) -> int:

@@ -135,7 +135,7 @@ async def _admit(call: Call, routes: list[ReplicaRoute]) -> Admitted:
     project_id = state.routes.project_of(principal)
     if project_id is None and principal.org_id is not None:
         project_id = await _default_project(state, principal.org_id)
-    prompt = admission.prompt_bound(call.body)
+    prompt = max(admission.prompt_bound(call.body, r.prompt_overhead) for r in routes)
     completion = admission.completion_bound(call.endpoint, call.body, call.model)
     price = state.routes.prices.get(call.model.id)
     worst = max((state.meter.per_token(r.energy_j_per_token) for r in routes), default=0.0)
@@ -158,7 +158,8 @@ async def _admit(call: Call, routes: list[ReplicaRoute]) -> Admitted:
         principal=principal,
         record=record,
         amounts=amounts,
-        rate_tokens=prompt // 4 + completion,
+        # Rate limits estimate the prompt as OpenAI does (about 4 bytes a token, text only).
+        rate_tokens=admission.prompt_bound(call.body, (0, 0)) // 4 + completion,
         price=price,
     )
 

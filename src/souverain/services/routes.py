@@ -47,6 +47,7 @@ class ReplicaRoute:
     carbon_intensity: float = 0.0  # gCO2e/kWh now (the hourly series if loaded, else static)
     energy_j_per_token: float | None = None  # per weighted token, from the last interval
     energy_source: str | None = None
+    prompt_overhead: tuple[int, int] | None = None  # the chat template's, measured
 
     @property
     def site(self) -> Site:
@@ -102,6 +103,11 @@ async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
             carbon_intensity=intensities.get(datacenter.id, datacenter.carbon_intensity),
             energy_j_per_token=replica.energy_j_per_token,
             energy_source=replica.energy_source,
+            prompt_overhead=(
+                None
+                if replica.prompt_overhead_fixed is None
+                else (replica.prompt_overhead_fixed, replica.prompt_overhead_per_message or 0)
+            ),
         )
         for replica, deployment, model, datacenter in (await session.execute(query)).all()
     ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -237,6 +237,17 @@ class Factory:
                     engine_restarts=0,
                 )
             )
+
+    async def replica_observed(
+        self, replica_id: str, *, prompt_overhead: tuple[int, int] | None
+    ) -> None:
+        """Write what the replica observer would, from an engine a test supervises itself."""
+        async with self.sessions.begin() as session:
+            replica = await session.get(ReplicaRow, replica_id)
+            assert replica is not None
+            if prompt_overhead is not None:
+                replica.prompt_overhead_fixed, replica.prompt_overhead_per_message = prompt_overhead
+            replica.updated_at = datetime.now(UTC)
 
     async def stand_in_model(self, name: str, *, owner_org_id: str | None = None) -> str:
         """A model served by the stand-in engine as a real process (fault tests): the API
