@@ -531,3 +531,25 @@ class TestNulInIdentifiers:
             )
         assert 400 <= response.status_code < 500, response.text
         assert_openai_error(response, response.status_code)
+
+
+class TestEngineWordsStayInside:
+    """An engine's internal errors reach clients as plain words, never Python's internals."""
+
+    @pytest.mark.parametrize(
+        ("said", "shown"),
+        [
+            ("invalid literal for int() with base 10: 'abc'", ""),
+            ('Traceback (most recent call last):\n  File "/x/llama.py", line 3', ""),
+            ("'NoneType' object has no attribute 'tokenize'", ""),
+            ("KeyError: 'messages'", ""),
+            (
+                "Requested tokens (5000) exceed context window of 4096",
+                "Requested tokens (5000) exceed context window of 4096",
+            ),
+        ],
+    )
+    def test_engine_messages_are_filtered(self, said: str, shown: str) -> None:
+        from souverain.gateway.pipeline import plain_engine_message
+
+        assert plain_engine_message(said) == shown

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable
 from dataclasses import replace
 from typing import TypeVar
@@ -226,10 +227,28 @@ async def _upstream_error(response: upstream.Response) -> SouverainError:
         raw = b""
     finally:
         response.close()
-    message = _engine_message(raw) or f"engine answered HTTP {response.status}"
+    message = plain_engine_message(_engine_message(raw))
     if 400 <= response.status < 500 and response.status not in (401, 403):
-        return InvalidRequestError(message)
-    return UpstreamError(f"The model engine failed: {message}")
+        return InvalidRequestError(
+            f"The model engine refused the request: {message}"
+            if message
+            else "The model engine refused the request (a parameter this model cannot take)."
+        )
+    return UpstreamError(f"The model engine failed (HTTP {response.status}).")
+
+
+_INTERNALS = re.compile(
+    r"Traceback|File \"|\.py\b|line \d+|invalid literal|object has no attribute|NoneType|"
+    r"KeyError|IndexError|TypeError|ValueError|AttributeError|Exception|site-packages|0x[0-9a-f]{6,}",
+    re.IGNORECASE,
+)
+
+
+def plain_engine_message(message: str) -> str:
+    """An engine's own words for a client, unless they are Python's internals (which say
+    how the engine is built, and nothing a client can act on): then nothing."""
+    first = message.strip().splitlines()[0][:200] if message.strip() else ""
+    return "" if _INTERNALS.search(first) else first
 
 
 def _engine_message(raw: bytes) -> str:
