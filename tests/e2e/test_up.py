@@ -11,6 +11,7 @@ import time
 
 import httpx
 import openai
+import psutil
 import pytest
 from mistralai.client import Mistral
 
@@ -128,6 +129,24 @@ class TestEngineDoor:
         )
 
 
+class TestNothingListensOutside:
+    def test_every_listening_socket_of_up_is_on_the_loopback_address(self, up: Up) -> None:
+        """The API, Ray (GCS, raylet, workers, agents, metrics) and the engines: all of
+        them, since `up` was asked for nothing else."""
+        assert up.process is not None
+        root = psutil.Process(up.process.pid)
+        tree = {root.pid} | {child.pid for child in root.children(recursive=True)}
+        listening = [
+            (c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name())
+            for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in tree
+        ]
+        assert len(listening) >= 4  # the API, GCS, raylet, an engine at least
+        loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+        outside = [entry for entry in listening if entry[0] not in loopback]
+        assert not outside, outside
+
+
 class TestEmbeddings:
     def test_openai_and_mistral_sdks_get_real_embeddings(self, up: Up) -> None:
         client = sdk(up)
@@ -223,8 +242,14 @@ class TestCli:
     def test_register_deploy_scale_and_delete_a_model(self, up: Up, tmp_path) -> None:  # type: ignore[no-untyped-def]
         from souverain.engines.artifacts import builtin_path
 
-        gguf = tmp_path / "my-model.gguf"
-        gguf.write_bytes(builtin_path(MODEL).read_bytes())
+        outside = tmp_path / "my-model.gguf"
+        outside.write_bytes(builtin_path(MODEL).read_bytes())
+        refused = up.cli("models", "register", "my-model", str(outside), check=False)
+        assert refused.returncode != 0 and "model roots" in refused.stdout + refused.stderr
+        roots = up.data_dir / "models"  # the default model root of `souverain up`
+        roots.mkdir(exist_ok=True)
+        gguf = roots / "my-model.gguf"
+        outside.rename(gguf)
         up.cli("models", "register", "my-model", str(gguf), "--license", "Apache-2.0")
         assert "my-model" in up.cli("models", "list").stdout
         up.cli(

@@ -156,6 +156,7 @@ def connect(address: str | None, *, labels: dict[str, str], num_cpus: int | None
             address=address, namespace=RAY_NAMESPACE, log_to_driver=False, configure_logging=False
         )
     else:
+        loopback_only()
         ray.init(
             namespace=RAY_NAMESPACE,
             labels=labels,
@@ -163,10 +164,18 @@ def connect(address: str | None, *, labels: dict[str, str], num_cpus: int | None
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
-            _node_ip_address="127.0.0.1",
             _temp_dir=str(private_temp_dir()),
         )
     protect_token_file()
+
+
+def loopback_only() -> None:
+    """An embedded head is a one-machine cluster: every Ray process listens on the loopback
+    address only. Ray binds its servers to the node's address, and takes the loopback
+    address as the node's when single-machine mode is on (the mode it uses on macOS and
+    Windows), which this switches on for this process and the ones Ray starts."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def private_temp_dir() -> Path:
