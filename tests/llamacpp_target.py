@@ -91,7 +91,7 @@ async def llamacpp_target(directory: Path, **settings: Any) -> AsyncIterator[Lla
             key = (await factory.member_key(tenant, "eve", Role.OWNER)).key
             dc = await factory.datacenter("llama-dc")
             model, _ = await factory.served_model(
-                url=status.url, datacenter_id=dc, replica_id=replica_id
+                url=status.url, datacenter_id=dc, replica_id=replica_id, engine="llamacpp"
             )
             # What the controller's observer would write from the replica's status:
             await factory.replica_observed(replica_id, prompt_overhead=status.prompt_overhead)

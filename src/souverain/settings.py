@@ -153,6 +153,25 @@ class Settings(BaseSettings):
         default=400, ge=180, le=36500, description="Audit events are kept at least this long."
     )
 
+    queue_per_org: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Requests one organisation may have waiting "
+        "for busy replicas, per server process (429 beyond).",
+    )
+    queue_total: int = Field(default=1024, ge=1, le=1_000_000)
+    queue_wait_s: float = Field(
+        default=120.0, gt=0, le=3600, description="Longest wait for a replica slot (then 429)."
+    )
+    embeddings_max_inputs: int = Field(default=256, ge=1, le=2048)
+    embeddings_max_bytes: int = Field(
+        default=131_072,
+        ge=1024,
+        le=8_388_608,
+        description="UTF-8 bytes of all inputs of one "
+        "embeddings request: bounds the engine time a single request may take.",
+    )
     engine_failures_per_key: int = Field(
         default=3,
         ge=1,

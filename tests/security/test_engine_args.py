@@ -52,7 +52,7 @@ async def test_arguments_outside_the_allowlist_are_422(
     platform: Platform, admin: tuple[str, str], args: dict[str, object]
 ) -> None:
     org, key = admin
-    model = await platform.served_model()
+    model = await platform.served_model(engine="llamacpp")
     refused = await _deploy(platform, key, org, model, args)
     error = assert_openai_error(refused, 422)  # type: ignore[arg-type]
     assert error["param"].startswith("engine_args.")
@@ -65,6 +65,6 @@ async def test_allowlisted_arguments_within_bounds_are_accepted(
     platform: Platform, admin: tuple[str, str]
 ) -> None:
     org, key = admin
-    model = await platform.served_model()
+    model = await platform.served_model(engine="llamacpp")
     accepted = await _deploy(platform, key, org, model, {"n_ctx": 2048, "threads": 2})
     assert accepted.status_code == 201, accepted.text  # type: ignore[attr-defined]

@@ -45,6 +45,7 @@ from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
 from souverain.gateway.meter import Meter
 from souverain.gateway.metrics import Metrics
+from souverain.gateway.queueing import FairQueue
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.state import AppState
@@ -182,4 +183,10 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         audit_trail=AuditTrail(sessions, window_s=settings.audit_window_s),
         journal=journal,
         meter=Meter.from_settings(settings),
+        queue=FairQueue(
+            routes,
+            per_org=settings.queue_per_org,
+            total=settings.queue_total,
+            wait_s=settings.queue_wait_s,
+        ),
     )

@@ -180,7 +180,8 @@ async def _send(
     """Send to the least busy replica; only a connection that could not be made moves on
     to the next compliant one. A request the engine received is never sent again."""
     state, tried = exchange.state, set[str]()
-    while (route := state.routes.pick(routes, exclude=tried)) is not None:
+    org = exchange.call.principal.org_id or "platform"
+    while (route := await state.queue.acquire(org, routes, tried, exchange.use)) is not None:
         tried.add(route.replica_id)
         secret = replica_secret(state.master_key, route.replica_id)
         headers = {
@@ -192,7 +193,6 @@ async def _send(
         }
         log.debug("request %s to replica %s in %s", exchange.record_id, route.replica_id,
                   route.datacenter_id)  # fmt: skip
-        exchange.use(route)
         try:
             response = await state.upstream.post(
                 route.url + PATHS[exchange.call.endpoint], content, headers

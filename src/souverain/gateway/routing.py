@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Set
+from collections.abc import Callable, Iterator, Set
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -57,6 +57,7 @@ class RouteTable:
         self.replica_states: dict[str, int] = {}
         self.energy_totals: dict[str, tuple[float, float]] = {}
         self._suspects: dict[str, tuple[str, float]] = {}  # replica -> (url, until)
+        self.on_release: Callable[[], None] = lambda: None  # a slot freed (the fair queue)
 
     def replace(
         self,
@@ -196,6 +197,13 @@ class RouteTable:
         trusted = [route for route in candidates if not self.is_suspect(route)]
         return min(trusted or candidates, key=lambda route: self.outstanding[route.replica_id])
 
+    def pick_free(
+        self, routes: list[ReplicaRoute], exclude: Set[str] = frozenset()
+    ) -> ReplicaRoute | None:
+        """Like `pick`, among replicas with a free slot only."""
+        free = [r for r in routes if self.outstanding[r.replica_id] < r.slots]
+        return self.pick(free, exclude)
+
     def suspect(self, route: ReplicaRoute, for_s: float = 5.0) -> None:
         """The replica refused a connection: avoid it until it shows up at a new address."""
         self._suspects[route.replica_id] = (route.url, time.monotonic() + for_s)
@@ -217,6 +225,7 @@ class RouteTable:
             yield
         finally:
             self.outstanding[route.replica_id] -= 1
+            self.on_release()
 
 
 async def change_token(sessions: async_sessionmaker[AsyncSession]) -> tuple[object, ...]:

@@ -12,6 +12,7 @@ from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
 from souverain.gateway.meter import Meter
 from souverain.gateway.metrics import Metrics
+from souverain.gateway.queueing import FairQueue
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.upstream import Upstream
@@ -35,6 +36,7 @@ class AppState:
     audit_trail: AuditTrail
     journal: UsageJournal
     meter: Meter
+    queue: FairQueue
     default_projects: dict[str, str] = field(default_factory=dict)
     ledger_ids: dict[tuple[str, str], str] = field(
         default_factory=dict

@@ -19,6 +19,9 @@ from souverain.db.tables import (
 )
 from souverain.energy.carbon import hour_of
 
+# llama-cpp-python's server decodes one request at a time; vLLM batches many.
+ENGINE_SLOTS = {"llamacpp": 1, "embeddings": 1, "vllm": 256, "stand-in": 1024}
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -48,6 +51,12 @@ class ReplicaRoute:
     energy_j_per_token: float | None = None  # per weighted token, from the last interval
     energy_source: str | None = None
     prompt_overhead: tuple[int, int] | None = None  # the chat template's, measured
+    engine: str = "llamacpp"
+
+    @property
+    def slots(self) -> int:
+        """Requests the engine serves at once; more would only wait inside it, unfairly."""
+        return ENGINE_SLOTS.get(self.engine, 1)
 
     @property
     def site(self) -> Site:
@@ -103,6 +112,7 @@ async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
             carbon_intensity=intensities.get(datacenter.id, datacenter.carbon_intensity),
             energy_j_per_token=replica.energy_j_per_token,
             energy_source=replica.energy_source,
+            engine=deployment.engine,
             prompt_overhead=(
                 None
                 if replica.prompt_overhead_fixed is None

@@ -152,8 +152,10 @@ class Factory:
         owner_org_id: str | None = None,
         capabilities: tuple[str, ...] = ("chat", "completions"),
         replica_id: str | None = None,
+        engine: str = "stand-in",
     ) -> tuple[str, str]:
-        """A model with a deployment and one ready replica at `url`. Returns (model name, replica id)."""
+        """A model with a deployment and one ready replica at `url` (by default the stand-in
+        engine, which serves any number of requests at once). Returns (model name, replica id)."""
         name = name or unique("model")
         replica_id = replica_id or new_id("rep")
         async with self.sessions.begin() as session:
@@ -161,7 +163,7 @@ class Factory:
                 id=new_id("mdl"),
                 name=name,
                 owner_org_id=owner_org_id,
-                engine="llamacpp",
+                engine=engine,
                 capabilities=list(capabilities),
                 context_length=4096,
                 description="",
@@ -185,7 +187,7 @@ class Factory:
                 name=unique("dep"),
                 model_id=model.id,
                 org_id=owner_org_id,
-                engine="llamacpp",
+                engine=engine,
                 replicas=1,
                 datacenters=[],
                 cpus=1,

@@ -189,6 +189,7 @@ class StandInEngine:
             yield f"data: {json.dumps(early)}\n\n".encode()
             for i in range(count):
                 if "#break-stream" in prompt and i == 2:
+                    await asyncio.sleep(0.05)  # the two tokens reach the gateway first
                     raise ConnectionError("stand-in engine broke the stream")
                 if "#stall-stream" in prompt and i == 2:
                     await asyncio.sleep(3600)

@@ -1,0 +1,130 @@
+"""Fair queueing in front of the replicas: one tenant's burst cannot take every slot.
+
+Each replica serves at most its engine's number of slots at once (llama-cpp-python's
+server decodes one request at a time: 1). A request that finds every compliant replica
+busy waits here, in its organisation's line; when a slot frees, the organisations with
+someone waiting are served in turn (round robin), first come first served within each.
+So a tenant with 40 requests in flight delays another tenant's request by about one
+request's time, not forty. Lines are bounded (per organisation and in all): beyond them,
+or after waiting too long, the answer is 429 with Retry-After, never an unbounded pile.
+Each server process keeps its own queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from collections.abc import Callable, Set
+from dataclasses import dataclass, field
+
+from souverain.core.errors import RateLimitedError
+from souverain.gateway.routing import RouteTable
+from souverain.services.routes import ReplicaRoute
+
+Claim = Callable[[ReplicaRoute], None]
+
+
+@dataclass
+class _Waiter:
+    routes: list[ReplicaRoute]
+    exclude: Set[str]
+    claim: Claim
+    granted: asyncio.Future[ReplicaRoute] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class FairQueue:
+    def __init__(
+        self, table: RouteTable, *, per_org: int = 64, total: int = 1024, wait_s: float = 120.0
+    ) -> None:
+        self._table = table
+        self._per_org = per_org
+        self._total = total
+        self._wait_s = wait_s
+        self._lines: OrderedDict[str, deque[_Waiter]] = OrderedDict()  # served in this order
+        self._waiting = 0
+        table.on_release = self.dispatch
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def waiting_for(self, org: str) -> int:
+        return len(self._lines.get(org, ()))
+
+    async def acquire(
+        self, org: str, routes: list[ReplicaRoute], exclude: Set[str], claim: Claim
+    ) -> ReplicaRoute | None:
+        """A replica with a free slot, claimed for the caller; None when every candidate
+        was already tried. Waits in the organisation's line when all are busy."""
+        if not [r for r in routes if r.replica_id not in exclude]:
+            return None
+        found = self._table.pick_free(routes, exclude)
+        if found is not None and not self._lines.get(org):
+            claim(found)
+            return found
+        self._check_room(org)
+        waiter = _Waiter(routes, exclude, claim)
+        self._lines.setdefault(org, deque()).append(waiter)
+        self._waiting += 1
+        self.dispatch()  # a slot may be free for it already
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.granted), self._wait_s)
+        except TimeoutError:
+            raise RateLimitedError(
+                f"Every replica of this model stayed busy for {self._wait_s:.0f}s; retry later.",
+                retry_after_s=5,
+            ) from None
+        finally:
+            self._forget(org, waiter)
+
+    def _check_room(self, org: str) -> None:
+        if len(self._lines.get(org, ())) >= self._per_org:
+            raise RateLimitedError(
+                f"Your organisation already has {self._per_org} requests waiting for this "
+                "model's replicas; retry when some have been answered.",
+                retry_after_s=1,
+            )
+        if self._waiting >= self._total:
+            raise RateLimitedError(
+                "Too many requests are waiting for replicas; retry shortly.", retry_after_s=1
+            )
+
+    def _forget(self, org: str, waiter: _Waiter) -> None:
+        line = self._lines.get(org)
+        if line is not None and waiter in line:
+            line.remove(waiter)
+            self._waiting -= 1
+        if line is not None and not line:
+            del self._lines[org]
+        if not waiter.granted.done():
+            waiter.granted.cancel()  # once granted, the slot is the caller's exchange's
+
+    def dispatch(self) -> None:
+        """Hand free slots to waiting organisations in turn, first come first served within
+        each. Called whenever a slot frees (and when a request starts waiting)."""
+        progress = True
+        while progress and self._lines:
+            progress = False
+            for org in list(self._lines):
+                line = self._lines.get(org)
+                if not line:
+                    continue
+                waiter = line[0]
+                if waiter.granted.done():  # cancelled while waiting
+                    line.popleft()
+                    self._waiting -= 1
+                    continue
+                route = self._table.pick_free(waiter.routes, waiter.exclude)
+                if route is None:
+                    continue
+                line.popleft()
+                self._waiting -= 1
+                waiter.claim(route)
+                waiter.granted.set_result(route)
+                self._lines.move_to_end(org)  # the next free slot goes to someone else
+                if not line:
+                    del self._lines[org]
+                progress = True
+                break
