@@ -3,7 +3,8 @@
 Each replica serves at most its engine's number of slots at once (llama-cpp-python's
 server decodes one request at a time: 1). A request that finds every compliant replica
 busy waits here, in its organisation's line; when a slot frees, the organisations with
-someone waiting are served in turn (round robin), first come first served within each.
+someone waiting are served in turn, the one served longest ago first (round robin), first
+come first served within each.
 So a tenant with 40 requests in flight delays another tenant's request by about one
 request's time, not forty. Lines are bounded (per organisation and in all): beyond them,
 or after waiting too long, the answer is 429 with Retry-After, never an unbounded pile.
@@ -13,7 +14,7 @@ Each server process keeps its own queue.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
@@ -42,7 +43,9 @@ class FairQueue:
         self._per_org = per_org
         self._total = total
         self._wait_s = wait_s
-        self._lines: OrderedDict[str, deque[_Waiter]] = OrderedDict()  # served in this order
+        self._lines: dict[str, deque[_Waiter]] = {}
+        self._served: dict[str, int] = {}  # organisation -> when it last got a slot
+        self._tick = 0
         self._waiting = 0
         table.on_release = self.dispatch
 
@@ -62,7 +65,7 @@ class FairQueue:
             return None
         found = self._table.pick_free(routes, exclude)
         if found is not None and not self._lines.get(org):
-            claim(found)
+            self._grant(org, found, claim)
             return found
         self._check_room(org)
         waiter = _Waiter(routes, exclude, claim)
@@ -101,30 +104,38 @@ class FairQueue:
         if not waiter.granted.done():
             waiter.granted.cancel()  # once granted, the slot is the caller's exchange's
 
+    def _grant(self, org: str, route: ReplicaRoute, claim: Claim) -> None:
+        claim(route)
+        self._tick += 1
+        self._served[org] = self._tick
+        if len(self._served) > 4 * self._total:  # forget organisations long idle
+            for idle in sorted(self._served, key=self._served.__getitem__)[: self._total]:
+                del self._served[idle]
+
     def dispatch(self) -> None:
-        """Hand free slots to waiting organisations in turn, first come first served within
-        each. Called whenever a slot frees (and when a request starts waiting)."""
+        """Hand free slots to waiting organisations, the one served longest ago first, first
+        come first served within each. Called whenever a slot frees (and when a request
+        starts waiting)."""
         progress = True
         while progress and self._lines:
             progress = False
-            for org in list(self._lines):
-                line = self._lines.get(org)
-                if not line:
-                    continue
-                waiter = line[0]
-                if waiter.granted.done():  # cancelled while waiting
+            for org in sorted(self._lines, key=lambda o: self._served.get(o, -1)):
+                line = self._lines[org]
+                while line and line[0].granted.done():  # cancelled while waiting
                     line.popleft()
                     self._waiting -= 1
+                if not line:
+                    del self._lines[org]
                     continue
+                waiter = line[0]
                 route = self._table.pick_free(waiter.routes, waiter.exclude)
                 if route is None:
                     continue
                 line.popleft()
                 self._waiting -= 1
-                waiter.claim(route)
-                waiter.granted.set_result(route)
-                self._lines.move_to_end(org)  # the next free slot goes to someone else
                 if not line:
                     del self._lines[org]
+                self._grant(org, route, waiter.claim)
+                waiter.granted.set_result(route)
                 progress = True
                 break
