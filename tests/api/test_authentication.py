@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from souverain.core.roles import Role
@@ -95,3 +96,16 @@ class TestAuthentication:
                 return (await as_carl.get("/api/me")).status_code == 401
 
             await wait_until(refused, timeout_s=5.0)
+
+
+class TestAmbiguousCredentials:
+    async def test_two_authorization_headers_are_refused(self, platform: Platform) -> None:
+        """A proxy in front may read one header and souverain the other: refuse, don't pick."""
+        good = await platform.operator_key()
+        for second in (good, "Bearer sk-souv-0000000000000000_" + "x" * 43):
+            headers = [("Authorization", f"Bearer {good}"), ("Authorization", second)]
+            async with httpx.AsyncClient(base_url=platform.url) as client:
+                for path in ("/api/me", "/v1/models"):
+                    answer = await client.get(path, headers=headers)
+                    assert answer.status_code == 400, (path, answer.text)
+                    assert "exactly one Authorization header" in answer.json()["error"]["message"]
