@@ -1,0 +1,1 @@
+"""Tenants' files at rest: encrypted objects in a store of an allowed datacenter."""
