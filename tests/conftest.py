@@ -132,6 +132,7 @@ async def platform(
         key_cache_ttl_s=1.0,
         audit_window_s=0.3,
         key_mint_per_minute=10_000,  # the suite mints many keys; its limit has its own test
+        file_stores={"files-fr": f"file://{directory / 'files' / 'files-fr'}"},
         port=8000,
     )
     stand_in = StandInEngine(
@@ -140,6 +141,7 @@ async def platform(
     with LiveServer(create_app(settings)) as server, LiveServer(stand_in.app) as engine:
         engine_sessions = create_engine_unpooled(settings.sqlalchemy_url)
         sessions = session_factory(engine_sessions)
+        await Factory(sessions).datacenter("files-fr", country="FR")  # where files are kept
         yield Platform(
             url=server.url,
             settings=settings,

@@ -179,6 +179,18 @@ class Settings(BaseSettings):
         description="Requests of one key that may break an engine within 10 minutes before "
         "the key is paused (429) for the rest of that window.",
     )
+    file_stores: dict[str, str] = Field(
+        default_factory=dict,
+        description='Where each datacenter keeps files: {"par1": "s3://bucket/prefix?endpoint=…", '
+        '"fra1": "file:///srv/files"}. Default: the local datacenter, under <data_dir>/files.',
+    )
+    files_max_bytes: int = Field(default=512 * 2**20, ge=1024, le=2**40)
+    files_quota_bytes: int = Field(
+        default=10 * 2**30,
+        ge=0,
+        description="Bytes an organisation may store (operators can "
+        "set another quota per organisation).",
+    )
     key_mint_per_minute: int = Field(
         default=10, ge=1, le=10_000, description="API keys one user may create per minute."
     )
@@ -206,6 +218,13 @@ class Settings(BaseSettings):
         return normalise_database_url(
             self.database_url or f"sqlite:///{self.data_dir / 'souverain.db'}"
         )
+
+    @property
+    def file_stores_or_default(self) -> dict[str, str]:
+        default = {
+            self.local_datacenter: f"file://{self.data_dir / 'files' / self.local_datacenter}"
+        }
+        return self.file_stores or default
 
     @property
     def model_roots_or_default(self) -> list[Path]:

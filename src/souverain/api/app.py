@@ -36,10 +36,12 @@ from souverain.api.routers import (
     orgs,
     policies,
     reports,
+    storage,
     usage,
 )
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.gateway import errors
+from souverain.gateway import files as gateway_files
 from souverain.gateway import routes as gateway_routes
 from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
@@ -119,10 +121,16 @@ def create_app(
         redirect_slashes=False,  # a redirect would echo the Host header
     )
     errors.install(app)
-    app.add_middleware(EdgeGuard, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        EdgeGuard,
+        max_body_bytes=settings.max_request_bytes,
+        # Uploads stream through an encrypting parser: their own limit, checked as they go.
+        large_bodies={("POST", "/v1/files"): settings.files_max_bytes + 2**20},
+    )
 
     app.include_router(health.router)
     app.include_router(gateway_routes.router)
+    app.include_router(gateway_files.router)
     for router in (
         me.router,
         orgs.router,
@@ -137,6 +145,7 @@ def create_app(
         limits.router,
         metrics.router,
         audit.router,
+        storage.router,
     ):
         app.include_router(router)
     return app
@@ -183,6 +192,7 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         audit_trail=AuditTrail(sessions, window_s=settings.audit_window_s),
         journal=journal,
         meter=Meter.from_settings(settings),
+        file_stores=settings.file_stores_or_default,
         queue=FairQueue(
             routes,
             per_org=settings.queue_per_org,

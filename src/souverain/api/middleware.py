@@ -21,9 +21,16 @@ from souverain.gateway.errors import error_body
 
 
 class EdgeGuard:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        large_bodies: dict[tuple[str, str], int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.large_bodies = large_bodies or {}  # (method, path) -> its own limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,15 +41,14 @@ class EdgeGuard:
         if CONTROL.search(target.decode("latin-1")):
             await _refuse(send, 400, "The URL holds control characters.", "invalid_request_error")
             return
+        limit = self.large_bodies.get((scope.get("method", ""), scope["path"]), self.max_body_bytes)
         declared = dict(scope.get("headers") or {}).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _refuse(
-                send, 413, f"Request body exceeds {self.max_body_bytes} bytes.", "payload_too_large"
-            )
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _refuse(send, 413, f"Request body exceeds {limit} bytes.", "payload_too_large")
             return
-        await self.app(scope, self._counting(receive, send), send)
+        await self.app(scope, self._counting(receive, limit), send)
 
-    def _counting(self, receive: Receive, send: Send) -> Receive:
+    def _counting(self, receive: Receive, limit: int) -> Receive:
         seen = 0
 
         async def wrapped() -> Message:
@@ -50,8 +56,8 @@ class EdgeGuard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise PayloadTooLargeError(f"Request body exceeds {self.max_body_bytes} bytes.")
+                if seen > limit:
+                    raise PayloadTooLargeError(f"Request body exceeds {limit} bytes.")
             return message
 
         return wrapped

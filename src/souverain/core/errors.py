@@ -3,6 +3,7 @@
     SouverainError(code, message, param)
     ├── InvalidRequestError        400  a client mistake: bad value, out of bounds
     │   ├── PayloadTooLargeError    413
+    │   │   └── StorageQuotaError   413  the organisation's stored bytes would pass its quota
     │   ├── UnsupportedMediaTypeError 415  a body that is not JSON
     │   └── UnprocessableError     422  well-formed, but a value the platform cannot take
 
@@ -10,6 +11,7 @@
     ├── PermissionDeniedError      403  authenticated, but the key may not do this
     ├── NotFoundError              404  absent, or belongs to someone else (never 403 across tenants)
     ├── ConflictError              409  a name already taken, a state that forbids the change
+    ├── GoneError                  410  a file whose key material was erased
     ├── RateLimitedError           429  carries retry_after seconds
     │   └── QuotaExceededError     429  a monthly budget is spent
 
@@ -37,6 +39,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     MODEL_NOT_FOUND = "model_not_found"
     CONFLICT = "conflict"
+    GONE = "gone"
     RATE_LIMITED = "rate_limit_exceeded"
     QUOTA_EXCEEDED = "insufficient_quota"
 
@@ -65,6 +68,10 @@ class PayloadTooLargeError(InvalidRequestError):
     code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
+class StorageQuotaError(PayloadTooLargeError):
+    pass
+
+
 class UnsupportedMediaTypeError(InvalidRequestError):
     code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
@@ -91,6 +98,10 @@ class ModelNotFoundError(NotFoundError):
 
 class ConflictError(SouverainError):
     code = ErrorCode.CONFLICT
+
+
+class GoneError(SouverainError):
+    code = ErrorCode.GONE
 
 
 class RateLimitedError(SouverainError):

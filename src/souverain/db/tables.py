@@ -280,6 +280,7 @@ class UsageRecordRow(Base):
     server_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # a batch's line
 
 
 class SovereigntyPolicyRow(Base):
@@ -452,3 +453,106 @@ class LeaseRow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OrgKeyRow(Base):
+    """An organisation's key material: the salt its file key is derived with. Deleting it
+    makes every file of the organisation unreadable (crypto-erasure)."""
+
+    __tablename__ = "org_keys"
+    org_id: Mapped[str] = mapped_column(
+        ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True
+    )
+    salt: Mapped[str] = mapped_column(String(64))  # hex
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OrgStorageRow(Base):
+    """Bytes an organisation keeps in the file stores, and its quota (None: the default)."""
+
+    __tablename__ = "org_storage"
+    org_id: Mapped[str] = mapped_column(
+        ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True
+    )
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    limit_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class FileRow(Base):
+    """A tenant's file: an encrypted object in the store of one allowed datacenter."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        Index("ix_files_org_id", "org_id"),
+        Index("ix_files_expires_at", "expires_at"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)  # plaintext size
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)  # what the store holds
+    sha256: Mapped[str] = mapped_column(String(64))  # of the plaintext
+    num_lines: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sample_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    datacenter_id: Mapped[str] = mapped_column(String(64))
+    store_uri: Mapped[str] = mapped_column(Text)
+    object_key: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[str] = mapped_column(String(200))  # hex: nonce + wrapped data key
+    status: Mapped[str] = mapped_column(String(16))  # processed | deleted | erased
+    created_by_key: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class BatchRow(Base):
+    """A batch job: desired state and progress; claimed by a server with a lease token."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_org_id", "org_id"), Index("ix_batches_status", "status"))
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    key_id: Mapped[str] = mapped_column(String(16))  # whose admission, limits and budgets
+    shape: Mapped[str] = mapped_column(String(16))  # openai | mistral
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    input_file_ids: Mapped[list[str]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(32))
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    output_file_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    wrapped_key: Mapped[str] = mapped_column(String(200))  # for the results kept per line
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    deadline: Mapped[datetime] = mapped_column(UTCDateTime())
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    co2e_saved_g: Mapped[float | None] = mapped_column(Float, nullable=True)
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lock_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class BatchItemRow(Base):
+    """One input line of a batch: answered exactly once; its result is kept encrypted."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (Index("ix_batch_items_batch_status", "batch_id", "status"),)
+    batch_id: Mapped[str] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    line: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    custom_id: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16))  # pending | done | failed
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # sealed, base64

@@ -37,6 +37,7 @@ class AppState:
     journal: UsageJournal
     meter: Meter
     queue: FairQueue
+    file_stores: dict[str, str]  # datacenter -> store URI
     default_projects: dict[str, str] = field(default_factory=dict)
     ledger_ids: dict[tuple[str, str], str] = field(
         default_factory=dict

@@ -68,6 +68,7 @@ class OpenRecord:
     reserved_tokens: int = 0
     reserved_cost: float = 0.0
     reserved_energy_j: float = 0.0
+    batch_id: str | None = None  # a batch's line, settled by the batch runner
 
 
 _OPEN_FIELDS = tuple(f.name for f in fields(OpenRecord))
@@ -186,7 +187,10 @@ async def _reservation_of(
 async def settle_interrupted(session: AsyncSession, *, server_id: str | None = None) -> int:
     """Settle records left open by a server that died (None: every open record). Their
     budgets are charged the whole reservation: never less than the request may have used."""
-    query = select(UsageRecordRow).where(UsageRecordRow.status == OPEN)
+    # A batch's lines are its runner's: it resumes them (and settles them) itself.
+    query = select(UsageRecordRow).where(
+        UsageRecordRow.status == OPEN, UsageRecordRow.batch_id.is_(None)
+    )
     if server_id is not None:
         query = query.where(UsageRecordRow.server_id == server_id)
     settled = 0

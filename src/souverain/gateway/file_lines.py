@@ -1,0 +1,142 @@
+"""Checking `batch` and `fine-tune` files line by line, as they stream in.
+
+A bad file is refused whole (400), with the line number and the field, never half
+accepted. Lines are bounded (10 MiB); batch lines are OpenAI's shape (`custom_id`,
+`method`, `url`, `body`) or Mistral's (`custom_id`, `body`), their bodies checked against
+the endpoint's own request schema when the line names it, custom ids unique; fine-tuning
+lines are chats (`messages`, with at least one assistant message, and optional `tools`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from souverain.core.errors import InvalidRequestError, PayloadTooLargeError
+from souverain.gateway.errors import validation_message
+from souverain.gateway.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Message,
+    Tool,
+)
+
+MAX_LINE = 10 * 1024 * 1024
+MAX_CUSTOM_ID = 512
+ENDPOINT_SCHEMAS: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+}
+_MESSAGES = TypeAdapter(list[Message])
+_TOOLS = TypeAdapter(list[Tool])
+CHECKED = frozenset({"batch", "fine-tune"})
+
+
+class LineChecker:
+    """Feed the file's bytes in any pieces; `finish()` when they end."""
+
+    def __init__(self, purpose: str) -> None:
+        self.purpose = purpose
+        self.lines = 0
+        self._buffer = bytearray()
+        self._custom_ids: set[str] = set()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            self._line(line)
+        if len(self._buffer) > MAX_LINE:
+            raise PayloadTooLargeError(
+                f"line {self.lines + 1} is longer than {MAX_LINE} bytes", param="file"
+            )
+
+    def finish(self) -> int:
+        if self._buffer.strip():
+            self._line(bytes(self._buffer))
+        self._buffer.clear()
+        if self.purpose in CHECKED and self.lines == 0:
+            raise InvalidRequestError("The file has no lines.", param="file")
+        return self.lines
+
+    def _line(self, raw: bytes) -> None:
+        if not raw.strip():
+            return  # blank lines (a trailing newline) are not lines
+        self.lines += 1
+        if len(raw) > MAX_LINE:
+            raise PayloadTooLargeError(f"line {self.lines} is longer than {MAX_LINE} bytes")
+        if self.purpose not in CHECKED:
+            return
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            self._refuse("is not JSON")
+        if not isinstance(value, dict):
+            self._refuse("is not a JSON object")
+        if self.purpose == "batch":
+            self._batch(value)
+        else:
+            self._chat(value)
+
+    def _refuse(self, what: str, field: str | None = None) -> NoReturn:
+        where = f"line {self.lines}" + (f", field {field}" if field else "")
+        raise InvalidRequestError(f"{where}: {what}", param="file")
+
+    def _batch(self, line: dict[str, Any]) -> None:
+        unknown = set(line) - {"custom_id", "method", "url", "body"}
+        if unknown:
+            self._refuse("unknown field", sorted(unknown)[0])
+        custom_id = line.get("custom_id")
+        if "url" in line or custom_id is not None:
+            if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
+                self._refuse(f"must be a string of 1 to {MAX_CUSTOM_ID} characters", "custom_id")
+            if custom_id in self._custom_ids:
+                self._refuse(f"custom_id {custom_id!r} is used twice", "custom_id")
+            self._custom_ids.add(custom_id)
+        if "url" in line:
+            if line.get("method", "POST") != "POST":
+                self._refuse("must be POST", "method")
+            if line["url"] not in ENDPOINT_SCHEMAS:
+                self._refuse(f"must be one of {', '.join(ENDPOINT_SCHEMAS)}", "url")
+        body = line.get("body")
+        if not isinstance(body, dict):
+            self._refuse("must be an object", "body")
+        schema = ENDPOINT_SCHEMAS.get(line.get("url", ""))
+        if schema is not None:
+            self._validate(schema, body, "body")
+
+    def _chat(self, line: dict[str, Any]) -> None:
+        unknown = set(line) - {"messages", "tools", "parallel_tool_calls"}
+        if unknown:
+            self._refuse("unknown field", sorted(unknown)[0])
+        messages = line.get("messages")
+        try:
+            parsed = _MESSAGES.validate_python(messages)
+            if "tools" in line:
+                _TOOLS.validate_python(line["tools"])
+        except ValidationError as error:
+            message, param = validation_message(list(error.errors(include_url=False)))
+            self._refuse(message, f"messages.{param}" if param else "messages")
+        except InvalidRequestError as error:
+            self._refuse(error.message, "tools")
+        if not any(m.role == "assistant" for m in parsed):
+            self._refuse("needs at least one assistant message to learn from", "messages")
+
+    def _validate(self, schema: type[BaseModel], body: dict[str, Any], field: str) -> None:
+        try:
+            schema.model_validate(body)
+        except ValidationError as error:
+            message, param = validation_message(list(error.errors(include_url=False)))
+            self._refuse(message, f"{field}.{param}" if param else field)
+        except InvalidRequestError as error:
+            self._refuse(error.message, field)
+
+
+def sample_type(purpose: str) -> str | None:
+    return {"batch": "batch_request", "fine-tune": "instruct", "batch_output": "batch_result",
+            "batch_error": "batch_error"}.get(purpose)  # fmt: skip

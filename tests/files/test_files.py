@@ -1,0 +1,179 @@
+"""The Files API with the official SDKs: stored encrypted in an allowed datacenter, checked
+line by line, refused whole when bad, private to the organisation, crypto-erasable."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from mistralai.client import Mistral
+from sqlalchemy import select
+
+from souverain.core.roles import Role
+from souverain.db.tables import FileRow
+from tests.conftest import Platform
+
+
+def batch_lines(model: str, count: int = 3) -> bytes:
+    return b"".join(
+        json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}]}}
+                   ).encode() + b"\n"
+        for i in range(count)
+    )  # fmt: skip
+
+
+async def owner(platform: Platform) -> tuple[str, str, str]:
+    tenant = await platform.factory.tenant(roles={"o": Role.OWNER})
+    key = (await platform.factory.member_key(tenant, "o", Role.OWNER)).key
+    return tenant.org_id, tenant.org_name, key
+
+
+def sdk(platform: Platform, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+
+
+class TestOpenAISdk:
+    async def test_create_list_retrieve_content_delete(self, platform: Platform) -> None:
+        org_id, _, key = await owner(platform)
+        client = sdk(platform, key)
+        content = batch_lines("m")
+        created = client.files.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch")
+        assert created.bytes == len(content) and created.purpose == "batch"
+        assert created.filename == "in.jsonl" and created.status == "processed"
+        assert created.id in {f.id for f in client.files.list()}
+        assert client.files.retrieve(created.id).bytes == len(content)
+        assert client.files.content(created.id).read() == content
+        async with platform.sessions() as session:
+            row = await session.get(FileRow, created.id)
+            assert row is not None and row.org_id == org_id and row.datacenter_id
+        stored = Path(row.store_uri.removeprefix("file://")) / row.object_key
+        assert b"hi 1" not in stored.read_bytes()  # encrypted at rest
+        assert client.files.delete(created.id).deleted
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(created.id)
+        assert not stored.exists()
+
+    async def test_expires_after(self, platform: Platform) -> None:
+        _, _, key = await owner(platform)
+        created = sdk(platform, key).files.create(
+            file=("x.txt", io.BytesIO(b"notes")), purpose="user_data",
+            expires_after={"anchor": "created_at", "seconds": 3600},
+        )  # fmt: skip
+        assert created.expires_at is not None and created.expires_at - created.created_at == 3600
+
+
+class TestMistralSdk:
+    async def test_upload_list_retrieve_download_delete(self, platform: Platform) -> None:
+        _, _, key = await owner(platform)
+        client = Mistral(api_key=key, server_url=platform.url)
+        content = b'{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}\n'
+        uploaded = client.files.upload(
+            file={"file_name": "train.jsonl", "content": content}, purpose="fine-tune"
+        )
+        assert uploaded.size_bytes == len(content) and uploaded.num_lines == 1
+        assert uploaded.sample_type == "instruct" and uploaded.source == "upload"
+        assert uploaded.id in {f.id for f in client.files.list().data}
+        assert client.files.retrieve(file_id=uploaded.id).filename == "train.jsonl"
+        assert client.files.download(file_id=uploaded.id).read() == content
+        assert client.files.delete(file_id=uploaded.id).deleted
+
+
+class TestBadFilesAreRefusedWhole:
+    @pytest.mark.parametrize(
+        ("content", "expected"),
+        [
+            (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\nnot json\n',
+             "line 1"),
+            (b'{"custom_id": "a", "body": {}}\nnot json\n', "line 2: is not JSON"),
+            (b'{"custom_id": "a", "method": "POST", "url": "/v1/nope", "body": {}}\n', "field url"),
+            (b'{"custom_id": "a", "method": "GET", "url": "/v1/embeddings", "body": {}}\n', "field method"),
+            (b'{"custom_id": "a", "body": {}}\n{"custom_id": "a", "body": {}}\n', "used twice"),
+            (b'{"custom_id": "a", "body": {}, "extra": 1}\n', "field extra"),
+            (b'[1, 2]\n', "not a JSON object"),
+            (b"", "no lines"),
+        ],
+        ids=["body-schema", "bad-json", "bad-url", "bad-method", "dup-id", "unknown-field",
+             "not-object", "empty"],
+    )  # fmt: skip
+    async def test_batch_files(self, platform: Platform, content: bytes, expected: str) -> None:
+        org_id, _, key = await owner(platform)
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk(platform, key).files.create(file=("b.jsonl", io.BytesIO(content)), purpose="batch")
+        assert expected in str(refused.value)
+        async with platform.sessions() as session:
+            kept = (await session.execute(select(FileRow).where(FileRow.org_id == org_id))).all()
+        assert kept == []
+
+    async def test_a_ten_mib_line_is_refused(self, platform: Platform) -> None:
+        _, _, key = await owner(platform)
+        line = b'{"custom_id": "a", "body": {"x": "' + b"x" * (10 * 2**20 + 10) + b'"}}\n'
+        with pytest.raises((openai.BadRequestError, openai.APIStatusError)) as refused:
+            sdk(platform, key).files.create(file=("b.jsonl", io.BytesIO(line)), purpose="batch")
+        assert refused.value.status_code == 413  # type: ignore[attr-defined]
+
+    async def test_fine_tune_needs_assistant_turns(self, platform: Platform) -> None:
+        _, _, key = await owner(platform)
+        line = b'{"messages": [{"role": "user", "content": "hi"}]}\n'
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk(platform, key).files.create(file=("t.jsonl", io.BytesIO(line)), purpose="fine-tune")
+        assert "assistant" in str(refused.value)
+
+
+class TestTenancy:
+    async def test_another_tenants_file_is_404_everywhere(self, platform: Platform) -> None:
+        _, _, key_a = await owner(platform)
+        _, _, key_b = await owner(platform)
+        created = sdk(platform, key_a).files.create(
+            file=("a.jsonl", io.BytesIO(batch_lines("m"))), purpose="batch"
+        )
+        intruder = sdk(platform, key_b)
+        for call in (intruder.files.retrieve, intruder.files.content, intruder.files.delete):
+            with pytest.raises(openai.NotFoundError):
+                call(created.id)
+        assert created.id not in {f.id for f in intruder.files.list()}
+
+    async def test_viewers_cannot_upload(self, platform: Platform) -> None:
+        tenant = await platform.factory.tenant(roles={"v": Role.VIEWER})
+        key = (await platform.factory.member_key(tenant, "v", Role.VIEWER)).key
+        with pytest.raises(openai.PermissionDeniedError):
+            sdk(platform, key).files.create(file=("a.txt", io.BytesIO(b"x")), purpose="user_data")
+
+
+class TestSovereignty:
+    async def test_no_allowed_store_is_451_and_nothing_is_stored(self, platform: Platform) -> None:
+        _, org, key = await owner(platform)
+        async with platform.client(await platform.operator_key()) as client:
+            assert (
+                await client.put(f"/api/orgs/{org}/policy", json={"jurisdictions": ["US"]})
+            ).status_code == 200
+        await __import__("asyncio").sleep(0.5)
+        with pytest.raises(openai.APIStatusError) as refused:
+            sdk(platform, key).files.create(file=("a.txt", io.BytesIO(b"x")), purpose="user_data")
+        assert refused.value.status_code == 451
+        assert "outside US" in str(refused.value)
+
+
+class TestCryptoErasure:
+    async def test_erased_key_material_makes_every_file_unreadable(
+        self, platform: Platform
+    ) -> None:
+        _, org, key = await owner(platform)
+        client = sdk(platform, key)
+        created = client.files.create(
+            file=("a.jsonl", io.BytesIO(batch_lines("m"))), purpose="batch"
+        )
+        async with httpx.AsyncClient(
+            base_url=platform.url, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
+            erased = await http.post(f"/api/orgs/{org}/crypto-erase")
+            assert erased.status_code == 200, erased.text
+            assert erased.json()["files"] == 1
+            gone = await http.get(f"/v1/files/{created.id}/content")
+            assert gone.status_code == 410
+            events = (await http.get("/api/audit", params={"action": "org.crypto_erase"})).json()
+        assert len(events["events"]) == 1
