@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -111,3 +111,36 @@ class TestCarbon:
 
         assert set(EU) <= set(DEFAULT_INTENSITY)
         assert DEFAULT_INTENSITY["FR"] < DEFAULT_INTENSITY["DE"] < DEFAULT_INTENSITY["PL"]
+
+
+from souverain.energy.carbon import cleanest_start  # noqa: E402
+
+
+class TestCleanestStart:
+    def _series(self, start: datetime, values: list[float]) -> dict[datetime, float]:
+        return {start + timedelta(hours=i): v for i, v in enumerate(values)}
+
+    def test_defers_to_the_cleanest_window_that_still_meets_the_deadline(self) -> None:
+        now = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+        series = self._series(now, [300, 280, 250, 90, 60, 80, 300, 300])
+        start, then, at_once = cleanest_start(
+            series, now=now, deadline=now + timedelta(hours=8), duration_h=2, static=300
+        )
+        assert start == now + timedelta(hours=4)  # 60 then 80: the cleanest two hours
+        assert then == 70 and at_once == 290
+
+    def test_never_risks_the_deadline(self) -> None:
+        now = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+        series = self._series(now, [300, 300, 300, 300, 10, 10])
+        start, _, _ = cleanest_start(
+            series, now=now, deadline=now + timedelta(hours=5), duration_h=2, static=300
+        )
+        assert start + timedelta(hours=2 * 1.5) <= now + timedelta(hours=5)
+        assert start < now + timedelta(hours=4)
+
+    def test_without_a_series_it_starts_at_once(self) -> None:
+        now = datetime(2026, 12, 1, 10, 30, tzinfo=UTC)
+        start, then, at_once = cleanest_start(
+            {}, now=now, deadline=now + timedelta(hours=24), duration_h=1, static=56
+        )
+        assert start == now and then == at_once == 56

@@ -4,8 +4,9 @@ static value. Default static values per country ship in `DEFAULT_INTENSITY`."""
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 # Approximate annual carbon intensity of electricity generation, gCO2e/kWh, rounded to
 # the nearest 10 g (France and the Nordics to the nearest gram). Compiled from Ember's
@@ -48,3 +49,37 @@ def parse_series(lines: Iterable[str]) -> dict[datetime, float]:
             raise ValueError(f"implausible intensity {value} at {row['hour']}")
         series[hour_of(moment)] = value
     return series
+
+
+def cleanest_start(
+    series: Mapping[datetime, float],
+    *,
+    now: datetime,
+    deadline: datetime,
+    duration_h: float,
+    static: float,
+    margin: float = 1.5,
+) -> tuple[datetime, float, float]:
+    """When to start work of `duration_h` hours so that it runs on the cleanest grid and
+    still ends before `deadline` with `margin` × its duration to spare: the whole hour
+    (from now on) whose window of `duration_h` has the lowest mean intensity. Returns
+    (start, mean intensity then, mean intensity if started now). Hours without a value in
+    the series count at `static`. Starting now is chosen unless later is strictly cleaner."""
+    hours = max(1, math.ceil(duration_h))
+    latest = deadline - timedelta(hours=duration_h * margin)
+
+    def mean_from(start: datetime) -> float:
+        return sum(
+            intensity_at(start + timedelta(hours=h), static=static, series=series)
+            for h in range(hours)
+        ) / hours
+
+    at_once = mean_from(now)
+    best, best_mean = now, at_once
+    candidate = hour_of(now) + timedelta(hours=1)
+    while candidate <= latest:
+        mean = mean_from(candidate)
+        if mean < best_mean:
+            best, best_mean = candidate, mean
+        candidate += timedelta(hours=1)
+    return best, best_mean, at_once
