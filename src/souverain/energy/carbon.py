@@ -69,10 +69,13 @@ def cleanest_start(
     latest = deadline - timedelta(hours=duration_h * margin)
 
     def mean_from(start: datetime) -> float:
-        return sum(
-            intensity_at(start + timedelta(hours=h), static=static, series=series)
-            for h in range(hours)
-        ) / hours
+        return (
+            sum(
+                intensity_at(start + timedelta(hours=h), static=static, series=series)
+                for h in range(hours)
+            )
+            / hours
+        )
 
     at_once = mean_from(now)
     best, best_mean = now, at_once

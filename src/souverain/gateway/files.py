@@ -9,8 +9,9 @@ streamed, decrypted where they are served.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -24,6 +25,7 @@ from souverain.core.errors import (
     UnsupportedMediaTypeError,
 )
 from souverain.core.ids import new_id
+from souverain.core.policy import Policy
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.tables import FileRow, utcnow
@@ -33,7 +35,7 @@ from souverain.gateway.state import AppState
 from souverain.services import audit, files
 from souverain.services.access import check_scope
 from souverain.storage.crypto import Sealer, open_sealed
-from souverain.storage.stores import store_from_uri
+from souverain.storage.stores import ObjectStore, store_from_uri
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -56,7 +58,7 @@ def file_object(row: FileRow) -> dict[str, Any]:
         "num_lines": row.num_lines,
         "sample_type": row.sample_type or "pretrain",
         "source": "upload",
-        "mimetype": "application/jsonl" if row.num_lines is not None else None,
+        "mimetype": "application/jsonl" if row.purpose in {"batch", "fine-tune"} else None,
         "deleted": row.status == "deleted",
         "datacenter": row.datacenter_id,
     }
@@ -153,6 +155,103 @@ def _boundary(request: Request) -> bytes:
     return options[b"boundary"]
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Whose file it is, and under which policy it is placed."""
+
+    org_id: str
+    project_id: str | None
+    key_id: str | None
+    policy: Policy
+    actor: audit.Actor
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What is known of a file once it is written (or a refusal, raised instead)."""
+
+    filename: str
+    purpose: str
+    lines: int | None
+    expires_at: datetime | None = None
+
+
+Finish = Callable[[ObjectStore, str, bytes, str], Awaitable[Checked]]
+
+
+async def store_plaintext(
+    state: AppState, *, owner: Owner, plaintext: AsyncIterator[bytes], finish: Finish
+) -> FileRow:  # fmt: skip
+    """Seal `plaintext` into the store of a datacenter the owner's policy allows, then
+    record the file; a refusal anywhere (policy, quota, `finish`) leaves nothing stored."""
+    async with state.sessions.begin() as session:
+        placement = await files.place_file(session, policy=owner.policy, stores=state.file_stores)
+        if (
+            await files.storage_used(session, org_id=owner.org_id)
+            >= state.settings.files_quota_bytes
+        ):
+            raise StorageQuotaError("Your organisation's storage quota is reached.", param="file")
+        kek = await files.organisation_kek(
+            session, master_key=state.master_key, org_id=owner.org_id, create=True
+        )
+    file_id = files.new_file_id()
+    data_key, wrapped = files.new_data_key(kek, file_id)
+    store, object_key = store_from_uri(placement.store_uri), new_id("obj")
+    counted = _Counted(plaintext)
+    stored = await store.write(object_key, _sealed(counted, data_key, file_id))
+    try:
+        checked = await finish(store, object_key, data_key, file_id)
+        row = FileRow(
+            id=file_id, org_id=owner.org_id, project_id=owner.project_id,
+            filename=checked.filename, purpose=checked.purpose, bytes=counted.size,
+            stored_bytes=stored, sha256=counted.digest.hexdigest(), num_lines=checked.lines,
+            sample_type=sample_type(checked.purpose),
+            datacenter_id=placement.datacenter_id, store_uri=placement.store_uri,
+            object_key=object_key, wrapped_key=wrapped, status="processed",
+            created_by_key=owner.key_id, created_at=utcnow(), expires_at=checked.expires_at,
+        )  # fmt: skip
+        async with state.sessions.begin() as session:
+            await files.reserve_storage(
+                session, org_id=row.org_id, size=stored,
+                default_limit=state.settings.files_quota_bytes,
+            )  # fmt: skip
+            session.add(row)
+            await audit.record(
+                session, actor=owner.actor, action="file.upload", org_id=row.org_id,
+                target_type="file", target_id=row.id,
+                details={"purpose": row.purpose, "bytes": row.bytes, "sha256": row.sha256,
+                         "datacenter": row.datacenter_id},
+            )  # fmt: skip
+    except BaseException:
+        await store.delete(object_key)  # refused whole: nothing of it stays
+        raise
+    return row
+
+
+class _Counted:
+    """Plaintext passing through: its size and sha256."""
+
+    def __init__(self, plaintext: AsyncIterator[bytes]) -> None:
+        self._plaintext = plaintext
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in self._plaintext:
+            self.size += len(piece)
+            self.digest.update(piece)
+            yield piece
+
+
+async def _sealed(plaintext: _Counted, data_key: bytes, file_id: str) -> AsyncIterator[bytes]:
+    sealer = Sealer(data_key, file_id)
+    yield sealer.header
+    async for piece in plaintext:
+        for sealed in sealer.feed(piece):
+            yield sealed
+    yield sealer.finish()
+
+
 @router.post("", summary="Upload a file", status_code=200)
 async def upload_file(request: Request) -> dict[str, Any]:
     """Upload a file (multipart: `file`, `purpose` batch | fine-tune | user_data | evals,
@@ -162,68 +261,34 @@ async def upload_file(request: Request) -> dict[str, Any]:
     state: AppState = request.app.state.souverain
     principal = await get_principal(request, state)
     check_scope(principal, Scope.INFERENCE)
-    org_id = principal_org(principal)
+    owner = Owner(
+        principal_org(principal), state.routes.project_of(principal), principal.key_id,
+        state.routes.policy_for(principal), audit.actor_of(principal),
+    )  # fmt: skip
     upload = Upload(_boundary(request), state.settings.files_max_bytes)
-    async with state.sessions.begin() as session:
-        placement = await files.place_file(
-            session, policy=state.routes.policy_for(principal), stores=state.file_stores
-        )
-        if await files.storage_used(session, org_id=org_id) >= state.settings.files_quota_bytes:
-            raise StorageQuotaError("Your organisation's storage quota is reached.", param="file")
-        kek = await files.organisation_kek(
-            session, master_key=state.master_key, org_id=org_id, create=True
-        )
-    file_id = files.new_file_id()
-    data_key, wrapped = files.new_data_key(kek, file_id)
-    store, object_key = store_from_uri(placement.store_uri), new_id("obj")
-    stored = await store.write(object_key, _sealed(request, upload, data_key, file_id))
-    try:
+
+    async def finish(store: ObjectStore, key: str, data_key: bytes, file_id: str) -> Checked:
         purpose = _purpose(upload)
-        lines = await _check_lines(state, upload, purpose, store, object_key, data_key, file_id)
-        row = FileRow(
-            id=file_id, org_id=org_id, project_id=state.routes.project_of(principal),
-            filename=upload.filename, purpose=purpose, bytes=upload.size, stored_bytes=stored,
-            sha256=upload.digest.hexdigest(), num_lines=lines, sample_type=sample_type(purpose),
-            datacenter_id=placement.datacenter_id, store_uri=placement.store_uri,
-            object_key=object_key, wrapped_key=wrapped, status="processed",
-            created_by_key=principal.key_id, created_at=utcnow(),
-            expires_at=_expiry(upload.fields),
-        )  # fmt: skip
-        async with state.sessions.begin() as session:
-            await files.reserve_storage(
-                session, org_id=row.org_id, size=stored,
-                default_limit=state.settings.files_quota_bytes,
-            )  # fmt: skip
-            session.add(row)
-            await audit.record(
-                session, actor=audit.actor_of(principal), action="file.upload",
-                org_id=row.org_id, target_type="file", target_id=row.id,
-                details={"purpose": purpose, "bytes": row.bytes, "sha256": row.sha256,
-                         "datacenter": row.datacenter_id},
-            )  # fmt: skip
-    except BaseException:
-        await store.delete(object_key)  # refused whole: nothing of it stays
-        raise
+        lines = await _check_lines(upload, purpose, store, key, data_key, file_id)
+        return Checked(upload.filename or "upload", purpose, lines, _expiry(upload.fields))
+
+    row = await store_plaintext(
+        state, owner=owner, plaintext=_parts(request, upload), finish=finish
+    )
     return file_object(row)
 
 
-async def _sealed(
-    request: Request, upload: Upload, data_key: bytes, file_id: str
-) -> AsyncIterator[bytes]:
-    sealer = Sealer(data_key, file_id)
-    yield sealer.header
+async def _parts(request: Request, upload: Upload) -> AsyncIterator[bytes]:
+    """The file part's bytes, as the multipart body streams in."""
     async for chunk in request.stream():
         upload.parser.write(chunk)
         for piece in upload.take():
-            for sealed in sealer.feed(piece):
-                yield sealed
+            yield piece
     upload.parser.finalize()
     for piece in upload.take():
-        for sealed in sealer.feed(piece):
-            yield sealed
+        yield piece
     if not upload.filename and not upload.size:
         raise InvalidRequestError("The upload has no `file` part.", param="file")
-    yield sealer.finish()
 
 
 def _purpose(upload: Upload) -> str:
@@ -236,8 +301,8 @@ def _purpose(upload: Upload) -> str:
 
 
 async def _check_lines(
-    state: AppState, upload: Upload, purpose: str, store: Any, object_key: str,
-    data_key: bytes, file_id: str,
+    upload: Upload, purpose: str, store: ObjectStore, object_key: str, data_key: bytes,
+    file_id: str,
 ) -> int:  # fmt: skip
     """Lines checked while streaming when `purpose` came first; else read back once."""
     if upload.checker is not None and upload.checked_while_streaming:

@@ -35,6 +35,24 @@ async def authenticate(
     row = await session.get(ApiKeyRow, key_id)
     if row is None or not secret_matches(secret, row.secret_hash):
         raise AuthenticationError(_INVALID)
+    return await principal_of(session, row=row, now=now)
+
+
+async def principal_for_key(
+    session: AsyncSession, *, key_id: str, now: datetime | None = None
+) -> Principal:
+    """The principal of a stored key, checked as if it had just been presented: how work
+    done later on a key's behalf (a batch) keeps exactly that key's rights, no more, and
+    stops when the key is revoked, expires or loses its membership."""
+    row = await session.get(ApiKeyRow, key_id)
+    if row is None:
+        raise AuthenticationError(_INVALID)
+    return await principal_of(session, row=row, now=now)
+
+
+async def principal_of(
+    session: AsyncSession, *, row: ApiKeyRow, now: datetime | None = None
+) -> Principal:
     now = now or utcnow()
     if row.revoked_at is not None:
         raise AuthenticationError("This API key has been revoked.")
