@@ -184,6 +184,16 @@ class Settings(BaseSettings):
         description='Where each datacenter keeps files: {"par1": "s3://bucket/prefix?endpoint=…", '
         '"fra1": "file:///srv/files"}. Default: the local datacenter, under <data_dir>/files.',
     )
+    batch_lease_s: float = Field(
+        default=30.0,
+        ge=2,
+        le=3600,
+        description="A batch runner's lease; another server "
+        "takes a batch over this long after its runner died.",
+    )
+    batch_concurrency: int = Field(
+        default=16, ge=1, le=4096, description="Lines of one batch in flight at once."
+    )
     files_max_bytes: int = Field(default=512 * 2**20, ge=1024, le=2**40)
     files_quota_bytes: int = Field(
         default=10 * 2**30,

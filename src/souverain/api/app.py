@@ -40,10 +40,11 @@ from souverain.api.routers import (
     usage,
 )
 from souverain.db.engine import create_engine, session_factory, upgrade
-from souverain.gateway import errors
+from souverain.gateway import batches_api, errors
 from souverain.gateway import files as gateway_files
 from souverain.gateway import routes as gateway_routes
 from souverain.gateway.auditing import AuditTrail
+from souverain.gateway.batches import BatchRunner
 from souverain.gateway.journal import UsageJournal
 from souverain.gateway.meter import Meter
 from souverain.gateway.metrics import Metrics
@@ -87,6 +88,11 @@ def create_app(
         )
         stop_trail = asyncio.Event()
         trail = asyncio.create_task(state.audit_trail.run(stop_trail))
+        runner = asyncio.create_task(
+            BatchRunner(
+                state, lease_s=settings.batch_lease_s, concurrency=settings.batch_concurrency
+            ).run()
+        )
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if settings.metrics_bind:
@@ -99,6 +105,9 @@ def create_app(
                     await stack.enter_async_context(hook(state))
                 yield
         finally:
+            runner.cancel()  # its lines in flight stay open; the next runner takes them over
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
             if state.pending_settlements:  # usage records of answers already sent
                 await asyncio.wait(state.pending_settlements, timeout=30)
             await state.journal.stop()
@@ -131,6 +140,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(gateway_routes.router)
     app.include_router(gateway_files.router)
+    app.include_router(batches_api.router)
     for router in (
         me.router,
         orgs.router,

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.principal import Principal
-from souverain.db.tables import utcnow
+from souverain.db.tables import UsageRecordRow, utcnow
 from souverain.gateway.ratelimit import Limit
 from souverain.gateway.state import AppState
 from souverain.services import budgets, usage
@@ -127,6 +127,8 @@ async def admit(
         limits_for(state, principal, record.project_id), tokens=rate_tokens
     )
     applicable = state.routes.budgets_for(principal.org_id, record.project_id)
+    if record.batch_id is not None:
+        return await _admit_line(state, record, applicable, amounts, price, rate_headers)
     if not applicable:
         state.journal.open(record)  # reaches the database in the next batch
         return Admitted(record, price, Amounts(), rate_headers, True, time.perf_counter())
@@ -141,6 +143,45 @@ async def admit(
             reserved_cost=amounts.cost,
             reserved_energy_j=amounts.energy_j,
         )
+        await usage.open_record(session, record=record)
+    return Admitted(record, price, amounts, rate_headers, False, time.perf_counter())
+
+
+class AlreadySettled(Exception):
+    """A batch line whose usage record is settled: it was answered already."""
+
+
+async def _admit_line(
+    state: AppState,
+    record: OpenRecord,
+    applicable: list[Budget],
+    amounts: Amounts,
+    price: Price | None,
+    rate_headers: Mapping[str, str],
+) -> Admitted:
+    """A batch line's record, opened once whatever the attempts: a previous attempt cut
+    short (its runner killed) left it open with its reservation, which this one takes over
+    instead of reserving again."""
+    async with state.sessions.begin() as session:
+        existing = await session.get(UsageRecordRow, record.id)
+        if existing is not None:
+            if existing.status != usage.OPEN:
+                raise AlreadySettled(record.id)
+            held = Amounts(
+                existing.reserved_tokens, existing.reserved_cost, existing.reserved_energy_j
+            )
+            kept = replace(record, ledger_ids=tuple(existing.ledger_ids or ()))
+            return Admitted(kept, price, held, rate_headers, False, time.perf_counter())
+        if applicable:
+            now = utcnow()
+            ledger_ids = await _ledgers(state, session, applicable, budgets.period_of(now))
+            await budgets.reserve(session, ledger_ids=ledger_ids, amounts=amounts, now=now)
+            record = replace(
+                record, ledger_ids=tuple(ledger_ids), reserved_tokens=amounts.tokens,
+                reserved_cost=amounts.cost, reserved_energy_j=amounts.energy_j,
+            )  # fmt: skip
+        else:
+            amounts = Amounts()
         await usage.open_record(session, record=record)
     return Admitted(record, price, amounts, rate_headers, False, time.perf_counter())
 

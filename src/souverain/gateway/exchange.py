@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -53,6 +54,7 @@ class Call:
     body: dict[str, Any]
     stream: bool
     include_usage: bool
+    batch: bool = False  # a batch line: waits behind live requests for a slot
 
 
 class Exchange:
@@ -174,10 +176,8 @@ class Exchange:
         self._handed_over = True
         return SettledStream(self, body, headers)
 
-    def settle(self, error: BaseException | None = None) -> None:
-        """Settle once; later calls do nothing. Never makes the client wait for the write."""
-        if self._settled:
-            return
+    def _final(self, error: BaseException | None) -> Settlement:
+        """The one outcome: concluded, or read from the error; metered and counted."""
         self._settled = True
         self.release()
         outcome = self._outcome or self.base(*_status_of(error))
@@ -189,6 +189,26 @@ class Exchange:
         self.state.metrics.observe(
             model=self.call.model.name, endpoint=self.call.endpoint, settlement=outcome
         )
+        return outcome
+
+    async def settle_in(self, session: AsyncSession, error: BaseException | None = None) -> bool:
+        """Settle inside the caller's transaction (a batch line keeps its result in the
+        same one). False when the record was already settled."""
+        if self._settled:
+            return False
+        admitted = self.admitted
+        return await usage.settle_record(
+            session,
+            record_id=self.record_id,
+            settlement=self._final(error),
+            reservation=(admitted.ledger_ids, admitted.reserved),
+        )
+
+    def settle(self, error: BaseException | None = None) -> None:
+        """Settle once; later calls do nothing. Never makes the client wait for the write."""
+        if self._settled:
+            return
+        outcome = self._final(error)
         if self.admitted.journaled:
             self.state.journal.settle(self.record_id, outcome)
             return

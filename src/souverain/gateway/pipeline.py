@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Awaitable
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -40,7 +40,7 @@ from souverain.gateway.state import AppState
 from souverain.services import projects
 from souverain.services.access import check_scope
 from souverain.services.routes import ModelInfo, ReplicaRoute
-from souverain.services.usage import OpenRecord
+from souverain.services.usage import OpenRecord, Settlement
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,12 +78,12 @@ async def resolve_model(
 
 async def run(call: Call, request: Request) -> Response:
     await call.state.limiter.check_crashes(call.principal.key_id)
-    routes = await _compliant_routes(call)
-    content = _encode(call)
-    exchange = Exchange(call, await _admit(call, routes))
+    routes = await compliant_routes(call)
+    content = encode(call)
+    exchange = Exchange(call, await admit(call, routes))
     async with exchange:
         try:
-            response = await _unless_disconnected(_send(exchange, routes, content), request)
+            response = await _unless_disconnected(send(exchange, routes, content), request)
         except ClientGone:
             return _cancelled(exchange)
         if call.stream:
@@ -93,7 +93,7 @@ async def run(call: Call, request: Request) -> Response:
         return await _complete(exchange, response, request)
 
 
-async def _compliant_routes(call: Call) -> list[ReplicaRoute]:
+async def compliant_routes(call: Call) -> list[ReplicaRoute]:
     table = call.state.routes
     routes, excluded = table.compliant_routes(call.principal, call.model)
     if not routes:
@@ -120,7 +120,7 @@ async def _compliant_routes(call: Call) -> list[ReplicaRoute]:
     return routes
 
 
-def _encode(call: Call) -> bytes:
+def encode(call: Call) -> bytes:
     call.body["model"] = call.model.name
     try:
         return json.dumps(call.body, allow_nan=False).encode()
@@ -130,8 +130,12 @@ def _encode(call: Call) -> bytes:
         ) from None
 
 
-async def _admit(call: Call, routes: list[ReplicaRoute]) -> Admitted:
-    """Rate limits, budget reservation, and the open usage record, or a refusal."""
+async def admit(
+    call: Call, routes: list[ReplicaRoute], *, record_id: str | None = None,
+    batch_id: str | None = None,
+) -> Admitted:  # fmt: skip
+    """Rate limits, budget reservation, and the open usage record, or a refusal. A batch
+    line brings its own record id (the same on every attempt) and its batch's id."""
     state, principal = call.state, call.principal
     project_id = state.routes.project_of(principal)
     if project_id is None and principal.org_id is not None:
@@ -144,7 +148,7 @@ async def _admit(call: Call, routes: list[ReplicaRoute]) -> Admitted:
         prompt=prompt, completion=completion, price=price, j_per_token=worst
     )
     record = OpenRecord(
-        id=new_id("req"),
+        id=record_id or new_id("req"),
         org_id=principal.org_id,
         project_id=project_id,
         key_id=principal.key_id,
@@ -153,6 +157,7 @@ async def _admit(call: Call, routes: list[ReplicaRoute]) -> Admitted:
         model=call.model.name,
         stream=call.stream,
         server_id=state.server_id,
+        batch_id=batch_id,
     )
     return await admission.admit(
         state,
@@ -174,14 +179,15 @@ async def _default_project(state: AppState, org_id: str) -> str | None:
     return state.default_projects.get(org_id)
 
 
-async def _send(
-    exchange: Exchange, routes: list[ReplicaRoute], content: bytes
-) -> upstream.Response:
+async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -> upstream.Response:
     """Send to the least busy replica; only a connection that could not be made moves on
     to the next compliant one. A request the engine received is never sent again."""
     state, tried = exchange.state, set[str]()
     org = exchange.call.principal.org_id or "platform"
-    while (route := await state.queue.acquire(org, routes, tried, exchange.use)) is not None:
+    batch = exchange.call.batch
+    while (
+        route := await state.queue.acquire(org, routes, tried, exchange.use, batch=batch)
+    ) is not None:
         tried.add(route.replica_id)
         secret = replica_secret(state.master_key, route.replica_id)
         headers = {
@@ -263,6 +269,18 @@ def _engine_message(raw: bytes) -> str:
     return str(error or detail or "")[:300]
 
 
+def settlement_of(exchange: Exchange, answer: dict[str, Any]) -> Settlement:
+    """A complete answer's settlement: the engine's token counts, priced and metered."""
+    tokens = answer.get("usage") or {}
+    return exchange.metered(
+        replace(
+            exchange.base("ok"),
+            prompt_tokens=int(tokens.get("prompt_tokens", 0)),
+            completion_tokens=int(tokens.get("completion_tokens", 0)),
+        )
+    )
+
+
 def _cancelled(exchange: Exchange) -> Response:
     exchange.conclude(exchange.base("client_cancelled", "client disconnected"))
     return Response(status_code=499)
@@ -281,16 +299,9 @@ async def _complete(exchange: Exchange, response: upstream.Response, request: Re
     finally:
         response.close()
     try:
-        tokens = json.loads(raw).get("usage") or {}
+        settlement = settlement_of(exchange, json.loads(raw))
     except (ValueError, AttributeError):
         raise UpstreamError("The model engine sent an answer that is not JSON.") from None
-    settlement = exchange.metered(
-        replace(
-            exchange.base("ok"),
-            prompt_tokens=int(tokens.get("prompt_tokens", 0)),
-            completion_tokens=int(tokens.get("completion_tokens", 0)),
-        )
-    )
     exchange.conclude(settlement)
     headers = exchange.headers() | {
         "x-souverain-energy-joules": f"{settlement.energy_estimate_j or 0.0:.6g}",

@@ -8,7 +8,8 @@ come first served within each.
 So a tenant with 40 requests in flight delays another tenant's request by about one
 request's time, not forty. Lines are bounded (per organisation and in all): beyond them,
 or after waiting too long, the answer is 429 with Retry-After, never an unbounded pile.
-Each server process keeps its own queue.
+Batch lines wait in lines of their own, served only with slots no live request is
+waiting for: batches use what live traffic leaves. Each server process keeps its own queue.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class FairQueue:
         self._per_org = per_org
         self._total = total
         self._wait_s = wait_s
-        self._lines: dict[str, deque[_Waiter]] = {}
-        self._served: dict[str, int] = {}  # organisation -> when it last got a slot
+        # (priority, organisation) -> its line; priority 0 live requests, 1 batch lines
+        self._lines: dict[tuple[int, str], deque[_Waiter]] = {}
+        self._served: dict[tuple[int, str], int] = {}  # -> when it last got a slot
         self._tick = 0
         self._waiting = 0
         table.on_release = self.dispatch
@@ -53,23 +55,37 @@ class FairQueue:
     def waiting(self) -> int:
         return self._waiting
 
-    def waiting_for(self, org: str) -> int:
-        return len(self._lines.get(org, ()))
+    def waiting_for(self, org: str, *, batch: bool = False) -> int:
+        return len(self._lines.get((int(batch), org), ()))
+
+    def _live_waiting(self) -> bool:
+        return any(priority == 0 and line for (priority, _), line in self._lines.items())
 
     async def acquire(
-        self, org: str, routes: list[ReplicaRoute], exclude: Set[str], claim: Claim
+        self,
+        org: str,
+        routes: list[ReplicaRoute],
+        exclude: Set[str],
+        claim: Claim,
+        *,
+        batch: bool = False,
     ) -> ReplicaRoute | None:
         """A replica with a free slot, claimed for the caller; None when every candidate
         was already tried. Waits in the organisation's line when all are busy."""
         if not [r for r in routes if r.replica_id not in exclude]:
             return None
+        line_key = (int(batch), org)
         found = self._table.pick_free(routes, exclude)
-        if found is not None and not self._lines.get(org):
-            self._grant(org, found, claim)
+        if (
+            found is not None
+            and not self._lines.get(line_key)
+            and not (batch and self._live_waiting())
+        ):
+            self._grant(line_key, found, claim)
             return found
-        self._check_room(org)
+        self._check_room(line_key)
         waiter = _Waiter(routes, exclude, claim)
-        self._lines.setdefault(org, deque()).append(waiter)
+        self._lines.setdefault(line_key, deque()).append(waiter)
         self._waiting += 1
         self.dispatch()  # a slot may be free for it already
         try:
@@ -80,10 +96,10 @@ class FairQueue:
                 retry_after_s=5,
             ) from None
         finally:
-            self._forget(org, waiter)
+            self._forget(line_key, waiter)
 
-    def _check_room(self, org: str) -> None:
-        if len(self._lines.get(org, ())) >= self._per_org:
+    def _check_room(self, line_key: tuple[int, str]) -> None:
+        if len(self._lines.get(line_key, ())) >= self._per_org * (1 + 15 * line_key[0]):
             raise RateLimitedError(
                 f"Your organisation already has {self._per_org} requests waiting for this "
                 "model's replicas; retry when some have been answered.",
@@ -94,20 +110,20 @@ class FairQueue:
                 "Too many requests are waiting for replicas; retry shortly.", retry_after_s=1
             )
 
-    def _forget(self, org: str, waiter: _Waiter) -> None:
-        line = self._lines.get(org)
+    def _forget(self, line_key: tuple[int, str], waiter: _Waiter) -> None:
+        line = self._lines.get(line_key)
         if line is not None and waiter in line:
             line.remove(waiter)
             self._waiting -= 1
         if line is not None and not line:
-            del self._lines[org]
+            del self._lines[line_key]
         if not waiter.granted.done():
             waiter.granted.cancel()  # once granted, the slot is the caller's exchange's
 
-    def _grant(self, org: str, route: ReplicaRoute, claim: Claim) -> None:
+    def _grant(self, line_key: tuple[int, str], route: ReplicaRoute, claim: Claim) -> None:
         claim(route)
         self._tick += 1
-        self._served[org] = self._tick
+        self._served[line_key] = self._tick
         if len(self._served) > 4 * self._total:  # forget organisations long idle
             for idle in sorted(self._served, key=self._served.__getitem__)[: self._total]:
                 del self._served[idle]
@@ -119,13 +135,14 @@ class FairQueue:
         progress = True
         while progress and self._lines:
             progress = False
-            for org in sorted(self._lines, key=lambda o: self._served.get(o, -1)):
-                line = self._lines[org]
+            order = sorted(self._lines, key=lambda k: (k[0], self._served.get(k, -1)))
+            for line_key in order:
+                line = self._lines[line_key]
                 while line and line[0].granted.done():  # cancelled while waiting
                     line.popleft()
                     self._waiting -= 1
                 if not line:
-                    del self._lines[org]
+                    del self._lines[line_key]
                     continue
                 waiter = line[0]
                 route = self._table.pick_free(waiter.routes, waiter.exclude)
@@ -134,8 +151,8 @@ class FairQueue:
                 line.popleft()
                 self._waiting -= 1
                 if not line:
-                    del self._lines[org]
-                self._grant(org, route, waiter.claim)
+                    del self._lines[line_key]
+                self._grant(line_key, route, waiter.claim)
                 waiter.granted.set_result(route)
                 progress = True
                 break

@@ -1,0 +1,168 @@
+"""Batches with the official SDKs, on the stand-in engine: every line answered exactly
+once through the same admission and metering as a live request; bad inputs fail whole;
+cancelling stops it; another tenant sees nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from typing import Any
+
+import openai
+import pytest
+from mistralai.client import Mistral
+from sqlalchemy import select
+
+from souverain.core.roles import Role
+from souverain.db.tables import UsageRecordRow
+from tests.conftest import Platform
+
+
+def lines(model: str, count: int, prefix: str = "line", **body: Any) -> bytes:
+    return b"".join(
+        json.dumps({"custom_id": f"{prefix}-{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": model, "max_tokens": 4,
+                             "messages": [{"role": "user", "content": f"question {i}"}], **body}}
+                   ).encode() + b"\n"
+        for i in range(count)
+    )  # fmt: skip
+
+
+async def member(platform: Platform) -> tuple[str, str]:
+    tenant = await platform.factory.tenant(roles={"m": Role.MEMBER})
+    return tenant.org_id, (await platform.factory.member_key(tenant, "m", Role.MEMBER)).key
+
+
+def client(platform: Platform, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+
+
+async def wait_done(sdk: openai.OpenAI, batch_id: str, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = await asyncio.to_thread(sdk.batches.retrieve, batch_id)
+        if batch.status in ("completed", "failed", "expired", "cancelled"):
+            return batch
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        await asyncio.sleep(0.3)
+
+
+class TestOpenAIBatches:
+    async def test_every_line_is_answered_once_and_metered(self, platform: Platform) -> None:
+        model = await platform.served_model()
+        org_id, key = await member(platform)
+        sdk = client(platform, key)
+        uploaded = sdk.files.create(
+            file=("in.jsonl", io.BytesIO(lines(model, 25))), purpose="batch"
+        )
+        created = sdk.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+            metadata={"job": "nightly"},
+        )  # fmt: skip
+        assert created.status == "validating" and created.metadata == {"job": "nightly"}
+        done = await wait_done(sdk, created.id)
+        assert done.status == "completed", done
+        assert done.request_counts.total == 25 and done.request_counts.completed == 25
+        assert done.error_file_id is None
+        output = [json.loads(x) for x in sdk.files.content(done.output_file_id).read().splitlines()]
+        assert sorted(o["custom_id"] for o in output) == sorted(f"line-{i}" for i in range(25))
+        assert all(o["response"]["status_code"] == 200 for o in output)
+        assert all(o["response"]["body"]["choices"][0]["message"]["content"] for o in output)
+        async with platform.sessions() as session:
+            records = list((await session.execute(
+                select(UsageRecordRow).where(UsageRecordRow.batch_id == created.id)
+            )).scalars())  # fmt: skip
+        assert len(records) == 25 and {r.status for r in records} == {"ok"}
+        assert {r.org_id for r in records} == {org_id}
+        assert {o["response"]["request_id"] for o in output} == {r.id for r in records}
+        assert sdk.batches.list().data[0].id == created.id
+
+    async def test_bad_lines_fail_the_batch_with_their_line_numbers(
+        self, platform: Platform
+    ) -> None:
+        model = await platform.served_model()
+        _, key = await member(platform)
+        sdk = client(platform, key)
+        content = lines(model, 2) + lines("no-such-model", 1, prefix="other")
+        uploaded = sdk.files.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch")
+        created = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h")  # fmt: skip
+        done = await wait_done(sdk, created.id)
+        assert done.status == "failed"
+        assert done.errors.data[0].line == 3 and "no-such-model" in done.errors.data[0].message
+
+    async def test_lines_the_engine_refuses_go_to_the_error_file(self, platform: Platform) -> None:
+        model = await platform.served_model()
+        _, key = await member(platform)
+        sdk = client(platform, key)
+        failing = lines(model, 1, prefix="broken").replace(b"question 0", b"#fail-500")
+        content = lines(model, 3) + failing
+        uploaded = sdk.files.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch")
+        created = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h")  # fmt: skip
+        done = await wait_done(sdk, created.id)
+        assert done.status == "completed"
+        assert (done.request_counts.completed, done.request_counts.failed) == (3, 1)
+        [error] = [json.loads(x) for x in sdk.files.content(done.error_file_id).read().splitlines()]
+        assert error["custom_id"] == "broken-0" and error["response"]["status_code"] == 502
+
+    async def test_cancel(self, platform: Platform) -> None:
+        model = await platform.served_model()
+        _, key = await member(platform)
+        sdk = client(platform, key)
+        slow = (
+            lines(model, 40)
+            .replace(b"question", b"#slow question")
+            .replace(b'"max_tokens": 4', b'"max_tokens": 4, "stream": false')
+        )
+        uploaded = sdk.files.create(file=("in.jsonl", io.BytesIO(slow)), purpose="batch")
+        created = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h")  # fmt: skip
+        cancelled = sdk.batches.cancel(created.id)
+        assert cancelled.status == "cancelling"
+        done = await wait_done(sdk, created.id)
+        assert done.status == "cancelled"
+        assert (
+            done.request_counts.completed + done.request_counts.failed == done.request_counts.total
+        )
+
+    async def test_another_tenant_sees_nothing(self, platform: Platform) -> None:
+        model = await platform.served_model()
+        _, key_a = await member(platform)
+        _, key_b = await member(platform)
+        a = client(platform, key_a)
+        uploaded = a.files.create(file=("in.jsonl", io.BytesIO(lines(model, 1))), purpose="batch")
+        created = a.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                   completion_window="24h")  # fmt: skip
+        b = client(platform, key_b)
+        with pytest.raises(openai.NotFoundError):
+            b.batches.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError):
+            b.batches.cancel(created.id)
+        with pytest.raises(openai.NotFoundError):  # nor use a's file for its own batch
+            b.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                             completion_window="24h")  # fmt: skip
+        assert created.id not in {x.id for x in b.batches.list().data}
+
+
+class TestMistralBatches:
+    async def test_inline_requests_round_trip(self, platform: Platform) -> None:
+        model = await platform.served_model()
+        _, key = await member(platform)
+        mistral = Mistral(api_key=key, server_url=platform.url)
+        job = mistral.batch.jobs.create(
+            endpoint="/v1/chat/completions", model=model,
+            requests=[{"custom_id": f"r{i}", "body": {"max_tokens": 4, "messages":
+                       [{"role": "user", "content": f"hello {i}"}]}} for i in range(5)],
+        )  # fmt: skip
+        assert job.status == "QUEUED"
+        deadline = time.monotonic() + 60
+        while (job := mistral.batch.jobs.get(job_id=job.id)).status not in ("SUCCESS", "FAILED"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.3)
+        assert job.status == "SUCCESS" and job.succeeded_requests == 5
+        output = mistral.files.download(file_id=job.output_file).read().splitlines()
+        assert sorted(json.loads(x)["custom_id"] for x in output) == [f"r{i}" for i in range(5)]
+        assert job.id in {j.id for j in mistral.batch.jobs.list().data}
