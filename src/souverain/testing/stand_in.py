@@ -144,6 +144,8 @@ class StandInEngine:
                 self._stream(body, kind, prompt, count, prompt_tokens),
                 media_type="text/event-stream",
             )
+        if self.token_delay_s:  # generating takes time, streamed or not
+            await asyncio.sleep(self.token_delay_s * count)
         text = " ".join(WORDS[i % len(WORDS)] for i in range(count))
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
         if kind == "chat":
