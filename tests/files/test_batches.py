@@ -166,3 +166,48 @@ class TestMistralBatches:
         output = mistral.files.download(file_id=job.output_file).read().splitlines()
         assert sorted(json.loads(x)["custom_id"] for x in output) == [f"r{i}" for i in range(5)]
         assert job.id in {j.id for j in mistral.batch.jobs.list().data}
+
+
+class TestCarbonAwareBatches:
+    async def test_a_batch_waits_for_the_cleanest_hours_that_meet_its_window(
+        self, platform: Platform
+    ) -> None:
+        from datetime import UTC, datetime, timedelta
+
+        from souverain.core.ids import new_id
+
+        dc = await platform.factory.datacenter(new_id("green"), country="FR", carbon=300)
+        replica = new_id("rep")
+        model, _ = await platform.factory.served_model(
+            url=f"{platform.stand_in_url}/r/{replica}", datacenter_id=dc, replica_id=replica
+        )
+        now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        dirty, clean = 450.0, 25.0
+        points = [{"hour": (now + timedelta(hours=h)).isoformat(),
+                   "g_per_kwh": clean if h in (5, 6) else dirty} for h in range(24)]  # fmt: skip
+        async with platform.client(await platform.operator_key()) as op:
+            loaded = await op.put(f"/api/datacenters/{dc}/carbon", json={"points": points})
+            assert loaded.status_code == 200, loaded.text
+        await asyncio.sleep(0.6)
+        _, key = await member(platform)
+        sdk = client(platform, key)
+        uploaded = sdk.files.create(
+            file=("in.jsonl", io.BytesIO(lines(model, 10))), purpose="batch"
+        )
+        created = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h")  # fmt: skip
+        deadline = time.monotonic() + 30
+        while (found := sdk.batches.retrieve(created.id)).status == "validating":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        extras = found.model_extra["souverain"]  # type: ignore[index]
+        assert found.status == "in_progress" and found.request_counts.completed == 0
+        assert extras["not_before"] == int((now + timedelta(hours=5)).timestamp())
+        assert extras["co2e_saved_g"] > 0
+        print(f"[batch] deferred to +5 h (25 g/kWh instead of 450): "
+              f"{extras['co2e_saved_g']:.3g} gCO2e saved")  # fmt: skip
+        await asyncio.sleep(2.0)  # the runner leaves it alone until then
+        assert sdk.batches.retrieve(created.id).request_counts.completed == 0
+        sdk.batches.cancel(created.id)  # a deferred batch can be cancelled at once
+        done = await wait_done(sdk, created.id)
+        assert done.status == "cancelled" and done.request_counts.failed == 10

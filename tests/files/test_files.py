@@ -177,3 +177,51 @@ class TestCryptoErasure:
             assert gone.status_code == 410
             events = (await http.get("/api/audit", params={"action": "org.crypto_erase"})).json()
         assert len(events["events"]) == 1
+
+
+class TestExpiry:
+    async def test_expired_files_are_swept_with_their_objects_and_quota(
+        self, platform: Platform
+    ) -> None:
+        from datetime import timedelta
+
+        from souverain.db.tables import utcnow
+        from souverain.services import files as files_service
+
+        org_id, _, key = await owner(platform)
+        client = sdk(platform, key)
+        created = client.files.create(
+            file=("x.txt", io.BytesIO(b"keep me an hour")), purpose="user_data",
+            expires_after={"anchor": "created_at", "seconds": 3600},
+        )  # fmt: skip
+        async with platform.sessions() as session:
+            used = await files_service.storage_used(session, org_id=org_id)
+            row = await session.get(FileRow, created.id)
+        assert used > 0 and row is not None
+        stored = Path(row.store_uri.removeprefix("file://")) / row.object_key
+        async with platform.sessions.begin() as session:
+            assert (
+                await files_service.sweep_expired(session, now=utcnow() + timedelta(hours=2)) >= 1
+            )
+        with pytest.raises(openai.NotFoundError):
+            client.files.retrieve(created.id)
+        assert not stored.exists()
+        async with platform.sessions() as session:
+            assert await files_service.storage_used(session, org_id=org_id) == 0
+
+
+class TestQuota:
+    async def test_uploads_beyond_the_quota_are_refused_and_leave_nothing(
+        self, platform: Platform
+    ) -> None:
+        _, org, key = await owner(platform)
+        async with platform.client(await platform.operator_key()) as op:
+            assert (
+                await op.put(f"/api/orgs/{org}/storage", json={"limit_bytes": 4000})
+            ).status_code == 200
+        client = sdk(platform, key)
+        client.files.create(file=("a.txt", io.BytesIO(b"x" * 1000)), purpose="user_data")
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.files.create(file=("b.txt", io.BytesIO(b"y" * 5000)), purpose="user_data")
+        assert refused.value.status_code == 413
+        assert [f.filename for f in client.files.list()] == ["a.txt"]

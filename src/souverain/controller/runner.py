@@ -34,7 +34,7 @@ from souverain.core.fleet import ObservedNode
 from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import DatacenterView, NodeView, Snapshot
-from souverain.services import audit_log
+from souverain.services import audit_log, files
 from souverain.services import nodes as nodes_service
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class Controller:
             Loop("energy", min(interval_s, 5.0), self.energy.close_due),
             Loop("audit", 5.0, self.keep_audit),
             Loop("orphans", 10.0, self.sweep_orphans),
+            Loop("files", 60.0, self.sweep_files),
         ]
         self.is_leader = False
         self.led_since: float | None = None
@@ -170,6 +171,11 @@ class Controller:
             async with self._sessions.begin() as session:
                 await audit_log.prune(session, retention_days=self._retention_days)
             self._last_prune = now
+
+    async def sweep_files(self) -> None:
+        """Delete files whose expiry has passed (their objects, and their quota)."""
+        async with self._sessions.begin() as session:
+            await files.sweep_expired(session)
 
     async def sweep_orphans(self) -> None:
         """Stop replica actors no replica row knows about (a crash between start and apply)."""

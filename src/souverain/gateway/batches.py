@@ -133,7 +133,9 @@ class BatchRunner:
         errors: list[dict[str, Any]] = []
         items: list[tuple[int, str]] = []
         seen: set[str] = set()
+        first_model: str | None = batch.model
         async for line in self._lines(batch, principal, errors):
+            first_model = first_model or str(line.body.get("model") or "") or None
             problem = self._check(batch, principal, line, seen)
             if problem is not None:
                 errors.append({"code": "invalid_request", "message": problem, "line": line.number})
@@ -146,7 +148,7 @@ class BatchRunner:
         if errors:
             await self._fail(batch.id, token, errors)
             return
-        not_before, saved = await self._carbon_plan(batch, principal, len(items))
+        not_before, saved = await self._carbon_plan(batch, principal, first_model, len(items))
         async with self._state.sessions.begin() as session:
             row = await batches.held(session, batch_id=batch.id, token=token)
             for start in range(0, len(items), 500):
@@ -214,11 +216,10 @@ class BatchRunner:
                 yield Line(number, str(value.get("custom_id") or number), value["body"])
 
     async def _carbon_plan(
-        self, batch: BatchRow, principal: Principal, lines: int
+        self, batch: BatchRow, principal: Principal, name: str | None, lines: int
     ) -> tuple[datetime | None, float]:
         """Start later when the grid of the datacenters the lines may run in will be
         cleaner and the deadline still holds with room to spare; the CO2e that saves."""
-        name = batch.model
         model = self._state.routes.visible_model(principal, name) if name else None
         if model is None:
             return None, 0.0

@@ -151,7 +151,11 @@ async def claim(
                     .where(
                         BatchRow.status.in_(ACTIVE),
                         or_(BatchRow.lock_token.is_(None), BatchRow.lock_expires_at < now),
-                        or_(BatchRow.not_before.is_(None), BatchRow.not_before <= now),
+                        or_(
+                            BatchRow.not_before.is_(None),
+                            BatchRow.not_before <= now,
+                            BatchRow.status == "cancelling",  # a deferred batch ends at once
+                        ),
                     )
                     .order_by(BatchRow.created_at)
                     .limit(10)
