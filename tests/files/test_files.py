@@ -225,3 +225,23 @@ class TestQuota:
             client.files.create(file=("b.txt", io.BytesIO(b"y" * 5000)), purpose="user_data")
         assert refused.value.status_code == 413
         assert [f.filename for f in client.files.list()] == ["a.txt"]
+
+
+class TestResidency:
+    async def test_the_signed_residency_report_says_where_files_are_kept(
+        self, platform: Platform
+    ) -> None:
+        _, org, key = await owner(platform)
+        sdk(platform, key).files.create(file=("a.txt", io.BytesIO(b"x" * 10)), purpose="user_data")
+        async with platform.client(key) as client:
+            report = await client.get(
+                f"/api/orgs/{org}/reports/residency",
+                params={"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"},
+            )
+        assert report.status_code == 200, report.text
+        document = report.json()
+        files = document["document"]["files"]
+        assert files["by_datacenter"] == [
+            {"datacenter": "files-fr", "country": "FR", "files": 1, "bytes": 10}
+        ]
+        assert files["violations"] == []

@@ -22,7 +22,7 @@ from souverain.core.policy import Site, describe, exclusion
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.signing import sign
-from souverain.db.tables import UsageRecordRow, utcnow
+from souverain.db.tables import DatacenterRow, FileRow, UsageRecordRow, utcnow
 from souverain.services import audit, orgs, policies
 from souverain.services.access import check_org
 from souverain.services.usage import as_utc
@@ -50,6 +50,7 @@ async def residency(
         .order_by(UsageRecordRow.created_at, UsageRecordRow.id)
     )
     records = list((await session.execute(query)).scalars())
+    stored = await _files(session, org.id, since, until, history)
     document = {
         "kind": "souverain.residency-report/v1",
         "organisation": {"id": org.id, "name": org.name},
@@ -58,6 +59,7 @@ async def residency(
         "generated_by": principal.key_id,
         "platform_version": __version__,
         **_tally(records, history),
+        "files": stored,
     }
     await audit.record(
         session,
@@ -72,7 +74,42 @@ async def residency(
             "records": document["records"]["count"],
         },
     )
+    document["compliant"] = document["compliant"] and not stored["violations"]
     return sign(signing_key, document)
+
+
+async def _files(
+    session: AsyncSession,
+    org_id: str,
+    since: datetime,
+    until: datetime,
+    history: list[policies.PolicyVersion],
+) -> dict[str, Any]:
+    """Where the organisation's files stored in the period are kept, each checked against
+    the policy in force when it was stored."""
+    query = (
+        select(FileRow, DatacenterRow)
+        .join(DatacenterRow, DatacenterRow.id == FileRow.datacenter_id)
+        .where(FileRow.org_id == org_id, FileRow.created_at >= since, FileRow.created_at < until)
+    )
+    per_site: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    violations = []
+    for row, dc in (await session.execute(query)).all():
+        totals = per_site[(dc.id, dc.country)]
+        totals[0] += 1
+        totals[1] += row.bytes
+        site = Site(dc.id, dc.country, dc.operator_country, frozenset(dc.certifications))
+        policy = policies.in_force(history, project_id=row.project_id, at=row.created_at)
+        reason = exclusion(policy, site)
+        if reason is not None:
+            violations.append({"file_id": row.id, "datacenter": dc.id, "reason": reason})
+    return {
+        "by_datacenter": [
+            {"datacenter": dc, "country": country, "files": n, "bytes": size}
+            for (dc, country), (n, size) in sorted(per_site.items())
+        ],
+        "violations": violations,
+    }
 
 
 def _tally(records: list[UsageRecordRow], history: list[policies.PolicyVersion]) -> dict[str, Any]:
