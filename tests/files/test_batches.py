@@ -211,3 +211,34 @@ class TestCarbonAwareBatches:
         sdk.batches.cancel(created.id)  # a deferred batch can be cancelled at once
         done = await wait_done(sdk, created.id)
         assert done.status == "cancelled" and done.request_counts.failed == 10
+
+
+class TestCli:
+    async def test_upload_run_follow_and_download(self, platform: Platform, tmp_path: Any) -> None:
+        import os
+        import re
+        import subprocess
+        import sys
+
+        model = await platform.served_model()
+        _, key = await member(platform)
+        source = tmp_path / "in.jsonl"
+        source.write_bytes(lines(model, 5))
+        env = {**os.environ, "SOUVERAIN_URL": platform.url, "SOUVERAIN_API_KEY": key,
+               "COLUMNS": "200"}  # fmt: skip
+
+        def cli(*args: str) -> str:
+            done = subprocess.run([sys.executable, "-m", "souverain.cli.main", *args], env=env,
+                                  capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        uploaded = await asyncio.to_thread(cli, "files", "upload", str(source))
+        file_id = re.search(r"(file_[0-9a-f]+)", uploaded).group(1)  # type: ignore[union-attr]
+        shown = await asyncio.to_thread(cli, "batches", "create", file_id, "--wait")
+        assert "completed: 5 answered, 0 failed of 5" in shown
+        output_id = re.search(r"output: (file_[0-9a-f]+)", shown).group(1)  # type: ignore[union-attr]
+        target = tmp_path / "out.jsonl"
+        await asyncio.to_thread(cli, "files", "download", output_id, "-o", str(target))
+        assert len(target.read_text().splitlines()) == 5
+        assert "completed" in await asyncio.to_thread(cli, "batches", "list")

@@ -5,7 +5,18 @@ from __future__ import annotations
 import typer
 
 from souverain import __version__
-from souverain.cli import audit, billing, catalog, chat, fleet, run, sovereignty, tenancy, usage
+from souverain.cli import (
+    audit,
+    billing,
+    catalog,
+    chat,
+    fleet,
+    jobs,
+    run,
+    sovereignty,
+    tenancy,
+    usage,
+)
 from souverain.cli.context import console, options
 
 app = typer.Typer(
@@ -55,6 +66,8 @@ app.add_typer(billing.budgets, name="budgets")
 app.add_typer(billing.invoices, name="invoices")
 app.add_typer(billing.limits, name="limits")
 app.add_typer(audit.audit, name="audit")
+app.add_typer(jobs.files, name="files")
+app.add_typer(jobs.batches, name="batches")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -70,6 +71,10 @@ class SouverainClient:
 
     def close(self) -> None:
         self._http.close()
+
+    @property
+    def jobs(self) -> FilesAndBatches:
+        return FilesAndBatches(self._http)
 
     def __enter__(self) -> SouverainClient:
         return self
@@ -365,6 +370,55 @@ class SouverainClient:
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         yield text
+
+
+class FilesAndBatches:
+    """/v1 files and batches, as the CLI uses them (plain dictionaries, OpenAI's shape)."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self._http = http
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.json()
+
+    def upload(self, path: str, purpose: str) -> dict[str, Any]:
+        with open(path, "rb") as handle:
+            files = {"file": (os.path.basename(path), handle)}
+            return self._json(  # type: ignore[no-any-return]
+                self._http.post("/v1/files", data={"purpose": purpose}, files=files, timeout=None)
+            )
+
+    def list_files(self) -> list[dict[str, Any]]:
+        return self._json(self._http.get("/v1/files"))["data"]  # type: ignore[no-any-return]
+
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        return self._json(self._http.delete(f"/v1/files/{file_id}"))  # type: ignore[no-any-return]
+
+    def download(self, file_id: str, into: Any) -> int:
+        written = 0
+        with self._http.stream("GET", f"/v1/files/{file_id}/content", timeout=None) as answer:
+            if answer.status_code >= 400:
+                answer.read()
+                raise _error(answer)
+            for block in answer.iter_bytes():
+                into.write(block)
+                written += len(block)
+        return written
+
+    def create_batch(self, file_id: str, endpoint: str) -> dict[str, Any]:
+        body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}
+        return self._json(self._http.post("/v1/batches", json=body))  # type: ignore[no-any-return]
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/batches/{batch_id}"))  # type: ignore[no-any-return]
+
+    def batches(self) -> list[dict[str, Any]]:
+        return self._json(self._http.get("/v1/batches"))["data"]  # type: ignore[no-any-return]
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self._http.post(f"/v1/batches/{batch_id}/cancel"))  # type: ignore[no-any-return]
 
 
 def _error(response: httpx.Response) -> ApiError:
