@@ -81,6 +81,7 @@ async def llamacpp_target(directory: Path, **settings: Any) -> AsyncIterator[Lla
         secret_key=MASTER_KEY,  # type: ignore[arg-type]
         replica_refresh_s=0.2,
         port=free_port(),
+        file_stores={"llama-dc": f"file://{directory / 'files'}"},
         **settings,
     )
     try:
