@@ -157,3 +157,45 @@ class TestKeys:
                 unwrap(other, wrapped, "file-1")
         with pytest.raises(DecryptionError):
             unwrap(kek, wrapped, "file-2")
+
+
+class TestThroughTheApi:
+    async def test_files_land_in_an_s3_compatible_store_and_come_back(
+        self, s3_endpoint: str, tmp_path: Path
+    ) -> None:
+        import io
+
+        import boto3
+        import openai
+
+        from souverain.api.app import create_app
+        from souverain.core.roles import Role
+        from souverain.db.engine import create_engine_unpooled, session_factory
+        from souverain.settings import Settings
+        from souverain.testing.factories import Factory
+        from souverain.testing.live import LiveServer
+        from tests.conftest import MASTER_KEY
+
+        settings = Settings(
+            data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 's.db'}",
+            secret_key=MASTER_KEY,  # type: ignore[arg-type]
+            file_stores={"s3-dc": f"s3://tenant-files/api?endpoint={s3_endpoint}&region=eu-west-3"},
+            port=free_port(),
+        )  # fmt: skip
+        with LiveServer(create_app(settings), port=settings.port) as server:
+            db = create_engine_unpooled(settings.sqlalchemy_url)
+            factory = Factory(session_factory(db))
+            await factory.datacenter("s3-dc", country="FR")
+            tenant = await factory.tenant(roles={"o": Role.OWNER})
+            key = (await factory.member_key(tenant, "o", Role.OWNER)).key
+            sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+            content = b"confidential " * 100_000  # 1.3 MB: several segments
+            created = sdk.files.create(file=("c.txt", io.BytesIO(content)), purpose="user_data")
+            assert sdk.files.content(created.id).read() == content
+            s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="eu-west-3")
+            [obj] = s3.list_objects_v2(Bucket="tenant-files", Prefix="api/")["Contents"]
+            raw = s3.get_object(Bucket="tenant-files", Key=obj["Key"])["Body"].read()
+            assert b"confidential" not in raw and len(raw) > len(content)
+            sdk.files.delete(created.id)
+            assert "Contents" not in s3.list_objects_v2(Bucket="tenant-files", Prefix="api/")
+            await db.dispose()
