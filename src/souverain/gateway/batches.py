@@ -329,9 +329,11 @@ class BatchRunner:
             await batches.held(session, batch_id=batch.id, token=token)
             if exchange is not None:
                 await exchange.settle_in(session)
-            await batches.answer_line(
+            answered = await batches.answer_line(
                 session, batch_id=batch.id, line=line.number, ok=status == 200, sealed=sealed
             )
+        if answered:
+            self._state.metrics.batch_lines.labels("ok" if status == 200 else "failed").inc()
 
     async def _call(
         self, batch: BatchRow, principal: Principal, line: Line, record_id: str
@@ -397,6 +399,7 @@ class BatchRunner:
             row.error_file_id = errors.id if errors else None
             final = "cancelled" if cancelled else "expired" if expired else "completed"
             batches.set_times(row, final)
+            self._state.metrics.batches.labels(final).inc()
             row.lock_token, row.lock_expires_at = None, None
             await audit.record(
                 session, actor=RUNNER, action=f"batch.{final}", org_id=row.org_id,

@@ -70,6 +70,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.batch_lines = Counter(
+            "souverain_batch_lines",
+            "Batch lines answered by this server's batch runner, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.batches = Counter(
+            "souverain_batches", "Batches this server ended, by status.", ["status"],
+            registry=self.registry,
+        )  # fmt: skip
         self.registry.register(FleetCollector(routes))
 
     def observe(self, *, model: str, endpoint: str, settlement: Settlement) -> None:
