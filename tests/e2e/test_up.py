@@ -179,6 +179,46 @@ class TestEmbeddings:
             client.embeddings.create(model=MODEL, input="a chat model does not embed")
 
 
+class TestFilesAndBatches:
+    def test_both_sdks_run_a_batch_on_souverain_up(self, up: Up) -> None:
+        import io
+        import json
+
+        up.cli("orgs", "create", "batchers", "--owner", "bea")
+        created = up.cli("keys", "create", "--org", "batchers", "--user", "bea", "--role", "owner")
+        key = created.stdout.split()[-1]
+        client = openai.OpenAI(base_url=f"{up.url}/v1", api_key=key, max_retries=0)
+        lines = b"".join(
+            json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+                        "body": {"model": MODEL, "max_tokens": 4,
+                                 "messages": [{"role": "user", "content": f"Say {i}."}]}}).encode() + b"\n"
+            for i in range(4)
+        )  # fmt: skip
+        uploaded = client.files.create(file=("q.jsonl", io.BytesIO(lines)), purpose="batch")
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")  # fmt: skip
+        mistral = Mistral(api_key=key, server_url=up.url)
+        job = mistral.batch.jobs.create(
+            endpoint="/v1/chat/completions", model=MODEL,
+            requests=[{"custom_id": "m0", "body": {"max_tokens": 4,
+                       "messages": [{"role": "user", "content": "Bonjour"}]}}],
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while (batch := client.batches.retrieve(batch.id)).status != "completed":
+            assert batch.status not in ("failed", "cancelled") and time.monotonic() < deadline
+            time.sleep(0.5)
+        while (job := mistral.batch.jobs.get(job_id=job.id)).status != "SUCCESS":
+            assert job.status not in ("FAILED", "CANCELLED") and time.monotonic() < deadline
+            time.sleep(0.5)
+        answers = client.files.content(batch.output_file_id).read().splitlines()
+        assert sorted(json.loads(a)["custom_id"] for a in answers) == ["q0", "q1", "q2", "q3"]
+        [answer] = mistral.files.download(file_id=job.output_file).read().splitlines()
+        assert json.loads(answer)["response"]["body"]["choices"][0]["message"]["content"]
+        # stored under the data directory, encrypted
+        stored = list((up.data_dir / "files").rglob("obj_*"))
+        assert stored and all(b"Say 1." not in p.read_bytes() for p in stored)
+
+
 class TestCli:
     def test_operator_workflow(self, up: Up) -> None:
         assert "acme" in up.cli("orgs", "create", "acme", "--owner", "alice").stdout

@@ -117,13 +117,10 @@ class FaultPlatform:
         dc = await self.factory.datacenter("fault-dc", country="FR")
         replica_ids = [new_id("rep") for _ in range(count)]
         engines = [self.start_engine(replica_id) for replica_id in replica_ids]
+        more = tuple((e.url, r) for e, r in zip(engines[1:], replica_ids[1:], strict=True))
         name, _ = await self.factory.served_model(
-            url=engines[0].url, datacenter_id=dc, replica_id=replica_ids[0]
-        )
-        for replica_id, engine in zip(replica_ids[1:], engines[1:], strict=True):
-            await self.factory.add_replica(
-                name, url=engine.url, replica_id=replica_id, datacenter_id=dc
-            )
+            url=engines[0].url, datacenter_id=dc, replica_id=replica_ids[0], more_replicas=more
+        )  # every replica routable at once
         async with self.client() as client:
 
             async def routable() -> bool:

@@ -9,7 +9,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.ids import hash_secret, new_api_key, new_id
@@ -153,9 +152,11 @@ class Factory:
         capabilities: tuple[str, ...] = ("chat", "completions"),
         replica_id: str | None = None,
         engine: str = "stand-in",
+        more_replicas: tuple[tuple[str, str], ...] = (),
     ) -> tuple[str, str]:
         """A model with a deployment and one ready replica at `url` (by default the stand-in
-        engine, which serves any number of requests at once). Returns (model name, replica id)."""
+        engine, which serves any number of requests at once), plus `more_replicas` as
+        (url, replica id), all in one transaction. Returns (model name, replica id)."""
         name = name or unique("model")
         replica_id = replica_id or new_id("rep")
         async with self.sessions.begin() as session:
@@ -198,47 +199,22 @@ class Factory:
             )
             session.add(deployment)
             await session.flush()
-            session.add(
-                ReplicaRow(
-                    id=replica_id,
-                    deployment_id=deployment.id,
-                    actor_name=f"test-{replica_id}",
-                    datacenter_id=datacenter_id,
-                    node_id="node-test",
-                    url=url,
-                    state="ready",
-                    reason="",
-                    engine_restarts=0,
+            for replica_url, replica in ((url, replica_id), *more_replicas):
+                session.add(
+                    ReplicaRow(
+                        id=replica,
+                        deployment_id=deployment.id,
+                        actor_name=f"test-{replica}",
+                        datacenter_id=datacenter_id,
+                        node_id="node-test",
+                        url=replica_url,
+                        state="ready",
+                        reason="",
+                        engine_restarts=0,
+                    )
                 )
-            )
+            deployment.replicas = 1 + len(more_replicas)
         return name, replica_id
-
-    async def add_replica(
-        self, model_name: str, *, url: str, replica_id: str, datacenter_id: str
-    ) -> None:
-        """One more ready replica at `url` for the deployment of a `served_model`."""
-        async with self.sessions.begin() as session:
-            deployment = (
-                await session.execute(
-                    select(DeploymentRow)
-                    .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
-                    .where(ModelRow.name == model_name)
-                )
-            ).scalar_one()
-            deployment.replicas += 1
-            session.add(
-                ReplicaRow(
-                    id=replica_id,
-                    deployment_id=deployment.id,
-                    actor_name=f"test-{replica_id}",
-                    datacenter_id=datacenter_id,
-                    node_id="node-test",
-                    url=url,
-                    state="ready",
-                    reason="",
-                    engine_restarts=0,
-                )
-            )
 
     async def replica_observed(
         self, replica_id: str, *, prompt_overhead: tuple[int, int] | None

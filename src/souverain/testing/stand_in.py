@@ -196,6 +196,7 @@ class StandInEngine:
                 if "#stall-stream" in prompt and i == 2:
                     await asyncio.sleep(3600)
                 if "#die-mid-stream" in prompt and i == 2 and self.own_process:
+                    await asyncio.sleep(0.05)  # the two tokens reach the gateway first
                     _die()
                 piece = WORDS[i % len(WORDS)] + " "
                 choice: dict[str, Any] = {"index": 0, "finish_reason": None}
