@@ -151,3 +151,33 @@ class TestEnergyAccountant:
                 )
             ).scalars()
         assert interval.energy_j == pytest.approx(60.0) and interval.idle_j == 0.0
+
+    async def test_requests_settled_after_the_last_reading_wait_for_the_next_interval(
+        self, platform: Platform
+    ) -> None:
+        """Readings come with long polls, so an interval closing now has not seen the
+        energy of a request settled since its last reading: that request belongs to the
+        next interval, not a zero share of this one."""
+        model, replica_id = await serve(platform, 2)
+        records = await usage_records(platform.sessions, 2, model=model)
+        settled = max(r.settled_at for r in records if r.settled_at is not None)
+        clock = FakeClock()
+        clock.now = settled.replace(tzinfo=UTC) - timedelta(seconds=30)
+        accountant = EnergyAccountant(
+            platform.sessions, interval_s=10, prompt_weight=1, completion_weight=1, clock=clock
+        )
+        row = await replica(platform, replica_id)
+        accountant.observe(row, reading(100.0))
+        clock.advance(20)
+        accountant.observe(row, reading(100.0))  # read 10 s before the requests settled
+        clock.advance(15)
+        await accountant.close_due()  # due, but the requests came after its last reading
+        assert all(
+            r.energy_j is None for r in await usage_records(platform.sessions, 2, model=model)
+        )
+        accountant.observe(row, reading(160.0))  # the reading that saw them
+        clock.advance(11)
+        await accountant.close_due()
+        attributed = await usage_records(platform.sessions, 2, model=model)
+        assert all(r.energy_j is not None and r.energy_j > 0 for r in attributed)
+        assert sum(r.energy_j or 0 for r in attributed) == pytest.approx(60.0)

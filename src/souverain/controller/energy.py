@@ -2,8 +2,12 @@
 attributed to the requests settled in them, the rest kept as idle energy.
 
 The replica observer hands it each replica's latest reading, at least twice an interval;
-every `interval_s` (and when a replica goes away) it closes the replica's interval:
-measured = last reading - first reading, split by `energy.attribution.attribute`.
+every `interval_s` (and when a replica goes away) it closes the replica's interval at its
+last reading: measured = last reading - first reading, split by `energy.attribution.attribute`
+among the requests settled by the time of that last reading. A request settled after it
+belongs to the next interval: its energy is in readings not taken yet, so closing at "now"
+would hand it a share of an interval that never saw it (zero joules, as readings come
+only with each long poll).
 If the actor restarts, its counter starts again from zero; the interval carries on from
 where it was. Energy between the last close and a controller change-over is not seen.
 """
@@ -34,6 +38,7 @@ class OpenInterval:
     started_at: datetime
     start_j: float
     last_j: float
+    read_at: datetime  # when `last_j` was read
 
 
 class EnergyAccountant:
@@ -63,12 +68,12 @@ class EnergyAccountant:
         if interval is None:
             self._open[replica.id] = OpenInterval(
                 replica.id, replica.deployment_id, replica.datacenter_id, status.energy_source, now,
-                status.energy_j, status.energy_j,
+                status.energy_j, status.energy_j, now,
             )  # fmt: skip
             return
         if status.energy_j < interval.last_j:  # the actor restarted: its counter began again
             interval.start_j = status.energy_j - (interval.last_j - interval.start_j)
-        interval.last_j = status.energy_j
+        interval.last_j, interval.read_at = status.energy_j, now
         interval.source = status.energy_source
 
     def retire(self, replica_id: str) -> None:
@@ -82,14 +87,18 @@ class EnergyAccountant:
         await self.close_due()
 
     async def close_due(self) -> None:
-
         now = self._clock()
         for replica_id, interval in list(self._open.items()):
             retired = replica_id in self._retired
-            if not retired and (now - interval.started_at).total_seconds() < self._interval_s:
+            if not retired and (
+                (now - interval.started_at).total_seconds() < self._interval_s
+                or interval.read_at <= interval.started_at  # nothing read since the last close
+            ):
                 continue
+            # A replica going away gets no later interval: what it settled since is its last.
+            ends_at = now if retired else interval.read_at
             try:
-                await self._close(interval, now)
+                await self._close(interval, ends_at)
             except Exception:
                 log.exception("closing the energy interval of replica %s failed", replica_id)
                 continue
@@ -97,13 +106,15 @@ class EnergyAccountant:
                 del self._open[replica_id]
                 self._retired.discard(replica_id)
             else:
-                interval.started_at, interval.start_j = now, interval.last_j
+                interval.started_at, interval.start_j = ends_at, interval.last_j
 
-    async def _close(self, interval: OpenInterval, now: datetime) -> None:
+    async def _close(self, interval: OpenInterval, ends_at: datetime) -> None:
         measured = max(0.0, interval.last_j - interval.start_j)
         prompt_weight, completion_weight = self._weights
         async with self._sessions.begin() as session:
-            served = await energy.unattributed(session, replica_id=interval.replica_id, until=now)
+            served = await energy.unattributed(
+                session, replica_id=interval.replica_id, until=ends_at
+            )
             split = attribute(
                 measured, served, prompt_weight=prompt_weight, completion_weight=completion_weight
             )
@@ -121,7 +132,7 @@ class EnergyAccountant:
                     interval.datacenter_id,
                     interval.source,
                     interval.started_at,
-                    now,
+                    ends_at,
                     measured,
                 ),
                 split=split,
