@@ -13,12 +13,12 @@ $(STAMP): pyproject.toml scripts/build-llamacpp
 	$(BIN)/pip install --quiet "torch==$(TORCH)"
 	wheels="$$(PIP=$(BIN)/pip scripts/build-llamacpp)" && \
 	  $(BIN)/pip install --quiet --no-deps --force-reinstall "$$wheels"/llama_cpp_python-*.whl && \
-	  $(BIN)/pip install --quiet --find-links "$$wheels" -e ".[llamacpp,embeddings,dev]"
+	  $(BIN)/pip install --quiet --find-links "$$wheels" -e ".[llamacpp,embeddings,training,dev]"
 	touch $(STAMP)
 
 # llama.cpp is built portable by default (AVX2/FMA/F16C on x86-64, any aarch64): set
 # CMAKE_ARGS="-DGGML_NATIVE=ON" (or "-DGGML_CUDA=ON") for a build made for this machine only.
-setup: $(STAMP)  ## create .venv and install souverain, its CPU engines (llama.cpp, embeddings) and the dev tools
+setup: $(STAMP)  ## create .venv and install souverain, its CPU engines (llama.cpp, embeddings), fine-tuning and the dev tools
 
 up: $(STAMP)  ## set up, then run everything locally with the built-in model
 	$(BIN)/souverain up

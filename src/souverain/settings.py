@@ -71,7 +71,10 @@ class Settings(BaseSettings):
         description="gCO2e/kWh of the local grid (default: the country's average).",
     )
     embedded_ray_cpus: int | None = Field(
-        default=None, ge=1, description="CPUs the embedded head offers."
+        default=None,
+        ge=1,
+        description="CPUs the embedded head offers. Default: this machine's, plus 2, so that "
+        "a fine-tuning job and its model fit beside the built-in models.",
     )
 
     deploy_builtin_model: bool = Field(
@@ -200,6 +203,27 @@ class Settings(BaseSettings):
         ge=0,
         description="Bytes an organisation may store (operators can "
         "set another quota per organisation).",
+    )
+    finetune_max_steps: int = Field(
+        default=20_000, ge=1, le=10_000_000, description="Training steps one job may ask for."
+    )
+    finetune_max_epochs: int = Field(default=50, ge=1, le=1000)
+    finetune_max_seq_len: int = Field(
+        default=4096, ge=64, le=131_072, description="Tokens per training sample, at most."
+    )
+    finetune_max_dataset_bytes: int = Field(
+        default=256 * 2**20, ge=1024, le=2**40, description="Training + validation data per job."
+    )
+    finetune_max_samples: int = Field(default=1_000_000, ge=1, le=10**9)
+    finetune_cpus: float = Field(
+        default=1.0, gt=0, le=1024, description="CPUs a fine-tuning job asks for on its node."
+    )
+    finetune_cpu_hours_per_job: float = Field(
+        default=8.0,
+        gt=0,
+        le=100_000,
+        description="CPU-hours reserved against the organisation's training budget when a "
+        "job starts (the job stops if it reaches them); what it used is settled at the end.",
     )
     key_mint_per_minute: int = Field(
         default=10, ge=1, le=10_000, description="API keys one user may create per minute."

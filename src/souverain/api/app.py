@@ -40,7 +40,7 @@ from souverain.api.routers import (
     usage,
 )
 from souverain.db.engine import create_engine, session_factory, upgrade
-from souverain.gateway import batches_api, errors
+from souverain.gateway import batches_api, errors, finetune_api
 from souverain.gateway import files as gateway_files
 from souverain.gateway import routes as gateway_routes
 from souverain.gateway.auditing import AuditTrail
@@ -141,6 +141,7 @@ def create_app(
     app.include_router(gateway_routes.router)
     app.include_router(gateway_files.router)
     app.include_router(batches_api.router)
+    app.include_router(finetune_api.router)
     for router in (
         me.router,
         orgs.router,

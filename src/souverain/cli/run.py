@@ -21,11 +21,12 @@ from souverain.cli.context import console
 from souverain.cluster import ray_cluster
 from souverain.controller.deployments import EngineDefaults
 from souverain.controller.energy import EnergyAccountant
+from souverain.controller.finetune import TrainingDefaults
 from souverain.controller.runner import Controller, forget_replicas
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.engines.artifacts import ArtifactError, builtin_path, file_sha256
 from souverain.gateway.state import AppState
-from souverain.services import bootstrap, deployments, signing
+from souverain.services import bootstrap, deployments, signing, training_budget
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 
 BUILTIN = "smollm2-135m-instruct"
@@ -53,9 +54,19 @@ def _logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# The embedded head offers a few logical CPUs more than the machine has: the built-in chat
+# and embedding models take one each, and a fine-tuning job and the model it makes must
+# still fit beside them on a laptop (they share the cores, as any local processes do).
+EMBEDDED_SPARE_CPUS = 2
+
+
 def _controller(
     settings: Settings, sessions: async_sessionmaker[AsyncSession], master_key: bytes
 ) -> Controller:
+    training_budget.configure(
+        cpu_hours_per_job=settings.finetune_cpu_hours_per_job,
+        watts_per_core=settings.energy_watts_per_core,
+    )
     return Controller(
         sessions,
         ray_cluster.RayCluster(),
@@ -77,6 +88,12 @@ def _controller(
         signing_key=signing.load_or_create(settings.signing_key_path),
         seal_interval_s=settings.audit_seal_interval_s,
         retention_days=settings.audit_retention_days,
+        training=TrainingDefaults(
+            threads=settings.engine_threads,
+            file_stores=settings.file_stores_or_default,
+            watts_per_core=settings.energy_watts_per_core,
+            model_roots=tuple(str(root) for root in settings.model_roots_or_default),
+        ),
     )
 
 
@@ -226,7 +243,7 @@ def embedded_platform(settings: Settings, banner: Banner):  # type: ignore[no-un
             ray_cluster.connect,
             settings.ray_address,
             labels=labels,
-            num_cpus=settings.embedded_ray_cpus,
+            num_cpus=settings.embedded_ray_cpus or (os.cpu_count() or 1) + EMBEDDED_SPARE_CPUS,
         )
         if embedded:
             await forget_replicas(state.sessions)  # a fresh embedded cluster runs none of them

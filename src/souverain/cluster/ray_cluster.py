@@ -14,18 +14,22 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from souverain.cluster.replica_actor import ReplicaActor
+from souverain.cluster.training_actor import TrainingActor
 from souverain.core.fleet import (
     DATACENTER_LABEL,
     RAY_NAMESPACE,
     ObservedNode,
     ReplicaSpec,
     ReplicaStatus,
+    TrainingSpec,
+    TrainingStatus,
 )
 from souverain.engines.node_dir import private
 
 log = logging.getLogger(__name__)
 
 _RemoteReplica: Any = ray.remote(ReplicaActor)
+_RemoteTraining: Any = ray.remote(TrainingActor)
 
 
 class RayCluster:
@@ -127,6 +131,60 @@ class RayCluster:
             ):
                 names.append(entry["name"])
         return names
+
+    # -- training jobs -------------------------------------------------------------------
+
+    def start_training(self, spec: TrainingSpec) -> None:
+        _RemoteTraining.options(
+            name=spec.actor_name,
+            namespace=RAY_NAMESPACE,
+            lifetime="detached",
+            label_selector={DATACENTER_LABEL: spec.datacenter_id},
+            num_cpus=spec.cpus,
+            num_gpus=spec.gpus,
+            max_restarts=0,  # the controller resumes from the last checkpoint instead
+            max_concurrency=4,
+        ).remote(spec)
+
+    def training_status(
+        self, actor_name: str, after_seq: int, timeout_s: float = 10.0
+    ) -> TrainingStatus | None:
+        """None when the actor does not exist (any more); `starting` while it is created."""
+        actor = _find_actor(actor_name)
+        if actor is None:
+            return None
+        try:
+            status: TrainingStatus = ray.get(actor.status.remote(after_seq), timeout=timeout_s)
+        except (GetTimeoutError, ActorUnavailableError):
+            return TrainingStatus(state="starting", node_id=None)
+        except RayActorError:
+            return None
+        return status
+
+    def signal_training(self, actor_name: str, what: str) -> None:
+        """`pause` (checkpoint, then stop) or `cancel` (stop now)."""
+        actor = _find_actor(actor_name)
+        if actor is not None:
+            with contextlib.suppress(Exception):
+                ray.get(getattr(actor, what).remote(), timeout=10)
+
+    def training_worker_pid(self, actor_name: str) -> int | None:
+        actor = _find_actor(actor_name)
+        return None if actor is None else ray.get(actor.worker_pid.remote(), timeout=10)
+
+    def stop_training(self, actor_name: str) -> None:
+        actor = _find_actor(actor_name)
+        if actor is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+
+    def training_actor_names(self) -> list[str]:
+        return [
+            entry["name"]
+            for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry.get("namespace") == RAY_NAMESPACE
+            and entry["name"].startswith("souverain-training-")
+        ]
 
 
 def _find_actor(actor_name: str) -> Any:

@@ -25,14 +25,23 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.controller.energy import EnergyAccountant
 from souverain.controller.facade import ClusterFacade
 from souverain.controller.observer import LOST
-from souverain.core.fleet import ReplicaSpec, actor_name_for
+from souverain.core.errors import GoneError
+from souverain.core.fleet import ObjectGrant, ReplicaSpec, actor_name_for
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.policy import Policy, exclusion
-from souverain.db.tables import DeploymentRow, ModelArtifactRow, ModelRow, ReplicaRow, utcnow
+from souverain.db.tables import (
+    DeploymentRow,
+    ModelAdapterRow,
+    ModelArtifactRow,
+    ModelRow,
+    ReplicaRow,
+    utcnow,
+)
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import Placement, PlacementRequest
-from souverain.services import audit
+from souverain.services import audit, files
 from souverain.services.deployments import placement_policy
+from souverain.storage.crypto import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,8 @@ class Loaded:
     artifact: ModelArtifactRow | None
     replicas: list[ReplicaRow]
     policy: Policy
+    adapter: ObjectGrant | None = None  # a fine-tuned model's LoRA adapter
+    adapter_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,7 +168,23 @@ class DeploymentReconciler:
                 ).scalars()
             )
             policy = await placement_policy(session, deployment=deployment)
-        return Loaded(deployment, model, artifact, replicas, policy)
+            adapter, adapter_error = await self._adapter(session, model)
+        return Loaded(deployment, model, artifact, replicas, policy, adapter, adapter_error)
+
+    async def _adapter(
+        self, session: AsyncSession, model: ModelRow
+    ) -> tuple[ObjectGrant | None, str]:
+        row = await session.get(ModelAdapterRow, model.id)
+        if row is None:
+            return None, ""
+        try:
+            kek = await files.organisation_kek(
+                session, master_key=self._master_key, org_id=row.org_id, create=False
+            )
+        except GoneError as error:
+            return None, str(error)
+        data_key = unwrap(kek, bytes.fromhex(row.wrapped_key), row.object_id.split("/", 1)[0])
+        return ObjectGrant(row.store_uri, row.object_key, row.object_id, data_key, row.sha256), ""
 
     async def _process(self, loaded: Loaded, placer: Placer) -> Outcome:
         deployment, outcome = loaded.deployment, Outcome(org_id=loaded.deployment.org_id)
@@ -217,6 +244,8 @@ class DeploymentReconciler:
         deployment, model = loaded.deployment, loaded.model
         if loaded.artifact is None:
             return f"model {model.name} has no artifact"
+        if loaded.adapter_error:
+            return f"model {model.name}'s adapter cannot be read: {loaded.adapter_error}"
         request = PlacementRequest(
             engine=deployment.engine,
             cpus=deployment.cpus,
@@ -246,6 +275,7 @@ class DeploymentReconciler:
             engine_args=dict(deployment.engine_args),
             watts_per_core=self._engine.watts_per_core,
             model_roots=self._engine.model_roots,
+            adapter=loaded.adapter,
         )
 
         await asyncio.to_thread(self._cluster.start_replica, spec)

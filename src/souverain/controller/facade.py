@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from souverain.core.fleet import ObservedNode, ReplicaSpec, ReplicaStatus
+from souverain.core.fleet import (
+    ObservedNode,
+    ReplicaSpec,
+    ReplicaStatus,
+    TrainingSpec,
+    TrainingStatus,
+)
 
 
 class ClusterFacade(Protocol):
@@ -21,3 +27,15 @@ class ClusterFacade(Protocol):
     def stop_replica(self, actor_name: str) -> None: ...
 
     def replica_actor_names(self) -> list[str]: ...
+
+    def start_training(self, spec: TrainingSpec) -> None: ...
+
+    def training_status(
+        self, actor_name: str, after_seq: int, timeout_s: float = 10.0
+    ) -> TrainingStatus | None: ...
+
+    def signal_training(self, actor_name: str, what: str) -> None: ...
+
+    def stop_training(self, actor_name: str) -> None: ...
+
+    def training_actor_names(self) -> list[str]: ...

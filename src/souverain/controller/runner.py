@@ -29,6 +29,7 @@ from souverain.controller import leader
 from souverain.controller.deployments import DeploymentReconciler, EngineDefaults
 from souverain.controller.energy import EnergyAccountant
 from souverain.controller.facade import ClusterFacade
+from souverain.controller.finetune import FineTuneReconciler, TrainingDefaults
 from souverain.controller.observer import ReplicaObserver
 from souverain.core.fleet import ObservedNode
 from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow
@@ -78,6 +79,7 @@ class Controller:
         seal_interval_s: float = 300.0,
         retention_days: int = 400,
         observer_poll_s: float = 10.0,
+        training: TrainingDefaults | None = None,
     ) -> None:
         self._signing_key = signing_key
         self._seal_interval_s = seal_interval_s
@@ -94,6 +96,15 @@ class Controller:
         )
         self.deployments = DeploymentReconciler(
             sessions, cluster, master_key=master_key, engine=engine, energy=self.energy
+        )
+        self.finetune = FineTuneReconciler(
+            sessions,
+            cluster,
+            master_key=master_key,
+            defaults=training
+            or TrainingDefaults(
+                threads=engine.threads, file_stores={}, model_roots=engine.model_roots
+            ),
         )
         # Readings arrive with every long poll: at least two per energy interval.
         poll_s = min(observer_poll_s, self.energy.interval_s / 2)
@@ -158,7 +169,9 @@ class Controller:
             await nodes_service.sync_nodes(session, observed=observed)
             datacenters = list((await session.execute(select(DatacenterRow))).scalars())
             on_disk = await models_by_node(session)
-        await self.deployments.run_once(Placer(build_snapshot(observed, datacenters, on_disk)))
+        placer = Placer(build_snapshot(observed, datacenters, on_disk))
+        await self.deployments.run_once(placer)
+        await self.finetune.run_once(placer)
 
     async def keep_audit(self) -> None:
         """Seal the audit chain's head now and then; once a day, prune what retention allows."""
@@ -249,9 +262,9 @@ def build_snapshot(
                 gpus_free=node.available.get("GPU", 0.0),
                 memory_free_gib=node.available.get("memory", 0.0) / 2**30,
                 engines=frozenset(
-                    {"llamacpp", "embeddings", "stand-in", "vllm"}
+                    {"llamacpp", "embeddings", "stand-in", "training", "vllm"}
                     if node.resources.get("GPU")
-                    else {"llamacpp", "embeddings", "stand-in"}
+                    else {"llamacpp", "embeddings", "stand-in", "training"}
                 ),
                 models_on_disk=(on_disk or {}).get(node.id, frozenset()),
             )

@@ -26,6 +26,18 @@ class ObservedNode:
 
 
 @dataclass(frozen=True)
+class ObjectGrant:
+    """One encrypted object a node may read (or write): where it is and its data key.
+    The key travels inside the cluster only, like a replica secret; it is never logged."""
+
+    store_uri: str
+    object_key: str
+    object_id: str  # authenticated with every segment (the file id, or the job's object id)
+    data_key: bytes = field(repr=False)
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything an engine actor needs to start serving; travels through Ray."""
 
@@ -45,6 +57,8 @@ class ReplicaSpec:
     engine_args: dict[str, Any] = field(default_factory=dict)
     watts_per_core: float = 10.0  # for the CPU-time energy estimate, when nothing measures
     model_roots: tuple[str, ...] = ()  # where file:// artifacts may resolve to, on the node
+    adapter: ObjectGrant | None = None  # a fine-tuned model's sealed LoRA adapter
+    adapter_path: str | None = None  # where the node decrypted it (set on the node)
 
     @property
     def actor_name(self) -> str:
@@ -70,3 +84,72 @@ class ReplicaStatus:
     # What the engine's chat template adds to a prompt, measured once it is ready:
     # (tokens for a conversation of one empty message, tokens per further message).
     prompt_overhead: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Everything a training actor needs; travels through Ray."""
+
+    job_id: str
+    datacenter_id: str
+    base_artifact_uri: str
+    base_artifact_sha256: str | None
+    training: tuple[ObjectGrant, ...]
+    validation: ObjectGrant | None
+    hyperparameters: dict[str, Any]
+    output_store_uri: str  # checkpoints and results go here, sealed with output_key
+    output_key: bytes = field(repr=False)
+    cpus: float = 1.0
+    gpus: int = 0
+    threads: int = 1
+    resume: ObjectGrant | None = None  # the last checkpoint to carry on from
+    resume_step: int = 0
+    watts_per_core: float = 10.0
+    model_roots: tuple[str, ...] = ()
+    attempt: int = 1
+
+    @property
+    def actor_name(self) -> str:
+        return training_actor_name(self.job_id)
+
+
+def training_actor_name(job_id: str) -> str:
+    return f"souverain-training-{job_id}"
+
+
+@dataclass(frozen=True)
+class SealedObject:
+    """An object a training actor wrote: checkpoints and results."""
+
+    name: str  # checkpoint-12 | adapter.gguf | adapter-peft.tar
+    object_key: str
+    object_id: str
+    sha256: str  # of the plaintext
+    size: int
+    step: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingStatus:
+    """What a training actor reports; `events` are those after the seq the caller has."""
+
+    state: (
+        str  # starting | validating | running | pausing | paused | succeeded | failed | cancelled
+    )
+    node_id: str | None
+    step: int = 0
+    total_steps: int = 0
+    tokens: int = 0
+    tokens_per_s: float | None = None
+    train_loss: float | None = None
+    error: str = ""
+    error_code: str = ""
+    events: tuple[dict[str, Any], ...] = ()
+    event_seq: int = 0  # the seq of the last event
+    sealed: tuple[SealedObject, ...] = ()
+    energy_j: float = 0.0
+    energy_source: str = "estimate"
+    cpu_seconds: float = 0.0
+    wall_s: float = 0.0
+    attempt: int = 1

@@ -172,6 +172,28 @@ class ModelRow(Base):
     context_length: Mapped[int] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Fine-tuned models: the model they were trained from, and how (the model card's source).
+    base_model_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ModelAdapterRow(Base):
+    """A fine-tuned model's LoRA adapter: an encrypted object of its organisation, served on
+    top of the base model's artifact (decrypted on the serving node only)."""
+
+    __tablename__ = "model_adapters"
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    format: Mapped[str] = mapped_column(String(32))  # gguf-lora | peft
+    store_uri: Mapped[str] = mapped_column(Text)
+    object_key: Mapped[str] = mapped_column(String(128))
+    object_id: Mapped[str] = mapped_column(String(128))
+    wrapped_key: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    datacenter_id: Mapped[str] = mapped_column(String(64))
 
 
 class ModelArtifactRow(Base):
@@ -556,3 +578,94 @@ class BatchItemRow(Base):
     custom_id: Mapped[str] = mapped_column(String(512))
     status: Mapped[str] = mapped_column(String(16))  # pending | done | failed
     result: Mapped[str | None] = mapped_column(Text, nullable=True)  # sealed, base64
+
+
+class FineTuningJobRow(Base):
+    """A fine-tuning job: desired state and progress; the controller places and runs it."""
+
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (
+        Index("ix_fine_tuning_jobs_org_id", "org_id"),
+        Index("ix_fine_tuning_jobs_status", "status"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    shape: Mapped[str] = mapped_column(String(16))  # openai | mistral
+    method: Mapped[str] = mapped_column(String(32))  # supervised
+    base_model_id: Mapped[str] = mapped_column(String(32))
+    base_model: Mapped[str] = mapped_column(String(128))  # the name it was asked by
+    training_files: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{file_id, weight}]
+    validation_file_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)  # as asked
+    resolved: Mapped[dict[str, Any]] = mapped_column(JSON)  # what the recipe runs with
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    jurisdictions: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    cpus: Mapped[float] = mapped_column(Float)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(32))
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    wanted: Mapped[str] = mapped_column(String(16), default="run")  # run | pause | cancel
+    auto_start: Mapped[bool] = mapped_column(Boolean, default=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    result_model_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    datacenter_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    store_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    wrapped_key: Mapped[str] = mapped_column(String(200))  # checkpoints and results
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)  # of the running attempt
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # of finished attempts
+    energy_j: Mapped[float] = mapped_column(Float, default=0.0)  # of finished attempts
+    live_cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)  # running attempt
+    live_energy_j: Mapped[float] = mapped_column(Float, default=0.0)
+    energy_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    wall_s: Mapped[float] = mapped_column(Float, default=0.0)
+    reserved_cpu_hours: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lock_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class FineTuningEventRow(Base):
+    """What happened in a job, in order: messages and metrics, never training text."""
+
+    __tablename__ = "fine_tuning_events"
+    __table_args__ = (Index("ix_fine_tuning_events_job", "job_id", "seq"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(8))  # info | warn | error
+    type: Mapped[str] = mapped_column(String(16))  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class FineTuningCheckpointRow(Base):
+    """A sealed checkpoint of a job: resumable, and listed through the API."""
+
+    __tablename__ = "fine_tuning_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    object_key: Mapped[str] = mapped_column(String(128))
+    object_id: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

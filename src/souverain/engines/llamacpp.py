@@ -36,6 +36,8 @@ class LlamaCppLauncher:
             argv += ["--gpu-layers", str(int(spec.engine_args.get("n_gpu_layers", -1)))]
         if spec.engine_args.get("embedding"):
             argv.append("--embedding")
+        if spec.adapter_path:
+            argv += ["--lora", spec.adapter_path]
         return argv
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:

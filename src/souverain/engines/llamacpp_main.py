@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ctx", type=int, default=4096)
     parser.add_argument("--gpu-layers", type=int, default=0)
     parser.add_argument("--embedding", action="store_true")
+    parser.add_argument("--lora", default=None, help="a GGUF LoRA adapter on the base model")
     args = parser.parse_args(argv)
     secret = read_secret()
 
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         n_ctx=args.ctx,
         n_gpu_layers=args.gpu_layers,
         embedding=args.embedding,
+        lora_path=args.lora,
         verbose=False,
     )
     app = CacheScope(create_app(server_settings=server, model_settings=[model]))

@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,7 @@ from souverain.engines import artifacts
 from souverain.engines.base import EngineLauncher, chat_overhead_probes
 from souverain.engines.exits import CrashLoop, describe_exit, log_tail
 from souverain.engines.node_dir import node_dir, open_log
+from souverain.engines.sealed import decrypt_to
 from souverain.engines.secret import SECRET_ENV, SECRET_FD_ENV, secret_pipe
 
 SourceFactory = Callable[[int], PowerSource]  # engine pid -> its power source
@@ -158,6 +160,8 @@ class EngineSupervisor:
         self._stop.set()
         self._terminate(timeout_s)
         self._thread.join(timeout=timeout_s)
+        if self._spec.adapter_path:
+            Path(self._spec.adapter_path).unlink(missing_ok=True)
         self._set("stopped")
 
     def _set(self, state: str, *, url: str | None = None, error: str = "") -> None:
@@ -186,6 +190,12 @@ class EngineSupervisor:
         except artifacts.ArtifactError as error:
             self._set("failed", error=str(error))
             return
+        if self._spec.adapter is not None:
+            try:
+                self._spec = replace(self._spec, adapter_path=str(self._decrypt_adapter()))
+            except Exception as error:  # a key erased, an object gone or tampered with
+                self._set("failed", error=f"the model's adapter cannot be read: {_plain(error)}")
+                return
         backoff = 1.0
         while not self._stop.is_set():
             started = time.monotonic()
@@ -197,6 +207,15 @@ class EngineSupervisor:
                 backoff = 1.0
             self._stop.wait(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _decrypt_adapter(self) -> Path:
+        """The fine-tuned model's adapter, in clear in this node's private directory only
+        for as long as the replica runs."""
+        assert self._spec.adapter is not None
+        path = node_dir("adapters") / f"{self._spec.replica_id}.gguf"
+        path.unlink(missing_ok=True)
+        decrypt_to([self._spec.adapter], path)
+        return path
 
     def _exited(self, reason: str) -> None:
         """Unready at once; `failed` when the exits make a crash loop."""

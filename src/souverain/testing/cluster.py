@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from souverain.cluster import ray_cluster
 from souverain.controller.deployments import EngineDefaults
 from souverain.controller.energy import EnergyAccountant
+from souverain.controller.finetune import TrainingDefaults
 from souverain.controller.runner import Controller
 from souverain.gateway.state import AppState
 
@@ -39,6 +40,7 @@ def controller_hook(
                 prompt_weight=1.0,
                 completion_weight=3.0,
             ),
+            training=TrainingDefaults(threads=threads, file_stores=state.file_stores),
         )
 
         stop = asyncio.Event()

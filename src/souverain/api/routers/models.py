@@ -1,11 +1,14 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, status
+from fastapi.responses import PlainTextResponse
 
 from souverain.core.schemas.models import Model, ModelArtifact, ModelRegisterRequest
 from souverain.db.tables import ModelArtifactRow, ModelRow
 from souverain.gateway.deps import PrincipalDep, SessionDep, StateDep
-from souverain.services import models
+from souverain.services import model_cards, models
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -49,6 +52,21 @@ async def register_model(
     artifacts = await models.artifacts_of(session, model_ids=[row.id])
     await session.commit()
     return _out(row, artifacts[row.id])
+
+
+@router.get("/{model:path}/card", summary="The model card (EU AI Act, Annex XI)")
+async def model_card(
+    model: str,
+    principal: PrincipalDep,
+    session: SessionDep,
+    format: Literal["json", "markdown"] = Query(default="json"),
+) -> Any:
+    """Description, training data provenance, compute, energy and where it was trained;
+    `format=markdown` for the same as a document."""
+    doc = await model_cards.card(session, principal=principal, ref=model)
+    if format == "markdown":
+        return PlainTextResponse(model_cards.markdown(doc), media_type="text/markdown")
+    return doc
 
 
 @router.get("/{model:path}", response_model=Model)
