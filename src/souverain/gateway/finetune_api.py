@@ -204,6 +204,7 @@ def mistral_job(job: FineTuningJobRow, *, details: dict[str, Any] | None = None)
 
 def _extras(job: FineTuningJobRow) -> dict[str, Any]:
     return {
+        "state": job.status,  # the one status set behind both shapes
         "status_reason": job.status_reason,
         "wanted": job.wanted,
         "step": job.step,
