@@ -106,6 +106,15 @@ class TestFineTuning:
         assert development["energy"]["kwh"] > 0
         assert development["where_trained"]["datacenter"]
         assert text.startswith(f"# Model card: {job.fine_tuned_model}")
+        # the CLI: the tenant's jobs, their events, the card
+        assert job.id in up.cli("finetune", "list", key=key).stdout
+        shown = up.cli("finetune", "show", job.id, key=key).stdout
+        assert "succeeded" in shown and "step: 30/30" in shown
+        assert "Step 30/30" in up.cli("finetune", "events", job.id, key=key).stdout
+        followed = up.cli("finetune", "events", job.id, "--follow", key=key).stdout
+        assert "succeeded" in followed
+        assert "Model card" in up.cli("models", "card", model_id, key=key).stdout
+        assert up.cli("finetune", "show", job.id).returncode == 0  # operators see every job
         # the data and checkpoints are stored encrypted
         stored = [p for p in (up.data_dir / "files").rglob("*") if p.is_file()]
         assert any(p.name.startswith(f"ft_{job.id}_checkpoint-") for p in stored)

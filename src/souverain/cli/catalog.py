@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import typer
+from rich.markdown import Markdown
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
@@ -33,6 +34,20 @@ def sha256_with_progress(path: Path) -> str:
                 digest.update(block)
                 progress.update(task, advance=len(block))
     return digest.hexdigest()
+
+
+@models.command("card")
+def models_card(
+    model: str = typer.Argument(..., help="Model id or name."),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of Markdown."),
+) -> None:
+    """The model card (EU AI Act, Annex XI): provenance, compute, energy, where it was trained."""
+    with client() as c:
+        card = c.jobs.model_card(model, markdown=not as_json)
+    if as_json:
+        console.print_json(data=card)
+    else:
+        console.print(Markdown(card))
 
 
 @models.command("list")

@@ -1,4 +1,4 @@
-"""files and batches: upload, list, download; run, follow, cancel."""
+"""files, batches and fine-tuning jobs: upload, list, download; run, follow, cancel."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from souverain.cli.context import client, console
 
 files = typer.Typer(help="Your organisation's files (stored encrypted).", no_args_is_help=True)
 batches = typer.Typer(help="Batch jobs: many requests, no client waiting.", no_args_is_help=True)
+finetune = typer.Typer(
+    help="Fine-tuning jobs on your fleet, under your policy.", no_args_is_help=True
+)
 
 ENDED = {"completed", "failed", "expired", "cancelled"}
 
@@ -125,3 +128,113 @@ def batches_cancel(batch_id: str) -> None:
     with client() as c:
         found = c.jobs.cancel_batch(batch_id)
     console.print(f"{batch_id}: {found['status']}")
+
+
+FT_ENDED = {"succeeded", "failed", "cancelled"}
+
+
+@finetune.command("create")
+def finetune_create(
+    training_file: str = typer.Argument(..., help="A file uploaded with purpose fine-tune."),
+    model: str = typer.Option("smollm2-135m-instruct", help="The base model."),
+    validation_file: str = typer.Option(None),
+    epochs: int = typer.Option(None, help="Default: auto."),
+    batch_size: int = typer.Option(None, help="Default: auto."),
+    lr_multiplier: float = typer.Option(None, help="Learning rate multiplier; default: auto."),
+    suffix: str = typer.Option(None),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Watch it until it ends."),
+) -> None:
+    hyper = {
+        "n_epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate_multiplier": lr_multiplier,
+    }
+    body = {
+        "model": model, "training_file": training_file, "validation_file": validation_file,
+        "suffix": suffix,
+        "method": {"type": "supervised", "supervised": {
+            "hyperparameters": {k: v for k, v in hyper.items() if v is not None}}},
+    }  # fmt: skip
+    with client() as c:
+        found = c.jobs.create_finetune({k: v for k, v in body.items() if v is not None})
+    console.print(f"created [bold]{found['id']}[/bold] ({found['status']})")
+    if follow:
+        finetune_events(found["id"], follow=True)
+
+
+@finetune.command("list")
+def finetune_list() -> None:
+    with client() as c:
+        found = c.jobs.finetunes()
+    table = Table("id", "model", "status", "step", "fine-tuned model", "datacenter", "created")
+    for j in found:
+        extra = j.get("souverain") or {}
+        table.add_row(j["id"], j["model"], j["status"],
+                      f"{extra.get('step', 0)}/{extra.get('total_steps', 0)}",
+                      j.get("fine_tuned_model") or "-", extra.get("datacenter") or "-",
+                      _when(j["created_at"]))  # fmt: skip
+    console.print(table)
+
+
+@finetune.command("show")
+def finetune_show(job_id: str) -> None:
+    with client() as c:
+        j = c.jobs.finetune(job_id)
+    extra = j.get("souverain") or {}
+    console.print(f"[bold]{j['id']}[/bold] {j['status']} — {j['model']} → "
+                  f"{j.get('fine_tuned_model') or '(not yet)'}")  # fmt: skip
+    for label, value in [
+        ("step", f"{extra.get('step')}/{extra.get('total_steps')}"),
+        ("train loss", extra.get("train_loss")), ("tokens", extra.get("tokens")),
+        ("tokens/s", extra.get("tokens_per_s")), ("datacenter", extra.get("datacenter")),
+        ("CPU seconds", extra.get("cpu_seconds")), ("energy (J)", extra.get("energy_j")),
+        ("waiting because", extra.get("status_reason") or None),
+        ("error", (j.get("error") or {}).get("message")),
+    ]:  # fmt: skip
+        if value is not None:
+            console.print(f"  {label}: {value}")
+
+
+@finetune.command("cancel")
+def finetune_cancel(job_id: str) -> None:
+    with client() as c:
+        found = c.jobs.finetune_action(job_id, "cancel")
+    console.print(f"{found['id']}: {found['status']}")
+
+
+@finetune.command("events")
+def finetune_events(
+    job_id: str,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Live view until it ends."),
+) -> None:
+    """The job's events; with --follow, a live view of loss, tokens/s and ETA."""
+    with client() as c:
+        if not follow:
+            for event in c.jobs.finetune_events(job_id):
+                console.print(f"{_when(event['created_at'])} {event['level']:5} {event['message']}")
+            return
+        seen: set[str] = set()
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), "ETA {task.fields[eta]}", console=console,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("queued", total=None, eta="-")
+            while True:
+                job = c.jobs.finetune(job_id)
+                extra = job.get("souverain") or {}
+                for event in c.jobs.finetune_events(job_id):
+                    if event["id"] not in seen and event.get("type") != "metrics":
+                        seen.add(event["id"])
+                        bar.console.print(f"{_when(event['created_at'])} {event['message']}")
+                finish = job.get("estimated_finish")
+                eta = f"{max(0, finish - int(time.time()))} s" if finish else "-"
+                loss = extra.get("train_loss")
+                bar.update(
+                    task, completed=extra.get("step", 0), total=extra.get("total_steps") or None,
+                    description=f"{job['status']} loss={loss:.3f} {extra.get('tokens_per_s') or 0:.0f} tok/s"
+                    if loss is not None else str(job["status"]), eta=eta,
+                )  # fmt: skip
+                if str(job["status"]).lower() in FT_ENDED | {"success"}:
+                    break
+                time.sleep(2.0)
+        console.print(f"{job['id']}: {job['status']} {job.get('fine_tuned_model') or ''}")

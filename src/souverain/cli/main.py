@@ -68,6 +68,7 @@ app.add_typer(billing.limits, name="limits")
 app.add_typer(audit.audit, name="audit")
 app.add_typer(jobs.files, name="files")
 app.add_typer(jobs.batches, name="batches")
+app.add_typer(jobs.finetune, name="finetune")
 
 
 if __name__ == "__main__":

@@ -92,14 +92,14 @@ def resolve_hyperparameters(
     asked: Asked, *, samples: int, context_length: int, limits: Limits
 ) -> dict[str, Any]:
     """What the recipe runs with. "auto" (None) picks values that work for small data."""
-    batch = asked.batch_size or max(1, min(8, samples))
+    batch = asked.batch_size if asked.batch_size is not None else max(1, min(8, samples))
     if not 1 <= batch <= 256:
         raise UnprocessableError("batch_size must be 1 to 256", param="batch_size")
     steps_per_epoch = math.ceil(samples / batch)
     if asked.training_steps is not None:
         steps = asked.training_steps
     else:
-        epochs = asked.n_epochs or 3
+        epochs = asked.n_epochs if asked.n_epochs is not None else 3
         if not 1 <= epochs <= limits.max_epochs:
             raise UnprocessableError(f"n_epochs must be 1 to {limits.max_epochs}", param="n_epochs")
         steps = steps_per_epoch * epochs
@@ -113,13 +113,19 @@ def resolve_hyperparameters(
         if not 0 < rate <= 1:
             raise UnprocessableError("learning_rate must be in (0, 1]", param="learning_rate")
     else:
-        multiplier = asked.learning_rate_multiplier or 1.0
+        multiplier = (
+            asked.learning_rate_multiplier if asked.learning_rate_multiplier is not None else 1.0
+        )
         if not 0 < multiplier <= 100:
             raise UnprocessableError(
                 "learning_rate_multiplier must be in (0, 100]", param="learning_rate_multiplier"
             )
         rate = BASE_LEARNING_RATE * multiplier
-    seq_len = asked.seq_len or min(2048, context_length, limits.max_seq_len)
+    seq_len = (
+        asked.seq_len
+        if asked.seq_len is not None
+        else min(2048, context_length, limits.max_seq_len)
+    )
     if not 16 <= seq_len <= min(context_length, limits.max_seq_len):
         raise UnprocessableError(
             f"seq_len must be 16 to {min(context_length, limits.max_seq_len)} for this model",
