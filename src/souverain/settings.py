@@ -215,6 +215,13 @@ class Settings(BaseSettings):
         default=256 * 2**20, ge=1024, le=2**40, description="Training + validation data per job."
     )
     finetune_max_samples: int = Field(default=1_000_000, ge=1, le=10**9)
+    finetune_max_active_jobs: int = Field(
+        default=4,
+        ge=1,
+        le=10_000,
+        description="Fine-tuning jobs an organisation may have "
+        "not ended (queued, running, paused) at once; more get 429.",
+    )
     finetune_cpus: float = Field(
         default=1.0, gt=0, le=1024, description="CPUs a fine-tuning job asks for on its node."
     )

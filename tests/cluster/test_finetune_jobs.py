@@ -340,3 +340,17 @@ class TestRefusals:
                     "error"]["message"].replace("ftjob_nope", "X")  # fmt: skip
             assert (await stranger.get("/v1/fine_tuning/jobs")).json()["data"] == []
             assert (await openai_view(client, job_id))["status"] == "QUEUED"
+
+    async def test_an_organisation_has_a_bounded_number_of_jobs_at_once(self, site: Site) -> None:
+        _, key = await owner(site, ceiling=["CH"])  # they stay queued: nothing runs
+        async with site.client(key) as client:
+            stored = await upload(client, chats())
+            jobs = [await job_with(client, stored["id"], 4) for _ in range(4)]
+            refused = await client.post("/v1/fine_tuning/jobs", json={
+                "model": MODEL, "training_file": stored["id"]})  # fmt: skip
+            assert refused.status_code == 429 and refused.headers["retry-after"]
+            assert "at most 4" in refused.json()["error"]["message"]
+            assert (await client.post(f"/v1/fine_tuning/jobs/{jobs[0]}/cancel")).status_code == 200
+            again = await client.post("/v1/fine_tuning/jobs", json={
+                "model": MODEL, "training_file": stored["id"]})  # fmt: skip
+        assert again.status_code == 200, again.text

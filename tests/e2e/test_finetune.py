@@ -90,6 +90,11 @@ class TestFineTuning:
         base = ask(client, MODEL, "what is a cat")
         assert tuned.startswith("ARRR!"), tuned
         assert "ARRR" not in base, base
+        stranger = openai.OpenAI(base_url=f"{up.url}/v1", api_key=tenant(up, "landlubbers"),
+                                 max_retries=0)  # fmt: skip
+        with pytest.raises(openai.NotFoundError):
+            stranger.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
+                                             messages=[{"role": "user", "content": "hi"}])  # fmt: skip
 
         # the model card: lineage, compute, energy, where it was trained
         model_id = client.models.retrieve(job.fine_tuned_model).id

@@ -33,6 +33,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from souverain.core.fleet import SealedObject, TrainingSpec, TrainingStatus
 from souverain.energy.sources import pick_source, process_cpu_seconds
 from souverain.engines.artifacts import ArtifactError, resolve
@@ -151,8 +153,10 @@ class TrainingSupervisor:
             self._state, self._error, self._error_code = state, message, code
 
     def _prepare(self) -> None:
+        sweep_abandoned(self._dir.parent)
         shutil.rmtree(self._dir, ignore_errors=True)
         self._dir.mkdir(mode=0o700, parents=True)
+        (self._dir / "owner.pid").write_text(str(os.getpid()))
         data = self._dir / "data"
         data.mkdir(mode=0o700)
         decrypt_to(self._spec.training, data / "train.jsonl", join_lines=True)
@@ -197,7 +201,9 @@ class TrainingSupervisor:
             if code == 0:
                 return ("paused", "", "") if self._last("paused") else self._finish(out)
             attempts_left -= 1
-            reason = describe_exit(code, build_hint="", log_tail=_tail(self._dir / "train.log"))
+            # The exit code or signal only: the worker's log stays on the node (and goes with
+            # the job directory), since a traceback may quote training data.
+            reason = describe_exit(code, build_hint="").replace("engine", "worker", 1)
             if attempts_left <= 0 or asked == "pause":
                 return (
                     "failed",
@@ -365,9 +371,15 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _tail(path: Path, lines: int = 3) -> str:
-    with contextlib.suppress(OSError):
-        text = path.read_text(errors="replace").strip().splitlines()
-        wanted = [line for line in text if line.strip() and "Warning" not in line][-lines:]
-        return " | ".join(line[:200] for line in wanted)
-    return ""
+def sweep_abandoned(root: Path) -> None:
+    """Job directories whose actor died without cleaning up (a SIGKILL, a node crash): their
+    decrypted data must not outlive the job on this node. Each directory names its owner's
+    pid; a directory whose owner is gone is deleted."""
+    for job_dir in root.iterdir() if root.is_dir() else ():
+        try:
+            owner = int((job_dir / "owner.pid").read_text())
+        except (OSError, ValueError):
+            owner = 0
+        if owner and psutil.pid_exists(owner):
+            continue
+        shutil.rmtree(job_dir, ignore_errors=True)

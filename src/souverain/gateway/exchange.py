@@ -55,6 +55,7 @@ class Call:
     stream: bool
     include_usage: bool
     batch: bool = False  # a batch line: waits behind live requests for a slot
+    reasoning: str | None = None  # openai | mistral: how thinking is shown (gateway/reasoning)
 
 
 class Exchange:

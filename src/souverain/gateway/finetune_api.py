@@ -260,6 +260,7 @@ def _limits(state: Any) -> finetune.Limits:
         max_steps=s.finetune_max_steps, max_epochs=s.finetune_max_epochs,
         max_seq_len=s.finetune_max_seq_len, max_dataset_bytes=s.finetune_max_dataset_bytes,
         max_samples=s.finetune_max_samples, cpus=s.finetune_cpus,
+        max_active_jobs=s.finetune_max_active_jobs,
     )  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from souverain.core.errors import (
 from souverain.core.ids import cache_scope, new_id, replica_secret
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.gateway import admission, upstream
+from souverain.gateway import admission, reasoning, upstream
 from souverain.gateway.admission import Admitted
 from souverain.gateway.exchange import Call, Exchange
 from souverain.gateway.relay import relay
@@ -303,6 +303,8 @@ async def _complete(exchange: Exchange, response: upstream.Response, request: Re
     except (ValueError, AttributeError):
         raise UpstreamError("The model engine sent an answer that is not JSON.") from None
     exchange.conclude(settlement)
+    if exchange.call.reasoning is not None:
+        raw = reasoning.rewrite_answer(raw, exchange.call.reasoning)
     headers = exchange.headers() | {
         "x-souverain-energy-joules": f"{settlement.energy_estimate_j or 0.0:.6g}",
         "x-souverain-co2e-grams": f"{exchange.co2e_grams(settlement):.6g}",

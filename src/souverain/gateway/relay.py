@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from souverain.gateway import upstream
+from souverain.gateway import reasoning, upstream
 from souverain.gateway.exchange import Exchange
 from souverain.services.usage import Settlement
 
@@ -30,6 +30,9 @@ class Progress:
 
 async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterator[bytes]:
     progress = Progress()
+    thinking = (
+        reasoning.StreamRewriter(exchange.call.reasoning) if exchange.call.reasoning else None
+    )
     try:
         async for line in response.lines():
             if not line.startswith("data:"):
@@ -48,9 +51,16 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
                 if not chunk.get("choices") and chunk.get("usage"):
                     progress.reported = chunk["usage"]
                     if exchange.call.include_usage:
+                        if thinking is not None:
+                            chunk["usage"] = thinking.usage(chunk["usage"])
                         yield usage_chunk(exchange, chunk)
                     continue
             progress.chunks += 1
+            if thinking is not None:
+                rewritten = thinking.chunk(json.loads(payload))
+                if rewritten is None:
+                    continue
+                payload = json.dumps(rewritten)
             yield f"data: {payload}\n\n".encode()
         if progress.done:
             yield b"data: [DONE]\n\n"

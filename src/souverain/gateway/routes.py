@@ -16,7 +16,7 @@ from souverain.core.errors import (
 )
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.gateway import pipeline
+from souverain.gateway import pipeline, reasoning
 from souverain.gateway.deps import PrincipalDep, StateDep, get_principal
 from souverain.gateway.errors import validation_message
 from souverain.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -131,6 +131,14 @@ async def infer(request: Request, endpoint: str, schema: type[InferenceBody]) ->
     else:
         upstream = body.upstream_body(max_tokens_cap=model.context_length)
         stream, include_usage = bool(body.stream), body.include_usage
+    shown = None
+    if isinstance(body, ChatCompletionRequest):
+        shown, prompted = reasoning.mode_for(
+            prompt_mode=body.prompt_mode, effort=body.reasoning_effort,
+            capabilities=model.capabilities, user_agent=request.headers.get("user-agent", ""),
+        )  # fmt: skip
+        if prompted:
+            upstream["messages"] = reasoning.with_system_prompt(upstream["messages"])
     call = pipeline.Call(
         state=state,
         principal=principal,
@@ -139,6 +147,7 @@ async def infer(request: Request, endpoint: str, schema: type[InferenceBody]) ->
         body=upstream,
         stream=stream,
         include_usage=include_usage,
+        reasoning=shown,
     )
     return await pipeline.run(call, request)
 

@@ -170,6 +170,7 @@ class ChatCompletionRequest(_Sampling):
     parallel_tool_calls: bool | None = None
     safe_prompt: bool | None = None  # Mistral; souverain adds no system prompt of its own
     prompt_mode: Literal["reasoning"] | None = None  # Mistral
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None  # OpenAI
 
     @model_validator(mode="after")
     def _completion_tokens(self) -> ChatCompletionRequest:
@@ -181,6 +182,7 @@ class ChatCompletionRequest(_Sampling):
     def upstream_body(self, *, max_tokens_cap: int) -> dict[str, Any]:
         body = super().upstream_body(max_tokens_cap=max_tokens_cap)
         body.pop("max_completion_tokens", None)
+        body.pop("reasoning_effort", None)
         return body
 
 

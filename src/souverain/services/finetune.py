@@ -28,6 +28,7 @@ from souverain.core.errors import (
     InvalidRequestError,
     NotFoundError,
     PolicyRefusedError,
+    RateLimitedError,
     UnprocessableError,
 )
 from souverain.core.ids import new_id
@@ -62,6 +63,7 @@ class Limits:
     max_dataset_bytes: int
     max_samples: int
     cpus: float
+    max_active_jobs: int = 4
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,19 @@ async def create_job(
     if principal.org_id is None:
         raise InvalidRequestError(
             "Fine-tuning jobs belong to an organisation; use an organisation's key."
+        )
+    active = (
+        await session.execute(
+            select(func.count())
+            .select_from(FineTuningJobRow)
+            .where(FineTuningJobRow.org_id == principal.org_id, FineTuningJobRow.status.in_(ACTIVE))
+        )
+    ).scalar_one()
+    if active >= limits.max_active_jobs:
+        raise RateLimitedError(
+            f"Your organisation has {active} fine-tuning jobs that have not ended; at most "
+            f"{limits.max_active_jobs} at once. Cancel one or wait for one to finish.",
+            retry_after_s=60,
         )
     base = await models.find_model(session, principal=principal, ref=asked.model)
     if base is None:

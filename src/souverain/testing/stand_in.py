@@ -10,6 +10,8 @@ reports exact usage. Faults can be injected per request through the prompt text:
     "#slow"            wait 0.2 s between tokens (for disconnect tests)
     "#stall"           say nothing for an hour (before the headers)
     "#stall-stream"    stream two tokens, then say nothing for an hour
+    "#think"           answer like a reasoning model: `<think>…</think>` then the answer,
+                       with both tags cut across two tokens
 
 and, only when it runs as a process of its own (`main`), by killing itself:
 
@@ -37,6 +39,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+THINKING = [
+    "<th",
+    "ink>",
+    "the ",
+    "tenant ",
+    "asks",
+    "</th",
+    "ink>",
+    "\n\n",
+    "It ",
+    "stays ",
+    "here.",
+]
 WORDS = [
     "souverain",
     "keeps",
@@ -137,7 +152,10 @@ class StandInEngine:
             await asyncio.sleep(3600)
         if "#die-mid-json" in prompt and self.own_process:
             return StreamingResponse(_half_then_die(), media_type="application/json")
+        pieces = THINKING if "#think" in prompt else None
         count = min(int(body.get("max_tokens") or self.tokens), self.tokens)
+        if pieces is not None:
+            count = min(int(body.get("max_tokens") or len(pieces)), len(pieces))
         prompt_tokens = max(1, len(prompt.split()))
         if body.get("stream"):
             return StreamingResponse(
@@ -146,7 +164,11 @@ class StandInEngine:
             )
         if self.token_delay_s:  # generating takes time, streamed or not
             await asyncio.sleep(self.token_delay_s * count)
-        text = " ".join(WORDS[i % len(WORDS)] for i in range(count))
+        text = (
+            "".join(pieces[:count])
+            if pieces is not None
+            else " ".join(WORDS[i % len(WORDS)] for i in range(count))
+        )
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
         if kind == "chat":
             choice["message"] = {"role": "assistant", "content": text}
@@ -198,7 +220,8 @@ class StandInEngine:
                 if "#die-mid-stream" in prompt and i == 2 and self.own_process:
                     await asyncio.sleep(0.05)  # the two tokens reach the gateway first
                     _die()
-                piece = WORDS[i % len(WORDS)] + " "
+                thinking = "#think" in prompt
+                piece = THINKING[i] if thinking else WORDS[i % len(WORDS)] + " "
                 choice: dict[str, Any] = {"index": 0, "finish_reason": None}
                 if kind == "chat":
                     choice["delta"] = (

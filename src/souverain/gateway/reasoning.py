@@ -1,0 +1,272 @@
+"""Reasoning output: the thinking a model drafts, taken out of its answer.
+
+Models trained the Magistral way write `<think>…</think>` (or Mistral's `[THINK]…[/THINK]`)
+before a self-contained answer. The gateway separates the two so that clients can show
+them apart: OpenAI's shape puts the thinking in `message.reasoning_content` (the field
+llama.cpp, SGLang and DeepSeek use), Mistral's in a `thinking` content chunk before the
+text chunk (what the `mistralai` SDK's `ThinkChunk` reads).
+
+    split(text)        a whole answer -> (thinking or None, answer)
+    Splitter           the same for a stream: feed deltas as they come, in any pieces
+                       (a tag may be cut anywhere), get (kind, text) parts back at once
+
+An unclosed `<think>` is all thinking (the model ran out of tokens while drafting); an
+answer without a tag has no thinking. Only a tag at the start opens the thinking (after
+whitespace): a `<think>` quoted inside an answer stays in the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from souverain.core.errors import InvalidRequestError
+
+TAGS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
+REASONING, CONTENT = "reasoning", "content"
+
+# After the system prompt of Magistral (Mistral AI, "Magistral", 2025), in our words: draft
+# the thinking inside <think>, then a concise, self-contained answer, both in the language
+# of the user's task.
+SYSTEM_PROMPT = (
+    "A user will ask you to solve a task. First think it through as an inner monologue, "
+    "like working on scratch paper, for as long as you need to be confident of the answer. "
+    "Then write a concise, self-contained answer that gives the key steps and a clear final "
+    "result, without saying that it is a summary. Write both your thinking and your answer "
+    "in the language of the user's task. Use Markdown.\n\n"
+    "Your thinking must follow this template:\n"
+    "<think>\nYour thoughts and drafts.\n</think>\n\nYour answer."
+)
+
+
+def split(text: str) -> tuple[str | None, str]:
+    splitter = Splitter()
+    parts = [*splitter.feed(text), *splitter.finish()]
+    thinking = "".join(t for kind, t in parts if kind == REASONING)
+    answer = "".join(t for kind, t in parts if kind == CONTENT)
+    return (thinking if splitter.saw_thinking else None), answer
+
+
+@dataclass
+class Splitter:
+    """States: `start` (nothing but whitespace seen), `thinking`, `answer`."""
+
+    state: str = "start"
+    held: str = ""  # text that may be the beginning of a tag
+    closing: str = ""
+    saw_thinking: bool = False
+    _leading: list[str] = field(default_factory=list)
+
+    def feed(self, delta: str) -> list[tuple[str, str]]:
+        text, self.held = self.held + delta, ""
+        parts: list[tuple[str, str]] = []
+        while text:
+            if self.state == "start":
+                stripped = text.lstrip()
+                if not stripped:
+                    self._leading.append(text)
+                    return parts
+                opened = next((pair for pair in TAGS if stripped.startswith(pair[0])), None)
+                if opened is not None:
+                    self.state, self.closing, self.saw_thinking = "thinking", opened[1], True
+                    self._leading.clear()
+                    text = stripped[len(opened[0]) :].lstrip("\n")
+                    continue
+                if any(pair[0].startswith(stripped) for pair in TAGS):
+                    self.held = text  # "<th…": wait for more
+                    return parts
+                self.state = "answer"
+                text = "".join(self._leading) + text
+                self._leading.clear()
+                continue
+            if self.state == "thinking":
+                end = text.find(self.closing)
+                if end >= 0:
+                    if end:
+                        parts.append((REASONING, text[:end]))
+                    self.state = "answer_start"
+                    text = text[end + len(self.closing) :]
+                    continue
+                keep = _partial_suffix(text, self.closing)
+                if len(text) > keep:
+                    parts.append((REASONING, text[: len(text) - keep]))
+                self.held = text[len(text) - keep :] if keep else ""
+                return parts
+            if self.state == "answer_start":  # the blank lines between thinking and answer
+                stripped = text.lstrip()
+                if not stripped:
+                    return parts
+                self.state, text = "answer", stripped
+                continue
+            parts.append((CONTENT, text))
+            return parts
+        return parts
+
+    def finish(self) -> list[tuple[str, str]]:
+        """What is left when the stream ends: an unfinished tag is text after all."""
+        held, self.held = self.held, ""
+        if self.state == "thinking":
+            return [(REASONING, held)] if held else []
+        leftover = "".join(self._leading) + held
+        self._leading.clear()
+        return [(CONTENT, leftover)] if leftover.strip() else []
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of `text` that begins `tag`."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
+
+def reasoning_tokens(completion_tokens: int, thinking: str | None, answer: str) -> int:
+    """The engine counts completion tokens as a whole: the thinking's share, by length."""
+    if not thinking or completion_tokens <= 0:
+        return 0
+    total = len(thinking) + len(answer)
+    return min(completion_tokens, round(completion_tokens * len(thinking) / max(total, 1)))
+
+
+def mistral_content(thinking: str | None, answer: str) -> str | list[dict[str, object]]:
+    """Mistral's message content: a thinking chunk, then the text chunk."""
+    if thinking is None:
+        return answer
+    return [
+        {"type": "thinking", "thinking": [{"type": "text", "text": thinking}]},
+        {"type": "text", "text": answer},
+    ]
+
+
+def mode_for(
+    *,
+    prompt_mode: str | None,
+    effort: str | None,
+    capabilities: list[str] | tuple[str, ...],
+    user_agent: str,
+) -> tuple[str | None, bool]:
+    """(how thinking is shown: openai | mistral | None, whether to add the system prompt).
+
+    Asking for reasoning (`prompt_mode: reasoning`, or a `reasoning_effort` other than
+    `none`) needs a model the registry marks `reasoning`; such a model's answers are always
+    split, in the shape of the client that asked (Mistral's SDK says who it is)."""
+    asked = prompt_mode == "reasoning" or effort not in (None, "none")
+    capable = "reasoning" in capabilities
+    if asked and not capable:
+        raise InvalidRequestError(
+            "This model does not reason: prompt_mode and reasoning_effort need a model the "
+            "registry marks as reasoning-capable.",
+            param="prompt_mode" if prompt_mode else "reasoning_effort",
+        )
+    if not capable:
+        return None, False
+    mistral = prompt_mode is not None or "mistral-client" in user_agent.lower()
+    return ("mistral" if mistral and effort is None else "openai"), asked
+
+
+def with_system_prompt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reasoning system prompt first, unless the caller gave a system prompt of its own."""
+    if messages and messages[0].get("role") == "system":
+        return messages
+    return [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
+
+
+def rewrite_answer(raw: bytes, shape: str) -> bytes:
+    """A whole chat completion with each choice's thinking taken out of its content."""
+    answer = json.loads(raw)
+    thought = 0
+    for choice in answer.get("choices") or []:
+        message = choice.get("message") or {}
+        content = message.get("content")
+        if not isinstance(content, str):
+            continue
+        thinking, text = split(content)
+        if shape == "mistral":
+            message["content"] = mistral_content(thinking, text)
+        else:
+            message["content"] = text
+            message["reasoning_content"] = thinking
+        thought += len(thinking or "")
+        choice["_answer_chars"] = len(text)
+    usage = answer.get("usage")
+    if isinstance(usage, dict):
+        answer_chars = sum(c.pop("_answer_chars", 0) for c in answer.get("choices") or [])
+        details = dict(usage.get("completion_tokens_details") or {})
+        details["reasoning_tokens"] = reasoning_tokens(
+            int(usage.get("completion_tokens") or 0),
+            "x" * thought if thought else None,
+            "x" * answer_chars,
+        )
+        usage["completion_tokens_details"] = details
+    else:
+        for choice in answer.get("choices") or []:
+            choice.pop("_answer_chars", None)
+    return json.dumps(answer).encode()
+
+
+class StreamRewriter:
+    """Chunk by chunk: each choice's content deltas through its own Splitter."""
+
+    def __init__(self, shape: str) -> None:
+        self.shape = shape
+        self._splitters: dict[int, Splitter] = {}
+        self.thinking_chars = 0
+        self.answer_chars = 0
+
+    def chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        """The chunk as the client sees it, or None when nothing is left to send yet."""
+        choices = chunk.get("choices") or []
+        kept = []
+        for choice in choices:
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            splitter = self._splitters.setdefault(int(choice.get("index", 0)), Splitter())
+            parts = splitter.feed(content) if isinstance(content, str) else []
+            finishing = choice.get("finish_reason") is not None
+            if finishing:
+                parts += splitter.finish()
+            if isinstance(content, str) or parts:
+                rewritten = self._delta(delta, parts)
+                if rewritten is None and not finishing:
+                    continue  # held back: the start of a tag, or whitespace after thinking
+                choice["delta"] = rewritten or {k: v for k, v in delta.items() if k != "content"}
+            kept.append(choice)
+        if choices and not kept:
+            return None
+        chunk["choices"] = kept
+        return chunk
+
+    def _delta(self, delta: dict[str, Any], parts: list[tuple[str, str]]) -> dict[str, Any] | None:
+        thinking = "".join(t for kind, t in parts if kind == REASONING)
+        text = "".join(t for kind, t in parts if kind == CONTENT)
+        self.thinking_chars += len(thinking)
+        self.answer_chars += len(text)
+        if not thinking and not text:
+            rest = {k: v for k, v in delta.items() if k != "content"}
+            return rest or None
+        out = {k: v for k, v in delta.items() if k != "content"}
+        if self.shape == "mistral":
+            pieces: list[dict[str, Any]] = []
+            if thinking:
+                pieces.append(
+                    {"type": "thinking", "thinking": [{"type": "text", "text": thinking}]}
+                )
+            if text:
+                pieces.append({"type": "text", "text": text})
+            out["content"] = pieces if thinking else text
+        else:
+            if thinking:
+                out["reasoning_content"] = thinking
+            if text:
+                out["content"] = text
+        return out
+
+    def usage(self, usage: dict[str, Any]) -> dict[str, Any]:
+        details = dict(usage.get("completion_tokens_details") or {})
+        details["reasoning_tokens"] = reasoning_tokens(
+            int(usage.get("completion_tokens") or 0),
+            "x" * self.thinking_chars if self.thinking_chars else None,
+            "x" * self.answer_chars,
+        )
+        return {**usage, "completion_tokens_details": details}

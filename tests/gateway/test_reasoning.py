@@ -1,0 +1,136 @@
+"""Reasoning shown apart, in both shapes, streamed and not, through the gateway (the
+stand-in engine answers `<think>…</think>` with both tags cut across two tokens when the
+prompt says #think). Only models the registry marks `reasoning` are split; asking a plain
+model to reason is a clear 400."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from mistralai.client import Mistral
+
+from souverain.core.roles import Role
+from souverain.gateway.reasoning import SYSTEM_PROMPT
+from tests.conftest import Platform
+
+
+async def setup(platform: Platform) -> tuple[str, str]:
+    model = await platform.served_model(capabilities=("chat", "completions", "reasoning"))
+    tenant = await platform.factory.tenant(roles={"u": Role.MEMBER})
+    return model, (await platform.factory.member_key(tenant, "u", Role.MEMBER)).key
+
+
+def think(model: str, **extra: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "why? #think"}], **extra}
+
+
+class TestOpenAIShape:
+    async def test_reasoning_content_apart_and_counted(self, platform: Platform) -> None:
+        model, key = await setup(platform)
+        sdk = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+        answer = await sdk.chat.completions.create(
+            model=model, reasoning_effort="medium",
+            messages=[{"role": "user", "content": "why? #think"}],
+        )  # fmt: skip
+        message = answer.choices[0].message
+        assert message.content == "It stays here."
+        assert message.reasoning_content == "the tenant asks"  # type: ignore[attr-defined]
+        details = answer.usage.completion_tokens_details  # type: ignore[union-attr]
+        assert details is not None and 0 < details.reasoning_tokens < answer.usage.completion_tokens  # type: ignore[union-attr]
+        sent = platform.stand_in.requests[-1]["messages"]
+        assert sent[0] == {"role": "system", "content": SYSTEM_PROMPT}
+
+    async def test_streamed_thinking_arrives_as_reasoning_deltas(self, platform: Platform) -> None:
+        model, key = await setup(platform)
+        sdk = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+        stream = await sdk.chat.completions.create(
+            model=model, stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "why? #think"}],
+        )  # fmt: skip
+        thinking, content, usage = [], [], None
+        async for chunk in stream:
+            if chunk.usage:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                if getattr(choice.delta, "reasoning_content", None):
+                    thinking.append(choice.delta.reasoning_content)  # type: ignore[attr-defined]
+                if choice.delta.content:
+                    content.append(choice.delta.content)
+        assert "".join(thinking) == "the tenant asks"
+        assert "".join(content) == "It stays here."
+        assert all("<" not in piece and ">" not in piece for piece in thinking + content)
+        assert len(thinking) >= 2  # as generated, not all at the end
+        assert usage is not None and usage.completion_tokens_details.reasoning_tokens > 0  # type: ignore[union-attr]
+
+    async def test_the_callers_system_prompt_is_kept(self, platform: Platform) -> None:
+        model, key = await setup(platform)
+        async with platform.client(key) as client:
+            body = think(model, reasoning_effort="low")
+            body["messages"] = [{"role": "system", "content": "Be brief."}, *body["messages"]]  # type: ignore[misc]
+            assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+        assert platform.stand_in.requests[-1]["messages"][0]["content"] == "Be brief."
+
+
+class TestMistralShape:
+    async def test_thinking_chunk_before_the_text_chunk(self, platform: Platform) -> None:
+        model, key = await setup(platform)
+        client = Mistral(api_key=key, server_url=platform.url)
+        answer = await client.chat.complete_async(
+            model=model, prompt_mode="reasoning",
+            messages=[{"role": "user", "content": "why? #think"}],
+        )  # fmt: skip
+        content = answer.choices[0].message.content
+        assert isinstance(content, list) and len(content) == 2
+        assert content[0].type == "thinking" and content[0].thinking[0].text == "the tenant asks"  # type: ignore[union-attr]
+        assert content[1].type == "text" and content[1].text == "It stays here."  # type: ignore[union-attr]
+
+    async def test_streamed(self, platform: Platform) -> None:
+        model, key = await setup(platform)
+        client = Mistral(api_key=key, server_url=platform.url)
+        stream = await client.chat.stream_async(
+            model=model, prompt_mode="reasoning",
+            messages=[{"role": "user", "content": "why? #think"}],
+        )  # fmt: skip
+        thinking, text = [], []
+        async for event in stream:
+            for choice in event.data.choices:
+                content = choice.delta.content
+                if isinstance(content, str):
+                    text.append(content)
+                elif content:
+                    for piece in content:
+                        if piece.type == "thinking":
+                            thinking += [t.text for t in piece.thinking]  # type: ignore[union-attr]
+                        else:
+                            text.append(piece.text)  # type: ignore[union-attr]
+        assert "".join(thinking) == "the tenant asks" and "".join(text) == "It stays here."
+
+
+class TestPlainModels:
+    async def test_asking_a_plain_model_to_reason_is_400(self, platform: Platform) -> None:
+        model = await platform.served_model()
+        tenant = await platform.factory.tenant(roles={"u": Role.MEMBER})
+        key = (await platform.factory.member_key(tenant, "u", Role.MEMBER)).key
+        async with platform.client(key) as client:
+            for extra in ({"reasoning_effort": "high"}, {"prompt_mode": "reasoning"}):
+                answer = await client.post("/v1/chat/completions", json=think(model, **extra))
+                assert answer.status_code == 400, extra
+                assert answer.json()["error"]["param"] in ("reasoning_effort", "prompt_mode")
+            plain = await client.post("/v1/chat/completions", json=think(model))
+        assert plain.status_code == 200
+        assert "<think>" in plain.json()["choices"][0]["message"]["content"]  # untouched
+        assert json.dumps(plain.json()).count("reasoning_content") == 0
+
+
+@pytest.mark.parametrize("effort", ["none"])
+async def test_effort_none_is_an_ordinary_request(platform: Platform, effort: str) -> None:
+    model, key = await setup(platform)
+    async with platform.client(key) as client:
+        answer = await client.post(
+            "/v1/chat/completions", json=think(model, reasoning_effort=effort)
+        )
+    assert answer.status_code == 200
+    assert platform.stand_in.requests[-1]["messages"][0]["role"] == "user"  # no system prompt
+    assert answer.json()["choices"][0]["message"]["reasoning_content"] == "the tenant asks"
