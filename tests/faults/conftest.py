@@ -20,10 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
+from ray.cluster_utils import Cluster
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.api.app import create_app
+from souverain.core.fleet import DATACENTER_LABEL, RAY_NAMESPACE
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
@@ -200,3 +203,17 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
     found = Tally(request.node.name)
     yield found
     found.report()
+
+
+@pytest.fixture(scope="module")
+def par1_cluster() -> Iterator[Cluster]:
+    """A Ray cluster with one 4-CPU node in par1, this process connected as its driver."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster.add_node(num_cpus=4, labels={DATACENTER_LABEL: "par1"})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace=RAY_NAMESPACE, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

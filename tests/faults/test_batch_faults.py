@@ -22,7 +22,8 @@ from sqlalchemy import func, select
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
-from souverain.db.tables import BatchItemRow, UsageRecordRow
+from souverain.db.jobs import BatchItemRow
+from souverain.db.tables import UsageRecordRow
 from souverain.settings import normalise_database_url
 from souverain.testing.factories import Factory
 from souverain.testing.live import free_port

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from ray.cluster_utils import Cluster
 from sqlalchemy import select
 
 from souverain.api.app import create_app
-from souverain.core.fleet import DATACENTER_LABEL, RAY_NAMESPACE
+from souverain.core.fleet import RAY_NAMESPACE
 from souverain.db.engine import create_engine_unpooled, session_factory
 from souverain.db.tables import LeaseRow, utcnow
 from souverain.settings import Settings
@@ -75,19 +75,6 @@ class Setup:
             return (await client.get(f"/api/deployments/{name}")).json()  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    cluster.add_node(num_cpus=4, labels={DATACENTER_LABEL: "par1"})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=RAY_NAMESPACE, log_to_driver=False)
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
 def start_controller(directory: Path, database_url: str, address: str, n: int) -> ControllerProcess:
     log = directory / f"controller-{n}.log"
     env = {
@@ -111,7 +98,9 @@ def start_controller(directory: Path, database_url: str, address: str, n: int) -
 
 
 @pytest.fixture(scope="module")
-async def setup(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup]:
+async def setup(
+    par1_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Setup]:
     directory = tmp_path_factory.mktemp("failover")
     settings = Settings(
         data_dir=directory,
@@ -125,7 +114,7 @@ async def setup(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> A
         factory = Factory(session_factory(engine))
         operator = (await factory.operator()).key
         controllers = [
-            start_controller(directory, str(settings.database_url), cluster.address, n)
+            start_controller(directory, str(settings.database_url), par1_cluster.address, n)
             for n in (1, 2)
         ]
         found = Setup(server.url, operator, factory, str(settings.database_url), controllers)

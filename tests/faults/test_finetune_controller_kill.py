@@ -11,11 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import ray
 from ray.cluster_utils import Cluster
 
 from souverain.api.app import create_app
-from souverain.core.fleet import DATACENTER_LABEL, RAY_NAMESPACE
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
 from souverain.engines.artifacts import builtin_path, file_sha256
@@ -31,21 +29,8 @@ MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    cluster.add_node(num_cpus=4, labels={DATACENTER_LABEL: "par1"})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=RAY_NAMESPACE, log_to_driver=False)
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
-@pytest.fixture(scope="module")
 async def setup(
-    cluster: Cluster,
+    par1_cluster: Cluster,
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch_module: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[str, str, Factory, list[ControllerProcess]]]:
@@ -64,7 +49,7 @@ async def setup(
         factory = Factory(session_factory(engine))
         operator = (await factory.operator()).key
         controllers = [
-            start_controller(directory, str(settings.database_url), cluster.address, n)
+            start_controller(directory, str(settings.database_url), par1_cluster.address, n)
             for n in (1, 2)
         ]
         try:

@@ -14,7 +14,7 @@ from mistralai.client import Mistral
 from sqlalchemy import select
 
 from souverain.core.roles import Role
-from souverain.db.tables import FileRow
+from souverain.db.jobs import FileRow
 from tests.conftest import Platform
 
 

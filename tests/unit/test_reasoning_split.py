@@ -74,8 +74,8 @@ def test_any_cutting_of_a_stream_gives_the_whole_split(
 
 
 def test_reasoning_tokens_and_mistral_chunks() -> None:
-    assert reasoning_tokens(100, "a" * 30, "b" * 10) == 75
-    assert reasoning_tokens(100, None, "answer") == 0
+    assert reasoning_tokens(100, 30, 10) == 75  # thinking's share of the characters
+    assert reasoning_tokens(100, 0, 6) == 0
     assert mistral_content(None, "plain") == "plain"
     assert mistral_content("why", "because") == [
         {"type": "thinking", "thinking": [{"type": "text", "text": "why"}]},

@@ -26,7 +26,7 @@ from souverain.controller.runner import Controller, forget_replicas
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.engines.artifacts import ArtifactError, builtin_path, file_sha256
 from souverain.gateway.state import AppState
-from souverain.services import bootstrap, deployments, signing, training_budget
+from souverain.services import bootstrap, deployments, signing
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 
 BUILTIN = "smollm2-135m-instruct"
@@ -63,10 +63,6 @@ EMBEDDED_SPARE_CPUS = 2
 def _controller(
     settings: Settings, sessions: async_sessionmaker[AsyncSession], master_key: bytes
 ) -> Controller:
-    training_budget.configure(
-        cpu_hours_per_job=settings.finetune_cpu_hours_per_job,
-        watts_per_core=settings.energy_watts_per_core,
-    )
     return Controller(
         sessions,
         ray_cluster.RayCluster(),
@@ -93,6 +89,7 @@ def _controller(
             file_stores=settings.file_stores_or_default,
             watts_per_core=settings.energy_watts_per_core,
             model_roots=tuple(str(root) for root in settings.model_roots_or_default),
+            cpu_hours_per_job=settings.finetune_cpu_hours_per_job,
         ),
     )
 

@@ -37,12 +37,10 @@ from souverain.core.fleet import (
     training_actor_name,
 )
 from souverain.core.ids import new_id
-from souverain.core.policy import Policy, exclusion
+from souverain.db.jobs import FileRow, FineTuningCheckpointRow, FineTuningJobRow
 from souverain.db.tables import (
+    DatacenterRow,
     DeploymentRow,
-    FileRow,
-    FineTuningCheckpointRow,
-    FineTuningJobRow,
     ModelAdapterRow,
     ModelArtifactRow,
     ModelRow,
@@ -50,7 +48,7 @@ from souverain.db.tables import (
 )
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import Placement, PlacementRequest
-from souverain.services import audit, files, finetune, training_budget
+from souverain.services import audit, datacenters, files, finetune, training_budget
 from souverain.storage.crypto import unwrap
 
 log = logging.getLogger(__name__)
@@ -66,6 +64,7 @@ class TrainingDefaults:
     watts_per_core: float = 10.0
     model_roots: tuple[str, ...] = ()
     serve_cpus: float = 1.0
+    cpu_hours_per_job: float = 8.0  # reserved on the energy budget at each placement
 
 
 class FineTuneReconciler:
@@ -153,7 +152,12 @@ class FineTuneReconciler:
             )  # fmt: skip
             return
         try:
-            reserved = await training_budget.reserve(session, job=job)
+            reserved = await training_budget.reserve(
+                session,
+                job=job,
+                cpu_hours_per_job=self._defaults.cpu_hours_per_job,
+                watts_per_core=self._defaults.watts_per_core,
+            )
         except training_budget.NoRoom as error:
             await self._waiting(session, job, str(error))
             return
@@ -239,9 +243,7 @@ class FineTuneReconciler:
             base_artifact_sha256=artifact.sha256,
             training=tuple(training),
             validation=validation,
-            hyperparameters={
-                k: v for k, v in job.resolved.items() if k != "n_epochs" and not k.startswith("_")
-            },
+            hyperparameters={k: v for k, v in job.resolved.items() if k != "n_epochs"},
             output_store_uri=store_uri if resume is None else (job.store_uri or store_uri),
             output_key=output_key,
             cpus=job.cpus,
@@ -282,17 +284,12 @@ class FineTuneReconciler:
             await asyncio.to_thread(self._cluster.signal_training, name, "pause")
 
     async def _left_policy(self, session: AsyncSession, job: FineTuningJobRow) -> str | None:
-        from souverain.core.policy import Site
-        from souverain.db.tables import DatacenterRow
-
         if job.wanted == "move" or job.datacenter_id is None:
             return None
-        policy: Policy = await finetune.job_policy(session, job=job)
-        dc = await session.get(DatacenterRow, job.datacenter_id)
-        if dc is None:
-            return "the datacenter was removed"
-        site = Site(dc.id, dc.country, dc.operator_country, frozenset(dc.certifications))
-        return exclusion(policy, site)
+        policy = await finetune.job_policy(session, job=job)
+        return await datacenters.exclusion_at(
+            session, policy=policy, datacenter_id=job.datacenter_id
+        )
 
     async def _record(
         self, session: AsyncSession, job: FineTuningJobRow, status: TrainingStatus
@@ -342,14 +339,14 @@ class FineTuneReconciler:
             session, job, "The training worker was lost; the job is queued again and will "
             "carry on from its last checkpoint", level="warn",
         )  # fmt: skip
-        await training_budget.settle(session, job=job)
+        await self._settle(session, job)
 
     async def _ended(
         self, session: AsyncSession, job: FineTuningJobRow, status: TrainingStatus
     ) -> None:
         self._close_attempt(job)
         if status.state == "paused":
-            await training_budget.settle(session, job=job)
+            await self._settle(session, job)
             if job.wanted == "move":
                 job.status, job.wanted, job.node_id = "queued", "run", None
                 await finetune.add_event(session, job, "Checkpointed; queued to move")
@@ -368,6 +365,9 @@ class FineTuneReconciler:
         else:
             await self._succeeded(session, job, status)
 
+    async def _settle(self, session: AsyncSession, job: FineTuningJobRow) -> None:
+        await training_budget.settle(session, job=job, watts_per_core=self._defaults.watts_per_core)
+
     def _close_attempt(self, job: FineTuningJobRow) -> None:
         job.cpu_seconds += job.live_cpu_seconds
         job.energy_j += job.live_energy_j
@@ -383,7 +383,7 @@ class FineTuneReconciler:
         level: str = "info",
     ) -> None:
         job.status, job.finished_at, job.node_id = state, utcnow(), None
-        await training_budget.settle(session, job=job)
+        await self._settle(session, job)
         await finetune.add_event(session, job, message, level=level)
         await audit.record(
             session, actor=audit.SYSTEM_CONTROLLER, action=f"fine_tuning.{state}",
@@ -479,8 +479,6 @@ class FineTuneReconciler:
         artifact: ModelArtifactRow,
         peft: SealedObject,
     ) -> dict[str, Any]:
-        from souverain.db.tables import DatacenterRow
-
         files_used = []
         for entry in [
             *job.training_files,

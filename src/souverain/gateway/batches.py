@@ -33,14 +33,8 @@ from souverain.core.errors import (
     UpstreamError,
 )
 from souverain.core.principal import Principal
-from souverain.db.tables import (
-    BatchRow,
-    CarbonIntensityRow,
-    DatacenterRow,
-    FileRow,
-    UsageRecordRow,
-    utcnow,
-)
+from souverain.db.jobs import BatchRow, FileRow
+from souverain.db.tables import CarbonIntensityRow, DatacenterRow, UsageRecordRow, utcnow
 from souverain.energy.carbon import cleanest_start, hour_of
 from souverain.gateway import pipeline, upstream
 from souverain.gateway.admission import AlreadySettled

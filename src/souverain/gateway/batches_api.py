@@ -15,7 +15,7 @@ from pydantic import Field
 
 from souverain.core.errors import InvalidRequestError
 from souverain.core.schemas.common import StrictRequest
-from souverain.db.tables import BatchRow
+from souverain.db.jobs import BatchRow
 from souverain.gateway.deps import PrincipalDep, SessionDep, StateDep
 from souverain.gateway.file_lines import LineChecker
 from souverain.gateway.files import Checked, Owner, principal_org, store_plaintext

@@ -28,7 +28,8 @@ from souverain.core.ids import new_id
 from souverain.core.policy import Policy
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.db.tables import FileRow, utcnow
+from souverain.db.jobs import FileRow
+from souverain.db.tables import utcnow
 from souverain.gateway.deps import PrincipalDep, SessionDep, StateDep, get_principal
 from souverain.gateway.file_lines import LineChecker, sample_type
 from souverain.gateway.state import AppState

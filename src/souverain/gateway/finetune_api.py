@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError
 
 from souverain.core.errors import InvalidRequestError
 from souverain.core.schemas.common import StrictRequest
-from souverain.db.tables import FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
+from souverain.db.jobs import FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
 from souverain.gateway.deps import PrincipalDep, SessionDep, StateDep
 from souverain.gateway.errors import validation_message
 from souverain.services import finetune

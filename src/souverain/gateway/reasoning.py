@@ -121,12 +121,22 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
-def reasoning_tokens(completion_tokens: int, thinking: str | None, answer: str) -> int:
+def reasoning_tokens(completion_tokens: int, thinking_chars: int, answer_chars: int) -> int:
     """The engine counts completion tokens as a whole: the thinking's share, by length."""
-    if not thinking or completion_tokens <= 0:
+    if thinking_chars <= 0 or completion_tokens <= 0:
         return 0
-    total = len(thinking) + len(answer)
-    return min(completion_tokens, round(completion_tokens * len(thinking) / max(total, 1)))
+    total = thinking_chars + answer_chars
+    return min(completion_tokens, round(completion_tokens * thinking_chars / total))
+
+
+def with_reasoning_tokens(
+    usage: dict[str, Any], thinking_chars: int, answer_chars: int
+) -> dict[str, Any]:
+    """`usage` with `completion_tokens_details.reasoning_tokens` set."""
+    details = dict(usage.get("completion_tokens_details") or {})
+    completion = int(usage.get("completion_tokens") or 0)
+    details["reasoning_tokens"] = reasoning_tokens(completion, thinking_chars, answer_chars)
+    return {**usage, "completion_tokens_details": details}
 
 
 def mistral_content(thinking: str | None, answer: str) -> str | list[dict[str, object]]:
@@ -175,7 +185,7 @@ def with_system_prompt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def rewrite_answer(raw: bytes, shape: str) -> bytes:
     """A whole chat completion with each choice's thinking taken out of its content."""
     answer = json.loads(raw)
-    thought = 0
+    thought = said = 0
     for choice in answer.get("choices") or []:
         message = choice.get("message") or {}
         content = message.get("content")
@@ -187,21 +197,9 @@ def rewrite_answer(raw: bytes, shape: str) -> bytes:
         else:
             message["content"] = text
             message["reasoning_content"] = thinking
-        thought += len(thinking or "")
-        choice["_answer_chars"] = len(text)
-    usage = answer.get("usage")
-    if isinstance(usage, dict):
-        answer_chars = sum(c.pop("_answer_chars", 0) for c in answer.get("choices") or [])
-        details = dict(usage.get("completion_tokens_details") or {})
-        details["reasoning_tokens"] = reasoning_tokens(
-            int(usage.get("completion_tokens") or 0),
-            "x" * thought if thought else None,
-            "x" * answer_chars,
-        )
-        usage["completion_tokens_details"] = details
-    else:
-        for choice in answer.get("choices") or []:
-            choice.pop("_answer_chars", None)
+        thought, said = thought + len(thinking or ""), said + len(text)
+    if isinstance(answer.get("usage"), dict):
+        answer["usage"] = with_reasoning_tokens(answer["usage"], thought, said)
     return json.dumps(answer).encode()
 
 
@@ -263,10 +261,4 @@ class StreamRewriter:
         return out
 
     def usage(self, usage: dict[str, Any]) -> dict[str, Any]:
-        details = dict(usage.get("completion_tokens_details") or {})
-        details["reasoning_tokens"] = reasoning_tokens(
-            int(usage.get("completion_tokens") or 0),
-            "x" * self.thinking_chars if self.thinking_chars else None,
-            "x" * self.answer_chars,
-        )
-        return {**usage, "completion_tokens_details": details}
+        return with_reasoning_tokens(usage, self.thinking_chars, self.answer_chars)

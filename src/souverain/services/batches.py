@@ -28,7 +28,8 @@ from souverain.core.errors import ConflictError, InvalidRequestError, NotFoundEr
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.db.tables import BatchItemRow, BatchRow, utcnow
+from souverain.db.jobs import BatchItemRow, BatchRow
+from souverain.db.tables import utcnow
 from souverain.services import audit, files
 from souverain.services.access import check_scope
 from souverain.storage.crypto import unwrap

@@ -6,6 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import ConflictError, InvalidRequestError, NotFoundError
+from souverain.core.policy import Policy, Site, exclusion
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.schemas.fleet import DatacenterCreateRequest, DatacenterUpdateRequest
@@ -95,3 +96,14 @@ async def update_datacenter(
         details=request.model_dump(mode="json", exclude_unset=True),
     )
     return row
+
+
+def site_of(row: DatacenterRow) -> Site:
+    """The facts sovereignty is decided on, from a datacenter's row."""
+    return Site(row.id, row.country, row.operator_country, frozenset(row.certifications))
+
+
+async def exclusion_at(session: AsyncSession, *, policy: Policy, datacenter_id: str) -> str | None:
+    """Why `policy` does not allow the datacenter (None when it does, or a removed one's reason)."""
+    row = await session.get(DatacenterRow, datacenter_id)
+    return "the datacenter was removed" if row is None else exclusion(policy, site_of(row))

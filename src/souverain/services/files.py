@@ -26,12 +26,14 @@ from souverain.core.errors import (
     StorageQuotaError,
 )
 from souverain.core.ids import new_id
-from souverain.core.policy import Policy, Site, exclusion
+from souverain.core.policy import Policy, exclusion
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.db.tables import DatacenterRow, FileRow, OrgKeyRow, OrgStorageRow, utcnow
+from souverain.db.jobs import FileRow, OrgKeyRow, OrgStorageRow
+from souverain.db.tables import DatacenterRow, utcnow
 from souverain.services import audit
 from souverain.services.access import check_org, check_scope
+from souverain.services.datacenters import site_of
 from souverain.storage.crypto import (
     DecryptionError,
     new_salt,
@@ -60,7 +62,7 @@ async def place_file(
     for dc in (await session.execute(select(DatacenterRow))).scalars():
         if dc.id not in stores:
             continue
-        site = Site(dc.id, dc.country, dc.operator_country, frozenset(dc.certifications))
+        site = site_of(dc)
         reason = exclusion(policy, site)
         if reason is None:
             candidates.append((dc.carbon_intensity, dc.id))

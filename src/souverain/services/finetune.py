@@ -32,22 +32,14 @@ from souverain.core.errors import (
     UnprocessableError,
 )
 from souverain.core.ids import new_id
-from souverain.core.policy import UNRESTRICTED, Policy, Site, exclusion, intersect
+from souverain.core.policy import UNRESTRICTED, Policy, intersect
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.db.tables import (
-    DatacenterRow,
-    FileRow,
-    FineTuningCheckpointRow,
-    FineTuningEventRow,
-    FineTuningJobRow,
-    ModelArtifactRow,
-    ModelRow,
-    utcnow,
-)
-from souverain.services import audit, files, models, policies
+from souverain.db.jobs import FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
+from souverain.db.tables import ModelArtifactRow, ModelRow, utcnow
+from souverain.services import audit, datacenters, files, models, policies
 from souverain.services.access import check_scope
-from souverain.storage.crypto import wrap
+from souverain.storage.crypto import unwrap, wrap
 
 ACTIVE = ("validating_files", "validated", "queued", "running", "paused")
 ENDED = ("succeeded", "failed", "cancelled")
@@ -297,8 +289,6 @@ async def create_job(
 
 
 def job_data_key(job: FineTuningJobRow, kek: bytes) -> bytes:
-    from souverain.storage.crypto import unwrap
-
     return unwrap(kek, bytes.fromhex(job.wrapped_key), job.id)
 
 
@@ -328,14 +318,7 @@ async def _fine_tune_file(
 
 
 async def _check_residency(session: AsyncSession, row: FileRow, policy: Policy) -> None:
-    dc = await session.get(DatacenterRow, row.datacenter_id)
-    reason = (
-        "its datacenter no longer exists"
-        if dc is None
-        else exclusion(
-            policy, Site(dc.id, dc.country, dc.operator_country, frozenset(dc.certifications))
-        )
-    )
+    reason = await datacenters.exclusion_at(session, policy=policy, datacenter_id=row.datacenter_id)
     if reason is not None:
         raise PolicyRefusedError(
             f"File {row.id} is stored in {row.datacenter_id}, which the policy in force for "

@@ -45,10 +45,7 @@ async def card(session: AsyncSession, *, principal: Principal, ref: str) -> dict
             "design": {
                 "method": lineage.get("method"),
                 "adapter": lineage.get("adapter"),
-                "hyperparameters": {
-                    k: v for k, v in (lineage.get("hyperparameters") or {}).items()
-                    if not k.startswith("_")
-                },
+                "hyperparameters": lineage.get("hyperparameters"),
                 "steps": lineage.get("steps"),
                 "tokens_seen": lineage.get("tokens_seen"),
                 "final_train_loss": lineage.get("train_loss"),

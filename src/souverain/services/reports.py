@@ -22,9 +22,11 @@ from souverain.core.policy import Site, describe, exclusion
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.signing import sign
-from souverain.db.tables import DatacenterRow, FileRow, UsageRecordRow, utcnow
+from souverain.db.jobs import FileRow
+from souverain.db.tables import DatacenterRow, UsageRecordRow, utcnow
 from souverain.services import audit, orgs, policies
 from souverain.services.access import check_org
+from souverain.services.datacenters import site_of
 from souverain.services.usage import as_utc
 
 
@@ -98,7 +100,7 @@ async def _files(
         totals = per_site[(dc.id, dc.country)]
         totals[0] += 1
         totals[1] += row.bytes
-        site = Site(dc.id, dc.country, dc.operator_country, frozenset(dc.certifications))
+        site = site_of(dc)
         policy = policies.in_force(history, project_id=row.project_id, at=row.created_at)
         reason = exclusion(policy, site)
         if reason is not None:

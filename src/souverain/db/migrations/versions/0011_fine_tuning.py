@@ -66,6 +66,7 @@ def upgrade() -> None:
         sa.Column("energy_source", sa.String(length=16), nullable=True),
         sa.Column("wall_s", sa.Float(), nullable=False),
         sa.Column("reserved_cpu_hours", sa.Float(), nullable=False),
+        sa.Column("charged_energy_j", sa.Float(), nullable=False),
         sa.Column("created_at", TIME, nullable=False),
         sa.Column("started_at", TIME, nullable=True),
         sa.Column("finished_at", TIME, nullable=True),
