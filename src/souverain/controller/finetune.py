@@ -223,8 +223,8 @@ class FineTuneReconciler:
             .first()
         )
         resume = None
-        if last is not None and job.store_uri:
-            resume = ObjectGrant(job.store_uri, last.object_key, last.object_id, output_key,
+        if last is not None:  # read from where it was sealed, maybe another datacenter's store
+            resume = ObjectGrant(last.store_uri, last.object_key, last.object_id, output_key,
                                  last.sha256)  # fmt: skip
         artifact = (
             (
@@ -244,7 +244,7 @@ class FineTuneReconciler:
             training=tuple(training),
             validation=validation,
             hyperparameters={k: v for k, v in job.resolved.items() if k != "n_epochs"},
-            output_store_uri=store_uri if resume is None else (job.store_uri or store_uri),
+            output_store_uri=store_uri,  # new checkpoints stay in the datacenter that runs it
             output_key=output_key,
             cpus=job.cpus,
             gpus=job.gpus,
@@ -532,7 +532,7 @@ def _file_grant(row: FileRow, kek: bytes) -> ObjectGrant:
 
 def _checkpoint_row(job: FineTuningJobRow, sealed: SealedObject) -> FineTuningCheckpointRow:
     return FineTuningCheckpointRow(
-        id=f"ftckpt-{new_id('c')[-16:]}", job_id=job.id, step=sealed.step, metrics=dict(sealed.metrics),
+        id=f"ftckpt-{new_id('c')[-16:]}", job_id=job.id, store_uri=job.store_uri or "", step=sealed.step, metrics=dict(sealed.metrics),
         object_key=sealed.object_key, object_id=sealed.object_id, sha256=sealed.sha256,
         size_bytes=sealed.size, created_at=utcnow(),
     )  # fmt: skip

@@ -213,6 +213,7 @@ class FineTuningCheckpointRow(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    store_uri: Mapped[str] = mapped_column(Text)  # the store of the datacenter that sealed it
     object_key: Mapped[str] = mapped_column(String(128))
     object_id: Mapped[str] = mapped_column(String(128))
     sha256: Mapped[str] = mapped_column(String(64))

@@ -91,6 +91,7 @@ def upgrade() -> None:
         sa.Column("job_id", sa.String(length=40), nullable=False),
         sa.Column("step", sa.Integer(), nullable=False),
         sa.Column("metrics", sa.JSON(), nullable=False),
+        sa.Column("store_uri", sa.Text(), nullable=False),
         sa.Column("object_key", sa.String(length=128), nullable=False),
         sa.Column("object_id", sa.String(length=128), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
