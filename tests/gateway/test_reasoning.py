@@ -6,6 +6,7 @@ model to reason is a clear 400."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import openai
 import pytest
@@ -13,7 +14,7 @@ from mistralai.client import Mistral
 
 from souverain.core.roles import Role
 from souverain.gateway.reasoning import SYSTEM_PROMPT
-from tests.conftest import Platform
+from tests.conftest import Platform, wait_until
 
 
 async def setup(platform: Platform) -> tuple[str, str]:
@@ -134,3 +135,56 @@ async def test_effort_none_is_an_ordinary_request(platform: Platform, effort: st
     assert answer.status_code == 200
     assert platform.stand_in.requests[-1]["messages"][0]["role"] == "user"  # no system prompt
     assert answer.json()["choices"][0]["message"]["reasoning_content"] == "the tenant asks"
+
+
+FRENCH_TASK = "Combien font deux plus deux ? Expliquez votre raisonnement, s'il vous plaît."
+FRENCH_THOUGHT = "Je dois additionner deux et deux, ce qui donne quatre sans aucun doute"
+FRENCH_ANSWER = "La réponse est quatre, car deux plus deux font quatre."
+GERMAN_ANSWER = "Die Antwort ist vier, weil zwei und zwei zusammen vier ergeben."
+
+
+class TestLanguages:
+    """Each reasoning request's usage record says the languages of its prompt, thinking
+    and answer; /api/usage reports consistency per model and prompt language."""
+
+    async def test_languages_reach_the_record_and_the_report(self, platform: Platform) -> None:
+        model, key = await setup(platform)
+        plain = await platform.served_model()
+        sdk = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+        await sdk.chat.completions.create(  # not a reasoning request: never tagged
+            model=plain, messages=[{"role": "user", "content": FRENCH_TASK}]
+        )
+        consistent = f"{FRENCH_TASK} #think-as: {FRENCH_THOUGHT} || {FRENCH_ANSWER}"
+        mixed = f"{FRENCH_TASK} #think-as: {FRENCH_THOUGHT} || {GERMAN_ANSWER}"
+        await sdk.chat.completions.create(
+            model=model, reasoning_effort="low", messages=[{"role": "user", "content": consistent}]
+        )
+        stream = await sdk.chat.completions.create(
+            model=model, reasoning_effort="low", stream=True,
+            messages=[{"role": "user", "content": mixed}],
+        )  # fmt: skip
+        async for _ in stream:
+            pass
+        records: list[dict[str, Any]] = []
+        async with platform.client(key) as client:
+
+            async def tagged() -> bool:
+                report = (await client.get("/api/usage", params={"model": model})).json()
+                records[:] = [r for r in report["records"] if r["languages_agree"] is not None]
+                return len(records) == 2
+
+            await wait_until(tagged)  # the plain request went first through the same queue
+            report = (await client.get("/api/usage", params={"group_by": "language"})).json()
+            [untagged] = (await client.get("/api/usage", params={"model": plain})).json()["records"]
+        assert untagged["prompt_language"] is None and untagged["languages_agree"] is None
+        by_stream = {r["stream"]: r for r in records}
+        assert by_stream[False]["prompt_language"] == "fr"
+        assert by_stream[False]["reasoning_language"] == "fr"
+        assert by_stream[False]["answer_language"] == "fr"
+        assert by_stream[False]["languages_agree"] is True
+        assert by_stream[True]["answer_language"] == "de"
+        assert by_stream[True]["languages_agree"] is False
+        [group] = [g for g in report["groups"] if g["key"].startswith(model)]
+        assert group["key"] == f"{model} · fr"
+        assert (group["requests"], group["language_consistent"]) == (2, 1)
+        assert group["language_consistency"] == 0.5

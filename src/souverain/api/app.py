@@ -46,6 +46,7 @@ from souverain.gateway import routes as gateway_routes
 from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.batches import BatchRunner
 from souverain.gateway.journal import UsageJournal
+from souverain.gateway.languages import LanguageTagger
 from souverain.gateway.meter import Meter
 from souverain.gateway.metrics import Metrics
 from souverain.gateway.queueing import FairQueue
@@ -83,6 +84,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await _start(settings, on_first_key)
         app.state.souverain = state
+        state.languages.start()
         refresher = asyncio.create_task(
             state.routes.refresh_forever(state.sessions, settings.replica_refresh_s)
         )
@@ -110,6 +112,7 @@ def create_app(
                 await runner
             if state.pending_settlements:  # usage records of answers already sent
                 await asyncio.wait(state.pending_settlements, timeout=30)
+            await state.languages.stop()
             await state.journal.stop()
             stop_trail.set()
             await trail  # writes what the last window counted
@@ -202,6 +205,7 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         metrics=Metrics(routes),
         audit_trail=AuditTrail(sessions, window_s=settings.audit_window_s),
         journal=journal,
+        languages=LanguageTagger(journal, sessions),
         meter=Meter.from_settings(settings),
         file_stores=settings.file_stores_or_default,
         queue=FairQueue(

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from souverain.cli.context import client, console
+from souverain.core.schemas.usage import UsageReport
 
 
 def usage(
@@ -15,7 +16,10 @@ def usage(
     since: datetime = typer.Option(None, "--from", help="ISO date or time (UTC)."),
     until: datetime = typer.Option(None, "--to"),
     group_by: str = typer.Option(
-        "model", "--by", help="day, model, project, key, datacenter or status"
+        "model",
+        "--by",
+        help="day, model, project, key, datacenter, status or language (reasoning requests "
+        "per model and prompt language, with their language consistency)",
     ),
     model: str = typer.Option(None, "--model"),
     project: str = typer.Option(None, "--project", help="Project id."),
@@ -36,6 +40,9 @@ def usage(
             )
             return
         report = c.usage(since=since, until=until, group_by=group_by, limit=0, **filters)
+    if group_by == "language":
+        _languages(report)
+        return
     table = Table(
         group_by, "requests", "prompt tok", "completion tok", "cost", "energy Wh", "CO2e g", ""
     )
@@ -52,5 +59,20 @@ def usage(
             f"{group.energy_j / 3600:.3f}",
             f"{group.co2e_g:.4f}",
             f"[cyan]{bar}[/cyan]",
+        )
+    console.print(table)
+
+
+def _languages(report: UsageReport) -> None:
+    table = Table("model · prompt language", "requests", "consistent", "consistency", "")
+    for group in report.groups:
+        share = group.language_consistency
+        bar = "█" * round(24 * share) if share is not None else ""
+        table.add_row(
+            group.key,
+            str(group.requests),
+            str(group.language_consistent),
+            f"{share:.0%}" if share is not None else "-",
+            f"[green]{bar}[/green]",
         )
     console.print(table)

@@ -303,6 +303,11 @@ class UsageRecordRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # a batch's line
+    # Reasoning requests only, written after the request by the language tagger.
+    prompt_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    reasoning_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    answer_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    languages_agree: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class SovereigntyPolicyRow(Base):

@@ -35,6 +35,7 @@ from souverain.core.jurisdictions import jurisdictions_of
 from souverain.core.principal import Principal
 from souverain.energy.attribution import co2e_grams
 from souverain.gateway.admission import Admitted
+from souverain.gateway.languages import Texts, prompt_text
 from souverain.gateway.state import AppState
 from souverain.services import usage
 from souverain.services.routes import ModelInfo, ReplicaRoute
@@ -68,6 +69,7 @@ class Exchange:
         self._tracking: contextlib.AbstractContextManager[None] | None = None
         self._handed_over = False
         self._settled = False
+        self._said: tuple[str | None, str] | None = None  # a reasoning answer's two parts
 
     @property
     def record_id(self) -> str:
@@ -91,6 +93,11 @@ class Exchange:
             self._tracking = None
 
     # the outcome
+
+    def said(self, thinking: str | None, answer: str) -> None:
+        """A reasoning answer's thinking and answer: their languages go on the usage
+        record after it settles (gateway/languages)."""
+        self._said = (thinking, answer)
 
     def conclude(self, settlement: Settlement) -> None:
         """What happened, as the pipeline knows it; the settlement will say this."""
@@ -192,18 +199,34 @@ class Exchange:
         )
         return outcome
 
+    def _tag_languages(self) -> None:
+        if self._said is None or self.call.reasoning is None:
+            return
+        thinking, answer = self._said
+        self.state.languages.submit(
+            Texts(
+                record_id=self.record_id,
+                journaled=self.admitted.journaled,
+                prompt=prompt_text(self.call.body.get("messages") or []),
+                reasoning=thinking,
+                answer=answer,
+            )
+        )
+
     async def settle_in(self, session: AsyncSession, error: BaseException | None = None) -> bool:
         """Settle inside the caller's transaction (a batch line keeps its result in the
         same one). False when the record was already settled."""
         if self._settled:
             return False
         admitted = self.admitted
-        return await usage.settle_record(
+        settled = await usage.settle_record(
             session,
             record_id=self.record_id,
             settlement=self._final(error),
             reservation=(admitted.ledger_ids, admitted.reserved),
         )
+        self._tag_languages()
+        return settled
 
     def settle(self, error: BaseException | None = None) -> None:
         """Settle once; later calls do nothing. Never makes the client wait for the write."""
@@ -212,6 +235,7 @@ class Exchange:
         outcome = self._final(error)
         if self.admitted.journaled:
             self.state.journal.settle(self.record_id, outcome)
+            self._tag_languages()
             return
         task = asyncio.get_running_loop().create_task(self._write(outcome))
         pending = self.state.pending_settlements
@@ -229,6 +253,7 @@ class Exchange:
                         settlement=outcome,
                         reservation=(admitted.ledger_ids, admitted.reserved),
                     )
+            self._tag_languages()  # after the row it updates is written
         except Exception:
             log.exception(
                 "settling usage record %s failed; it will be settled as interrupted",

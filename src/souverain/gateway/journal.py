@@ -109,6 +109,15 @@ class UsageJournal:
             )
         self._enqueue(entry)
 
+    def tag_languages(self, tags: list[Entry]) -> None:
+        """Languages of settled reasoning requests (best effort: a tag that cannot be
+        journaled still goes through the queue)."""
+        for tag in tags:
+            entry = {"op": "languages", **tag}
+            with contextlib.suppress(OSError):
+                self._write(entry)
+            self._enqueue(entry)
+
     def _write(self, entry: Entry) -> None:
         line = json.dumps({k: _encode(v) for k, v in entry.items()}, separators=(",", ":")) + "\n"
         os.write(self._current_fd(), line.encode())
@@ -208,10 +217,16 @@ async def apply(session: AsyncSession, entries: list[Entry], *, replaying: bool 
     settlements are guarded UPDATEs, so nothing is counted twice, also when replaying."""
     opens: dict[str, Entry] = {}
     settles: list[Entry] = []
+    tags: list[Entry] = []
     for entry in entries:
         fields = {k: v for k, v in entry.items() if k != "op"}
         if entry["op"] == "open":
             opens[fields["id"]] = fields
+        elif entry["op"] == "languages":
+            if fields["id"] in opens and not replaying:
+                opens[fields["id"]] |= fields
+            else:
+                tags.append(fields)
         elif fields["id"] in opens and not replaying:
             opens[fields["id"]] |= fields | {"status": fields["status"]}
         else:
@@ -225,3 +240,4 @@ async def apply(session: AsyncSession, entries: list[Entry], *, replaying: bool 
             settlement=usage.settlement_from(fields),
             settled_at=fields["settled_at"],
         )
+    await usage.tag_languages(session, tags=tags)

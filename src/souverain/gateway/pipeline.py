@@ -304,7 +304,8 @@ async def _complete(exchange: Exchange, response: upstream.Response, request: Re
         raise UpstreamError("The model engine sent an answer that is not JSON.") from None
     exchange.conclude(settlement)
     if exchange.call.reasoning is not None:
-        raw = reasoning.rewrite_answer(raw, exchange.call.reasoning)
+        raw, (thinking, text) = reasoning.rewrite_answer(raw, exchange.call.reasoning)
+        exchange.said(thinking, text)
     headers = exchange.headers() | {
         "x-souverain-energy-joules": f"{settlement.energy_estimate_j or 0.0:.6g}",
         "x-souverain-co2e-grams": f"{exchange.co2e_grams(settlement):.6g}",

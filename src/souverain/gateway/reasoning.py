@@ -25,6 +25,7 @@ from souverain.core.errors import InvalidRequestError
 
 TAGS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
 REASONING, CONTENT = "reasoning", "content"
+KEPT_CHARS = 2000  # of a stream's thinking and answer, for their languages
 
 # After the system prompt of Magistral (Mistral AI, "Magistral", 2025), in our words: draft
 # the thinking inside <think>, then a concise, self-contained answer, both in the language
@@ -182,16 +183,19 @@ def with_system_prompt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
 
 
-def rewrite_answer(raw: bytes, shape: str) -> bytes:
-    """A whole chat completion with each choice's thinking taken out of its content."""
+def rewrite_answer(raw: bytes, shape: str) -> tuple[bytes, tuple[str | None, str]]:
+    """A whole chat completion with each choice's thinking taken out of its content; and
+    the first choice's (thinking, answer)."""
     answer = json.loads(raw)
     thought = said = 0
+    first: tuple[str | None, str] | None = None
     for choice in answer.get("choices") or []:
         message = choice.get("message") or {}
         content = message.get("content")
         if not isinstance(content, str):
             continue
         thinking, text = split(content)
+        first = first or (thinking, text)
         if shape == "mistral":
             message["content"] = mistral_content(thinking, text)
         else:
@@ -200,7 +204,7 @@ def rewrite_answer(raw: bytes, shape: str) -> bytes:
         thought, said = thought + len(thinking or ""), said + len(text)
     if isinstance(answer.get("usage"), dict):
         answer["usage"] = with_reasoning_tokens(answer["usage"], thought, said)
-    return json.dumps(answer).encode()
+    return json.dumps(answer).encode(), first or (None, "")
 
 
 class StreamRewriter:
@@ -211,6 +215,25 @@ class StreamRewriter:
         self._splitters: dict[int, Splitter] = {}
         self.thinking_chars = 0
         self.answer_chars = 0
+        self._kept: dict[str, list[str]] = {REASONING: [], CONTENT: []}  # choice 0, bounded
+        self._kept_chars = {REASONING: 0, CONTENT: 0}
+
+    def said(self) -> tuple[str | None, str]:
+        """The beginning of the first choice's thinking (None if it had none) and answer."""
+        saw = self._splitters.get(0)
+        thinking = "".join(self._kept[REASONING])
+        return (thinking if saw is not None and saw.saw_thinking else None), "".join(
+            self._kept[CONTENT]
+        )
+
+    def _keep(self, index: int, parts: list[tuple[str, str]]) -> None:
+        if index != 0:
+            return
+        for kind, text in parts:
+            room = KEPT_CHARS - self._kept_chars[kind]
+            if room > 0:
+                self._kept[kind].append(text[:room])
+                self._kept_chars[kind] += min(room, len(text))
 
     def chunk(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
         """The chunk as the client sees it, or None when nothing is left to send yet."""
@@ -224,6 +247,7 @@ class StreamRewriter:
             finishing = choice.get("finish_reason") is not None
             if finishing:
                 parts += splitter.finish()
+            self._keep(int(choice.get("index", 0)), parts)
             if isinstance(content, str) or parts:
                 rewritten = self._delta(delta, parts)
                 if rewritten is None and not finishing:

@@ -79,6 +79,8 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
         yield stream_error("The model engine sent a malformed event.")
     finally:
         response.close()
+        if thinking is not None:
+            exchange.said(*thinking.said())
         exchange.conclude(_settlement(exchange, progress))
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
+from souverain.gateway.languages import LanguageTagger
 from souverain.gateway.meter import Meter
 from souverain.gateway.metrics import Metrics
 from souverain.gateway.queueing import FairQueue
@@ -35,6 +36,7 @@ class AppState:
     metrics: Metrics
     audit_trail: AuditTrail
     journal: UsageJournal
+    languages: LanguageTagger
     meter: Meter
     queue: FairQueue
     file_stores: dict[str, str]  # datacenter -> store URI

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, bindparam, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,7 +24,7 @@ from souverain.services import budgets, orgs
 from souverain.services.access import check_scope
 
 OPEN = "open"
-GROUPS = {"day", "model", "project", "key", "datacenter", "status"}
+GROUPS = {"day", "model", "project", "key", "datacenter", "status", "language"}
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,9 @@ class OpenRecord:
 
 _OPEN_FIELDS = tuple(f.name for f in fields(OpenRecord))
 SETTLEMENT_FIELDS = tuple(f.name for f in fields(Settlement))
-_ATTRIBUTED_LATER = {"energy_j": None, "co2e_g": None}  # written by the energy accountant
+LANGUAGE_FIELDS = ("prompt_language", "reasoning_language", "answer_language", "languages_agree")
+# Written after settlement: energy by the energy accountant, languages by the language tagger.
+_ATTRIBUTED_LATER = {"energy_j": None, "co2e_g": None} | dict.fromkeys(LANGUAGE_FIELDS)
 
 
 def open_values(record: OpenRecord) -> dict[str, Any]:
@@ -108,6 +110,25 @@ _SETTLE_STATEMENT = (
     .where(_RECORDS.c.id == bindparam("record_id"), _RECORDS.c.status == OPEN)
     .values({column: bindparam(f"new_{column}") for column in _SETTLED_COLUMNS})
 )
+
+
+_LANGUAGES_STATEMENT = (
+    update(_RECORDS)
+    .where(_RECORDS.c.id == bindparam("record_id"))
+    .values({column: bindparam(f"new_{column}") for column in LANGUAGE_FIELDS})
+)
+
+
+async def tag_languages(session: AsyncSession, *, tags: list[dict[str, Any]]) -> None:
+    """Write the languages of reasoning requests (each dict: id and LANGUAGE_FIELDS)."""
+    if tags:
+        await session.execute(
+            _LANGUAGES_STATEMENT,
+            [
+                {"record_id": tag["id"]} | {f"new_{c}": tag.get(c) for c in LANGUAGE_FIELDS}
+                for tag in tags
+            ],
+        )
 
 
 async def open_record(session: AsyncSession, *, record: OpenRecord) -> None:
@@ -241,6 +262,12 @@ class Group:
     cost: float
     energy_j: float
     co2e_g: float
+    language_tagged: int = 0  # reasoning requests whose languages could be compared
+    language_consistent: int = 0  # of those, prompt, thinking and answer in one language
+
+    @property
+    def language_consistency(self) -> float | None:
+        return self.language_consistent / self.language_tagged if self.language_tagged else None
 
 
 async def aggregate(
@@ -255,6 +282,10 @@ async def aggregate(
         "key": UsageRecordRow.key_id,
         "datacenter": UsageRecordRow.datacenter_id,
         "status": UsageRecordRow.status,
+        # per model and prompt language: "model · fr"
+        "language": UsageRecordRow.model
+        + " · "
+        + func.coalesce(UsageRecordRow.prompt_language, "?"),
     }[group_by]
     scoped = (await _scoped(session, principal=principal, where=where)).subquery()
     grouped: Any = column.label("grouped")
@@ -270,11 +301,17 @@ async def aggregate(
                 0.0,
             ),
             func.coalesce(func.sum(UsageRecordRow.co2e_g), 0.0),
+            func.count(UsageRecordRow.languages_agree),
+            func.coalesce(
+                func.sum(case((UsageRecordRow.languages_agree.is_(True), 1), else_=0)), 0
+            ),
         )
         .where(UsageRecordRow.id.in_(select(scoped.c.id)))
         .group_by(grouped)
         .order_by(grouped)
     )
+    if group_by == "language":
+        query = query.where(UsageRecordRow.languages_agree.is_not(None))
     return [
         Group(
             str(key) if key is not None else "-",
@@ -284,8 +321,12 @@ async def aggregate(
             float(cost),
             float(joules),
             float(grams),
+            int(tagged),
+            int(consistent),
         )
-        for key, n, p, c, cost, joules, grams in (await session.execute(query)).all()
+        for key, n, p, c, cost, joules, grams, tagged, consistent in (
+            await session.execute(query)
+        ).all()
     ]
 
 

@@ -12,6 +12,7 @@ reports exact usage. Faults can be injected per request through the prompt text:
     "#stall-stream"    stream two tokens, then say nothing for an hour
     "#think"           answer like a reasoning model: `<think>…</think>` then the answer,
                        with both tags cut across two tokens
+    "#think-as: T || A"  the same, thinking T and answering A (one word a token)
 
 and, only when it runs as a process of its own (`main`), by killing itself:
 
@@ -152,7 +153,7 @@ class StandInEngine:
             await asyncio.sleep(3600)
         if "#die-mid-json" in prompt and self.own_process:
             return StreamingResponse(_half_then_die(), media_type="application/json")
-        pieces = THINKING if "#think" in prompt else None
+        pieces = _thinking_pieces(prompt)
         count = min(int(body.get("max_tokens") or self.tokens), self.tokens)
         if pieces is not None:
             count = min(int(body.get("max_tokens") or len(pieces)), len(pieces))
@@ -220,8 +221,8 @@ class StandInEngine:
                 if "#die-mid-stream" in prompt and i == 2 and self.own_process:
                     await asyncio.sleep(0.05)  # the two tokens reach the gateway first
                     _die()
-                thinking = "#think" in prompt
-                piece = THINKING[i] if thinking else WORDS[i % len(WORDS)] + " "
+                thinking = _thinking_pieces(prompt)
+                piece = thinking[i] if thinking else WORDS[i % len(WORDS)] + " "
                 choice: dict[str, Any] = {"index": 0, "finish_reason": None}
                 if kind == "chat":
                     choice["delta"] = (
@@ -255,6 +256,19 @@ async def _half_then_die() -> AsyncIterator[bytes]:
     yield b'{"id": "cmpl-stand-in", "object": "chat.completion", "choices": [{"ind'
     await asyncio.sleep(0.05)  # the half reaches the client before the process dies
     _die()
+
+
+def _thinking_pieces(prompt: str) -> list[str] | None:
+    if "#think-as:" in prompt:
+        thought, _, said = prompt.split("#think-as:", 1)[1].partition("||")
+        return [
+            "<think>",
+            *(w + " " for w in thought.split()),
+            "</think>",
+            "\n\n",
+            *(w + " " for w in said.split()),
+        ]
+    return THINKING if "#think" in prompt else None
 
 
 def _prompt_text(body: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ CSV_COLUMNS = [
     "id", "created_at", "org_id", "project_id", "key_id", "endpoint", "model", "stream", "status",
     "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "datacenter_id", "country",
     "cost", "currency", "energy_j", "energy_estimate_j", "co2e_g", "energy_source",
+    "prompt_language", "reasoning_language", "answer_language", "languages_agree",
 ]  # fmt: skip
 
 
@@ -31,12 +32,15 @@ async def get_usage(
     model: str | None = Query(default=None, max_length=128),
     project: str | None = Query(default=None, max_length=32, description="Project id."),
     key: str | None = Query(default=None, max_length=16, description="Key id."),
-    group_by: str = Query(default="model", pattern="^(day|model|project|key|datacenter|status)$"),
+    group_by: str = Query(
+        default="model", pattern="^(day|model|project|key|datacenter|status|language)$"
+    ),
     limit: int = Query(default=100, ge=0, le=100_000),
     format: str = Query(default="json", pattern="^(json|csv)$"),
 ) -> UsageReport | Response:
     """Requests, tokens, cost, energy and CO2e grouped by day, model, project, key,
-    datacenter or status, plus the latest records. `format=csv` exports the records.
+    datacenter, status or language (reasoning requests per model and prompt language, with
+    how many had prompt, thinking and answer in one language), plus the latest records. `format=csv` exports the records.
     Members see their own usage; admins and auditors see their whole organisation."""
     where = UsageFilter(
         org_ref=org, since=since, until=until, model=model, project=project, key=key

@@ -26,6 +26,10 @@ class UsageRecord(Out):
     energy_estimate_j: float | None
     co2e_g: float | None
     energy_source: str | None
+    prompt_language: str | None = None
+    reasoning_language: str | None = None
+    answer_language: str | None = None
+    languages_agree: bool | None = None
     created_at: datetime
 
 
@@ -37,6 +41,9 @@ class UsageGroup(Out):
     cost: float
     energy_j: float  # attributed where the interval has closed, else the estimate
     co2e_g: float
+    language_tagged: int = 0  # reasoning requests whose languages could be compared
+    language_consistent: int = 0  # prompt, thinking and answer in one language
+    language_consistency: float | None = None
 
 
 class UsageReport(Out):
