@@ -35,9 +35,16 @@ from souverain.core.fleet import (
     TrainingSpec,
     TrainingStatus,
     training_actor_name,
+    training_object_id,
+    training_object_key,
 )
 from souverain.core.ids import new_id
-from souverain.db.jobs import FileRow, FineTuningCheckpointRow, FineTuningJobRow
+from souverain.db.jobs import (
+    FileRow,
+    FineTuningCheckpointRow,
+    FineTuningEventRow,
+    FineTuningJobRow,
+)
 from souverain.db.tables import (
     DatacenterRow,
     DeploymentRow,
@@ -236,6 +243,17 @@ class FineTuneReconciler:
             .first()
         )
         assert artifact is not None
+        init_adapter = None
+        start = job.resolved.get("start_from")
+        if start:  # a cold-start model's adapter, sealed by the job that trained it
+            parent = await session.get(FineTuningJobRow, start["job_id"])
+            assert parent is not None
+            init_adapter = ObjectGrant(
+                parent.store_uri or "", training_object_key(parent.id, "adapter-peft.tar"),
+                training_object_id(parent.id, "adapter-peft.tar"),
+                finetune.job_data_key(parent, kek),
+                start.get("peft_sha256"),
+            )  # fmt: skip
         return TrainingSpec(
             job_id=job.id,
             datacenter_id=datacenter_id,
@@ -243,7 +261,7 @@ class FineTuneReconciler:
             base_artifact_sha256=artifact.sha256,
             training=tuple(training),
             validation=validation,
-            hyperparameters={k: v for k, v in job.resolved.items() if k != "n_epochs"},
+            hyperparameters={k: v for k, v in job.resolved.items() if k not in NOT_RECIPE},
             output_store_uri=store_uri,  # new checkpoints stay in the datacenter that runs it
             output_key=output_key,
             cpus=job.cpus,
@@ -254,6 +272,9 @@ class FineTuneReconciler:
             watts_per_core=self._defaults.watts_per_core,
             model_roots=self._defaults.model_roots,
             attempt=job.attempt + 1,
+            method=job.method,
+            grader=job.resolved.get("grader"),
+            init_adapter=init_adapter,
         )
 
     # -- running ------------------------------------------------------------------------
@@ -295,6 +316,8 @@ class FineTuneReconciler:
         self, session: AsyncSession, job: FineTuningJobRow, status: TrainingStatus
     ) -> None:
         for event in status.events:
+            if event["type"] == "validated" and "thinking_fraction" in event:
+                job.resolved = {**job.resolved, "thinking_fraction": event["thinking_fraction"]}
             message, kind, data = _event_words(event)
             if message:
                 await finetune.add_event(session, job, message, kind=kind, data=data,
@@ -439,9 +462,10 @@ class FineTuneReconciler:
             name=finetune.fine_tuned_name(job),
             owner_org_id=job.org_id,
             engine=base.engine,
-            capabilities=[c for c in base.capabilities if c != "embeddings"],
+            capabilities=_capabilities(base, job),
             context_length=base.context_length,
-            description=f"{base.name} fine-tuned by {job.id} (LoRA, {job.step} steps)",
+            description=f"{base.name} fine-tuned by {job.id} ({job.method}, LoRA, "
+            f"{job.step} steps)",
             base_model_id=base.id,
             lineage=lineage,
         )
@@ -498,9 +522,29 @@ class FineTuneReconciler:
         dc = await session.get(DatacenterRow, job.datacenter_id) if job.datacenter_id else None
         intensity = dc.carbon_intensity if dc is not None else 0.0
         energy_kwh = job.energy_j / 3.6e6
-        return {
+        evaluations = [
+            e.data["evaluation"]
+            for e in (
+                await session.execute(
+                    select(FineTuningEventRow)
+                    .where(FineTuningEventRow.job_id == job.id)
+                    .order_by(FineTuningEventRow.seq)
+                )
+            ).scalars()
+            if e.data and "evaluation" in e.data
+        ]
+        extra: dict[str, Any] = {}
+        if job.method == "reinforcement":
+            extra = {
+                "grader": job.resolved.get("grader"),
+                "started_from": job.resolved.get("start_from"),
+                "evaluation": {"before": evaluations[0], "after": evaluations[-1]}
+                if len(evaluations) >= 2
+                else None,
+            }
+        return extra | {
             "job_id": job.id,
-            "method": "supervised",
+            "method": job.method,
             "adapter": {"type": "lora", "rank": job.resolved.get("lora_rank"),
                         "alpha": job.resolved.get("lora_alpha"), "peft_sha256": peft.sha256},
             "base_model": {"id": base.id, "name": base.name, "artifact": artifact.uri,
@@ -525,6 +569,22 @@ class FineTuneReconciler:
         }  # fmt: skip
 
 
+NOT_RECIPE = frozenset({"n_epochs", "grader", "start_from", "thinking_fraction"})
+
+
+def _capabilities(base: ModelRow, job: FineTuningJobRow) -> list[str]:
+    """The base model's, and `reasoning` when the job taught it to think first: the
+    magistral grader, or supervised data whose replies are mostly `<think>` first."""
+    capabilities = [c for c in base.capabilities if c != "embeddings"]
+    grader = job.resolved.get("grader") or {}
+    thinks = (
+        grader.get("type") == "magistral" or (job.resolved.get("thinking_fraction") or 0) >= 0.5
+    )
+    if thinks and "reasoning" not in capabilities:
+        capabilities.append("reasoning")
+    return capabilities
+
+
 def _file_grant(row: FileRow, kek: bytes) -> ObjectGrant:
     data_key = unwrap(kek, bytes.fromhex(row.wrapped_key), row.id)
     return ObjectGrant(row.store_uri, row.object_key, row.id, data_key, row.sha256)
@@ -538,9 +598,26 @@ def _checkpoint_row(job: FineTuningJobRow, sealed: SealedObject) -> FineTuningCh
     )  # fmt: skip
 
 
+REINFORCEMENT_METRICS = (
+    "step", "total", "loss", "tokens", "tokens_per_s", "learning_rate", "reward_mean",
+    "format_rate", "correct_rate", "consistency", "zero_advantage_fraction", "step_s",
+    "rollout_s", "train_s", "generated_tokens",
+)  # fmt: skip
+
+
 def _event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
     """A worker's progress line as a job event: words, and numbers (never training text)."""
     kind = event["type"]
+    if kind == "step" and "reward_mean" in event:  # reinforcement
+        data = {k: event.get(k) for k in REINFORCEMENT_METRICS}
+        data["train_loss"] = data.pop("loss")
+        return (
+            f"Step {event['step']}/{event['total']}: mean reward={event['reward_mean']:.3f}, "
+            f"format={event['format_rate']:.0%}, zero-advantage groups="
+            f"{event['zero_advantage_fraction']:.0%}, {event['step_s']:.1f} s",
+            "metrics",
+            data,
+        )
     if kind == "step":
         data = {k: event.get(k) for k in ("step", "total", "loss", "tokens", "tokens_per_s",
                                           "learning_rate", "mean_token_accuracy")}  # fmt: skip
@@ -549,6 +626,15 @@ def _event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None
             f"Step {event['step']}/{event['total']}: training loss={event['loss']:.4f}",
             "metrics",
             data,
+        )
+    if kind == "eval" and "metrics" in event:  # reinforcement: held-out evaluation
+        overall = event["metrics"].get("overall") or {}
+        return (
+            f"Evaluation at step {event['step']}: pass@1={overall.get('pass_at_1')}, "
+            f"format={overall.get('format_rate')}, mean reward={overall.get('mean_reward')}, "
+            f"language consistency={overall.get('language_consistency')}",
+            "metrics",
+            {"step": event["step"], "evaluation": event["metrics"]},
         )
     if kind == "eval":
         return (

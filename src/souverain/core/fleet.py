@@ -107,10 +107,22 @@ class TrainingSpec:
     watts_per_core: float = 10.0
     model_roots: tuple[str, ...] = ()
     attempt: int = 1
+    method: str = "supervised"  # supervised | reinforcement
+    grader: dict[str, Any] | None = None  # reinforcement: a checked grader
+    init_adapter: ObjectGrant | None = None  # a PEFT adapter tar to start from
 
     @property
     def actor_name(self) -> str:
         return training_actor_name(self.job_id)
+
+
+def training_object_id(job_id: str, name: str) -> str:
+    """The id a training job's sealed object is encrypted under (its AAD)."""
+    return f"{job_id}/{name}"
+
+
+def training_object_key(job_id: str, name: str) -> str:
+    return f"ft_{job_id}_{name}"  # stores take plain names
 
 
 def training_actor_name(job_id: str) -> str:

@@ -2,7 +2,8 @@
 
     prepare   decrypt the training and validation files (and the checkpoint to resume
               from) into a private job directory on this node
-    run       `python -m souverain.training.sft SPEC` in its own process group; follow its
+    run       `python -m souverain.training.sft SPEC` (or `.grpo`, for reinforcement) in its
+              own process group; follow its
               progress file; seal every checkpoint (a tar of the trainer's directory) and
               the results into the job's output store as soon as they appear
     restart   a worker that dies (a crash, the OOM killer, a SIGKILL) is started again from
@@ -35,7 +36,17 @@ from typing import Any
 
 import psutil
 
-from souverain.core.fleet import SealedObject, TrainingSpec, TrainingStatus
+from souverain.core.fleet import (
+    SealedObject,
+    TrainingSpec,
+    TrainingStatus,
+)
+from souverain.core.fleet import (
+    training_object_id as object_id,
+)
+from souverain.core.fleet import (
+    training_object_key as object_key,
+)
 from souverain.energy.sources import pick_source, process_cpu_seconds
 from souverain.engines.artifacts import ArtifactError, resolve
 from souverain.engines.exits import describe_exit
@@ -48,16 +59,9 @@ from souverain.training.sft import INVALID_DATA
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+RECIPES = {"supervised": "souverain.training.sft", "reinforcement": "souverain.training.grpo"}
 POLL_S = 0.5
 READ_CHUNK = 1 << 20
-
-
-def object_id(job_id: str, name: str) -> str:
-    return f"{job_id}/{name}"
-
-
-def object_key(job_id: str, name: str) -> str:
-    return f"ft_{job_id}_{name}"  # stores take plain names
 
 
 class TrainingSupervisor:
@@ -162,6 +166,12 @@ class TrainingSupervisor:
         decrypt_to(self._spec.training, data / "train.jsonl", join_lines=True)
         if self._spec.validation is not None:
             decrypt_to((self._spec.validation,), data / "valid.jsonl", join_lines=True)
+        if self._spec.init_adapter is not None:  # the cold start to carry on from
+            archive = self._dir / "init.tar"
+            decrypt_to((self._spec.init_adapter,), archive)
+            with tarfile.open(archive) as tar:
+                tar.extractall(self._dir / "init", filter="data")
+            archive.unlink()
         if self._spec.resume is not None:
             archive = self._dir / "resume.tar"
             decrypt_to((self._spec.resume,), archive)
@@ -189,6 +199,10 @@ class TrainingSupervisor:
                 "resume_from": str(resume) if resume else None,
                 "hyperparameters": spec.hyperparameters,
                 "threads": spec.threads,
+                "grader": spec.grader,
+                "init_adapter": str(self._dir / "init" / "adapter")
+                if spec.init_adapter is not None
+                else None,
             }
             (self._dir / "spec.json").write_text(json.dumps(recipe))
             code = self._run_worker(out)
@@ -220,7 +234,7 @@ class TrainingSupervisor:
         if not self._gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""
         process = subprocess.Popen(
-            [sys.executable, "-m", "souverain.training.sft", str(self._dir / "spec.json")],
+            [sys.executable, "-m", RECIPES[self._spec.method], str(self._dir / "spec.json")],
             stdout=log_fd,
             stderr=log_fd,
             env=env,

@@ -39,9 +39,39 @@ class Supervised(StrictRequest):
     hyperparameters: SupervisedHyperparameters | None = None
 
 
+class ReinforcementHyperparameters(StrictRequest):
+    """OpenAI's reinforcement hyperparameters, and souverain's GRPO ones (training/grpo.py);
+    bounds are checked by the fine-tuning service."""
+
+    n_epochs: int | Auto | None = None
+    batch_size: int | Auto | None = None
+    learning_rate_multiplier: float | Auto | None = None
+    eval_samples: int | Auto | None = None
+    eval_interval: int | Auto | None = None  # accepted; evaluation runs before and after
+    compute_multiplier: float | Auto | None = None  # accepted; no effect
+    reasoning_effort: Literal["default", "low", "medium", "high"] | None = None  # accepted
+    training_steps: int | None = None
+    seq_len: int | None = None
+    group_size: int | None = None
+    max_tokens: int | None = None
+    length_cache: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    epsilon_low: float | None = None
+    epsilon_high: float | None = None
+    beta: float | None = None
+    minibatches: int | None = None
+
+
+class Reinforcement(StrictRequest):
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementHyperparameters | None = None
+
+
 class Method(StrictRequest):
-    type: Literal["supervised"]
+    type: Literal["supervised", "reinforcement"]
     supervised: Supervised | None = None
+    reinforcement: Reinforcement | None = None
 
 
 class OpenAIJobRequest(StrictRequest):
@@ -91,7 +121,34 @@ def _auto(value: Any) -> Any:
     return None if value == "auto" else value
 
 
+def _asked_reinforcement(body: OpenAIJobRequest) -> finetune.Asked:
+    assert body.method is not None
+    if body.method.reinforcement is None:
+        raise InvalidRequestError(
+            "method.reinforcement (with its grader) is needed for a reinforcement job.",
+            param="method.reinforcement",
+        )
+    hp = body.method.reinforcement.hyperparameters or ReinforcementHyperparameters()
+    own = {
+        name: value
+        for name, value in hp.model_dump(exclude_none=True).items()
+        if name in finetune.RL_DEFAULTS and value != "auto"
+    }
+    return finetune.Asked(
+        shape="openai", model=body.model, training_files=[(body.training_file, 1.0)],
+        validation_file=body.validation_file, n_epochs=_auto(hp.n_epochs),
+        batch_size=_auto(hp.batch_size), learning_rate_multiplier=_auto(hp.learning_rate_multiplier),
+        training_steps=hp.training_steps, seq_len=hp.seq_len,
+        suffix=body.suffix, seed=body.seed, metadata=body.metadata,
+        jurisdictions=body.jurisdictions, method="reinforcement",
+        grader=body.method.reinforcement.grader, reinforcement=own,
+        hyperparameters=hp.model_dump(exclude_none=True),
+    )  # fmt: skip
+
+
 def _asked_openai(body: OpenAIJobRequest) -> finetune.Asked:
+    if body.method is not None and body.method.type == "reinforcement":
+        return _asked_reinforcement(body)
     hp = body.hyperparameters
     if body.method is not None and body.method.supervised is not None:
         hp = body.method.supervised.hyperparameters or hp
@@ -136,7 +193,13 @@ def openai_job(job: FineTuningJobRow) -> dict[str, Any]:
         "n_epochs": job.resolved.get("n_epochs"),
         "batch_size": job.resolved.get("batch_size"),
         "learning_rate_multiplier": round(
-            job.resolved.get("learning_rate", 0) / finetune.BASE_LEARNING_RATE, 6
+            job.resolved.get("learning_rate", 0)
+            / (
+                finetune.BASE_RL_LEARNING_RATE
+                if job.method == "reinforcement"
+                else finetune.BASE_LEARNING_RATE
+            ),
+            6,
         ),
     }
     return {
@@ -158,8 +221,22 @@ def openai_job(job: FineTuningJobRow) -> dict[str, Any]:
         "estimated_finish": _estimated_finish(job),
         "integrations": [],
         "metadata": job.metadata_,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "method": _method(job, hp),
         "souverain": _extras(job),
+    }
+
+
+def _method(job: FineTuningJobRow, hp: dict[str, Any]) -> dict[str, Any]:
+    if job.method != "reinforcement":
+        return {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    resolved = job.resolved
+    own = {name: resolved.get(name) for name in finetune.RL_DEFAULTS}
+    return {
+        "type": "reinforcement",
+        "reinforcement": {
+            "grader": resolved.get("grader"),
+            "hyperparameters": hp | own | {"training_steps": resolved.get("max_steps")},
+        },
     }
 
 

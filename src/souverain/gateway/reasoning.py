@@ -22,23 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from souverain.core.errors import InvalidRequestError
+from souverain.core.reasoning import SYSTEM_PROMPT
 
 TAGS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
 REASONING, CONTENT = "reasoning", "content"
 KEPT_CHARS = 2000  # of a stream's thinking and answer, for their languages
-
-# After the system prompt of Magistral (Mistral AI, "Magistral", 2025), in our words: draft
-# the thinking inside <think>, then a concise, self-contained answer, both in the language
-# of the user's task.
-SYSTEM_PROMPT = (
-    "A user will ask you to solve a task. First think it through as an inner monologue, "
-    "like working on scratch paper, for as long as you need to be confident of the answer. "
-    "Then write a concise, self-contained answer that gives the key steps and a clear final "
-    "result, without saying that it is a summary. Write both your thinking and your answer "
-    "in the language of the user's task. Use Markdown.\n\n"
-    "Your thinking must follow this template:\n"
-    "<think>\nYour thoughts and drafts.\n</think>\n\nYour answer."
-)
 
 
 def split(text: str) -> tuple[str | None, str]:

@@ -80,6 +80,25 @@ class Asked:
     auto_start: bool = True
     jurisdictions: Sequence[str] | None = None
     hyperparameters: dict[str, Any] | None = None  # as given, for the job object
+    method: str = "supervised"  # supervised | reinforcement
+    grader: dict[str, Any] | None = None  # reinforcement
+    reinforcement: dict[str, Any] | None = None  # its other hyperparameters, as given
+
+
+# Reinforcement: bounds of each hyperparameter (inclusive), and the defaults (Magistral's
+# where the paper gives them; sized for CPUs otherwise). See training/grpo.py.
+BASE_RL_LEARNING_RATE = 5e-5
+RL_BOUNDS: dict[str, tuple[float, float]] = {
+    "group_size": (2, 32), "max_tokens": (16, 4096), "length_cache": (1, 4096),
+    "temperature": (0.05, 2.0), "top_p": (0.05, 1.0), "epsilon_low": (0.0, 0.9),
+    "epsilon_high": (0.0, 5.0), "beta": (0.0, 1.0), "minibatches": (1, 16),
+    "eval_samples": (1, 1000),
+}  # fmt: skip
+RL_DEFAULTS: dict[str, Any] = {
+    "group_size": 8, "max_tokens": 192, "length_cache": 64, "temperature": 0.8, "top_p": 1.0,
+    "epsilon_low": 0.2, "epsilon_high": 0.28, "beta": 0.0, "minibatches": 2, "eval_samples": 100,
+}  # fmt: skip
+MAX_ROLLOUT_SEQUENCES = 64  # prompts a step × group size (training/rollouts.py)
 
 
 def resolve_hyperparameters(
@@ -146,6 +165,94 @@ def resolve_hyperparameters(
     }
 
 
+def resolve_reinforcement(
+    asked: Asked, *, samples: int, context_length: int, limits: Limits
+) -> dict[str, Any]:
+    """The GRPO recipe's hyperparameters, each bounded; the grader checked (400 if it
+    cannot run here: a Python grader would run the tenant's code)."""
+    from souverain.training import rewards
+
+    if asked.grader is None:
+        raise InvalidRequestError(
+            "A reinforcement job needs a grader (method.reinforcement.grader); "
+            '{"type": "magistral"} is the built-in one for math with reasoning.',
+            param="method.reinforcement.grader",
+        )
+    try:
+        rewards.check_grader(asked.grader)
+    except rewards.GraderError as error:
+        raise InvalidRequestError(str(error), param="method.reinforcement.grader") from None
+    given = dict(asked.reinforcement or {})
+    resolved: dict[str, Any] = {}
+    for name, default in RL_DEFAULTS.items():
+        value = given.get(name, default)
+        low, high = RL_BOUNDS[name]
+        integer = isinstance(default, int)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (integer and not isinstance(value, int))
+            or not low <= value <= high
+        ):
+            kind = "an integer" if integer else "a number"
+            raise UnprocessableError(f"{name} must be {kind} from {low:g} to {high:g}",
+                                     param=name)  # fmt: skip
+        resolved[name] = value
+    batch = asked.batch_size if asked.batch_size is not None else 2
+    if not 1 <= batch * resolved["group_size"] <= MAX_ROLLOUT_SEQUENCES:
+        raise UnprocessableError(
+            f"batch_size × group_size must be at most {MAX_ROLLOUT_SEQUENCES} "
+            "(the completions sampled together each step)",
+            param="batch_size",
+        )
+    if resolved["minibatches"] > batch:
+        raise UnprocessableError("minibatches must be at most batch_size", param="minibatches")
+    if resolved["length_cache"] >= resolved["max_tokens"]:
+        raise UnprocessableError("length_cache must be below max_tokens", param="length_cache")
+    if asked.training_steps is not None:
+        steps = asked.training_steps
+    else:
+        epochs = asked.n_epochs if asked.n_epochs is not None else 1
+        if not 1 <= epochs <= limits.max_epochs:
+            raise UnprocessableError(f"n_epochs must be 1 to {limits.max_epochs}", param="n_epochs")
+        steps = math.ceil(samples / batch) * epochs
+    if not 1 <= steps <= limits.max_steps:
+        raise UnprocessableError(
+            f"this job would take {steps} steps; at most {limits.max_steps} are allowed",
+            param="training_steps" if asked.training_steps is not None else "n_epochs",
+        )
+    multiplier = (
+        asked.learning_rate_multiplier if asked.learning_rate_multiplier is not None else 1.0
+    )
+    if not 0 < multiplier <= 100:
+        raise UnprocessableError(
+            "learning_rate_multiplier must be in (0, 100]", param="learning_rate_multiplier"
+        )
+    seq_len = (
+        asked.seq_len
+        if asked.seq_len is not None
+        else min(context_length, limits.max_seq_len, 1024)
+    )
+    if not resolved["max_tokens"] + 16 <= seq_len <= min(context_length, limits.max_seq_len):
+        raise UnprocessableError(
+            f"seq_len must leave room for max_tokens and be at most "
+            f"{min(context_length, limits.max_seq_len)} for this model",
+            param="seq_len",
+        )
+    return resolved | {
+        "max_steps": steps,
+        "batch_size": batch,
+        "learning_rate": BASE_RL_LEARNING_RATE * multiplier,
+        "seq_len": seq_len,
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "seed": asked.seed or 0,
+        "save_steps": max(1, math.ceil(steps / 4)),
+        "n_epochs": math.ceil(steps * batch / max(samples, 1)),
+        "grader": asked.grader,
+    }
+
+
 async def job_policy(session: AsyncSession, *, job: FineTuningJobRow) -> Policy:
     """Where the job may run and read its data: the policy in force for its owner (project
     policy ∩ organisation ceiling) ∩ the job's own jurisdictions."""
@@ -187,11 +294,19 @@ async def create_job(
     base = await models.find_model(session, principal=principal, ref=asked.model)
     if base is None:
         raise NotFoundError(f"The model '{asked.model}' does not exist", param="model")
+    start_from = None
     if base.base_model_id is not None:
-        raise InvalidRequestError(
-            "Fine-tune the base model: adapters of fine-tuned models cannot be stacked yet.",
-            param="model",
-        )
+        if asked.method != "reinforcement":
+            raise InvalidRequestError(
+                "Fine-tune the base model: adapters of fine-tuned models cannot be stacked "
+                "yet (a reinforcement job can carry on from a fine-tuned model's adapter).",
+                param="model",
+            )
+        if base.owner_org_id != principal.org_id:
+            raise NotFoundError(f"The model '{asked.model}' does not exist", param="model")
+        start_from = await _start_from(session, base)
+        base = await session.get(ModelRow, base.base_model_id)
+        assert base is not None
     artifact = await _artifact(session, base)
     if "chat" not in base.capabilities or artifact is None:
         raise InvalidRequestError(
@@ -228,9 +343,10 @@ async def create_job(
             raise UnprocessableError("file weights must be in (0, 100]", param="training_files")
     if asked.suffix is not None and not _suffix_ok(asked.suffix):
         raise InvalidRequestError("suffix: up to 40 letters, digits, '-' and '_'", param="suffix")
-    resolved = resolve_hyperparameters(
-        asked, samples=samples, context_length=base.context_length, limits=limits
-    )
+    resolve = resolve_reinforcement if asked.method == "reinforcement" else resolve_hyperparameters
+    resolved = resolve(asked, samples=samples, context_length=base.context_length, limits=limits)
+    if start_from is not None:
+        resolved["start_from"] = start_from
     job_id = new_id("ftjob")
     kek = await files.organisation_kek(
         session, master_key=master_key, org_id=principal.org_id, create=True
@@ -241,7 +357,7 @@ async def create_job(
         project_id=project_id,
         key_id=principal.key_id,
         shape=asked.shape,
-        method="supervised",
+        method=asked.method,
         base_model_id=base.id,
         base_model=asked.model,
         training_files=[{"file_id": f, "weight": w} for f, w in asked.training_files],
@@ -269,6 +385,16 @@ async def create_job(
     policy = await job_policy(session, job=job)
     for row in every:
         await _check_residency(session, row, policy)
+    if start_from is not None:
+        reason = await datacenters.exclusion_at(
+            session, policy=policy, datacenter_id=start_from["datacenter"]
+        )
+        if reason is not None:
+            raise PolicyRefusedError(
+                f"The adapter of {start_from['model']} is stored in {start_from['datacenter']}, "
+                f"which the policy in force for this job does not allow ({reason}).",
+                param="model",
+            )
     job.status = "queued" if asked.auto_start else "validated"
     await add_event(
         session,
@@ -286,6 +412,24 @@ async def create_job(
         details={"model": asked.model, "files": [r.id for r in every], **resolved},
     )
     return job
+
+
+async def _start_from(session: AsyncSession, model: ModelRow) -> dict[str, Any]:
+    """Where a fine-tuned model's trainable adapter is: the job that made it."""
+    lineage = model.lineage or {}
+    parent = await session.get(FineTuningJobRow, lineage.get("job_id") or "")
+    if parent is None or parent.org_id != model.owner_org_id or not parent.store_uri:
+        raise InvalidRequestError(
+            f"The model '{model.name}' has no trainable adapter to carry on from.",
+            param="model",
+        )
+    return {
+        "model": model.name,
+        "model_id": model.id,
+        "job_id": parent.id,
+        "peft_sha256": (lineage.get("adapter") or {}).get("peft_sha256"),
+        "datacenter": parent.datacenter_id or "",
+    }
 
 
 def job_data_key(job: FineTuningJobRow, kek: bytes) -> bytes:

@@ -12,7 +12,7 @@ SPEC.json (written by the training actor into the node's private directory):
     threads          CPU threads for PyTorch
 
 Progress goes to OUTPUT_DIR/progress.jsonl, one JSON object a line (never training text):
-    validated {samples, tokens} | invalid {line, message} | loaded {seconds}
+    validated {samples, tokens, thinking_fraction} | invalid {line, message} | loaded {seconds}
     step {step, total, loss, tokens, tokens_per_s, learning_rate}
     checkpoint {step, path, metrics} | paused {step} | done {step, tokens, adapter_dir,
     adapter_gguf, metrics}
@@ -73,6 +73,19 @@ def read_chats(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def thinking_fraction(chats: list[dict[str, Any]]) -> float:
+    """The share of chats whose assistant replies all begin with a thinking block: data
+    that teaches the model to reason first (its model is then marked `reasoning`)."""
+    thinking = 0
+    for chat in chats:
+        replies = [m.get("content") for m in chat["messages"] if m.get("role") == "assistant"]
+        if replies and all(
+            isinstance(r, str) and r.lstrip().startswith("<think>") for r in replies
+        ):
+            thinking += 1
+    return round(thinking / len(chats), 4) if chats else 0.0
+
+
 def token_lengths(tokenizer: Any, chats: list[dict[str, Any]]) -> list[int]:
     lengths = []
     for chat in chats:
@@ -131,7 +144,8 @@ def run(spec: dict[str, Any]) -> int:
                     f"job's seq_len of {hp.seq_len}",
                 )
                 return INVALID_DATA
-    progress.emit("validated", samples=len(train), tokens=sum(token_lengths(tokenizer, train)))
+    progress.emit("validated", samples=len(train), tokens=sum(token_lengths(tokenizer, train)),
+                  thinking_fraction=thinking_fraction(train))  # fmt: skip
 
     started = time.monotonic()
     model = load_model(spec["base"])

@@ -1,0 +1,219 @@
+"""Small math problems with exact answers, in English, French, German, Spanish and Italian:
+data for reinforcement fine-tuning (and its cold start) that a tenant can upload.
+
+    python -m souverain.training.mathgen --split train --count 400 [--worked] [--skip N]
+    souverain datasets math --split heldout --count 100 > heldout.jsonl
+
+Deterministic: the same split, count and seed give the same file. The splits never share a
+problem (each problem is drawn from a generator seeded by split and index, and a problem
+whose text also occurs in the other split is skipped). Each line is a chat with a user
+task and an `answer` field (an integer), plus `language` and `kind`; `--worked` adds the
+assistant's reply: its thinking inside `<think>…</think>`, then the answer with its result
+in `\\boxed{}`, both in the task's language (the cold-start examples of the Magistral
+recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from souverain.core.reasoning import SYSTEM_PROMPT
+
+LANGUAGES = ("en", "fr", "de", "es", "it")
+SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class Problem:
+    language: str
+    kind: str
+    question: str
+    thinking: str
+    answer_text: str
+    answer: int
+
+    def chat(self, *, worked: bool, system: str | None = None) -> dict[str, Any]:
+        messages: list[dict[str, str]] = []
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": self.question})
+        if worked:
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": f"<think>\n{self.thinking}\n</think>\n\n{self.answer_text}",
+                }
+            )
+        return {
+            "messages": messages,
+            "answer": str(self.answer),
+            "language": self.language,
+            "kind": self.kind,
+        }
+
+
+# Per language: (question, thinking, answer) templates. {a} {b} {c} numbers, {r} result.
+_ARITHMETIC = {
+    "en": ("Please work out how much {a} {op} {b} is, and give the result.", "I need to compute {a} {op} {b}. {step} So the result is {r}.",
+           "{a} {op} {b} = {r}, so the answer is $\\boxed{{{r}}}$."),
+    "fr": ("Calculez combien font {a} {op} {b}, et donnez le résultat.", "Je dois calculer {a} {op} {b}. {step} Le résultat est donc {r}.",
+           "{a} {op} {b} = {r}, donc la réponse est $\\boxed{{{r}}}$."),
+    "de": ("Rechne bitte aus, wie viel {a} {op} {b} ist, und nenne das Ergebnis.", "Ich muss {a} {op} {b} berechnen. {step} Das Ergebnis ist also {r}.",
+           "{a} {op} {b} = {r}, also lautet die Antwort $\\boxed{{{r}}}$."),
+    "es": ("Calcula cuánto es {a} {op} {b} y da el resultado, por favor.", "Tengo que calcular {a} {op} {b}. {step} Entonces el resultado es {r}.",
+           "{a} {op} {b} = {r}, así que la respuesta es $\\boxed{{{r}}}$."),
+    "it": ("Calcola quanto fa {a} {op} {b} e scrivi il risultato, per favore.", "Devo calcolare {a} {op} {b}. {step} Quindi il risultato è {r}.",
+           "{a} {op} {b} = {r}, quindi la risposta è $\\boxed{{{r}}}$."),
+}  # fmt: skip
+_STEP = {
+    "+": {"en": "Adding {b} to {a} gives {r}.", "fr": "En ajoutant {b} à {a}, on obtient {r}.",
+          "de": "Wenn ich {b} zu {a} addiere, erhalte ich {r}.", "es": "Sumando {b} a {a} se obtiene {r}.",
+          "it": "Sommando {b} a {a} si ottiene {r}."},
+    "-": {"en": "Taking {b} away from {a} leaves {r}.", "fr": "En retirant {b} de {a}, il reste {r}.",
+          "de": "Wenn ich {b} von {a} abziehe, bleiben {r}.", "es": "Quitando {b} de {a} quedan {r}.",
+          "it": "Togliendo {b} da {a} restano {r}."},
+    "×": {"en": "Multiplying {a} by {b} gives {r}.", "fr": "En multipliant {a} par {b}, on obtient {r}.",
+          "de": "Wenn ich {a} mit {b} multipliziere, erhalte ich {r}.", "es": "Multiplicando {a} por {b} se obtiene {r}.",
+          "it": "Moltiplicando {a} per {b} si ottiene {r}."},
+}  # fmt: skip
+# Word problems: someone has a things, gets b more (or gives b away); how many now?
+_NAMES = {"en": ("Anna", "Tom", "Sara"), "fr": ("Léa", "Hugo", "Camille"),
+          "de": ("Lena", "Jonas", "Mia"), "es": ("Lucía", "Pablo", "Sofía"),
+          "it": ("Giulia", "Marco", "Sofia")}  # fmt: skip
+_WORD: dict[str, dict[str, Any]] = {
+    "en": {"gain": ("{n} has {a} apples and buys {b} more. How many apples does {n} have now?",
+                    "{n} starts with {a} apples and buys {b} more, so I add: {a} + {b} = {r}."),
+           "loss": ("{n} has {a} apples and gives {b} to a friend. How many apples does {n} have left?",
+                    "{n} starts with {a} apples and gives away {b}, so I subtract: {a} - {b} = {r}."),
+           "answer": "In the end {n} has {r} apples, so the answer is $\\boxed{{{r}}}$."},
+    "fr": {"gain": ("{n} a {a} pommes et en achète {b} de plus. Combien de pommes {n} a-t-elle maintenant ?",
+                    "{n} commence avec {a} pommes et en achète {b}, donc j'additionne : {a} + {b} = {r}."),
+           "loss": ("{n} a {a} pommes et en donne {b} à une amie. Combien de pommes reste-t-il à {n} ?",
+                    "{n} commence avec {a} pommes et en donne {b}, donc je soustrais : {a} - {b} = {r}."),
+           "answer": "À la fin, {n} a {r} pommes, donc la réponse est $\\boxed{{{r}}}$."},
+    "de": {"gain": ("{n} hat {a} Äpfel und kauft {b} dazu. Wie viele Äpfel hat {n} jetzt?",
+                    "{n} hat zuerst {a} Äpfel und kauft {b} dazu, also addiere ich: {a} + {b} = {r}."),
+           "loss": ("{n} hat {a} Äpfel und schenkt {b} einer Freundin. Wie viele Äpfel hat {n} noch?",
+                    "{n} hat zuerst {a} Äpfel und verschenkt {b}, also subtrahiere ich: {a} - {b} = {r}."),
+           "answer": "Am Ende hat {n} {r} Äpfel, also lautet die Antwort $\\boxed{{{r}}}$."},
+    "es": {"gain": ("{n} tiene {a} manzanas y compra {b} más. ¿Cuántas manzanas tiene {n} ahora?",
+                    "{n} empieza con {a} manzanas y compra {b} más, así que sumo: {a} + {b} = {r}."),
+           "loss": ("{n} tiene {a} manzanas y le da {b} a una amiga. ¿Cuántas manzanas le quedan a {n}?",
+                    "{n} empieza con {a} manzanas y regala {b}, así que resto: {a} - {b} = {r}."),
+           "answer": "Al final {n} tiene {r} manzanas, así que la respuesta es $\\boxed{{{r}}}$."},
+    "it": {"gain": ("{n} ha {a} mele e ne compra altre {b}. Quante mele ha {n} adesso?",
+                    "{n} parte da {a} mele e ne compra {b}, quindi sommo: {a} + {b} = {r}."),
+           "loss": ("{n} ha {a} mele e ne regala {b} a un'amica. Quante mele restano a {n}?",
+                    "{n} parte da {a} mele e ne regala {b}, quindi sottraggo: {a} - {b} = {r}."),
+           "answer": "Alla fine {n} ha {r} mele, quindi la risposta è $\\boxed{{{r}}}$."},
+}  # fmt: skip
+
+
+def _arithmetic(rng: random.Random, language: str) -> Problem:
+    op = rng.choice(["+", "-", "×"])
+    if op == "×":
+        a, b = rng.randint(2, 12), rng.randint(2, 12)
+        r = a * b
+    else:
+        a, b = rng.randint(10, 99), rng.randint(2, 60)
+        if op == "-" and b > a:
+            a, b = b, a
+        r = a + b if op == "+" else a - b
+    question, thinking, answer = _ARITHMETIC[language]
+    fill = {"a": a, "b": b, "op": op, "r": r}
+    step = _STEP[op][language].format(**fill)
+    return Problem(
+        language,
+        "arithmetic",
+        question.format(**fill),
+        thinking.format(**fill, step=step),
+        answer.format(**fill),
+        r,
+    )
+
+
+def _word(rng: random.Random, language: str) -> Problem:
+    kind = rng.choice(["gain", "loss"])
+    a, b = rng.randint(3, 40), rng.randint(1, 20)
+    if kind == "loss" and b >= a:
+        a, b = b + rng.randint(1, 10), a
+    r = a + b if kind == "gain" else a - b
+    fill = {"n": rng.choice(_NAMES[language]), "a": a, "b": b, "r": r}
+    question, thinking = _WORD[language][kind]
+    return Problem(
+        language,
+        "word",
+        question.format(**fill),
+        thinking.format(**fill),
+        _WORD[language]["answer"].format(**fill),
+        r,
+    )
+
+
+_KINDS: tuple[Callable[[random.Random, str], Problem], ...] = (_arithmetic, _word)
+
+
+def _draw(split: str, index: int, seed: int) -> Problem:
+    digest = hashlib.sha256(f"{seed}:{split}:{index}".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))  # noqa: S311 - data, not secrets
+    language = LANGUAGES[index % len(LANGUAGES)]
+    return rng.choice(_KINDS)(rng, language)
+
+
+def problems(split: str, count: int, *, seed: int = 0) -> Iterator[Problem]:
+    """`count` distinct problems of `split`, none of which occurs in the other split."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    other = SPLITS[1 - SPLITS.index(split)]
+    seen: set[str] = set()
+    index = 0
+    while len(seen) < count:
+        problem = _draw(split, index, seed)
+        index += 1
+        if problem.question in seen or _in_split(other, problem.question, seed):
+            continue
+        seen.add(problem.question)
+        yield problem
+
+
+_OTHER: dict[tuple[str, int], set[str]] = {}
+
+
+def _in_split(split: str, question: str, seed: int, horizon: int = 20_000) -> bool:
+    """Whether `question` is among the first `horizon` draws of `split`."""
+    key = (split, seed)
+    if key not in _OTHER:
+        _OTHER[key] = {_draw(split, i, seed).question for i in range(horizon)}
+    return question in _OTHER[key]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N problems")
+    parser.add_argument("--worked", action="store_true", help="add the worked answer")
+    parser.add_argument(
+        "--system",
+        default=None,
+        help="a system prompt for every chat ('magistral': the reasoning one)",
+    )
+    args = parser.parse_args(argv)
+    system = SYSTEM_PROMPT if args.system == "magistral" else args.system
+    for number, problem in enumerate(problems(args.split, args.skip + args.count, seed=args.seed)):
+        if number < args.skip:
+            continue
+        line = problem.chat(worked=args.worked, system=system)
+        sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
