@@ -116,12 +116,29 @@ class TestBadFilesAreRefusedWhole:
             sdk(platform, key).files.create(file=("b.jsonl", io.BytesIO(line)), purpose="batch")
         assert refused.value.status_code == 413  # type: ignore[attr-defined]
 
-    async def test_fine_tune_needs_assistant_turns(self, platform: Platform) -> None:
+    async def test_fine_tune_needs_assistant_turns_or_a_prompt(self, platform: Platform) -> None:
         _, _, key = await owner(platform)
-        line = b'{"messages": [{"role": "user", "content": "hi"}]}\n'
+        line = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]}\n'
         with pytest.raises(openai.BadRequestError) as refused:
             sdk(platform, key).files.create(file=("t.jsonl", io.BytesIO(line)), purpose="fine-tune")
-        assert "assistant" in str(refused.value)
+        assert "assistant" in str(refused.value) and "line 1" in str(refused.value)
+
+    async def test_reinforcement_prompts_with_reference_fields(self, platform: Platform) -> None:
+        _, _, key = await owner(platform)
+        good = b'{"messages": [{"role": "user", "content": "2+2?"}], "answer": "4", "kind": "a"}\n'
+        created = sdk(platform, key).files.create(
+            file=("rl.jsonl", io.BytesIO(good * 3)), purpose="fine-tune"
+        )
+        assert created.status == "processed"
+        fields = ", ".join(f'"f{i}": 1' for i in range(40))
+        for bad in (
+            good.replace(b'"kind"', b'"a b"'),  # not a field name
+            b'{"messages": [{"role": "user", "content": "x"}], ' + fields.encode() + b"}\n",
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                sdk(platform, key).files.create(file=("r.jsonl", io.BytesIO(good + bad)),
+                                                purpose="fine-tune")  # fmt: skip
+            assert "line 2" in str(refused.value)
 
 
 class TestTenancy:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -142,6 +143,15 @@ def finetune_create(
     batch_size: int = typer.Option(None, help="Default: auto."),
     lr_multiplier: float = typer.Option(None, help="Learning rate multiplier; default: auto."),
     suffix: str = typer.Option(None),
+    method: str = typer.Option("supervised", help="supervised or reinforcement (GRPO)."),
+    grader: str = typer.Option(
+        "magistral",
+        help="reinforcement: 'magistral' (math with reasoning), or a grader as JSON "
+        '(e.g. \'{"type": "string_check", ...}\').',
+    ),
+    steps: int = typer.Option(None, help="Training steps (instead of epochs)."),
+    group_size: int = typer.Option(None, help="reinforcement: completions per prompt."),
+    max_tokens: int = typer.Option(None, help="reinforcement: the longest completion."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Watch it until it ends."),
 ) -> None:
     hyper = {
@@ -149,11 +159,24 @@ def finetune_create(
         "batch_size": batch_size,
         "learning_rate_multiplier": lr_multiplier,
     }
+    if method == "reinforcement":
+        hyper |= {"training_steps": steps, "group_size": group_size, "max_tokens": max_tokens}
+        spec = {"type": "magistral"} if grader == "magistral" else json.loads(grader)
+        chosen = {
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": spec,
+                "hyperparameters": {k: v for k, v in hyper.items() if v is not None},
+            },
+        }
+    else:
+        chosen = {
+            "type": "supervised",
+            "supervised": {"hyperparameters": {k: v for k, v in hyper.items() if v is not None}},
+        }
     body = {
         "model": model, "training_file": training_file, "validation_file": validation_file,
-        "suffix": suffix,
-        "method": {"type": "supervised", "supervised": {
-            "hyperparameters": {k: v for k, v in hyper.items() if v is not None}}},
+        "suffix": suffix, "method": chosen,
     }  # fmt: skip
     with client() as c:
         found = c.jobs.create_finetune({k: v for k, v in body.items() if v is not None})
@@ -238,3 +261,29 @@ def finetune_events(
                     break
                 time.sleep(2.0)
         console.print(f"{job['id']}: {job['status']} {job.get('fine_tuned_model') or ''}")
+
+
+datasets = typer.Typer(
+    help="Data a tenant can upload: generated, never downloaded.", no_args_is_help=True
+)
+
+
+@datasets.command("math")
+def datasets_math(
+    split: str = typer.Option("train", help="train or heldout (never the same problems)."),
+    count: int = typer.Option(200, min=1, max=100_000),
+    skip: int = typer.Option(0, min=0, help="Leave out the first N problems of the split."),
+    seed: int = typer.Option(0),
+    worked: bool = typer.Option(
+        False, help="Add worked answers (<think>…</think>, then \\boxed{})."
+    ),
+    reasoning_prompt: bool = typer.Option(False, help="Put the reasoning system prompt first."),
+) -> None:
+    """Small math problems in English, French, German, Spanish and Italian, as chat JSONL
+    with an `answer` field (for reinforcement) or worked answers (for a cold start)."""
+    from souverain.training import mathgen
+
+    arguments = ["--split", split, "--count", str(count), "--skip", str(skip), "--seed", str(seed)]
+    arguments += ["--worked"] if worked else []
+    arguments += ["--system", "magistral"] if reasoning_prompt else []
+    mathgen.main(arguments)

@@ -69,6 +69,7 @@ app.add_typer(audit.audit, name="audit")
 app.add_typer(jobs.files, name="files")
 app.add_typer(jobs.batches, name="batches")
 app.add_typer(jobs.finetune, name="finetune")
+app.add_typer(jobs.datasets, name="datasets")
 
 
 if __name__ == "__main__":

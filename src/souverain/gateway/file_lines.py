@@ -4,7 +4,9 @@ A bad file is refused whole (400), with the line number and the field, never hal
 accepted. Lines are bounded (10 MiB); batch lines are OpenAI's shape (`custom_id`,
 `method`, `url`, `body`) or Mistral's (`custom_id`, `body`), their bodies checked against
 the endpoint's own request schema when the line names it, custom ids unique; fine-tuning
-lines are chats (`messages`, with at least one assistant message, and optional `tools`).
+lines are chats (`messages`, and optional `tools`) with an assistant message to learn
+from, or ending with a user message (a reinforcement prompt), and at most 32 other fields
+(what graders compare with, e.g. `answer`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ ENDPOINT_SCHEMAS: dict[str, type[BaseModel]] = {
 _MESSAGES = TypeAdapter(list[Message])
 _TOOLS = TypeAdapter(list[Tool])
 CHECKED = frozenset({"batch", "fine-tune"})
+MAX_EXTRA_FIELDS = 32
 
 
 class LineChecker:
@@ -111,9 +114,13 @@ class LineChecker:
             self._validate(schema, body, "body")
 
     def _chat(self, line: dict[str, Any]) -> None:
-        unknown = set(line) - {"messages", "tools", "parallel_tool_calls"}
-        if unknown:
-            self._refuse("unknown field", sorted(unknown)[0])
+        # Other fields are what reinforcement graders compare with (`answer`, ...).
+        extra = set(line) - {"messages", "tools", "parallel_tool_calls"}
+        if len(extra) > MAX_EXTRA_FIELDS:
+            self._refuse(f"more than {MAX_EXTRA_FIELDS} fields besides messages")
+        for name in extra:
+            if not (0 < len(name) <= 64 and name.replace("_", "a").isalnum()):
+                self._refuse("field names are letters, digits and '_', at most 64", name[:64])
         messages = line.get("messages")
         try:
             parsed = _MESSAGES.validate_python(messages)
@@ -124,8 +131,14 @@ class LineChecker:
             self._refuse(message, f"messages.{param}" if param else "messages")
         except InvalidRequestError as error:
             self._refuse(error.message, "tools")
-        if not any(m.role == "assistant" for m in parsed):
-            self._refuse("needs at least one assistant message to learn from", "messages")
+        if not any(m.role == "assistant" for m in parsed) and (
+            not parsed or parsed[-1].role != "user"
+        ):
+            self._refuse(
+                "needs an assistant message to learn from, or (a reinforcement prompt) to "
+                "end with a user message",
+                "messages",
+            )
 
     def _validate(self, schema: type[BaseModel], body: dict[str, Any], field: str) -> None:
         try:

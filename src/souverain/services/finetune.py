@@ -307,6 +307,7 @@ async def create_job(
         start_from = await _start_from(session, base)
         base = await session.get(ModelRow, base.base_model_id)
         assert base is not None
+        start_from["base"] = base.name
     artifact = await _artifact(session, base)
     if "chat" not in base.capabilities or artifact is None:
         raise InvalidRequestError(
@@ -628,4 +629,5 @@ def checkpoint_model_name(job: FineTuningJobRow, step: int) -> str:
 def fine_tuned_name(job: FineTuningJobRow) -> str:
     """OpenAI's form: ft:<base>:<organisation>:<suffix>:<job>."""
     suffix = job.suffix or "ft"
-    return f"ft:{job.base_model}:{job.org_id[-8:]}:{suffix}:{job.id[-8:]}"[:200]
+    base = (job.resolved.get("start_from") or {}).get("base") or job.base_model
+    return f"ft:{base}:{job.org_id[-8:]}:{suffix}:{job.id[-8:]}"[:200]

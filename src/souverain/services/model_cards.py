@@ -49,6 +49,8 @@ async def card(session: AsyncSession, *, principal: Principal, ref: str) -> dict
                 "steps": lineage.get("steps"),
                 "tokens_seen": lineage.get("tokens_seen"),
                 "final_train_loss": lineage.get("train_loss"),
+                **({"grader": lineage.get("grader"), "started_from": lineage.get("started_from")}
+                   if lineage.get("method") == "reinforcement" else {}),
             } if lineage else None,
             "training_data": {
                 "provenance": "files uploaded by the owning organisation (purpose fine-tune); "
@@ -75,6 +77,9 @@ async def card(session: AsyncSession, *, principal: Principal, ref: str) -> dict
             "job_id": lineage.get("job_id"),
             "trained_at": lineage.get("trained_at"),
         },
+        # held-out results before and after training (reinforcement jobs with a
+        # validation file): pass@1, format rate, mean reward, language consistency
+        "3_evaluation": lineage.get("evaluation"),
     }  # fmt: skip
 
 
@@ -85,7 +90,7 @@ def markdown(doc: dict[str, Any]) -> str:
              "## 1. General description", ""]  # fmt: skip
     lines += [f"- **{k.replace('_', ' ').capitalize()}**: {v}" for k, v in general.items()]
     lines += ["", "## 2. Development", ""]
-    for key, value in dev.items():
+    for key, value in [*dev.items(), ("evaluation", doc.get("3_evaluation"))]:
         title = key.replace("_", " ").capitalize()
         if isinstance(value, dict):
             lines += [f"### {title}", ""]

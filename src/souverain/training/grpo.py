@@ -439,15 +439,17 @@ class Job:
         hp = self.hp
         chunks = [kept[i :: hp.minibatches] for i in range(min(hp.minibatches, len(kept)))]
         # Old log-probabilities: the policy that sampled, before any update of this step.
+        # The first minibatch is trained before any update, so its own forward pass gives
+        # them (detached); the others need theirs now.
         batches = []
-        for chunk in chunks:
+        for index, chunk in enumerate(chunks):
             rows = [(g, j) for g in chunk for j in range(hp.group_size)]
             seqs = [prompts[g] + list(samples[g * hp.group_size + j].tokens) for g, j in rows]
             starts = [len(prompts[g]) for g, _ in rows]
             ids, attention, mask = _pad(seqs, starts, self.tokenizer)
             adv = torch.tensor(normalise([advantages[g][j] for g, j in rows]))  # type: ignore[index]
             with torch.no_grad():
-                old = token_logprobs(self.model, ids, attention, mask)
+                old = token_logprobs(self.model, ids, attention, mask) if index else None
                 ref = None
                 if hp.beta:
                     with self.model.disable_adapter():
@@ -457,6 +459,7 @@ class Job:
         self.model.train()
         for ids, attention, mask, adv, old, ref in batches:
             logp = token_logprobs(self.model, ids, attention, mask)
+            old = logp.detach() if old is None else old
             loss = surrogate_loss(logp, old, adv, mask[:, 1:], epsilon_low=hp.epsilon_low,
                                   epsilon_high=hp.epsilon_high, beta=hp.beta,
                                   ref_logp=ref)  # fmt: skip

@@ -134,6 +134,12 @@ def run(spec: dict[str, Any]) -> int:
     train = read_chats(Path(spec["train"]))
     valid = read_chats(Path(spec["valid"])) if spec.get("valid") else None
     for name, chats in (("training", train), ("validation", valid or [])):
+        for number, chat in enumerate(chats, start=1):
+            if not any(m.get("role") == "assistant" for m in chat["messages"]):
+                progress.emit("invalid", line=number, file=name,
+                              message=f"{name} file line {number}: no assistant message to "
+                              "learn from (prompts alone are for reinforcement jobs)")  # fmt: skip
+                return INVALID_DATA
         for number, length in enumerate(token_lengths(tokenizer, chats), start=1):
             if length > hp.seq_len:
                 progress.emit(

@@ -1,0 +1,371 @@
+"""The Magistral recipe on `souverain up`, and its rollouts against plain TRL.
+
+    python bench/grpo.py [--minutes 30] [--speed-steps 3] [--skip-speed] [--skip-learning]
+
+1. Step time, same model, data, adapter, batch and CPU, both by hand (no server):
+   souverain's recipe (`python -m souverain.training.grpo`: rollouts batched in llama.cpp)
+   against TRL's GRPOTrainer (rollouts by transformers' `generate`), with the same reward
+   (magistral), beta 0, clip-higher and token-level loss. Prints the ratio.
+2. On `souverain up`, as a tenant: a cold-start supervised job on worked examples from
+   the shipped generator (all five languages), then a reinforcement job (magistral grader)
+   from it, sized to at most --minutes of GRPO by the step time measured in 1, evaluated on
+   held-out problems before and after. Prints the held-out figures per language, the
+   learning curves' start and end, and asks the trained model in French, German and
+   Spanish through both SDKs (thinking shown apart). Saves the curves as
+   docs/grpo_learning_curves.png and every figure as bench/results/grpo.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from batch import tenant_key
+from e2e_tokens import MODEL, first_token_after_start, start_up
+
+from souverain.core.reasoning import SYSTEM_PROMPT
+from souverain.engines.artifacts import builtin_path
+from souverain.testing.live import free_port
+from souverain.training import mathgen
+
+ROOT = Path(__file__).resolve().parent.parent
+HYPER = {"batch_size": 2, "group_size": 8, "max_tokens": 128, "length_cache": 32,
+         "temperature": 0.8, "minibatches": 2}  # fmt: skip
+RL_LR_MULTIPLIER = 4  # 2e-4 for the LoRA: a short run must move
+
+
+def jsonl(split: str, count: int, *, worked: bool, skip: int = 0) -> bytes:
+    chosen = list(mathgen.problems(split, skip + count))[skip:]
+    system = SYSTEM_PROMPT if worked else None
+    return "".join(json.dumps(p.chat(worked=worked, system=system), ensure_ascii=False) + "\n"
+                   for p in chosen).encode()  # fmt: skip
+
+
+# -- 1. step time by hand ---------------------------------------------------------------
+
+
+def cold_start_by_hand(tmp: Path, samples: int, steps: int) -> Path:
+    """A PEFT adapter from the supervised recipe on worked examples (what both runs of the
+    speed comparison start from, so that completions have the same shape)."""
+    model = builtin_path(MODEL)
+    (tmp / "cold.jsonl").write_bytes(jsonl("train", samples, worked=True))
+    spec = {"base": {"path": str(model.parent), "gguf_file": model.name},
+            "train": str(tmp / "cold.jsonl"), "valid": None, "output_dir": str(tmp / "cold"),
+            "resume_from": None, "threads": 2,
+            "hyperparameters": {"max_steps": steps, "batch_size": 8, "learning_rate": 1e-3,
+                                "seq_len": 320, "save_steps": steps}}  # fmt: skip
+    (tmp / "cold.json").write_text(json.dumps(spec))
+    subprocess.run([sys.executable, "-m", "souverain.training.sft", str(tmp / "cold.json")],
+                   check=True, capture_output=True, timeout=3600)  # fmt: skip
+    return tmp / "cold" / "adapter"
+
+
+def souverain_steps(tmp: Path, adapter: Path, steps: int) -> list[float]:
+    model = builtin_path(MODEL)
+    (tmp / "rl.jsonl").write_bytes(jsonl("train", 64, worked=False, skip=1000))
+    spec = {"base": {"path": str(model.parent), "gguf_file": model.name},
+            "train": str(tmp / "rl.jsonl"), "valid": None, "output_dir": str(tmp / "ours"),
+            "resume_from": None, "threads": 2, "grader": {"type": "magistral"},
+            "init_adapter": str(adapter),
+            "hyperparameters": {"max_steps": steps, "seq_len": 512, "save_steps": steps,
+                                "learning_rate": 5e-5 * RL_LR_MULTIPLIER, **HYPER}}  # fmt: skip
+    (tmp / "ours.json").write_text(json.dumps(spec))
+    subprocess.run([sys.executable, "-m", "souverain.training.grpo", str(tmp / "ours.json")],
+                   check=True, capture_output=True, timeout=3600)  # fmt: skip
+    lines = [json.loads(x) for x in (tmp / "ours" / "progress.jsonl").read_text().splitlines()]
+    return [e["step_s"] for e in lines if e["type"] == "step"]
+
+
+def trl_steps(tmp: Path, adapter: Path, steps: int) -> list[float]:
+    """The same step with TRL's GRPOTrainer (its own process, like ours)."""
+    spec = {"adapter": str(adapter), "data": str(tmp / "rl.jsonl"), "steps": steps}
+    (tmp / "trl.json").write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, __file__, "--trl-baseline", str(tmp / "trl.json")],
+                          check=True, capture_output=True, text=True, timeout=7200)  # fmt: skip
+    return [float(x) for x in done.stdout.split()[-steps:]]
+
+
+def trl_baseline(spec_path: str) -> None:
+    import torch
+    from datasets import Dataset  # type: ignore[import-untyped]
+    from peft import PeftModel
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]
+
+    from souverain.training import rewards
+    from souverain.training.grpo import read_items
+    from souverain.training.sft import load_model, load_tokenizer
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(2)
+    model_path = builtin_path(MODEL)
+    base = {"path": str(model_path.parent), "gguf_file": model_path.name}
+    tokenizer = load_tokenizer(base)
+    model = PeftModel.from_pretrained(load_model(base), spec["adapter"], is_trainable=True)
+    items = read_items(Path(spec["data"]), system=SYSTEM_PROMPT)
+    data = Dataset.from_list([{"prompt": i.messages, "answer": str(i.fields["answer"])}
+                              for i in items])  # fmt: skip
+
+    def magistral(
+        completions: list[Any], answer: list[str], prompts: list[Any], **_: Any
+    ) -> list[float]:
+        out = []
+        for completion, reference, prompt in zip(completions, answer, prompts, strict=True):
+            text = completion[0]["content"] if isinstance(completion, list) else completion
+            ids = tokenizer(text)["input_ids"]
+            out.append(rewards.magistral(text, prompt=prompt[-1]["content"], reference=reference,
+                                         tokens=len(ids), l_max=HYPER["max_tokens"],
+                                         l_cache=HYPER["length_cache"]).reward)  # fmt: skip
+        return out
+
+    group = HYPER["group_size"]
+    config = GRPOConfig(
+        output_dir=str(Path(spec_path).parent / "trl-out"), max_steps=spec["steps"],
+        per_device_train_batch_size=HYPER["batch_size"] * group, num_generations=group,
+        max_completion_length=HYPER["max_tokens"], temperature=HYPER["temperature"],
+        beta=0.0, epsilon=0.2, epsilon_high=0.28, loss_type="dapo",
+        learning_rate=5e-5 * RL_LR_MULTIPLIER,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+        steps_per_generation=HYPER["minibatches"], dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = GRPOTrainer(model=model, reward_funcs=[magistral], args=config,
+                          train_dataset=data, processing_class=tokenizer)  # fmt: skip
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.last = time.monotonic()
+            self.times: list[float] = []
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            now = time.monotonic()
+            self.times.append(now - self.last)
+            self.last = now
+
+    clock = Clock()
+    trainer.add_callback(clock)
+    trainer.train()
+    print(" ".join(f"{t:.3f}" for t in clock.times))
+
+
+# -- 2. the recipe on souverain up ------------------------------------------------------
+
+
+async def wait_job(http: httpx.AsyncClient, job_id: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = (await http.get(f"/v1/fine_tuning/jobs/{job_id}")).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] != "succeeded":
+                raise SystemExit(f"job {job_id} ended {job['status']}: {job.get('error')}")
+            return dict(job)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"job {job_id} did not end in {timeout_s / 60:.0f} minutes")
+        await asyncio.sleep(5.0)
+
+
+async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[str, Any]:
+    data_dir, port = tmp / "data", free_port()
+    url = f"http://127.0.0.1:{port}"
+    process, output = start_up(data_dir, port, tmp / "cli.json")
+    try:
+        operator, _ = await first_token_after_start(url, output, process, time.perf_counter())
+        key = await tenant_key(url, operator)
+        sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
+
+        async def upload(name: str, data: bytes) -> str:
+            return (await sdk.files.create(file=(name, io.BytesIO(data)), purpose="fine-tune")).id
+
+        async with httpx.AsyncClient(base_url=url, timeout=120,
+                                     headers={"Authorization": f"Bearer {key}"}) as http:  # fmt: skip
+            worked = await upload("cold.jsonl", jsonl("train", args.cold_samples, worked=True))
+            started = time.monotonic()
+            cold = (await http.post("/v1/fine_tuning/jobs", json={
+                "model": MODEL, "training_file": worked, "suffix": "cold",
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {
+                    "n_epochs": args.cold_epochs, "batch_size": 8,
+                    "learning_rate_multiplier": 5}}}})).json()  # fmt: skip
+            cold = await wait_job(http, cold["id"], 3 * 3600)
+            cold_s = time.monotonic() - started
+            problems = await upload("rl.jsonl", jsonl("train", args.rl_samples, worked=False,
+                                                      skip=args.cold_samples))  # fmt: skip
+            heldout = await upload("heldout.jsonl", jsonl("heldout", args.heldout, worked=False))
+            steps = max(2, int(args.minutes * 60 / step_s))
+            started = time.monotonic()
+            created = await http.post("/v1/fine_tuning/jobs", json={
+                "model": cold["fine_tuned_model"], "training_file": problems,
+                "validation_file": heldout, "suffix": "magistral",
+                "method": {"type": "reinforcement", "reinforcement": {
+                    "grader": {"type": "magistral"},
+                    "hyperparameters": {"training_steps": steps, "seq_len": 512,
+                                        "eval_samples": args.heldout,
+                                        "learning_rate_multiplier": RL_LR_MULTIPLIER,
+                                        **HYPER}}}})  # fmt: skip
+            created.raise_for_status()
+            job = await wait_job(http, created.json()["id"], 4 * 3600)
+            grpo_s = time.monotonic() - started
+            events = (await http.get(f"/v1/fine_tuning/jobs/{job['id']}/events",
+                                     params={"limit": 5000})).json()["data"]  # fmt: skip
+            served = await ask_served(url, key, job["fine_tuned_model"])
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(120)
+    curve = sorted((e["data"] for e in events if e["data"] and "reward_mean" in e["data"]),
+                   key=lambda d: d["step"])  # fmt: skip
+    evaluations = [e["data"]["evaluation"] for e in sorted(events, key=lambda e: e["created_at"])
+                   if e["data"] and "evaluation" in e["data"]]  # fmt: skip
+    return {"steps": steps, "cold_start_s": round(cold_s, 1), "grpo_s": round(grpo_s, 1),
+            "curve": curve, "before": evaluations[0], "after": evaluations[-1],
+            "served": served, "model": job["fine_tuned_model"]}  # fmt: skip
+
+
+async def ask_served(url: str, key: str, model: str) -> list[dict[str, Any]]:
+    """The trained model through the gateway, in three languages and both SDKs."""
+    from mistralai.client import Mistral
+
+    from souverain.core import language
+
+    questions = {
+        "fr": "Léa a 17 pommes et en achète 8 de plus. Combien de pommes Léa a-t-elle maintenant ?",
+        "de": "Rechne bitte aus, wie viel 23 + 19 ist, und nenne das Ergebnis.",
+        "es": "Calcula cuánto es 7 × 8 y da el resultado, por favor.",
+    }
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=300)
+    mistral = Mistral(api_key=key, server_url=url)
+    out = []
+    for lang, question in questions.items():
+        for attempt in range(60):  # the new model's replica is starting
+            try:
+                answer = sdk.chat.completions.create(
+                    model=model, reasoning_effort="medium", temperature=0, max_tokens=160,
+                    messages=[{"role": "user", "content": question}])  # fmt: skip
+                break
+            except (openai.NotFoundError, openai.APIStatusError):
+                if attempt == 59:
+                    raise
+                await asyncio.sleep(3.0)
+        message = answer.choices[0].message
+        thinking = getattr(message, "reasoning_content", None)
+        said = mistral.chat.complete(model=model, prompt_mode="reasoning", temperature=0,
+                                     max_tokens=160,
+                                     messages=[{"role": "user", "content": question}])  # fmt: skip
+        chunks = said.choices[0].message.content
+        out.append({
+            "language": lang, "question": question, "openai_reasoning": thinking,
+            "openai_answer": message.content,
+            "reasoning_language": language.identify(thinking),
+            "answer_language": language.identify(message.content),
+            "mistral_chunks": [c.type for c in chunks] if isinstance(chunks, list) else ["text"],
+        })  # fmt: skip
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = result["curve"]
+    steps = [c["step"] for c in curve]
+
+    def smooth(values: list[float | None], width: int = 5) -> list[float]:
+        clean = [v if v is not None else float("nan") for v in values]
+        out = []
+        for i in range(len(clean)):
+            window = [v for v in clean[max(0, i - width + 1) : i + 1] if v == v]
+            out.append(statistics.fmean(window) if window else float("nan"))
+        return out
+
+    panels = [("reward_mean", "mean reward"), ("format_rate", "format rate"),
+              ("consistency", "language consistency"),
+              ("zero_advantage_fraction", "zero-advantage groups"), ("step_s", "step time (s)")]  # fmt: skip
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for axis, (key, title) in zip(axes, panels, strict=True):
+        values = [c.get(key) for c in curve]
+        axis.plot(steps, [v if v is not None else float("nan") for v in values], alpha=0.3)
+        axis.plot(steps, smooth(values), linewidth=2)
+        axis.set_title(title)
+        axis.set_xlabel("GRPO step")
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"GRPO (magistral grader) on {MODEL}, 2 CPU cores, from a cold-start SFT")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def report(speed: dict[str, Any] | None, result: dict[str, Any] | None) -> None:
+    if speed:
+        print(f"step time, batch {HYPER['batch_size']} prompts × {HYPER['group_size']}, "
+              f"max_tokens {HYPER['max_tokens']}, {MODEL} + LoRA, 2 threads:")  # fmt: skip
+        print(f"  TRL GRPOTrainer (transformers generate):  {speed['trl_s']:6.1f} s a step")
+        print(f"  souverain (rollouts in llama.cpp):        {speed['ours_s']:6.1f} s a step")
+        print(f"  ratio (TRL ÷ souverain):                   {speed['ratio']:6.2f}×")
+    if result:
+        before, after = result["before"], result["after"]
+        print(f"cold start {result['cold_start_s'] / 60:.1f} min; GRPO {result['steps']} steps "
+              f"in {result['grpo_s'] / 60:.1f} min (job created to succeeded)")  # fmt: skip
+        print("held-out (greedy)     before → after")
+        for key in ("mean_reward", "pass_at_1", "format_rate", "language_consistency"):
+            print(f"  {key:22s} {before['overall'][key]} → {after['overall'][key]}")
+        for lang in sorted(after["languages"]):
+            b, a = before["languages"].get(lang, {}), after["languages"][lang]
+            print(f"  {lang}: reward {b.get('mean_reward')} → {a['mean_reward']}, format "
+                  f"{b.get('format_rate')} → {a['format_rate']}, consistency "
+                  f"{b.get('language_consistency')} → {a['language_consistency']}")  # fmt: skip
+        for row in result["served"]:
+            print(f"  served ({row['language']}): thinking in {row['reasoning_language']}, answer "
+                  f"in {row['answer_language']}; Mistral chunks {row['mistral_chunks']}")  # fmt: skip
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--speed-steps", type=int, default=3)
+    parser.add_argument("--cold-samples", type=int, default=300)
+    parser.add_argument("--cold-epochs", type=int, default=2)
+    parser.add_argument("--rl-samples", type=int, default=300)
+    parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-learning", action="store_true")
+    parser.add_argument("--step-s", type=float, default=None,
+                        help="with --skip-speed: the step time to size the job by")  # fmt: skip
+    parser.add_argument("--trl-baseline", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.trl_baseline:
+        trl_baseline(args.trl_baseline)
+        return
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    speed = result = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_speed:
+            adapter = cold_start_by_hand(Path(tmp), 120, 30)
+            ours = souverain_steps(Path(tmp), adapter, args.speed_steps + 1)[1:]  # warm
+            theirs = trl_steps(Path(tmp), adapter, args.speed_steps + 1)[1:]
+            speed = {"ours_s": statistics.median(ours), "trl_s": statistics.median(theirs),
+                     "ours": ours, "trl": theirs}  # fmt: skip
+            speed["ratio"] = speed["trl_s"] / speed["ours_s"]
+        if not args.skip_learning:
+            step_s = speed["ours_s"] if speed else (args.step_s or 20.0)
+            result = await learning(args, Path(tmp), step_s)
+    (results / "grpo.json").write_text(json.dumps({"speed": speed, "learning": result}, indent=1,
+                                                  ensure_ascii=False))  # fmt: skip
+    report(speed, result)
+    if result:
+        plot(result, ROOT / "docs" / "grpo_learning_curves.png")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
