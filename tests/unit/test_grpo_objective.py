@@ -205,6 +205,17 @@ class TestGraders:
                 "fuzzy_match",
             ),
             ({"type": "magistral", "l_max": 10**9}, "l_max"),
+            ({"type": "magistral", "padding": "x" * 1000}, "unknown field"),
+            (
+                {
+                    "type": "string_check",
+                    "name": "n" * 200,
+                    "operation": "eq",
+                    "input": "x",
+                    "reference": "y",
+                },
+                "name",
+            ),  # fmt: skip
         ],
     )
     def test_refused_with_a_reason(self, spec: dict[str, object], message: str) -> None:

@@ -147,6 +147,14 @@ REFUSED = {
     "multi or the magistral preset.",
 }
 MAX_GRADERS = 16
+MAX_COMPARED = 4000  # characters text_similarity compares (difflib is quadratic)
+FIELDS = {
+    "magistral": {"type", "name", "l_max", "l_cache"},
+    "string_check": {"type", "name", "input", "reference", "operation"},
+    "text_similarity": {"type", "name", "input", "reference", "evaluation_metric",
+                        "pass_threshold"},
+    "multi": {"type", "name", "graders", "calculate_output"},
+}  # fmt: skip
 MAX_FORMULA = 500
 
 
@@ -157,6 +165,12 @@ def check_grader(spec: Any, *, depth: int = 0) -> None:
     kind = spec.get("type")
     if kind in REFUSED:
         raise GraderError(REFUSED[kind])
+    unknown = set(spec) - FIELDS.get(str(kind), set(spec))
+    if unknown:
+        raise GraderError(f"{kind} grader: unknown field {sorted(unknown)[0]!r}")
+    name = spec.get("name", "")
+    if not isinstance(name, str) or len(name) > 128:
+        raise GraderError("grader name: a string of at most 128 characters")
     if kind == "magistral":
         l_max, l_cache = spec.get("l_max", 0), spec.get("l_cache", 0)
         if l_max and not (isinstance(l_max, int) and 16 <= l_max <= 8192):
@@ -234,7 +248,9 @@ def build(spec: dict[str, Any]) -> Grader:
         )
     if kind == "text_similarity":
         return lambda answer, item: difflib.SequenceMatcher(
-            None, render(spec["input"], answer, item), render(spec["reference"], answer, item)
+            None,
+            render(spec["input"], answer, item)[:MAX_COMPARED],
+            render(spec["reference"], answer, item)[:MAX_COMPARED],
         ).ratio()
     if kind == "multi":
         parts = {name: build(inner) for name, inner in spec["graders"].items()}
