@@ -215,7 +215,7 @@ class TestGraders:
                     "reference": "y",
                 },
                 "name",
-            ),  # fmt: skip
+            ),
         ],
     )
     def test_refused_with_a_reason(self, spec: dict[str, object], message: str) -> None:
