@@ -113,8 +113,29 @@ class TestReinforcement:
         assert lineage["method"] == "reinforcement"
         assert lineage["grader"] == {"type": "magistral"}
         assert lineage["started_from"]["model"] == cold.fine_tuned_model
-        assert card["3_evaluation"]["before"]["overall"]["samples"] == 5
-        assert card["3_evaluation"]["after"] == evaluations[-1]
+        assert card["3_evaluation"]["training"]["before"]["overall"]["samples"] == 5
+        assert card["3_evaluation"]["training"]["after"] == evaluations[-1]
+
+        # an evaluation job of the trained model on the held-out file
+        with httpx.Client(base_url=up.url, headers={"Authorization": f"Bearer {key}"},
+                          timeout=60) as http:  # fmt: skip
+            created = http.post(f"/api/models/{tuned}/evaluations",
+                                json={"file_id": heldout, "max_tokens": 64})  # fmt: skip
+            assert created.status_code == 201, created.text
+            deadline = time.monotonic() + 600
+            while (listed := http.get(f"/api/models/{tuned}/evaluations").json()["data"])[0][
+                "status"
+            ] != "succeeded":
+                assert listed[0]["status"] not in ("failed", "cancelled"), listed[0]
+                assert time.monotonic() < deadline, "the evaluation did not finish in time"
+                time.sleep(2.0)
+            card = http.get(f"/api/models/{model_id}/card").json()
+        [evaluation] = listed
+        assert evaluation["id"] == created.json()["id"]
+        assert evaluation["result"]["overall"]["samples"] == 5
+        assert 0.0 <= evaluation["result"]["overall"]["format_rate"] <= 1.0
+        assert card["3_evaluation"]["evaluations"][0]["result"] == evaluation["result"]
+        assert all(j.id != evaluation["id"] for j in client.fine_tuning.jobs.list().data)
 
         # another organisation can neither see nor train from these models
         stranger = openai.OpenAI(base_url=f"{up.url}/v1", api_key=tenant(up, "onlookers"),
@@ -127,6 +148,11 @@ class TestReinforcement:
                     method={"type": "reinforcement",
                             "reinforcement": {"grader": {"type": "magistral"}}},
                 )  # fmt: skip
+        with httpx.Client(base_url=up.url,
+                          headers={"Authorization": f"Bearer {stranger.api_key}"}) as http:  # fmt: skip
+            assert http.post(f"/api/models/{tuned}/evaluations",
+                             json={"file_id": theirs}).status_code == 404  # fmt: skip
+            assert http.get(f"/api/models/{tuned}/evaluations").status_code == 404
 
         # served: the thinking apart from the answer, in both SDKs
         answer = reasoning_answer(client, tuned, "Calcula cuánto es 12 + 30 y da el resultado.")

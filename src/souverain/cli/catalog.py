@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import typer
@@ -34,6 +35,37 @@ def sha256_with_progress(path: Path) -> str:
                 digest.update(block)
                 progress.update(task, advance=len(block))
     return digest.hexdigest()
+
+
+@models.command("evaluate")
+def models_evaluate(
+    model: str = typer.Argument(..., help="Model id or name."),
+    file_id: str = typer.Argument(..., help="A held-out file (chat JSONL with `answer`)."),
+    max_tokens: int = typer.Option(None, help="The longest answer (default 192)."),
+    samples: int = typer.Option(None, help="Prompts evaluated, at most (default 100)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Wait for the result."),
+) -> None:
+    """pass@1, format rate, mean reward and language consistency, per language, with the
+    magistral grader: a job on your organisation's fleet."""
+    body = {"file_id": file_id, "max_tokens": max_tokens, "samples": samples}
+    with client() as c:
+        found = c.jobs.evaluate(model, {k: v for k, v in body.items() if v is not None})
+        console.print(f"created [bold]{found['id']}[/bold] ({found['status']})")
+        while follow and found["status"] not in ("succeeded", "failed", "cancelled"):
+            time.sleep(2.0)
+            found = next(e for e in c.jobs.evaluations(model) if e["id"] == found["id"])
+    if not follow:
+        return
+    if found["status"] != "succeeded":
+        console.print(f"{found['status']}: {(found.get('error') or {}).get('message', '')}")
+        raise typer.Exit(1)
+    result = found["result"] or {}
+    table = Table("language", "samples", "pass@1", "format", "mean reward", "consistency")
+    for name, row in [("all", result.get("overall") or {}),
+                      *sorted((result.get("languages") or {}).items())]:  # fmt: skip
+        table.add_row(name, *(str(row.get(k)) for k in ("samples", "pass_at_1", "format_rate",
+                                                         "mean_reward", "language_consistency")))  # fmt: skip
+    console.print(table)
 
 
 @models.command("card")

@@ -436,6 +436,12 @@ class FilesAndBatches:
         answer = self._http.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": limit})
         return list(reversed(self._json(answer)["data"]))  # oldest first
 
+    def evaluate(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json(self._http.post(f"/api/models/{model}/evaluations", json=body))  # type: ignore[no-any-return]
+
+    def evaluations(self, model: str) -> list[dict[str, Any]]:
+        return self._json(self._http.get(f"/api/models/{model}/evaluations"))["data"]  # type: ignore[no-any-return]
+
     def model_card(self, model: str, *, markdown: bool) -> Any:
         answer = self._http.get(
             f"/api/models/{model}/card", params={"format": "markdown" if markdown else "json"}

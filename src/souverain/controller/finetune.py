@@ -418,6 +418,9 @@ class FineTuneReconciler:
     async def _succeeded(
         self, session: AsyncSession, job: FineTuningJobRow, status: TrainingStatus
     ) -> None:
+        if job.method == "evaluation":
+            await self._finish(session, job, "succeeded", "The evaluation has completed")
+            return
         adapter = next((s for s in status.sealed if s.name == "adapter.gguf"), None)
         peft = next((s for s in status.sealed if s.name == "adapter-peft.tar"), None)
         if adapter is None or peft is None:

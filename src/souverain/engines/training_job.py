@@ -59,7 +59,11 @@ from souverain.training.sft import INVALID_DATA
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-RECIPES = {"supervised": "souverain.training.sft", "reinforcement": "souverain.training.grpo"}
+RECIPES = {
+    "supervised": "souverain.training.sft",
+    "reinforcement": "souverain.training.grpo",
+    "evaluation": "souverain.training.grpo",  # with no step: evaluates once
+}
 POLL_S = 0.5
 READ_CHUNK = 1 << 20
 
@@ -305,6 +309,8 @@ class TrainingSupervisor:
         if done is None:
             return "failed", "the training worker ended without its results", "worker"
         step, metrics = int(done["step"]), dict(done.get("metrics") or {})
+        if self._spec.method == "evaluation":  # nothing trained, nothing to seal
+            return "succeeded", "", ""
         if (out / "adapter.gguf").exists():
             self._seal_file(out / "adapter.gguf", "adapter.gguf", step, metrics)
         archive = self._dir / "adapter-peft.tar"

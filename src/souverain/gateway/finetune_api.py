@@ -17,7 +17,7 @@ from souverain.core.schemas.common import StrictRequest
 from souverain.db.jobs import FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
 from souverain.gateway.deps import PrincipalDep, SessionDep, StateDep
 from souverain.gateway.errors import validation_message
-from souverain.services import finetune
+from souverain.services import finetune, models
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -227,6 +227,8 @@ def openai_job(job: FineTuningJobRow) -> dict[str, Any]:
 
 
 def _method(job: FineTuningJobRow, hp: dict[str, Any]) -> dict[str, Any]:
+    if job.method == "evaluation":  # souverain: an evaluation job, listed with its model
+        return {"type": "evaluation", "evaluation": {"grader": job.resolved.get("grader")}}
     if job.method != "reinforcement":
         return {"type": "supervised", "supervised": {"hyperparameters": hp}}
     resolved = job.resolved
@@ -473,3 +475,70 @@ async def list_checkpoints(
     return {"object": "list", "data": data, "has_more": len(rows) > limit,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None}  # fmt: skip
+
+
+# -- evaluations: any model, on a held-out file -----------------------------------------
+
+
+class EvaluationRequest(StrictRequest):
+    file_id: str = Field(max_length=64)
+    grader: dict[str, Any] = Field(default_factory=lambda: {"type": "magistral"})
+    max_tokens: int | None = None
+    samples: int | None = None
+    seq_len: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    jurisdictions: list[str] | None = Field(default=None, max_length=32)
+
+
+def evaluation_view(job: FineTuningJobRow, result: dict[str, Any] | None) -> dict[str, Any]:
+    start = job.resolved.get("start_from") or {}
+    return {
+        "id": job.id,
+        "object": "evaluation",
+        "model": start.get("model") or job.base_model,
+        "file_id": job.training_files[0]["file_id"],
+        "grader": job.resolved.get("grader"),
+        "max_tokens": job.resolved.get("max_tokens"),
+        "status": job.status,
+        "created_at": _ts(job.created_at),
+        "finished_at": _ts(job.finished_at),
+        "error": job.error,
+        "result": result,
+        "souverain": _extras(job),
+    }
+
+
+@router.post("/api/models/{model:path}/evaluations", status_code=201,
+             summary="Evaluate a model on a held-out file")  # fmt: skip
+async def create_evaluation(
+    model: str, body: EvaluationRequest, principal: PrincipalDep, session: SessionDep,
+    state: StateDep,
+) -> dict[str, Any]:  # fmt: skip
+    """Each prompt of the file answered greedily once and graded (by default the magistral
+    grader): pass@1, format rate, mean reward and language consistency, overall and per
+    language. Runs as a job on the organisation's fleet, where its policy allows; the
+    result is listed with the model and shown on its card."""
+    own = {name: value for name, value in (("max_tokens", body.max_tokens),
+                                           ("eval_samples", body.samples)) if value is not None}  # fmt: skip
+    asked = finetune.Asked(
+        shape="openai", model=model, training_files=[(body.file_id, 1.0)],
+        validation_file=body.file_id, seq_len=body.seq_len, seed=body.seed,
+        jurisdictions=body.jurisdictions, method="evaluation", grader=body.grader,
+        reinforcement=own, hyperparameters=body.model_dump(exclude_none=True),
+    )  # fmt: skip
+    job = await finetune.create_job(
+        session, principal=principal, asked=asked, limits=_limits(state),
+        master_key=state.master_key, project_id=state.routes.project_of(principal),
+    )  # fmt: skip
+    await session.commit()
+    return evaluation_view(job, None)
+
+
+@router.get("/api/models/{model:path}/evaluations", summary="A model's evaluations")
+async def list_evaluations(
+    model: str, principal: PrincipalDep, session: SessionDep
+) -> dict[str, Any]:
+    """Your organisation's evaluations of this model, newest first, with their results."""
+    row = await models.get_model(session, principal=principal, ref=model)
+    found = await finetune.evaluations_of(session, principal=principal, model=row)
+    return {"object": "list", "data": [evaluation_view(job, result) for job, result in found]}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -253,6 +253,23 @@ def resolve_reinforcement(
     }
 
 
+def resolve_evaluation(
+    asked: Asked, *, samples: int, context_length: int, limits: Limits
+) -> dict[str, Any]:
+    """An evaluation is the reinforcement recipe with no step: each held-out prompt
+    answered greedily once and graded."""
+    steps_free = replace(
+        asked,
+        training_steps=1,
+        batch_size=1,
+        reinforcement={**(asked.reinforcement or {}), "group_size": 2, "minibatches": 1},
+    )
+    resolved = resolve_reinforcement(
+        steps_free, samples=samples, context_length=context_length, limits=limits
+    )
+    return resolved | {"max_steps": 0, "save_steps": 1, "n_epochs": 0}
+
+
 async def job_policy(session: AsyncSession, *, job: FineTuningJobRow) -> Policy:
     """Where the job may run and read its data: the policy in force for its owner (project
     policy ∩ organisation ceiling) ∩ the job's own jurisdictions."""
@@ -296,7 +313,7 @@ async def create_job(
         raise NotFoundError(f"The model '{asked.model}' does not exist", param="model")
     start_from = None
     if base.base_model_id is not None:
-        if asked.method != "reinforcement":
+        if asked.method == "supervised":
             raise InvalidRequestError(
                 "Fine-tune the base model: adapters of fine-tuned models cannot be stacked "
                 "yet (a reinforcement job can carry on from a fine-tuned model's adapter).",
@@ -317,13 +334,16 @@ async def create_job(
         )
     if not asked.training_files:
         raise InvalidRequestError("A training file is needed.", param="training_file")
+    purposes = ("fine-tune", "evals") if asked.method == "evaluation" else ("fine-tune",)
     train_rows = [
-        await _fine_tune_file(session, principal, file_id, "training_file")
+        await _fine_tune_file(session, principal, file_id, "training_file", purposes)
         for file_id, _ in asked.training_files
     ]
     valid_row = (
-        await _fine_tune_file(session, principal, asked.validation_file, "validation_file")
-        if asked.validation_file
+        await _fine_tune_file(
+            session, principal, asked.validation_file, "validation_file", purposes
+        )
+        if asked.validation_file and asked.validation_file != asked.training_files[0][0]
         else None
     )
     every = [*train_rows, *([valid_row] if valid_row else [])]
@@ -344,7 +364,11 @@ async def create_job(
             raise UnprocessableError("file weights must be in (0, 100]", param="training_files")
     if asked.suffix is not None and not _suffix_ok(asked.suffix):
         raise InvalidRequestError("suffix: up to 40 letters, digits, '-' and '_'", param="suffix")
-    resolve = resolve_reinforcement if asked.method == "reinforcement" else resolve_hyperparameters
+    resolve = {
+        "supervised": resolve_hyperparameters,
+        "reinforcement": resolve_reinforcement,
+        "evaluation": resolve_evaluation,
+    }[asked.method]
     resolved = resolve(asked, samples=samples, context_length=base.context_length, limits=limits)
     if start_from is not None:
         resolved["start_from"] = start_from
@@ -446,15 +470,21 @@ async def _artifact(session: AsyncSession, model: ModelRow) -> ModelArtifactRow 
 
 
 async def _fine_tune_file(
-    session: AsyncSession, principal: Principal, file_id: str, param: str
+    session: AsyncSession,
+    principal: Principal,
+    file_id: str,
+    param: str,
+    purposes: tuple[str, ...] = ("fine-tune",),
 ) -> FileRow:
     try:
         row = await files.get_file(session, principal=principal, file_id=file_id)
     except NotFoundError:
         raise NotFoundError(f"No such file: {file_id}", param=param) from None
-    if row.purpose != "fine-tune":
+    if row.purpose not in purposes:
         raise InvalidRequestError(
-            f"File {file_id} was uploaded with purpose {row.purpose!r}, not 'fine-tune'.",
+            f"File {file_id} was uploaded with purpose {row.purpose!r}, not "
+            + " or ".join(repr(p) for p in purposes)
+            + ".",
             param=param,
         )
     if row.status != "processed":
@@ -502,6 +532,7 @@ async def list_jobs(
     query = select(FineTuningJobRow).order_by(
         FineTuningJobRow.created_at.desc(), FineTuningJobRow.id.desc()
     )
+    query = query.where(FineTuningJobRow.method != "evaluation")  # listed with their model
     if not principal.is_operator:
         query = query.where(FineTuningJobRow.org_id == principal.org_id)
         if principal.project_id is not None:
@@ -631,3 +662,45 @@ def fine_tuned_name(job: FineTuningJobRow) -> str:
     suffix = job.suffix or "ft"
     base = (job.resolved.get("start_from") or {}).get("base") or job.base_model
     return f"ft:{base}:{job.org_id[-8:]}:{suffix}:{job.id[-8:]}"[:200]
+
+
+# -- evaluations ------------------------------------------------------------------------
+
+
+async def evaluations_of(
+    session: AsyncSession, *, principal: Principal, model: ModelRow, limit: int = 50
+) -> list[tuple[FineTuningJobRow, dict[str, Any] | None]]:
+    """The caller's organisation's evaluation jobs of `model`, newest first, each with its
+    result (None until it has one)."""
+    check_scope(principal, Scope.READ)
+    if principal.org_id is None:
+        return []
+    query = (
+        select(FineTuningJobRow)
+        .where(FineTuningJobRow.org_id == principal.org_id, FineTuningJobRow.method == "evaluation")
+        .order_by(FineTuningJobRow.created_at.desc())
+    )
+    if principal.project_id is not None:
+        query = query.where(FineTuningJobRow.project_id == principal.project_id)
+    found = []
+    for job in (await session.execute(query)).scalars():
+        start = job.resolved.get("start_from") or {}
+        evaluated = start.get("model_id") or job.base_model_id
+        if evaluated != model.id:
+            continue
+        found.append((job, await evaluation_result(session, job.id)))
+        if len(found) >= limit:
+            break
+    return found
+
+
+async def evaluation_result(session: AsyncSession, job_id: str) -> dict[str, Any] | None:
+    query = (
+        select(FineTuningEventRow)
+        .where(FineTuningEventRow.job_id == job_id)
+        .order_by(FineTuningEventRow.seq.desc())
+    )
+    for event in (await session.execute(query)).scalars():
+        if event.data and "evaluation" in event.data:
+            return dict(event.data["evaluation"])
+    return None

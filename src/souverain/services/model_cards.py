@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.principal import Principal
 from souverain.db.tables import ModelArtifactRow
-from souverain.services import models
+from souverain.services import finetune, models
 
 
 async def card(session: AsyncSession, *, principal: Principal, ref: str) -> dict[str, Any]:
@@ -77,9 +77,22 @@ async def card(session: AsyncSession, *, principal: Principal, ref: str) -> dict
             "job_id": lineage.get("job_id"),
             "trained_at": lineage.get("trained_at"),
         },
-        # held-out results before and after training (reinforcement jobs with a
-        # validation file): pass@1, format rate, mean reward, language consistency
-        "3_evaluation": lineage.get("evaluation"),
+        # pass@1, format rate, mean reward, language consistency on held-out files: before
+        # and after training (reinforcement jobs with a validation file), and the
+        # evaluations the reader's organisation ran of this model
+        "3_evaluation": {
+            "training": lineage.get("evaluation"),
+            "evaluations": [
+                {"id": job.id, "file_id": job.training_files[0]["file_id"],
+                 "grader": job.resolved.get("grader"),
+                 "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+                 "result": result}
+                for job, result in await finetune.evaluations_of(
+                    session, principal=principal, model=model
+                )
+                if job.status == "succeeded"
+            ],
+        },
     }  # fmt: skip
 
 

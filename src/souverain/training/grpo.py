@@ -24,7 +24,8 @@ One step (Shao et al., "DeepSeekMath", 2024, GRPO; Mistral AI, "Magistral", 2025
 Progress lines (numbers, never text) as the supervised recipe's, and: `step` carries
 reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction, step_s,
 rollout_s, train_s; `eval` {step, metrics: {overall, per language}} before the first
-step and after the last, on the validation file.
+step and after the last, on the validation file. With `max_steps` 0 (an evaluation job)
+the recipe evaluates once and ends.
 """
 
 from __future__ import annotations
@@ -291,6 +292,11 @@ class Job:
         signal.signal(signal.SIGTERM, self._ask_stop)
         if self.step == 0 and self.valid:
             progress.emit("eval", step=0, metrics=self.evaluate())
+        if hp.max_steps == 0:  # an evaluation job: nothing to train
+            progress.emit("done", step=0, tokens=0, adapter_dir=None, adapter_gguf=None,
+                          metrics={})  # fmt: skip
+            self.rollouts.close()
+            return 0
         while self.step < hp.max_steps:
             if self.stop_asked:
                 self._save(self.output / f"checkpoint-{self.step}")
