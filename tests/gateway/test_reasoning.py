@@ -11,8 +11,10 @@ from typing import Any
 import openai
 import pytest
 from mistralai.client import Mistral
+from sqlalchemy import select
 
 from souverain.core.roles import Role
+from souverain.db.tables import DeploymentRow, ModelRow
 from souverain.gateway.reasoning import SYSTEM_PROMPT
 from tests.conftest import Platform, wait_until
 
@@ -188,3 +190,42 @@ class TestLanguages:
         assert group["key"] == f"{model} · fr"
         assert (group["requests"], group["language_consistent"]) == (2, 1)
         assert group["language_consistency"] == 0.5
+
+
+class TestDeploymentDefault:
+    """A deployment may answer in reasoning mode by default: the reasoning system prompt
+    without the client asking, unless it says reasoning_effort "none"."""
+
+    async def test_reasoning_mode_by_default(self, platform: Platform) -> None:
+        model = await platform.served_model(
+            capabilities=("chat", "completions", "reasoning"), reasoning_default=True
+        )
+        tenant = await platform.factory.tenant(roles={"u": Role.MEMBER})
+        key = (await platform.factory.member_key(tenant, "u", Role.MEMBER)).key
+        sdk = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+        answer = await sdk.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "why? #think"}]
+        )
+        assert platform.stand_in.requests[-1]["messages"][0]["content"] == SYSTEM_PROMPT
+        assert answer.choices[0].message.reasoning_content == "the tenant asks"  # type: ignore[attr-defined]
+        await sdk.chat.completions.create(
+            model=model, reasoning_effort="none",
+            messages=[{"role": "user", "content": "why? #think"}],
+        )  # fmt: skip
+        assert platform.stand_in.requests[-1]["messages"][0]["role"] == "user"
+
+    async def test_only_reasoning_models_can_default_to_it(self, platform: Platform) -> None:
+        model = await platform.served_model()
+        async with platform.sessions() as session:
+            name = (
+                await session.execute(
+                    select(DeploymentRow.name)
+                    .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+                    .where(ModelRow.name == model)
+                )
+            ).scalar_one()
+        async with platform.client(await platform.operator_key()) as client:
+            refused = await client.patch(f"/api/deployments/{name}",
+                                         json={"reasoning_default": True})  # fmt: skip
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "reasoning_default"

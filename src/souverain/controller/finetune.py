@@ -489,6 +489,8 @@ class FineTuneReconciler:
             engine=base.engine, replicas=1, datacenters=[], cpus=self._defaults.serve_cpus, gpus=0,
             engine_args={}, placement={"jurisdictions": job.jurisdictions} if job.jurisdictions else {},
             strategy="spread", status="pending", status_reason="", deleted=False,
+            # trained to reason under the reasoning prompt: answers with it by default
+            reasoning_default="reasoning" in model.capabilities,
         ))  # fmt: skip
         await audit.record(
             session, actor=audit.SYSTEM_CONTROLLER, action="model.fine_tuned",

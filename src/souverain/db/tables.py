@@ -226,6 +226,8 @@ class DeploymentRow(Base):
     engine_args: Mapped[dict[str, Any]] = mapped_column(JSON)
     placement: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # policy vocabulary
     strategy: Mapped[str] = mapped_column(String(16), default="spread")
+    # the reasoning system prompt unless the client says reasoning_effort "none"
+    reasoning_default: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16))
     status_reason: Mapped[str] = mapped_column(Text, default="")
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)

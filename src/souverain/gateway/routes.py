@@ -136,6 +136,7 @@ async def infer(request: Request, endpoint: str, schema: type[InferenceBody]) ->
         shown, prompted = reasoning.mode_for(
             prompt_mode=body.prompt_mode, effort=body.reasoning_effort,
             capabilities=model.capabilities, user_agent=request.headers.get("user-agent", ""),
+            default=model.reasoning_default,
         )  # fmt: skip
         if prompted:
             upstream["messages"] = reasoning.with_system_prompt(upstream["messages"])

@@ -126,6 +126,8 @@ async def create_deployment(
     except EngineArgError as error:
         raise UnprocessableError(str(error), param=f"engine_args.{error.name}") from None
     await _check_datacenters(session, request.datacenters)
+    if request.reasoning_default:
+        _check_reasoning(model)
     if await _name_taken(session, name=request.name, org_id=org_id):
         raise ConflictError(f"deployment '{request.name}' already exists", param="name")
     deployment = await put_deployment(session, request=request, model=model, org_id=org_id)
@@ -161,12 +163,22 @@ async def put_deployment(
             "operator_jurisdictions": request.operator_jurisdictions,
         },
         strategy=request.strategy,
+        reasoning_default=request.reasoning_default,
         status="pending",
         status_reason="waiting for the controller",
     )
     session.add(deployment)
     await session.flush()
     return deployment
+
+
+def _check_reasoning(model: ModelRow) -> None:
+    if "reasoning" not in model.capabilities:
+        raise InvalidRequestError(
+            f"The model '{model.name}' is not marked reasoning: its deployments cannot "
+            "answer in reasoning mode by default.",
+            param="reasoning_default",
+        )
 
 
 async def _check_datacenters(session: AsyncSession, ids: list[str]) -> None:
@@ -194,6 +206,12 @@ async def update_deployment(
     deployment.placement = placement
     if request.strategy is not None:
         deployment.strategy = request.strategy
+    if request.reasoning_default is not None:
+        if request.reasoning_default:
+            model = await session.get(ModelRow, deployment.model_id)
+            assert model is not None
+            _check_reasoning(model)
+        deployment.reasoning_default = request.reasoning_default
     deployment.updated_at = utcnow()
     await session.flush()
     await record(

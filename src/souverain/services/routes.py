@@ -31,6 +31,7 @@ class ModelInfo:
     capabilities: tuple[str, ...]
     context_length: int
     created: int
+    reasoning_default: bool = False  # one of its deployments answers in reasoning mode
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,15 @@ class ReplicaRoute:
 
 async def load_models(session: AsyncSession) -> list[ModelInfo]:
     rows = (await session.execute(select(ModelRow).order_by(ModelRow.name))).scalars()
+    reasoning = set(
+        (
+            await session.execute(
+                select(DeploymentRow.model_id).where(
+                    DeploymentRow.reasoning_default.is_(True), DeploymentRow.deleted.is_(False)
+                )
+            )
+        ).scalars()
+    )
     return [
         ModelInfo(
             id=row.id,
@@ -73,6 +83,7 @@ async def load_models(session: AsyncSession) -> list[ModelInfo]:
             capabilities=tuple(row.capabilities),
             context_length=row.context_length,
             created=int(row.created_at.timestamp()),
+            reasoning_default=row.id in reasoning and "reasoning" in row.capabilities,
         )
         for row in rows
     ]

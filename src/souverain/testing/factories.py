@@ -153,6 +153,7 @@ class Factory:
         replica_id: str | None = None,
         engine: str = "stand-in",
         more_replicas: tuple[tuple[str, str], ...] = (),
+        reasoning_default: bool = False,
     ) -> tuple[str, str]:
         """A model with a deployment and one ready replica at `url` (by default the stand-in
         engine, which serves any number of requests at once), plus `more_replicas` as
@@ -196,6 +197,7 @@ class Factory:
                 engine_args={},
                 status="ready",
                 status_reason="",
+                reasoning_default=reasoning_default,
             )
             session.add(deployment)
             await session.flush()

@@ -36,6 +36,7 @@ async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deploym
                 certifications=list((row.placement or {}).get("certifications") or []),
                 operator_jurisdictions=(row.placement or {}).get("operator_jurisdictions"),
                 strategy=row.strategy,
+                reasoning_default=row.reasoning_default,
                 cpus=row.cpus,
                 gpus=row.gpus,
                 engine_args=dict(row.engine_args),

@@ -29,6 +29,11 @@ class DeploymentCreateRequest(StrictRequest):
     )
     operator_jurisdictions: list[str] | None = Field(default=None, max_length=300)
     strategy: Strategy = "spread"
+    reasoning_default: bool = Field(
+        default=False,
+        description="Answer in reasoning mode unless the client asks otherwise (models "
+        "marked reasoning only).",
+    )
 
     _check = field_validator("jurisdictions", "operator_jurisdictions")(_jurisdictions)
 
@@ -42,6 +47,7 @@ class DeploymentUpdateRequest(StrictRequest):
     certifications: list[str] | None = Field(default=None, max_length=32)
     operator_jurisdictions: list[str] | None = Field(default=None, max_length=300)
     strategy: Strategy | None = None
+    reasoning_default: bool | None = None
 
     _check = field_validator("jurisdictions", "operator_jurisdictions")(_jurisdictions)
 
@@ -70,6 +76,7 @@ class Deployment(Out):
     certifications: list[str]
     operator_jurisdictions: list[str] | None
     strategy: str
+    reasoning_default: bool = False
     cpus: float
     gpus: int
     engine_args: dict[str, Any]
