@@ -159,6 +159,61 @@ def trl_baseline(spec_path: str) -> None:
     print(" ".join(f"{t:.3f}" for t in clock.times))
 
 
+def rollout_speed(tmp: Path, adapter: Path, rounds: int) -> dict[str, Any]:
+    """Rollouts alone: one step's completions (batch × group, max_tokens, temperature),
+    from the same adapter, by transformers' `generate` (what TRL's trainer calls) and by
+    souverain's llama.cpp batch (training/rollouts.py). Tokens generated per second."""
+    import torch
+    from peft import PeftModel
+
+    from souverain.training.grpo import read_items
+    from souverain.training.rollouts import Rollouts
+    from souverain.training.sft import _export_gguf, load_model, load_tokenizer
+
+    torch.set_num_threads(2)
+    gguf = builtin_path(MODEL)
+    base = {"path": str(gguf.parent), "gguf_file": gguf.name}
+    tokenizer = load_tokenizer(base)
+    model = PeftModel.from_pretrained(load_model(base), str(adapter)).eval()
+    items = read_items(tmp / "rl.jsonl", system=SYSTEM_PROMPT)
+    group, max_tokens = HYPER["group_size"], HYPER["max_tokens"]
+    exported = _export_gguf(model.config, adapter, tmp / "speed-adapter.gguf")
+    assert exported is not None
+    engine = Rollouts(gguf, sequences=HYPER["batch_size"] * group,
+                      context=HYPER["batch_size"] * group * 512, threads=2)  # fmt: skip
+    engine.set_adapter(exported)
+    ours, theirs = [], []
+    for round_ in range(rounds + 1):  # the first round warms both up
+        chosen = items[round_ * HYPER["batch_size"] : (round_ + 1) * HYPER["batch_size"]]
+        prompts = [list(tokenizer.apply_chat_template(i.messages, add_generation_prompt=True,
+                                                      tokenize=True)["input_ids"]) for i in chosen]  # fmt: skip
+        started = time.perf_counter()
+        samples = engine.generate(prompts, n=group, max_tokens=max_tokens,
+                                  temperature=HYPER["temperature"], round_seed=round_)  # fmt: skip
+        took = time.perf_counter() - started
+        if round_:
+            ours.append(sum(len(x.tokens) for x in samples) / took)
+        tokenizer.padding_side = "left"
+        texts = [tokenizer.decode(p) for p in prompts]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**batch, do_sample=True, temperature=HYPER["temperature"],
+                                 max_new_tokens=max_tokens, num_return_sequences=group,
+                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        took = time.perf_counter() - started
+        new = out[:, batch["input_ids"].shape[1] :]
+        stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        generated = sum(int((row != tokenizer.pad_token_id).sum()) if stop not in row.tolist()
+                        else row.tolist().index(stop) + 1 for row in new)  # fmt: skip
+        if round_:
+            theirs.append(generated / took)
+    engine.close()
+    return {"ours_tokens_per_s": statistics.median(ours),
+            "generate_tokens_per_s": statistics.median(theirs),
+            "ratio": statistics.median(ours) / statistics.median(theirs)}  # fmt: skip
+
+
 # -- 2. the recipe on souverain up ------------------------------------------------------
 
 
@@ -305,12 +360,18 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def report(speed: dict[str, Any] | None, result: dict[str, Any] | None) -> None:
-    if speed:
+    if speed and "ours_s" in speed:
         print(f"step time, batch {HYPER['batch_size']} prompts × {HYPER['group_size']}, "
               f"max_tokens {HYPER['max_tokens']}, {MODEL} + LoRA, 2 threads:")  # fmt: skip
         print(f"  TRL GRPOTrainer (transformers generate):  {speed['trl_s']:6.1f} s a step")
         print(f"  souverain (rollouts in llama.cpp):        {speed['ours_s']:6.1f} s a step")
         print(f"  ratio (TRL ÷ souverain):                   {speed['ratio']:6.2f}×")
+    rolled = (speed or {}).get("rollouts")
+    if rolled:
+        print(f"rollouts alone ({HYPER['batch_size']} × {HYPER['group_size']} completions):")
+        print(f"  transformers generate:  {rolled['generate_tokens_per_s']:6.1f} tokens/s")
+        print(f"  llama.cpp batch:        {rolled['ours_tokens_per_s']:6.1f} tokens/s "
+              f"(ratio {rolled['ratio']:.2f}×)")  # fmt: skip
     if result:
         before, after = result["before"], result["after"]
         print(f"cold start {result['cold_start_s'] / 60:.1f} min; GRPO {result['steps']} steps "
@@ -342,9 +403,18 @@ async def main() -> None:
     parser.add_argument("--step-s", type=float, default=None,
                         help="with --skip-speed: the step time to size the job by")  # fmt: skip
     parser.add_argument("--trl-baseline", help=argparse.SUPPRESS)
+    parser.add_argument("--rollouts-only", action="store_true",
+                        help="only the rollout speed comparison (and its cold start)")  # fmt: skip
+    parser.add_argument("--adapter", help="with --rollouts-only: a cold-start PEFT adapter")
     args = parser.parse_args()
     if args.trl_baseline:
         trl_baseline(args.trl_baseline)
+        return
+    if args.rollouts_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter = Path(args.adapter) if args.adapter else cold_start_by_hand(Path(tmp), 120, 30)
+            (Path(tmp) / "rl.jsonl").write_bytes(jsonl("train", 64, worked=False, skip=1000))
+            report({"rollouts": rollout_speed(Path(tmp), adapter, args.speed_steps + 1)}, None)
         return
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
@@ -357,6 +427,7 @@ async def main() -> None:
             speed = {"ours_s": statistics.median(ours), "trl_s": statistics.median(theirs),
                      "ours": ours, "trl": theirs}  # fmt: skip
             speed["ratio"] = speed["trl_s"] / speed["ours_s"]
+            speed["rollouts"] = rollout_speed(Path(tmp), adapter, args.speed_steps + 1)
         if not args.skip_learning:
             step_s = speed["ours_s"] if speed else (args.step_s or 20.0)
             result = await learning(args, Path(tmp), step_s)
