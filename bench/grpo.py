@@ -271,7 +271,7 @@ async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[s
             job = await wait_job(http, created.json()["id"], 4 * 3600)
             grpo_s = time.monotonic() - started
             events = (await http.get(f"/v1/fine_tuning/jobs/{job['id']}/events",
-                                     params={"limit": 100})).json()["data"]  # fmt: skip
+                                     params={"limit": 1000})).json()["data"]  # fmt: skip
             served = await ask_served(url, key, job["fine_tuned_model"])
     finally:
         process.send_signal(signal.SIGINT)
