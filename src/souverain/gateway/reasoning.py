@@ -58,9 +58,9 @@ class Splitter:
                     return parts
                 opened = next((pair for pair in TAGS if stripped.startswith(pair[0])), None)
                 if opened is not None:
-                    self.state, self.closing, self.saw_thinking = "thinking", opened[1], True
+                    self.state, self.closing, self.saw_thinking = "thinking_start", opened[1], True
                     self._leading.clear()
-                    text = stripped[len(opened[0]) :].lstrip("\n")
+                    text = stripped[len(opened[0]) :]
                     continue
                 if any(pair[0].startswith(stripped) for pair in TAGS):
                     self.held = text  # "<th…": wait for more
@@ -68,6 +68,12 @@ class Splitter:
                 self.state = "answer"
                 text = "".join(self._leading) + text
                 self._leading.clear()
+                continue
+            if self.state == "thinking_start":  # the newlines right after the tag, in any piece
+                text = text.lstrip("\n")
+                if not text:
+                    return parts
+                self.state = "thinking"
                 continue
             if self.state == "thinking":
                 end = text.find(self.closing)
@@ -95,7 +101,7 @@ class Splitter:
     def finish(self) -> list[tuple[str, str]]:
         """What is left when the stream ends: an unfinished tag is text after all."""
         held, self.held = self.held, ""
-        if self.state == "thinking":
+        if self.state in ("thinking", "thinking_start"):
             return [(REASONING, held)] if held else []
         leftover = "".join(self._leading) + held
         self._leading.clear()
