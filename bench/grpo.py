@@ -43,7 +43,7 @@ from souverain.training import mathgen
 ROOT = Path(__file__).resolve().parent.parent
 HYPER = {"batch_size": 2, "group_size": 8, "max_tokens": 128, "length_cache": 32,
          "temperature": 0.8, "minibatches": 2}  # fmt: skip
-RL_LR_MULTIPLIER = 4  # 2e-4 for the LoRA: a short run must move
+RL_LR_MULTIPLIER = 2  # 1e-4 for the LoRA (at 2e-4 the sampled format rate fell to 56 % by step 4)
 
 
 def jsonl(split: str, count: int, *, worked: bool, skip: int = 0) -> bytes:

@@ -1,5 +1,5 @@
-"""The parts of fine-tuning that are plain functions: hyperparameters ("auto" included)
-resolved and bounded, and the adapter's q/k layout for llama.cpp."""
+"""The parts of fine-tuning that are plain functions: hyperparameters ("auto" included,
+supervised and reinforcement) resolved and bounded, and the adapter's q/k layout for llama.cpp."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from souverain.core.errors import UnprocessableError
-from souverain.services.finetune import BASE_LEARNING_RATE, Asked, Limits, resolve_hyperparameters
+from souverain.services.finetune_recipe import (
+    BASE_LEARNING_RATE,
+    Asked,
+    Limits,
+    resolve_evaluation,
+    resolve_hyperparameters,
+    resolve_reinforcement,
+)
 from souverain.training import lora_gguf
 
 LIMITS = Limits(max_steps=1000, max_epochs=20, max_seq_len=4096, max_dataset_bytes=2**20,
@@ -71,6 +78,29 @@ class TestHyperparameters:
             resolve_hyperparameters(asked(**fields), samples=100, context_length=4096,
                                     limits=LIMITS)  # fmt: skip
         assert refused.value.param == param
+
+
+class TestReinforcementHyperparameters:
+    @staticmethod
+    def resolve(**reinforcement: object) -> dict[str, object]:
+        job = asked(method="reinforcement", grader={"type": "magistral"},
+                    reinforcement=reinforcement)  # fmt: skip
+        return resolve_reinforcement(job, samples=10, context_length=2048, limits=LIMITS)
+
+    def test_a_short_budget_shortens_the_length_ramp_it_was_not_given(self) -> None:
+        assert self.resolve()["length_cache"] == 64
+        assert self.resolve(max_tokens=64)["length_cache"] == 32
+        assert self.resolve(max_tokens=64, length_cache=16)["length_cache"] == 16
+
+    def test_a_ramp_as_long_as_the_budget_is_refused(self) -> None:
+        with pytest.raises(UnprocessableError, match="length_cache"):
+            self.resolve(max_tokens=64, length_cache=64)
+
+    def test_an_evaluation_with_a_short_budget_resolves_to_no_step(self) -> None:
+        job = asked(method="reinforcement", grader={"type": "magistral"},
+                    reinforcement={"max_tokens": 64})  # fmt: skip
+        resolved = resolve_evaluation(job, samples=5, context_length=2048, limits=LIMITS)
+        assert resolved["max_steps"] == 0 and resolved["length_cache"] == 32
 
 
 class TestAdapterLayout:

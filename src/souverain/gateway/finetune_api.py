@@ -17,7 +17,7 @@ from souverain.core.schemas.common import StrictRequest
 from souverain.db.jobs import FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
 from souverain.gateway.deps import PrincipalDep, SessionDep, StateDep
 from souverain.gateway.errors import validation_message
-from souverain.services import finetune, models
+from souverain.services import finetune, finetune_recipe, models
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -121,7 +121,7 @@ def _auto(value: Any) -> Any:
     return None if value == "auto" else value
 
 
-def _asked_reinforcement(body: OpenAIJobRequest) -> finetune.Asked:
+def _asked_reinforcement(body: OpenAIJobRequest) -> finetune_recipe.Asked:
     assert body.method is not None
     if body.method.reinforcement is None:
         raise InvalidRequestError(
@@ -132,9 +132,9 @@ def _asked_reinforcement(body: OpenAIJobRequest) -> finetune.Asked:
     own = {
         name: value
         for name, value in hp.model_dump(exclude_none=True).items()
-        if name in finetune.RL_DEFAULTS and value != "auto"
+        if name in finetune_recipe.RL_DEFAULTS and value != "auto"
     }
-    return finetune.Asked(
+    return finetune_recipe.Asked(
         shape="openai", model=body.model, training_files=[(body.training_file, 1.0)],
         validation_file=body.validation_file, n_epochs=_auto(hp.n_epochs),
         batch_size=_auto(hp.batch_size), learning_rate_multiplier=_auto(hp.learning_rate_multiplier),
@@ -146,14 +146,14 @@ def _asked_reinforcement(body: OpenAIJobRequest) -> finetune.Asked:
     )  # fmt: skip
 
 
-def _asked_openai(body: OpenAIJobRequest) -> finetune.Asked:
+def _asked_openai(body: OpenAIJobRequest) -> finetune_recipe.Asked:
     if body.method is not None and body.method.type == "reinforcement":
         return _asked_reinforcement(body)
     hp = body.hyperparameters
     if body.method is not None and body.method.supervised is not None:
         hp = body.method.supervised.hyperparameters or hp
     hp = hp or SupervisedHyperparameters()
-    return finetune.Asked(
+    return finetune_recipe.Asked(
         shape="openai", model=body.model, training_files=[(body.training_file, 1.0)],
         validation_file=body.validation_file, n_epochs=_auto(hp.n_epochs),
         batch_size=_auto(hp.batch_size), learning_rate_multiplier=_auto(hp.learning_rate_multiplier),
@@ -164,14 +164,14 @@ def _asked_openai(body: OpenAIJobRequest) -> finetune.Asked:
     )  # fmt: skip
 
 
-def _asked_mistral(body: MistralJobRequest) -> finetune.Asked:
+def _asked_mistral(body: MistralJobRequest) -> finetune_recipe.Asked:
     hp = body.hyperparameters
     if hp.training_steps is not None and hp.epochs is not None:
         raise InvalidRequestError(
             "Give training_steps or epochs, not both.", param="hyperparameters"
         )
     epochs = None if hp.epochs is None else max(1, round(hp.epochs))
-    return finetune.Asked(
+    return finetune_recipe.Asked(
         shape="mistral", model=body.model,
         training_files=[(f.file_id, f.weight) for f in body.training_files],
         validation_file=body.validation_files[0] if body.validation_files else None, n_epochs=epochs,
@@ -195,9 +195,9 @@ def openai_job(job: FineTuningJobRow) -> dict[str, Any]:
         "learning_rate_multiplier": round(
             job.resolved.get("learning_rate", 0)
             / (
-                finetune.BASE_RL_LEARNING_RATE
+                finetune_recipe.BASE_RL_LEARNING_RATE
                 if job.method == "reinforcement"
-                else finetune.BASE_LEARNING_RATE
+                else finetune_recipe.BASE_LEARNING_RATE
             ),
             6,
         ),
@@ -232,7 +232,7 @@ def _method(job: FineTuningJobRow, hp: dict[str, Any]) -> dict[str, Any]:
     if job.method != "reinforcement":
         return {"type": "supervised", "supervised": {"hyperparameters": hp}}
     resolved = job.resolved
-    own = {name: resolved.get(name) for name in finetune.RL_DEFAULTS}
+    own = {name: resolved.get(name) for name in finetune_recipe.RL_DEFAULTS}
     return {
         "type": "reinforcement",
         "reinforcement": {
@@ -333,9 +333,9 @@ def openai_checkpoint(job: FineTuningJobRow, row: FineTuningCheckpointRow) -> di
     }
 
 
-def _limits(state: Any) -> finetune.Limits:
+def _limits(state: Any) -> finetune_recipe.Limits:
     s = state.settings
-    return finetune.Limits(
+    return finetune_recipe.Limits(
         max_steps=s.finetune_max_steps, max_epochs=s.finetune_max_epochs,
         max_seq_len=s.finetune_max_seq_len, max_dataset_bytes=s.finetune_max_dataset_bytes,
         max_samples=s.finetune_max_samples, cpus=s.finetune_cpus,
@@ -520,7 +520,7 @@ async def create_evaluation(
     result is listed with the model and shown on its card."""
     own = {name: value for name, value in (("max_tokens", body.max_tokens),
                                            ("eval_samples", body.samples)) if value is not None}  # fmt: skip
-    asked = finetune.Asked(
+    asked = finetune_recipe.Asked(
         shape="openai", model=model, training_files=[(body.file_id, 1.0)],
         validation_file=body.file_id, seq_len=body.seq_len, seed=body.seed,
         jurisdictions=body.jurisdictions, method="evaluation", grader=body.grader,
