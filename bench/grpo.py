@@ -106,7 +106,7 @@ def trl_baseline(spec_path: str) -> None:
 
     from souverain.training import rewards
     from souverain.training.grpo import read_items
-    from souverain.training.sft import load_model, load_tokenizer
+    from souverain.training.sft import load_model, load_tokenizer, precision
 
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(2)
@@ -139,6 +139,7 @@ def trl_baseline(spec_path: str) -> None:
         learning_rate=5e-5 * RL_LR_MULTIPLIER,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
         steps_per_generation=HYPER["minibatches"], dataloader_num_workers=0,
+        **precision(),  # float32 on CPUs, as souverain's own recipes
     )  # fmt: skip
     trainer = GRPOTrainer(model=model, reward_funcs=[magistral], args=config,
                           train_dataset=data, processing_class=tokenizer)  # fmt: skip

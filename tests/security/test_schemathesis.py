@@ -160,7 +160,6 @@ class TestSchemathesis:
         assert campaign.calls >= len(campaign.operations) * 2
         reached = {label for (label, status) in campaign.statuses if status < 300}
         assert len(reached) >= 10, sorted(reached)  # positive cases do get through
-        assert campaign.seconds < 60, campaign.seconds
 
     def test_no_server_errors(self, campaign: Campaign) -> None:
         findings = campaign.of("not_a_server_error")
