@@ -55,9 +55,10 @@ def _logging(settings: Settings) -> None:
 
 
 # The embedded head offers a few logical CPUs more than the machine has: the built-in chat
-# and embedding models take one each, and a fine-tuning job and the model it makes must
-# still fit beside them on a laptop (they share the cores, as any local processes do).
-EMBEDDED_SPARE_CPUS = 2
+# and embedding models take one each, and the reasoning recipe's chain must still fit
+# beside them on a laptop: the cold-start model, the model GRPO makes from it, and an
+# evaluation job of that model (they share the cores, as any local processes do).
+EMBEDDED_SPARE_CPUS = 3
 
 
 def _controller(
