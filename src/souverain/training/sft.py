@@ -62,9 +62,9 @@ def precision() -> dict[str, Any]:
     """Trainer settings for this node's hardware. TRL turns on bf16 autocast and gradient
     checkpointing by default; on a CPU without native bf16 (no AVX-512 BF16 or AMX) the
     autocast is emulated: a step of batch 4 on the built-in model took 117 s there instead
-    of 9.7 s in float32 (AMD EPYC, 2 cores). CPU jobs train in float32 without
-    checkpointing (small models: memory is not what limits them); GPUs use bf16 where they
-    support it."""
+    of 9.7 s in float32 (AMD EPYC, 2 cores shared with two other training processes).
+    CPU jobs train in float32 without checkpointing (small models: memory is not what
+    limits them); GPUs use bf16 where they support it."""
     import torch
 
     if torch.cuda.is_available():
