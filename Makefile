@@ -7,13 +7,20 @@ TORCH  ?= 2.13.0
 
 .PHONY: setup up test lint unit bench clean
 
-$(STAMP): pyproject.toml scripts/build-llamacpp
+# llama-server (the llamacpp engine's parallel runtime) builds beside the llama-cpp-python
+# wheel, both from the same llama.cpp sources and cached; without it, llama-cpp-python serves.
+$(STAMP): pyproject.toml scripts/build-llamacpp scripts/build-llama-server
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==$(TORCH)"
-	wheels="$$(PIP=$(BIN)/pip scripts/build-llamacpp)" && \
+	( PIP=$(BIN)/pip scripts/build-llama-server > $(VENV)/.llama-server || rm -f $(VENV)/.llama-server ) & \
+	  server=$$! && \
+	  $(BIN)/pip install --quiet "torch==$(TORCH)" && \
+	  wheels="$$(PIP=$(BIN)/pip scripts/build-llamacpp)" && \
 	  $(BIN)/pip install --quiet --no-deps --force-reinstall "$$wheels"/llama_cpp_python-*.whl && \
-	  $(BIN)/pip install --quiet --find-links "$$wheels" -e ".[llamacpp,embeddings,training,dev]"
+	  $(BIN)/pip install --quiet --find-links "$$wheels" -e ".[llamacpp,embeddings,training,dev]" && \
+	  wait $$server && \
+	  if [ -s $(VENV)/.llama-server ]; then install -m 755 "$$(cat $(VENV)/.llama-server)" $(BIN)/llama-server; \
+	  else echo "llama-server could not be built: the llamacpp engine will use llama-cpp-python" >&2; fi
 	touch $(STAMP)
 
 # llama.cpp is built portable by default (AVX2/FMA/F16C on x86-64, any aarch64): set

@@ -8,6 +8,17 @@ Prints medians and the ratio souverain / direct (1.00 means no cost); at concurr
 also the aggregate tokens/s of the parallel streams (llama.cpp serves one request at a
 time, so they queue). Traffic stays on this machine; every loop is bounded.
 
+    python bench/e2e_tokens.py --engines [--rounds 4] [--concurrency 1 4 16]
+
+compares the serving engines instead, same run, same prompts, rounds alternating:
+(a) through souverain (`souverain up` with the llama-server runtime), (b) straight to that
+replica's engine, (c) a plain `llama-server` started by hand with the same slots and
+llama.cpp's own defaults, (d) the llama-cpp-python engine. Aggregate tokens/s and time to
+first token p50/p99 at each concurrency, the ratios a/c and a/d; then fairness (one
+tenant streams 16 at once, another 1: the second's time to first token against idle),
+and prefix reuse (a long shared system prompt: a tenant's first request, which may not
+reuse another's cache, against its next ones).
+
     python bench/e2e_tokens.py --builds WHEELDIR WHEELDIR…
 
 compares llama.cpp builds instead (folders made by scripts/build-llamacpp, each holding a
@@ -56,10 +67,13 @@ class Sample:
         return (self.tokens - 1) / self.decode_s if self.decode_s > 0 and self.tokens > 1 else 0.0
 
 
-async def stream_once(client: httpx.AsyncClient, url: str, key: str, max_tokens: int) -> Sample:
+async def stream_once(
+    client: httpx.AsyncClient, url: str, key: str, max_tokens: int,
+    messages: list[dict[str, str]] | None = None,
+) -> Sample:  # fmt: skip
     body = {
         "model": MODEL,
-        "messages": PROMPT,
+        "messages": messages or PROMPT,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
@@ -83,8 +97,12 @@ async def stream_once(client: httpx.AsyncClient, url: str, key: str, max_tokens:
     return Sample(ttft_s=first - started, tokens=pieces, decode_s=last - first)
 
 
-def start_up(data_dir: Path, port: int, config: Path) -> tuple[subprocess.Popen[str], list[str]]:
+def start_up(
+    data_dir: Path, port: int, config: Path, runtime: str | None = None
+) -> tuple[subprocess.Popen[str], list[str]]:
     env = {**os.environ, "SOUVERAIN_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+    if runtime:
+        env["SOUVERAIN_LLAMACPP_RUNTIME"] = runtime
     process = subprocess.Popen(
         [
             sys.executable,
@@ -139,9 +157,15 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--builds", type=Path, nargs="+", help="compare llama.cpp builds")
+    parser.add_argument("--engines", action="store_true", help="compare serving engines")
     args = parser.parse_args()
     if args.builds:
         await compare_builds(args.builds, args.rounds, args.max_tokens)
+        return
+    if args.engines:
+        from serving import compare_engines
+
+        await compare_engines(args.rounds, args.max_tokens, args.concurrency)
         return
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,6 +20,8 @@ from souverain.core.fleet import ReplicaSpec
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.engines import llama_server
+from souverain.engines.base import EngineLauncher
 from souverain.engines.llamacpp import LlamaCppLauncher
 from souverain.engines.supervisor import EngineSupervisor
 from souverain.settings import Settings
@@ -50,15 +52,29 @@ class LlamaTarget:
         )
 
 
-def supervised_llamacpp(replica_id: str, log_dir: Path) -> EngineSupervisor:
+RUNTIMES = ("llama-cpp-python", "llama-server")
+
+
+def launcher(runtime: str) -> EngineLauncher:
+    if runtime == "llama-cpp-python":
+        return LlamaCppLauncher()
+    found = llama_server.binary()
+    assert found is not None, "no llama-server: `make setup` builds it (scripts/build-llama-server)"
+    return llama_server.LlamaServerLauncher(found)
+
+
+def supervised_llamacpp(
+    replica_id: str, log_dir: Path, runtime: str = "llama-cpp-python",
+    engine_args: dict[str, Any] | None = None,
+) -> EngineSupervisor:  # fmt: skip
     spec = ReplicaSpec(
         replica_id=replica_id, deployment_id="dep_test", model_name="smollm2",
         engine="llamacpp", artifact_uri="builtin://smollm2-135m-instruct", artifact_sha256=None,
         secret=replica_secret(MASTER_KEY.encode(), replica_id), datacenter_id="llama-dc",
-        cpus=2, gpus=0, threads=2, context_length=4096,
+        cpus=2, gpus=0, threads=2, context_length=4096, engine_args=engine_args or {},
     )  # fmt: skip
     supervisor = EngineSupervisor(
-        spec, LlamaCppLauncher(), host="127.0.0.1", node_id="node-test", log_dir=log_dir
+        spec, launcher(runtime), host="127.0.0.1", node_id="node-test", log_dir=log_dir
     )
     supervisor.start()
     status = supervisor.status()
@@ -70,9 +86,14 @@ def supervised_llamacpp(replica_id: str, log_dir: Path) -> EngineSupervisor:
 
 
 @contextlib.asynccontextmanager
-async def llamacpp_target(directory: Path, **settings: Any) -> AsyncIterator[LlamaTarget]:
+async def llamacpp_target(
+    directory: Path, runtime: str = "llama-cpp-python", engine_args: dict[str, Any] | None = None,
+    **settings: Any,
+) -> AsyncIterator[LlamaTarget]:  # fmt: skip
     replica_id = new_id("rep")
-    supervisor = await asyncio.to_thread(supervised_llamacpp, replica_id, directory)
+    supervisor = await asyncio.to_thread(
+        supervised_llamacpp, replica_id, directory, runtime, engine_args
+    )
     status = supervisor.status()
     assert status.url is not None
     config = Settings(
@@ -95,7 +116,8 @@ async def llamacpp_target(directory: Path, **settings: Any) -> AsyncIterator[Lla
                 url=status.url, datacenter_id=dc, replica_id=replica_id, engine="llamacpp"
             )
             # What the controller's observer would write from the replica's status:
-            await factory.replica_observed(replica_id, prompt_overhead=status.prompt_overhead)
+            await factory.replica_observed(replica_id, prompt_overhead=status.prompt_overhead,
+                                           runtime=status.runtime, slots=status.slots)  # fmt: skip
             target = LlamaTarget(server.url, model, supervisor, factory, tenant, key)
             async with target.client() as client:
 

@@ -324,9 +324,11 @@ def _row(table: str, name: str) -> str:
 
 
 def _status(table: str, name: str) -> str:
-    """The status cell of a `deployments list` row (columns: name, model, replicas, status, …)."""
+    """The status cell of a `deployments list` row (the column headed `status`)."""
+    header = [cell.strip() for cell in _row(table, "status").split("┃")]
+    column = header.index("status") if "status" in header else 5
     cells = [cell.strip() for cell in _row(table, name).split("│")]
-    return cells[4] if len(cells) > 4 else ""
+    return cells[column] if len(cells) > column else ""
 
 
 class TestResilience:

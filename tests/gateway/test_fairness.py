@@ -17,6 +17,7 @@ from souverain.api.app import create_app
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.services.routes import ReplicaRoute, load_ready_routes
 from souverain.settings import Settings
 from souverain.testing.factories import Factory
 from souverain.testing.live import LiveServer, free_port
@@ -40,8 +41,8 @@ class Setup:
         tenant = await self.factory.tenant(roles={name: Role.MEMBER})
         return (await self.factory.member_key(tenant, name, Role.MEMBER)).key
 
-    async def stream(self, key: str) -> tuple[int, float]:
-        body = {"model": self.model, "stream": True, "max_tokens": 2,
+    async def stream(self, key: str, tokens: int = 2) -> tuple[int, float]:
+        body = {"model": self.model, "stream": True, "max_tokens": tokens,
                 "messages": [{"role": "user", "content": "#slow hello"}]}  # fmt: skip
         started = time.perf_counter()
         async with (
@@ -109,3 +110,35 @@ async def test_a_tenants_line_is_bounded(setup: Setup) -> None:
     statuses = [code for code, _ in results]
     assert statuses.count(429) >= 4, statuses
     assert statuses.count(200) >= PER_ORG - 1
+
+
+async def test_on_a_replica_of_several_slots_a_burst_leaves_one_for_another_tenant(
+    setup: Setup,
+) -> None:
+    """Eight slots (as llama-server reports them): a tenant's burst of 12 holds at most 7,
+    and another tenant's request starts at once, beside the burst, instead of waiting for
+    one of it to end."""
+    [route] = [r for routes in (await _routes(setup)) for r in routes]
+    await setup.factory.replica_observed(route.replica_id, prompt_overhead=None,
+                                         runtime="stand-in", slots=8)  # fmt: skip
+    await asyncio.sleep(1.0)  # the server's route table reloads (every 0.2 s)
+    try:
+        burst_key, other_key = await setup.key("burst8"), await setup.key("other8")
+        setup.engine.peak_in_flight = 0
+        # The burst's requests take 1.2 s (6 tokens), the other tenant's 0.4 s.
+        burst = [asyncio.create_task(setup.stream(burst_key, 6)) for _ in range(12)]
+        await asyncio.sleep(0.2)  # seven in slots, five in line
+        status, waited = await setup.stream(other_key)
+        results = await asyncio.gather(*burst)
+        print(f"[fairness] 8 slots, other tenant beside a 12-request burst: {waited:.2f}s "
+              f"(service {SERVICE_S}s; after a slot of the burst: >{3 * SERVICE_S:.1f}s)")  # fmt: skip
+        assert status == 200 and all(code == 200 for code, _ in results)
+        assert waited < 2.5 * SERVICE_S  # it did not wait for one of the burst to end
+        assert setup.engine.peak_in_flight == 8  # seven of the burst and the other tenant's
+    finally:
+        await setup.factory.replica_observed(route.replica_id, prompt_overhead=None)
+
+
+async def _routes(setup: Setup) -> list[list[ReplicaRoute]]:
+    async with setup.factory.sessions() as session:
+        return [await load_ready_routes(session)]

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from souverain.core.roles import Role
-from tests.llamacpp_target import LlamaTarget, llamacpp_target
+from tests.llamacpp_target import RUNTIMES, LlamaTarget, llamacpp_target
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -29,9 +29,14 @@ def prompt(secret: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"The vault code is {secret}. {FILLER} Summarise."}]
 
 
-@pytest.fixture(scope="module")
-async def target(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LlamaTarget]:
-    async with llamacpp_target(tmp_path_factory.mktemp("prefix")) as found:
+@pytest.fixture(scope="module", params=RUNTIMES)
+async def target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LlamaTarget]:
+    """Both runtimes of the llamacpp engine: llama-cpp-python (one cache, reset when the
+    organisation changes) and llama-server (a cache per slot; the gateway names the slot
+    and allows reuse only of a slot that last served the same organisation)."""
+    async with llamacpp_target(tmp_path_factory.mktemp("prefix"), request.param) as found:
         yield found
 
 

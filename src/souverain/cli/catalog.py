@@ -139,14 +139,17 @@ def models_register(
 @deployments.command("list")
 def deployments_list() -> None:
     with client() as c:
-        table = Table("name", "model", "replicas", "status", "reason", "where")
+        table = Table("name", "model", "engine", "replicas", "status", "reason", "where")
         for d in c.list_deployments():
+            runtimes = sorted({f"{r.runtime} ×{r.slots}" if r.slots else r.runtime
+                               for r in d.replica_details if r.runtime})  # fmt: skip
             colour = {"ready": "green", "failed": "red", "unschedulable": "red"}.get(
                 d.status, "yellow"
             )
             table.add_row(
                 d.name,
                 d.model,
+                f"{d.engine} ({', '.join(runtimes)})" if runtimes else d.engine,
                 f"{d.ready_replicas}/{d.replicas}",
                 f"[{colour}]{d.status}[/{colour}]",
                 d.status_reason,
@@ -175,6 +178,9 @@ def deployments_create(
     cpus: float = typer.Option(1.0),
     gpus: int = typer.Option(0),
     org: str = typer.Option(None, help="Deploy for this organisation only."),
+    engine_arg: list[str] = typer.Option(
+        None, help="An engine argument NAME=VALUE (repeatable), e.g. runtime=llama-server."
+    ),
 ) -> None:
     request = DeploymentCreateRequest(
         name=name,
@@ -184,12 +190,28 @@ def deployments_create(
         cpus=cpus,
         gpus=gpus,
         org=org,
+        engine_args=dict(_engine_arg(item) for item in engine_arg or []),
     )
     with client() as c:
         d = c.create_deployment(request)
     console.print(
         f"created deployment [bold]{d.name}[/bold] ({d.id}): {d.status} — {d.status_reason}"
     )
+
+
+def _engine_arg(item: str) -> tuple[str, str | int | float | bool]:
+    """NAME=VALUE, the value typed as it reads: true/false, an integer, a number, or text."""
+    name, sep, raw = item.partition("=")
+    if not sep or not name:
+        raise typer.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint="--engine-arg")
+    if raw.lower() in ("true", "false"):
+        return name, raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return name, kind(raw)
+        except ValueError:
+            pass
+    return name, raw
 
 
 @deployments.command("scale")

@@ -20,7 +20,11 @@ class ReplicaActor:
         node_id = ray.get_runtime_context().get_node_id()
         gpus = [int(i) for i in ray.get_gpu_ids()] if spec.gpus else []
         self._supervisor = EngineSupervisor(
-            spec, launcher_for(spec.engine), host=host, node_id=node_id, gpu_indices=gpus
+            spec,
+            launcher_for(spec.engine, spec.engine_args),
+            host=host,
+            node_id=node_id,
+            gpu_indices=gpus,
         )
 
         self._supervisor.start()

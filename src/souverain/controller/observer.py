@@ -151,6 +151,8 @@ def observed_fields(row: ReplicaRow, status: ReplicaStatus | None) -> dict[str, 
             "engine_restarts": status.restarts,
             "reason": status.error,
         }
+        if status.runtime is not None:
+            wanted |= {"runtime": status.runtime, "slots": status.slots}
         if status.prompt_overhead is not None:
             fixed, per_message = status.prompt_overhead
             wanted |= {"prompt_overhead_fixed": fixed, "prompt_overhead_per_message": per_message}

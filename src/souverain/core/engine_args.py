@@ -28,6 +28,9 @@ class Arg:
     max_length: int = 256
 
 
+# What may serve the llamacpp engine (engines/registry.py): auto = llama-server where the
+# node has it, else llama-cpp-python.
+LLAMACPP_RUNTIMES = ("auto", "llama-server", "llama-cpp-python")
 _CONTEXT = "context"  # bounded by the model's context length
 _THREADS = "threads"  # bounded by the deployment's CPUs
 
@@ -37,6 +40,9 @@ ENGINE_ARGS: dict[str, dict[str, Arg]] = {
         "threads": Arg(int, 1),
         "n_gpu_layers": Arg(int, -1, 1000),
         "embedding": Arg(bool),
+        # llama-server's parallel slots (each holds a whole context); llama-cpp-python has one
+        "parallel": Arg(int, 1, 64),
+        "runtime": Arg(str, choices=LLAMACPP_RUNTIMES),
     },
     "vllm": {"max_model_len": Arg(int, 128), "gpu_memory_utilization": Arg(float, 0.1, 0.95)},
     "embeddings": {"threads": Arg(int, 1)},

@@ -84,6 +84,8 @@ class ReplicaStatus:
     # What the engine's chat template adds to a prompt, measured once it is ready:
     # (tokens for a conversation of one empty message, tokens per further message).
     prompt_overhead: tuple[int, int] | None = None
+    runtime: str | None = None  # the program serving the engine (llamacpp: llama-server…)
+    slots: int | None = None  # requests it decodes at once, when it says
 
 
 @dataclass(frozen=True)

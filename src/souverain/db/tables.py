@@ -256,6 +256,10 @@ class ReplicaRow(Base):
     # empty message, and per further message); None until measured.
     prompt_overhead_fixed: Mapped[int | None] = mapped_column(Integer, nullable=True)
     prompt_overhead_per_message: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The program serving the engine on its node (llamacpp: llama-server or
+    # llama-cpp-python) and how many requests it decodes at once, as the replica reports.
+    runtime: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    slots: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

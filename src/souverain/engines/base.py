@@ -42,11 +42,19 @@ def chat_overhead_probes(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 class EngineLauncher(Protocol):
-    name: str
+    name: str  # the engine a deployment names
+    runtime: str  # what serves it on the node (llamacpp: llama-server or llama-cpp-python)
     build_hint: str  # what to rebuild when the engine dies of an illegal instruction
 
-    def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
-        """The argv of the engine process. Never carries the secret (argv is world-readable)."""
+    def slots(self, spec: ReplicaSpec) -> int | None:
+        """Requests the engine decodes at once, when it knows (else the gateway's default)."""
+        ...
+
+    def command(
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
+    ) -> list[str]:
+        """The argv of the engine process. Never carries the secret (argv is world-readable);
+        `secret_fd` is the inherited pipe holding it (engines/secret.py)."""
         ...
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:

@@ -11,10 +11,16 @@ from souverain.engines.base import Probe
 
 class EmbeddingsLauncher:
     name = "embeddings"
+    runtime = "embeddings"
     measures_chat_template = False
     build_hint = "PyTorch (install the CPU build made for this architecture)"
 
-    def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
+    def slots(self, spec: ReplicaSpec) -> int | None:
+        return None  # the gateway's default for the engine (services/routes.py)
+
+    def command(
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
+    ) -> list[str]:
         return [
             sys.executable,
             "-m",

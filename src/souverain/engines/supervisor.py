@@ -143,6 +143,8 @@ class EngineSupervisor:
                 energy_source=self._energy_source,
                 version=self._version,
                 prompt_overhead=self._prompt_overhead,
+                runtime=self._launcher.runtime,
+                slots=self._launcher.slots(self._spec),
             )
 
     def watch(self, version: int, timeout_s: float) -> ReplicaStatus:
@@ -232,16 +234,17 @@ class EngineSupervisor:
         """Run the engine until it exits; returns why it did."""
         port = free_port(self._host)
         url = url_for(self._host, port)
-        argv = self._launcher.command(
-            spec=self._spec, model_path=model_path, host=self._host, port=port
-        )
-        secret = secret_pipe(self._spec.secret)
-        env = {**os.environ, **self._launcher.environment(spec=self._spec)}
-        env[SECRET_FD_ENV] = str(secret)
-        env.pop(SECRET_ENV, None)
         self._rotate_log()
+        secret = secret_pipe(self._spec.secret)
         log = open_log(self._log_path)
         try:
+            argv = self._launcher.command(
+                spec=self._spec, model_path=model_path, host=self._host, port=port,
+                secret_fd=secret,
+            )  # fmt: skip
+            env = {**os.environ, **self._launcher.environment(spec=self._spec)}
+            env[SECRET_FD_ENV] = str(secret)
+            env.pop(SECRET_ENV, None)
             self._log_start = os.lseek(log, 0, os.SEEK_END)
             process = subprocess.Popen(
                 argv,

@@ -11,10 +11,16 @@ from souverain.engines.base import Probe, one_token_completion
 
 class VllmLauncher:
     name = "vllm"
+    runtime = "vllm"
     measures_chat_template = True
     build_hint = "vLLM (install the wheel built for this node's CPU and CUDA version)"
 
-    def command(self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int) -> list[str]:
+    def slots(self, spec: ReplicaSpec) -> int | None:
+        return None  # the gateway's default for the engine (services/routes.py)
+
+    def command(
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
+    ) -> list[str]:
         argv = [
             sys.executable,
             "-m",

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from types import TracebackType
 from typing import Any
 
@@ -31,11 +32,14 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from souverain.core.errors import SouverainError
+from souverain.core.ids import cache_scope as cache_scope_of
 from souverain.core.jurisdictions import jurisdictions_of
 from souverain.core.principal import Principal
 from souverain.energy.attribution import co2e_grams
 from souverain.gateway.admission import Admitted
+from souverain.gateway.forced_tools import Forced
 from souverain.gateway.languages import Texts, prompt_text
+from souverain.gateway.slots import Slot
 from souverain.gateway.state import AppState
 from souverain.services import usage
 from souverain.services.routes import ModelInfo, ReplicaRoute
@@ -66,7 +70,9 @@ class Exchange:
         self.admitted = admitted
         self.route: ReplicaRoute | None = None
         self._outcome: Settlement | None = None
-        self._tracking: contextlib.AbstractContextManager[None] | None = None
+        self._tracking: contextlib.AbstractContextManager[Slot | None] | None = None
+        self.slot: Slot | None = None  # on a slotted replica: where the engine serves it
+        self.forced_tool: Forced | None = None  # a tool call the gateway forces (llama-server)
         self._handed_over = False
         self._settled = False
         self._said: tuple[str | None, str] | None = None  # a reasoning answer's two parts
@@ -84,13 +90,21 @@ class Exchange:
         """Count the request against `route` (and no longer against any other)."""
         self.release()
         self.route = route
-        self._tracking = self.state.routes.track(route)
-        self._tracking.__enter__()
+        self._tracking = self.state.routes.track(
+            route, self.cache_scope, self.call.principal.org_id or "platform"
+        )
+        self.slot = self._tracking.__enter__()
+
+    @cached_property
+    def cache_scope(self) -> str:
+        """The organisation's opaque KV-cache scope: prefixes are reused within it only."""
+        return cache_scope_of(self.state.master_key, self.call.principal.org_id)
 
     def release(self) -> None:
         if self._tracking is not None:
             self._tracking.__exit__(None, None, None)
             self._tracking = None
+            self.slot = None
 
     # the outcome
 

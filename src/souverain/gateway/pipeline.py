@@ -29,13 +29,14 @@ from souverain.core.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from souverain.core.ids import cache_scope, new_id, replica_secret
+from souverain.core.ids import new_id, replica_secret
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.gateway import admission, reasoning, upstream
+from souverain.gateway import admission, forced_tools, reasoning, upstream
 from souverain.gateway.admission import Admitted
 from souverain.gateway.exchange import Call, Exchange
 from souverain.gateway.relay import relay
+from souverain.gateway.slots import Slot
 from souverain.gateway.state import AppState
 from souverain.services import projects
 from souverain.services.access import check_scope
@@ -193,15 +194,15 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
         headers = {
             "Authorization": f"Bearer {secret}",
             "Content-Type": "application/json",
-            "X-Souverain-Cache-Scope": cache_scope(
-                state.master_key, exchange.call.principal.org_id
-            ),
+            "X-Souverain-Cache-Scope": exchange.cache_scope,
         }
         log.debug("request %s to replica %s in %s", exchange.record_id, route.replica_id,
                   route.datacenter_id)  # fmt: skip
         try:
             response = await state.upstream.post(
-                route.url + PATHS[exchange.call.endpoint], content, headers
+                route.url + PATHS[exchange.call.endpoint],
+                for_route(exchange, route, content),
+                headers,
             )
         except upstream.Refused:
             exchange.release()
@@ -224,6 +225,43 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
     raise ServiceUnavailableError(
         f"No replica of '{exchange.call.model.name}' could be reached; retry shortly."
     )
+
+
+def for_route(exchange: Exchange, route: ReplicaRoute, content: bytes) -> bytes:
+    """The body as the replica's engine takes it."""
+    if exchange.slot is not None:
+        return for_slot(exchange, exchange.slot)
+    response_format = exchange.call.body.get("response_format")
+    if (
+        route.engine == "llamacpp"
+        and route.runtime in (None, "llama-cpp-python")
+        and isinstance(response_format, dict)
+        and response_format.get("type") == "json_schema"
+    ):
+        # llama-cpp-python's server takes a schema only as `json_object` with `schema`.
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        body = {**exchange.call.body, "response_format": {"type": "json_object", "schema": schema}}
+        return json.dumps(body, allow_nan=False).encode()
+    return content
+
+
+def for_slot(exchange: Exchange, slot: Slot) -> bytes:
+    """The body for a slotted engine (llama-server): the slot the gateway chose, whether
+    it may reuse that slot's cached prefix (gateway/slots.py), in streams the usage chunk
+    at the end and the prompt's size before the first token (so a stream cut short is
+    still charged for its prompt), and a forced tool call as a JSON schema
+    (gateway/forced_tools.py)."""
+    call = exchange.call
+    body = call.body
+    if call.endpoint == "chat":
+        exchange.forced_tool = forced_tools.forced(body)
+        if exchange.forced_tool is not None:
+            body = forced_tools.request(body, exchange.forced_tool)
+    if call.endpoint != "embeddings":
+        body = {**body, "id_slot": slot.index, "cache_prompt": slot.reuse}
+        if call.stream:
+            body |= {"stream_options": {"include_usage": True}, "return_progress": True}
+    return json.dumps(body, allow_nan=False).encode()
 
 
 async def _upstream_error(response: upstream.Response) -> SouverainError:
@@ -303,6 +341,8 @@ async def _complete(exchange: Exchange, response: upstream.Response, request: Re
     except (ValueError, AttributeError):
         raise UpstreamError("The model engine sent an answer that is not JSON.") from None
     exchange.conclude(settlement)
+    if exchange.forced_tool is not None:
+        raw = forced_tools.answer(raw, exchange.forced_tool)
     if exchange.call.reasoning is not None:
         raw, (thinking, text) = reasoning.rewrite_answer(raw, exchange.call.reasoning)
         exchange.said(thinking, text)

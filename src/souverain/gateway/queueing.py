@@ -6,7 +6,10 @@ busy waits here, in its organisation's line; when a slot frees, the organisation
 someone waiting are served in turn, the one served longest ago first (round robin), first
 come first served within each.
 So a tenant with 40 requests in flight delays another tenant's request by about one
-request's time, not forty. Lines are bounded (per organisation and in all): beyond them,
+request's time, not forty. On a replica of several slots (llama-server) no organisation
+holds more than all but one in eight of them (`routing.reserve`): a burst leaves room, and
+another tenant's request starts at once, decoded beside the burst, instead of waiting for
+one of it to end. Lines are bounded (per organisation and in all): beyond them,
 or after waiting too long, the answer is 429 with Retry-After, never an unbounded pile.
 Batch lines wait in lines of their own, served only with slots no live request is
 waiting for: batches use what live traffic leaves. Each server process keeps its own queue.
@@ -75,7 +78,7 @@ class FairQueue:
         if not [r for r in routes if r.replica_id not in exclude]:
             return None
         line_key = (int(batch), org)
-        found = self._table.pick_free(routes, exclude)
+        found = self._table.pick_free(routes, exclude, org)
         if (
             found is not None
             and not self._lines.get(line_key)
@@ -145,7 +148,7 @@ class FairQueue:
                     del self._lines[line_key]
                     continue
                 waiter = line[0]
-                route = self._table.pick_free(waiter.routes, waiter.exclude)
+                route = self._table.pick_free(waiter.routes, waiter.exclude, line_key[1])
                 if route is None:
                     continue
                 line.popleft()

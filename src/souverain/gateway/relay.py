@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from souverain.gateway import reasoning, upstream
+from souverain.gateway import forced_tools, reasoning, upstream
 from souverain.gateway.exchange import Exchange
 from souverain.services.usage import Settlement
 
@@ -33,6 +33,8 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
     thinking = (
         reasoning.StreamRewriter(exchange.call.reasoning) if exchange.call.reasoning else None
     )
+    calls = forced_tools.StreamCalls(exchange.forced_tool) if exchange.forced_tool else None
+    named = forced_tools.NamedOnce()
     try:
         async for line in response.lines():
             if not line.startswith("data:"):
@@ -41,27 +43,41 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
             if payload == "[DONE]":
                 progress.done = True
                 break
-            if '"souverain_prompt_tokens"' in payload:
+            if '"souverain_prompt_tokens"' in payload:  # llama-cpp-python (engines/llamacpp_main)
                 progress.prompt_tokens = int(json.loads(payload)["souverain_prompt_tokens"])
+                continue
+            if '"prompt_progress"' in payload:  # llama-server, while it reads the prompt
+                told = json.loads(payload).get("prompt_progress") or {}
+                progress.prompt_tokens = int(told.get("total", 0))
                 continue
             if progress.ttft_ms is None:
                 progress.ttft_ms = exchange.elapsed_ms()
+            usage: dict[str, Any] | None = None
             if '"usage"' in payload:
                 chunk = json.loads(payload)
-                if not chunk.get("choices") and chunk.get("usage"):
-                    progress.reported = chunk["usage"]
-                    if exchange.call.include_usage:
-                        if thinking is not None:
-                            chunk["usage"] = thinking.usage(chunk["usage"])
-                        yield usage_chunk(exchange, chunk)
-                    continue
+                usage = chunk.pop("usage", None) or None
+                if usage is not None:
+                    progress.reported = usage
+                    usage = {**chunk, "choices": [], "usage": usage}
+                    if not chunk.get("choices"):  # OpenAI's shape: usage in a chunk of its own
+                        if exchange.call.include_usage:
+                            yield from_usage(exchange, usage, thinking)
+                        continue
+                    # llama-server's text completions put it on the last chunk: split it off
+                    payload = json.dumps(chunk)
             progress.chunks += 1
-            if thinking is not None:
+            if calls is not None:
+                called = calls.chunk(json.loads(payload))
+                payload = "" if called is None else json.dumps(called)
+            elif '"tool_calls"' in payload:
+                payload = json.dumps(named.chunk(json.loads(payload)))
+            if thinking is not None and payload:
                 rewritten = thinking.chunk(json.loads(payload))
-                if rewritten is None:
-                    continue
-                payload = json.dumps(rewritten)
-            yield f"data: {payload}\n\n".encode()
+                payload = "" if rewritten is None else json.dumps(rewritten)
+            if payload:
+                yield f"data: {payload}\n\n".encode()
+            if usage is not None and exchange.call.include_usage:
+                yield from_usage(exchange, usage, thinking)
         if progress.done:
             yield b"data: [DONE]\n\n"
         else:
@@ -106,6 +122,15 @@ def _settlement(exchange: Exchange, progress: Progress) -> Settlement:
         completion_tokens=progress.chunks,
         tokens_counted_by="gateway",
     )
+
+
+def from_usage(
+    exchange: Exchange, chunk: dict[str, Any], thinking: reasoning.StreamRewriter | None
+) -> bytes:
+    """The usage chunk for a client that asked for one, with reasoning tokens counted."""
+    if thinking is not None:
+        chunk["usage"] = thinking.usage(chunk["usage"])
+    return usage_chunk(exchange, chunk)
 
 
 def usage_chunk(exchange: Exchange, chunk: dict[str, Any]) -> bytes:

@@ -4,7 +4,8 @@ Refreshed from the database every `replica_refresh_s`; the hot path reads memory
 Routing picks the replica with the fewest outstanding requests among those the caller
 may use. A replica that refused a connection is avoided by this process at once, for a
 few seconds or until the table shows it at a new address, before any reload says so.
-Outstanding requests are counted in one place: `track()`.
+Outstanding requests are counted in one place: `track()`, which also names the slot of a
+llama-server replica a request goes to (gateway/slots.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
 from souverain.core.principal import Principal
 from souverain.db.tables import AuditHeadRow, ReplicaRow, utcnow
 from souverain.energy.carbon import hour_of
+from souverain.gateway.slots import Slot, SlotBook
 from souverain.services import policies
 from souverain.services.budgets import Budget, all_budgets
 from souverain.services.energy import totals_by_datacenter
@@ -46,6 +48,8 @@ class RouteTable:
         self.by_name: dict[str, list[ModelInfo]] = {}
         self.routes: dict[str, list[ReplicaRoute]] = {}  # by model id
         self.outstanding: defaultdict[str, int] = defaultdict(int)
+        self.held: defaultdict[tuple[str, str], int] = defaultdict(int)  # (replica, org) -> n
+        self.slots = SlotBook()
         self.loaded = False
         self.refreshed_at = 0.0
         self.policies: dict[tuple[str, str | None], Policy] = {}
@@ -78,6 +82,7 @@ class RouteTable:
         self.models = {model.id: model for model in models}
         self.by_name = dict(by_name)
         self.routes = dict(by_model)
+        self.slots.forget({route.replica_id for route in routes})
         self.loaded = True
         self.refreshed_at = time.monotonic()
 
@@ -195,13 +200,25 @@ class RouteTable:
         if not candidates:
             return None
         trusted = [route for route in candidates if not self.is_suspect(route)]
-        return min(trusted or candidates, key=lambda route: self.outstanding[route.replica_id])
+        return min(trusted or candidates, key=self._load)
+
+    def _load(self, route: ReplicaRoute) -> tuple[int, int]:
+        """Most free slots first, then fewest outstanding requests."""
+        outstanding = self.outstanding[route.replica_id]
+        return outstanding - route.slots, outstanding
 
     def pick_free(
-        self, routes: list[ReplicaRoute], exclude: Set[str] = frozenset()
+        self, routes: list[ReplicaRoute], exclude: Set[str] = frozenset(), org: str = ""
     ) -> ReplicaRoute | None:
-        """Like `pick`, among replicas with a free slot only."""
-        free = [r for r in routes if self.outstanding[r.replica_id] < r.slots]
+        """Like `pick`, among replicas with a slot free for `org`: on a replica of several
+        slots an organisation holds at most all but `reserve` of them, so that another
+        organisation's request finds a slot at once instead of waiting for one of a burst
+        to end (gateway/queueing.py)."""
+        free = [
+            r for r in routes
+            if self.outstanding[r.replica_id] < r.slots
+            and self.held.get((r.replica_id, org), 0) < r.slots - reserve(r.slots)
+        ]  # fmt: skip
         return self.pick(free, exclude)
 
     def suspect(self, route: ReplicaRoute, for_s: float = 5.0) -> None:
@@ -219,13 +236,32 @@ class RouteTable:
         return True
 
     @contextlib.contextmanager
-    def track(self, route: ReplicaRoute) -> Iterator[None]:
+    def track(
+        self, route: ReplicaRoute, cache_scope: str = "", org: str = ""
+    ) -> Iterator[Slot | None]:
+        """Count a request of `org` against `route` while it runs; on a slotted replica,
+        the slot it goes to (and whether `cache_scope` may reuse that slot's cache)."""
         self.outstanding[route.replica_id] += 1
+        self.held[(route.replica_id, org)] += 1
+        slot = (
+            self.slots.take(route.replica_id, route.slots, cache_scope) if route.slotted else None
+        )
         try:
-            yield
+            yield slot
         finally:
+            if slot is not None:
+                self.slots.give_back(route.replica_id, slot)
+            self.held[(route.replica_id, org)] -= 1
+            if not self.held[(route.replica_id, org)]:
+                del self.held[(route.replica_id, org)]
             self.outstanding[route.replica_id] -= 1
             self.on_release()
+
+
+def reserve(slots: int) -> int:
+    """Slots of a replica that no single organisation may take: one in eight (none on a
+    one-slot engine, where the fair queue's turns are all there is)."""
+    return 0 if slots < 2 else -(-slots // 8)
 
 
 async def change_token(sessions: async_sessionmaker[AsyncSession]) -> tuple[object, ...]:

@@ -19,8 +19,10 @@ from souverain.db.tables import (
 )
 from souverain.energy.carbon import hour_of
 
-# llama-cpp-python's server decodes one request at a time; vLLM batches many.
+# When a replica does not say how many requests it decodes at once: llama-cpp-python's
+# server decodes one at a time; vLLM batches many. llama-server says (its --parallel).
 ENGINE_SLOTS = {"llamacpp": 1, "embeddings": 1, "vllm": 256, "stand-in": 1024}
+SLOTTED_RUNTIMES = frozenset({"llama-server"})  # the gateway assigns each request its slot
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,19 @@ class ReplicaRoute:
     energy_source: str | None = None
     prompt_overhead: tuple[int, int] | None = None  # the chat template's, measured
     engine: str = "llamacpp"
+    runtime: str | None = None  # what serves the engine on its node, as the replica says
+    engine_slots: int | None = None  # as the replica says
 
     @property
     def slots(self) -> int:
         """Requests the engine serves at once; more would only wait inside it, unfairly."""
-        return ENGINE_SLOTS.get(self.engine, 1)
+        return self.engine_slots or ENGINE_SLOTS.get(self.engine, 1)
+
+    @property
+    def slotted(self) -> bool:
+        """Whether each request is sent to a slot the gateway chose (llama-server): that is
+        how KV-cache reuse is kept within one organisation (gateway/slots.py)."""
+        return self.runtime in SLOTTED_RUNTIMES
 
     @property
     def site(self) -> Site:
@@ -124,6 +134,8 @@ async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
             energy_j_per_token=replica.energy_j_per_token,
             energy_source=replica.energy_source,
             engine=deployment.engine,
+            runtime=replica.runtime,
+            engine_slots=replica.slots,
             prompt_overhead=(
                 None
                 if replica.prompt_overhead_fixed is None

@@ -219,12 +219,14 @@ class Factory:
         return name, replica_id
 
     async def replica_observed(
-        self, replica_id: str, *, prompt_overhead: tuple[int, int] | None
-    ) -> None:
+        self, replica_id: str, *, prompt_overhead: tuple[int, int] | None,
+        runtime: str | None = None, slots: int | None = None,
+    ) -> None:  # fmt: skip
         """Write what the replica observer would, from an engine a test supervises itself."""
         async with self.sessions.begin() as session:
             replica = await session.get(ReplicaRow, replica_id)
             assert replica is not None
+            replica.runtime, replica.slots = runtime, slots
             if prompt_overhead is not None:
                 replica.prompt_overhead_fixed, replica.prompt_overhead_per_message = prompt_overhead
             replica.updated_at = datetime.now(UTC)

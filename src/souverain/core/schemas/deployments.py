@@ -59,6 +59,8 @@ class Replica(Out):
     node_id: str | None
     reason: str
     engine_restarts: int
+    runtime: str | None = None  # what serves the engine on its node (llamacpp: llama-server…)
+    slots: int | None = None  # requests it decodes at once, as it says
     created_at: datetime
     updated_at: datetime
 
