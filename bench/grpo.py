@@ -429,6 +429,8 @@ async def main() -> None:
                      "ours": ours, "trl": theirs}  # fmt: skip
             speed["ratio"] = speed["trl_s"] / speed["ours_s"]
             speed["rollouts"] = rollout_speed(Path(tmp), adapter, args.speed_steps + 1)
+            (results / "grpo.json").write_text(json.dumps({"speed": speed}, indent=1))
+            report(speed, None)  # the learning phase takes an hour: show these now
         if not args.skip_learning:
             step_s = speed["ours_s"] if speed else (args.step_s or 20.0)
             result = await learning(args, Path(tmp), step_s)

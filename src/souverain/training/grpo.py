@@ -142,6 +142,57 @@ def token_logprobs(model: Any, input_ids: Any, attention: Any, completion_mask: 
     return logp * completion_mask[:, 1:]
 
 
+def shared_prompt_logprobs(
+    model: Any, prompt: list[int], completions: list[list[int]], pad: int
+) -> tuple[Any, Any]:
+    """log π(token | prefix) of each completion's tokens, for completions of one prompt
+    (a group): the prompt is run once and its KV cache repeated for every completion, so
+    a long shared prompt (the reasoning system prompt) costs one forward and one backward
+    pass per group instead of one per completion, and logits are computed for the
+    completions' positions only. Equal to `token_logprobs` on each whole sequence.
+
+    Returns (logp, mask), both [completions, longest completion]."""
+    import torch
+
+    if len(prompt) < 2:
+        raise ValueError("a prompt of at least two tokens is needed")
+    count, width = len(completions), max(1, *(len(c) for c in completions))
+    cache = model(input_ids=torch.tensor([prompt[:-1]]), use_cache=True).cache
+    cache.batch_repeat_interleave(count)
+    ids = torch.full((count, width), pad, dtype=torch.long)
+    targets = torch.full((count, width), pad, dtype=torch.long)
+    mask = torch.zeros((count, width), dtype=torch.float32)
+    for row, completion in enumerate(completions):
+        fed = [prompt[-1], *completion[:-1]][: max(1, len(completion))]
+        ids[row, : len(fed)] = torch.tensor(fed)
+        if completion:
+            targets[row, : len(completion)] = torch.tensor(completion)
+            mask[row, : len(completion)] = 1.0
+    seen = torch.ones((count, len(prompt) - 1), dtype=torch.long)
+    fed_mask = (torch.arange(width).unsqueeze(0) < mask.sum(1, keepdim=True).clamp(min=1)).long()
+    logits = model(input_ids=ids, attention_mask=torch.cat([seen, fed_mask], dim=1),
+                   cache=cache).logits.float()  # fmt: skip
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def groups_logprobs(
+    model: Any, groups: list[tuple[list[int], list[list[int]]]], pad: int
+) -> tuple[Any, Any]:
+    """`shared_prompt_logprobs` of several groups, stacked: [rows, longest completion]."""
+    import torch
+
+    parts = [shared_prompt_logprobs(model, prompt, completions, pad)
+             for prompt, completions in groups]  # fmt: skip
+    width = max(logp.shape[1] for logp, _ in parts)
+
+    def padded(tensor: Any) -> Any:
+        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
+
+    return (torch.cat([padded(logp) for logp, _ in parts]),
+            torch.cat([padded(mask) for _, mask in parts]))  # fmt: skip
+
+
 # -- data -------------------------------------------------------------------------------
 
 
@@ -447,26 +498,26 @@ class Job:
         # Old log-probabilities: the policy that sampled, before any update of this step.
         # The first minibatch is trained before any update, so its own forward pass gives
         # them (detached); the others need theirs now.
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batches = []
         for index, chunk in enumerate(chunks):
-            rows = [(g, j) for g in chunk for j in range(hp.group_size)]
-            seqs = [prompts[g] + list(samples[g * hp.group_size + j].tokens) for g, j in rows]
-            starts = [len(prompts[g]) for g, _ in rows]
-            ids, attention, mask = _pad(seqs, starts, self.tokenizer)
-            adv = torch.tensor(normalise([advantages[g][j] for g, j in rows]))  # type: ignore[index]
+            groups = [(prompts[g], [list(samples[g * hp.group_size + j].tokens)
+                                    for j in range(hp.group_size)]) for g in chunk]  # fmt: skip
+            adv = torch.tensor(normalise([advantages[g][j] for g in chunk  # type: ignore[index]
+                                          for j in range(hp.group_size)]))  # fmt: skip
             with torch.no_grad():
-                old = token_logprobs(self.model, ids, attention, mask) if index else None
+                old = groups_logprobs(self.model, groups, pad)[0] if index else None
                 ref = None
                 if hp.beta:
                     with self.model.disable_adapter():
-                        ref = token_logprobs(self.model, ids, attention, mask)
-            batches.append((ids, attention, mask, adv, old, ref))
+                        ref = groups_logprobs(self.model, groups, pad)[0]
+            batches.append((groups, adv, old, ref))
         losses = []
         self.model.train()
-        for ids, attention, mask, adv, old, ref in batches:
-            logp = token_logprobs(self.model, ids, attention, mask)
+        for groups, adv, old, ref in batches:
+            logp, mask = groups_logprobs(self.model, groups, pad)
             old = logp.detach() if old is None else old
-            loss = surrogate_loss(logp, old, adv, mask[:, 1:], epsilon_low=hp.epsilon_low,
+            loss = surrogate_loss(logp, old, adv, mask, epsilon_low=hp.epsilon_low,
                                   epsilon_high=hp.epsilon_high, beta=hp.beta,
                                   ref_logp=ref)  # fmt: skip
             self.optimizer.zero_grad()
@@ -521,21 +572,6 @@ def _eval_summary(graded: Sequence[Graded]) -> dict[str, Any]:
         "mean_reward": base.get("reward_mean"),
         "language_consistency": base.get("consistency"),
     }
-
-
-def _pad(seqs: list[list[int]], starts: list[int], tokenizer: Any) -> tuple[Any, Any, Any]:
-    import torch
-
-    width = max(len(s) for s in seqs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.float32)
-    for row, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        attention[row, : len(seq)] = 1
-        mask[row, start : len(seq)] = 1.0  # the generated tokens only
-    return ids, attention, mask
 
 
 def _tuple_state(state: Any) -> Any:
