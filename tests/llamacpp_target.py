@@ -65,13 +65,14 @@ def launcher(runtime: str) -> EngineLauncher:
 
 def supervised_llamacpp(
     replica_id: str, log_dir: Path, runtime: str = "llama-cpp-python",
-    engine_args: dict[str, Any] | None = None,
+    engine_args: dict[str, Any] | None = None, adapter_path: Path | None = None,
 ) -> EngineSupervisor:  # fmt: skip
     spec = ReplicaSpec(
         replica_id=replica_id, deployment_id="dep_test", model_name="smollm2",
         engine="llamacpp", artifact_uri="builtin://smollm2-135m-instruct", artifact_sha256=None,
         secret=replica_secret(MASTER_KEY.encode(), replica_id), datacenter_id="llama-dc",
         cpus=2, gpus=0, threads=2, context_length=4096, engine_args=engine_args or {},
+        adapter_path=str(adapter_path) if adapter_path else None,
     )  # fmt: skip
     supervisor = EngineSupervisor(
         spec, launcher(runtime), host="127.0.0.1", node_id="node-test", log_dir=log_dir
@@ -88,11 +89,11 @@ def supervised_llamacpp(
 @contextlib.asynccontextmanager
 async def llamacpp_target(
     directory: Path, runtime: str = "llama-cpp-python", engine_args: dict[str, Any] | None = None,
-    **settings: Any,
+    adapter_path: Path | None = None, **settings: Any,
 ) -> AsyncIterator[LlamaTarget]:  # fmt: skip
     replica_id = new_id("rep")
     supervisor = await asyncio.to_thread(
-        supervised_llamacpp, replica_id, directory, runtime, engine_args
+        supervised_llamacpp, replica_id, directory, runtime, engine_args, adapter_path
     )
     status = supervisor.status()
     assert status.url is not None

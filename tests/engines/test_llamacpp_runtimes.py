@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 from sqlalchemy import select
@@ -228,3 +230,45 @@ async def test_concurrent_streams_all_complete_and_are_all_metered(target: Llama
     rows = (await settled(target, before + 6))[before:]
     assert sorted(r.completion_tokens for r in rows) == sorted(counts)
     assert {r.status for r in rows} == {"ok"}
+
+
+def random_adapter(directory: Path) -> Path:
+    """A LoRA adapter on SmolLM2-135M's value projections, random but strong enough to
+    change its answers, as the GGUF llama.cpp loads (what fine-tuning exports)."""
+    from safetensors.numpy import save_file
+
+    from souverain.training import lora_gguf
+
+    rng = np.random.default_rng(7)
+    rank, tensors = 4, {}
+    for layer in range(30):  # hidden 576, 3 KV heads of 64
+        name = f"base_model.model.model.layers.{layer}.self_attn.v_proj"
+        tensors[f"{name}.lora_A.weight"] = rng.normal(0, 0.2, (rank, 576)).astype(np.float32)
+        tensors[f"{name}.lora_B.weight"] = rng.normal(0, 0.2, (192, rank)).astype(np.float32)
+    peft = directory / "peft"
+    peft.mkdir()
+    save_file(tensors, str(peft / "adapter_model.safetensors"))
+    (peft / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": 8}))
+    out = directory / "adapter.gguf"
+    lora_gguf.convert(peft, out, architecture="llama", n_layers=30, n_heads=9, n_kv_heads=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+async def adapted(
+    target: LlamaTarget, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LlamaTarget]:
+    directory = tmp_path_factory.mktemp("adapted")
+    runtime = target.supervisor.status().runtime or "llama-cpp-python"
+    async with llamacpp_target(directory, runtime, adapter_path=random_adapter(directory)) as found:
+        yield found
+
+
+async def test_a_lora_adapter_changes_what_the_engine_answers(
+    target: LlamaTarget, adapted: LlamaTarget
+) -> None:
+    body: dict[str, Any] = {"messages": ASK_WEATHER, "max_tokens": 12, "temperature": 0}
+    base = await sdk(target).chat.completions.create(model=target.model, **body)
+    tuned = await sdk(adapted).chat.completions.create(model=adapted.model, **body)
+    assert adapted.supervisor.status().runtime == target.supervisor.status().runtime
+    assert tuned.choices[0].message.content != base.choices[0].message.content

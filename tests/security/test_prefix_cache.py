@@ -50,6 +50,14 @@ async def timed(target: LlamaTarget, key: str, secret: str) -> float:
     return took
 
 
+async def flush(target: LlamaTarget, key: str) -> None:
+    """A short unrelated request: what the caller's slot holds afterwards."""
+    body = {"model": target.model, "max_tokens": 1, "temperature": 0,
+            "messages": [{"role": "user", "content": "Hello there."}]}  # fmt: skip
+    async with target.client(key) as client:
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+
+
 async def test_a_guess_is_not_faster_when_right_across_tenants(target: LlamaTarget) -> None:
     victim = target.key
     other = await target.factory.tenant(roles={"mallory": Role.OWNER})
@@ -60,6 +68,9 @@ async def test_a_guess_is_not_faster_when_right_across_tenants(target: LlamaTarg
     for round_ in range(4):
         for guess, bucket in (("7391", right), ("2046", wrong))[:: 1 if round_ % 2 else -1]:
             await timed(target, victim, "7391")  # the victim's prompt is in the cache now
+            # The attacker's own previous guess must not help it either: on llama-server
+            # its slot keeps its own prompts (reuse within an organisation is allowed).
+            await flush(target, attacker)
             bucket.append(await timed(target, attacker, guess))
     ratio = statistics.median(right) / statistics.median(wrong)
     print(f"[prefix] across tenants: right {statistics.median(right):.3f}s, "

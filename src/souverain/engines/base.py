@@ -30,6 +30,16 @@ def one_token_completion(model: str) -> Probe:
     )
 
 
+def one_embedding(model: str) -> Probe:
+    return Probe(
+        path="/v1/embeddings",
+        body={"model": model, "input": "ready?"},
+        answered=lambda answer: bool(
+            isinstance(answer, dict) and answer.get("data") and answer["data"][0]["embedding"]
+        ),
+    )
+
+
 def chat_overhead_probes(model: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Two chats whose prompt token counts tell what the chat template adds: one empty
     user message, then three empty messages (user, assistant, user)."""

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.engines.base import Probe
+from souverain.engines.base import Probe, one_embedding
 
 
 class EmbeddingsLauncher:
@@ -41,10 +41,4 @@ class EmbeddingsLauncher:
         return {"HF_HUB_OFFLINE": "1"}  # the secret travels through a pipe
 
     def probe(self, *, spec: ReplicaSpec) -> Probe:
-        return Probe(
-            path="/v1/embeddings",
-            body={"model": spec.model_name, "input": "ready?"},
-            answered=lambda answer: bool(
-                isinstance(answer, dict) and answer.get("data") and answer["data"][0]["embedding"]
-            ),
-        )
+        return one_embedding(spec.model_name)

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.engines.base import Probe, one_token_completion
+from souverain.engines.base import Probe, one_embedding, one_token_completion
 
 BINARY_ENV = "SOUVERAIN_LLAMA_SERVER"  # the binary's path, if not beside the interpreter
 DEFAULT_SLOTS = 8  # per replica; engine_args.parallel sets it (1..64)
@@ -108,4 +108,6 @@ class LlamaServerLauncher:
         return {}
 
     def probe(self, *, spec: ReplicaSpec) -> Probe:
+        if spec.engine_args.get("embedding"):  # --embedding serves embeddings only
+            return one_embedding(spec.model_name)
         return one_token_completion(spec.model_name)
