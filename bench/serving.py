@@ -50,8 +50,8 @@ async def ready(client: httpx.AsyncClient, url: str, secret: str, deadline_s: fl
         try:
             if (await stream_once(client, url, secret, 2)).tokens:
                 return
-        except httpx.HTTPError:
-            pass
+        except httpx.HTTPError as error:
+            print(f"  {url} not answering yet: {type(error).__name__}", file=sys.stderr)
         await asyncio.sleep(0.3)
     raise SystemExit(f"{url} never answered")
 
@@ -105,9 +105,10 @@ async def compare_engines(rounds: int, max_tokens: int, concurrencies: list[int]
             async with httpx.AsyncClient(timeout=600) as client:
                 for target_url, secret in targets:
                     await ready(client, target_url, secret)
-                    await stream_once(client, target_url, secret, 8)  # warm
+                    await ready(client, target_url, secret)  # warm
                 results = {c: await compare(client, targets, rounds, max_tokens, c)
                            for c in concurrencies}  # fmt: skip
+                report(results, rounds, max_tokens, int(slots), None, None)
                 fairness = await fair_share(client, url, operator, max_tokens)
                 prefix = await prefix_reuse(client, url, operator)
         finally:
@@ -162,7 +163,7 @@ async def prefix_reuse(client: httpx.AsyncClient, url: str, operator: str) -> di
 
 def report(
     results: dict[int, list[tuple[list[Sample], float]]], rounds: int, max_tokens: int,
-    slots: int, fairness: dict[str, float], prefix: dict[str, float],
+    slots: int, fairness: dict[str, float] | None, prefix: dict[str, float] | None,
 ) -> None:  # fmt: skip
     print(f"engines, {rounds} rounds, max_tokens={max_tokens}, {slots} slots per llama-server:")
     print(f"  {'':6}{'':18}{'tokens/s':>10}{'TTFT p50':>10}{'TTFT p99':>10}")
@@ -177,6 +178,8 @@ def report(
                                 "a/d": rates[0] / rates[3]}  # fmt: skip
         print(f"  c={concurrency:<4}ratios: a/b {summary[concurrency]['a/b']:.3f}, "
               f"a/c {summary[concurrency]['a/c']:.3f}, a/d {summary[concurrency]['a/d']:.2f}")  # fmt: skip
+    if fairness is None or prefix is None:
+        return
     ratio = fairness["loaded_p50_ms"] / fairness["idle_p50_ms"]
     print(f"fairness: tenant Y's TTFT p50 idle {fairness['idle_p50_ms']:.0f} ms, while tenant X "
           f"streams 16: {fairness['loaded_p50_ms']:.0f} ms ({ratio:.2f}× idle)")  # fmt: skip

@@ -85,7 +85,9 @@ class LlamaServerLauncher:
             "--api-key-file", f"/dev/fd/{secret_fd}",
             "--threads", threads,
             "--threads-batch", threads,
-            "--threads-http", str(max(2, min(slots, 8))),
+            # cpp-httplib holds a thread per open connection, idle keep-alive ones too:
+            # fewer threads than the gateway's pooled connections and a new one is dropped.
+            "--threads-http", str(2 * slots + 8),
             "--parallel", str(slots),
             "--ctx-size", str(context * slots),
             "--no-kv-unified",

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+KEEPALIVE_S = 3.0
+
 
 class Refused(Exception):
     pass
@@ -43,7 +45,12 @@ class Upstream:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # created in the running loop, on first use
-            connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=256)
+            # An idle pooled connection is dropped after 3 s: engines close theirs after
+            # 5 s (llama-server's cpp-httplib, uvicorn), and a request sent on one that the
+            # engine is closing fails as if the engine had dropped it (a 502, not resent).
+            connector = aiohttp.TCPConnector(
+                limit=self._connections, limit_per_host=256, keepalive_timeout=KEEPALIVE_S
+            )
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
