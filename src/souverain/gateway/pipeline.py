@@ -196,6 +196,10 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
             "Content-Type": "application/json",
             "X-Souverain-Cache-Scope": exchange.cache_scope,
         }
+        if route.slotted:
+            # llama-server (cpp-httplib) ends a kept-alive connection after a few requests
+            # without always saying so; a request sent on it as it closes would be a 502.
+            headers["Connection"] = "close"
         log.debug("request %s to replica %s in %s", exchange.record_id, route.replica_id,
                   route.datacenter_id)  # fmt: skip
         try:
