@@ -128,6 +128,22 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class ConsoleSessionRow(Base):
+    """A console sign-in: the API key it was opened with stays on the server (`key_id`);
+    the browser holds only the session's own secret, of which a SHA-256 is kept."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class DatacenterRow(Base):
     __tablename__ = "datacenters"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
