@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TORCH  ?= 2.13.0
 
-.PHONY: setup up test lint unit bench clean
+.PHONY: setup up test lint unit bench browser screenshots clean
 
 # llama-server (the llamacpp engine's parallel runtime) builds beside the llama-cpp-python
 # wheel, both from the same llama.cpp sources and cached; without it, llama-cpp-python serves.
@@ -39,8 +39,18 @@ lint: $(STAMP)  ## ruff, mypy --strict, import-linter layer contracts
 unit: $(STAMP)  ## the fast tests only (no Ray, no engine)
 	$(BIN)/pytest -q -m "not ray and not engine"
 
-test: lint  ## set up, lint, then the whole suite (PostgreSQL too when SOUVERAIN_TEST_POSTGRES_URL is set)
+test: lint browser  ## set up, lint, then the whole suite (PostgreSQL too when SOUVERAIN_TEST_POSTGRES_URL is set)
 	$(BIN)/pytest -q
+
+# The console's tests drive Debian's Chromium through Playwright, which downloads no browser.
+APT = DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+browser:  ## install Chromium for the console tests (as root; otherwise says how)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then $(APT) || { apt-get update -qq && $(APT); }; \
+	  else echo "The console tests need Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+screenshots: $(STAMP) browser  ## regenerate docs/console/*.png from the browser tests
+	scripts/console-screenshots
 
 bench: $(STAMP)  ## end-to-end tokens/s through souverain vs straight to the engine
 	$(BIN)/python bench/e2e_tokens.py

@@ -94,6 +94,23 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = Field(
         default=2.0, ge=0, le=5, description="Revocation is seen within this."
     )
+    console_idle_s: int = Field(
+        default=900,
+        ge=60,
+        le=86400,
+        description="A console session without a request for this long is signed out.",
+    )
+    console_max_age_s: int = Field(
+        default=8 * 3600,
+        ge=300,
+        le=7 * 86400,
+        description="A console session ends this long after sign-in, however active.",
+    )
+    console_secure_cookie: bool | None = Field(
+        default=None,
+        description="Mark the console cookie Secure. Default: when the request came over "
+        "HTTPS, or public_url is https://. Set true behind a TLS-terminating proxy.",
+    )
     replica_refresh_s: float = Field(
         default=0.5,
         gt=0,

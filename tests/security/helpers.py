@@ -4,6 +4,8 @@ secret is known, usage counts and known-bug markers that depend on the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +119,14 @@ async def serve(
 
 def chat_body(model: str, text: str = "hello", **extra: object) -> dict[str, object]:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+@contextlib.asynccontextmanager
+async def console_session(url: str, key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client signed in to the console with `key`: from then on it holds only the session
+    cookie and sends the session's CSRF token, never the key."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        signed = await client.post("/console/session", headers={"Authorization": f"Bearer {key}"})
+        assert signed.status_code == 201, signed.text
+        client.headers["X-CSRF-Token"] = signed.json()["csrf_token"]
+        yield client

@@ -17,7 +17,7 @@ import pytest
 from souverain.core.roles import Role
 from souverain.testing.factories import unique
 from tests.conftest import Platform
-from tests.security.helpers import assert_openai_error, chat_body, serve
+from tests.security.helpers import assert_openai_error, chat_body, console_session, serve
 
 ROLES = ("operator", "owner", "admin", "member", "viewer", "auditor")
 ORG_ROLES = {"owner": Role.OWNER, "admin": Role.ADMIN, "member": Role.MEMBER}
@@ -246,6 +246,9 @@ CELLS = [
         only(200, "operator"),
         lambda w: {"replicas": 0},
     ),
+    # the console and the audit chain
+    Cell("console-sign-in", "POST", "/console/session", everyone(201)),
+    Cell("verify-audit-chain", "GET", "/api/audit/verify", only(200, "operator")),
     # usage
     Cell("read-usage", "GET", "/api/usage", everyone(200)),
     Cell("read-org-usage", "GET", "/api/usage?org={org}", everyone(200)),
@@ -269,6 +272,10 @@ CELLS = [
 ]
 
 
+# A session signs in with a key, never with itself (tests/console/test_sessions.py).
+SESSION_CELLS = [cell for cell in CELLS if cell.id != "console-sign-in"]
+
+
 class TestRoleMatrix:
     @pytest.mark.parametrize("role", ROLES)
     @pytest.mark.parametrize("cell", CELLS, ids=[cell.id for cell in CELLS])
@@ -280,6 +287,23 @@ class TestRoleMatrix:
         kwargs = {"json": cell.body(world)} if cell.body else {}
         async with world.platform.client(world.keys[role]) as client:
             response = await client.request(cell.method, path, **kwargs)
+        expected = cell.expect[role]
+        assert response.status_code == expected, (role, cell.id, response.text[:300])
+        if expected >= 400:
+            assert_openai_error(response, expected, ERROR_CODES[expected])
+
+    @pytest.mark.parametrize("role", ROLES)
+    @pytest.mark.parametrize("cell", SESSION_CELLS, ids=[cell.id for cell in SESSION_CELLS])
+    async def test_a_console_session_gets_exactly_what_its_key_gets(
+        self, world: World, cell: Cell, role: str
+    ) -> None:
+        """The same cell through a console session opened with that role's key: the cookie
+        grants what the key grants, not one route more."""
+        extra = await cell.setup(world) if cell.setup else {}
+        path = cell.path.format(**world.fields(), **extra)
+        kwargs = {"json": cell.body(world)} if cell.body else {}
+        async with console_session(world.platform.url, world.keys[role]) as browser:
+            response = await browser.request(cell.method, path, **kwargs)
         expected = cell.expect[role]
         assert response.status_code == expected, (role, cell.id, response.text[:300])
         if expected >= 400:

@@ -25,6 +25,7 @@ from souverain.api.middleware import EdgeGuard
 from souverain.api.routers import (
     audit,
     billing,
+    console,
     deployments,
     fleet,
     health,
@@ -160,6 +161,7 @@ def create_app(
         metrics.router,
         audit.router,
         storage.router,
+        console.router,
     ):
         app.include_router(router)
     return app

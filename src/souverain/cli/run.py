@@ -197,6 +197,7 @@ class Banner:
         console.print(f"[bold green]souverain is up[/bold green] in {took:.1f}s")
         console.print(f"  API        {base}/v1   (OpenAI- and Mistral-compatible)")
         console.print(f"  Docs       {base}/docs")
+        console.print(f"  Console    {base}/console   (sign in with the key below)")
         console.print(f"  Data       {self.settings.data_dir}")
         if ready:
             console.print(f"  Model      {BUILTIN}: ready")

@@ -8,10 +8,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.errors import AuthenticationError, InvalidRequestError
+from souverain.core.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from souverain.core.ids import parse_api_key
 from souverain.core.principal import Principal
 from souverain.gateway.state import AppState
+from souverain.services import console_sessions
+
+SESSION_COOKIE = "souverain_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _MISSING = (
     "You didn't provide an API key. Send it in the Authorization header: "
@@ -51,8 +56,13 @@ def bearer_token(request: Request) -> str:
 async def get_principal(
     request: Request, state: Annotated[AppState, Depends(get_state)]
 ) -> Principal:
+    """The caller: a bearer key, or, without an Authorization header, a console session."""
+    cookie = request.cookies.get(SESSION_COOKIE)
     try:
-        principal = await state.keys.authenticate(bearer_token(request))
+        if cookie is not None and "authorization" not in request.headers:
+            principal = await _session_principal(request, state, cookie)
+        else:
+            principal = await state.keys.authenticate(bearer_token(request))
     except AuthenticationError as error:
         state.audit_trail.note("auth.failed", subject=_key_id_of(request), reason=error.message)
         raise
@@ -60,8 +70,25 @@ async def get_principal(
     return principal
 
 
+async def _session_principal(request: Request, state: AppState, cookie: str) -> Principal:
+    """A console session; a change made on it must also carry the session's CSRF token,
+    which a page on another site cannot read."""
+    async with state.sessions.begin() as session:
+        principal = await console_sessions.resolve(
+            session, cookie=cookie, idle_s=state.settings.console_idle_s
+        )
+    token = request.headers.get(CSRF_HEADER, "")
+    if request.method not in SAFE_METHODS and not console_sessions.csrf_matches(cookie, token):
+        raise PermissionDeniedError(
+            f"A change made from a console session needs its {CSRF_HEADER} header."
+        )
+    return principal
+
+
 def _key_id_of(request: Request) -> str:
     """The public id part of the key tried, never its secret."""
+    if "authorization" not in request.headers and SESSION_COOKIE in request.cookies:
+        return "console-session"
     header = request.headers.get("authorization", "")
     parsed = parse_api_key(header.partition(" ")[2].strip())
     return f"key:{parsed[0]}" if parsed else "malformed"

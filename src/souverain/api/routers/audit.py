@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, Response
 
-from souverain.gateway.deps import PrincipalDep, SessionDep
+from souverain.core.signing import key_id
+from souverain.gateway.deps import PrincipalDep, SessionDep, StateDep
 from souverain.services import audit_log
 from souverain.services.audit_log import AuditFilter
 
@@ -56,3 +57,25 @@ async def audit_chain(
         session, principal=principal, after_seq=after_seq, limit=limit
     )
     return {"events": events, "seals": seals, "head_seq": head}
+
+
+@router.get("/verify")
+async def verify_audit_chain(
+    principal: PrincipalDep, session: SessionDep, state: StateDep
+) -> dict[str, Any]:
+    """Recompute the whole chain and check every seal with the platform's key (operators):
+    any edited, deleted, inserted or reordered event, or a truncation, makes `ok` false
+    and is named in `problems`. For a check that does not trust this server, run
+    `souverain audit verify --public-key <trusted PEM>`."""
+    public = state.signing_key.public_key()
+    verdict = await audit_log.verify(session, principal=principal, public_key=public)
+    return {
+        "ok": verdict.ok,
+        "events": verdict.events,
+        "seals": verdict.seals,
+        "first_seq": verdict.first_seq,
+        "last_seq": verdict.last_seq,
+        "last_sealed_seq": verdict.last_sealed_seq,
+        "problems": verdict.problems,
+        "key_id": key_id(public),
+    }

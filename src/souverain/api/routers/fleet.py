@@ -9,9 +9,10 @@ from souverain.core.schemas.fleet import (
     DatacenterUpdateRequest,
     Node,
 )
-from souverain.db.tables import DatacenterRow
+from souverain.db.tables import DatacenterRow, utcnow
 from souverain.gateway.deps import PrincipalDep, SessionDep
 from souverain.services import datacenters, nodes
+from souverain.services.energy import intensity_at
 
 router = APIRouter(prefix="/api", tags=["fleet"])
 
@@ -32,9 +33,18 @@ def _datacenter(row: DatacenterRow) -> Datacenter:
 
 @router.get("/datacenters", response_model=list[Datacenter])
 async def list_datacenters(principal: PrincipalDep, session: SessionDep) -> list[Datacenter]:
-    """Where the platform can process data, with country, jurisdictions, operator and grid carbon intensity."""
+    """Where the platform can process data, with country, jurisdictions, operator and grid
+    carbon intensity: declared, and this hour's value of the loaded hourly series."""
+    now = utcnow()
     return [
-        _datacenter(row) for row in await datacenters.list_datacenters(session, principal=principal)
+        _datacenter(row).model_copy(
+            update={
+                "carbon_intensity_now": await intensity_at(
+                    session, datacenter_id=row.id, moment=now
+                )
+            }
+        )
+        for row in await datacenters.list_datacenters(session, principal=principal)
     ]
 
 

@@ -57,7 +57,8 @@ class Datacenter(Out):
     operator_name: str
     operator_country: str
     certifications: list[str]
-    carbon_intensity: float
+    carbon_intensity: float  # the declared static value, gCO2e/kWh
+    carbon_intensity_now: float | None = None  # this hour's value of the loaded series, else static
     created_at: datetime
 
 
