@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect, make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Connection, insert, inspect, make_url, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from souverain.db.engine import create_engine_unpooled, downgrade, upgrade
-from souverain.db.tables import Base
+from souverain.core.ids import new_id
+from souverain.core.principal import Principal
+from souverain.core.roles import Role, scopes_of
+from souverain.db.engine import create_engine_unpooled, downgrade, session_factory, upgrade
+from souverain.db.tables import Base, UsageRecordRow, UsageRollupRow
+from souverain.services import usage, usage_reports
+from souverain.services.usage import OpenRecord, Settlement
+from souverain.services.usage_reports import UsageFilter
+from souverain.services.usage_rollups import KEY, MEASURES, Bucket, Sums, contributions
 from souverain.settings import normalise_database_url
 from tests.conftest import DATABASES, POSTGRES_URL
 
@@ -71,3 +83,106 @@ async def test_upgrade_from_empty_matches_the_tables_and_downgrades(
             assert not (EXPECTED_TABLES & tables)
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+async def test_usage_rollups_are_backfilled_from_the_records(kind: str, tmp_path: Path) -> None:
+    """An install upgraded to 0016 keeps its history: the rollups built from the records
+    already there are those the platform keeps as records settle, so /api/usage answers
+    what a GROUP BY over the records answers, and later settlements add to the same rows."""
+    engine = create_engine_unpooled(await empty_database(kind, tmp_path))
+    try:
+        await upgrade(engine, "0015")
+        rows = history(random.Random(3), 300)
+        async with engine.begin() as connection:
+            await connection.execute(insert(UsageRecordRow.__table__), rows)
+        await upgrade(engine)
+        sessions = session_factory(engine)
+        expected: dict[Bucket, Sums] = {}
+        for row in rows:
+            for bucket, sums in contributions(row).items():
+                expected[bucket] = expected.get(bucket, Sums()).plus(sums)
+        assert await stored_rollups(sessions) == approx_sums(expected)
+        operator = Principal(key_id="k", user_id="u", user_name="op", org_id=None,
+                             project_id=None, role=Role.OPERATOR,
+                             scopes=scopes_of(Role.OPERATOR))  # fmt: skip
+        since = datetime(2026, 10, 5, 13, 47, tzinfo=UTC)
+        async with sessions() as session:
+            for group_by, where in itertools.product(
+                sorted(usage_reports.GROUPS), (UsageFilter(), UsageFilter(since=since))
+            ):
+                answers = [
+                    await usage_reports.aggregate(session, principal=operator, where=where,
+                                                  group_by=group_by, from_records=raw)
+                    for raw in (False, True)
+                ]  # fmt: skip
+                assert answers[0] == [approx_group(g) for g in answers[1]], group_by
+        later = {**next(r for r in rows if r["status"] != "open"), "id": new_id("req")}
+        async with sessions.begin() as session:
+            await usage.insert_rows(session, rows=[later], if_absent=False)
+        stored = await stored_rollups(sessions)
+        assert len(stored) == len(expected)  # the same rows, one more request in each
+        assert sum(s.requests for s in stored.values()) == sum(
+            s.requests for s in expected.values()
+        ) + len(contributions(later))
+    finally:
+        await engine.dispose()
+
+
+def history(pick: random.Random, count: int) -> list[dict[str, Any]]:
+    """Records as an install has them: settled or open, some tagged or attributed, over a
+    few months (some right at the edges of hours, days and months)."""
+    edges = [datetime(2026, 10, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+             datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 14, 6, tzinfo=UTC)]  # fmt: skip
+    rows = []
+    for n in range(count):
+        created = (
+            edges[n]
+            if n < len(edges)
+            else datetime(2026, 9, 1, tzinfo=UTC) + timedelta(minutes=pick.randint(0, 130_000))
+        )
+        record = OpenRecord(
+            id=new_id("req"), key_id=pick.choice(("ka", "kb")), user_id=pick.choice(("ua", "ub")),
+            endpoint="chat", model=pick.choice(("m1", "m2")), stream=False, server_id="s",
+            org_id=pick.choice(("org_a", "org_b", None)), project_id=pick.choice(("p", None)),
+            created_at=created,
+        )  # fmt: skip
+        settlement = Settlement(
+            status=pick.choice(("ok", "ok", "upstream_error", "open")),
+            prompt_tokens=pick.randint(0, 900), completion_tokens=pick.randint(0, 900),
+            datacenter_id=pick.choice(("dc", None)), cost=pick.random(),
+            energy_estimate_j=pick.choice((None, pick.random() * 9)),
+        )  # fmt: skip
+        row = usage.row_values(record, settlement, settled_at=created)
+        if pick.random() < 0.5:
+            row |= {"energy_j": pick.random() * 9, "co2e_g": pick.random()}
+        if pick.random() < 0.4:
+            row |= {"prompt_language": pick.choice(("fr", "de", None)),
+                    "languages_agree": pick.choice((True, False, None))}  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+async def stored_rollups(sessions: async_sessionmaker[AsyncSession]) -> dict[Bucket, Sums]:
+    async with sessions() as session:
+        stored = (await session.execute(select(UsageRollupRow))).scalars()
+        return {
+            Bucket(**{name: getattr(r, name) for name in KEY}): Sums(
+                **{name: getattr(r, name) for name in MEASURES}
+            )
+            for r in stored
+        }
+
+
+def approx_sums(expected: dict[Bucket, Sums]) -> dict[Bucket, Any]:
+    return {
+        bucket: Sums(**{m: pytest.approx(getattr(s, m)) for m in MEASURES})
+        for bucket, s in expected.items()
+    }
+
+
+def approx_group(group: usage_reports.Group) -> usage_reports.Group:
+    values = {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
+    return usage_reports.Group(
+        **{k: pytest.approx(v) if isinstance(v, float) else v for k, v in values.items()}
+    )

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -287,6 +288,7 @@ class UsageRecordRow(Base):
     __table_args__ = (
         Index("ix_usage_records_org_created", "org_id", "created_at"),
         Index("ix_usage_records_status", "status"),
+        Index("ix_usage_records_created", "created_at"),  # the latest records, platform-wide
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     org_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -330,6 +332,53 @@ class UsageRecordRow(Base):
     reasoning_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
     answer_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
     languages_agree: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+ROLLUP_KEY = ("span", "level", "org_id", "starts_at", "project_id", "key_id", "user_id",
+              "model", "datacenter_id", "status", "prompt_language", "language_tagged")  # fmt: skip
+ROLLUP_SUMS = ("requests", "prompt_tokens", "completion_tokens", "cost", "energy_j", "co2e_g",
+               "language_consistent")  # fmt: skip
+
+
+class UsageRollupRow(Base):
+    """The sums of the settled usage records created in one hour, day or month with the
+    same dimensions (`services/usage_rollups.py` keeps them in step with the records), at
+    two levels: `key` (every dimension) and, for days and months, `org` (no key, user or
+    project). Dimensions are never NULL, so the key can be upserted: '' stands for a NULL.
+    On PostgreSQL both indexes carry every column: reports read them alone (index-only)."""
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (
+        PrimaryKeyConstraint(*ROLLUP_KEY, postgresql_include=list(ROLLUP_SUMS)),
+        Index(
+            "ix_usage_rollups_span_level_starts",
+            "span",
+            "level",
+            "starts_at",
+            postgresql_include=[
+                c for c in ROLLUP_KEY + ROLLUP_SUMS if c not in ("span", "level", "starts_at")
+            ],
+        ),
+    )
+    span: Mapped[str] = mapped_column(String(8))  # hour, day or month
+    level: Mapped[str] = mapped_column(String(8))  # key or org
+    org_id: Mapped[str] = mapped_column(String(32))
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    project_id: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))
+    datacenter_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(24))
+    prompt_language: Mapped[str] = mapped_column(String(8))
+    language_tagged: Mapped[bool] = mapped_column(Boolean)  # languages_agree is not NULL
+    requests: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[float] = mapped_column(Float)
+    energy_j: Mapped[float] = mapped_column(Float)  # attributed where known, else the estimate
+    co2e_g: Mapped[float] = mapped_column(Float)
+    language_consistent: Mapped[int] = mapped_column(BigInteger)  # languages_agree is true
 
 
 class SovereigntyPolicyRow(Base):

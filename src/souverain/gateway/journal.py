@@ -36,6 +36,7 @@ from souverain.core.errors import ServiceUnavailableError
 from souverain.db.tables import utcnow
 from souverain.services import usage
 from souverain.services.usage import OpenRecord, Settlement
+from souverain.services.usage_rollups import Changes
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +232,18 @@ async def apply(session: AsyncSession, entries: list[Entry], *, replaying: bool 
             opens[fields["id"]] |= fields | {"status": fields["status"]}
         else:
             settles.append(fields)
+    changes = Changes()  # the rollups move once, after the records
     if opens:
-        await usage.insert_rows(session, rows=list(opens.values()), if_absent=replaying)
+        await usage.insert_rows(
+            session, rows=list(opens.values()), if_absent=replaying, changes=changes
+        )
     for fields in settles:
         await usage.settle_unbudgeted(
             session,
             record_id=fields["id"],
             settlement=usage.settlement_from(fields),
             settled_at=fields["settled_at"],
+            changes=changes,
         )
-    await usage.tag_languages(session, tags=tags)
+    await usage.tag_languages(session, tags=tags, changes=changes)
+    await changes.write(session)

@@ -19,9 +19,11 @@ from souverain.db.tables import (
 )
 from souverain.energy.attribution import Served, Split, co2e_grams
 from souverain.energy.carbon import hour_of
+from souverain.services import usage
 from souverain.services.access import check_operator
 from souverain.services.audit import actor_of, record
 from souverain.services.datacenters import get_datacenter
+from souverain.services.usage_rollups import Changes
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,15 @@ async def record_interval(
         co2e_g=co2e_grams(interval.energy_j, intensity),
     )
     session.add(row)
-    for record_id, joules in split.per_record.items():
-        await session.execute(
-            update(UsageRecordRow)
-            .where(UsageRecordRow.id == record_id)
-            .values(
-                energy_j=joules, co2e_g=co2e_grams(joules, intensity), energy_source=interval.source
-            )
+    changes = Changes()
+    for record_id, joules in sorted(split.per_record.items()):
+        await usage.attribute_energy(
+            session,
+            record_id=record_id,
+            energy_j=joules,
+            co2e_g=co2e_grams(joules, intensity),
+            source=interval.source,
+            changes=changes,
         )
     total_weight = sum(weights.values())
     if total_weight > 0:
@@ -98,6 +102,7 @@ async def record_interval(
             .where(ReplicaRow.id == interval.replica_id)
             .values(energy_j_per_token=attributed / total_weight, energy_source=interval.source)
         )
+    await changes.write(session)  # the usage rollups, after the other writes
     await session.flush()
     return row
 

@@ -3,6 +3,9 @@
 A record is written `open` when the request is admitted and settled exactly once, by a
 guarded UPDATE (`WHERE status = 'open'`), so a late second settlement cannot double
 count. Records a killed server left open are settled `interrupted` at the next start.
+Every write that changes what a settled record adds to the usage rollups (settlement,
+languages, attributed energy) changes the rollups in the same transaction
+(`usage_rollups.py`); reports read them (`usage_reports.py`).
 """
 
 from __future__ import annotations
@@ -11,20 +14,16 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, bindparam, case, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.errors import InvalidRequestError
-from souverain.core.principal import Principal
-from souverain.core.roles import Scope
 from souverain.db.tables import UsageRecordRow, utcnow
-from souverain.services import budgets, orgs
-from souverain.services.access import check_scope
+from souverain.services import budgets, usage_rollups
+from souverain.services.usage_rollups import Changes
 
-OPEN = "open"
-GROUPS = {"day", "model", "project", "key", "datacenter", "status", "language"}
+OPEN = usage_rollups.OPEN
 
 
 @dataclass(frozen=True)
@@ -103,32 +102,70 @@ def row_values(
 
 _RECORDS: Table = UsageRecordRow.__table__  # type: ignore[assignment]
 _SETTLED_COLUMNS = (*SETTLEMENT_FIELDS, "settled_at")
-# Built once: the hot path only binds values (SQLAlchemy caches the compiled form).
+# Built once: the hot path only binds values (SQLAlchemy caches the compiled form). The
+# writes that change what a settled record adds to the rollups return the row afterwards.
 _OPEN_STATEMENT = insert(_RECORDS)
 _SETTLE_STATEMENT = (
     update(_RECORDS)
     .where(_RECORDS.c.id == bindparam("record_id"), _RECORDS.c.status == OPEN)
     .values({column: bindparam(f"new_{column}") for column in _SETTLED_COLUMNS})
+    .returning(*usage_rollups.RECORD_COLUMNS)
 )
-
-
+# Tagged once: a replayed tag finds the record tagged and changes nothing.
 _LANGUAGES_STATEMENT = (
     update(_RECORDS)
-    .where(_RECORDS.c.id == bindparam("record_id"))
+    .where(
+        _RECORDS.c.id == bindparam("record_id"),
+        *(_RECORDS.c[column].is_(None) for column in LANGUAGE_FIELDS),
+    )
     .values({column: bindparam(f"new_{column}") for column in LANGUAGE_FIELDS})
+    .returning(*usage_rollups.RECORD_COLUMNS)
 )
+# Attributed once: `co2e_g` is written only with `energy_j`, so both were NULL before.
+_ENERGY_STATEMENT = (
+    update(_RECORDS)
+    .where(_RECORDS.c.id == bindparam("record_id"), _RECORDS.c.energy_j.is_(None))
+    .values(
+        energy_j=bindparam("new_energy_j"),
+        co2e_g=bindparam("new_co2e_g"),
+        energy_source=bindparam("new_energy_source"),
+    )
+    .returning(*usage_rollups.RECORD_COLUMNS)
+)
+_UNTAGGED = dict.fromkeys(LANGUAGE_FIELDS)
+_UNATTRIBUTED = {"energy_j": None, "co2e_g": None}
 
 
-async def tag_languages(session: AsyncSession, *, tags: list[dict[str, Any]]) -> None:
-    """Write the languages of reasoning requests (each dict: id and LANGUAGE_FIELDS)."""
-    if tags:
-        await session.execute(
-            _LANGUAGES_STATEMENT,
-            [
-                {"record_id": tag["id"]} | {f"new_{c}": tag.get(c) for c in LANGUAGE_FIELDS}
-                for tag in tags
-            ],
-        )
+async def tag_languages(
+    session: AsyncSession, *, tags: list[dict[str, Any]], changes: Changes | None = None
+) -> None:
+    """Write the languages of reasoning requests (each dict: id and LANGUAGE_FIELDS), once
+    per record. `changes`: the caller's pending rollup changes (else written here)."""
+    async with usage_rollups.gathering(session, changes) as gathered:
+        for tag in tags:
+            params = {"record_id": tag["id"]} | {f"new_{c}": tag.get(c) for c in LANGUAGE_FIELDS}
+            row = (await session.execute(_LANGUAGES_STATEMENT, params)).first()
+            if row is not None:
+                gathered.revised(row._mapping, before=_UNTAGGED)
+
+
+async def attribute_energy(
+    session: AsyncSession,
+    *,
+    record_id: str,
+    energy_j: float,
+    co2e_g: float,
+    source: str,
+    changes: Changes | None = None,
+) -> bool:
+    """Write the energy attributed to a settled record, once. False if it already had one."""
+    params = {"record_id": record_id, "new_energy_j": energy_j, "new_co2e_g": co2e_g,
+              "new_energy_source": source}  # fmt: skip
+    async with usage_rollups.gathering(session, changes) as gathered:
+        row = (await session.execute(_ENERGY_STATEMENT, params)).first()
+        if row is not None:
+            gathered.revised(row._mapping, before=_UNATTRIBUTED)
+    return row is not None
 
 
 async def open_record(session: AsyncSession, *, record: OpenRecord) -> None:
@@ -137,16 +174,23 @@ async def open_record(session: AsyncSession, *, record: OpenRecord) -> None:
 
 
 async def insert_rows(
-    session: AsyncSession, *, rows: list[dict[str, Any]], if_absent: bool
+    session: AsyncSession,
+    *,
+    rows: list[dict[str, Any]],
+    if_absent: bool,
+    changes: Changes | None = None,
 ) -> None:
     """Insert rows made by `row_values` (open, or already settled); `if_absent` skips ids
-    already stored."""
-    if not if_absent:
-        await session.execute(_OPEN_STATEMENT, rows)
-        return
-    dialect = session.get_bind().dialect.name
-    insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    await session.execute(insert_for(_RECORDS).on_conflict_do_nothing(index_elements=["id"]), rows)
+    already stored. Rows inserted settled enter the rollups."""
+    statement: Any = _OPEN_STATEMENT
+    if if_absent:
+        dialect = session.get_bind().dialect.name
+        insert_for = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert_for(_RECORDS).on_conflict_do_nothing(index_elements=["id"])
+    async with usage_rollups.gathering(session, changes) as gathered:
+        inserted = await session.execute(statement.returning(*usage_rollups.RECORD_COLUMNS), rows)
+        for row in inserted:
+            gathered.settled(row._mapping)
 
 
 def _settle_params(record_id: str, settlement: Settlement, settled_at: datetime) -> dict[str, Any]:
@@ -155,13 +199,23 @@ def _settle_params(record_id: str, settlement: Settlement, settled_at: datetime)
 
 
 async def settle_unbudgeted(
-    session: AsyncSession, *, record_id: str, settlement: Settlement, settled_at: datetime
+    session: AsyncSession,
+    *,
+    record_id: str,
+    settlement: Settlement,
+    settled_at: datetime,
+    changes: Changes | None = None,
 ) -> bool:
     """A journaled settlement: the same guarded UPDATE as `settle_record`, no budget."""
-    result = await session.execute(
-        _SETTLE_STATEMENT, _settle_params(record_id, settlement, settled_at)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    async with usage_rollups.gathering(session, changes) as gathered:
+        row = (
+            await session.execute(
+                _SETTLE_STATEMENT, _settle_params(record_id, settlement, settled_at)
+            )
+        ).first()
+        if row is not None:
+            gathered.settled(row._mapping)
+    return row is not None
 
 
 async def settle_record(
@@ -171,13 +225,13 @@ async def settle_record(
     settlement: Settlement,
     reservation: tuple[list[str], budgets.Amounts] | None = None,
 ) -> bool:
-    """Settle once, and move its budget reservation to `used` in the same transaction.
-    `reservation` (ledger ids, amounts) saves reading it back when the caller knows it.
-    Returns False when the record was already settled."""
-    result = await session.execute(
-        _SETTLE_STATEMENT, _settle_params(record_id, settlement, utcnow())
-    )
-    if not result.rowcount:  # type: ignore[attr-defined]
+    """Settle once, and move its budget reservation to `used` and the record into the
+    rollups in the same transaction. `reservation` (ledger ids, amounts) saves reading it
+    back when the caller knows it. Returns False when the record was already settled."""
+    row = (
+        await session.execute(_SETTLE_STATEMENT, _settle_params(record_id, settlement, utcnow()))
+    ).first()
+    if row is None:
         return False
     if reservation is None:
         reservation = await _reservation_of(session, record_id)
@@ -189,6 +243,9 @@ async def settle_record(
             energy_j=settlement.energy_estimate_j or 0.0,
         )
         await budgets.settle(session, ledger_ids=list(ledger_ids), reserved=reserved, used=used)
+    changes = Changes()
+    changes.settled(row._mapping)
+    await changes.write(session)  # last: every transaction takes rollup rows after the rest
     return True
 
 
@@ -214,17 +271,18 @@ async def settle_interrupted(session: AsyncSession, *, server_id: str | None = N
     )
     if server_id is not None:
         query = query.where(UsageRecordRow.server_id == server_id)
-    settled = 0
+    interrupted = Settlement(status="interrupted", error="server stopped before settlement")
+    changes, settled = Changes(), 0
     for record in list((await session.execute(query)).scalars()):
-        interrupted = Settlement(status="interrupted", error="server stopped before settlement")
-        changed = await session.execute(
-            update(UsageRecordRow)
-            .where(UsageRecordRow.id == record.id, UsageRecordRow.status == OPEN)
-            .values(**settlement_values(interrupted), settled_at=utcnow())
-        )
-        if not changed.rowcount:  # type: ignore[attr-defined]
+        row = (
+            await session.execute(
+                _SETTLE_STATEMENT, _settle_params(record.id, interrupted, utcnow())
+            )
+        ).first()
+        if row is None:
             continue
         settled += 1
+        changes.settled(row._mapping)
         if record.ledger_ids:
             reserved = budgets.Amounts(
                 record.reserved_tokens, record.reserved_cost, record.reserved_energy_j
@@ -232,129 +290,8 @@ async def settle_interrupted(session: AsyncSession, *, server_id: str | None = N
             await budgets.settle(
                 session, ledger_ids=list(record.ledger_ids), reserved=reserved, used=reserved
             )
+    await changes.write(session)
     return settled
-
-
-@dataclass(frozen=True)
-class UsageFilter:
-    org_ref: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    model: str | None = None
-    project: str | None = None  # project id
-    key: str | None = None  # key id
-
-
-async def list_records(
-    session: AsyncSession, *, principal: Principal, where: UsageFilter, limit: int
-) -> list[UsageRecordRow]:
-    query = await _scoped(session, principal=principal, where=where)
-    query = query.order_by(UsageRecordRow.created_at.desc()).limit(limit)
-    return list((await session.execute(query)).scalars())
-
-
-@dataclass(frozen=True)
-class Group:
-    key: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float
-    energy_j: float
-    co2e_g: float
-    language_tagged: int = 0  # reasoning requests whose languages could be compared
-    language_consistent: int = 0  # of those, prompt, thinking and answer in one language
-
-    @property
-    def language_consistency(self) -> float | None:
-        return self.language_consistent / self.language_tagged if self.language_tagged else None
-
-
-async def aggregate(
-    session: AsyncSession, *, principal: Principal, where: UsageFilter, group_by: str
-) -> list[Group]:
-    if group_by not in GROUPS:
-        raise InvalidRequestError(f"group_by must be one of {sorted(GROUPS)}", param="group_by")
-    column = {
-        "day": func.date(UsageRecordRow.created_at),
-        "model": UsageRecordRow.model,
-        "project": UsageRecordRow.project_id,
-        "key": UsageRecordRow.key_id,
-        "datacenter": UsageRecordRow.datacenter_id,
-        "status": UsageRecordRow.status,
-        # per model and prompt language: "model · fr"
-        "language": UsageRecordRow.model
-        + " · "
-        + func.coalesce(UsageRecordRow.prompt_language, "?"),
-    }[group_by]
-    scoped = (await _scoped(session, principal=principal, where=where)).subquery()
-    grouped: Any = column.label("grouped")
-    query = (
-        select(
-            grouped,
-            func.count(),
-            func.coalesce(func.sum(UsageRecordRow.prompt_tokens), 0),
-            func.coalesce(func.sum(UsageRecordRow.completion_tokens), 0),
-            func.coalesce(func.sum(UsageRecordRow.cost), 0.0),
-            func.coalesce(
-                func.sum(func.coalesce(UsageRecordRow.energy_j, UsageRecordRow.energy_estimate_j)),
-                0.0,
-            ),
-            func.coalesce(func.sum(UsageRecordRow.co2e_g), 0.0),
-            func.count(UsageRecordRow.languages_agree),
-            func.coalesce(
-                func.sum(case((UsageRecordRow.languages_agree.is_(True), 1), else_=0)), 0
-            ),
-        )
-        .where(UsageRecordRow.id.in_(select(scoped.c.id)))
-        .group_by(grouped)
-        .order_by(grouped)
-    )
-    if group_by == "language":
-        query = query.where(UsageRecordRow.languages_agree.is_not(None))
-    return [
-        Group(
-            str(key) if key is not None else "-",
-            int(n),
-            int(p),
-            int(c),
-            float(cost),
-            float(joules),
-            float(grams),
-            int(tagged),
-            int(consistent),
-        )
-        for key, n, p, c, cost, joules, grams, tagged, consistent in (
-            await session.execute(query)
-        ).all()
-    ]
-
-
-async def _scoped(
-    session: AsyncSession, *, principal: Principal, where: UsageFilter
-) -> Select[UsageRecordRow]:
-    check_scope(principal, Scope.READ)
-    query = select(UsageRecordRow)
-    if where.org_ref is not None:
-        org = await orgs.get_org(session, principal=principal, ref=where.org_ref)
-        query = query.where(UsageRecordRow.org_id == org.id)
-    if not principal.is_operator:
-        query = query.where(UsageRecordRow.org_id == principal.org_id)
-        if principal.project_id is not None:
-            query = query.where(UsageRecordRow.project_id == principal.project_id)
-        if not (principal.has(Scope.MANAGE) or principal.has(Scope.AUDIT)):
-            query = query.where(UsageRecordRow.user_id == principal.user_id)
-    if where.since is not None:
-        query = query.where(UsageRecordRow.created_at >= as_utc(where.since))
-    if where.until is not None:
-        query = query.where(UsageRecordRow.created_at < as_utc(where.until))
-    if where.model is not None:
-        query = query.where(UsageRecordRow.model == where.model)
-    if where.project is not None:
-        query = query.where(UsageRecordRow.project_id == where.project)
-    if where.key is not None:
-        query = query.where(UsageRecordRow.key_id == where.key)
-    return query
 
 
 def as_utc(moment: datetime) -> datetime:

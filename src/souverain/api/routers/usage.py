@@ -9,8 +9,8 @@ from fastapi.responses import PlainTextResponse, Response
 
 from souverain.core.schemas.usage import UsageGroup, UsageRecord, UsageReport
 from souverain.gateway.deps import PrincipalDep, SessionDep
-from souverain.services import usage
-from souverain.services.usage import UsageFilter
+from souverain.services import usage_reports
+from souverain.services.usage_reports import UsageFilter
 
 router = APIRouter(prefix="/api/usage", tags=["usage"])
 
@@ -45,7 +45,9 @@ async def get_usage(
     where = UsageFilter(
         org_ref=org, since=since, until=until, model=model, project=project, key=key
     )
-    records = await usage.list_records(session, principal=principal, where=where, limit=limit)
+    records = await usage_reports.list_records(
+        session, principal=principal, where=where, limit=limit
+    )
     if format == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
@@ -53,7 +55,9 @@ async def get_usage(
         for record in records:
             writer.writerow([_cell(getattr(record, column)) for column in CSV_COLUMNS])
         return PlainTextResponse(out.getvalue(), media_type="text/csv")
-    groups = await usage.aggregate(session, principal=principal, where=where, group_by=group_by)
+    groups = await usage_reports.aggregate(
+        session, principal=principal, where=where, group_by=group_by
+    )
     return UsageReport(
         group_by=group_by,
         groups=[UsageGroup.model_validate(group) for group in groups],
