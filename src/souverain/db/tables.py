@@ -136,9 +136,7 @@ class ConsoleSessionRow(Base):
     __tablename__ = "console_sessions"
     id: Mapped[str] = mapped_column(String(24), primary_key=True)
     secret_hash: Mapped[str] = mapped_column(String(64))
-    key_id: Mapped[str] = mapped_column(
-        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
-    )
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
