@@ -16,7 +16,7 @@ import pytest
 from souverain.console import assets
 from souverain.core.errors import AuthenticationError
 from souverain.core.roles import Role
-from souverain.db.tables import utcnow
+from souverain.db.tables import ConsoleSessionRow, utcnow
 from souverain.services import console_sessions
 from souverain.services.auth import principal_for_key
 from souverain.testing.factories import unique
@@ -177,6 +177,24 @@ class TestSessionEnds:
                 await console_sessions.resolve(
                     session, cookie=idle.cookie, idle_s=900, now=start + timedelta(minutes=16)
                 )
+
+    async def test_sessions_ended_a_day_ago_are_forgotten_at_the_next_sign_in(
+        self, platform: Platform
+    ) -> None:
+        tenant = await platform.factory.tenant()
+        key = await platform.factory.member_key(tenant, next(iter(tenant.users)), Role.OWNER)
+        long_ago = utcnow() - timedelta(days=3)
+        async with platform.factory.sessions.begin() as session:
+            principal = await principal_for_key(session, key_id=key.id)
+            old = await console_sessions.open_session(
+                session, principal=principal, max_age_s=3600, client=None, now=long_ago
+            )
+        async with platform.factory.sessions.begin() as session:
+            await console_sessions.open_session(
+                session, principal=principal, max_age_s=3600, client=None
+            )
+            old_id = old.cookie.split(".")[0]
+            assert await session.get(ConsoleSessionRow, old_id) is None
 
     async def test_a_guessed_or_malformed_cookie_is_refused(self, platform: Platform) -> None:
         key, _ = await owner_key(platform)

@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import AuthenticationError
@@ -48,6 +48,10 @@ async def open_session(
     now: datetime | None = None,
 ) -> Opened:
     now = now or utcnow()
+    # Ended sessions are kept a day (for whoever looks at one), then forgotten.
+    await session.execute(
+        delete(ConsoleSessionRow).where(ConsoleSessionRow.expires_at < now - timedelta(days=1))
+    )
     session_id = secrets.token_hex(12)
     secret = secrets.token_urlsafe(32)
     expires_at = now + timedelta(seconds=max_age_s)
