@@ -261,7 +261,9 @@ class TestEnergyOnRealReplicas:
 
             await wait_until(attributed, timeout_s=30, interval_s=0.5)
             records = (await client.get("/api/usage", params={"limit": 10})).json()["records"]
-        assert all(r["energy_source"] == "estimate" and r["energy_j"] > 0 for r in records)
+        assert all(r["energy_source"] == "estimate" and r["energy_j"] > 0 for r in records), [
+            (r["energy_source"], r["energy_j"], r["energy_estimate_j"]) for r in records
+        ]
         assert all(
             r["co2e_g"] == pytest.approx(r["energy_j"] / 3.6e6 * 20) for r in records
         )  # iad1: 20 g/kWh

@@ -111,12 +111,16 @@ class Up:
             return [row[0] for row in db.execute("SELECT url FROM replicas WHERE url IS NOT NULL")]
 
     def engine_processes(self) -> list[psutil.Process]:
-        """The llama.cpp engine processes serving this installation's replicas."""
+        """The llama.cpp engine processes (llama-server or llama-cpp-python) serving this
+        installation's replicas."""
         ports = {url.rsplit(":", 1)[1] for url in self.replica_urls()}
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             argv = proc.info["cmdline"] or []
-            serving = "souverain.engines.llamacpp_main" in argv and "--port" in argv
+            program = "souverain.engines.llamacpp_main" in argv or (
+                bool(argv) and argv[0].endswith("llama-server")
+            )  # either runtime of the llamacpp engine
+            serving = program and "--port" in argv
             if serving and argv[argv.index("--port") + 1] in ports:
                 found.append(proc)
         return found

@@ -168,8 +168,12 @@ class TestRateLimits:
                 f"/api/orgs/{tenant.org_name}/projects/default/limits", json={"tpm": 100}
             )
             assert set_limits.status_code == 200
-            await asyncio.sleep(platform.settings.replica_refresh_s * 2)
             huge = await client.post("/v1/chat/completions", json=chat(model, max_tokens=500))
+            for _ in range(50):  # the new limit reaches the gateway with its next refresh
+                if huge.status_code == 429:
+                    break
+                await asyncio.sleep(platform.settings.replica_refresh_s)
+                huge = await client.post("/v1/chat/completions", json=chat(model, max_tokens=500))
             assert huge.status_code == 429
             assert "lower max_tokens" in huge.json()["error"]["message"]
             answers = [

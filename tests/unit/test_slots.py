@@ -72,6 +72,20 @@ def test_a_deployment_may_ask_for_either_runtime(monkeypatch) -> None:  # type: 
     assert isinstance(server, LlamaServerLauncher)
 
 
+def test_by_default_llama_server_serves_where_the_node_has_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("SOUVERAIN_LLAMACPP_RUNTIME", raising=False)
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("SOUVERAIN_LLAMA_SERVER", str(binary))
+    assert launcher_for("llamacpp", {}).runtime == "llama-server"
+    monkeypatch.setenv("SOUVERAIN_LLAMA_SERVER", str(tmp_path / "missing"))
+    assert launcher_for("llamacpp", {}).runtime == "llama-cpp-python"
+    monkeypatch.setenv("SOUVERAIN_LLAMACPP_RUNTIME", "llama-cpp-python")  # a node's choice
+    monkeypatch.setenv("SOUVERAIN_LLAMA_SERVER", str(binary))
+    assert launcher_for("llamacpp", {}).runtime == "llama-cpp-python"
+
+
 def test_a_node_without_llama_server_says_so_when_it_is_asked_for(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("SOUVERAIN_LLAMA_SERVER", str(tmp_path / "missing"))
     assert launcher_for("llamacpp", {"runtime": "auto"}).runtime == "llama-cpp-python"

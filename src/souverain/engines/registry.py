@@ -21,7 +21,7 @@ ENGINES: dict[str, EngineLauncher] = {
 # the node's SOUVERAIN_LLAMACPP_RUNTIME, else DEFAULT_RUNTIME. `auto` means llama-server
 # where the node has the binary, llama-cpp-python elsewhere.
 RUNTIME_ENV = "SOUVERAIN_LLAMACPP_RUNTIME"
-DEFAULT_RUNTIME = "llama-cpp-python"
+DEFAULT_RUNTIME = "auto"
 
 
 def launcher_for(engine: str, engine_args: Mapping[str, object] | None = None) -> EngineLauncher:
