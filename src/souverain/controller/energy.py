@@ -64,6 +64,8 @@ class EnergyAccountant:
 
     def observe(self, replica: ReplicaRow, status: ReplicaStatus) -> None:
         now = self._clock()
+        if status.measured_at is not None:  # when the node read it; never later than now
+            now = min(now, status.measured_at)
         interval = self._open.get(replica.id)
         if interval is None:
             self._open[replica.id] = OpenInterval(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 DATACENTER_LABEL = "souverain.io/datacenter"
@@ -86,6 +87,9 @@ class ReplicaStatus:
     prompt_overhead: tuple[int, int] | None = None
     runtime: str | None = None  # the program serving the engine (llamacpp: llama-server…)
     slots: int | None = None  # requests it decodes at once, when it says
+    # When `energy_j` was read, on the node: the energy interval ends there, not when the
+    # status reached the controller (a request settled in between was not in the reading).
+    measured_at: datetime | None = None
 
 
 @dataclass(frozen=True)

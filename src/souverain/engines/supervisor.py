@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -131,6 +132,7 @@ class EngineSupervisor:
         return base + (source.energy_joules() if source is not None else 0.0)
 
     def status(self) -> ReplicaStatus:
+        measured_at = datetime.now(UTC)
         energy = self.energy_joules()
         with self._lock:
             return ReplicaStatus(
@@ -145,6 +147,7 @@ class EngineSupervisor:
                 prompt_overhead=self._prompt_overhead,
                 runtime=self._launcher.runtime,
                 slots=self._launcher.slots(self._spec),
+                measured_at=measured_at,
             )
 
     def watch(self, version: int, timeout_s: float) -> ReplicaStatus:
