@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 
+from souverain.api.app import create_app
 from souverain.console import assets
 from souverain.core.errors import AuthenticationError
 from souverain.core.roles import Role
 from souverain.db.tables import ConsoleSessionRow, utcnow
 from souverain.services import console_sessions
 from souverain.services.auth import principal_for_key
+from souverain.settings import Settings
 from souverain.testing.factories import unique
-from tests.conftest import Platform
+from souverain.testing.live import LiveServer, free_port
+from tests.conftest import MASTER_KEY, Platform
 from tests.security.helpers import assert_openai_error, console_session
 
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # a name, not a place: nothing is fetched from it
@@ -45,10 +49,29 @@ class TestSignIn:
         cookie = signed.headers["set-cookie"]
         assert cookie.startswith("souverain_session=")
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
-        assert "Secure" not in cookie  # plain http here; over TLS it is Secure (next test)
+        assert "Secure" not in cookie  # plain http here; behind TLS it is Secure (below)
         assert key.split("_", 1)[1] not in cookie and key not in signed.text
         assert signed.headers["cache-control"] == "no-store"
         assert len(signed.json()["csrf_token"]) == 64
+
+    async def test_behind_tls_the_cookie_is_secure(self, tmp_path: Path) -> None:
+        """An installation whose public URL is https:// (TLS ended by a proxy in front of
+        it) marks the cookie Secure, although the proxy talks plain http to souverain."""
+        keys: list[str] = []
+        settings = Settings(
+            data_dir=tmp_path,
+            database_url=f"sqlite:///{tmp_path / 'souverain.db'}",
+            secret_key=MASTER_KEY,  # type: ignore[arg-type]
+            public_url="https://souverain.example",
+            port=free_port(),
+        )
+        with LiveServer(create_app(settings, on_first_key=keys.append), port=settings.port) as up:
+            async with httpx.AsyncClient(base_url=up.url) as client:
+                signed = await client.post(
+                    "/console/session", headers={"Authorization": f"Bearer {keys[0]}"}
+                )
+        assert signed.status_code == 201, signed.text
+        assert "Secure" in signed.headers["set-cookie"]
 
     async def test_a_bad_key_opens_no_session(self, platform: Platform) -> None:
         async with httpx.AsyncClient(base_url=platform.url) as client:

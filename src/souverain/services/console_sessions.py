@@ -36,7 +36,6 @@ TOUCH_EVERY = timedelta(seconds=15)  # last_seen_at is written at most this ofte
 class Opened:
     cookie: str  # `<id>.<secret>`: the only place the secret exists
     csrf: str
-    expires_at: datetime
 
 
 async def open_session(
@@ -54,7 +53,6 @@ async def open_session(
     )
     session_id = secrets.token_hex(12)
     secret = secrets.token_urlsafe(32)
-    expires_at = now + timedelta(seconds=max_age_s)
     session.add(
         ConsoleSessionRow(
             id=session_id,
@@ -62,7 +60,7 @@ async def open_session(
             key_id=principal.key_id,
             created_at=now,
             last_seen_at=now,
-            expires_at=expires_at,
+            expires_at=now + timedelta(seconds=max_age_s),
         )
     )
     await record(
@@ -76,7 +74,7 @@ async def open_session(
         now=now,
     )
     cookie = f"{session_id}.{secret}"
-    return Opened(cookie=cookie, csrf=csrf_token(cookie), expires_at=expires_at)
+    return Opened(cookie=cookie, csrf=csrf_token(cookie))
 
 
 async def resolve(

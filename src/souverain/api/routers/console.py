@@ -23,6 +23,7 @@ from souverain.gateway.deps import (
     SessionDep,
     StateDep,
 )
+from souverain.gateway.state import AppState
 from souverain.services import console_sessions
 
 router = APIRouter(tags=["console"])
@@ -124,7 +125,7 @@ async def sign_out(
     return response
 
 
-def _session_view(csrf: str, state: StateDep) -> dict[str, Any]:
+def _session_view(csrf: str, state: AppState) -> dict[str, Any]:
     return {
         "csrf_token": csrf,
         "csrf_header": CSRF_HEADER,
@@ -132,7 +133,7 @@ def _session_view(csrf: str, state: StateDep) -> dict[str, Any]:
     }
 
 
-def _secure(request: Request, state: StateDep) -> bool:
+def _secure(request: Request, state: AppState) -> bool:
     if state.settings.console_secure_cookie is not None:
         return state.settings.console_secure_cookie
     public = state.settings.public_url or ""
