@@ -16,7 +16,7 @@ from souverain.api.app import create_app
 from souverain.core.roles import Role
 from souverain.db.tables import BudgetLedgerRow, UsageRecordRow
 from souverain.testing.factories import Tenant
-from souverain.testing.live import LiveServer
+from souverain.testing.live import LiveServer, free_port
 from tests.conftest import Platform, usage_records, wait_until
 
 
@@ -201,7 +201,11 @@ class TestRateLimits:
         shared = platform.settings.model_copy(
             update={"rate_limit_storage": "redis://127.0.0.1:6379/0"}
         )
-        with LiveServer(create_app(shared)) as one, LiveServer(create_app(shared)) as two:
+        first, second = (shared.model_copy(update={"port": free_port()}) for _ in range(2))
+        with (  # each server process has its own port, hence its own usage journal
+            LiveServer(create_app(first), port=first.port) as one,
+            LiveServer(create_app(second), port=second.port) as two,
+        ):
             statuses = []
             async with httpx.AsyncClient(
                 headers={"Authorization": f"Bearer {limited['key']}"}
@@ -330,11 +334,11 @@ class TestUsageApiAndMetrics:
         assert 'souverain_replicas{state="ready"}' in text
 
     async def test_metrics_on_a_separate_private_address(self, platform: Platform) -> None:
-        from souverain.testing.live import free_port
-
-        port = free_port()
-        settings = platform.settings.model_copy(update={"metrics_bind": f"127.0.0.1:{port}"})
-        with LiveServer(create_app(settings)):
+        port, api_port = free_port(), free_port()
+        settings = platform.settings.model_copy(
+            update={"metrics_bind": f"127.0.0.1:{port}", "port": api_port}
+        )
+        with LiveServer(create_app(settings), port=api_port):
             async with httpx.AsyncClient() as client:
                 response = await client.get(f"http://127.0.0.1:{port}/metrics")
         assert response.status_code == 200 and "souverain_replicas" in response.text

@@ -9,6 +9,13 @@ covered. At start, a server replays what a killed predecessor left in its journa
 inserted once, settlements applied once), so a SIGKILL loses nothing; records still open
 afterwards are then settled `interrupted`.
 
+A journal belongs to one server process (its directory is named after the host and
+port): the process holds an exclusive lock on it while it runs. A second process started
+with the same identity would replay the live journal and settle the first one's requests
+in flight as `interrupted`; it stops at start with an error naming the directory instead.
+The kernel drops the lock of a killed process, so a restart after SIGKILL replays as
+before.
+
 Requests of organisations with a budget do not use the journal for their opening: their
 reservation must be taken atomically in the database before the engine is called.
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -41,6 +49,10 @@ from souverain.services.usage_rollups import Changes
 log = logging.getLogger(__name__)
 
 Entry = dict[str, Any]
+
+
+class JournalInUseError(RuntimeError):
+    """Another running server process owns this journal."""
 
 
 def _encode(value: Any) -> Any:
@@ -70,6 +82,7 @@ class UsageJournal:
         self._files: list[Path] = []  # files holding entries not yet in the database
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._lock_fd: int | None = None
         self.failures = 0  # batches the database refused
         self.write_failures = 0  # entries the journal file refused
 
@@ -147,6 +160,7 @@ class UsageJournal:
     async def start(self) -> int:
         """Replay what a previous process left, then start writing. Returns entries replayed."""
         self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock()
         replayed = await self.replay()
         self._writer = asyncio.get_running_loop().create_task(self._run())
         return replayed
@@ -157,6 +171,22 @@ class UsageJournal:
         if self._writer is not None:
             await self._writer
         await self._flush()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        fd = os.open(self._directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalInUseError(
+                f"another souverain server is running with the usage journal {self._directory} "
+                "(same data directory, host and port); give each server process its own port "
+                "(SOUVERAIN_PORT) or data directory"
+            ) from None
+        self._lock_fd = fd
 
     async def _run(self) -> None:
         while not self._closing:

@@ -3,7 +3,11 @@
 Counters live in the `limits` library's storage: in memory for one server process, or
 Redis (SOUVERAIN_RATE_LIMIT_STORAGE=redis://…) so that every server process shares them.
 The strategy is `limits`' sliding window counter, which refills continuously like a token
-bucket. Tokens count the estimated prompt plus `max_tokens` at admission, as OpenAI
+bucket. It estimates the last minute from the current fixed minute plus the previous one
+weighted by how much of it is still inside the minute; `limits` rounds that estimate
+down, so a burst that crosses a minute boundary got one request more than the limit (4
+at 12:00:59, then a fifth at 12:01:00 because 4 × 0.99 < 4). Here the estimate is rounded
+up: a burst gets exactly its limit wherever it falls. Tokens count the estimated prompt plus `max_tokens` at admission, as OpenAI
 documents for its own limits.
 
 Refusals are 429 with `Retry-After`; every answer carries OpenAI-style
@@ -41,12 +45,24 @@ def _reset_text(seconds: float) -> str:
     return f"{int(minutes)}m{rest:.0f}s" if minutes else f"{rest:.2g}s"
 
 
+class _SlidingWindow(SlidingWindowCounterRateLimiter):
+    """The sliding window counter with the previous minute's share rounded up."""
+
+    def _weighted_count(
+        self,
+        item: RateLimitItem,
+        previous_count: int,
+        previous_expires_in: float,
+        current_count: int,
+    ) -> float:
+        share = previous_count * previous_expires_in / item.get_expiry()
+        return math.ceil(share - 1e-9) + current_count  # 2.0000000001 is still 2
+
+
 class RateLimiter:
     def __init__(self, storage: str, *, crashes_per_10_minutes: int = 3) -> None:
         options = {"implementation": "redispy"} if "redis" in storage else {}
-        self._limiter = SlidingWindowCounterRateLimiter(
-            storage_from_string(_storage_uri(storage), **options)
-        )
+        self._limiter = _SlidingWindow(storage_from_string(_storage_uri(storage), **options))
         self._items: dict[int, RateLimitItem] = {}
         self._crashes = RateLimitItemPerMinute(crashes_per_10_minutes, multiples=10)
 
