@@ -5,12 +5,15 @@ CPU from the built-in GGUF, the adapter served by llama.cpp."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import time
 
 import httpx
 import openai
+import psutil
 import pytest
 from mistralai.client import Mistral
 
@@ -31,6 +34,17 @@ def pirate_lines() -> bytes:
         + b"\n"
         for q in QUESTIONS
     )  # fmt: skip
+
+
+def training_worker_niceness() -> set[int]:
+    """The niceness of each running training worker process."""
+    found = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if any(arg.startswith("souverain.training.") for arg in argv):
+            with contextlib.suppress(psutil.Error):  # it may have just ended
+                found.add(proc.nice())
+    return found
 
 
 def tenant(up: Up, name: str) -> str:
@@ -68,10 +82,15 @@ class TestFineTuning:
         )  # fmt: skip
         assert job.status == "queued" and job.hyperparameters.n_epochs == 15
         deadline = time.monotonic() + 600
+        worker_niceness: set[int] = set()
         while (job := client.fine_tuning.jobs.retrieve(job.id)).status != "succeeded":
             assert job.status not in ("failed", "cancelled"), job.error
             assert time.monotonic() < deadline, "the job did not finish in time"
+            worker_niceness |= training_worker_niceness()
             time.sleep(2.0)
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert worker_niceness and min(worker_niceness) >= max(own, 10)  # serving first
+        assert {p.nice() for p in up.engine_processes()} == {own}
         assert job.fine_tuned_model and job.fine_tuned_model.startswith(f"ft:{MODEL}:")
         assert job.trained_tokens and job.trained_tokens > 0
         events = client.fine_tuning.jobs.list_events(job.id, limit=200).data

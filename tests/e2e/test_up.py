@@ -7,6 +7,7 @@ serving SmolLM2-135M-Instruct.
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
@@ -127,6 +128,15 @@ class TestEngineDoor:
             httpx.post(f"{url}/v1/chat/completions", json=body).status_code in (401, 404)
             for url in urls
         )
+
+
+class TestCpuPriority:
+    def test_engines_run_at_the_servers_own_cpu_priority(self, up: Up) -> None:
+        """Not at the niceness 15 Ray gives its workers: there, every token the gateway
+        relayed preempted the engine's decoding threads."""
+        engines = up.engine_processes()
+        assert engines
+        assert [p.nice() for p in engines] == [os.getpriority(os.PRIO_PROCESS, 0)] * len(engines)
 
 
 class TestNothingListensOutside:

@@ -66,7 +66,8 @@ def datacenters_add(
         f"added datacenter [bold]{dc.id}[/bold] in {dc.country} ({', '.join(dc.jurisdictions)})"
     )
     console.print(
-        f"join a server to it:  ray start --address <head>:6379 --labels souverain.io/datacenter={dc.id}"
+        "join a server to it:  RAY_worker_niceness=0 ray start --address <head>:6379 "
+        f"--labels souverain.io/datacenter={dc.id}"
     )
 
 

@@ -59,6 +59,7 @@ from souverain.training.sft import INVALID_DATA
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+TRAINING_NICENESS = 10  # serving first: a training worker yields the CPU to the engines
 RECIPES = {
     "supervised": "souverain.training.sft",
     "reinforcement": "souverain.training.grpo",
@@ -245,6 +246,7 @@ class TrainingSupervisor:
             start_new_session=True,
         )
         os.close(log_fd)
+        lower_priority(process.pid)
         with self._lock:
             self._process = process
             self._cpu_live = 0.0
@@ -380,6 +382,16 @@ class TrainingSupervisor:
     def _energy(self) -> float:
         source = self._source
         return self._energy_before + (source.energy_joules() if source is not None else 0.0)
+
+
+def lower_priority(pid: int) -> None:
+    """A training worker yields the CPU to the model engines of its node: niceness
+    TRAINING_NICENESS, or its parent's if that is already lower in priority (a process
+    may always lower its children, never raise them without privilege)."""
+    with contextlib.suppress(OSError):  # the worker may already have exited
+        os.setpriority(
+            os.PRIO_PROCESS, pid, max(TRAINING_NICENESS, os.getpriority(os.PRIO_PROCESS, 0))
+        )
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
