@@ -125,6 +125,17 @@ class Up:
                 found.append(proc)
         return found
 
+    def training_processes(self) -> list[psutil.Process]:
+        """The training workers of this installation's jobs (their spec lies in its data
+        directory)."""
+        root = str(self.data_dir)
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            argv = proc.info["cmdline"] or []
+            if any(a.startswith("souverain.training.") for a in argv) and argv[-1].startswith(root):
+                found.append(proc)
+        return found
+
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:

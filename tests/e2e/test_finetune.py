@@ -36,14 +36,11 @@ def pirate_lines() -> bytes:
     )  # fmt: skip
 
 
-def training_worker_niceness() -> set[int]:
-    """The niceness of each running training worker process."""
+def niceness_of(processes: list[psutil.Process]) -> set[int]:
     found = set()
-    for proc in psutil.process_iter(["cmdline"]):
-        argv = proc.info["cmdline"] or []
-        if any(arg.startswith("souverain.training.") for arg in argv):
-            with contextlib.suppress(psutil.Error):  # it may have just ended
-                found.add(proc.nice())
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):  # it may have just ended
+            found.add(proc.nice())
     return found
 
 
@@ -86,11 +83,11 @@ class TestFineTuning:
         while (job := client.fine_tuning.jobs.retrieve(job.id)).status != "succeeded":
             assert job.status not in ("failed", "cancelled"), job.error
             assert time.monotonic() < deadline, "the job did not finish in time"
-            worker_niceness |= training_worker_niceness()
+            worker_niceness |= niceness_of(up.training_processes())
             time.sleep(2.0)
         own = os.getpriority(os.PRIO_PROCESS, 0)
         assert worker_niceness and min(worker_niceness) >= max(own, 10)  # serving first
-        assert {p.nice() for p in up.engine_processes()} == {own}
+        assert niceness_of(up.engine_processes()) == {own}
         assert job.fine_tuned_model and job.fine_tuned_model.startswith(f"ft:{MODEL}:")
         assert job.trained_tokens and job.trained_tokens > 0
         events = client.fine_tuning.jobs.list_events(job.id, limit=200).data

@@ -4,11 +4,11 @@ Counters live in the `limits` library's storage: in memory for one server proces
 Redis (SOUVERAIN_RATE_LIMIT_STORAGE=redis://…) so that every server process shares them.
 The strategy is `limits`' sliding window counter, which refills continuously like a token
 bucket. It estimates the last minute from the current fixed minute plus the previous one
-weighted by how much of it is still inside the minute; `limits` rounds that estimate
-down, so a burst that crosses a minute boundary got one request more than the limit (4
-at 12:00:59, then a fifth at 12:01:00 because 4 × 0.99 < 4). Here the estimate is rounded
-up: a burst gets exactly its limit wherever it falls. Tokens count the estimated prompt plus `max_tokens` at admission, as OpenAI
-documents for its own limits.
+weighted by how much of it is still inside the window; `limits` rounds that share down,
+so a burst that crossed a minute boundary got one request more than its limit (4 at
+12:00:59, then a fifth at 12:01:00 because 4 × 0.99 < 4). Here the share is rounded up:
+a burst gets exactly its limit wherever it falls. Tokens count the estimated prompt plus
+`max_tokens` at admission, as OpenAI documents for its own limits.
 
 Refusals are 429 with `Retry-After`; every answer carries OpenAI-style
 `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers for the tightest limit.
