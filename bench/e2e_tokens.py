@@ -249,7 +249,7 @@ def report(
 
 
 async def compare_builds(builds: list[Path], rounds: int, max_tokens: int) -> None:
-    from souverain.engines.artifacts import builtin_path
+    from souverain.node.artifacts import builtin_path
 
     secret = "bench-secret"
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,7 +262,7 @@ async def compare_builds(builds: list[Path], rounds: int, max_tokens: int) -> No
             flags = (build / "CMAKE_ARGS").read_text().strip()
             port = free_port()
             process = spawn(
-                [sys.executable, "-m", "souverain.engines.llamacpp_main", "--model",
+                [sys.executable, "-m", "souverain.node.engines.llamacpp_main", "--model",
                  str(builtin_path(MODEL)), "--alias", MODEL, "--host", "127.0.0.1",
                  "--port", str(port), "--threads", str(os.cpu_count() or 2)],
                 env={"PYTHONPATH": str(site), "SOUVERAIN_ENGINE_SECRET": secret},

@@ -36,7 +36,7 @@ from batch import tenant_key
 from e2e_tokens import MODEL, first_token_after_start, start_up
 
 from souverain.core.reasoning import SYSTEM_PROMPT
-from souverain.engines.artifacts import builtin_path
+from souverain.node.artifacts import builtin_path
 from souverain.testing.live import free_port
 from souverain.training import mathgen
 

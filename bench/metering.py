@@ -33,9 +33,9 @@ from souverain.core.roles import Role
 from souverain.db.engine import create_engine, session_factory
 from souverain.gateway import admission
 from souverain.gateway.state import AppState
-from souverain.services import usage
-from souverain.services.budgets import Amounts
-from souverain.services.usage import Settlement
+from souverain.metering import usage
+from souverain.metering.budgets import Amounts
+from souverain.metering.usage import Settlement
 from souverain.settings import Settings
 from souverain.testing.factories import Factory
 from souverain.testing.live import free_port
@@ -191,7 +191,7 @@ def direct_state(settings: Settings, pooled: object, sessions: object) -> AppSta
     from souverain.gateway.ratelimit import RateLimiter
     from souverain.gateway.routing import RouteTable
     from souverain.gateway.upstream import Upstream
-    from souverain.services.auth import KeyCache
+    from souverain.tenancy.auth import KeyCache
 
     routes = RouteTable()
     return AppState(

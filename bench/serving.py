@@ -18,8 +18,8 @@ from e2e_tokens import MODEL, Sample, compare, first_token_after_start, start_up
 
 from souverain.core.ids import replica_secret
 from souverain.core.reasoning import SYSTEM_PROMPT
-from souverain.engines import llama_server
-from souverain.engines.artifacts import builtin_path
+from souverain.node.artifacts import builtin_path
+from souverain.node.engines import llama_server
 from souverain.testing.live import free_port
 
 NAMES = ("souverain", "its engine", "llama-server", "llama-cpp-python")
@@ -68,7 +68,7 @@ def plain_engines(tmp: Path, slots: int, context: int) -> tuple[list[tuple[str, 
     plain = spawn([str(binary), "-m", str(model), "--alias", MODEL, "--host", "127.0.0.1",
                    "--port", str(c_port), "-t", "2", "-tb", "2", "-np", str(slots),
                    "-c", str(slots * context), "--api-key-file", str(keys), "--no-webui"])  # fmt: skip
-    python = spawn([sys.executable, "-m", "souverain.engines.llamacpp_main", "--model",
+    python = spawn([sys.executable, "-m", "souverain.node.engines.llamacpp_main", "--model",
                     str(model), "--alias", MODEL, "--host", "127.0.0.1", "--port", str(d_port),
                     "--threads", "2", "--ctx", str(context)],
                    env={"SOUVERAIN_ENGINE_SECRET": secret})  # fmt: skip

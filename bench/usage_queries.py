@@ -43,8 +43,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from souverain.core.principal import Principal
 from souverain.core.roles import Role, scopes_of
 from souverain.db.engine import create_engine, create_engine_unpooled, session_factory, upgrade
-from souverain.services import usage_reports
-from souverain.services.usage_reports import Group, UsageFilter
+from souverain.metering import usage_reports
+from souverain.metering.usage_reports import Group, UsageFilter
 from souverain.settings import normalise_database_url
 from souverain.testing.factories import Factory, Key, Tenant
 from souverain.testing.live import free_port

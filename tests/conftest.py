@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from souverain.api.app import create_app
 from souverain.core.ids import replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.server.app import create_app
 from souverain.settings import Settings, normalise_database_url
 from souverain.testing.factories import Factory
 from souverain.testing.live import LiveServer

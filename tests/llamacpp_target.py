@@ -15,15 +15,15 @@ from typing import Any
 
 import httpx
 
-from souverain.api.app import create_app
 from souverain.core.fleet import ReplicaSpec
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
-from souverain.engines import llama_server
-from souverain.engines.base import EngineLauncher
-from souverain.engines.llamacpp import LlamaCppLauncher
-from souverain.engines.supervisor import EngineSupervisor
+from souverain.node.engines import llama_server
+from souverain.node.engines.base import EngineLauncher
+from souverain.node.engines.llamacpp import LlamaCppLauncher
+from souverain.node.supervisor import EngineSupervisor
+from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.factories import Factory, Tenant
 from souverain.testing.live import LiveServer, free_port

@@ -20,10 +20,10 @@ from souverain.core.principal import Principal
 from souverain.core.roles import Role, scopes_of
 from souverain.db.engine import create_engine_unpooled, downgrade, session_factory, upgrade
 from souverain.db.tables import Base, UsageRecordRow, UsageRollupRow
-from souverain.services import usage, usage_reports
-from souverain.services.usage import OpenRecord, Settlement
-from souverain.services.usage_reports import UsageFilter
-from souverain.services.usage_rollups import KEY, MEASURES, Bucket, Sums, contributions
+from souverain.metering import usage, usage_reports
+from souverain.metering.usage import OpenRecord, Settlement
+from souverain.metering.usage_reports import UsageFilter
+from souverain.metering.usage_rollups import KEY, MEASURES, Bucket, Sums, contributions
 from souverain.settings import normalise_database_url
 from tests.conftest import DATABASES, POSTGRES_URL
 

@@ -17,11 +17,11 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from souverain.api.app import create_app
 from souverain.core.fleet import DATACENTER_LABEL
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
-from souverain.engines.artifacts import builtin_path, file_sha256
+from souverain.node.artifacts import builtin_path, file_sha256
+from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.cluster import controller_hook
 from souverain.testing.factories import Factory

@@ -14,14 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from souverain.api.app import create_app
 from souverain.console import assets
 from souverain.core.errors import AuthenticationError
 from souverain.core.roles import Role
 from souverain.db.tables import ConsoleSessionRow, utcnow
-from souverain.services import console_sessions
-from souverain.services.auth import principal_for_key
+from souverain.server.app import create_app
 from souverain.settings import Settings
+from souverain.tenancy import console_sessions
+from souverain.tenancy.auth import principal_for_key
 from souverain.testing.factories import unique
 from souverain.testing.live import LiveServer, free_port
 from tests.conftest import MASTER_KEY, Platform

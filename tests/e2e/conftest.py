@@ -117,7 +117,7 @@ class Up:
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             argv = proc.info["cmdline"] or []
-            program = "souverain.engines.llamacpp_main" in argv or (
+            program = "souverain.node.engines.llamacpp_main" in argv or (
                 bool(argv) and argv[0].endswith("llama-server")
             )  # either runtime of the llamacpp engine
             serving = program and "--port" in argv

@@ -20,7 +20,7 @@ from mistralai.client import Mistral
 from souverain.core.reasoning import SYSTEM_PROMPT
 from souverain.training import mathgen
 from tests.e2e.conftest import Up
-from tests.e2e.test_finetune import tenant
+from tests.e2e.test_fine_tuning import tenant
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 

@@ -290,7 +290,7 @@ class TestCli:
         assert "intact" in up.cli("audit", "verify").stdout
 
     def test_register_deploy_scale_and_delete_a_model(self, up: Up, tmp_path) -> None:  # type: ignore[no-untyped-def]
-        from souverain.engines.artifacts import builtin_path
+        from souverain.node.artifacts import builtin_path
 
         outside = tmp_path / "my-model.gguf"
         outside.write_bytes(builtin_path(MODEL).read_bytes())

@@ -25,12 +25,12 @@ from ray.cluster_utils import Cluster
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from souverain.api.app import create_app
 from souverain.core.fleet import DATACENTER_LABEL, RAY_NAMESPACE
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
 from souverain.db.tables import UsageRecordRow
+from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.factories import Factory, Key
 from souverain.testing.live import LiveServer, free_port

@@ -22,10 +22,10 @@ import ray
 from ray.cluster_utils import Cluster
 from sqlalchemy import select
 
-from souverain.api.app import create_app
 from souverain.core.fleet import RAY_NAMESPACE
 from souverain.db.engine import create_engine_unpooled, session_factory
 from souverain.db.tables import LeaseRow, utcnow
+from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.factories import Factory
 from souverain.testing.live import LiveServer, free_port

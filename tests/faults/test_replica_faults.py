@@ -21,10 +21,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from souverain.api.app import create_app
 from souverain.core.fleet import DATACENTER_LABEL, RAY_NAMESPACE
 from souverain.db.engine import create_engine_unpooled, session_factory
 from souverain.gateway.state import AppState
+from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.cluster import controller_hook
 from souverain.testing.factories import Factory

@@ -203,7 +203,7 @@ class TestExpiry:
         from datetime import timedelta
 
         from souverain.db.tables import utcnow
-        from souverain.services import files as files_service
+        from souverain.files import service as files_service
 
         org_id, _, key = await owner(platform)
         client = sdk(platform, key)

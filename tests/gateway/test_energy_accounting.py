@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from souverain.controller.energy import EnergyAccountant
 from souverain.core.fleet import ReplicaStatus
 from souverain.core.roles import Role
 from souverain.db.tables import CarbonIntensityRow, EnergyIntervalRow, ReplicaRow, UsageRecordRow
 from souverain.energy.carbon import hour_of
+from souverain.jobs.energy import EnergyAccountant
 from tests.conftest import Platform, usage_records
 
 

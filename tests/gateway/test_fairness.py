@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from souverain.api.app import create_app
+from souverain.catalog.routes import ReplicaRoute, load_ready_routes
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
-from souverain.services.routes import ReplicaRoute, load_ready_routes
+from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.factories import Factory
 from souverain.testing.live import LiveServer, free_port

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from souverain.core.ids import new_id
 from souverain.db.tables import UsageRecordRow, utcnow
 from souverain.gateway import journal
-from souverain.services import usage
-from souverain.services.usage import OpenRecord, Settlement
+from souverain.metering import usage
+from souverain.metering.usage import OpenRecord, Settlement
 from tests.conftest import Platform
 
 TAGS = {"prompt_language": "fr", "reasoning_language": "fr", "answer_language": "de",

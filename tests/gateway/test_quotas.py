@@ -12,9 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from souverain.api.app import create_app
 from souverain.core.roles import Role
 from souverain.db.tables import BudgetLedgerRow, UsageRecordRow
+from souverain.server.app import create_app
 from souverain.testing.factories import Tenant
 from souverain.testing.live import LiveServer, free_port
 from tests.conftest import Platform, usage_records, wait_until

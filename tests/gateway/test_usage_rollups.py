@@ -17,9 +17,9 @@ from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Role, scopes_of
 from souverain.gateway import journal
-from souverain.services import usage, usage_reports
-from souverain.services.usage import OpenRecord, Settlement
-from souverain.services.usage_reports import GROUPS, UsageFilter
+from souverain.metering import usage, usage_reports
+from souverain.metering.usage import OpenRecord, Settlement
+from souverain.metering.usage_reports import GROUPS, UsageFilter
 from souverain.testing.factories import Key, Tenant
 from tests.conftest import Platform
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from souverain.core.roles import Role
-from souverain.engines.artifacts import ArtifactError, resolve
+from souverain.node.artifacts import ArtifactError, resolve
 from souverain.testing.factories import unique
 from tests.conftest import Platform
 from tests.security.helpers import assert_openai_error

@@ -232,7 +232,7 @@ V1_CASES = [
 ]
 
 NOT_JSON = (
-    "gateway/routes.py parse_body never looks at Content-Type: a valid JSON body sent as "
+    "server/routers/inference.py parse_body never looks at Content-Type: a valid JSON body sent as "
     "text/plain, form-urlencoded or multipart is accepted and forwarded to the engine (200)"
 )
 NAN_FORWARDED = (

@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from souverain.api.app import create_app
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
 from souverain.db.tables import ApiKeyRow, utcnow
+from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.factories import Factory, Tenant
 from souverain.testing.live import LiveServer, free_port

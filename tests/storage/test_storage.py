@@ -168,9 +168,9 @@ class TestThroughTheApi:
         import boto3
         import openai
 
-        from souverain.api.app import create_app
         from souverain.core.roles import Role
         from souverain.db.engine import create_engine_unpooled, session_factory
+        from souverain.server.app import create_app
         from souverain.settings import Settings
         from souverain.testing.factories import Factory
         from souverain.testing.live import LiveServer

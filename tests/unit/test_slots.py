@@ -3,11 +3,11 @@ the last to use; another organisation's request gets a slot whose cache it may n
 
 from __future__ import annotations
 
-from souverain.engines.llama_server import LlamaServerLauncher
-from souverain.engines.registry import launcher_for
+from souverain.catalog.routes import ReplicaRoute
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.slots import Slot, SlotBook
-from souverain.services.routes import ReplicaRoute
+from souverain.node.engines.llama_server import LlamaServerLauncher
+from souverain.node.engines.registry import launcher_for
 
 
 def test_a_first_request_may_not_reuse_anything() -> None:

@@ -15,18 +15,19 @@ import typer
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from souverain.api.app import create_app
 from souverain.cli import config
 from souverain.cli.context import console
 from souverain.cluster import ray_cluster
-from souverain.controller.deployments import EngineDefaults
-from souverain.controller.energy import EnergyAccountant
-from souverain.controller.finetune import TrainingDefaults
-from souverain.controller.runner import Controller, forget_replicas
 from souverain.db.engine import create_engine, session_factory, upgrade
-from souverain.engines.artifacts import ArtifactError, builtin_path, file_sha256
 from souverain.gateway.state import AppState
-from souverain.services import bootstrap, deployments, signing
+from souverain.installation import bootstrap, signing
+from souverain.jobs.deployments import service as deployments
+from souverain.jobs.deployments.reconciler import EngineDefaults
+from souverain.jobs.energy import EnergyAccountant
+from souverain.jobs.fine_tuning.reconciler import TrainingDefaults
+from souverain.jobs.runner import Controller, forget_replicas
+from souverain.node.artifacts import ArtifactError, builtin_path, file_sha256
+from souverain.server.app import create_app
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 
 BUILTIN = "smollm2-135m-instruct"

@@ -24,7 +24,7 @@ from souverain.core.fleet import (
     TrainingSpec,
     TrainingStatus,
 )
-from souverain.engines.node_dir import private
+from souverain.node.node_dir import private
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def serving_priority() -> None:
     a CPU node each token the gateway relays preempted the engine's decoding threads
     (measured: a lone stream straight to the replica 77.6 tokens/s at 15, 82.7 at 0, plain
     llama-server 79-84). Workers of an embedded head run at 0; training workers lower
-    themselves (`engines/training_job.py`). Nodes joined with `ray start` need
+    themselves (`node/training_job.py`). Nodes joined with `ray start` need
     `RAY_worker_niceness=0` in its environment (the README's join command has it)."""
     os.environ.setdefault(WORKER_NICENESS_ENV, "0")
 

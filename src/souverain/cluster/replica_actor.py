@@ -10,8 +10,8 @@ from __future__ import annotations
 import ray
 
 from souverain.core.fleet import ReplicaSpec, ReplicaStatus
-from souverain.engines.registry import launcher_for
-from souverain.engines.supervisor import EngineSupervisor
+from souverain.node.engines.registry import launcher_for
+from souverain.node.supervisor import EngineSupervisor
 
 
 class ReplicaActor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ray
 
 from souverain.core.fleet import TrainingSpec, TrainingStatus
-from souverain.engines.training_job import TrainingSupervisor
+from souverain.node.training_job import TrainingSupervisor
 
 
 class TrainingActor:

@@ -1,4 +1,4 @@
-"""The web console's browser side: static files only, served by `api/routers/console.py`.
+"""The web console's browser side: static files only, served by `server/routers/console.py`.
 
 The console is a handful of hand-written ES modules, one stylesheet and one HTML shell,
 with no framework, no build step and no third-party asset: nothing to download at set-up

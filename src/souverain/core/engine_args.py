@@ -28,7 +28,7 @@ class Arg:
     max_length: int = 256
 
 
-# What may serve the llamacpp engine (engines/registry.py): auto = llama-server where the
+# What may serve the llamacpp engine (node/engines/registry.py): auto = llama-server where the
 # node has it, else llama-cpp-python.
 LLAMACPP_RUNTIMES = ("auto", "llama-server", "llama-cpp-python")
 _CONTEXT = "context"  # bounded by the model's context length

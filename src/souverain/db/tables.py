@@ -340,7 +340,7 @@ ROLLUP_SUMS = ("requests", "prompt_tokens", "completion_tokens", "cost", "energy
 
 class UsageRollupRow(Base):
     """The sums of the settled usage records created in one hour, day or month with the
-    same dimensions (`services/usage_rollups.py` keeps them in step with the records), at
+    same dimensions (`metering/usage_rollups.py` keeps them in step with the records), at
     two levels: `key` (every dimension) and, for days and months, `org` (no key, user or
     project). Dimensions are never NULL, so the key can be upserted: '' stands for a NULL.
     On PostgreSQL both indexes carry every column: reports read them alone (index-only)."""

@@ -17,15 +17,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from souverain.catalog.routes import ModelInfo
 from souverain.core.principal import Principal
 from souverain.db.tables import UsageRecordRow, utcnow
 from souverain.gateway.ratelimit import Limit
 from souverain.gateway.state import AppState
-from souverain.services import budgets, usage
-from souverain.services.budgets import Amounts, Budget
-from souverain.services.prices import Price
-from souverain.services.routes import ModelInfo
-from souverain.services.usage import OpenRecord
+from souverain.metering import budgets, usage
+from souverain.metering.budgets import Amounts, Budget
+from souverain.metering.prices import Price
+from souverain.metering.usage import OpenRecord
 
 # A chat template's cost when the replica has not measured its own: generous defaults.
 UNMEASURED_OVERHEAD = (256, 16)

@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.db.tables import utcnow
-from souverain.services.audit import SYSTEM_SERVER, record, timestamp
+from souverain.evidence.audit import SYSTEM_SERVER, record, timestamp
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from souverain.catalog.routes import ModelInfo, ReplicaRoute
 from souverain.core.errors import SouverainError
 from souverain.core.ids import cache_scope as cache_scope_of
 from souverain.core.jurisdictions import jurisdictions_of
@@ -41,9 +42,8 @@ from souverain.gateway.forced_tools import Forced
 from souverain.gateway.languages import Texts, prompt_text
 from souverain.gateway.slots import Slot
 from souverain.gateway.state import AppState
-from souverain.services import usage
-from souverain.services.routes import ModelInfo, ReplicaRoute
-from souverain.services.usage import Settlement
+from souverain.metering import usage
+from souverain.metering.usage import Settlement
 
 log = logging.getLogger(__name__)
 

@@ -148,8 +148,3 @@ class LineChecker:
             self._refuse(message, f"{field}.{param}" if param else field)
         except InvalidRequestError as error:
             self._refuse(error.message, field)
-
-
-def sample_type(purpose: str) -> str | None:
-    return {"batch": "batch_request", "fine-tune": "instruct", "batch_output": "batch_result",
-            "batch_error": "batch_error"}.get(purpose)  # fmt: skip

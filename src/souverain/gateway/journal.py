@@ -42,9 +42,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.errors import ServiceUnavailableError
 from souverain.db.tables import utcnow
-from souverain.services import usage
-from souverain.services.usage import OpenRecord, Settlement
-from souverain.services.usage_rollups import Changes
+from souverain.metering import usage
+from souverain.metering.usage import OpenRecord, Settlement
+from souverain.metering.usage_rollups import Changes
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core import language
 from souverain.gateway.journal import UsageJournal
-from souverain.services import usage
+from souverain.metering import usage
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from souverain.energy.attribution import Served, weight
-from souverain.services.budgets import Amounts
-from souverain.services.prices import Price
+from souverain.metering.budgets import Amounts
+from souverain.metering.prices import Price
 from souverain.settings import Settings
 
 

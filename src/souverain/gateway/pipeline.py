@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import Response
 
+from souverain.catalog.routes import ModelInfo, ReplicaRoute
+from souverain.core.access import check_scope
 from souverain.core.errors import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -38,10 +40,8 @@ from souverain.gateway.exchange import Call, Exchange
 from souverain.gateway.relay import relay
 from souverain.gateway.slots import Slot
 from souverain.gateway.state import AppState
-from souverain.services import projects
-from souverain.services.access import check_scope
-from souverain.services.routes import ModelInfo, ReplicaRoute
-from souverain.services.usage import OpenRecord, Settlement
+from souverain.metering.usage import OpenRecord, Settlement
+from souverain.tenancy import projects
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

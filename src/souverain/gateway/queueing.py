@@ -22,9 +22,9 @@ from collections import deque
 from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
+from souverain.catalog.routes import ReplicaRoute
 from souverain.core.errors import RateLimitedError
 from souverain.gateway.routing import RouteTable
-from souverain.services.routes import ReplicaRoute
 
 Claim = Callable[[ReplicaRoute], None]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from souverain.gateway import forced_tools, reasoning, upstream
 from souverain.gateway.exchange import Exchange
-from souverain.services.usage import Settlement
+from souverain.metering.usage import Settlement
 
 
 @dataclass
@@ -43,7 +43,9 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
             if payload == "[DONE]":
                 progress.done = True
                 break
-            if '"souverain_prompt_tokens"' in payload:  # llama-cpp-python (engines/llamacpp_main)
+            if (
+                '"souverain_prompt_tokens"' in payload
+            ):  # llama-cpp-python (node/engines/llamacpp_main.py)
                 progress.prompt_tokens = int(json.loads(payload)["souverain_prompt_tokens"])
                 continue
             if '"prompt_progress"' in payload:  # llama-server, while it reads the prompt

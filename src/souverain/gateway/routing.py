@@ -20,16 +20,7 @@ from collections.abc import Callable, Iterator, Set
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
-from souverain.core.principal import Principal
-from souverain.db.tables import AuditHeadRow, ReplicaRow, utcnow
-from souverain.energy.carbon import hour_of
-from souverain.gateway.slots import Slot, SlotBook
-from souverain.services import policies
-from souverain.services.budgets import Budget, all_budgets
-from souverain.services.energy import totals_by_datacenter
-from souverain.services.prices import Price, current_prices
-from souverain.services.routes import (
+from souverain.catalog.routes import (
     ModelInfo,
     ReplicaRoute,
     load_default_projects,
@@ -38,6 +29,15 @@ from souverain.services.routes import (
     load_ready_routes,
     replica_states,
 )
+from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
+from souverain.core.principal import Principal
+from souverain.db.tables import AuditHeadRow, ReplicaRow, utcnow
+from souverain.energy.carbon import hour_of
+from souverain.gateway.slots import Slot, SlotBook
+from souverain.metering.budgets import Budget, all_budgets
+from souverain.metering.energy import totals_by_datacenter
+from souverain.metering.prices import Price, current_prices
+from souverain.sovereignty import policies
 
 log = logging.getLogger(__name__)
 

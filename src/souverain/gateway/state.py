@@ -17,8 +17,8 @@ from souverain.gateway.queueing import FairQueue
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.upstream import Upstream
-from souverain.services.auth import KeyCache
 from souverain.settings import Settings
+from souverain.tenancy.auth import KeyCache
 
 
 @dataclass
@@ -45,3 +45,7 @@ class AppState:
         default_factory=dict
     )  # (budget, month) -> ledger
     pending_settlements: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def files_quota_bytes(self) -> int:
+        return self.settings.files_quota_bytes

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 from souverain.cluster import ray_cluster
-from souverain.controller.deployments import EngineDefaults
-from souverain.controller.energy import EnergyAccountant
-from souverain.controller.finetune import TrainingDefaults
-from souverain.controller.runner import Controller
 from souverain.gateway.state import AppState
+from souverain.jobs.deployments.reconciler import EngineDefaults
+from souverain.jobs.energy import EnergyAccountant
+from souverain.jobs.fine_tuning.reconciler import TrainingDefaults
+from souverain.jobs.runner import Controller
 
 
 def controller_hook(

@@ -317,7 +317,7 @@ def main() -> None:
         def secret_for(replica: str) -> str:
             return replica_secret(key, replica)
     else:
-        from souverain.engines.secret import read_secret
+        from souverain.node.secret import read_secret
 
         secret = read_secret()
 

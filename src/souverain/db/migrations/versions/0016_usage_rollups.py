@@ -1,5 +1,5 @@
 """usage rollups: sums of the settled usage records per hour, day and month, per key and per
-organisation, kept with the records (services/usage_rollups.py), backfilled from the
+organisation, kept with the records (metering/usage_rollups.py), backfilled from the
 records already there; and an index for the latest records platform-wide
 
 Revision ID: 0016

@@ -1,1 +1,0 @@
-"""The FastAPI app factory and the /api control-plane routers."""

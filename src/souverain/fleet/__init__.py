@@ -1,0 +1,1 @@
+"""The fleet: datacenters (with the attributes sovereignty is decided on) and nodes."""

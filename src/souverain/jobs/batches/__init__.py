@@ -1,0 +1,2 @@
+"""Batches: what a tenant asks for (`service`) and the runner that answers every line
+exactly once through the gateway (`runner`)."""

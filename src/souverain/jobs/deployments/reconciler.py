@@ -1,0 +1,393 @@
+"""The deployment reconciler: keeps each deployment's replicas placed and counted.
+
+load    claim the deployment row with a lease token; read it, its model, replicas (with
+        the state the replica observer wrote) and the placement policy (its own
+        constraints ∩ its organisation's ceiling)
+process drop lost replicas; drain replicas whose datacenter no longer complies (a changed
+        policy, constraint or datacenter) or whose node left the cluster; stop extras;
+        place missing ones (scheduler, then a detached Ray actor with a label_selector
+        for the chosen datacenter)
+apply   one transaction that starts with `UPDATE deployments … WHERE id AND lock_token`:
+        if another controller took the row, nothing of this round is written
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from souverain.core.errors import GoneError
+from souverain.core.fleet import ObjectGrant, ReplicaSpec, actor_name_for
+from souverain.core.ids import new_id, replica_secret
+from souverain.core.policy import Policy, exclusion
+from souverain.db.tables import (
+    DeploymentRow,
+    ModelAdapterRow,
+    ModelArtifactRow,
+    ModelRow,
+    ReplicaRow,
+    utcnow,
+)
+from souverain.evidence import audit
+from souverain.files import service as files
+from souverain.jobs.deployments.observer import LOST
+from souverain.jobs.deployments.service import placement_policy
+from souverain.jobs.energy import EnergyAccountant
+from souverain.jobs.facade import ClusterFacade
+from souverain.scheduler.placer import Placer
+from souverain.scheduler.types import Placement, PlacementRequest
+from souverain.storage.crypto import unwrap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineDefaults:
+    threads: int
+    bind_host: str | None
+    watts_per_core: float = 10.0
+    model_roots: tuple[str, ...] = ()
+
+
+@dataclass
+class Loaded:
+    deployment: DeploymentRow
+    model: ModelRow
+    artifact: ModelArtifactRow | None
+    replicas: list[ReplicaRow]
+    policy: Policy
+    adapter: ObjectGrant | None = None  # a fine-tuned model's LoRA adapter
+    adapter_error: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    action: str
+    target_type: str
+    target_id: str
+    details: dict[str, object]
+
+
+@dataclass
+class Outcome:
+    deletes: list[str] = field(default_factory=list)
+    inserts: list[ReplicaRow] = field(default_factory=list)
+    status: str = "pending"
+    reason: str = ""
+    remove_deployment: bool = False
+    org_id: str | None = None
+    events: list[Event] = field(default_factory=list)  # audited with the write-back
+
+    def replica_event(self, action: str, replica_id: str, **details: object) -> None:
+        self.events.append(Event(action, "replica", replica_id, details))
+
+
+class LeaseLost(Exception):
+    """Another controller owns the deployment row now; this round writes nothing."""
+
+
+class DeploymentReconciler:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        cluster: ClusterFacade,
+        *,
+        master_key: bytes,
+        engine: EngineDefaults,
+        energy: EnergyAccountant,
+        lease_s: float = 60.0,
+    ) -> None:
+        self.energy = energy
+
+        self._sessions = sessions
+        self._cluster = cluster
+        self._master_key = master_key
+        self._engine = engine
+        self._lease_s = lease_s
+        self.recently_started: dict[str, float] = {}
+
+    async def run_once(self, placer: Placer) -> None:
+        async with self._sessions() as session:
+            ids = list((await session.execute(select(DeploymentRow.id))).scalars())
+        for deployment_id in ids:
+            try:
+                await self.reconcile(deployment_id, placer)
+            except Exception:  # one broken deployment must not stop the others
+                log.exception("reconciling deployment %s failed", deployment_id)
+
+    async def reconcile(self, deployment_id: str, placer: Placer) -> None:
+        token = secrets.token_hex(8)
+        loaded = await self._load(deployment_id, token)
+        if loaded is None:
+            return
+        outcome = await self._process(loaded, placer)
+        try:
+            await self._apply(loaded.deployment, token, outcome)
+        except LeaseLost:
+            log.warning(
+                "lost the lease on deployment %s; dropping this round's writes", deployment_id
+            )
+
+    async def _load(self, deployment_id: str, token: str) -> Loaded | None:
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            claimed = await session.execute(
+                update(DeploymentRow)
+                .where(
+                    DeploymentRow.id == deployment_id,
+                    (DeploymentRow.lock_token.is_(None)) | (DeploymentRow.lock_expires_at < now),
+                )
+                .values(lock_token=token, lock_expires_at=now + timedelta(seconds=self._lease_s))
+            )
+            if not claimed.rowcount:  # type: ignore[attr-defined]
+                return None
+            deployment = await session.get(DeploymentRow, deployment_id)
+            if deployment is None:
+                return None
+            model = await session.get(ModelRow, deployment.model_id)
+            assert model is not None  # the foreign key is RESTRICT
+            artifact = (
+                (
+                    await session.execute(
+                        select(ModelArtifactRow).where(ModelArtifactRow.model_id == model.id)
+                    )
+                )
+                .scalars()
+                .first()
+            )
+            replicas = list(
+                (
+                    await session.execute(
+                        select(ReplicaRow).where(ReplicaRow.deployment_id == deployment_id)
+                    )
+                ).scalars()
+            )
+            policy = await placement_policy(session, deployment=deployment)
+            adapter, adapter_error = await self._adapter(session, model)
+        return Loaded(deployment, model, artifact, replicas, policy, adapter, adapter_error)
+
+    async def _adapter(
+        self, session: AsyncSession, model: ModelRow
+    ) -> tuple[ObjectGrant | None, str]:
+        row = await session.get(ModelAdapterRow, model.id)
+        if row is None:
+            return None, ""
+        try:
+            kek = await files.organisation_kek(
+                session, master_key=self._master_key, org_id=row.org_id, create=False
+            )
+        except GoneError as error:
+            return None, str(error)
+        data_key = unwrap(kek, bytes.fromhex(row.wrapped_key), row.object_id.split("/", 1)[0])
+        return ObjectGrant(row.store_uri, row.object_key, row.object_id, data_key, row.sha256), ""
+
+    async def _process(self, loaded: Loaded, placer: Placer) -> Outcome:
+        deployment, outcome = loaded.deployment, Outcome(org_id=loaded.deployment.org_id)
+        live = await self._observe(loaded, placer, outcome)
+        desired = 0 if deployment.deleted else deployment.replicas
+        for extra in _pick_extras(live, desired):
+            await asyncio.to_thread(self._cluster.stop_replica, extra.actor_name)
+            outcome.deletes.append(extra.id)
+            outcome.replica_event("replica.stop", extra.id, reason="scaled down")
+            self.energy.retire(extra.id)
+
+            live.remove(extra)
+        unschedulable = ""
+        while len(live) < desired and not unschedulable:
+            placed = await self._place_one(loaded, placer, outcome)
+            if isinstance(placed, str):
+                unschedulable = placed
+            else:
+                live.append(placed)
+        _set_status(outcome, deployment, live, desired, unschedulable)
+        if _worth_auditing(deployment.status, outcome.status):
+            outcome.events.append(
+                Event(
+                    "deployment.status",
+                    "deployment",
+                    deployment.id,
+                    {"from": deployment.status, "to": outcome.status, "reason": outcome.reason},
+                )
+            )
+        return outcome
+
+    async def _observe(self, loaded: Loaded, placer: Placer, outcome: Outcome) -> list[ReplicaRow]:
+        live = []
+        for replica in loaded.replicas:
+            reason = _drain_reason(replica, loaded.policy, placer)
+            if reason is not None:
+                log.warning(
+                    "draining replica %s in %s: %s", replica.id, replica.datacenter_id, reason
+                )
+                await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
+                outcome.deletes.append(replica.id)
+                outcome.replica_event(
+                    "replica.drain", replica.id, datacenter=replica.datacenter_id, reason=reason
+                )
+                self.energy.retire(replica.id)
+            elif replica.state == LOST:
+                outcome.deletes.append(replica.id)
+                outcome.replica_event("replica.lost", replica.id, datacenter=replica.datacenter_id)
+                self.energy.retire(replica.id)
+            else:
+                live.append(replica)
+        return live
+
+    async def _place_one(
+        self, loaded: Loaded, placer: Placer, outcome: Outcome
+    ) -> ReplicaRow | str:
+        deployment, model = loaded.deployment, loaded.model
+        if loaded.artifact is None:
+            return f"model {model.name} has no artifact"
+        if loaded.adapter_error:
+            return f"model {model.name}'s adapter cannot be read: {loaded.adapter_error}"
+        request = PlacementRequest(
+            engine=deployment.engine,
+            cpus=deployment.cpus,
+            gpus=deployment.gpus,
+            policy=loaded.policy,
+            strategy="binpack" if deployment.strategy == "binpack" else "spread",
+            model_name=model.name,
+        )
+        decision = placer.place(request)
+        if not isinstance(decision, Placement):
+            return decision.summary
+        replica_id = new_id("rep")
+        spec = ReplicaSpec(
+            replica_id=replica_id,
+            deployment_id=deployment.id,
+            model_name=model.name,
+            engine=deployment.engine,
+            artifact_uri=loaded.artifact.uri,
+            artifact_sha256=loaded.artifact.sha256,
+            secret=replica_secret(self._master_key, replica_id),
+            datacenter_id=decision.datacenter_id,
+            cpus=deployment.cpus,
+            gpus=deployment.gpus,
+            threads=self._engine.threads,
+            context_length=model.context_length,
+            bind_host=self._engine.bind_host,
+            engine_args=dict(deployment.engine_args),
+            watts_per_core=self._engine.watts_per_core,
+            model_roots=self._engine.model_roots,
+            adapter=loaded.adapter,
+        )
+
+        await asyncio.to_thread(self._cluster.start_replica, spec)
+        self.recently_started[spec.actor_name] = asyncio.get_running_loop().time()
+        placer.reserve(decision.node_id, cpus=deployment.cpus, gpus=deployment.gpus)
+        replica = ReplicaRow(
+            id=replica_id,
+            deployment_id=deployment.id,
+            actor_name=actor_name_for(replica_id),
+            datacenter_id=decision.datacenter_id,
+            node_id=None,
+            url=None,
+            state="starting",
+            reason="",
+            engine_restarts=0,
+        )
+        outcome.inserts.append(replica)
+        outcome.replica_event(
+            "replica.place", replica_id, datacenter=decision.datacenter_id, node=decision.node_id
+        )
+        return replica
+
+    async def _apply(self, deployment: DeploymentRow, token: str, outcome: Outcome) -> None:
+        async with self._sessions.begin() as session:
+            owned = await session.execute(
+                update(DeploymentRow)
+                .where(DeploymentRow.id == deployment.id, DeploymentRow.lock_token == token)
+                .values(
+                    status=outcome.status,
+                    status_reason=outcome.reason,
+                    lock_token=None,
+                    lock_expires_at=None,
+                )
+            )
+            if not owned.rowcount:  # type: ignore[attr-defined]
+                raise LeaseLost(deployment.id)
+            if outcome.deletes:
+                await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
+            session.add_all(outcome.inserts)
+            for event in outcome.events:
+                await audit.record(
+                    session,
+                    actor=audit.SYSTEM_CONTROLLER,
+                    action=event.action,
+                    org_id=outcome.org_id,
+                    target_type=event.target_type,
+                    target_id=event.target_id,
+                    details={"deployment": deployment.id, **event.details},
+                )
+            if outcome.remove_deployment:
+                await session.execute(
+                    delete(DeploymentRow).where(DeploymentRow.id == deployment.id)
+                )
+
+
+def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | None:
+    """Why a replica must stop where it is: its datacenter is gone or no longer allowed, or
+    its node left the cluster (Ray would restart the actor only inside that datacenter,
+    and there may be no node left there)."""
+    datacenter = placer.snapshot.datacenters.get(replica.datacenter_id)
+    if datacenter is None:
+        return "datacenter removed"
+    excluded = exclusion(policy, datacenter.site)
+    if excluded is not None:
+        return excluded
+    if replica.node_id is not None and replica.node_id not in placer.alive_nodes:
+        return f"node {replica.node_id[:12]} lost"
+    return None
+
+
+def _worth_auditing(before: str, after: str) -> bool:
+    """Entering or leaving a failure is an event; starting and scaling are not."""
+    return before != after and bool({before, after} & {"failed", "degraded"})
+
+
+def _pick_extras(live: list[ReplicaRow], desired: int) -> list[ReplicaRow]:
+    """Replicas to stop when there are too many: the least ready and newest first."""
+    surplus = len(live) - desired
+    if surplus <= 0:
+        return []
+    ranked = sorted(
+        live, key=lambda r: (r.state == "ready", -r.created_at.timestamp() if r.created_at else 0)
+    )
+    return ranked[:surplus]
+
+
+def _set_status(
+    outcome: Outcome,
+    deployment: DeploymentRow,
+    live: list[ReplicaRow],
+    desired: int,
+    unschedulable: str,
+) -> None:
+    ready = sum(1 for r in live if r.state == "ready")
+    failed = [r for r in live if r.state == "failed"]
+    if deployment.deleted:
+        outcome.remove_deployment = not live
+        outcome.status, outcome.reason = "deleting", f"stopping {len(live)} replica(s)"
+    elif desired == 0:
+        outcome.status, outcome.reason = "stopped", "scaled to zero"
+    elif failed and len(failed) == len(live):
+        outcome.status = "failed"
+        outcome.reason = failed[0].reason or "every engine failed to start"
+    elif failed:
+        outcome.status = "degraded"
+        outcome.reason = (
+            f"{ready}/{desired} replicas ready, {len(failed)} failed: {failed[0].reason}"
+        )
+    elif unschedulable:
+        outcome.status, outcome.reason = "unschedulable", unschedulable
+    elif ready >= desired:
+        outcome.status, outcome.reason = "ready", f"{ready}/{desired} replicas ready"
+    else:
+        outcome.status, outcome.reason = "starting", f"{ready}/{desired} replicas ready"

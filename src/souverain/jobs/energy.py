@@ -1,0 +1,142 @@
+"""The energy accountant: turns each replica's cumulative energy into closed intervals,
+attributed to the requests settled in them, the rest kept as idle energy.
+
+The replica observer hands it each replica's latest reading, at least twice an interval;
+every `interval_s` (and when a replica goes away) it closes the replica's interval at its
+last reading: measured = last reading - first reading, split by `energy.attribution.attribute`
+among the requests settled by the time of that last reading. A request settled after it
+belongs to the next interval: its energy is in readings not taken yet, so closing at "now"
+would hand it a share of an interval that never saw it (zero joules, as readings come
+only with each long poll).
+If the actor restarts, its counter starts again from zero; the interval carries on from
+where it was. Energy between the last close and a controller change-over is not seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from souverain.core.fleet import ReplicaStatus
+from souverain.db.tables import ReplicaRow, utcnow
+from souverain.energy.attribution import attribute, weight
+from souverain.metering import energy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenInterval:
+    replica_id: str
+    deployment_id: str
+    datacenter_id: str
+    source: str
+    started_at: datetime
+    start_j: float
+    last_j: float
+    read_at: datetime  # when `last_j` was read
+
+
+class EnergyAccountant:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        interval_s: float,
+        prompt_weight: float,
+        completion_weight: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._interval_s = interval_s
+        self._weights = (prompt_weight, completion_weight)
+        self._clock = clock
+        self._open: dict[str, OpenInterval] = {}
+        self._retired: set[str] = set()
+
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s
+
+    def observe(self, replica: ReplicaRow, status: ReplicaStatus) -> None:
+        now = self._clock()
+        if status.measured_at is not None:  # when the node read it; never later than now
+            now = min(now, status.measured_at)
+        interval = self._open.get(replica.id)
+        if interval is None:
+            self._open[replica.id] = OpenInterval(
+                replica.id, replica.deployment_id, replica.datacenter_id, status.energy_source, now,
+                status.energy_j, status.energy_j, now,
+            )  # fmt: skip
+            return
+        if status.energy_j < interval.last_j:  # the actor restarted: its counter began again
+            interval.start_j = status.energy_j - (interval.last_j - interval.start_j)
+        interval.last_j, interval.read_at = status.energy_j, now
+        interval.source = status.energy_source
+
+    def retire(self, replica_id: str) -> None:
+        """The replica is going away: close its interval at the next `close_due`."""
+        if replica_id in self._open:
+            self._retired.add(replica_id)
+
+    async def close_all(self) -> None:
+        """Close every open interval now (the controller is stopping its replicas)."""
+        self._retired.update(self._open)
+        await self.close_due()
+
+    async def close_due(self) -> None:
+        now = self._clock()
+        for replica_id, interval in list(self._open.items()):
+            retired = replica_id in self._retired
+            if not retired and (
+                (now - interval.started_at).total_seconds() < self._interval_s
+                or interval.read_at <= interval.started_at  # nothing read since the last close
+            ):
+                continue
+            # A replica going away gets no later interval: what it settled since is its last.
+            ends_at = now if retired else interval.read_at
+            try:
+                await self._close(interval, ends_at)
+            except Exception:
+                log.exception("closing the energy interval of replica %s failed", replica_id)
+                continue
+            if retired:
+                del self._open[replica_id]
+                self._retired.discard(replica_id)
+            else:
+                interval.started_at, interval.start_j = ends_at, interval.last_j
+
+    async def _close(self, interval: OpenInterval, ends_at: datetime) -> None:
+        measured = max(0.0, interval.last_j - interval.start_j)
+        prompt_weight, completion_weight = self._weights
+        async with self._sessions.begin() as session:
+            served = await energy.unattributed(
+                session, replica_id=interval.replica_id, until=ends_at
+            )
+            split = attribute(
+                measured, served, prompt_weight=prompt_weight, completion_weight=completion_weight
+            )
+            weights = {
+                s.record_id: weight(
+                    s, prompt_weight=prompt_weight, completion_weight=completion_weight
+                )
+                for s in served
+            }
+            await energy.record_interval(
+                session,
+                interval=energy.Interval(
+                    interval.replica_id,
+                    interval.deployment_id,
+                    interval.datacenter_id,
+                    interval.source,
+                    interval.started_at,
+                    ends_at,
+                    measured,
+                ),
+                split=split,
+                weights=weights,
+            )

@@ -1,0 +1,52 @@
+"""The canned-token stand-in engine (`souverain.testing.stand_in`) as a replica's real
+process, for fault tests: it is started, probed, supervised and killed like any engine.
+
+No model can be registered with this engine through the API (the `engine` field accepts
+llamacpp, vllm and embeddings only); test fixtures write such models to the database.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from souverain.core.fleet import ReplicaSpec
+from souverain.node.engines.base import Probe, one_token_completion
+
+
+class StandInLauncher:
+    name = "stand-in"
+    runtime = "stand-in"
+    measures_chat_template = True
+    build_hint = "the stand-in engine"
+
+    def slots(self, spec: ReplicaSpec) -> int | None:
+        return None  # the gateway's default for the engine (catalog/routes.py)
+
+    def command(
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
+    ) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "souverain.testing.stand_in",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--alias",
+            spec.model_name,
+        ]
+        if spec.engine_args.get("fault"):
+            argv += ["--fault", str(spec.engine_args["fault"])]
+        if spec.engine_args.get("fault_while"):
+            argv += ["--fault-while", str(spec.engine_args["fault_while"])]
+        if spec.engine_args.get("token_delay"):
+            argv += ["--token-delay", str(float(spec.engine_args["token_delay"]))]
+        return argv
+
+    def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
+        return {}  # the secret travels through a pipe (node/secret.py)
+
+    def probe(self, *, spec: ReplicaSpec) -> Probe:
+        return one_token_completion(spec.model_name)

@@ -1,0 +1,221 @@
+"""The app factory. Everything stateful is built in the lifespan, nothing at import.
+
+    create_app(settings, hooks=[...])  ->  FastAPI with /v1, /api, /healthz, /readyz, /docs
+
+`hooks` are async context managers entered once the database is migrated, in order; the
+`souverain up` command uses one to start an embedded Ray head and the controller inside
+the server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+from fastapi import FastAPI
+from prometheus_client import start_http_server
+
+from souverain import __version__
+from souverain.db.engine import create_engine, session_factory, upgrade
+from souverain.gateway import errors
+from souverain.gateway.auditing import AuditTrail
+from souverain.gateway.journal import UsageJournal
+from souverain.gateway.languages import LanguageTagger
+from souverain.gateway.meter import Meter
+from souverain.gateway.metrics import Metrics
+from souverain.gateway.queueing import FairQueue
+from souverain.gateway.ratelimit import RateLimiter
+from souverain.gateway.routing import RouteTable
+from souverain.gateway.state import AppState
+from souverain.gateway.upstream import Upstream
+from souverain.installation import bootstrap, signing
+from souverain.jobs.batches.runner import BatchRunner
+from souverain.metering import usage as usage_service
+from souverain.server.middleware import EdgeGuard
+from souverain.server.routers import (
+    audit,
+    batches,
+    billing,
+    console,
+    deployments,
+    fine_tuning,
+    fleet,
+    health,
+    keys,
+    limits,
+    me,
+    metrics,
+    models,
+    orgs,
+    policies,
+    reports,
+    storage,
+    usage,
+)
+from souverain.server.routers import files as gateway_files
+from souverain.server.routers import inference as gateway_routes
+from souverain.settings import Settings, ensure_data_dir, load_master_key
+from souverain.tenancy.auth import KeyCache
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[AppState], AbstractAsyncContextManager[None]]
+
+DESCRIPTION = """\
+**souverain** — a sovereign AI cloud you run yourself.
+
+* `/v1` — OpenAI- and Mistral-compatible inference (`Authorization: Bearer sk-souv-…`).
+* `/api` — the control plane: organisations, projects, keys, datacenters, nodes, models,
+  deployments, usage.
+
+Every route needs an API key except `/healthz`, `/readyz` and these docs.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    hooks: Sequence[Hook] = (),
+    on_first_key: Callable[[str], None] | None = None,
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await _start(settings, on_first_key)
+        app.state.souverain = state
+        state.languages.start()
+        refresher = asyncio.create_task(
+            state.routes.refresh_forever(state.sessions, settings.replica_refresh_s)
+        )
+        stop_trail = asyncio.Event()
+        trail = asyncio.create_task(state.audit_trail.run(stop_trail))
+        runner = asyncio.create_task(
+            BatchRunner(
+                state, lease_s=settings.batch_lease_s, concurrency=settings.batch_concurrency
+            ).run()
+        )
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if settings.metrics_bind:
+                    host, _, port = settings.metrics_bind.rpartition(":")
+                    server, _thread = start_http_server(
+                        int(port), addr=host or "127.0.0.1", registry=state.metrics.registry
+                    )
+                    stack.callback(server.shutdown)
+                for hook in hooks:
+                    await stack.enter_async_context(hook(state))
+                yield
+        finally:
+            runner.cancel()  # its lines in flight stay open; the next runner takes them over
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+            if state.pending_settlements:  # usage records of answers already sent
+                await asyncio.wait(state.pending_settlements, timeout=30)
+            await state.languages.stop()
+            await state.journal.stop()
+            stop_trail.set()
+            await trail  # writes what the last window counted
+
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+
+            await state.upstream.close()
+            await state.engine.dispose()
+
+    app = FastAPI(
+        title="souverain",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses=errors.DOCUMENTED,
+        redirect_slashes=False,  # a redirect would echo the Host header
+    )
+    errors.install(app)
+    app.add_middleware(
+        EdgeGuard,
+        max_body_bytes=settings.max_request_bytes,
+        # Uploads stream through an encrypting parser: their own limit, checked as they go.
+        large_bodies={("POST", "/v1/files"): settings.files_max_bytes + 2**20},
+    )
+
+    app.include_router(health.router)
+    app.include_router(gateway_routes.router)
+    app.include_router(gateway_files.router)
+    app.include_router(batches.router)
+    app.include_router(fine_tuning.router)
+    for router in (
+        me.router,
+        orgs.router,
+        policies.router,
+        keys.router,
+        fleet.router,
+        models.router,
+        deployments.router,
+        usage.router,
+        reports.router,
+        billing.router,
+        limits.router,
+        metrics.router,
+        audit.router,
+        storage.router,
+        console.router,
+    ):
+        app.include_router(router)
+    return app
+
+
+def journal_directory(settings: Settings, server_id: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-." else "-" for c in server_id)
+    return settings.data_dir / "journal" / safe
+
+
+async def _start(settings: Settings, on_first_key: Callable[[str], None] | None) -> AppState:
+    ensure_data_dir(settings)
+    engine = create_engine(settings.sqlalchemy_url)
+    await upgrade(engine)
+    sessions = session_factory(engine)
+    server_id = f"{socket.gethostname()}:{settings.port}"
+    journal = UsageJournal(journal_directory(settings, server_id), sessions)
+    await journal.start()  # replays what a killed predecessor left
+    async with sessions.begin() as session:
+        interrupted = await usage_service.settle_interrupted(session, server_id=server_id)
+        first_key = await bootstrap.ensure_operator_key(session)
+    if interrupted:
+        log.warning(
+            "settled %d usage record(s) left open by a previous run as 'interrupted'", interrupted
+        )
+    if first_key and on_first_key:
+        on_first_key(first_key)
+    routes = RouteTable()
+    await routes.refresh(sessions)
+    return AppState(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        keys=KeyCache(sessions, ttl_s=settings.key_cache_ttl_s),
+        routes=routes,
+        upstream=Upstream(timeout_s=settings.upstream_timeout_s),
+        master_key=load_master_key(settings),
+        server_id=server_id,
+        signing_key=signing.load_or_create(settings.signing_key_path),
+        limiter=RateLimiter(
+            settings.rate_limit_storage, crashes_per_10_minutes=settings.engine_failures_per_key
+        ),
+        metrics=Metrics(routes),
+        audit_trail=AuditTrail(sessions, window_s=settings.audit_window_s),
+        journal=journal,
+        languages=LanguageTagger(journal, sessions),
+        meter=Meter.from_settings(settings),
+        file_stores=settings.file_stores_or_default,
+        queue=FairQueue(
+            routes,
+            per_org=settings.queue_per_org,
+            total=settings.queue_total,
+            wait_s=settings.queue_wait_s,
+        ),
+    )

@@ -1,0 +1,99 @@
+"""Dependencies shared by /v1 and /api, as `Annotated` aliases so routes read like prose."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from souverain.core.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from souverain.core.ids import parse_api_key
+from souverain.core.principal import Principal
+from souverain.gateway.state import AppState
+from souverain.tenancy import console_sessions
+
+SESSION_COOKIE = "souverain_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_MISSING = (
+    "You didn't provide an API key. Send it in the Authorization header: "
+    "'Authorization: Bearer sk-souv-…'."
+)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.souverain
+    return state
+
+
+async def get_session(
+    state: Annotated[AppState, Depends(get_state)],
+) -> AsyncIterator[AsyncSession]:
+    async with state.sessions() as session:
+        yield session
+
+
+def bearer_token(request: Request) -> str:
+    """The one bearer token of the request. Two Authorization headers are ambiguous (a
+    proxy may read one and souverain the other): refused, never "the first wins"."""
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:
+        raise InvalidRequestError(
+            "Send exactly one Authorization header; this request has several."
+        )
+    header = headers[0] if headers else ""
+    if not header:
+        raise AuthenticationError(_MISSING)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("Malformed Authorization header: expected 'Bearer <key>'.")
+    return token.strip()
+
+
+async def get_principal(
+    request: Request, state: Annotated[AppState, Depends(get_state)]
+) -> Principal:
+    """The caller: a bearer key, or, without an Authorization header, a console session."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    try:
+        if cookie is not None and "authorization" not in request.headers:
+            principal = await _session_principal(request, state, cookie)
+        else:
+            principal = await state.keys.authenticate(bearer_token(request))
+    except AuthenticationError as error:
+        state.audit_trail.note("auth.failed", subject=_key_id_of(request), reason=error.message)
+        raise
+    request.state.principal = principal
+    return principal
+
+
+async def _session_principal(request: Request, state: AppState, cookie: str) -> Principal:
+    """A console session; a change made on it must also carry the session's CSRF token,
+    which a page on another site cannot read."""
+    async with state.sessions.begin() as session:
+        principal = await console_sessions.resolve(
+            session, cookie=cookie, idle_s=state.settings.console_idle_s
+        )
+    token = request.headers.get(CSRF_HEADER, "")
+    if request.method not in SAFE_METHODS and not console_sessions.csrf_matches(cookie, token):
+        raise PermissionDeniedError(
+            f"A change made from a console session needs its {CSRF_HEADER} header."
+        )
+    return principal
+
+
+def _key_id_of(request: Request) -> str:
+    """The public id part of the key tried, never its secret."""
+    if "authorization" not in request.headers and SESSION_COOKIE in request.cookies:
+        return "console-session"
+    header = request.headers.get("authorization", "")
+    parsed = parse_api_key(header.partition(" ")[2].strip())
+    return f"key:{parsed[0]}" if parsed else "malformed"
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from souverain.core.schemas.deployments import (
+    Deployment,
+    DeploymentCreateRequest,
+    DeploymentUpdateRequest,
+    Replica,
+)
+from souverain.db.tables import DeploymentRow, ModelRow
+from souverain.jobs.deployments import service as deployments
+from souverain.server.deps import PrincipalDep, SessionDep
+
+router = APIRouter(prefix="/api/deployments", tags=["deployments"])
+
+
+async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deployment]:
+    replicas = await deployments.replicas_of(session, deployment_ids=[r.id for r in rows])
+    result = []
+    for row in rows:
+        model = await session.get(ModelRow, row.model_id)
+        reps = replicas[row.id]
+        result.append(
+            Deployment(
+                id=row.id,
+                name=row.name,
+                model=model.name if model else "?",
+                org_id=row.org_id,
+                engine=row.engine,
+                replicas=row.replicas,
+                ready_replicas=sum(1 for r in reps if r.state == "ready"),
+                datacenters=list(row.datacenters),
+                jurisdictions=(row.placement or {}).get("jurisdictions"),
+                certifications=list((row.placement or {}).get("certifications") or []),
+                operator_jurisdictions=(row.placement or {}).get("operator_jurisdictions"),
+                strategy=row.strategy,
+                reasoning_default=row.reasoning_default,
+                cpus=row.cpus,
+                gpus=row.gpus,
+                engine_args=dict(row.engine_args),
+                status=row.status,
+                status_reason=row.status_reason,
+                replica_details=[Replica.model_validate(r) for r in reps],
+                created_at=row.created_at,
+                updated_at=row.updated_at,
+            )
+        )
+    return result
+
+
+@router.get("", response_model=list[Deployment])
+async def list_deployments(principal: PrincipalDep, session: SessionDep) -> list[Deployment]:
+    """Deployments with their status and, when pending, the reasons."""
+    return await _out(session, await deployments.list_deployments(session, principal=principal))
+
+
+@router.post("", response_model=Deployment, status_code=status.HTTP_201_CREATED)
+async def create_deployment(
+    body: DeploymentCreateRequest, principal: PrincipalDep, session: SessionDep
+) -> Deployment:
+    """Deploy a model. The controller places its replicas; watch `status` and `status_reason`."""
+    row = await deployments.create_deployment(session, principal=principal, request=body)
+    await session.commit()
+    return (await _out(session, [row]))[0]
+
+
+@router.get("/{deployment}", response_model=Deployment)
+async def get_deployment(
+    deployment: str, principal: PrincipalDep, session: SessionDep
+) -> Deployment:
+    row = await deployments.get_deployment(session, principal=principal, ref=deployment)
+    return (await _out(session, [row]))[0]
+
+
+@router.patch("/{deployment}", response_model=Deployment)
+async def update_deployment(
+    deployment: str, body: DeploymentUpdateRequest, principal: PrincipalDep, session: SessionDep
+) -> Deployment:
+    """Scale (0 stops it, keeping the deployment) or change placement constraints; replicas
+    that no longer comply are drained and placed again."""
+    row = await deployments.update_deployment(
+        session, principal=principal, ref=deployment, request=body
+    )
+    await session.commit()
+    return (await _out(session, [row]))[0]
+
+
+@router.delete("/{deployment}", response_model=Deployment)
+async def delete_deployment(
+    deployment: str, principal: PrincipalDep, session: SessionDep
+) -> Deployment:
+    """Delete: replicas are stopped, then the deployment disappears."""
+    row = await deployments.delete_deployment(session, principal=principal, ref=deployment)
+    await session.commit()
+    return (await _out(session, [row]))[0]

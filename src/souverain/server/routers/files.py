@@ -1,0 +1,288 @@
+"""/v1/files: tenants' files, in OpenAI's and Mistral's shapes on the same routes.
+
+An upload is parsed as it streams (multipart, incrementally), checked line by line,
+hashed, encrypted in 64 KiB segments and written to the store of a datacenter the
+caller's policy allows: it never rests in clear, in memory or on disk. Downloads are
+streamed, decrypted where they are served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from souverain.core.access import check_scope
+from souverain.core.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from souverain.core.roles import Scope
+from souverain.db.jobs import FileRow
+from souverain.db.tables import utcnow
+from souverain.evidence import audit
+from souverain.files import service as files
+from souverain.files.uploads import Checked, Owner, principal_org, store_plaintext
+from souverain.gateway.file_lines import LineChecker
+from souverain.gateway.state import AppState
+from souverain.server.deps import PrincipalDep, SessionDep, StateDep, get_principal
+from souverain.storage.crypto import open_sealed
+from souverain.storage.stores import ObjectStore
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+UPLOAD_PURPOSES = frozenset({"batch", "fine-tune", "user_data", "evals"})
+MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 30 * 86400
+
+
+def file_object(row: FileRow) -> dict[str, Any]:
+    """Both shapes at once: OpenAI's fields and Mistral's (`sample_type`, `source`…)."""
+    return {
+        "id": row.id,
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": int(row.created_at.timestamp()),
+        "expires_at": int(row.expires_at.timestamp()) if row.expires_at else None,
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "status": "processed" if row.status == "processed" else row.status,
+        "status_details": None,
+        "num_lines": row.num_lines,
+        "sample_type": row.sample_type or "pretrain",
+        "source": "upload",
+        "mimetype": "application/jsonl" if row.purpose in {"batch", "fine-tune"} else None,
+        "deleted": row.status == "deleted",
+        "datacenter": row.datacenter_id,
+    }
+
+
+class Upload:
+    """One multipart upload being parsed, checked, hashed and sealed as it streams."""
+
+    def __init__(self, boundary: bytes, limit: int) -> None:
+        self.fields: dict[str, str] = {}
+        self.filename = ""
+        self.size = 0
+        self.limit = limit
+        self.digest = hashlib.sha256()
+        self.checker: LineChecker | None = None
+        self.checked_while_streaming = False
+        self._name = ""
+        self._is_file = False
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._value = bytearray()
+        self._data: list[bytes] = []
+        self._seen_file = False
+        self.parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin,
+                "on_header_field": self._field,
+                "on_header_value": self._header,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_done,
+                "on_part_data": self._part_data,
+                "on_part_end": self._end,
+            },
+        )
+
+    def _begin(self) -> None:
+        self._headers, self._value, self._is_file, self._name = {}, bytearray(), False, ""
+
+    def _field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _header(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field, self._header_value = b"", b""
+
+    def _headers_done(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = options.get(b"name", b"").decode("utf-8", "replace")
+        if self._name == "file":
+            if self._seen_file:
+                raise InvalidRequestError("Send one file per upload.", param="file")
+            self._seen_file = self._is_file = True
+            self.filename = options.get(b"filename", b"upload").decode("utf-8", "replace")[:255]
+            purpose = self.fields.get("purpose")
+            if purpose is not None:
+                self.checker, self.checked_while_streaming = LineChecker(purpose), True
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._is_file:
+            self._data.append(data[start:end])
+        else:
+            self._value += data[start:end]
+            if len(self._value) > 4096:
+                raise InvalidRequestError(f"The form field {self._name!r} is too long.")
+
+    def _end(self) -> None:
+        if not self._is_file and self._name:
+            self.fields[self._name] = self._value.decode("utf-8", "replace")
+
+    def take(self) -> list[bytes]:
+        """The file bytes parsed since the last call, checked and counted."""
+        pieces, self._data = self._data, []
+        for piece in pieces:
+            self.size += len(piece)
+            if self.size > self.limit:
+                raise PayloadTooLargeError(
+                    f"Files may be at most {self.limit} bytes.", param="file"
+                )
+            self.digest.update(piece)
+            if self.checker is not None:
+                self.checker.feed(piece)
+        return pieces
+
+
+def _boundary(request: Request) -> bytes:
+    kind, options = parse_options_header(request.headers.get("content-type", ""))
+    if kind != b"multipart/form-data" or b"boundary" not in options:
+        raise UnsupportedMediaTypeError("Upload files as multipart/form-data.")
+    return options[b"boundary"]
+
+
+@router.post("", summary="Upload a file", status_code=200)
+async def upload_file(request: Request) -> dict[str, Any]:
+    """Upload a file (multipart: `file`, `purpose` batch | fine-tune | user_data | evals,
+    optional `expires_after[anchor]=created_at` and `expires_after[seconds]`). It is stored
+    encrypted, in a datacenter your sovereignty policy allows (451 if none has a store).
+    `batch` and `fine-tune` files are checked line by line; a bad one is refused whole."""
+    state: AppState = request.app.state.souverain
+    principal = await get_principal(request, state)
+    check_scope(principal, Scope.INFERENCE)
+    owner = Owner(
+        principal_org(principal), state.routes.project_of(principal), principal.key_id,
+        state.routes.policy_for(principal), audit.actor_of(principal),
+    )  # fmt: skip
+    upload = Upload(_boundary(request), state.settings.files_max_bytes)
+
+    async def finish(store: ObjectStore, key: str, data_key: bytes, file_id: str) -> Checked:
+        purpose = _purpose(upload)
+        lines = await _check_lines(upload, purpose, store, key, data_key, file_id)
+        return Checked(upload.filename or "upload", purpose, lines, _expiry(upload.fields))
+
+    row = await store_plaintext(
+        state, owner=owner, plaintext=_parts(request, upload), finish=finish
+    )
+    return file_object(row)
+
+
+async def _parts(request: Request, upload: Upload) -> AsyncIterator[bytes]:
+    """The file part's bytes, as the multipart body streams in."""
+    async for chunk in request.stream():
+        upload.parser.write(chunk)
+        for piece in upload.take():
+            yield piece
+    upload.parser.finalize()
+    for piece in upload.take():
+        yield piece
+    if not upload.filename and not upload.size:
+        raise InvalidRequestError("The upload has no `file` part.", param="file")
+
+
+def _purpose(upload: Upload) -> str:
+    purpose = upload.fields.get("purpose", "")
+    if purpose not in UPLOAD_PURPOSES:
+        raise InvalidRequestError(
+            f"purpose must be one of {', '.join(sorted(UPLOAD_PURPOSES))}", param="purpose"
+        )
+    return purpose
+
+
+async def _check_lines(
+    upload: Upload, purpose: str, store: ObjectStore, object_key: str, data_key: bytes,
+    file_id: str,
+) -> int:  # fmt: skip
+    """Lines checked while streaming when `purpose` came first; else read back once."""
+    if upload.checker is not None and upload.checked_while_streaming:
+        return upload.checker.finish()
+    checker = LineChecker(purpose)
+    async for piece in open_sealed(store.read(object_key), data_key, file_id):
+        checker.feed(piece)
+    return checker.finish()
+
+
+def _expiry(fields: dict[str, str]) -> Any:
+    seconds = fields.get("expires_after[seconds]")
+    if seconds is None:
+        return None
+    if fields.get("expires_after[anchor]", "created_at") != "created_at":
+        raise InvalidRequestError("expires_after.anchor must be created_at", param="expires_after")
+    if not seconds.isdigit() or not MIN_EXPIRY_S <= int(seconds) <= MAX_EXPIRY_S:
+        raise InvalidRequestError(
+            f"expires_after.seconds must be from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}",
+            param="expires_after",
+        )
+    return utcnow() + timedelta(seconds=int(seconds))
+
+
+@router.get("", summary="List files")
+async def list_files(
+    principal: PrincipalDep,
+    session: SessionDep,
+    purpose: str | None = Query(default=None, max_length=32),
+    limit: int = Query(default=1000, ge=1, le=10_000),
+    page: int = Query(default=0, ge=0, le=0, description="Mistral's; one page"),
+    page_size: int | None = Query(default=None, ge=1, le=10_000, description="Mistral's"),
+) -> dict[str, Any]:
+    """Your organisation's files (your project's, for project keys), newest first."""
+    rows = await files.list_files(
+        session, principal=principal, purpose=purpose, limit=page_size or limit
+    )
+    data = [file_object(row) for row in rows]
+    return {"object": "list", "data": data, "has_more": False, "total": len(data)}
+
+
+@router.get("/{file_id}", summary="Retrieve a file")
+async def retrieve_file(
+    file_id: str, principal: PrincipalDep, session: SessionDep
+) -> dict[str, Any]:
+    return file_object(await files.get_file(session, principal=principal, file_id=file_id))
+
+
+@router.get("/{file_id}/content", summary="Download a file's content", response_model=None)
+async def file_content(
+    file_id: str, principal: PrincipalDep, session: SessionDep, state: StateDep
+) -> Response:
+    """The file's bytes, decrypted as they are streamed."""
+    row = await files.get_file(session, principal=principal, file_id=file_id)
+    plaintext = await files.open_file(session, row=row, master_key=state.master_key)
+    first = await _first(plaintext)  # a file that cannot be read fails before the headers
+    return StreamingResponse(
+        _chain(first, plaintext),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{_safe(row.filename)}"'},
+    )
+
+
+async def _first(plaintext: AsyncIterator[bytes]) -> bytes:
+    return await anext(plaintext, b"")
+
+
+async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for piece in rest:
+        yield piece
+
+
+def _safe(name: str) -> str:
+    return "".join(ch for ch in name if ch.isprintable() and ch not in '"\\') or "file"
+
+
+@router.delete("/{file_id}", summary="Delete a file")
+async def delete_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
+    row = await files.delete_file(session, principal=principal, file_id=file_id)
+    await session.commit()
+    return {"id": row.id, "object": "file", "deleted": True}

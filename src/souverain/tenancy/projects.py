@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from souverain.core.access import check_org, check_project
+from souverain.core.errors import ConflictError, NotFoundError
+from souverain.core.ids import new_id
+from souverain.core.principal import Principal
+from souverain.core.roles import Scope
+from souverain.core.schemas.tenancy import ProjectCreateRequest
+from souverain.db.tables import ProjectRow
+from souverain.evidence.audit import actor_of, record
+from souverain.tenancy import orgs
+
+
+async def list_projects(
+    session: AsyncSession, *, principal: Principal, org_ref: str
+) -> list[ProjectRow]:
+    org = await orgs.get_org(session, principal=principal, ref=org_ref)
+    query = select(ProjectRow).where(ProjectRow.org_id == org.id).order_by(ProjectRow.name)
+    if principal.project_id is not None:
+        query = query.where(ProjectRow.id == principal.project_id)
+    return list((await session.execute(query)).scalars())
+
+
+async def find_project(session: AsyncSession, *, org_id: str, ref: str) -> ProjectRow | None:
+    query = select(ProjectRow).where(
+        ProjectRow.org_id == org_id, or_(ProjectRow.id == ref, ProjectRow.name == ref)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def get_project(
+    session: AsyncSession, *, principal: Principal, org_id: str, ref: str
+) -> ProjectRow:
+    check_org(principal, org_id, Scope.READ)
+    project = await find_project(session, org_id=org_id, ref=ref)
+    if project is None:
+        raise NotFoundError("project not found")
+    check_project(principal, project.id)
+    return project
+
+
+async def get_default_project(session: AsyncSession, *, org_id: str) -> ProjectRow:
+    project = await find_project(session, org_id=org_id, ref=orgs.DEFAULT_PROJECT)
+    if project is None:
+        raise NotFoundError("the organisation has no default project")
+    return project
+
+
+async def create_project(
+    session: AsyncSession, *, principal: Principal, org_ref: str, request: ProjectCreateRequest
+) -> ProjectRow:
+    org = await orgs.get_org(session, principal=principal, ref=org_ref)
+    check_org(principal, org.id, Scope.MANAGE)
+    if await find_project(session, org_id=org.id, ref=request.name) is not None:
+        raise ConflictError(f"project '{request.name}' already exists", param="name")
+    project = ProjectRow(id=new_id("prj"), org_id=org.id, name=request.name)
+    session.add(project)
+    await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="project.create",
+        org_id=org.id,
+        target_type="project",
+        target_id=project.id,
+        details={"name": project.name},
+    )
+    return project
+
+
+async def set_limits(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    org_ref: str,
+    project_ref: str,
+    rpm: int | None,
+    tpm: int | None,
+) -> ProjectRow:
+    org = await orgs.get_org(session, principal=principal, ref=org_ref)
+    check_org(principal, org.id, Scope.MANAGE)
+    project = await get_project(session, principal=principal, org_id=org.id, ref=project_ref)
+    project.rpm, project.tpm = rpm, tpm
+    await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="project.limits",
+        org_id=org.id,
+        target_type="project",
+        target_id=project.id,
+        details={"rpm": rpm, "tpm": tpm},
+    )
+    return project
