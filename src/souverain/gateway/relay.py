@@ -1,5 +1,7 @@
 """Relaying a streamed answer: server-sent events from the engine to the client, with the
-usage the engine reported (or, if the stream broke first, what was delivered).
+usage the engine reported (or, if the stream broke first, what was delivered). What one
+engine says differently from another (its prompt-size events, a forced tool call) is its
+dialect's (gateway/dialects.py).
 
 The relay concludes its exchange when it ends, however it ends: `[DONE]` (ok), the engine
 breaking off (upstream_error, and an error event to the client), the client going away or
@@ -13,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from souverain.core.errors import STATUS, ErrorCode, error_body
 from souverain.gateway import forced_tools, reasoning, upstream
 from souverain.gateway.exchange import Exchange
 from souverain.metering.usage import Settlement
@@ -33,7 +36,7 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
     thinking = (
         reasoning.StreamRewriter(exchange.call.reasoning) if exchange.call.reasoning else None
     )
-    calls = forced_tools.StreamCalls(exchange.forced_tool) if exchange.forced_tool else None
+    calls = exchange.dialect.stream_calls(exchange)
     named = forced_tools.NamedOnce()
     try:
         async for line in response.lines():
@@ -43,14 +46,9 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
             if payload == "[DONE]":
                 progress.done = True
                 break
-            if (
-                '"souverain_prompt_tokens"' in payload
-            ):  # llama-cpp-python (node/engines/llamacpp_main.py)
-                progress.prompt_tokens = int(json.loads(payload)["souverain_prompt_tokens"])
-                continue
-            if '"prompt_progress"' in payload:  # llama-server, while it reads the prompt
-                told = json.loads(payload).get("prompt_progress") or {}
-                progress.prompt_tokens = int(told.get("total", 0))
+            told = exchange.dialect.prompt_tokens(payload)
+            if told is not None:  # the engine says the prompt's size: not for the client
+                progress.prompt_tokens = told
                 continue
             if progress.ttft_ms is None:
                 progress.ttft_ms = exchange.elapsed_ms()
@@ -155,12 +153,5 @@ def usage_chunk(exchange: Exchange, chunk: dict[str, Any]) -> bytes:
 
 
 def stream_error(message: str) -> bytes:
-    body = {
-        "error": {
-            "message": message,
-            "type": "upstream_error",
-            "code": "upstream_error",
-            "param": None,
-        }
-    }
+    body = error_body(STATUS[ErrorCode.UPSTREAM_ERROR], message, ErrorCode.UPSTREAM_ERROR)
     return f"data: {json.dumps(body)}\n\n".encode()

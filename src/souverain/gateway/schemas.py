@@ -210,3 +210,6 @@ class EmbeddingRequest(_Strict):
         if self.output_dimension is not None and self.dimensions is None:
             body["dimensions"] = self.output_dimension
         return body
+
+
+InferenceBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest

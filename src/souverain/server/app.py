@@ -22,7 +22,6 @@ from prometheus_client import start_http_server
 
 from souverain import __version__
 from souverain.db.engine import create_engine, session_factory, upgrade
-from souverain.gateway import errors
 from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
 from souverain.gateway.languages import LanguageTagger
@@ -36,6 +35,7 @@ from souverain.gateway.upstream import Upstream
 from souverain.installation import bootstrap, signing
 from souverain.jobs.batches.runner import BatchRunner
 from souverain.metering import usage as usage_service
+from souverain.server import errors
 from souverain.server.middleware import EdgeGuard
 from souverain.server.routers import (
     audit,

@@ -13,10 +13,9 @@ from fastapi import APIRouter, Query, Request
 from pydantic import Field, ValidationError
 
 from souverain.catalog import evaluations, models
-from souverain.core.errors import InvalidRequestError
+from souverain.core.errors import InvalidRequestError, validation_message
 from souverain.core.schemas.common import StrictRequest
 from souverain.db.jobs import FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
-from souverain.gateway.errors import validation_message
 from souverain.jobs.fine_tuning import recipe
 from souverain.jobs.fine_tuning import service as fine_tuning
 from souverain.server.deps import PrincipalDep, SessionDep, StateDep
