@@ -43,9 +43,12 @@ from souverain.server.routers import (
     billing,
     console,
     deployments,
+    evaluations,
+    files,
     fine_tuning,
     fleet,
     health,
+    inference,
     keys,
     limits,
     me,
@@ -57,8 +60,6 @@ from souverain.server.routers import (
     storage,
     usage,
 )
-from souverain.server.routers import files as gateway_files
-from souverain.server.routers import inference as gateway_routes
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 from souverain.tenancy.auth import KeyCache
 
@@ -144,11 +145,12 @@ def create_app(
     )
 
     app.include_router(health.router)
-    app.include_router(gateway_routes.router)
-    app.include_router(gateway_files.router)
-    app.include_router(batches.router)
-    app.include_router(fine_tuning.router)
     for router in (
+        inference.router,
+        files.router,
+        batches.router,
+        fine_tuning.router,
+        evaluations.router,  # before models: /api/models/{model:path} would take its paths
         me.router,
         orgs.router,
         policies.router,
