@@ -88,45 +88,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await _start(settings, on_first_key)
         app.state.souverain = state
-        state.languages.start()
-        refresher = asyncio.create_task(
-            state.routes.refresh_forever(state.sessions, settings.replica_refresh_s)
-        )
-        stop_trail = asyncio.Event()
-        trail = asyncio.create_task(state.audit_trail.run(stop_trail))
-        runner = asyncio.create_task(
-            BatchRunner(
-                state, lease_s=settings.batch_lease_s, concurrency=settings.batch_concurrency
-            ).run()
-        )
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                if settings.metrics_bind:
-                    host, _, port = settings.metrics_bind.rpartition(":")
-                    server, _thread = start_http_server(
-                        int(port), addr=host or "127.0.0.1", registry=state.metrics.registry
-                    )
-                    stack.callback(server.shutdown)
-                for hook in hooks:
-                    await stack.enter_async_context(hook(state))
-                yield
-        finally:
-            runner.cancel()  # its lines in flight stay open; the next runner takes them over
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-            if state.pending_settlements:  # usage records of answers already sent
-                await asyncio.wait(state.pending_settlements, timeout=30)
-            await state.languages.stop()
-            await state.journal.stop()
-            stop_trail.set()
-            await trail  # writes what the last window counted
-
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
-
-            await state.upstream.close()
-            await state.engine.dispose()
+        async with _running(state, hooks):
+            yield
 
     app = FastAPI(
         title="souverain",
@@ -144,6 +107,11 @@ def create_app(
         large_bodies={("POST", "/v1/files"): settings.files_max_bytes + 2**20},
     )
 
+    _include_routers(app)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
     app.include_router(health.router)
     for router in (
         inference.router,
@@ -168,7 +136,53 @@ def create_app(
         console.router,
     ):
         app.include_router(router)
-    return app
+
+
+@contextlib.asynccontextmanager
+async def _running(state: AppState, hooks: Sequence[Hook]) -> AsyncIterator[None]:
+    """The process's own work while it serves: route refreshes, the audit trail's
+    counted events, the batch runner, the metrics listener and the hooks; stopped in
+    order, usage records of answers already sent written first."""
+    settings = state.settings
+    state.languages.start()
+    refresher = asyncio.create_task(
+        state.routes.refresh_forever(state.sessions, settings.replica_refresh_s)
+    )
+    stop_trail = asyncio.Event()
+    trail = asyncio.create_task(state.audit_trail.run(stop_trail))
+    runner = asyncio.create_task(
+        BatchRunner(
+            state, lease_s=settings.batch_lease_s, concurrency=settings.batch_concurrency
+        ).run()
+    )
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.metrics_bind:
+                host, _, port = settings.metrics_bind.rpartition(":")
+                server, _thread = start_http_server(
+                    int(port), addr=host or "127.0.0.1", registry=state.metrics.registry
+                )
+                stack.callback(server.shutdown)
+            for hook in hooks:
+                await stack.enter_async_context(hook(state))
+            yield
+    finally:
+        runner.cancel()  # its lines in flight stay open; the next runner takes them over
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        if state.pending_settlements:  # usage records of answers already sent
+            await asyncio.wait(state.pending_settlements, timeout=30)
+        await state.languages.stop()
+        await state.journal.stop()
+        stop_trail.set()
+        await trail  # writes what the last window counted
+
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+
+        await state.upstream.close()
+        await state.engine.dispose()
 
 
 def journal_directory(settings: Settings, server_id: str) -> Path:
