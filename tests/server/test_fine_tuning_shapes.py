@@ -68,9 +68,7 @@ def sdk(platform: Platform, key: str) -> openai.OpenAI:
 
 
 class TestOpenAIShape:
-    async def test_the_sdk_reads_a_job_its_events_and_checkpoints(
-        self, platform: Platform
-    ) -> None:
+    async def test_the_sdk_reads_a_job_its_events_and_checkpoints(self, platform: Platform) -> None:
         org_id, key_id, key = await owner(platform)
         job_id = await a_job(platform, org_id, key_id)
         client = sdk(platform, key)
@@ -97,9 +95,7 @@ class TestOpenAIShape:
         assert first.has_more and [j.id for j in first.data] == [jobs[2], jobs[1]]
         rest = await asyncio.to_thread(client.fine_tuning.jobs.list, limit=2, after=jobs[1])
         assert not rest.has_more and [j.id for j in rest.data] == [jobs[0]]
-        events = await asyncio.to_thread(
-            client.fine_tuning.jobs.list_events, jobs[0], limit=2
-        )
+        events = await asyncio.to_thread(client.fine_tuning.jobs.list_events, jobs[0], limit=2)
         assert events.has_more and len(events.data) == 2
         after = await asyncio.to_thread(
             client.fine_tuning.jobs.list_events, jobs[0], limit=2, after=events.data[-1].id

@@ -213,3 +213,10 @@ class EmbeddingRequest(_Strict):
 
 
 InferenceBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+
+# The inference endpoints by path (a batch names one): the pipeline's name and the body.
+ENDPOINTS: dict[str, tuple[str, type[InferenceBody]]] = {
+    "/v1/chat/completions": ("chat", ChatCompletionRequest),
+    "/v1/completions": ("completions", CompletionRequest),
+    "/v1/embeddings": ("embeddings", EmbeddingRequest),
+}

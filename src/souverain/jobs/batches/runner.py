@@ -1,12 +1,13 @@
 """The batch runner: every server process runs one; batches are claimed with a lease.
 
 Invariant: every line of a batch is answered exactly once in its output. A line goes
-through the gateway's one `execute` (gateway/pipeline.py), as a live request does:
-the same admission, sovereignty routing, fair queue (behind live requests), metering and
+through the gateway's one `execute` (gateway/pipeline.py), as a live request does: the
+same admission, sovereignty routing, fair queue (behind live requests), metering and
 settlement, with a usage record whose id is the same on every attempt; the record's
-settlement and the line's result are written in one transaction. A runner killed at any point leaves each line answered or pending: the next
-runner to take the lease answers the pending ones, taking over an open record instead of
-opening a second. The lease is renewed by a heartbeat; a runner that loses it stops.
+settlement and the line's result are written in one transaction. A runner killed at any
+point leaves each line answered or pending: the next runner to take the lease answers
+the pending ones, taking over an open record instead of opening a second. The lease is
+renewed by a heartbeat; a runner that loses it stops.
 """
 
 from __future__ import annotations
@@ -43,23 +44,13 @@ from souverain.files import service as files
 from souverain.files.uploads import Checked, Owner, store_plaintext
 from souverain.gateway import calls, pipeline
 from souverain.gateway.admission import AlreadySettled
-from souverain.gateway.schemas import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    InferenceBody,
-)
+from souverain.gateway.schemas import ENDPOINTS
 from souverain.gateway.state import AppState
 from souverain.jobs.batches import service as batches
 from souverain.tenancy.auth import principal_for_key
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS: dict[str, tuple[str, type[InferenceBody]]] = {
-    "/v1/chat/completions": ("chat", ChatCompletionRequest),
-    "/v1/completions": ("completions", CompletionRequest),
-    "/v1/embeddings": ("embeddings", EmbeddingRequest),
-}
 RUNNER = audit.Actor("system", "batch-runner")
 MAX_ERRORS = 100
 
