@@ -24,7 +24,7 @@ from souverain.core.schemas.batches import (
     OpenAIBatch,
     RequestCounts,
 )
-from souverain.core.schemas.common import ListPage, MistralList, StrictRequest
+from souverain.core.schemas.common import ListPage, Metadata, MistralList, StrictRequest
 from souverain.db.jobs import BatchRow
 from souverain.evidence import audit
 from souverain.files.uploads import Checked, Owner, principal_org, store_plaintext
@@ -36,14 +36,12 @@ from souverain.server.pagination import OBJECTS, Cursor, cursor, list_page, mist
 
 router = APIRouter(tags=["batches"])
 
-Metadata = dict[str, str] | None
-
 
 class BatchCreateRequest(StrictRequest):
     input_file_id: str = Field(max_length=64)
     endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
     completion_window: Literal["24h"] = "24h"
-    metadata: Metadata = Field(default=None, max_length=16)
+    metadata: Metadata = None
 
 
 class MistralRequest(StrictRequest):
@@ -57,7 +55,7 @@ class MistralBatchCreateRequest(StrictRequest):
     endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
     model: str | None = Field(default=None, max_length=128)
     agent_id: None = None
-    metadata: Metadata = Field(default=None, max_length=16)
+    metadata: Metadata = None
     timeout_hours: int = Field(default=24, ge=1, le=batches.MAX_WINDOW_H)
 
 
