@@ -161,5 +161,5 @@ class TestEndpoints:
         ],
     )
     def test_anything_else_is_refused(self, url: str) -> None:
-        with pytest.raises(Exception, match="https|plain URL"):
+        with pytest.raises(Exception, match=r"https|plain URL"):
             check_endpoint(url)

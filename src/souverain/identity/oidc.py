@@ -289,7 +289,9 @@ class OidcClient:
         if not isinstance(id_token, str):
             raise IdTokenRefused("no_id_token")
         refresh = body.get("refresh_token")
-        return Tokens(id_token=id_token, refresh_token=refresh if isinstance(refresh, str) else None)
+        return Tokens(
+            id_token=id_token, refresh_token=refresh if isinstance(refresh, str) else None
+        )
 
     async def _key_set(self, discovery: Discovery, *, refresh: bool) -> KeySet:
         cached = self._keys.get(discovery.jwks_uri)
@@ -322,7 +324,9 @@ class OidcClient:
                 async for chunk in r.aiter_bytes():
                     content += chunk
                     if len(content) > MAX_DOCUMENT_BYTES:
-                        raise ServiceUnavailableError("The identity provider's answer is too large.")
+                        raise ServiceUnavailableError(
+                            "The identity provider's answer is too large."
+                        )
         except httpx.HTTPError as error:
             raise ServiceUnavailableError("The identity provider did not answer.") from error
         return _json_object(content)

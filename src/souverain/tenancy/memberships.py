@@ -62,9 +62,7 @@ async def find_project_grant(
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def _service_account_alive(
-    session: AsyncSession, user_id: str, now: datetime | None
-) -> bool:
+async def _service_account_alive(session: AsyncSession, user_id: str, now: datetime | None) -> bool:
     account = await session.get(ServiceAccountRow, user_id)
     if account is None:
         return False
