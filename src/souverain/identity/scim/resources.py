@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from scim2_models import (
     AuthenticationScheme,
+    BaseModel,
     Bulk,
     ChangePassword,
     Context,
@@ -24,6 +25,7 @@ from scim2_models import (
     Patch,
     PatchOp,
     ResourceType,
+    ResponseParameters,
     Schema,
     SCIMException,
     ScimFilter,
@@ -135,17 +137,27 @@ def meta(kind: str, location: str, created: datetime, updated: datetime, version
     )
 
 
+def response_parameters(
+    model: type[R], attributes: str | None, excluded: str | None
+) -> ResponseParameters[Any] | None:
+    """The `attributes` / `excludedAttributes` query parameters (RFC 7644 §3.9)."""
+    if not attributes and not excluded:
+        return None
+    try:
+        return ResponseParameters[model].model_validate(  # type: ignore[valid-type]
+            {"attributes": attributes, "excludedAttributes": excluded}
+        )
+    except (SCIMException, ValidationError, ValueError) as error:
+        raise ScimError(400, "Invalid attributes or excludedAttributes.", "invalidPath") from error
+
+
 def dump(
-    resource: User[Any] | Group,
+    resource: BaseModel,
     context: Context,
-    *,
-    attributes: list[str] | None = None,
-    excluded: list[str] | None = None,
+    parameters: ResponseParameters[Any] | None = None,
 ) -> dict[str, Any]:
     try:
-        return resource.model_dump(
-            scim_ctx=context, attributes=attributes, excluded_attributes=excluded
-        )
+        return resource.model_dump(scim_ctx=context, response_parameters=parameters)
     except (SCIMException, ValueError) as error:
         raise ScimError(400, str(error)[:300], "invalidValue") from error
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from scim2_models import Context, ListResponse
+from scim2_models import Context, Group, ListResponse, User
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import SouverainError
 from souverain.gateway.errors import STATUS
@@ -106,11 +108,8 @@ async def body_of(request: Request) -> Any:
         raise ScimError(400, "The body is not JSON.", "invalidSyntax") from error
 
 
-def _names(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 Attributes = Query(default=None, max_length=1000)
+Excluded = Query(default=None, alias="excludedAttributes", max_length=1000)
 
 
 @router.get("/ServiceProviderConfig", summary="SCIM: what this server supports")
@@ -165,25 +164,17 @@ async def list_users(
     start_index: int = Query(default=1, alias="startIndex", ge=-(2**31), le=2**31),
     count: int = Query(default=100, ge=-(2**31), le=2**31),
     attributes: str | None = Attributes,
-    excluded_attributes: str | None = Query(
-        default=None, alias="excludedAttributes", max_length=1000
-    ),
+    excluded_attributes: str | None = Excluded,
 ) -> Response:
-    start, count = max(start_index, 1), min(max(count, 0), MAX_RESULTS)
-    total, rows = await users.list_entries(
-        session, directory, expression=filter, start=start, count=count
-    )
-    found = [await users.to_resource(session, directory, row) for row in rows]
-    listing: ListResponse[Any] = ListResponse(
-        total_results=total, start_index=start, items_per_page=len(found), resources=found
-    )
-    return scim(
-        listing.model_dump(
-            scim_ctx=Context.SEARCH_RESPONSE,
-            attributes=_names(attributes),
-            excluded_attributes=_names(excluded_attributes),
-        )
-    )
+    query = Search(filter, start_index, count, attributes, excluded_attributes)
+    return await _search(session, directory, User, query)
+
+
+@router.post("/Users/.search", summary="SCIM: search the organisation's users")
+async def search_users(
+    request: Request, session: SessionDep, directory: Directory = DirectoryDep
+) -> Response:
+    return await _search(session, directory, User, Search.of(await body_of(request)))
 
 
 @router.post("/Users", status_code=201, summary="SCIM: provision a user")
@@ -206,20 +197,12 @@ async def get_user(
     session: SessionDep,
     directory: Directory = DirectoryDep,
     attributes: str | None = Attributes,
-    excluded_attributes: str | None = Query(
-        default=None, alias="excludedAttributes", max_length=1000
-    ),
+    excluded_attributes: str | None = Excluded,
 ) -> Response:
     row = await users.get_entry(session, directory, user_id)
     user = await users.to_resource(session, directory, row)
-    return scim(
-        resources.dump(
-            user,
-            Context.RESOURCE_QUERY_RESPONSE,
-            attributes=_names(attributes),
-            excluded=_names(excluded_attributes),
-        )
-    )
+    parameters = resources.response_parameters(User, attributes, excluded_attributes)
+    return scim(resources.dump(user, Context.RESOURCE_QUERY_RESPONSE, parameters))
 
 
 @router.put("/Users/{user_id}", summary="SCIM: replace a user")
@@ -259,25 +242,73 @@ async def list_groups(
     start_index: int = Query(default=1, alias="startIndex", ge=-(2**31), le=2**31),
     count: int = Query(default=100, ge=-(2**31), le=2**31),
     attributes: str | None = Attributes,
-    excluded_attributes: str | None = Query(
-        default=None, alias="excludedAttributes", max_length=1000
-    ),
+    excluded_attributes: str | None = Excluded,
 ) -> Response:
-    start, count = max(start_index, 1), min(max(count, 0), MAX_RESULTS)
-    total, rows = await groups.list_entries(
-        session, directory, expression=filter, start=start, count=count
+    query = Search(filter, start_index, count, attributes, excluded_attributes)
+    return await _search(session, directory, Group, query)
+
+
+@router.post("/Groups/.search", summary="SCIM: search the organisation's groups")
+async def search_groups(
+    request: Request, session: SessionDep, directory: Directory = DirectoryDep
+) -> Response:
+    return await _search(session, directory, Group, Search.of(await body_of(request)))
+
+
+@dataclass(frozen=True)
+class Search:
+    """A query, from the URL (GET) or a SearchRequest body (POST …/.search)."""
+
+    filter: str | None
+    start_index: int
+    count: int
+    attributes: str | None
+    excluded: str | None
+
+    @classmethod
+    def of(cls, body: Any) -> Search:
+        if not isinstance(body, dict):
+            raise ScimError(400, "The body must be a SearchRequest.", "invalidSyntax")
+        text = {k: v for k, v in body.items() if k != "schemas"}
+        joined = {
+            k: ",".join(v) if isinstance(v, list) else v
+            for k, v in text.items()
+            if k in ("attributes", "excludedAttributes")
+        }
+        try:
+            return cls(
+                filter=_text(text.get("filter")),
+                start_index=int(text.get("startIndex", 1)),
+                count=int(text.get("count", 100)),
+                attributes=_text(joined.get("attributes")),
+                excluded=_text(joined.get("excludedAttributes")),
+            )
+        except (TypeError, ValueError) as error:
+            raise ScimError(400, "startIndex and count are integers.", "invalidValue") from error
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 1000:
+        raise ScimError(400, "A search parameter is not a short string.", "invalidValue")
+    return value
+
+
+async def _search(
+    session: AsyncSession, directory: Directory, model: type[Any], query: Search
+) -> Response:
+    start, count = max(query.start_index, 1), min(max(query.count, 0), MAX_RESULTS)
+    service: Any = users if model is User else groups
+    total, rows = await service.list_entries(
+        session, directory, expression=query.filter, start=start, count=count
     )
-    found = [await groups.to_resource(session, directory, row) for row in rows]
-    listing: ListResponse[Any] = ListResponse(
+    found = [await service.to_resource(session, directory, row) for row in rows]
+    listing = ListResponse[model](  # type: ignore[valid-type]
         total_results=total, start_index=start, items_per_page=len(found), resources=found
     )
-    return scim(
-        listing.model_dump(
-            scim_ctx=Context.SEARCH_RESPONSE,
-            attributes=_names(attributes),
-            excluded_attributes=_names(excluded_attributes),
-        )
-    )
+    parameters = resources.response_parameters(model, query.attributes, query.excluded)
+    return scim(resources.dump(listing, Context.SEARCH_RESPONSE, parameters))
 
 
 @router.post("/Groups", status_code=201, summary="SCIM: create a group")
@@ -300,20 +331,12 @@ async def get_group(
     session: SessionDep,
     directory: Directory = DirectoryDep,
     attributes: str | None = Attributes,
-    excluded_attributes: str | None = Query(
-        default=None, alias="excludedAttributes", max_length=1000
-    ),
+    excluded_attributes: str | None = Excluded,
 ) -> Response:
     row = await groups.get_entry(session, directory, group_id)
     group = await groups.to_resource(session, directory, row)
-    return scim(
-        resources.dump(
-            group,
-            Context.RESOURCE_QUERY_RESPONSE,
-            attributes=_names(attributes),
-            excluded=_names(excluded_attributes),
-        )
-    )
+    parameters = resources.response_parameters(Group, attributes, excluded_attributes)
+    return scim(resources.dump(group, Context.RESOURCE_QUERY_RESPONSE, parameters))
 
 
 @router.put("/Groups/{group_id}", summary="SCIM: replace a group")
@@ -343,3 +366,24 @@ async def delete_group(
     await groups.remove(session, directory, group_id)
     await session.commit()
     return Response(status_code=204)
+
+
+@router.api_route(
+    "/{anything:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def unknown(request: Request, anything: str, directory: Directory = DirectoryDep) -> Response:
+    """Anything else under /scim/v2: 405 for a method an endpoint does not take, else a SCIM
+    404 (for a holder of a token)."""
+    head, _, rest = anything.strip("/").partition("/")
+    if head == ".search" and request.method == "POST":
+        raise ScimError(501, "Search one resource type at a time: /Users/.search, /Groups/.search.")
+    if head in DISCOVERY or (
+        head in ("Users", "Groups") and (not rest) != (request.method == "POST")
+    ):
+        raise ScimError(405, f"{request.method} is not allowed here.")
+    raise ScimError(404, "No such SCIM endpoint.")
+
+
+DISCOVERY = frozenset({"ServiceProviderConfig", "ResourceTypes", "Schemas"})
