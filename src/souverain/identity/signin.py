@@ -157,7 +157,9 @@ async def evaluate(
     Raises IdTokenRefused("no_role") when the mapping leaves them nothing (a first sign-in
     then creates nothing at all)."""
     token_groups = people.groups_of(claims, provider.groups_claim)
-    groups = await _groups(session, provider=provider, identity=identity, token=token_groups)
+    groups = await _groups(
+        session, provider=provider, identity=identity, token=token_groups, claims=claims
+    )
     grants = mappings.grants_for(groups, await mappings.load_lines(session, org_id=provider.org_id))
     if identity is None:
         if grants.is_empty():
@@ -190,20 +192,24 @@ async def _groups(
     provider: IdentityProviderRow,
     identity: UserIdentityRow | None,
     token: list[str],
+    claims: dict[str, Any],
 ) -> list[str]:
+    """The person's groups: the token's claim, or (group source `scim`) the groups their
+    directory entry is in — found by their user, or at a first sign-in by their name."""
     if await mappings.group_source(session, org_id=provider.org_id) == "token":
         return token
-    if identity is None or provider.org_id is None:
+    if provider.org_id is None:
         return []
     query = (
         select(DirectoryGroupRow.display_name)
         .join(DirectoryMemberRow, DirectoryMemberRow.group_id == DirectoryGroupRow.id)
         .join(DirectoryUserRow, DirectoryUserRow.id == DirectoryMemberRow.member_id)
-        .where(
-            DirectoryUserRow.org_id == provider.org_id,
-            DirectoryUserRow.user_id == identity.user_id,
-        )
+        .where(DirectoryUserRow.org_id == provider.org_id)
     )
+    if identity is not None:
+        query = query.where(DirectoryUserRow.user_id == identity.user_id)
+    else:
+        query = query.where(DirectoryUserRow.user_name == people.user_name_of(claims, provider))
     return list((await session.execute(query)).scalars())
 
 

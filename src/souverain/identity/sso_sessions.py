@@ -66,17 +66,13 @@ async def open_sso_session(
     opened = await console_sessions.open_session(
         session, principal=principal, max_age_s=settings.max_age_s, client=client, now=now
     )
-    session_id = opened.cookie.partition(".")[0]
-    session.add(
-        SsoSessionRow(
-            session_id=session_id,
-            identity_id=standing.identity.id,
-            project_id=standing.project_id,
-            refresh_token=seal(settings.master_key, refresh_token, purpose=_purpose(session_id))
-            if refresh_token
-            else None,
-            refresh_at=now + timedelta(seconds=settings.refresh_s),
-        )
+    _remember(
+        session,
+        session_id=opened.cookie.partition(".")[0],
+        standing=standing,
+        refresh_token=refresh_token,
+        settings=settings,
+        now=now,
     )
     await record(
         session,
@@ -94,6 +90,30 @@ async def open_sso_session(
         now=now,
     )
     return opened
+
+
+def _remember(
+    session: AsyncSession,
+    *,
+    session_id: str,
+    standing: signin.Standing,
+    refresh_token: str | None,
+    settings: SsoSettings,
+    now: datetime,
+) -> None:
+    """What the session needs to follow the provider: the identity and its refresh token."""
+    sealed = None
+    if refresh_token:
+        sealed = seal(settings.master_key, refresh_token, purpose=_purpose(session_id))
+    session.add(
+        SsoSessionRow(
+            session_id=session_id,
+            identity_id=standing.identity.id,
+            project_id=standing.project_id,
+            refresh_token=sealed,
+            refresh_at=now + timedelta(seconds=settings.refresh_s),
+        )
+    )
 
 
 async def is_due(session: AsyncSession, *, session_id: str, now: datetime | None = None) -> bool:

@@ -116,9 +116,9 @@ async def patch(
 async def remove(session: AsyncSession, directory: Directory, group_id: str) -> None:
     row = await get_entry(session, directory, group_id)
     touched = await _members(session, row.id)
+    await _audit(session, directory, "scim.group.delete", row)
     await session.delete(row)
     await session.flush()
-    await _audit(session, directory, "scim.group.delete", row)
     await reevaluate(session, directory, touched)
 
 
