@@ -24,7 +24,7 @@ from souverain.db.tables import AuditEventRow, AuditHeadRow, AuditOrgHeadRow, ut
 
 @dataclass(frozen=True)
 class Actor:
-    type: str  # key | service_account | directory | system | anonymous
+    type: str  # key | service_account | provider | directory | system | anonymous
     id: str | None = None  # user id, or the system component
     key_id: str | None = None
 

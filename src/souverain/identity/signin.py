@@ -142,7 +142,7 @@ class Standing:
 
 
 def provider_actor(provider: IdentityProviderRow) -> Actor:
-    return Actor("identity_provider", provider.id)
+    return Actor("provider", provider.id)  # an identity provider, through the mapping
 
 
 async def evaluate(
