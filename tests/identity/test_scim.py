@@ -271,3 +271,38 @@ class TestAttacks:
         assert revoked.status_code == 200
         async with org.client() as client:
             assert (await client.get("Users")).status_code == 401
+
+
+class TestBadInput:
+    async def test_bodies_and_parameters_a_directory_gets_wrong_are_scim_errors(
+        self, org: ScimOrg
+    ) -> None:
+        async with org.client() as client:
+            not_json = await client.post("Users", content=b"{not json")
+            no_name = await client.post("Users", json={"schemas": [USER]})
+            bad_name = await client.post("Users", json=user_body("a b<script>"))
+            long_filter = await client.get("Users", params={"filter": "x" * 2000})
+            not_a_patch = await client.patch(f"Users/{(await provision(org))['id']}", json=[1])
+        for answer, scim_type in (
+            (not_json, "invalidSyntax"),
+            (no_name, "invalidValue"),
+            (bad_name, "invalidValue"),
+            (long_filter, "invalidValue"),
+            (not_a_patch, "invalidSyntax"),
+        ):
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["scimType"] == scim_type, answer.text
+            assert answer.headers["content-type"] == "application/scim+json"
+
+    async def test_a_provider_must_be_https_or_loopback(self, platform: Platform) -> None:
+        async with platform.client(await platform.operator_key()) as client:
+            answer = await client.post(
+                "/api/identity-providers",
+                json={
+                    "name": unique("idp"),
+                    "issuer": "http://idp.example",
+                    "client_id": "souverain",
+                    "client_secret": "x",
+                },
+            )
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "issuer"
