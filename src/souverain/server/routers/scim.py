@@ -92,7 +92,9 @@ async def get_directory(request: Request, state: StateDep) -> Directory:
     return directory
 
 
-router = APIRouter(prefix="/scim/v2", tags=["scim"], route_class=ScimRoute)
+# Not in /openapi.json: SCIM is described by RFC 7644 and by its own discovery endpoints
+# (/ServiceProviderConfig, /Schemas, /ResourceTypes), and its errors have SCIM's shape.
+router = APIRouter(prefix="/scim/v2", tags=["scim"], route_class=ScimRoute, include_in_schema=False)
 DirectoryDep = Depends(get_directory)
 
 
