@@ -1,7 +1,8 @@
 """Single sign-on in a real browser: Debian's Chromium (driven by Playwright) walks the whole
 redirect flow between the console and the real OpenID provider, as a person does.
 
-With SOUVERAIN_SSO_ROUNDS=<n> the round trip (from the click on "Continue with your
+With SOUVERAIN_CONSOLE_SCREENSHOTS=<dir> the sign-in page and the identity sections are saved
+there (`scripts/console-screenshots`). With SOUVERAIN_SSO_ROUNDS=<n> the round trip (from the click on "Continue with your
 organisation" to the console showing who is signed in, less the typing of the password) is
 timed n times and its median printed; SOUVERAIN_SSO_TIMING=1 leaves out the test's guard that
 routes every request through Playwright to keep it on loopback, which costs about a second
@@ -15,6 +16,7 @@ import re
 import statistics
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
@@ -25,6 +27,13 @@ from tests.identity.oidc_provider import Person
 
 pytestmark = pytest.mark.slow
 ROUNDS = int(os.environ.get("SOUVERAIN_SSO_ROUNDS", "3"))
+SHOTS = os.environ.get("SOUVERAIN_CONSOLE_SCREENSHOTS")
+
+
+async def shot(page: Page, name: str) -> None:
+    if SHOTS:
+        await page.wait_for_timeout(300)
+        await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +58,7 @@ async def walk(page: Page, console_url: str, org: str, person: Person) -> tuple[
     typing of the password in between is not counted."""
     await page.goto(f"{console_url}/console#/keys")
     await page.fill("#sso input[name=org]", org)
+    await shot(page, "sign-in")
     started = time.perf_counter()
     await page.click("#sso button[type=submit]")
     await page.wait_for_selector("input[name=username]")
@@ -83,6 +93,7 @@ class TestBrowserSignIn:
             await expect(page.locator("#service-account-list")).to_have_count(1)
             await expect(page.locator("#identity-providers")).to_contain_text(sso_org.idp.issuer)
             await expect(page.locator("#group-mapping .mapping-line")).to_have_count(2)
+            await shot(page, "keys-identity")
             cookies = await context.cookies()
             session = next(c for c in cookies if c["name"] == "souverain_session")
             assert session["httpOnly"] and session["sameSite"] == "Strict"

@@ -104,6 +104,7 @@ function mappingEditor(org, projects, mapping) {
   const lines = h("tbody", {});
   const status = h("div", {});
   const source = select("group-source", [["token", "the provider's group claim"], ["scim", "groups provisioned by SCIM"]], mapping.group_source);
+  source.disabled = !can("own");
   const addLine = (line = { group: "", role: "member", project: null }) => {
     const remove = h("button", { type: "button", class: "small danger", onclick: () => row.remove() }, "×");
     const row = h("tr", { class: "mapping-line" },
@@ -111,6 +112,7 @@ function mappingEditor(org, projects, mapping) {
       h("td", {}, select("role", ROLES, line.role)),
       h("td", {}, select("project", [["", "whole organisation"], ...projects.map((p) => [p.name, p.name])], line.project || "")),
       h("td", {}, can("own") ? remove : null));
+    for (const input of row.querySelectorAll("input, select")) input.disabled = !can("own");
     lines.append(row);
   };
   mapping.lines.forEach(addLine);
