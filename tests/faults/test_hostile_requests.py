@@ -64,6 +64,12 @@ CRASHERS = {
     "remote $ref": {"$ref": "http://169.254.169.254/latest/meta-data"},
     "maxItems as text": {"type": "array", "items": {}, "maxItems": "10000"},
     "maxItems negative": {"type": "array", "items": {}, "maxItems": -1},
+    # stalls: nested repetitions a shared engine spent 17 s (two levels) and minutes on
+    "pattern (a{0,100}){0,100}": {"type": "string", "pattern": "^(a{0,100}){0,100}$"},
+    "pattern four levels": {"type": "string", "pattern": "^(((a{0,10}){0,10}){0,10}){0,10}$"},
+    "pattern ((a+)+)+": {"type": "string", "pattern": "^((a+)+)+$"},
+    # refused by the engine after the gateway chose a slot (issue of the cache scope)
+    "unresolved $ref": {"$ref": "#/$defs/missing", "$defs": {"there": {"type": "string"}}},
 }
 
 

@@ -222,6 +222,29 @@ class TestGraders:
         with pytest.raises(rewards.GraderError, match=message):
             rewards.check_grader(spec)
 
+    @pytest.mark.parametrize(
+        ("formula", "message"),
+        [
+            ("min()", r"min\(\) takes 2 to 8 arguments"),
+            ("min(a)", r"min\(\) takes 2 to 8 arguments"),  # min(0.5): a float is not iterable
+            ("abs(a, a)", r"abs\(\) takes 1 arguments"),
+            ("max(*a)", "takes"),
+            ("1e999 * a", "finite"),
+            ("a * " + "9" * 400, "finite"),  # an int literal float() cannot hold
+            ("a * 1e300", "at most 1e"),
+            ("1e6 * " * 60 + "a", "must have a finite value"),  # each number within bounds
+            ("True + a", "finite"),
+        ],
+    )
+    def test_formulas_that_could_only_fail_after_compute_are_refused(
+        self, formula: str, message: str
+    ) -> None:
+        """Each of these passed validation and failed once the job had spent its compute."""
+        check = {"type": "string_check", "operation": "eq", "input": "x", "reference": "y"}
+        spec = {"type": "multi", "graders": {"a": check}, "calculate_output": formula}
+        with pytest.raises(rewards.GraderError, match=message):
+            rewards.check_grader(spec)
+
 
 class TestMathGenerator:
     def test_deterministic_disjoint_and_in_five_languages(self) -> None:

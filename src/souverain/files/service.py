@@ -136,6 +136,16 @@ async def storage_used(session: AsyncSession, *, org_id: str) -> int:
     return row.used_bytes if row is not None else 0
 
 
+async def storage_left(session: AsyncSession, *, org_id: str, default_limit: int) -> int:
+    """Bytes the organisation may still store: its limit (the operator's, else the
+    default) less what it uses."""
+    row = await session.get(OrgStorageRow, org_id)
+    if row is None:
+        return default_limit
+    limit = row.limit_bytes if row.limit_bytes is not None else default_limit
+    return max(0, limit - row.used_bytes)
+
+
 async def set_storage_limit(
     session: AsyncSession, *, principal: Principal, org_id: str, limit_bytes: int | None
 ) -> None:

@@ -70,7 +70,10 @@ async def store_plaintext(
     record the file; a refusal anywhere (policy, quota, `finish`) leaves nothing stored."""
     async with state.sessions.begin() as session:
         placement = await files.place_file(session, policy=owner.policy, stores=state.file_stores)
-        if await files.storage_used(session, org_id=owner.org_id) >= state.files_quota_bytes:
+        left = await files.storage_left(
+            session, org_id=owner.org_id, default_limit=state.files_quota_bytes
+        )
+        if left <= 0:
             raise StorageQuotaError("Your organisation's storage quota is reached.", param="file")
         kek = await files.organisation_kek(
             session, master_key=state.master_key, org_id=owner.org_id, create=True
@@ -78,9 +81,9 @@ async def store_plaintext(
     file_id = files.new_file_id()
     data_key, wrapped = files.new_data_key(kek, file_id)
     store, object_key = store_from_uri(placement.store_uri), new_id("obj")
-    counted = _Counted(plaintext)
-    stored = await store.write(object_key, _sealed(counted, data_key, file_id))
+    counted = _Counted(plaintext, limit=left)
     try:
+        stored = await store.write(object_key, _sealed(counted, data_key, file_id))
         checked = await finish(store, object_key, data_key, file_id)
         row = FileRow(
             id=file_id, org_id=owner.org_id, project_id=owner.project_id,
@@ -115,16 +118,24 @@ def sample_type(purpose: str) -> str | None:
 
 
 class _Counted:
-    """Plaintext passing through: its size and sha256."""
+    """Plaintext passing through: its size and sha256. Past `limit` bytes (what the
+    organisation's quota leaves) the upload stops there, not once it is all written."""
 
-    def __init__(self, plaintext: AsyncIterator[bytes]) -> None:
+    def __init__(self, plaintext: AsyncIterator[bytes], *, limit: int) -> None:
         self._plaintext = plaintext
+        self._limit = limit
         self.size = 0
         self.digest = hashlib.sha256()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for piece in self._plaintext:
             self.size += len(piece)
+            if self.size > self._limit:
+                raise StorageQuotaError(
+                    "This file does not fit in what your organisation's storage quota "
+                    "leaves; delete files to make room.",
+                    param="file",
+                )
             self.digest.update(piece)
             yield piece
 

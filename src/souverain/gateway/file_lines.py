@@ -37,6 +37,7 @@ _MESSAGES = TypeAdapter(list[Message])
 _TOOLS = TypeAdapter(list[Tool])
 CHECKED = frozenset({"batch", "fine-tune"})
 MAX_EXTRA_FIELDS = 32
+MAX_NESTING = 64  # arrays and objects within one line
 
 
 class LineChecker:
@@ -79,6 +80,10 @@ class LineChecker:
             value = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             self._refuse("is not JSON")
+        except RecursionError:
+            self._refuse(f"nests arrays or objects deeper than {MAX_NESTING} levels")
+        if nesting(value) > MAX_NESTING:
+            self._refuse(f"nests arrays or objects deeper than {MAX_NESTING} levels")
         if not isinstance(value, dict):
             self._refuse("is not a JSON object")
         if self.purpose == "batch":
@@ -148,3 +153,16 @@ class LineChecker:
             self._refuse(message, f"{field}.{param}" if param else field)
         except InvalidRequestError as error:
             self._refuse(error.message, field)
+
+
+def nesting(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            stack.extend((item, depth + 1) for item in node if isinstance(item, (dict, list)))
+    return deepest

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -269,6 +270,8 @@ _OPERATORS: dict[type, Callable[..., float]] = {
     ast.USub: operator.neg,
 }
 _FUNCTIONS: dict[str, Callable[..., float]] = {"min": min, "max": max, "abs": abs}
+_ARITY = {"min": (2, 8), "max": (2, 8), "abs": (1, 1)}  # arguments each function takes
+MAX_CONSTANT = 1e6  # numbers in a formula; scores are in [0, 1]
 
 
 def _formula(text: Any, names: set[str]) -> Callable[[dict[str, float]], float]:
@@ -289,9 +292,9 @@ def _formula(text: Any, names: set[str]) -> Callable[[dict[str, float]], float]:
             check(node.right)
         elif isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
             check(node.operand)
-        elif (isinstance(node, ast.Constant) and isinstance(node.value, int | float)) or (
-            isinstance(node, ast.Name) and node.id in names
-        ):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            _check_constant(node.value)
+        elif isinstance(node, ast.Name) and node.id in names:
             pass
         elif (
             isinstance(node, ast.Call)
@@ -299,6 +302,12 @@ def _formula(text: Any, names: set[str]) -> Callable[[dict[str, float]], float]:
             and node.func.id in _FUNCTIONS
             and not node.keywords
         ):
+            low, high = _ARITY[node.func.id]
+            if not low <= len(node.args) <= high or any(
+                isinstance(arg, ast.Starred) for arg in node.args
+            ):
+                takes = f"{low}" if low == high else f"{low} to {high}"
+                raise GraderError(f"multi: {node.func.id}() takes {takes} arguments")
             for arg in node.args:
                 check(arg)
         else:
@@ -322,7 +331,33 @@ def _formula(text: Any, names: set[str]) -> Callable[[dict[str, float]], float]:
         assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
         return float(_FUNCTIONS[node.func.id](*(value(a, scores) for a in node.args)))
 
-    return lambda scores: float(value(tree, scores))
+    def formula(scores: dict[str, float]) -> float:
+        return float(value(tree, scores))
+
+    _check_finite(formula, names)
+    return formula
+
+
+def _check_constant(number: int | float) -> None:
+    if isinstance(number, bool) or abs(number) > MAX_CONSTANT or not math.isfinite(number):
+        raise GraderError(
+            f"multi: numbers in calculate_output must be finite and at most {MAX_CONSTANT:g}"
+        )
+
+
+def _check_finite(formula: Callable[[dict[str, float]], float], names: set[str]) -> None:
+    """A formula whose value overflows where every score is 0 or 1 would only fail once
+    the job had spent its compute: refuse it now."""
+    ordered = sorted(names)
+    corners = [dict.fromkeys(ordered, 0.0), dict.fromkeys(ordered, 1.0)]
+    corners += [{n: float(i == j) for j, n in enumerate(ordered)} for i in range(len(ordered))]
+    for scores in corners:
+        try:
+            result = formula(scores)
+        except (OverflowError, ValueError, ZeroDivisionError):
+            result = math.inf
+        if not math.isfinite(result):
+            raise GraderError("multi: calculate_output must have a finite value for every score")
 
 
 def answer_of(completion: str) -> str:

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # C0 controls except tab, line feed and carriage return; DEL; C1 controls. They have no
 # place in names and settings, break terminals and logs, and PostgreSQL refuses NUL.
@@ -57,3 +57,14 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# OpenAI's bounds on `metadata`: 16 pairs, keys of 64 characters, values of 512.
+Metadata = Annotated[
+    dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=64)],
+        Annotated[str, StringConstraints(max_length=512)],
+    ]
+    | None,
+    Field(default=None, max_length=16),
+]

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 from pydantic import Field
 
 from souverain.core.errors import InvalidRequestError
-from souverain.core.schemas.common import StrictRequest
+from souverain.core.schemas.common import Metadata, StrictRequest
 from souverain.db.jobs import BatchRow
 from souverain.evidence import audit
 from souverain.files.uploads import Checked, Owner, principal_org, store_plaintext
@@ -29,14 +29,13 @@ MISTRAL_STATUS = {
     "completed": "SUCCESS", "failed": "FAILED", "expired": "TIMEOUT_EXCEEDED",
     "cancelling": "CANCELLATION_REQUESTED", "cancelled": "CANCELLED",
 }  # fmt: skip
-Metadata = dict[str, str] | None
 
 
 class BatchCreateRequest(StrictRequest):
     input_file_id: str = Field(max_length=64)
     endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
     completion_window: Literal["24h"] = "24h"
-    metadata: Metadata = Field(default=None, max_length=16)
+    metadata: Metadata = None
 
 
 class MistralRequest(StrictRequest):
@@ -50,7 +49,7 @@ class MistralBatchCreateRequest(StrictRequest):
     endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
     model: str | None = Field(default=None, max_length=128)
     agent_id: None = None
-    metadata: Metadata = Field(default=None, max_length=16)
+    metadata: Metadata = None
     timeout_hours: int = Field(default=24, ge=1, le=batches.MAX_WINDOW_H)
 
 

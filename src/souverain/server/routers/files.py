@@ -9,9 +9,11 @@ streamed, decrypted where they are served.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
@@ -38,6 +40,8 @@ from souverain.storage.stores import ObjectStore
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 UPLOAD_PURPOSES = frozenset({"batch", "fine-tune", "user_data", "evals"})
+MAX_FIELDS = 16  # form fields besides the file: purpose, expires_after[…], a few more
+MAX_FIELD_BYTES = 4096
 MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 30 * 86400
 
 
@@ -81,6 +85,7 @@ class Upload:
         self._value = bytearray()
         self._data: list[bytes] = []
         self._seen_file = False
+        self._parts = 0
         self.parser = MultipartParser(
             boundary,
             {
@@ -96,6 +101,11 @@ class Upload:
 
     def _begin(self) -> None:
         self._headers, self._value, self._is_file, self._name = {}, bytearray(), False, ""
+        self._parts += 1
+        if self._parts > MAX_FIELDS + 1:
+            raise InvalidRequestError(
+                f"An upload has one file and at most {MAX_FIELDS} other form fields."
+            )
 
     def _field(self, data: bytes, start: int, end: int) -> None:
         self._header_field += data[start:end]
@@ -114,7 +124,7 @@ class Upload:
             if self._seen_file:
                 raise InvalidRequestError("Send one file per upload.", param="file")
             self._seen_file = self._is_file = True
-            self.filename = options.get(b"filename", b"upload").decode("utf-8", "replace")[:255]
+            self.filename = _filename(options.get(b"filename", b"upload"))
             purpose = self.fields.get("purpose")
             if purpose is not None:
                 self.checker, self.checked_while_streaming = LineChecker(purpose), True
@@ -124,7 +134,7 @@ class Upload:
             self._data.append(data[start:end])
         else:
             self._value += data[start:end]
-            if len(self._value) > 4096:
+            if len(self._value) > MAX_FIELD_BYTES:
                 raise InvalidRequestError(f"The form field {self._name!r} is too long.")
 
     def _end(self) -> None:
@@ -144,6 +154,22 @@ class Upload:
             if self.checker is not None:
                 self.checker.feed(piece)
         return pieces
+
+
+def _filename(raw: bytes) -> str:
+    """A file's name as uploaded: UTF-8, at most 255 characters, no control characters
+    (they would reach headers, logs and terminals of whoever lists the files)."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequestError("The file's name is not UTF-8.", param="file") from None
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+        raise InvalidRequestError(
+            "The file's name has control characters; rename the file.", param="file"
+        )
+    if not name.strip() or len(name) > 255:
+        raise InvalidRequestError("The file's name must have 1 to 255 characters.", param="file")
+    return name
 
 
 def _boundary(request: Request) -> bytes:
@@ -263,7 +289,7 @@ async def file_content(
     return StreamingResponse(
         _chain(first, plaintext),
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{_safe(row.filename)}"'},
+        headers={"Content-Disposition": _disposition(row.filename)},
     )
 
 
@@ -277,8 +303,13 @@ async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[byte
         yield piece
 
 
-def _safe(name: str) -> str:
-    return "".join(ch for ch in name if ch.isprintable() and ch not in '"\\') or "file"
+def _disposition(name: str) -> str:
+    """`attachment` with an ASCII fallback name and the exact one in RFC 6266/5987 form, so
+    any UTF-8 name survives HTTP's Latin-1 headers."""
+    fallback = "".join(
+        ch if ch.isascii() and ch.isprintable() and ch not in '"\\;' else "_" for ch in name
+    )
+    return f"attachment; filename=\"{fallback or 'file'}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @router.delete("/{file_id}", summary="Delete a file")

@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError
 
 from souverain.catalog import evaluations, models
 from souverain.core.errors import InvalidRequestError
-from souverain.core.schemas.common import StrictRequest
+from souverain.core.schemas.common import Metadata, StrictRequest
 from souverain.db.jobs import FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
 from souverain.gateway.errors import validation_message
 from souverain.jobs.fine_tuning import recipe
@@ -82,7 +82,7 @@ class OpenAIJobRequest(StrictRequest):
     validation_file: str | None = Field(default=None, max_length=64)
     suffix: str | None = Field(default=None, max_length=64)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: Metadata = None
     method: Method | None = None
     hyperparameters: SupervisedHyperparameters | None = None  # the older, top-level form
     integrations: list[dict[str, Any]] | None = Field(default=None, max_length=0)
