@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import httpx
 from sqlalchemy import select, update
 
 from souverain.db.identity import SsoSessionRow
@@ -206,3 +207,19 @@ async def _platform_provider(platform: Platform, idp: OpenIdProvider) -> None:
             json={"lines": [{"group": "platform-ops", "role": "operator"}]},
         )
     assert mapped.status_code == 200, mapped.text
+
+
+class TestProviderRemoved:
+    async def test_removing_a_provider_ends_the_sessions_opened_through_it(
+        self, sso_org: SsoOrg, walks: list[Walk]
+    ) -> None:
+        person = sso_org.person(["eng"])
+        walks.append(walk := await sign_in(sso_org.platform, person, org=sso_org.name))
+        await walk.csrf()
+        async with sso_org.platform.client(await sso_org.platform.operator_key()) as client:
+            gone = await client.delete(f"/api/identity-providers/{sso_org.provider_id}")
+        assert gone.status_code == 204, gone.text
+        assert (await walk.client.get("/api/me")).status_code == 401
+        async with httpx.AsyncClient(base_url=sso_org.platform.url) as client:
+            again = await client.get("/console/sso/start", params={"org": sso_org.name})
+        assert again.status_code == 404

@@ -7,7 +7,7 @@ show the issuer, the client id and the redirect URI to register, nothing else.
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.access import check_operator, check_org
@@ -16,7 +16,8 @@ from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.schemas.identity import ProviderCreateRequest
-from souverain.db.identity import IdentityProviderRow
+from souverain.db.identity import IdentityProviderRow, SsoSessionRow, UserIdentityRow
+from souverain.db.tables import ConsoleSessionRow, utcnow
 from souverain.evidence.audit import actor_of, record
 from souverain.identity import oidc
 from souverain.identity.sealing import seal, unseal
@@ -90,6 +91,16 @@ async def delete_provider(session: AsyncSession, *, principal: Principal, provid
     row = await session.get(IdentityProviderRow, provider_id)
     if row is None:
         raise NotFoundError("identity provider not found")
+    opened_through = (
+        select(SsoSessionRow.session_id)
+        .join(UserIdentityRow, UserIdentityRow.id == SsoSessionRow.identity_id)
+        .where(UserIdentityRow.provider_id == row.id)
+    )
+    await session.execute(
+        update(ConsoleSessionRow)
+        .where(ConsoleSessionRow.id.in_(opened_through), ConsoleSessionRow.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
     await session.delete(row)
     await record(
         session,
