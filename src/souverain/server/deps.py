@@ -79,13 +79,8 @@ async def _session_principal(request: Request, state: AppState, cookie: str) -> 
     async with state.sessions() as session:
         due = await sso_sessions.is_due(session, session_id=session_id)
     if due:  # single sign-on: re-read the person's groups at their provider (no transaction)
-        settings = sso_sessions.SsoSettings(
-            master_key=state.master_key,
-            max_age_s=state.settings.console_max_age_s,
-            refresh_s=state.settings.sso_refresh_s,
-        )
         await sso_sessions.refresh_if_due(
-            state.sessions, state.oidc, settings, session_id=session_id
+            state.sessions, state.oidc, sso_settings(state), session_id=session_id
         )
         principal = await _resolve(state, cookie)
     token = request.headers.get(CSRF_HEADER, "")
@@ -94,6 +89,14 @@ async def _session_principal(request: Request, state: AppState, cookie: str) -> 
             f"A change made from a console session needs its {CSRF_HEADER} header."
         )
     return principal
+
+
+def sso_settings(state: AppState) -> sso_sessions.SsoSettings:
+    return sso_sessions.SsoSettings(
+        master_key=state.master_key,
+        max_age_s=state.settings.console_max_age_s,
+        refresh_s=state.settings.sso_refresh_s,
+    )
 
 
 async def _resolve(state: AppState, cookie: str) -> Principal:

@@ -39,7 +39,8 @@ async def held_scopes(
     """What `user` holds now where a key of theirs acts: the operator role outside any
     organisation; inside one, their membership's role, and for a key restricted to a project
     also their role in that project (a role can be granted for one project only). None when
-    they hold nothing there, or are a service account that expired or was deleted."""
+    they hold nothing there, or are a service account that expired or was deleted. Being a
+    platform operator grants nothing inside a tenant."""
     if org_id is None:
         return scopes_of(Role.OPERATOR) if user.is_operator else None
     if user.kind == "service" and not await _service_account_alive(session, user.id, now):

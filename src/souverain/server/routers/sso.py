@@ -24,8 +24,8 @@ from souverain.db.identity import IdentityProviderRow
 from souverain.gateway.state import AppState
 from souverain.identity import providers, signin
 from souverain.identity.oidc import IdTokenRefused
-from souverain.identity.sso_sessions import SsoSettings, open_sso_session
-from souverain.server.deps import SESSION_COOKIE, StateDep
+from souverain.identity.sso_sessions import open_sso_session
+from souverain.server.deps import SESSION_COOKIE, StateDep, sso_settings
 from souverain.server.routers.console import HEADERS, secure_cookies
 
 router = APIRouter(tags=["console"])
@@ -39,14 +39,6 @@ def redirect_uri(request: Request, state: AppState) -> str:
     """The callback URL registered at the provider: from `public_url` when set."""
     base = state.settings.public_url or str(request.base_url)
     return base.rstrip("/") + CALLBACK
-
-
-def sso_settings(state: AppState) -> SsoSettings:
-    return SsoSettings(
-        master_key=state.master_key,
-        max_age_s=state.settings.console_max_age_s,
-        refresh_s=state.settings.sso_refresh_s,
-    )
 
 
 @router.get("/console/sso/start", summary="Begin single sign-on", status_code=303)
