@@ -123,3 +123,25 @@ class TestBrowserSignIn:
         assert "sso_error" not in page.url  # the reason is shown, then taken out of the URL
         assert not [c for c in await context.cookies() if c["name"] == "souverain_session"]
         await context.close()
+
+    async def test_what_a_service_account_did_is_marked_in_the_audit_page(
+        self, browser: Browser, sso_org: SsoOrg
+    ) -> None:
+        base = f"/api/orgs/{sso_org.name}/service-accounts"
+        async with sso_org.platform.client(sso_org.owner_key) as client:
+            assert (
+                await client.post(base, json={"name": "builder", "role": "admin"})
+            ).status_code == 201
+            key = (await client.post(f"{base}/builder/keys", json={})).json()["key"]
+        async with sso_org.platform.client(key) as bot:
+            made = await bot.post(f"/api/orgs/{sso_org.name}/projects", json={"name": "built"})
+        assert made.status_code == 201, made.text
+        context = await browser.new_context()
+        await context.route("**/*", loopback_only)
+        page = await context.new_page()
+        await walk(page, sso_org.platform.url, sso_org.name, sso_org.person(["leads"]))
+        await page.goto(f"{sso_org.platform.url}/console#/audit")
+        await page.fill("#audit-filter input[name=action]", "project.create")
+        await page.click("#audit-filter button[type=submit]")
+        await expect(page.locator("table")).to_contain_text("service account")
+        await context.close()
