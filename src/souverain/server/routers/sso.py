@@ -7,7 +7,8 @@
         → 303 to `return_to` with the console session cookie, or to
           `/console?sso_error=<reason>` with nothing but an audit event
 
-Neither needs a credential: they are the sign-in (like `POST /console/session`, whose
+They are browser steps, not API operations (left out of /openapi.json, like the console's
+shell). Neither needs a credential: they are the sign-in (like `POST /console/session`, whose
 credential is the key). Every refusal is audited (`identity.signin_refused`, counted per
 window like failed authentications) and creates nothing.
 """
@@ -41,7 +42,7 @@ def redirect_uri(request: Request, state: AppState) -> str:
     return base.rstrip("/") + CALLBACK
 
 
-@router.get("/console/sso/start", summary="Begin single sign-on", status_code=303)
+@router.get("/console/sso/start", status_code=303, include_in_schema=False)
 async def start(
     request: Request,
     state: StateDep,
@@ -88,7 +89,7 @@ async def start(
     return response
 
 
-@router.get(CALLBACK, summary="Finish single sign-on", status_code=303)
+@router.get(CALLBACK, status_code=303, include_in_schema=False)
 async def callback(
     request: Request,
     state: StateDep,
