@@ -54,11 +54,15 @@ from souverain.server.routers import (
     orgs,
     policies,
     reports,
+    scim,
+    sso,
     storage,
     usage,
 )
 from souverain.server.routers import files as gateway_files
+from souverain.server.routers import identity as identity_routes
 from souverain.server.routers import inference as gateway_routes
+from souverain.server.routers import service_accounts as service_account_routes
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 from souverain.tenancy.auth import KeyCache
 
@@ -125,6 +129,7 @@ def create_app(
                 await refresher
 
             await state.upstream.close()
+            await state.oidc.close()
             await state.engine.dispose()
 
     app = FastAPI(
@@ -164,6 +169,10 @@ def create_app(
         audit.router,
         storage.router,
         console.router,
+        sso.router,
+        identity_routes.router,
+        service_account_routes.router,
+        scim.router,
     ):
         app.include_router(router)
     return app
