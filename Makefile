@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TORCH  ?= 2.13.0
 
-.PHONY: setup up test lint unit bench browser screenshots clean
+.PHONY: setup up test lint unit bench browser idp screenshots clean
 
 # llama-server (the llamacpp engine's parallel runtime) builds beside the llama-cpp-python
 # wheel, both from the same llama.cpp sources and cached; without it, llama-cpp-python serves.
@@ -39,7 +39,7 @@ lint: $(STAMP)  ## ruff, mypy --strict, import-linter layer contracts
 unit: $(STAMP)  ## the fast tests only (no Ray, no engine)
 	$(BIN)/pytest -q -m "not ray and not engine"
 
-test: lint browser  ## set up, lint, then the whole suite (PostgreSQL too when SOUVERAIN_TEST_POSTGRES_URL is set)
+test: lint browser idp  ## set up, lint, then the whole suite (PostgreSQL too when SOUVERAIN_TEST_POSTGRES_URL is set)
 	$(BIN)/pytest -q
 
 # The console's tests drive Debian's Chromium through Playwright, which downloads no browser.
@@ -48,6 +48,13 @@ browser:  ## install Chromium for the console tests (as root; otherwise says how
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then $(APT) || { apt-get update -qq && $(APT); }; \
 	  else echo "The console tests need Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+# Single sign-on is tested against a real OpenID provider (`oidc-provider`, pinned by its
+# lockfile) run by Node.js; the tests install it too when it is missing.
+idp:  ## install the OpenID provider the identity tests sign in with (needs Node.js >= 20 and npm)
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "The identity tests need Node.js >= 20 and npm (e.g. apt-get install nodejs npm)" >&2; exit 1; }
+	cd tests/identity/provider && npm ci --no-audit --no-fund --loglevel=error
 
 screenshots: $(STAMP) browser  ## regenerate docs/console/*.png from the browser tests
 	scripts/console-screenshots

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         le=7 * 86400,
         description="A console session ends this long after sign-in, however active.",
     )
+    sso_refresh_s: int = Field(
+        default=300,
+        ge=10,
+        le=3600,
+        description="How often a console session opened by single sign-on re-reads the "
+        "person's groups from their identity provider (removal from a group demotes them then).",
+    )
     console_secure_cookie: bool | None = Field(
         default=None,
         description="Mark the console cookie Secure. Default: when the request came over "

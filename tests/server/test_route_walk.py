@@ -17,6 +17,9 @@ PUBLIC = {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/o
 # comes from /api and /v1 on a session, which the walk covers like any other route.
 PUBLIC |= {"/console", "/console/", "/console/assets/{name}"}
 PROBES = {"/console/assets/{name}": "/console/assets/app.js"}
+# The two steps of single sign-on are the sign-in itself (like POST /console/session, whose
+# credential is the key): without a flow they answer an error, never data or a session.
+SIGN_IN = {"/console/sso/start", "/console/sso/callback"}
 
 
 def all_routes() -> list[tuple[str, str]]:
@@ -51,6 +54,8 @@ class TestRouteWalk:
         paths = {path for _, path in all_routes()}
         assert {"/v1/chat/completions", "/api/keys", "/api/deployments", "/healthz"} <= paths
         assert {"/console/session", "/api/audit/verify"} <= paths
+        assert {"/scim/v2/Users", "/scim/v2/Groups/{group_id}", "/api/identity-providers"} <= paths
+        assert {"/api/orgs/{org}/service-accounts/{name}/keys/rotate"} <= paths
         assert len(paths) > 20
 
     async def test_every_route_but_health_and_docs_needs_a_credential(
@@ -63,11 +68,20 @@ class TestRouteWalk:
                 if path in PUBLIC:
                     assert response.status_code in (200, 308, 503), (method, path)
                     continue
+                if path in SIGN_IN:
+                    assert response.status_code in (303, 404), (method, path)
+                    # to an error, or (for operators, when the platform has a provider) to it
+                    assert "souverain_session=" not in response.headers.get("set-cookie", "")
+                    continue
                 assert response.status_code == 401, (method, path, response.status_code)
-                assert response.json()["error"]["code"] == "invalid_api_key"
+                if path.startswith("/scim/"):  # SCIM's own error shape
+                    assert response.json()["status"] == "401", (method, path)
+                    assert response.headers["content-type"] == "application/scim+json"
+                else:
+                    assert response.json()["error"]["code"] == "invalid_api_key"
                 checked += 1
         assert checked >= 20
 
     def test_the_allowlist_names_only_routes_that_exist(self) -> None:
         declared = {getattr(r, "path", None) for r in flat_routes(create_app(Settings()))}
-        assert declared >= PUBLIC
+        assert declared >= PUBLIC | SIGN_IN

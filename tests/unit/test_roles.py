@@ -45,7 +45,12 @@ class TestCanGrant:
 class TestEffectiveScopes:
     def test_key_is_bounded_by_its_users_current_role(self) -> None:
         key = scopes_of(Role.ADMIN)
-        assert effective_scopes(Role.ADMIN, key, Role.VIEWER) == {Scope.READ}
+        assert effective_scopes(Role.ADMIN, key, scopes_of(Role.VIEWER)) == {Scope.READ}
+
+    def test_a_role_held_in_a_project_adds_to_the_membership(self) -> None:
+        held = scopes_of(Role.VIEWER) | scopes_of(Role.AUDITOR)  # viewer, auditor in the project
+        key = scopes_of(Role.ADMIN)
+        assert effective_scopes(Role.ADMIN, key, held) == {Scope.READ, Scope.AUDIT}
 
     def test_removed_user_has_nothing(self) -> None:
         assert effective_scopes(Role.OWNER, scopes_of(Role.OWNER), None) == frozenset()

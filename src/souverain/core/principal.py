@@ -23,6 +23,7 @@ class Principal:
     # Rate limits of this key and of every key above it in its lineage, as
     # (key id, rpm, tpm): a minted key spends from its ancestors' buckets too.
     lineage_limits: tuple[tuple[str, int | None, int | None], ...] = ()
+    service_account: bool = False  # a non-human principal: shown apart in the audit log
 
     @property
     def is_operator(self) -> bool:

@@ -59,9 +59,10 @@ def can_grant(
 
 
 def effective_scopes(
-    key_role: Role, key_scopes: frozenset[Scope], holder_role: Role | None
+    key_role: Role, key_scopes: frozenset[Scope], held: frozenset[Scope] | None
 ) -> frozenset[Scope]:
-    """What a key may do now: its scopes, within its role, within its user's current role."""
-    if holder_role is None:
+    """What a key may do now: its scopes, within its role, within what its user holds now
+    (their membership's role, and in a project their role there too)."""
+    if held is None:
         return frozenset()
-    return key_scopes & scopes_of(key_role) & scopes_of(holder_role)
+    return key_scopes & scopes_of(key_role) & held

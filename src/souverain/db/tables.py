@@ -68,6 +68,7 @@ class UserRow(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     is_operator: Mapped[bool] = mapped_column(Boolean, default=False)
+    kind: Mapped[str] = mapped_column(String(16), default="person")  # person | service
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -101,6 +102,7 @@ class MembershipRow(Base):
     )
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16), default="manual")  # | directory | service
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -551,6 +553,8 @@ class LeaseRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-# The tables of files, batches and fine-tuning live in `db/jobs.py`, on the same Base:
+# The tables of files, batches and fine-tuning live in `db/jobs.py`, those of identities in
+# `db/identity.py`, on the same Base:
 # importing them here puts them in `Base.metadata` wherever the tables are imported.
+from souverain.db import identity as _identity  # noqa: E402, F401
 from souverain.db import jobs as _jobs  # noqa: E402, F401

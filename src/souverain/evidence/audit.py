@@ -24,7 +24,7 @@ from souverain.db.tables import AuditEventRow, AuditHeadRow, AuditOrgHeadRow, ut
 
 @dataclass(frozen=True)
 class Actor:
-    type: str  # key | system | anonymous
+    type: str  # key | service_account | provider | directory | system | anonymous
     id: str | None = None  # user id, or the system component
     key_id: str | None = None
 
@@ -34,7 +34,8 @@ SYSTEM_SERVER = Actor("system", "server")
 
 
 def actor_of(principal: Principal) -> Actor:
-    return Actor("key", principal.user_id, principal.key_id)
+    kind = "service_account" if principal.service_account else "key"
+    return Actor(kind, principal.user_id, principal.key_id)
 
 
 def timestamp(moment: datetime) -> str:

@@ -17,6 +17,7 @@ from souverain.gateway.queueing import FairQueue
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.upstream import Upstream
+from souverain.identity.oidc import OidcClient
 from souverain.settings import Settings
 from souverain.tenancy.auth import KeyCache
 
@@ -45,6 +46,7 @@ class AppState:
         default_factory=dict
     )  # (budget, month) -> ledger
     pending_settlements: set[asyncio.Task[None]] = field(default_factory=set)
+    oidc: OidcClient = field(default_factory=OidcClient)  # single sign-on's provider client
 
     @property
     def files_quota_bytes(self) -> int:

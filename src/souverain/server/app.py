@@ -57,9 +57,13 @@ from souverain.server.routers import (
     orgs,
     policies,
     reports,
+    scim,
+    sso,
     storage,
     usage,
 )
+from souverain.server.routers import identity as identity_routes
+from souverain.server.routers import service_accounts as service_account_routes
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 from souverain.tenancy.auth import KeyCache
 
@@ -134,6 +138,10 @@ def _include_routers(app: FastAPI) -> None:
         audit.router,
         storage.router,
         console.router,
+        sso.router,
+        identity_routes.router,
+        service_account_routes.router,
+        scim.router,
     ):
         app.include_router(router)
 
@@ -182,6 +190,7 @@ async def _running(state: AppState, hooks: Sequence[Hook]) -> AsyncIterator[None
             await refresher
 
         await state.upstream.close()
+        await state.oidc.close()
         await state.engine.dispose()
 
 

@@ -12,6 +12,7 @@ from souverain.core.errors import AuthenticationError, InvalidRequestError, Perm
 from souverain.core.ids import parse_api_key
 from souverain.core.principal import Principal
 from souverain.gateway.state import AppState
+from souverain.identity import sso_sessions
 from souverain.tenancy import console_sessions
 
 SESSION_COOKIE = "souverain_session"
@@ -73,16 +74,36 @@ async def get_principal(
 async def _session_principal(request: Request, state: AppState, cookie: str) -> Principal:
     """A console session; a change made on it must also carry the session's CSRF token,
     which a page on another site cannot read."""
-    async with state.sessions.begin() as session:
-        principal = await console_sessions.resolve(
-            session, cookie=cookie, idle_s=state.settings.console_idle_s
+    principal = await _resolve(state, cookie)
+    session_id = cookie.partition(".")[0]
+    async with state.sessions() as session:
+        due = await sso_sessions.is_due(session, session_id=session_id)
+    if due:  # single sign-on: re-read the person's groups at their provider (no transaction)
+        await sso_sessions.refresh_if_due(
+            state.sessions, state.oidc, sso_settings(state), session_id=session_id
         )
+        principal = await _resolve(state, cookie)
     token = request.headers.get(CSRF_HEADER, "")
     if request.method not in SAFE_METHODS and not console_sessions.csrf_matches(cookie, token):
         raise PermissionDeniedError(
             f"A change made from a console session needs its {CSRF_HEADER} header."
         )
     return principal
+
+
+def sso_settings(state: AppState) -> sso_sessions.SsoSettings:
+    return sso_sessions.SsoSettings(
+        master_key=state.master_key,
+        max_age_s=state.settings.console_max_age_s,
+        refresh_s=state.settings.sso_refresh_s,
+    )
+
+
+async def _resolve(state: AppState, cookie: str) -> Principal:
+    async with state.sessions.begin() as session:
+        return await console_sessions.resolve(
+            session, cookie=cookie, idle_s=state.settings.console_idle_s
+        )
 
 
 def _key_id_of(request: Request) -> str:

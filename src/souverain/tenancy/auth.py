@@ -61,7 +61,9 @@ async def principal_of(
     user = await session.get(UserRow, row.user_id)
     if user is None:
         raise AuthenticationError(_INVALID)
-    holder = await _holder_role(session, row=row, user=user)
+    holder = await memberships.held_scopes(
+        session, org_id=row.org_id, user=user, project_id=row.project_id, now=now
+    )
     if holder is None:
         raise AuthenticationError(
             "The user of this API key is no longer a member of its organisation."
@@ -82,6 +84,7 @@ async def principal_of(
         rpm=row.rpm,
         tpm=row.tpm,
         lineage_limits=limits,
+        service_account=user.kind == "service",
     )
 
 
@@ -106,15 +109,6 @@ async def lineage_limits(
             return tuple(limits)
         current = await session.get(ApiKeyRow, current.parent_key_id)
     raise AuthenticationError(_INVALID)
-
-
-async def _holder_role(session: AsyncSession, *, row: ApiKeyRow, user: UserRow) -> Role | None:
-    if row.org_id is None:
-        return Role.OPERATOR if user.is_operator else None
-    # An organisation's key works only while its user is a member there: being a platform
-    # operator grants nothing inside a tenant.
-    membership = await memberships.find_membership(session, org_id=row.org_id, user_id=user.id)
-    return None if membership is None else Role(membership.role)
 
 
 class KeyCache:

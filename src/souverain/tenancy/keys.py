@@ -47,15 +47,15 @@ async def create_key(
     await _check_minter(session, principal=principal, now=now)
     org_id = await _target_org(session, principal=principal, request=request)
     user = await _target_user(session, principal=principal, request=request, org_id=org_id)
-    holder_role = await _holder_role(session, user=user, org_id=org_id)
+    project_id = await _target_project(session, principal=principal, request=request, org_id=org_id)
+    held = await memberships.held_scopes(
+        session, org_id=org_id, user=user, project_id=project_id, now=now
+    )
     scopes = frozenset(request.scopes) if request.scopes is not None else scopes_of(request.role)
-    if holder_role is None or not can_grant(
-        scopes_of(holder_role), role=request.role, scopes=scopes
-    ):
+    if held is None or not can_grant(held, role=request.role, scopes=scopes):
         raise PermissionDeniedError(f"user '{user.name}' does not hold the '{request.role}' role")
     if not can_grant(principal.scopes, role=request.role, scopes=scopes):
         raise PermissionDeniedError(f"you cannot create a key with the '{request.role}' role")
-    project_id = await _target_project(session, principal=principal, request=request, org_id=org_id)
     expires_at = _expiry(principal, request, now)
     key_id, secret, full = new_api_key()
     row = ApiKeyRow(
@@ -135,13 +135,6 @@ async def _target_user(
     if user is None:
         raise NotFoundError("user not found", param="user")
     return user
-
-
-async def _holder_role(session: AsyncSession, *, user: UserRow, org_id: str | None) -> Role | None:
-    if org_id is None:
-        return Role.OPERATOR if user.is_operator else None
-    membership = await memberships.find_membership(session, org_id=org_id, user_id=user.id)
-    return None if membership is None else Role(membership.role)
 
 
 async def _target_project(

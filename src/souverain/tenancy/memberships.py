@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -9,9 +11,10 @@ from souverain.core.access import check_org
 from souverain.core.errors import NotFoundError, PermissionDeniedError
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
-from souverain.core.roles import Role, Scope, can_grant
+from souverain.core.roles import Role, Scope, can_grant, scopes_of
 from souverain.core.schemas.tenancy import MemberAddRequest
-from souverain.db.tables import MembershipRow, UserRow
+from souverain.db.identity import ProjectGrantRow, ServiceAccountRow
+from souverain.db.tables import MembershipRow, UserRow, utcnow
 from souverain.evidence.audit import actor_of, record
 from souverain.tenancy import key_lineage, orgs, users
 
@@ -25,6 +28,48 @@ async def find_membership(
     return (await session.execute(query)).scalar_one_or_none()
 
 
+async def held_scopes(
+    session: AsyncSession,
+    *,
+    org_id: str | None,
+    user: UserRow,
+    project_id: str | None,
+    now: datetime | None = None,
+) -> frozenset[Scope] | None:
+    """What `user` holds now where a key of theirs acts: the operator role outside any
+    organisation; inside one, their membership's role, and for a key restricted to a project
+    also their role in that project (a role can be granted for one project only). None when
+    they hold nothing there, or are a service account that expired or was deleted. Being a
+    platform operator grants nothing inside a tenant."""
+    if org_id is None:
+        return scopes_of(Role.OPERATOR) if user.is_operator else None
+    if user.kind == "service" and not await _service_account_alive(session, user.id, now):
+        return None
+    membership = await find_membership(session, org_id=org_id, user_id=user.id)
+    held = scopes_of(Role(membership.role)) if membership is not None else None
+    if project_id is not None:
+        grant = await find_project_grant(session, project_id=project_id, user_id=user.id)
+        if grant is not None:
+            held = (held or frozenset()) | scopes_of(Role(grant.role))
+    return held
+
+
+async def find_project_grant(
+    session: AsyncSession, *, project_id: str, user_id: str
+) -> ProjectGrantRow | None:
+    query = select(ProjectGrantRow).where(
+        ProjectGrantRow.project_id == project_id, ProjectGrantRow.user_id == user_id
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def _service_account_alive(session: AsyncSession, user_id: str, now: datetime | None) -> bool:
+    account = await session.get(ServiceAccountRow, user_id)
+    if account is None:
+        return False
+    return account.expires_at is None or account.expires_at > (now or utcnow())
+
+
 async def list_members(
     session: AsyncSession, *, principal: Principal, org_ref: str
 ) -> list[tuple[MembershipRow, UserRow]]:
@@ -32,7 +77,7 @@ async def list_members(
     query = (
         select(MembershipRow, UserRow)
         .join(UserRow, UserRow.id == MembershipRow.user_id)
-        .where(MembershipRow.org_id == org.id)
+        .where(MembershipRow.org_id == org.id, UserRow.kind == "person")
         .order_by(UserRow.name)
     )
     return [(m, u) for m, u in (await session.execute(query)).all()]

@@ -121,7 +121,37 @@ function signedOut(message) {
   showSignIn(message);
 }
 
+// Why a single sign-on came back without a session (the callback's ?sso_error=): a fixed
+// table, so nothing from the URL is shown as it was written.
+const SSO_ERRORS = {
+  no_role: "Your groups give you no role there. Ask the organisation's owner.",
+  name_taken: "Your provider named a user that belongs to another account.",
+  deactivated: "Your account is deactivated in the organisation's directory.",
+  provider_unavailable: "The identity provider did not answer. Try again.",
+};
+
+function ssoProblem() {
+  const reason = new URLSearchParams(location.search).get("sso_error");
+  if (!reason) return null;
+  history.replaceState(null, "", `/console${location.hash}`);
+  return SSO_ERRORS[reason] || "Single sign-on was refused. Begin again.";
+}
+
+function ssoForm() {
+  const org = h("input", { name: "org", autocomplete: "organization", maxlength: 64, placeholder: "organisation (empty: platform operators)", spellcheck: "false" });
+  const form = h("form", { id: "sso", class: "card narrow" }, h("h2", {}, "Single sign-on"), h("p", { class: "muted" }, "Sign in with your organisation's identity provider."), field("Organisation", org), h("button", { type: "submit" }, "Continue with your organisation"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams();
+    if (org.value.trim()) query.set("org", org.value.trim());
+    if (/^#\/[A-Za-z0-9/_.-]{0,150}$/.test(location.hash)) query.set("return_to", `/console${location.hash}`);
+    location.assign(`/console/sso/start?${query}`);
+  });
+  return form;
+}
+
 function showSignIn(message) {
+  message = message || ssoProblem();
   const key = h("input", { name: "key", type: "password", autocomplete: "off", placeholder: "sk-souv-…", required: true, spellcheck: "false" });
   const status = h("div", { id: "sign-in-status" }, message ? h("p", { class: "notice" }, message) : null);
   const form = h(
@@ -145,7 +175,7 @@ function showSignIn(message) {
     adopt(await response.json());
     await start();
   });
-  document.getElementById("view").replaceChildren(form);
+  document.getElementById("view").replaceChildren(form, ssoForm());
   key.focus();
 }
 

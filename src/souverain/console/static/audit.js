@@ -3,7 +3,7 @@
 // against the platform's public key.
 
 import { api, can, me } from "./app.js";
-import { download, errorBox, field, h, notice, section, select, table, when } from "./ui.js";
+import { badge, download, errorBox, field, h, notice, section, select, table, when } from "./ui.js";
 import { verifySigned } from "./verify.js";
 
 export async function auditPage(page) {
@@ -58,7 +58,7 @@ function eventTable(rows) {
     [
       { label: "seq", num: true, key: "seq" },
       { label: "time", cell: (e) => when(e.time) },
-      { label: "actor", cell: (e) => [e.actor_type, e.actor_id ? ` ${e.actor_id}` : "", e.actor_key_id ? h("div", { class: "muted small" }, `key ${e.actor_key_id}`) : null] },
+      { label: "actor", cell: (e) => [e.actor_type === "service_account" ? badge("service account") : e.actor_type, e.actor_id ? ` ${e.actor_id}` : "", e.actor_key_id ? h("div", { class: "muted small" }, `key ${e.actor_key_id}`) : null] },
       { label: "action", cell: (e) => h("code", {}, e.action) },
       { label: "target", cell: (e) => (e.target_type ? `${e.target_type} ${e.target_id ?? ""}` : "—") },
       { label: "outcome", key: "outcome" },

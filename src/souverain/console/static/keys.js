@@ -4,6 +4,7 @@
 
 import { api, can, me } from "./app.js";
 import { badge, errorBox, field, h, notice, section, select, table, when } from "./ui.js";
+import { serviceAccounts, singleSignOn } from "./identity.js";
 
 const ROLES = ["viewer", "auditor", "member", "admin", "owner"];
 
@@ -14,7 +15,12 @@ export async function keysPage(page) {
   const org = me().org;
   const projects = org ? await api(`/api/orgs/${encodeURIComponent(org)}/projects`) : [];
   page.append(section("Create a key", keyForm(projects, refresh)), section("Keys", keys));
-  if (org) page.append(await members(org), await policies(org, projects));
+  if (org) {
+    page.append(await members(org), await serviceAccounts(org, projects));
+    const sso = await singleSignOn(org, projects);
+    if (sso) page.append(sso);
+    page.append(await policies(org, projects));
+  }
 }
 
 function keyTable(keys, refresh) {
@@ -22,7 +28,7 @@ function keyTable(keys, refresh) {
     [
       { label: "key", cell: (k) => h("code", {}, `sk-souv-${k.id}_…`) },
       { label: "name", key: "name" },
-      { label: "user", key: "user" },
+      { label: "user", cell: (k) => (k.user.startsWith("svc:") ? badge("service account") : k.user) },
       { label: "role", cell: (k) => badge(k.role) },
       { label: "scopes", cell: (k) => k.scopes.join(", ") },
       { label: "project", cell: (k) => k.project_id || "all" },

@@ -85,7 +85,7 @@ async def sign_in(
         path="/",
         httponly=True,
         samesite="strict",
-        secure=_secure(request, state),
+        secure=secure_cookies(request, state),
     )
     response.headers.update(HEADERS | {"Cache-Control": "no-store"})
     return _session_view(opened.csrf, state)
@@ -114,7 +114,11 @@ async def sign_out(
         await session.commit()
     response = Response(status_code=204, headers=HEADERS)
     response.delete_cookie(
-        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request, state)
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=secure_cookies(request, state),
     )
     return response
 
@@ -127,7 +131,7 @@ def _session_view(csrf: str, state: AppState) -> dict[str, Any]:
     }
 
 
-def _secure(request: Request, state: AppState) -> bool:
+def secure_cookies(request: Request, state: AppState) -> bool:
     if state.settings.console_secure_cookie is not None:
         return state.settings.console_secure_cookie
     public = state.settings.public_url or ""
