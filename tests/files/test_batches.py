@@ -242,3 +242,51 @@ class TestCli:
         await asyncio.to_thread(cli, "files", "download", output_id, "-o", str(target))
         assert len(target.read_text().splitlines()) == 5
         assert "completed" in await asyncio.to_thread(cli, "batches", "list")
+
+
+class TestTheLivePath:
+    """A batch line goes through the gateway's one `execute`: whatever a live request
+    gets, in bounds and in shaping, a line gets too."""
+
+    async def test_a_reasoning_line_is_answered_as_a_live_request_is(
+        self, platform: Platform
+    ) -> None:
+        model = await platform.served_model(capabilities=("chat", "completions", "reasoning"))
+        _, key = await member(platform)
+        sdk = client(platform, key)
+        content = lines(model, 1, reasoning_effort="medium", max_tokens=64)
+        content = content.replace(b"question 0", b"why? #think")
+        uploaded = sdk.files.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch")
+        created = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h")  # fmt: skip
+        done = await wait_done(sdk, created.id)
+        assert done.status == "completed", done
+        [line] = [json.loads(x) for x in sdk.files.content(done.output_file_id).read().splitlines()]
+        message = line["response"]["body"]["choices"][0]["message"]
+        assert message["content"] == "It stays here."  # the thinking apart, as live
+        assert message["reasoning_content"] == "the tenant asks"
+        usage = line["response"]["body"]["usage"]
+        assert usage["completion_tokens_details"]["reasoning_tokens"] > 0
+
+    async def test_an_embeddings_line_over_the_live_bounds_is_refused_like_a_live_request(
+        self, platform: Platform
+    ) -> None:
+        model = await platform.served_model(capabilities=("embeddings",))
+        _, key = await member(platform)
+        sdk = client(platform, key)
+        too_many = ["word"] * (platform.settings.embeddings_max_inputs + 1)
+        async with platform.client(key) as http:
+            live = await http.post("/v1/embeddings", json={"model": model, "input": too_many})
+        assert live.status_code == 400, live.text
+        body = {"model": model, "input": too_many}
+        line = {"custom_id": "wide", "method": "POST", "url": "/v1/embeddings", "body": body}
+        uploaded = sdk.files.create(
+            file=("in.jsonl", io.BytesIO(json.dumps(line).encode() + b"\n")), purpose="batch"
+        )
+        created = sdk.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        done = await wait_done(sdk, created.id)
+        assert done.status == "failed", done
+        assert done.errors.data[0].message == live.json()["error"]["message"]
+        assert not [r for r in platform.stand_in.requests if r.get("input") == too_many]

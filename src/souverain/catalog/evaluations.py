@@ -8,28 +8,37 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.access import check_scope
+from souverain.core.access import Holding, check_scope, reach
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.jobs import FineTuningEventRow, FineTuningJobRow
 from souverain.db.tables import ModelRow
+from souverain.db.visibility import visible
 
 
 async def evaluations_of(
     session: AsyncSession, *, principal: Principal, model: ModelRow, limit: int = 50
 ) -> list[tuple[FineTuningJobRow, dict[str, Any] | None]]:
-    """The caller's organisation's evaluation jobs of `model`, newest first, each with its
-    result (None until it has one)."""
+    """The evaluation jobs of `model` the caller may see in its organisation (its own,
+    or all of them for its managers), newest first, each with its result (None until it
+    has one)."""
     check_scope(principal, Scope.READ)
     if principal.org_id is None:
-        return []
+        return []  # an operator reads evaluations in the jobs, not as the model's owner
     query = (
         select(FineTuningJobRow)
-        .where(FineTuningJobRow.org_id == principal.org_id, FineTuningJobRow.method == "evaluation")
+        .where(
+            FineTuningJobRow.org_id == principal.org_id,
+            FineTuningJobRow.method == "evaluation",
+            visible(
+                reach(principal, Holding.WORK),
+                org=FineTuningJobRow.org_id,
+                project=FineTuningJobRow.project_id,
+                key=FineTuningJobRow.key_id,
+            ),
+        )
         .order_by(FineTuningJobRow.created_at.desc())
     )
-    if principal.project_id is not None:
-        query = query.where(FineTuningJobRow.project_id == principal.project_id)
     found = []
     for job in (await session.execute(query)).scalars():
         start = job.resolved.get("start_from") or {}

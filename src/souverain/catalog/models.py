@@ -6,10 +6,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.access import can_see_org, check_operator, check_org, check_scope
+from souverain.core.access import Holding, check_operator, check_org, check_scope, reach
 from souverain.core.artifact_uri import BadArtifactUri, parse_artifact_uri
 from souverain.core.errors import (
     ConflictError,
@@ -22,22 +22,23 @@ from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.schemas.models import ModelRegisterRequest
 from souverain.db.tables import ModelArtifactRow, ModelRow
+from souverain.db.visibility import visible
 from souverain.evidence.audit import actor_of, record
 from souverain.tenancy import orgs
 
 
-def can_see_model(principal: Principal, model: ModelRow) -> bool:
-    return model.owner_org_id is None or can_see_org(principal, model.owner_org_id)
+def _visible(principal: Principal) -> ColumnElement[bool]:
+    """Models are shared: the platform's and the caller's organisation's (all, for
+    operators; the one rule, `core.access`)."""
+    return visible(reach(principal, Holding.SHARED), org=ModelRow.owner_org_id)
 
 
 async def find_model(session: AsyncSession, *, principal: Principal, ref: str) -> ModelRow | None:
     """By id or name, among the models the caller may see (its organisation's and the
     platform's; operators see all and must use an id when a name is ambiguous)."""
-    query = select(ModelRow).where(or_(ModelRow.id == ref, ModelRow.name == ref))
-    if not principal.is_operator:
-        query = query.where(
-            or_(ModelRow.owner_org_id.is_(None), ModelRow.owner_org_id == principal.org_id)
-        )
+    query = select(ModelRow).where(
+        or_(ModelRow.id == ref, ModelRow.name == ref), _visible(principal)
+    )
     rows = list((await session.execute(query)).scalars())
     exact = [row for row in rows if row.id == ref]
     if exact:
@@ -74,11 +75,7 @@ async def _name_taken(session: AsyncSession, *, name: str, owner_org_id: str | N
 async def list_models(session: AsyncSession, *, principal: Principal) -> list[ModelRow]:
     if not (principal.has(Scope.READ) or principal.has(Scope.INFERENCE)):
         check_scope(principal, Scope.READ)
-    query = select(ModelRow).order_by(ModelRow.name)
-    if not principal.is_operator:
-        query = query.where(
-            or_(ModelRow.owner_org_id.is_(None), ModelRow.owner_org_id == principal.org_id)
-        )
+    query = select(ModelRow).where(_visible(principal)).order_by(ModelRow.name)
     return list((await session.execute(query)).scalars())
 
 

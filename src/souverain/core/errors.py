@@ -1,4 +1,7 @@
-"""The error tree. Services raise these; `api/` and `gateway/` map them to HTTP once.
+"""The error tree, and its one mapping to HTTP. Services raise these; `server/errors.py`
+answers them (and batch lines write them into their error files) in one shape:
+
+    {"error": {"message": "...", "type": "...", "code": "...", "param": null}}
 
     SouverainError(code, message, param)
     ├── InvalidRequestError        400  a client mistake: bad value, out of bounds
@@ -25,7 +28,9 @@ Messages are written for the API user and never carry secrets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -135,3 +140,72 @@ class UpstreamTimeoutError(UpstreamError):
 
 class ServiceUnavailableError(SouverainError):
     code = ErrorCode.UNAVAILABLE
+
+
+# -- the one mapping to HTTP ------------------------------------------------------------
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.UNPROCESSABLE: 422,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.GONE: 410,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.QUOTA_EXCEEDED: 429,
+    ErrorCode.POLICY_REFUSED: 451,
+    ErrorCode.UPSTREAM_ERROR: 502,
+    ErrorCode.UPSTREAM_TIMEOUT: 504,
+    ErrorCode.UNAVAILABLE: 503,
+}
+
+TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    410: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    451: "policy_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "upstream_error",
+}
+
+
+def error_body(status: int, message: str, code: str, param: str | None = None) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": TYPES.get(status, "server_error"),
+            "code": code,
+            "param": param,
+        }
+    }
+
+
+def answer_of(error: SouverainError) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and body that answer `error`."""
+    status = STATUS[error.code]
+    return status, error_body(status, error.message, error.code, error.param)
+
+
+def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """The first of pydantic's validation errors as one sentence, and the parameter."""
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    param = ".".join(location) or None
+    message = str(first.get("msg", "invalid value"))
+    extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return (f"{param}: {message}{extra}" if param else message + extra), param

@@ -5,7 +5,8 @@ A file is stored only in a datacenter its owner's effective sovereignty policy a
 routing. Its object is encrypted with a data key of its own, wrapped by the
 organisation's key (`storage.crypto`). Bytes stored count against the organisation's
 storage quota, reserved with one conditional UPDATE so concurrent uploads cannot exceed it.
-Another tenant's file ids answer 404.
+A file is seen by its uploader and the organisation's managers (`core.access`, DATA);
+anyone else's file ids answer 404.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.access import check_org, check_scope
+from souverain.core.access import Holding, check_org, check_scope, reach
 from souverain.core.errors import (
     GoneError,
     NotFoundError,
@@ -31,7 +32,9 @@ from souverain.core.policy import Policy, exclusion
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.jobs import FileRow, OrgKeyRow, OrgStorageRow
+from souverain.db.pages import Page, page_of
 from souverain.db.tables import DatacenterRow, utcnow
+from souverain.db.visibility import visible
 from souverain.evidence import audit
 from souverain.fleet.datacenters import site_of
 from souverain.storage.crypto import (
@@ -165,34 +168,43 @@ def can_read_files(principal: Principal) -> bool:
     return principal.has(Scope.INFERENCE) or principal.has(Scope.READ)
 
 
-async def get_file(session: AsyncSession, *, principal: Principal, file_id: str) -> FileRow:
-    """A live file of the caller's organisation (and project, for project keys)."""
+def _visible(principal: Principal) -> ColumnElement[bool]:
+    """Files are the tenant's data: their uploader's, and the organisation's managers'
+    (the one rule, `core.access`)."""
     if not can_read_files(principal):
         check_scope(principal, Scope.INFERENCE)
-    row = await session.get(FileRow, file_id)
-    if row is None or row.status == "deleted" or not _visible(principal, row):
+    return visible(
+        reach(principal, Holding.DATA),
+        org=FileRow.org_id,
+        project=FileRow.project_id,
+        key=FileRow.created_by_key,
+    )
+
+
+async def get_file(session: AsyncSession, *, principal: Principal, file_id: str) -> FileRow:
+    """A live file the caller may see (another's answers 404, like a missing one)."""
+    query = select(FileRow).where(
+        FileRow.id == file_id, FileRow.status != "deleted", _visible(principal)
+    )
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is None:
         raise NotFoundError(f"No such file: {file_id}", param="file_id")
     return row
 
 
-def _visible(principal: Principal, row: FileRow) -> bool:
-    if principal.org_id != row.org_id:
-        return False
-    return principal.project_id is None or principal.project_id == row.project_id
-
-
 async def list_files(
-    session: AsyncSession, *, principal: Principal, purpose: str | None, limit: int
-) -> list[FileRow]:
-    if not can_read_files(principal):
-        check_scope(principal, Scope.INFERENCE)
-    query = select(FileRow).where(FileRow.org_id == principal.org_id, FileRow.status != "deleted")
-    if principal.project_id is not None:
-        query = query.where(FileRow.project_id == principal.project_id)
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    purpose: str | None,
+    limit: int,
+    after: str | None,
+) -> Page[FileRow]:
+    """The files the caller may see, newest first, a page after the file `after`."""
+    query = select(FileRow).where(FileRow.status != "deleted", _visible(principal))
     if purpose is not None:
         query = query.where(FileRow.purpose == purpose)
-    query = query.order_by(FileRow.created_at.desc()).limit(limit)
-    return list((await session.execute(query)).scalars())
+    return await page_of(session, query, table=FileRow, limit=limit, after=after)
 
 
 async def open_file(

@@ -5,9 +5,12 @@ Invariant: every admitted request ends with exactly one settled usage record. An
 most once: `async with exchange:` settles on the way out whatever happened (success, an
 engine error, a timeout, a broken stream, a client disconnect, a cancellation), with the
 outcome the pipeline concluded or, failing that, one read from the exception. A streamed
-answer is handed over (`stream()`): the response re-enters the exchange and settles when
-the stream ends, however it ends. If this process is killed in between, the record stays
-`open` and is settled `interrupted` at the next start.
+answer is handed over (`hand_over()`): the response that streams it re-enters the
+exchange and settles when the stream ends, however it ends. If this process is killed in
+between, the record stays `open` and is settled `interrupted` at the next start.
+
+A batch line's settlement is held instead of written (`settle_in`): its runner writes it in
+the transaction that keeps the line's result, so the two are one fact.
 
 The exchange also holds the chosen replica's outstanding-request count
 (`RouteTable.track`) from the moment the request is sent until it is settled, so load is
@@ -20,47 +23,42 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import TracebackType
-from typing import Any
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
-from souverain.catalog.routes import ModelInfo, ReplicaRoute
+from souverain.catalog.routes import ReplicaRoute
 from souverain.core.errors import SouverainError
 from souverain.core.ids import cache_scope as cache_scope_of
 from souverain.core.jurisdictions import jurisdictions_of
-from souverain.core.principal import Principal
 from souverain.energy.attribution import co2e_grams
 from souverain.gateway.admission import Admitted
+from souverain.gateway.calls import Call
+from souverain.gateway.dialects import OPENAI, Dialect, dialect_of
 from souverain.gateway.forced_tools import Forced
 from souverain.gateway.languages import Texts, prompt_text
 from souverain.gateway.slots import Slot
-from souverain.gateway.state import AppState
 from souverain.metering import usage
 from souverain.metering.usage import Settlement
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Call:
-    """What the route parsed: who asks, for what, and the bounded body."""
+@dataclass(frozen=True)
+class Answer:
+    """What `gateway.pipeline.execute` returns: a whole answer (`content`), a stream to
+    relay (`events`, which owns the exchange until it ends), or 499 when the client went
+    away first. The server makes it a response; a batch line keeps `content`."""
 
-    state: AppState
-    principal: Principal
-    endpoint: str  # chat | completions | embeddings
-    model: ModelInfo
-    body: dict[str, Any]
-    stream: bool
-    include_usage: bool
-    batch: bool = False  # a batch line: waits behind live requests for a slot
-    reasoning: str | None = None  # openai | mistral: how thinking is shown (gateway/reasoning)
+    exchange: Exchange
+    status: int = 200
+    content: bytes = b""
+    events: AsyncIterator[bytes] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Exchange:
@@ -69,13 +67,17 @@ class Exchange:
         self.state = call.state
         self.admitted = admitted
         self.route: ReplicaRoute | None = None
+        self.dialect: Dialect = OPENAI  # how the chosen replica's engine speaks
         self._outcome: Settlement | None = None
         self._tracking: contextlib.AbstractContextManager[Slot | None] | None = None
         self.slot: Slot | None = None  # on a slotted replica: where the engine serves it
         self.forced_tool: Forced | None = None  # a tool call the gateway forces (llama-server)
         self._handed_over = False
         self._settled = False
+        self._held: Settlement | None = None  # a batch line's, until its runner writes it
         self._said: tuple[str | None, str] | None = None  # a reasoning answer's two parts
+        if call.line is not None:
+            call.line.exchange = self
 
     @property
     def record_id(self) -> str:
@@ -90,6 +92,7 @@ class Exchange:
         """Count the request against `route` (and no longer against any other)."""
         self.release()
         self.route = route
+        self.dialect = dialect_of(route)
         self._tracking = self.state.routes.track(
             route, self.cache_scope, self.call.principal.org_id or "platform"
         )
@@ -193,10 +196,11 @@ class Exchange:
             return  # a streamed response owns the exchange now
         self.settle(error)
 
-    def stream(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> SettledStream:
-        """Hand the exchange to a streamed response, which settles it when it ends."""
+    def hand_over(self, events: AsyncIterator[bytes], headers: Mapping[str, str]) -> Answer:
+        """Hand the exchange to the stream of `events`: whatever sends it re-enters the
+        exchange (`async with`) and closes `events` before leaving, which settles it."""
         self._handed_over = True
-        return SettledStream(self, body, headers)
+        return Answer(self, events=events, headers={**self.headers(), **headers})
 
     def _final(self, error: BaseException | None) -> Settlement:
         """The one outcome: concluded, or read from the error; metered and counted."""
@@ -227,26 +231,33 @@ class Exchange:
             )
         )
 
-    async def settle_in(self, session: AsyncSession, error: BaseException | None = None) -> bool:
-        """Settle inside the caller's transaction (a batch line keeps its result in the
-        same one). False when the record was already settled."""
-        if self._settled:
+    async def settle_in(self, session: AsyncSession) -> bool:
+        """Write a batch line's held settlement inside its runner's transaction, which
+        keeps the line's result too. False when the record was already settled."""
+        if self._held is None:
+            self.settle()
+        outcome, self._held = self._held, None
+        if outcome is None:
             return False
         admitted = self.admitted
         settled = await usage.settle_record(
             session,
             record_id=self.record_id,
-            settlement=self._final(error),
+            settlement=outcome,
             reservation=(admitted.ledger_ids, admitted.reserved),
         )
         self._tag_languages()
         return settled
 
     def settle(self, error: BaseException | None = None) -> None:
-        """Settle once; later calls do nothing. Never makes the client wait for the write."""
+        """Settle once; later calls do nothing. Never makes the client wait for the write;
+        a batch line's is held for its runner (`settle_in`)."""
         if self._settled:
             return
         outcome = self._final(error)
+        if self.call.line is not None:
+            self._held = outcome
+            return
         if self.admitted.journaled:
             self.state.journal.settle(self.record_id, outcome)
             self._tag_languages()
@@ -284,30 +295,3 @@ def _status_of(error: BaseException | None) -> tuple[str, str]:
     if isinstance(error, SouverainError):
         return "upstream_error", error.message[:500]
     return "upstream_error", type(error).__name__
-
-
-class SettledStream(StreamingResponse):
-    """A streamed answer that settles its exchange when it ends, however it ends: the
-    body generator is closed first, so it concludes before the settlement is written."""
-
-    def __init__(
-        self, exchange: Exchange, body: AsyncIterator[bytes], headers: dict[str, str]
-    ) -> None:
-        super().__init__(body, media_type="text/event-stream", headers=headers)
-        self._exchange = exchange
-        self._body = body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with self._exchange:
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await _close(self._body)
-
-
-async def _close(body: AsyncIterator[bytes]) -> None:
-    closing = getattr(body, "aclose", None)
-    if closing is not None:
-        with contextlib.suppress(Exception):
-            await closing()

@@ -16,8 +16,7 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from souverain.core.errors import InvalidRequestError, PayloadTooLargeError
-from souverain.gateway.errors import validation_message
+from souverain.core.errors import InvalidRequestError, PayloadTooLargeError, validation_message
 from souverain.gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,

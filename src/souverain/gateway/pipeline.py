@@ -1,10 +1,18 @@
-"""The inference request pipeline: route → admit → send → answer, settled by the exchange.
+"""The inference pipeline: one `execute` for live requests and batch lines alike.
+
+    execute(call, client)   check_crashes → compliant_routes → admit → send → answer
 
 Invariant: every admitted request ends with exactly one settled usage record
 (`gateway.exchange`). Refusals before admission (no compliant replica: 451; none ready:
 503; rate limit or budget: 429; an unwritable usage journal: 503) write no record, because
 nothing was processed. Once sent, a request is never sent again: only a connection that
 could not be made moves on to the next compliant replica, never across a border.
+
+A batch line (`call.line`) goes through every step of it: its own record id, its
+batch's lower priority in the fair queue, and its settlement held for the runner to
+write with the line's result. The pipeline knows nothing of HTTP frameworks: it is told
+when the client goes away (`Client`), and returns an `Answer` the server turns into a
+response.
 """
 
 from __future__ import annotations
@@ -15,16 +23,11 @@ import logging
 import re
 from collections.abc import Awaitable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from fastapi import Request
-from fastapi.responses import Response
-
-from souverain.catalog.routes import ModelInfo, ReplicaRoute
-from souverain.core.access import check_scope
+from souverain.catalog.routes import ReplicaRoute
 from souverain.core.errors import (
     InvalidRequestError,
-    ModelNotFoundError,
     PolicyRefusedError,
     ServiceUnavailableError,
     SouverainError,
@@ -32,13 +35,11 @@ from souverain.core.errors import (
     UpstreamTimeoutError,
 )
 from souverain.core.ids import new_id, replica_secret
-from souverain.core.principal import Principal
-from souverain.core.roles import Scope
-from souverain.gateway import admission, forced_tools, reasoning, upstream
+from souverain.gateway import admission, reasoning, upstream
 from souverain.gateway.admission import Admitted
-from souverain.gateway.exchange import Call, Exchange
+from souverain.gateway.calls import Call, encode
+from souverain.gateway.exchange import Answer, Exchange
 from souverain.gateway.relay import relay
-from souverain.gateway.slots import Slot
 from souverain.gateway.state import AppState
 from souverain.metering.usage import OpenRecord, Settlement
 from souverain.tenancy import projects
@@ -52,46 +53,31 @@ PATHS = {
     "embeddings": "/v1/embeddings",
 }
 
-__all__ = ["Call", "resolve_model", "run"]
+__all__ = ["Answer", "Client", "execute"]
 
 
-async def resolve_model(
-    state: AppState, principal: Principal, name: str, endpoint: str
-) -> ModelInfo:
-    check_scope(principal, Scope.INFERENCE)
-    model = state.routes.visible_model(principal, name)
-    if model is None:
-        await state.routes.refresh_if_older_than(state.sessions, 0.25)
-        model = state.routes.visible_model(principal, name)
-    if model is None:
-        raise ModelNotFoundError(
-            f"The model '{name}' does not exist or you do not have access to it.", param="model"
-        )
-    if endpoint not in model.capabilities:
-        what = {
-            "chat": "chat completions",
-            "completions": "text completions",
-            "embeddings": "embeddings",
-        }[endpoint]
-        raise InvalidRequestError(f"The model '{name}' does not support {what}.", param="model")
-    return model
+class Client(Protocol):
+    """The one thing the pipeline needs of whoever waits for the answer."""
+
+    async def gone(self) -> None:
+        """Return when the client has gone away (never, for a batch line)."""
 
 
-async def run(call: Call, request: Request) -> Response:
+async def execute(call: Call, client: Client | None = None) -> Answer:
+    """One request from admission to its answer; raises the refusal or the engine's
+    failure as a `SouverainError` (after admission, the exchange settles it)."""
     await call.state.limiter.check_crashes(call.principal.key_id)
     routes = await compliant_routes(call)
     content = encode(call)
     exchange = Exchange(call, await admit(call, routes))
     async with exchange:
         try:
-            response = await _unless_disconnected(send(exchange, routes, content), request)
+            response = await _unless_gone(send(exchange, routes, content), client)
         except ClientGone:
             return _cancelled(exchange)
         if call.stream:
-            return exchange.stream(
-                relay(exchange, response), exchange.headers() | {"Cache-Control": "no-cache"}
-            )
-        return await _complete(exchange, response, request)
+            return exchange.hand_over(relay(exchange, response), {"Cache-Control": "no-cache"})
+        return await _complete(exchange, response, client)
 
 
 async def compliant_routes(call: Call) -> list[ReplicaRoute]:
@@ -121,23 +107,10 @@ async def compliant_routes(call: Call) -> list[ReplicaRoute]:
     return routes
 
 
-def encode(call: Call) -> bytes:
-    call.body["model"] = call.model.name
-    try:
-        return json.dumps(call.body, allow_nan=False).encode()
-    except ValueError:
-        raise InvalidRequestError(
-            "Numbers must be finite: NaN and Infinity are not JSON."
-        ) from None
-
-
-async def admit(
-    call: Call, routes: list[ReplicaRoute], *, record_id: str | None = None,
-    batch_id: str | None = None,
-) -> Admitted:  # fmt: skip
+async def admit(call: Call, routes: list[ReplicaRoute]) -> Admitted:
     """Rate limits, budget reservation, and the open usage record, or a refusal. A batch
     line brings its own record id (the same on every attempt) and its batch's id."""
-    state, principal = call.state, call.principal
+    state, principal, line = call.state, call.principal, call.line
     project_id = state.routes.project_of(principal)
     if project_id is None and principal.org_id is not None:
         project_id = await _default_project(state, principal.org_id)
@@ -149,7 +122,7 @@ async def admit(
         prompt=prompt, completion=completion, price=price, j_per_token=worst
     )
     record = OpenRecord(
-        id=record_id or new_id("req"),
+        id=line.record_id if line is not None else new_id("req"),
         org_id=principal.org_id,
         project_id=project_id,
         key_id=principal.key_id,
@@ -158,7 +131,7 @@ async def admit(
         model=call.model.name,
         stream=call.stream,
         server_id=state.server_id,
-        batch_id=batch_id,
+        batch_id=line.batch_id if line is not None else None,
     )
     return await admission.admit(
         state,
@@ -185,7 +158,7 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
     to the next compliant one. A request the engine received is never sent again."""
     state, tried = exchange.state, set[str]()
     org = exchange.call.principal.org_id or "platform"
-    batch = exchange.call.batch
+    batch = exchange.call.line is not None
     while (
         route := await state.queue.acquire(org, routes, tried, exchange.use, batch=batch)
     ) is not None:
@@ -195,17 +168,14 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
             "Authorization": f"Bearer {secret}",
             "Content-Type": "application/json",
             "X-Souverain-Cache-Scope": exchange.cache_scope,
+            **exchange.dialect.headers(),
         }
-        if route.slotted:
-            # llama-server (cpp-httplib) ends a kept-alive connection after a few requests
-            # without always saying so; a request sent on it as it closes would be a 502.
-            headers["Connection"] = "close"
         log.debug("request %s to replica %s in %s", exchange.record_id, route.replica_id,
                   route.datacenter_id)  # fmt: skip
         try:
             response = await state.upstream.post(
                 route.url + PATHS[exchange.call.endpoint],
-                for_route(exchange, route, content),
+                exchange.dialect.body(exchange, content),
                 headers,
             )
         except upstream.Refused:
@@ -229,43 +199,6 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
     raise ServiceUnavailableError(
         f"No replica of '{exchange.call.model.name}' could be reached; retry shortly."
     )
-
-
-def for_route(exchange: Exchange, route: ReplicaRoute, content: bytes) -> bytes:
-    """The body as the replica's engine takes it."""
-    if exchange.slot is not None:
-        return for_slot(exchange, exchange.slot)
-    response_format = exchange.call.body.get("response_format")
-    if (
-        route.engine == "llamacpp"
-        and route.runtime in (None, "llama-cpp-python")
-        and isinstance(response_format, dict)
-        and response_format.get("type") == "json_schema"
-    ):
-        # llama-cpp-python's server takes a schema only as `json_object` with `schema`.
-        schema = (response_format.get("json_schema") or {}).get("schema") or {}
-        body = {**exchange.call.body, "response_format": {"type": "json_object", "schema": schema}}
-        return json.dumps(body, allow_nan=False).encode()
-    return content
-
-
-def for_slot(exchange: Exchange, slot: Slot) -> bytes:
-    """The body for a slotted engine (llama-server): the slot the gateway chose, whether
-    it may reuse that slot's cached prefix (gateway/slots.py), in streams the usage chunk
-    at the end and the prompt's size before the first token (so a stream cut short is
-    still charged for its prompt), and a forced tool call as a JSON schema
-    (gateway/forced_tools.py)."""
-    call = exchange.call
-    body = call.body
-    if call.endpoint == "chat":
-        exchange.forced_tool = forced_tools.forced(body)
-        if exchange.forced_tool is not None:
-            body = forced_tools.request(body, exchange.forced_tool)
-    if call.endpoint != "embeddings":
-        body = {**body, "id_slot": slot.index, "cache_prompt": slot.reuse}
-        if call.stream:
-            body |= {"stream_options": {"include_usage": True}, "return_progress": True}
-    return json.dumps(body, allow_nan=False).encode()
 
 
 async def _upstream_error(response: upstream.Response) -> SouverainError:
@@ -323,14 +256,16 @@ def settlement_of(exchange: Exchange, answer: dict[str, Any]) -> Settlement:
     )
 
 
-def _cancelled(exchange: Exchange) -> Response:
+def _cancelled(exchange: Exchange) -> Answer:
     exchange.conclude(exchange.base("client_cancelled", "client disconnected"))
-    return Response(status_code=499)
+    return Answer(exchange, status=499)
 
 
-async def _complete(exchange: Exchange, response: upstream.Response, request: Request) -> Response:
+async def _complete(
+    exchange: Exchange, response: upstream.Response, client: Client | None
+) -> Answer:
     try:
-        raw = await _unless_disconnected(response.read(), request)
+        raw = await _unless_gone(response.read(), client)
     except ClientGone:
         return _cancelled(exchange)
     except upstream.TimedOut:
@@ -345,8 +280,7 @@ async def _complete(exchange: Exchange, response: upstream.Response, request: Re
     except (ValueError, AttributeError):
         raise UpstreamError("The model engine sent an answer that is not JSON.") from None
     exchange.conclude(settlement)
-    if exchange.forced_tool is not None:
-        raw = forced_tools.answer(raw, exchange.forced_tool)
+    raw = exchange.dialect.answer(exchange, raw)
     if exchange.call.reasoning is not None:
         raw, (thinking, text) = reasoning.rewrite_answer(raw, exchange.call.reasoning)
         exchange.said(thinking, text)
@@ -354,17 +288,19 @@ async def _complete(exchange: Exchange, response: upstream.Response, request: Re
         "x-souverain-energy-joules": f"{settlement.energy_estimate_j or 0.0:.6g}",
         "x-souverain-co2e-grams": f"{exchange.co2e_grams(settlement):.6g}",
     }
-    return Response(raw, media_type="application/json", headers=headers)
+    return Answer(exchange, content=raw, headers=headers)
 
 
 class ClientGone(Exception):
     """The client disconnected before the answer was ready; the work was cancelled."""
 
 
-async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:
+async def _unless_gone(work: Awaitable[T], client: Client | None) -> T:
     """Await `work`, cancelling it if the client goes away first (then ClientGone)."""
+    if client is None:
+        return await work
     task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_wait_disconnect(request))
+    gone = asyncio.ensure_future(client.gone())
     try:
         await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -375,8 +311,3 @@ async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:
     if not answered:
         raise ClientGone
     return task.result()
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

@@ -149,14 +149,15 @@ def mode_for(
     prompt_mode: str | None,
     effort: str | None,
     capabilities: list[str] | tuple[str, ...],
-    user_agent: str,
+    mistral_client: bool,
     default: bool = False,
 ) -> tuple[str | None, bool]:
     """(how thinking is shown: openai | mistral | None, whether to add the system prompt).
 
     Asking for reasoning (`prompt_mode: reasoning`, or a `reasoning_effort` other than
     `none`) needs a model the registry marks `reasoning`; such a model's answers are always
-    split, in the shape of the client that asked (Mistral's SDK says who it is). A model
+    split, in the shape of the client that asked (`mistral_client`: Mistral's SDK says who
+    it is, and a batch created in Mistral's shape is Mistral's). A model
     one of whose deployments answers in reasoning mode by default (`default`) gets the
     system prompt unless the client says `reasoning_effort: "none"`."""
     asked = prompt_mode == "reasoning" or effort not in (None, "none")
@@ -169,7 +170,7 @@ def mode_for(
         )
     if not capable:
         return None, False
-    mistral = prompt_mode is not None or "mistral-client" in user_agent.lower()
+    mistral = prompt_mode is not None or mistral_client
     prompted = asked or (default and effort != "none")
     return ("mistral" if mistral and effort is None else "openai"), prompted
 

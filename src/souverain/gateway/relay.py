@@ -1,5 +1,7 @@
 """Relaying a streamed answer: server-sent events from the engine to the client, with the
-usage the engine reported (or, if the stream broke first, what was delivered).
+usage the engine reported (or, if the stream broke first, what was delivered). What one
+engine says differently from another (its prompt-size events, a forced tool call) is its
+dialect's (gateway/dialects.py).
 
 The relay concludes its exchange when it ends, however it ends: `[DONE]` (ok), the engine
 breaking off (upstream_error, and an error event to the client), the client going away or
@@ -13,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from souverain.core.errors import STATUS, ErrorCode, error_body
 from souverain.gateway import forced_tools, reasoning, upstream
 from souverain.gateway.exchange import Exchange
 from souverain.metering.usage import Settlement
@@ -29,12 +32,8 @@ class Progress:
 
 
 async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterator[bytes]:
-    progress = Progress()
-    thinking = (
-        reasoning.StreamRewriter(exchange.call.reasoning) if exchange.call.reasoning else None
-    )
-    calls = forced_tools.StreamCalls(exchange.forced_tool) if exchange.forced_tool else None
-    named = forced_tools.NamedOnce()
+    events = Events(exchange)
+    progress = events.progress
     try:
         async for line in response.lines():
             if not line.startswith("data:"):
@@ -43,43 +42,8 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
             if payload == "[DONE]":
                 progress.done = True
                 break
-            if (
-                '"souverain_prompt_tokens"' in payload
-            ):  # llama-cpp-python (node/engines/llamacpp_main.py)
-                progress.prompt_tokens = int(json.loads(payload)["souverain_prompt_tokens"])
-                continue
-            if '"prompt_progress"' in payload:  # llama-server, while it reads the prompt
-                told = json.loads(payload).get("prompt_progress") or {}
-                progress.prompt_tokens = int(told.get("total", 0))
-                continue
-            if progress.ttft_ms is None:
-                progress.ttft_ms = exchange.elapsed_ms()
-            usage: dict[str, Any] | None = None
-            if '"usage"' in payload:
-                chunk = json.loads(payload)
-                usage = chunk.pop("usage", None) or None
-                if usage is not None:
-                    progress.reported = usage
-                    usage = {**chunk, "choices": [], "usage": usage}
-                    if not chunk.get("choices"):  # OpenAI's shape: usage in a chunk of its own
-                        if exchange.call.include_usage:
-                            yield from_usage(exchange, usage, thinking)
-                        continue
-                    # llama-server's text completions put it on the last chunk: split it off
-                    payload = json.dumps(chunk)
-            progress.chunks += 1
-            if calls is not None:
-                called = calls.chunk(json.loads(payload))
-                payload = "" if called is None else json.dumps(called)
-            elif '"tool_calls"' in payload:
-                payload = json.dumps(named.chunk(json.loads(payload)))
-            if thinking is not None and payload:
-                rewritten = thinking.chunk(json.loads(payload))
-                payload = "" if rewritten is None else json.dumps(rewritten)
-            if payload:
-                yield f"data: {payload}\n\n".encode()
-            if usage is not None and exchange.call.include_usage:
-                yield from_usage(exchange, usage, thinking)
+            for out in events.forward(payload):
+                yield out
         if progress.done:
             yield b"data: [DONE]\n\n"
         else:
@@ -97,9 +61,62 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
         yield stream_error("The model engine sent a malformed event.")
     finally:
         response.close()
-        if thinking is not None:
-            exchange.said(*thinking.said())
+        if events.thinking is not None:
+            exchange.said(*events.thinking.said())
         exchange.conclude(_settlement(exchange, progress))
+
+
+class Events:
+    """One stream's engine events, each made what the client gets (possibly nothing)."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.progress = Progress()
+        shown = exchange.call.reasoning
+        self.thinking = reasoning.StreamRewriter(shown) if shown else None
+        self.calls = exchange.dialect.stream_calls(exchange)
+        self.named = forced_tools.NamedOnce()
+
+    def forward(self, payload: str) -> list[bytes]:
+        exchange, progress = self.exchange, self.progress
+        told = exchange.dialect.prompt_tokens(payload)
+        if told is not None:  # the engine says the prompt's size: not for the client
+            progress.prompt_tokens = told
+            return []
+        if progress.ttft_ms is None:
+            progress.ttft_ms = exchange.elapsed_ms()
+        usage: dict[str, Any] | None = None
+        if '"usage"' in payload:
+            chunk = json.loads(payload)
+            usage = chunk.pop("usage", None) or None
+            if usage is not None:
+                progress.reported = usage
+                usage = {**chunk, "choices": [], "usage": usage}
+                if not chunk.get("choices"):  # OpenAI's shape: usage in a chunk of its own
+                    return [self._usage(usage)] if exchange.call.include_usage else []
+                # llama-server's text completions put it on the last chunk: split it off
+                payload = json.dumps(chunk)
+        progress.chunks += 1
+        payload = self._rewritten(payload)
+        out = [f"data: {payload}\n\n".encode()] if payload else []
+        if usage is not None and exchange.call.include_usage:
+            out.append(self._usage(usage))
+        return out
+
+    def _rewritten(self, payload: str) -> str:
+        """A forced tool call, tool calls named once, thinking apart; "" for nothing."""
+        if self.calls is not None:
+            called = self.calls.chunk(json.loads(payload))
+            payload = "" if called is None else json.dumps(called)
+        elif '"tool_calls"' in payload:
+            payload = json.dumps(self.named.chunk(json.loads(payload)))
+        if self.thinking is not None and payload:
+            rewritten = self.thinking.chunk(json.loads(payload))
+            payload = "" if rewritten is None else json.dumps(rewritten)
+        return payload
+
+    def _usage(self, chunk: dict[str, Any]) -> bytes:
+        return from_usage(self.exchange, chunk, self.thinking)
 
 
 def _settlement(exchange: Exchange, progress: Progress) -> Settlement:
@@ -155,12 +172,5 @@ def usage_chunk(exchange: Exchange, chunk: dict[str, Any]) -> bytes:
 
 
 def stream_error(message: str) -> bytes:
-    body = {
-        "error": {
-            "message": message,
-            "type": "upstream_error",
-            "code": "upstream_error",
-            "param": None,
-        }
-    }
+    body = error_body(STATUS[ErrorCode.UPSTREAM_ERROR], message, ErrorCode.UPSTREAM_ERROR)
     return f"data: {json.dumps(body)}\n\n".encode()

@@ -210,3 +210,13 @@ class EmbeddingRequest(_Strict):
         if self.output_dimension is not None and self.dimensions is None:
             body["dimensions"] = self.output_dimension
         return body
+
+
+InferenceBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+
+# The inference endpoints by path (a batch names one): the pipeline's name and the body.
+ENDPOINTS: dict[str, tuple[str, type[InferenceBody]]] = {
+    "/v1/chat/completions": ("chat", ChatCompletionRequest),
+    "/v1/completions": ("completions", CompletionRequest),
+    "/v1/embeddings": ("embeddings", EmbeddingRequest),
+}

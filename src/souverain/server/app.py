@@ -22,7 +22,6 @@ from prometheus_client import start_http_server
 
 from souverain import __version__
 from souverain.db.engine import create_engine, session_factory, upgrade
-from souverain.gateway import errors
 from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
 from souverain.gateway.languages import LanguageTagger
@@ -36,6 +35,7 @@ from souverain.gateway.upstream import Upstream
 from souverain.installation import bootstrap, signing
 from souverain.jobs.batches.runner import BatchRunner
 from souverain.metering import usage as usage_service
+from souverain.server import errors
 from souverain.server.middleware import EdgeGuard
 from souverain.server.routers import (
     audit,
@@ -43,9 +43,12 @@ from souverain.server.routers import (
     billing,
     console,
     deployments,
+    evaluations,
+    files,
     fine_tuning,
     fleet,
     health,
+    inference,
     keys,
     limits,
     me,
@@ -59,9 +62,7 @@ from souverain.server.routers import (
     storage,
     usage,
 )
-from souverain.server.routers import files as gateway_files
 from souverain.server.routers import identity as identity_routes
-from souverain.server.routers import inference as gateway_routes
 from souverain.server.routers import service_accounts as service_account_routes
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 from souverain.tenancy.auth import KeyCache
@@ -91,46 +92,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await _start(settings, on_first_key)
         app.state.souverain = state
-        state.languages.start()
-        refresher = asyncio.create_task(
-            state.routes.refresh_forever(state.sessions, settings.replica_refresh_s)
-        )
-        stop_trail = asyncio.Event()
-        trail = asyncio.create_task(state.audit_trail.run(stop_trail))
-        runner = asyncio.create_task(
-            BatchRunner(
-                state, lease_s=settings.batch_lease_s, concurrency=settings.batch_concurrency
-            ).run()
-        )
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                if settings.metrics_bind:
-                    host, _, port = settings.metrics_bind.rpartition(":")
-                    server, _thread = start_http_server(
-                        int(port), addr=host or "127.0.0.1", registry=state.metrics.registry
-                    )
-                    stack.callback(server.shutdown)
-                for hook in hooks:
-                    await stack.enter_async_context(hook(state))
-                yield
-        finally:
-            runner.cancel()  # its lines in flight stay open; the next runner takes them over
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-            if state.pending_settlements:  # usage records of answers already sent
-                await asyncio.wait(state.pending_settlements, timeout=30)
-            await state.languages.stop()
-            await state.journal.stop()
-            stop_trail.set()
-            await trail  # writes what the last window counted
-
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
-
-            await state.upstream.close()
-            await state.oidc.close()
-            await state.engine.dispose()
+        async with _running(state, hooks):
+            yield
 
     app = FastAPI(
         title="souverain",
@@ -148,12 +111,18 @@ def create_app(
         large_bodies={("POST", "/v1/files"): settings.files_max_bytes + 2**20},
     )
 
+    _include_routers(app)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
     app.include_router(health.router)
-    app.include_router(gateway_routes.router)
-    app.include_router(gateway_files.router)
-    app.include_router(batches.router)
-    app.include_router(fine_tuning.router)
     for router in (
+        inference.router,
+        files.router,
+        batches.router,
+        fine_tuning.router,
+        evaluations.router,  # before models: /api/models/{model:path} would take its paths
         me.router,
         orgs.router,
         policies.router,
@@ -175,7 +144,54 @@ def create_app(
         scim.router,
     ):
         app.include_router(router)
-    return app
+
+
+@contextlib.asynccontextmanager
+async def _running(state: AppState, hooks: Sequence[Hook]) -> AsyncIterator[None]:
+    """The process's own work while it serves: route refreshes, the audit trail's
+    counted events, the batch runner, the metrics listener and the hooks; stopped in
+    order, usage records of answers already sent written first."""
+    settings = state.settings
+    state.languages.start()
+    refresher = asyncio.create_task(
+        state.routes.refresh_forever(state.sessions, settings.replica_refresh_s)
+    )
+    stop_trail = asyncio.Event()
+    trail = asyncio.create_task(state.audit_trail.run(stop_trail))
+    runner = asyncio.create_task(
+        BatchRunner(
+            state, lease_s=settings.batch_lease_s, concurrency=settings.batch_concurrency
+        ).run()
+    )
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.metrics_bind:
+                host, _, port = settings.metrics_bind.rpartition(":")
+                server, _thread = start_http_server(
+                    int(port), addr=host or "127.0.0.1", registry=state.metrics.registry
+                )
+                stack.callback(server.shutdown)
+            for hook in hooks:
+                await stack.enter_async_context(hook(state))
+            yield
+    finally:
+        runner.cancel()  # its lines in flight stay open; the next runner takes them over
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        if state.pending_settlements:  # usage records of answers already sent
+            await asyncio.wait(state.pending_settlements, timeout=30)
+        await state.languages.stop()
+        await state.journal.stop()
+        stop_trail.set()
+        await trail  # writes what the last window counted
+
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+
+        await state.upstream.close()
+        await state.oidc.close()
+        await state.engine.dispose()
 
 
 def journal_directory(settings: Settings, server_id: str) -> Path:

@@ -15,9 +15,8 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from souverain.core.errors import PayloadTooLargeError
+from souverain.core.errors import PayloadTooLargeError, error_body
 from souverain.core.schemas.common import CONTROL
-from souverain.gateway.errors import error_body
 
 
 class EdgeGuard:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -68,3 +68,25 @@ Metadata = Annotated[
     | None,
     Field(default=None, max_length=16),
 ]
+
+
+Item = TypeVar("Item")
+
+
+class ListPage(BaseModel, Generic[Item]):
+    """A page of a list, newest first, in OpenAI's shape: `after=last_id` asks for the
+    next page while `has_more`."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class MistralList(BaseModel, Generic[Item]):
+    """A list in Mistral's shape."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+    total: int

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from souverain.core.schemas.common import Out, StrictRequest
 
@@ -50,3 +50,17 @@ class Model(Out):
     description: str
     artifacts: list[ModelArtifact]
     created_at: datetime
+
+
+class ModelObject(BaseModel):
+    """A model in OpenAI's and Mistral's `/v1/models` shape."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]

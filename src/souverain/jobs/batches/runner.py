@@ -1,12 +1,13 @@
 """The batch runner: every server process runs one; batches are claimed with a lease.
 
 Invariant: every line of a batch is answered exactly once in its output. A line goes
-through the same admission, sovereignty routing, fair queue (behind live requests),
-metering and settlement as a live request, with a usage record whose id is the same on
-every attempt; the record's settlement and the line's result are written in one
-transaction. A runner killed at any point leaves each line answered or pending: the next
-runner to take the lease answers the pending ones, taking over an open record instead of
-opening a second. The lease is renewed by a heartbeat; a runner that loses it stops.
+through the gateway's one `execute` (gateway/pipeline.py), as a live request does: the
+same admission, sovereignty routing, fair queue (behind live requests), metering and
+settlement, with a usage record whose id is the same on every attempt; the record's
+settlement and the line's result are written in one transaction. A runner killed at any
+point leaves each line answered or pending: the next runner to take the lease answers
+the pending ones, taking over an open record instead of opening a second. The lease is
+renewed by a heartbeat; a runner that loses it stops.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from souverain.catalog.routes import ModelInfo
 from souverain.core.errors import (
     InvalidRequestError,
     QuotaExceededError,
@@ -32,6 +32,8 @@ from souverain.core.errors import (
     ServiceUnavailableError,
     SouverainError,
     UpstreamError,
+    answer_of,
+    validation_message,
 )
 from souverain.core.principal import Principal
 from souverain.db.jobs import BatchRow, FileRow
@@ -40,19 +42,15 @@ from souverain.energy.carbon import cleanest_start, hour_of
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.files.uploads import Checked, Owner, store_plaintext
-from souverain.gateway import pipeline, upstream
+from souverain.gateway import calls, pipeline
 from souverain.gateway.admission import AlreadySettled
-from souverain.gateway.errors import STATUS, TYPES, validation_message
-from souverain.gateway.exchange import Call, Exchange
-from souverain.gateway.file_lines import ENDPOINT_SCHEMAS
+from souverain.gateway.schemas import ENDPOINTS
 from souverain.gateway.state import AppState
 from souverain.jobs.batches import service as batches
 from souverain.tenancy.auth import principal_for_key
 
 log = logging.getLogger(__name__)
 
-ENDPOINT_NAMES = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
-                  "/v1/embeddings": "embeddings"}  # fmt: skip
 RUNNER = audit.Actor("system", "batch-runner")
 MAX_ERRORS = 100
 
@@ -172,7 +170,8 @@ class BatchRunner:
         if self._state.routes.visible_model(principal, str(name)) is None:
             return f"the model {name!r} does not exist or you do not have access to it"
         try:
-            ENDPOINT_SCHEMAS[batch.endpoint].model_validate({**line.body, "model": name})
+            parsed = ENDPOINTS[batch.endpoint][1].model_validate({**line.body, "model": name})
+            calls.check_body(parsed, self._state.settings)  # a live request's bounds
         except ValidationError as error:
             return validation_message(list(error.errors(include_url=False)))[0]
         except InvalidRequestError as error:
@@ -306,25 +305,32 @@ class BatchRunner:
     async def _run_line(
         self, batch: BatchRow, token: str, principal: Principal, key: bytes, line: Line
     ) -> None:
-        record_id = batches.line_record_id(batch.id, line.number)
+        ticket = calls.Line(batch.id, batches.line_record_id(batch.id, line.number))
         while True:
             try:
-                status, body, exchange = await self._call(batch, principal, line, record_id)
+                status, body = 200, await self._call(batch, principal, line, ticket)
                 break
             except AlreadySettled:
                 return  # answered by an earlier attempt (its result is kept)
             except (ServiceUnavailableError, RateLimitedError) as error:
-                if isinstance(error, QuotaExceededError) or utcnow() > batch.deadline:
-                    (status, body), exchange = _error_answer(error), None
+                if (
+                    ticket.exchange is not None  # admitted: it was processed, it is answered
+                    or isinstance(error, QuotaExceededError)
+                    or utcnow() > batch.deadline
+                ):
+                    status, body = _error_answer(error)
                     break
                 wait = error.retry_after_s if isinstance(error, RateLimitedError) else 2.0
                 await asyncio.sleep(min(30.0, max(0.5, wait)))
-        result = _result_line(batch.id, line, record_id, status, body)
+            except (SouverainError, ValidationError) as error:
+                status, body = _error_answer(error)
+                break
+        result = _result_line(line, ticket.record_id, status, body)
         sealed = batches.seal_result(key, batch.id, line.number, result)
         async with self._state.sessions.begin() as session:
             await batches.held(session, batch_id=batch.id, token=token)
-            if exchange is not None:
-                await exchange.settle_in(session)
+            if ticket.exchange is not None:
+                await ticket.exchange.settle_in(session)
             answered = await batches.answer_line(
                 session, batch_id=batch.id, line=line.number, ok=status == 200, sealed=sealed
             )
@@ -332,43 +338,21 @@ class BatchRunner:
             self._state.metrics.batch_lines.labels("ok" if status == 200 else "failed").inc()
 
     async def _call(
-        self, batch: BatchRow, principal: Principal, line: Line, record_id: str
-    ) -> tuple[int, Any, Exchange | None]:
-        """One line through the gateway's own path: its answer, and the exchange to settle
-        (None when it was refused before admission)."""
+        self, batch: BatchRow, principal: Principal, line: Line, ticket: calls.Line
+    ) -> Any:
+        """One line through the gateway's own `execute`, exactly as a live request goes,
+        with its own record id and its batch's priority: the answer's JSON, or the
+        refusal raised (`ticket.exchange` says whether it was admitted)."""
         name = str(line.body.get("model") or batch.model)
-        endpoint = ENDPOINT_NAMES[batch.endpoint]
-        try:
-            model = await pipeline.resolve_model(self._state, principal, name, endpoint)
-            parsed = ENDPOINT_SCHEMAS[batch.endpoint].model_validate(
-                {
-                    **line.body,
-                    "model": name,
-                    **({} if endpoint == "embeddings" else {"stream": False}),
-                }
-            )
-            body = _upstream_body(parsed, model)
-            call = Call(self._state, principal, endpoint, model, body, False, False, batch=True)
-            routes = await pipeline.compliant_routes(call)
-            content = pipeline.encode(call)
-        except (ServiceUnavailableError, RateLimitedError):
-            raise
-        except (SouverainError, ValidationError) as error:
-            return *_error_answer(error), None
-        admitted = await pipeline.admit(call, routes, record_id=record_id, batch_id=batch.id)
-        exchange = Exchange(call, admitted)
-        try:
-            response = await pipeline.send(exchange, routes, content)
-            raw = await response.read()
-            response.close()
-            data = json.loads(raw)
-            exchange.conclude(pipeline.settlement_of(exchange, data))
-            return 200, data, exchange
-        except (SouverainError, upstream.Broken, ValueError) as error:
-            if isinstance(error, upstream.Broken):
-                error = UpstreamError("The model engine broke off the answer.")
-            exchange.conclude(exchange.base("upstream_error", str(error)[:500]))
-            return *_error_answer(error), exchange
+        endpoint, schema = ENDPOINTS[batch.endpoint]
+        stream = {} if endpoint == "embeddings" else {"stream": False}
+        parsed = schema.model_validate({**line.body, "model": name, **stream})
+        call = await calls.prepare(
+            self._state, principal, endpoint, parsed,
+            mistral_client=batch.shape == "mistral", line=ticket,
+        )  # fmt: skip
+        answer = await pipeline.execute(call)
+        return json.loads(answer.content)
 
     # finalizing
 
@@ -468,26 +452,17 @@ async def _split_lines(plaintext: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield bytes(buffer)
 
 
-def _upstream_body(parsed: Any, model: ModelInfo) -> dict[str, Any]:
-    if hasattr(parsed, "include_usage"):
-        body: dict[str, Any] = parsed.upstream_body(max_tokens_cap=model.context_length)
-        return body
-    embedding: dict[str, Any] = parsed.upstream_body()
-    return embedding
-
-
 def _error_answer(error: Exception) -> tuple[int, Any]:
+    """The status and body a refused or failed line is answered with: the API's own."""
     if isinstance(error, ValidationError):
-        message = validation_message(list(error.errors(include_url=False)))[0]
-        error = InvalidRequestError(message)
+        message, param = validation_message(list(error.errors(include_url=False)))
+        error = InvalidRequestError(message, param=param)
     if not isinstance(error, SouverainError):
         error = UpstreamError(str(error)[:300])
-    status = STATUS[error.code]
-    return status, {"error": {"message": error.message, "type": TYPES.get(status, "error"),
-                              "code": error.code.value, "param": error.param}}  # fmt: skip
+    return answer_of(error)
 
 
-def _result_line(batch_id: str, line: Line, record_id: str, status: int, body: Any) -> bytes:
+def _result_line(line: Line, record_id: str, status: int, body: Any) -> bytes:
     """OpenAI's output line (Mistral's has the same fields)."""
     answer: dict[str, Any] = {
         "id": f"batch_req_{record_id.removeprefix('req_')}",

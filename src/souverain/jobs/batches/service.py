@@ -21,16 +21,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from souverain.core.access import check_scope
+from souverain.core.access import Holding, check_scope, reach
 from souverain.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.jobs import BatchItemRow, BatchRow
+from souverain.db.pages import Page, page_of
 from souverain.db.tables import utcnow
+from souverain.db.visibility import visible
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.storage.crypto import unwrap
@@ -97,31 +99,30 @@ async def create_batch(
     return row
 
 
-async def get_batch(session: AsyncSession, *, principal: Principal, batch_id: str) -> BatchRow:
+def _visible(principal: Principal) -> ColumnElement[bool]:
+    """Batches are the tenant's data: their creator's, and the organisation's managers'."""
     check_scope(principal, Scope.INFERENCE)
-    row = await session.get(BatchRow, batch_id)
-    if (
-        row is None
-        or row.org_id != principal.org_id
-        or (principal.project_id is not None and principal.project_id != row.project_id)
-    ):
+    return visible(
+        reach(principal, Holding.DATA),
+        org=BatchRow.org_id,
+        project=BatchRow.project_id,
+        key=BatchRow.key_id,
+    )
+
+
+async def get_batch(session: AsyncSession, *, principal: Principal, batch_id: str) -> BatchRow:
+    query = select(BatchRow).where(BatchRow.id == batch_id, _visible(principal))
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is None:
         raise NotFoundError(f"No such batch: {batch_id}", param="batch_id")
     return row
 
 
 async def list_batches(
     session: AsyncSession, *, principal: Principal, limit: int, after: str | None
-) -> list[BatchRow]:
-    check_scope(principal, Scope.INFERENCE)
-    query = select(BatchRow).where(BatchRow.org_id == principal.org_id)
-    if principal.project_id is not None:
-        query = query.where(BatchRow.project_id == principal.project_id)
-    if after is not None:
-        anchor = await session.get(BatchRow, after)
-        if anchor is not None and anchor.org_id == principal.org_id:
-            query = query.where(BatchRow.created_at < anchor.created_at)
-    query = query.order_by(BatchRow.created_at.desc()).limit(limit)
-    return list((await session.execute(query)).scalars())
+) -> Page[BatchRow]:
+    query = select(BatchRow).where(_visible(principal))
+    return await page_of(session, query, table=BatchRow, limit=limit, after=after)
 
 
 async def cancel_batch(session: AsyncSession, *, principal: Principal, batch_id: str) -> BatchRow:

@@ -7,11 +7,11 @@ deployments.
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog import models
-from souverain.core.access import can_see_org, check_operator, check_org, check_scope
+from souverain.core.access import Holding, check_operator, check_org, check_scope, reach
 from souverain.core.engine_args import EngineArgError, check_engine_args
 from souverain.core.errors import (
     ConflictError,
@@ -25,6 +25,7 @@ from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.schemas.deployments import DeploymentCreateRequest, DeploymentUpdateRequest
 from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow, utcnow
+from souverain.db.visibility import visible
 from souverain.evidence.audit import actor_of, record
 from souverain.sovereignty import policies
 from souverain.tenancy import orgs
@@ -36,12 +37,10 @@ async def find_deployment(
     """By id or name among the deployments the caller may see: its organisation's and the
     platform's (operators: all, using an id when a name is ambiguous)."""
     query = select(DeploymentRow).where(
-        or_(DeploymentRow.id == ref, DeploymentRow.name == ref), DeploymentRow.deleted.is_(False)
+        or_(DeploymentRow.id == ref, DeploymentRow.name == ref),
+        DeploymentRow.deleted.is_(False),
+        _visible(principal),
     )
-    if not principal.is_operator:
-        query = query.where(
-            or_(DeploymentRow.org_id.is_(None), DeploymentRow.org_id == principal.org_id)
-        )
     rows = list((await session.execute(query)).scalars())
     exact = [row for row in rows if row.id == ref]
     if exact:
@@ -73,14 +72,16 @@ async def _name_taken(session: AsyncSession, *, name: str, org_id: str | None) -
     return (await session.execute(query.limit(1))).first() is not None
 
 
-def _visible(principal: Principal, deployment: DeploymentRow) -> bool:
-    return deployment.org_id is None or can_see_org(principal, deployment.org_id)
+def _visible(principal: Principal) -> ColumnElement[bool]:
+    """Deployments are shared: the platform's and the caller's organisation's (all, for
+    operators; the one rule, `core.access`)."""
+    return visible(reach(principal, Holding.SHARED), org=DeploymentRow.org_id)
 
 
 async def get_deployment(session: AsyncSession, *, principal: Principal, ref: str) -> DeploymentRow:
     check_scope(principal, Scope.READ)
     deployment = await find_deployment(session, principal=principal, ref=ref)
-    if deployment is None or not _visible(principal, deployment):
+    if deployment is None:
         raise NotFoundError("deployment not found")
     return deployment
 
@@ -95,12 +96,10 @@ def _check_manage(principal: Principal, deployment: DeploymentRow) -> None:
 async def list_deployments(session: AsyncSession, *, principal: Principal) -> list[DeploymentRow]:
     check_scope(principal, Scope.READ)
     query = (
-        select(DeploymentRow).where(DeploymentRow.deleted.is_(False)).order_by(DeploymentRow.name)
+        select(DeploymentRow)
+        .where(DeploymentRow.deleted.is_(False), _visible(principal))
+        .order_by(DeploymentRow.name)
     )
-    if not principal.is_operator:
-        query = query.where(
-            or_(DeploymentRow.org_id.is_(None), DeploymentRow.org_id == principal.org_id)
-        )
     return list((await session.execute(query)).scalars())
 
 

@@ -17,11 +17,11 @@ import os
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog import models
-from souverain.core.access import check_scope
+from souverain.core.access import Holding, check_scope, reach
 from souverain.core.errors import (
     ConflictError,
     InvalidRequestError,
@@ -35,7 +35,9 @@ from souverain.core.policy import UNRESTRICTED, Policy, intersect
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.jobs import FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
+from souverain.db.pages import Page, page_of
 from souverain.db.tables import ModelArtifactRow, ModelRow, utcnow
+from souverain.db.visibility import visible
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.fleet import datacenters
@@ -293,44 +295,34 @@ def _suffix_ok(suffix: str) -> bool:
 # -- reading and changing jobs ----------------------------------------------------------
 
 
-def _visible(principal: Principal, job: FineTuningJobRow) -> bool:
-    if principal.is_operator:
-        return True
-    if principal.org_id != job.org_id:
-        return False
-    return principal.project_id is None or principal.project_id == job.project_id
+def visible_jobs(principal: Principal) -> ColumnElement[bool]:
+    """Jobs are work run on the fleet: their creator's, the organisation's managers', and
+    the operators' who run the fleet (the one rule, `core.access`)."""
+    check_scope(principal, Scope.READ)
+    return visible(
+        reach(principal, Holding.WORK),
+        org=FineTuningJobRow.org_id,
+        project=FineTuningJobRow.project_id,
+        key=FineTuningJobRow.key_id,
+    )
 
 
 async def get_job(session: AsyncSession, *, principal: Principal, job_id: str) -> FineTuningJobRow:
-    check_scope(principal, Scope.READ)
-    job = await session.get(FineTuningJobRow, job_id)
-    if job is None or not _visible(principal, job):
+    query = select(FineTuningJobRow).where(FineTuningJobRow.id == job_id, visible_jobs(principal))
+    job = (await session.execute(query)).scalar_one_or_none()
+    if job is None:
         raise NotFoundError(f"No fine-tuning job found with id '{job_id}'", param="job_id")
     return job
 
 
 async def list_jobs(
     session: AsyncSession, *, principal: Principal, limit: int, after: str | None
-) -> list[FineTuningJobRow]:
-    check_scope(principal, Scope.READ)
-    query = select(FineTuningJobRow).order_by(
-        FineTuningJobRow.created_at.desc(), FineTuningJobRow.id.desc()
+) -> Page[FineTuningJobRow]:
+    query = select(FineTuningJobRow).where(
+        FineTuningJobRow.method != "evaluation",  # listed with their model
+        visible_jobs(principal),
     )
-    query = query.where(FineTuningJobRow.method != "evaluation")  # listed with their model
-    if not principal.is_operator:
-        query = query.where(FineTuningJobRow.org_id == principal.org_id)
-        if principal.project_id is not None:
-            query = query.where(FineTuningJobRow.project_id == principal.project_id)
-    if after is not None:
-        anchor = await get_job(session, principal=principal, job_id=after)
-        query = query.where(
-            (FineTuningJobRow.created_at < anchor.created_at)
-            | (
-                (FineTuningJobRow.created_at == anchor.created_at)
-                & (FineTuningJobRow.id < anchor.id)
-            )
-        )
-    return list((await session.execute(query.limit(limit))).scalars())
+    return await page_of(session, query, table=FineTuningJobRow, limit=limit, after=after)
 
 
 async def change(
@@ -425,15 +417,22 @@ async def events(
 
 
 async def checkpoints(
-    session: AsyncSession, *, principal: Principal, job_id: str, limit: int = 100
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    job_id: str,
+    limit: int = 100,
+    after: str | None = None,
 ) -> list[FineTuningCheckpointRow]:
+    """Latest step first; `after` a checkpoint id."""
     job = await get_job(session, principal=principal, job_id=job_id)
-    query = (
-        select(FineTuningCheckpointRow)
-        .where(FineTuningCheckpointRow.job_id == job.id)
-        .order_by(FineTuningCheckpointRow.step.desc())
-        .limit(limit)
-    )
+    query = select(FineTuningCheckpointRow).where(FineTuningCheckpointRow.job_id == job.id)
+    if after is not None:
+        anchor = await session.get(FineTuningCheckpointRow, after)
+        if anchor is None or anchor.job_id != job.id:
+            raise NotFoundError("No such checkpoint", param="after")
+        query = query.where(FineTuningCheckpointRow.step < anchor.step)
+    query = query.order_by(FineTuningCheckpointRow.step.desc()).limit(limit)
     return list((await session.execute(query)).scalars())
 
 

@@ -8,27 +8,33 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import Field
 
 from souverain.core.errors import InvalidRequestError
-from souverain.core.schemas.common import Metadata, StrictRequest
+from souverain.core.principal import Principal
+from souverain.core.schemas.batches import (
+    Batch,
+    BatchError,
+    BatchExtras,
+    MistralBatch,
+    OpenAIBatch,
+    RequestCounts,
+)
+from souverain.core.schemas.common import ListPage, Metadata, MistralList, StrictRequest
 from souverain.db.jobs import BatchRow
 from souverain.evidence import audit
 from souverain.files.uploads import Checked, Owner, principal_org, store_plaintext
 from souverain.gateway.file_lines import LineChecker
+from souverain.gateway.state import AppState
 from souverain.jobs.batches import service as batches
 from souverain.server.deps import PrincipalDep, SessionDep, StateDep
+from souverain.server.pagination import OBJECTS, Cursor, cursor, list_page, mistral_list
 
 router = APIRouter(tags=["batches"])
-
-MISTRAL_STATUS = {
-    "validating": "QUEUED", "in_progress": "RUNNING", "finalizing": "RUNNING",
-    "completed": "SUCCESS", "failed": "FAILED", "expired": "TIMEOUT_EXCEEDED",
-    "cancelling": "CANCELLATION_REQUESTED", "cancelled": "CANCELLED",
-}  # fmt: skip
 
 
 class BatchCreateRequest(StrictRequest):
@@ -53,69 +59,47 @@ class MistralBatchCreateRequest(StrictRequest):
     timeout_hours: int = Field(default=24, ge=1, le=batches.MAX_WINDOW_H)
 
 
-def _ts(moment: Any) -> int | None:
+def _ts(moment: datetime | None) -> int | None:
     return int(moment.timestamp()) if moment is not None else None
 
 
-def openai_batch(row: BatchRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "batch",
-        "endpoint": row.endpoint,
-        "errors": {"object": "list", "data": row.errors} if row.errors else None,
-        "input_file_id": row.input_file_ids[0] if row.input_file_ids else None,
-        "completion_window": "24h",
-        "status": row.status,
-        "output_file_id": row.output_file_id,
-        "error_file_id": row.error_file_id,
-        "created_at": _ts(row.created_at),
-        "in_progress_at": _ts(row.in_progress_at),
-        "expires_at": _ts(row.deadline),
-        "finalizing_at": _ts(row.finalizing_at),
-        "completed_at": _ts(row.completed_at),
-        "failed_at": _ts(row.failed_at),
-        "expired_at": _ts(row.expired_at),
-        "cancelling_at": _ts(row.cancelling_at),
-        "cancelled_at": _ts(row.cancelled_at),
-        "request_counts": {"total": row.total, "completed": row.completed, "failed": row.failed},
-        "metadata": row.metadata_,
-        "souverain": _extras(row),
-    }
+def batch_of(row: BatchRow) -> Batch:
+    """The batch read once: both shapes are drawn from it."""
+    times = {
+        name: _ts(getattr(row, name))
+        for name in ("in_progress_at", "finalizing_at", "completed_at", "failed_at",
+                     "expired_at", "cancelling_at", "cancelled_at")
+    }  # fmt: skip
+    return Batch(
+        id=row.id,
+        endpoint=row.endpoint,
+        status=row.status,
+        model=row.model,
+        input_file_ids=list(row.input_file_ids),
+        metadata=row.metadata_,
+        errors=[BatchError.model_validate(error) for error in row.errors],
+        output_file_id=row.output_file_id,
+        error_file_id=row.error_file_id,
+        counts=RequestCounts(total=row.total, completed=row.completed, failed=row.failed),
+        created_at=int(row.created_at.timestamp()),
+        deadline=int(row.deadline.timestamp()),
+        times=times,
+        extras=BatchExtras(not_before=_ts(row.not_before), co2e_saved_g=row.co2e_saved_g),
+    )
 
 
-def mistral_batch(row: BatchRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "batch",
-        "input_files": list(row.input_file_ids),
-        "endpoint": row.endpoint,
-        "model": row.model,
-        "metadata": row.metadata_,
-        "errors": [{"message": e.get("message", ""), "count": 1} for e in row.errors],
-        "status": MISTRAL_STATUS[row.status],
-        "created_at": _ts(row.created_at),
-        "started_at": _ts(row.in_progress_at),
-        "completed_at": _ts(
-            row.completed_at or row.failed_at or row.cancelled_at or row.expired_at
-        ),
-        "total_requests": row.total,
-        "completed_requests": row.completed + row.failed,
-        "succeeded_requests": row.completed,
-        "failed_requests": row.failed,
-        "output_file": row.output_file_id,
-        "error_file": row.error_file_id,
-        "souverain": _extras(row),
-    }
+def openai_batch(row: BatchRow) -> OpenAIBatch:
+    return batch_of(row).openai()
 
 
-def _extras(row: BatchRow) -> dict[str, Any]:
-    return {"not_before": _ts(row.not_before), "co2e_saved_g": row.co2e_saved_g}
+def mistral_batch(row: BatchRow) -> MistralBatch:
+    return batch_of(row).mistral()
 
 
 @router.post("/v1/batches", summary="Create a batch")
 async def create_batch(
     body: BatchCreateRequest, principal: PrincipalDep, session: SessionDep, state: StateDep
-) -> dict[str, Any]:
+) -> OpenAIBatch:
     """Run every line of a `batch` file (OpenAI's line format) within 24 h, possibly later
     than now if the grid will be cleaner and the window allows it."""
     row = await batches.create_batch(
@@ -129,29 +113,24 @@ async def create_batch(
 
 @router.get("/v1/batches", summary="List batches")
 async def list_batches(
-    principal: PrincipalDep,
-    session: SessionDep,
-    limit: int = Query(default=20, ge=1, le=100),
-    after: str | None = Query(default=None, max_length=64),
-) -> dict[str, Any]:
-    rows = await batches.list_batches(session, principal=principal, limit=limit, after=after)
-    data = [openai_batch(row) for row in rows]
-    return {"object": "list", "data": data, "has_more": len(data) == limit,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None}  # fmt: skip
+    principal: PrincipalDep, session: SessionDep, page: Annotated[Cursor, cursor(OBJECTS)]
+) -> ListPage[OpenAIBatch]:
+    """Your batches (all of your organisation's, for its managers), newest first."""
+    found = await batches.list_batches(
+        session, principal=principal, limit=page.limit, after=page.after
+    )
+    return list_page([openai_batch(row) for row in found.rows], has_more=found.has_more)
 
 
 @router.get("/v1/batches/{batch_id}", summary="Retrieve a batch")
 async def retrieve_batch(
     batch_id: str, principal: PrincipalDep, session: SessionDep
-) -> dict[str, Any]:
+) -> OpenAIBatch:
     return openai_batch(await batches.get_batch(session, principal=principal, batch_id=batch_id))
 
 
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch")
-async def cancel_batch(
-    batch_id: str, principal: PrincipalDep, session: SessionDep
-) -> dict[str, Any]:
+async def cancel_batch(batch_id: str, principal: PrincipalDep, session: SessionDep) -> OpenAIBatch:
     """Lines in flight finish; the others are not run. The output keeps what was done."""
     row = await batches.cancel_batch(session, principal=principal, batch_id=batch_id)
     await session.commit()
@@ -161,7 +140,7 @@ async def cancel_batch(
 @router.post("/v1/batch/jobs", summary="Create a batch job (Mistral)")
 async def create_batch_job(
     body: MistralBatchCreateRequest, principal: PrincipalDep, session: SessionDep, state: StateDep
-) -> dict[str, Any]:
+) -> MistralBatch:
     """Mistral's shape: `input_files`, or inline `requests`, for `endpoint` with `model`."""
     if bool(body.input_files) == bool(body.requests):
         raise InvalidRequestError("Give either input_files or requests.", param="input_files")
@@ -178,7 +157,9 @@ async def create_batch_job(
     return mistral_batch(row)
 
 
-async def _inline_file(state: Any, principal: Any, requests: list[MistralRequest]) -> str:
+async def _inline_file(
+    state: AppState, principal: Principal, requests: list[MistralRequest]
+) -> str:
     """Inline requests become an input file like any other (encrypted, under the policy)."""
     checker = LineChecker("batch")
 
@@ -203,23 +184,21 @@ async def list_batch_jobs(
     principal: PrincipalDep,
     session: SessionDep,
     page: int = Query(default=0, ge=0, le=0),
-    page_size: int = Query(default=100, ge=1, le=100),
-) -> dict[str, Any]:
-    rows = await batches.list_batches(session, principal=principal, limit=page_size, after=None)
-    return {"object": "list", "data": [mistral_batch(row) for row in rows], "total": len(rows)}
+    page_size: int = Query(default=OBJECTS.maximum, ge=1, le=OBJECTS.maximum),
+) -> MistralList[MistralBatch]:
+    found = await batches.list_batches(session, principal=principal, limit=page_size, after=None)
+    return mistral_list(found.rows, mistral_batch)
 
 
 @router.get("/v1/batch/jobs/{job_id}", summary="Get a batch job (Mistral)")
-async def get_batch_job(
-    job_id: str, principal: PrincipalDep, session: SessionDep
-) -> dict[str, Any]:
+async def get_batch_job(job_id: str, principal: PrincipalDep, session: SessionDep) -> MistralBatch:
     return mistral_batch(await batches.get_batch(session, principal=principal, batch_id=job_id))
 
 
 @router.post("/v1/batch/jobs/{job_id}/cancel", summary="Cancel a batch job (Mistral)")
 async def cancel_batch_job(
     job_id: str, principal: PrincipalDep, session: SessionDep
-) -> dict[str, Any]:
+) -> MistralBatch:
     row = await batches.cancel_batch(session, principal=principal, batch_id=job_id)
     await session.commit()
     return mistral_batch(row)

@@ -12,7 +12,7 @@ import hashlib
 import unicodedata
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
@@ -26,6 +26,7 @@ from souverain.core.errors import (
     UnsupportedMediaTypeError,
 )
 from souverain.core.roles import Scope
+from souverain.core.schemas.files import FileDeleted, FileList, FileObject
 from souverain.db.jobs import FileRow
 from souverain.db.tables import utcnow
 from souverain.evidence import audit
@@ -34,6 +35,7 @@ from souverain.files.uploads import Checked, Owner, principal_org, store_plainte
 from souverain.gateway.file_lines import LineChecker
 from souverain.gateway.state import AppState
 from souverain.server.deps import PrincipalDep, SessionDep, StateDep, get_principal
+from souverain.server.pagination import FILES, Cursor, cursor, list_page
 from souverain.storage.crypto import open_sealed
 from souverain.storage.stores import ObjectStore
 
@@ -45,25 +47,22 @@ MAX_FIELD_BYTES = 4096
 MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 30 * 86400
 
 
-def file_object(row: FileRow) -> dict[str, Any]:
+def file_object(row: FileRow) -> FileObject:
     """Both shapes at once: OpenAI's fields and Mistral's (`sample_type`, `source`…)."""
-    return {
-        "id": row.id,
-        "object": "file",
-        "bytes": row.bytes,
-        "created_at": int(row.created_at.timestamp()),
-        "expires_at": int(row.expires_at.timestamp()) if row.expires_at else None,
-        "filename": row.filename,
-        "purpose": row.purpose,
-        "status": "processed" if row.status == "processed" else row.status,
-        "status_details": None,
-        "num_lines": row.num_lines,
-        "sample_type": row.sample_type or "pretrain",
-        "source": "upload",
-        "mimetype": "application/jsonl" if row.purpose in {"batch", "fine-tune"} else None,
-        "deleted": row.status == "deleted",
-        "datacenter": row.datacenter_id,
-    }
+    return FileObject(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=int(row.created_at.timestamp()),
+        expires_at=int(row.expires_at.timestamp()) if row.expires_at else None,
+        filename=row.filename,
+        purpose=row.purpose,
+        status=row.status,
+        num_lines=row.num_lines,
+        sample_type=row.sample_type or "pretrain",
+        mimetype="application/jsonl" if row.purpose in {"batch", "fine-tune"} else None,
+        deleted=row.status == "deleted",
+        datacenter=row.datacenter_id,
+    )
 
 
 class Upload:
@@ -180,7 +179,7 @@ def _boundary(request: Request) -> bytes:
 
 
 @router.post("", summary="Upload a file", status_code=200)
-async def upload_file(request: Request) -> dict[str, Any]:
+async def upload_file(request: Request) -> FileObject:
     """Upload a file (multipart: `file`, `purpose` batch | fine-tune | user_data | evals,
     optional `expires_after[anchor]=created_at` and `expires_after[seconds]`). It is stored
     encrypted, in a datacenter your sovereignty policy allows (451 if none has a store).
@@ -258,23 +257,20 @@ def _expiry(fields: dict[str, str]) -> Any:
 async def list_files(
     principal: PrincipalDep,
     session: SessionDep,
+    page: Annotated[Cursor, cursor(FILES)],
     purpose: str | None = Query(default=None, max_length=32),
-    limit: int = Query(default=1000, ge=1, le=10_000),
-    page: int = Query(default=0, ge=0, le=0, description="Mistral's; one page"),
-    page_size: int | None = Query(default=None, ge=1, le=10_000, description="Mistral's"),
-) -> dict[str, Any]:
-    """Your organisation's files (your project's, for project keys), newest first."""
-    rows = await files.list_files(
-        session, principal=principal, purpose=purpose, limit=page_size or limit
+) -> FileList:
+    """Your files (all of your organisation's, for its managers; your project's, for
+    project keys), newest first."""
+    found = await files.list_files(
+        session, principal=principal, purpose=purpose, limit=page.limit, after=page.after
     )
-    data = [file_object(row) for row in rows]
-    return {"object": "list", "data": data, "has_more": False, "total": len(data)}
+    listed = list_page([file_object(row) for row in found.rows], has_more=found.has_more)
+    return FileList(**dict(listed), total=len(listed.data))
 
 
 @router.get("/{file_id}", summary="Retrieve a file")
-async def retrieve_file(
-    file_id: str, principal: PrincipalDep, session: SessionDep
-) -> dict[str, Any]:
+async def retrieve_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> FileObject:
     return file_object(await files.get_file(session, principal=principal, file_id=file_id))
 
 
@@ -313,7 +309,7 @@ def _disposition(name: str) -> str:
 
 
 @router.delete("/{file_id}", summary="Delete a file")
-async def delete_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
+async def delete_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> FileDeleted:
     row = await files.delete_file(session, principal=principal, file_id=file_id)
     await session.commit()
-    return {"id": row.id, "object": "file", "deleted": True}
+    return FileDeleted(id=row.id)

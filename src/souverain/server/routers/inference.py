@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TypeVar
 
+import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.types import Receive, Send
+from starlette.types import Scope as ASGIScope
 
 from souverain.catalog.routes import ModelInfo
 from souverain.core.access import check_scope
@@ -15,19 +20,25 @@ from souverain.core.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
+    validation_message,
 )
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.gateway import pipeline, reasoning
-from souverain.gateway.errors import validation_message
-from souverain.gateway.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from souverain.core.schemas.models import ModelList, ModelObject
+from souverain.gateway import calls, pipeline
+from souverain.gateway.exchange import Answer, Exchange
+from souverain.gateway.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    InferenceBody,
+)
 from souverain.gateway.state import AppState
 from souverain.server.deps import PrincipalDep, StateDep, get_principal
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
 Body = TypeVar("Body", bound=BaseModel)
-InferenceBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 _JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
 
@@ -65,34 +76,14 @@ async def caller(request: Request) -> tuple[AppState, Principal]:
     return state, await get_principal(request, state)
 
 
-def check_embeddings_work(body: EmbeddingRequest, state: AppState) -> None:
-    """One embeddings request may not hold the engine for long: its inputs are bounded in
-    number and in total size (a 2,048-input request once held a CPU engine for 99 s)."""
-    inputs = body.input if isinstance(body.input, list) else [body.input]
-    limit, size = state.settings.embeddings_max_inputs, sum(len(t.encode()) for t in inputs)
-    if len(inputs) > limit:
-        raise InvalidRequestError(
-            f"At most {limit} inputs per embeddings request; split the batch.", param="input"
-        )
-    if size > state.settings.embeddings_max_bytes:
-        raise InvalidRequestError(
-            f"The inputs total {size} bytes; at most {state.settings.embeddings_max_bytes} per "
-            "embeddings request. Split the batch.",
-            param="input",
-        )
-
-
-def _model_object(model: ModelInfo) -> dict[str, Any]:
-    return {
-        "id": model.name,
-        "object": "model",
-        "created": model.created,
-        "owned_by": model.owner_org_id or "souverain",
-    }
+def _model_object(model: ModelInfo) -> ModelObject:
+    return ModelObject(
+        id=model.name, created=model.created, owned_by=model.owner_org_id or "souverain"
+    )
 
 
 @router.get("/models", summary="List models")
-async def list_models(principal: PrincipalDep, state: StateDep) -> dict[str, Any]:
+async def list_models(principal: PrincipalDep, state: StateDep) -> ModelList:
     """Models you can call right now: visible to your organisation and served by a ready
     replica in a datacenter your sovereignty policy allows."""
     check_scope(principal, Scope.INFERENCE)
@@ -103,11 +94,11 @@ async def list_models(principal: PrincipalDep, state: StateDep) -> dict[str, Any
         if table.compliant_routes(principal, model)[0]
     ]
 
-    return {"object": "list", "data": models}
+    return ModelList(data=models)
 
 
 @router.get("/models/{model:path}", summary="Retrieve a model")
-async def get_model(model: str, principal: PrincipalDep, state: StateDep) -> dict[str, Any]:
+async def get_model(model: str, principal: PrincipalDep, state: StateDep) -> ModelObject:
     """One model, if you can call it."""
     check_scope(principal, Scope.INFERENCE)
     info = state.routes.visible_model(principal, model)
@@ -119,38 +110,60 @@ async def get_model(model: str, principal: PrincipalDep, state: StateDep) -> dic
 
 
 async def infer(request: Request, endpoint: str, schema: type[InferenceBody]) -> Response:
-    """The one path of every inference route: authenticate, bound the body, resolve the
-    model the caller may use, then the pipeline."""
+    """The one path of every inference route: authenticate, bound the body, then the
+    gateway prepares the call and executes it."""
     state, principal = await caller(request)
     check_scope(principal, Scope.INFERENCE)
     body = await parse_body(request, state, schema)
-    model = await pipeline.resolve_model(state, principal, body.model, endpoint)
-    if isinstance(body, EmbeddingRequest):
-        check_embeddings_work(body, state)
-        upstream, stream, include_usage = body.upstream_body(), False, False
-    else:
-        upstream = body.upstream_body(max_tokens_cap=model.context_length)
-        stream, include_usage = bool(body.stream), body.include_usage
-    shown = None
-    if isinstance(body, ChatCompletionRequest):
-        shown, prompted = reasoning.mode_for(
-            prompt_mode=body.prompt_mode, effort=body.reasoning_effort,
-            capabilities=model.capabilities, user_agent=request.headers.get("user-agent", ""),
-            default=model.reasoning_default,
-        )  # fmt: skip
-        if prompted:
-            upstream["messages"] = reasoning.with_system_prompt(upstream["messages"])
-    call = pipeline.Call(
-        state=state,
-        principal=principal,
-        endpoint=endpoint,
-        model=model,
-        body=upstream,
-        stream=stream,
-        include_usage=include_usage,
-        reasoning=shown,
-    )
-    return await pipeline.run(call, request)
+    mistral_client = "mistral-client" in request.headers.get("user-agent", "").lower()
+    call = await calls.prepare(state, principal, endpoint, body, mistral_client=mistral_client)
+    return response_of(await pipeline.execute(call, Disconnect(request)))
+
+
+class Disconnect:
+    """Tells the pipeline when the client goes away."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    async def gone(self) -> None:
+        while (await self._request.receive())["type"] != "http.disconnect":
+            pass
+
+
+def response_of(answer: Answer) -> Response:
+    if answer.events is not None:
+        return SettledStream(answer.exchange, answer.events, dict(answer.headers))
+    if answer.status == 499:  # the client went away: nobody reads this
+        return Response(status_code=499)
+    return Response(answer.content, media_type="application/json", headers=dict(answer.headers))
+
+
+class SettledStream(StreamingResponse):
+    """A streamed answer that settles its exchange when it ends, however it ends: the
+    body generator is closed first, so it concludes before the settlement is written."""
+
+    def __init__(
+        self, exchange: Exchange, body: AsyncIterator[bytes], headers: dict[str, str]
+    ) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self._exchange = exchange
+        self._body = body
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        async with self._exchange:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await _close(self._body)
+
+
+async def _close(body: AsyncIterator[bytes]) -> None:
+    closing = getattr(body, "aclose", None)
+    if closing is not None:
+        with contextlib.suppress(Exception):
+            await closing()
 
 
 @router.post(

@@ -21,8 +21,7 @@ from fastapi.routing import APIRoute
 from scim2_models import Context, Group, ListResponse, User
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.errors import SouverainError
-from souverain.gateway.errors import STATUS
+from souverain.core.errors import STATUS, SouverainError
 from souverain.identity.scim import groups, resources, tokens, users
 from souverain.identity.scim.directory import Directory
 from souverain.identity.scim.resources import MAX_RESULTS, ScimError

@@ -1,8 +1,9 @@
-"""The one place where errors become HTTP responses, in OpenAI's shape:
+"""The app's exception handlers: every error becomes an HTTP response in OpenAI's shape,
 
     {"error": {"message": "...", "type": "...", "code": "...", "param": null}}
 
-Used for /v1 and /api alike, so every client parses one shape.
+through the one mapping in `core/errors.py`, for /v1 and /api alike, so every client
+parses one shape. Validation errors are 400 on /v1 (as OpenAI answers) and 422 on /api.
 """
 
 from __future__ import annotations
@@ -17,48 +18,17 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from souverain.core.errors import ErrorCode, RateLimitedError, SouverainError
+from souverain.core.errors import (
+    ErrorCode,
+    RateLimitedError,
+    SouverainError,
+    answer_of,
+    error_body,
+    validation_message,
+)
 from souverain.core.schemas.common import ErrorResponse
 
 log = logging.getLogger(__name__)
-
-STATUS: dict[ErrorCode, int] = {
-    ErrorCode.INVALID_REQUEST: 400,
-    ErrorCode.PAYLOAD_TOO_LARGE: 413,
-    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
-    ErrorCode.UNPROCESSABLE: 422,
-    ErrorCode.UNAUTHENTICATED: 401,
-    ErrorCode.PERMISSION_DENIED: 403,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.MODEL_NOT_FOUND: 404,
-    ErrorCode.CONFLICT: 409,
-    ErrorCode.GONE: 410,
-    ErrorCode.RATE_LIMITED: 429,
-    ErrorCode.QUOTA_EXCEEDED: 429,
-    ErrorCode.POLICY_REFUSED: 451,
-    ErrorCode.UPSTREAM_ERROR: 502,
-    ErrorCode.UPSTREAM_TIMEOUT: 504,
-    ErrorCode.UNAVAILABLE: 503,
-}
-
-TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    410: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    451: "policy_error",
-    502: "upstream_error",
-    503: "service_unavailable",
-    504: "upstream_error",
-}
-
 
 DOCUMENTED: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -81,40 +51,15 @@ DOCUMENTED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error_body(status: int, message: str, code: str, param: str | None = None) -> dict[str, Any]:
-    return {
-        "error": {
-            "message": message,
-            "type": TYPES.get(status, "server_error"),
-            "code": code,
-            "param": param,
-        }
-    }
-
-
 def error_response(error: SouverainError) -> JSONResponse:
-    status = STATUS[error.code]
+    status, body = answer_of(error)
     headers = {}
     if isinstance(error, RateLimitedError):
         headers.update(error.headers)
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
-
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse(
-        error_body(status, error.message, error.code, error.param), status, headers=headers
-    )
-
-
-def validation_message(errors: list[Any]) -> tuple[str, str | None]:
-    if not errors:
-        return "invalid request", None
-    first = errors[0]
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
-    param = ".".join(location) or None
-    message = str(first.get("msg", "invalid value"))
-    extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return (f"{param}: {message}{extra}" if param else message + extra), param
+    return JSONResponse(body, status, headers=headers)
 
 
 MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
