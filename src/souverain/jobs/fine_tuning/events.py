@@ -64,6 +64,9 @@ def event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]
             "message",
             {"line": event.get("line")},
         )
+    if kind == "collapsed":  # reinforcement: the job stopped itself
+        data = {k: event.get(k) for k in ("step", "start", "now", "margin")}
+        return str(event.get("message", "the reward collapsed")), "message", data
     if kind == "loaded":
         return f"Base model loaded in {event['seconds']} s", "message", None
     if kind == "restart":
