@@ -131,3 +131,39 @@ class TestCollapse:
     def test_a_margin_of_one_never_stops(self) -> None:
         monitor = Collapse(margin=1.0, window=1)
         assert not any(monitor.add(rate) for rate in (1.0, 0.0, 0.0))
+
+
+class TestCli:
+    """`souverain finetune create` refuses what cannot learn before it sends anything (no
+    server is running here: a request would fail differently)."""
+
+    @pytest.mark.parametrize(
+        ("arguments", "reason"),
+        [
+            (["--group-size", "1"], "no advantage"),
+            (["--set", "temperature=0"], "the same"),
+            (["--set", "colour=red"], "NAME=VALUE"),
+            (["--set", "group_size=eight"], "an integer"),
+            (["--lr-multiplier", "1000"], "diverges"),
+        ],
+    )
+    def test_refused_with_the_reason(self, arguments: list[str], reason: str) -> None:
+        from typer.testing import CliRunner
+
+        from souverain.cli.main import app
+
+        ran = CliRunner().invoke(app, ["finetune", "create", "file-x", "--method",
+                                       "reinforcement", *arguments])  # fmt: skip
+        assert ran.exit_code == 2, ran.output
+        assert reason in " ".join(ran.output.split()), ran.output
+
+    def test_its_help_lists_the_settings_with_their_bounds(self) -> None:
+        from typer.testing import CliRunner
+
+        from souverain.cli.main import app
+
+        shown = CliRunner().invoke(app, ["finetune", "create", "--help"], terminal_width=200)
+        text = " ".join(shown.output.split())
+        for name in configs.tenant_settings(GRPOConfig):
+            assert name in text
+        assert "2 to 32" in text

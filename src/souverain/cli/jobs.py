@@ -177,13 +177,19 @@ def _settings(pairs: list[str] | None) -> dict[str, float]:
     return chosen
 
 
-def _method(reinforcement: bool, hyper: dict[str, object], grader: str) -> dict[str, object]:
+def _method(
+    reinforcement: bool,
+    hyper: dict[str, object],
+    grader: str,
+    *,
+    batch_size: int | None,
+    lr_multiplier: float | None,
+) -> dict[str, object]:
     """OpenAI's `method` object, its hyperparameters checked against the recipe's config."""
     config: type[configs.Config] = GRPOConfig if reinforcement else SFTConfig
-    _checked(config, "batch_size", hyper.get("batch_size"), "--batch-size")  # type: ignore[arg-type]
-    multiplier = hyper.get("learning_rate_multiplier")
-    if isinstance(multiplier, float | int):
-        rate = multiplier * configs.default_of(config, "learning_rate")
+    _checked(config, "batch_size", batch_size, "--batch-size")
+    if lr_multiplier is not None:
+        rate = lr_multiplier * configs.default_of(config, "learning_rate")
         _checked(config, "learning_rate", rate, "--lr-multiplier")
     given = {k: v for k, v in hyper.items() if v is not None}
     if not reinforcement:
@@ -234,7 +240,8 @@ def fine_tuning_create(
         )}  # fmt: skip
     body = {
         "model": model, "training_file": training_file, "validation_file": validation_file,
-        "suffix": suffix, "method": _method(reinforcement, hyper, grader),
+        "suffix": suffix, "method": _method(reinforcement, hyper, grader, batch_size=batch_size,
+                                           lr_multiplier=lr_multiplier),
     }  # fmt: skip
     with client() as c:
         found = c.jobs.create_fine_tuning_job({k: v for k, v in body.items() if v is not None})

@@ -43,7 +43,7 @@ def setting(
     """A field with its bounds (inclusive) and help; `tenant`: a job request may set it by
     this name; `why`: what a value outside the bounds would do, said when one is refused."""
     metadata = {"help": help, "low": low, "high": high, "tenant": tenant, "why": why}
-    return field(default=default, metadata=metadata)  # type: ignore[no-any-return]
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,7 @@ class GRPOConfig:
 
 
 Config = SFTConfig | GRPOConfig
+C = TypeVar("C", SFTConfig, GRPOConfig)
 
 
 def settings_of(config: type[Config] | Config) -> dict[str, dataclasses.Field[Any]]:
@@ -203,13 +204,13 @@ def _check_grpo(c: GRPOConfig) -> None:
         )
 
 
-def built(config: type[T], values: dict[str, Any]) -> T:
+def built(config: type[C], values: dict[str, Any]) -> C:
     """A checked configuration from a recipe's spec (unknown names refused)."""
-    unknown = sorted(set(values) - set(settings_of(config)))  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(settings_of(config)))
     if unknown:
         raise SettingError(unknown[0], f"unknown setting {unknown[0]!r}")
     made = config(**values)
-    check(made)  # type: ignore[arg-type]
+    check(made)
     return made
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from souverain.core.errors import InvalidRequestError, UnprocessableError
 from souverain.training.configs import (
     REASONING_MIN_TOKENS,
+    C,
     GRPOConfig,
     SettingError,
     SFTConfig,
@@ -29,8 +30,6 @@ from souverain.training.configs import (
     tenant_settings,
     why_of,
 )
-
-C = TypeVar("C", SFTConfig, GRPOConfig)
 
 # OpenAI's learning_rate_multiplier scales the recipe's default rate
 BASE_LEARNING_RATE: float = default_of(SFTConfig, "learning_rate")
