@@ -6,7 +6,9 @@ stops itself (training/collapse.py)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +175,36 @@ class TestCli:
         for name in configs.tenant_settings(GRPOConfig):
             assert name in text
         assert "2 to 32" in text
+
+
+class TestCollapseWiring:
+    """The recipe's loop stops on a collapse with a `collapsed` line and exit code 4, and
+    that line becomes an error event naming the cause (the node fails the job with code
+    `reward_collapsed` and this message)."""
+
+    def test_the_recipe_stops_itself_and_says_why(self, tmp_path: Path) -> None:
+        pytest.importorskip("torch")
+        from souverain.jobs.fine_tuning.events import event_words
+        from souverain.training import grpo
+        from souverain.training.collapse import REWARD_COLLAPSED
+        from souverain.training.sft import Progress
+
+        spec = {"hyperparameters": {"max_steps": 50, "collapse_margin": 0.2,
+                                    "collapse_window": 2, "save_steps": 100},
+                "grader": {"type": "magistral"}, "output_dir": str(tmp_path)}  # fmt: skip
+        job = grpo.Job(spec, Progress(tmp_path / "progress.jsonl"))
+        rates = iter([0.9, 0.9, 0.5, 0.4, 0.3])  # start 0.9; then 0.7, then 0.45
+
+        def one_step() -> None:
+            job.step += 1
+            job.last_metrics = {"format_rate": next(rates)}
+
+        job.step, job._one_step = 0, one_step  # type: ignore[method-assign]
+        job.rollouts = type("Closed", (), {"close": lambda self: None})()
+        assert job._train() == REWARD_COLLAPSED
+        lines = [json.loads(x) for x in (tmp_path / "progress.jsonl").read_text().splitlines()]
+        [collapsed] = [x for x in lines if x["type"] == "collapsed"]
+        assert (collapsed["step"], collapsed["start"], collapsed["now"]) == (4, 0.9, 0.45)
+        message, _, data = event_words(collapsed)
+        assert message.startswith("the reward collapsed") and "step 4" in message
+        assert data == {"step": 4, "start": 0.9, "now": 0.45, "margin": 0.2}
