@@ -44,7 +44,7 @@ CANNOT_LEARN = [
     (reinforcement(temperature=0.01), "temperature", "the same"),
     (reinforcement(collapse_margin=-0.5), "collapse_margin", "from 0 to 1"),
     (reinforcement(batch_size=8, group_size=16), "batch_size", "sampled together"),
-    (reinforcement(colour="red"), "colour", "unknown"),
+    (reinforcement(colour="red"), "colour", "not permitted"),
     ({"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 0}}},
      "batch_size", "from 1 to 256"),
 ]  # fmt: skip
