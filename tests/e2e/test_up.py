@@ -362,7 +362,9 @@ def _thinks_apart_in_both_sdks(up: Up, model: str) -> None:
                                  temperature=0, max_tokens=32)  # fmt: skip
     content = said.choices[0].message.content
     assert isinstance(content, list) and [c.type for c in content] == ["thinking", "text"]
-    assert content[0].thinking[0].text == thinking  # type: ignore[union-attr]
+    said_thinking = content[0].thinking[0].text  # type: ignore[union-attr]
+    assert said_thinking and "THINK]" not in said_thinking
+    assert "THINK]" not in content[1].text  # type: ignore[union-attr]
 
 
 def _row(table: str, name: str) -> str:
