@@ -199,8 +199,7 @@ class Controller:
 
     async def sweep_files(self) -> None:
         """Delete files whose expiry has passed (their objects, and their quota)."""
-        async with self._sessions.begin() as session:
-            await files.sweep_expired(session)
+        await files.sweep_expired(self._sessions)
 
     async def sweep_orphans(self) -> None:
         """Stop replica actors no replica row knows about (a crash between start and apply)."""
