@@ -216,15 +216,69 @@ class TestExpiry:
             row = await session.get(FileRow, created.id)
         assert used > 0 and row is not None
         stored = Path(row.store_uri.removeprefix("file://")) / row.object_key
-        async with platform.sessions.begin() as session:
-            assert (
-                await files_service.sweep_expired(session, now=utcnow() + timedelta(hours=2)) >= 1
-            )
+        later = utcnow() + timedelta(hours=2)
+        assert await files_service.sweep_expired(platform.sessions, now=later) >= 1
         with pytest.raises(openai.NotFoundError):
             client.files.retrieve(created.id)
         assert not stored.exists()
         async with platform.sessions() as session:
             assert await files_service.storage_used(session, org_id=org_id) == 0
+
+
+class TestDeletionOrder:
+    """A file's row is forgotten first, its object removed after: never a row the API
+    lists whose object is gone."""
+
+    async def test_a_deletion_its_caller_rolls_back_leaves_no_file_unreadable(
+        self, platform: Platform
+    ) -> None:
+        from souverain.files import service as files_service
+        from souverain.tenancy.auth import principal_for_key
+
+        tenant = await platform.factory.tenant(roles={"o": Role.OWNER})
+        key = await platform.factory.member_key(tenant, "o", Role.OWNER)
+        client = sdk(platform, key.key)
+        created = client.files.create(
+            file=("x.txt", io.BytesIO(b"still here")), purpose="user_data"
+        )
+        async with platform.sessions() as session:
+            principal = await principal_for_key(session, key_id=key.id)
+            await files_service.delete_file(session, principal=principal, file_id=created.id)
+            await session.rollback()  # whatever the caller does next
+        listed = {f.id for f in client.files.list()}
+        if created.id in listed:
+            assert client.files.content(created.id).read() == b"still here"
+        async with platform.sessions() as session:
+            row = await session.get(FileRow, created.id)
+        assert row is not None
+        stored = Path(row.store_uri.removeprefix("file://")) / row.object_key
+        assert row.status == "deleted" or stored.exists()
+
+    async def test_a_sweep_forgets_expired_files_a_chunk_at_a_time(
+        self, platform: Platform
+    ) -> None:
+        from datetime import timedelta
+
+        from souverain.db.tables import utcnow
+        from souverain.files import service as files_service
+
+        org_id, _, key = await owner(platform)
+        client = sdk(platform, key)
+        ids = [
+            client.files.create(
+                file=(f"{n}.txt", io.BytesIO(b"brief")), purpose="user_data",
+                expires_after={"anchor": "created_at", "seconds": 3600},
+            ).id
+            for n in range(3)
+        ]  # fmt: skip
+        later = utcnow() + timedelta(hours=2)
+        assert await files_service.sweep_expired(platform.sessions, now=later, chunk=2) >= 3
+        async with platform.sessions() as session:
+            rows = [await session.get(FileRow, file_id) for file_id in ids]
+            assert await files_service.storage_used(session, org_id=org_id) == 0
+        for row in rows:
+            assert row is not None and row.status == "deleted"
+            assert not (Path(row.store_uri.removeprefix("file://")) / row.object_key).exists()
 
 
 class TestQuota:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.access import Holding, check_org, check_scope, reach
 from souverain.core.errors import (
@@ -227,35 +227,55 @@ async def _plaintext(store: ObjectStore, row: FileRow, data_key: bytes) -> Async
 
 
 async def delete_file(session: AsyncSession, *, principal: Principal, file_id: str) -> FileRow:
+    """Forget the file (committed here), then remove its object: a crash in between leaves
+    ciphertext no row names, never a row naming an object that is gone."""
     row = await get_file(session, principal=principal, file_id=file_id)
     check_scope(principal, Scope.INFERENCE)
-    await _delete(session, row, actor=audit.actor_of(principal), reason="deleted")
+    await _forget(session, row, actor=audit.actor_of(principal), reason="deleted")
+    await session.commit()
+    await _remove_object(row)
     return row
 
 
-async def _delete(session: AsyncSession, row: FileRow, *, actor: audit.Actor, reason: str) -> None:
+async def _forget(session: AsyncSession, row: FileRow, *, actor: audit.Actor, reason: str) -> None:
     row.status, row.deleted_at = "deleted", utcnow()
     await release_storage(session, org_id=row.org_id, size=row.stored_bytes)
     await audit.record(
         session, actor=actor, action="file.delete", org_id=row.org_id, target_type="file",
         target_id=row.id, details={"reason": reason, "datacenter": row.datacenter_id},
     )  # fmt: skip
-    # The object goes after the row says so: a crash in between leaves ciphertext nobody
-    # can name, never a row pointing at nothing.
+
+
+async def _remove_object(row: FileRow) -> None:
     with contextlib.suppress(StoreError, OSError):
         await store_from_uri(row.store_uri).delete(row.object_key)
 
 
-async def sweep_expired(session: AsyncSession, *, now: datetime | None = None) -> int:
-    """Delete files whose expiry has passed; returns how many."""
-    now = now or utcnow()
+async def sweep_expired(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    now: datetime | None = None,
+    chunk: int = 50,
+    most: int = 500,
+) -> int:
+    """Delete files whose expiry has passed, `chunk` at a time: each chunk is forgotten in
+    a short transaction of its own, and its objects are removed once that committed.
+    Returns how many (at most `most` a call; the next sweep carries on)."""
+    now, done = now or utcnow(), 0
     query = select(FileRow).where(
         FileRow.expires_at.is_not(None), FileRow.expires_at <= now, FileRow.status != "deleted"
     )
-    expired = list((await session.execute(query.limit(500))).scalars())
-    for row in expired:
-        await _delete(session, row, actor=audit.SYSTEM_CONTROLLER, reason="expired")
-    return len(expired)
+    while done < most:
+        async with sessions.begin() as session:
+            expired = list((await session.execute(query.limit(min(chunk, most - done)))).scalars())
+            for row in expired:
+                await _forget(session, row, actor=audit.SYSTEM_CONTROLLER, reason="expired")
+        for row in expired:
+            await _remove_object(row)
+        done += len(expired)
+        if len(expired) < chunk:
+            break
+    return done
 
 
 async def crypto_erase(session: AsyncSession, *, principal: Principal, org_id: str) -> int:

@@ -1,16 +1,21 @@
-"""The leader lease: one active controller per installation."""
+"""The leader lease: one active controller per installation (the one `Lease`, on the
+`leases` table, where the token is the holder's name)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.db.tables import LeaseRow, utcnow
+from souverain.jobs.lease import Lease
 
 LEADER_LEASE = "controller"
+
+
+def leader_lease(ttl_s: float) -> Lease:
+    return Lease(LeaseRow.name, LeaseRow.holder, LeaseRow.expires_at, ttl_s, clear_token=False)
 
 
 async def try_acquire(
@@ -23,20 +28,17 @@ async def try_acquire(
 ) -> bool:
     """Take or renew the lease. True when `holder` holds it until now + ttl."""
     now = now or utcnow()
-    expires = now + timedelta(seconds=ttl_s)
+    lease = leader_lease(ttl_s)
     async with sessions.begin() as session:
-        result = await session.execute(
-            update(LeaseRow)
-            .where(LeaseRow.name == name, or_(LeaseRow.holder == holder, LeaseRow.expires_at < now))
-            .values(holder=holder, expires_at=expires)
-        )
-        if result.rowcount:  # type: ignore[attr-defined]
+        if await lease.claim(session, name, token=holder, now=now):
             return True
         if await session.get(LeaseRow, name) is not None:
             return False
-    try:
+    try:  # the first controller of the installation
         async with sessions.begin() as session:
-            session.add(LeaseRow(name=name, holder=holder, expires_at=expires))
+            session.add(
+                LeaseRow(name=name, holder=holder, expires_at=now + timedelta(seconds=ttl_s))
+            )
         return True
     except IntegrityError:
         return False
@@ -45,9 +47,4 @@ async def try_acquire(
 async def release(
     sessions: async_sessionmaker[AsyncSession], *, holder: str, name: str = LEADER_LEASE
 ) -> None:
-    async with sessions.begin() as session:
-        await session.execute(
-            update(LeaseRow)
-            .where(LeaseRow.name == name, LeaseRow.holder == holder)
-            .values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+    await leader_lease(0).let_go(sessions, name, holder)

@@ -3,8 +3,8 @@
 The leader lease is renewed by a task of its own every third of its lifetime, whatever
 the work loops are doing, so a slow Ray call cannot make it lapse. While leading, each
 concern runs in its own loop with a heartbeat (`health()`): node sync and deployment
-reconciliation, the replica observer (long polls), energy intervals, audit seals and
-pruning, the orphan sweep. One failing or slow loop neither stops nor corrupts another;
+reconciliation, fine-tuning jobs, the replica observer (long polls), energy intervals,
+audit seals and pruning, the orphan sweep, expired files. One failing or slow loop neither stops nor corrupts another;
 every write-back is guarded by the row's lease token. If the lease cannot be renewed,
 every loop is cancelled at once and the controller goes back to waiting; another
 controller takes over when the lease expires and adopts the running replicas by name.
@@ -112,6 +112,7 @@ class Controller:
         self.observer = ReplicaObserver(sessions, cluster, energy=self.energy, poll_s=poll_s)
         self.loops = [
             Loop("deployments", interval_s, self.cycle),
+            Loop("fine-tuning", interval_s, self.fine_tuning_cycle),
             Loop("energy", min(interval_s, 5.0), self.energy.close_due),
             Loop("audit", 5.0, self.keep_audit),
             Loop("orphans", 10.0, self.sweep_orphans),
@@ -165,14 +166,24 @@ class Controller:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def cycle(self) -> None:
+        """Sync the nodes, then reconcile every deployment against them."""
+        await self.deployments.run_once(await self._placer(sync_nodes=True))
+
+    async def fine_tuning_cycle(self) -> None:
+        """Reconcile every followed fine-tuning job (a loop of its own: a slow training
+        start must not delay replica placement)."""
+        await self.finetune.run_once(await self._placer(sync_nodes=False))
+
+    async def _placer(self, *, sync_nodes: bool) -> Placer:
+        """A placer over what Ray reports now (each loop reserves within its own round;
+        Ray's own accounting settles what two loops placed at the same moment)."""
         observed = await asyncio.to_thread(self._cluster.observe_nodes)
         async with self._sessions.begin() as session:
-            await nodes_service.sync_nodes(session, observed=observed)
+            if sync_nodes:
+                await nodes_service.sync_nodes(session, observed=observed)
             datacenters = list((await session.execute(select(DatacenterRow))).scalars())
             on_disk = await models_by_node(session)
-        placer = Placer(build_snapshot(observed, datacenters, on_disk))
-        await self.deployments.run_once(placer)
-        await self.finetune.run_once(placer)
+        return Placer(build_snapshot(observed, datacenters, on_disk))
 
     async def keep_audit(self) -> None:
         """Seal the audit chain's head now and then; once a day, prune what retention allows."""
@@ -188,8 +199,7 @@ class Controller:
 
     async def sweep_files(self) -> None:
         """Delete files whose expiry has passed (their objects, and their quota)."""
-        async with self._sessions.begin() as session:
-            await files.sweep_expired(session)
+        await files.sweep_expired(self._sessions)
 
     async def sweep_orphans(self) -> None:
         """Stop replica actors no replica row knows about (a crash between start and apply)."""

@@ -47,6 +47,7 @@ from souverain.gateway.admission import AlreadySettled
 from souverain.gateway.schemas import ENDPOINTS
 from souverain.gateway.state import AppState
 from souverain.jobs.batches import service as batches
+from souverain.jobs.lease import LeaseLost
 from souverain.tenancy.auth import principal_for_key
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class BatchRunner:
     ) -> None:
         self._state = state
         self._lease_s = lease_s
+        self._lease = batches.batch_lease(lease_s)
         self._poll_s = poll_s
         self._concurrency = concurrency
 
@@ -84,17 +86,12 @@ class BatchRunner:
             await self._hold(*claimed)
 
     async def _hold(self, batch_id: str, token: str) -> None:
-        """Work on the batch while renewing its lease; stop at once if the lease is lost."""
+        """Work on the batch while its lease's heartbeat runs; stop at once if it is lost."""
         work = asyncio.create_task(self._process(batch_id, token))
         try:
-            while not work.done():
-                await asyncio.wait({work}, timeout=self._lease_s / 3)
-                if not work.done() and not await batches.renew(
-                    self._state.sessions, batch_id=batch_id, token=token, lease_s=self._lease_s
-                ):
-                    log.warning("lost the lease on batch %s; stopping", batch_id)
-                    work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, batches.LeaseLost):
+            if not await self._lease.heartbeat(self._state.sessions, batch_id, token, work):
+                log.warning("lost the lease on batch %s; stopping", batch_id)
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
                 await work
         except Exception:
             log.exception("batch %s failed in this runner; another will take it up", batch_id)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,17 +28,19 @@ from souverain.core.errors import ConflictError, InvalidRequestError, NotFoundEr
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
+from souverain.core.status import BATCH_ACTIVE, BATCH_ENDED
 from souverain.db.jobs import BatchItemRow, BatchRow
 from souverain.db.pages import Page, page_of
 from souverain.db.tables import utcnow
 from souverain.db.visibility import visible
 from souverain.evidence import audit
 from souverain.files import service as files
+from souverain.jobs.lease import Lease, LeaseLost
 from souverain.storage.crypto import unwrap
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
-ENDED = ("completed", "failed", "expired", "cancelled")
+ACTIVE = BATCH_ACTIVE
+ENDED = BATCH_ENDED
 MAX_WINDOW_H = 24 * 7
 
 
@@ -141,11 +142,15 @@ async def cancel_batch(session: AsyncSession, *, principal: Principal, batch_id:
 # The runner's side.
 
 
+def batch_lease(lease_s: float) -> Lease:
+    return Lease(BatchRow.id, BatchRow.lock_token, BatchRow.lock_expires_at, lease_s)
+
+
 async def claim(
     sessions: async_sessionmaker[AsyncSession], *, lease_s: float
 ) -> tuple[str, str] | None:
     """Take the lease on one active batch nobody holds; (batch id, token) or None."""
-    now = utcnow()
+    now, lease = utcnow(), batch_lease(lease_s)
     async with sessions() as session:
         candidates = list(
             (
@@ -153,7 +158,7 @@ async def claim(
                     select(BatchRow.id)
                     .where(
                         BatchRow.status.in_(ACTIVE),
-                        or_(BatchRow.lock_token.is_(None), BatchRow.lock_expires_at < now),
+                        lease.free(now),
                         or_(
                             BatchRow.not_before.is_(None),
                             BatchRow.not_before <= now,
@@ -166,52 +171,23 @@ async def claim(
             ).scalars()
         )
     for batch_id in candidates:
-        token = secrets.token_hex(8)
-        async with sessions.begin() as session:
-            taken = await session.execute(
-                update(BatchRow)
-                .where(
-                    BatchRow.id == batch_id,
-                    or_(BatchRow.lock_token.is_(None), BatchRow.lock_expires_at < now),
-                )
-                .values(lock_token=token, lock_expires_at=now + timedelta(seconds=lease_s))
-            )
-        if taken.rowcount:  # type: ignore[attr-defined]
+        token = await lease.take(sessions, batch_id)
+        if token is not None:
             return batch_id, token
     return None
 
 
-async def renew(
-    sessions: async_sessionmaker[AsyncSession], *, batch_id: str, token: str, lease_s: float
-) -> bool:
-    async with sessions.begin() as session:
-        kept = await session.execute(
-            update(BatchRow)
-            .where(BatchRow.id == batch_id, BatchRow.lock_token == token)
-            .values(lock_expires_at=utcnow() + timedelta(seconds=lease_s))
-        )
-    return bool(kept.rowcount)  # type: ignore[attr-defined]
-
-
 async def release(sessions: async_sessionmaker[AsyncSession], *, batch_id: str, token: str) -> None:
-    async with sessions.begin() as session:
-        await session.execute(
-            update(BatchRow)
-            .where(BatchRow.id == batch_id, BatchRow.lock_token == token)
-            .values(lock_token=None, lock_expires_at=None)
-        )
+    await batch_lease(0).let_go(sessions, batch_id, token)
 
 
 async def held(session: AsyncSession, *, batch_id: str, token: str) -> BatchRow:
     """The batch, if this runner still holds it (else LeaseLost: write nothing)."""
+    await batch_lease(0).check(session, batch_id, token=token)
     row = await session.get(BatchRow, batch_id)
-    if row is None or row.lock_token != token:
+    if row is None:
         raise LeaseLost(batch_id)
     return row
-
-
-class LeaseLost(Exception):
-    pass
 
 
 async def add_items(session: AsyncSession, *, batch_id: str, items: list[tuple[int, str]]) -> None:

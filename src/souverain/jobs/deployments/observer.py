@@ -19,14 +19,13 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.fleet import ReplicaStatus
+from souverain.core.status import ReplicaState
 from souverain.db.tables import DeploymentRow, ReplicaRow, utcnow
 from souverain.evidence import audit
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.facade import ClusterFacade
 
 log = logging.getLogger(__name__)
-
-LOST = "lost"
 
 
 class ReplicaObserver:
@@ -61,7 +60,9 @@ class ReplicaObserver:
     async def scan(self) -> None:
         async with self._sessions() as session:
             rows = (
-                await session.execute(select(ReplicaRow).where(ReplicaRow.state != LOST))
+                await session.execute(
+                    select(ReplicaRow).where(ReplicaRow.state != ReplicaState.LOST)
+                )
             ).scalars()
             wanted = {row.id: row for row in rows}
         for replica_id in list(self._followers):
@@ -142,7 +143,11 @@ class ReplicaObserver:
 def observed_fields(row: ReplicaRow, status: ReplicaStatus | None) -> dict[str, object]:
     """What differs between the row and what the actor reports (None: the actor is gone)."""
     if status is None:
-        wanted: dict[str, object] = {"state": LOST, "url": None, "reason": "replica actor gone"}
+        wanted: dict[str, object] = {
+            "state": ReplicaState.LOST,
+            "url": None,
+            "reason": "replica actor gone",
+        }
     else:
         wanted = {
             "state": status.state,

@@ -7,17 +7,18 @@ process drop lost replicas; drain replicas whose datacenter no longer complies (
         policy, constraint or datacenter) or whose node left the cluster; stop extras;
         place missing ones (scheduler, then a detached Ray actor with a label_selector
         for the chosen datacenter)
-apply   one transaction that starts with `UPDATE deployments … WHERE id AND lock_token`:
-        if another controller took the row, nothing of this round is written
+apply   one transaction that starts with the lease's fence (`UPDATE deployments … WHERE
+        id AND lock_token`): if another controller took the row, nothing of this round is
+        written
+
+This is the shape of every kind of long work (`jobs/cycle.py`, `jobs/lease.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,20 +27,21 @@ from souverain.core.errors import GoneError
 from souverain.core.fleet import ObjectGrant, ReplicaSpec, actor_name_for
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.policy import Policy, exclusion
+from souverain.core.status import DEPLOYMENT_FAILING, ReplicaState
 from souverain.db.tables import (
     DeploymentRow,
     ModelAdapterRow,
     ModelArtifactRow,
     ModelRow,
     ReplicaRow,
-    utcnow,
 )
 from souverain.evidence import audit
 from souverain.files import service as files
-from souverain.jobs.deployments.observer import LOST
+from souverain.jobs.cycle import run_cycle
 from souverain.jobs.deployments.service import placement_policy
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.facade import ClusterFacade
+from souverain.jobs.lease import Lease
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import Placement, PlacementRequest
 from souverain.storage.crypto import unwrap
@@ -88,10 +90,6 @@ class Outcome:
         self.events.append(Event(action, "replica", replica_id, details))
 
 
-class LeaseLost(Exception):
-    """Another controller owns the deployment row now; this round writes nothing."""
-
-
 class DeploymentReconciler:
     def __init__(
         self,
@@ -109,7 +107,9 @@ class DeploymentReconciler:
         self._cluster = cluster
         self._master_key = master_key
         self._engine = engine
-        self._lease_s = lease_s
+        self._lease = Lease(
+            DeploymentRow.id, DeploymentRow.lock_token, DeploymentRow.lock_expires_at, lease_s
+        )
         self.recently_started: dict[str, float] = {}
 
     async def run_once(self, placer: Placer) -> None:
@@ -122,54 +122,39 @@ class DeploymentReconciler:
                 log.exception("reconciling deployment %s failed", deployment_id)
 
     async def reconcile(self, deployment_id: str, placer: Placer) -> None:
-        token = secrets.token_hex(8)
-        loaded = await self._load(deployment_id, token)
-        if loaded is None:
-            return
-        outcome = await self._process(loaded, placer)
-        try:
-            await self._apply(loaded.deployment, token, outcome)
-        except LeaseLost:
-            log.warning(
-                "lost the lease on deployment %s; dropping this round's writes", deployment_id
-            )
+        await run_cycle(
+            self._sessions,
+            self._lease,
+            deployment_id,
+            load=lambda session: self._load(session, deployment_id),
+            process=lambda loaded: self._process(loaded, placer),
+            apply=self._apply,
+        )
 
-    async def _load(self, deployment_id: str, token: str) -> Loaded | None:
-        now = utcnow()
-        async with self._sessions.begin() as session:
-            claimed = await session.execute(
-                update(DeploymentRow)
-                .where(
-                    DeploymentRow.id == deployment_id,
-                    (DeploymentRow.lock_token.is_(None)) | (DeploymentRow.lock_expires_at < now),
+    async def _load(self, session: AsyncSession, deployment_id: str) -> Loaded | None:
+        deployment = await session.get(DeploymentRow, deployment_id)
+        if deployment is None:
+            return None
+        model = await session.get(ModelRow, deployment.model_id)
+        assert model is not None  # the foreign key is RESTRICT
+        artifact = (
+            (
+                await session.execute(
+                    select(ModelArtifactRow).where(ModelArtifactRow.model_id == model.id)
                 )
-                .values(lock_token=token, lock_expires_at=now + timedelta(seconds=self._lease_s))
             )
-            if not claimed.rowcount:  # type: ignore[attr-defined]
-                return None
-            deployment = await session.get(DeploymentRow, deployment_id)
-            if deployment is None:
-                return None
-            model = await session.get(ModelRow, deployment.model_id)
-            assert model is not None  # the foreign key is RESTRICT
-            artifact = (
-                (
-                    await session.execute(
-                        select(ModelArtifactRow).where(ModelArtifactRow.model_id == model.id)
-                    )
+            .scalars()
+            .first()
+        )
+        replicas = list(
+            (
+                await session.execute(
+                    select(ReplicaRow).where(ReplicaRow.deployment_id == deployment_id)
                 )
-                .scalars()
-                .first()
-            )
-            replicas = list(
-                (
-                    await session.execute(
-                        select(ReplicaRow).where(ReplicaRow.deployment_id == deployment_id)
-                    )
-                ).scalars()
-            )
-            policy = await placement_policy(session, deployment=deployment)
-            adapter, adapter_error = await self._adapter(session, model)
+            ).scalars()
+        )
+        policy = await placement_policy(session, deployment=deployment)
+        adapter, adapter_error = await self._adapter(session, model)
         return Loaded(deployment, model, artifact, replicas, policy, adapter, adapter_error)
 
     async def _adapter(
@@ -231,7 +216,7 @@ class DeploymentReconciler:
                     "replica.drain", replica.id, datacenter=replica.datacenter_id, reason=reason
                 )
                 self.energy.retire(replica.id)
-            elif replica.state == LOST:
+            elif replica.state == ReplicaState.LOST:
                 outcome.deletes.append(replica.id)
                 outcome.replica_event("replica.lost", replica.id, datacenter=replica.datacenter_id)
                 self.energy.retire(replica.id)
@@ -299,37 +284,29 @@ class DeploymentReconciler:
         )
         return replica
 
-    async def _apply(self, deployment: DeploymentRow, token: str, outcome: Outcome) -> None:
-        async with self._sessions.begin() as session:
-            owned = await session.execute(
-                update(DeploymentRow)
-                .where(DeploymentRow.id == deployment.id, DeploymentRow.lock_token == token)
-                .values(
-                    status=outcome.status,
-                    status_reason=outcome.reason,
-                    lock_token=None,
-                    lock_expires_at=None,
-                )
+    async def _apply(self, session: AsyncSession, loaded: Loaded, outcome: Outcome) -> None:
+        """Runs after the lease's fence, in its transaction."""
+        deployment = loaded.deployment
+        await session.execute(
+            update(DeploymentRow)
+            .where(DeploymentRow.id == deployment.id)
+            .values(status=outcome.status, status_reason=outcome.reason)
+        )
+        if outcome.deletes:
+            await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
+        session.add_all(outcome.inserts)
+        for event in outcome.events:
+            await audit.record(
+                session,
+                actor=audit.SYSTEM_CONTROLLER,
+                action=event.action,
+                org_id=outcome.org_id,
+                target_type=event.target_type,
+                target_id=event.target_id,
+                details={"deployment": deployment.id, **event.details},
             )
-            if not owned.rowcount:  # type: ignore[attr-defined]
-                raise LeaseLost(deployment.id)
-            if outcome.deletes:
-                await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
-            session.add_all(outcome.inserts)
-            for event in outcome.events:
-                await audit.record(
-                    session,
-                    actor=audit.SYSTEM_CONTROLLER,
-                    action=event.action,
-                    org_id=outcome.org_id,
-                    target_type=event.target_type,
-                    target_id=event.target_id,
-                    details={"deployment": deployment.id, **event.details},
-                )
-            if outcome.remove_deployment:
-                await session.execute(
-                    delete(DeploymentRow).where(DeploymentRow.id == deployment.id)
-                )
+        if outcome.remove_deployment:
+            await session.execute(delete(DeploymentRow).where(DeploymentRow.id == deployment.id))
 
 
 def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | None:
@@ -349,7 +326,7 @@ def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | 
 
 def _worth_auditing(before: str, after: str) -> bool:
     """Entering or leaving a failure is an event; starting and scaling are not."""
-    return before != after and bool({before, after} & {"failed", "degraded"})
+    return before != after and bool({before, after} & DEPLOYMENT_FAILING)
 
 
 def _pick_extras(live: list[ReplicaRow], desired: int) -> list[ReplicaRow]:

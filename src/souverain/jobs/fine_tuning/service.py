@@ -4,7 +4,7 @@ A job is created `validating_files`: its files are the tenant's own (404 otherwi
 uploaded for `fine-tune`, within the dataset limits, stored where the policy in force
 allows; its hyperparameters are resolved ("auto" included) and bounded by the settings.
 Then it is `queued` (or, in Mistral's shape with `auto_start: false`, `validated` until
-started). The controller places and runs it (`jobs/fine_tuning/reconciler.py`); a request to
+started). The controller places and runs it (`jobs/fine_tuning/reconciler.py`, a module per state); a request to
 pause or cancel is desired state (`wanted`), acted on by the controller.
 
 One implementation serves OpenAI's and Mistral's shapes; `shape` only picks how the job
@@ -34,6 +34,7 @@ from souverain.core.ids import new_id
 from souverain.core.policy import UNRESTRICTED, Policy, intersect
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
+from souverain.core.status import FINE_TUNING_ACTIVE, FINE_TUNING_ENDED
 from souverain.db.jobs import FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
 from souverain.db.pages import Page, page_of
 from souverain.db.tables import ModelArtifactRow, ModelRow, utcnow
@@ -51,8 +52,8 @@ from souverain.jobs.fine_tuning.recipe import (
 from souverain.sovereignty import policies
 from souverain.storage.crypto import unwrap, wrap
 
-ACTIVE = ("validating_files", "validated", "queued", "running", "paused")
-ENDED = ("succeeded", "failed", "cancelled")
+ACTIVE = FINE_TUNING_ACTIVE
+ENDED = FINE_TUNING_ENDED
 TRAINABLE_FORMATS = frozenset({"gguf", "safetensors", "hf"})
 
 

@@ -311,5 +311,4 @@ def _disposition(name: str) -> str:
 @router.delete("/{file_id}", summary="Delete a file")
 async def delete_file(file_id: str, principal: PrincipalDep, session: SessionDep) -> FileDeleted:
     row = await files.delete_file(session, principal=principal, file_id=file_id)
-    await session.commit()
     return FileDeleted(id=row.id)

@@ -1,0 +1,116 @@
+"""Fine-tuning jobs move between states through load → process → apply, with the
+in-memory cluster in place of Ray: no transaction is open while an actor starts, and the
+budget reservation always ends released or held by a running attempt."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import update
+
+from souverain.core.fleet import training_actor_name
+from souverain.db.jobs import FineTuningJobRow
+from souverain.db.tables import OrganisationRow
+from souverain.jobs.fine_tuning.reconciler import FineTuneReconciler, TrainingDefaults
+from tests.jobs.conftest import KEY, World
+
+
+def reconciler(world: World) -> FineTuneReconciler:
+    defaults = TrainingDefaults(threads=1, file_stores={world.datacenter_id: "file:///tmp"})
+    return FineTuneReconciler(world.sessions, world.cluster, master_key=KEY, defaults=defaults)
+
+
+async def held_start(world: World, job_id: str) -> asyncio.Task[None]:
+    """Reconcile the queued job with its actor's start held (as a slow Ray call)."""
+    world.cluster.hold_training()
+    task = asyncio.create_task(reconciler(world).reconcile(job_id, await world.placer()))
+    for _ in range(500):
+        if world.cluster.training_starting.is_set() or task.done():
+            break
+        await asyncio.sleep(0.01)
+    assert world.cluster.training_starting.is_set(), "the training actor's start was never reached"
+    return task
+
+
+class TestPlacing:
+    async def test_a_writer_is_not_blocked_while_a_training_actor_starts(
+        self, world: World
+    ) -> None:
+        job_id = await world.queued_job()
+        placing = await held_start(world, job_id)
+        try:
+
+            async def write() -> None:  # any writer: usage settlement, a rename…
+                async with world.sessions.begin() as session:
+                    await session.execute(
+                        update(OrganisationRow)
+                        .where(OrganisationRow.id == world.tenant.org_id)
+                        .values(display_name="renamed while training starts")
+                    )
+
+            await asyncio.wait_for(write(), timeout=5)
+        finally:
+            world.cluster.release_training()
+            await placing
+        job = await world.job(job_id)
+        assert job.status == "running" and job.datacenter_id == world.datacenter_id
+        assert job.reserved_cpu_hours > 0 and job.lock_token is None
+
+    async def test_a_job_cancelled_while_its_actor_starts_stops_it_and_frees_its_budget(
+        self, world: World
+    ) -> None:
+        job_id = await world.queued_job()
+        placing = await held_start(world, job_id)
+        async with world.sessions.begin() as session:  # what the cancel route writes
+            job = await session.get(FineTuningJobRow, job_id)
+            assert job is not None
+            job.wanted, job.status = "cancel", "cancelled"
+        world.cluster.release_training()
+        await placing
+        job = await world.job(job_id)
+        assert job.status == "cancelled" and job.reserved_cpu_hours == 0
+        assert training_actor_name(job_id) in world.cluster.stopped
+
+    async def test_a_failed_start_leaves_the_job_queued_with_nothing_reserved(
+        self, world: World
+    ) -> None:
+        job_id = await world.queued_job()
+
+        def refuse(spec: object) -> None:
+            raise RuntimeError("no such node")
+
+        world.cluster.start_training = refuse  # type: ignore[method-assign]
+        await reconciler(world).reconcile(job_id, await world.placer())
+        job = await world.job(job_id)
+        assert (job.status, job.reserved_cpu_hours, job.lock_token) == ("queued", 0, None)
+
+
+class TestFollowing:
+    async def test_a_lost_worker_queues_the_job_again_and_settles_its_attempt(
+        self, world: World
+    ) -> None:
+        job_id = await world.queued_job()
+        loop = reconciler(world)
+        await loop.reconcile(job_id, await world.placer())
+        world.cluster.trainings.clear()  # the actor is gone (killed, its node lost)
+        await loop.reconcile(job_id, await world.placer())
+        job = await world.job(job_id)
+        assert (job.status, job.node_id, job.reserved_cpu_hours) == ("queued", None, 0)
+
+    async def test_cancel_reaches_the_actor_and_its_end_stops_it_after_the_commit(
+        self, world: World
+    ) -> None:
+        job_id = await world.queued_job()
+        loop, name = reconciler(world), training_actor_name(job_id)
+        await loop.reconcile(job_id, await world.placer())
+        async with world.sessions.begin() as session:
+            job = await session.get(FineTuningJobRow, job_id)
+            assert job is not None
+            job.wanted = "cancel"
+        await loop.reconcile(job_id, await world.placer())
+        assert (name, "cancel") in world.cluster.signals
+        world.cluster.set_training(name, state="cancelled", step=2)
+        await loop.reconcile(job_id, await world.placer())
+        job = await world.job(job_id)
+        assert (job.status, job.step, job.reserved_cpu_hours) == ("cancelled", 2, 0)
+        assert name in world.cluster.stopped
