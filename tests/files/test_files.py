@@ -175,6 +175,27 @@ class TestSovereignty:
         assert "outside US" in str(refused.value)
 
 
+    async def test_a_datacenter_without_a_store_is_named_with_its_reason(
+        self, platform: Platform
+    ) -> None:
+        """A policy that allows only a datacenter with no store: the 451 says so, beside
+        why every other datacenter was refused, and nothing is stored."""
+        _, org, key = await owner(platform)
+        await platform.factory.datacenter("nostore-us", country="US")
+        async with platform.client(await platform.operator_key()) as client:
+            assert (
+                await client.put(f"/api/orgs/{org}/policy", json={"jurisdictions": ["US"]})
+            ).status_code == 200
+        await __import__("asyncio").sleep(0.5)
+        with pytest.raises(openai.APIStatusError) as refused:
+            sdk(platform, key).files.create(file=("a.txt", io.BytesIO(b"x")), purpose="user_data")
+        assert refused.value.status_code == 451
+        message = str(refused.value)
+        assert "nostore-us: no file store (the operator sets one in SOUVERAIN_FILE_STORES)" in message
+        assert "files-fr: outside US (FR)" in message
+        assert sdk(platform, key).files.list().data == []
+
+
 class TestCryptoErasure:
     async def test_erased_key_material_makes_every_file_unreadable(
         self, platform: Platform

@@ -152,6 +152,11 @@ def finetune_create(
     steps: int = typer.Option(None, help="Training steps (instead of epochs)."),
     group_size: int = typer.Option(None, help="reinforcement: completions per prompt."),
     max_tokens: int = typer.Option(None, help="reinforcement: the longest completion."),
+    jurisdiction: list[str] = typer.Option(
+        None,
+        help="Where it may run: countries or EU/EEA (repeatable), within your policy; "
+        "default: anywhere your policy allows.",
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Watch it until it ends."),
 ) -> None:
     hyper = {
@@ -176,7 +181,7 @@ def finetune_create(
         }
     body = {
         "model": model, "training_file": training_file, "validation_file": validation_file,
-        "suffix": suffix, "method": chosen,
+        "suffix": suffix, "method": chosen, "jurisdictions": list(jurisdiction or []) or None,
     }  # fmt: skip
     with client() as c:
         found = c.jobs.create_finetune({k: v for k, v in body.items() if v is not None})
