@@ -46,9 +46,7 @@ async def souverain(
 
 
 @pytest.fixture(scope="module")
-async def head(
-    platform: Platform, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Head]:
+async def head(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Head]:
     root = tmp_path_factory.mktemp("head")
     await platform.factory.datacenter("node-par", country="FR")
     await platform.factory.datacenter("node-fra", country="DE")
@@ -163,9 +161,7 @@ class TestControllerAddress:
                 ray_cluster.explicit_address(address)
         assert ray_cluster.explicit_address("10.24.0.1:6379") == "10.24.0.1:6379"
 
-    async def test_a_cluster_without_token_authentication_is_refused(
-        self, tmp_path: Path
-    ) -> None:
+    async def test_a_cluster_without_token_authentication_is_refused(self, tmp_path: Path) -> None:
         port = free_port()
         temp_dir = Path(f"/tmp/sf-test-{os.getpid()}-open")
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}

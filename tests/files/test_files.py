@@ -174,7 +174,6 @@ class TestSovereignty:
         assert refused.value.status_code == 451
         assert "outside US" in str(refused.value)
 
-
     async def test_a_datacenter_without_a_store_is_named_with_its_reason(
         self, platform: Platform
     ) -> None:
@@ -191,7 +190,9 @@ class TestSovereignty:
             sdk(platform, key).files.create(file=("a.txt", io.BytesIO(b"x")), purpose="user_data")
         assert refused.value.status_code == 451
         message = str(refused.value)
-        assert "nostore-us: no file store (the operator sets one in SOUVERAIN_FILE_STORES)" in message
+        assert (
+            "nostore-us: no file store (the operator sets one in SOUVERAIN_FILE_STORES)" in message
+        )
         assert "files-fr: outside US (FR)" in message
         assert sdk(platform, key).files.list().data == []
 

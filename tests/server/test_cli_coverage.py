@@ -38,7 +38,12 @@ class TestOperatorCommands:
     async def test_models_register_takes_builtin_and_hub_uris(self, platform: Platform) -> None:
         operator = await platform.operator_key()
         builtin = await cli(
-            platform, operator, "models", "register", "cli-builtin", "builtin://smollm2-135m-instruct"
+            platform,
+            operator,
+            "models",
+            "register",
+            "cli-builtin",
+            "builtin://smollm2-135m-instruct",
         )
         assert builtin.returncode == 0, builtin.stderr
         hub = await cli(
@@ -102,7 +107,7 @@ class TestTenantCommands:
         async with platform.client(owner) as client:
             answered = await client.post(
                 "/v1/chat/completions",
-                json={"model": model, "messages": [{"role": "user", "content": "a, \"quoted\" b"}]},
+                json={"model": model, "messages": [{"role": "user", "content": 'a, "quoted" b'}]},
             )
             assert answered.status_code == 200, answered.text
         await asyncio.sleep(0.5)  # usage reaches the database in batches

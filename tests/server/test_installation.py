@@ -49,9 +49,7 @@ class TestOneSigningKey:
         second = platform.settings.model_copy(update={"data_dir": tmp_path})
         operator = await platform.operator_key()
         with LiveServer(create_app(second)) as other:
-            assert await public_key(other.url, operator) == await public_key(
-                platform.url, operator
-            )
+            assert await public_key(other.url, operator) == await public_key(platform.url, operator)
         assert not (tmp_path / "signing.key").exists()  # nothing of its own
 
     async def test_another_key_file_or_master_key_is_refused(
@@ -116,7 +114,9 @@ class TestInit:
         settings = Settings(data_dir=tmp_path / "data", secret_key=MASTER_KEY)  # type: ignore[arg-type]
         with LiveServer(create_app(settings)) as server:
             me = httpx.get(f"{server.url}/api/me", headers={"Authorization": f"Bearer {key}"})
-            models = httpx.get(f"{server.url}/api/models", headers={"Authorization": f"Bearer {key}"})
+            models = httpx.get(
+                f"{server.url}/api/models", headers={"Authorization": f"Bearer {key}"}
+            )
         assert me.json()["role"] == "operator"
         assert "smollm2-135m-instruct" in {m["name"] for m in models.json()}
 

@@ -54,7 +54,9 @@ def init(
             label = "first operator API key (shown once):\n  " if destination is sys.stdout else ""
             destination.write(f"{label}{done.operator_key}\n")
     console.print(f"installation ready: database {_where(settings)}")
-    console.print(f"  signing key   {done.signing_key_id} (the same for every server and controller)")
+    console.print(
+        f"  signing key   {done.signing_key_id} (the same for every server and controller)"
+    )
     console.print(f"  models        {', '.join(done.models)} (registered)")
     if done.operator_key is None:
         console.print("  operator key  exists already (shown once, when it was made)")

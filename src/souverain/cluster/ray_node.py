@@ -34,7 +34,7 @@ from pathlib import Path
 
 import psutil
 
-from souverain.cluster.probe import REFUSED, UNREACHABLE
+from souverain.cluster.probe import REFUSED
 from souverain.core.fleet import DATACENTER_LABEL
 from souverain.node.node_dir import node_dir, private
 

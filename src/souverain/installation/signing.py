@@ -13,6 +13,7 @@ refuses to start on a difference (another file, another master key), naming the 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -47,25 +48,36 @@ async def installation_key(
 ) -> Ed25519PrivateKey:
     """The installation's signing key, made on first use. `adopt` is a key file an older
     souverain made in the data directory: the first start after an upgrade keeps it."""
+    given = await asyncio.to_thread(read_key_file, key_file) if key_file else None
+    adopted = await asyncio.to_thread(_adoptable, adopt)
     for _attempt in range(2):  # a second process may record the key at the same moment
         try:
             async with sessions.begin() as session:
-                return await _key_in(session, master_key=master_key, key_file=key_file, adopt=adopt)
+                row = await session.get(InstallationSecretRow, SIGNING)
+                if row is None:
+                    return await _record(
+                        session, master_key=master_key, given=given, adopted=adopted
+                    )
+                return _check(row, master_key=master_key, given=given, key_file=key_file)
         except IntegrityError:
             continue
     raise InstallationMismatch("the installation's signing key could not be recorded")
 
 
-async def _key_in(
-    session: AsyncSession, *, master_key: bytes, key_file: Path | None, adopt: Path | None
+def _adoptable(path: Path | None) -> Ed25519PrivateKey | None:
+    return read_key_file(path) if path is not None and path.is_file() else None
+
+
+def _check(
+    row: InstallationSecretRow,
+    *,
+    master_key: bytes,
+    given: Ed25519PrivateKey | None,
+    key_file: Path | None,
 ) -> Ed25519PrivateKey:
-    row = await session.get(InstallationSecretRow, SIGNING)
-    if row is None:
-        return await _record(session, master_key=master_key, key_file=key_file, adopt=adopt)
-    if key_file is not None:
-        key = read_key_file(key_file)
-        check_same(key, row.public, f"SOUVERAIN_SIGNING_KEY_FILE ({key_file})")
-        return key
+    if given is not None:
+        check_same(given, row.public, f"SOUVERAIN_SIGNING_KEY_FILE ({key_file})")
+        return given
     if row.sealed is None:
         raise InstallationMismatch(
             "this installation keeps its signing key in a file: give every server and "
@@ -84,13 +96,17 @@ async def _key_in(
 
 
 async def _record(
-    session: AsyncSession, *, master_key: bytes, key_file: Path | None, adopt: Path | None
+    session: AsyncSession,
+    *,
+    master_key: bytes,
+    given: Ed25519PrivateKey | None,
+    adopted: Ed25519PrivateKey | None,
 ) -> Ed25519PrivateKey:
-    if key_file is not None:
-        key, sealed = read_key_file(key_file), None
+    sealed: str | None = None
+    if given is not None:
+        key = given  # kept in its file: only the public key is recorded
     else:
-        key = read_key_file(adopt) if adopt is not None and adopt.is_file() else None
-        key = key or Ed25519PrivateKey.generate()
+        key = adopted or Ed25519PrivateKey.generate()
         pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
         sealed = seal(master_key, pem, purpose=_PURPOSE)
     session.add(

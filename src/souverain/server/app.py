@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain import __version__
 from souverain.db.engine import create_engine, session_factory, upgrade
+from souverain.files import service as files_service
 from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
 from souverain.gateway.languages import LanguageTagger
@@ -34,7 +35,6 @@ from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.state import AppState
 from souverain.gateway.upstream import Upstream
-from souverain.files import service as files_service
 from souverain.installation import bootstrap, signing
 from souverain.jobs.batches.runner import BatchRunner
 from souverain.metering import usage as usage_service
@@ -93,6 +93,7 @@ def create_app(
 ) -> FastAPI:
     """`on_first_key` is given by a process that shows the first operator key on a terminal
     (`souverain up`); the first operator key is made then, else by `souverain init`."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await _start(settings, on_first_key)
@@ -226,7 +227,9 @@ def say_where_files_go(coverage: files_service.StoreCoverage) -> None:
             datacenter,
         )
     for datacenter in coverage.undeclared:
-        log.warning("SOUVERAIN_FILE_STORES names %s, which is not a declared datacenter", datacenter)
+        log.warning(
+            "SOUVERAIN_FILE_STORES names %s, which is not a declared datacenter", datacenter
+        )
 
 
 async def _start(settings: Settings, on_first_key: Callable[[str], None] | None) -> AppState:
