@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -23,7 +24,16 @@ from tests.conftest import Platform
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SOUVERAIN = str(Path(sys.executable).with_name("souverain"))
-IP = "127.0.0.1"
+
+
+def this_host() -> str:
+    """This host's own (non-loopback) address: Ray takes 127.0.0.1 to mean "find mine"."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("203.0.113.1", 9))  # no packet is sent: it only picks a route
+        return str(probe.getsockname()[0])
+
+
+IP = this_host()
 
 
 @dataclass

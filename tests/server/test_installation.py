@@ -46,7 +46,7 @@ class TestOneSigningKey:
     async def test_a_second_server_with_its_own_data_dir_signs_with_the_same_key(
         self, platform: Platform, tmp_path: Path
     ) -> None:
-        second = platform.settings.model_copy(update={"data_dir": tmp_path})
+        second = platform.settings.model_copy(update={"data_dir": tmp_path, "port": 8001})
         operator = await platform.operator_key()
         with LiveServer(create_app(second)) as other:
             assert await public_key(other.url, operator) == await public_key(platform.url, operator)
