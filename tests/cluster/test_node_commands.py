@@ -80,14 +80,15 @@ class TestHead:
         self, head: Head
     ) -> None:
         assert stat.S_IMODE(head.token_file.stat().st_mode) == 0o600
-        assert stat.S_IMODE(head.temp_dir.parent.stat().st_mode) == 0o700
-        for directory in [head.temp_dir, *head.temp_dir.glob("session_*")]:
+        assert stat.S_IMODE(head.temp_dir.stat().st_mode) == 0o700
+        ray_dir = ray_node.ray_temp_dir(head.temp_dir)
+        for directory in [ray_dir, *ray_dir.glob("session_2*")]:
             assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0, directory
         code, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file)
         assert code == 0
         assert [n["labels"].get("souverain.io/datacenter") for n in nodes] == ["node-par"]  # type: ignore[union-attr]
         assert (await asyncio.to_thread(ray_node.probe, head.address, None))[0] == 3
-        for process in ray_node._processes_under(head.temp_dir):  # no token in argv or env
+        for process in ray_node._processes_under(ray_dir):  # no token in argv or env
             token = head.token_file.read_text()
             assert token not in " ".join(process.cmdline())
             assert token not in str(process.environ())
@@ -159,7 +160,8 @@ class TestJoin:
             refused = await self.join(platform, head, tmp_path, *extra, address=address)
             assert refused.returncode == 1, (extra, refused.stdout)
             assert expected in refused.stderr, (expected, refused.stderr)
-            assert ray_node._processes_under(Path(f"/tmp/sf-test-{os.getpid()}-w")) == []
+            worker = ray_node.ray_temp_dir(Path(f"/tmp/sf-test-{os.getpid()}-w"))
+            assert ray_node._processes_under(worker) == []
         _, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file)
         assert len(nodes) == 1
 
@@ -174,12 +176,14 @@ class TestControllerAddress:
     async def test_a_cluster_without_token_authentication_is_refused(self, tmp_path: Path) -> None:
         port = free_port()
         temp_dir = Path(f"/tmp/sf-test-{os.getpid()}-open")
+        temp_dir.mkdir(mode=0o700)
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         ray = str(Path(sys.executable).with_name("ray"))
         started = await asyncio.to_thread(
             subprocess.run,
             [ray, "start", "--head", "--node-ip-address", IP, "--port", str(port),
-             "--temp-dir", str(temp_dir), "--include-dashboard=false", "--num-cpus", "0"],
+             "--temp-dir", str(ray_node.ray_temp_dir(temp_dir)), "--include-dashboard=false",
+             "--num-cpus", "0"],
             env=env, capture_output=True, text=True, check=False,
         )  # fmt: skip
         token = tmp_path / "token"

@@ -6,7 +6,6 @@ import hashlib
 import time
 from pathlib import Path
 
-import click
 import typer
 from rich.markdown import Markdown
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -211,9 +210,7 @@ def deployments_create(
     operator_jurisdiction: list[str] = typer.Option(
         None, "--operator-jurisdiction", help="Allowed operator headquarters (repeatable)."
     ),
-    strategy: str = typer.Option(
-        "spread", click_type=click.Choice(["spread", "binpack"]), help="Where replicas go first."
-    ),
+    strategy: str = typer.Option("spread", help="spread or binpack."),
 ) -> None:
     """Deploy a model; replicas go only where these constraints and the ceiling allow."""
     request = request_of(

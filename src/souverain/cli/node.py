@@ -24,7 +24,10 @@ TokenFile = typer.Option(
     help="The cluster's token file (0600). Default: the one in this host's node directory.",
 )
 TempDir = typer.Option(
-    None, "--temp-dir", help="Ray's session files (default: a private directory under /tmp)."
+    None,
+    "--temp-dir",
+    help="This node's private directory (0700; Ray's session files go inside it). Default: "
+    "one under the system's temp directory.",
 )
 Cpus = typer.Option(None, "--num-cpus", min=0, help="CPUs this node offers (default: all).")
 Gpus = typer.Option(None, "--num-gpus", min=0, help="GPUs this node offers (default: all).")
@@ -91,7 +94,7 @@ def join(
 @node.command("stop")
 def stop(temp_dir: Path = TempDir) -> None:
     """Stop this host's node (only the Ray processes souverain started with this temp dir)."""
-    stopped = ray_node.stop((temp_dir or ray_node.default_temp_dir()).absolute())
+    stopped = ray_node.stop((temp_dir or ray_node.default_node_dir()).absolute())
     console.print(f"stopped {stopped} Ray process(es)")
 
 
@@ -106,7 +109,7 @@ def _plan(
     return ray_node.NodePlan(
         node_ip=node_ip,
         token_file=(token_file or ray_node.default_token_file()).absolute(),
-        temp_dir=(temp_dir or ray_node.default_temp_dir()).absolute(),
+        node_dir=(temp_dir or ray_node.default_node_dir()).absolute(),
         datacenter=datacenter,
         cpus=cpus,
         gpus=gpus,

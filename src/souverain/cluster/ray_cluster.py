@@ -25,7 +25,6 @@ from souverain.core.fleet import (
     TrainingSpec,
     TrainingStatus,
 )
-from souverain.node.node_dir import private
 
 log = logging.getLogger(__name__)
 
@@ -291,12 +290,12 @@ def loopback_only() -> None:
 def private_temp_dir() -> Path:
     """Ray's session files (sockets, logs, ports) inside a 0700 directory of this user: Ray
     makes its own temp directory 0777, so that one is a child of the private one."""
-    parent = Path(tempfile.gettempdir()) / f"souverain-ray-{os.getuid()}"
-    parent.mkdir(mode=0o700, exist_ok=True)
-    private(parent)
-    path = parent / "up"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
+    private_dir = Path(tempfile.gettempdir()) / f"souverain-ray-{os.getuid()}" / "up"
+    try:
+        ray_node.check_private_dir(private_dir)
+    except ray_node.NodeError as error:
+        raise ClusterRefused(str(error)) from None
+    return ray_node.ray_temp_dir(private_dir)
 
 
 def protect_token_file() -> None:

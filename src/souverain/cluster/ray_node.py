@@ -36,7 +36,7 @@ import psutil
 
 from souverain.cluster.probe import REFUSED
 from souverain.core.fleet import DATACENTER_LABEL
-from souverain.node.node_dir import node_dir, private
+from souverain.node.node_dir import node_dir
 
 DEFAULT_PORT = 6379
 JOIN_TIMEOUT_S = 30.0
@@ -52,18 +52,27 @@ class NodePlan:
 
     node_ip: str
     token_file: Path
-    temp_dir: Path
+    node_dir: Path  # private (0700): Ray's temp directory is inside it
     datacenter: str | None = None
     cpus: int | None = None
     gpus: int | None = None
+
+    @property
+    def temp_dir(self) -> Path:
+        return ray_temp_dir(self.node_dir)
+
+
+def ray_temp_dir(node_dir: Path) -> Path:
+    """Ray's own temp directory, which Ray makes 0777, inside the private one."""
+    return node_dir / "ray"
 
 
 def default_token_file() -> Path:
     return node_dir("ray") / "auth_token"
 
 
-def default_temp_dir() -> Path:
-    """Short (Ray's socket paths must fit in 107 bytes) and inside a 0700 directory."""
+def default_node_dir() -> Path:
+    """Short, since Ray's socket paths must fit in 107 bytes."""
     return Path(tempfile.gettempdir()) / f"souverain-ray-{os.getuid()}" / "node"
 
 
@@ -98,6 +107,7 @@ def check_port_free(port: int) -> None:
     """Ray's GCS listens on every address of the host: any listener on the port stops it."""
     for family, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
         with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Ray's GCS does
             try:
                 sock.bind((wildcard, port))
             except OSError as error:
@@ -138,11 +148,11 @@ def ensure_token_file(path: Path) -> bool:
     return True
 
 
-def check_not_running(temp_dir: Path) -> None:
-    if _processes_under(temp_dir):
+def check_not_running(node_dir: Path) -> None:
+    if _processes_under(ray_temp_dir(node_dir)):
         raise NodeError(
-            f"a Ray node already runs on this host (session files in {temp_dir}): "
-            f"`souverain node stop --temp-dir {temp_dir}` first"
+            f"a Ray node already runs on this host (in {node_dir}): "
+            f"`souverain node stop --temp-dir {node_dir}` first"
         )
 
 
@@ -202,28 +212,40 @@ def _check_reachable(address: str) -> None:
 
 def start_head(plan: NodePlan, *, port: int = DEFAULT_PORT) -> str:
     check_own_address(plan.node_ip)
-    check_not_running(plan.temp_dir)
+    check_not_running(plan.node_dir)
     check_port_free(port)
     ensure_token_file(plan.token_file)
     address = _address(plan.node_ip, port)
-    _ray_start(plan, ["--head", "--port", str(port)])
-    _wait_for_node(address, plan)
+    with _stopped_on_failure(plan.node_dir):
+        _ray_start(plan, ["--head", "--port", str(port)])
+        _wait_for_node(address, plan)
     return address
 
 
 def join(plan: NodePlan, *, address: str) -> None:
     check_own_address(plan.node_ip)
-    check_not_running(plan.temp_dir)
+    check_not_running(plan.node_dir)
     check_token_file(plan.token_file)
     check_head(address, plan.token_file)
-    _ray_start(plan, ["--address", address])
-    _wait_for_node(address, plan)
+    with _stopped_on_failure(plan.node_dir):
+        _ray_start(plan, ["--address", address])
+        _wait_for_node(address, plan)
 
 
-def stop(temp_dir: Path) -> int:
-    """Stop the Ray processes of the node whose session files are in `temp_dir` (and no
-    other Ray of this host); the number stopped."""
-    found = _processes_under(temp_dir)
+@contextlib.contextmanager
+def _stopped_on_failure(node_dir: Path) -> Iterator[None]:
+    """Nothing half-started: whatever fails once Ray was asked to start stops it again."""
+    try:
+        yield
+    except BaseException:
+        stop(node_dir)
+        raise
+
+
+def stop(node_dir: Path) -> int:
+    """Stop the Ray processes of the node whose files are in `node_dir` (and no other Ray
+    of this host); the number stopped."""
+    found = _processes_under(ray_temp_dir(node_dir))
     for process in found:
         with contextlib.suppress(psutil.Error):
             process.terminate()
@@ -236,11 +258,11 @@ def stop(temp_dir: Path) -> int:
 
 
 def _ray_start(plan: NodePlan, role: list[str]) -> None:
-    _prepare_temp_dir(plan.temp_dir)
+    check_private_dir(plan.node_dir)
     args = [
         str(Path(sys.executable).with_name("ray")), "start", *role,
         "--node-ip-address", plan.node_ip,
-        "--temp-dir", str(plan.temp_dir),
+        "--temp-dir", str(plan.temp_dir),  # inside the private node_dir
         "--include-dashboard=false",
         "--disable-usage-stats",
     ]  # fmt: skip
@@ -254,7 +276,6 @@ def _ray_start(plan: NodePlan, role: list[str]) -> None:
         args, env=ray_environment(plan.token_file), capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        stop(plan.temp_dir)
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-6:])
         raise NodeError(f"Ray did not start (nothing is left running):\n{tail}")
     _close_up(plan.temp_dir)
@@ -267,7 +288,6 @@ def _wait_for_node(address: str, plan: NodePlan) -> None:
         if code == 0 and any(_is_this_node(node, plan) for node in nodes):
             return
         time.sleep(0.5)
-    stop(plan.temp_dir)
     raise NodeError(
         f"this node did not appear in the cluster at {address} within {JOIN_TIMEOUT_S:.0f}s "
         "(stopped again): check that the head can reach this host's address"
@@ -280,19 +300,31 @@ def _is_this_node(node: dict[str, object], plan: NodePlan) -> bool:
     return node.get("address") == plan.node_ip and label == plan.datacenter
 
 
-def _prepare_temp_dir(temp_dir: Path) -> None:
-    temp_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    private(temp_dir.parent)
-    temp_dir.mkdir(exist_ok=True, mode=0o700)
+def check_private_dir(base: Path) -> None:
+    """The node's directory is this user's alone (made 0700 when missing); one that is
+    not is refused, never changed: it may be a shared one such as /tmp itself."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        base.mkdir(mode=0o700)
+    info = os.lstat(base)
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.getuid()
+        or stat.S_IMODE(info.st_mode) & 0o077
+    ):
+        raise NodeError(
+            f"{base} is not a private directory of this user (0700): give --temp-dir a "
+            "directory of its own (souverain makes it when missing)"
+        )
 
 
 def _close_up(temp_dir: Path) -> None:
     """Ray makes its temp and session directories 0777: this user's only again."""
-    private(temp_dir.parent)
     for directory in _directories(temp_dir):
         with contextlib.suppress(OSError):
-            if stat.S_IMODE(os.lstat(directory).st_mode) & 0o077:
-                os.chmod(directory, 0o700, follow_symlinks=False)
+            info = os.lstat(directory)
+            if stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) & 0o077:
+                os.chmod(directory, 0o700)
 
 
 def _directories(root: Path) -> Iterator[Path]:
@@ -303,12 +335,15 @@ def _directories(root: Path) -> Iterator[Path]:
 
 
 def _processes_under(temp_dir: Path) -> list[psutil.Process]:
+    """Ray's processes name their session directory (inside `temp_dir`) or `--x=temp_dir`
+    in their arguments; the command that started them, or this one, names it bare."""
     marker = str(temp_dir)
+    ours = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = process.info.get("cmdline") or []
-        mine = any(part.endswith(marker) or f"{marker}/" in part for part in cmdline)
-        if mine and process.pid != os.getpid():
+        ray = any(f"{marker}/" in part or part.endswith(f"={marker}") for part in cmdline)
+        if ray and process.pid not in ours:
             found.append(process)
     return found
 
