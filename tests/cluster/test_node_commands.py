@@ -176,7 +176,7 @@ class TestControllerAddress:
     async def test_a_cluster_without_token_authentication_is_refused(self, tmp_path: Path) -> None:
         port = free_port()
         temp_dir = Path(f"/tmp/sf-test-{os.getpid()}-open")
-        temp_dir.mkdir(mode=0o700)
+        ray_node.check_private_dir(temp_dir)
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         ray = str(Path(sys.executable).with_name("ray"))
         started = await asyncio.to_thread(

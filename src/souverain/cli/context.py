@@ -18,7 +18,7 @@ from souverain.client import ApiError, SouverainClient
 M = TypeVar("M", bound=BaseModel)
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # errors stay one line each, in logs too
 
 
 class Options:
