@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -34,6 +35,11 @@ def this_host() -> str:
 
 
 IP = this_host()
+
+
+def remove_node_dirs() -> None:
+    for leftover in Path("/tmp").glob(f"sf-test-{os.getpid()}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 @dataclass
@@ -73,6 +79,7 @@ async def head(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> 
         yield Head(f"{IP}:{port}", token_file, temp_dir, root)
     finally:
         ray_node.stop(temp_dir)
+        remove_node_dirs()
 
 
 class TestHead:

@@ -263,9 +263,10 @@ def _ray_start(plan: NodePlan, role: list[str]) -> None:
         str(Path(sys.executable).with_name("ray")), "start", *role,
         "--node-ip-address", plan.node_ip,
         "--temp-dir", str(plan.temp_dir),  # inside the private node_dir
-        "--include-dashboard=false",
         "--disable-usage-stats",
     ]  # fmt: skip
+    if "--head" in role:
+        args.append("--include-dashboard=false")
     if plan.datacenter:
         args += ["--labels", f"{DATACENTER_LABEL}={plan.datacenter}"]
     if plan.cpus is not None:
