@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,8 @@ from sqlalchemy import select
 
 from souverain.core.roles import Role
 from souverain.db.jobs import FileRow
+from souverain.server.app import create_app
+from souverain.testing.live import LiveServer
 from tests.conftest import Platform
 
 
@@ -195,6 +198,23 @@ class TestSovereignty:
         )
         assert "files-fr: outside US (FR)" in message
         assert sdk(platform, key).files.list().data == []
+
+
+class TestStoresAtStartUp:
+    async def test_a_server_says_which_datacenters_keep_files(
+        self, platform: Platform, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        await platform.factory.datacenter("nostore-log", country="DE")
+        settings = platform.settings.model_copy(update={"data_dir": tmp_path, "port": 8002})
+        with (
+            caplog.at_level(logging.INFO, logger="souverain.server.app"),
+            LiveServer(create_app(settings)),
+        ):
+            pass
+        said = caplog.text
+        assert "file stores: " in said and "files-fr" in said
+        assert "datacenter nostore-log has no file store" in said
+        assert "SOUVERAIN_FILE_STORES" in said
 
 
 class TestCryptoErasure:
