@@ -53,13 +53,21 @@ class Settings(BaseSettings):
     )
     signing_key_file: Path | None = Field(
         default=None,
-        description="Ed25519 key that signs reports and audit seals, kept outside the database. "
-        "Default: <data_dir>/signing.key (mode 0600), created on first start.",
+        description="A file holding the installation's Ed25519 key that signs reports and audit "
+        "seals (an HSM-backed mount), given to every server and controller. Default: the key "
+        "made by `souverain init` (or the first start), sealed with the master key in the "
+        "database. A process whose key is not the installation's refuses to start.",
     )
 
     ray_address: str | None = Field(
         default=None,
-        description="Existing Ray cluster (e.g. 'auto' or 'ray://…'). None: embedded head.",
+        description="The Ray head's host:port (its private address, as `souverain node head` "
+        "printed it; 'auto' is refused). None: `souverain up`'s embedded head.",
+    )
+    ray_token_file: Path | None = Field(
+        default=None,
+        description="The Ray cluster's token file (0600), made by `souverain node head`. "
+        "Default: the one in this host's node directory.",
     )
     local_datacenter: str = Field(
         default="local", description="Datacenter id of the embedded Ray head."
@@ -296,8 +304,10 @@ class Settings(BaseSettings):
         return self.model_roots or [self.data_dir / "models"]
 
     @property
-    def signing_key_path(self) -> Path:
-        return self.signing_key_file or self.data_dir / "signing.key"
+    def legacy_signing_key(self) -> Path:
+        """Where souverain kept a server's own signing key before the installation's one:
+        the first start after an upgrade adopts it."""
+        return self.data_dir / "signing.key"
 
     @property
     def base_url(self) -> str:

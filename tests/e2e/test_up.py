@@ -7,6 +7,7 @@ serving SmolLM2-135M-Instruct.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 
@@ -38,6 +39,21 @@ class TestFirstStart:
         assert f"{MODEL}: ready" in text
         assert up.config.stat().st_mode & 0o777 == 0o600
         assert up.first_key in up.config.read_text()
+
+    def test_a_newcomer_gets_an_owner_key_for_files_and_fine_tuning(self, up: Up) -> None:
+        """The README's next steps after `up` need an organisation's key: the banner gives
+        one beside the operator's, says which does what, and keeps it in a 0600 file."""
+        text = "".join(up.output)
+        assert "Owner API key of the organisation 'default'" in text
+        owner_file = up.config.with_name("owner.key")
+        assert owner_file.stat().st_mode & 0o777 == 0o600
+        owner = owner_file.read_text().strip()
+        assert owner in text and owner != up.first_key
+        client = openai.OpenAI(base_url=f"{up.url}/v1", api_key=owner, max_retries=0)
+        line = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        uploaded = client.files.create(file=("t.jsonl", io.BytesIO(line)), purpose="fine-tune")
+        assert uploaded.bytes == len(line)
+        client.files.delete(uploaded.id)
 
     def test_docs_and_health_are_public(self, up: Up) -> None:
         assert httpx.get(f"{up.url}/healthz").status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,8 @@ from sqlalchemy import select
 
 from souverain.core.roles import Role
 from souverain.db.jobs import FileRow
+from souverain.server.app import create_app
+from souverain.testing.live import LiveServer
 from tests.conftest import Platform
 
 
@@ -173,6 +176,45 @@ class TestSovereignty:
             sdk(platform, key).files.create(file=("a.txt", io.BytesIO(b"x")), purpose="user_data")
         assert refused.value.status_code == 451
         assert "outside US" in str(refused.value)
+
+    async def test_a_datacenter_without_a_store_is_named_with_its_reason(
+        self, platform: Platform
+    ) -> None:
+        """A policy that allows only a datacenter with no store: the 451 says so, beside
+        why every other datacenter was refused, and nothing is stored."""
+        _, org, key = await owner(platform)
+        await platform.factory.datacenter("nostore-us", country="US")
+        async with platform.client(await platform.operator_key()) as client:
+            assert (
+                await client.put(f"/api/orgs/{org}/policy", json={"jurisdictions": ["US"]})
+            ).status_code == 200
+        await __import__("asyncio").sleep(0.5)
+        with pytest.raises(openai.APIStatusError) as refused:
+            sdk(platform, key).files.create(file=("a.txt", io.BytesIO(b"x")), purpose="user_data")
+        assert refused.value.status_code == 451
+        message = str(refused.value)
+        assert (
+            "nostore-us: no file store (the operator sets one in SOUVERAIN_FILE_STORES)" in message
+        )
+        assert "files-fr: outside US (FR)" in message
+        assert sdk(platform, key).files.list().data == []
+
+
+class TestStoresAtStartUp:
+    async def test_a_server_says_which_datacenters_keep_files(
+        self, platform: Platform, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        await platform.factory.datacenter("nostore-log", country="DE")
+        settings = platform.settings.model_copy(update={"data_dir": tmp_path, "port": 8002})
+        with (
+            caplog.at_level(logging.INFO, logger="souverain.server.app"),
+            LiveServer(create_app(settings)),
+        ):
+            pass
+        said = caplog.text
+        assert "file stores: " in said and "files-fr" in said
+        assert "datacenter nostore-log has no file store" in said
+        assert "SOUVERAIN_FILE_STORES" in said
 
 
 class TestCryptoErasure:

@@ -21,6 +21,7 @@ from souverain.core.signing import load_public_key
 from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
 from souverain.db.tables import AuditEventRow, AuditHeadRow, ProjectRow, utcnow
 from souverain.evidence import audit, audit_log
+from souverain.installation.signing import installation_key
 from tests.conftest import Platform, wait_until
 
 
@@ -337,8 +338,9 @@ async def test_the_cli_verifies_the_live_chain(platform: Platform, tmp_path: Pat
     import sys
 
     operator = await platform.operator_key()
+    key = await _platform_key(platform)
     async with platform.sessions.begin() as session:
-        await audit_log.seal(session, signing_key=_platform_key(platform))
+        await audit_log.seal(session, signing_key=key)
     env = {
         **os.environ,
         "SOUVERAIN_URL": platform.url,
@@ -357,10 +359,8 @@ async def test_the_cli_verifies_the_live_chain(platform: Platform, tmp_path: Pat
     assert "intact" in result.stdout
 
 
-def _platform_key(platform: Platform) -> Ed25519PrivateKey:
-    from souverain.installation.signing import load_or_create
-
-    return load_or_create(platform.settings.signing_key_path)
+async def _platform_key(platform: Platform) -> Ed25519PrivateKey:
+    return await installation_key(platform.sessions, master_key=platform.master_key, key_file=None)
 
 
 async def test_concurrent_changes_form_one_intact_chain(platform: Platform) -> None:

@@ -53,8 +53,6 @@ class TestPolicies:
                     {"jurisdictions": ["FR", "US"], "certifications": ["ISO27001"]},
                     "US not allowed by the ceiling",
                 ),
-                ({"certifications": ["ISO27001"]}, "the policy allows anywhere"),
-                ({"jurisdictions": ["FR"]}, "the ceiling requires ISO27001"),
                 (
                     {
                         "jurisdictions": ["FR"],
@@ -69,6 +67,32 @@ class TestPolicies:
                 assert expected in response.json()["error"]["message"]
             current = (await client.get(f"/api/orgs/{org}/projects/default/policy")).json()
             assert current["version_id"] is None  # nothing was written
+
+    async def test_a_project_policy_inherits_what_it_leaves_open(self, platform: Platform) -> None:
+        """The README's pair: an `--operator-jurisdiction EU` ceiling, then a project policy
+        naming only a country and a certification."""
+        tenant = await platform.factory.tenant(roles={"ad": Role.ADMIN})
+        admin = await platform.factory.member_key(tenant, "ad", Role.ADMIN)
+        org = tenant.org_name
+        async with platform.client(await platform.operator_key()) as op:
+            await op.put(
+                f"/api/orgs/{org}/policy",
+                json={"jurisdictions": ["EU"], "operator_jurisdictions": ["EU"]},
+            )
+        async with platform.client(admin.key) as client:
+            response = await client.put(
+                f"/api/orgs/{org}/projects/default/policy",
+                json={"jurisdictions": ["FR"], "certifications": ["HDS"]},
+            )
+            assert response.status_code == 200, response.text
+            effective = (
+                await client.get(
+                    f"/api/orgs/{org}/projects/default/policy", params={"effective": True}
+                )
+            ).json()["policy"]
+        assert effective["jurisdictions"] == ["FR"]
+        assert effective["operator_jurisdictions"] == ["EU"]
+        assert effective["certifications"] == ["HDS"]
 
     async def test_only_the_operator_sets_ceilings_and_only_admins_set_project_policies(
         self, platform: Platform

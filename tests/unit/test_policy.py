@@ -88,12 +88,25 @@ class TestWidening:
                 content_logging=True,
             ),
         )
-        assert "jurisdictions: US not allowed by the ceiling" in problems
-        assert any(p.startswith("datacenters: the ceiling allows only par1") for p in problems)
-        assert "certifications: the ceiling requires HDS" in problems
-        assert any(p.startswith("operator_jurisdictions") for p in problems)
-        assert any(p.startswith("retention") for p in problems)
-        assert "content_logging: the ceiling forbids it" in problems
+        assert problems == [
+            "jurisdictions: US not allowed by the ceiling",
+            "retention: 30 days exceeds the ceiling's 0",
+            "content_logging: the ceiling forbids it",
+        ]
+
+    def test_what_a_project_leaves_open_it_inherits(self) -> None:
+        ceiling = Policy(
+            jurisdictions=jur("EU"),
+            datacenters=jur("par1"),
+            certifications=jur("HDS"),
+            operator_jurisdictions=jur("EU"),
+        )
+        project = Policy(jurisdictions=jur("FR"))
+        assert widenings(ceiling, project) == []
+        effective = intersect(ceiling, project)
+        assert effective.operator_jurisdictions == {"EU"}
+        assert effective.datacenters == {"par1"}
+        assert effective.certifications == {"HDS"}
 
     def test_a_group_is_a_widening_of_a_country(self) -> None:
         assert widenings(Policy(jurisdictions=jur("FR")), Policy(jurisdictions=jur("EU")))

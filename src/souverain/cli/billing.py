@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import typer
 from rich.table import Table
 
-from souverain.cli.context import client, console
+from souverain.cli.context import client, console, write_raw
 from souverain.core.schemas.billing import BudgetSetRequest, PriceSetRequest, RateLimitsRequest
 
 prices = typer.Typer(
@@ -109,10 +109,10 @@ def invoices_show(
     with client() as c:
         document = c.invoice(org, month, csv=csv)
     if isinstance(document, str):
-        console.print(document, end="", highlight=False)
+        write_raw(document)
         return
     if json_out:
-        console.print(json.dumps(document, indent=2), highlight=False)
+        write_raw(json.dumps(document, indent=2) + "\n")
         return
     table = Table(
         "model", "requests", "input tokens", "output tokens", "amount", title=f"{org} — {month}"

@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import typer
-from pydantic import ValidationError
 from rich.markdown import Markdown
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from souverain.cli.context import client, console
+from souverain.cli.context import client, console, request_of
 from souverain.core.schemas.deployments import DeploymentCreateRequest
 from souverain.core.schemas.models import ModelRegisterRequest
 
@@ -109,8 +108,11 @@ def models_list() -> None:
 @models.command("register")
 def models_register(
     name: str,
-    path: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, resolve_path=True, help="A local GGUF file."
+    source: str = typer.Argument(
+        ...,
+        metavar="SOURCE",
+        help="A local file (GGUF or safetensors, inside SOUVERAIN_MODEL_ROOTS on the nodes), "
+        "builtin://NAME, or hf://owner/repo/path/file for online nodes.",
     ),
     engine: str = typer.Option("llamacpp"),
     capability: list[str] = typer.Option(
@@ -121,25 +123,44 @@ def models_register(
     ),
     context_length: int = typer.Option(4096, "--context-length"),
     license: str = typer.Option("unknown"),
+    sha256: str = typer.Option(None, help="The file's sha256, checked on every node (hf://)."),
     org: str = typer.Option(None, help="Make it private to this organisation."),
 ) -> None:
-    """Register a local model file; its sha256 is computed here and checked on every node.
+    """Register a model: a local file's sha256 is computed here and checked on every node.
     A reasoning model (`--capability reasoning`) has its thinking shown apart in answers."""
-    try:
-        request = ModelRegisterRequest.model_validate({
-            "name": name, "uri": f"file://{path}", "engine": engine,
-            "format": "gguf" if path.suffix == ".gguf" else "safetensors",
-            "capabilities": list(capability) if capability else ["chat", "completions"],
-            "reasoning_tags": reasoning_tags, "context_length": context_length,
-            "license": license, "org": org,
-        })  # fmt: skip
-    except ValidationError as error:
-        raise typer.BadParameter(error.errors()[0]["msg"]) from None
-    checksum = sha256_with_progress(path)
-    request = request.model_copy(update={"sha256": checksum, "size_bytes": path.stat().st_size})
+    uri, checksum, size = _artifact(source, sha256)
+    request = request_of(
+        ModelRegisterRequest,
+        name=name,
+        uri=uri,
+        sha256=checksum,
+        size_bytes=size,
+        format="safetensors" if uri.endswith(".safetensors") else "gguf",
+        engine=engine,
+        capabilities=list(capability) if capability else ["chat", "completions"],
+        reasoning_tags=reasoning_tags,
+        context_length=context_length,
+        license=license,
+        org=org,
+    )
     with client() as c:
         model = c.register_model(request)
-    console.print(f"registered [bold]{model.name}[/bold] ({model.id}) sha256 {checksum[:16]}…")
+    shown = f" sha256 {checksum[:16]}…" if checksum else ""
+    console.print(f"registered [bold]{model.name}[/bold] ({model.id}) from {uri}{shown}")
+
+
+def _artifact(source: str, sha256: str | None) -> tuple[str, str | None, int | None]:
+    """(URI, sha256, size) of what `models register` was given: a URI is sent as written
+    (the server checks it), a local path is hashed here."""
+    if source.startswith(("builtin://", "hf://", "file://")):
+        return source, sha256, None
+    path = Path(source).expanduser().resolve()
+    if not path.is_file():
+        raise typer.BadParameter(
+            f"{source}: no such file (or give builtin://NAME or hf://owner/repo/file)",
+            param_hint="SOURCE",
+        )
+    return f"file://{path}", sha256 or sha256_with_progress(path), path.stat().st_size
 
 
 @deployments.command("list")
@@ -187,8 +208,20 @@ def deployments_create(
     engine_arg: list[str] = typer.Option(
         None, help="An engine argument NAME=VALUE (repeatable), e.g. runtime=llama-server."
     ),
+    jurisdiction: list[str] = typer.Option(
+        None, help="Allowed countries or EU/EEA (repeatable; default anywhere)."
+    ),
+    certification: list[str] = typer.Option(
+        None, help="A certification every datacenter must hold (repeatable)."
+    ),
+    operator_jurisdiction: list[str] = typer.Option(
+        None, "--operator-jurisdiction", help="Allowed operator headquarters (repeatable)."
+    ),
+    strategy: str = typer.Option("spread", help="spread or binpack."),
 ) -> None:
-    request = DeploymentCreateRequest(
+    """Deploy a model; replicas go only where these constraints and the ceiling allow."""
+    request = request_of(
+        DeploymentCreateRequest,
         name=name,
         model=model,
         replicas=replicas,
@@ -197,6 +230,10 @@ def deployments_create(
         gpus=gpus,
         org=org,
         engine_args=dict(_engine_arg(item) for item in engine_arg or []),
+        jurisdictions=list(jurisdiction) if jurisdiction else None,
+        certifications=list(certification or []),
+        operator_jurisdictions=list(operator_jurisdiction) if operator_jurisdiction else None,
+        strategy=strategy,
     )
     with client() as c:
         d = c.create_deployment(request)

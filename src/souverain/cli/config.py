@@ -33,11 +33,7 @@ def write_config(*, url: str, api_key: str | None) -> Path:
     data["url"] = url
     if api_key:
         data["api_key"] = api_key
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.chmod(path, 0o600)
-    return path
+    return _write_private(path, json.dumps(data, indent=2))
 
 
 def resolve(url: str | None, api_key: str | None) -> tuple[str, str | None]:
@@ -46,3 +42,22 @@ def resolve(url: str | None, api_key: str | None) -> tuple[str, str | None]:
         url or os.environ.get("SOUVERAIN_URL") or config.get("url") or "http://127.0.0.1:8000",
         api_key or os.environ.get("SOUVERAIN_API_KEY") or config.get("api_key"),
     )
+
+
+def owner_key_path() -> Path:
+    """Where `souverain up` keeps the default organisation's owner key, beside the config."""
+    return config_path().with_name("owner.key")
+
+
+def write_owner_key(key: str) -> Path:
+    path = owner_key_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return _write_private(path, key + "\n")
+
+
+def _write_private(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+    return path

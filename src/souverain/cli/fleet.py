@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from souverain.cli.context import client, console
+from souverain.cli.node import join_arguments
 from souverain.core.schemas.billing import CarbonPoint, CarbonSeriesRequest
 from souverain.core.schemas.fleet import DatacenterCreateRequest, DatacenterUpdateRequest
 from souverain.energy.carbon import parse_series
@@ -66,8 +67,10 @@ def datacenters_add(
         f"added datacenter [bold]{dc.id}[/bold] in {dc.country} ({', '.join(dc.jurisdictions)})"
     )
     console.print(
-        "join a server to it:  RAY_worker_niceness=0 ray start --address <head>:6379 "
-        f"--labels souverain.io/datacenter={dc.id}"
+        "join a server to it (on that server):\n  souverain node join "
+        + join_arguments("<head-private-ip>:6379", dc.id),
+        highlight=False,
+        soft_wrap=True,
     )
 
 

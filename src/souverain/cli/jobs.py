@@ -222,6 +222,11 @@ def fine_tuning_create(
         None, help=_opt_help(GRPOConfig, "max_tokens", "reinforcement: ")
     ),
     setting: list[str] = typer.Option(None, "--set", help=SETTINGS_HELP),
+    jurisdiction: list[str] = typer.Option(
+        None,
+        help="Where it may run: countries or EU/EEA (repeatable), within your policy; "
+        "default: anywhere your policy allows.",
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Watch it until it ends."),
 ) -> None:
     """Create a fine-tuning job; hyperparameters that cannot learn are refused here, with
@@ -242,6 +247,7 @@ def fine_tuning_create(
         "model": model, "training_file": training_file, "validation_file": validation_file,
         "suffix": suffix, "method": _method(reinforcement, hyper, grader, batch_size=batch_size,
                                            lr_multiplier=lr_multiplier),
+        "jurisdictions": list(jurisdiction or []) or None,
     }  # fmt: skip
     with client() as c:
         found = c.jobs.create_fine_tuning_job({k: v for k, v in body.items() if v is not None})

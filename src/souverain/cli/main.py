@@ -11,7 +11,9 @@ from souverain.cli import (
     catalog,
     chat,
     fleet,
+    install,
     jobs,
+    node,
     run,
     sovereignty,
     tenancy,
@@ -46,6 +48,7 @@ def version() -> None:
     console.print(__version__)
 
 
+app.command()(install.init)
 app.command()(run.up)
 app.command()(run.server)
 app.command()(run.controller)
@@ -57,6 +60,7 @@ app.add_typer(tenancy.members, name="members")
 app.add_typer(tenancy.keys, name="keys")
 app.add_typer(fleet.datacenters, name="datacenters")
 app.add_typer(fleet.nodes, name="nodes")
+app.add_typer(node.node, name="node")
 app.add_typer(catalog.models, name="models")
 app.add_typer(catalog.deployments, name="deployments")
 app.add_typer(sovereignty.policies, name="policies")

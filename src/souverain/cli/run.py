@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import typer
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.cli import config
-from souverain.cli.context import console
+from souverain.cli.context import console, err
 from souverain.cluster import ray_cluster
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.gateway.state import AppState
@@ -27,14 +29,14 @@ from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.fine_tuning.reconciler import TrainingDefaults
 from souverain.jobs.runner import Controller, forget_replicas
 from souverain.node.artifacts import ArtifactError, builtin_path, file_sha256
-from souverain.server.app import create_app
+from souverain.server.app import create_app, installation_signing_key
 from souverain.settings import Settings, ensure_data_dir, load_master_key
 
 BUILTIN = "smollm2-135m-instruct"
 EMBEDDINGS = "all-minilm-l6-v2"
 
 
-def _settings(data_dir: Path | None, host: str | None, port: int | None) -> Settings:
+def settings_of(data_dir: Path | None, host: str | None, port: int | None) -> Settings:
     overrides: dict[str, object] = {}
     if data_dir is not None:
         overrides["data_dir"] = data_dir
@@ -63,7 +65,10 @@ EMBEDDED_SPARE_CPUS = 3
 
 
 def _controller(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], master_key: bytes
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    master_key: bytes,
+    signing_key: Ed25519PrivateKey,
 ) -> Controller:
     return Controller(
         sessions,
@@ -83,7 +88,7 @@ def _controller(
             prompt_weight=settings.energy_prompt_weight,
             completion_weight=settings.energy_completion_weight,
         ),
-        signing_key=signing.load_or_create(settings.signing_key_path),
+        signing_key=signing_key,
         seal_interval_s=settings.audit_seal_interval_s,
         retention_days=settings.audit_retention_days,
         training=TrainingDefaults(
@@ -155,6 +160,7 @@ class Banner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.first_key: str | None = None
+        self.owner_key: str | None = None
         self.started = time.monotonic()
         self.exit_code = 0
         self.server: uvicorn.Server | None = None
@@ -193,6 +199,8 @@ class Banner:
     def show(self, *, ready: bool) -> None:
         base = self.settings.base_url
         path = config.write_config(url=base, api_key=self.first_key)
+        if self.owner_key:
+            config.write_owner_key(self.owner_key)
         took = time.monotonic() - self.started
         console.print()
         console.print(f"[bold green]souverain is up[/bold green] in {took:.1f}s")
@@ -203,8 +211,16 @@ class Banner:
         if ready:
             console.print(f"  Model      {BUILTIN}: ready")
         if self.first_key:
-            console.print("  Operator API key (shown once, saved to the CLI config):")
+            console.print("  Operator API key (shown once, saved to the CLI config): runs the")
+            console.print("  platform: organisations, keys, datacenters, models, deployments")
             console.print(f"    {self.first_key}", highlight=False, soft_wrap=True)
+        if self.owner_key:
+            console.print(
+                f"  Owner API key of the organisation '{bootstrap.DEFAULT_ORG}' (shown once, "
+                f"saved to {config.owner_key_path()}, 0600):"
+            )
+            console.print("  for tenants' work: chat, files, batches, fine-tuning")
+            console.print(f"    {self.owner_key}", highlight=False, soft_wrap=True)
         console.print(f"  CLI config {path}")
         console.print("  Ctrl-C stops everything.\n")
 
@@ -235,19 +251,27 @@ def embedded_platform(settings: Settings, banner: Banner):  # type: ignore[no-un
                 await bootstrap.ensure_builtin_model(
                     session, builtin=embedder, deploy=settings.deploy_builtin_model
                 )
+            if banner.first_key is not None:  # a newcomer: an organisation to try things in
+                banner.owner_key = await bootstrap.ensure_default_org(session)
         embedded = settings.ray_address is None
         # Engine logs and caches of this machine's node live in the data directory.
         os.environ.setdefault("SOUVERAIN_NODE_DIR", str(settings.data_dir))
         labels = ray_cluster.datacenter_labels(settings.local_datacenter)
-        await asyncio.to_thread(
-            ray_cluster.connect,
-            settings.ray_address,
-            labels=labels,
-            num_cpus=settings.embedded_ray_cpus or (os.cpu_count() or 1) + EMBEDDED_SPARE_CPUS,
-        )
+        if embedded:
+            await asyncio.to_thread(
+                ray_cluster.start_embedded,
+                labels=labels,
+                num_cpus=settings.embedded_ray_cpus or (os.cpu_count() or 1) + EMBEDDED_SPARE_CPUS,
+            )
+        else:
+            await asyncio.to_thread(
+                ray_cluster.connect_authenticated,
+                ray_cluster.explicit_address(settings.ray_address),
+                token_file=settings.ray_token_file,
+            )
         if embedded:
             await forget_replicas(state.sessions)  # a fresh embedded cluster runs none of them
-        controller = _controller(settings, state.sessions, state.master_key)
+        controller = _controller(settings, state.sessions, state.master_key, state.signing_key)
         stop = asyncio.Event()
         running = asyncio.create_task(controller.run(stop))
         announcing = asyncio.create_task(banner.show_when_ready(state))
@@ -288,9 +312,10 @@ Port = typer.Option(None, "--port", help="Port (default 8000).")
 
 def up(data_dir: Path | None = DataDir, host: str | None = Host, port: int | None = Port) -> None:
     """Run everything on this machine: API, controller, an embedded Ray head and the built-in model."""
-    settings = _settings(data_dir, host, port)
+    settings = settings_of(data_dir, host, port)
     ensure_data_dir(settings)
     _logging(settings)
+    check_installation(settings, "up")
     banner = Banner(settings)
     app = create_app(
         settings, hooks=[embedded_platform(settings, banner)], on_first_key=banner.remember_key
@@ -305,37 +330,59 @@ def server(
     data_dir: Path | None = DataDir, host: str | None = Host, port: int | None = Port
 ) -> None:
     """Run the API server only (stateless; run several behind a load balancer)."""
-    settings = _settings(data_dir, host, port)
+    settings = settings_of(data_dir, host, port)
     _logging(settings)
+    check_installation(settings, "server")
+    _server(create_app(settings), settings).run()
 
-    def first_key(key: str) -> None:
-        console.print(
-            f"first operator API key (shown once):\n  {key}", highlight=False, soft_wrap=True
-        )
 
-    _server(create_app(settings, on_first_key=first_key), settings).run()
+def check_installation(settings: Settings, what: str) -> None:
+    """Before serving: the schema is current and this process signs with the installation's
+    key (made now on a first start); otherwise a clear refusal and exit code 1."""
+
+    async def check() -> None:
+        engine = create_engine(settings.sqlalchemy_url)
+        try:
+            await upgrade(engine)
+            await installation_signing_key(settings, session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(check())
+    except signing.InstallationMismatch as error:
+        err.print(f"[red]souverain {what} refused to start[/red]: {error}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 def controller(data_dir: Path | None = DataDir) -> None:
-    """Run the controller against an existing Ray cluster (SOUVERAIN_RAY_ADDRESS, default 'auto')."""
-    settings = _settings(data_dir, None, None)
+    """Run the controller on a Ray node of the cluster: SOUVERAIN_RAY_ADDRESS (the head's
+    host:port, never 'auto') and its token file; a cluster without token authentication is
+    refused."""
+    settings = settings_of(data_dir, None, None)
     _logging(settings)
-    asyncio.run(_run_controller(settings))
+    try:
+        asyncio.run(_run_controller(settings))
+    except (signing.InstallationMismatch, ray_cluster.ClusterRefused) as error:
+        err.print(f"[red]souverain controller refused to start[/red]: {error}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 async def _run_controller(settings: Settings) -> None:
+    address = ray_cluster.explicit_address(settings.ray_address)
     engine = create_engine(settings.sqlalchemy_url)
-    await upgrade(engine)
-    sessions = session_factory(engine)
-    address = settings.ray_address or os.environ.get("RAY_ADDRESS") or "auto"
-    await asyncio.to_thread(ray_cluster.connect, address, labels={}, num_cpus=None)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await _controller(settings, sessions, load_master_key(settings)).run(stop)
+        await upgrade(engine)
+        sessions = session_factory(engine)
+        master_key = load_master_key(settings)
+        signing_key = await installation_signing_key(settings, sessions)
+        await asyncio.to_thread(
+            ray_cluster.connect_authenticated, address, token_file=settings.ray_token_file
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await _controller(settings, sessions, master_key, signing_key).run(stop)
     finally:
         await engine.dispose()

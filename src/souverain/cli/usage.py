@@ -7,7 +7,7 @@ from datetime import datetime
 import typer
 from rich.table import Table
 
-from souverain.cli.context import client, console
+from souverain.cli.context import client, console, write_raw
 from souverain.core.schemas.usage import UsageReport
 
 
@@ -35,9 +35,7 @@ def usage(
                 "from": since.isoformat() if since else None,
                 "to": until.isoformat() if until else None,
             }
-            console.print(
-                c.usage_csv(**filters, **dates, limit=limit), end="", highlight=False, markup=False
-            )
+            write_raw(c.usage_csv(**filters, **dates, limit=limit))
             return
         report = c.usage(since=since, until=until, group_by=group_by, limit=0, **filters)
     if group_by == "language":

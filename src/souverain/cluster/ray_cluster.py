@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
+from souverain.cluster import ray_node
 from souverain.cluster.replica_actor import ReplicaActor
 from souverain.cluster.training_actor import TrainingActor
 from souverain.core.fleet import (
@@ -24,7 +25,6 @@ from souverain.core.fleet import (
     TrainingSpec,
     TrainingStatus,
 )
-from souverain.node.node_dir import private
 
 log = logging.getLogger(__name__)
 
@@ -206,27 +206,64 @@ def _available_per_node() -> dict[str, dict[str, float]]:
     return {}
 
 
-def connect(address: str | None, *, labels: dict[str, str], num_cpus: int | None) -> None:
-    """Join an existing cluster, or start an embedded head carrying the local datacenter
-    label, its files in a private directory and its processes on the loopback address."""
+class ClusterRefused(RuntimeError):
+    """The Ray cluster given is not one souverain may drive; the message names the fix."""
+
+
+def explicit_address(address: str | None) -> str:
+    """The head's host:port. `auto` would attach to whatever Ray runs on this host, maybe
+    another cluster: refused, as is no address at all."""
+    if not address or address.strip().lower() in ("auto", "localhost"):
+        raise ClusterRefused(
+            "set SOUVERAIN_RAY_ADDRESS to the Ray head's private host:port (as `souverain node "
+            "head` printed it); 'auto' could attach to another cluster on this host"
+        )
+    return address.strip()
+
+
+def connect_authenticated(address: str, *, token_file: Path | None) -> None:
+    """Join the cluster at `address` as its driver, with its token; a cluster that takes
+    clients without a token is refused before anything is sent to it."""
     if ray.is_initialized():
         return
-    if address:
+    token = token_file or ray_node.default_token_file()
+    try:
+        ray_node.check_token_file(token)
+        ray_node.check_head(address, token)
+    except ray_node.NodeError as error:
+        raise ClusterRefused(str(error)) from None
+    os.environ.update(ray_node.ray_environment(token))
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False, configure_logging=False)
+    protect_token_file()
+
+
+def attach_test_cluster(address: str) -> None:
+    """A `ray.cluster_utils.Cluster` of the test suite, as its driver, unchecked. Never a
+    production path: `souverain controller` and `up` go through `connect_authenticated`."""
+    if not ray.is_initialized():
         ray.init(
             address=address, namespace=RAY_NAMESPACE, log_to_driver=False, configure_logging=False
         )
-    else:
-        loopback_only()
-        serving_priority()
-        ray.init(
-            namespace=RAY_NAMESPACE,
-            labels=labels,
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            _temp_dir=str(private_temp_dir()),
-        )
+
+
+def start_embedded(*, labels: dict[str, str], num_cpus: int | None) -> None:
+    """`souverain up`'s own head: the local datacenter's label, its files in a private
+    directory, its processes on the loopback address, no dashboard, no usage statistics."""
+    if ray.is_initialized():
+        return
+    loopback_only()
+    serving_priority()
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(
+        namespace=RAY_NAMESPACE,
+        labels=labels,
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _temp_dir=str(private_temp_dir()),
+    )
     protect_token_file()
 
 
@@ -251,10 +288,14 @@ def loopback_only() -> None:
 
 
 def private_temp_dir() -> Path:
-    """Ray's session files (sockets, logs, ports) under a 0700 directory of this user."""
-    path = Path(tempfile.gettempdir()) / f"souverain-ray-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return private(path)
+    """Ray's session files (sockets, logs, ports) inside a 0700 directory of this user: Ray
+    makes its own temp directory 0777, so that one is a child of the private one."""
+    private_dir = Path(tempfile.gettempdir()) / f"souverain-ray-{os.getuid()}" / "up"
+    try:
+        ray_node.check_private_dir(private_dir)
+    except ray_node.NodeError as error:
+        raise ClusterRefused(str(error)) from None
+    return ray_node.ray_temp_dir(private_dir)
 
 
 def protect_token_file() -> None:

@@ -6,7 +6,8 @@ jurisdictions, prompt/completion retention and content logging. `None` means "no
 restriction" for a set; an empty set allows nothing.
 
     effective = org ceiling ∩ project policy           (intersect)
-    a project policy may only narrow its ceiling        (widenings → reasons)
+    a project policy may only narrow its ceiling        (widenings → reasons; what it
+                                                         leaves open, it inherits)
     a site complies when no constraint excludes it      (exclusion → a reason)
 """
 
@@ -96,23 +97,17 @@ def intersect(ceiling: Policy, project: Policy) -> Policy:
 
 
 def widenings(ceiling: Policy, candidate: Policy) -> list[str]:
-    """Why `candidate` allows more than `ceiling` (empty when it only narrows)."""
+    """Why `candidate` allows more than `ceiling` (empty when it only narrows). A dimension
+    the candidate leaves open (`None`, or no certification) inherits the ceiling's, since
+    the effective policy is their intersection: only what it names can widen."""
     problems = []
     for name, wide, narrow in (
         ("jurisdictions", ceiling.countries, candidate.countries),
         ("datacenters", ceiling.datacenters, candidate.datacenters),
         ("operator_jurisdictions", ceiling.operator_countries, candidate.operator_countries),
     ):
-        if wide is None:
-            continue
-        if narrow is None:
-            problems.append(
-                f"{name}: the ceiling allows only {describe(wide)}; the policy allows anywhere"
-            )
-        elif extra := narrow - wide:
+        if wide is not None and narrow is not None and (extra := narrow - wide):
             problems.append(f"{name}: {', '.join(sorted(extra))} not allowed by the ceiling")
-    if missing := ceiling.certifications - candidate.certifications:
-        problems.append(f"certifications: the ceiling requires {', '.join(sorted(missing))}")
     if candidate.retention_days > ceiling.retention_days:
         problems.append(
             f"retention: {candidate.retention_days} days exceeds the ceiling's {ceiling.retention_days}"

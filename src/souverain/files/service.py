@@ -59,14 +59,14 @@ class Placement:
 async def place_file(
     session: AsyncSession, *, policy: Policy, stores: Mapping[str, str]
 ) -> Placement:
-    """The datacenter a new file goes to: allowed by `policy`, with a store, greenest first."""
+    """The datacenter a new file goes to: allowed by `policy`, with a store, greenest first.
+    Refused, the 451 names each datacenter's reason, a missing store included."""
     refused: dict[str, str] = {}
     candidates = []
     for dc in (await session.execute(select(DatacenterRow))).scalars():
-        if dc.id not in stores:
-            continue
-        site = site_of(dc)
-        reason = exclusion(policy, site)
+        reason = exclusion(policy, site_of(dc))
+        if reason is None and dc.id not in stores:
+            reason = "no file store (the operator sets one in SOUVERAIN_FILE_STORES)"
         if reason is None:
             candidates.append((dc.carbon_intensity, dc.id))
         else:
@@ -74,13 +74,31 @@ async def place_file(
     if not candidates:
         why = "; ".join(f"{dc}: {reason}" for dc, reason in sorted(refused.items()))
         raise PolicyRefusedError(
-            "No file store is in a datacenter your sovereignty policy allows"
+            "No datacenter your sovereignty policy allows has a file store"
             + (f" ({why})" if why else "")
             + ". Nothing was stored.",
             param="file",
         )
     _, datacenter_id = min(candidates)
     return Placement(datacenter_id, stores[datacenter_id])
+
+
+@dataclass(frozen=True)
+class StoreCoverage:
+    """Which declared datacenters keep files, which do not, and stores of no datacenter."""
+
+    stored: list[str]
+    missing: list[str]
+    undeclared: list[str]
+
+
+async def store_coverage(session: AsyncSession, *, stores: Mapping[str, str]) -> StoreCoverage:
+    declared = set((await session.execute(select(DatacenterRow.id))).scalars())
+    return StoreCoverage(
+        stored=sorted(declared & stores.keys()),
+        missing=sorted(declared - stores.keys()),
+        undeclared=sorted(stores.keys() - declared),
+    )
 
 
 async def organisation_kek(

@@ -1,4 +1,5 @@
-"""First start: the operator, its first key, the local datacenter and the built-in model.
+"""First start: the operator, its first key, the local datacenter and the built-in models;
+for a newcomer's `souverain up`, a default organisation with its owner's key.
 
 Idempotent: a second start on the same database finds everything and creates nothing;
 the operator key is created (and returned, to be shown once) only when no operator key
@@ -13,19 +14,29 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog import models
-from souverain.core.ids import hash_secret, new_api_key
+from souverain.core.ids import hash_secret, new_api_key, new_id
 from souverain.core.jurisdictions import is_country
 from souverain.core.roles import Role, scopes_of
 from souverain.core.schemas.deployments import DeploymentCreateRequest
 from souverain.core.schemas.fleet import DatacenterCreateRequest
 from souverain.core.schemas.models import Capability, Engine, Format, ModelRegisterRequest
-from souverain.db.tables import ApiKeyRow, DeploymentRow
+from souverain.db.tables import (
+    ApiKeyRow,
+    DeploymentRow,
+    MembershipRow,
+    OrganisationRow,
+    ProjectRow,
+    UserRow,
+)
 from souverain.evidence import audit
 from souverain.fleet import datacenters
 from souverain.jobs.deployments import service as deployments
-from souverain.tenancy import users
+from souverain.tenancy import orgs, users
+from souverain.tenancy.orgs import DEFAULT_PROJECT
 
 OPERATOR_USER = "operator"
+DEFAULT_ORG = "default"
+DEFAULT_OWNER = "owner"
 
 
 @dataclass(frozen=True)
@@ -58,24 +69,56 @@ async def ensure_operator_key(session: AsyncSession) -> str | None:
     )
     if existing.first() is not None:
         return None
+    return await _root_key(
+        session, user=operator, org_id=None, role=Role.OPERATOR, name="first operator key"
+    )
+
+
+async def ensure_default_org(session: AsyncSession) -> str | None:
+    """For a newcomer (`souverain up`'s first start): the organisation `default`, its owner
+    `owner` and that owner's key, returned once. Files, batches and fine-tuning belong to an
+    organisation, so the operator's key alone cannot try them. None when it exists."""
+    if await orgs.find_org(session, ref=DEFAULT_ORG) is not None:
+        return None
+    org = OrganisationRow(id=new_id("org"), name=DEFAULT_ORG, display_name="Default organisation")
+    session.add(org)
+    await session.flush()
+    session.add(ProjectRow(id=new_id("prj"), org_id=org.id, name=DEFAULT_PROJECT))
+    owner = await users.ensure_user(session, name=DEFAULT_OWNER)
+    session.add(MembershipRow(id=new_id("mem"), org_id=org.id, user_id=owner.id, role=Role.OWNER))
+    await session.flush()
+    await audit.record(
+        session, actor=audit.Actor("system", "bootstrap"), action="org.create", org_id=org.id,
+        target_type="organisation", target_id=org.id,
+        details={"name": org.name, "owner": owner.name, "first_start": True},
+    )  # fmt: skip
+    return await _root_key(
+        session, user=owner, org_id=org.id, role=Role.OWNER, name="first owner key"
+    )
+
+
+async def _root_key(
+    session: AsyncSession, *, user: UserRow, org_id: str | None, role: Role, name: str
+) -> str:
     key_id, secret, full = new_api_key()
     session.add(
         ApiKeyRow(
             id=key_id,
             secret_hash=hash_secret(secret),
-            name="first operator key",
-            user_id=operator.id,
-            created_by=operator.id,
-            org_id=None,
+            name=name,
+            user_id=user.id,
+            created_by=user.id,
+            org_id=org_id,
             project_id=None,
-            role=Role.OPERATOR,
-            scopes=sorted(scopes_of(Role.OPERATOR)),
+            role=role,
+            scopes=sorted(scopes_of(role)),
         )
     )
     await session.flush()
     await audit.record(
-        session, actor=audit.Actor("system", "bootstrap"), action="key.create", target_type="key", target_id=key_id,
-        details={"user": OPERATOR_USER, "role": Role.OPERATOR, "first_start": True},
+        session, actor=audit.Actor("system", "bootstrap"), action="key.create", org_id=org_id,
+        target_type="key", target_id=key_id,
+        details={"user": user.name, "role": role, "first_start": True},
     )  # fmt: skip
     return full
 

@@ -17,11 +17,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from prometheus_client import start_http_server
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain import __version__
 from souverain.db.engine import create_engine, session_factory, upgrade
+from souverain.files import service as files_service
 from souverain.gateway.auditing import AuditTrail
 from souverain.gateway.journal import UsageJournal
 from souverain.gateway.languages import LanguageTagger
@@ -88,6 +91,9 @@ def create_app(
     hooks: Sequence[Hook] = (),
     on_first_key: Callable[[str], None] | None = None,
 ) -> FastAPI:
+    """`on_first_key` is given by a process that shows the first operator key on a terminal
+    (`souverain up`); the first operator key is made then, else by `souverain init`."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await _start(settings, on_first_key)
@@ -199,23 +205,54 @@ def journal_directory(settings: Settings, server_id: str) -> Path:
     return settings.data_dir / "journal" / safe
 
 
+async def installation_signing_key(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession]
+) -> Ed25519PrivateKey:
+    return await signing.installation_key(
+        sessions,
+        master_key=load_master_key(settings),
+        key_file=settings.signing_key_file,
+        adopt=settings.legacy_signing_key,
+    )
+
+
+def say_where_files_go(coverage: files_service.StoreCoverage) -> None:
+    """At start-up: which datacenters keep files, and a warning for each that does not
+    (tenants whose policy allows only those get 451 on upload)."""
+    log.info("file stores: %s", ", ".join(coverage.stored) or "none")
+    for datacenter in coverage.missing:
+        log.warning(
+            "datacenter %s has no file store: uploads that may only go there are refused (451); "
+            "add it to SOUVERAIN_FILE_STORES",
+            datacenter,
+        )
+    for datacenter in coverage.undeclared:
+        log.warning(
+            "SOUVERAIN_FILE_STORES names %s, which is not a declared datacenter", datacenter
+        )
+
+
 async def _start(settings: Settings, on_first_key: Callable[[str], None] | None) -> AppState:
     ensure_data_dir(settings)
     engine = create_engine(settings.sqlalchemy_url)
     await upgrade(engine)
     sessions = session_factory(engine)
+    signing_key = await installation_signing_key(settings, sessions)  # refuses a foreign one
     server_id = f"{socket.gethostname()}:{settings.port}"
     journal = UsageJournal(journal_directory(settings, server_id), sessions)
     await journal.start()  # replays what a killed predecessor left
     async with sessions.begin() as session:
         interrupted = await usage_service.settle_interrupted(session, server_id=server_id)
-        first_key = await bootstrap.ensure_operator_key(session)
+        first_key = await bootstrap.ensure_operator_key(session) if on_first_key else None
     if interrupted:
         log.warning(
             "settled %d usage record(s) left open by a previous run as 'interrupted'", interrupted
         )
     if first_key and on_first_key:
         on_first_key(first_key)
+    async with sessions() as session:
+        stores = settings.file_stores_or_default
+        say_where_files_go(await files_service.store_coverage(session, stores=stores))
     routes = RouteTable()
     await routes.refresh(sessions)
     return AppState(
@@ -227,7 +264,7 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         upstream=Upstream(timeout_s=settings.upstream_timeout_s),
         master_key=load_master_key(settings),
         server_id=server_id,
-        signing_key=signing.load_or_create(settings.signing_key_path),
+        signing_key=signing_key,
         limiter=RateLimiter(
             settings.rate_limit_storage, crashes_per_10_minutes=settings.engine_failures_per_key
         ),

@@ -25,7 +25,7 @@ def controller_hook(
 ) -> Callable[[AppState], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def hook(state: AppState) -> AsyncIterator[None]:
-        await asyncio.to_thread(ray_cluster.connect, address, labels={}, num_cpus=None)
+        await asyncio.to_thread(ray_cluster.attach_test_cluster, address)
         controller = Controller(
             state.sessions,
             ray_cluster.RayCluster(),

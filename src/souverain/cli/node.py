@@ -1,0 +1,130 @@
+"""`souverain node head | join | stop`: this host's Ray node, started one way (see
+`cluster/ray_node.py` for what every node gets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from souverain.cli.context import client, console, err
+from souverain.cluster import ray_node
+
+node = typer.Typer(
+    help="This host's Ray node: start the head, join a node to it, stop it.",
+    no_args_is_help=True,
+)
+
+NodeIp = typer.Option(
+    ..., "--node-ip-address", help="This host's private address, which the other nodes reach."
+)
+TokenFile = typer.Option(
+    None,
+    "--token-file",
+    help="The cluster's token file (0600). Default: the one in this host's node directory.",
+)
+TempDir = typer.Option(
+    None,
+    "--temp-dir",
+    help="This node's private directory (0700; Ray's session files go inside it). Default: "
+    "one under the system's temp directory.",
+)
+Cpus = typer.Option(None, "--num-cpus", min=0, help="CPUs this node offers (default: all).")
+Gpus = typer.Option(None, "--num-gpus", min=0, help="GPUs this node offers (default: all).")
+
+
+def _fail(error: ray_node.NodeError) -> typer.Exit:
+    err.print(f"[red]error[/red]: {error}", highlight=False)
+    return typer.Exit(1)
+
+
+@node.command("head")
+def head(
+    node_ip: str = NodeIp,
+    port: int = typer.Option(ray_node.DEFAULT_PORT, "--port", min=1, max=65535),
+    datacenter: str = typer.Option(
+        None, "--datacenter", help="Label this node with a declared datacenter to run work."
+    ),
+    token_file: Path = TokenFile,
+    temp_dir: Path = TempDir,
+    num_cpus: int = Cpus,
+    num_gpus: int = Gpus,
+) -> None:
+    """Start the cluster's head on this host (a control-plane host runs it with the controller)."""
+    if datacenter:
+        _check_declared(datacenter)
+    plan = _plan(node_ip, datacenter, token_file, temp_dir, num_cpus, num_gpus)
+    try:
+        address = ray_node.start_head(plan, port=port)
+    except ray_node.NodeError as error:
+        raise _fail(error) from None
+    console.print(f"[green]Ray head running[/green] at {address} (token authentication on)")
+    console.print(f"  token file  {plan.token_file}  (copy it to each node, mode 0600)")
+    console.print(f"  controller  SOUVERAIN_RAY_ADDRESS={address} souverain controller")
+    console.print("  each node   souverain node join " + join_arguments(address, "<datacenter>"))
+
+
+def join_arguments(address: str, datacenter: str) -> str:
+    return (
+        f"--address {address} --node-ip-address <this-host-private-ip> "
+        f"--datacenter {datacenter} --token-file <copy-of-the-head-token-file>"
+    )
+
+
+@node.command("join")
+def join(
+    address: str = typer.Option(..., "--address", help="The head's host:port."),
+    node_ip: str = NodeIp,
+    datacenter: str = typer.Option(..., "--datacenter", help="A declared datacenter's id."),
+    token_file: Path = TokenFile,
+    temp_dir: Path = TempDir,
+    num_cpus: int = Cpus,
+    num_gpus: int = Gpus,
+) -> None:
+    """Join this host to the cluster as a node of a declared datacenter."""
+    _check_declared(datacenter)
+    plan = _plan(node_ip, datacenter, token_file, temp_dir, num_cpus, num_gpus)
+    try:
+        ray_node.join(plan, address=address)
+    except ray_node.NodeError as error:
+        raise _fail(error) from None
+    console.print(f"[green]joined[/green] {address} as {node_ip} in datacenter {datacenter}")
+
+
+@node.command("stop")
+def stop(temp_dir: Path = TempDir) -> None:
+    """Stop this host's node (only the Ray processes souverain started with this temp dir)."""
+    stopped = ray_node.stop((temp_dir or ray_node.default_node_dir()).absolute())
+    console.print(f"stopped {stopped} Ray process(es)")
+
+
+def _plan(
+    node_ip: str,
+    datacenter: str | None,
+    token_file: Path | None,
+    temp_dir: Path | None,
+    cpus: int | None,
+    gpus: int | None,
+) -> ray_node.NodePlan:
+    return ray_node.NodePlan(
+        node_ip=node_ip,
+        token_file=(token_file or ray_node.default_token_file()).absolute(),
+        node_dir=(temp_dir or ray_node.default_node_dir()).absolute(),
+        datacenter=datacenter,
+        cpus=cpus,
+        gpus=gpus,
+    )
+
+
+def _check_declared(datacenter: str) -> None:
+    """Ask the API: a label no declared datacenter has would get no work, or the wrong work."""
+    with client() as c:
+        declared = [dc.id for dc in c.list_datacenters()]
+    if datacenter not in declared:
+        err.print(
+            f"[red]error[/red]: datacenter '{datacenter}' is not declared (declared: "
+            f"{', '.join(declared) or 'none'}): declare it first with "
+            f"`souverain datacenters add {datacenter} --name … --country …`",
+            highlight=False,
+        )
+        raise typer.Exit(1)
