@@ -114,8 +114,9 @@ class TestRecording:
         async with platform.client(await platform.operator_key()) as client:
             await client.put(f"/api/orgs/{tenant.org_name}/policy", json={"jurisdictions": ["US"]})
         async with platform.client(admin.key) as client:
-            widen = await client.put(
-                f"/api/orgs/{tenant.org_name}/projects/default/policy", json={}
+            widen = await client.put(  # DE is outside the organisation's US ceiling
+                f"/api/orgs/{tenant.org_name}/projects/default/policy",
+                json={"jurisdictions": ["US", "DE"]},
             )
             assert widen.status_code == 403
             await asyncio.sleep(0.5)
