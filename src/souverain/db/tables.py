@@ -557,5 +557,5 @@ class LeaseRow(Base):
 # `db/identity.py`, on the same Base:
 # importing them here puts them in `Base.metadata` wherever the tables are imported.
 from souverain.db import identity as _identity  # noqa: E402, F401
-from souverain.db import jobs as _jobs  # noqa: E402, F401
 from souverain.db import installation as _installation  # noqa: E402, F401
+from souverain.db import jobs as _jobs  # noqa: E402, F401

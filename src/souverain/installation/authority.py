@@ -65,7 +65,9 @@ def create(*, now: datetime | None = None) -> Authority:
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "souverain"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"installation authority {os.urandom(6).hex()}"),
+            x509.NameAttribute(
+                NameOID.COMMON_NAME, f"installation authority {os.urandom(6).hex()}"
+            ),
         ]
     )
     public = key.public_key()
@@ -155,7 +157,9 @@ def _kek(master_key: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(master_key)
 
 
-async def load_or_create(sessions: async_sessionmaker[AsyncSession], master_key: bytes) -> Authority:
+async def load_or_create(
+    sessions: async_sessionmaker[AsyncSession], master_key: bytes
+) -> Authority:
     """The installation's authority, created by whichever process asks first."""
     async with sessions() as session:
         row = await session.get(CertificateAuthorityRow, AUTHORITY_ID)

@@ -32,7 +32,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 def root() -> Path:
     """The node's scratch root, made private (0700, ours, not a symlink)."""
-    base = Path(os.environ.get(ROOT_ENV) or f"/dev/shm/souverain-{os.getuid()}")
+    # A shared, predictable path: `private` refuses it unless it is our own real directory.
+    base = Path(os.environ.get(ROOT_ENV) or f"/dev/shm/souverain-{os.getuid()}")  # noqa: S108
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     return private(base)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess

@@ -38,8 +38,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from souverain.core.fleet import (
     SealedObject,
     TrainingSpec,
@@ -52,9 +50,9 @@ from souverain.core.fleet import (
     training_object_key as object_key,
 )
 from souverain.energy.sources import pick_source, process_cpu_seconds
+from souverain.node import scratch
 from souverain.node.artifacts import ArtifactError, resolve
 from souverain.node.exits import describe_exit, die_with_parent
-from souverain.node import scratch
 from souverain.node.node_dir import open_log
 from souverain.node.sealed import decrypt_to
 from souverain.storage.crypto import Sealer

@@ -226,9 +226,7 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         sessions=sessions,
         keys=KeyCache(sessions, ttl_s=settings.key_cache_ttl_s),
         routes=routes,
-        upstream=Upstream(
-            timeout_s=settings.upstream_timeout_s, authority=trusted.certificate_pem
-        ),
+        upstream=Upstream(timeout_s=settings.upstream_timeout_s, authority=trusted.certificate_pem),
         master_key=master_key,
         server_id=server_id,
         signing_key=signing.load_or_create(settings.signing_key_path),

@@ -30,7 +30,13 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.node.engines.base import Probe, TlsFiles, one_embedding, one_token_completion, tls_options
+from souverain.node.engines.base import (
+    Probe,
+    TlsFiles,
+    one_embedding,
+    one_token_completion,
+    tls_options,
+)
 
 BINARY_ENV = "SOUVERAIN_LLAMA_SERVER"  # the binary's path, if not beside the interpreter
 DEFAULT_SLOTS = 8  # per replica; engine_args.parallel sets it (1..64)
