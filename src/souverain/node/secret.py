@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 SECRET_FD_ENV = "SOUVERAIN_ENGINE_SECRET_FD"  # noqa: S105 (a variable name)
 SECRET_ENV = "SOUVERAIN_ENGINE_SECRET"  # noqa: S105 (a variable name, not a secret)
@@ -49,7 +50,7 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssl-key-file", default=None, help="the certificate's key (0600 file)")
 
 
-def uvicorn_tls(args: argparse.Namespace) -> dict[str, str]:
+def uvicorn_tls(args: argparse.Namespace) -> dict[str, Any]:
     """uvicorn's options for HTTPS with the given files; none when there are none."""
     if not args.ssl_cert_file:
         return {}
