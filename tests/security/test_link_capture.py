@@ -48,7 +48,7 @@ class LinkCapture:
                 "-w",
                 str(path),
                 f"tcp port {port}",
-            ],  # fmt: skip
+            ],
             stderr=subprocess.PIPE,
         )
         assert self._process.stderr is not None
