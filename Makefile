@@ -5,11 +5,11 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TORCH  ?= 2.13.0
 
-.PHONY: setup up test lint unit bench browser idp screenshots clean
+.PHONY: setup up test lint unit bench browser idp openssl tcpdump screenshots clean
 
 # llama-server (the llamacpp engine's parallel runtime) builds beside the llama-cpp-python
 # wheel, both from the same llama.cpp sources and cached; without it, llama-cpp-python serves.
-$(STAMP): pyproject.toml scripts/build-llamacpp scripts/build-llama-server
+$(STAMP): pyproject.toml scripts/build-llamacpp scripts/build-llama-server | openssl
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	( PIP=$(BIN)/pip scripts/build-llama-server > $(VENV)/.llama-server || rm -f $(VENV)/.llama-server ) & \
@@ -39,8 +39,22 @@ lint: $(STAMP)  ## ruff, mypy --strict, import-linter layer contracts
 unit: $(STAMP)  ## the fast tests only (no Ray, no engine)
 	$(BIN)/pytest -q -m "not ray and not engine"
 
-test: lint browser idp  ## set up, lint, then the whole suite (PostgreSQL too when SOUVERAIN_TEST_POSTGRES_URL is set)
+test: lint browser idp tcpdump  ## set up, lint, then the whole suite (PostgreSQL too when SOUVERAIN_TEST_POSTGRES_URL is set)
 	$(BIN)/pytest -q
+
+# llama-server serves the gateway over HTTPS only: it is built with Debian's OpenSSL.
+SSL_APT = DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libssl-dev
+openssl:  ## install OpenSSL's headers for llama-server (as root; otherwise says how)
+	@test -f /usr/include/openssl/ssl.h || { \
+	  if [ "$$(id -u)" = 0 ]; then $(SSL_APT) || { apt-get update -qq && $(SSL_APT); }; \
+	  else echo "llama-server needs OpenSSL's headers: sudo apt-get install libssl-dev" >&2; exit 1; fi; }
+
+# The link tests capture what crosses between the gateway and engines with Debian's tcpdump.
+TCPDUMP_APT = DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tcpdump
+tcpdump:  ## install tcpdump for the link-capture tests (as root; otherwise says how)
+	@command -v tcpdump >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then $(TCPDUMP_APT) || { apt-get update -qq && $(TCPDUMP_APT); }; \
+	  else echo "The link tests need tcpdump: sudo apt-get install tcpdump" >&2; exit 1; fi; }
 
 # The console's tests drive Debian's Chromium through Playwright, which downloads no browser.
 APT = DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium

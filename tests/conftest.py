@@ -25,6 +25,7 @@ from souverain.settings import Settings, normalise_database_url
 from souverain.testing.factories import Factory
 from souverain.testing.live import LiveServer
 from souverain.testing.stand_in import StandInEngine
+from souverain.testing.tls import every_replica_files
 
 MASTER_KEY = "0123456789abcdef" * 4
 POSTGRES_URL = os.environ.get("SOUVERAIN_TEST_POSTGRES_URL")
@@ -138,9 +139,11 @@ async def platform(
     stand_in = StandInEngine(
         secret_for=lambda replica: replica_secret(MASTER_KEY.encode(), replica)
     )
-    with LiveServer(create_app(settings)) as server, LiveServer(stand_in.app) as engine:
+    with LiveServer(create_app(settings)) as server:
         engine_sessions = create_engine_unpooled(settings.sqlalchemy_url)
         sessions = session_factory(engine_sessions)
+        tls = await every_replica_files(sessions, MASTER_KEY.encode(), directory / "engine-tls")
+        engine = LiveServer(stand_in.app, tls=tls).start()
         await Factory(sessions).datacenter("files-fr", country="FR")  # where files are kept
         yield Platform(
             url=server.url,
@@ -151,6 +154,7 @@ async def platform(
             stand_in=stand_in,
             master_key=MASTER_KEY.encode(),
         )
+        engine.stop()
         await engine_sessions.dispose()
 
 

@@ -22,6 +22,7 @@ from souverain.settings import Settings
 from souverain.testing.factories import Factory
 from souverain.testing.live import LiveServer, free_port
 from souverain.testing.stand_in import StandInEngine
+from souverain.testing.tls import every_replica_files
 from tests.conftest import MASTER_KEY, wait_until
 
 pytestmark = pytest.mark.slow
@@ -67,11 +68,10 @@ async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup
         port=free_port(),
     )
     engine = StandInEngine(secret_for=lambda r: replica_secret(MASTER_KEY.encode(), r))
-    with (
-        LiveServer(create_app(settings), port=settings.port) as server,
-        LiveServer(engine.app) as e,
-    ):
+    with LiveServer(create_app(settings), port=settings.port) as server:
         db = create_engine_unpooled(settings.sqlalchemy_url)
+        tls = await every_replica_files(session_factory(db), MASTER_KEY.encode(), directory / "tls")
+        e = LiveServer(engine.app, tls=tls).start()
         factory = Factory(session_factory(db))
         replica = new_id("rep")
         # One replica whose engine serves one request at a time, like llama-cpp-python's.
@@ -87,6 +87,7 @@ async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup
 
         await wait_until(routable)
         yield found
+        e.stop()
         await db.dispose()
 
 

@@ -23,6 +23,7 @@ from souverain.settings import Settings
 from souverain.testing.factories import Factory, Tenant
 from souverain.testing.live import LiveServer, free_port
 from souverain.testing.stand_in import StandInEngine
+from souverain.testing.tls import every_replica_files
 from tests.conftest import DATABASES, MASTER_KEY, fresh_database_url, wait_until
 from tests.security.helpers import assert_openai_error, chat_body
 
@@ -65,11 +66,12 @@ async def keys(
         port=free_port(),
     )
     stand_in = StandInEngine(secret_for=lambda r: replica_secret(MASTER_KEY.encode(), r))
-    with (
-        LiveServer(create_app(settings), port=settings.port) as server,
-        LiveServer(stand_in.app) as engine_server,
-    ):
+    with LiveServer(create_app(settings), port=settings.port) as server:
         engine = create_engine_unpooled(settings.sqlalchemy_url)
+        tls = await every_replica_files(
+            session_factory(engine), MASTER_KEY.encode(), directory / "tls"
+        )
+        engine_server = LiveServer(stand_in.app, tls=tls).start()
         factory = Factory(session_factory(engine))
         replica_id = new_id("rep")
         model, _ = await factory.served_model(
@@ -78,6 +80,7 @@ async def keys(
             replica_id=replica_id,
         )
         yield Keys(server.url, factory, (await factory.operator()).key, model)
+        engine_server.stop()
         await engine.dispose()
 
 

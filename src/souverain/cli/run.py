@@ -22,7 +22,7 @@ from souverain.cli.context import console, err
 from souverain.cluster import ray_cluster
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.gateway.state import AppState
-from souverain.installation import bootstrap, signing
+from souverain.installation import authority, bootstrap, signing
 from souverain.jobs.deployments import service as deployments
 from souverain.jobs.deployments.reconciler import EngineDefaults
 from souverain.jobs.energy import EnergyAccountant
@@ -80,6 +80,7 @@ def _controller(
             watts_per_core=settings.energy_watts_per_core,
             model_roots=tuple(str(root) for root in settings.model_roots_or_default),
         ),
+        issuer=authority.Issuer(sessions, master_key),
         interval_s=settings.reconcile_interval_s,
         lease_s=settings.controller_lease_s,
         energy=EnergyAccountant(

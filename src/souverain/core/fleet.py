@@ -8,6 +8,13 @@ from typing import Any
 
 DATACENTER_LABEL = "souverain.io/datacenter"
 RAY_NAMESPACE = "souverain"
+REPLICA_NAME_DOMAIN = "replicas.souverain.internal"  # never resolved: a name in certificates
+
+
+def replica_server_name(replica_id: str) -> str:
+    """The one name a replica's certificate carries, and the one the gateway demands of the
+    engine it calls: an engine holding another replica's certificate is refused."""
+    return f"{replica_id.replace('_', '-').lower()}.{REPLICA_NAME_DOMAIN}"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,17 @@ class ObjectGrant:
 
 
 @dataclass(frozen=True)
+class EngineCredential:
+    """A replica's TLS certificate and key, issued by the installation's authority when the
+    replica is placed. The key travels inside the cluster only, like the replica secret,
+    and reaches the engine as a 0600 file in memory-backed storage (node/scratch.py)."""
+
+    certificate: bytes  # PEM: the replica's certificate
+    key: bytes = field(repr=False)  # PEM, PKCS#8
+    authority: bytes = b""  # PEM: the installation's CA, for the node's own probes
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything an engine actor needs to start serving; travels through Ray."""
 
@@ -60,10 +78,15 @@ class ReplicaSpec:
     model_roots: tuple[str, ...] = ()  # where file:// artifacts may resolve to, on the node
     adapter: ObjectGrant | None = None  # a fine-tuned model's sealed LoRA adapter
     adapter_path: str | None = None  # where the node decrypted it (set on the node)
+    tls: EngineCredential | None = None  # None only for engines tests start by hand
 
     @property
     def actor_name(self) -> str:
         return actor_name_for(self.replica_id)
+
+    @property
+    def server_name(self) -> str:
+        return replica_server_name(self.replica_id)
 
 
 def actor_name_for(replica_id: str) -> str:

@@ -34,6 +34,7 @@ from souverain.core.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from souverain.core.fleet import replica_server_name
 from souverain.core.ids import new_id, replica_secret
 from souverain.gateway import admission, reasoning, upstream
 from souverain.gateway.admission import Admitted
@@ -177,7 +178,15 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
                 route.url + PATHS[exchange.call.endpoint],
                 exchange.dialect.body(exchange, content),
                 headers,
+                server_name=replica_server_name(route.replica_id),
             )
+        except upstream.Untrusted as error:  # nothing was sent: the next compliant replica
+            exchange.release()
+            state.routes.suspect(route)
+            state.audit_trail.note("replica.tls_refused", subject=route.replica_id,
+                                   reason=str(error))  # fmt: skip
+            log.warning("replica %s refused: %s", route.replica_id, error)
+            continue
         except upstream.Refused:
             exchange.release()
             state.routes.suspect(route)

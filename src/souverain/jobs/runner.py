@@ -32,7 +32,11 @@ from souverain.files import service as files
 from souverain.fleet import nodes as nodes_service
 from souverain.jobs import leader
 from souverain.jobs.deployments.observer import ReplicaObserver
-from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
+from souverain.jobs.deployments.reconciler import (
+    CredentialIssuer,
+    DeploymentReconciler,
+    EngineDefaults,
+)
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.facade import ClusterFacade
 from souverain.jobs.fine_tuning.reconciler import FineTuneReconciler, TrainingDefaults
@@ -73,6 +77,7 @@ class Controller:
         *,
         master_key: bytes,
         engine: EngineDefaults,
+        issuer: CredentialIssuer,
         interval_s: float = 1.0,
         lease_s: float = 15.0,
         energy: EnergyAccountant | None = None,
@@ -96,8 +101,9 @@ class Controller:
             sessions, interval_s=30.0, prompt_weight=1.0, completion_weight=3.0
         )
         self.deployments = DeploymentReconciler(
-            sessions, cluster, master_key=master_key, engine=engine, energy=self.energy
-        )
+            sessions, cluster, master_key=master_key, engine=engine, energy=self.energy,
+            issuer=issuer,
+        )  # fmt: skip
         self.finetune = FineTuneReconciler(
             sessions,
             cluster,

@@ -1,7 +1,10 @@
-"""Why an engine process ended, in words a person can act on, and when exits are a crash loop."""
+"""Why an engine process ended, in words a person can act on, and when exits are a crash loop;
+and how a child process is made to end with the thread that started it."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import signal
 from collections import deque
 from pathlib import Path
@@ -10,6 +13,7 @@ CRASH_LOOP_EXITS = 3  # this many exits …
 CRASH_LOOP_WINDOW_S = 120.0  # … within this many seconds make a crash loop
 TAIL_LINES = 3
 TAIL_LINE_CHARS = 200
+_PR_SET_PDEATHSIG = 1
 
 _SIGNAL_HINTS = {
     signal.SIGKILL: "killed (SIGKILL): out of memory, or stopped from outside",
@@ -78,3 +82,10 @@ class CrashLoop:
     def looping(self) -> bool:
         full = len(self._recent) == self._recent.maxlen
         return full and self._recent[-1] - self._recent[0] <= self._window_s
+
+
+def die_with_parent() -> None:
+    """Runs in a child between fork and exec: SIGKILL it when the thread that started it
+    ends (PR_SET_PDEATHSIG), so engines and training workers never outlive their actor."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

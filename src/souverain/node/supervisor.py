@@ -10,16 +10,23 @@ the engine's last log lines; restarts go on with backoff, and a success clears i
 
 Engine processes are started with PR_SET_PDEATHSIG, so they die with the thread that
 started them: if the actor's process is killed, its engine cannot outlive it.
+
+An engine serves HTTPS with the replica's own certificate: its key and certificate are
+written as 0600 files into the replica's memory-backed scratch directory (node/scratch.py)
+just before the engine starts, and removed once it answers. The probe checks the engine
+as the gateway does (the installation's authority, the replica's name, TLS 1.3); an engine
+whose certificate is refused (expired, foreign, another replica's) or that answers in
+clear is `failed` at once, with that reason, and is not restarted. The adapter and the
+engine's temporary files live in the same scratch directory, swept if the actor dies.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -31,24 +38,19 @@ from pathlib import Path
 import httpx
 
 from souverain.core.fleet import ReplicaSpec, ReplicaStatus
+from souverain.core.tls import client_context
 from souverain.energy.sources import PowerSource, pick_source, process_cpu_seconds
-from souverain.node import artifacts
-from souverain.node.engines.base import EngineLauncher, chat_overhead_probes
-from souverain.node.exits import CrashLoop, describe_exit, log_tail
+from souverain.node import artifacts, scratch
+from souverain.node.engines.base import EngineLauncher, TlsFiles, chat_overhead_probes
+from souverain.node.exits import CrashLoop, describe_exit, die_with_parent, log_tail
 from souverain.node.node_dir import node_dir, open_log
 from souverain.node.sealed import decrypt_to
-from souverain.node.secret import SECRET_ENV, SECRET_FD_ENV, secret_pipe
+from souverain.node.secret import SECRET_ENV, SECRET_FD_ENV, secret_pipe, write_secret_file
 
 SourceFactory = Callable[[int], PowerSource]  # engine pid -> its power source
 
-_PR_SET_PDEATHSIG = 1
 LOG_ROTATE_BYTES = 16 * 2**20
 BACKOFF_MAX_S = 30.0
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _plain(error: BaseException) -> str:
@@ -64,8 +66,21 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def url_for(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def url_for(host: str, port: int, *, tls: bool = True) -> str:
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def tls_refusal(error: BaseException) -> str | None:
+    """Why the engine's TLS was refused, if that is what `error` comes from."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"the engine's certificate was refused: {cause.verify_message}"
+        if isinstance(cause, ssl.SSLError):
+            return f"the engine does not speak TLS as required: {cause.reason or cause}"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class EngineSupervisor:
@@ -107,6 +122,8 @@ class EngineSupervisor:
         self._source: PowerSource | None = None
         self._energy_base = 0.0  # energy of engine processes that have exited
         self._energy_source = "estimate"
+        self._untrusted = ""  # why the engine's TLS was refused, if it was
+        self._scratch = scratch.claim("replica", spec.replica_id)
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{spec.replica_id}", daemon=True
         )
@@ -165,8 +182,7 @@ class EngineSupervisor:
         self._stop.set()
         self._terminate(timeout_s)
         self._thread.join(timeout=timeout_s)
-        if self._spec.adapter_path:
-            Path(self._spec.adapter_path).unlink(missing_ok=True)
+        scratch.release(self._scratch)  # the adapter, the TLS key, the engine's temporary files
         self._set("stopped")
 
     def _set(self, state: str, *, url: str | None = None, error: str = "") -> None:
@@ -207,6 +223,9 @@ class EngineSupervisor:
             reason = self._serve_once(model_path)
             if self._stop.is_set():
                 break
+            if self._untrusted:  # a restart would present the same certificate
+                self._set("failed", error=self._untrusted)
+                break
             self._exited(reason)
             if time.monotonic() - started > 60:
                 backoff = 1.0
@@ -217,7 +236,7 @@ class EngineSupervisor:
         """The fine-tuned model's adapter, in clear in this node's private directory only
         for as long as the replica runs."""
         assert self._spec.adapter is not None
-        path = node_dir("adapters") / f"{self._spec.replica_id}.gguf"
+        path = self._scratch / "adapter.gguf"
         path.unlink(missing_ok=True)
         decrypt_to([self._spec.adapter], path)
         return path
@@ -236,17 +255,19 @@ class EngineSupervisor:
     def _serve_once(self, model_path: Path) -> str:
         """Run the engine until it exits; returns why it did."""
         port = free_port(self._host)
-        url = url_for(self._host, port)
         self._rotate_log()
+        tls = self._tls_files()
+        url = url_for(self._host, port, tls=tls is not None)
         secret = secret_pipe(self._spec.secret)
         log = open_log(self._log_path)
         try:
             argv = self._launcher.command(
                 spec=self._spec, model_path=model_path, host=self._host, port=port,
-                secret_fd=secret,
+                secret_fd=secret, tls=tls,
             )  # fmt: skip
             env = {**os.environ, **self._launcher.environment(spec=self._spec)}
             env[SECRET_FD_ENV] = str(secret)
+            env["TMPDIR"] = str(self._scratch)  # the engine's scratch is in memory too
             env.pop(SECRET_ENV, None)
             self._log_start = os.lseek(log, 0, os.SEEK_END)
             process = subprocess.Popen(
@@ -255,7 +276,7 @@ class EngineSupervisor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 pass_fds=(secret,),
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             os.close(log)
@@ -263,6 +284,9 @@ class EngineSupervisor:
         self._process = process
         self._attach_power(process.pid)
         not_ready = self._wait_ready(url, process)
+        if tls is not None:  # loaded by the engine, or of no more use
+            tls.key.unlink(missing_ok=True)
+            tls.certificate.unlink(missing_ok=True)
         if not_ready is not None:
             self._terminate(5.0)
             return not_ready
@@ -271,6 +295,25 @@ class EngineSupervisor:
         self._set("ready", url=url)
         process.wait()
         return self._exit_reason(process.returncode)
+
+    def _tls_files(self) -> TlsFiles | None:
+        credential = self._spec.tls
+        if credential is None:
+            return None
+        files = TlsFiles(self._scratch / "engine.crt", self._scratch / "engine.key")
+        write_secret_file(files.certificate, credential.certificate)
+        write_secret_file(files.key, credential.key)
+        return files
+
+    def _client(self, timeout: httpx.Timeout | float) -> httpx.Client:
+        """A client that checks the engine as the gateway does."""
+        credential = self._spec.tls
+        verify = client_context(credential.authority) if credential is not None else True
+        return httpx.Client(timeout=timeout, verify=verify)
+
+    def _post(self, client: httpx.Client, url: str, **kwargs: object) -> httpx.Response:
+        extensions = {"sni_hostname": self._spec.server_name} if self._spec.tls else {}
+        return client.post(url, extensions=extensions, **kwargs)  # type: ignore[arg-type]
 
     def _measure_template(self, url: str) -> None:
         """How many prompt tokens the chat template adds, for admission's bound on what a
@@ -281,10 +324,12 @@ class EngineSupervisor:
         counts = []
         with (
             contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError),
-            httpx.Client(timeout=60.0) as client,
+            self._client(60.0) as client,
         ):
             for body in chat_overhead_probes(self._spec.model_name):
-                answer = client.post(url + "/v1/chat/completions", json=body, headers=headers)
+                answer = self._post(
+                    client, url + "/v1/chat/completions", json=body, headers=headers
+                )
                 counts.append(int(answer.json()["usage"]["prompt_tokens"]))
         if len(counts) == 2:
             one, three = counts
@@ -324,14 +369,18 @@ class EngineSupervisor:
         }
         content = json.dumps(probe.body).encode()
         deadline = time.monotonic() + self._start_timeout_s
-        with httpx.Client(timeout=httpx.Timeout(60.0, connect=2.0)) as client:
+        with self._client(httpx.Timeout(60.0, connect=2.0)) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 if process.poll() is not None:
                     return self._exit_reason(process.returncode)
-                with contextlib.suppress(httpx.HTTPError, ValueError):
-                    answer = client.post(url + probe.path, content=content, headers=headers)
+                try:
+                    answer = self._post(client, url + probe.path, content=content, headers=headers)
                     if answer.status_code == 200 and probe.answered(answer.json()):
                         return None
+                except (httpx.HTTPError, ValueError) as error:
+                    if refused := tls_refusal(error):
+                        self._untrusted = refused
+                        return refused
                 self._stop.wait(0.25)
         if process.poll() is not None:
             return self._exit_reason(process.returncode)

@@ -1,7 +1,8 @@
 """One fine-tuning job on one node: its data in clear only here, its process supervised.
 
     prepare   decrypt the training and validation files (and the checkpoint to resume
-              from) into a private job directory on this node
+              from) into the job's private memory-backed directory on this node
+              (node/scratch.py: swept if this actor dies without cleaning up)
     run       `python -m souverain.training.sft SPEC` (or `.grpo`, for reinforcement) in its
               own process group; follow its
               progress file; seal every checkpoint (a tar of the trainer's directory) and
@@ -9,6 +10,9 @@
     restart   a worker that dies (a crash, the OOM killer, a SIGKILL) is started again from
               the last checkpoint, up to `MAX_ATTEMPTS` times
     end       the job directory, with every decrypted byte, is deleted
+
+The worker is started with PR_SET_PDEATHSIG: if the actor is killed, its worker dies with
+it instead of training on, orphaned, over the job's plaintext.
 
 Events are the recipe's progress lines (numbers, never training text), numbered; the
 controller asks for those after the last one it has. Pause = SIGTERM (the recipe saves a
@@ -34,8 +38,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from souverain.core.fleet import (
     SealedObject,
     TrainingSpec,
@@ -48,9 +50,10 @@ from souverain.core.fleet import (
     training_object_key as object_key,
 )
 from souverain.energy.sources import pick_source, process_cpu_seconds
+from souverain.node import scratch
 from souverain.node.artifacts import ArtifactError, resolve
-from souverain.node.exits import describe_exit
-from souverain.node.node_dir import node_dir, open_log
+from souverain.node.exits import describe_exit, die_with_parent
+from souverain.node.node_dir import open_log
 from souverain.node.sealed import decrypt_to
 from souverain.storage.crypto import Sealer
 from souverain.storage.stores import store_from_uri
@@ -94,7 +97,7 @@ class TrainingSupervisor:
         self._source: Any = None
         self._started = time.monotonic()
         self._attempt = spec.attempt
-        self._dir = node_dir("training") / spec.job_id
+        self._dir = scratch.claim("training", spec.job_id)
         self._thread = threading.Thread(target=self._run, name=f"train-{spec.job_id}", daemon=True)
 
     def start(self) -> None:
@@ -163,10 +166,8 @@ class TrainingSupervisor:
             self._state, self._error, self._error_code = state, message, code
 
     def _prepare(self) -> None:
-        sweep_abandoned(self._dir.parent)
         shutil.rmtree(self._dir, ignore_errors=True)
-        self._dir.mkdir(mode=0o700, parents=True)
-        (self._dir / "owner.pid").write_text(str(os.getpid()))
+        self._dir.mkdir(mode=0o700)
         data = self._dir / "data"
         data.mkdir(mode=0o700)
         decrypt_to(self._spec.training, data / "train.jsonl", join_lines=True)
@@ -247,6 +248,7 @@ class TrainingSupervisor:
             stderr=log_fd,
             env=env,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         os.close(log_fd)
         lower_priority(process.pid)
@@ -408,17 +410,3 @@ def _latest_checkpoint(out: Path) -> Path | None:
         if p.is_dir() and p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()
     ]
     return max(found)[1] if found else None
-
-
-def sweep_abandoned(root: Path) -> None:
-    """Job directories whose actor died without cleaning up (a SIGKILL, a node crash): their
-    decrypted data must not outlive the job on this node. Each directory names its owner's
-    pid; a directory whose owner is gone is deleted."""
-    for job_dir in root.iterdir() if root.is_dir() else ():
-        try:
-            owner = int((job_dir / "owner.pid").read_text())
-        except (OSError, ValueError):
-            owner = 0
-        if owner and psutil.pid_exists(owner):
-            continue
-        shutil.rmtree(job_dir, ignore_errors=True)

@@ -35,7 +35,7 @@ from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
 from souverain.gateway.state import AppState
 from souverain.gateway.upstream import Upstream
-from souverain.installation import bootstrap, signing
+from souverain.installation import authority, bootstrap, signing
 from souverain.jobs.batches.runner import BatchRunner
 from souverain.metering import usage as usage_service
 from souverain.server import errors
@@ -255,14 +255,16 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         say_where_files_go(await files_service.store_coverage(session, stores=stores))
     routes = RouteTable()
     await routes.refresh(sessions)
+    master_key = load_master_key(settings)
+    trusted = await authority.load_or_create(sessions, master_key)  # engines' TLS root
     return AppState(
         settings=settings,
         engine=engine,
         sessions=sessions,
         keys=KeyCache(sessions, ttl_s=settings.key_cache_ttl_s),
         routes=routes,
-        upstream=Upstream(timeout_s=settings.upstream_timeout_s),
-        master_key=load_master_key(settings),
+        upstream=Upstream(timeout_s=settings.upstream_timeout_s, authority=trusted.certificate_pem),
+        master_key=master_key,
         server_id=server_id,
         signing_key=signing_key,
         limiter=RateLimiter(

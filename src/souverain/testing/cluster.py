@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 
 from souverain.cluster import ray_cluster
 from souverain.gateway.state import AppState
+from souverain.installation.authority import Issuer
 from souverain.jobs.deployments.reconciler import EngineDefaults
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.fine_tuning.reconciler import TrainingDefaults
@@ -31,6 +32,7 @@ def controller_hook(
             ray_cluster.RayCluster(),
             master_key=state.master_key,
             engine=EngineDefaults(threads=threads, bind_host=None),
+            issuer=Issuer(state.sessions, state.master_key),
             interval_s=0.5,
             signing_key=state.signing_key,
             seal_interval_s=2.0,

@@ -9,6 +9,8 @@ from typing import Any
 
 import uvicorn
 
+from souverain.node.engines.base import TlsFiles
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -17,18 +19,28 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, app: Any, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, app: Any, *, port: int | None = None, host: str = "127.0.0.1",
+        tls: TlsFiles | None = None,
+    ) -> None:  # fmt: skip
         self.host = host
         self.port = port or free_port()
-        config = uvicorn.Config(
-            app, host=host, port=self.port, log_level="warning", lifespan="on", access_log=False
+        self._scheme = "http" if tls is None else "https"
+        ssl = (
+            {}
+            if tls is None
+            else {"ssl_certfile": str(tls.certificate), "ssl_keyfile": str(tls.key)}
         )
+        config = uvicorn.Config(
+            app, host=host, port=self.port, log_level="warning", lifespan="on", access_log=False,
+            **ssl,  # type: ignore[arg-type]
+        )  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self._scheme}://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> LiveServer:
         self._thread.start()

@@ -300,6 +300,7 @@ def main() -> None:
     import uvicorn
 
     from souverain.core.ids import replica_secret
+    from souverain.node.secret import add_tls_arguments, uvicorn_tls
 
     parser = argparse.ArgumentParser(description="canned-token OpenAI-compatible engine")
     parser.add_argument("--host", default="127.0.0.1")
@@ -310,6 +311,7 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--fault", default="", choices=["", "sigill"])
     parser.add_argument("--fault-while", default="", help="only while this path exists")
+    add_tls_arguments(parser)
     args = parser.parse_args()
     if args.master_key:
         key = args.master_key.encode()
@@ -333,7 +335,10 @@ def main() -> None:
         fault=args.fault,
         fault_while=args.fault_while,
     )
-    uvicorn.run(engine.app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        engine.app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        **uvicorn_tls(args),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

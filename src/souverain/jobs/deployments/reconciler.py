@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.errors import GoneError
-from souverain.core.fleet import ObjectGrant, ReplicaSpec, actor_name_for
+from souverain.core.fleet import EngineCredential, ObjectGrant, ReplicaSpec, actor_name_for
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.policy import Policy, exclusion
 from souverain.core.status import DEPLOYMENT_FAILING, ReplicaState
@@ -55,6 +56,12 @@ class EngineDefaults:
     bind_host: str | None
     watts_per_core: float = 10.0
     model_roots: tuple[str, ...] = ()
+
+
+class CredentialIssuer(Protocol):
+    """Issues a replica's TLS certificate (the installation's authority)."""
+
+    async def issue_replica(self, replica_id: str) -> EngineCredential: ...
 
 
 @dataclass
@@ -99,9 +106,11 @@ class DeploymentReconciler:
         master_key: bytes,
         engine: EngineDefaults,
         energy: EnergyAccountant,
+        issuer: CredentialIssuer,
         lease_s: float = 60.0,
     ) -> None:
         self.energy = energy
+        self._issuer = issuer
 
         self._sessions = sessions
         self._cluster = cluster
@@ -262,6 +271,7 @@ class DeploymentReconciler:
             watts_per_core=self._engine.watts_per_core,
             model_roots=self._engine.model_roots,
             adapter=loaded.adapter,
+            tls=await self._issuer.issue_replica(replica_id),
         )
 
         await asyncio.to_thread(self._cluster.start_replica, spec)

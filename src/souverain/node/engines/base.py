@@ -12,6 +12,16 @@ from souverain.core.fleet import ReplicaSpec
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Where the replica's certificate and key are, for the engine to load at start: 0600
+    files in the replica's memory-backed scratch directory (node/scratch.py), removed once
+    the engine answers. Paths are not secret; the key is never in argv or the environment."""
+
+    certificate: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class Probe:
     """A tiny real request sent with the replica secret. An engine is ready only once it
     has answered one: an HTTP route that answers proves nothing about the first decode,
@@ -61,10 +71,12 @@ class EngineLauncher(Protocol):
         ...
 
     def command(
-        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
-    ) -> list[str]:
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int,
+        tls: TlsFiles | None = None,
+    ) -> list[str]:  # fmt: skip
         """The argv of the engine process. Never carries the secret (argv is world-readable);
-        `secret_fd` is the inherited pipe holding it (node/secret.py)."""
+        `secret_fd` is the inherited pipe holding it (node/secret.py); with `tls` the
+        engine serves HTTPS with that certificate, and nothing in clear."""
         ...
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
@@ -76,3 +88,8 @@ class EngineLauncher(Protocol):
         ...
 
     measures_chat_template: bool  # whether to measure the template's overhead once ready
+
+
+def tls_options(tls: TlsFiles | None, *, certificate: str, key: str) -> list[str]:
+    """The engine's own options naming its certificate and key files (none without TLS)."""
+    return [] if tls is None else [certificate, str(tls.certificate), key, str(tls.key)]

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.node.engines.base import Probe, one_embedding
+from souverain.node.engines.base import Probe, TlsFiles, one_embedding, tls_options
 
 
 class EmbeddingsLauncher:
@@ -19,8 +19,9 @@ class EmbeddingsLauncher:
         return None  # the gateway's default for the engine (catalog/routes.py)
 
     def command(
-        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
-    ) -> list[str]:
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int,
+        tls: TlsFiles | None = None,
+    ) -> list[str]:  # fmt: skip
         return [
             sys.executable,
             "-m",
@@ -35,6 +36,7 @@ class EmbeddingsLauncher:
             str(port),
             "--threads",
             str(int(spec.engine_args.get("threads", spec.threads))),
+            *tls_options(tls, certificate="--ssl-cert-file", key="--ssl-key-file"),
         ]
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:

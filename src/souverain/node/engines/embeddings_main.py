@@ -17,7 +17,7 @@ import os
 import secrets
 from typing import Any
 
-from souverain.node.secret import read_secret
+from souverain.node.secret import add_tls_arguments, read_secret, uvicorn_tls
 
 
 def build_app(model: Any, *, alias: str, secret: str) -> Any:
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=2)
+    add_tls_arguments(parser)
     args = parser.parse_args(argv)
     secret = read_secret()
     os.environ["HF_HUB_OFFLINE"] = "1"  # never reach a hub from an engine
@@ -116,7 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model = SentenceTransformer(args.model, device="cpu")
     app = build_app(model, alias=args.alias, secret=secret)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        **uvicorn_tls(args),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ How it is started, and why:
   gateway's OpenAI requests and nothing else.
 - `--reasoning-format none`: the gateway takes thinking out of answers itself, the same
   way for every engine (gateway/reasoning.py).
+- `--ssl-cert-file`/`--ssl-key-file`: HTTPS only, with the replica's own certificate (a
+  binary built without OpenSSL stops at start, saying so: rebuild it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.node.engines.base import Probe, one_embedding, one_token_completion
+from souverain.node.engines.base import (
+    Probe,
+    TlsFiles,
+    one_embedding,
+    one_token_completion,
+    tls_options,
+)
 
 BINARY_ENV = "SOUVERAIN_LLAMA_SERVER"  # the binary's path, if not beside the interpreter
 DEFAULT_SLOTS = 8  # per replica; engine_args.parallel sets it (1..64)
@@ -56,7 +64,7 @@ class LlamaServerLauncher:
     name = "llamacpp"
     runtime = "llama-server"
     measures_chat_template = True
-    build_hint = "llama-server (scripts/build-llama-server)"
+    build_hint = "llama-server with OpenSSL (scripts/build-llama-server)"
 
     def __init__(self, path: Path | None) -> None:
         self.path = path  # None: this node has no llama-server (the replica fails, saying so)
@@ -65,8 +73,9 @@ class LlamaServerLauncher:
         return slots_of(spec)
 
     def command(
-        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
-    ) -> list[str]:
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int,
+        tls: TlsFiles | None = None,
+    ) -> list[str]:  # fmt: skip
         if self.path is None:
             raise RuntimeError(
                 "this node has no llama-server: run scripts/build-llama-server (make setup "
@@ -104,7 +113,7 @@ class LlamaServerLauncher:
             argv.append("--embedding")
         if spec.adapter_path:
             argv += ["--lora", spec.adapter_path]
-        return argv
+        return argv + tls_options(tls, certificate="--ssl-cert-file", key="--ssl-key-file")
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
         return {}

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.node.engines.base import Probe, one_token_completion
+from souverain.node.engines.base import Probe, TlsFiles, one_token_completion, tls_options
 
 
 class LlamaCppLauncher:
@@ -19,8 +19,9 @@ class LlamaCppLauncher:
         return None  # the gateway's default for the engine (catalog/routes.py)
 
     def command(
-        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
-    ) -> list[str]:
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int,
+        tls: TlsFiles | None = None,
+    ) -> list[str]:  # fmt: skip
         argv = [
             sys.executable,
             "-m",
@@ -44,7 +45,7 @@ class LlamaCppLauncher:
             argv.append("--embedding")
         if spec.adapter_path:
             argv += ["--lora", spec.adapter_path]
-        return argv
+        return argv + tls_options(tls, certificate="--ssl-cert-file", key="--ssl-key-file")
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
         return {}  # the secret travels through a pipe (node/secret.py)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from souverain.node.secret import read_secret
+from souverain.node.secret import add_tls_arguments, read_secret, uvicorn_tls
 
 CACHE_SCOPE: ContextVar[str] = ContextVar("souverain_cache_scope", default="")
 SCOPE_HEADER = b"x-souverain-cache-scope"
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-layers", type=int, default=0)
     parser.add_argument("--embedding", action="store_true")
     parser.add_argument("--lora", default=None, help="a GGUF LoRA adapter on the base model")
+    add_tls_arguments(parser)
     args = parser.parse_args(argv)
     secret = read_secret()
 
@@ -152,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         verbose=False,
     )
     app = CacheScope(create_app(server_settings=server, model_settings=[model]))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False,
+        **uvicorn_tls(args),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

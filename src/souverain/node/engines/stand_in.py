@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.node.engines.base import Probe, one_token_completion
+from souverain.node.engines.base import Probe, TlsFiles, one_token_completion, tls_options
 
 
 class StandInLauncher:
@@ -24,8 +24,9 @@ class StandInLauncher:
         return None  # the gateway's default for the engine (catalog/routes.py)
 
     def command(
-        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
-    ) -> list[str]:
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int,
+        tls: TlsFiles | None = None,
+    ) -> list[str]:  # fmt: skip
         argv = [
             sys.executable,
             "-m",
@@ -43,7 +44,7 @@ class StandInLauncher:
             argv += ["--fault-while", str(spec.engine_args["fault_while"])]
         if spec.engine_args.get("token_delay"):
             argv += ["--token-delay", str(float(spec.engine_args["token_delay"]))]
-        return argv
+        return argv + tls_options(tls, certificate="--ssl-cert-file", key="--ssl-key-file")
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
         return {}  # the secret travels through a pipe (node/secret.py)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.node.engines.base import Probe, one_token_completion
+from souverain.node.engines.base import Probe, TlsFiles, one_token_completion, tls_options
 
 
 class VllmLauncher:
@@ -19,8 +19,9 @@ class VllmLauncher:
         return None  # the gateway's default for the engine (catalog/routes.py)
 
     def command(
-        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int
-    ) -> list[str]:
+        self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int,
+        tls: TlsFiles | None = None,
+    ) -> list[str]:  # fmt: skip
         argv = [
             sys.executable,
             "-m",
@@ -47,7 +48,7 @@ class VllmLauncher:
                 "--gpu-memory-utilization",
                 str(float(spec.engine_args["gpu_memory_utilization"])),
             ]
-        return argv
+        return argv + tls_options(tls, certificate="--ssl-certfile", key="--ssl-keyfile")
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:
         return {}  # the secret travels through a pipe; vllm_main hands it to vLLM in-process
