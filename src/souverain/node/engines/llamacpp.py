@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.node.engines.base import Probe, one_token_completion
+from souverain.node.engines.base import Probe, one_token_completion, sampling_limit_ms
 
 
 class LlamaCppLauncher:
@@ -37,6 +37,8 @@ class LlamaCppLauncher:
             str(int(spec.engine_args.get("threads", spec.threads))),
             "--ctx",
             str(int(spec.engine_args.get("n_ctx", spec.context_length))),
+            "--sampling-limit-ms",
+            str(sampling_limit_ms(spec)),
         ]
         if spec.gpus:
             argv += ["--gpu-layers", str(int(spec.engine_args.get("n_gpu_layers", -1)))]
