@@ -9,7 +9,7 @@ TORCH  ?= 2.13.0
 
 # llama-server (the llamacpp engine's parallel runtime) builds beside the llama-cpp-python
 # wheel, both from the same llama.cpp sources and cached; without it, llama-cpp-python serves.
-$(STAMP): pyproject.toml scripts/build-llamacpp scripts/build-llama-server | openssl
+$(STAMP): pyproject.toml scripts/build-llamacpp scripts/build-llama-server scripts/patches/llama-server-isolation.patch | openssl
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	( PIP=$(BIN)/pip scripts/build-llama-server > $(VENV)/.llama-server || rm -f $(VENV)/.llama-server ) & \

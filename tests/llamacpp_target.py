@@ -38,6 +38,7 @@ class LlamaTarget:
     factory: Factory
     tenant: Tenant
     key: str  # the tenant owner's
+    config: Settings  # the server's: another server process of the installation starts from it
 
     def engine_alive(self) -> bool:
         """The engine process has never exited since it became ready."""
@@ -119,7 +120,7 @@ async def llamacpp_target(
             # What the controller's observer would write from the replica's status:
             await factory.replica_observed(replica_id, prompt_overhead=status.prompt_overhead,
                                            runtime=status.runtime, slots=status.slots)  # fmt: skip
-            target = LlamaTarget(server.url, model, supervisor, factory, tenant, key)
+            target = LlamaTarget(server.url, model, supervisor, factory, tenant, key, config)
             async with target.client() as client:
 
                 async def listed() -> bool:

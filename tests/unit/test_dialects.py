@@ -38,6 +38,7 @@ class Seen:
 
     call: Call
     slot: Slot | None = None
+    cache_scope: str = "s"
     forced_tool: Forced | None = field(default=None)
 
 
@@ -77,16 +78,17 @@ class TestBodies:
         sent = json.loads(LLAMA_CPP_PYTHON.body(exchange({"response_format": SCHEMA}), b""))
         assert sent["response_format"] == {"type": "json_object", "schema": {"type": "object"}}
 
-    def test_llama_server_gets_its_slot_one_connection_and_stream_progress(self) -> None:
-        seen = exchange({"messages": []}, stream=True, slot=Slot(3, reuse=False))
+    def test_llama_server_gets_its_slot_scope_one_connection_and_stream_progress(self) -> None:
+        seen = exchange({"messages": []}, stream=True, slot=Slot(3, warm=False))
         sent = json.loads(LLAMA_SERVER.body(seen, b""))
-        assert (sent["id_slot"], sent["cache_prompt"]) == (3, False)
+        # The engine keeps reuse within the scope, so it may always try (warm or not).
+        assert (sent["id_slot"], sent["cache_prompt"], sent["cache_scope"]) == (3, True, "s")
         assert sent["stream_options"] == {"include_usage": True} and sent["return_progress"]
         assert LLAMA_SERVER.headers() == {"Connection": "close"}
 
     def test_llama_server_gets_a_forced_tool_call_as_a_schema_and_answers_a_call(self) -> None:
         body = {"messages": [], "tools": [WEATHER], "tool_choice": "required"}
-        seen = exchange(body, slot=Slot(0, reuse=True))
+        seen = exchange(body, slot=Slot(0, warm=True))
         sent = json.loads(LLAMA_SERVER.body(seen, b""))
         assert "tools" not in sent and sent["response_format"]["type"] == "json_schema"
         answer = {"choices": [{"message": {"content": '{"city": "Paris"}'},

@@ -66,8 +66,8 @@ class ReplicaRoute:
 
     @property
     def slotted(self) -> bool:
-        """Whether each request is sent to a slot the gateway chose (llama-server): that is
-        how KV-cache reuse is kept within one organisation (gateway/slots.py)."""
+        """Whether each request is sent to a slot the gateway chose (llama-server), where
+        its cache scope's prefix is likely cached (gateway/slots.py)."""
         return self.runtime in SLOTTED_RUNTIMES
 
     @property

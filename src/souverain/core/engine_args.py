@@ -43,6 +43,8 @@ ENGINE_ARGS: dict[str, dict[str, Arg]] = {
         # llama-server's parallel slots (each holds a whole context); llama-cpp-python has one
         "parallel": Arg(int, 1, 64),
         "runtime": Arg(str, choices=LLAMACPP_RUNTIMES),
+        # a request whose sampler holds the engine longer on one token is stopped
+        "sampling_limit_ms": Arg(int, 50, 60_000),
     },
     "vllm": {"max_model_len": Arg(int, 128), "gpu_memory_utilization": Arg(float, 0.1, 0.95)},
     "embeddings": {"threads": Arg(int, 1)},

@@ -46,9 +46,10 @@ def replica_secret(master_key: bytes, replica_id: str) -> str:
     return hmac.new(master_key, f"replica:{replica_id}".encode(), hashlib.sha256).hexdigest()
 
 
-def cache_scope(master_key: bytes, org_id: str | None) -> str:
-    """The opaque name of an organisation's KV-cache partition on engines."""
-    subject = f"cache:{org_id or 'platform'}"
+def cache_scope(master_key: bytes, org_id: str | None, model_id: str) -> str:
+    """The opaque name of an organisation's KV-cache partition on engines, for one model
+    (a fine-tuned model's adapter changes what a prefix computes to)."""
+    subject = f"cache:{org_id or 'platform'}:{model_id}"
     return hmac.new(master_key, subject.encode(), hashlib.sha256).hexdigest()[:32]
 
 

@@ -8,9 +8,9 @@ not quite alike. What differs lives here and nowhere else in the pipeline:
                     entry point says it (node/engines/llamacpp_main.py)
     LlamaCppPython  llama-cpp-python's server: a JSON schema only as `json_object` with
                     `schema`
-    LlamaServer     llama.cpp's llama-server: the slot the gateway chose and whether it
-                    may reuse its cached prefix (gateway/slots.py), one connection per
-                    request, usage and prompt progress asked for in streams, a forced
+    LlamaServer     llama.cpp's llama-server: the slot the gateway chose (gateway/slots.py)
+                    and the request's cache scope, which the engine enforces (a slot's
+                    prefix is reused within one scope only), one connection per request, usage and prompt progress asked for in streams, a forced
                     tool call as a JSON schema (gateway/forced_tools.py)
 
 The replica says which program serves it (`runtime`); `dialect_of` picks the adapter.
@@ -81,10 +81,10 @@ class LlamaServer(Dialect):
         return {"Connection": "close"}
 
     def body(self, exchange: Exchange, content: bytes) -> bytes:
-        """The slot the gateway chose, whether it may reuse that slot's cached prefix, in
-        streams the usage chunk at the end and the prompt's size before the first token
-        (so a stream cut short is still charged for its prompt), and a forced tool call
-        as a JSON schema."""
+        """The slot the gateway chose and the cache scope the engine keeps reuse within
+        (`--cache-scopes`), in streams the usage chunk at the end and the prompt's size
+        before the first token (so a stream cut short is still charged for its prompt),
+        and a forced tool call as a JSON schema."""
         call, slot = exchange.call, exchange.slot
         body: dict[str, Any] = call.body
         if call.endpoint == "chat":
@@ -92,7 +92,8 @@ class LlamaServer(Dialect):
             if exchange.forced_tool is not None:
                 body = forced_tools.request(body, exchange.forced_tool)
         if call.endpoint != "embeddings" and slot is not None:
-            body = {**body, "id_slot": slot.index, "cache_prompt": slot.reuse}
+            scope = exchange.cache_scope
+            body = {**body, "id_slot": slot.index, "cache_prompt": True, "cache_scope": scope}
             if call.stream:
                 body |= {"stream_options": {"include_usage": True}, "return_progress": True}
         return json.dumps(body, allow_nan=False).encode()

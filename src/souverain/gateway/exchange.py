@@ -100,8 +100,10 @@ class Exchange:
 
     @cached_property
     def cache_scope(self) -> str:
-        """The organisation's opaque KV-cache scope: prefixes are reused within it only."""
-        return cache_scope_of(self.state.master_key, self.call.principal.org_id)
+        """The organisation's opaque KV-cache scope for this model: engines reuse a cached
+        prefix within it only (node/engines/llamacpp_main.py, llama-server's patch)."""
+        principal, model = self.call.principal, self.call.model
+        return cache_scope_of(self.state.master_key, principal.org_id, model.id)
 
     def release(self) -> None:
         if self._tracking is not None:

@@ -43,6 +43,7 @@ from souverain.gateway.exchange import Answer, Exchange
 from souverain.gateway.relay import relay
 from souverain.gateway.state import AppState
 from souverain.metering.usage import OpenRecord, Settlement
+from souverain.node.engines.base import SAMPLING_LIMIT
 from souverain.tenancy import projects
 
 log = logging.getLogger(__name__)
@@ -203,14 +204,14 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
                 "not sent again because it may have been processed."
             ) from None
         if response.status >= 400:
-            raise await _upstream_error(response)
+            raise await _upstream_error(exchange, response)
         return response
     raise ServiceUnavailableError(
         f"No replica of '{exchange.call.model.name}' could be reached; retry shortly."
     )
 
 
-async def _upstream_error(response: upstream.Response) -> SouverainError:
+async def _upstream_error(exchange: Exchange, response: upstream.Response) -> SouverainError:
     try:
         raw = await response.read()
     except upstream.Broken:
@@ -218,6 +219,9 @@ async def _upstream_error(response: upstream.Response) -> SouverainError:
     finally:
         response.close()
     message = plain_engine_message(_engine_message(raw))
+    if SAMPLING_LIMIT in message:  # it held the engine for everyone: counted like a crash
+        await exchange.note_engine_failure("stopped a request whose sampler stalled it")
+        return InvalidRequestError(f"The model engine stopped the request: {message}")
     if 400 <= response.status < 500 and response.status not in (401, 403):
         return InvalidRequestError(
             f"The model engine refused the request: {message}"

@@ -5,7 +5,8 @@ dialect's (gateway/dialects.py).
 
 The relay concludes its exchange when it ends, however it ends: `[DONE]` (ok), the engine
 breaking off (upstream_error, and an error event to the client), the client going away or
-the generator being closed (client_cancelled).
+the generator being closed (client_cancelled). A stream the engine stopped because its
+sampler stalled the engine (`sampling limit:`) counts against the key like a crash.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from souverain.core.errors import STATUS, ErrorCode, error_body
 from souverain.gateway import forced_tools, reasoning, upstream
 from souverain.gateway.exchange import Exchange
 from souverain.metering.usage import Settlement
+from souverain.node.engines.base import SAMPLING_LIMIT
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Progress:
     prompt_tokens: int | None = None  # said by the engine before the first token
     done: bool = False
     broken: str = ""
+    stalled: bool = False  # the engine stopped it for its sampler's cost (SAMPLING_LIMIT)
 
 
 async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterator[bytes]:
@@ -42,8 +45,11 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
             if payload == "[DONE]":
                 progress.done = True
                 break
+            progress.stalled = progress.stalled or SAMPLING_LIMIT in payload
             for out in events.forward(payload):
                 yield out
+        if progress.stalled:
+            await exchange.note_engine_failure("stopped a stream whose sampler stalled it")
         if progress.done:
             yield b"data: [DONE]\n\n"
         else:

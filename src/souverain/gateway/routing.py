@@ -240,7 +240,7 @@ class RouteTable:
         self, route: ReplicaRoute, cache_scope: str = "", org: str = ""
     ) -> Iterator[Slot | None]:
         """Count a request of `org` against `route` while it runs; on a slotted replica,
-        the slot it goes to (and whether `cache_scope` may reuse that slot's cache)."""
+        the slot it goes to (one where `cache_scope`'s prefix is likely cached)."""
         self.outstanding[route.replica_id] += 1
         self.held[(route.replica_id, org)] += 1
         slot = (

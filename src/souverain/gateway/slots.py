@@ -1,20 +1,23 @@
-"""Which slot of a llama-server replica a request goes to, and whether it may reuse what
-that slot holds.
+"""Which slot of a llama-server replica a request goes to: one that likely holds its cache
+scope's prompts.
 
-llama-server keeps one KV cache per slot and, with `cache_prompt`, starts a request from
-the longest prefix it shares with the slot's previous one. Reuse is what makes a long
-shared system prompt (the reasoning prompt) cheap, but across tenants it is a timing
-oracle: a fast first token would tell one organisation that another's prompt began like
-its guess. So the gateway names each request's slot (`id_slot`) and allows reuse
-(`cache_prompt: true`) only when that slot last served the same organisation's cache
-scope; otherwise the engine recomputes the whole prompt. The slot then holds this
-request's prompt, for the organisation's next one.
+llama-server keeps one KV cache per slot and starts a request from the longest prefix it
+shares with the slot's previous one. Reuse is what makes a long shared system prompt (the
+reasoning prompt) cheap, but across tenants it is a timing oracle: a fast first token
+would tell one organisation that another's prompt began like its guess. The rule that
+stops it lives in the engine, not here: every request names its cache scope (organisation
+and model), and souverain's llama-server (scripts/patches/llama-server-isolation.patch)
+clears a slot's cache when it starts a task of another scope, whatever becomes of the
+task afterwards and whichever server process sent it.
 
-A free slot of the same scope is preferred (the most recently used: its cache is the
-warmest), else the free slot used longest ago. The count of requests per replica stays
-with RouteTable (fair queueing admits at most `slots` at once per server process); with
-several server processes two may name the same slot, which llama-server serves one after
-the other, and reuse is still decided by the scope alone, so nothing crosses tenants.
+This book is an optimisation only: it names the slot (`id_slot`) where this server process
+last sent the same scope, so that the engine finds that scope's prefix there. A free slot
+of the same scope is preferred (the most recently used: its cache is the warmest), else the
+free slot used longest ago. If the book is wrong (a refused request, another server
+process), the engine recomputes the prompt; it never reuses another scope's. The count of
+requests per replica stays with RouteTable (fair queueing admits at most `slots` at once
+per server process); with several server processes two may name the same slot, which
+llama-server serves one after the other.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Slot:
     index: int
-    reuse: bool  # the slot last served this scope: its cached prefix may be reused
+    warm: bool  # this process last sent the same scope there: its prefix is likely cached
 
 
 @dataclass
@@ -58,11 +61,11 @@ class SlotBook:
             if same
             else min(free, key=replica.used.__getitem__)
         )
-        reuse = replica.scopes[index] == scope
+        warm = replica.scopes[index] == scope
         self._tick += 1
         replica.scopes[index], replica.used[index] = scope, self._tick
         replica.busy[index] += 1
-        return Slot(index, reuse)
+        return Slot(index, warm)
 
     def give_back(self, replica_id: str, slot: Slot) -> None:
         replica = self._replicas.get(replica_id)

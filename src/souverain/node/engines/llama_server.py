@@ -10,9 +10,18 @@ How it is started, and why:
   passes (node/secret.py), never argv or the environment.
 - `--parallel N` slots with `--ctx-size N × context`: every slot holds a whole context
   (no unified KV cache that one long request could fill for the others).
-- `--cache-ram 0`: llama-server's host-memory prompt cache restores any earlier prompt into
-  any slot, whoever sent it; disabled, a slot's KV cache is its only cache, and the
-  gateway decides per request whether it may be reused (gateway/slots.py).
+- `--cache-scopes` (souverain's patch, scripts/patches/llama-server-isolation.patch):
+  every request names its cache scope (organisation and model), and a slot that starts a
+  task of another scope clears its KV cache first, whether that task is then refused,
+  fails or is cancelled, and whichever server process sent it; nor does another scope's
+  prompt steer which slot a request takes. The flag also disables the host-memory prompt
+  cache, which would restore any earlier prompt into any slot. A llama-server without the
+  patch refuses the flag, so the replica fails rather than serve without the rule.
+- `--cache-ram 0`: that prompt cache off all the same (a slot's KV cache is its only one).
+- `--sampling-limit-ms` (the same patch): a request whose sampler takes longer to build or
+  to sample one token is stopped with an error that says so (`sampling limit:`): the
+  serving loop samples every slot in turn, so a costly grammar would hold all of them.
+  The gateway counts it against the key like a crash (node/engines/base.py).
 - `--no-slots`: the slots endpoint shows the prompts in every slot; nobody needs it.
 - `--no-webui`, no tools, no MCP, no `--props`, no slot save path: the engine serves the
   gateway's OpenAI requests and nothing else.
@@ -36,6 +45,7 @@ from souverain.node.engines.base import (
     one_embedding,
     one_token_completion,
     tls_options,
+    sampling_limit_ms,
 )
 
 BINARY_ENV = "SOUVERAIN_LLAMA_SERVER"  # the binary's path, if not beside the interpreter
@@ -100,6 +110,8 @@ class LlamaServerLauncher:
             "--parallel", str(slots),
             "--ctx-size", str(context * slots),
             "--no-kv-unified",
+            "--cache-scopes",
+            "--sampling-limit-ms", str(sampling_limit_ms(spec)),
             "--cache-ram", "0",
             "--no-slots",
             "--no-webui",

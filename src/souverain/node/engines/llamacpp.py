@@ -7,6 +7,7 @@ from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
 from souverain.node.engines.base import Probe, TlsFiles, one_token_completion, tls_options
+from souverain.node.engines.base import Probe, one_token_completion, sampling_limit_ms
 
 
 class LlamaCppLauncher:
@@ -38,6 +39,8 @@ class LlamaCppLauncher:
             str(int(spec.engine_args.get("threads", spec.threads))),
             "--ctx",
             str(int(spec.engine_args.get("n_ctx", spec.context_length))),
+            "--sampling-limit-ms",
+            str(sampling_limit_ms(spec)),
         ]
         if spec.gpus:
             argv += ["--gpu-layers", str(int(spec.engine_args.get("n_gpu_layers", -1)))]

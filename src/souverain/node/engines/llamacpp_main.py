@@ -18,6 +18,11 @@ cache scope (an opaque value per organisation) in `X-Souverain-Cache-Scope`, and
 request whose scope differs from the previous one starts from an empty cache. Otherwise
 the time to first token tells a tenant whether another tenant's prompt began like its
 guess. Requests of one organisation keep reusing each other's prefixes.
+
+A request whose sampler takes longer than `--sampling-limit-ms` to build (a grammar) or to
+sample one token is stopped with an error that says `sampling limit:`: llama.cpp cannot be
+interrupted inside a sampler, but a request that costs that much per token would hold the
+engine for everyone else; the gateway counts it against the key like a crash.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from souverain.node.secret import add_tls_arguments, read_secret, uvicorn_tls
+from souverain.node.engines.base import SAMPLING_LIMIT, SAMPLING_LIMIT_MS
+from souverain.node.secret import read_secret
 
 CACHE_SCOPE: ContextVar[str] = ContextVar("souverain_cache_scope", default="")
 SCOPE_HEADER = b"x-souverain-cache-scope"
@@ -81,6 +88,32 @@ def install_usage_counting() -> None:
     setattr(llama, "__call__", text)  # noqa: B010
 
 
+class SamplingLimitExceeded(RuntimeError):
+    """A sampler over the engine's limit: the request is stopped."""
+
+
+def install_sampling_limit(limit_ms: int) -> None:
+    import llama_cpp
+
+    llama = llama_cpp.Llama
+    for name, what in (("_init_sampler", "build the sampler"), ("sample", "sample one token")):
+        setattr(llama, name, _limited(getattr(llama, name), limit_ms, what))
+
+
+def _limited(method: Callable[..., Any], limit_ms: int, what: str) -> Callable[..., Any]:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        result = method(self, *args, **kwargs)
+        if (time.perf_counter() - started) * 1000 > limit_ms:
+            raise SamplingLimitExceeded(
+                f"{SAMPLING_LIMIT} it took more than {limit_ms} ms to {what}; the request's "
+                "grammar is too costly for a shared engine"
+            )
+        return result
+
+    return wrapper
+
+
 def _with_stream_usage(method: Callable[..., Any], object_name: str) -> Callable[..., Any]:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = method(self, *args, **kwargs)
@@ -130,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embedding", action="store_true")
     parser.add_argument("--lora", default=None, help="a GGUF LoRA adapter on the base model")
     add_tls_arguments(parser)
+    parser.add_argument("--sampling-limit-ms", type=int, default=SAMPLING_LIMIT_MS)
     args = parser.parse_args(argv)
     secret = read_secret()
 
@@ -138,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     install_usage_counting()
+    install_sampling_limit(args.sampling_limit_ms)
     server = ServerSettings(
         host=args.host, port=args.port, api_key=secret, interrupt_requests=False
     )
