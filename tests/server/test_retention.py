@@ -29,7 +29,9 @@ class TestRetentionSweep:
         client = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=owner.key, max_retries=0)
         kept = [await client.files.create(file=(f"n{i}.txt", b"notes"), purpose="user_data")
                 for i in range(3)]  # fmt: skip
-        await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+        await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]
+        )
         await usage_records(platform.sessions, 1, org_id=tenant.org_id)
         async with platform.client(owner.key) as http:
             windows = {"files_days": 1, "usage_days": 1, "audit_days": 1}
@@ -80,10 +82,14 @@ class TestRetentionSweep:
         async with platform.sessions.begin() as session:
             await audit_log.seal(session, signing_key=key)
             event = (
-                await session.execute(
-                    select(AuditEventRow).where(AuditEventRow.org_id == tenant.org_id)
+                (
+                    await session.execute(
+                        select(AuditEventRow).where(AuditEventRow.org_id == tenant.org_id)
+                    )
                 )
-            ).scalars().first()
+                .scalars()
+                .first()
+            )
             assert event is not None
             event.redacted, event.details, event.action = True, "", ""  # removed by hand
         async with platform.client(await platform.operator_key()) as op:

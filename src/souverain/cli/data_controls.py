@@ -20,9 +20,13 @@ data_controls = typer.Typer(
 def _show(view: DataControls) -> None:
     table = Table("control", "value", title=f"data controls of {view.org_id}")
     effective = "on" if view.zero_retention_effective else "off"
-    table.add_row("zero retention", f"{'on' if view.zero_retention else 'off'} (in force: {effective})")
+    table.add_row(
+        "zero retention", f"{'on' if view.zero_retention else 'off'} (in force: {effective})"
+    )
     for name, days in view.retention.model_dump().items():
-        table.add_row(name.removesuffix("_days").replace("_", " "), f"{days} days" if days else "kept")
+        table.add_row(
+            name.removesuffix("_days").replace("_", " "), f"{days} days" if days else "kept"
+        )
     console.print(table)
 
 

@@ -16,6 +16,7 @@ from souverain.core.schemas.billing import (
     PriceSetRequest,
     RateLimitsRequest,
 )
+from souverain.core.schemas.data_controls import DataControls, DataControlsRequest
 from souverain.core.schemas.deployments import (
     Deployment,
     DeploymentCreateRequest,
@@ -28,7 +29,6 @@ from souverain.core.schemas.fleet import (
     Node,
 )
 from souverain.core.schemas.models import Model, ModelRegisterRequest
-from souverain.core.schemas.data_controls import DataControls, DataControlsRequest
 from souverain.core.schemas.policies import PolicyDocument, PolicyView
 from souverain.core.schemas.tenancy import (
     ApiKey,

@@ -171,7 +171,10 @@ def _removals(events: Sequence[dict[str, Any]], last_sealed: int) -> list[Remova
 def _vouched(stub: dict[str, Any], removals: list[Removal]) -> bool:
     seq = int(stub["seq"])
     return any(
-        r.org_id == stub["org_id"] and r.seq > seq and seq <= r.through_seq and stub["time"] < r.before
+        r.org_id == stub["org_id"]
+        and r.seq > seq
+        and seq <= r.through_seq
+        and stub["time"] < r.before
         for r in removals
     )
 

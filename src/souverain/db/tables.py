@@ -559,6 +559,6 @@ class LeaseRow(Base):
 # The tables of files, batches and fine-tuning live in `db/jobs.py`, those of identities in
 # `db/identity.py`, on the same Base:
 # importing them here puts them in `Base.metadata` wherever the tables are imported.
-from souverain.db import identity as _identity  # noqa: E402, F401
 from souverain.db import data_controls as _data_controls  # noqa: E402, F401
+from souverain.db import identity as _identity  # noqa: E402, F401
 from souverain.db import jobs as _jobs  # noqa: E402, F401

@@ -69,7 +69,9 @@ async def ceiling_in_force(session: AsyncSession, *, org_id: str) -> Policy:
     """The operator's ceiling, with zero retention on if the organisation turned it on."""
     ceiling = await ceiling_of(session, org_id=org_id)
     controls = await data_controls.find_controls(session, org_id=org_id)
-    return replace(ceiling, zero_retention=True) if controls and controls.zero_retention else ceiling
+    return (
+        replace(ceiling, zero_retention=True) if controls and controls.zero_retention else ceiling
+    )
 
 
 async def effective(session: AsyncSession, *, org_id: str, project_id: str | None) -> Policy:

@@ -41,9 +41,7 @@ async def set_data_controls(
     retention on, file uploads, batches and fine-tuning jobs are refused (403
     `zero_data_retention`); turning it off cannot lift the operator's ceiling. Retention
     windows are enforced by the controller within minutes, every removal audited."""
-    row = await data_controls.set_controls(
-        session, principal=principal, org_ref=org, request=body
-    )
+    row = await data_controls.set_controls(session, principal=principal, org_ref=org, request=body)
     view = await _view(session, row.org_id, row)
     await session.commit()
     return view
