@@ -10,6 +10,7 @@ from souverain.cli import (
     billing,
     catalog,
     chat,
+    data_controls,
     fleet,
     install,
     jobs,
@@ -58,6 +59,7 @@ app.add_typer(tenancy.orgs, name="orgs")
 app.add_typer(tenancy.projects, name="projects")
 app.add_typer(tenancy.members, name="members")
 app.add_typer(tenancy.keys, name="keys")
+app.add_typer(data_controls.data_controls, name="data-controls")
 app.add_typer(fleet.datacenters, name="datacenters")
 app.add_typer(fleet.nodes, name="nodes")
 app.add_typer(node.node, name="node")

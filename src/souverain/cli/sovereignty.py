@@ -40,6 +40,7 @@ def _show(document: PolicyDocument, title: str) -> None:
         "retention", f"{document.retention_days} days" if document.retention_days else "none"
     )
     table.add_row("content logging", "on" if document.content_logging else "off")
+    table.add_row("zero retention", "on" if document.zero_retention else "off")
     console.print(table)
 
 
@@ -76,6 +77,9 @@ def policies_set(
         0, "--retention-days", help="0: prompts and completions are not kept."
     ),
     content_logging: bool = typer.Option(False, "--content-logging/--no-content-logging"),
+    zero_retention: bool = typer.Option(
+        False, "--zero-retention/--no-zero-retention", help="Keep no content beyond requests."
+    ),
 ) -> None:
     """Replace a policy. A project policy may only narrow its organisation's ceiling."""
     document = PolicyDocument(
@@ -85,6 +89,7 @@ def policies_set(
         operator_jurisdictions=_codes(operator_jurisdiction),
         retention_days=retention_days,
         content_logging=content_logging,
+        zero_retention=zero_retention,
     )
     with client() as c:
         view = c.set_policy(org, document, project)

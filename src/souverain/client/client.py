@@ -16,6 +16,7 @@ from souverain.core.schemas.billing import (
     PriceSetRequest,
     RateLimitsRequest,
 )
+from souverain.core.schemas.data_controls import DataControls, DataControlsRequest
 from souverain.core.schemas.deployments import (
     Deployment,
     DeploymentCreateRequest,
@@ -209,6 +210,14 @@ class SouverainClient:
         )
         body = document.model_dump(mode="json")
         return PolicyView.model_validate(self._request("PUT", path, body=body))
+
+    def get_data_controls(self, org: str) -> DataControls:
+        return self._get(DataControls, f"/api/orgs/{org}/data-controls")
+
+    def set_data_controls(self, org: str, request: DataControlsRequest) -> DataControls:
+        body = request.model_dump(mode="json")
+        path = f"/api/orgs/{org}/data-controls"
+        return DataControls.model_validate(self._request("PUT", path, body=body))
 
     def residency_report(self, org: str, *, since: datetime, until: datetime) -> dict[str, Any]:
         params = {"from": since.isoformat(), "to": until.isoformat()}

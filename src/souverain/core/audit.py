@@ -9,11 +9,19 @@ signature over (seq, hash, sealed_at) of the chain head at that moment; it prove
 chain up to `seq` existed as it is, so truncating sealed events is detected too. Pruning
 removes whole sealed segments only: the chain may then start after a sealed `seq`, from
 that seal's hash.
+
+An organisation's retention window reduces its old events to stubs (`redacted`: seq,
+time, organisation and the two hashes, nothing it said), so the chain still links across
+them. A stub's content can no longer be hashed, so it must be vouched for: by a later
+`retention.audit` event of the same organisation, itself sealed, whose details say which
+events it removed (`before` a time, up to `through_seq`). A stub nobody vouches for is
+reported like an edit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +71,7 @@ class Verdict:
     first_seq: int | None = None
     last_seq: int | None = None
     last_sealed_seq: int | None = None
+    redacted: int = 0
     problems: list[str] = field(default_factory=list)
 
     def fail(self, problem: str) -> None:
@@ -96,13 +105,18 @@ def verify_chain(
     verdict.first_seq, verdict.last_seq = int(events[0]["seq"]), int(events[-1]["seq"])
     expected_prev = _start_hash(verdict.first_seq, seals, verdict)
     previous_seq = verdict.first_seq - 1
+    removals = _removals(events, verdict.last_sealed_seq or 0)
     for event in events:
         seq = int(event["seq"])
         if seq != previous_seq + 1:
             verdict.fail(f"seq {seq} follows seq {previous_seq}: events missing or reordered")
         if event["prev_hash"] != expected_prev:
             verdict.fail(f"seq {seq}: its prev_hash does not match the event before it")
-        if event_hash(event) != event["hash"]:
+        if event.get("redacted"):
+            verdict.redacted += 1
+            if not _vouched(event, removals):
+                verdict.fail(f"seq {seq}: removed without a sealed retention record")
+        elif event_hash(event) != event["hash"]:
             verdict.fail(f"seq {seq}: its content does not match its hash (edited)")
         expected_prev, previous_seq = event["hash"], seq
     for seal in seals:
@@ -121,6 +135,48 @@ def verify_chain(
             f"the chain head says seq {head_seq} but the last event is seq {verdict.last_seq} (truncated)"
         )
     return verdict
+
+
+REMOVAL = "retention.audit"
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What one sealed `retention.audit` event says it reduced to stubs."""
+
+    seq: int
+    org_id: str
+    before: str  # events whose time is earlier
+    through_seq: int
+
+
+def removal_details(*, before: str, through_seq: int, events: int) -> dict[str, Any]:
+    return {"before": before, "through_seq": through_seq, "events": events}
+
+
+def _removals(events: Sequence[dict[str, Any]], last_sealed: int) -> list[Removal]:
+    found = []
+    for event in events:
+        if event["action"] != REMOVAL or event.get("redacted") or int(event["seq"]) > last_sealed:
+            continue
+        details = json.loads(event["details"])
+        found.append(
+            Removal(
+                int(event["seq"]), event["org_id"], details["before"], int(details["through_seq"])
+            )
+        )
+    return found
+
+
+def _vouched(stub: dict[str, Any], removals: list[Removal]) -> bool:
+    seq = int(stub["seq"])
+    return any(
+        r.org_id == stub["org_id"]
+        and r.seq > seq
+        and seq <= r.through_seq
+        and stub["time"] < r.before
+        for r in removals
+    )
 
 
 def _check_seals(

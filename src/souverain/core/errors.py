@@ -12,6 +12,7 @@ answers them (and batch lines write them into their error files) in one shape:
 
     ├── AuthenticationError        401  missing, malformed, wrong, revoked or expired key
     ├── PermissionDeniedError      403  authenticated, but the key may not do this
+    │   └── ZeroRetentionError     403  content would be stored under zero data retention
     ├── NotFoundError              404  absent, or belongs to someone else (never 403 across tenants)
     ├── ConflictError              409  a name already taken, a state that forbids the change
     ├── GoneError                  410  a file whose key material was erased
@@ -41,6 +42,7 @@ class ErrorCode(StrEnum):
 
     UNAUTHENTICATED = "invalid_api_key"
     PERMISSION_DENIED = "permission_denied"
+    ZERO_RETENTION = "zero_data_retention"
     NOT_FOUND = "not_found"
     MODEL_NOT_FOUND = "model_not_found"
     CONFLICT = "conflict"
@@ -91,6 +93,12 @@ class AuthenticationError(SouverainError):
 
 class PermissionDeniedError(SouverainError):
     code = ErrorCode.PERMISSION_DENIED
+
+
+class ZeroRetentionError(PermissionDeniedError):
+    """The caller's organisation or project keeps no content: this would store some."""
+
+    code = ErrorCode.ZERO_RETENTION
 
 
 class NotFoundError(SouverainError):
@@ -151,6 +159,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNPROCESSABLE: 422,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.PERMISSION_DENIED: 403,
+    ErrorCode.ZERO_RETENTION: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,

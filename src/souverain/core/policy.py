@@ -2,8 +2,8 @@
 
 A policy names allowed jurisdictions (ISO countries and groups such as EU, EEA), allowed
 datacenters, required datacenter certifications, allowed operator headquarters
-jurisdictions, prompt/completion retention and content logging. `None` means "no
-restriction" for a set; an empty set allows nothing.
+jurisdictions, prompt/completion retention, content logging and zero data retention.
+`None` means "no restriction" for a set; an empty set allows nothing.
 
     effective = org ceiling ∩ project policy           (intersect)
     a project policy may only narrow its ceiling        (widenings → reasons; what it
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from souverain.core.errors import ZeroRetentionError
 from souverain.core.jurisdictions import GROUPS, is_country
 
 
@@ -37,6 +38,9 @@ class Policy:
     operator_jurisdictions: frozenset[str] | None = None
     retention_days: int = 0  # 0: prompts and completions are not kept
     content_logging: bool = False
+    # Nothing of the tenant's content may outlive a request: endpoints that must store
+    # content (files, batches, fine-tuning) refuse. Either level turns it on.
+    zero_retention: bool = False
 
     @property
     def countries(self) -> frozenset[str] | None:
@@ -93,6 +97,7 @@ def intersect(ceiling: Policy, project: Policy) -> Policy:
         ),
         retention_days=min(ceiling.retention_days, project.retention_days),
         content_logging=ceiling.content_logging and project.content_logging,
+        zero_retention=ceiling.zero_retention or project.zero_retention,
     )
 
 
@@ -114,6 +119,8 @@ def widenings(ceiling: Policy, candidate: Policy) -> list[str]:
         )
     if candidate.content_logging and not ceiling.content_logging:
         problems.append("content_logging: the ceiling forbids it")
+    if ceiling.zero_retention and not candidate.zero_retention:
+        problems.append("zero_retention: the ceiling requires it")
     return problems
 
 
@@ -134,3 +141,14 @@ def exclusion(policy: Policy, site: Site) -> str | None:
 
 def complies(policy: Policy, site: Site) -> bool:
     return exclusion(policy, site) is None
+
+
+def check_may_keep(policy: Policy, what: str, *, param: str | None = None) -> None:
+    """Refuse to store `what` (files, a batch, a fine-tuning job) under zero retention."""
+    if policy.zero_retention:
+        raise ZeroRetentionError(
+            f"Zero data retention is on for this organisation or project (the policy's "
+            f"`zero_retention`): {what} would keep your content, so nothing was stored. "
+            "Chat, completions and embeddings work and keep nothing.",
+            param=param,
+        )

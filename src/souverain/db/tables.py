@@ -517,6 +517,9 @@ class AuditEventRow(Base):
     # The event's number within its organisation (gapless), what tenants see and page by;
     # outside the hash: derived, like an index.
     org_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Removed by its organisation's retention window: only seq, time, org_id and the two
+    # hashes are left (outside the hash, like org_seq), so the chain still links.
+    redacted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class AuditOrgHeadRow(Base):
@@ -559,6 +562,7 @@ class LeaseRow(Base):
 # The tables of files, batches and fine-tuning live in `db/jobs.py`, those of identities in
 # `db/identity.py`, on the same Base:
 # importing them here puts them in `Base.metadata` wherever the tables are imported.
+from souverain.db import data_controls as _data_controls  # noqa: E402, F401
 from souverain.db import identity as _identity  # noqa: E402, F401
 from souverain.db import installation as _installation  # noqa: E402, F401
 from souverain.db import jobs as _jobs  # noqa: E402, F401

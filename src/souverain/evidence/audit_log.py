@@ -1,4 +1,5 @@
-"""Reading, sealing and pruning the audit log (writing is `evidence.audit`)."""
+"""Reading, sealing and pruning the audit log (writing is `evidence.audit`), and reducing
+an organisation's old events to stubs under its retention window."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.access import check_operator, check_org, check_scope
-from souverain.core.audit import Verdict, sign_seal, verify_chain
+from souverain.core.audit import REMOVAL, Verdict, removal_details, sign_seal, verify_chain
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.tables import AuditEventRow, AuditHeadRow, AuditSealRow, utcnow
@@ -37,6 +38,8 @@ def as_dict(row: AuditEventRow, *, tenant_view: bool = False) -> dict[str, Any]:
         "prev_hash": row.prev_hash,
         "hash": row.hash,
     }
+    if row.redacted:
+        found["redacted"] = True
     if tenant_view:
         found["seq"] = row.org_seq
         del found["prev_hash"]
@@ -59,7 +62,7 @@ async def list_events(
     """Auditors, admins and owners read their organisation's events; operators read all."""
     check_scope(principal, Scope.AUDIT)
     number = AuditEventRow.seq if principal.is_operator else AuditEventRow.org_seq
-    query = select(AuditEventRow).where(number > where.after_seq)
+    query = select(AuditEventRow).where(number > where.after_seq, AuditEventRow.redacted.is_(False))
     if where.org_id is not None:
         check_org(principal, where.org_id, Scope.AUDIT)
         query = query.where(AuditEventRow.org_id == where.org_id)
@@ -178,3 +181,43 @@ async def prune(session: AsyncSession, *, retention_days: int, now: datetime | N
             now=now,
         )
     return pruned
+
+
+STUB = {
+    "actor_type": "", "actor_id": None, "actor_key_id": None, "action": "",
+    "target_type": None, "target_id": None, "outcome": "", "details": "", "redacted": True,
+}  # fmt: skip
+
+
+async def redact(
+    session: AsyncSession, *, org_id: str, before: datetime, limit: int, now: datetime | None = None
+) -> int:
+    """Reduce up to `limit` of the organisation's events older than `before` to stubs, in
+    sealed segments only, and record what was removed (`retention.audit`, never itself
+    removed: it vouches for the stubs). The caller seals the chain after committing."""
+    sealed = (await session.execute(select(func.max(AuditSealRow.seq)))).scalar_one()
+    if sealed is None:
+        return 0
+    cutoff = timestamp(before)
+    chosen = (
+        select(AuditEventRow.seq)
+        .where(
+            AuditEventRow.org_id == org_id,
+            AuditEventRow.seq <= sealed,
+            AuditEventRow.time < cutoff,
+            AuditEventRow.redacted.is_(False),
+            AuditEventRow.action != REMOVAL,
+        )
+        .order_by(AuditEventRow.seq)
+        .limit(limit)
+    )
+    seqs = list((await session.execute(chosen)).scalars())
+    if not seqs:
+        return 0
+    await session.execute(update(AuditEventRow).where(AuditEventRow.seq.in_(seqs)).values(**STUB))
+    details = removal_details(before=cutoff, through_seq=max(seqs), events=len(seqs))
+    await record(
+        session, actor=SYSTEM_CONTROLLER, action=REMOVAL, org_id=org_id,
+        target_type="organisation", target_id=org_id, details=details, now=now,
+    )  # fmt: skip
+    return len(seqs)

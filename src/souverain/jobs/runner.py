@@ -4,7 +4,7 @@ The leader lease is renewed by a task of its own every third of its lifetime, wh
 the work loops are doing, so a slow Ray call cannot make it lapse. While leading, each
 concern runs in its own loop with a heartbeat (`health()`): node sync and deployment
 reconciliation, fine-tuning jobs, the replica observer (long polls), energy intervals,
-audit seals and pruning, the orphan sweep, expired files. One failing or slow loop neither stops nor corrupts another;
+audit seals and pruning, the orphan sweep, expired files, the retention sweep. One failing or slow loop neither stops nor corrupts another;
 every write-back is guarded by the row's lease token. If the lease cannot be renewed,
 every loop is cancelled at once and the controller goes back to waiting; another
 controller takes over when the lease expires and adopts the running replicas by name.
@@ -40,6 +40,7 @@ from souverain.jobs.deployments.reconciler import (
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.facade import ClusterFacade
 from souverain.jobs.fine_tuning.reconciler import FineTuneReconciler, TrainingDefaults
+from souverain.retention.sweep import RetentionSweep
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import DatacenterView, NodeView, Snapshot
 
@@ -116,6 +117,7 @@ class Controller:
         # Readings arrive with every long poll: at least two per energy interval.
         poll_s = min(observer_poll_s, self.energy.interval_s / 2)
         self.observer = ReplicaObserver(sessions, cluster, energy=self.energy, poll_s=poll_s)
+        self.retention = RetentionSweep(sessions, signing_key=signing_key)
         self.loops = [
             Loop("deployments", interval_s, self.cycle),
             Loop("fine-tuning", interval_s, self.fine_tuning_cycle),
@@ -123,6 +125,7 @@ class Controller:
             Loop("audit", 5.0, self.keep_audit),
             Loop("orphans", 10.0, self.sweep_orphans),
             Loop("files", 60.0, self.sweep_files),
+            Loop("retention", 60.0, self.sweep_retention),
         ]
         self.is_leader = False
         self.led_since: float | None = None
@@ -206,6 +209,10 @@ class Controller:
     async def sweep_files(self) -> None:
         """Delete files whose expiry has passed (their objects, and their quota)."""
         await files.sweep_expired(self._sessions)
+
+    async def sweep_retention(self) -> None:
+        """Remove what organisations' retention windows no longer allow (audited)."""
+        await self.retention.run_once()
 
     async def sweep_orphans(self) -> None:
         """Stop replica actors no replica row knows about (a crash between start and apply)."""

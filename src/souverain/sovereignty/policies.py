@@ -1,12 +1,16 @@
 """Sovereignty policies: the operator's ceiling per organisation, and project policies
 that may only narrow it. Versions are append-only, so the policy in force at any past
 moment is known.
+
+An organisation's own zero-retention switch (`tenancy.data_controls`) is folded into its
+ceiling wherever the policy in force is read (`effective`, `current_all`), so it is one
+more way to turn zero retention on; only the operator's ceiling bounds project policies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import select
@@ -21,7 +25,7 @@ from souverain.core.roles import Scope
 from souverain.core.schemas.policies import PolicyDocument
 from souverain.db.tables import ProjectRow, SovereigntyPolicyRow
 from souverain.evidence.audit import actor_of, record
-from souverain.tenancy import orgs, projects
+from souverain.tenancy import data_controls, orgs, projects
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,22 @@ async def ceiling_of(session: AsyncSession, *, org_id: str) -> Policy:
     return UNRESTRICTED if version is None else version.policy
 
 
-async def effective(session: AsyncSession, *, org_id: str, project_id: str) -> Policy:
-    project = await latest(session, org_id=org_id, project_id=project_id)
-    return intersect(
-        await ceiling_of(session, org_id=org_id),
-        UNRESTRICTED if project is None else project.policy,
+async def ceiling_in_force(session: AsyncSession, *, org_id: str) -> Policy:
+    """The operator's ceiling, with zero retention on if the organisation turned it on."""
+    ceiling = await ceiling_of(session, org_id=org_id)
+    controls = await data_controls.find_controls(session, org_id=org_id)
+    return (
+        replace(ceiling, zero_retention=True) if controls and controls.zero_retention else ceiling
     )
+
+
+async def effective(session: AsyncSession, *, org_id: str, project_id: str | None) -> Policy:
+    """The policy in force: ceiling (with the organisation's switch) ∩ project policy."""
+    ceiling = await ceiling_in_force(session, org_id=org_id)
+    if project_id is None:
+        return ceiling
+    project = await latest(session, org_id=org_id, project_id=project_id)
+    return intersect(ceiling, UNRESTRICTED if project is None else project.policy)
 
 
 async def set_ceiling(
@@ -154,7 +168,8 @@ async def view(
     )
     own = await latest(session, org_id=org.id, project_id=project.id)
     own_policy = UNRESTRICTED if own is None else own.policy
-    return org.id, project.id, own_policy, own, intersect(ceiling_policy, own_policy)
+    in_force = await ceiling_in_force(session, org_id=org.id)
+    return org.id, project.id, own_policy, own, intersect(in_force, own_policy)
 
 
 async def history(session: AsyncSession, *, org_id: str) -> list[PolicyVersion]:
@@ -171,6 +186,9 @@ async def current_all(session: AsyncSession) -> dict[tuple[str, str | None], Pol
     result: dict[tuple[str, str | None], Policy] = {}
     for version in await _all_versions(session):
         result[(version.org_id, version.project_id)] = version.policy
+    for org_id in await data_controls.zero_retention_orgs(session):
+        ceiling = result.get((org_id, None), UNRESTRICTED)
+        result[(org_id, None)] = replace(ceiling, zero_retention=True)
     return result
 
 

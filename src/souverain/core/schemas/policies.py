@@ -41,6 +41,11 @@ class PolicyDocument(StrictRequest):
         default=0, ge=0, le=3650, description="0: prompts and completions are not kept."
     )
     content_logging: bool = False
+    zero_retention: bool = Field(
+        default=False,
+        description="Zero data retention: no prompt, answer, file, batch line or training "
+        "sample is kept beyond its request; files, batches and fine-tuning are refused.",
+    )
 
     _check_jurisdictions = field_validator("jurisdictions", "operator_jurisdictions")(
         _jurisdictions
@@ -56,6 +61,7 @@ class PolicyDocument(StrictRequest):
             else frozenset(self.operator_jurisdictions),
             retention_days=self.retention_days,
             content_logging=self.content_logging,
+            zero_retention=self.zero_retention,
         )
 
     @classmethod
@@ -70,6 +76,7 @@ class PolicyDocument(StrictRequest):
             operator_jurisdictions=listed(policy.operator_jurisdictions),
             retention_days=policy.retention_days,
             content_logging=policy.content_logging,
+            zero_retention=policy.zero_retention,
         )
 
 

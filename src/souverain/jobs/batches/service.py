@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.core.access import Holding, check_scope, reach
 from souverain.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from souverain.core.ids import new_id
+from souverain.core.policy import check_may_keep
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.status import BATCH_ACTIVE, BATCH_ENDED
@@ -36,6 +37,7 @@ from souverain.db.visibility import visible
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.jobs.lease import Lease, LeaseLost
+from souverain.sovereignty import policies
 from souverain.storage.crypto import unwrap
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -66,6 +68,8 @@ async def create_batch(
     check_scope(principal, Scope.INFERENCE)
     if principal.org_id is None:
         raise InvalidRequestError("Batches belong to an organisation; use an organisation's key.")
+    in_force = await policies.effective(session, org_id=principal.org_id, project_id=project_id)
+    check_may_keep(in_force, "a batch", param="input_file_id")
     if endpoint not in ENDPOINTS:
         raise InvalidRequestError(
             f"endpoint must be one of {', '.join(ENDPOINTS)}", param="endpoint"

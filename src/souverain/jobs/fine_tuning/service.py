@@ -31,7 +31,7 @@ from souverain.core.errors import (
     UnprocessableError,
 )
 from souverain.core.ids import new_id
-from souverain.core.policy import UNRESTRICTED, Policy, intersect
+from souverain.core.policy import UNRESTRICTED, Policy, check_may_keep, intersect
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.status import FINE_TUNING_ACTIVE, FINE_TUNING_ENDED
@@ -82,6 +82,8 @@ async def create_job(
         raise InvalidRequestError(
             "Fine-tuning jobs belong to an organisation; use an organisation's key."
         )
+    in_force = await policies.effective(session, org_id=principal.org_id, project_id=project_id)
+    check_may_keep(in_force, "a fine-tuning job", param="training_file")
     active = (
         await session.execute(
             select(func.count())

@@ -44,8 +44,8 @@ from souverain.node.engines.base import (
     TlsFiles,
     one_embedding,
     one_token_completion,
-    tls_options,
     sampling_limit_ms,
+    tls_options,
 )
 
 BINARY_ENV = "SOUVERAIN_LLAMA_SERVER"  # the binary's path, if not beside the interpreter

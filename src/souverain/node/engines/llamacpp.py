@@ -6,8 +6,13 @@ import sys
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
-from souverain.node.engines.base import Probe, TlsFiles, one_token_completion, tls_options
-from souverain.node.engines.base import Probe, one_token_completion, sampling_limit_ms
+from souverain.node.engines.base import (
+    Probe,
+    TlsFiles,
+    one_token_completion,
+    sampling_limit_ms,
+    tls_options,
+)
 
 
 class LlamaCppLauncher:

@@ -33,9 +33,8 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
-from souverain.node.secret import add_tls_arguments, read_secret, uvicorn_tls
 from souverain.node.engines.base import SAMPLING_LIMIT, SAMPLING_LIMIT_MS
-from souverain.node.secret import read_secret
+from souverain.node.secret import add_tls_arguments, read_secret, uvicorn_tls
 
 CACHE_SCOPE: ContextVar[str] = ContextVar("souverain_cache_scope", default="")
 SCOPE_HEADER = b"x-souverain-cache-scope"

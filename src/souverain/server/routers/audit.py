@@ -78,6 +78,7 @@ async def verify_audit_chain(
         "first_seq": verdict.first_seq,
         "last_seq": verdict.last_seq,
         "last_sealed_seq": verdict.last_sealed_seq,
+        "redacted": verdict.redacted,
         "problems": verdict.problems,
         "key_id": key_id(public),
     }

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query
 from pydantic import Field
 
 from souverain.core.errors import InvalidRequestError
+from souverain.core.policy import check_may_keep
 from souverain.core.principal import Principal
 from souverain.core.schemas.batches import (
     Batch,
@@ -161,6 +162,7 @@ async def _inline_file(
     state: AppState, principal: Principal, requests: list[MistralRequest]
 ) -> str:
     """Inline requests become an input file like any other (encrypted, under the policy)."""
+    check_may_keep(state.routes.policy_for(principal), "a batch", param="requests")
     checker = LineChecker("batch")
 
     async def lines() -> AsyncIterator[bytes]:

@@ -25,6 +25,7 @@ from souverain.core.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from souverain.core.policy import check_may_keep
 from souverain.core.roles import Scope
 from souverain.core.schemas.files import FileDeleted, FileList, FileObject
 from souverain.db.jobs import FileRow
@@ -191,6 +192,7 @@ async def upload_file(request: Request) -> FileObject:
         principal_org(principal), state.routes.project_of(principal), principal.key_id,
         state.routes.policy_for(principal), audit.actor_of(principal),
     )  # fmt: skip
+    check_may_keep(owner.policy, "a file upload", param="file")
     upload = Upload(_boundary(request), state.settings.files_max_bytes)
 
     async def finish(store: ObjectStore, key: str, data_key: bytes, file_id: str) -> Checked:
