@@ -14,8 +14,8 @@ from souverain.core.roles import Role
 from souverain.db.jobs import FileRow
 from souverain.db.tables import AuditEventRow, UsageRecordRow, utcnow
 from souverain.evidence import audit_log
-from souverain.installation.signing import load_or_create
 from souverain.retention.sweep import RetentionSweep
+from souverain.server.app import installation_signing_key
 from tests.conftest import Platform, usage_records
 
 
@@ -40,7 +40,7 @@ class TestRetentionSweep:
             assert answer.status_code == 200, answer.text
         objects = await _objects(platform, tenant.org_id)
         assert len(objects) == 3 and all(path.exists() for path in objects)
-        key = load_or_create(platform.settings.signing_key_path)
+        key = await installation_signing_key(platform.settings, platform.sessions)
         async with platform.sessions.begin() as session:
             await audit_log.seal(session, signing_key=key)
 
@@ -78,7 +78,7 @@ class TestRetentionSweep:
         owner = await platform.factory.member_key(tenant, "own", Role.OWNER)
         async with platform.client(owner.key) as http:
             await http.put(f"/api/orgs/{tenant.org_name}/data-controls", json={})
-        key = load_or_create(platform.settings.signing_key_path)
+        key = await installation_signing_key(platform.settings, platform.sessions)
         async with platform.sessions.begin() as session:
             await audit_log.seal(session, signing_key=key)
             event = (
