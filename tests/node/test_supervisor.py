@@ -4,20 +4,25 @@ crash loop reported with the signal and the engine's last words, and recovery.""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from souverain.core.fleet import ReplicaSpec
+from souverain.core.fleet import ObjectGrant, ReplicaSpec
 from souverain.core.ids import new_id
 from souverain.node.engines.stand_in import StandInLauncher
 from souverain.node.exits import CrashLoop, describe_exit, log_tail
 from souverain.node.supervisor import EngineSupervisor
+from souverain.storage.crypto import Sealer
+from souverain.storage.stores import LocalStore
 
 pytestmark = pytest.mark.slow
 
@@ -237,3 +242,47 @@ class TestSecretStaysPrivate:
         assert (engines.parent.stat().st_mode & 0o777) == 0o700
         [log] = list(engines.iterdir())
         assert log.stat().st_mode & 0o777 == 0o600
+
+    def test_a_served_adapter_lives_only_while_its_replica_runs(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A fine-tuned model's adapter is decrypted into a directory owned by its replica's
+        process: deleted when the replica stops, and swept by the next replica on the node
+        when its owner was killed (so an erased organisation's adapter does not stay)."""
+        monkeypatch.setenv("SOUVERAIN_NODE_DIR", str(tmp_path / "node-home"))
+        adapters = tmp_path / "node-home" / "node" / "adapters"
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        left = adapters / "rep_killed"
+        left.mkdir(parents=True)
+        (left / "owner.pid").write_text(str(gone.pid))
+        (left / "adapter.gguf").write_bytes(b"a killed replica's adapter")
+        grant = seal(tmp_path / "store", b"GGUF adapter weights")
+        supervisor = EngineSupervisor(
+            ReplicaSpec(**{**spec().__dict__, "adapter": grant}), StandInLauncher(),
+            host="127.0.0.1", node_id="n", log_dir=tmp_path,
+        )  # fmt: skip
+        supervisor.start()
+        try:
+            wait_for(supervisor, "ready", 30)
+            [served] = [p for p in adapters.iterdir()]
+            assert (served / "adapter.gguf").read_bytes() == b"GGUF adapter weights"
+        finally:
+            supervisor.stop()
+        assert list(adapters.iterdir()) == []
+
+
+def seal(root: Path, plaintext: bytes) -> ObjectGrant:
+    """`plaintext` sealed into a local store, as a fine-tuning job seals its adapter."""
+    key, object_id = os.urandom(32), "ftjob_test/adapter.gguf"
+    sealer = Sealer(key, object_id)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield sealer.header
+        for piece in sealer.feed(plaintext):
+            yield piece
+        yield sealer.finish()
+
+    asyncio.run(LocalStore(root).write("adapter-object", chunks()))
+    digest = hashlib.sha256(plaintext).hexdigest()
+    return ObjectGrant(f"file://{root}", "adapter-object", object_id, key, digest)

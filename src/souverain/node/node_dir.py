@@ -1,4 +1,6 @@
-"""This node's private directory: engine logs and the verified-checksum cache.
+"""This node's private directory: engine logs, the verified-checksum cache, and what is
+decrypted for work on this node (training jobs' data, served models' adapters), each in a
+directory naming its owner's pid so that what a killed owner left is swept.
 
 Never the shared temporary directory, where another local user could plant a symlink at a
 predictable name and have root write through it, or poison the cache so that a tampered
@@ -11,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
 
+import psutil
 from platformdirs import user_state_dir
 
 
@@ -72,3 +76,28 @@ def write_private(path: Path, data: bytes) -> None:
 def open_log(path: Path) -> int:
     """An append-only 0600 log file descriptor, never through a symlink."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+
+
+def owned_directory(root: Path, name: str) -> Path:
+    """A fresh private directory `root/name` owned by this process (its `owner.pid`), after
+    sweeping those of owners that are gone."""
+    sweep_abandoned(root)
+    path = root / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700)
+    (path / "owner.pid").write_text(str(os.getpid()))
+    return path
+
+
+def sweep_abandoned(root: Path) -> None:
+    """Directories whose owner died without cleaning up (a SIGKILL, a node crash): what was
+    decrypted in them must not outlive their work on this node. Each directory names its
+    owner's pid; a directory whose owner is gone is deleted."""
+    for owned in root.iterdir() if root.is_dir() else ():
+        try:
+            owner = int((owned / "owner.pid").read_text())
+        except (OSError, ValueError):
+            owner = 0
+        if owner and psutil.pid_exists(owner):
+            continue
+        shutil.rmtree(owned, ignore_errors=True)

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,7 +36,7 @@ from souverain.energy.sources import PowerSource, pick_source, process_cpu_secon
 from souverain.node import artifacts
 from souverain.node.engines.base import EngineLauncher, chat_overhead_probes
 from souverain.node.exits import CrashLoop, describe_exit, log_tail
-from souverain.node.node_dir import node_dir, open_log
+from souverain.node.node_dir import node_dir, open_log, owned_directory
 from souverain.node.sealed import decrypt_to
 from souverain.node.secret import SECRET_ENV, SECRET_FD_ENV, secret_pipe
 
@@ -165,8 +166,8 @@ class EngineSupervisor:
         self._stop.set()
         self._terminate(timeout_s)
         self._thread.join(timeout=timeout_s)
-        if self._spec.adapter_path:
-            Path(self._spec.adapter_path).unlink(missing_ok=True)
+        if self._spec.adapter_path:  # its directory, owner.pid and all
+            shutil.rmtree(Path(self._spec.adapter_path).parent, ignore_errors=True)
         self._set("stopped")
 
     def _set(self, state: str, *, url: str | None = None, error: str = "") -> None:
@@ -217,8 +218,7 @@ class EngineSupervisor:
         """The fine-tuned model's adapter, in clear in this node's private directory only
         for as long as the replica runs."""
         assert self._spec.adapter is not None
-        path = node_dir("adapters") / f"{self._spec.replica_id}.gguf"
-        path.unlink(missing_ok=True)
+        path = owned_directory(node_dir("adapters"), self._spec.replica_id) / "adapter.gguf"
         decrypt_to([self._spec.adapter], path)
         return path
 

@@ -34,8 +34,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from souverain.core.fleet import (
     SealedObject,
     TrainingSpec,
@@ -50,7 +48,7 @@ from souverain.core.fleet import (
 from souverain.energy.sources import pick_source, process_cpu_seconds
 from souverain.node.artifacts import ArtifactError, resolve
 from souverain.node.exits import describe_exit
-from souverain.node.node_dir import node_dir, open_log
+from souverain.node.node_dir import node_dir, open_log, owned_directory
 from souverain.node.sealed import decrypt_to
 from souverain.storage.crypto import Sealer
 from souverain.storage.stores import store_from_uri
@@ -162,10 +160,7 @@ class TrainingSupervisor:
             self._state, self._error, self._error_code = state, message, code
 
     def _prepare(self) -> None:
-        sweep_abandoned(self._dir.parent)
-        shutil.rmtree(self._dir, ignore_errors=True)
-        self._dir.mkdir(mode=0o700, parents=True)
-        (self._dir / "owner.pid").write_text(str(os.getpid()))
+        owned_directory(self._dir.parent, self._dir.name)
         data = self._dir / "data"
         data.mkdir(mode=0o700)
         decrypt_to(self._spec.training, data / "train.jsonl", join_lines=True)
@@ -401,17 +396,3 @@ def _latest_checkpoint(out: Path) -> Path | None:
         if p.is_dir() and p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()
     ]
     return max(found)[1] if found else None
-
-
-def sweep_abandoned(root: Path) -> None:
-    """Job directories whose actor died without cleaning up (a SIGKILL, a node crash): their
-    decrypted data must not outlive the job on this node. Each directory names its owner's
-    pid; a directory whose owner is gone is deleted."""
-    for job_dir in root.iterdir() if root.is_dir() else ():
-        try:
-            owner = int((job_dir / "owner.pid").read_text())
-        except (OSError, ValueError):
-            owner = 0
-        if owner and psutil.pid_exists(owner):
-            continue
-        shutil.rmtree(job_dir, ignore_errors=True)

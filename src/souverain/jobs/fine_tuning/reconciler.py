@@ -61,6 +61,7 @@ from souverain.storage.crypto import unwrap
 log = logging.getLogger(__name__)
 
 FOLLOWED = ("queued", "running")
+BUDGET_SPENT = "the energy budget has no room left for this job; raise it, then resume the job"
 TRAINING_ENGINE = "training"
 
 
@@ -294,6 +295,10 @@ class FineTuneReconciler:
             await self._ended(session, job, status)
             await asyncio.to_thread(self._cluster.stop_training, name)
             return
+        if job.wanted == "run" and not await self._top_up(session, job):
+            job.wanted = "pause"
+            job.status_reason = BUDGET_SPENT
+            await fine_tuning.add_event(session, job, f"Pausing: {BUDGET_SPENT}", level="warn")
         if job.wanted == "cancel":
             await asyncio.to_thread(self._cluster.signal_training, name, "cancel")
         elif job.wanted == "pause" and status.state != "pausing":
@@ -305,6 +310,12 @@ class FineTuneReconciler:
                 f"({moved}): checkpointing to carry on elsewhere", level="warn",
             )  # fmt: skip
             await asyncio.to_thread(self._cluster.signal_training, name, "pause")
+
+    async def _top_up(self, session: AsyncSession, job: FineTuningJobRow) -> bool:
+        return await training_budget.top_up(
+            session, job=job, cpu_hours_per_job=self._defaults.cpu_hours_per_job,
+            watts_per_core=self._defaults.watts_per_core,
+        )  # fmt: skip
 
     async def _left_policy(self, session: AsyncSession, job: FineTuningJobRow) -> str | None:
         if job.wanted == "move" or job.datacenter_id is None:
