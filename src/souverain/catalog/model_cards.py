@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog import evaluations, models
 from souverain.core.principal import Principal
-from souverain.db.tables import ModelArtifactRow
+from souverain.db.tables import ModelArtifactRow, ModelRow
 
 
 async def card(session: AsyncSession, *, principal: Principal, ref: str) -> dict[str, Any]:
@@ -40,59 +40,70 @@ async def card(session: AsyncSession, *, principal: Principal, ref: str) -> dict
             "release_date": model.created_at.date().isoformat() if model.created_at else None,
             "distribution": "served by souverain (/v1), weights not distributed",
         },
-        "2_development": {
-            "base_model": base or None,
-            "design": {
-                "method": lineage.get("method"),
-                "adapter": lineage.get("adapter"),
-                "hyperparameters": lineage.get("hyperparameters"),
-                "steps": lineage.get("steps"),
-                "tokens_seen": lineage.get("tokens_seen"),
-                "final_train_loss": lineage.get("train_loss"),
-                **({"grader": lineage.get("grader"), "started_from": lineage.get("started_from")}
-                   if lineage.get("method") == "reinforcement" else {}),
-            } if lineage else None,
-            "training_data": {
-                "provenance": "files uploaded by the owning organisation (purpose fine-tune); "
-                "stored encrypted, decrypted only on the training node, wiped after the job",
-                "files": lineage.get("data", []),
-            } if lineage else {"provenance": artifact.source if artifact else None},
-            "compute": {
-                "wall_time_s": lineage.get("wall_s"),
-                "cpu_hours": lineage.get("cpu_hours"),
-                "gpu_hours": lineage.get("gpu_hours"),
-            } if lineage else None,
-            "energy": {
-                "kwh": lineage.get("energy_kwh"),
-                "source": lineage.get("energy_source"),
-                "co2e_g": lineage.get("co2e_g"),
-                "carbon_intensity_g_per_kwh": lineage.get("carbon_intensity_g_per_kwh"),
-            } if lineage else None,
-            "where_trained": {
-                "datacenter": lineage.get("datacenter"),
-                "country": lineage.get("country"),
-                "operator_country": lineage.get("operator_country"),
-                "certifications": lineage.get("certifications"),
-            } if lineage else None,
-            "job_id": lineage.get("job_id"),
-            "trained_at": lineage.get("trained_at"),
-        },
-        # pass@1, format rate, mean reward, language consistency on held-out files: before
-        # and after training (reinforcement jobs with a validation file), and the
-        # evaluations the reader's organisation ran of this model
-        "3_evaluation": {
-            "training": lineage.get("evaluation"),
-            "evaluations": [
-                {"id": job.id, "file_id": job.training_files[0]["file_id"],
-                 "grader": job.resolved.get("grader"),
-                 "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-                 "result": result}
-                for job, result in await evaluations.evaluations_of(
-                    session, principal=principal, model=model
-                )
-                if job.status == "succeeded"
-            ],
-        },
+        "2_development": _development(lineage, artifact),
+        "3_evaluation": await _evaluation(session, principal=principal, model=model),
+    }  # fmt: skip
+
+
+def _development(lineage: dict[str, Any], artifact: ModelArtifactRow | None) -> dict[str, Any]:
+    """Annex XI 2: how the model was made (a fine-tune's lineage, or the artefact's source)."""
+    return {
+        "base_model": lineage.get("base_model") or None,
+        "design": {
+            "method": lineage.get("method"),
+            "adapter": lineage.get("adapter"),
+            "hyperparameters": lineage.get("hyperparameters"),
+            "steps": lineage.get("steps"),
+            "tokens_seen": lineage.get("tokens_seen"),
+            "final_train_loss": lineage.get("train_loss"),
+            **({"grader": lineage.get("grader"), "started_from": lineage.get("started_from")}
+               if lineage.get("method") == "reinforcement" else {}),
+        } if lineage else None,
+        "training_data": {
+            "provenance": "files uploaded by the owning organisation (purpose fine-tune); "
+            "stored encrypted, decrypted only on the training node, wiped after the job",
+            "files": lineage.get("data", []),
+        } if lineage else {"provenance": artifact.source if artifact else None},
+        "compute": {
+            "wall_time_s": lineage.get("wall_s"),
+            "cpu_hours": lineage.get("cpu_hours"),
+            "gpu_hours": lineage.get("gpu_hours"),
+        } if lineage else None,
+        "energy": {
+            "kwh": lineage.get("energy_kwh"),
+            "source": lineage.get("energy_source"),
+            "co2e_g": lineage.get("co2e_g"),
+            "carbon_intensity_g_per_kwh": lineage.get("carbon_intensity_g_per_kwh"),
+        } if lineage else None,
+        "where_trained": {
+            "datacenter": lineage.get("datacenter"),
+            "country": lineage.get("country"),
+            "operator_country": lineage.get("operator_country"),
+            "certifications": lineage.get("certifications"),
+        } if lineage else None,
+        "job_id": lineage.get("job_id"),
+        "trained_at": lineage.get("trained_at"),
+    }  # fmt: skip
+
+
+async def _evaluation(
+    session: AsyncSession, *, principal: Principal, model: ModelRow
+) -> dict[str, Any]:
+    """pass@1, format rate, mean reward, language consistency on held-out files: before
+    and after training (reinforcement jobs with a validation file), and the evaluations
+    the reader's organisation ran of this model."""
+    return {
+        "training": (model.lineage or {}).get("evaluation"),
+        "evaluations": [
+            {"id": job.id, "file_id": job.training_files[0]["file_id"],
+             "grader": job.resolved.get("grader"),
+             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+             "result": result}
+            for job, result in await evaluations.evaluations_of(
+                session, principal=principal, model=model
+            )
+            if job.status == "succeeded"
+        ],
     }  # fmt: skip
 
 

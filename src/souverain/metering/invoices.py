@@ -44,8 +44,29 @@ async def invoice(
     if not (principal.has(Scope.MANAGE) or principal.has(Scope.AUDIT)):
         check_scope(principal, Scope.MANAGE)
     start, end = month_bounds(period)
+    lines, total, energy_j, co2e_g, currencies = await _lines_by_model(
+        session, org_id=org.id, start=start, end=end
+    )
+    idle_j, idle_g = await _idle_of_own_deployments(session, org_id=org.id, start=start, end=end)
+    return {
+        "organisation": {"id": org.id, "name": org.name},
+        "period": period,
+        "issued_at": utcnow().isoformat(),
+        "lines": lines,
+        "total": round(total, 6),
+        "currency": currencies.pop() if len(currencies) == 1 else ("mixed" if currencies else None),
+        "energy": {"requests_kwh": energy_j / 3.6e6, "idle_kwh_own_deployments": idle_j / 3.6e6},
+        "co2e": {"requests_kg": co2e_g / 1000, "idle_kg_own_deployments": idle_g / 1000},
+    }
+
+
+async def _lines_by_model(
+    session: AsyncSession, *, org_id: str, start: datetime, end: datetime
+) -> tuple[list[dict[str, Any]], float, float, float, set[str]]:
+    """The month's settled requests per model and currency: the invoice's lines, their
+    total, and the requests' energy (J) and CO2e (g)."""
     in_month = (
-        UsageRecordRow.org_id == org.id,
+        UsageRecordRow.org_id == org_id,
         UsageRecordRow.created_at >= start,
         UsageRecordRow.created_at < end,
     )
@@ -83,21 +104,10 @@ async def invoice(
         )
         total += float(cost or 0.0)
         energy_j += float(joules or 0.0)
-
         co2e_g += float(grams or 0.0)
         if currency:
             currencies.add(currency)
-    idle_j, idle_g = await _idle_of_own_deployments(session, org_id=org.id, start=start, end=end)
-    return {
-        "organisation": {"id": org.id, "name": org.name},
-        "period": period,
-        "issued_at": utcnow().isoformat(),
-        "lines": lines,
-        "total": round(total, 6),
-        "currency": currencies.pop() if len(currencies) == 1 else ("mixed" if currencies else None),
-        "energy": {"requests_kwh": energy_j / 3.6e6, "idle_kwh_own_deployments": idle_j / 3.6e6},
-        "co2e": {"requests_kg": co2e_g / 1000, "idle_kg_own_deployments": idle_g / 1000},
-    }
+    return lines, total, energy_j, co2e_g, currencies
 
 
 async def _idle_of_own_deployments(

@@ -284,58 +284,61 @@ def _formula(text: Any, names: set[str]) -> Callable[[dict[str, float]], float]:
     except SyntaxError:
         raise GraderError("multi: calculate_output is not a formula") from None
 
-    def check(node: ast.AST) -> None:
-        if isinstance(node, ast.Expression):
-            check(node.body)
-        elif isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            check(node.left)
-            check(node.right)
-        elif isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-            check(node.operand)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            _check_constant(node.value)
-        elif isinstance(node, ast.Name) and node.id in names:
-            pass
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCTIONS
-            and not node.keywords
-        ):
-            low, high = _ARITY[node.func.id]
-            if not low <= len(node.args) <= high or any(
-                isinstance(arg, ast.Starred) for arg in node.args
-            ):
-                takes = f"{low}" if low == high else f"{low} to {high}"
-                raise GraderError(f"multi: {node.func.id}() takes {takes} arguments")
-            for arg in node.args:
-                check(arg)
-        else:
-            raise GraderError(
-                "multi: calculate_output may use numbers, grader names, + - * /, min, max, abs"
-            )
-
-    check(tree)
-
-    def value(node: ast.AST, scores: dict[str, float]) -> float:
-        if isinstance(node, ast.Expression):
-            return value(node.body, scores)
-        if isinstance(node, ast.BinOp):
-            return _OPERATORS[type(node.op)](value(node.left, scores), value(node.right, scores))
-        if isinstance(node, ast.UnaryOp):
-            return _OPERATORS[type(node.op)](value(node.operand, scores))
-        if isinstance(node, ast.Constant):
-            return float(node.value)  # type: ignore[arg-type]  # checked: int or float
-        if isinstance(node, ast.Name):
-            return scores[node.id]
-        assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-        return float(_FUNCTIONS[node.func.id](*(value(a, scores) for a in node.args)))
+    _check_node(tree, names)
 
     def formula(scores: dict[str, float]) -> float:
-        return float(value(tree, scores))
+        return _value(tree, scores)
 
     _check_finite(formula, names)
     return formula
+
+
+def _check_node(node: ast.AST, names: set[str]) -> None:
+    """Refuses any node of a formula outside numbers, names, + - * / and the functions."""
+    if isinstance(node, ast.Expression):
+        _check_node(node.body, names)
+    elif isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        _check_node(node.left, names)
+        _check_node(node.right, names)
+    elif isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+        _check_node(node.operand, names)
+    elif isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        _check_constant(node.value)
+    elif isinstance(node, ast.Name) and node.id in names:
+        pass
+    elif (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCTIONS
+        and not node.keywords
+    ):
+        low, high = _ARITY[node.func.id]
+        if not low <= len(node.args) <= high or any(
+            isinstance(arg, ast.Starred) for arg in node.args
+        ):
+            takes = f"{low}" if low == high else f"{low} to {high}"
+            raise GraderError(f"multi: {node.func.id}() takes {takes} arguments")
+        for arg in node.args:
+            _check_node(arg, names)
+    else:
+        raise GraderError(
+            "multi: calculate_output may use numbers, grader names, + - * /, min, max, abs"
+        )
+
+
+def _value(node: ast.AST, scores: dict[str, float]) -> float:
+    if isinstance(node, ast.Expression):
+        return _value(node.body, scores)
+    if isinstance(node, ast.BinOp):
+        return _OPERATORS[type(node.op)](_value(node.left, scores), _value(node.right, scores))
+    if isinstance(node, ast.UnaryOp):
+        return _OPERATORS[type(node.op)](_value(node.operand, scores))
+    if isinstance(node, ast.Constant):
+        return float(node.value)  # type: ignore[arg-type]  # checked: int or float
+    if isinstance(node, ast.Name):
+        return scores[node.id]
+    assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    return float(_FUNCTIONS[node.func.id](*(_value(a, scores) for a in node.args)))
 
 
 def _check_constant(number: int | float) -> None:
