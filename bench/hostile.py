@@ -82,7 +82,7 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 900) ->
     while not await check():
         if time.monotonic() > deadline:
             raise SystemExit("a phase did not end in time")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05)
 
 
 async def sample(
@@ -147,6 +147,7 @@ async def run(base_url: str, settings: Settings, engine_url: str, lines: int, ro
             await leader.try_acquire(sessions, holder="bench", ttl_s=30, name="bench-lease")
 
         probes = {"chat": chat, "file upload": write, "leader lease": lease}
+        await sample(probes, lambda: True, 3)  # warm: connections, caches
         idle = await sample(probes, lambda: True, rounds)
         report("idle", idle, idle)
 
@@ -189,13 +190,19 @@ async def run(base_url: str, settings: Settings, engine_url: str, lines: int, ro
 
 
 async def small_batch_s(client: httpx.AsyncClient, model: str) -> float:
+    """Seconds from creating a 2-line batch to its completion (printed: when each status
+    was first seen)."""
     started = time.perf_counter()
     batch_id = await start_batch(client, batch_lines(model, 2, "question"))
+    seen: dict[str, float] = {}
 
     async def done() -> bool:
-        return await status(client, batch_id) in ENDED
+        now = await status(client, batch_id)
+        seen.setdefault(now, time.perf_counter() - started)
+        return now in ENDED
 
     await until(done)
+    print("    " + ", ".join(f"{name} {at:.2f} s" for name, at in seen.items()))
     return time.perf_counter() - started
 
 
@@ -206,7 +213,7 @@ async def fairness(them: httpx.AsyncClient, hostile: httpx.AsyncClient, model: s
     ]
 
     async def running() -> bool:
-        return await status(hostile, long[0]) == "in_progress"
+        return any([await status(hostile, batch_id) == "in_progress" for batch_id in long])
 
     await until(running)
     busy = await small_batch_s(them, model)
@@ -250,7 +257,8 @@ async def main() -> None:
         server = spawn(
             [sys.executable, "-m", "souverain.cli.main", "server", "--port", str(settings.port)],
             {"SOUVERAIN_DATA_DIR": directory, "SOUVERAIN_DATABASE_URL": url,
-             "SOUVERAIN_SECRET_KEY": MASTER, "SOUVERAIN_LOG_LEVEL": "WARNING"},
+             "SOUVERAIN_SECRET_KEY": MASTER, "SOUVERAIN_LOG_LEVEL": "WARNING",
+             "SOUVERAIN_FILE_STORES": json.dumps({"bench-dc": f"file://{directory}/files"})},
         )  # fmt: skip
         try:
             await wait_http(f"{settings.base_url}/healthz")

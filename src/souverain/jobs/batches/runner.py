@@ -13,7 +13,7 @@ Shared fairly: a runner holds several batches at once (`at_once`), at most `per_
 organisation across every server (`batches.claim`), so another tenant's batch starts while
 a long one runs; their lines meet in the gateway's fair queue. No batch holds the database:
 its items, its finalisation and its cancellation are written `batches.CHUNK` lines per
-short transaction, each followed by a pause as long as it took, so leader leases, usage
+short transaction, each followed by a pause twice as long as it took, so leader leases, usage
 settlements and other tenants' writes get their turn. The batch's key is checked before
 each line (`KeyWatch`): a revoked key stops its batch, whose remaining lines fail with the
 reason.
@@ -140,7 +140,8 @@ class BatchRunner:
         if principal is None:
             await self._fail(batch_id, token, [{"code": "key_revoked", "message": reason}])
         elif batch.status == "validating":
-            await self._validate(batch, token, principal)
+            if await self._validate(batch, token, principal):  # and runs now: carry on
+                await self._execute(batch, token, KeyWatch(self._state, batch.key_id, principal))
         elif batch.status == "in_progress":
             await self._execute(batch, token, KeyWatch(self._state, batch.key_id, principal))
         elif batch.status in ("finalizing", "cancelling"):
@@ -148,7 +149,8 @@ class BatchRunner:
 
     # validating
 
-    async def _validate(self, batch: BatchRow, token: str, principal: Principal) -> None:
+    async def _validate(self, batch: BatchRow, token: str, principal: Principal) -> bool:
+        """Check every line and write its item; whether the batch may run at once."""
         errors: list[dict[str, Any]] = []
         items: list[tuple[int, str]] = []
         seen: set[str] = set()
@@ -162,11 +164,13 @@ class BatchRunner:
                 items.append((line.number, line.custom_id))
             if len(errors) >= MAX_ERRORS:
                 break
+            if line.number % 256 == 0:
+                await asyncio.sleep(0)  # parsing is CPU work: live requests go in between
         if not items and not errors:
             errors.append({"code": "empty_file", "message": "The input has no lines."})
         if errors:
             await self._fail(batch.id, token, errors)
-            return
+            return False
         not_before, saved = await carbon_plan(
             self._state, batch, principal, first_model, len(items), self._concurrency
         )
@@ -183,6 +187,7 @@ class BatchRunner:
                 details={"lines": len(items), "not_before": not_before.isoformat()
                          if not_before else None, "co2e_saved_g": saved},
             )  # fmt: skip
+        return not_before is None
 
     async def _add_items(self, batch_id: str, token: str, items: list[tuple[int, str]]) -> None:
         """One pending item per line, a chunk per transaction (after those an earlier
@@ -198,11 +203,11 @@ class BatchRunner:
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[None]:
-        """A chunk's transaction, then a pause as long as it took: at most half of the
-        database's write time goes to one batch's bulk work."""
+        """A chunk's transaction, then a pause twice as long as it took: at most a third of
+        the database's write time goes to one batch's bulk work."""
         started = time.monotonic()
         yield
-        await asyncio.sleep(min(1.0, time.monotonic() - started))
+        await asyncio.sleep(min(1.0, 2 * (time.monotonic() - started)))
 
     def _check(
         self, batch: BatchRow, principal: Principal, line: Line, seen: set[str]
@@ -367,19 +372,23 @@ class BatchRunner:
             )  # fmt: skip
 
     async def _answer_pending(self, batch_id: str, token: str, code: str, message: str) -> None:
-        """Answer every line not run with the error that ended the batch, a chunk per
-        transaction."""
+        """Answer every line not run with the error that ended the batch: a chunk at a time,
+        sealed before its short transaction."""
         answer = json.dumps({"error": {"code": code, "message": message}}).encode()
+        key: bytes | None = None
         while True:
-            async with self._writing(), self._state.sessions.begin() as session:
+            async with self._state.sessions() as session:
                 row = await batches.held(session, batch_id=batch_id, token=token)
                 lines = await batches.first_pending(session, batch_id=batch_id, limit=batches.CHUNK)
-                if lines:
+                if lines and key is None:
                     key = await batches.result_key(
                         session, row=row, master_key=self._state.master_key
                     )
-                    sealed = [(n, batches.seal_result(key, batch_id, n, answer)) for n in lines]
-                    await batches.answer_lines(session, batch_id=batch_id, answers=sealed, ok=False)
+            if key is not None and lines:
+                sealed = [(n, batches.seal_result(key, batch_id, n, answer)) for n in lines]
+                async with self._writing(), self._state.sessions.begin() as session:
+                    await batches.held(session, batch_id=batch_id, token=token)
+                    await batches.fail_lines(session, batch_id=batch_id, answers=sealed)
             if len(lines) < batches.CHUNK:
                 return
 

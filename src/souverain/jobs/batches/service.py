@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import ColumnElement, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.access import Holding, check_scope, reach
@@ -286,32 +286,46 @@ async def answer_line(
     session: AsyncSession, *, batch_id: str, line: int, ok: bool, sealed: str
 ) -> bool:
     """Keep a line's result once; False if it was already answered (nothing changes)."""
-    return await answer_lines(session, batch_id=batch_id, answers=[(line, sealed)], ok=ok) == 1
+    done = await session.execute(
+        update(BatchItemRow)
+        .where(
+            BatchItemRow.batch_id == batch_id,
+            BatchItemRow.line == line,
+            BatchItemRow.status == "pending",
+        )
+        .values(status="done" if ok else "failed", result=sealed)
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        return False
+    column = BatchRow.completed if ok else BatchRow.failed
+    await session.execute(
+        update(BatchRow).where(BatchRow.id == batch_id).values({column: column + 1})
+    )
+    return True
 
 
-async def answer_lines(
-    session: AsyncSession, *, batch_id: str, answers: Sequence[tuple[int, str]], ok: bool
-) -> int:
-    """Keep each line's result once (lines already answered are left as they are); how
-    many were answered now."""
-    answered = 0
-    for line, sealed in answers:
-        done = await session.execute(
-            update(BatchItemRow)
-            .where(
-                BatchItemRow.batch_id == batch_id,
-                BatchItemRow.line == line,
-                BatchItemRow.status == "pending",
-            )
-            .values(status="done" if ok else "failed", result=sealed)
+async def fail_lines(
+    session: AsyncSession, *, batch_id: str, answers: Sequence[tuple[int, str]]
+) -> None:
+    """Answer pending lines with their (sealed) errors in one statement, lines already
+    answered left as they are; the batch's failed count is counted again from its items."""
+    connection = await session.connection()  # Core's executemany, not the ORM's bulk path
+    await connection.execute(
+        update(BatchItemRow)
+        .where(
+            BatchItemRow.batch_id == bindparam("batch"),
+            BatchItemRow.line == bindparam("number"),
+            BatchItemRow.status == "pending",
         )
-        answered += done.rowcount  # type: ignore[attr-defined]
-    if answered:
-        column = BatchRow.completed if ok else BatchRow.failed
-        await session.execute(
-            update(BatchRow).where(BatchRow.id == batch_id).values({column: column + answered})
-        )
-    return answered
+        .values(status="failed", result=bindparam("sealed")),
+        [{"batch": batch_id, "number": line, "sealed": sealed} for line, sealed in answers],
+    )
+    failed = select(func.count()).where(
+        BatchItemRow.batch_id == batch_id, BatchItemRow.status == "failed"
+    )
+    await session.execute(
+        update(BatchRow).where(BatchRow.id == batch_id).values(failed=failed.scalar_subquery())
+    )
 
 
 async def results(
