@@ -188,7 +188,7 @@ class TestReinforcement:
                 },
                 400,
             ),
-            ({"type": "magistral"}, 422),  # group_size out of bounds
+            ({"type": "magistral"}, 400),  # group_size out of bounds: cannot learn
         ):
             with httpx.Client(base_url=up.url, headers={"Authorization": f"Bearer {key}"}) as http:
                 refused = http.post("/v1/fine_tuning/jobs", json={

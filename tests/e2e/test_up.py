@@ -300,7 +300,8 @@ class TestCli:
         roots.mkdir(exist_ok=True)
         gguf = roots / "my-model.gguf"
         outside.rename(gguf)
-        up.cli("models", "register", "my-model", str(gguf), "--license", "Apache-2.0")
+        up.cli("models", "register", "my-model", str(gguf), "--license", "Apache-2.0",
+               "--capability", "chat", "--capability", "reasoning", "--reasoning-tags", "[THINK]")  # fmt: skip
         assert "my-model" in up.cli("models", "list").stdout
         up.cli(
             "deployments",
@@ -319,6 +320,7 @@ class TestCli:
             time.sleep(1)
         answer = sdk(up).chat.completions.create(model="my-model", messages=QUESTION, max_tokens=4)  # type: ignore[arg-type]
         assert answer.choices[0].message.content is not None
+        _thinks_apart_in_both_sdks(up, "my-model")
         up.cli("deployments", "scale", "mine", "0")
         while _status(up.cli("deployments", "list").stdout, "mine") != "stopped":
             assert time.monotonic() < deadline
@@ -327,6 +329,42 @@ class TestCli:
         while "mine" in up.cli("deployments", "list").stdout:
             assert time.monotonic() < deadline
             time.sleep(1)
+
+
+# Examples the built-in model copies, greedily, in Magistral's tag format: a reasoning model
+# souverain did not train, registered by the operator with its tags.
+THINKING = [
+    {"role": "system", "content": "Think inside [THINK] and [/THINK], then answer."},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "[THINK]2 plus 2 is 4.[/THINK]The answer is 4."},
+    {"role": "user", "content": "What is 3 + 3?"},
+    {"role": "assistant", "content": "[THINK]3 plus 3 is 6.[/THINK]The answer is 6."},
+    {"role": "user", "content": "What is 4 + 4?"},
+]
+
+
+def _thinks_apart_in_both_sdks(up: Up, model: str) -> None:
+    """openai: the thinking in `reasoning_content`; mistralai: a thinking chunk first."""
+    assert up.first_key
+    answer = sdk(up).chat.completions.create(
+        model=model,
+        messages=THINKING,
+        reasoning_effort="low",
+        temperature=0,
+        max_tokens=32,  # type: ignore[arg-type]
+    )
+    message = answer.choices[0].message
+    thinking = getattr(message, "reasoning_content", None)
+    assert thinking and "THINK]" not in thinking, message
+    assert message.content is not None and "THINK]" not in message.content, message
+    mistral = Mistral(api_key=up.first_key, server_url=up.url)
+    said = mistral.chat.complete(model=model, messages=THINKING, prompt_mode="reasoning",  # type: ignore[arg-type]
+                                 temperature=0, max_tokens=32)  # fmt: skip
+    content = said.choices[0].message.content
+    assert isinstance(content, list) and [c.type for c in content] == ["thinking", "text"]
+    said_thinking = content[0].thinking[0].text  # type: ignore[union-attr]
+    assert said_thinking and "THINK]" not in said_thinking
+    assert "THINK]" not in content[1].text  # type: ignore[union-attr]
 
 
 def _row(table: str, name: str) -> str:

@@ -13,9 +13,9 @@ import pytest
 from mistralai.client import Mistral
 from sqlalchemy import select
 
+from souverain.core.reasoning import SYSTEM_PROMPT, system_prompt
 from souverain.core.roles import Role
 from souverain.db.tables import DeploymentRow, ModelRow
-from souverain.gateway.reasoning import SYSTEM_PROMPT
 from tests.conftest import Platform, wait_until
 
 
@@ -229,3 +229,35 @@ class TestDeploymentDefault:
                                          json={"reasoning_default": True})  # fmt: skip
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["param"] == "reasoning_default"
+
+
+class TestRegisteredReasoningModels:
+    """Reasoning models souverain did not train: registered with their tag format, and only
+    that format is read in their answers."""
+
+    async def test_registered_with_its_tags_through_the_api(self, platform: Platform) -> None:
+        async with platform.client(await platform.operator_key()) as client:
+            body = {"name": "magistral-like", "uri": "hf://acme/magistral/m.gguf",
+                    "capabilities": ["chat", "reasoning"], "reasoning_tags": "[THINK]"}  # fmt: skip
+            made = await client.post("/api/models", json=body)
+            assert made.status_code == 201, made.text
+            assert made.json()["reasoning_tags"] == "[THINK]"
+            other = await client.post("/api/models", json={**body, "name": "r1-like",
+                                                           "reasoning_tags": None})  # fmt: skip
+            assert other.json()["reasoning_tags"] == "<think>"  # the default
+            for bad in ({"capabilities": ["chat"]}, {"capabilities": ["reasoning"]},
+                        {"reasoning_tags": "<reason>"}):  # fmt: skip
+                refused = await client.post("/api/models", json={**body, "name": "x", **bad})
+                assert refused.status_code == 422, (bad, refused.text)  # /api's validation
+
+    async def test_only_the_models_own_tags_are_read(self, platform: Platform) -> None:
+        model = await platform.served_model(capabilities=("chat", "reasoning"),
+                                            reasoning_tags="[THINK]")  # fmt: skip
+        tenant = await platform.factory.tenant(roles={"u": Role.MEMBER})
+        key = (await platform.factory.member_key(tenant, "u", Role.MEMBER)).key
+        async with platform.client(key) as client:
+            body = think(model, reasoning_effort="low")  # the stand-in answers with <think>
+            answer = await client.post("/v1/chat/completions", json=body)
+        message = answer.json()["choices"][0]["message"]
+        assert message["reasoning_content"] is None and "<think>" in message["content"]
+        assert platform.stand_in.requests[-1]["messages"][0]["content"] == system_prompt("[THINK]")

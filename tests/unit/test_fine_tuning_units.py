@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from souverain.core.errors import UnprocessableError
+from souverain.core.errors import InvalidRequestError
 from souverain.jobs.fine_tuning.recipe import (
     BASE_LEARNING_RATE,
     Asked,
@@ -74,7 +74,7 @@ class TestHyperparameters:
     def test_out_of_bounds_is_refused_with_the_parameter(
         self, fields: dict[str, object], param: str
     ) -> None:
-        with pytest.raises(UnprocessableError) as refused:
+        with pytest.raises(InvalidRequestError) as refused:
             resolve_hyperparameters(asked(**fields), samples=100, context_length=4096,
                                     limits=LIMITS)  # fmt: skip
         assert refused.value.param == param
@@ -93,7 +93,7 @@ class TestReinforcementHyperparameters:
         assert self.resolve(max_tokens=64, length_cache=16)["length_cache"] == 16
 
     def test_a_ramp_as_long_as_the_budget_is_refused(self) -> None:
-        with pytest.raises(UnprocessableError, match="length_cache"):
+        with pytest.raises(InvalidRequestError, match="length_cache"):
             self.resolve(max_tokens=64, length_cache=64)
 
     def test_an_evaluation_with_a_short_budget_resolves_to_no_step(self) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from souverain.core.reasoning import SYSTEM_PROMPT
 from souverain.training import mathgen, rewards
-from souverain.training.grpo import group_advantages, normalise, surrogate_loss
+from souverain.training.grpo_objective import group_advantages, normalise, surrogate_loss
 
 
 class TestAdvantages:

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from souverain.training.grpo import groups_logprobs, token_logprobs  # noqa: E402
+from souverain.training.grpo_objective import groups_logprobs, token_logprobs  # noqa: E402
 
 
 def tiny_model() -> object:

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from souverain.core.reasoning import SYSTEM_PROMPT, system_prompt
 from souverain.gateway.reasoning import (
     CONTENT,
     REASONING,
@@ -81,3 +82,25 @@ def test_reasoning_tokens_and_mistral_chunks() -> None:
         {"type": "thinking", "thinking": [{"type": "text", "text": "why"}]},
         {"type": "text", "text": "because"},
     ]
+
+
+class TestTagFormats:
+    """A model registered with its tag format reads only that pair; the models souverain's
+    own jobs produced (no format) read either."""
+
+    def test_a_magistral_model_reads_its_own_tags_only(self) -> None:
+        assert split("[THINK]draft[/THINK]Answer.", "[THINK]") == ("draft", "Answer.")
+        assert split("<think>x</think>y", "[THINK]") == (None, "<think>x</think>y")
+
+    def test_a_think_model_leaves_magistral_tags_in_its_answer(self) -> None:
+        assert split("[THINK]x[/THINK]y", "<think>") == (None, "[THINK]x[/THINK]y")
+        assert split("<think>x</think>y", "<think>") == ("x", "y")
+
+    def test_no_format_reads_either(self) -> None:
+        assert split("[THINK]x[/THINK]y") == ("x", "y") == split("<think>x</think>y")
+
+    def test_the_system_prompt_teaches_the_models_tags(self) -> None:
+        magistral = system_prompt("[THINK]")
+        assert "[THINK]\nYour thoughts and drafts.\n[/THINK]" in magistral
+        assert "<think>" not in magistral
+        assert system_prompt("<think>") == system_prompt(None) == SYSTEM_PROMPT

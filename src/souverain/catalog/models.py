@@ -164,6 +164,7 @@ async def put_model(
     model.owner_org_id = owner_org_id
     model.engine = request.engine
     model.capabilities = list(request.capabilities)
+    model.reasoning_tags = request.reasoning_tags
     model.context_length = request.context_length
     model.description = request.description
     await session.flush()

@@ -35,6 +35,7 @@ class ModelInfo:
     context_length: int
     created: int
     reasoning_default: bool = False  # one of its deployments answers in reasoning mode
+    reasoning_tags: str | None = None  # a reasoning model's opening tag; None: either
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ async def load_models(session: AsyncSession) -> list[ModelInfo]:
             context_length=row.context_length,
             created=int(row.created_at.timestamp()),
             reasoning_default=row.id in reasoning and "reasoning" in row.capabilities,
+            reasoning_tags=row.reasoning_tags,
         )
         for row in rows
     ]

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.markdown import Markdown
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
@@ -112,25 +113,30 @@ def models_register(
         ..., exists=True, dir_okay=False, resolve_path=True, help="A local GGUF file."
     ),
     engine: str = typer.Option("llamacpp"),
-    capability: list[str] = typer.Option(None, help="chat, completions, embeddings (repeatable)."),
+    capability: list[str] = typer.Option(
+        None, help="chat, completions, embeddings, reasoning (repeatable)."
+    ),
+    reasoning_tags: str = typer.Option(
+        None, help="A reasoning model's tags: '<think>' (default) or '[THINK]' (Magistral)."
+    ),
     context_length: int = typer.Option(4096, "--context-length"),
     license: str = typer.Option("unknown"),
     org: str = typer.Option(None, help="Make it private to this organisation."),
 ) -> None:
-    """Register a local model file; its sha256 is computed here and checked on every node."""
+    """Register a local model file; its sha256 is computed here and checked on every node.
+    A reasoning model (`--capability reasoning`) has its thinking shown apart in answers."""
+    try:
+        request = ModelRegisterRequest.model_validate({
+            "name": name, "uri": f"file://{path}", "engine": engine,
+            "format": "gguf" if path.suffix == ".gguf" else "safetensors",
+            "capabilities": list(capability) if capability else ["chat", "completions"],
+            "reasoning_tags": reasoning_tags, "context_length": context_length,
+            "license": license, "org": org,
+        })  # fmt: skip
+    except ValidationError as error:
+        raise typer.BadParameter(error.errors()[0]["msg"]) from None
     checksum = sha256_with_progress(path)
-    request = ModelRegisterRequest(
-        name=name,
-        uri=f"file://{path}",
-        sha256=checksum,
-        size_bytes=path.stat().st_size,
-        format="gguf" if path.suffix == ".gguf" else "safetensors",
-        engine=engine,
-        capabilities=list(capability) if capability else ["chat", "completions"],
-        context_length=context_length,
-        license=license,
-        org=org,
-    )
+    request = request.model_copy(update={"sha256": checksum, "size_bytes": path.stat().st_size})
     with client() as c:
         model = c.register_model(request)
     console.print(f"registered [bold]{model.name}[/bold] ({model.id}) sha256 {checksum[:16]}…")

@@ -13,10 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from souverain.cli.context import client, console
+from souverain.training import configs
+from souverain.training.configs import GRPOConfig, SFTConfig
 
 files = typer.Typer(help="Your organisation's files (stored encrypted).", no_args_is_help=True)
 batches = typer.Typer(help="Batch jobs: many requests, no client waiting.", no_args_is_help=True)
-finetune = typer.Typer(
+fine_tuning = typer.Typer(
     help="Fine-tuning jobs on your fleet, under your policy.", no_args_is_help=True
 )
 
@@ -131,11 +133,74 @@ def batches_cancel(batch_id: str) -> None:
     console.print(f"{batch_id}: {found['status']}")
 
 
-FT_ENDED = {"succeeded", "failed", "cancelled"}
+FINE_TUNING_ENDED = {"succeeded", "failed", "cancelled"}
+SETTINGS_HELP = "reinforcement: a GRPO setting, NAME=VALUE (repeatable): " + "; ".join(
+    configs.help_lines(GRPOConfig, tenant_only=True)
+)
 
 
-@finetune.command("create")
-def finetune_create(
+def _opt_help(config: type[configs.Config], name: str, prefix: str) -> str:
+    low, high = configs.bounds_of(config, name)
+    meta = configs.settings_of(config)[name].metadata
+    return f"{prefix}{meta['help']} ({low:g} to {high:g}; default {configs.default_of(config, name):g})"
+
+
+def _checked(config: type[configs.Config], name: str, value: float | None, option: str) -> None:
+    """Refused here, with the config's reason, before any request is sent."""
+    if value is None:
+        return
+    try:
+        configs.check_setting(config, name, value)
+    except configs.SettingError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from None
+
+
+def _settings(pairs: list[str] | None) -> dict[str, float]:
+    """--set NAME=VALUE pairs as GRPO settings, each checked against `GRPOConfig`."""
+    chosen: dict[str, float] = {}
+    for pair in pairs or []:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in configs.tenant_settings(GRPOConfig):
+            raise typer.BadParameter(
+                f"{pair!r}: NAME=VALUE with NAME one of "
+                f"{', '.join(configs.tenant_settings(GRPOConfig))}",
+                param_hint="--set",
+            )
+        integer = isinstance(configs.default_of(GRPOConfig, name), int)
+        try:
+            value: float = int(text) if integer else float(text)
+        except ValueError:
+            raise typer.BadParameter(f"{name} takes {'an integer' if integer else 'a number'}",
+                                     param_hint="--set") from None  # fmt: skip
+        _checked(GRPOConfig, name, value, "--set")
+        chosen[name] = value
+    return chosen
+
+
+def _method(
+    reinforcement: bool,
+    hyper: dict[str, object],
+    grader: str,
+    *,
+    batch_size: int | None,
+    lr_multiplier: float | None,
+) -> dict[str, object]:
+    """OpenAI's `method` object, its hyperparameters checked against the recipe's config."""
+    config: type[configs.Config] = GRPOConfig if reinforcement else SFTConfig
+    _checked(config, "batch_size", batch_size, "--batch-size")
+    if lr_multiplier is not None:
+        rate = lr_multiplier * configs.default_of(config, "learning_rate")
+        _checked(config, "learning_rate", rate, "--lr-multiplier")
+    given = {k: v for k, v in hyper.items() if v is not None}
+    if not reinforcement:
+        return {"type": "supervised", "supervised": {"hyperparameters": given}}
+    spec = {"type": "magistral"} if grader == "magistral" else json.loads(grader)
+    return {"type": "reinforcement",
+            "reinforcement": {"grader": spec, "hyperparameters": given}}  # fmt: skip
+
+
+@fine_tuning.command("create")
+def fine_tuning_create(
     training_file: str = typer.Argument(..., help="A file uploaded with purpose fine-tune."),
     model: str = typer.Option("smollm2-135m-instruct", help="The base model."),
     validation_file: str = typer.Option(None),
@@ -150,45 +215,45 @@ def finetune_create(
         '(e.g. \'{"type": "string_check", ...}\').',
     ),
     steps: int = typer.Option(None, help="Training steps (instead of epochs)."),
-    group_size: int = typer.Option(None, help="reinforcement: completions per prompt."),
-    max_tokens: int = typer.Option(None, help="reinforcement: the longest completion."),
+    group_size: int = typer.Option(
+        None, help=_opt_help(GRPOConfig, "group_size", "reinforcement: ")
+    ),
+    max_tokens: int = typer.Option(
+        None, help=_opt_help(GRPOConfig, "max_tokens", "reinforcement: ")
+    ),
+    setting: list[str] = typer.Option(None, "--set", help=SETTINGS_HELP),
     follow: bool = typer.Option(False, "--follow", "-f", help="Watch it until it ends."),
 ) -> None:
-    hyper = {
-        "n_epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate_multiplier": lr_multiplier,
-    }
-    if method == "reinforcement":
-        hyper |= {"training_steps": steps, "group_size": group_size, "max_tokens": max_tokens}
-        spec = {"type": "magistral"} if grader == "magistral" else json.loads(grader)
-        chosen = {
-            "type": "reinforcement",
-            "reinforcement": {
-                "grader": spec,
-                "hyperparameters": {k: v for k, v in hyper.items() if v is not None},
-            },
-        }
-    else:
-        chosen = {
-            "type": "supervised",
-            "supervised": {"hyperparameters": {k: v for k, v in hyper.items() if v is not None}},
-        }
+    """Create a fine-tuning job; hyperparameters that cannot learn are refused here, with
+    the reason, before anything is sent (the server checks them again)."""
+    if method not in ("supervised", "reinforcement"):
+        raise typer.BadParameter("supervised or reinforcement", param_hint="--method")
+    reinforcement = method == "reinforcement"
+    if setting and not reinforcement:
+        raise typer.BadParameter("settings are for reinforcement jobs", param_hint="--set")
+    hyper: dict[str, object] = {"n_epochs": epochs, "batch_size": batch_size,
+                                "learning_rate_multiplier": lr_multiplier}  # fmt: skip
+    if reinforcement:
+        hyper |= {"training_steps": steps, **_settings(
+            [*(setting or []), *(f"{k}={v}" for k, v in (("group_size", group_size),
+                                                        ("max_tokens", max_tokens)) if v is not None)]
+        )}  # fmt: skip
     body = {
         "model": model, "training_file": training_file, "validation_file": validation_file,
-        "suffix": suffix, "method": chosen,
+        "suffix": suffix, "method": _method(reinforcement, hyper, grader, batch_size=batch_size,
+                                           lr_multiplier=lr_multiplier),
     }  # fmt: skip
     with client() as c:
-        found = c.jobs.create_finetune({k: v for k, v in body.items() if v is not None})
+        found = c.jobs.create_fine_tuning_job({k: v for k, v in body.items() if v is not None})
     console.print(f"created [bold]{found['id']}[/bold] ({found['status']})")
     if follow:
-        finetune_events(found["id"], follow=True)
+        fine_tuning_events(found["id"], follow=True)
 
 
-@finetune.command("list")
-def finetune_list() -> None:
+@fine_tuning.command("list")
+def fine_tuning_list() -> None:
     with client() as c:
-        found = c.jobs.finetunes()
+        found = c.jobs.fine_tuning_jobs()
     table = Table("id", "model", "status", "step", "fine-tuned model", "datacenter", "created")
     for j in found:
         extra = j.get("souverain") or {}
@@ -199,10 +264,10 @@ def finetune_list() -> None:
     console.print(table)
 
 
-@finetune.command("show")
-def finetune_show(job_id: str) -> None:
+@fine_tuning.command("show")
+def fine_tuning_show(job_id: str) -> None:
     with client() as c:
-        j = c.jobs.finetune(job_id)
+        j = c.jobs.fine_tuning_job(job_id)
     extra = j.get("souverain") or {}
     console.print(f"[bold]{j['id']}[/bold] {j['status']} — {j['model']} → "
                   f"{j.get('fine_tuned_model') or '(not yet)'}")  # fmt: skip
@@ -218,22 +283,22 @@ def finetune_show(job_id: str) -> None:
             console.print(f"  {label}: {value}")
 
 
-@finetune.command("cancel")
-def finetune_cancel(job_id: str) -> None:
+@fine_tuning.command("cancel")
+def fine_tuning_cancel(job_id: str) -> None:
     with client() as c:
-        found = c.jobs.finetune_action(job_id, "cancel")
+        found = c.jobs.fine_tuning_action(job_id, "cancel")
     console.print(f"{found['id']}: {found['status']}")
 
 
-@finetune.command("events")
-def finetune_events(
+@fine_tuning.command("events")
+def fine_tuning_events(
     job_id: str,
     follow: bool = typer.Option(False, "--follow", "-f", help="Live view until it ends."),
 ) -> None:
     """The job's events; with --follow, a live view of loss, tokens/s and ETA."""
     with client() as c:
         if not follow:
-            for event in c.jobs.finetune_events(job_id):
+            for event in c.jobs.fine_tuning_events(job_id):
                 console.print(f"{_when(event['created_at'])} {event['level']:5} {event['message']}")
             return
         seen: set[str] = set()
@@ -243,9 +308,9 @@ def finetune_events(
         ) as bar:  # fmt: skip
             task = bar.add_task("queued", total=None, eta="-")
             while True:
-                job = c.jobs.finetune(job_id)
+                job = c.jobs.fine_tuning_job(job_id)
                 extra = job.get("souverain") or {}
-                for event in c.jobs.finetune_events(job_id):
+                for event in c.jobs.fine_tuning_events(job_id):
                     if event["id"] not in seen and event.get("type") != "metrics":
                         seen.add(event["id"])
                         bar.console.print(f"{_when(event['created_at'])} {event['message']}")
@@ -257,7 +322,7 @@ def finetune_events(
                     description=f"{job['status']} loss={loss:.3f} {extra.get('tokens_per_s') or 0:.0f} tok/s"
                     if loss is not None else str(job["status"]), eta=eta,
                 )  # fmt: skip
-                if str(job["status"]).lower() in FT_ENDED | {"success"}:
+                if str(job["status"]).lower() in FINE_TUNING_ENDED | {"success"}:
                     break
                 time.sleep(2.0)
         console.print(f"{job['id']}: {job['status']} {job.get('fine_tuned_model') or ''}")

@@ -68,7 +68,7 @@ app.add_typer(billing.limits, name="limits")
 app.add_typer(audit.audit, name="audit")
 app.add_typer(jobs.files, name="files")
 app.add_typer(jobs.batches, name="batches")
-app.add_typer(jobs.finetune, name="finetune")
+app.add_typer(jobs.fine_tuning, name="finetune")
 app.add_typer(jobs.datasets, name="datasets")
 
 

@@ -420,19 +420,19 @@ class FilesAndBatches:
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         return self._json(self._http.post(f"/v1/batches/{batch_id}/cancel"))  # type: ignore[no-any-return]
 
-    def create_finetune(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create_fine_tuning_job(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._json(self._http.post("/v1/fine_tuning/jobs", json=body))  # type: ignore[no-any-return]
 
-    def finetune(self, job_id: str) -> dict[str, Any]:
+    def fine_tuning_job(self, job_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/fine_tuning/jobs/{job_id}"))  # type: ignore[no-any-return]
 
-    def finetunes(self) -> list[dict[str, Any]]:
+    def fine_tuning_jobs(self) -> list[dict[str, Any]]:
         return self._json(self._http.get("/v1/fine_tuning/jobs"))["data"]  # type: ignore[no-any-return]
 
-    def finetune_action(self, job_id: str, action: str) -> dict[str, Any]:
+    def fine_tuning_action(self, job_id: str, action: str) -> dict[str, Any]:
         return self._json(self._http.post(f"/v1/fine_tuning/jobs/{job_id}/{action}"))  # type: ignore[no-any-return]
 
-    def finetune_events(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    def fine_tuning_events(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         answer = self._http.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": limit})
         return list(reversed(self._json(answer)["data"]))  # oldest first
 

@@ -15,3 +15,11 @@ SYSTEM_PROMPT = (
     "Your thinking must follow this template:\n"
     "<think>\nYour thoughts and drafts.\n</think>\n\nYour answer."
 )
+
+
+def system_prompt(tags: str | None = None) -> str:
+    """The reasoning system prompt, its template in the model's tag format (`[THINK]` for
+    Magistral's; `<think>`, the default, for others)."""
+    if tags != "[THINK]":
+        return SYSTEM_PROMPT
+    return SYSTEM_PROMPT.replace("<think>", "[THINK]").replace("</think>", "[/THINK]")

@@ -186,6 +186,9 @@ class ModelRow(Base):
     )
     engine: Mapped[str] = mapped_column(String(32))
     capabilities: Mapped[list[str]] = mapped_column(JSON)
+    # A reasoning model's opening tag (`<think>` or `[THINK]`); None: either (the models
+    # souverain's own jobs produced).
+    reasoning_tags: Mapped[str | None] = mapped_column(String(16), nullable=True)
     context_length: Mapped[int] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -80,7 +80,9 @@ async def prepare(
             default=model.reasoning_default,
         )  # fmt: skip
         if prompted:
-            upstream["messages"] = reasoning.with_system_prompt(upstream["messages"])
+            upstream["messages"] = reasoning.with_system_prompt(
+                upstream["messages"], model.reasoning_tags
+            )
     return Call(state, principal, endpoint, model, upstream, stream, include_usage, shown, line)
 
 

@@ -282,7 +282,9 @@ async def _complete(
     exchange.conclude(settlement)
     raw = exchange.dialect.answer(exchange, raw)
     if exchange.call.reasoning is not None:
-        raw, (thinking, text) = reasoning.rewrite_answer(raw, exchange.call.reasoning)
+        raw, (thinking, text) = reasoning.rewrite_answer(
+            raw, exchange.call.reasoning, exchange.call.model.reasoning_tags
+        )
         exchange.said(thinking, text)
     headers = exchange.headers() | {
         "x-souverain-energy-joules": f"{settlement.energy_estimate_j or 0.0:.6g}",

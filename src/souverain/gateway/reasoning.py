@@ -10,6 +10,9 @@ text chunk (what the `mistralai` SDK's `ThinkChunk` reads).
     Splitter           the same for a stream: feed deltas as they come, in any pieces
                        (a tag may be cut anywhere), get (kind, text) parts back at once
 
+A model the registry marks `reasoning` says its tag format (`reasoning_tags`): only that
+pair is read in its answers; the models souverain's own jobs produced read either.
+
 An unclosed `<think>` is all thinking (the model ran out of tokens while drafting); an
 answer without a tag has no thinking. Only a tag at the start opens the thinking (after
 whitespace): a `<think>` quoted inside an answer stays in the answer.
@@ -22,15 +25,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from souverain.core.errors import InvalidRequestError
-from souverain.core.reasoning import SYSTEM_PROMPT
+from souverain.core.reasoning import system_prompt
 
 TAGS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"))
 REASONING, CONTENT = "reasoning", "content"
 KEPT_CHARS = 2000  # of a stream's thinking and answer, for their languages
 
 
-def split(text: str) -> tuple[str | None, str]:
-    splitter = Splitter()
+def pairs_of(tags: str | None) -> tuple[tuple[str, str], ...]:
+    """The tag pairs read in a model's answers: its own, or either when it has none."""
+    return tuple(pair for pair in TAGS if tags in (None, pair[0]))
+
+
+def split(text: str, tags: str | None = None) -> tuple[str | None, str]:
+    splitter = Splitter(pairs_of(tags))
     parts = [*splitter.feed(text), *splitter.finish()]
     thinking = "".join(t for kind, t in parts if kind == REASONING)
     answer = "".join(t for kind, t in parts if kind == CONTENT)
@@ -41,6 +49,7 @@ def split(text: str) -> tuple[str | None, str]:
 class Splitter:
     """States: `start` (nothing but whitespace seen), `thinking`, `answer`."""
 
+    pairs: tuple[tuple[str, str], ...] = TAGS
     state: str = "start"
     held: str = ""  # text that may be the beginning of a tag
     closing: str = ""
@@ -56,13 +65,13 @@ class Splitter:
                 if not stripped:
                     self._leading.append(text)
                     return parts
-                opened = next((pair for pair in TAGS if stripped.startswith(pair[0])), None)
+                opened = next((p for p in self.pairs if stripped.startswith(p[0])), None)
                 if opened is not None:
                     self.state, self.closing, self.saw_thinking = "thinking_start", opened[1], True
                     self._leading.clear()
                     text = stripped[len(opened[0]) :]
                     continue
-                if any(pair[0].startswith(stripped) for pair in TAGS):
+                if any(pair[0].startswith(stripped) for pair in self.pairs):
                     self.held = text  # "<th…": wait for more
                     return parts
                 self.state = "answer"
@@ -175,14 +184,19 @@ def mode_for(
     return ("mistral" if mistral and effort is None else "openai"), prompted
 
 
-def with_system_prompt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The reasoning system prompt first, unless the caller gave a system prompt of its own."""
+def with_system_prompt(
+    messages: list[dict[str, Any]], tags: str | None = None
+) -> list[dict[str, Any]]:
+    """The reasoning system prompt (with the model's tags) first, unless the caller gave a
+    system prompt of its own."""
     if messages and messages[0].get("role") == "system":
         return messages
-    return [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
+    return [{"role": "system", "content": system_prompt(tags)}, *messages]
 
 
-def rewrite_answer(raw: bytes, shape: str) -> tuple[bytes, tuple[str | None, str]]:
+def rewrite_answer(
+    raw: bytes, shape: str, tags: str | None = None
+) -> tuple[bytes, tuple[str | None, str]]:
     """A whole chat completion with each choice's thinking taken out of its content; and
     the first choice's (thinking, answer)."""
     answer = json.loads(raw)
@@ -193,7 +207,7 @@ def rewrite_answer(raw: bytes, shape: str) -> tuple[bytes, tuple[str | None, str
         content = message.get("content")
         if not isinstance(content, str):
             continue
-        thinking, text = split(content)
+        thinking, text = split(content, tags)
         first = first or (thinking, text)
         if shape == "mistral":
             message["content"] = mistral_content(thinking, text)
@@ -209,8 +223,9 @@ def rewrite_answer(raw: bytes, shape: str) -> tuple[bytes, tuple[str | None, str
 class StreamRewriter:
     """Chunk by chunk: each choice's content deltas through its own Splitter."""
 
-    def __init__(self, shape: str) -> None:
+    def __init__(self, shape: str, tags: str | None = None) -> None:
         self.shape = shape
+        self._pairs = pairs_of(tags)
         self._splitters: dict[int, Splitter] = {}
         self.thinking_chars = 0
         self.answer_chars = 0
@@ -241,7 +256,9 @@ class StreamRewriter:
         for choice in choices:
             delta = choice.get("delta") or {}
             content = delta.get("content")
-            splitter = self._splitters.setdefault(int(choice.get("index", 0)), Splitter())
+            splitter = self._splitters.setdefault(
+                int(choice.get("index", 0)), Splitter(self._pairs)
+            )
             parts = splitter.feed(content) if isinstance(content, str) else []
             finishing = choice.get("finish_reason") is not None
             if finishing:

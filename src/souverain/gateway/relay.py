@@ -73,7 +73,8 @@ class Events:
         self.exchange = exchange
         self.progress = Progress()
         shown = exchange.call.reasoning
-        self.thinking = reasoning.StreamRewriter(shown) if shown else None
+        tags = exchange.call.model.reasoning_tags
+        self.thinking = reasoning.StreamRewriter(shown, tags) if shown else None
         self.calls = exchange.dialect.stream_calls(exchange)
         self.named = forced_tools.NamedOnce()
 

@@ -52,6 +52,7 @@ from souverain.node.node_dir import node_dir, open_log, owned_directory
 from souverain.node.sealed import decrypt_to
 from souverain.storage.crypto import Sealer
 from souverain.storage.stores import store_from_uri
+from souverain.training.collapse import REWARD_COLLAPSED
 from souverain.training.sft import INVALID_DATA
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,8 @@ class TrainingSupervisor:
                 return "cancelled", "", ""
             if code == INVALID_DATA:
                 return "failed", self._invalid_message(), "invalid_training_file"
+            if code == REWARD_COLLAPSED:
+                return "failed", self._message_of("collapsed"), "reward_collapsed"
             if code == 0:
                 return ("paused", "", "") if self._last("paused") else self._finish(out)
             attempts_left -= 1
@@ -370,6 +373,10 @@ class TrainingSupervisor:
     def _invalid_message(self) -> str:
         invalid = self._last("invalid")
         return str(invalid["message"]) if invalid else "the training data is invalid"
+
+    def _message_of(self, kind: str) -> str:
+        said = self._last(kind)
+        return str(said["message"]) if said else f"the training worker stopped ({kind})"
 
     def _cpu(self) -> float:
         return round(self._cpu_before + self._cpu_live, 3)

@@ -3,20 +3,22 @@ and how it becomes the one `recipe.Asked` the service takes.
 
 The shape is recognised from the body, not guessed: OpenAI's has `training_file` (and
 `method`), Mistral's has `training_files`; a body with both, or neither, is refused.
-Bounds of the values are the recipe's (`jobs/fine_tuning/recipe.py`), checked by the
-service; here only the shape and the types.
+Bounds of the values are the recipes' typed configurations (training/configs.py), checked
+when the service resolves the request (jobs/fine_tuning/recipe.py); here only the shape,
+the names and the types. The GRPO settings a tenant may name come from `GRPOConfig`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, create_model
 
 from souverain.core.errors import InvalidRequestError, validation_message
 from souverain.core.schemas.common import Metadata, StrictRequest
 from souverain.jobs.fine_tuning import recipe
 from souverain.settings import Settings
+from souverain.training.configs import GRPOConfig, tenant_settings
 
 Auto = Literal["auto"]
 
@@ -31,9 +33,9 @@ class Supervised(StrictRequest):
     hyperparameters: SupervisedHyperparameters | None = None
 
 
-class ReinforcementHyperparameters(StrictRequest):
-    """OpenAI's reinforcement hyperparameters, and souverain's GRPO ones (training/grpo.py);
-    bounds are checked by the fine-tuning service."""
+class OpenAIReinforcementHyperparameters(StrictRequest):
+    """OpenAI's reinforcement hyperparameters, and souverain's `training_steps` and
+    `seq_len`; the GRPO settings a tenant may set are added from `GRPOConfig` below."""
 
     n_epochs: int | Auto | None = None
     batch_size: int | Auto | None = None
@@ -44,20 +46,27 @@ class ReinforcementHyperparameters(StrictRequest):
     reasoning_effort: Literal["default", "low", "medium", "high"] | None = None  # accepted
     training_steps: int | None = None
     seq_len: int | None = None
-    group_size: int | None = None
-    max_tokens: int | None = None
-    length_cache: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    epsilon_low: float | None = None
-    epsilon_high: float | None = None
-    beta: float | None = None
-    minibatches: int | None = None
+
+
+def _grpo_settings() -> dict[str, Any]:
+    """Each setting `GRPOConfig` marks `tenant`, by its name and type, optional: the
+    bounds are the config's, checked when the request is resolved (recipe.py)."""
+    types = get_type_hints(GRPOConfig)
+    own = set(OpenAIReinforcementHyperparameters.model_fields)
+    return {name: (types[name] | None, None)
+            for name in tenant_settings(GRPOConfig) if name not in own}  # fmt: skip
+
+
+ReinforcementHyperparameters = create_model(
+    "ReinforcementHyperparameters",
+    __base__=OpenAIReinforcementHyperparameters,
+    **_grpo_settings(),
+)
 
 
 class Reinforcement(StrictRequest):
     grader: dict[str, Any]
-    hyperparameters: ReinforcementHyperparameters | None = None
+    hyperparameters: dict[str, Any] | None = None  # a ReinforcementHyperparameters
 
 
 class Method(StrictRequest):
@@ -85,12 +94,14 @@ class MistralFile(StrictRequest):
 
 
 class MistralHyperparameters(StrictRequest):
+    """Mistral's names; bounds are the supervised recipe's (`SFTConfig`)."""
+
     training_steps: int | None = Field(default=None, ge=1)
-    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    learning_rate: float | None = None
     epochs: float | None = Field(default=None, gt=0)
-    seq_len: int | None = Field(default=None, ge=16)
-    warmup_fraction: float | None = Field(default=None, ge=0, le=1)
-    weight_decay: float | None = Field(default=None, ge=0, le=1)
+    seq_len: int | None = None
+    warmup_fraction: float | None = None
+    weight_decay: float | None = None
     fim_ratio: float | None = None
 
 
@@ -120,11 +131,13 @@ def _asked_reinforcement(body: OpenAIJobRequest) -> recipe.Asked:
             "method.reinforcement (with its grader) is needed for a reinforcement job.",
             param="method.reinforcement",
         )
-    hp = body.method.reinforcement.hyperparameters or ReinforcementHyperparameters()
+    hp = ReinforcementHyperparameters.model_validate(
+        body.method.reinforcement.hyperparameters or {}
+    )
     own = {
         name: value
         for name, value in hp.model_dump(exclude_none=True).items()
-        if name in recipe.RL_DEFAULTS and value != "auto"
+        if name in tenant_settings(GRPOConfig) and value != "auto"
     }
     return recipe.Asked(
         shape="openai", model=body.model, training_files=[(body.training_file, 1.0)],

@@ -154,6 +154,7 @@ class Factory:
         engine: str = "stand-in",
         more_replicas: tuple[tuple[str, str], ...] = (),
         reasoning_default: bool = False,
+        reasoning_tags: str | None = None,
     ) -> tuple[str, str]:
         """A model with a deployment and one ready replica at `url` (by default the stand-in
         engine, which serves any number of requests at once), plus `more_replicas` as
@@ -167,6 +168,7 @@ class Factory:
                 owner_org_id=owner_org_id,
                 engine=engine,
                 capabilities=list(capabilities),
+                reasoning_tags=reasoning_tags,
                 context_length=4096,
                 description="",
             )

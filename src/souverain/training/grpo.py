@@ -6,7 +6,7 @@ node runs, as its own process.
 SPEC.json is the supervised recipe's (training/sft.py) plus:
     grader           a checked grader (training/rewards.py): magistral, string_check, ...
     init_adapter     a PEFT adapter directory to start from (a cold-start SFT), or null
-and `hyperparameters` as `Hyperparameters` below.
+and `hyperparameters` as `GRPOConfig` (training/configs.py).
 
 One step (Shao et al., "DeepSeekMath", 2024, GRPO; Mistral AI, "Magistral", 2025):
     1. `batch_size` prompts, `group_size` completions each, sampled by llama.cpp with the
@@ -25,13 +25,14 @@ Progress lines (numbers, never text) as the supervised recipe's, and: `step` car
 reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction, step_s,
 rollout_s, train_s; `eval` {step, metrics: {overall, per language}} before the first
 step and after the last, on the validation file. With `max_steps` 0 (an evaluation job)
-the recipe evaluates once and ends.
+the recipe evaluates once and ends. With the magistral grader, a job whose format rate
+falls below its start by more than `collapse_margin` stops itself (training/collapse.py):
+a `collapsed` line {step, start, now, margin, message}, and exit code 4.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import signal
@@ -45,7 +46,15 @@ from pathlib import Path
 from typing import Any
 
 from souverain.core.reasoning import SYSTEM_PROMPT
-from souverain.training import rewards
+from souverain.training import configs, rewards
+from souverain.training.collapse import REWARD_COLLAPSED, Collapse
+from souverain.training.configs import GRPOConfig
+from souverain.training.grpo_objective import (
+    group_advantages,
+    groups_logprobs,
+    normalise,
+    surrogate_loss,
+)
 from souverain.training.sft import (
     INVALID_DATA,
     LORA_TARGETS,
@@ -54,144 +63,6 @@ from souverain.training.sft import (
     load_model,
     load_tokenizer,
 )
-
-ADV_EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    max_steps: int
-    batch_size: int = 2  # prompts a step
-    group_size: int = 8  # completions a prompt
-    learning_rate: float = 5e-5
-    max_tokens: int = 192  # l_max: the most a completion may have
-    length_cache: int = 64  # l_cache: the soft length penalty's ramp
-    temperature: float = 0.8
-    top_p: float = 1.0
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.28
-    beta: float = 0.0  # KL weight; 0: no reference model at all
-    minibatches: int = 2
-    max_grad_norm: float = 1.0
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    seed: int = 0
-    save_steps: int = 10
-    seq_len: int = 512  # prompt + completion
-    eval_samples: int = 100  # held-out prompts evaluated, at most
-
-
-# -- the objective, on tensors (tested numerically) ------------------------------------
-
-
-def group_advantages(rewards_by_group: Sequence[Sequence[float]]) -> list[list[float] | None]:
-    """reward - group mean; None for a group whose rewards are all equal (no signal)."""
-    out: list[list[float] | None] = []
-    for group in rewards_by_group:
-        mean = sum(group) / len(group)
-        if max(group) - min(group) <= 1e-9:
-            out.append(None)
-        else:
-            out.append([r - mean for r in group])
-    return out
-
-
-def normalise(advantages: Sequence[float]) -> list[float]:
-    """Over a minibatch: mean 0, standard deviation 1."""
-    mean = sum(advantages) / len(advantages)
-    std = math.sqrt(sum((a - mean) ** 2 for a in advantages) / len(advantages))
-    return [(a - mean) / (std + ADV_EPS) for a in advantages]
-
-
-def surrogate_loss(
-    logp: Any,
-    old_logp: Any,
-    advantages: Any,
-    mask: Any,
-    *,
-    epsilon_low: float,
-    epsilon_high: float,
-    beta: float = 0.0,
-    ref_logp: Any = None,
-) -> Any:
-    """-(1/T) Σ_i Σ_t min(ρ A_i, clip(ρ, 1-ε_low, 1+ε_high) A_i) [+ β KL], T = Σ mask.
-
-    logp, old_logp, ref_logp, mask: [sequences, tokens]; advantages: [sequences]."""
-    import torch
-
-    ratio = torch.exp(logp - old_logp)
-    adv = advantages.unsqueeze(1)
-    per_token = -torch.minimum(
-        ratio * adv, torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * adv
-    )
-    if beta:
-        if ref_logp is None:
-            raise ValueError("beta > 0 needs the reference model's log-probabilities")
-        log_ratio = ref_logp - logp
-        per_token = per_token + beta * (torch.exp(log_ratio) - log_ratio - 1)  # k3 estimator
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
-
-
-def token_logprobs(model: Any, input_ids: Any, attention: Any, completion_mask: Any) -> Any:
-    """log π(token | prefix) for every position (0 where the mask is 0)."""
-    import torch
-
-    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logp * completion_mask[:, 1:]
-
-
-def shared_prompt_logprobs(
-    model: Any, prompt: list[int], completions: list[list[int]], pad: int
-) -> tuple[Any, Any]:
-    """log π(token | prefix) of each completion's tokens, for completions of one prompt
-    (a group): the prompt is run once and its KV cache repeated for every completion, so
-    a long shared prompt (the reasoning system prompt) costs one forward and one backward
-    pass per group instead of one per completion, and logits are computed for the
-    completions' positions only. Equal to `token_logprobs` on each whole sequence.
-
-    Returns (logp, mask), both [completions, longest completion]."""
-    import torch
-
-    if len(prompt) < 2:
-        raise ValueError("a prompt of at least two tokens is needed")
-    count, width = len(completions), max(1, *(len(c) for c in completions))
-    cache = model(input_ids=torch.tensor([prompt[:-1]]), use_cache=True).cache
-    cache.batch_repeat_interleave(count)
-    ids = torch.full((count, width), pad, dtype=torch.long)
-    targets = torch.full((count, width), pad, dtype=torch.long)
-    mask = torch.zeros((count, width), dtype=torch.float32)
-    for row, completion in enumerate(completions):
-        fed = [prompt[-1], *completion[:-1]][: max(1, len(completion))]
-        ids[row, : len(fed)] = torch.tensor(fed)
-        if completion:
-            targets[row, : len(completion)] = torch.tensor(completion)
-            mask[row, : len(completion)] = 1.0
-    seen = torch.ones((count, len(prompt) - 1), dtype=torch.long)
-    fed_mask = (torch.arange(width).unsqueeze(0) < mask.sum(1, keepdim=True).clamp(min=1)).long()
-    logits = model(input_ids=ids, attention_mask=torch.cat([seen, fed_mask], dim=1),
-                   cache=cache).logits.float()  # fmt: skip
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logp * mask, mask
-
-
-def groups_logprobs(
-    model: Any, groups: list[tuple[list[int], list[list[int]]]], pad: int
-) -> tuple[Any, Any]:
-    """`shared_prompt_logprobs` of several groups, stacked: [rows, longest completion]."""
-    import torch
-
-    parts = [shared_prompt_logprobs(model, prompt, completions, pad)
-             for prompt, completions in groups]  # fmt: skip
-    width = max(logp.shape[1] for logp, _ in parts)
-
-    def padded(tensor: Any) -> Any:
-        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
-
-    return (torch.cat([padded(logp) for logp, _ in parts]),
-            torch.cat([padded(mask) for _, mask in parts]))  # fmt: skip
-
 
 # -- data -------------------------------------------------------------------------------
 
@@ -253,7 +124,7 @@ def grade(
     item: Item,
     completion: str,
     tokens: int,
-    hp: Hyperparameters,
+    hp: GRPOConfig,
 ) -> Graded:
     if grader["type"] == "magistral":
         scored = rewards.magistral(
@@ -300,7 +171,7 @@ class Job:
         import torch
 
         self.spec = spec
-        self.hp = Hyperparameters(**spec["hyperparameters"])
+        self.hp = configs.built(GRPOConfig, spec["hyperparameters"])
         self.grader = spec["grader"]
         rewards.check_grader(self.grader)
         self.scorer = rewards.build(self.grader) if self.grader["type"] != "magistral" else None
@@ -348,17 +219,9 @@ class Job:
                           metrics={})  # fmt: skip
             self.rollouts.close()
             return 0
-        while self.step < hp.max_steps:
-            if self.stop_asked:
-                self._save(self.output / f"checkpoint-{self.step}")
-                progress.emit("paused", step=self.step)
-                return 0
-            self._one_step()
-            if self.step % hp.save_steps == 0 or self.step == hp.max_steps:
-                path = self.output / f"checkpoint-{self.step}"
-                self._save(path)
-                progress.emit("checkpoint", step=self.step, path=str(path),
-                              metrics=dict(self.last_metrics))  # fmt: skip
+        stopped = self._train()
+        if stopped is not None:
+            return stopped
         metrics: dict[str, Any] = dict(self.last_metrics)
         if self.valid:
             evaluation = self.evaluate()
@@ -372,6 +235,31 @@ class Job:
                       metrics=metrics)  # fmt: skip
         self.rollouts.close()
         return 0
+
+    def _train(self) -> int | None:
+        """Steps until the last; an exit code if the job stops before (paused, collapsed)."""
+        hp, progress = self.hp, self.progress
+        collapse = Collapse(margin=hp.collapse_margin, window=hp.collapse_window)
+        while self.step < hp.max_steps:
+            if self.stop_asked:
+                self._save(self.output / f"checkpoint-{self.step}")
+                progress.emit("paused", step=self.step)
+                return 0
+            self._one_step()
+            if self.grader["type"] == "magistral" and collapse.add(
+                float(self.last_metrics["format_rate"])
+            ):
+                progress.emit("collapsed", step=self.step, start=collapse.start,
+                              now=collapse.now, margin=hp.collapse_margin,
+                              message=collapse.reason(self.step))  # fmt: skip
+                self.rollouts.close()
+                return REWARD_COLLAPSED
+            if self.step % hp.save_steps == 0 or self.step == hp.max_steps:
+                path = self.output / f"checkpoint-{self.step}"
+                self._save(path)
+                progress.emit("checkpoint", step=self.step, path=str(path),
+                              metrics=dict(self.last_metrics))  # fmt: skip
+        return None
 
     def _ask_stop(self, *_: object) -> None:
         self.stop_asked = True

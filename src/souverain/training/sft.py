@@ -8,7 +8,7 @@ SPEC.json (written by the training actor into the node's private directory):
     train, valid     chat JSONL files, decrypted on this node (valid may be null)
     output_dir       checkpoints and the final adapter go here
     resume_from      a checkpoint directory to carry on from, or null
-    hyperparameters  see `Hyperparameters`
+    hyperparameters  an `SFTConfig` (training/configs.py)
     threads          CPU threads for PyTorch
 
 Progress goes to OUTPUT_DIR/progress.jsonl, one JSON object a line (never training text):
@@ -27,26 +27,14 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from souverain.training import configs
+from souverain.training.configs import SFTConfig
+
 INVALID_DATA = 3
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    max_steps: int
-    batch_size: int
-    learning_rate: float
-    seq_len: int
-    warmup_fraction: float = 0.0
-    weight_decay: float = 0.0
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    seed: int = 0
-    save_steps: int = 10
 
 
 class Progress:
@@ -138,7 +126,7 @@ def load_model(base: dict[str, Any]) -> Any:
 def run(spec: dict[str, Any]) -> int:
     import torch
 
-    hp = Hyperparameters(**spec["hyperparameters"])
+    hp = configs.built(SFTConfig, spec["hyperparameters"])
     output = Path(spec["output_dir"])
     output.mkdir(parents=True, exist_ok=True)
     progress = Progress(output / "progress.jsonl")
@@ -200,7 +188,7 @@ def run(spec: dict[str, Any]) -> int:
 
 def _trainer(
     spec: dict[str, Any],
-    hp: Hyperparameters,
+    hp: SFTConfig,
     model: Any,
     tokenizer: Any,
     train: list[dict[str, Any]],
@@ -355,6 +343,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["Hyperparameters", "asdict", "run"]

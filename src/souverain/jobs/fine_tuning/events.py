@@ -17,15 +17,7 @@ def event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]
     """A worker's progress line as a job event: words, and numbers (never training text)."""
     kind = event["type"]
     if kind == "step" and "reward_mean" in event:  # reinforcement
-        data = {k: event.get(k) for k in REINFORCEMENT_METRICS}
-        data["train_loss"] = data.pop("loss")
-        return (
-            f"Step {event['step']}/{event['total']}: mean reward={event['reward_mean']:.3f}, "
-            f"format={event['format_rate']:.0%}, zero-advantage groups="
-            f"{event['zero_advantage_fraction']:.0%}, {event['step_s']:.1f} s",
-            "metrics",
-            data,
-        )
+        return _reinforcement_step(event)
     if kind == "step":
         data = {k: event.get(k) for k in ("step", "total", "loss", "tokens", "tokens_per_s",
                                           "learning_rate", "mean_token_accuracy")}  # fmt: skip
@@ -64,6 +56,9 @@ def event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]
             "message",
             {"line": event.get("line")},
         )
+    if kind == "collapsed":  # reinforcement: the job stopped itself
+        data = {k: event.get(k) for k in ("step", "start", "now", "margin")}
+        return str(event.get("message", "the reward collapsed")), "message", data
     if kind == "loaded":
         return f"Base model loaded in {event['seconds']} s", "message", None
     if kind == "restart":
@@ -75,3 +70,15 @@ def event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]
     if kind == "resumed":
         return f"Checkpoint at step {event['step']} restored on the node", "message", None
     return "", "message", None
+
+
+def _reinforcement_step(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+    data = {k: event.get(k) for k in REINFORCEMENT_METRICS}
+    data["train_loss"] = data.pop("loss")
+    return (
+        f"Step {event['step']}/{event['total']}: mean reward={event['reward_mean']:.3f}, "
+        f"format={event['format_rate']:.0%}, zero-advantage groups="
+        f"{event['zero_advantage_fraction']:.0%}, {event['step_s']:.1f} s",
+        "metrics",
+        data,
+    )

@@ -1,21 +1,39 @@
-"""What a fine-tuning request resolves to: the recipe's hyperparameters, each bounded.
+"""What a fine-tuning request resolves to: the recipe's configuration, each setting bounded.
 
 `Asked` is a job request in either API shape; `resolve_hyperparameters` (supervised),
 `resolve_reinforcement` (GRPO, the Magistral defaults) and `resolve_evaluation` (the
-reinforcement recipe with no step) turn it into what the training process runs with, or
-refuse it with a 422 naming the parameter. Nothing here reads the database.
+reinforcement recipe with no step) turn it into the recipe's typed configuration
+(training/configs.py: defaults, bounds and the reasons for them live there, once) and
+return it as the job stores it. A setting that cannot learn is refused with a 400 naming
+it and saying why; what this installation or model cannot take (steps, epochs, a context
+longer than the model's) with a 422. Nothing here reads the database.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from souverain.core.errors import InvalidRequestError, UnprocessableError
+from souverain.training.configs import (
+    REASONING_MIN_TOKENS,
+    C,
+    GRPOConfig,
+    SettingError,
+    SFTConfig,
+    bounds_of,
+    built,
+    check_setting,
+    default_of,
+    tenant_settings,
+    why_of,
+)
 
-BASE_LEARNING_RATE = 2e-4  # LoRA; OpenAI's learning_rate_multiplier scales this
+# OpenAI's learning_rate_multiplier scales the recipe's default rate
+BASE_LEARNING_RATE: float = default_of(SFTConfig, "learning_rate")
+BASE_RL_LEARNING_RATE: float = default_of(GRPOConfig, "learning_rate")
 
 
 @dataclass(frozen=True)
@@ -56,153 +74,51 @@ class Asked:
     reinforcement: dict[str, Any] | None = None  # its other hyperparameters, as given
 
 
-# Reinforcement: bounds of each hyperparameter (inclusive), and the defaults (Magistral's
-# where the paper gives them; sized for CPUs otherwise). See training/grpo.py.
-BASE_RL_LEARNING_RATE = 5e-5
-RL_BOUNDS: dict[str, tuple[float, float]] = {
-    "group_size": (2, 32), "max_tokens": (16, 4096), "length_cache": (1, 4096),
-    "temperature": (0.05, 2.0), "top_p": (0.05, 1.0), "epsilon_low": (0.0, 0.9),
-    "epsilon_high": (0.0, 5.0), "beta": (0.0, 1.0), "minibatches": (1, 16),
-    "eval_samples": (1, 1000),
-}  # fmt: skip
-RL_DEFAULTS: dict[str, Any] = {
-    "group_size": 8, "max_tokens": 192, "length_cache": 64, "temperature": 0.8, "top_p": 1.0,
-    "epsilon_low": 0.2, "epsilon_high": 0.28, "beta": 0.0, "minibatches": 2, "eval_samples": 100,
-}  # fmt: skip
-MAX_ROLLOUT_SEQUENCES = 64  # prompts a step × group size (training/rollouts.py)
-
-
 def resolve_hyperparameters(
     asked: Asked, *, samples: int, context_length: int, limits: Limits
 ) -> dict[str, Any]:
-    """What the recipe runs with. "auto" (None) picks values that work for small data."""
+    """What the supervised recipe runs with (`SFTConfig`). "auto" (None) picks values that
+    work for small data: batches of up to 8, three epochs, the config's learning rate."""
     batch = asked.batch_size if asked.batch_size is not None else max(1, min(8, samples))
-    if not 1 <= batch <= 256:
-        raise UnprocessableError("batch_size must be 1 to 256", param="batch_size")
+    _check(SFTConfig, "batch_size", batch)
     steps_per_epoch = math.ceil(samples / batch)
     steps = _steps(asked, steps_per_epoch, default_epochs=3, limits=limits)
-    if asked.learning_rate is not None:
-        rate = asked.learning_rate
-        if not 0 < rate <= 1:
-            raise UnprocessableError("learning_rate must be in (0, 1]", param="learning_rate")
-    else:
-        multiplier = (
-            asked.learning_rate_multiplier if asked.learning_rate_multiplier is not None else 1.0
-        )
-        if not 0 < multiplier <= 100:
-            raise UnprocessableError(
-                "learning_rate_multiplier must be in (0, 100]", param="learning_rate_multiplier"
-            )
-        rate = BASE_LEARNING_RATE * multiplier
-    seq_len = (
-        asked.seq_len
-        if asked.seq_len is not None
-        else min(2048, context_length, limits.max_seq_len)
-    )
-    if not 16 <= seq_len <= min(context_length, limits.max_seq_len):
-        raise UnprocessableError(
-            f"seq_len must be 16 to {min(context_length, limits.max_seq_len)} for this model",
-            param="seq_len",
-        )
-    warmup = asked.warmup_fraction if asked.warmup_fraction is not None else 0.0
-    decay = asked.weight_decay if asked.weight_decay is not None else 0.0
-    if not 0 <= warmup <= 1:
-        raise UnprocessableError("warmup_fraction must be in [0, 1]", param="warmup_fraction")
-    if not 0 <= decay <= 1:
-        raise UnprocessableError("weight_decay must be in [0, 1]", param="weight_decay")
-    return {
-        "max_steps": steps,
-        "batch_size": batch,
-        "learning_rate": rate,
-        "seq_len": seq_len,
-        "warmup_fraction": warmup,
-        "weight_decay": decay,
-        "lora_rank": 8,
-        "lora_alpha": 16,
-        "seed": asked.seed or 0,
+    config = _built(SFTConfig, {
+        "max_steps": steps, "batch_size": batch, "learning_rate": _rate(asked, SFTConfig),
+        "seq_len": _seq_len(asked, SFTConfig, context_length=context_length, limits=limits),
+        "warmup_fraction": _or(asked.warmup_fraction, 0.0),
+        "weight_decay": _or(asked.weight_decay, 0.0), "seed": asked.seed or 0,
         "save_steps": max(1, math.ceil(steps / 4)),  # four checkpoints a job
-        "n_epochs": math.ceil(steps / steps_per_epoch),
-    }
+    })  # fmt: skip
+    return asdict(config) | {"n_epochs": math.ceil(steps / steps_per_epoch)}
 
 
 def resolve_reinforcement(
     asked: Asked, *, samples: int, context_length: int, limits: Limits
 ) -> dict[str, Any]:
-    """The GRPO recipe's hyperparameters, each bounded; the grader checked (400 if it
-    cannot run here: a Python grader would run the tenant's code)."""
-    from souverain.training import rewards
-
-    if asked.grader is None:
+    """What the GRPO recipe runs with (`GRPOConfig`), each setting bounded; the grader
+    checked (400 if it cannot run here: a Python grader would run the tenant's code)."""
+    grader = _checked_grader(asked.grader)
+    given = _given_settings(asked.reinforcement or {})
+    max_tokens = given.get("max_tokens", default_of(GRPOConfig, "max_tokens"))
+    if grader["type"] == "magistral" and max_tokens < REASONING_MIN_TOKENS:
         raise InvalidRequestError(
-            "A reinforcement job needs a grader (method.reinforcement.grader); "
-            '{"type": "magistral"} is the built-in one for math with reasoning.',
-            param="method.reinforcement.grader",
+            f"max_tokens {max_tokens} leaves no room for a thinking block and a boxed answer: "
+            f"the magistral grader needs at least {REASONING_MIN_TOKENS}, or no completion "
+            "can earn a reward",
+            param="max_tokens",
         )
-    try:
-        rewards.check_grader(asked.grader)
-    except rewards.GraderError as error:
-        raise InvalidRequestError(str(error), param="method.reinforcement.grader") from None
-    given = dict(asked.reinforcement or {})
-    defaults = dict(RL_DEFAULTS)
-    if isinstance(max_tokens := given.get("max_tokens"), int) and max_tokens >= 2:
-        # the length penalty's ramp is at most half the budget unless asked otherwise
-        defaults["length_cache"] = min(defaults["length_cache"], max_tokens // 2)
-    resolved: dict[str, Any] = {}
-    for name, default in defaults.items():
-        value = given.get(name, default)
-        low, high = RL_BOUNDS[name]
-        integer = isinstance(default, int)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or (integer and not isinstance(value, int))
-            or not low <= value <= high
-        ):
-            kind = "an integer" if integer else "a number"
-            raise UnprocessableError(f"{name} must be {kind} from {low:g} to {high:g}",
-                                     param=name)  # fmt: skip
-        resolved[name] = value
-    batch = asked.batch_size if asked.batch_size is not None else 2
-    if not 1 <= batch * resolved["group_size"] <= MAX_ROLLOUT_SEQUENCES:
-        raise UnprocessableError(
-            f"batch_size × group_size must be at most {MAX_ROLLOUT_SEQUENCES} "
-            "(the completions sampled together each step)",
-            param="batch_size",
-        )
-    if resolved["minibatches"] > batch:
-        raise UnprocessableError("minibatches must be at most batch_size", param="minibatches")
-    if resolved["length_cache"] >= resolved["max_tokens"]:
-        raise UnprocessableError("length_cache must be below max_tokens", param="length_cache")
+    batch = _or(asked.batch_size, default_of(GRPOConfig, "batch_size"))
+    _check(GRPOConfig, "batch_size", batch)
     steps = _steps(asked, math.ceil(samples / batch), default_epochs=1, limits=limits)
-    multiplier = (
-        asked.learning_rate_multiplier if asked.learning_rate_multiplier is not None else 1.0
-    )
-    if not 0 < multiplier <= 100:
-        raise UnprocessableError(
-            "learning_rate_multiplier must be in (0, 100]", param="learning_rate_multiplier"
-        )
-    seq_len = (
-        asked.seq_len
-        if asked.seq_len is not None
-        else min(context_length, limits.max_seq_len, 1024)
-    )
-    if not resolved["max_tokens"] + 16 <= seq_len <= min(context_length, limits.max_seq_len):
-        raise UnprocessableError(
-            f"seq_len must leave room for max_tokens and be at most "
-            f"{min(context_length, limits.max_seq_len)} for this model",
-            param="seq_len",
-        )
-    return resolved | {
-        "max_steps": steps,
-        "batch_size": batch,
-        "learning_rate": BASE_RL_LEARNING_RATE * multiplier,
-        "seq_len": seq_len,
-        "lora_rank": 8,
-        "lora_alpha": 16,
-        "seed": asked.seed or 0,
-        "save_steps": max(1, math.ceil(steps / 4)),
+    seq_len = _seq_len(asked, GRPOConfig, context_length=context_length, limits=limits)
+    config = _built(GRPOConfig, given | {
+        "max_steps": steps, "batch_size": batch, "learning_rate": _rate(asked, GRPOConfig),
+        "seq_len": seq_len, "seed": asked.seed or 0, "save_steps": max(1, math.ceil(steps / 4)),
+    })  # fmt: skip
+    return asdict(config) | {
         "n_epochs": math.ceil(steps * batch / max(samples, 1)),
-        "grader": asked.grader,
+        "grader": grader,
     }
 
 
@@ -238,3 +154,88 @@ def _steps(asked: Asked, steps_per_epoch: int, *, default_epochs: int, limits: L
             param="training_steps" if asked.training_steps is not None else "n_epochs",
         )
     return steps
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _check(config: type[SFTConfig | GRPOConfig], name: str, value: Any) -> None:
+    try:
+        check_setting(config, name, value)
+    except SettingError as error:
+        raise InvalidRequestError(str(error), param=error.name) from None
+
+
+def _built(config: type[C], values: dict[str, Any]) -> C:
+    try:
+        return built(config, values)
+    except SettingError as error:
+        raise InvalidRequestError(str(error), param=error.name) from None
+
+
+def _rate(asked: Asked, config: type[SFTConfig | GRPOConfig]) -> float:
+    """The learning rate: as given (Mistral's shape), else the config's default times
+    OpenAI's multiplier; the multiplier's bounds are the rate's, divided by the default."""
+    if asked.learning_rate is not None:
+        _check(config, "learning_rate", asked.learning_rate)
+        return asked.learning_rate
+    multiplier = _or(asked.learning_rate_multiplier, 1.0)
+    base = default_of(config, "learning_rate")
+    low, high = bounds_of(config, "learning_rate")
+    if isinstance(multiplier, bool) or not low <= multiplier * base <= high:
+        raise InvalidRequestError(
+            f"learning_rate_multiplier must be from {low / base:g} to {high / base:g} (a "
+            f"learning rate of {low:g} to {high:g}): {why_of(config, 'learning_rate')}",
+            param="learning_rate_multiplier",
+        )
+    return float(multiplier * base)
+
+
+def _seq_len(
+    asked: Asked,
+    config: type[SFTConfig | GRPOConfig],
+    *,
+    context_length: int,
+    limits: Limits,
+) -> int:
+    """As asked, else the config's default within the model's context."""
+    most = min(context_length, limits.max_seq_len)
+    if asked.seq_len is None:
+        return min(most, int(default_of(config, "seq_len")))
+    _check(config, "seq_len", asked.seq_len)
+    if asked.seq_len > most:
+        raise UnprocessableError(f"seq_len must be at most {most} for this model",
+                                 param="seq_len")  # fmt: skip
+    return asked.seq_len
+
+
+def _checked_grader(grader: dict[str, Any] | None) -> dict[str, Any]:
+    from souverain.training import rewards
+
+    if grader is None:
+        raise InvalidRequestError(
+            "A reinforcement job needs a grader (method.reinforcement.grader); "
+            '{"type": "magistral"} is the built-in one for math with reasoning.',
+            param="method.reinforcement.grader",
+        )
+    try:
+        rewards.check_grader(grader)
+    except rewards.GraderError as error:
+        raise InvalidRequestError(str(error), param="method.reinforcement.grader") from None
+    return grader
+
+
+def _given_settings(asked: dict[str, Any]) -> dict[str, Any]:
+    """The GRPO settings a request gave by name, each within its bounds."""
+    given = dict(asked)
+    for name, value in given.items():
+        if name not in tenant_settings(GRPOConfig):
+            raise InvalidRequestError(f"unknown reinforcement hyperparameter {name!r}; known: "
+                                      f"{', '.join(tenant_settings(GRPOConfig))}", param=name)  # fmt: skip
+        _check(GRPOConfig, name, value)
+    if "length_cache" not in given and "max_tokens" in given:
+        # the length penalty's ramp is at most half the budget unless asked otherwise
+        ramp = default_of(GRPOConfig, "length_cache")
+        given["length_cache"] = min(ramp, max(1, given["max_tokens"] // 2))
+    return given

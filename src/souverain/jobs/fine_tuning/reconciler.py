@@ -334,7 +334,7 @@ class FineTuneReconciler:
             message, kind, data = event_words(event)
             if message:
                 await fine_tuning.add_event(session, job, message, kind=kind, data=data,
-                                         level="error" if event["type"] == "invalid" else "info")  # fmt: skip
+                                         level="error" if event["type"] in ("invalid", "collapsed") else "info")  # fmt: skip
         job.event_seq = max(job.event_seq, status.event_seq)
         known = set(
             (

@@ -39,6 +39,7 @@ from souverain.jobs.fine_tuning import service as fine_tuning
 from souverain.server.deps import PrincipalDep, SessionDep, StateDep
 from souverain.server.fine_tuning_requests import asked_of, limits_of
 from souverain.server.pagination import EVENTS, OBJECTS, Cursor, cursor, list_page, mistral_list
+from souverain.training.configs import GRPOConfig, tenant_settings
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -84,7 +85,7 @@ def method_of(job: FineTuningJobRow, hp: Hyperparameters) -> Method:
         return Method(type="evaluation", evaluation=Evaluation(grader=resolved.get("grader")))
     if job.method != "reinforcement":
         return Method(type="supervised", supervised=Supervised(hyperparameters=hp))
-    own = {name: resolved.get(name) for name in recipe.RL_DEFAULTS}
+    own = {name: resolved.get(name) for name in tenant_settings(GRPOConfig)}
     return Method(
         type="reinforcement",
         reinforcement=Reinforcement(

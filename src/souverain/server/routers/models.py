@@ -20,6 +20,7 @@ def _out(row: ModelRow, artifacts: list[ModelArtifactRow]) -> Model:
         owner_org_id=row.owner_org_id,
         engine=row.engine,
         capabilities=list(row.capabilities),
+        reasoning_tags=row.reasoning_tags,
         context_length=row.context_length,
         description=row.description,
         artifacts=[ModelArtifact.model_validate(a) for a in artifacts],
