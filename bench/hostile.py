@@ -155,38 +155,40 @@ async def run(base_url: str, settings: Settings, engine_url: str, lines: int, ro
             "file": ("big.jsonl", io.BytesIO(b'{"body": {}}\n' * 50_001))})  # fmt: skip
         print(f"  a file of 50,001 lines: {over.status_code} {over.text[:120]}")
 
-        started = time.perf_counter()
-        big = await start_batch(hostile, batch_lines(model, lines, "#slow question"))
-        state = {"status": "validating"}
-
-        async def follow() -> None:
-            while state["status"] == "validating":
-                state["status"] = await status(hostile, big)
-                await asyncio.sleep(0.2)
-
-        follower = asyncio.create_task(follow())
-        during = await sample(probes, lambda: state["status"] == "validating", 10 * rounds)
-        await follower
-        print(f"  {lines} lines validated in {time.perf_counter() - started:.1f} s")
-        report(f"validating {lines} lines", during, idle)
-
-        started = time.perf_counter()
-        (await hostile.post(f"/v1/batches/{big}/cancel")).raise_for_status()
-        state["status"] = "cancelling"
-
-        async def follow_cancel() -> None:
-            while state["status"] not in ENDED:
-                state["status"] = await status(hostile, big)
-                await asyncio.sleep(0.2)
-
-        follower = asyncio.create_task(follow_cancel())
-        during = await sample(probes, lambda: state["status"] not in ENDED, 10 * rounds)
-        await follower
-        print(f"  cancelled in {time.perf_counter() - started:.1f} s")
-        report(f"cancelling {lines} lines", during, idle)
-
+        await big_batch(hostile, model, lines, probes, idle, rounds)
         await fairness(them, hostile, model)
         await fine_tuning_burst(hostile, attacker_tenant.org_id, factory, engine_url, dc)
+
+
+async def big_batch(
+    hostile: httpx.AsyncClient,
+    model: str,
+    lines: int,
+    probes: dict[str, Probe],
+    idle: dict[str, list[float]],
+    rounds: int,
+) -> None:
+    """The neighbour's probes while a batch of `lines` lines is validated, then cancelled."""
+    started = time.perf_counter()
+    big = await start_batch(hostile, batch_lines(model, lines, "#slow question"))
+    state = {"status": "validating"}
+
+    async def follow(until_not: tuple[str, ...]) -> None:
+        while state["status"] in until_not:
+            state["status"] = await status(hostile, big)
+            await asyncio.sleep(0.2)
+
+    for phase, waiting in (("validating", ("validating",)),
+                           ("cancelling", ("cancelling", "in_progress", "finalizing"))):  # fmt: skip
+        if phase == "cancelling":
+            started = time.perf_counter()
+            (await hostile.post(f"/v1/batches/{big}/cancel")).raise_for_status()
+            state["status"] = "cancelling"
+        follower = asyncio.create_task(follow(waiting))
+        during = await sample(probes, lambda w=waiting: state["status"] in w, 10 * rounds)
+        await follower
+        print(f"  {phase} {lines} lines took {time.perf_counter() - started:.1f} s")
+        report(f"{phase} {lines} lines", during, idle)
 
 
 async def small_batch_s(client: httpx.AsyncClient, model: str) -> float:
