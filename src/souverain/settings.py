@@ -229,6 +229,16 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(
         default=16, ge=1, le=4096, description="Lines of one batch in flight at once."
     )
+    batch_at_once: int = Field(
+        default=8, ge=1, le=256, description="Batches one server process runs at once."
+    )
+    batch_per_org: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Batches of one organisation running at once, across every server: "
+        "another tenant's batch starts while a long one runs.",
+    )
     files_max_bytes: int = Field(default=512 * 2**20, ge=1024, le=2**40)
     files_quota_bytes: int = Field(
         default=10 * 2**30,
@@ -261,8 +271,9 @@ class Settings(BaseSettings):
         default=8.0,
         gt=0,
         le=100_000,
-        description="CPU-hours reserved against the organisation's training budget when a "
-        "job starts (the job stops if it reaches them); what it used is settled at the end.",
+        description="CPU-hours reserved against the organisation's training budget at a "
+        "time: when a job starts, and again each time it has used half of what it holds; it "
+        "pauses when the budget has no room. What it used is settled at the end.",
     )
     key_mint_per_minute: int = Field(
         default=10, ge=1, le=10_000, description="API keys one user may create per minute."

@@ -81,6 +81,9 @@ async def site(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> As
         replica_refresh_s=0.3,
         file_stores={dc: f"file://{directory / 'files' / dc}" for dc in DATACENTERS},
         finetune_max_steps=500,
+        # energy counts fast here: a CPU-second is 1 kJ, a reservation 18 CPU-seconds
+        energy_watts_per_core=1000,
+        finetune_cpu_hours_per_job=0.005,
         port=8000,
     )
     hook = controller_hook(ray_address, threads=2)
@@ -289,6 +292,28 @@ class TestLifecycle:
             view = await openai_view(client, job_id)
         assert view["status"] == "QUEUED" and view["souverain"]["attempt"] == 0
         assert not worker_processes(job_id)
+
+    async def test_a_running_job_reserves_as_it_goes_and_pauses_when_the_budget_is_spent(
+        self, site: Site
+    ) -> None:
+        org, key = await owner(site, ceiling=["FR"])
+        budget_j = 0.01 * 3.6e6  # two reservations of 18 kJ
+        async with site.client(key) as client:
+            budget = await client.put(f"/api/orgs/{org}/budget", json={"energy_kwh": 0.01})
+            assert budget.status_code == 200, budget.text
+            stored = await upload(client, chats())
+            job_id = await job_with(client, stored["id"], 400)
+            paused = await until(client, job_id, lambda v: v["souverain"]["state"] == "paused",
+                                 timeout_s=600)  # energy is CPU time: slow on a busy node  # fmt: skip
+            messages = await event_messages(client, job_id)
+            await asyncio.sleep(2)
+            after = await openai_view(client, job_id)
+        assert "energy budget" in paused["souverain"]["status_reason"]
+        assert any(m.startswith("Pausing: the energy budget") for m in messages)
+        assert paused["souverain"]["step"] < 400 and not worker_processes(job_id)
+        # stopped within its reservations: at most the budget and the time it takes to stop
+        assert after["souverain"]["energy_j"] <= 1.25 * budget_j, after["souverain"]
+        assert after["souverain"]["state"] == "paused"
 
 
 class TestRefusals:

@@ -12,6 +12,7 @@ from souverain.db.tables import (
     CarbonIntensityRow,
     DatacenterRow,
     DeploymentRow,
+    ModelAdapterRow,
     ModelRow,
     ProjectRow,
     ReplicaRow,
@@ -76,7 +77,12 @@ class ReplicaRoute:
 
 
 async def load_models(session: AsyncSession) -> list[ModelInfo]:
-    rows = (await session.execute(select(ModelRow).order_by(ModelRow.name))).scalars()
+    """Models that can be served: not a fine-tuned model whose adapter was erased."""
+    erased = (ModelRow.base_model_id.is_not(None)) & ~select(ModelAdapterRow.model_id).where(
+        ModelAdapterRow.model_id == ModelRow.id
+    ).exists()
+    query = select(ModelRow).where(~erased).order_by(ModelRow.name)
+    rows = (await session.execute(query)).scalars()
     reasoning = set(
         (
             await session.execute(

@@ -24,7 +24,10 @@ answers them (and batch lines write them into their error files) in one shape:
     │   └── UpstreamTimeoutError   504  the engine did not answer in time
     └── ServiceUnavailableError    503  nothing ready to serve yet, or the database is away
 
-Messages are written for the API user and never carry secrets.
+Messages are written for the API user and never carry secrets. A value the caller sent
+is quoted through `quoted` (at most 64 characters of it), and no message or `param` is ever
+longer than a few hundred characters, whatever the input: errors are kept in batch objects
+and error files, and a tenant must not size them.
 """
 
 from __future__ import annotations
@@ -62,9 +65,25 @@ class SouverainError(Exception):
     code: ErrorCode = ErrorCode.INVALID_REQUEST
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
+        message = _bounded(message, MAX_MESSAGE)
         super().__init__(message)
         self.message = message
-        self.param = param
+        self.param = None if param is None else _bounded(param, MAX_PARAM)
+
+
+MAX_MESSAGE = 512
+MAX_PARAM = 128
+QUOTED = 64
+
+
+def quoted(value: object, limit: int = QUOTED) -> str:
+    """A value the caller sent, quoted in a message: its first `limit` characters."""
+    text = str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class InvalidRequestError(SouverainError):
@@ -214,7 +233,8 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
         return "invalid request", None
     first = errors[0]
     location = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
-    param = ".".join(location) or None
+    param = _bounded(".".join(location), MAX_PARAM) or None  # keys the caller named
     message = str(first.get("msg", "invalid value"))
     extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return (f"{param}: {message}{extra}" if param else message + extra), param
+    sentence = f"{param}: {message}{extra}" if param else message + extra
+    return _bounded(sentence, MAX_MESSAGE), param

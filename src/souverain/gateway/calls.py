@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from souverain.catalog.routes import ModelInfo
 from souverain.core.access import check_scope
-from souverain.core.errors import InvalidRequestError, ModelNotFoundError
+from souverain.core.errors import InvalidRequestError, ModelNotFoundError, quoted
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.gateway import reasoning
@@ -97,11 +97,12 @@ async def resolve_model(
         model = state.routes.visible_model(principal, name)
     if model is None:
         raise ModelNotFoundError(
-            f"The model '{name}' does not exist or you do not have access to it.", param="model"
+            f"The model {quoted(name)} does not exist or you do not have access to it.",
+            param="model",
         )
     if endpoint not in model.capabilities:
         raise InvalidRequestError(
-            f"The model '{name}' does not support {WHAT[endpoint]}.", param="model"
+            f"The model {quoted(name)} does not support {WHAT[endpoint]}.", param="model"
         )
     return model
 

@@ -2,8 +2,9 @@
 
 A bad file is refused whole (400), with the line number and the field, never half
 accepted. Lines are bounded (10 MiB); batch lines are OpenAI's shape (`custom_id`,
-`method`, `url`, `body`) or Mistral's (`custom_id`, `body`), their bodies checked against
-the endpoint's own request schema when the line names it, custom ids unique; fine-tuning
+`method`, `url`, `body`) or Mistral's (`custom_id`, `body`), at most 50,000 of them (as
+OpenAI), their bodies checked against the endpoint's own request schema when the line
+names it, custom ids unique; fine-tuning
 lines are chats (`messages`, and optional `tools`) with an assistant message to learn
 from, or ending with a user message (a reinforcement prompt), and at most 32 other fields
 (what graders compare with, e.g. `answer`).
@@ -16,7 +17,12 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from souverain.core.errors import InvalidRequestError, PayloadTooLargeError, validation_message
+from souverain.core.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    quoted,
+    validation_message,
+)
 from souverain.gateway.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,6 +43,7 @@ _TOOLS = TypeAdapter(list[Tool])
 CHECKED = frozenset({"batch", "fine-tune"})
 MAX_EXTRA_FIELDS = 32
 MAX_NESTING = 64  # arrays and objects within one line
+MAX_BATCH_LINES = 50_000  # requests in one batch, as OpenAI
 
 
 class LineChecker:
@@ -71,6 +78,10 @@ class LineChecker:
         if not raw.strip():
             return  # blank lines (a trailing newline) are not lines
         self.lines += 1
+        if self.purpose == "batch" and self.lines > MAX_BATCH_LINES:
+            raise InvalidRequestError(
+                f"A batch file holds at most {MAX_BATCH_LINES} lines.", param="file"
+            )
         if len(raw) > MAX_LINE:
             raise PayloadTooLargeError(f"line {self.lines} is longer than {MAX_LINE} bytes")
         if self.purpose not in CHECKED:
@@ -103,7 +114,7 @@ class LineChecker:
             if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
                 self._refuse(f"must be a string of 1 to {MAX_CUSTOM_ID} characters", "custom_id")
             if custom_id in self._custom_ids:
-                self._refuse(f"custom_id {custom_id!r} is used twice", "custom_id")
+                self._refuse(f"custom_id {quoted(custom_id)} is used twice", "custom_id")
             self._custom_ids.add(custom_id)
         if "url" in line:
             if line.get("method", "POST") != "POST":

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -51,7 +51,7 @@ class Lease:
     def table(self) -> Any:
         return self.key.class_
 
-    def free(self, now: datetime) -> Any:
+    def free(self, now: datetime) -> ColumnElement[bool]:
         """The rows nobody holds (a filter for finding work)."""
         return or_(self.token.is_(None), self.expires < now)
 

@@ -1,4 +1,6 @@
-"""This node's private directory: engine logs and the verified-checksum cache.
+"""This node's private directory: engine logs, the verified-checksum cache, and what is
+decrypted for work on this node (training jobs' data, served models' adapters), each in a
+directory naming its owner's pid so that what a killed owner left is swept.
 
 Never the shared temporary directory, where another local user could plant a symlink at a
 predictable name and have root write through it, or poison the cache so that a tampered

@@ -168,7 +168,11 @@ async def _running(state: AppState, hooks: Sequence[Hook]) -> AsyncIterator[None
     trail = asyncio.create_task(state.audit_trail.run(stop_trail))
     runner = asyncio.create_task(
         BatchRunner(
-            state, lease_s=settings.batch_lease_s, concurrency=settings.batch_concurrency
+            state,
+            lease_s=settings.batch_lease_s,
+            concurrency=settings.batch_concurrency,
+            at_once=settings.batch_at_once,
+            per_org=settings.batch_per_org,
         ).run()
     )
     try:

@@ -42,7 +42,12 @@ def controller_hook(
                 prompt_weight=1.0,
                 completion_weight=3.0,
             ),
-            training=TrainingDefaults(threads=threads, file_stores=state.file_stores),
+            training=TrainingDefaults(
+                threads=threads,
+                file_stores=state.file_stores,
+                watts_per_core=state.settings.energy_watts_per_core,
+                cpu_hours_per_job=state.settings.finetune_cpu_hours_per_job,
+            ),
         )
 
         stop = asyncio.Event()

@@ -8,6 +8,15 @@ settlement and the line's result are written in one transaction. A runner killed
 point leaves each line answered or pending: the next runner to take the lease answers
 the pending ones, taking over an open record instead of opening a second. The lease is
 renewed by a heartbeat; a runner that loses it stops.
+
+Shared fairly: a runner holds several batches at once (`at_once`), at most `per_org` of one
+organisation across every server (`batches.claim`), so another tenant's batch starts while
+a long one runs; their lines meet in the gateway's fair queue. No batch holds the database:
+its items, its finalisation and its cancellation are written `batches.CHUNK` lines per
+short transaction, each followed by a pause twice as long as it took, so leader leases, usage
+settlements and other tenants' writes get their turn. The batch's key is checked before
+each line (`KeyWatch`): a revoked key stops its batch, whose remaining lines fail with the
+reason.
 """
 
 from __future__ import annotations
@@ -16,74 +25,91 @@ import asyncio
 import contextlib
 import json
 import logging
-import statistics
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from souverain.core.errors import (
+    AuthenticationError,
     InvalidRequestError,
     QuotaExceededError,
     RateLimitedError,
     ServiceUnavailableError,
     SouverainError,
-    UpstreamError,
-    answer_of,
+    quoted,
     validation_message,
 )
 from souverain.core.principal import Principal
 from souverain.db.jobs import BatchRow, FileRow
-from souverain.db.tables import CarbonIntensityRow, DatacenterRow, UsageRecordRow, utcnow
-from souverain.energy.carbon import cleanest_start, hour_of
+from souverain.db.tables import utcnow
 from souverain.evidence import audit
-from souverain.files import service as files
 from souverain.files.uploads import Checked, Owner, store_plaintext
 from souverain.gateway import calls, pipeline
 from souverain.gateway.admission import AlreadySettled
 from souverain.gateway.schemas import ENDPOINTS
 from souverain.gateway.state import AppState
 from souverain.jobs.batches import service as batches
+from souverain.jobs.batches.carbon import carbon_plan
+from souverain.jobs.batches.lines import (
+    KeyWatch,
+    Line,
+    error_answer,
+    read_lines,
+    result_line,
+    revoked_reason,
+)
 from souverain.jobs.lease import LeaseLost
 from souverain.tenancy.auth import principal_for_key
 
 log = logging.getLogger(__name__)
 
 RUNNER = audit.Actor("system", "batch-runner")
-MAX_ERRORS = 100
-
-
-@dataclass(frozen=True)
-class Line:
-    number: int  # from 1, across the batch's files
-    custom_id: str
-    body: dict[str, Any]
+MAX_ERRORS = 20  # kept in the batch object, which lists return by the hundred
 
 
 class BatchRunner:
     def __init__(
-        self, state: AppState, *, lease_s: float, poll_s: float = 1.0, concurrency: int = 16
+        self,
+        state: AppState,
+        *,
+        lease_s: float,
+        poll_s: float = 1.0,
+        concurrency: int = 16,
+        at_once: int = 8,
+        per_org: int = 2,
     ) -> None:
         self._state = state
         self._lease_s = lease_s
         self._lease = batches.batch_lease(lease_s)
         self._poll_s = poll_s
         self._concurrency = concurrency
+        self._at_once = at_once
+        self._per_org = per_org
 
     async def run(self) -> None:
-        while True:
-            try:
-                claimed = await batches.claim(self._state.sessions, lease_s=self._lease_s)
-            except Exception:
-                log.exception("claiming a batch failed")
+        held: set[asyncio.Task[None]] = set()
+        try:
+            while True:
                 claimed = None
-            if claimed is None:
-                await asyncio.sleep(self._poll_s)
-                continue
-            await self._hold(*claimed)
+                if len(held) < self._at_once:
+                    try:
+                        claimed = await batches.claim(
+                            self._state.sessions, lease_s=self._lease_s, per_org=self._per_org
+                        )
+                    except Exception:
+                        log.exception("claiming a batch failed")
+                if claimed is None:
+                    await asyncio.sleep(self._poll_s)
+                    continue
+                task = asyncio.create_task(self._hold(*claimed))
+                held.add(task)
+                task.add_done_callback(held.discard)
+        finally:
+            for task in list(held):
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
 
     async def _hold(self, batch_id: str, token: str) -> None:
         """Work on the batch while its lease's heartbeat runs; stop at once if it is lost."""
@@ -107,25 +133,26 @@ class BatchRunner:
             try:
                 principal = await principal_for_key(session, key_id=batch.key_id)
             except SouverainError as error:
-                principal = None
-                reason = f"the key that created this batch can no longer act: {error.message}"
+                principal, reason = None, revoked_reason(error)
         if principal is None:
             await self._fail(batch_id, token, [{"code": "key_revoked", "message": reason}])
         elif batch.status == "validating":
-            await self._validate(batch, token, principal)
+            if await self._validate(batch, token, principal):  # and runs now: carry on
+                await self._execute(batch, token, KeyWatch(self._state, batch.key_id, principal))
         elif batch.status == "in_progress":
-            await self._execute(batch, token, principal)
+            await self._execute(batch, token, KeyWatch(self._state, batch.key_id, principal))
         elif batch.status in ("finalizing", "cancelling"):
             await self._finalize(batch_id, token, principal)
 
     # validating
 
-    async def _validate(self, batch: BatchRow, token: str, principal: Principal) -> None:
+    async def _validate(self, batch: BatchRow, token: str, principal: Principal) -> bool:
+        """Check every line and write its item; whether the batch may run at once."""
         errors: list[dict[str, Any]] = []
         items: list[tuple[int, str]] = []
         seen: set[str] = set()
         first_model: str | None = batch.model
-        async for line in self._lines(batch, principal, errors):
+        async for line in read_lines(self._state, batch, errors):
             first_model = first_model or str(line.body.get("model") or "") or None
             problem = self._check(batch, principal, line, seen)
             if problem is not None:
@@ -134,16 +161,19 @@ class BatchRunner:
                 items.append((line.number, line.custom_id))
             if len(errors) >= MAX_ERRORS:
                 break
+            if line.number % 256 == 0:
+                await asyncio.sleep(0)  # parsing is CPU work: live requests go in between
         if not items and not errors:
             errors.append({"code": "empty_file", "message": "The input has no lines."})
         if errors:
             await self._fail(batch.id, token, errors)
-            return
-        not_before, saved = await self._carbon_plan(batch, principal, first_model, len(items))
+            return False
+        not_before, saved = await carbon_plan(
+            self._state, batch, principal, first_model, len(items), self._concurrency
+        )
+        await self._add_items(batch.id, token, items)
         async with self._state.sessions.begin() as session:
             row = await batches.held(session, batch_id=batch.id, token=token)
-            for start in range(0, len(items), 500):
-                await batches.add_items(session, batch_id=row.id, items=items[start : start + 500])
             row.total, row.not_before, row.co2e_saved_g = len(items), not_before, saved
             batches.set_times(row, "in_progress")
             if not_before is not None:
@@ -154,18 +184,39 @@ class BatchRunner:
                 details={"lines": len(items), "not_before": not_before.isoformat()
                          if not_before else None, "co2e_saved_g": saved},
             )  # fmt: skip
+        return not_before is None
+
+    async def _add_items(self, batch_id: str, token: str, items: list[tuple[int, str]]) -> None:
+        """One pending item per line, a chunk per transaction (after those an earlier
+        runner wrote before it stopped)."""
+        async with self._state.sessions() as session:
+            after = await batches.last_item(session, batch_id=batch_id)
+        items = [item for item in items if item[0] > after]
+        for start in range(0, len(items), batches.CHUNK):
+            async with self._writing(), self._state.sessions.begin() as session:
+                await batches.held(session, batch_id=batch_id, token=token)
+                chunk = items[start : start + batches.CHUNK]
+                await batches.add_items(session, batch_id=batch_id, items=chunk)
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """A chunk's transaction, then a pause twice as long as it took: at most a third of
+        the database's write time goes to one batch's bulk work."""
+        started = time.monotonic()
+        yield
+        await asyncio.sleep(min(1.0, 2 * (time.monotonic() - started)))
 
     def _check(
         self, batch: BatchRow, principal: Principal, line: Line, seen: set[str]
     ) -> str | None:
         if line.custom_id in seen:
-            return f"custom_id {line.custom_id!r} is used twice"
+            return f"custom_id {quoted(line.custom_id)} is used twice"
         seen.add(line.custom_id)
         name = line.body.get("model") or batch.model
         if not name:
             return "the body names no model (and the batch gives none)"
         if self._state.routes.visible_model(principal, str(name)) is None:
-            return f"the model {name!r} does not exist or you do not have access to it"
+            return f"the model {quoted(name)} does not exist or you do not have access to it"
         try:
             parsed = ENDPOINTS[batch.endpoint][1].model_validate({**line.body, "model": name})
             calls.check_body(parsed, self._state.settings)  # a live request's bounds
@@ -175,84 +226,9 @@ class BatchRunner:
             return error.message
         return None
 
-    async def _lines(
-        self, batch: BatchRow, principal: Principal, errors: list[dict[str, Any]]
-    ) -> AsyncIterator[Line]:
-        """The batch's input lines in order, numbered across its files."""
-        number = 0
-        for file_id in batch.input_file_ids:
-            async with self._state.sessions() as session:
-                row = await session.get(FileRow, file_id)
-                if row is None or row.status != "processed":
-                    errors.append({"code": "file_gone", "message": f"file {file_id} is gone"})
-                    return
-                plaintext = await files.open_file(
-                    session, row=row, master_key=self._state.master_key
-                )
-            async for raw in _split_lines(plaintext):
-                number += 1
-                try:
-                    value = json.loads(raw)
-                except ValueError:
-                    errors.append({"code": "invalid_json", "message": "not JSON", "line": number})
-                    continue
-                if not isinstance(value, dict) or not isinstance(value.get("body"), dict):
-                    errors.append({"code": "invalid_request", "message": "no body object",
-                                   "line": number})  # fmt: skip
-                    continue
-                url = value.get("url")
-                if url is not None and url != batch.endpoint:
-                    errors.append({"code": "invalid_request", "line": number,
-                                   "message": f"the line is for {url}, the batch for {batch.endpoint}"})  # fmt: skip
-                    continue
-                yield Line(number, str(value.get("custom_id") or number), value["body"])
-
-    async def _carbon_plan(
-        self, batch: BatchRow, principal: Principal, name: str | None, lines: int
-    ) -> tuple[datetime | None, float]:
-        """Start later when the grid of the datacenters the lines may run in will be
-        cleaner and the deadline still holds with room to spare; the CO2e that saves."""
-        model = self._state.routes.visible_model(principal, name) if name else None
-        if model is None:
-            return None, 0.0
-        routes, _ = self._state.routes.compliant_routes(principal, model)
-        if not routes:
-            return None, 0.0
-        now = utcnow()
-        dcs = sorted({route.datacenter_id for route in routes})
-        async with self._state.sessions() as session:
-            rows = (
-                await session.execute(
-                    select(CarbonIntensityRow).where(
-                        CarbonIntensityRow.datacenter_id.in_(dcs),
-                        CarbonIntensityRow.hour >= hour_of(now),
-                    )
-                )
-            ).scalars()
-            by_hour: dict[datetime, list[float]] = {}
-            for row in rows:
-                by_hour.setdefault(row.hour, []).append(row.g_per_kwh)
-            static = statistics.mean(
-                (await session.execute(
-                    select(DatacenterRow.carbon_intensity).where(DatacenterRow.id.in_(dcs))
-                )).scalars()
-            )  # fmt: skip
-            per_line_s, per_line_j = await _line_costs(session, model.name)
-        if not by_hour:
-            return None, 0.0
-        series = {hour: statistics.mean(values) for hour, values in by_hour.items()}
-        slots = max(1, sum(route.slots for route in routes))
-        duration_h = lines * per_line_s / min(slots, self._concurrency) / 3600
-        start, then, at_once = cleanest_start(
-            series, now=now, deadline=batch.deadline, duration_h=duration_h, static=static
-        )
-        if start <= now:
-            return None, 0.0
-        return start, round((at_once - then) * lines * per_line_j / 3.6e6, 6)
-
     # in progress
 
-    async def _execute(self, batch: BatchRow, token: str, principal: Principal) -> None:
+    async def _execute(self, batch: BatchRow, token: str, keys: KeyWatch) -> None:
         async with self._state.sessions() as session:
             pending = await batches.pending_lines(session, batch_id=batch.id)
             key = await batches.result_key(session, row=batch, master_key=self._state.master_key)
@@ -261,13 +237,15 @@ class BatchRunner:
         stop = asyncio.Event()
         watcher = asyncio.create_task(self._watch(batch.id, token, stop))
         try:
-            async for line in self._lines(batch, principal, []):
+            async for line in read_lines(self._state, batch, []):
                 if stop.is_set():
                     break
                 if line.number not in pending:
                     continue
                 await gate.acquire()
-                task = asyncio.create_task(self._run_line(batch, token, principal, key, line))
+                if await keys.current() is None:
+                    break
+                task = asyncio.create_task(self._run_line(batch, token, keys, key, line))
                 tasks.add(task)
                 task.add_done_callback(_done(tasks, gate))
             for outcome in await asyncio.gather(*tasks, return_exceptions=True):
@@ -277,17 +255,23 @@ class BatchRunner:
             watcher.cancel()
             for task in tasks:
                 task.cancel()
+        if keys.principal is None:
+            await self._fail(batch.id, token, [{"code": "key_revoked", "message": keys.reason}])
+            return
+        await self._after_lines(batch.id, token, keys.principal)
+
+    async def _after_lines(self, batch_id: str, token: str, principal: Principal) -> None:
         async with self._state.sessions.begin() as session:
-            row = await batches.held(session, batch_id=batch.id, token=token)
+            row = await batches.held(session, batch_id=batch_id, token=token)
             if row.status == "in_progress":
-                if not await batches.pending_lines(session, batch_id=row.id):
+                if not await batches.first_pending(session, batch_id=row.id, limit=1):
                     batches.set_times(row, "finalizing")
                 elif utcnow() > row.deadline:
                     batches.set_times(row, "finalizing")
                     row.errors = [*row.errors, {"code": "expired", "message": "the window ended"}]
             status = row.status
         if status in ("finalizing", "cancelling"):
-            await self._finalize(batch.id, token, principal)
+            await self._finalize(batch_id, token, principal)
         # else: lines are left (a line failed unexpectedly): the next claim resumes them
 
     async def _watch(self, batch_id: str, token: str, stop: asyncio.Event) -> None:
@@ -300,11 +284,14 @@ class BatchRunner:
                     stop.set()
 
     async def _run_line(
-        self, batch: BatchRow, token: str, principal: Principal, key: bytes, line: Line
+        self, batch: BatchRow, token: str, keys: KeyWatch, key: bytes, line: Line
     ) -> None:
         ticket = calls.Line(batch.id, batches.line_record_id(batch.id, line.number))
         while True:
             try:
+                principal = await keys.current()
+                if principal is None:
+                    raise AuthenticationError(keys.reason)
                 status, body = 200, await self._call(batch, principal, line, ticket)
                 break
             except AlreadySettled:
@@ -315,14 +302,14 @@ class BatchRunner:
                     or isinstance(error, QuotaExceededError)
                     or utcnow() > batch.deadline
                 ):
-                    status, body = _error_answer(error)
+                    status, body = error_answer(error)
                     break
                 wait = error.retry_after_s if isinstance(error, RateLimitedError) else 2.0
                 await asyncio.sleep(min(30.0, max(0.5, wait)))
             except (SouverainError, ValidationError) as error:
-                status, body = _error_answer(error)
+                status, body = error_answer(error)
                 break
-        result = _result_line(line, ticket.record_id, status, body)
+        result = result_line(line, ticket.record_id, status, body)
         sealed = batches.seal_result(key, batch.id, line.number, result)
         async with self._state.sessions.begin() as session:
             await batches.held(session, batch_id=batch.id, token=token)
@@ -354,18 +341,15 @@ class BatchRunner:
     # finalizing
 
     async def _finalize(self, batch_id: str, token: str, principal: Principal) -> None:
-        async with self._state.sessions.begin() as session:
+        async with self._state.sessions() as session:
             row = await batches.held(session, batch_id=batch_id, token=token)
-            cancelled = row.status == "cancelling"
-            expired = any(error.get("code") == "expired" for error in row.errors)
+        cancelled = row.status == "cancelling"
+        expired = any(error.get("code") == "expired" for error in row.errors)
+        code = "batch_cancelled" if cancelled else "batch_expired"
+        await self._answer_pending(batch_id, token, code, f"the batch ended: {code}")
+        async with self._state.sessions() as session:
+            row = await batches.held(session, batch_id=batch_id, token=token)
             key = await batches.result_key(session, row=row, master_key=self._state.master_key)
-            for line in await batches.pending_lines(session, batch_id=row.id):
-                code = "batch_cancelled" if cancelled else "batch_expired"
-                answer = {"error": {"code": code, "message": f"the batch ended: {code}"}}
-                sealed = batches.seal_result(key, row.id, line, json.dumps(answer).encode())
-                await batches.answer_line(
-                    session, batch_id=row.id, line=line, ok=False, sealed=sealed
-                )
         owner = Owner(row.org_id, row.project_id, row.key_id,
                       self._state.routes.policy_for(principal), RUNNER)  # fmt: skip
         output = await self._write_results(row, key, owner, ok=True)
@@ -383,6 +367,27 @@ class BatchRunner:
                 target_type="batch", target_id=row.id,
                 details={"completed": row.completed, "failed": row.failed},
             )  # fmt: skip
+
+    async def _answer_pending(self, batch_id: str, token: str, code: str, message: str) -> None:
+        """Answer every line not run with the error that ended the batch: a chunk at a time,
+        sealed before its short transaction."""
+        answer = json.dumps({"error": {"code": code, "message": message}}).encode()
+        key: bytes | None = None
+        while True:
+            async with self._state.sessions() as session:
+                row = await batches.held(session, batch_id=batch_id, token=token)
+                lines = await batches.first_pending(session, batch_id=batch_id, limit=batches.CHUNK)
+                if lines and key is None:
+                    key = await batches.result_key(
+                        session, row=row, master_key=self._state.master_key
+                    )
+            if key is not None and lines:
+                sealed = [(n, batches.seal_result(key, batch_id, n, answer)) for n in lines]
+                async with self._writing(), self._state.sessions.begin() as session:
+                    await batches.held(session, batch_id=batch_id, token=token)
+                    await batches.fail_lines(session, batch_id=batch_id, answers=sealed)
+            if len(lines) < batches.CHUNK:
+                return
 
     async def _write_results(
         self, row: BatchRow, key: bytes, owner: Owner, *, ok: bool
@@ -417,6 +422,8 @@ class BatchRunner:
         return await store_plaintext(self._state, owner=owner, plaintext=lines(), finish=finish)
 
     async def _fail(self, batch_id: str, token: str, errors: list[dict[str, Any]]) -> None:
+        if errors[0]["code"] == "key_revoked":  # lines left by a batch that was running
+            await self._answer_pending(batch_id, token, "key_revoked", errors[0]["message"])
         async with self._state.sessions.begin() as session:
             row = await batches.held(session, batch_id=batch_id, token=token)
             row.errors = errors[:MAX_ERRORS]
@@ -434,54 +441,3 @@ def _done(tasks: set[asyncio.Task[None]], gate: asyncio.Semaphore) -> Any:
         gate.release()
 
     return callback
-
-
-async def _split_lines(plaintext: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    buffer = bytearray()
-    async for piece in plaintext:
-        buffer += piece
-        while (end := buffer.find(b"\n")) >= 0:
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            if line.strip():
-                yield line
-    if buffer.strip():
-        yield bytes(buffer)
-
-
-def _error_answer(error: Exception) -> tuple[int, Any]:
-    """The status and body a refused or failed line is answered with: the API's own."""
-    if isinstance(error, ValidationError):
-        message, param = validation_message(list(error.errors(include_url=False)))
-        error = InvalidRequestError(message, param=param)
-    if not isinstance(error, SouverainError):
-        error = UpstreamError(str(error)[:300])
-    return answer_of(error)
-
-
-def _result_line(line: Line, record_id: str, status: int, body: Any) -> bytes:
-    """OpenAI's output line (Mistral's has the same fields)."""
-    answer: dict[str, Any] = {
-        "id": f"batch_req_{record_id.removeprefix('req_')}",
-        "custom_id": line.custom_id,
-        "response": {"status_code": status, "request_id": record_id, "body": body},
-        "error": None,
-    }
-    if status != 200 and isinstance(body, dict) and "error" in body:
-        answer["error"] = {"code": body["error"].get("code"), "message": body["error"]["message"]}
-    return json.dumps(answer, ensure_ascii=False).encode()
-
-
-async def _line_costs(session: Any, model: str) -> tuple[float, float]:
-    """Seconds and joules a request of this model took lately (defaults before any)."""
-    query = (
-        select(UsageRecordRow.latency_ms, UsageRecordRow.energy_estimate_j)
-        .where(UsageRecordRow.model == model, UsageRecordRow.status == "ok")
-        .order_by(UsageRecordRow.created_at.desc())
-        .limit(200)
-    )
-    rows = (await session.execute(query)).all()
-    latencies = [r[0] / 1000 for r in rows if r[0]]
-    energies = [r[1] for r in rows if r[1]]
-    return (statistics.median(latencies) if latencies else 2.0,
-            statistics.median(energies) if energies else 30.0)  # fmt: skip

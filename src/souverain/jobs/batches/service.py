@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import ColumnElement, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.access import Holding, check_scope, reach
@@ -36,11 +36,14 @@ from souverain.db.tables import utcnow
 from souverain.db.visibility import visible
 from souverain.evidence import audit
 from souverain.files import service as files
+from souverain.gateway.file_lines import MAX_BATCH_LINES
 from souverain.jobs.lease import Lease, LeaseLost
 from souverain.sovereignty import policies
 from souverain.storage.crypto import unwrap
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+MAX_LINES = MAX_BATCH_LINES  # as OpenAI: a batch is at most 50,000 requests
+CHUNK = 500  # lines written per transaction: no batch holds the database for long
 ACTIVE = BATCH_ACTIVE
 ENDED = BATCH_ENDED
 MAX_WINDOW_H = 24 * 7
@@ -76,6 +79,7 @@ async def create_batch(
         )
     if not 1 <= window_h <= MAX_WINDOW_H:
         raise InvalidRequestError(f"the window must be 1 to {MAX_WINDOW_H} hours")
+    lines = 0
     for file_id in input_file_ids:
         found = await files.get_file(session, principal=principal, file_id=file_id)
         if found.purpose != "batch":
@@ -83,6 +87,12 @@ async def create_batch(
                 f"File {file_id} was uploaded with purpose {found.purpose!r}, not 'batch'.",
                 param="input_file_id",
             )
+        lines += found.num_lines or 0
+    if lines > MAX_LINES:
+        raise InvalidRequestError(
+            f"A batch holds at most {MAX_LINES} lines; these files have {lines}.",
+            param="input_file_id",
+        )
     batch_id = new_id("batch")
     kek = await files.organisation_kek(
         session, master_key=master_key, org_id=principal.org_id, create=True
@@ -151,34 +161,59 @@ def batch_lease(lease_s: float) -> Lease:
 
 
 async def claim(
-    sessions: async_sessionmaker[AsyncSession], *, lease_s: float
+    sessions: async_sessionmaker[AsyncSession], *, lease_s: float, per_org: int
 ) -> tuple[str, str] | None:
-    """Take the lease on one active batch nobody holds; (batch id, token) or None."""
+    """Take the lease on one active batch nobody holds; (batch id, token) or None.
+
+    Fair across organisations: the oldest claimable batch of the organisation holding the
+    fewest leases now goes first, and an organisation already holding `per_org` leases
+    (in any server) waits, so one tenant's batches never occupy every runner."""
     now, lease = utcnow(), batch_lease(lease_s)
     async with sessions() as session:
-        candidates = list(
-            (
-                await session.execute(
-                    select(BatchRow.id)
-                    .where(
-                        BatchRow.status.in_(ACTIVE),
-                        lease.free(now),
-                        or_(
-                            BatchRow.not_before.is_(None),
-                            BatchRow.not_before <= now,
-                            BatchRow.status == "cancelling",  # a deferred batch ends at once
-                        ),
-                    )
-                    .order_by(BatchRow.created_at)
-                    .limit(10)
-                )
-            ).scalars()
+        leases = select(BatchRow.org_id, func.count()).where(_leased(now))
+        held: dict[str, int] = {
+            org: count for org, count in (await session.execute(leases.group_by(BatchRow.org_id)))
+        }
+        waiting = select(BatchRow.org_id, func.min(BatchRow.created_at)).where(_claimable(now))
+        orgs = sorted(
+            (held.get(org, 0), created, org)
+            for org, created in await session.execute(waiting.group_by(BatchRow.org_id))
         )
-    for batch_id in candidates:
+        candidates = [
+            await session.scalar(
+                select(BatchRow.id)
+                .where(_claimable(now), BatchRow.org_id == org)
+                .order_by(BatchRow.created_at)
+                .limit(1)
+            )
+            for holding, _, org in orgs[:10]
+            if holding < per_org
+        ]
+    for batch_id in filter(None, candidates):
         token = await lease.take(sessions, batch_id)
         if token is not None:
             return batch_id, token
     return None
+
+
+def _leased(now: datetime) -> ColumnElement[bool]:
+    return (
+        BatchRow.status.in_(ACTIVE)
+        & BatchRow.lock_token.is_not(None)
+        & (BatchRow.lock_expires_at >= now)
+    )
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return (
+        BatchRow.status.in_(ACTIVE)
+        & batch_lease(0).free(now)
+        & or_(
+            BatchRow.not_before.is_(None),
+            BatchRow.not_before <= now,
+            BatchRow.status == "cancelling",  # a deferred batch ends at once
+        )
+    )
 
 
 async def release(sessions: async_sessionmaker[AsyncSession], *, batch_id: str, token: str) -> None:
@@ -210,6 +245,22 @@ async def pending_lines(session: AsyncSession, *, batch_id: str) -> set[int]:
     return set((await session.execute(query)).scalars())
 
 
+async def first_pending(session: AsyncSession, *, batch_id: str, limit: int) -> list[int]:
+    query = (
+        select(BatchItemRow.line)
+        .where(BatchItemRow.batch_id == batch_id, BatchItemRow.status == "pending")
+        .order_by(BatchItemRow.line)
+        .limit(limit)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def last_item(session: AsyncSession, *, batch_id: str) -> int:
+    """The last line written so far (0: none), so validation resumes after it."""
+    query = select(func.max(BatchItemRow.line)).where(BatchItemRow.batch_id == batch_id)
+    return int((await session.execute(query)).scalar_one() or 0)
+
+
 async def answer_line(
     session: AsyncSession, *, batch_id: str, line: int, ok: bool, sealed: str
 ) -> bool:
@@ -230,6 +281,30 @@ async def answer_line(
         update(BatchRow).where(BatchRow.id == batch_id).values({column: column + 1})
     )
     return True
+
+
+async def fail_lines(
+    session: AsyncSession, *, batch_id: str, answers: Sequence[tuple[int, str]]
+) -> None:
+    """Answer pending lines with their (sealed) errors in one statement, lines already
+    answered left as they are; the batch's failed count is counted again from its items."""
+    connection = await session.connection()  # Core's executemany, not the ORM's bulk path
+    await connection.execute(
+        update(BatchItemRow)
+        .where(
+            BatchItemRow.batch_id == bindparam("batch"),
+            BatchItemRow.line == bindparam("number"),
+            BatchItemRow.status == "pending",
+        )
+        .values(status="failed", result=bindparam("sealed")),
+        [{"batch": batch_id, "number": line, "sealed": sealed} for line, sealed in answers],
+    )
+    failed = select(func.count()).where(
+        BatchItemRow.batch_id == batch_id, BatchItemRow.status == "failed"
+    )
+    await session.execute(
+        update(BatchRow).where(BatchRow.id == batch_id).values(failed=failed.scalar_subquery())
+    )
 
 
 async def results(

@@ -170,6 +170,8 @@ class DeploymentReconciler:
         self, session: AsyncSession, model: ModelRow
     ) -> tuple[ObjectGrant | None, str]:
         row = await session.get(ModelAdapterRow, model.id)
+        if row is None and model.base_model_id is not None:
+            return None, "it was erased with its organisation's keys"
         if row is None:
             return None, ""
         try:

@@ -15,6 +15,7 @@ from souverain.core.access import Holding, check_operator, check_org, check_scop
 from souverain.core.engine_args import EngineArgError, check_engine_args
 from souverain.core.errors import (
     ConflictError,
+    GoneError,
     InvalidRequestError,
     NotFoundError,
     UnprocessableError,
@@ -24,9 +25,16 @@ from souverain.core.policy import UNRESTRICTED, Policy, intersect
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.schemas.deployments import DeploymentCreateRequest, DeploymentUpdateRequest
-from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow, utcnow
+from souverain.db.tables import (
+    DatacenterRow,
+    DeploymentRow,
+    ModelAdapterRow,
+    ModelRow,
+    ReplicaRow,
+    utcnow,
+)
 from souverain.db.visibility import visible
-from souverain.evidence.audit import actor_of, record
+from souverain.evidence.audit import Actor, actor_of, record
 from souverain.sovereignty import policies
 from souverain.tenancy import orgs
 
@@ -116,6 +124,11 @@ async def create_deployment(
     model = await models.get_model(session, principal=principal, ref=request.model)
     if model.owner_org_id is not None and model.owner_org_id != org_id:
         raise NotFoundError("model not found", param="model")  # another tenant's private model
+    if model.base_model_id is not None and await session.get(ModelAdapterRow, model.id) is None:
+        raise GoneError(
+            "This fine-tuned model's adapter was erased with its organisation's keys.",
+            param="model",
+        )
 
     try:
         check_engine_args(
@@ -254,6 +267,14 @@ async def delete_deployment(
     """Mark for deletion; the controller stops the replicas, then removes the row."""
     deployment = await get_deployment(session, principal=principal, ref=ref)
     _check_manage(principal, deployment)
+    await retire(session, deployment=deployment, actor=actor_of(principal))
+    return deployment
+
+
+async def retire(
+    session: AsyncSession, *, deployment: DeploymentRow, actor: Actor, reason: str | None = None
+) -> None:
+    """Mark for deletion: out of the routes at once, its replicas stopped by the controller."""
     deployment.deleted = True
     deployment.replicas = 0
     deployment.status = "deleting"
@@ -261,14 +282,10 @@ async def delete_deployment(
     deployment.updated_at = utcnow()
     await session.flush()
     await record(
-        session,
-        actor=actor_of(principal),
-        action="deployment.delete",
-        org_id=deployment.org_id,
-        target_type="deployment",
-        target_id=deployment.id,
-    )
-    return deployment
+        session, actor=actor, action="deployment.delete", org_id=deployment.org_id,
+        target_type="deployment", target_id=deployment.id,
+        details={"reason": reason} if reason else None,
+    )  # fmt: skip
 
 
 async def replicas_of(

@@ -5,6 +5,11 @@ A job reserves, when it is placed, the energy of the CPU-hours it may use
 organisation's and its project's), with the same conditional UPDATE as inference, so
 concurrent jobs cannot overspend; when an attempt ends, what it used is settled and the
 reservation released. A job that finds no room waits in `queued` with the reason.
+
+A running job reserves more as it consumes, as a stream reserves its upper bound: once
+an attempt has used half of what it holds, another reservation of the same size is made
+(`top_up`); when the budget has no room for it and three quarters are used, the job is
+paused with the reason, the last quarter covering the time it takes to stop.
 """
 
 from __future__ import annotations
@@ -61,6 +66,27 @@ async def reserve(
             f"({joules / 3.6e6:.3f} kWh reserved per attempt)"
         ) from None
     return hours
+
+
+TOP_UP_AT = 0.5  # of what the attempt holds, used: reserve another share
+STOP_AT = 0.75  # used, and no room for another share: stop, with a quarter left for stopping
+
+
+async def top_up(
+    session: AsyncSession, *, job: FineTuningJobRow, cpu_hours_per_job: float, watts_per_core: float
+) -> bool:
+    """Reserve more while the running attempt nears what it holds; False when the budget
+    has no room left (the job must stop)."""
+    if _joules(cpu_hours_per_job, watts_per_core) <= 0:
+        return True  # nothing is ever reserved
+    while job.live_energy_j >= TOP_UP_AT * _joules(job.reserved_cpu_hours, watts_per_core):
+        try:
+            job.reserved_cpu_hours += await reserve(
+                session, job=job, cpu_hours_per_job=cpu_hours_per_job, watts_per_core=watts_per_core
+            )
+        except NoRoom:
+            return job.live_energy_j < STOP_AT * _joules(job.reserved_cpu_hours, watts_per_core)
+    return True
 
 
 async def settle(session: AsyncSession, *, job: FineTuningJobRow, watts_per_core: float) -> None:

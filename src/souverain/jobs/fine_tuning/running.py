@@ -3,8 +3,9 @@
 load     whether the datacenter it runs in is still allowed by the policy in force
 process  the actor's status since the last event the job has (Ray: no transaction)
 apply    its new events and sealed checkpoints are written, with its progress; an
-         actor that ended or is gone ends the attempt (`ended.py`); a datacenter the
-         policy no longer allows makes the job checkpoint and move
+         actor that ended or is gone ends the attempt (`ended.py`); more energy is
+         reserved as it consumes (`budget.top_up`), and a budget with no room pauses it;
+         a datacenter the policy no longer allows makes the job checkpoint and move
 after    pause and cancel are passed on to the actor, and an ended actor is stopped,
          once the apply has committed what they follow from
 """
@@ -23,10 +24,13 @@ from souverain.core.status import TRAINING_ENDED, Wanted
 from souverain.db.jobs import FineTuningCheckpointRow, FineTuningJobRow
 from souverain.db.tables import utcnow
 from souverain.fleet import datacenters
+from souverain.jobs.fine_tuning import budget as training_budget
 from souverain.jobs.fine_tuning import ended
 from souverain.jobs.fine_tuning import service as fine_tuning
 from souverain.jobs.fine_tuning.context import Context, Effects
 from souverain.jobs.fine_tuning.events import event_words
+
+BUDGET_SPENT = "the energy budget has no room left for this job; raise it, then resume the job"
 
 
 @dataclass
@@ -70,7 +74,12 @@ async def apply(
     if status.state in TRAINING_ENDED:
         await ended.ended(session, ctx, job, status)
         after.append(("stop", name))
-    elif job.wanted == Wanted.CANCEL:
+        return
+    if job.wanted == Wanted.RUN and not await _top_up(session, ctx, job):
+        job.wanted = Wanted.PAUSE
+        job.status_reason = BUDGET_SPENT
+        await fine_tuning.add_event(session, job, f"Pausing: {BUDGET_SPENT}", level="warn")
+    if job.wanted == Wanted.CANCEL:
         after.append(("cancel", name))
     elif job.wanted == Wanted.PAUSE and status.state != "pausing":
         after.append(("pause", name))
@@ -81,6 +90,14 @@ async def apply(
             f"({following.moved}): checkpointing to carry on elsewhere", level="warn",
         )  # fmt: skip
         after.append(("pause", name))
+
+
+async def _top_up(session: AsyncSession, ctx: Context, job: FineTuningJobRow) -> bool:
+    """More energy reserved as the attempt consumes; False when the budget has no room."""
+    return await training_budget.top_up(
+        session, job=job, cpu_hours_per_job=ctx.defaults.cpu_hours_per_job,
+        watts_per_core=ctx.defaults.watts_per_core,
+    )  # fmt: skip
 
 
 async def _record(session: AsyncSession, job: FineTuningJobRow, status: TrainingStatus) -> None:

@@ -17,7 +17,7 @@ import os
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog import models
@@ -29,6 +29,7 @@ from souverain.core.errors import (
     PolicyRefusedError,
     RateLimitedError,
     UnprocessableError,
+    quoted,
 )
 from souverain.core.ids import new_id
 from souverain.core.policy import UNRESTRICTED, Policy, check_may_keep, intersect
@@ -37,7 +38,7 @@ from souverain.core.roles import Scope
 from souverain.core.status import FINE_TUNING_ACTIVE, FINE_TUNING_ENDED
 from souverain.db.jobs import FileRow, FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
 from souverain.db.pages import Page, page_of
-from souverain.db.tables import ModelArtifactRow, ModelRow, utcnow
+from souverain.db.tables import ModelArtifactRow, ModelRow, OrganisationRow, utcnow
 from souverain.db.visibility import visible
 from souverain.evidence import audit
 from souverain.files import service as files
@@ -68,6 +69,20 @@ async def job_policy(session: AsyncSession, *, job: FineTuningJobRow) -> Policy:
     return intersect(base, own)
 
 
+async def _active_jobs_locked(session: AsyncSession, *, org_id: str) -> int:
+    """The organisation's jobs not ended, counted under a lock on its row held until the
+    transaction ends, so concurrent creations are counted one after the other and the
+    limit holds (a write: PostgreSQL's row lock, SQLite's write lock)."""
+    await session.execute(
+        update(OrganisationRow)
+        .where(OrganisationRow.id == org_id)
+        .values(display_name=OrganisationRow.display_name)
+    )
+    query = select(func.count()).select_from(FineTuningJobRow)
+    query = query.where(FineTuningJobRow.org_id == org_id, FineTuningJobRow.status.in_(ACTIVE))
+    return int((await session.execute(query)).scalar_one())
+
+
 async def create_job(
     session: AsyncSession,
     *,
@@ -84,13 +99,7 @@ async def create_job(
         )
     in_force = await policies.effective(session, org_id=principal.org_id, project_id=project_id)
     check_may_keep(in_force, "a fine-tuning job", param="training_file")
-    active = (
-        await session.execute(
-            select(func.count())
-            .select_from(FineTuningJobRow)
-            .where(FineTuningJobRow.org_id == principal.org_id, FineTuningJobRow.status.in_(ACTIVE))
-        )
-    ).scalar_one()
+    active = await _active_jobs_locked(session, org_id=principal.org_id)
     if active >= limits.max_active_jobs:
         raise RateLimitedError(
             f"Your organisation has {active} fine-tuning jobs that have not ended; at most "
@@ -99,7 +108,7 @@ async def create_job(
         )
     base = await models.find_model(session, principal=principal, ref=asked.model)
     if base is None:
-        raise NotFoundError(f"The model '{asked.model}' does not exist", param="model")
+        raise NotFoundError(f"The model {quoted(asked.model)} does not exist", param="model")
     start_from = None
     if base.base_model_id is not None:
         if asked.method == "supervised":
@@ -109,7 +118,7 @@ async def create_job(
                 param="model",
             )
         if base.owner_org_id != principal.org_id:
-            raise NotFoundError(f"The model '{asked.model}' does not exist", param="model")
+            raise NotFoundError(f"The model {quoted(asked.model)} does not exist", param="model")
         start_from = await _start_from(session, base)
         base = await session.get(ModelRow, base.base_model_id)
         assert base is not None
@@ -117,7 +126,7 @@ async def create_job(
     artifact = await _artifact(session, base)
     if "chat" not in base.capabilities or artifact is None:
         raise InvalidRequestError(
-            f"The model '{asked.model}' cannot be fine-tuned (a chat model with weights "
+            f"The model {quoted(asked.model)} cannot be fine-tuned (a chat model with weights "
             "is needed).",
             param="model",
         )

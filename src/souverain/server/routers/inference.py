@@ -20,6 +20,7 @@ from souverain.core.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
+    quoted,
     validation_message,
 )
 from souverain.core.principal import Principal
@@ -104,7 +105,7 @@ async def get_model(model: str, principal: PrincipalDep, state: StateDep) -> Mod
     info = state.routes.visible_model(principal, model)
     if info is None:
         raise ModelNotFoundError(
-            f"The model '{model}' does not exist or you do not have access to it."
+            f"The model {quoted(model)} does not exist or you do not have access to it."
         )
     return _model_object(info)
 

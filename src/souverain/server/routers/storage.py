@@ -9,6 +9,7 @@ from pydantic import Field
 
 from souverain.core.schemas.common import StrictRequest
 from souverain.files import service as files
+from souverain.jobs import erasures
 from souverain.server.deps import PrincipalDep, SessionDep
 from souverain.tenancy import orgs
 
@@ -42,9 +43,12 @@ async def set_storage(
 @router.post("/{org}/crypto-erase")
 async def crypto_erase(org: str, principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
     """Destroy the organisation's key material: every one of its files becomes unreadable,
-    at once and for good, wherever copies of their encrypted objects are. Owners and
-    operators; recorded in the audit log. New uploads get new key material."""
+    at once and for good, wherever copies of their encrypted objects are; its fine-tuned
+    models stop being served and can never be deployed again (their adapters were sealed
+    with those keys), and its fine-tuning jobs are cancelled. Owners and operators;
+    recorded in the audit log. New uploads get new key material."""
     found = await orgs.get_org(session, principal=principal, ref=org)
-    erased = await files.crypto_erase(session, principal=principal, org_id=found.id)
+    erased = await erasures.erase_organisation(session, principal=principal, org_id=found.id)
     await session.commit()
-    return {"org_id": found.id, "files": erased}
+    return {"org_id": found.id, "files": erased.files, "models": erased.models,
+            "deployments": erased.deployments, "fine_tuning_jobs": erased.jobs}  # fmt: skip
