@@ -174,33 +174,8 @@ class Factory:
             )
             session.add(model)
             await session.flush()
-            session.add(
-                ModelArtifactRow(
-                    id=new_id("art"),
-                    model_id=model.id,
-                    uri="file:///dev/null",
-                    sha256=None,
-                    size_bytes=None,
-                    format="gguf",
-                    license="test",
-                    source="test",
-                )
-            )
-            deployment = DeploymentRow(
-                id=new_id("dep"),
-                name=unique("dep"),
-                model_id=model.id,
-                org_id=owner_org_id,
-                engine=engine,
-                replicas=1,
-                datacenters=[],
-                cpus=1,
-                gpus=0,
-                engine_args={},
-                status="ready",
-                status_reason="",
-                reasoning_default=reasoning_default,
-            )
+            session.add(_test_artifact(model.id))
+            deployment = _test_deployment(model, reasoning_default=reasoning_default)
             session.add(deployment)
             await session.flush()
             for replica_url, replica in ((url, replica_id), *more_replicas):
@@ -262,3 +237,36 @@ class Factory:
                 )
             )
         return name
+
+
+def _test_artifact(model_id: str) -> ModelArtifactRow:
+    """The artifact row a served test model needs (its engine is already running)."""
+    return ModelArtifactRow(
+        id=new_id("art"),
+        model_id=model_id,
+        uri="file:///dev/null",
+        sha256=None,
+        size_bytes=None,
+        format="gguf",
+        license="test",
+        source="test",
+    )
+
+
+def _test_deployment(model: ModelRow, *, reasoning_default: bool) -> DeploymentRow:
+    """A ready deployment of one replica of a served test model."""
+    return DeploymentRow(
+        id=new_id("dep"),
+        name=unique("dep"),
+        model_id=model.id,
+        org_id=model.owner_org_id,
+        engine=model.engine,
+        replicas=1,
+        datacenters=[],
+        cpus=1,
+        gpus=0,
+        engine_args={},
+        status="ready",
+        status_reason="",
+        reasoning_default=reasoning_default,
+    )

@@ -136,23 +136,8 @@ def run(spec: dict[str, Any]) -> int:
     tokenizer = load_tokenizer(spec["base"])
     train = read_chats(Path(spec["train"]))
     valid = read_chats(Path(spec["valid"])) if spec.get("valid") else None
-    for name, chats in (("training", train), ("validation", valid or [])):
-        for number, chat in enumerate(chats, start=1):
-            if not any(m.get("role") == "assistant" for m in chat["messages"]):
-                progress.emit("invalid", line=number, file=name,
-                              message=f"{name} file line {number}: no assistant message to "
-                              "learn from (prompts alone are for reinforcement jobs)")  # fmt: skip
-                return INVALID_DATA
-        for number, length in enumerate(token_lengths(tokenizer, chats), start=1):
-            if length > hp.seq_len:
-                progress.emit(
-                    "invalid",
-                    line=number,
-                    file=name,
-                    message=f"{name} file line {number}: {length} tokens, more than the "
-                    f"job's seq_len of {hp.seq_len}",
-                )
-                return INVALID_DATA
+    if _invalid(progress, tokenizer, hp, (("training", train), ("validation", valid or []))):
+        return INVALID_DATA
     progress.emit("validated", samples=len(train), tokens=sum(token_lengths(tokenizer, train)),
                   thinking_fraction=thinking_fraction(train))  # fmt: skip
 
@@ -186,6 +171,34 @@ def run(spec: dict[str, Any]) -> int:
     return 0
 
 
+def _invalid(
+    progress: Progress,
+    tokenizer: Any,
+    hp: SFTConfig,
+    files: tuple[tuple[str, list[dict[str, Any]]], ...],
+) -> bool:
+    """Reports the first line no training can use (no assistant message, or longer than
+    the job's seq_len) as an `invalid` progress line; True if there was one."""
+    for name, chats in files:
+        for number, chat in enumerate(chats, start=1):
+            if not any(m.get("role") == "assistant" for m in chat["messages"]):
+                progress.emit("invalid", line=number, file=name,
+                              message=f"{name} file line {number}: no assistant message to "
+                              "learn from (prompts alone are for reinforcement jobs)")  # fmt: skip
+                return True
+        for number, length in enumerate(token_lengths(tokenizer, chats), start=1):
+            if length > hp.seq_len:
+                progress.emit(
+                    "invalid",
+                    line=number,
+                    file=name,
+                    message=f"{name} file line {number}: {length} tokens, more than the "
+                    f"job's seq_len of {hp.seq_len}",
+                )
+                return True
+    return False
+
+
 def _trainer(
     spec: dict[str, Any],
     hp: SFTConfig,
@@ -195,35 +208,11 @@ def _trainer(
     valid: list[dict[str, Any]] | None,
     progress: Progress,
 ) -> Any:
-    import torch
     from datasets import Dataset  # type: ignore[import-untyped]
     from peft import LoraConfig
-    from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
+    from trl import SFTTrainer  # type: ignore[attr-defined]
 
-    config = SFTConfig(
-        output_dir=spec["output_dir"],
-        max_steps=hp.max_steps,
-        per_device_train_batch_size=hp.batch_size,
-        learning_rate=hp.learning_rate,
-        warmup_steps=math.floor(hp.warmup_fraction * hp.max_steps),
-        weight_decay=hp.weight_decay,
-        lr_scheduler_type="linear",
-        logging_steps=1,
-        save_steps=hp.save_steps,
-        save_total_limit=2,
-        eval_strategy="steps" if valid else "no",
-        eval_steps=hp.save_steps if valid else None,
-        per_device_eval_batch_size=hp.batch_size,
-        max_length=hp.seq_len,
-        seed=hp.seed,
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        **precision(),
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        save_only_model=False,
-    )
+    config = _trl_config(spec, hp, evaluate=bool(valid))
     targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in model.named_modules())]
     lora = LoraConfig(
         r=hp.lora_rank, lora_alpha=hp.lora_alpha, target_modules=targets, task_type="CAUSAL_LM"
@@ -236,6 +225,44 @@ def _trainer(
         processing_class=tokenizer,
         peft_config=lora,
     )
+
+    trainer.add_callback(_report(progress))
+    return trainer
+
+
+def _trl_config(spec: dict[str, Any], hp: SFTConfig, *, evaluate: bool) -> Any:
+    """TRL's own configuration of the trainer, from the recipe's."""
+    import torch
+    from trl import SFTConfig as TrlSFTConfig  # type: ignore[attr-defined]
+
+    return TrlSFTConfig(
+        output_dir=spec["output_dir"],
+        max_steps=hp.max_steps,
+        per_device_train_batch_size=hp.batch_size,
+        learning_rate=hp.learning_rate,
+        warmup_steps=math.floor(hp.warmup_fraction * hp.max_steps),
+        weight_decay=hp.weight_decay,
+        lr_scheduler_type="linear",
+        logging_steps=1,
+        save_steps=hp.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=hp.save_steps if evaluate else None,
+        per_device_eval_batch_size=hp.batch_size,
+        max_length=hp.seq_len,
+        seed=hp.seed,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        **precision(),
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        save_only_model=False,
+    )
+
+
+def _report(progress: Progress) -> Any:
+    """A trainer callback that reports steps, evaluations and checkpoints as progress lines."""
+    from transformers import TrainerCallback
 
     class Report(TrainerCallback):
         def __init__(self) -> None:
@@ -275,8 +302,7 @@ def _trainer(
                 },
             )
 
-    trainer.add_callback(Report())
-    return trainer
+    return Report()
 
 
 class _Stopping:

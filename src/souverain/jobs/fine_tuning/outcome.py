@@ -62,6 +62,27 @@ async def register_model(
     )
     session.add(model)
     await session.flush()
+    _add_parts(session, job, model, base, artifact, adapter, serve_cpus=serve_cpus)
+    await audit.record(
+        session, actor=audit.SYSTEM_CONTROLLER, action="model.fine_tuned",
+        org_id=job.org_id, target_type="model", target_id=model.id,
+        details={"job": job.id, "base": base.name, "adapter_sha256": adapter.sha256},
+    )  # fmt: skip
+    await session.flush()
+    return model
+
+
+def _add_parts(
+    session: AsyncSession,
+    job: FineTuningJobRow,
+    model: ModelRow,
+    base: ModelRow,
+    artifact: ModelArtifactRow,
+    adapter: SealedObject,
+    *,
+    serve_cpus: float,
+) -> None:
+    """The new model's base weights, its sealed adapter and a deployment of one replica."""
     session.add(ModelArtifactRow(
         id=new_id("art"), model_id=model.id, uri=artifact.uri, sha256=artifact.sha256,
         size_bytes=artifact.size_bytes, format=artifact.format, license=artifact.license,
@@ -80,13 +101,6 @@ async def register_model(
         # trained to reason under the reasoning prompt: answers with it by default
         reasoning_default="reasoning" in model.capabilities,
     ))  # fmt: skip
-    await audit.record(
-        session, actor=audit.SYSTEM_CONTROLLER, action="model.fine_tuned",
-        org_id=job.org_id, target_type="model", target_id=model.id,
-        details={"job": job.id, "base": base.name, "adapter_sha256": adapter.sha256},
-    )  # fmt: skip
-    await session.flush()
-    return model
 
 
 async def _lineage(
@@ -96,32 +110,11 @@ async def _lineage(
     artifact: ModelArtifactRow,
     peft: SealedObject,
 ) -> dict[str, Any]:
-    files_used = []
-    for entry in [
-        *job.training_files,
-        *([{"file_id": job.validation_file_id, "weight": None}] if job.validation_file_id else []),
-    ]:
-        row = await session.get(FileRow, entry["file_id"])
-        if row is not None:
-            files_used.append({
-                "file_id": row.id, "role": "validation" if row.id == job.validation_file_id else "training",
-                "sha256": row.sha256, "bytes": row.bytes, "samples": row.num_lines,
-                "weight": entry["weight"], "datacenter": row.datacenter_id,
-            })  # fmt: skip
+    files_used = await _files_used(session, job)
     dc = await session.get(DatacenterRow, job.datacenter_id) if job.datacenter_id else None
     intensity = dc.carbon_intensity if dc is not None else 0.0
     energy_kwh = job.energy_j / 3.6e6
-    evaluations = [
-        e.data["evaluation"]
-        for e in (
-            await session.execute(
-                select(FineTuningEventRow)
-                .where(FineTuningEventRow.job_id == job.id)
-                .order_by(FineTuningEventRow.seq)
-            )
-        ).scalars()
-        if e.data and "evaluation" in e.data
-    ]
+    evaluations = await _evaluations(session, job)
     extra: dict[str, Any] = {}
     if job.method == "reinforcement":
         extra = {
@@ -156,6 +149,38 @@ async def _lineage(
         "train_loss": job.train_loss,
         "trained_at": utcnow().isoformat(),
     }  # fmt: skip
+
+
+async def _files_used(session: AsyncSession, job: FineTuningJobRow) -> list[dict[str, Any]]:
+    """The job's training and validation files as the lineage records them."""
+    files_used = []
+    for entry in [
+        *job.training_files,
+        *([{"file_id": job.validation_file_id, "weight": None}] if job.validation_file_id else []),
+    ]:
+        row = await session.get(FileRow, entry["file_id"])
+        if row is not None:
+            files_used.append({
+                "file_id": row.id, "role": "validation" if row.id == job.validation_file_id else "training",
+                "sha256": row.sha256, "bytes": row.bytes, "samples": row.num_lines,
+                "weight": entry["weight"], "datacenter": row.datacenter_id,
+            })  # fmt: skip
+    return files_used
+
+
+async def _evaluations(session: AsyncSession, job: FineTuningJobRow) -> list[Any]:
+    """The evaluations the job reported, oldest first (before training, then after)."""
+    return [
+        e.data["evaluation"]
+        for e in (
+            await session.execute(
+                select(FineTuningEventRow)
+                .where(FineTuningEventRow.job_id == job.id)
+                .order_by(FineTuningEventRow.seq)
+            )
+        ).scalars()
+        if e.data and "evaluation" in e.data
+    ]
 
 
 def _capabilities(base: ModelRow, job: FineTuningJobRow) -> list[str]:

@@ -15,7 +15,10 @@ import asyncio
 import base64
 import os
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
 
 from souverain.node.secret import add_tls_arguments, read_secret, uvicorn_tls
 
@@ -30,39 +33,28 @@ def build_app(model: Any, *, alias: str, secret: str) -> Any:
     lock = asyncio.Lock()  # one batch at a time: the model is not re-entrant on CPU threads
     dimension = int(model.get_embedding_dimension())
 
-    def refuse(status: int, message: str) -> JSONResponse:
-        body = {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "code": None,
-                "param": None,
-            }
-        }
-        return JSONResponse(body, status_code=status)
-
     def authorised(request: Request) -> bool:
         return request.headers.get("authorization") == f"Bearer {secret}"
 
     async def models(request: Request) -> JSONResponse:
         if not authorised(request):
-            return refuse(401, "Invalid API key")
+            return _refuse(401, "Invalid API key")
         return JSONResponse(
             {"object": "list", "data": [{"id": alias, "object": "model", "owned_by": "souverain"}]}
         )
 
     async def embeddings(request: Request) -> JSONResponse:
         if not authorised(request):
-            return refuse(401, "Invalid API key")
+            return _refuse(401, "Invalid API key")
         body = await request.json()
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            return refuse(400, "input must be a string or a list of strings")
+            return _refuse(400, "input must be a string or a list of strings")
         if body.get("dimensions") not in (None, dimension):
-            return refuse(400, f"this model produces {dimension} dimensions")
+            return _refuse(400, f"this model produces {dimension} dimensions")
         async with lock:
-            vectors, tokens = await asyncio.to_thread(encode, texts)
+            vectors, tokens = await asyncio.to_thread(_encode, model, texts)
         encoding = body.get("encoding_format") or "float"
         data = [
             {"object": "embedding", "index": i, "embedding": _encoded(vector, encoding, np)}
@@ -77,18 +69,28 @@ def build_app(model: Any, *, alias: str, secret: str) -> Any:
         }
         return JSONResponse(answer | {"usage": usage})  # `id` is Mistral's; OpenAI's SDK ignores it
 
-    def encode(texts: list[str]) -> tuple[Any, int]:
-        vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
-        limit = int(model.max_seq_length)
-        counted = model.tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
-        return vectors, sum(len(ids) for ids in counted)
-
     return Starlette(
         routes=[
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
         ]
     )
+
+
+def _refuse(status: int, message: str) -> JSONResponse:
+    """An error in OpenAI's shape."""
+    from starlette.responses import JSONResponse
+
+    error = {"message": message, "type": "invalid_request_error", "code": None, "param": None}
+    return JSONResponse({"error": error}, status_code=status)
+
+
+def _encode(model: Any, texts: list[str]) -> tuple[Any, int]:
+    """Normalised vectors of the texts, and the tokens they took."""
+    vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    limit = int(model.max_seq_length)
+    counted = model.tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+    return vectors, sum(len(ids) for ids in counted)
 
 
 def _encoded(vector: Any, encoding: str, np: Any) -> Any:
