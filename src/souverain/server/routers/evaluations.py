@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from souverain.catalog import evaluations, models
 from souverain.core.schemas.fine_tuning import EvaluationList, EvaluationObject, JobError
 from souverain.db.jobs import FineTuningJobRow
-from souverain.jobs.fine_tuning import service as fine_tuning
+from souverain.jobs.fine_tuning import creation
 from souverain.server.deps import PrincipalDep, SessionDep, StateDep
 from souverain.server.fine_tuning_requests import EvaluationRequest, asked_evaluation, limits_of
 from souverain.server.routers.fine_tuning import extras_of
@@ -52,7 +52,7 @@ async def create_evaluation(
     grader): pass@1, format rate, mean reward and language consistency, overall and per
     language. Runs as a job on the organisation's fleet, where its policy allows; the
     result is listed with the model and shown on its card."""
-    job = await fine_tuning.create_job(
+    job = await creation.create_job(
         session, principal=principal, asked=asked_evaluation(model, body),
         limits=limits_of(state.settings), master_key=state.master_key,
         project_id=state.routes.project_of(principal),

@@ -34,7 +34,7 @@ from souverain.core.schemas.fine_tuning import (
     Supervised,
 )
 from souverain.db.jobs import FineTuningCheckpointRow, FineTuningEventRow, FineTuningJobRow
-from souverain.jobs.fine_tuning import recipe
+from souverain.jobs.fine_tuning import creation, recipe
 from souverain.jobs.fine_tuning import service as fine_tuning
 from souverain.server.deps import PrincipalDep, SessionDep, StateDep
 from souverain.server.fine_tuning_requests import asked_of, limits_of
@@ -152,7 +152,7 @@ async def create_job(
         raw = await request.json()
     except ValueError:
         raise InvalidRequestError("The body is not valid JSON.") from None
-    job = await fine_tuning.create_job(
+    job = await creation.create_job(
         session, principal=principal, asked=asked_of(raw), limits=limits_of(state.settings),
         master_key=state.master_key, project_id=state.routes.project_of(principal),
     )  # fmt: skip
