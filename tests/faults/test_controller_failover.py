@@ -24,7 +24,8 @@ from sqlalchemy import select
 
 from souverain.core.fleet import RAY_NAMESPACE
 from souverain.db.engine import create_engine_unpooled, session_factory
-from souverain.db.tables import LeaseRow, utcnow
+from souverain.db.jobs import LeaseRow
+from souverain.db.tables import utcnow
 from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.factories import Factory

@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from souverain.core.roles import Role
+from souverain.db.audit import AuditEventRow
 from souverain.db.identity import DirectoryUserRow
-from souverain.db.tables import ApiKeyRow, AuditEventRow, UserRow
+from souverain.db.tables import ApiKeyRow, UserRow
 from souverain.testing.factories import unique
 from tests.conftest import Platform, wait_until
 from tests.identity.scim_helpers import ScimOrg, run_compliance, scim_org

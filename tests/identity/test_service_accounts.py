@@ -11,8 +11,9 @@ from typing import Any
 from sqlalchemy import select, update
 
 from souverain.core.roles import Role
+from souverain.db.audit import AuditEventRow
 from souverain.db.identity import ServiceAccountRow
-from souverain.db.tables import ApiKeyRow, AuditEventRow, utcnow
+from souverain.db.tables import ApiKeyRow, utcnow
 from souverain.testing.factories import Tenant, unique
 from tests.conftest import Platform, wait_until
 

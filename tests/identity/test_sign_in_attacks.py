@@ -24,8 +24,9 @@ from joserfc.jwk import RSAKey
 from sqlalchemy import func, select
 
 from souverain.core.roles import Role
+from souverain.db.audit import AuditEventRow
 from souverain.db.identity import SignInFlowRow, UserIdentityRow
-from souverain.db.tables import AuditEventRow, UserRow
+from souverain.db.tables import UserRow
 from souverain.testing.factories import unique
 from souverain.testing.live import LiveServer
 from tests.conftest import Platform, wait_until

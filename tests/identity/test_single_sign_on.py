@@ -10,8 +10,9 @@ from datetime import timedelta
 import httpx
 from sqlalchemy import select, update
 
+from souverain.db.audit import AuditEventRow
 from souverain.db.identity import SsoSessionRow
-from souverain.db.tables import ApiKeyRow, AuditEventRow, UserRow, utcnow
+from souverain.db.tables import ApiKeyRow, UserRow, utcnow
 from souverain.identity.signin import SIGNIN_KEY
 from tests.conftest import Platform
 from tests.identity.conftest import SsoOrg, Walk, add_provider, sign_in

@@ -7,6 +7,7 @@ import asyncio
 
 from souverain.core.ids import new_id
 from souverain.db.tables import DeploymentRow
+from souverain.installation.authority import Issuer
 from souverain.jobs.deployments.reconciler import EngineDefaults
 from souverain.jobs.fine_tuning.reconciler import TrainingDefaults
 from souverain.jobs.runner import Controller
@@ -23,6 +24,7 @@ class TestLoops:
             world.sessions,
             world.cluster,
             master_key=KEY,
+            issuer=Issuer(world.sessions, KEY),
             engine=EngineDefaults(threads=1, bind_host=None),
             interval_s=0.05,
             training=TrainingDefaults(threads=1, file_stores={world.datacenter_id: "file:///t"}),

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.core.audit import event_hash, verify_chain
 from souverain.core.roles import Role
 from souverain.core.signing import load_public_key
+from souverain.db.audit import AuditEventRow, AuditHeadRow
 from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
-from souverain.db.tables import AuditEventRow, AuditHeadRow, ProjectRow, utcnow
+from souverain.db.tables import ProjectRow, utcnow
 from souverain.evidence import audit, audit_log
 from souverain.installation.signing import installation_key
 from tests.conftest import Platform, wait_until

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from souverain.core.roles import Role
+from souverain.db.audit import AuditEventRow
 from souverain.db.jobs import BatchRow, FileRow
-from souverain.db.tables import AuditEventRow
 from souverain.testing.factories import Tenant
 from tests.conftest import Platform, wait_until
 

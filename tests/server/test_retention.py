@@ -11,8 +11,9 @@ import openai
 from sqlalchemy import func, select
 
 from souverain.core.roles import Role
+from souverain.db.audit import AuditEventRow
 from souverain.db.jobs import FileRow
-from souverain.db.tables import AuditEventRow, UsageRecordRow, utcnow
+from souverain.db.tables import UsageRecordRow, utcnow
 from souverain.evidence import audit_log
 from souverain.retention.sweep import RetentionSweep
 from souverain.server.app import installation_signing_key

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from souverain.core.audit import event_hash
 from souverain.core.errors import ServiceUnavailableError
 from souverain.core.principal import Principal
-from souverain.db.tables import AuditEventRow, AuditHeadRow, AuditOrgHeadRow, utcnow
+from souverain.db.audit import AuditEventRow, AuditHeadRow, AuditOrgHeadRow
+from souverain.db.tables import utcnow
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from souverain.core.access import check_operator, check_org, check_scope
 from souverain.core.audit import REMOVAL, Verdict, removal_details, sign_seal, verify_chain
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.db.tables import AuditEventRow, AuditHeadRow, AuditSealRow, utcnow
+from souverain.db.audit import AuditEventRow, AuditHeadRow, AuditSealRow
+from souverain.db.tables import utcnow
 from souverain.evidence.audit import SYSTEM_CONTROLLER, record, timestamp
 
 

@@ -31,7 +31,8 @@ from souverain.catalog.routes import (
 )
 from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
 from souverain.core.principal import Principal
-from souverain.db.tables import AuditHeadRow, ReplicaRow, utcnow
+from souverain.db.audit import AuditHeadRow
+from souverain.db.tables import ReplicaRow, utcnow
 from souverain.energy.carbon import hour_of
 from souverain.gateway.slots import Slot, SlotBook
 from souverain.metering.budgets import Budget, all_budgets

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from souverain.db.tables import LeaseRow, utcnow
+from souverain.db.jobs import LeaseRow
+from souverain.db.tables import utcnow
 from souverain.jobs.lease import Lease
 
 LEADER_LEASE = "controller"
