@@ -22,7 +22,7 @@ from souverain.core.fleet import EngineCredential, ReplicaSpec, replica_server_n
 from souverain.core.ids import new_id
 from souverain.core.tls import client_context
 from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
-from souverain.db.installation import CertificateAuthorityRow
+from souverain.db.installation import InstallationSecretRow
 from souverain.gateway.upstream import Untrusted, Upstream
 from souverain.installation import authority
 from souverain.node import scratch
@@ -108,8 +108,9 @@ class TestAuthority:
         again = await authority.load_or_create(sessions, b"master-key-of-this-installation")
         assert again.certificate == trusted.certificate
         async with sessions() as session:
-            rows = (await session.execute(select(CertificateAuthorityRow))).scalars().all()
-        assert len(rows) == 1 and b"PRIVATE KEY" not in rows[0].sealed_key.encode()
+            query = select(InstallationSecretRow).where(InstallationSecretRow.name == "authority")
+            rows = (await session.execute(query)).scalars().all()
+        assert len(rows) == 1 and rows[0].sealed and "PRIVATE KEY" not in rows[0].sealed
         with pytest.raises(authority.AuthorityUnreadable, match="same SOUVERAIN_SECRET_KEY"):
             await authority.load_or_create(sessions, b"another installation's master key")
 

@@ -1,8 +1,9 @@
 """The installation's certificate authority: the root of the TLS between servers and engines.
 
 Created once per installation (the first server or controller to need it), kept in the
-database: its certificate in clear, its private key sealed with AES-GCM under a key derived
-from the master key, so the database alone issues nothing. The controller issues one
+database beside the signing key (`installation_secrets`, name `authority`): its certificate
+in clear, its private key sealed with the master key (`identity.sealing`), so the database
+alone issues nothing. The controller issues one
 certificate per replica when it places it, for the replica's own name
 (`core.fleet.replica_server_name`) and nothing else; servers trust this authority alone and
 check that name (core/tls.py). A replica that is gone is never called again, so its
@@ -15,7 +16,6 @@ certificates; nothing here is written by hand.
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,8 +23,6 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -35,13 +33,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from souverain.core.errors import AuthenticationError
 from souverain.core.fleet import EngineCredential, replica_server_name
-from souverain.db.installation import CertificateAuthorityRow
+from souverain.db.installation import InstallationSecretRow
+from souverain.identity.sealing import seal, unseal
 
-AUTHORITY_ID = "installation"
+AUTHORITY = "authority"  # its name among the installation secrets
+_PURPOSE = "installation/authority"
 AUTHORITY_YEARS = 10
 REPLICA_CERT_DAYS = 397  # a replica lives until it is replaced; its name is never reused
-_INFO = b"souverain/installation/certificate-authority"
 _BACKDATE = timedelta(minutes=5)  # nodes' clocks differ a little
 
 
@@ -131,30 +131,23 @@ def _usage(*, signs: bool) -> x509.KeyUsage:
     )  # fmt: skip
 
 
-def seal_key(master_key: bytes, authority: Authority) -> str:
+def _sealed_key(master_key: bytes, authority: Authority) -> str:
     pem = authority.key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    nonce = os.urandom(12)
-    sealed = AESGCM(_kek(master_key)).encrypt(nonce, pem, AUTHORITY_ID.encode())
-    return base64.b64encode(nonce + sealed).decode()
+    return seal(master_key, pem.decode(), purpose=_PURPOSE)
 
 
-def open_row(master_key: bytes, row: CertificateAuthorityRow) -> Authority:
-    raw = base64.b64decode(row.sealed_key)
+def _opened(master_key: bytes, row: InstallationSecretRow) -> Authority:
     try:
-        pem = AESGCM(_kek(master_key)).decrypt(raw[:12], raw[12:], row.id.encode())
-    except Exception as error:
+        pem = unseal(master_key, row.sealed or "", purpose=_PURPOSE)
+    except AuthenticationError as error:
         raise AuthorityUnreadable(
             "the installation's certificate authority cannot be opened with this master key "
             "(every server and controller of an installation needs the same SOUVERAIN_SECRET_KEY)"
         ) from error
-    key = load_pem_private_key(pem, password=None)
+    key = load_pem_private_key(pem.encode(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise AuthorityUnreadable("the installation's authority key is not an EC key")
-    return Authority(x509.load_pem_x509_certificate(row.certificate.encode()), key)
-
-
-def _kek(master_key: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(master_key)
+    return Authority(x509.load_pem_x509_certificate(row.public.encode()), key)
 
 
 async def load_or_create(
@@ -162,17 +155,17 @@ async def load_or_create(
 ) -> Authority:
     """The installation's authority, created by whichever process asks first."""
     async with sessions() as session:
-        row = await session.get(CertificateAuthorityRow, AUTHORITY_ID)
+        row = await session.get(InstallationSecretRow, AUTHORITY)
     if row is not None:
-        return open_row(master_key, row)
+        return _opened(master_key, row)
     authority = create()
     try:
         async with sessions.begin() as session:
             session.add(
-                CertificateAuthorityRow(
-                    id=AUTHORITY_ID,
-                    certificate=authority.certificate_pem.decode(),
-                    sealed_key=seal_key(master_key, authority),
+                InstallationSecretRow(
+                    name=AUTHORITY,
+                    public=authority.certificate_pem.decode(),
+                    sealed=_sealed_key(master_key, authority),
                 )
             )
     except IntegrityError:  # another process created it first: use theirs

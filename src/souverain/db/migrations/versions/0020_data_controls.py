@@ -1,7 +1,7 @@
 """data controls: an organisation's zero data retention and retention windows; audit
 events removed by a window keep a stub (`redacted`) so the chain still links
 
-Revision ID: 0021
+Revision ID: 0020
 Revises: 0020
 Create Date: 2026-12-05
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0021"
-down_revision = "0020"
+revision = "0020"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
