@@ -33,9 +33,9 @@ FILLER = " ".join(
     for i in range(30)
 )  # about 500 tokens after the secret: what a cache hit would skip
 TOO_LONG = " ".join([FILLER] * 10)  # more than a slot's context (4,096 tokens)
-# A pattern Python's regular expressions take (so the gateway's bounds pass it) but
-# llama.cpp's schema converter does not: the engine refuses the request.
-UNCONVERTIBLE = {"type": "string", "pattern": "^[]a]$"}
+# An image part passes the gateway (OpenAI's shape) but a text-only llama-server refuses
+# it before any slot takes it.
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 SECRET, WRONG = "7391", "2046"
 
 Move = Callable[[LlamaTarget, httpx.AsyncClient], Awaitable[None]]
@@ -76,10 +76,12 @@ async def timed(client: httpx.AsyncClient, body: dict[str, Any]) -> float:
 
 
 async def refused(target: LlamaTarget, attacker: httpx.AsyncClient) -> None:
-    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": UNCONVERTIBLE}}
-    body = chat(target.model, "Hello.", response_format=schema)
+    """llama-server refuses the request before any slot takes it (llama-cpp-python may
+    answer it, without the image)."""
+    body = {**chat(target.model, ""), "messages": [{"role": "user", "content": [IMAGE]}]}
     answer = await attacker.post("/v1/chat/completions", json=body)
-    assert answer.status_code in (200, 400), answer.text  # llama-cpp-python accepts it
+    runtime = target.supervisor.status().runtime
+    assert answer.status_code >= 400 or runtime == "llama-cpp-python", answer.text
 
 
 async def failed(target: LlamaTarget, attacker: httpx.AsyncClient) -> None:
@@ -112,10 +114,13 @@ async def rounds(
 
 
 def check_no_leak(what: str, right: list[float], wrong: list[float]) -> None:
+    """Only a faster right guess tells anything; a leak makes it 20 to 80 times faster
+    (measured on souverain's own code before the engine kept the scope), while a loaded
+    machine's noise goes either way."""
     ratio = statistics.median(right) / statistics.median(wrong)
     print(f"[scope] {what}: right {statistics.median(right):.3f}s, "
           f"wrong {statistics.median(wrong):.3f}s, ratio {ratio:.2f}")  # fmt: skip
-    assert 0.75 < ratio < 1.33, (right, wrong)
+    assert ratio > 0.5, (right, wrong)
 
 
 @pytest.mark.parametrize("move", [refused, failed, cancelled], ids=lambda m: m.__name__)

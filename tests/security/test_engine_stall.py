@@ -4,9 +4,10 @@ crashes engines.
 
 The schema passes the gateway's static bounds (every repetition and every nested product
 of them within limits), yet the grammar it becomes keeps so many ways of splitting the text
-alive that sampling one token takes seconds, in the loop that samples every request. The
+alive that sampling one token takes a good fraction of a second, in the loop that samples
+every request. The
 engine stops such a request at its sampling limit; another tenant's one-token request,
-measured beside each attempt, waits at most that long, and the attacker gets a 400 that
+measured beside each attempt, waits about that long at most, and the attacker gets a 400 that
 says why, then a 429 once its key has stalled the engine three times.
 """
 
@@ -80,7 +81,7 @@ async def test_a_stalling_grammar_is_stopped_and_its_key_paused(target: LlamaTar
             assert answer.status_code == 400, answer.text
             assert "sampling limit" in answer.json()["error"]["message"]
             assert beside <= 2 * idle or 400 <= answer.status_code < 500
-            assert beside < idle + 2 * LIMIT_MS / 1000 + 1.0  # held one sampling step at most
+            assert beside < idle + 5 * LIMIT_MS / 1000  # held about the limit, not a minute
         paused = await attacker.post("/v1/chat/completions",
                                      json=chat(target.model, "Hi.", max_tokens=1))  # fmt: skip
         assert paused.status_code == 429, paused.text  # like a key that crashes engines

@@ -10,9 +10,10 @@ from typing import Any, Protocol
 
 from souverain.core.fleet import ReplicaSpec
 
-# A sampler (a grammar, most of all) that takes longer than this to build or to sample one
-# token stops its request: the engine samples every request's tokens in one loop, so it
-# would hold every other tenant's requests too. Legitimate steps take a few milliseconds.
+# A request whose sampler (a grammar, most of all) has taken longer than this in all, at
+# more than a tenth of it per token, is stopped: the engine samples every request's tokens
+# in one loop, so it would hold every other tenant's requests too. Legitimate steps take a
+# few milliseconds.
 SAMPLING_LIMIT_MS = 1000
 SAMPLING_LIMIT = "sampling limit:"  # how a llama.cpp engine's error says it stopped one
 

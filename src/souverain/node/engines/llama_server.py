@@ -18,9 +18,10 @@ How it is started, and why:
   cache, which would restore any earlier prompt into any slot. A llama-server without the
   patch refuses the flag, so the replica fails rather than serve without the rule.
 - `--cache-ram 0`: that prompt cache off all the same (a slot's KV cache is its only one).
-- `--sampling-limit-ms` (the same patch): a request whose sampler takes longer to build or
-  to sample one token is stopped with an error that says so (`sampling limit:`): the
-  serving loop samples every slot in turn, so a costly grammar would hold all of them.
+- `--sampling-limit-ms` (the same patch): a request whose sampler has taken longer in all,
+  at more than a tenth of that per token, is stopped with an error that says so
+  (`sampling limit:`): the serving loop samples every slot in turn, so a costly grammar
+  would hold all of them.
   The gateway counts it against the key like a crash (node/engines/base.py).
 - `--no-slots`: the slots endpoint shows the prompts in every slot; nobody needs it.
 - `--no-webui`, no tools, no MCP, no `--props`, no slot save path: the engine serves the

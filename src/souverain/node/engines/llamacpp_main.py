@@ -19,10 +19,11 @@ request whose scope differs from the previous one starts from an empty cache. Ot
 the time to first token tells a tenant whether another tenant's prompt began like its
 guess. Requests of one organisation keep reusing each other's prefixes.
 
-A request whose sampler takes longer than `--sampling-limit-ms` to build (a grammar) or to
-sample one token is stopped with an error that says `sampling limit:`: llama.cpp cannot be
-interrupted inside a sampler, but a request that costs that much per token would hold the
-engine for everyone else; the gateway counts it against the key like a crash.
+A request whose sampler (a grammar, built then applied to every token) has taken more than
+`--sampling-limit-ms` in all, at more than a tenth of that per step, is stopped with an
+error that says `sampling limit:`: llama.cpp cannot be interrupted inside a sampler, but a
+request that costs that much per token would hold the engine for everyone else; the gateway
+counts it against the key like a crash. Legitimate steps take a few milliseconds.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def install_usage_counting() -> None:
             self._souverain_scope = scope
         counts = [len(tokens), 0]
         self._souverain_usage = counts
+        self._souverain_sampling = [0.0, 0]  # seconds in the sampler, steps
         inner = original_generate(self, tokens, *args, **kwargs)
         try:
             for token in inner:
@@ -95,18 +97,23 @@ def install_sampling_limit(limit_ms: int) -> None:
     import llama_cpp
 
     llama = llama_cpp.Llama
-    for name, what in (("_init_sampler", "build the sampler"), ("sample", "sample one token")):
-        setattr(llama, name, _limited(getattr(llama, name), limit_ms, what))
+    for name in ("_init_sampler", "sample"):  # building the sampler, then each token
+        setattr(llama, name, _limited(getattr(llama, name), limit_ms / 1000))
 
 
-def _limited(method: Callable[..., Any], limit_ms: int, what: str) -> Callable[..., Any]:
+def _limited(method: Callable[..., Any], limit_s: float) -> Callable[..., Any]:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         result = method(self, *args, **kwargs)
-        if (time.perf_counter() - started) * 1000 > limit_ms:
+        spent = getattr(self, "_souverain_sampling", None)
+        if spent is None:  # outside `generate`: not a request's
+            return result
+        spent[0] += time.perf_counter() - started
+        spent[1] += 1
+        if spent[0] > limit_s and spent[0] / spent[1] > limit_s / 10:
             raise SamplingLimitExceeded(
-                f"{SAMPLING_LIMIT} it took more than {limit_ms} ms to {what}; the request's "
-                "grammar is too costly for a shared engine"
+                f"{SAMPLING_LIMIT} its sampler held the engine more than {limit_s * 1000:.0f} "
+                "ms; the request's grammar is too costly for a shared engine"
             )
         return result
 
