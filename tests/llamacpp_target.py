@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx
 
-from souverain.core.fleet import ReplicaSpec
+from souverain.core.fleet import EngineCredential, ReplicaSpec, replica_server_name
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.installation import authority
 from souverain.node.engines import llama_server
 from souverain.node.engines.base import EngineLauncher
 from souverain.node.engines.llamacpp import LlamaCppLauncher
@@ -67,13 +68,14 @@ def launcher(runtime: str) -> EngineLauncher:
 def supervised_llamacpp(
     replica_id: str, log_dir: Path, runtime: str = "llama-cpp-python",
     engine_args: dict[str, Any] | None = None, adapter_path: Path | None = None,
+    tls: EngineCredential | None = None,
 ) -> EngineSupervisor:  # fmt: skip
     spec = ReplicaSpec(
         replica_id=replica_id, deployment_id="dep_test", model_name="smollm2",
         engine="llamacpp", artifact_uri="builtin://smollm2-135m-instruct", artifact_sha256=None,
         secret=replica_secret(MASTER_KEY.encode(), replica_id), datacenter_id="llama-dc",
         cpus=2, gpus=0, threads=2, context_length=4096, engine_args=engine_args or {},
-        adapter_path=str(adapter_path) if adapter_path else None,
+        adapter_path=str(adapter_path) if adapter_path else None, tls=tls,
     )  # fmt: skip
     supervisor = EngineSupervisor(
         spec, launcher(runtime), host="127.0.0.1", node_id="node-test", log_dir=log_dir
@@ -93,11 +95,6 @@ async def llamacpp_target(
     adapter_path: Path | None = None, **settings: Any,
 ) -> AsyncIterator[LlamaTarget]:  # fmt: skip
     replica_id = new_id("rep")
-    supervisor = await asyncio.to_thread(
-        supervised_llamacpp, replica_id, directory, runtime, engine_args, adapter_path
-    )
-    status = supervisor.status()
-    assert status.url is not None
     config = Settings(
         data_dir=directory,
         database_url=f"sqlite:///{directory / 'souverain.db'}",
@@ -107,10 +104,19 @@ async def llamacpp_target(
         file_stores={"llama-dc": f"file://{directory / 'files'}"},
         **settings,
     )
+    supervisor: EngineSupervisor | None = None
     try:
         with LiveServer(create_app(config), port=config.port) as server:
             db = create_engine_unpooled(config.sqlalchemy_url)
             factory = Factory(session_factory(db))
+            # the engine serves HTTPS with a certificate for its replica's name from the
+            # installation's authority, as the controller would issue it
+            trusted = await authority.load_or_create(factory.sessions, MASTER_KEY.encode())
+            credential = authority.issue(trusted, replica_server_name(replica_id))
+            supervisor = await asyncio.to_thread(supervised_llamacpp, replica_id, directory,
+                                                 runtime, engine_args, adapter_path, credential)  # fmt: skip
+            status = supervisor.status()
+            assert status.url is not None
             tenant = await factory.tenant(roles={"eve": Role.OWNER})
             key = (await factory.member_key(tenant, "eve", Role.OWNER)).key
             dc = await factory.datacenter("llama-dc")
@@ -131,4 +137,5 @@ async def llamacpp_target(
             yield target
             await db.dispose()
     finally:
-        await asyncio.to_thread(supervisor.stop)
+        if supervisor is not None:
+            await asyncio.to_thread(supervisor.stop)
