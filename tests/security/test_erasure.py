@@ -1,19 +1,21 @@
 """Crypto-erasure of an organisation stops everything its keys protected: its fine-tuned
 models stop being served at once and can never be deployed again, their deployments are
 deleted (the controller stops their replicas, whose supervisors delete the decrypted
-adapter from the node), and its fine-tuning jobs are cancelled."""
+adapter from the node), and its fine-tuning jobs are cancelled and its batches fail."""
 
 from __future__ import annotations
 
 import io
 import json
+from datetime import timedelta
 
 import httpx
 from sqlalchemy import select, update
 
 from souverain.core.ids import new_id
 from souverain.core.roles import Role
-from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow
+from souverain.db.jobs import BatchRow
+from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow, utcnow
 from tests.conftest import Platform, wait_until
 from tests.security.helpers import assert_openai_error, chat_body
 
@@ -102,3 +104,42 @@ class TestCryptoErasure:
 async def _status(client: httpx.AsyncClient, model: str, status: int) -> bool:
     answer = await client.post("/v1/chat/completions", json=chat_body(model))
     return answer.status_code == status
+
+
+class TestErasureStopsBatches:
+    async def test_a_running_batch_fails_at_once_and_its_runner_lets_it_go(
+        self, platform: Platform
+    ) -> None:
+        """A batch whose results could never be sealed or read again is not left to be
+        claimed for ever: it fails with the reason, and the lease on it is gone."""
+        tenant = await platform.factory.tenant(roles={"o": Role.OWNER})
+        key = (await platform.factory.member_key(tenant, "o", Role.OWNER)).key
+        model = await platform.served_model()
+        line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                "body": chat_body(model)}  # fmt: skip
+        async with platform.client(key) as client:
+            uploaded = await client.post(
+                "/v1/files", files={"file": ("b.jsonl", io.BytesIO(json.dumps(line).encode()))},
+                data={"purpose": "batch"},
+            )  # fmt: skip
+            assert uploaded.status_code == 200, uploaded.text
+            created = await client.post("/v1/batches", json={
+                "input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions",
+                "completion_window": "24h"})  # fmt: skip
+            assert created.status_code == 200, created.text
+            batch_id = created.json()["id"]
+            async with platform.sessions.begin() as session:  # held by a runner, mid-way
+                await session.execute(
+                    update(BatchRow).where(BatchRow.id == batch_id).values(
+                        status="in_progress", lock_token="a-runner", lock_expires_at=utcnow()
+                        + timedelta(minutes=5))
+                )  # fmt: skip
+            erased = await client.post(f"/api/orgs/{tenant.org_name}/crypto-erase")
+            assert erased.status_code == 200, erased.text
+            batch = (await client.get(f"/v1/batches/{batch_id}")).json()
+        assert erased.json()["batches"] == 1
+        assert batch["status"] == "failed"
+        assert batch["errors"]["data"][0]["code"] == "keys_erased"
+        async with platform.sessions() as session:
+            row = await session.get(BatchRow, batch_id)
+        assert row is not None and row.lock_token is None

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import openai
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from souverain.core.roles import Role
 from souverain.db.audit import AuditEventRow
@@ -34,6 +34,12 @@ class TestRetentionSweep:
             model=model, messages=[{"role": "user", "content": "hi"}]
         )
         await usage_records(platform.sessions, 1, org_id=tenant.org_id)
+        async with platform.sessions.begin() as session:  # older than any open invoice
+            await session.execute(
+                update(UsageRecordRow)
+                .where(UsageRecordRow.org_id == tenant.org_id)
+                .values(created_at=utcnow() - timedelta(days=70))
+            )
         async with platform.client(owner.key) as http:
             windows = {"files_days": 1, "usage_days": 1, "audit_days": 1}
             answer = await http.put(f"/api/orgs/{tenant.org_name}/data-controls",

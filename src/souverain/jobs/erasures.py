@@ -18,7 +18,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.principal import Principal
-from souverain.db.jobs import FineTuningJobRow
+from souverain.core.status import BATCH_ACTIVE
+from souverain.db.jobs import BatchRow, FineTuningJobRow
 from souverain.db.tables import DeploymentRow, ModelAdapterRow, utcnow
 from souverain.evidence import audit
 from souverain.files import service as files
@@ -34,6 +35,7 @@ class Erased:
     models: int
     deployments: int
     jobs: int
+    batches: int
 
 
 async def erase_organisation(session: AsyncSession, *, principal: Principal, org_id: str) -> Erased:
@@ -71,7 +73,27 @@ async def erase_organisation(session: AsyncSession, *, principal: Principal, org
     )
     for job in jobs:
         await _cancel(session, job)
-    return Erased(erased_files, len(models), len(deployments), len(jobs))
+    stopped = await _fail_batches(session, org_id=org_id)
+    return Erased(erased_files, len(models), len(deployments), len(jobs), stopped)
+
+
+async def _fail_batches(session: AsyncSession, *, org_id: str) -> int:
+    """The organisation's batches that have not ended fail at once: their results could
+    never be sealed or read again. A runner holding one loses its lease and stops."""
+    batches = list(
+        (
+            await session.execute(
+                select(BatchRow).where(BatchRow.org_id == org_id, BatchRow.status.in_(BATCH_ACTIVE))
+            )
+        ).scalars()
+    )
+    now = utcnow()
+    for batch in batches:
+        batch.status, batch.failed_at = "failed", now
+        batch.errors = [{"code": "keys_erased", "message": f"Batch failed: {REASON}",
+                         "param": None, "line": None}]  # fmt: skip
+        batch.lock_token, batch.lock_expires_at = None, None
+    return len(batches)
 
 
 async def _cancel(session: AsyncSession, job: FineTuningJobRow) -> None:

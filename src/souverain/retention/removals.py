@@ -13,7 +13,7 @@ batch or job.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -176,7 +176,9 @@ async def usage_records(
     session: AsyncSession, *, org_id: str, cutoff: datetime, limit: int
 ) -> Removed:
     """Settled usage records made before `cutoff` (the hourly, daily and monthly rollups,
-    which hold sums only, stay)."""
+    which hold sums only, stay), but never those of the last or the current month: invoices
+    are made from the records themselves."""
+    cutoff = min(cutoff, invoiced_from(utcnow()))
     chosen = (
         select(UsageRecordRow.id)
         .where(
@@ -195,6 +197,12 @@ async def usage_records(
             details={"records": len(ids), "before": timestamp(cutoff)},
         )  # fmt: skip
     return Removed(len(ids))
+
+
+def invoiced_from(now: datetime) -> datetime:
+    """The first instant of last month: records from then on may still be invoiced."""
+    first = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first - timedelta(days=1)).replace(day=1)
 
 
 async def audit_events(

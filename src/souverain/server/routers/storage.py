@@ -51,4 +51,4 @@ async def crypto_erase(org: str, principal: PrincipalDep, session: SessionDep) -
     erased = await erasures.erase_organisation(session, principal=principal, org_id=found.id)
     await session.commit()
     return {"org_id": found.id, "files": erased.files, "models": erased.models,
-            "deployments": erased.deployments, "fine_tuning_jobs": erased.jobs}  # fmt: skip
+            "deployments": erased.deployments, "fine_tuning_jobs": erased.jobs, "batches": erased.batches}  # fmt: skip
