@@ -36,6 +36,7 @@ import psutil
 
 from souverain.cluster.probe import REFUSED
 from souverain.core.fleet import DATACENTER_LABEL
+from souverain.node import scratch
 from souverain.node.node_dir import node_dir
 
 DEFAULT_PORT = 6379
@@ -215,6 +216,7 @@ def start_head(plan: NodePlan, *, port: int = DEFAULT_PORT) -> str:
     check_not_running(plan.node_dir)
     check_port_free(port)
     ensure_token_file(plan.token_file)
+    scratch.sweep()  # plaintext a killed actor left in memory before this start
     address = _address(plan.node_ip, port)
     with _stopped_on_failure(plan.node_dir):
         _ray_start(plan, ["--head", "--port", str(port)])
@@ -227,6 +229,7 @@ def join(plan: NodePlan, *, address: str) -> None:
     check_not_running(plan.node_dir)
     check_token_file(plan.token_file)
     check_head(address, plan.token_file)
+    scratch.sweep()  # plaintext a killed actor left in memory before this start
     with _stopped_on_failure(plan.node_dir):
         _ray_start(plan, ["--address", address])
         _wait_for_node(address, plan)

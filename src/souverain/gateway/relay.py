@@ -45,7 +45,7 @@ async def relay(exchange: Exchange, response: upstream.Response) -> AsyncIterato
             if payload == "[DONE]":
                 progress.done = True
                 break
-            progress.stalled = progress.stalled or SAMPLING_LIMIT in payload
+            progress.stalled = progress.stalled or _stalled(payload)
             for out in events.forward(payload):
                 yield out
         if progress.stalled:
@@ -181,3 +181,15 @@ def usage_chunk(exchange: Exchange, chunk: dict[str, Any]) -> bytes:
 def stream_error(message: str) -> bytes:
     body = error_body(STATUS[ErrorCode.UPSTREAM_ERROR], message, ErrorCode.UPSTREAM_ERROR)
     return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def _stalled(payload: str) -> bool:
+    """An event saying the engine stopped the request's sampler: never a chunk of the
+    answer (`choices`), whose words may say anything."""
+    if SAMPLING_LIMIT not in payload:
+        return False
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return True  # not a chunk of the answer
+    return not (isinstance(event, dict) and "choices" in event)

@@ -322,9 +322,9 @@ class DeploymentReconciler:
 
 
 def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | None:
-    """Why a replica must stop where it is: its datacenter is gone or no longer allowed, or
-    its node left the cluster (Ray would restart the actor only inside that datacenter,
-    and there may be no node left there)."""
+    """Why a replica must stop where it is: its datacenter is gone or no longer allowed, its
+    node left the cluster (Ray would restart the actor only inside that datacenter, and
+    there may be no node left there), or it serves in clear (adopted from before TLS)."""
     datacenter = placer.snapshot.datacenters.get(replica.datacenter_id)
     if datacenter is None:
         return "datacenter removed"
@@ -333,6 +333,8 @@ def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | 
         return excluded
     if replica.node_id is not None and replica.node_id not in placer.alive_nodes:
         return f"node {replica.node_id[:12]} lost"
+    if replica.url and not replica.url.startswith("https://"):
+        return "serves without TLS (started before TLS to engines): replaced"
     return None
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from souverain.catalog import models
 from souverain.core.access import check_scope
 from souverain.core.errors import (
+    GoneError,
     InvalidRequestError,
     NotFoundError,
     PolicyRefusedError,
@@ -31,7 +32,7 @@ from souverain.core.policy import Policy, check_may_keep
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.jobs import FileRow, FineTuningJobRow
-from souverain.db.tables import ModelArtifactRow, ModelRow, OrganisationRow, utcnow
+from souverain.db.tables import ModelAdapterRow, ModelArtifactRow, ModelRow, OrganisationRow, utcnow
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.fleet import datacenters
@@ -178,6 +179,11 @@ async def _base_of(
             )
         if base.owner_org_id != principal.org_id:
             raise NotFoundError(f"The model {quoted(asked.model)} does not exist", param="model")
+        if await session.get(ModelAdapterRow, base.id) is None:  # crypto-erased
+            raise GoneError(
+                f"The adapter of {quoted(asked.model)} was erased; it cannot be trained further.",
+                param="model",
+            )
         start_from = await _start_from(session, base)
         base = await session.get(ModelRow, base.base_model_id)
         assert base is not None

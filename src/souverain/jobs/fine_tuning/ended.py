@@ -41,6 +41,12 @@ async def lost(session: AsyncSession, ctx: Context, job: FineTuningJobRow) -> No
     if job.status == FineTuningStatus.PAUSED:
         job.node_id = None
         return
+    if job.wanted == Wanted.PAUSE:  # asked to pause (or out of budget): it stays paused
+        job.status, job.node_id = FineTuningStatus.PAUSED, None
+        await settle(session, ctx, job)
+        return
+    if job.wanted == Wanted.MOVE:  # its checkpoint is where it carries on from, elsewhere
+        job.wanted = Wanted.RUN
     job.status, job.node_id = FineTuningStatus.QUEUED, None
     await fine_tuning.add_event(
         session, job, "The training worker was lost; the job is queued again and will "
