@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from _processes import reset_postgres, spawn, wait_http
+from _processes import reset_postgres, share_authority, spawn, tls_stand_in, wait_http
 
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
@@ -107,10 +107,14 @@ async def measure(
 
 
 async def souverain_target(
-    name: str, url: str, engine_url: str, directory: Path
+    name: str, url: str, engine_url: str, directory: Path, *, authority_from: str | None = None
 ) -> tuple[Target, subprocess.Popen[bytes]]:
+    """An installation serving the stand-in's model; `authority_from`: the database of an
+    installation whose certificate authority it shares (one engine serves both)."""
     engine = create_engine_unpooled(normalise_database_url(url))
     await upgrade(engine)
+    if authority_from is not None:
+        await share_authority(authority_from, url)
     factory = Factory(session_factory(engine))
     tenant = await factory.tenant(roles={"bench": Role.OWNER})
     key = await factory.member_key(tenant, "bench", Role.OWNER)
@@ -191,21 +195,17 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         engine_port = free_port()
-        engine_url = f"http://127.0.0.1:{engine_port}"
-        processes.append(
-            spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "souverain.testing.stand_in",
-                    "--port",
-                    str(engine_port),
-                    "--master-key",
-                    MASTER,
-                ]
-            )
-        )
+        engine_url = f"https://127.0.0.1:{engine_port}"
         try:
+            sqlite_dir = directory / "sqlite"
+            sqlite_dir.mkdir()
+            sqlite_url = f"sqlite:///{sqlite_dir / 'bench.db'}"
+            target, server = await souverain_target(
+                "souverain-sqlite", sqlite_url, engine_url, sqlite_dir
+            )
+            processes.append(server)
+            engine, _ = await tls_stand_in(sqlite_url, MASTER, engine_port, directory / "tls")
+            processes.append(engine)
             await wait_http(f"{engine_url}/v1/models")
             direct_replica = "rep_direct"
             targets = [
@@ -214,20 +214,15 @@ async def main() -> None:
                     f"{engine_url}/r/{direct_replica}/v1/chat/completions",
                     replica_secret(MASTER.encode(), direct_replica),
                     "bench-model",
-                )
+                ),
+                target,
             ]
-            sqlite_dir = directory / "sqlite"
-            sqlite_dir.mkdir()
-            target, server = await souverain_target(
-                "souverain-sqlite", f"sqlite:///{sqlite_dir / 'bench.db'}", engine_url, sqlite_dir
-            )
-            targets.append(target)
-            processes.append(server)
             if args.postgres:
                 await reset_postgres(args.postgres)
                 target, server = await souverain_target(
-                    "souverain-postgres", args.postgres, engine_url, directory
-                )
+                    "souverain-postgres", args.postgres, engine_url, directory,
+                    authority_from=sqlite_url,
+                )  # fmt: skip
                 targets.append(target)
                 processes.append(server)
             if args.litellm:
@@ -247,7 +242,9 @@ async def report(
 ) -> None:
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
     results: dict[tuple[str, bool, int], Result] = {}
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+    # `direct` calls the engine over its TLS, as the gateway does; this client measures and
+    # trusts what it started (the gateway checks the engine's certificate itself)
+    async with httpx.AsyncClient(limits=limits, timeout=120, verify=False) as client:  # noqa: S501
         for stream in (False, True):
             for concurrency in levels:
                 for target in targets:

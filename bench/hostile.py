@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-from _processes import spawn, wait_http
+from _processes import spawn, tls_stand_in, wait_http
 
 from souverain.core.ids import new_id
 from souverain.core.roles import Role
@@ -254,23 +254,24 @@ async def main() -> None:
         settings = Settings(data_dir=Path(directory), database_url=url, secret_key=MASTER,  # type: ignore[arg-type]
                             port=free_port())  # fmt: skip
         engine_port = free_port()
-        stand_in = spawn([sys.executable, "-m", "souverain.testing.stand_in",
-                          "--port", str(engine_port), "--master-key", MASTER])  # fmt: skip
         server = spawn(
             [sys.executable, "-m", "souverain.cli.main", "server", "--port", str(settings.port)],
             {"SOUVERAIN_DATA_DIR": directory, "SOUVERAIN_DATABASE_URL": url,
              "SOUVERAIN_SECRET_KEY": MASTER, "SOUVERAIN_LOG_LEVEL": "WARNING",
              "SOUVERAIN_FILE_STORES": json.dumps({"bench-dc": f"file://{directory}/files"})},
         )  # fmt: skip
+        stand_in = None
         try:
             await wait_http(f"{settings.base_url}/healthz")
-            await wait_http(f"http://127.0.0.1:{engine_port}/v1/models")
-            await run(settings.base_url, settings, f"http://127.0.0.1:{engine_port}",
+            stand_in, _ = await tls_stand_in(url, MASTER, engine_port, Path(directory) / "tls")
+            await wait_http(f"https://127.0.0.1:{engine_port}/v1/models")
+            await run(settings.base_url, settings, f"https://127.0.0.1:{engine_port}",
                       args.lines, args.rounds)  # fmt: skip
         finally:
             for process in (server, stand_in):
-                process.terminate()
-                process.wait(30)
+                if process is not None:
+                    process.terminate()
+                    process.wait(30)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-from _processes import reset_postgres, spawn, wait_http
+from _processes import reset_postgres, spawn, tls_stand_in, wait_http
 
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
@@ -65,19 +65,7 @@ async def timed(concurrency: int, total: int, call: Callable[[], Awaitable[objec
 async def bench_database(label: str, url: str, directory: Path, requests: int) -> None:
     settings = Settings(data_dir=directory, database_url=url, secret_key=MASTER, port=free_port())  # type: ignore[arg-type]
     engine_port = free_port()
-    engine_url = f"http://127.0.0.1:{engine_port}"
-    stand_in = spawn(
-        [
-            sys.executable,
-            "-m",
-            "souverain.testing.stand_in",
-            "--port",
-            str(engine_port),
-            "--master-key",
-            MASTER,
-        ],
-        {},
-    )
+    engine_url = f"https://127.0.0.1:{engine_port}"
     server = spawn(
         [sys.executable, "-m", "souverain.cli.main", "server", "--port", str(settings.port)],
         {
@@ -87,17 +75,22 @@ async def bench_database(label: str, url: str, directory: Path, requests: int) -
             "SOUVERAIN_LOG_LEVEL": "WARNING",
         },
     )
+    stand_in = None
     try:
         await wait_http(f"{settings.base_url}/healthz")
+        stand_in, authority = await tls_stand_in(url, MASTER, engine_port, directory / "tls")
         await wait_http(f"{engine_url}/v1/models")
-        await run_measurements(label, settings, engine_url, requests)
+        await run_measurements(label, settings, engine_url, requests, authority)
     finally:
         for process in (server, stand_in):
-            process.terminate()
-            process.wait(30)
+            if process is not None:
+                process.terminate()
+                process.wait(30)
 
 
-async def run_measurements(label: str, settings: Settings, engine_url: str, requests: int) -> None:
+async def run_measurements(
+    label: str, settings: Settings, engine_url: str, requests: int, authority: bytes
+) -> None:
     pooled = create_engine(settings.sqlalchemy_url)
     sessions = session_factory(pooled)
     factory = Factory(sessions)
@@ -118,7 +111,7 @@ async def run_measurements(label: str, settings: Settings, engine_url: str, requ
             await client.put(f"/api/orgs/{tenant.org_name}/budget", json={"tokens": 10**12})
         ).status_code == 200
         await asyncio.sleep(1.5)  # the server's route table learns the model and the budget
-    state = direct_state(settings, pooled, sessions)
+    state = direct_state(settings, pooled, sessions, authority)
     await state.routes.refresh(state.sessions)
     principal = await state.keys.authenticate(key.key)
 
@@ -181,7 +174,9 @@ async def run_measurements(label: str, settings: Settings, engine_url: str, requ
     await pooled.dispose()
 
 
-def direct_state(settings: Settings, pooled: object, sessions: object) -> AppState:
+def direct_state(
+    settings: Settings, pooled: object, sessions: object, authority: bytes
+) -> AppState:
     """The pieces of a server's state that admission and settlement use, in this process."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -200,7 +195,7 @@ def direct_state(settings: Settings, pooled: object, sessions: object) -> AppSta
         sessions=sessions,  # type: ignore[arg-type]
         keys=KeyCache(sessions, ttl_s=2.0),  # type: ignore[arg-type]
         routes=routes,
-        upstream=Upstream(timeout_s=60),
+        upstream=Upstream(timeout_s=60, authority=authority),
         master_key=MASTER.encode(),
         server_id="bench",
         signing_key=Ed25519PrivateKey.generate(),
