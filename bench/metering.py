@@ -182,13 +182,17 @@ def direct_state(
 
     from souverain.gateway.auditing import AuditTrail
     from souverain.gateway.journal import UsageJournal
+    from souverain.gateway.languages import LanguageTagger
+    from souverain.gateway.meter import Meter
     from souverain.gateway.metrics import Metrics
+    from souverain.gateway.queueing import FairQueue
     from souverain.gateway.ratelimit import RateLimiter
     from souverain.gateway.routing import RouteTable
     from souverain.gateway.upstream import Upstream
     from souverain.tenancy.auth import KeyCache
 
     routes = RouteTable()
+    journal = UsageJournal(Path(tempfile.mkdtemp()), sessions)  # type: ignore[arg-type]
     return AppState(
         settings=settings,
         engine=pooled,  # type: ignore[arg-type]
@@ -202,7 +206,16 @@ def direct_state(
         limiter=RateLimiter("memory://"),
         metrics=Metrics(routes),
         audit_trail=AuditTrail(sessions),  # type: ignore[arg-type]
-        journal=UsageJournal(Path(tempfile.mkdtemp()), sessions),  # type: ignore[arg-type]
+        journal=journal,
+        languages=LanguageTagger(journal, sessions),  # type: ignore[arg-type]
+        meter=Meter.from_settings(settings),
+        file_stores=settings.file_stores_or_default,
+        queue=FairQueue(
+            routes,
+            per_org=settings.queue_per_org,
+            total=settings.queue_total,
+            wait_s=settings.queue_wait_s,
+        ),
     )
 
 
