@@ -25,15 +25,18 @@ from ray.cluster_utils import Cluster
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from souverain.cluster.ray_node import ensure_token_file, ray_environment
 from souverain.core.fleet import DATACENTER_LABEL, RAY_NAMESPACE
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
 from souverain.db.tables import UsageRecordRow
+from souverain.node.engines.base import TlsFiles
 from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.factories import Factory, Key
 from souverain.testing.live import LiveServer, free_port
+from souverain.testing.tls import every_replica_files
 from tests.conftest import DATABASES, MASTER_KEY, fresh_database_url, wait_until
 
 READ_TIMEOUT_S = 1.5
@@ -83,6 +86,7 @@ class FaultPlatform:
     factory: Factory
     key: Key
     server: LiveServer
+    tls: TlsFiles  # a certificate for every replica's name, from the installation's authority
     engines: list[EngineProcess] = field(default_factory=list)
 
     def client(self, timeout_s: float = 30.0) -> httpx.AsyncClient:
@@ -97,16 +101,26 @@ class FaultPlatform:
         port = free_port()
         secret = replica_secret(MASTER_KEY.encode(), replica_id)
         process = subprocess.Popen(
-            [sys.executable, "-m", "souverain.testing.stand_in", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "souverain.testing.stand_in",
+                "--port",
+                str(port),
+                "--ssl-cert-file",
+                str(self.tls.certificate),
+                "--ssl-key-file",
+                str(self.tls.key),
+            ],
             env={**os.environ, "SOUVERAIN_ENGINE_SECRET": secret},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        url = f"http://127.0.0.1:{port}"
+        url = f"https://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
-            try:
-                httpx.get(f"{url}/v1/models", timeout=1)
+            try:  # only whether it listens: the gateway checks its certificate
+                httpx.get(f"{url}/v1/models", timeout=1, verify=False)  # noqa: S501
                 break
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "stand-in engine did not start"
@@ -178,7 +192,8 @@ async def fault_platform(
         factory = Factory(sessions)
         tenant = await factory.tenant(roles={"ana": Role.OWNER})
         key = await factory.member_key(tenant, "ana", Role.OWNER)
-        platform = FaultPlatform(server.url, settings, sessions, factory, key, server)
+        tls = await every_replica_files(sessions, MASTER_KEY.encode(), directory / "engine-tls")
+        platform = FaultPlatform(server.url, settings, sessions, factory, key, server, tls)
         try:
             yield platform
         finally:
@@ -206,14 +221,23 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
 
 
 @pytest.fixture(scope="module")
-def par1_cluster() -> Iterator[Cluster]:
-    """A Ray cluster with one 4-CPU node in par1, this process connected as its driver."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    cluster.add_node(num_cpus=4, labels={DATACENTER_LABEL: "par1"})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=RAY_NAMESPACE, log_to_driver=False)
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+def par1_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A Ray cluster with one 4-CPU node in par1, with token authentication as `souverain
+    node head` starts one (controllers refuse a cluster without it), this process
+    connected as its driver; `SOUVERAIN_RAY_TOKEN_FILE` names its token for controllers."""
+    token = tmp_path_factory.mktemp("ray-token") / "auth_token"
+    ensure_token_file(token)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in ray_environment(token).items():
+            if os.environ.get(name) != value:
+                patch.setenv(name, value)
+        patch.setenv("SOUVERAIN_RAY_TOKEN_FILE", str(token))
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        cluster.add_node(num_cpus=4, labels={DATACENTER_LABEL: "par1"})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace=RAY_NAMESPACE, log_to_driver=False)
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
+            cluster.shutdown()

@@ -24,9 +24,11 @@ from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
 from souverain.db.jobs import BatchItemRow
 from souverain.db.tables import UsageRecordRow
+from souverain.node.engines.base import TlsFiles
 from souverain.settings import normalise_database_url
 from souverain.testing.factories import Factory
 from souverain.testing.live import free_port
+from souverain.testing.tls import every_replica_files
 from tests.conftest import DATABASES, MASTER_KEY, fresh_database_url, wait_until
 from tests.faults.conftest import Tally
 
@@ -55,11 +57,12 @@ def start_server(directory: Path, database_url: str, port: int) -> subprocess.Po
     )
 
 
-def start_stand_in(port: int, secret: str) -> subprocess.Popen[bytes]:
+def start_stand_in(port: int, secret: str, tls: TlsFiles) -> subprocess.Popen[bytes]:
     """An engine whose answers take 0.05 s a token, so the batch is caught mid-way."""
     return subprocess.Popen(
         [sys.executable, "-m", "souverain.testing.stand_in", "--port", str(port),
-         "--token-delay", "0.05"],
+         "--token-delay", "0.05", "--ssl-cert-file", str(tls.certificate),
+         "--ssl-key-file", str(tls.key)],
         env={**os.environ, "SOUVERAIN_ENGINE_SECRET": secret},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -85,9 +88,10 @@ async def test_sigkill_mid_batch_answers_every_line_exactly_once(
     key = (await factory.member_key(tenant, "b", Role.OWNER)).key
     replica_id = new_id("rep")
     port = free_port()
-    stand_in = start_stand_in(port, replica_secret(MASTER_KEY.encode(), replica_id))
+    tls = await every_replica_files(factory.sessions, MASTER_KEY.encode(), tmp_path / "tls")
+    stand_in = start_stand_in(port, replica_secret(MASTER_KEY.encode(), replica_id), tls)
     model, _ = await factory.served_model(
-        url=f"http://127.0.0.1:{port}", datacenter_id=await factory.datacenter("batch-dc"),
+        url=f"https://127.0.0.1:{port}", datacenter_id=await factory.datacenter("batch-dc"),
         replica_id=replica_id,
     )  # fmt: skip
     first_port, second_port = free_port(), free_port()

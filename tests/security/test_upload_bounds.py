@@ -6,6 +6,7 @@ back byte for byte."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -132,10 +133,21 @@ class TestNames:
         assert unquote(disposition.split("filename*=UTF-8''", 1)[1]) == name
 
 
-def _largest_file(directory: Path) -> int:
+def _listed(directory: Path) -> set[Path]:
+    return set(directory.rglob("*")) if directory.exists() else set()
+
+
+def _largest_file(directory: Path, before: set[Path]) -> int:
+    """The largest object written since `before` was listed (the store is shared with the
+    other tests' files)."""
     if not directory.exists():
         return 0
-    return max((p.stat().st_size for p in directory.rglob("*") if p.is_file()), default=0)
+    sizes = []
+    for path in directory.rglob("*"):
+        with contextlib.suppress(OSError):  # an object may go while we look
+            if path not in before and path.is_file():
+                sizes.append(path.stat().st_size)
+    return max(sizes, default=0)
 
 
 class TestQuotaWhileStreaming:
@@ -149,12 +161,13 @@ class TestQuotaWhileStreaming:
             limit = await operator.put(f"/api/orgs/{org}/storage", json={"limit_bytes": 1 << 20})
             assert limit.status_code == 200
         store = Path(urlparse(platform.settings.file_stores["files-fr"]).path)
+        before = await asyncio.to_thread(_listed, store)
         largest, done = 0, asyncio.Event()
 
         async def watch() -> None:
             nonlocal largest
             while not done.is_set():
-                largest = max(largest, await asyncio.to_thread(_largest_file, store))
+                largest = max(largest, await asyncio.to_thread(_largest_file, store, before))
                 await asyncio.sleep(0.005)
 
         watcher = asyncio.create_task(watch())
