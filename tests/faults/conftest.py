@@ -25,7 +25,6 @@ from ray.cluster_utils import Cluster
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from souverain.cluster.ray_node import ensure_token_file, ray_environment
 from souverain.core.fleet import DATACENTER_LABEL, RAY_NAMESPACE
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
@@ -220,24 +219,24 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
     found.report()
 
 
+AUTHENTICATED = os.environ.get("RAY_AUTH_MODE") == "token"
+# Controllers refuse a Ray cluster without token authentication, and Ray reads its mode when
+# it is imported: the tests that run controllers against `par1_cluster` run in a pytest of
+# their own started with it (`test_authenticated_ray.py`).
+needs_authenticated_ray = pytest.mark.skipif(
+    not AUTHENTICATED, reason="run by tests/faults/test_authenticated_ray.py"
+)
+
+
 @pytest.fixture(scope="module")
-def par1_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A Ray cluster with one 4-CPU node in par1, with token authentication as `souverain
-    node head` starts one (controllers refuse a cluster without it), this process
-    connected as its driver; `SOUVERAIN_RAY_TOKEN_FILE` names its token for controllers."""
-    token = tmp_path_factory.mktemp("ray-token") / "auth_token"
-    ensure_token_file(token)
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in ray_environment(token).items():
-            if os.environ.get(name) != value:
-                patch.setenv(name, value)
-        patch.setenv("SOUVERAIN_RAY_TOKEN_FILE", str(token))
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        cluster.add_node(num_cpus=4, labels={DATACENTER_LABEL: "par1"})
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, namespace=RAY_NAMESPACE, log_to_driver=False)
-        try:
-            yield cluster
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+def par1_cluster() -> Iterator[Cluster]:
+    """A Ray cluster with one 4-CPU node in par1, this process connected as its driver."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster.add_node(num_cpus=4, labels={DATACENTER_LABEL: "par1"})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace=RAY_NAMESPACE, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

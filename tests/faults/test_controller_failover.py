@@ -31,9 +31,9 @@ from souverain.settings import Settings
 from souverain.testing.factories import Factory
 from souverain.testing.live import LiveServer, free_port
 from tests.conftest import MASTER_KEY, usage_records, wait_until
-from tests.faults.conftest import Tally
+from tests.faults.conftest import Tally, needs_authenticated_ray
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, needs_authenticated_ray]
 
 LEASE_S = 4.0
 
@@ -83,7 +83,7 @@ def start_controller(directory: Path, database_url: str, address: str, n: int) -
         "SOUVERAIN_DATA_DIR": str(directory),
         "SOUVERAIN_DATABASE_URL": database_url,
         "SOUVERAIN_SECRET_KEY": MASTER_KEY,
-        "SOUVERAIN_RAY_ADDRESS": address,
+        "SOUVERAIN_RAY_ADDRESS": address,  # authenticated: its token in SOUVERAIN_RAY_TOKEN_FILE
         "SOUVERAIN_CONTROLLER_LEASE_S": str(LEASE_S),
         "SOUVERAIN_RECONCILE_INTERVAL_S": "0.5",
         "SOUVERAIN_LOG_LEVEL": "INFO",

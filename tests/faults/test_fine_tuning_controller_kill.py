@@ -21,9 +21,10 @@ from souverain.settings import Settings
 from souverain.testing.factories import Factory
 from souverain.testing.live import LiveServer, free_port
 from tests.conftest import MASTER_KEY, wait_until
+from tests.faults.conftest import needs_authenticated_ray
 from tests.faults.test_controller_failover import ControllerProcess, start_controller
 
-pytestmark = [pytest.mark.ray, pytest.mark.engine, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.engine, pytest.mark.slow, needs_authenticated_ray]
 
 MODEL = "smollm2-135m-instruct"
 
