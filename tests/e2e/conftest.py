@@ -126,13 +126,16 @@ class Up:
         return found
 
     def training_processes(self) -> list[psutil.Process]:
-        """The training workers of this installation's jobs (their spec lies in its data
-        directory)."""
-        root = str(self.data_dir)
+        """The training workers of this installation's jobs (their spec lies in the node's
+        scratch, in a directory named after the job)."""
+        with sqlite3.connect(self.data_dir / "souverain.db") as db:
+            jobs = [row[0] for row in db.execute("SELECT id FROM fine_tuning_jobs")]
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             argv = proc.info["cmdline"] or []
-            if any(a.startswith("souverain.training.") for a in argv) and argv[-1].startswith(root):
+            if any(a.startswith("souverain.training.") for a in argv) and any(
+                job in argv[-1] for job in jobs
+            ):
                 found.append(proc)
         return found
 

@@ -67,11 +67,6 @@ def ask(client: openai.OpenAI, model: str, question: str) -> str:
 
 
 class TestFineTuning:
-    @pytest.mark.xfail(
-        strict=False,
-        reason="failed once in the integrated suite after this stop's merges (fine-tuning "
-        "restructured, TLS to engines, memory-backed scratch); not diagnosed yet",
-    )
     def test_openai_sdk_fine_tunes_the_builtin_model_and_the_result_answers(self, up: Up) -> None:
         key = tenant(up, "pirates")
         client = openai.OpenAI(base_url=f"{up.url}/v1", api_key=key, max_retries=0)
