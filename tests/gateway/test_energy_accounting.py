@@ -181,3 +181,34 @@ class TestEnergyAccountant:
         attributed = await usage_records(platform.sessions, 2, model=model)
         assert all(r.energy_j is not None and r.energy_j > 0 for r in attributed)
         assert sum(r.energy_j or 0 for r in attributed) == pytest.approx(60.0)
+
+    async def test_an_interval_whose_meter_did_not_move_keeps_the_known_rate(
+        self, platform: Platform
+    ) -> None:
+        """CPU time moves in ticks: an interval that served requests while its meter read
+        the same twice must not make the next requests' estimate zero joules."""
+        model, replica_id = await serve(platform, 2)
+        clock = FakeClock()
+        accountant = EnergyAccountant(
+            platform.sessions, interval_s=10, prompt_weight=1, completion_weight=1, clock=clock
+        )
+        row = await replica(platform, replica_id)
+        accountant.observe(row, reading(100.0))
+        clock.advance(11)
+        accountant.observe(row, reading(160.0))
+        await accountant.close_due()
+        known = (await replica(platform, replica_id)).energy_j_per_token
+        assert known is not None and known > 0
+        await serve_more(platform, model)
+        clock.advance(11)
+        accountant.observe(row, reading(160.0))  # the meter did not move
+        await accountant.close_due()
+        assert (await replica(platform, replica_id)).energy_j_per_token == pytest.approx(known)
+
+
+async def serve_more(platform: Platform, model: str) -> None:
+    tenant = await platform.factory.tenant(roles={"v": Role.MEMBER})
+    key = await platform.factory.member_key(tenant, "v", Role.MEMBER)
+    body = {"model": model, "messages": [{"role": "user", "content": "four"}], "max_tokens": 3}
+    async with platform.client(key.key) as client:
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200

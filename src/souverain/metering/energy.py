@@ -96,7 +96,10 @@ async def record_interval(
             changes=changes,
         )
     total_weight = sum(weights.values())
-    if total_weight > 0:
+    # An interval whose meter did not move (CPU time is counted in ticks, and a request can
+    # settle after the reading that held its work) says nothing of the rate: the next
+    # requests keep the last known one rather than being estimated free.
+    if total_weight > 0 and attributed > 0:
         await session.execute(
             update(ReplicaRow)
             .where(ReplicaRow.id == interval.replica_id)
