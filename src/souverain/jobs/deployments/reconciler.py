@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -180,7 +181,10 @@ class DeploymentReconciler:
             )
         except GoneError as error:
             return None, str(error)
-        data_key = unwrap(kek, bytes.fromhex(row.wrapped_key), row.object_id.split("/", 1)[0])
+        try:
+            data_key = unwrap(kek, bytes.fromhex(row.wrapped_key), row.object_id.split("/", 1)[0])
+        except InvalidTag:  # wrapped under a key since erased and made again
+            return None, "its key does not open it: it was erased with its organisation's keys"
         return ObjectGrant(row.store_uri, row.object_key, row.object_id, data_key, row.sha256), ""
 
     async def _process(self, loaded: Loaded, placer: Placer) -> Outcome:
