@@ -28,15 +28,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from souverain.core.exports import verify_archive
 from souverain.core.ids import new_id
+from souverain.core.policy import UNRESTRICTED
 from souverain.core.principal import Principal
 from souverain.core.roles import Role, scopes_of
+from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
 from souverain.db.exports import ExportRow
 from souverain.db.tables import ModelAdapterRow, ModelRow, UsageRecordRow, utcnow
 from souverain.evidence import audit
-from souverain.core.exports import verify_archive
-from souverain.core.policy import UNRESTRICTED
-from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
 from souverain.files import service as files
 from souverain.files.uploads import Checked, Owner, store_plaintext
 from souverain.jobs import erasures
@@ -84,15 +84,37 @@ async def _usage(sessions: async_sessionmaker[AsyncSession], org: str, n: int) -
     async with sessions.begin() as session:
         session.add_all(
             UsageRecordRow(
-                id=new_id("req"), org_id=org, key_id="k", user_id="u", endpoint="chat",
-                model="mistral-small", stream=False, datacenter_id=DATACENTERS[i % 3],
-                country="FR", status="ok", prompt_tokens=120, completion_tokens=300,
-                cost=0.0002, currency="EUR", energy_j=40.0, co2e_g=0.0006,
-                server_id="bench", created_at=start + timedelta(minutes=13 * i),
+                id=new_id("req"),
+                org_id=org,
+                key_id="k",
+                user_id="u",
+                endpoint="chat",
+                model="mistral-small",
+                stream=False,
+                datacenter_id=DATACENTERS[i % 3],
+                country="FR",
+                status="ok",
+                prompt_tokens=120,
+                completion_tokens=300,
+                cost=0.0002,
+                currency="EUR",
+                energy_j=40.0,
+                co2e_g=0.0006,
+                server_id="bench",
+                created_at=start + timedelta(minutes=13 * i),
                 ledger_ids=[],
-            )  # fmt: skip
+            )
             for i in range(n)
         )
+
+
+async def _sealed(data: bytes, data_key: bytes, object_id: str) -> AsyncIterator[bytes]:
+    sealer = Sealer(data_key, object_id)
+    yield sealer.header
+    async for chunk in _chunks(data):
+        for piece in sealer.feed(chunk):
+            yield piece
+    yield sealer.finish()
 
 
 async def _models(sessions: async_sessionmaker[AsyncSession], root: Path, org: str, n: int,
@@ -104,18 +126,9 @@ async def _models(sessions: async_sessionmaker[AsyncSession], root: Path, org: s
             kek = await files.organisation_kek(session, master_key=MASTER, org_id=org, create=True)
         data_key, wrapped = files.new_data_key(kek, job)
         object_id, data = f"{job}/adapter", os.urandom(size)
-        sealer = Sealer(data_key, object_id)
-
-        async def sealed() -> AsyncIterator[bytes]:
-            yield sealer.header
-            async for chunk in _chunks(data):
-                for piece in sealer.feed(chunk):
-                    yield piece
-            yield sealer.finish()
-
         store = store_from_uri(f"file://{root / dc}")
         object_key = new_id("obj")
-        await store.write(object_key, sealed())
+        await store.write(object_key, _sealed(data, data_key, object_id))
         async with sessions.begin() as session:
             model = ModelRow(id=new_id("mdl"), name=f"ft-{i}", owner_org_id=org,
                              engine="llamacpp", capabilities=["chat"], context_length=2048,

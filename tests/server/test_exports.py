@@ -5,6 +5,7 @@ and operators may ask for it or read it; an erased organisation has nothing to e
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import tarfile
@@ -51,7 +52,7 @@ async def exported(platform: Platform, tenant: Tenant, owner: str, into: Path) -
         assert found["status"] == "succeeded", found
         content = await http.get(f"/api/orgs/{tenant.org_name}/exports/{export_id}/content")
         assert content.status_code == 200, content.text
-    into.write_bytes(content.content)
+    await asyncio.to_thread(into.write_bytes, content.content)
     assert hashlib.sha256(content.content).hexdigest() == found["sha256"]
     return dict(found)
 
@@ -118,7 +119,7 @@ class TestExport:
 
         whole = archive.read_bytes()
         assert b"CANARY-MINE-7f3a" in whole  # the grep below would find a canary
-        secret = owner.rsplit("_", 1)[1]
+        secret = owner.split("_", 1)[1]  # sk-souv-<id>_<secret>
         assert secret.encode() not in whole
         assert hashlib.sha256(secret.encode()).hexdigest().encode() not in whole
         for leak in (b"CANARY-OTHER-91bd", other.org_id.encode(), other_owner.encode()):
@@ -127,7 +128,7 @@ class TestExport:
     async def test_one_changed_byte_fails_the_check(
         self, platform: Platform, tmp_path: Path
     ) -> None:
-        tenant, owner, uploaded = await populated(platform, "CANARY-TAMPER")
+        tenant, owner, _ = await populated(platform, "CANARY-TAMPER")
         archive = tmp_path / "export.tar"
         await exported(platform, tenant, owner, archive)
         key = load_public_key(await public_key_pem(platform, owner))
@@ -140,9 +141,13 @@ class TestExport:
             assert not verdict.ok
         pem = tmp_path / "key.pem"
         pem.write_text(await public_key_pem(platform, owner))
-        intact = await cli(platform, owner, "exports", "verify", str(archive), "--public-key", str(pem))
+        intact = await cli(
+            platform, owner, "exports", "verify", str(archive), "--public-key", str(pem)
+        )
         assert intact.returncode == 0, intact.stderr
-        broken = await cli(platform, owner, "exports", "verify", str(tampered), "--public-key", str(pem))
+        broken = await cli(
+            platform, owner, "exports", "verify", str(tampered), "--public-key", str(pem)
+        )
         assert broken.returncode == 1 and "INVALID" in broken.stderr
 
 

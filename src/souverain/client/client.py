@@ -17,12 +17,12 @@ from souverain.core.schemas.billing import (
     RateLimitsRequest,
 )
 from souverain.core.schemas.data_controls import DataControls, DataControlsRequest
-from souverain.core.schemas.exports import Export
 from souverain.core.schemas.deployments import (
     Deployment,
     DeploymentCreateRequest,
     DeploymentUpdateRequest,
 )
+from souverain.core.schemas.exports import Export
 from souverain.core.schemas.fleet import (
     Datacenter,
     DatacenterCreateRequest,

@@ -123,9 +123,11 @@ class Controller:
             None
             if signing_key is None  # an archive's manifest must be signed
             else ExportRunner(
-                sessions, master_key=master_key, signing_key=signing_key,
+                sessions,
+                master_key=master_key,
+                signing_key=signing_key,
                 file_stores=training.file_stores if training else {},
-            )  # fmt: skip
+            )
         )
         self.loops = [
             Loop("deployments", interval_s, self.cycle),

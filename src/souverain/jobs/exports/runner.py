@@ -15,8 +15,9 @@ again from the beginning (the store's write is all or nothing), at most `MAX_ATT
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -81,7 +82,7 @@ class ExportRunner:
         *,
         master_key: bytes,
         signing_key: Ed25519PrivateKey,
-        file_stores: dict[str, str],
+        file_stores: Mapping[str, str],
         lease_s: float = 900.0,
     ) -> None:
         self._sessions = sessions
@@ -100,16 +101,19 @@ class ExportRunner:
         done = 0
         for export_id in waiting:
             ran = await run_cycle(
-                self._sessions, self._lease, export_id,
-                load=lambda session, key=export_id: self._load(session, key),
-                process=self._process, apply=self._apply,
-            )  # fmt: skip
+                self._sessions,
+                self._lease,
+                export_id,
+                load=functools.partial(self._load, export_id=export_id),
+                process=self._process,
+                apply=self._apply,
+            )
             if ran is not None and ran[1].orphaned and ran[1].object_key:
                 await _delete(ran[0].store_uri, ran[1].object_key)
             done += ran is not None
         return done
 
-    async def _load(self, session: AsyncSession, export_id: str) -> Loaded | None:
+    async def _load(self, session: AsyncSession, *, export_id: str) -> Loaded | None:
         row = await session.get(ExportRow, export_id)
         if row is None or row.status not in ACTIVE:
             return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.exports import safe_name
@@ -39,7 +39,9 @@ class Counts:
 
 
 def jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return b"".join(json.dumps(r, default=_plain, ensure_ascii=False).encode() + b"\n" for r in rows)
+    return b"".join(
+        json.dumps(r, default=_plain, ensure_ascii=False).encode() + b"\n" for r in rows
+    )
 
 
 def pretty(value: Any) -> bytes:
@@ -54,8 +56,11 @@ def _plain(value: Any) -> Any:
 
 def columns(row: Any, *, leave_out: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A row's columns by name, less those that are not the tenant's to keep (keys)."""
-    table = type(row).__table__
-    return {c.key: getattr(row, c.key) for c in table.columns if c.key not in leave_out}
+    return {
+        attribute.columns[0].name: getattr(row, attribute.key)
+        for attribute in inspect(type(row)).column_attrs
+        if attribute.columns[0].name not in leave_out
+    }
 
 
 SEALING = frozenset({"wrapped_key", "object_key", "store_uri", "lock_token", "lock_expires_at"})
@@ -66,7 +71,9 @@ async def file_entries(
 ) -> AsyncIterator[Entry]:
     async with sessions() as session:
         query = select(FileRow).where(FileRow.org_id == org_id, FileRow.status == "processed")
-        rows = list((await session.execute(query.order_by(FileRow.created_at, FileRow.id))).scalars())
+        rows = list(
+            (await session.execute(query.order_by(FileRow.created_at, FileRow.id))).scalars()
+        )
     yield entry_of("files/files.jsonl", jsonl([columns(r, leave_out=SEALING) for r in rows]))
     for row in rows:
         async with sessions() as session:
@@ -107,7 +114,9 @@ async def model_entries(
         adapters = {
             a.model_id: a
             for a in (
-                await session.execute(select(ModelAdapterRow).where(ModelAdapterRow.org_id == org_id))
+                await session.execute(
+                    select(ModelAdapterRow).where(ModelAdapterRow.org_id == org_id)
+                )
             ).scalars()
         }
         kek = await files.organisation_kek(

@@ -12,8 +12,8 @@ from souverain.core.errors import ConflictError, NotFoundError, PermissionDenied
 from souverain.core.principal import Principal
 from souverain.core.schemas.exports import Export
 from souverain.db.exports import ExportRow
-from souverain.jobs.exports import service as exports
 from souverain.gateway.state import AppState
+from souverain.jobs.exports import service as exports
 from souverain.server.deps import PrincipalDep, SessionDep, StateDep
 
 router = APIRouter(prefix="/api/orgs/{org}/exports", tags=["data controls"])

@@ -23,9 +23,11 @@ def upgrade() -> None:
         "exports",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column(
-            "org_id", sa.String(32), sa.ForeignKey("organisations.id", ondelete="CASCADE"),
+            "org_id",
+            sa.String(32),
+            sa.ForeignKey("organisations.id", ondelete="CASCADE"),
             nullable=False,
-        ),  # fmt: skip
+        ),
         sa.Column("requested_by", sa.String(32), nullable=True),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
