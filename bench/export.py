@@ -201,10 +201,12 @@ async def main(args: argparse.Namespace) -> None:
             erasure = await erasures.erase_organisation(
                 session, principal=operator, org_id=org, signing_key=key
             )
+        committed_s = time.perf_counter() - began
         await erasures.remove_objects(erasure.objects)
         erase_s = time.perf_counter() - began
         document = erasure.certificate["document"]
-        print(f"erasure: {erase_s:.2f} s, {document['objects_deleted']} objects deleted in "
+        print(f"erasure: {erase_s:.2f} s (its transaction {committed_s:.2f} s), "
+              f"{document['objects_deleted']} objects deleted in "
               f"{len(document['datacenters'])} datacenters")  # fmt: skip
         await engine.dispose()
 
