@@ -151,6 +151,48 @@ class TestExport:
         assert broken.returncode == 1 and "INVALID" in broken.stderr
 
 
+class TestExportCommands:
+    async def test_create_show_download_and_verify_from_the_cli(
+        self, platform: Platform, tmp_path: Path
+    ) -> None:
+        tenant, owner, _ = await populated(platform, "CANARY-CLI")
+        created = await cli(platform, owner, "exports", "create", "--org", tenant.org_name)
+        assert created.returncode == 0, created.stderr
+        export_id = next(w for w in created.stdout.split() if w.startswith("exp_"))
+        await (await runner(platform)).run_once()
+        shown = await cli(platform, owner, "exports", "show", export_id, "--org", tenant.org_name)
+        assert shown.returncode == 0 and "succeeded" in shown.stdout, shown.stdout
+        archive, pem = tmp_path / "cli.tar", tmp_path / "key.pem"
+        saved = await cli(platform, owner, "exports", "download", export_id,
+                          "--org", tenant.org_name, "-o", str(archive))  # fmt: skip
+        assert saved.returncode == 0, saved.stderr
+        pem.write_text(await public_key_pem(platform, owner))
+        checked = await cli(
+            platform, owner, "exports", "verify", str(archive), "--public-key", str(pem)
+        )
+        assert checked.returncode == 0 and "valid" in checked.stdout, checked.stderr
+
+
+class TestExportFailures:
+    async def test_no_store_the_policy_allows_fails_the_export_saying_why(
+        self, platform: Platform
+    ) -> None:
+        tenant = await platform.factory.tenant(roles={"own": Role.OWNER})
+        owner = (await platform.factory.member_key(tenant, "own", Role.OWNER)).key
+        async with platform.client(await platform.operator_key()) as http:
+            ceiling = await http.put(f"/api/orgs/{tenant.org_name}/policy",
+                                     json={"jurisdictions": ["DE"]})  # fmt: skip
+            assert ceiling.status_code == 200, ceiling.text
+        async with platform.client(owner) as http:
+            asked = (await http.post(f"/api/orgs/{tenant.org_name}/exports")).json()
+            await (await runner(platform)).run_once()
+            found = (await http.get(f"/api/orgs/{tenant.org_name}/exports/{asked['id']}")).json()
+            content = await http.get(f"/api/orgs/{tenant.org_name}/exports/{asked['id']}/content")
+        assert found["status"] == "failed"
+        assert "files-fr" in found["error"] and "policy" in found["error"]
+        assert content.status_code == 409
+
+
 class TestExportRefusals:
     async def test_only_owners_and_operators_ask_and_read(self, platform: Platform) -> None:
         tenant = await platform.factory.tenant(roles={"own": Role.OWNER, "mem": Role.MEMBER})

@@ -27,8 +27,10 @@ ENDED = frozenset({"succeeded", "failed", "erased"})
 
 
 def _show(found: Export) -> None:
-    table = Table("field", "value", title=f"export {found.id}")
-    table.add_row("status", found.status + (f" ({found.error})" if found.error else ""))
+    console.print(f"export {found.id} is {found.status}", highlight=False, soft_wrap=True)
+    table = Table("field", "value")
+    if found.error:
+        table.add_row("error", found.error)
     for name in ("datacenter_id", "bytes", "sha256", "objects"):
         value = getattr(found, name)
         if value is not None:
