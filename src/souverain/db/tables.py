@@ -495,6 +495,7 @@ class CarbonIntensityRow(Base):
 # share this Base: importing them here puts them in `Base.metadata` wherever tables are.
 from souverain.db import audit as _audit  # noqa: E402, F401
 from souverain.db import data_controls as _data_controls  # noqa: E402, F401
+from souverain.db import exports as _exports  # noqa: E402, F401
 from souverain.db import identity as _identity  # noqa: E402, F401
 from souverain.db import installation as _installation  # noqa: E402, F401
 from souverain.db import jobs as _jobs  # noqa: E402, F401
