@@ -2,6 +2,10 @@
 
     execute(call, client)   check_crashes → compliant_routes → admit → send → answer
 
+A model whose deployments for the caller are all scaled to zero is woken in
+`compliant_routes`: the request waits (bounded) for a replica before admission
+(`gateway/demand.py`).
+
 Invariant: every admitted request ends with exactly one settled usage record
 (`gateway.exchange`). Refusals before admission (no compliant replica: 451; none ready:
 503; rate limit or budget: 429; an unwritable usage journal: 503) write no record, because
@@ -36,7 +40,7 @@ from souverain.core.errors import (
 )
 from souverain.core.fleet import replica_server_name
 from souverain.core.ids import new_id, replica_secret
-from souverain.gateway import admission, reasoning, upstream
+from souverain.gateway import admission, demand, reasoning, upstream
 from souverain.gateway.admission import Admitted
 from souverain.gateway.calls import Call, encode
 from souverain.gateway.exchange import Answer, Exchange
@@ -88,6 +92,9 @@ async def compliant_routes(call: Call) -> list[ReplicaRoute]:
     if not routes:
         await table.refresh_if_older_than(call.state.sessions, 0.25)
         routes, excluded = table.compliant_routes(call.principal, call.model)
+    if not routes and not excluded and table.wakeable_for(call.principal, call.model):
+        await _wake(call)
+        routes, excluded = table.compliant_routes(call.principal, call.model)
     if not routes and excluded:
         reasons = "; ".join(f"{dc}: {why}" for dc, why in sorted(excluded.items()))
         call.state.audit_trail.note(
@@ -107,6 +114,20 @@ async def compliant_routes(call: Call) -> list[ReplicaRoute]:
             param="model",
         )
     return routes
+
+
+async def _wake(call: Call) -> None:
+    """The model's deployments for this caller are scaled to zero: wait for a replica."""
+    state = call.state
+    await demand.wake(
+        state.routes,
+        state.demand,
+        state.sessions,
+        principal=call.principal,
+        model=call.model,
+        deployments=state.routes.wakeable_for(call.principal, call.model),
+        timeout_s=state.settings.wake_timeout_s,
+    )
 
 
 async def admit(call: Call, routes: list[ReplicaRoute]) -> Admitted:
