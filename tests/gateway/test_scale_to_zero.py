@@ -27,7 +27,8 @@ from tests.conftest import Platform, usage_records, wait_until
 
 
 async def asleep(platform: Platform) -> tuple[str, str]:
-    """A platform model whose only deployment is at zero replicas with minimum 0."""
+    """A platform model whose only deployment is at zero replicas with minimum 0, known to
+    the server's route table."""
     name, deployment_id = unique("zero"), new_id("dep")
     async with platform.sessions.begin() as session:
         model = ModelRow(
@@ -50,6 +51,15 @@ async def asleep(platform: Platform) -> tuple[str, str]:
                 status_reason="scaled to zero while idle",
             )
         )  # fmt: skip
+    async with platform.client(await platform.operator_key()) as client:
+        # a change made through the API: every server reloads its routes
+        touched = await client.patch(f"/api/deployments/{deployment_id}", json={})
+        assert touched.status_code == 200, touched.text
+
+        async def listed() -> bool:
+            return name in {m["id"] for m in (await client.get("/v1/models")).json()["data"]}
+
+        await wait_until(listed, timeout_s=10)
     return name, deployment_id
 
 
@@ -104,9 +114,7 @@ def short_wake(platform: Platform) -> Iterator[None]:
 
 
 class TestScaleToZero:
-    async def test_a_request_wakes_the_deployment_and_is_answered(
-        self, platform: Platform
-    ) -> None:
+    async def test_a_request_wakes_the_deployment_and_is_answered(self, platform: Platform) -> None:
         model, deployment_id = await asleep(platform)
         request = ask(await sdk(platform), model)
         await wait_until(lambda: waiting_seen(platform, deployment_id), timeout_s=10)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-
 from typing import Any
 
 from sqlalchemy import select
@@ -135,9 +134,7 @@ class TestScalingUp:
 
 
 class TestScalingDown:
-    async def test_back_to_the_minimum_after_the_idle_period_not_before(
-        self, world: World
-    ) -> None:
+    async def test_back_to_the_minimum_after_the_idle_period_not_before(self, world: World) -> None:
         scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=3))
         await scaler.report(in_flight=0)
         for _ in range(6):

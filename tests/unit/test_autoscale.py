@@ -4,6 +4,7 @@ period), never outside its limits, and from zero at once when someone waits."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
@@ -78,7 +79,7 @@ class TestScalingDown:
     def test_a_sawtooth_shorter_than_the_idle_period_does_not_flap(self) -> None:
         sawtooth = ([20] * 5 + [0] * 20) * 8  # bursts every 25 s, idle period 60 s
         counts = run(LIMITS, 1, sawtooth)
-        changes = sum(1 for a, b in zip(counts, counts[1:], strict=False) if a != b)
+        changes = sum(1 for a, b in itertools.pairwise(counts) if a != b)
         assert counts[-1] == 3
         assert changes == 1  # up once, never down
 

@@ -152,7 +152,6 @@ def _check_starting(deployments: list[Wakeable], model_name: str) -> None:
         return
     reasons = "; ".join(d.status_reason or d.status for d in deployments)
     raise ServiceUnavailableError(
-        f"The model '{model_name}' was scaled to zero and its replica could not start: "
-        f"{reasons}",
+        f"The model '{model_name}' was scaled to zero and its replica could not start: {reasons}",
         param="model",
     )

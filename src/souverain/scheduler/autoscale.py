@@ -86,9 +86,7 @@ def _up(limits: Limits, state: ScaleState, busy: float, want: int) -> Decision:
     )
 
 
-def _down(
-    limits: Limits, state: ScaleState, busy: float, want: int, now: datetime
-) -> Decision:
+def _down(limits: Limits, state: ScaleState, busy: float, want: int, now: datetime) -> Decision:
     since = state.below_since or now
     idle_s = (now - since).total_seconds()
     if idle_s < limits.scale_down_idle_s:

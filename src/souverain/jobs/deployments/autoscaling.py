@@ -61,7 +61,9 @@ def state_of(deployment: DeploymentRow) -> ScaleState:
     return ScaleState(deployment.replicas, deployment.scale_above, deployment.scale_below_since)
 
 
-def write_decision(deployment: DeploymentRow, decision: Decision, now: datetime) -> dict[str, object]:
+def write_decision(
+    deployment: DeploymentRow, decision: Decision, now: datetime
+) -> dict[str, object]:
     """The row's new scaling values (for the fenced UPDATE)."""
     values: dict[str, object] = {
         "scale_above": decision.state.above,

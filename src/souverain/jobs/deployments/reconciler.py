@@ -412,11 +412,7 @@ def _set_status(
         outcome.remove_deployment = not live
         outcome.status, outcome.reason = "deleting", f"stopping {len(live)} replica(s)"
     elif desired == 0:
-        outcome.status, outcome.reason = "stopped", (
-            "scaled to zero while idle; the next request starts a replica"
-            if autoscaling.limits_of(deployment).max_replicas > 0
-            else "scaled to zero"
-        )
+        outcome.status, outcome.reason = "stopped", _stopped_reason(deployment)
     elif failed and len(failed) == len(live):
         outcome.status = "failed"
         outcome.reason = failed[0].reason or "every engine failed to start"
@@ -431,3 +427,9 @@ def _set_status(
         outcome.status, outcome.reason = "ready", f"{ready}/{desired} replicas ready"
     else:
         outcome.status, outcome.reason = "starting", f"{ready}/{desired} replicas ready"
+
+
+def _stopped_reason(deployment: DeploymentRow) -> str:
+    if autoscaling.limits_of(deployment).max_replicas > 0:
+        return "scaled to zero while idle; the next request starts a replica"
+    return "scaled to zero"

@@ -24,21 +24,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("min_replicas", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("max_replicas", sa.Integer(), nullable=True))
         batch.add_column(
-            sa.Column(
-                "target_busy_per_replica", sa.Float(), nullable=False, server_default="4"
-            )
+            sa.Column("target_busy_per_replica", sa.Float(), nullable=False, server_default="4")
         )
         batch.add_column(
             sa.Column("scale_down_idle_s", sa.Integer(), nullable=False, server_default="300")
         )
-        batch.add_column(
-            sa.Column("scale_above", sa.Integer(), nullable=False, server_default="0")
-        )
+        batch.add_column(sa.Column("scale_above", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("scale_below_since", TIME, nullable=True))
         batch.add_column(sa.Column("scaled_at", TIME, nullable=True))
-        batch.add_column(
-            sa.Column("scaling_reason", sa.Text(), nullable=False, server_default="")
-        )
+        batch.add_column(sa.Column("scaling_reason", sa.Text(), nullable=False, server_default=""))
     op.create_table(
         "deployment_demand",
         sa.Column("server_id", sa.String(128), primary_key=True),
