@@ -7,10 +7,12 @@ the test moves."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import delete, select
 
 from souverain.core.ids import new_id
 from souverain.db.audit import AuditEventRow
@@ -85,8 +87,26 @@ class Scaler:
             return [json.loads(row.details) for row in rows]
 
 
+CREATED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+async def forget_deployments(world: World) -> AsyncIterator[None]:
+    """The deployments of a test's model are removed after it: the database is shared by
+    the state tests, and other tests' controllers reconcile every deployment."""
+    yield
+    async with world.sessions.begin() as session:
+        await session.execute(
+            delete(DeploymentRow).where(
+                DeploymentRow.id.in_(CREATED) | (DeploymentRow.model_id == world.base_model_id)
+            )
+        )
+    CREATED.clear()
+
+
 async def autoscaled(world: World, *, low: int, high: int, replicas: int, idle_s: int = 60) -> str:
     deployment_id = new_id("dep")
+    CREATED.append(deployment_id)
     async with world.sessions.begin() as session:
         session.add(
             DeploymentRow(
