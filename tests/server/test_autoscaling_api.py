@@ -4,6 +4,9 @@ field, and the controller's last decision is on the deployment."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
 from typing import Any
 
 import httpx
@@ -13,6 +16,7 @@ from sqlalchemy import update
 from souverain.db.tables import DeploymentRow, utcnow
 from souverain.testing.factories import unique
 from tests.conftest import Platform
+from tests.server.test_cli_coverage import SOUVERAIN
 
 
 async def create(platform: Platform, **fields: object) -> httpx.Response:
@@ -21,6 +25,16 @@ async def create(platform: Platform, **fields: object) -> httpx.Response:
         return await client.post(
             "/api/deployments", json={"name": unique("d"), "model": model, **fields}
         )
+
+
+async def cli(platform: Platform, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as an operator runs it, on a wide terminal (the list is a table)."""
+    env = {**os.environ, "SOUVERAIN_URL": platform.url, "SOUVERAIN_API_KEY": key,
+           "COLUMNS": "400"}  # fmt: skip
+    return await asyncio.to_thread(
+        subprocess.run, [SOUVERAIN, *args], env=env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
 
 
 def refusal(response: httpx.Response) -> dict[str, Any]:
@@ -99,3 +113,23 @@ class TestLimits:
         assert one["scaled_at"] is not None
         [row] = [d for d in listed if d["id"] == created["id"]]
         assert row["scaling_reason"] == "12 requests outstanding"
+
+
+class TestCommands:
+    async def test_deployments_create_takes_limits_and_list_shows_them(
+        self, platform: Platform
+    ) -> None:
+        model, name = await platform.served_model(), unique("cli-auto")
+        operator = await platform.operator_key()
+        created = await cli(
+            platform, operator, "deployments", "create", name, "--model", model,
+            "--min-replicas", "0", "--max-replicas", "2", "--scale-down-idle", "60",
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        async with platform.client(operator) as client:
+            found = (await client.get(f"/api/deployments/{name}")).json()
+        assert (found["min_replicas"], found["max_replicas"]) == (0, 2)
+        assert found["scale_down_idle_s"] == 60
+        listed = await cli(platform, operator, "deployments", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "(0–2)" in listed.stdout
