@@ -25,7 +25,7 @@ class TestScaleToZero:
     async def test_idle_releases_the_engine_and_a_request_wakes_it(self, fleet: RayFleet) -> None:
         await fleet.factory.stand_in_model("sleepy")
         body = {"name": "sleepy", "model": "sleepy", "cpus": 0.5, "min_replicas": 0,
-                "max_replicas": 1, "scale_down_idle_s": 2}  # fmt: skip
+                "max_replicas": 1, "scale_down_idle_s": 3}  # fmt: skip
         async with fleet.client() as client:
             created = await client.post("/api/deployments", json=body)
         assert created.status_code == 201, created.text

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from souverain.core.ids import new_id
 from souverain.db.audit import AuditEventRow
@@ -56,9 +56,16 @@ class Scaler:
                 )
             )  # fmt: skip
 
-    async def round(self, seconds: float = 1.0) -> DeploymentRow:
-        """One reconcile round, then the clock moves on."""
+    async def round(self, seconds: float = 1.0, *, ready: bool = True) -> DeploymentRow:
+        """One reconcile round; the replicas it placed are ready (as the replica observer
+        writes once their engines answer); then the clock moves on."""
         await self.reconciler.reconcile(self.deployment_id, await self.world.placer())
+        async with self.world.sessions.begin() as session:
+            await session.execute(
+                update(ReplicaRow)
+                .where(ReplicaRow.deployment_id == self.deployment_id)
+                .values(state="ready" if ready else "starting")
+            )
         self.clock.advance(seconds)
         return await self.deployment()
 
@@ -196,4 +203,17 @@ class TestScaleToZero:
         assert row.replicas == 1 and await scaler.replicas() == 1
         assert row.status == "starting"
         assert "waiting with no replica" in row.scaling_reason
+        assert world.cluster.replica_specs  # an engine was started for it
         assert [(d["from"], d["to"]) for d in await scaler.decisions()] == [(1, 0), (0, 1)]
+
+    async def test_a_replica_still_starting_is_not_released(self, world: World) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=0, high=2, replicas=1, idle_s=30))
+        for _ in range(10):
+            row = await scaler.round(seconds=10, ready=False)  # a slow engine, nobody asking
+        assert row.replicas == 1 and await scaler.replicas() == 1
+        row = await scaler.round(seconds=10)  # it becomes ready after this round
+        for _ in range(3):
+            row = await scaler.round(seconds=10)  # idle 0 s, 10 s, 20 s
+        assert row.replicas == 1
+        row = await scaler.round(seconds=10)  # 30 s
+        assert row.replicas == 0 and await scaler.replicas() == 0

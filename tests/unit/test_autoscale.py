@@ -14,6 +14,7 @@ from souverain.scheduler.autoscale import Limits, ScaleState, decide, needed
 
 T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 LIMITS = Limits(min_replicas=1, max_replicas=3, target=4.0, scale_down_idle_s=60.0)
+LIMITS_ZERO = Limits(min_replicas=0, max_replicas=3, target=4.0, scale_down_idle_s=60.0)
 
 
 def run(limits: Limits, wanted: int, loads: list[float], step_s: float = 1.0) -> list[int]:
@@ -86,6 +87,17 @@ class TestScalingDown:
     def test_a_burst_restarts_the_idle_period(self) -> None:
         counts = run(LIMITS, 3, [0] * 50 + [12] + [0] * 50)
         assert counts[-1] == 3  # 50 s idle, a burst, 50 s idle: never 60 s in a row
+
+    def test_the_idle_period_starts_once_no_replica_is_starting(self) -> None:
+        state = ScaleState(1)
+        for second in range(100):  # a slow engine start, nobody asking
+            at = T0 + timedelta(seconds=second)
+            state = decide(LIMITS_ZERO, state, 0, at, starting=True).state
+        assert state == ScaleState(1)
+        ready_at = T0 + timedelta(seconds=100)
+        state = decide(LIMITS_ZERO, state, 0, ready_at).state
+        assert not decide(LIMITS_ZERO, state, 0, ready_at + timedelta(seconds=59)).changed
+        assert decide(LIMITS_ZERO, state, 0, ready_at + timedelta(seconds=60)).state.wanted == 0
 
     def test_the_reason_says_how_long_it_was_idle(self) -> None:
         state = decide(LIMITS, ScaleState(3), 0, T0).state

@@ -12,7 +12,8 @@ Hysteresis, so that a sawtooth load does not thrash:
 * up only after `up_readings` readings in a row above what the current count carries;
   from zero at once (someone is waiting for the first replica);
 * down only once the load has stayed below the current count's for `scale_down_idle_s`
-  without a break, then straight to what the load needs.
+  without a break, then straight to what the load needs. The period starts only once no
+  replica is still starting: a replica is not released before it could serve.
 A count outside the limits (the limits changed) is brought inside them at once.
 
 No clock, no database: the caller passes `now` and keeps the returned state.
@@ -57,8 +58,11 @@ def needed(limits: Limits, busy: float) -> int:
     return min(max(count, limits.min_replicas), limits.max_replicas)
 
 
-def decide(limits: Limits, state: ScaleState, busy: float, now: datetime) -> Decision:
-    """The wanted replica count after one reading of the load."""
+def decide(
+    limits: Limits, state: ScaleState, busy: float, now: datetime, *, starting: bool = False
+) -> Decision:
+    """The wanted replica count after one reading of the load (`starting`: some replica
+    of the deployment is not ready yet)."""
     clamped = min(max(state.wanted, limits.min_replicas), limits.max_replicas)
     if clamped != state.wanted:
         return _change(
@@ -68,7 +72,7 @@ def decide(limits: Limits, state: ScaleState, busy: float, now: datetime) -> Dec
     want = needed(limits, busy)
     if want > state.wanted:
         return _up(limits, state, busy, want)
-    if want < state.wanted:
+    if want < state.wanted and not starting:
         return _down(limits, state, busy, want, now)
     return Decision(ScaleState(state.wanted), False, "")
 

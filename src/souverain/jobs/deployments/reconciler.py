@@ -351,6 +351,7 @@ def _scale(loaded: Loaded, outcome: Outcome) -> int:
         autoscaling.state_of(deployment),
         in_flight + waiting,
         loaded.now,
+        starting=any(r.state == ReplicaState.STARTING for r in loaded.replicas),
     )
     outcome.scaling = autoscaling.write_decision(deployment, decision, loaded.now)
     if decision.changed:
