@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -127,16 +127,21 @@ async def wake(
     model: ModelInfo,
     deployments: list[Wakeable],
     timeout_s: float,
+    exclude: Set[str] = frozenset(),
 ) -> list[ReplicaRoute]:
-    """Wait for a replica of a deployment scaled to zero; its routes (the caller's policy
-    decides afterwards whether they comply), or a 503 with the reason."""
+    """Wait for a replica of a deployment scaled to zero (not one of `exclude`, which
+    refused the connection); its routes (the caller's policy decides afterwards whether
+    they comply), or a 503 with the reason."""
     deadline = time.monotonic() + timeout_s
     with board.waking([d.deployment_id for d in deployments]):
         while True:
             await asyncio.sleep(0.2)
             await table.refresh_if_older_than(sessions, 0.5)
-            if table.usable_routes(principal, model):
-                return table.usable_routes(principal, model)
+            routes = [
+                r for r in table.usable_routes(principal, model) if r.replica_id not in exclude
+            ]
+            if routes:
+                return routes
             _check_starting(table.wakeable_for(principal, model), model.name)
             if time.monotonic() > deadline:
                 raise ServiceUnavailableError(

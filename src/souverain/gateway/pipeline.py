@@ -93,7 +93,7 @@ async def compliant_routes(call: Call) -> list[ReplicaRoute]:
         await table.refresh_if_older_than(call.state.sessions, 0.25)
         routes, excluded = table.compliant_routes(call.principal, call.model)
     if not routes and not excluded and table.wakeable_for(call.principal, call.model):
-        await _wake(call)
+        await _wake(call, set())
         routes, excluded = table.compliant_routes(call.principal, call.model)
     if not routes and excluded:
         reasons = "; ".join(f"{dc}: {why}" for dc, why in sorted(excluded.items()))
@@ -116,8 +116,9 @@ async def compliant_routes(call: Call) -> list[ReplicaRoute]:
     return routes
 
 
-async def _wake(call: Call) -> None:
-    """The model's deployments for this caller are scaled to zero: wait for a replica."""
+async def _wake(call: Call, tried: set[str]) -> None:
+    """The model's deployments for this caller are scaled to zero: wait for a replica
+    (other than those `tried`)."""
     state = call.state
     await demand.wake(
         state.routes,
@@ -127,7 +128,21 @@ async def _wake(call: Call) -> None:
         model=call.model,
         deployments=state.routes.wakeable_for(call.principal, call.model),
         timeout_s=state.settings.wake_timeout_s,
+        exclude=tried,
     )
+
+
+async def _woken(exchange: Exchange, tried: set[str]) -> list[ReplicaRoute]:
+    """Every replica refused the connection: the last one of a deployment that scales to
+    zero may have just stopped (the route table learns within its refresh). Then wait for
+    a new one as a request at zero does; otherwise none."""
+    call = exchange.call
+    table = call.state.routes
+    if not table.wakeable_for(call.principal, call.model):
+        return []
+    await _wake(call, tried)
+    routes, _ = table.compliant_routes(call.principal, call.model)
+    return [route for route in routes if route.replica_id not in tried]
 
 
 async def admit(call: Call, routes: list[ReplicaRoute]) -> Admitted:
@@ -182,9 +197,13 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
     state, tried = exchange.state, set[str]()
     org = exchange.call.principal.org_id or "platform"
     batch = exchange.call.line is not None
-    while (
-        route := await state.queue.acquire(org, routes, tried, exchange.use, batch=batch)
-    ) is not None:
+    while True:
+        route = await state.queue.acquire(org, routes, tried, exchange.use, batch=batch)
+        if route is None:
+            routes = await _woken(exchange, tried)
+            if not routes:
+                break
+            continue
         tried.add(route.replica_id)
         secret = replica_secret(state.master_key, route.replica_id)
         headers = {
