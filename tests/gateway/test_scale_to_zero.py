@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from souverain.core.ids import new_id
 from souverain.core.roles import Role
@@ -23,6 +23,7 @@ from souverain.db.tables import (
     ReplicaRow,
 )
 from souverain.testing.factories import unique
+from souverain.testing.live import free_port
 from tests.conftest import Platform, usage_records, wait_until
 
 
@@ -80,7 +81,7 @@ async def waiting_seen(platform: Platform, deployment_id: str) -> bool:
         return any(waiting > 0 for waiting in (await session.execute(query)).scalars())
 
 
-async def replica_ready(platform: Platform, deployment_id: str) -> None:
+async def replica_ready(platform: Platform, deployment_id: str, url: str | None = None) -> str:
     """What the controller and the replica observer write once a replica has started."""
     async with platform.sessions.begin() as session:
         replica_id = new_id("rep")
@@ -88,13 +89,14 @@ async def replica_ready(platform: Platform, deployment_id: str) -> None:
             ReplicaRow(
                 id=replica_id, deployment_id=deployment_id, actor_name=f"test-{replica_id}",
                 datacenter_id=await platform.factory.datacenter("fr-test", country="FR"),
-                node_id="node-test", url=f"{platform.stand_in_url}/r/{replica_id}",
+                node_id="node-test", url=url or f"{platform.stand_in_url}/r/{replica_id}",
                 state="ready", reason="", engine_restarts=0,
             )
         )  # fmt: skip
         deployment = await session.get(DeploymentRow, deployment_id)
         assert deployment is not None
         deployment.replicas, deployment.status = 1, "ready"
+    return replica_id
 
 
 def ask(client: openai.AsyncOpenAI, model: str) -> asyncio.Task[object]:
@@ -124,6 +126,22 @@ class TestScaleToZero:
         assert answer.choices[0].message.content  # type: ignore[attr-defined]
         [record] = await usage_records(platform.sessions, 1, model=model)
         assert record.status == "ok"
+
+    async def test_a_last_replica_just_released_makes_the_request_wait_not_fail(
+        self, platform: Platform
+    ) -> None:
+        # The controller stopped the last replica's engine; the server's routes still name
+        # it until their next refresh, so the request is refused by it (or, after the
+        # refresh, finds none): either way it waits for the next replica.
+        model, deployment_id = await asleep(platform)
+        gone = await replica_ready(platform, deployment_id, url=f"https://127.0.0.1:{free_port()}")
+        request = ask(await sdk(platform), model)
+        await wait_until(lambda: waiting_seen(platform, deployment_id), timeout_s=10)
+        async with platform.sessions.begin() as session:
+            await session.execute(delete(ReplicaRow).where(ReplicaRow.id == gone))
+        await replica_ready(platform, deployment_id)
+        answer = await asyncio.wait_for(request, 30)
+        assert answer.choices[0].message.content  # type: ignore[attr-defined]
 
     async def test_a_replica_that_cannot_start_ends_the_wait_with_its_reason(
         self, platform: Platform
