@@ -135,8 +135,8 @@ async def wake(
     deadline = time.monotonic() + timeout_s
     with board.waking([d.deployment_id for d in deployments]):
         while True:
-            await asyncio.sleep(0.2)
-            await table.refresh_if_older_than(sessions, 0.5)
+            await asyncio.sleep(0.1)  # a reload at most 4 times a second, for all waiters
+            await table.refresh_if_older_than(sessions, 0.25)
             routes = [
                 r for r in table.usable_routes(principal, model) if r.replica_id not in exclude
             ]
