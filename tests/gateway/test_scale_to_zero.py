@@ -143,8 +143,15 @@ class TestScaleToZero:
         answer = await asyncio.wait_for(request, 30)
         assert answer.choices[0].message.content  # type: ignore[attr-defined]
 
+    @pytest.mark.parametrize(
+        ("status", "reason"),
+        [
+            ("failed", "engine exited 3 times in 2 minutes (SIGILL)"),
+            ("unschedulable", "0/2 nodes fit: 2 datacenter fra1 not allowed"),  # nodes gone
+        ],
+    )
     async def test_a_replica_that_cannot_start_ends_the_wait_with_its_reason(
-        self, platform: Platform
+        self, platform: Platform, status: str, reason: str
     ) -> None:
         model, deployment_id = await asleep(platform)
         request = ask(await sdk(platform), model)
@@ -152,12 +159,12 @@ class TestScaleToZero:
         async with platform.sessions.begin() as session:
             deployment = await session.get(DeploymentRow, deployment_id)
             assert deployment is not None
-            deployment.replicas, deployment.status = 1, "failed"
-            deployment.status_reason = "engine exited 3 times in 2 minutes (SIGILL)"
+            deployment.replicas, deployment.status = 1, status
+            deployment.status_reason = reason
         with pytest.raises(openai.APIStatusError) as refused:
             await asyncio.wait_for(request, 30)
         assert refused.value.status_code == 503
-        assert "could not start: engine exited 3 times" in refused.value.message
+        assert f"could not start: {reason}" in refused.value.message
 
     async def test_no_replica_in_time_is_a_clear_503(
         self, platform: Platform, short_wake: None
