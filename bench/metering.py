@@ -189,6 +189,7 @@ def direct_state(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from souverain.gateway.auditing import AuditTrail
+    from souverain.gateway.demand import DemandBoard
     from souverain.gateway.journal import UsageJournal
     from souverain.gateway.languages import LanguageTagger
     from souverain.gateway.meter import Meter
@@ -200,6 +201,12 @@ def direct_state(
     from souverain.tenancy.auth import KeyCache
 
     routes = RouteTable()
+    queue = FairQueue(
+        routes,
+        per_org=settings.queue_per_org,
+        total=settings.queue_total,
+        wait_s=settings.queue_wait_s,
+    )
     journal = UsageJournal(Path(tempfile.mkdtemp()), sessions)  # type: ignore[arg-type]
     return AppState(
         settings=settings,
@@ -218,12 +225,8 @@ def direct_state(
         languages=LanguageTagger(journal, sessions),  # type: ignore[arg-type]
         meter=Meter.from_settings(settings),
         file_stores=settings.file_stores_or_default,
-        queue=FairQueue(
-            routes,
-            per_org=settings.queue_per_org,
-            total=settings.queue_total,
-            wait_s=settings.queue_wait_s,
-        ),
+        queue=queue,
+        demand=DemandBoard(routes, queue, "bench"),
     )
 
 

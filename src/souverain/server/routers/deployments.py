@@ -10,6 +10,7 @@ from souverain.core.schemas.deployments import (
     Replica,
 )
 from souverain.db.tables import DeploymentRow, ModelRow
+from souverain.jobs.deployments import autoscaling
 from souverain.jobs.deployments import service as deployments
 from souverain.server.deps import PrincipalDep, SessionDep
 
@@ -22,6 +23,7 @@ async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deploym
     for row in rows:
         model = await session.get(ModelRow, row.model_id)
         reps = replicas[row.id]
+        limits = autoscaling.limits_of(row)
         result.append(
             Deployment(
                 id=row.id,
@@ -31,6 +33,13 @@ async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deploym
                 engine=row.engine,
                 replicas=row.replicas,
                 ready_replicas=sum(1 for r in reps if r.state == "ready"),
+                autoscaling=autoscaling.is_autoscaled(row),
+                min_replicas=limits.min_replicas,
+                max_replicas=limits.max_replicas,
+                target_busy_per_replica=limits.target,
+                scale_down_idle_s=int(limits.scale_down_idle_s),
+                scaled_at=row.scaled_at,
+                scaling_reason=row.scaling_reason,
                 datacenters=list(row.datacenters),
                 jurisdictions=(row.placement or {}).get("jurisdictions"),
                 certifications=list((row.placement or {}).get("certifications") or []),
@@ -78,8 +87,9 @@ async def get_deployment(
 async def update_deployment(
     deployment: str, body: DeploymentUpdateRequest, principal: PrincipalDep, session: SessionDep
 ) -> Deployment:
-    """Scale (0 stops it, keeping the deployment) or change placement constraints; replicas
-    that no longer comply are drained and placed again."""
+    """Scale (0 stops it, keeping the deployment), set autoscaling limits (`min_replicas`,
+    `max_replicas`, `target_busy_per_replica`, `scale_down_idle_s`) or change placement
+    constraints; replicas that no longer comply are drained and placed again."""
     row = await deployments.update_deployment(
         session, principal=principal, ref=deployment, request=body
     )
