@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from souverain.core.roles import Role
 from souverain.db.tables import DeploymentRow, utcnow
 from souverain.testing.factories import unique
 from tests.conftest import Platform
@@ -113,6 +114,12 @@ class TestLimits:
         assert one["scaled_at"] is not None
         [row] = [d for d in listed if d["id"] == created["id"]]
         assert row["scaling_reason"] == "12 requests outstanding"
+        tenant = await platform.factory.tenant(roles={"t": Role.MEMBER})
+        member = await platform.factory.member_key(tenant, "t", Role.MEMBER)
+        async with platform.client(member.key) as client:
+            seen = (await client.get(f"/api/deployments/{created['name']}")).json()
+        # a platform deployment's reason counts every tenant's requests: not a tenant's to read
+        assert seen["replicas"] == 3 and seen["scaling_reason"] == ""
 
 
 class TestCommands:

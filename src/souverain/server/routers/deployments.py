@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from souverain.core.principal import Principal
 from souverain.core.schemas.deployments import (
     Deployment,
     DeploymentCreateRequest,
@@ -17,7 +18,9 @@ from souverain.server.deps import PrincipalDep, SessionDep
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
 
 
-async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deployment]:
+async def _out(
+    session: AsyncSession, rows: list[DeploymentRow], principal: Principal
+) -> list[Deployment]:
     replicas = await deployments.replicas_of(session, deployment_ids=[r.id for r in rows])
     result = []
     for row in rows:
@@ -39,7 +42,8 @@ async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deploym
                 target_busy_per_replica=limits.target,
                 scale_down_idle_s=int(limits.scale_down_idle_s),
                 scaled_at=row.scaled_at,
-                scaling_reason=row.scaling_reason,
+                # its reason counts every tenant's requests: the deployment's own only
+                scaling_reason=row.scaling_reason if _owns(principal, row) else "",
                 datacenters=list(row.datacenters),
                 jurisdictions=(row.placement or {}).get("jurisdictions"),
                 certifications=list((row.placement or {}).get("certifications") or []),
@@ -59,10 +63,16 @@ async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deploym
     return result
 
 
+def _owns(principal: Principal, row: DeploymentRow) -> bool:
+    return principal.is_operator or (row.org_id is not None and row.org_id == principal.org_id)
+
+
 @router.get("", response_model=list[Deployment])
 async def list_deployments(principal: PrincipalDep, session: SessionDep) -> list[Deployment]:
     """Deployments with their status and, when pending, the reasons."""
-    return await _out(session, await deployments.list_deployments(session, principal=principal))
+    return await _out(
+        session, await deployments.list_deployments(session, principal=principal), principal
+    )
 
 
 @router.post("", response_model=Deployment, status_code=status.HTTP_201_CREATED)
@@ -72,7 +82,7 @@ async def create_deployment(
     """Deploy a model. The controller places its replicas; watch `status` and `status_reason`."""
     row = await deployments.create_deployment(session, principal=principal, request=body)
     await session.commit()
-    return (await _out(session, [row]))[0]
+    return (await _out(session, [row], principal))[0]
 
 
 @router.get("/{deployment}", response_model=Deployment)
@@ -80,7 +90,7 @@ async def get_deployment(
     deployment: str, principal: PrincipalDep, session: SessionDep
 ) -> Deployment:
     row = await deployments.get_deployment(session, principal=principal, ref=deployment)
-    return (await _out(session, [row]))[0]
+    return (await _out(session, [row], principal))[0]
 
 
 @router.patch("/{deployment}", response_model=Deployment)
@@ -94,7 +104,7 @@ async def update_deployment(
         session, principal=principal, ref=deployment, request=body
     )
     await session.commit()
-    return (await _out(session, [row]))[0]
+    return (await _out(session, [row], principal))[0]
 
 
 @router.delete("/{deployment}", response_model=Deployment)
@@ -104,4 +114,4 @@ async def delete_deployment(
     """Delete: replicas are stopped, then the deployment disappears."""
     row = await deployments.delete_deployment(session, principal=principal, ref=deployment)
     await session.commit()
-    return (await _out(session, [row]))[0]
+    return (await _out(session, [row], principal))[0]
