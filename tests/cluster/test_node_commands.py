@@ -1,7 +1,8 @@
-"""`souverain node head` and `souverain node join`, run as an operator runs them: a head
-with token authentication and a node joined to it with its datacenter label; each bad
-input a clear error naming the fix, with nothing left running. The controller refuses
-`auto` and a cluster that takes clients without a token."""
+"""`souverain node head`, `certify` and `join`, run as an operator runs them: a head with
+token authentication and TLS, and a node joined to it with its datacenter label and the
+TLS directory certified for it; each bad input a clear error naming the fix, with nothing
+left running. The controller refuses `auto` and a cluster without TLS or a token (Ray's
+TLS itself: test_ray_tls.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from souverain.cluster import ray_cluster, ray_node
+from souverain.cluster import ray_cluster, ray_node, ray_tls
 from souverain.testing.live import free_port
 from tests.conftest import Platform
 
@@ -111,10 +112,24 @@ class TestHead:
         assert f"port {port} is already in use" in second.stderr
 
 
+async def certify(platform: Platform, head: Head, ip: str, out: Path) -> None:
+    """`souverain node certify` on the head's host: a TLS directory for the host at `ip`."""
+    done = await souverain(
+        platform, await platform.operator_key(), "node", "certify", "--node-ip-address", ip,
+        "--out", str(out), home=head.root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
 class TestJoin:
     async def join(
         self, platform: Platform, head: Head, home: Path, *extra: str, address: str | None = None
     ) -> subprocess.CompletedProcess[str]:
+        if "--tls-dir" not in extra:
+            tls = home / "ray-tls"
+            if not tls.exists():
+                await certify(platform, head, IP, tls)
+            extra = (*extra, "--tls-dir", str(tls))
         return await souverain(
             platform, await platform.operator_key(), "node", "join",
             "--address", address or head.address, "--node-ip-address", IP,
@@ -151,6 +166,16 @@ class TestJoin:
         open_token = tmp_path / "open"
         open_token.write_text(head.token_file.read_text())
         open_token.chmod(0o644)
+        other_ip, foreign, open_key = (
+            tmp_path / "other-ip",
+            tmp_path / "foreign",
+            tmp_path / "open-key",
+        )
+        await certify(platform, head, "10.99.0.9", other_ip)
+        ray_tls.ensure_head(foreign, IP)  # another cluster's authority
+        await certify(platform, head, IP, open_key)
+        (open_key / "node.key").chmod(0o644)
+        token = ("--datacenter", "node-fra", "--token-file", str(head.token_file))
         cases = [
             (("--datacenter", "nowhere", "--token-file", str(head.token_file)),
              None, "datacenter 'nowhere' is not declared"),
@@ -162,6 +187,10 @@ class TestJoin:
              None, "refused this token"),
             (("--datacenter", "node-fra", "--token-file", str(head.token_file)),
              f"{IP}:{free_port()}", "cannot reach the Ray head"),
+            ((*token, "--tls-dir", str(tmp_path / "missing-tls")), None, "no Ray TLS directory"),
+            ((*token, "--tls-dir", str(other_ip)), None, f"is not for {IP}"),
+            ((*token, "--tls-dir", str(open_key)), None, "chmod 600"),
+            ((*token, "--tls-dir", str(foreign)), None, "did not issue for it"),
         ]  # fmt: skip
         for extra, address, expected in cases:
             refused = await self.join(platform, head, tmp_path, *extra, address=address)
@@ -180,7 +209,9 @@ class TestControllerAddress:
                 ray_cluster.explicit_address(address)
         assert ray_cluster.explicit_address("10.24.0.1:6379") == "10.24.0.1:6379"
 
-    async def test_a_cluster_without_token_authentication_is_refused(self, tmp_path: Path) -> None:
+    async def test_a_cluster_without_tls_or_token_authentication_is_refused(
+        self, tmp_path: Path
+    ) -> None:
         port = free_port()
         temp_dir = Path(f"/tmp/sf-test-{os.getpid()}-open")
         ray_node.check_private_dir(temp_dir)
@@ -196,11 +227,13 @@ class TestControllerAddress:
         token = tmp_path / "token"
         token.write_text("some-token")
         token.chmod(0o600)
+        tls = tmp_path / "tls"
+        ray_tls.ensure_head(tls, IP)
         try:
             assert started.returncode == 0, started.stderr
-            with pytest.raises(ray_cluster.ClusterRefused, match="accepts clients without a token"):
+            with pytest.raises(ray_cluster.ClusterRefused, match="does not encrypt its traffic"):
                 await asyncio.to_thread(
-                    ray_cluster.connect_authenticated, f"{IP}:{port}", token_file=token
+                    ray_cluster.connect_authenticated, f"{IP}:{port}", token_file=token, tls_dir=tls
                 )
         finally:
             ray_node.stop(temp_dir)
