@@ -50,6 +50,11 @@ class Head:
     temp_dir: Path
     root: Path
 
+    @property
+    def tls(self) -> Path:
+        """The head's TLS directory: the cluster's authority and the head's certificate."""
+        return self.token_file.parent / "tls"
+
 
 async def souverain(
     platform: Platform, key: str, *args: str, home: Path
@@ -92,10 +97,12 @@ class TestHead:
         ray_dir = ray_node.ray_temp_dir(head.temp_dir)
         for directory in [ray_dir, *ray_dir.glob("session_2*")]:
             assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0, directory
-        code, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file)
+        code, nodes = await asyncio.to_thread(
+            ray_node.probe, head.address, head.token_file, head.tls
+        )
         assert code == 0
         assert [n["labels"].get("souverain.io/datacenter") for n in nodes] == ["node-par"]  # type: ignore[union-attr]
-        assert (await asyncio.to_thread(ray_node.probe, head.address, None))[0] == 3
+        assert (await asyncio.to_thread(ray_node.probe, head.address, None, head.tls))[0] == 3
         for process in ray_node._processes_under(ray_dir):  # no token in argv or env
             token = head.token_file.read_text()
             assert token not in " ".join(process.cmdline())
@@ -146,7 +153,9 @@ class TestJoin:
         )  # fmt: skip
         try:
             assert joined.returncode == 0, joined.stderr + joined.stdout
-            _, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file)
+            _, nodes = await asyncio.to_thread(
+                ray_node.probe, head.address, head.token_file, head.tls
+            )
             labels = sorted(n["labels"].get("souverain.io/datacenter") for n in nodes)  # type: ignore[union-attr]
             assert labels == ["node-fra", "node-par"]
             again = await self.join(
@@ -171,9 +180,9 @@ class TestJoin:
             tmp_path / "foreign",
             tmp_path / "open-key",
         )
-        await certify(platform, head, "10.99.0.9", other_ip)
+        ray_node.certify(head.tls, "10.99.0.9", other_ip)
         ray_tls.ensure_head(foreign, IP)  # another cluster's authority
-        await certify(platform, head, IP, open_key)
+        ray_node.certify(head.tls, IP, open_key)
         (open_key / "node.key").chmod(0o644)
         token = ("--datacenter", "node-fra", "--token-file", str(head.token_file))
         cases = [
@@ -198,7 +207,7 @@ class TestJoin:
             assert expected in refused.stderr, (expected, refused.stderr)
             worker = ray_node.ray_temp_dir(Path(f"/tmp/sf-test-{os.getpid()}-w"))
             assert ray_node._processes_under(worker) == []
-        _, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file)
+        _, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file, head.tls)
         assert len(nodes) == 1
 
 

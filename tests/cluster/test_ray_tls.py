@@ -65,22 +65,18 @@ async def joined(
         ray_node.stop(temp_dir)
 
 
-def head_tls(head: nodes.Head) -> Path:
-    return head.token_file.parent / "tls"
-
-
 class TestCertificates:
     async def test_the_authority_stays_on_the_head_and_every_file_is_private(
         self, head: nodes.Head, joined: Path
     ) -> None:
-        assert (head_tls(head) / "ca.key").is_file()
+        assert (head.tls / "ca.key").is_file()
         assert sorted(os.listdir(joined)) == ["ca.crt", "node.crt", "node.key"]
-        for directory in (head_tls(head), joined):
+        for directory in (head.tls, joined):
             assert stat.S_IMODE(directory.stat().st_mode) == 0o700
             for path in [directory / name for name in os.listdir(directory)]:
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         processes = ray_node._processes_under(ray_node.ray_temp_dir(head.temp_dir))
-        key = (head_tls(head) / "node.key").read_text()
+        key = (head.tls / "node.key").read_text()
         for process in processes:  # paths only: never a key in argv or the environment
             assert key not in " ".join(process.cmdline()) + str(process.environ())
             assert process.environ().get("RAY_USE_TLS") == "1"
