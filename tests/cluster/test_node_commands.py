@@ -221,28 +221,35 @@ class TestControllerAddress:
     async def test_a_cluster_without_tls_or_token_authentication_is_refused(
         self, tmp_path: Path
     ) -> None:
-        port = free_port()
-        temp_dir = Path(f"/tmp/sf-test-{os.getpid()}-open")
-        ray_node.check_private_dir(temp_dir)
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-        ray = str(Path(sys.executable).with_name("ray"))
-        started = await asyncio.to_thread(
-            subprocess.run,
-            [ray, "start", "--head", "--node-ip-address", IP, "--port", str(port),
-             "--temp-dir", str(ray_node.ray_temp_dir(temp_dir)), "--include-dashboard=false",
-             "--num-cpus", "0"],
-            env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
         token = tmp_path / "token"
         token.write_text("some-token")
         token.chmod(0o600)
         tls = tmp_path / "tls"
         ray_tls.ensure_head(tls, IP)
-        try:
-            assert started.returncode == 0, started.stderr
-            with pytest.raises(ray_cluster.ClusterRefused, match="does not encrypt its traffic"):
-                await asyncio.to_thread(
-                    ray_cluster.connect_authenticated, f"{IP}:{port}", token_file=token, tls_dir=tls
-                )
-        finally:
-            ray_node.stop(temp_dir)
+        open_env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        for env, expected in (
+            (open_env, "does not encrypt its traffic"),
+            (open_env | ray_tls.ray_tls_environment(tls), "accepts clients without a token"),
+        ):
+            port = free_port()
+            temp_dir = Path(f"/tmp/sf-test-{os.getpid()}-open")
+            ray_node.check_private_dir(temp_dir)
+            ray = str(Path(sys.executable).with_name("ray"))
+            started = await asyncio.to_thread(
+                subprocess.run,
+                [ray, "start", "--head", "--node-ip-address", IP, "--port", str(port),
+                 "--temp-dir", str(ray_node.ray_temp_dir(temp_dir)), "--include-dashboard=false",
+                 "--num-cpus", "0"],
+                env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            try:
+                assert started.returncode == 0, started.stderr
+                with pytest.raises(ray_cluster.ClusterRefused, match=expected):
+                    await asyncio.to_thread(
+                        ray_cluster.connect_authenticated,
+                        f"{IP}:{port}",
+                        token_file=token,
+                        tls_dir=tls,
+                    )
+            finally:
+                ray_node.stop(temp_dir)
