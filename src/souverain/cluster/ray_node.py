@@ -5,16 +5,15 @@ Every node starts with: the head's explicit address, this host's private address
 (`--node-ip-address`), its datacenter label, token authentication on (the token read from
 a 0600 file whose path Ray is given, never the token in argv or the environment), Ray's
 TLS on every gRPC connection (`cluster/ray_tls.py`: a certificate for this host's address
-from the cluster's authority, mutual), usage
-statistics off, no dashboard, engines at normal CPU priority (`RAY_worker_niceness=0`) and
+from the cluster's authority, mutual), usage statistics off, no dashboard, engines at normal CPU priority (`RAY_worker_niceness=0`) and
 its session files in a private directory (Ray makes its temp directory 0777; it lives
 inside a 0700 one here, and what Ray opened is closed again after the start).
 
 Everything that can be checked is checked before anything starts, each refusal naming its
 fix: an address that is not this host's, a port already taken (a second head), a node
 already running here, a missing or too-open token file or TLS directory, a head that cannot
-be reached, speaks no TLS or another authority's, refuses the token or needs none. If Ray fails after all, what it started is stopped:
-nothing is left half-started.
+be reached, speaks no TLS or another authority's, refuses the token or needs none. If Ray
+fails after all, what it started is stopped: nothing is left half-started.
 """
 
 from __future__ import annotations
@@ -234,14 +233,12 @@ def check_tls_dir(tls_dir: Path, ip: str) -> None:
 
 
 def _check_head_tls(address: str, tls_dir: Path) -> None:
+    """The head answers in TLS, with a certificate of this authority for its address."""
     host, port = _split(address)
-    if not ray_tls.speaks_tls(host, port):
-        raise NodeError(
-            f"the Ray cluster at {address} does not encrypt its traffic (no TLS): restart its "
-            "head with `souverain node head`"
-        )
     try:
-        ray_tls.check_peer(host, port, tls_dir)
+        encrypted = ray_tls.speaks_tls(host, port)
+        if encrypted:
+            ray_tls.check_peer(host, port, tls_dir)
     except ray_tls.TlsError as error:
         raise NodeError(str(error)) from None
     except OSError as error:
@@ -249,6 +246,11 @@ def _check_head_tls(address: str, tls_dir: Path) -> None:
             f"the Ray head at {address} ended the TLS handshake ({error}): certify this host "
             "on the head again (`souverain node certify`)"
         ) from None
+    if not encrypted:
+        raise NodeError(
+            f"the Ray cluster at {address} does not encrypt its traffic (no TLS): restart its "
+            "head with `souverain node head`"
+        )
 
 
 def _split(address: str) -> tuple[str, int]:
