@@ -39,7 +39,10 @@ def _run(tmp_path: Path, module: str) -> None:
     ensure_token_file(token)
     tls = tmp_path / "ray-tls"  # Ray's TLS too, for this host's address and the loopback
     ray_tls.ensure_head(tls, source_address("203.0.113.1:9"))
-    env = ray_environment(token, tls) | {"SOUVERAIN_RAY_TOKEN_FILE": str(token)}
+    env = ray_environment(token, tls) | {
+        "SOUVERAIN_RAY_TOKEN_FILE": str(token),
+        "SOUVERAIN_RAY_TLS_DIR": str(tls),
+    }
     env.pop("SOUVERAIN_TEST_POSTGRES_URL", None)  # these modules use SQLite only
     root = Path(__file__).parents[2]
     run = subprocess.run(

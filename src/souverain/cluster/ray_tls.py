@@ -211,7 +211,8 @@ def check_node_dir(directory: Path, ip: str, *, now: datetime | None = None) -> 
     tls = TlsDir(directory)
     fix = (
         f"on the head, run `souverain node certify --node-ip-address {ip} --out <dir>`, copy "
-        "that directory to this host (keeping its modes) and give it with --tls-dir"
+        "that directory to this host (keeping its modes) and give it with --tls-dir (a "
+        "controller: SOUVERAIN_RAY_TLS_DIR)"
     )
     if not directory.is_dir():
         raise TlsError(f"no Ray TLS directory at {directory}: {fix}")
