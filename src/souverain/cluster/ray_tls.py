@@ -106,6 +106,7 @@ def ensure_head(directory: Path, ip: str, *, now: datetime | None = None) -> boo
         _write_authority(TlsDir(directory), now=now)
     if not _valid_for(TlsDir(directory), ip, now=now):
         issue(directory, ip, directory, now=now)
+    check_node_dir(directory, ip, now=now)  # a key left readable by others is refused
     return made
 
 
