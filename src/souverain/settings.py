@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         description="The Ray cluster's token file (0600), made by `souverain node head`. "
         "Default: the one in this host's node directory.",
     )
+    ray_tls_dir: Path | None = Field(
+        default=None,
+        description="This host's Ray TLS directory (the cluster authority's certificate and "
+        "this host's certificate and key for its private address, files 0600), made by "
+        "`souverain node head` on the head and `souverain node certify` for other hosts. "
+        "Default: the one in this host's node directory.",
+    )
     local_datacenter: str = Field(
         default="local", description="Datacenter id of the embedded Ray head."
     )

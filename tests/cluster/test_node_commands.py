@@ -1,7 +1,8 @@
-"""`souverain node head` and `souverain node join`, run as an operator runs them: a head
-with token authentication and a node joined to it with its datacenter label; each bad
-input a clear error naming the fix, with nothing left running. The controller refuses
-`auto` and a cluster that takes clients without a token."""
+"""`souverain node head`, `certify` and `join`, run as an operator runs them: a head with
+token authentication and TLS, and a node joined to it with its datacenter label and the
+TLS directory certified for it; each bad input a clear error naming the fix, with nothing
+left running. The controller refuses `auto` and a cluster without TLS or a token (Ray's
+TLS itself: test_ray_tls.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from souverain.cluster import ray_cluster, ray_node
+from souverain.cluster import ray_cluster, ray_node, ray_tls
 from souverain.testing.live import free_port
 from tests.conftest import Platform
 
@@ -48,6 +49,11 @@ class Head:
     token_file: Path
     temp_dir: Path
     root: Path
+
+    @property
+    def tls(self) -> Path:
+        """The head's TLS directory: the cluster's authority and the head's certificate."""
+        return self.token_file.parent / "tls"
 
 
 async def souverain(
@@ -91,10 +97,12 @@ class TestHead:
         ray_dir = ray_node.ray_temp_dir(head.temp_dir)
         for directory in [ray_dir, *ray_dir.glob("session_2*")]:
             assert stat.S_IMODE(directory.stat().st_mode) & 0o077 == 0, directory
-        code, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file)
+        code, nodes = await asyncio.to_thread(
+            ray_node.probe, head.address, head.token_file, head.tls
+        )
         assert code == 0
         assert [n["labels"].get("souverain.io/datacenter") for n in nodes] == ["node-par"]  # type: ignore[union-attr]
-        assert (await asyncio.to_thread(ray_node.probe, head.address, None))[0] == 3
+        assert (await asyncio.to_thread(ray_node.probe, head.address, None, head.tls))[0] == 3
         for process in ray_node._processes_under(ray_dir):  # no token in argv or env
             token = head.token_file.read_text()
             assert token not in " ".join(process.cmdline())
@@ -111,10 +119,24 @@ class TestHead:
         assert f"port {port} is already in use" in second.stderr
 
 
+async def certify(platform: Platform, head: Head, ip: str, out: Path) -> None:
+    """`souverain node certify` on the head's host: a TLS directory for the host at `ip`."""
+    done = await souverain(
+        platform, await platform.operator_key(), "node", "certify", "--node-ip-address", ip,
+        "--out", str(out), home=head.root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
 class TestJoin:
     async def join(
         self, platform: Platform, head: Head, home: Path, *extra: str, address: str | None = None
     ) -> subprocess.CompletedProcess[str]:
+        if "--tls-dir" not in extra:
+            tls = home / "ray-tls"
+            if not tls.exists():
+                await certify(platform, head, IP, tls)
+            extra = (*extra, "--tls-dir", str(tls))
         return await souverain(
             platform, await platform.operator_key(), "node", "join",
             "--address", address or head.address, "--node-ip-address", IP,
@@ -131,7 +153,9 @@ class TestJoin:
         )  # fmt: skip
         try:
             assert joined.returncode == 0, joined.stderr + joined.stdout
-            _, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file)
+            _, nodes = await asyncio.to_thread(
+                ray_node.probe, head.address, head.token_file, head.tls
+            )
             labels = sorted(n["labels"].get("souverain.io/datacenter") for n in nodes)  # type: ignore[union-attr]
             assert labels == ["node-fra", "node-par"]
             again = await self.join(
@@ -151,6 +175,16 @@ class TestJoin:
         open_token = tmp_path / "open"
         open_token.write_text(head.token_file.read_text())
         open_token.chmod(0o644)
+        other_ip, foreign, open_key = (
+            tmp_path / "other-ip",
+            tmp_path / "foreign",
+            tmp_path / "open-key",
+        )
+        ray_node.certify(head.tls, "10.99.0.9", other_ip)
+        ray_tls.ensure_head(foreign, IP)  # another cluster's authority
+        ray_node.certify(head.tls, IP, open_key)
+        (open_key / "node.key").chmod(0o644)
+        token = ("--datacenter", "node-fra", "--token-file", str(head.token_file))
         cases = [
             (("--datacenter", "nowhere", "--token-file", str(head.token_file)),
              None, "datacenter 'nowhere' is not declared"),
@@ -162,6 +196,10 @@ class TestJoin:
              None, "refused this token"),
             (("--datacenter", "node-fra", "--token-file", str(head.token_file)),
              f"{IP}:{free_port()}", "cannot reach the Ray head"),
+            ((*token, "--tls-dir", str(tmp_path / "missing-tls")), None, "no Ray TLS directory"),
+            ((*token, "--tls-dir", str(other_ip)), None, f"is not for {IP}"),
+            ((*token, "--tls-dir", str(open_key)), None, "chmod 600"),
+            ((*token, "--tls-dir", str(foreign)), None, "did not issue for it"),
         ]  # fmt: skip
         for extra, address, expected in cases:
             refused = await self.join(platform, head, tmp_path, *extra, address=address)
@@ -169,7 +207,7 @@ class TestJoin:
             assert expected in refused.stderr, (expected, refused.stderr)
             worker = ray_node.ray_temp_dir(Path(f"/tmp/sf-test-{os.getpid()}-w"))
             assert ray_node._processes_under(worker) == []
-        _, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file)
+        _, nodes = await asyncio.to_thread(ray_node.probe, head.address, head.token_file, head.tls)
         assert len(nodes) == 1
 
 
@@ -180,27 +218,38 @@ class TestControllerAddress:
                 ray_cluster.explicit_address(address)
         assert ray_cluster.explicit_address("10.24.0.1:6379") == "10.24.0.1:6379"
 
-    async def test_a_cluster_without_token_authentication_is_refused(self, tmp_path: Path) -> None:
-        port = free_port()
-        temp_dir = Path(f"/tmp/sf-test-{os.getpid()}-open")
-        ray_node.check_private_dir(temp_dir)
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-        ray = str(Path(sys.executable).with_name("ray"))
-        started = await asyncio.to_thread(
-            subprocess.run,
-            [ray, "start", "--head", "--node-ip-address", IP, "--port", str(port),
-             "--temp-dir", str(ray_node.ray_temp_dir(temp_dir)), "--include-dashboard=false",
-             "--num-cpus", "0"],
-            env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+    async def test_a_cluster_without_tls_or_token_authentication_is_refused(
+        self, tmp_path: Path
+    ) -> None:
         token = tmp_path / "token"
         token.write_text("some-token")
         token.chmod(0o600)
-        try:
-            assert started.returncode == 0, started.stderr
-            with pytest.raises(ray_cluster.ClusterRefused, match="accepts clients without a token"):
-                await asyncio.to_thread(
-                    ray_cluster.connect_authenticated, f"{IP}:{port}", token_file=token
-                )
-        finally:
-            ray_node.stop(temp_dir)
+        tls = tmp_path / "tls"
+        ray_tls.ensure_head(tls, IP)
+        open_env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        for env, expected in (
+            (open_env, "does not encrypt its traffic"),
+            (open_env | ray_tls.ray_tls_environment(tls), "accepts clients without a token"),
+        ):
+            port = free_port()
+            temp_dir = Path(f"/tmp/sf-test-{os.getpid()}-open")
+            ray_node.check_private_dir(temp_dir)
+            ray = str(Path(sys.executable).with_name("ray"))
+            started = await asyncio.to_thread(
+                subprocess.run,
+                [ray, "start", "--head", "--node-ip-address", IP, "--port", str(port),
+                 "--temp-dir", str(ray_node.ray_temp_dir(temp_dir)), "--include-dashboard=false",
+                 "--num-cpus", "0"],
+                env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            try:
+                assert started.returncode == 0, started.stderr
+                with pytest.raises(ray_cluster.ClusterRefused, match=expected):
+                    await asyncio.to_thread(
+                        ray_cluster.connect_authenticated,
+                        f"{IP}:{port}",
+                        token_file=token,
+                        tls_dir=tls,
+                    )
+            finally:
+                ray_node.stop(temp_dir)

@@ -1,7 +1,8 @@
 """The controller tests that need a Ray cluster with token authentication (controllers
 refuse any other), run in a pytest of their own: Ray reads its authentication mode when it
-is imported, so that process starts with the token in its environment, as `souverain node
-head` starts Ray, and its `par1_cluster` is authenticated from the first process on."""
+is imported, so that process starts with the token and Ray's TLS files in its environment,
+as `souverain node head` starts Ray, and its `par1_cluster` is authenticated and encrypted
+from the first process on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from souverain.cluster import ray_tls
+from souverain.cluster.ray_cluster import source_address
 from souverain.cluster.ray_node import ensure_token_file, ray_environment
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine, pytest.mark.slow]
@@ -34,7 +37,12 @@ def test_a_fine_tuning_job_carries_on_through_a_controller_kill(tmp_path: Path) 
 def _run(tmp_path: Path, module: str) -> None:
     token = tmp_path / "auth_token"
     ensure_token_file(token)
-    env = ray_environment(token) | {"SOUVERAIN_RAY_TOKEN_FILE": str(token)}
+    tls = tmp_path / "ray-tls"  # Ray's TLS too, for this host's address and the loopback
+    ray_tls.ensure_head(tls, source_address("203.0.113.1:9"))
+    env = ray_environment(token, tls) | {
+        "SOUVERAIN_RAY_TOKEN_FILE": str(token),
+        "SOUVERAIN_RAY_TLS_DIR": str(tls),
+    }
     env.pop("SOUVERAIN_TEST_POSTGRES_URL", None)  # these modules use SQLite only
     root = Path(__file__).parents[2]
     run = subprocess.run(

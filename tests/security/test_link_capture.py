@@ -31,9 +31,9 @@ pytestmark = pytest.mark.skipif(
 
 
 class LinkCapture:
-    """`tcpdump -i lo -w` on one TCP port, written as packets arrive."""
+    """`tcpdump -i lo -w` on one TCP port (or a capture filter), written as packets arrive."""
 
-    def __init__(self, port: int, path: Path) -> None:
+    def __init__(self, port: int, path: Path, *, expression: str | None = None) -> None:
         self.path = path
         self._process = subprocess.Popen(
             [
@@ -47,7 +47,7 @@ class LinkCapture:
                 getpass.getuser(),
                 "-w",
                 str(path),
-                f"tcp port {port}",
+                expression or f"tcp port {port}",
             ],
             stderr=subprocess.PIPE,
         )

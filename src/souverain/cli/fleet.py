@@ -67,8 +67,9 @@ def datacenters_add(
         f"added datacenter [bold]{dc.id}[/bold] in {dc.country} ({', '.join(dc.jurisdictions)})"
     )
     console.print(
-        "join a server to it (on that server):\n  souverain node join "
-        + join_arguments("<head-private-ip>:6379", dc.id),
+        "join a server to it: on the head, souverain node certify --node-ip-address "
+        "<its-private-ip> --out <dir>; copy <dir> and the token file to it; on that server:"
+        "\n  souverain node join " + join_arguments("<head-private-ip>:6379", dc.id),
         highlight=False,
         soft_wrap=True,
     )

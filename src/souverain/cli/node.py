@@ -1,4 +1,4 @@
-"""`souverain node head | join | stop`: this host's Ray node, started one way (see
+"""`souverain node head | certify | join | stop`: this host's Ray node, started one way (see
 `cluster/ray_node.py` for what every node gets)."""
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ TokenFile = typer.Option(
     None,
     "--token-file",
     help="The cluster's token file (0600). Default: the one in this host's node directory.",
+)
+TlsDir = typer.Option(
+    None,
+    "--tls-dir",
+    help="This host's Ray TLS directory (0700: the cluster authority's certificate, this "
+    "host's certificate and key). Default: the one in this host's node directory.",
 )
 TempDir = typer.Option(
     None,
@@ -49,25 +55,57 @@ def head(
     temp_dir: Path = TempDir,
     num_cpus: int = Cpus,
     num_gpus: int = Gpus,
+    tls_dir: Path = TlsDir,
 ) -> None:
-    """Start the cluster's head on this host (a control-plane host runs it with the controller)."""
+    """Start the cluster's head on this host (a control-plane host runs it with the
+    controller). Makes the cluster's token and TLS authority on a first start."""
     if datacenter:
         _check_declared(datacenter)
-    plan = _plan(node_ip, datacenter, token_file, temp_dir, num_cpus, num_gpus)
+    plan = _plan(node_ip, datacenter, token_file, temp_dir, num_cpus, num_gpus, tls_dir)
     try:
         address = ray_node.start_head(plan, port=port)
     except ray_node.NodeError as error:
         raise _fail(error) from None
-    console.print(f"[green]Ray head running[/green] at {address} (token authentication on)")
+    console.print(f"[green]Ray head running[/green] at {address} (token authentication and TLS on)")
     console.print(f"  token file  {plan.token_file}  (copy it to each node, mode 0600)")
+    console.print(f"  TLS         {plan.tls}  (the cluster's authority: stays on this host)")
     console.print(f"  controller  SOUVERAIN_RAY_ADDRESS={address} souverain controller")
-    console.print("  each node   souverain node join " + join_arguments(address, "<datacenter>"))
+    console.print(
+        "  each node   souverain node certify --node-ip-address <its-private-ip> --out "
+        "<dir> (here), copy <dir> to it, then there: souverain node join "
+        + join_arguments(address, "<datacenter>")
+    )
 
 
 def join_arguments(address: str, datacenter: str) -> str:
     return (
         f"--address {address} --node-ip-address <this-host-private-ip> "
-        f"--datacenter {datacenter} --token-file <copy-of-the-head-token-file>"
+        f"--datacenter {datacenter} --token-file <copy-of-the-head-token-file> "
+        "--tls-dir <copy-of-its-certified-dir>"
+    )
+
+
+@node.command("certify")
+def certify(
+    node_ip: str = typer.Option(
+        ..., "--node-ip-address", help="The private address of the host to certify."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="A new directory for that host's TLS files (made 0700)."
+    ),
+    tls_dir: Path = TlsDir,
+) -> None:
+    """On the head: a TLS directory for another host of the cluster (a node, or a
+    controller's host), its certificate for its private address; copy it there."""
+    authority = (tls_dir or ray_node.default_tls_dir()).absolute()
+    try:
+        ray_node.certify(authority, node_ip, out.absolute())
+    except ray_node.NodeError as error:
+        raise _fail(error) from None
+    console.print(f"[green]certified[/green] {node_ip} in {out} (ca.crt, node.crt, node.key)")
+    console.print(
+        "  copy it to that host keeping its modes (scp -rp), then give it with --tls-dir "
+        "(or SOUVERAIN_RAY_TLS_DIR for a controller)"
     )
 
 
@@ -80,10 +118,11 @@ def join(
     temp_dir: Path = TempDir,
     num_cpus: int = Cpus,
     num_gpus: int = Gpus,
+    tls_dir: Path = TlsDir,
 ) -> None:
     """Join this host to the cluster as a node of a declared datacenter."""
     _check_declared(datacenter)
-    plan = _plan(node_ip, datacenter, token_file, temp_dir, num_cpus, num_gpus)
+    plan = _plan(node_ip, datacenter, token_file, temp_dir, num_cpus, num_gpus, tls_dir)
     try:
         ray_node.join(plan, address=address)
     except ray_node.NodeError as error:
@@ -105,6 +144,7 @@ def _plan(
     temp_dir: Path | None,
     cpus: int | None,
     gpus: int | None,
+    tls_dir: Path | None = None,
 ) -> ray_node.NodePlan:
     return ray_node.NodePlan(
         node_ip=node_ip,
@@ -113,6 +153,7 @@ def _plan(
         datacenter=datacenter,
         cpus=cpus,
         gpus=gpus,
+        tls_dir=(tls_dir or ray_node.default_tls_dir()).absolute(),
     )
 
 

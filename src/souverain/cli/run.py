@@ -279,6 +279,7 @@ def embedded_platform(settings: Settings, banner: Banner):  # type: ignore[no-un
                 ray_cluster.connect_authenticated,
                 ray_cluster.explicit_address(settings.ray_address),
                 token_file=settings.ray_token_file,
+                tls_dir=settings.ray_tls_dir,
             )
         if embedded:
             await forget_replicas(state.sessions)  # a fresh embedded cluster runs none of them
@@ -368,8 +369,8 @@ def check_installation(settings: Settings, what: str) -> None:
 
 def controller(data_dir: Path | None = DataDir) -> None:
     """Run the controller on a Ray node of the cluster: SOUVERAIN_RAY_ADDRESS (the head's
-    host:port, never 'auto') and its token file; a cluster without token authentication is
-    refused."""
+    host:port, never 'auto'), its token file and this host's Ray TLS directory; a cluster
+    without token authentication or TLS is refused."""
     settings = settings_of(data_dir, None, None)
     _logging(settings)
     try:
@@ -388,7 +389,10 @@ async def _run_controller(settings: Settings) -> None:
         master_key = load_master_key(settings)
         signing_key = await installation_signing_key(settings, sessions)
         await asyncio.to_thread(
-            ray_cluster.connect_authenticated, address, token_file=settings.ray_token_file
+            ray_cluster.connect_authenticated,
+            address,
+            token_file=settings.ray_token_file,
+            tls_dir=settings.ray_tls_dir,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

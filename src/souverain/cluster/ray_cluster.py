@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -221,21 +222,36 @@ def explicit_address(address: str | None) -> str:
     return address.strip()
 
 
-def connect_authenticated(address: str, *, token_file: Path | None) -> None:
-    """Join the cluster at `address` as its driver, with its token; a cluster that takes
-    clients without a token is refused before anything is sent to it."""
+def connect_authenticated(
+    address: str, *, token_file: Path | None, tls_dir: Path | None = None
+) -> None:
+    """Join the cluster at `address` as its driver, with its token and this host's TLS
+    certificate (the driver serves gRPC too, on the address that routes to the head); a
+    cluster that takes clients without a token, or speaks no TLS, is refused before
+    anything is sent to it."""
     if ray.is_initialized():
         return
     token = token_file or ray_node.default_token_file()
+    tls = tls_dir or ray_node.default_tls_dir()
     try:
         ray_node.check_token_file(token)
-        ray_node.check_head(address, token)
+        ray_node.check_tls_dir(tls, source_address(address))
+        ray_node.check_head(address, token, tls)
     except ray_node.NodeError as error:
         raise ClusterRefused(str(error)) from None
-    os.environ.update(ray_node.ray_environment(token))
+    os.environ.update(ray_node.ray_environment(token, tls))
     os.environ.pop("RAY_AUTH_TOKEN", None)
     ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False, configure_logging=False)
     protect_token_file()
+
+
+def source_address(address: str) -> str:
+    """This host's address on the route to the head, which Ray takes as the driver's."""
+    host = address.rpartition(":")[0].strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, 9))  # nothing is sent: it only picks the route
+        return str(sock.getsockname()[0])
 
 
 def attach_test_cluster(address: str) -> None:

@@ -3,22 +3,24 @@
 
 Every node starts with: the head's explicit address, this host's private address
 (`--node-ip-address`), its datacenter label, token authentication on (the token read from
-a 0600 file whose path Ray is given, never the token in argv or the environment), usage
-statistics off, no dashboard, engines at normal CPU priority (`RAY_worker_niceness=0`) and
+a 0600 file whose path Ray is given, never the token in argv or the environment), Ray's
+TLS on every gRPC connection (`cluster/ray_tls.py`: a certificate for this host's address
+from the cluster's authority, mutual), usage statistics off, no dashboard, engines at normal CPU priority (`RAY_worker_niceness=0`) and
 its session files in a private directory (Ray makes its temp directory 0777; it lives
 inside a 0700 one here, and what Ray opened is closed again after the start).
 
 Everything that can be checked is checked before anything starts, each refusal naming its
 fix: an address that is not this host's, a port already taken (a second head), a node
-already running here, a missing or too-open token file, a head that cannot be reached,
-refuses the token or needs none. If Ray fails after all, what it started is stopped:
-nothing is left half-started.
+already running here, a missing or too-open token file or TLS directory, a head that cannot
+be reached, speaks no TLS or another authority's, refuses the token or needs none. If Ray
+fails after all, what it started is stopped: nothing is left half-started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import json
 import os
 import secrets
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import psutil
 
+from souverain.cluster import ray_tls
 from souverain.cluster.probe import REFUSED
 from souverain.core.fleet import DATACENTER_LABEL
 from souverain.node import scratch
@@ -57,10 +60,15 @@ class NodePlan:
     datacenter: str | None = None
     cpus: int | None = None
     gpus: int | None = None
+    tls_dir: Path | None = None  # None: this host's default (`default_tls_dir`)
 
     @property
     def temp_dir(self) -> Path:
         return ray_temp_dir(self.node_dir)
+
+    @property
+    def tls(self) -> Path:
+        return self.tls_dir or default_tls_dir()
 
 
 def ray_temp_dir(node_dir: Path) -> Path:
@@ -72,21 +80,33 @@ def default_token_file() -> Path:
     return node_dir("ray") / "auth_token"
 
 
+def default_tls_dir() -> Path:
+    """This host's Ray TLS directory (the head's holds the cluster's authority too)."""
+    return node_dir("ray") / "tls"
+
+
 def default_node_dir() -> Path:
     """Short, since Ray's socket paths must fit in 107 bytes."""
     return Path(tempfile.gettempdir()) / f"souverain-ray-{os.getuid()}" / "node"
 
 
-def ray_environment(token_file: Path) -> dict[str, str]:
-    """This process's environment for Ray: token authentication from the file, no usage
-    statistics, workers at normal priority; no token and no `auto` address inherited."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+_TLS_VARIABLES = ("RAY_USE_TLS", "RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")
+
+
+def ray_environment(token_file: Path, tls_dir: Path | None = None) -> dict[str, str]:
+    """This process's environment for Ray: token authentication from the file, TLS from
+    this host's directory (paths only), no usage statistics, workers at normal priority; no
+    token, no `auto` address and no other TLS files inherited."""
+    dropped = ("RAY_AUTH_TOKEN", "RAY_ADDRESS", *_TLS_VARIABLES)
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env |= {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_file),
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_worker_niceness": "0",
     }
+    if tls_dir is not None:
+        env |= ray_tls.ray_tls_environment(tls_dir)
     return env
 
 
@@ -157,13 +177,19 @@ def check_not_running(node_dir: Path) -> None:
         )
 
 
-def probe(address: str, token_file: Path | None) -> tuple[int, list[dict[str, object]]]:
-    """(exit code, alive nodes) of asking the head's GCS, with the token or without any."""
+def probe(
+    address: str, token_file: Path | None, tls_dir: Path | None = None
+) -> tuple[int, list[dict[str, object]]]:
+    """(exit code, alive nodes) of asking the head's GCS, with the token or without any,
+    with this host's TLS certificate or without any."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     if token_file is None:
         env |= {"RAY_AUTH_MODE": "disabled", "HOME": tempfile.gettempdir() + "/nonexistent"}
     else:
         env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    if tls_dir is not None:
+        env |= ray_tls.ray_tls_environment(tls_dir)
+    env["RAY_py_gcs_connect_timeout_s"] = "5"  # a refused handshake fails in seconds, not 40
     done = subprocess.run(
         [sys.executable, "-m", "souverain.cluster.probe", address],
         env=env,
@@ -176,22 +202,60 @@ def probe(address: str, token_file: Path | None) -> tuple[int, list[dict[str, ob
     return done.returncode, nodes
 
 
-def check_head(address: str, token_file: Path) -> None:
-    """The head is there, takes this token, and takes nothing without one."""
+def check_head(address: str, token_file: Path, tls_dir: Path) -> None:
+    """The head is there, speaks TLS with this cluster's authority, takes this token, and
+    takes nothing without one."""
     _check_reachable(address)
-    code, _ = probe(address, token_file)
+    _check_head_tls(address, tls_dir)
+    code, _ = probe(address, token_file, tls_dir)
     if code == REFUSED:
         raise NodeError(
             f"the Ray head at {address} refused this token ({token_file}): copy the head's "
             "token file again (it is the one `souverain node head` printed)"
         )
     if code != 0:
-        raise NodeError(f"the Ray head at {address} did not answer: check --address")
-    if probe(address, None)[0] != REFUSED:
+        raise NodeError(
+            f"the Ray head at {address} did not answer: check --address, and that the TLS "
+            f"directory ({tls_dir}) was certified by this head"
+        )
+    if probe(address, None, tls_dir)[0] != REFUSED:
         raise NodeError(
             f"the Ray cluster at {address} accepts clients without a token: restart its head "
             "with `souverain node head`"
         )
+
+
+def check_tls_dir(tls_dir: Path, ip: str) -> None:
+    try:
+        ray_tls.check_node_dir(tls_dir, ip)
+    except ray_tls.TlsError as error:
+        raise NodeError(str(error)) from None
+
+
+def _check_head_tls(address: str, tls_dir: Path) -> None:
+    """The head answers in TLS, with a certificate of this authority for its address."""
+    host, port = _split(address)
+    try:
+        encrypted = ray_tls.speaks_tls(host, port)
+        if encrypted:
+            ray_tls.check_peer(host, port, tls_dir)
+    except ray_tls.TlsError as error:
+        raise NodeError(str(error)) from None
+    except OSError as error:
+        raise NodeError(
+            f"the Ray head at {address} ended the TLS handshake ({error}): certify this host "
+            "on the head again (`souverain node certify`)"
+        ) from None
+    if not encrypted:
+        raise NodeError(
+            f"the Ray cluster at {address} does not encrypt its traffic (no TLS): restart its "
+            "head with `souverain node head`"
+        )
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _check_reachable(address: str) -> None:
@@ -216,6 +280,10 @@ def start_head(plan: NodePlan, *, port: int = DEFAULT_PORT) -> str:
     check_not_running(plan.node_dir)
     check_port_free(port)
     ensure_token_file(plan.token_file)
+    try:
+        ray_tls.ensure_head(plan.tls, plan.node_ip)
+    except ray_tls.TlsError as error:
+        raise NodeError(str(error)) from None
     scratch.sweep()  # plaintext a killed actor left in memory before this start
     address = _address(plan.node_ip, port)
     with _stopped_on_failure(plan.node_dir):
@@ -224,11 +292,26 @@ def start_head(plan: NodePlan, *, port: int = DEFAULT_PORT) -> str:
     return address
 
 
+def certify(authority_dir: Path, ip: str, out_dir: Path) -> None:
+    """On the head: a TLS directory for the host at `ip` (never the authority's key)."""
+    if out_dir.exists():
+        raise NodeError(f"{out_dir} already exists: give --out a new directory")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise NodeError(f"{ip} is not an IP address: give the host's private address") from None
+    try:
+        ray_tls.issue(authority_dir, ip, out_dir)
+    except ray_tls.TlsError as error:
+        raise NodeError(str(error)) from None
+
+
 def join(plan: NodePlan, *, address: str) -> None:
     check_own_address(plan.node_ip)
     check_not_running(plan.node_dir)
     check_token_file(plan.token_file)
-    check_head(address, plan.token_file)
+    check_tls_dir(plan.tls, plan.node_ip)
+    check_head(address, plan.token_file, plan.tls)
     scratch.sweep()  # plaintext a killed actor left in memory before this start
     with _stopped_on_failure(plan.node_dir):
         _ray_start(plan, ["--address", address])
@@ -277,7 +360,11 @@ def _ray_start(plan: NodePlan, role: list[str]) -> None:
     if plan.gpus is not None:
         args += ["--num-gpus", str(plan.gpus)]
     done = subprocess.run(
-        args, env=ray_environment(plan.token_file), capture_output=True, text=True, check=False
+        args,
+        env=ray_environment(plan.token_file, plan.tls),
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-6:])
@@ -288,7 +375,7 @@ def _ray_start(plan: NodePlan, role: list[str]) -> None:
 def _wait_for_node(address: str, plan: NodePlan) -> None:
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     while time.monotonic() < deadline:
-        code, nodes = probe(address, plan.token_file)
+        code, nodes = probe(address, plan.token_file, plan.tls)
         if code == 0 and any(_is_this_node(node, plan) for node in nodes):
             return
         time.sleep(0.5)
