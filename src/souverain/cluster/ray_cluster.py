@@ -221,6 +221,15 @@ def explicit_address(address: str | None) -> str:
     return address.strip()
 
 
+def missing_token_environment(token_file: Path | None) -> dict[str, str] | None:
+    """The environment this process must be started with to join an authenticated
+    cluster, or None when it has it. Ray reads its authentication mode once, when its
+    library loads, so setting it later in the same process changes nothing."""
+    wanted = ray_node.ray_environment(token_file or ray_node.default_token_file())
+    auth = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+    return None if all(os.environ.get(k) == wanted[k] for k in auth) else wanted
+
+
 def connect_authenticated(address: str, *, token_file: Path | None) -> None:
     """Join the cluster at `address` as its driver, with its token; a cluster that takes
     clients without a token is refused before anything is sent to it."""

@@ -123,8 +123,12 @@ class Network:
         self.bridge_address = str(addresses[-1])
         self.hosts = {
             name: Host(
-                name=name, namespace=f"{PREFIX}-{self.tag}-{name}", address=str(addresses[i]),
-                link=f"sf{self.tag}h{i}", root=root / name, tmp=Path(f"/tmp/sf{self.tag}h{i}"),
+                name=name,
+                namespace=f"{PREFIX}-{self.tag}-{name}",
+                address=str(addresses[i]),
+                link=f"sf{self.tag}h{i}",
+                root=root / name,
+                tmp=Path(f"/tmp/sf{self.tag}h{i}"),
             )  # fmt: skip
             for i, name in enumerate(names)
         }
@@ -254,21 +258,26 @@ class Relay:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(
-            _pipe(reader, upstream_writer), _pipe(upstream_reader, writer), return_exceptions=True
-        )
+        with contextlib.suppress(asyncio.CancelledError):  # the relay stops
+            await asyncio.gather(
+                _pipe(reader, upstream_writer),
+                _pipe(upstream_reader, writer),
+                return_exceptions=True,
+            )
 
     def stop(self) -> None:
-        def shut() -> None:
+        async def shut() -> None:
             self._server.close()
-            for task in asyncio.all_tasks(self._loop):
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
                 task.cancel()
-            self._loop.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        self._loop.call_soon_threadsafe(shut)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shut(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-        with contextlib.suppress(RuntimeError):
-            self._loop.close()
+        self._loop.close()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
