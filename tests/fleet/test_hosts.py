@@ -208,8 +208,8 @@ class TestReadmeFleet:
         eu = openai.OpenAI(base_url=f"{fleet.url}/v1", api_key=fleet.keys["acme-eu"], max_retries=0)
         answer = eu.chat.completions.with_raw_response.create(
             model="chat",
-            messages=QUESTION,
-            max_tokens=8,  # type: ignore[arg-type]
+            messages=QUESTION,  # type: ignore[arg-type]
+            max_tokens=8,
         )
         assert answer.headers["x-souverain-datacenter"] == "fra1"
         assert answer.parse().choices[0].message.content

@@ -34,6 +34,7 @@ import psutil
 
 PREFIX = "sfh"  # namespaces sfh-<pid>-<host>, bridge sfb<pid>, links sf<pid>h<n>
 KEPT_ENVIRONMENT = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "SOUVERAIN_LLAMA_SERVER")
+SHORT_TMP = Path("/tmp")  # noqa: S108 - Ray's socket paths under a host's temp dir must fit 107 bytes
 
 
 def available() -> str | None:
@@ -45,8 +46,15 @@ def available() -> str | None:
     return None
 
 
+def ip_binary() -> str:
+    found = shutil.which("ip")
+    if found is None:
+        raise RuntimeError("`ip` (iproute2) is not installed")
+    return found
+
+
 def ip(*args: str, check: bool = True) -> str:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    done = subprocess.run([ip_binary(), *args], capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
@@ -89,7 +97,7 @@ class Host:
         self.logs.append(log)
         with log.open("wb") as out:
             done = subprocess.run(
-                ["ip", "netns", "exec", self.namespace, "bash", "-euo", "pipefail", "-c", script],
+                [ip_binary(), "netns", "exec", self.namespace, "bash", "-euo", "pipefail", "-c", script],
                 env=self.environment(env), cwd=self.home, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
             )  # fmt: skip
@@ -128,8 +136,8 @@ class Network:
                 address=str(addresses[i]),
                 link=f"sf{self.tag}h{i}",
                 root=root / name,
-                tmp=Path(f"/tmp/sf{self.tag}h{i}"),
-            )  # fmt: skip
+                tmp=SHORT_TMP / f"sf{self.tag}h{i}",
+            )
             for i, name in enumerate(names)
         }
         self._relays: list[Relay] = []
@@ -198,7 +206,7 @@ def sweep() -> None:
         found = re.search(r"^\d+: (sfb?(\d+)(?:h\d+)?)[@:]", line)
         if found and found.group(2) not in alive:
             ip("link", "del", found.group(1), check=False)
-    for leftover in Path("/tmp").glob("sf*h*"):
+    for leftover in SHORT_TMP.glob("sf*h*"):
         found = re.fullmatch(r"sf(\d+)h\d+", leftover.name)
         if found and found.group(1) not in alive:
             shutil.rmtree(leftover, ignore_errors=True)
