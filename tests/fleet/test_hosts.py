@@ -19,6 +19,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,13 +124,17 @@ def install(net: Network, database_url: str, timings: dict[str, float]) -> Fleet
     url = f"http://{control.address}:{PORT}"
     token = control.home / ".souverain-node" / "node" / "ray" / "auth_token"
     session = {"SOUVERAIN_URL": url, "SOUVERAIN_API_KEY": operator}
-    with timed("two workers joined", timings):
-        for host, values in ((de, {}), (us, US_HOST)):
-            copy = host.home / "ray_auth_token"  # copied to each host, mode 0600
-            shutil.copyfile(token, copy)
-            copy.chmod(0o600)
-            values = {"10.24.0.1": control.address, "10.24.0.2": host.address} | values
-            run(host, substituted(worker, values), env=session)
+
+    def join(host: Host, values: dict[str, str]) -> str:
+        copy = host.home / "ray_auth_token"  # copied to each host, mode 0600
+        shutil.copyfile(token, copy)
+        copy.chmod(0o600)
+        values = {"10.24.0.1": control.address, "10.24.0.2": host.address} | values
+        return run(host, substituted(worker, values), env=session)
+
+    joined = "two workers joined (at once, as two operators would)"
+    with timed(joined, timings), ThreadPoolExecutor(2) as pool:
+        list(pool.map(join, (de, us), ({}, US_HOST)))
     fleet = Fleet(net, url, operator, secret_key, database_url, timings)
     with timed("models registered, EU deployment ready", timings):
         run(control, models + stores, env=session)
