@@ -242,6 +242,42 @@ class TestReadmeFleet:
             assert by_datacenter == {"fra1"} and not signed["document"]["violations"]
 
 
+def until_451(fleet: Fleet, since: float, label: str) -> str:
+    """EU requests until one is refused with 451: each refused (502/503/504 while the
+    gateway finds the replica gone), none answered from anywhere. The 451's reasons."""
+    statuses: list[int] = []
+    while True:
+        answer = fleet.chat("acme-eu")
+        statuses.append(answer.status_code)
+        assert answer.status_code in (451, 502, 503, 504), answer.text
+        if answer.status_code == 451:
+            break
+        assert time.monotonic() - since < 120, f"no 451 yet: {statuses[-5:]}"
+        time.sleep(0.25)
+    fleet.timings[f"{label} -> 451"] = time.monotonic() - since
+    print(f"[hosts] EU answers, {label}: {statuses}")
+    reasons: str = answer.json()["error"]["message"]
+    assert "iad1: outside EU (US)" in reasons, reasons
+    served = fleet.chat("acme-us")  # the US tenant is still served, in the US
+    assert served.headers["x-souverain-datacenter"] == "iad1"
+    return reasons
+
+
+def eu_back(fleet: Fleet, since: float, label: str) -> None:
+    wait_for(lambda: fleet.chat("acme-eu").status_code == 200, 150, diagnosis(fleet))
+    fleet.timings[label] = time.monotonic() - since
+    assert fleet.chat("acme-eu").headers["x-souverain-datacenter"] == "fra1"
+
+
+def rejoin(fleet: Fleet, host: Host, datacenter: str) -> None:
+    """`souverain node stop` (what is left of the node, if anything) and `node join`."""
+    token = host.home / "ray_auth_token"
+    run(host, f"souverain node stop\nsouverain node join --address "
+        f"{fleet.control.address}:6379 --node-ip-address {host.address} "
+        f"--datacenter {datacenter} --token-file {token}",
+        env={"SOUVERAIN_URL": fleet.url, "SOUVERAIN_API_KEY": fleet.operator})  # fmt: skip
+
+
 class TestHostDies:
     def test_eu_requests_get_451_never_a_us_answer_until_the_host_rejoins(
         self, fleet: Fleet
@@ -250,29 +286,36 @@ class TestHostDies:
         assert fleet.chat("acme-eu").status_code == 200
         killed = time.monotonic()
         de.kill()
-        statuses: list[int] = []
-        while True:
-            answer = fleet.chat("acme-eu")
-            statuses.append(answer.status_code)
-            assert answer.status_code in (451, 502, 503), answer.text
-            if answer.status_code == 451:
-                break
-            assert time.monotonic() - killed < 120, f"no 451 yet: {statuses[-5:]}"
-            time.sleep(0.25)
-        fleet.timings["host killed -> 451"] = time.monotonic() - killed
-        print(f"[hosts] EU answers after the kill: {statuses}")
-        reasons = answer.json()["error"]["message"]
-        assert "iad1: outside EU (US)" in reasons, reasons
-        served = fleet.chat("acme-us")  # the US tenant is still served, in the US
-        assert served.headers["x-souverain-datacenter"] == "iad1"
-
+        until_451(fleet, killed, "host killed")
         rejoined = time.monotonic()
-        token = de.home / "ray_auth_token"
-        run(de, f"souverain node join --address {fleet.control.address}:6379 "
-            f"--node-ip-address {de.address} --datacenter fra1 --token-file {token}",
-            env={"SOUVERAIN_URL": fleet.url, "SOUVERAIN_API_KEY": fleet.operator})  # fmt: skip
-        wait_for(lambda: fleet.chat("acme-eu").status_code == 200, 150, "EU service back")
-        fleet.timings["rejoin -> EU answers again"] = time.monotonic() - rejoined
+        rejoin(fleet, de, "fra1")
+        eu_back(fleet, rejoined, "rejoin -> EU answers again")
+
+
+class TestHostCutOff:
+    def test_eu_requests_get_451_while_the_host_is_cut_off(self, fleet: Fleet) -> None:
+        de = fleet.net["de"]
+        assert fleet.chat("acme-eu").status_code == 200
+        cut = time.monotonic()
+        de.cut_off()
+        until_451(fleet, cut, "host cut off")
+        back = time.monotonic()
+        de.reconnect()
+        rejoined: list[float] = []
+
+        def answered() -> bool:
+            """Back by itself when Ray had not yet given the node up; otherwise its raylet
+            has stopped (Ray declared it dead) and the operator rejoins it."""
+            if fleet.chat("acme-eu").status_code == 200:
+                return True
+            if not rejoined and not de.runs("raylet"):
+                rejoined.append(time.monotonic() - back)
+                rejoin(fleet, de, "fra1")
+            return False
+
+        wait_for(answered, 150, diagnosis(fleet))
+        how = f"rejoined after {rejoined[0]:.1f}s" if rejoined else "by itself"
+        fleet.timings[f"link back -> EU answers again ({how})"] = time.monotonic() - back
         assert fleet.chat("acme-eu").headers["x-souverain-datacenter"] == "fra1"
 
 

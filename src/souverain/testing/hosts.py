@@ -107,6 +107,14 @@ class Host:
         listed = ip("netns", "pids", self.namespace, check=False)
         return [int(pid) for pid in listed.split()]
 
+    def runs(self, name: str) -> bool:
+        """Whether a process of this name runs on this host."""
+        for pid in self.pids():
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).name() == name:
+                    return True
+        return False
+
     def kill(self) -> int:
         """The host dies: every process in it is killed at once (SIGKILL)."""
         return _kill(self.pids(), grace_s=0)
