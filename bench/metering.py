@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from souverain.gateway import admission
 from souverain.gateway.state import AppState
 from souverain.metering import usage
 from souverain.metering.budgets import Amounts
-from souverain.metering.usage import Settlement
+from souverain.metering.usage import OpenRecord, Settlement
 from souverain.settings import Settings
 from souverain.testing.factories import Factory
 from souverain.testing.live import free_port
@@ -63,7 +64,7 @@ async def timed(concurrency: int, total: int, call: Callable[[], Awaitable[objec
 
 
 async def bench_database(label: str, url: str, directory: Path, requests: int) -> None:
-    settings = Settings(data_dir=directory, database_url=url, secret_key=MASTER, port=free_port())  # type: ignore[arg-type]
+    settings = Settings(data_dir=directory, database_url=url, secret_key=MASTER, port=free_port())
     engine_port = free_port()
     engine_url = f"https://127.0.0.1:{engine_port}"
     server = spawn(
@@ -116,13 +117,13 @@ async def run_measurements(
     principal = await state.keys.authenticate(key.key)
 
     async def admit_and_settle() -> None:
-        record = {
-            "id": new_id("req"), "org_id": tenant.org_id, "project_id": tenant.project_id, "key_id": key.id,
-            "user_id": principal.user_id, "endpoint": "chat", "model": model, "stream": False, "server_id": "bench",
-        }  # fmt: skip
+        record = OpenRecord(
+            id=new_id("req"), org_id=tenant.org_id, project_id=tenant.project_id, key_id=key.id,
+            user_id=principal.user_id, endpoint="chat", model=model, stream=False, server_id="bench",
+        )  # fmt: skip
         admitted = await admission.admit(
-            state, principal=principal, record=record, project_id=tenant.project_id,
-            amounts=Amounts(tokens=100), rate_tokens=100, price=None,
+            state, principal=principal, record=record, amounts=Amounts(tokens=100),
+            rate_tokens=100, price=None,
         )  # fmt: skip
         async with state.sessions.begin() as session:
             done = Settlement(
@@ -142,7 +143,14 @@ async def run_measurements(
     }
     secret = replica_secret(MASTER.encode(), replica_id)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    engine_tls = ssl.create_default_context(cadata=authority.decode())
+    engine_tls.check_hostname = (
+        False  # the baseline trusts the authority; the gateway also pins the replica
+    )
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=60) as client,
+        httpx.AsyncClient(limits=limits, timeout=60, verify=engine_tls) as to_engine,
+    ):
 
         async def through_souverain() -> None:
             response = await client.post(
@@ -153,7 +161,7 @@ async def run_measurements(
             response.raise_for_status()
 
         async def straight() -> None:
-            response = await client.post(
+            response = await to_engine.post(
                 f"{engine_url}/r/{replica_id}/v1/chat/completions", json=body,
                 headers={"Authorization": f"Bearer {secret}"},
             )  # fmt: skip
@@ -181,6 +189,7 @@ def direct_state(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from souverain.gateway.auditing import AuditTrail
+    from souverain.gateway.demand import DemandBoard
     from souverain.gateway.journal import UsageJournal
     from souverain.gateway.languages import LanguageTagger
     from souverain.gateway.meter import Meter
@@ -192,6 +201,12 @@ def direct_state(
     from souverain.tenancy.auth import KeyCache
 
     routes = RouteTable()
+    queue = FairQueue(
+        routes,
+        per_org=settings.queue_per_org,
+        total=settings.queue_total,
+        wait_s=settings.queue_wait_s,
+    )
     journal = UsageJournal(Path(tempfile.mkdtemp()), sessions)  # type: ignore[arg-type]
     return AppState(
         settings=settings,
@@ -210,12 +225,8 @@ def direct_state(
         languages=LanguageTagger(journal, sessions),  # type: ignore[arg-type]
         meter=Meter.from_settings(settings),
         file_stores=settings.file_stores_or_default,
-        queue=FairQueue(
-            routes,
-            per_org=settings.queue_per_org,
-            total=settings.queue_total,
-            wait_s=settings.queue_wait_s,
-        ),
+        queue=queue,
+        demand=DemandBoard(routes, queue, "bench"),
     )
 
 

@@ -199,6 +199,21 @@ class Settings(BaseSettings):
     queue_wait_s: float = Field(
         default=120.0, gt=0, le=3600, description="Longest wait for a replica slot (then 429)."
     )
+    demand_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=10,
+        description="How often a server tells the controller its outstanding requests per "
+        "deployment (the autoscaler's load); at once when a request waits for a deployment "
+        "scaled to zero.",
+    )
+    wake_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Longest a request waits for a deployment scaled to zero to start a "
+        "replica (then 503 with the reason).",
+    )
     embeddings_max_inputs: int = Field(default=256, ge=1, le=2048)
     embeddings_max_bytes: int = Field(
         default=131_072,

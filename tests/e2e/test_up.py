@@ -48,7 +48,9 @@ class TestFirstStart:
         owner_file = up.config.with_name("owner.key")
         assert owner_file.stat().st_mode & 0o777 == 0o600
         owner = owner_file.read_text().strip()
-        assert owner in text and owner != up.first_key
+        assert owner != up.first_key
+        assert "sk-souv-" not in text  # its output is not a terminal: no key in a log
+        assert f"read it from {owner_file}" in text.replace("\n", "")
         client = openai.OpenAI(base_url=f"{up.url}/v1", api_key=owner, max_retries=0)
         line = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
         uploaded = client.files.create(file=("t.jsonl", io.BytesIO(line)), purpose="fine-tune")

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
-from souverain.core.fleet import training_actor_name
+from souverain.core.fleet import SealedObject, training_actor_name
 from souverain.db.jobs import FineTuningJobRow
-from souverain.db.tables import OrganisationRow
+from souverain.db.tables import ModelRow, OrganisationRow
 from souverain.jobs.fine_tuning.reconciler import FineTuneReconciler, TrainingDefaults
 from tests.jobs.conftest import KEY, World
 
@@ -114,3 +114,29 @@ class TestFollowing:
         job = await world.job(job_id)
         assert (job.status, job.step, job.reserved_cpu_hours) == ("cancelled", 2, 0)
         assert name in world.cluster.stopped
+
+    async def test_a_job_cancelled_as_it_succeeds_registers_no_model(self, world: World) -> None:
+        """Cancelled (or its organisation's keys erased) while its worker sealed the adapter:
+        the job ends cancelled and no model appears that its keys could no longer open."""
+        job_id = await world.queued_job()
+        loop, name = reconciler(world), training_actor_name(job_id)
+        await loop.reconcile(job_id, await world.placer())
+        async with world.sessions.begin() as session:
+            job = await session.get(FineTuningJobRow, job_id)
+            assert job is not None
+            job.wanted = "cancel"
+        sealed = tuple(
+            SealedObject(name, f"{job_id}/{name}", f"{job_id}/{name}", "0" * 64, 10, 3)
+            for name in ("adapter.gguf", "adapter-peft.tar")
+        )
+        world.cluster.set_training(name, state="succeeded", step=3, sealed=sealed)
+        await loop.reconcile(job_id, await world.placer())
+        job = await world.job(job_id)
+        assert (job.status, job.fine_tuned_model, job.reserved_cpu_hours) == ("cancelled", None, 0)
+        async with world.sessions() as session:
+            models = await session.scalar(
+                select(func.count())
+                .select_from(ModelRow)
+                .where(ModelRow.owner_org_id == world.tenant.org_id)
+            )
+        assert models == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import timedelta
 
 import openai
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import func, select
 from souverain.core.roles import Role
 from souverain.db.audit import AuditEventRow
 from souverain.db.jobs import BatchRow, FileRow
+from souverain.db.tables import ProjectRow, utcnow
 from souverain.testing.factories import Tenant
 from tests.conftest import Platform, wait_until
 
@@ -113,6 +115,43 @@ class TestZeroRetention:
             assert answer.status_code == 200, answer.text
         await _wait_refused(platform, admin.key)
         await _refused_everywhere(platform, tenant, admin.key)
+
+    async def test_it_cannot_start_under_a_batch_that_stores_results(
+        self, platform: Platform
+    ) -> None:
+        """A batch that has not ended writes its results: turning zero retention on under it
+        is refused (409, naming it) by the tenant's switch, the ceiling and a project policy,
+        and nothing changes."""
+        tenant = await platform.factory.tenant(roles={"own": Role.OWNER})
+        owner = await platform.factory.member_key(tenant, "own", Role.OWNER)
+        org = tenant.org_name
+        async with platform.sessions.begin() as session:
+            default = select(ProjectRow.id).where(
+                ProjectRow.org_id == tenant.org_id, ProjectRow.name == "default"
+            )
+            session.add(
+                BatchRow(
+                    id="batch_zdr_running", org_id=tenant.org_id, key_id=owner.id,
+                    project_id=(await session.execute(default)).scalar_one(),
+                    shape="openai", endpoint="/v1/chat/completions", input_file_ids=[],
+                    status="in_progress", wrapped_key="00", deadline=utcnow() + timedelta(hours=1),
+                    lock_token="held", lock_expires_at=utcnow() + timedelta(hours=1),
+                )
+            )  # fmt: skip
+        async with platform.client(owner.key) as client:
+            switch = await client.put(
+                f"/api/orgs/{org}/data-controls", json={"zero_retention": True}
+            )
+            project = await client.put(
+                f"/api/orgs/{org}/projects/default/policy", json={"zero_retention": True}
+            )
+            view = (await client.get(f"/api/orgs/{org}/data-controls")).json()
+        async with platform.client(await platform.operator_key()) as op:
+            ceiling = await op.put(f"/api/orgs/{org}/policy", json={"zero_retention": True})
+        for refused in (switch, ceiling, project):
+            assert refused.status_code == 409, refused.text
+            assert "batch_zdr_running" in refused.json()["error"]["message"]
+        assert view["zero_retention_effective"] is False
 
 
 async def _wait_refused(platform: Platform, key: str) -> None:

@@ -172,3 +172,30 @@ async def replica_states(session: AsyncSession) -> dict[str, int]:
     """How many replicas are in each state (for /metrics)."""
     query = select(ReplicaRow.state, func.count()).group_by(ReplicaRow.state)
     return {state: int(count) for state, count in (await session.execute(query)).all()}
+
+
+@dataclass(frozen=True)
+class Wakeable:
+    """A deployment that scales to zero (minimum 0, maximum ≥ 1): a request for its model
+    waits for a replica to start rather than being refused."""
+
+    deployment_id: str
+    org_id: str | None
+    model_id: str
+    status: str
+    status_reason: str
+
+
+async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
+    query = select(
+        DeploymentRow.id,
+        DeploymentRow.org_id,
+        DeploymentRow.model_id,
+        DeploymentRow.status,
+        DeploymentRow.status_reason,
+    ).where(
+        DeploymentRow.deleted.is_(False),
+        DeploymentRow.min_replicas == 0,
+        DeploymentRow.max_replicas > 0,
+    )
+    return [Wakeable(*row) for row in (await session.execute(query)).all()]

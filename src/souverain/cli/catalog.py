@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from souverain.cli.context import client, console, request_of
-from souverain.core.schemas.deployments import DeploymentCreateRequest
+from souverain.core.schemas.deployments import Deployment, DeploymentCreateRequest
 from souverain.core.schemas.models import ModelRegisterRequest
 
 models = typer.Typer(help="The model registry.", no_args_is_help=True)
@@ -166,7 +166,9 @@ def _artifact(source: str, sha256: str | None) -> tuple[str, str | None, int | N
 @deployments.command("list")
 def deployments_list() -> None:
     with client() as c:
-        table = Table("name", "model", "engine", "replicas", "status", "reason", "where")
+        table = Table(
+            "name", "model", "engine", "replicas", "status", "reason", "where", "last scaling"
+        )
         for d in c.list_deployments():
             runtimes = sorted({f"{r.runtime} ×{r.slots}" if r.slots else r.runtime
                                for r in d.replica_details if r.runtime})  # fmt: skip
@@ -177,12 +179,25 @@ def deployments_list() -> None:
                 d.name,
                 d.model,
                 f"{d.engine} ({', '.join(runtimes)})" if runtimes else d.engine,
-                f"{d.ready_replicas}/{d.replicas}",
+                _replicas(d),
                 f"[{colour}]{d.status}[/{colour}]",
                 d.status_reason,
                 ",".join(d.datacenters) or "any",
+                _last_scaling(d),
             )
         console.print(table)
+
+
+def _replicas(d: Deployment) -> str:
+    """ready/wanted, and the limits of an autoscaled deployment."""
+    count = f"{d.ready_replicas}/{d.replicas}"
+    return f"{count} ({d.min_replicas}–{d.max_replicas})" if d.autoscaling else count
+
+
+def _last_scaling(d: Deployment) -> str:
+    if d.scaled_at is None:
+        return ""
+    return f"{d.scaled_at:%Y-%m-%d %H:%M:%S} {d.scaling_reason}"
 
 
 def _where(
@@ -198,7 +213,7 @@ def _where(
 def deployments_create(
     name: str,
     model: str = typer.Option(...),
-    replicas: int = typer.Option(1),
+    replicas: int = typer.Option(None, help="Replicas to start with (default 1, or the minimum)."),
     datacenter: list[str] = typer.Option(
         None, help="Allowed datacenters (repeatable; default any)."
     ),
@@ -218,13 +233,22 @@ def deployments_create(
         None, "--operator-jurisdiction", help="Allowed operator headquarters (repeatable)."
     ),
     strategy: str = typer.Option("spread", help="spread or binpack."),
+    min_replicas: int = typer.Option(
+        None, help="Autoscale from this many replicas (0: scale to zero when idle)."
+    ),
+    max_replicas: int = typer.Option(None, help="Autoscale up to this many replicas."),
+    target_busy: float = typer.Option(
+        None, help="Outstanding requests per replica to aim at when autoscaling (default 4)."
+    ),
+    scale_down_idle: int = typer.Option(
+        None, help="Seconds below target before replicas are removed (default 300)."
+    ),
 ) -> None:
     """Deploy a model; replicas go only where these constraints and the ceiling allow."""
     request = request_of(
         DeploymentCreateRequest,
         name=name,
         model=model,
-        replicas=replicas,
         datacenters=list(datacenter or []),
         cpus=cpus,
         gpus=gpus,
@@ -234,12 +258,23 @@ def deployments_create(
         certifications=list(certification or []),
         operator_jurisdictions=list(operator_jurisdiction) if operator_jurisdiction else None,
         strategy=strategy,
+        **_given(
+            replicas=replicas,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            target_busy_per_replica=target_busy,
+            scale_down_idle_s=scale_down_idle,
+        ),
     )
     with client() as c:
         d = c.create_deployment(request)
     console.print(
         f"created deployment [bold]{d.name}[/bold] ({d.id}): {d.status} — {d.status_reason}"
     )
+
+
+def _given(**options: object) -> dict[str, object]:
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _engine_arg(item: str) -> tuple[str, str | int | float | bool]:

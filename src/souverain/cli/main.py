@@ -11,6 +11,7 @@ from souverain.cli import (
     catalog,
     chat,
     data_controls,
+    exports,
     fleet,
     install,
     jobs,
@@ -60,6 +61,8 @@ app.add_typer(tenancy.projects, name="projects")
 app.add_typer(tenancy.members, name="members")
 app.add_typer(tenancy.keys, name="keys")
 app.add_typer(data_controls.data_controls, name="data-controls")
+app.add_typer(exports.exports, name="exports")
+app.add_typer(exports.erasure, name="erasure")
 app.add_typer(fleet.datacenters, name="datacenters")
 app.add_typer(fleet.nodes, name="nodes")
 app.add_typer(node.node, name="node")

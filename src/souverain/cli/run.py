@@ -211,19 +211,29 @@ class Banner:
         console.print(f"  Data       {self.settings.data_dir}")
         if ready:
             console.print(f"  Model      {BUILTIN}: ready")
+        # A key is shown on a terminal only: output sent to a file or a service's log says
+        # where the key was saved instead of holding it.
+        shown = sys.stdout.isatty()
         if self.first_key:
             console.print("  Operator API key (shown once, saved to the CLI config): runs the")
             console.print("  platform: organisations, keys, datacenters, models, deployments")
-            console.print(f"    {self.first_key}", highlight=False, soft_wrap=True)
+            _key_line(self.first_key if shown else None, path)
         if self.owner_key:
             console.print(
                 f"  Owner API key of the organisation '{bootstrap.DEFAULT_ORG}' (shown once, "
                 f"saved to {config.owner_key_path()}, 0600):"
             )
             console.print("  for tenants' work: chat, files, batches, fine-tuning")
-            console.print(f"    {self.owner_key}", highlight=False, soft_wrap=True)
+            _key_line(self.owner_key if shown else None, config.owner_key_path())
         console.print(f"  CLI config {path}")
         console.print("  Ctrl-C stops everything.\n")
+
+
+def _key_line(key: str | None, saved: Path) -> None:
+    if key is None:
+        console.print(f"    (not printed: this output is not a terminal; read it from {saved})")
+    else:
+        console.print(f"    {key}", highlight=False, soft_wrap=True)
 
 
 async def _status(state: AppState, name: str) -> tuple[str, str] | None:

@@ -22,6 +22,7 @@ from souverain.core.schemas.deployments import (
     DeploymentCreateRequest,
     DeploymentUpdateRequest,
 )
+from souverain.core.schemas.exports import Export
 from souverain.core.schemas.fleet import (
     Datacenter,
     DatacenterCreateRequest,
@@ -218,6 +219,32 @@ class SouverainClient:
         body = request.model_dump(mode="json")
         path = f"/api/orgs/{org}/data-controls"
         return DataControls.model_validate(self._request("PUT", path, body=body))
+
+    def create_export(self, org: str) -> Export:
+        return Export.model_validate(self._request("POST", f"/api/orgs/{org}/exports"))
+
+    def get_export(self, org: str, export_id: str) -> Export:
+        return self._get(Export, f"/api/orgs/{org}/exports/{export_id}")
+
+    def download_export(self, org: str, export_id: str, into: Any) -> int:
+        """Stream the archive into `into` (a binary file); the bytes written."""
+        written, path = 0, f"/api/orgs/{org}/exports/{export_id}/content"
+        with self._http.stream("GET", path, timeout=None) as answer:
+            if answer.status_code >= 400:
+                answer.read()
+                raise _error(answer)
+            for block in answer.iter_bytes():
+                into.write(block)
+                written += len(block)
+        return written
+
+    def erase_org(self, org: str) -> dict[str, Any]:
+        erased: dict[str, Any] = self._request("POST", f"/api/orgs/{org}/crypto-erase")
+        return erased
+
+    def erasure_certificate(self, org: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._request("GET", f"/api/orgs/{org}/erasure-certificate")
+        return found
 
     def residency_report(self, org: str, *, since: datetime, until: datetime) -> dict[str, Any]:
         params = {"from": since.isoformat(), "to": until.isoformat()}

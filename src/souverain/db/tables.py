@@ -251,10 +251,34 @@ class DeploymentRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     status_reason: Mapped[str] = mapped_column(Text, default="")
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Autoscaling (scheduler/autoscale.py). No minimum and maximum: a fixed count, `replicas`;
+    # with them, `replicas` is the count the controller wants now.
+    min_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_replicas: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    target_busy_per_replica: Mapped[float] = mapped_column(Float, default=4.0)
+    scale_down_idle_s: Mapped[int] = mapped_column(Integer, default=300)
+    scale_above: Mapped[int] = mapped_column(Integer, default=0)  # readings in a row above
+    scale_below_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    scaled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    scaling_reason: Mapped[str] = mapped_column(Text, default="")
     lock_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
     lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DeploymentDemandRow(Base):
+    """A server process's outstanding requests for one deployment, rewritten every few
+    seconds: the load the controller scales on. Rows not renewed are stale and ignored."""
+
+    __tablename__ = "deployment_demand"
+    server_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    waiting: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class ReplicaRow(Base):
@@ -495,6 +519,7 @@ class CarbonIntensityRow(Base):
 # share this Base: importing them here puts them in `Base.metadata` wherever tables are.
 from souverain.db import audit as _audit  # noqa: E402, F401
 from souverain.db import data_controls as _data_controls  # noqa: E402, F401
+from souverain.db import exports as _exports  # noqa: E402, F401
 from souverain.db import identity as _identity  # noqa: E402, F401
 from souverain.db import installation as _installation  # noqa: E402, F401
 from souverain.db import jobs as _jobs  # noqa: E402, F401

@@ -2,6 +2,10 @@
 
     execute(call, client)   check_crashes → compliant_routes → admit → send → answer
 
+A model whose deployments for the caller are all scaled to zero is woken in
+`compliant_routes`: the request waits (bounded) for a replica before admission
+(`gateway/demand.py`).
+
 Invariant: every admitted request ends with exactly one settled usage record
 (`gateway.exchange`). Refusals before admission (no compliant replica: 451; none ready:
 503; rate limit or budget: 429; an unwritable usage journal: 503) write no record, because
@@ -36,7 +40,7 @@ from souverain.core.errors import (
 )
 from souverain.core.fleet import replica_server_name
 from souverain.core.ids import new_id, replica_secret
-from souverain.gateway import admission, reasoning, upstream
+from souverain.gateway import admission, demand, reasoning, upstream
 from souverain.gateway.admission import Admitted
 from souverain.gateway.calls import Call, encode
 from souverain.gateway.exchange import Answer, Exchange
@@ -88,6 +92,9 @@ async def compliant_routes(call: Call) -> list[ReplicaRoute]:
     if not routes:
         await table.refresh_if_older_than(call.state.sessions, 0.25)
         routes, excluded = table.compliant_routes(call.principal, call.model)
+    if not routes and not excluded and table.wakeable_for(call.principal, call.model):
+        await _wake(call, set())
+        routes, excluded = table.compliant_routes(call.principal, call.model)
     if not routes and excluded:
         reasons = "; ".join(f"{dc}: {why}" for dc, why in sorted(excluded.items()))
         call.state.audit_trail.note(
@@ -107,6 +114,35 @@ async def compliant_routes(call: Call) -> list[ReplicaRoute]:
             param="model",
         )
     return routes
+
+
+async def _wake(call: Call, tried: set[str]) -> None:
+    """The model's deployments for this caller are scaled to zero: wait for a replica
+    (other than those `tried`)."""
+    state = call.state
+    await demand.wake(
+        state.routes,
+        state.demand,
+        state.sessions,
+        principal=call.principal,
+        model=call.model,
+        deployments=state.routes.wakeable_for(call.principal, call.model),
+        timeout_s=state.settings.wake_timeout_s,
+        exclude=tried,
+    )
+
+
+async def _woken(exchange: Exchange, tried: set[str]) -> list[ReplicaRoute]:
+    """Every replica refused the connection: the last one of a deployment that scales to
+    zero may have just stopped (the route table learns within its refresh). Then wait for
+    a new one as a request at zero does; otherwise none."""
+    call = exchange.call
+    table = call.state.routes
+    if not table.wakeable_for(call.principal, call.model):
+        return []
+    await _wake(call, tried)
+    routes, _ = table.compliant_routes(call.principal, call.model)
+    return [route for route in routes if route.replica_id not in tried]
 
 
 async def admit(call: Call, routes: list[ReplicaRoute]) -> Admitted:
@@ -161,9 +197,13 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
     state, tried = exchange.state, set[str]()
     org = exchange.call.principal.org_id or "platform"
     batch = exchange.call.line is not None
-    while (
-        route := await state.queue.acquire(org, routes, tried, exchange.use, batch=batch)
-    ) is not None:
+    while True:
+        route = await state.queue.acquire(org, routes, tried, exchange.use, batch=batch)
+        if route is None:
+            routes = await _woken(exchange, tried)
+            if not routes:
+                break
+            continue
         tried.add(route.replica_id)
         secret = replica_secret(state.master_key, route.replica_id)
         headers = {

@@ -18,7 +18,7 @@ waiting for: batches use what live traffic leaves. Each server process keeps its
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
@@ -60,6 +60,16 @@ class FairQueue:
 
     def waiting_for(self, org: str, *, batch: bool = False) -> int:
         return len(self._lines.get((int(batch), org), ()))
+
+    def waiting_by_deployment(self) -> Counter[str]:
+        """Requests waiting, counted against each deployment that could serve them (the load
+        the autoscaler sees; gateway/demand.py)."""
+        counts: Counter[str] = Counter()
+        for line in self._lines.values():
+            for waiter in line:
+                if not waiter.granted.done():
+                    counts.update({route.deployment_id for route in waiter.routes})
+        return counts
 
     def _live_waiting(self) -> bool:
         return any(priority == 0 and line for (priority, _), line in self._lines.items())

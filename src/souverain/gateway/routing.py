@@ -23,10 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.catalog.routes import (
     ModelInfo,
     ReplicaRoute,
+    Wakeable,
     load_default_projects,
     load_models,
     load_project_limits,
     load_ready_routes,
+    load_wakeable,
     replica_states,
 )
 from souverain.core.policy import UNRESTRICTED, Policy, exclusion, intersect
@@ -48,6 +50,7 @@ class RouteTable:
         self.models: dict[str, ModelInfo] = {}  # by id
         self.by_name: dict[str, list[ModelInfo]] = {}
         self.routes: dict[str, list[ReplicaRoute]] = {}  # by model id
+        self.wakeable: dict[str, list[Wakeable]] = {}  # by model id: deployments at minimum 0
         self.outstanding: defaultdict[str, int] = defaultdict(int)
         self.held: defaultdict[tuple[str, str], int] = defaultdict(int)  # (replica, org) -> n
         self.slots = SlotBook()
@@ -98,6 +101,11 @@ class RouteTable:
             self.budgets = await all_budgets(session)
             self.replica_states = await replica_states(session)
             self.energy_totals = await totals_by_datacenter(session)
+            wakeable = await load_wakeable(session)
+        by_model: defaultdict[str, list[Wakeable]] = defaultdict(list)
+        for deployment in wakeable:
+            by_model[deployment.model_id].append(deployment)
+        self.wakeable = dict(by_model)
 
         self.replace(models, routes, in_force, defaults)
 
@@ -146,6 +154,14 @@ class RouteTable:
             route
             for route in self.routes.get(model.id, ())
             if route.deployment_org_id is None or route.deployment_org_id == principal.org_id
+        ]
+
+    def wakeable_for(self, principal: Principal, model: ModelInfo) -> list[Wakeable]:
+        """Deployments of the model the caller may use that start a replica on demand."""
+        return [
+            deployment
+            for deployment in self.wakeable.get(model.id, ())
+            if deployment.org_id is None or deployment.org_id == principal.org_id
         ]
 
     def ready_replicas(self, name: str) -> int:

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from souverain.gateway.auditing import AuditTrail
+from souverain.gateway.demand import DemandBoard
 from souverain.gateway.journal import UsageJournal
 from souverain.gateway.languages import LanguageTagger
 from souverain.gateway.meter import Meter
@@ -40,6 +41,7 @@ class AppState:
     languages: LanguageTagger
     meter: Meter
     queue: FairQueue
+    demand: DemandBoard  # this process's outstanding requests, told to the autoscaler
     file_stores: dict[str, str]  # datacenter -> store URI
     default_projects: dict[str, str] = field(default_factory=dict)
     ledger_ids: dict[tuple[str, str], str] = field(

@@ -4,7 +4,7 @@ The leader lease is renewed by a task of its own every third of its lifetime, wh
 the work loops are doing, so a slow Ray call cannot make it lapse. While leading, each
 concern runs in its own loop with a heartbeat (`health()`): node sync and deployment
 reconciliation, fine-tuning jobs, the replica observer (long polls), energy intervals,
-audit seals and pruning, the orphan sweep, expired files, the retention sweep. One failing or slow loop neither stops nor corrupts another;
+audit seals and pruning, the orphan sweep, expired files, the retention sweep, exports. One failing or slow loop neither stops nor corrupts another;
 every write-back is guarded by the row's lease token. If the lease cannot be renewed,
 every loop is cancelled at once and the controller goes back to waiting; another
 controller takes over when the lease expires and adopts the running replicas by name.
@@ -38,6 +38,7 @@ from souverain.jobs.deployments.reconciler import (
     EngineDefaults,
 )
 from souverain.jobs.energy import EnergyAccountant
+from souverain.jobs.exports.runner import ExportRunner
 from souverain.jobs.facade import ClusterFacade
 from souverain.jobs.fine_tuning.reconciler import FineTuneReconciler, TrainingDefaults
 from souverain.retention.sweep import RetentionSweep
@@ -118,6 +119,16 @@ class Controller:
         poll_s = min(observer_poll_s, self.energy.interval_s / 2)
         self.observer = ReplicaObserver(sessions, cluster, energy=self.energy, poll_s=poll_s)
         self.retention = RetentionSweep(sessions, signing_key=signing_key)
+        self.exports = (
+            None
+            if signing_key is None  # an archive's manifest must be signed
+            else ExportRunner(
+                sessions,
+                master_key=master_key,
+                signing_key=signing_key,
+                file_stores=training.file_stores if training else {},
+            )
+        )
         self.loops = [
             Loop("deployments", interval_s, self.cycle),
             Loop("fine-tuning", interval_s, self.fine_tuning_cycle),
@@ -126,6 +137,7 @@ class Controller:
             Loop("orphans", 10.0, self.sweep_orphans),
             Loop("files", 60.0, self.sweep_files),
             Loop("retention", 60.0, self.sweep_retention),
+            Loop("exports", 5.0, self.run_exports),
         ]
         self.is_leader = False
         self.led_since: float | None = None
@@ -213,6 +225,12 @@ class Controller:
     async def sweep_retention(self) -> None:
         """Remove what organisations' retention windows no longer allow (audited)."""
         await self.retention.run_once()
+
+    async def run_exports(self) -> None:
+        """Write the archives organisations asked for (a loop of its own: an archive of
+        many gigabytes must not delay anything else)."""
+        if self.exports is not None:
+            await self.exports.run_once()
 
     async def sweep_orphans(self) -> None:
         """Stop replica actors no replica row knows about (a crash between start and apply)."""

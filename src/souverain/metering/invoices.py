@@ -43,13 +43,20 @@ async def invoice(
     check_org(principal, org.id, Scope.READ)
     if not (principal.has(Scope.MANAGE) or principal.has(Scope.AUDIT)):
         check_scope(principal, Scope.MANAGE)
+    return await invoice_of(session, org_id=org.id, org_name=org.name, period=period)
+
+
+async def invoice_of(
+    session: AsyncSession, *, org_id: str, org_name: str, period: str
+) -> dict[str, Any]:
+    """The month's invoice of an organisation (the caller checked who may read it)."""
     start, end = month_bounds(period)
     lines, total, energy_j, co2e_g, currencies = await _lines_by_model(
-        session, org_id=org.id, start=start, end=end
+        session, org_id=org_id, start=start, end=end
     )
-    idle_j, idle_g = await _idle_of_own_deployments(session, org_id=org.id, start=start, end=end)
+    idle_j, idle_g = await _idle_of_own_deployments(session, org_id=org_id, start=start, end=end)
     return {
-        "organisation": {"id": org.id, "name": org.name},
+        "organisation": {"id": org_id, "name": org_name},
         "period": period,
         "issued_at": utcnow().isoformat(),
         "lines": lines,

@@ -71,14 +71,22 @@ def url_for(host: str, port: int, *, tls: bool = True) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+# What OpenSSL says when the other end answers a TLS hello with something else (plain HTTP).
+# Any other TLS error (an engine closing mid-handshake as it starts or dies) is transient:
+# the probe tries again, and a restart is worth it.
+_NOT_TLS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
+)
+
+
 def tls_refusal(error: BaseException) -> str | None:
     """Why the engine's TLS was refused, if that is what `error` comes from."""
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"the engine's certificate was refused: {cause.verify_message}"
-        if isinstance(cause, ssl.SSLError):
-            return f"the engine does not speak TLS as required: {cause.reason or cause}"
+        if isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS:
+            return f"the engine does not speak TLS as required: {cause.reason}"
         cause = cause.__cause__ or cause.__context__
     return None
 

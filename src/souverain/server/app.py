@@ -26,6 +26,7 @@ from souverain import __version__
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.files import service as files_service
 from souverain.gateway.auditing import AuditTrail
+from souverain.gateway.demand import DemandBoard
 from souverain.gateway.journal import UsageJournal
 from souverain.gateway.languages import LanguageTagger
 from souverain.gateway.meter import Meter
@@ -48,6 +49,7 @@ from souverain.server.routers import (
     data_controls,
     deployments,
     evaluations,
+    exports,
     files,
     fine_tuning,
     fleet,
@@ -134,6 +136,7 @@ def _include_routers(app: FastAPI) -> None:
         orgs.router,
         policies.router,
         data_controls.router,
+        exports.router,
         keys.router,
         fleet.router,
         models.router,
@@ -163,6 +166,9 @@ async def _running(state: AppState, hooks: Sequence[Hook]) -> AsyncIterator[None
     state.languages.start()
     refresher = asyncio.create_task(
         state.routes.refresh_forever(state.sessions, settings.replica_refresh_s)
+    )
+    publisher = asyncio.create_task(
+        state.demand.publish_forever(state.sessions, settings.demand_interval_s)
     )
     stop_trail = asyncio.Event()
     trail = asyncio.create_task(state.audit_trail.run(stop_trail))
@@ -198,8 +204,11 @@ async def _running(state: AppState, hooks: Sequence[Hook]) -> AsyncIterator[None
         await trail  # writes what the last window counted
 
         refresher.cancel()
+        publisher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
 
         await state.upstream.close()
         await state.oidc.close()
@@ -263,6 +272,12 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
     await routes.refresh(sessions)
     master_key = load_master_key(settings)
     trusted = await authority.load_or_create(sessions, master_key)  # engines' TLS root
+    queue = FairQueue(
+        routes,
+        per_org=settings.queue_per_org,
+        total=settings.queue_total,
+        wait_s=settings.queue_wait_s,
+    )
     return AppState(
         settings=settings,
         engine=engine,
@@ -282,10 +297,6 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
         languages=LanguageTagger(journal, sessions),
         meter=Meter.from_settings(settings),
         file_stores=settings.file_stores_or_default,
-        queue=FairQueue(
-            routes,
-            per_org=settings.queue_per_org,
-            total=settings.queue_total,
-            wait_s=settings.queue_wait_s,
-        ),
+        queue=queue,
+        demand=DemandBoard(routes, queue, server_id),
     )

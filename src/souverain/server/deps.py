@@ -11,8 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from souverain.core.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from souverain.core.ids import parse_api_key
 from souverain.core.principal import Principal
+from souverain.evidence import audit
+from souverain.files.uploads import Owner, principal_org
 from souverain.gateway.state import AppState
 from souverain.identity import sso_sessions
+from souverain.sovereignty import policies
 from souverain.tenancy import console_sessions
 
 SESSION_COOKIE = "souverain_session"
@@ -35,6 +38,16 @@ async def get_session(
 ) -> AsyncIterator[AsyncSession]:
     async with state.sessions() as session:
         yield session
+
+
+async def storing_owner(state: AppState, principal: Principal) -> Owner:
+    """Whose content is about to be stored, under the policy in force read from the
+    database now: the routes' copy lags a change by up to a refresh, and a tenant who has
+    just turned zero retention on must not have a file stored in that gap."""
+    org_id, project_id = principal_org(principal), state.routes.project_of(principal)
+    async with state.sessions() as session:
+        policy = await policies.effective(session, org_id=org_id, project_id=project_id)
+    return Owner(org_id, project_id, principal.key_id, policy, audit.actor_of(principal))
 
 
 def bearer_token(request: Request) -> str:

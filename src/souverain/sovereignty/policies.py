@@ -90,6 +90,11 @@ async def set_ceiling(
     it, so narrowing the ceiling narrows every project at once."""
     check_operator(principal)
     org = await orgs.get_org(session, principal=principal, ref=org_ref)
+    if (
+        document.zero_retention
+        and not (await ceiling_in_force(session, org_id=org.id)).zero_retention
+    ):
+        await data_controls.check_no_stored_work(session, org_id=org.id)
     version = await _append(
         session, org_id=org.id, project_id=None, document=document, by=principal.user_id
     )
@@ -124,6 +129,11 @@ async def set_project_policy(
         raise PermissionDeniedError(
             "a project policy may only narrow its organisation's ceiling: " + "; ".join(problems)
         )
+    if (
+        document.zero_retention
+        and not (await effective(session, org_id=org.id, project_id=project.id)).zero_retention
+    ):
+        await data_controls.check_no_stored_work(session, org_id=org.id, project_id=project.id)
     version = await _append(
         session, org_id=org.id, project_id=project.id, document=document, by=principal.user_id
     )

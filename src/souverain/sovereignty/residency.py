@@ -24,7 +24,7 @@ from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.signing import sign
 from souverain.db.jobs import FileRow
-from souverain.db.tables import DatacenterRow, UsageRecordRow, utcnow
+from souverain.db.tables import DatacenterRow, OrganisationRow, UsageRecordRow, utcnow
 from souverain.evidence import audit
 from souverain.fleet.datacenters import site_of
 from souverain.metering.usage import as_utc
@@ -46,6 +46,34 @@ async def residency(
     since, until = as_utc(since), as_utc(until)
     if until <= since:
         raise InvalidRequestError("'to' must be after 'from'", param="to")
+    document = await report_of(
+        session, org=org, since=since, until=until, generated_by=principal.key_id
+    )
+    await audit.record(
+        session,
+        actor=audit.actor_of(principal),
+        action="report.residency",
+        org_id=org.id,
+        target_type="organisation",
+        target_id=org.id,
+        details={
+            "from": since.isoformat(),
+            "to": until.isoformat(),
+            "records": document["records"]["count"],
+        },
+    )
+    return sign(signing_key, document)
+
+
+async def report_of(
+    session: AsyncSession,
+    *,
+    org: OrganisationRow,
+    since: datetime,
+    until: datetime,
+    generated_by: str | None,
+) -> dict[str, Any]:
+    """The report's document, unsigned (the caller checked who may read it)."""
     history = await policies.history(session, org_id=org.id)
     query = (
         select(UsageRecordRow)
@@ -60,26 +88,13 @@ async def residency(
         "organisation": {"id": org.id, "name": org.name},
         "period": {"from": since.isoformat(), "to": until.isoformat()},
         "generated_at": utcnow().isoformat(),
-        "generated_by": principal.key_id,
+        "generated_by": generated_by,
         "platform_version": __version__,
         **_tally(records, history),
         "files": stored,
     }
-    await audit.record(
-        session,
-        actor=audit.actor_of(principal),
-        action="report.residency",
-        org_id=org.id,
-        target_type="organisation",
-        target_id=org.id,
-        details={
-            "from": since.isoformat(),
-            "to": until.isoformat(),
-            "records": document["records"]["count"],
-        },
-    )
     document["compliant"] = document["compliant"] and not stored["violations"]
-    return sign(signing_key, document)
+    return document
 
 
 async def _files(

@@ -12,10 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.access import check_org
+from souverain.core.errors import ConflictError
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.schemas.data_controls import DataControlsRequest, RetentionWindows
+from souverain.core.status import BATCH_ACTIVE, FINE_TUNING_ACTIVE
 from souverain.db.data_controls import DataControlsRow
+from souverain.db.jobs import BatchRow, FineTuningJobRow
 from souverain.db.tables import utcnow
 from souverain.evidence.audit import actor_of, record
 from souverain.tenancy import orgs
@@ -55,6 +58,8 @@ async def set_controls(
     org = await orgs.get_org(session, principal=principal, ref=org_ref)
     check_org(principal, org.id, Scope.OWN)
     row = await find_controls(session, org_id=org.id)
+    if request.zero_retention and not (row and row.zero_retention):
+        await check_no_stored_work(session, org_id=org.id)
     if row is None:
         row = DataControlsRow(org_id=org.id)
         session.add(row)
@@ -68,3 +73,28 @@ async def set_controls(
     )  # fmt: skip
     await session.flush()
     return row
+
+
+async def check_no_stored_work(
+    session: AsyncSession, *, org_id: str, project_id: str | None = None
+) -> None:
+    """Zero retention cannot start under work that is storing content now: a batch that has
+    not ended writes its results, a fine-tuning job its checkpoints. Refused (409) naming
+    them; the tenant cancels them or lets them end, then turns it on. Nothing is changed."""
+    batches = select(BatchRow.id).where(
+        BatchRow.org_id == org_id, BatchRow.status.in_(BATCH_ACTIVE)
+    )
+    jobs = select(FineTuningJobRow.id).where(
+        FineTuningJobRow.org_id == org_id, FineTuningJobRow.status.in_(FINE_TUNING_ACTIVE)
+    )
+    if project_id is not None:
+        batches = batches.where(BatchRow.project_id == project_id)
+        jobs = jobs.where(FineTuningJobRow.project_id == project_id)
+    running = [*(await session.execute(batches.limit(5))).scalars(),
+               *(await session.execute(jobs.limit(5))).scalars()]  # fmt: skip
+    if running:
+        raise ConflictError(
+            "zero retention cannot be turned on while work that stores content runs: "
+            f"{', '.join(running)}; cancel it or let it end, then turn zero retention on",
+            param="zero_retention",
+        )

@@ -10,9 +10,30 @@ from souverain.core.schemas.policies import _jurisdictions
 from souverain.core.schemas.tenancy import Slug
 
 Strategy = Literal["spread", "binpack"]
+MAX_REPLICAS = 64  # a deployment's hard bound, autoscaled or not
 
 
-class DeploymentCreateRequest(StrictRequest):
+class ScalingFields(StrictRequest):
+    """Autoscaling, checked by the service (a clear 400 naming the field). Without a minimum
+    and a maximum the count is fixed at `replicas`."""
+
+    min_replicas: int | None = Field(
+        default=None, description="Fewest replicas (0: scale to zero when idle)."
+    )
+    max_replicas: int | None = Field(default=None, description=f"Most replicas (≤ {MAX_REPLICAS}).")
+    target_busy_per_replica: float | None = Field(
+        default=None,
+        description="Outstanding requests (answering or waiting) per replica the controller "
+        "aims at; above it for two readings, it adds replicas. Default 4.",
+    )
+    scale_down_idle_s: int | None = Field(
+        default=None,
+        description="Seconds the load must stay below target before replicas are removed "
+        "(the last one, at minimum 0). Default 300.",
+    )
+
+
+class DeploymentCreateRequest(ScalingFields):
     name: Slug
     model: str = Field(max_length=128)
     replicas: int = Field(default=1, ge=0, le=64)
@@ -38,7 +59,7 @@ class DeploymentCreateRequest(StrictRequest):
     _check = field_validator("jurisdictions", "operator_jurisdictions")(_jurisdictions)
 
 
-class DeploymentUpdateRequest(StrictRequest):
+class DeploymentUpdateRequest(ScalingFields):
     """Change what is given; replicas that no longer comply are drained and re-placed."""
 
     replicas: int | None = Field(default=None, ge=0, le=64)
@@ -71,8 +92,15 @@ class Deployment(Out):
     model: str
     org_id: str | None
     engine: str
-    replicas: int
+    replicas: int  # the count wanted now (the controller's, when autoscaled)
     ready_replicas: int
+    autoscaling: bool = False
+    min_replicas: int
+    max_replicas: int
+    target_busy_per_replica: float
+    scale_down_idle_s: int
+    scaled_at: datetime | None = None  # the last scaling decision
+    scaling_reason: str = ""
     datacenters: list[str]
     jurisdictions: list[str] | None
     certifications: list[str]

@@ -3,7 +3,8 @@
 load    claim the deployment row with a lease token; read it, its model, replicas (with
         the state the replica observer wrote) and the placement policy (its own
         constraints ∩ its organisation's ceiling)
-process drop lost replicas; drain replicas whose datacenter no longer complies (a changed
+process decide the wanted count from the load the gateways report (autoscaled deployments:
+        `autoscaling.py`, `scheduler/autoscale.py`); drop lost replicas; drain replicas whose datacenter no longer complies (a changed
         policy, constraint or datacenter) or whose node left the cluster; stop extras;
         place missing ones (scheduler, then a detached Ray actor with a label_selector
         for the chosen datacenter)
@@ -18,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,14 +39,17 @@ from souverain.db.tables import (
     ModelArtifactRow,
     ModelRow,
     ReplicaRow,
+    utcnow,
 )
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.jobs.cycle import run_cycle
+from souverain.jobs.deployments import autoscaling
 from souverain.jobs.deployments.service import placement_policy
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.facade import ClusterFacade
 from souverain.jobs.lease import Lease
+from souverain.scheduler.autoscale import decide
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import Placement, PlacementRequest
 from souverain.storage.crypto import unwrap
@@ -73,6 +80,8 @@ class Loaded:
     policy: Policy
     adapter: ObjectGrant | None = None  # a fine-tuned model's LoRA adapter
     adapter_error: str = ""
+    busy: tuple[int, int] = (0, 0)  # (in flight, waiting), as the gateways report
+    now: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class Outcome:
     remove_deployment: bool = False
     org_id: str | None = None
     events: list[Event] = field(default_factory=list)  # audited with the write-back
+    scaling: dict[str, object] = field(default_factory=dict)  # the row's new scaling values
 
     def replica_event(self, action: str, replica_id: str, **details: object) -> None:
         self.events.append(Event(action, "replica", replica_id, details))
@@ -108,8 +118,10 @@ class DeploymentReconciler:
         energy: EnergyAccountant,
         issuer: CredentialIssuer,
         lease_s: float = 60.0,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.energy = energy
+        self._clock = clock
         self._issuer = issuer
 
         self._sessions = sessions
@@ -164,7 +176,11 @@ class DeploymentReconciler:
         )
         policy = await placement_policy(session, deployment=deployment)
         adapter, adapter_error = await self._adapter(session, model)
-        return Loaded(deployment, model, artifact, replicas, policy, adapter, adapter_error)
+        now = self._clock()
+        busy = await autoscaling.busy_of(session, deployment_id=deployment_id, now=now)
+        return Loaded(
+            deployment, model, artifact, replicas, policy, adapter, adapter_error, busy, now
+        )
 
     async def _adapter(
         self, session: AsyncSession, model: ModelRow
@@ -180,13 +196,16 @@ class DeploymentReconciler:
             )
         except GoneError as error:
             return None, str(error)
-        data_key = unwrap(kek, bytes.fromhex(row.wrapped_key), row.object_id.split("/", 1)[0])
+        try:
+            data_key = unwrap(kek, bytes.fromhex(row.wrapped_key), row.object_id.split("/", 1)[0])
+        except InvalidTag:  # wrapped under a key since erased and made again
+            return None, "its key does not open it: it was erased with its organisation's keys"
         return ObjectGrant(row.store_uri, row.object_key, row.object_id, data_key, row.sha256), ""
 
     async def _process(self, loaded: Loaded, placer: Placer) -> Outcome:
         deployment, outcome = loaded.deployment, Outcome(org_id=loaded.deployment.org_id)
         live = await self._observe(loaded, placer, outcome)
-        desired = 0 if deployment.deleted else deployment.replicas
+        desired = 0 if deployment.deleted else _scale(loaded, outcome)
         for extra in _pick_extras(live, desired):
             await asyncio.to_thread(self._cluster.stop_replica, extra.actor_name)
             outcome.deletes.append(extra.id)
@@ -302,7 +321,7 @@ class DeploymentReconciler:
         await session.execute(
             update(DeploymentRow)
             .where(DeploymentRow.id == deployment.id)
-            .values(status=outcome.status, status_reason=outcome.reason)
+            .values(status=outcome.status, status_reason=outcome.reason, **outcome.scaling)
         )
         if outcome.deletes:
             await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
@@ -319,6 +338,33 @@ class DeploymentReconciler:
             )
         if outcome.remove_deployment:
             await session.execute(delete(DeploymentRow).where(DeploymentRow.id == deployment.id))
+
+
+def _scale(loaded: Loaded, outcome: Outcome) -> int:
+    """The replicas wanted now: the fixed count, or the autoscaler's after this reading."""
+    deployment = loaded.deployment
+    if not autoscaling.is_autoscaled(deployment) or loaded.now is None:
+        return deployment.replicas
+    in_flight, waiting = loaded.busy
+    decision = decide(
+        autoscaling.limits_of(deployment),
+        autoscaling.state_of(deployment),
+        in_flight + waiting,
+        loaded.now,
+        starting=any(r.state == ReplicaState.STARTING for r in loaded.replicas),
+    )
+    outcome.scaling = autoscaling.write_decision(deployment, decision, loaded.now)
+    if decision.changed:
+        outcome.events.append(
+            Event(
+                "deployment.scale",
+                "deployment",
+                deployment.id,
+                {"from": deployment.replicas, "to": decision.state.wanted,
+                 "reason": decision.reason, "in_flight": in_flight, "waiting": waiting},
+            )
+        )  # fmt: skip
+    return decision.state.wanted
 
 
 def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | None:
@@ -367,7 +413,7 @@ def _set_status(
         outcome.remove_deployment = not live
         outcome.status, outcome.reason = "deleting", f"stopping {len(live)} replica(s)"
     elif desired == 0:
-        outcome.status, outcome.reason = "stopped", "scaled to zero"
+        outcome.status, outcome.reason = "stopped", _stopped_reason(deployment)
     elif failed and len(failed) == len(live):
         outcome.status = "failed"
         outcome.reason = failed[0].reason or "every engine failed to start"
@@ -382,3 +428,9 @@ def _set_status(
         outcome.status, outcome.reason = "ready", f"{ready}/{desired} replicas ready"
     else:
         outcome.status, outcome.reason = "starting", f"{ready}/{desired} replicas ready"
+
+
+def _stopped_reason(deployment: DeploymentRow) -> str:
+    if autoscaling.limits_of(deployment).max_replicas > 0:
+        return "scaled to zero while idle; the next request starts a replica"
+    return "scaled to zero"

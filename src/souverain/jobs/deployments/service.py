@@ -35,6 +35,7 @@ from souverain.db.tables import (
 )
 from souverain.db.visibility import visible
 from souverain.evidence.audit import Actor, actor_of, record
+from souverain.jobs.deployments import autoscaling
 from souverain.sovereignty import policies
 from souverain.tenancy import orgs
 
@@ -142,6 +143,7 @@ async def create_deployment(
     await _check_datacenters(session, request.datacenters)
     if request.reasoning_default:
         _check_reasoning(model)
+    autoscaling.check_scaling(request, replicas=request.replicas)
     if await _name_taken(session, name=request.name, org_id=org_id):
         raise ConflictError(f"deployment '{request.name}' already exists", param="name")
     deployment = await put_deployment(session, request=request, model=model, org_id=org_id)
@@ -160,13 +162,20 @@ async def create_deployment(
 async def put_deployment(
     session: AsyncSession, *, request: DeploymentCreateRequest, model: ModelRow, org_id: str | None
 ) -> DeploymentRow:
+    scaling = autoscaling.check_scaling(request, replicas=request.replicas)
+    # the first count, inside the limits (a default of 1 under a minimum of 2 is 2)
+    replicas = autoscaling.starting_count(scaling, request.replicas, replicas_given=False)
     deployment = DeploymentRow(
         id=new_id("dep"),
         name=request.name,
         model_id=model.id,
         org_id=org_id,
         engine=model.engine,
-        replicas=request.replicas,
+        replicas=replicas,
+        min_replicas=scaling.min_replicas,
+        max_replicas=scaling.max_replicas,
+        target_busy_per_replica=scaling.target,
+        scale_down_idle_s=scaling.idle_s,
         datacenters=list(request.datacenters),
         cpus=request.cpus,
         gpus=request.gpus,
@@ -208,8 +217,7 @@ async def update_deployment(
 ) -> DeploymentRow:
     deployment = await get_deployment(session, principal=principal, ref=ref)
     _check_manage(principal, deployment)
-    if request.replicas is not None:
-        deployment.replicas = request.replicas
+    _rescale(deployment, request)
     if request.datacenters is not None:
         await _check_datacenters(session, request.datacenters)
         deployment.datacenters = list(request.datacenters)
@@ -238,6 +246,22 @@ async def update_deployment(
         details=request.model_dump(mode="json", exclude_unset=True),
     )
     return deployment
+
+
+def _rescale(deployment: DeploymentRow, request: DeploymentUpdateRequest) -> None:
+    """New limits, target or count: a fixed deployment given `replicas` stays fixed; an
+    autoscaled one takes a count inside its limits (the controller moves it from there)."""
+    replicas = deployment.replicas if request.replicas is None else request.replicas
+    scaling = autoscaling.check_scaling(request, replicas=replicas, current=deployment)
+    wanted = autoscaling.starting_count(
+        scaling, replicas, replicas_given=request.replicas is not None
+    )
+    if wanted != deployment.replicas:
+        deployment.scale_above, deployment.scale_below_since = 0, None
+    deployment.replicas = wanted
+    deployment.min_replicas, deployment.max_replicas = scaling.min_replicas, scaling.max_replicas
+    deployment.target_busy_per_replica = scaling.target
+    deployment.scale_down_idle_s = scaling.idle_s
 
 
 def constraints_of(deployment: DeploymentRow) -> Policy:

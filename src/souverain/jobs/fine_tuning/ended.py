@@ -59,7 +59,10 @@ async def ended(
     session: AsyncSession, ctx: Context, job: FineTuningJobRow, status: TrainingStatus
 ) -> None:
     close_attempt(job)
-    if status.state == "paused":
+    if job.wanted == Wanted.CANCEL and status.state != "failed":
+        # cancelled (or its organisation erased) while it finished: nothing is registered
+        await finish(session, ctx, job, FineTuningStatus.CANCELLED, "Job cancelled")
+    elif status.state == "paused":
         await _paused(session, ctx, job)
     elif status.state == "cancelled":
         await finish(session, ctx, job, FineTuningStatus.CANCELLED, "Job cancelled")

@@ -27,12 +27,11 @@ from souverain.core.schemas.batches import (
 )
 from souverain.core.schemas.common import ListPage, Metadata, MistralList, StrictRequest
 from souverain.db.jobs import BatchRow
-from souverain.evidence import audit
-from souverain.files.uploads import Checked, Owner, principal_org, store_plaintext
+from souverain.files.uploads import Checked, store_plaintext
 from souverain.gateway.file_lines import LineChecker
 from souverain.gateway.state import AppState
 from souverain.jobs.batches import service as batches
-from souverain.server.deps import PrincipalDep, SessionDep, StateDep
+from souverain.server.deps import PrincipalDep, SessionDep, StateDep, storing_owner
 from souverain.server.pagination import OBJECTS, Cursor, cursor, list_page, mistral_list
 
 router = APIRouter(tags=["batches"])
@@ -162,7 +161,8 @@ async def _inline_file(
     state: AppState, principal: Principal, requests: list[MistralRequest]
 ) -> str:
     """Inline requests become an input file like any other (encrypted, under the policy)."""
-    check_may_keep(state.routes.policy_for(principal), "a batch", param="requests")
+    owner = await storing_owner(state, principal)
+    check_may_keep(owner.policy, "a batch", param="requests")
     checker = LineChecker("batch")
 
     async def lines() -> AsyncIterator[bytes]:
@@ -175,8 +175,6 @@ async def _inline_file(
     async def finish(*_: object) -> Checked:
         return Checked("inline-requests.jsonl", "batch", checker.finish())
 
-    owner = Owner(principal_org(principal), state.routes.project_of(principal), principal.key_id,
-                  state.routes.policy_for(principal), audit.actor_of(principal))  # fmt: skip
     row = await store_plaintext(state, owner=owner, plaintext=lines(), finish=finish)
     return row.id
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from souverain.core.principal import Principal
 from souverain.core.schemas.deployments import (
     Deployment,
     DeploymentCreateRequest,
@@ -10,18 +11,22 @@ from souverain.core.schemas.deployments import (
     Replica,
 )
 from souverain.db.tables import DeploymentRow, ModelRow
+from souverain.jobs.deployments import autoscaling
 from souverain.jobs.deployments import service as deployments
 from souverain.server.deps import PrincipalDep, SessionDep
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
 
 
-async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deployment]:
+async def _out(
+    session: AsyncSession, rows: list[DeploymentRow], principal: Principal
+) -> list[Deployment]:
     replicas = await deployments.replicas_of(session, deployment_ids=[r.id for r in rows])
     result = []
     for row in rows:
         model = await session.get(ModelRow, row.model_id)
         reps = replicas[row.id]
+        limits = autoscaling.limits_of(row)
         result.append(
             Deployment(
                 id=row.id,
@@ -31,6 +36,14 @@ async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deploym
                 engine=row.engine,
                 replicas=row.replicas,
                 ready_replicas=sum(1 for r in reps if r.state == "ready"),
+                autoscaling=autoscaling.is_autoscaled(row),
+                min_replicas=limits.min_replicas,
+                max_replicas=limits.max_replicas,
+                target_busy_per_replica=limits.target,
+                scale_down_idle_s=int(limits.scale_down_idle_s),
+                scaled_at=row.scaled_at,
+                # its reason counts every tenant's requests: the deployment's own only
+                scaling_reason=row.scaling_reason if _owns(principal, row) else "",
                 datacenters=list(row.datacenters),
                 jurisdictions=(row.placement or {}).get("jurisdictions"),
                 certifications=list((row.placement or {}).get("certifications") or []),
@@ -50,10 +63,16 @@ async def _out(session: AsyncSession, rows: list[DeploymentRow]) -> list[Deploym
     return result
 
 
+def _owns(principal: Principal, row: DeploymentRow) -> bool:
+    return principal.is_operator or (row.org_id is not None and row.org_id == principal.org_id)
+
+
 @router.get("", response_model=list[Deployment])
 async def list_deployments(principal: PrincipalDep, session: SessionDep) -> list[Deployment]:
     """Deployments with their status and, when pending, the reasons."""
-    return await _out(session, await deployments.list_deployments(session, principal=principal))
+    return await _out(
+        session, await deployments.list_deployments(session, principal=principal), principal
+    )
 
 
 @router.post("", response_model=Deployment, status_code=status.HTTP_201_CREATED)
@@ -63,7 +82,7 @@ async def create_deployment(
     """Deploy a model. The controller places its replicas; watch `status` and `status_reason`."""
     row = await deployments.create_deployment(session, principal=principal, request=body)
     await session.commit()
-    return (await _out(session, [row]))[0]
+    return (await _out(session, [row], principal))[0]
 
 
 @router.get("/{deployment}", response_model=Deployment)
@@ -71,20 +90,21 @@ async def get_deployment(
     deployment: str, principal: PrincipalDep, session: SessionDep
 ) -> Deployment:
     row = await deployments.get_deployment(session, principal=principal, ref=deployment)
-    return (await _out(session, [row]))[0]
+    return (await _out(session, [row], principal))[0]
 
 
 @router.patch("/{deployment}", response_model=Deployment)
 async def update_deployment(
     deployment: str, body: DeploymentUpdateRequest, principal: PrincipalDep, session: SessionDep
 ) -> Deployment:
-    """Scale (0 stops it, keeping the deployment) or change placement constraints; replicas
-    that no longer comply are drained and placed again."""
+    """Scale (0 stops it, keeping the deployment), set autoscaling limits (`min_replicas`,
+    `max_replicas`, `target_busy_per_replica`, `scale_down_idle_s`) or change placement
+    constraints; replicas that no longer comply are drained and placed again."""
     row = await deployments.update_deployment(
         session, principal=principal, ref=deployment, request=body
     )
     await session.commit()
-    return (await _out(session, [row]))[0]
+    return (await _out(session, [row], principal))[0]
 
 
 @router.delete("/{deployment}", response_model=Deployment)
@@ -94,4 +114,4 @@ async def delete_deployment(
     """Delete: replicas are stopped, then the deployment disappears."""
     row = await deployments.delete_deployment(session, principal=principal, ref=deployment)
     await session.commit()
-    return (await _out(session, [row]))[0]
+    return (await _out(session, [row], principal))[0]

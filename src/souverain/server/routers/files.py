@@ -30,12 +30,11 @@ from souverain.core.roles import Scope
 from souverain.core.schemas.files import FileDeleted, FileList, FileObject
 from souverain.db.jobs import FileRow
 from souverain.db.tables import utcnow
-from souverain.evidence import audit
 from souverain.files import service as files
-from souverain.files.uploads import Checked, Owner, principal_org, store_plaintext
+from souverain.files.uploads import Checked, store_plaintext
 from souverain.gateway.file_lines import LineChecker
 from souverain.gateway.state import AppState
-from souverain.server.deps import PrincipalDep, SessionDep, StateDep, get_principal
+from souverain.server.deps import PrincipalDep, SessionDep, StateDep, get_principal, storing_owner
 from souverain.server.pagination import FILES, Cursor, cursor, list_page
 from souverain.storage.crypto import open_sealed
 from souverain.storage.stores import ObjectStore
@@ -188,10 +187,7 @@ async def upload_file(request: Request) -> FileObject:
     state: AppState = request.app.state.souverain
     principal = await get_principal(request, state)
     check_scope(principal, Scope.INFERENCE)
-    owner = Owner(
-        principal_org(principal), state.routes.project_of(principal), principal.key_id,
-        state.routes.policy_for(principal), audit.actor_of(principal),
-    )  # fmt: skip
+    owner = await storing_owner(state, principal)
     check_may_keep(owner.policy, "a file upload", param="file")
     upload = Upload(_boundary(request), state.settings.files_max_bytes)
 

@@ -86,13 +86,14 @@ def _model_object(model: ModelInfo) -> ModelObject:
 @router.get("/models", summary="List models")
 async def list_models(principal: PrincipalDep, state: StateDep) -> ModelList:
     """Models you can call right now: visible to your organisation and served by a ready
-    replica in a datacenter your sovereignty policy allows."""
+    replica in a datacenter your sovereignty policy allows, or by a deployment scaled to
+    zero that starts one for your request."""
     check_scope(principal, Scope.INFERENCE)
     table = state.routes
     models = [
         _model_object(model)
         for model in table.visible_models(principal)
-        if table.compliant_routes(principal, model)[0]
+        if table.compliant_routes(principal, model)[0] or table.wakeable_for(principal, model)
     ]
 
     return ModelList(data=models)

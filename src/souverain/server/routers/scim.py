@@ -157,105 +157,6 @@ def _listing(items: list[Any], total: int, start: int) -> dict[str, Any]:
     }
 
 
-@router.get("/Users", summary="SCIM: list or filter the organisation's users")
-async def list_users(
-    session: SessionDep,
-    directory: Directory = DirectoryDep,
-    filter: str | None = Query(default=None, max_length=1000),
-    start_index: int = Query(default=1, alias="startIndex", ge=-(2**31), le=2**31),
-    count: int = Query(default=100, ge=-(2**31), le=2**31),
-    attributes: str | None = Attributes,
-    excluded_attributes: str | None = Excluded,
-) -> Response:
-    query = Search(filter, start_index, count, attributes, excluded_attributes)
-    return await _search(session, directory, User, query)
-
-
-@router.post("/Users/.search", summary="SCIM: search the organisation's users")
-async def search_users(
-    request: Request, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    return await _search(session, directory, User, Search.of(await body_of(request)))
-
-
-@router.post("/Users", status_code=201, summary="SCIM: provision a user")
-async def create_user(
-    request: Request, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    row = await users.create(session, directory, await body_of(request))
-    await session.commit()
-    user = await users.to_resource(session, directory, row)
-    return scim(
-        resources.dump(user, Context.RESOURCE_CREATION_RESPONSE),
-        201,
-        location=directory.location("Users", row.id),
-    )
-
-
-@router.get("/Users/{user_id}", summary="SCIM: one user")
-async def get_user(
-    user_id: str,
-    session: SessionDep,
-    directory: Directory = DirectoryDep,
-    attributes: str | None = Attributes,
-    excluded_attributes: str | None = Excluded,
-) -> Response:
-    row = await users.get_entry(session, directory, user_id)
-    user = await users.to_resource(session, directory, row)
-    parameters = resources.response_parameters(User, attributes, excluded_attributes)
-    return scim(resources.dump(user, Context.RESOURCE_QUERY_RESPONSE, parameters))
-
-
-@router.put("/Users/{user_id}", summary="SCIM: replace a user")
-async def replace_user(
-    user_id: str, request: Request, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    row = await users.replace(session, directory, user_id, await body_of(request))
-    await session.commit()
-    user = await users.to_resource(session, directory, row)
-    return scim(resources.dump(user, Context.RESOURCE_REPLACEMENT_RESPONSE))
-
-
-@router.patch("/Users/{user_id}", summary="SCIM: change a user (e.g. active: false)")
-async def patch_user(
-    user_id: str, request: Request, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    row = await users.patch(session, directory, user_id, await body_of(request))
-    await session.commit()
-    user = await users.to_resource(session, directory, row)
-    return scim(resources.dump(user, Context.RESOURCE_PATCH_RESPONSE))
-
-
-@router.delete("/Users/{user_id}", status_code=204, summary="SCIM: delete a user")
-async def delete_user(
-    user_id: str, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    await users.remove(session, directory, user_id)
-    await session.commit()
-    return Response(status_code=204)
-
-
-@router.get("/Groups", summary="SCIM: list or filter the organisation's groups")
-async def list_groups(
-    session: SessionDep,
-    directory: Directory = DirectoryDep,
-    filter: str | None = Query(default=None, max_length=1000),
-    start_index: int = Query(default=1, alias="startIndex", ge=-(2**31), le=2**31),
-    count: int = Query(default=100, ge=-(2**31), le=2**31),
-    attributes: str | None = Attributes,
-    excluded_attributes: str | None = Excluded,
-) -> Response:
-    query = Search(filter, start_index, count, attributes, excluded_attributes)
-    return await _search(session, directory, Group, query)
-
-
-@router.post("/Groups/.search", summary="SCIM: search the organisation's groups")
-async def search_groups(
-    request: Request, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    return await _search(session, directory, Group, Search.of(await body_of(request)))
-
-
 @dataclass(frozen=True)
 class Search:
     """A query, from the URL (GET) or a SearchRequest body (POST …/.search)."""
@@ -312,61 +213,98 @@ async def _search(
     return scim(resources.dump(listing, Context.SEARCH_RESPONSE, parameters))
 
 
-@router.post("/Groups", status_code=201, summary="SCIM: create a group")
-async def create_group(
-    request: Request, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    row = await groups.create(session, directory, await body_of(request))
-    await session.commit()
-    group = await groups.to_resource(session, directory, row)
-    return scim(
-        resources.dump(group, Context.RESOURCE_CREATION_RESPONSE),
-        201,
-        location=directory.location("Groups", row.id),
-    )
+def _resource_routes(
+    plural: str, service: Any, model: type[Any], summaries: dict[str, str]
+) -> None:
+    """The same eight routes for Users and Groups, each through `service` (`users`, `groups`)."""
+
+    async def listing(
+        session: SessionDep,
+        directory: Directory = DirectoryDep,
+        filter: str | None = Query(default=None, max_length=1000),
+        start_index: int = Query(default=1, alias="startIndex", ge=-(2**31), le=2**31),
+        count: int = Query(default=100, ge=-(2**31), le=2**31),
+        attributes: str | None = Attributes,
+        excluded_attributes: str | None = Excluded,
+    ) -> Response:
+        query = Search(filter, start_index, count, attributes, excluded_attributes)
+        return await _search(session, directory, model, query)
+
+    async def search(
+        request: Request, session: SessionDep, directory: Directory = DirectoryDep
+    ) -> Response:
+        return await _search(session, directory, model, Search.of(await body_of(request)))
+
+    async def create(
+        request: Request, session: SessionDep, directory: Directory = DirectoryDep
+    ) -> Response:
+        row = await service.create(session, directory, await body_of(request))
+        await session.commit()
+        found = await service.to_resource(session, directory, row)
+        location = directory.location(plural, row.id)
+        return scim(resources.dump(found, Context.RESOURCE_CREATION_RESPONSE), 201, location)
+
+    async def read(
+        entry_id: str,
+        session: SessionDep,
+        directory: Directory = DirectoryDep,
+        attributes: str | None = Attributes,
+        excluded_attributes: str | None = Excluded,
+    ) -> Response:
+        row = await service.get_entry(session, directory, entry_id)
+        found = await service.to_resource(session, directory, row)
+        parameters = resources.response_parameters(model, attributes, excluded_attributes)
+        return scim(resources.dump(found, Context.RESOURCE_QUERY_RESPONSE, parameters))
+
+    def changing(change: str, context: Context) -> Handler:
+        async def changed(
+            entry_id: str,
+            request: Request,
+            session: SessionDep,
+            directory: Directory = DirectoryDep,
+        ) -> Response:
+            row = await getattr(service, change)(
+                session, directory, entry_id, await body_of(request)
+            )
+            await session.commit()
+            found = await service.to_resource(session, directory, row)
+            return scim(resources.dump(found, context))
+
+        return changed  # type: ignore[return-value]
+
+    async def remove(
+        entry_id: str, session: SessionDep, directory: Directory = DirectoryDep
+    ) -> Response:
+        await service.remove(session, directory, entry_id)
+        await session.commit()
+        return Response(status_code=204)
+
+    one = f"/{plural}/{{entry_id}}"
+    for path, handler, method, status in (
+        (f"/{plural}", listing, "GET", 200),
+        (f"/{plural}/.search", search, "POST", 200),
+        (f"/{plural}", create, "POST", 201),
+        (one, read, "GET", 200),
+        (one, changing("replace", Context.RESOURCE_REPLACEMENT_RESPONSE), "PUT", 200),
+        (one, changing("patch", Context.RESOURCE_PATCH_RESPONSE), "PATCH", 200),
+        (one, remove, "DELETE", 204),
+    ):
+        router.add_api_route(
+            path, handler, methods=[method], status_code=status,
+            summary=f"SCIM: {summaries[method + (' search' if path.endswith('.search') else '')]}",
+        )  # fmt: skip
 
 
-@router.get("/Groups/{group_id}", summary="SCIM: one group")
-async def get_group(
-    group_id: str,
-    session: SessionDep,
-    directory: Directory = DirectoryDep,
-    attributes: str | None = Attributes,
-    excluded_attributes: str | None = Excluded,
-) -> Response:
-    row = await groups.get_entry(session, directory, group_id)
-    group = await groups.to_resource(session, directory, row)
-    parameters = resources.response_parameters(Group, attributes, excluded_attributes)
-    return scim(resources.dump(group, Context.RESOURCE_QUERY_RESPONSE, parameters))
-
-
-@router.put("/Groups/{group_id}", summary="SCIM: replace a group")
-async def replace_group(
-    group_id: str, request: Request, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    row = await groups.replace(session, directory, group_id, await body_of(request))
-    await session.commit()
-    group = await groups.to_resource(session, directory, row)
-    return scim(resources.dump(group, Context.RESOURCE_REPLACEMENT_RESPONSE))
-
-
-@router.patch("/Groups/{group_id}", summary="SCIM: change a group's members or name")
-async def patch_group(
-    group_id: str, request: Request, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    row = await groups.patch(session, directory, group_id, await body_of(request))
-    await session.commit()
-    group = await groups.to_resource(session, directory, row)
-    return scim(resources.dump(group, Context.RESOURCE_PATCH_RESPONSE))
-
-
-@router.delete("/Groups/{group_id}", status_code=204, summary="SCIM: delete a group")
-async def delete_group(
-    group_id: str, session: SessionDep, directory: Directory = DirectoryDep
-) -> Response:
-    await groups.remove(session, directory, group_id)
-    await session.commit()
-    return Response(status_code=204)
+_resource_routes("Users", users, User, {
+    "GET": "list, filter or read the organisation's users", "POST search": "search users",
+    "POST": "provision a user", "PUT": "replace a user",
+    "PATCH": "change a user (e.g. active: false)", "DELETE": "delete a user",
+})  # fmt: skip
+_resource_routes("Groups", groups, Group, {
+    "GET": "list, filter or read the organisation's groups", "POST search": "search groups",
+    "POST": "create a group", "PUT": "replace a group",
+    "PATCH": "change a group's members or name", "DELETE": "delete a group",
+})  # fmt: skip
 
 
 @router.api_route(

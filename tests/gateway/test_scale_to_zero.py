@@ -1,0 +1,176 @@
+"""A request for a model whose deployment is scaled to zero waits for a replica instead of
+being refused: the controller sees it waiting (the server's demand row), and once a replica
+is ready the request is answered. A replica that cannot start, or none ready in time, gives
+the waiting request a 503 that says why. Clients are the official SDK; the controller's
+part (placing the replica) is written as it would write it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import openai
+import pytest
+from sqlalchemy import delete, select
+
+from souverain.core.ids import new_id
+from souverain.core.roles import Role
+from souverain.db.tables import (
+    DeploymentDemandRow,
+    DeploymentRow,
+    ModelArtifactRow,
+    ModelRow,
+    ReplicaRow,
+)
+from souverain.testing.factories import unique
+from souverain.testing.live import free_port
+from tests.conftest import Platform, usage_records, wait_until
+
+
+async def asleep(platform: Platform) -> tuple[str, str]:
+    """A platform model whose only deployment is at zero replicas with minimum 0, known to
+    the server's route table."""
+    name, deployment_id = unique("zero"), new_id("dep")
+    async with platform.sessions.begin() as session:
+        model = ModelRow(
+            id=new_id("mdl"), name=name, owner_org_id=None, engine="stand-in",
+            capabilities=["chat", "completions"], context_length=4096, description="",
+        )  # fmt: skip
+        session.add(model)
+        await session.flush()
+        session.add(
+            ModelArtifactRow(
+                id=new_id("art"), model_id=model.id, uri="file:///dev/null", sha256=None,
+                size_bytes=None, format="gguf", license="test", source="test",
+            )
+        )  # fmt: skip
+        session.add(
+            DeploymentRow(
+                id=deployment_id, name=unique("dep"), model_id=model.id, org_id=None,
+                engine="stand-in", replicas=0, min_replicas=0, max_replicas=1,
+                datacenters=[], cpus=1, gpus=0, engine_args={}, status="stopped",
+                status_reason="scaled to zero while idle",
+            )
+        )  # fmt: skip
+    async with platform.client(await platform.operator_key()) as client:
+        # a change made through the API: every server reloads its routes
+        touched = await client.patch(f"/api/deployments/{deployment_id}", json={})
+        assert touched.status_code == 200, touched.text
+
+        async def listed() -> bool:
+            return name in {m["id"] for m in (await client.get("/v1/models")).json()["data"]}
+
+        await wait_until(listed, timeout_s=10)
+    return name, deployment_id
+
+
+async def sdk(platform: Platform) -> openai.AsyncOpenAI:
+    tenant = await platform.factory.tenant()
+    key = await platform.factory.new_member(tenant.org_id, Role.MEMBER)
+    return openai.AsyncOpenAI(
+        base_url=f"{platform.url}/v1", api_key=key.key, max_retries=0, timeout=60
+    )
+
+
+async def waiting_seen(platform: Platform, deployment_id: str) -> bool:
+    """Whether a server told the controller that a request waits for this deployment."""
+    async with platform.sessions() as session:
+        query = select(DeploymentDemandRow.waiting).where(
+            DeploymentDemandRow.deployment_id == deployment_id
+        )
+        return any(waiting > 0 for waiting in (await session.execute(query)).scalars())
+
+
+async def replica_ready(platform: Platform, deployment_id: str, url: str | None = None) -> str:
+    """What the controller and the replica observer write once a replica has started."""
+    async with platform.sessions.begin() as session:
+        replica_id = new_id("rep")
+        session.add(
+            ReplicaRow(
+                id=replica_id, deployment_id=deployment_id, actor_name=f"test-{replica_id}",
+                datacenter_id=await platform.factory.datacenter("fr-test", country="FR"),
+                node_id="node-test", url=url or f"{platform.stand_in_url}/r/{replica_id}",
+                state="ready", reason="", engine_restarts=0,
+            )
+        )  # fmt: skip
+        deployment = await session.get(DeploymentRow, deployment_id)
+        assert deployment is not None
+        deployment.replicas, deployment.status = 1, "ready"
+    return replica_id
+
+
+def ask(client: openai.AsyncOpenAI, model: str) -> asyncio.Task[object]:
+    return asyncio.ensure_future(
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "bonjour"}], max_tokens=3
+        )
+    )
+
+
+@pytest.fixture
+def short_wake(platform: Platform) -> Iterator[None]:
+    before = platform.settings.wake_timeout_s
+    platform.settings.wake_timeout_s = 1.0
+    yield
+    platform.settings.wake_timeout_s = before
+
+
+class TestScaleToZero:
+    async def test_a_request_wakes_the_deployment_and_is_answered(self, platform: Platform) -> None:
+        model, deployment_id = await asleep(platform)
+        request = ask(await sdk(platform), model)
+        await wait_until(lambda: waiting_seen(platform, deployment_id), timeout_s=10)
+        assert not request.done()  # it waits, not refused
+        await replica_ready(platform, deployment_id)
+        answer = await asyncio.wait_for(request, 30)
+        assert answer.choices[0].message.content  # type: ignore[attr-defined]
+        [record] = await usage_records(platform.sessions, 1, model=model)
+        assert record.status == "ok"
+
+    async def test_a_last_replica_just_released_makes_the_request_wait_not_fail(
+        self, platform: Platform
+    ) -> None:
+        # The controller stopped the last replica's engine; the server's routes still name
+        # it until their next refresh, so the request is refused by it (or, after the
+        # refresh, finds none): either way it waits for the next replica.
+        model, deployment_id = await asleep(platform)
+        gone = await replica_ready(platform, deployment_id, url=f"https://127.0.0.1:{free_port()}")
+        request = ask(await sdk(platform), model)
+        await wait_until(lambda: waiting_seen(platform, deployment_id), timeout_s=10)
+        async with platform.sessions.begin() as session:
+            await session.execute(delete(ReplicaRow).where(ReplicaRow.id == gone))
+        await replica_ready(platform, deployment_id)
+        answer = await asyncio.wait_for(request, 30)
+        assert answer.choices[0].message.content  # type: ignore[attr-defined]
+
+    @pytest.mark.parametrize(
+        ("status", "reason"),
+        [
+            ("failed", "engine exited 3 times in 2 minutes (SIGILL)"),
+            ("unschedulable", "0/2 nodes fit: 2 datacenter fra1 not allowed"),  # nodes gone
+        ],
+    )
+    async def test_a_replica_that_cannot_start_ends_the_wait_with_its_reason(
+        self, platform: Platform, status: str, reason: str
+    ) -> None:
+        model, deployment_id = await asleep(platform)
+        request = ask(await sdk(platform), model)
+        await wait_until(lambda: waiting_seen(platform, deployment_id), timeout_s=10)
+        async with platform.sessions.begin() as session:
+            deployment = await session.get(DeploymentRow, deployment_id)
+            assert deployment is not None
+            deployment.replicas, deployment.status = 1, status
+            deployment.status_reason = reason
+        with pytest.raises(openai.APIStatusError) as refused:
+            await asyncio.wait_for(request, 30)
+        assert refused.value.status_code == 503
+        assert f"could not start: {reason}" in refused.value.message
+
+    async def test_no_replica_in_time_is_a_clear_503(
+        self, platform: Platform, short_wake: None
+    ) -> None:
+        model, _ = await asleep(platform)
+        with pytest.raises(openai.APIStatusError) as refused:
+            await ask(await sdk(platform), model)
+        assert refused.value.status_code == 503
+        assert "scaled to zero and no replica became ready within 1s" in refused.value.message

@@ -1,0 +1,219 @@
+"""The controller scales deployments on the load the gateways report: replicas added when it
+stays above target, removed after the idle period, down to zero at minimum 0 and back up
+when a request waits; every change audited with its reason and shown on the deployment.
+The real reconciler on the real database, the in-memory cluster in place of Ray, a clock
+the test moves."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from souverain.core.ids import new_id
+from souverain.db.audit import AuditEventRow
+from souverain.db.tables import DeploymentDemandRow, DeploymentRow, ReplicaRow, utcnow
+from souverain.installation.authority import Issuer
+from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
+from souverain.jobs.energy import EnergyAccountant
+from tests.jobs.conftest import KEY, World
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Scaler:
+    """One deployment, the reconciler, the clock, and the load as the gateways write it."""
+
+    def __init__(self, world: World, deployment_id: str) -> None:
+        self.world, self.deployment_id, self.clock = world, deployment_id, Clock()
+        self.reconciler = DeploymentReconciler(
+            world.sessions, world.cluster, master_key=KEY,
+            engine=EngineDefaults(threads=1, bind_host=None),
+            energy=EnergyAccountant(world.sessions, interval_s=30.0, prompt_weight=1.0,
+                                    completion_weight=3.0),
+            issuer=Issuer(world.sessions, KEY), clock=self.clock,
+        )  # fmt: skip
+
+    async def report(self, in_flight: int, waiting: int = 0, server: str = "s1") -> None:
+        async with self.world.sessions.begin() as session:
+            await session.merge(
+                DeploymentDemandRow(
+                    server_id=server, deployment_id=self.deployment_id, in_flight=in_flight,
+                    waiting=waiting, updated_at=self.clock.now,
+                )
+            )  # fmt: skip
+
+    async def round(self, seconds: float = 1.0, *, ready: bool = True) -> DeploymentRow:
+        """One reconcile round; the replicas it placed are ready (as the replica observer
+        writes once their engines answer); then the clock moves on."""
+        await self.reconciler.reconcile(self.deployment_id, await self.world.placer())
+        async with self.world.sessions.begin() as session:
+            await session.execute(
+                update(ReplicaRow)
+                .where(ReplicaRow.deployment_id == self.deployment_id)
+                .values(state="ready" if ready else "starting")
+            )
+        self.clock.advance(seconds)
+        return await self.deployment()
+
+    async def deployment(self) -> DeploymentRow:
+        async with self.world.sessions() as session:
+            row = await session.get(DeploymentRow, self.deployment_id)
+            assert row is not None
+            return row
+
+    async def replicas(self) -> int:
+        async with self.world.sessions() as session:
+            query = select(ReplicaRow).where(ReplicaRow.deployment_id == self.deployment_id)
+            return len(list((await session.execute(query)).scalars()))
+
+    async def decisions(self) -> list[dict[str, Any]]:
+        async with self.world.sessions() as session:
+            query = (
+                select(AuditEventRow)
+                .where(
+                    AuditEventRow.action == "deployment.scale",
+                    AuditEventRow.target_id == self.deployment_id,
+                )
+                .order_by(AuditEventRow.seq)
+            )
+            rows = (await session.execute(query)).scalars()
+            return [json.loads(row.details) for row in rows]
+
+
+CREATED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+async def forget_deployments(world: World) -> AsyncIterator[None]:
+    """The deployments of a test's model are removed after it: the database is shared by
+    the state tests, and other tests' controllers reconcile every deployment."""
+    yield
+    async with world.sessions.begin() as session:
+        await session.execute(
+            delete(DeploymentRow).where(
+                DeploymentRow.id.in_(CREATED) | (DeploymentRow.model_id == world.base_model_id)
+            )
+        )
+    CREATED.clear()
+
+
+async def autoscaled(world: World, *, low: int, high: int, replicas: int, idle_s: int = 60) -> str:
+    deployment_id = new_id("dep")
+    CREATED.append(deployment_id)
+    async with world.sessions.begin() as session:
+        session.add(
+            DeploymentRow(
+                id=deployment_id, name=deployment_id, model_id=world.base_model_id, org_id=None,
+                engine="stand-in", replicas=replicas, min_replicas=low, max_replicas=high,
+                target_busy_per_replica=4.0, scale_down_idle_s=idle_s, datacenters=[], cpus=1,
+                gpus=0, engine_args={}, status="pending", status_reason="",
+            )
+        )  # fmt: skip
+    return deployment_id
+
+
+class TestScalingUp:
+    async def test_a_sustained_load_adds_replicas_up_to_the_maximum(self, world: World) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=1))
+        await scaler.report(in_flight=8, waiting=4, server="s1")
+        await scaler.report(in_flight=6, server="s2")  # two gateways: 18 outstanding
+        assert (await scaler.round()).replicas == 1  # one reading above target: not yet
+        row = await scaler.round()
+        assert row.replicas == 3 and await scaler.replicas() == 3
+        assert "18 requests outstanding" in row.scaling_reason
+        assert row.scaled_at is not None
+        [decision] = await scaler.decisions()
+        assert decision["from"] == 1 and decision["to"] == 3
+        assert decision["reason"] == row.scaling_reason
+
+    async def test_a_silent_gateways_old_report_counts_for_nothing(self, world: World) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=1))
+        await scaler.report(in_flight=40)
+        scaler.clock.advance(60)  # that server stopped reporting a minute ago
+        for _ in range(3):
+            row = await scaler.round()
+        assert row.replicas == 1 and await scaler.decisions() == []
+
+    async def test_a_fixed_deployment_ignores_the_load(self, world: World) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=1))
+        async with world.sessions.begin() as session:
+            row = await session.get(DeploymentRow, scaler.deployment_id)
+            assert row is not None
+            row.min_replicas = row.max_replicas = None  # as every deployment before autoscaling
+        await scaler.report(in_flight=100)
+        for _ in range(3):
+            assert (await scaler.round()).replicas == 1
+        assert await scaler.replicas() == 1
+
+
+class TestScalingDown:
+    async def test_back_to_the_minimum_after_the_idle_period_not_before(self, world: World) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=3))
+        await scaler.report(in_flight=0)
+        for _ in range(6):
+            row = await scaler.round(seconds=10)  # below target from 0 s to 50 s
+        assert row.replicas == 3 and await scaler.replicas() == 3
+        row = await scaler.round(seconds=10)  # 60 s
+        assert row.replicas == 1 and await scaler.replicas() == 1
+        assert row.scaling_reason.startswith("idle for 60s")
+        assert len(world.cluster.stopped) == 2
+
+    async def test_a_sawtooth_load_does_not_flap(self, world: World) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=1))
+        for _ in range(4):  # bursts of 5 s every 30 s; the idle period is 60 s
+            await scaler.report(in_flight=12)
+            for _ in range(5):
+                await scaler.round()
+            await scaler.report(in_flight=0)
+            for _ in range(25):
+                await scaler.round()
+        assert [(d["from"], d["to"]) for d in await scaler.decisions()] == [(1, 3)]
+        assert await scaler.replicas() == 3
+
+
+class TestScaleToZero:
+    async def test_idle_releases_the_last_replica_and_a_waiting_request_wakes_it(
+        self, world: World
+    ) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=0, high=2, replicas=1, idle_s=30))
+        await scaler.round()
+        assert await scaler.replicas() == 1
+        for _ in range(4):
+            row = await scaler.round(seconds=10)
+        assert row.replicas == 0 and await scaler.replicas() == 0
+        assert row.status == "stopped"
+        assert "the next request starts a replica" in row.status_reason
+
+        await scaler.report(in_flight=0, waiting=1)  # a request waits for a replica
+        row = await scaler.round()  # one reading is enough from zero
+        assert row.replicas == 1 and await scaler.replicas() == 1
+        assert row.status == "starting"
+        assert "waiting with no replica" in row.scaling_reason
+        assert world.cluster.replica_specs  # an engine was started for it
+        assert [(d["from"], d["to"]) for d in await scaler.decisions()] == [(1, 0), (0, 1)]
+
+    async def test_a_replica_still_starting_is_not_released(self, world: World) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=0, high=2, replicas=1, idle_s=30))
+        for _ in range(10):
+            row = await scaler.round(seconds=10, ready=False)  # a slow engine, nobody asking
+        assert row.replicas == 1 and await scaler.replicas() == 1
+        row = await scaler.round(seconds=10)  # it becomes ready after this round
+        for _ in range(3):
+            row = await scaler.round(seconds=10)  # idle 0 s, 10 s, 20 s
+        assert row.replicas == 1
+        row = await scaler.round(seconds=10)  # 30 s
+        assert row.replicas == 0 and await scaler.replicas() == 0

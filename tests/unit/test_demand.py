@@ -1,0 +1,48 @@
+"""What a server process tells the autoscaler: per deployment, the requests its engines are
+answering and those waiting, in the fair queue or for a deployment at zero to wake."""
+
+from __future__ import annotations
+
+import asyncio
+
+from souverain.catalog.routes import ModelInfo, ReplicaRoute
+from souverain.gateway.demand import DemandBoard
+from souverain.gateway.queueing import FairQueue
+from souverain.gateway.routing import RouteTable
+
+COMMON = {"deployment_org_id": None, "model_id": "m", "model_name": "m", "url": "http://x",
+          "node_id": None, "datacenter_id": "dc", "country": "FR", "operator_country": "FR",
+          "certifications": frozenset(), "engine": "llamacpp"}  # fmt: skip
+MODEL = ModelInfo(id="m", name="m", owner_org_id=None, capabilities=("chat",),
+                  context_length=4096, created=0)  # fmt: skip
+
+
+def table_of(*routes: ReplicaRoute) -> RouteTable:
+    table = RouteTable()
+    table.replace([MODEL], list(routes))
+    return table
+
+
+class TestSnapshot:
+    async def test_in_flight_and_waiting_per_deployment(self) -> None:
+        one = ReplicaRoute(replica_id="r1", deployment_id="d1", **COMMON)  # 1 slot
+        table = table_of(one)
+        queue = FairQueue(table)
+        board = DemandBoard(table, queue, "server-a")
+        assert board.snapshot() == {}
+        claimed = await queue.acquire("org-a", [one], set(), lambda r: None)
+        assert claimed is one
+        with table.track(one, "", "org-a"):
+            waiter = asyncio.ensure_future(queue.acquire("org-b", [one], set(), lambda r: None))
+            await asyncio.sleep(0)  # it queues: the only slot is taken
+            assert board.snapshot() == {"d1": (1, 1)}
+            waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert board.snapshot() == {}
+
+    async def test_a_request_waiting_for_a_deployment_at_zero_counts_as_waiting(self) -> None:
+        table = table_of()
+        board = DemandBoard(table, FairQueue(table), "server-a")
+        with board.waking(["d0"]), board.waking(["d0"]):
+            assert board.snapshot() == {"d0": (0, 2)}
+        assert board.snapshot() == {}
