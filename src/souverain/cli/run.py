@@ -325,6 +325,7 @@ Port = typer.Option(None, "--port", help="Port (default 8000).")
 def up(data_dir: Path | None = DataDir, host: str | None = Host, port: int | None = Port) -> None:
     """Run everything on this machine: API, controller, an embedded Ray head and the built-in model."""
     settings = settings_of(data_dir, host, port)
+    _with_token_environment(settings)
     ensure_data_dir(settings)
     _logging(settings)
     check_installation(settings, "up")
@@ -367,11 +368,22 @@ def check_installation(settings: Settings, what: str) -> None:
         raise typer.Exit(1) from None
 
 
+def _with_token_environment(settings: Settings) -> None:
+    """A process that drives an external cluster starts again, once, with Ray's token
+    environment: Ray took its authentication mode from the environment when it loaded."""
+    if settings.ray_address is None:
+        return
+    env = ray_cluster.missing_token_environment(settings.ray_token_file, settings.ray_tls_dir)
+    if env is not None:
+        os.execve(sys.executable, sys.orig_argv, env)  # noqa: S606 - this very command
+
+
 def controller(data_dir: Path | None = DataDir) -> None:
     """Run the controller on a Ray node of the cluster: SOUVERAIN_RAY_ADDRESS (the head's
     host:port, never 'auto'), its token file and this host's Ray TLS directory; a cluster
     without token authentication or TLS is refused."""
     settings = settings_of(data_dir, None, None)
+    _with_token_environment(settings)
     _logging(settings)
     try:
         asyncio.run(_run_controller(settings))

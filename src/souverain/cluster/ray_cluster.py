@@ -222,6 +222,25 @@ def explicit_address(address: str | None) -> str:
     return address.strip()
 
 
+def missing_token_environment(
+    token_file: Path | None, tls_dir: Path | None = None
+) -> dict[str, str] | None:
+    """The environment this process must be started with to join an authenticated
+    cluster, or None when it has it. Ray reads its authentication mode once, when its
+    library loads, so setting it later in the same process changes nothing; its TLS
+    files (paths) go along, when this host has them."""
+    tls = tls_dir or ray_node.default_tls_dir()
+    wanted = ray_node.ray_environment(
+        token_file or ray_node.default_token_file(), tls if tls.is_dir() else None
+    )
+    names = (
+        "RAY_AUTH_MODE",
+        "RAY_AUTH_TOKEN_PATH",
+        *(k for k in wanted if k.startswith("RAY_TLS") or k == "RAY_USE_TLS"),
+    )
+    return None if all(os.environ.get(k) == wanted[k] for k in names) else wanted
+
+
 def connect_authenticated(
     address: str, *, token_file: Path | None, tls_dir: Path | None = None
 ) -> None:
