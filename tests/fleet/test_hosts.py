@@ -128,7 +128,8 @@ def install(net: Network, database_url: str, timings: dict[str, float]) -> Fleet
 
     def join(host: Host, values: dict[str, str]) -> str:
         values = {"10.24.0.1": control.address, "10.24.0.2": host.address} | values
-        run(control, substituted(declare, values), env=session)  # on the head
+        declaring = {k: v for k, v in values.items() if k != "10.24.0.1"}
+        run(control, substituted(declare, declaring), env=session)  # on the head
         copy = host.home / "ray_auth_token"  # copied to each host, mode 0600
         shutil.copyfile(token, copy)
         copy.chmod(0o600)

@@ -96,6 +96,25 @@ class TestSovereignRouting:
             ).all()
         assert rows == []  # refused before admission: nothing was processed
 
+    async def test_a_ceiling_is_in_force_for_the_next_request_to_the_server_that_set_it(
+        self, platform: Platform
+    ) -> None:
+        """No window in which a narrowed policy still routes the old way: the server that
+        answers the change has it in force before it answers (others within a refresh)."""
+        model = await platform.served_model()  # served in fr-test (FR)
+        tenant = await platform.factory.tenant(roles={"u": Role.ADMIN})
+        key = (await platform.factory.member_key(tenant, "u", Role.ADMIN)).key
+        async with platform.client(key) as client:
+            assert (await client.post("/v1/chat/completions", json=chat(model))).status_code == 200
+        async with platform.client(await platform.operator_key()) as op:
+            ceiling = await op.put(
+                f"/api/orgs/{tenant.org_name}/policy", json={"jurisdictions": ["US"]}
+            )
+            assert ceiling.status_code == 200
+        async with platform.client(key) as client:
+            response = await client.post("/v1/chat/completions", json=chat(model))
+        assert response.status_code == 451, response.text
+
     async def test_compliant_tenant_is_served_and_the_record_says_where(
         self, platform: Platform
     ) -> None:

@@ -91,6 +91,10 @@ async def resolve_model(
 ) -> ModelInfo:
     """The model `name` as the caller may use it, able to serve `endpoint`."""
     check_scope(principal, Scope.INFERENCE)
+    if principal.org_id is not None and principal.org_id not in state.routes.default_projects:
+        # An organisation the table has not seen yet (made, and its policy set, since the
+        # last refresh): its policy is read before anything is routed for it.
+        await state.routes.refresh_if_older_than(state.sessions, 0.25)
     model = state.routes.visible_model(principal, name)
     if model is None:
         await state.routes.refresh_if_older_than(state.sessions, 0.25)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from souverain.core.schemas.policies import PolicyDocument, PolicyView
-from souverain.server.deps import PrincipalDep, SessionDep
+from souverain.server.deps import PrincipalDep, SessionDep, StateDep
 from souverain.sovereignty import policies
 
 router = APIRouter(prefix="/api/orgs/{org}", tags=["sovereignty"])
@@ -27,12 +27,14 @@ async def get_ceiling(org: str, principal: PrincipalDep, session: SessionDep) ->
 
 @router.put("/policy", response_model=PolicyView)
 async def set_ceiling(
-    org: str, body: PolicyDocument, principal: PrincipalDep, session: SessionDep
+    org: str, body: PolicyDocument, principal: PrincipalDep, session: SessionDep, state: StateDep
 ) -> PolicyView:
-    """Set the ceiling (operators). Takes effect for routing within seconds and re-places
+    """Set the ceiling (operators). In force on this server when the answer comes, on the
+    others within their route refresh (`SOUVERAIN_REPLICA_REFRESH_S`, 0.5 s); re-places
     replicas of the organisation's deployments that no longer comply."""
     version = await policies.set_ceiling(session, principal=principal, org_ref=org, document=body)
     await session.commit()
+    await state.routes.refresh(state.sessions)
     return PolicyView(
         org_id=version.org_id,
         project_id=None,
@@ -63,7 +65,12 @@ async def get_project_policy(
 
 @router.put("/projects/{project}/policy", response_model=PolicyView)
 async def set_project_policy(
-    org: str, project: str, body: PolicyDocument, principal: PrincipalDep, session: SessionDep
+    org: str,
+    project: str,
+    body: PolicyDocument,
+    principal: PrincipalDep,
+    session: SessionDep,
+    state: StateDep,
 ) -> PolicyView:
     """Set a project's policy (org admins). It may only narrow the ceiling: a widening is
     refused with 403, naming each constraint it would widen."""
@@ -71,6 +78,7 @@ async def set_project_policy(
         session, principal=principal, org_ref=org, project_ref=project, document=body
     )
     await session.commit()
+    await state.routes.refresh(state.sessions)  # in force here at once, elsewhere within 0.5 s
     return PolicyView(
         org_id=version.org_id,
         project_id=version.project_id,
