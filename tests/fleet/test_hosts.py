@@ -30,6 +30,7 @@ import openai
 import pytest
 
 from souverain.client.client import SouverainClient
+from souverain.core.ids import replica_secret
 from souverain.core.roles import Role
 from souverain.core.schemas.policies import PolicyDocument
 from souverain.core.schemas.tenancy import KeyCreateRequest, OrganisationCreateRequest
@@ -37,6 +38,7 @@ from souverain.core.signing import load_public_key, verify
 from souverain.testing import hosts
 from souverain.testing.hosts import Host, Network, timed
 from tests.conftest import POSTGRES_URL, fresh_database_url
+from tests.security.test_link_capture import LinkCapture, packets
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine, pytest.mark.slow, pytest.mark.postgres]
 
@@ -247,6 +249,50 @@ class TestReadmeFleet:
             assert verify(signed, public), url
             by_datacenter = {row["datacenter"] for row in signed["document"]["by_datacenter"]}
             assert by_datacenter == {"fra1"} and not signed["document"]["violations"]
+
+
+class TestLinksBetweenHosts:
+    def test_nothing_of_a_tenant_and_no_secret_crosses_the_worker_hosts_link_in_clear(
+        self, fleet: Fleet, tmp_path: Path
+    ) -> None:
+        """Everything the Frankfurt host sends and receives (the gateway's requests to its
+        engine, Ray's traffic with the head and the other worker) during a chat and a
+        stream whose prompts carry a canary: neither the canary, nor `Bearer`, nor the
+        cluster's token, nor the replica's secret is in the captured bytes. The database
+        link (the harness's relay) is the operator's to secure and is left out."""
+        if shutil.which("tcpdump") is None:
+            pytest.skip("needs tcpdump (make tcpdump, as root)")
+        de, canary = fleet.net["de"], f"CANARY-{secrets.token_hex(8)}"
+        with fleet.api() as api:
+            replica = api.get_deployment("eu-chat").replica_details[0]
+        secret = replica_secret(fleet.secret_key.encode(), replica.id)
+        token = (fleet.control.home / ".souverain-node" / "node" / "ray" / "auth_token").read_text()
+        capture = LinkCapture(0, tmp_path / "de.pcap", interface=de.link, expression="tcp")
+        try:
+            eu = openai.OpenAI(base_url=f"{fleet.url}/v1", api_key=fleet.keys["acme-eu"],
+                               max_retries=0)  # fmt: skip
+            said = [{"role": "user", "content": f"Repeat {canary}"}]
+            answer = eu.chat.completions.with_raw_response.create(
+                model="chat",
+                messages=said,
+                max_tokens=8,  # type: ignore[arg-type]
+            )
+            assert answer.headers["x-souverain-datacenter"] == "fra1"
+            streamed = eu.chat.completions.create(
+                model="chat",
+                messages=said,
+                max_tokens=8,
+                stream=True,  # type: ignore[arg-type]
+            )
+            assert [chunk for chunk in streamed]
+        finally:
+            pcap = capture.stop()
+        seen = packets(pcap)
+        print(f"[hosts] fra1's link: {len(seen)} packets, {len(pcap)} bytes")
+        assert len(seen) > 20  # the requests did cross it
+        for what, value in (("canary", canary), ("Bearer", "Bearer"),
+                            ("the cluster's token", token.strip()), ("the replica's secret", secret)):  # fmt: skip
+            assert value.encode() not in pcap, f"{what} crossed fra1's link in clear"
 
 
 def until_451(fleet: Fleet, since: float, label: str) -> str:
