@@ -294,6 +294,34 @@ class TestLinksBetweenHosts:
                             ("the cluster's token", token.strip()), ("the replica's secret", secret)):  # fmt: skip
             assert value.encode() not in pcap, f"{what} crossed fra1's link in clear"
 
+    def test_each_hosts_listeners_and_its_engine_refuses_a_direct_caller(
+        self, fleet: Fleet
+    ) -> None:
+        """What listens on each host (printed: the list the firewall section of the README
+        is checked against), and the Frankfurt engine, called straight from the US host
+        around the gateway: without the replica's secret it refuses, in plain HTTP it
+        does not answer at all."""
+        listening: dict[str, list[tuple[str, str]]] = {}
+        for host in fleet.net.hosts.values():
+            listing = run(host, "ss -ltnpH")
+            listening[host.name] = sorted(
+                (fields[3], (re.findall(r'"([^"]+)"', fields[-1]) or ["?"])[0])
+                for fields in (line.split() for line in listing.splitlines() if line.strip())
+            )
+            shown = ", ".join(f"{where} {what}" for where, what in listening[host.name])
+            print(f"[hosts] {host.name} listens on: {shown}")
+        engines = [where for where, what in listening["de"] if what == "llama-server"]
+        assert engines, listening["de"]
+        port = engines[0].rpartition(":")[2]
+        de, us = fleet.net["de"].address, fleet.net["us"]
+        assert all(not where.startswith(("0.0.0.0:", "*:", "[::]:")) for where in engines)
+        code = run(us, f"curl -sk -o /dev/null -w '%{{http_code}}' https://{de}:{port}/v1/models")
+        assert code.strip() == "401", code
+        plain = run(
+            us, f"curl -s -o /dev/null -w '%{{http_code}}' http://{de}:{port}/v1/models || true"
+        )
+        assert plain.strip() in ("000", "400"), plain  # TLS only: no answer in clear
+
 
 def until_451(fleet: Fleet, since: float, label: str) -> str:
     """EU requests until one is refused with 451: each refused (502/503/504 while the
