@@ -24,12 +24,6 @@ def test_controllers_hand_over_on_an_authenticated_cluster(tmp_path: Path) -> No
     _run(tmp_path, "tests/faults/test_controller_failover.py")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="since the job framework and the TLS/scratch changes met, a fine-tuning job "
-    "followed by the new leader stopped reporting steps after the handover in this "
-    "harness (step 11 of 20, worker alive, lease free); not diagnosed yet",
-)
 def test_a_fine_tuning_job_carries_on_through_a_controller_kill(tmp_path: Path) -> None:
     _run(tmp_path, "tests/faults/test_fine_tuning_controller_kill.py")
 
