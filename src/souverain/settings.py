@@ -200,7 +200,7 @@ class Settings(BaseSettings):
         default=120.0, gt=0, le=3600, description="Longest wait for a replica slot (then 429)."
     )
     queue_batch_share: float = Field(
-        default=1.0,
+        default=0.25,
         ge=0,
         le=1,
         description="Share of a replica's slots batch lines may hold while live requests "

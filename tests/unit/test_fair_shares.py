@@ -55,6 +55,7 @@ class TestTheRule:
 
     def test_batch_lines_leave_live_traffic_a_slot(self) -> None:
         assert (batch_cap(1, 1.0), batch_cap(8, 1.0), batch_cap(8, 0.5)) == (0, 7, 4)
+        assert batch_cap(8, SharePolicy().batch_share) == 2  # the default: 2 of llama-server's 8
         assert not may_take(seen(busy=7, held=7, batch=7, live=True), batch=True, policy=POLICY)
         assert may_take(seen(busy=7, held=7, batch=7), batch=True, policy=POLICY)  # no live
         assert may_take(seen(busy=7, held=7, batch=7, live=True), batch=False, policy=POLICY)

@@ -13,8 +13,8 @@ So a tenant with 40 requests in flight delays another tenant's request by about 
 request's time at most, not forty. Lines are bounded (per organisation and in all): beyond
 them, or after waiting too long, the answer is 429 with Retry-After, never an unbounded
 pile. Batch lines wait in lines of their own, served only with slots no live request is
-waiting for, and hold at most all but one slot of a replica while live traffic is present:
-batches use what live traffic leaves. Each server process keeps its own queue.
+waiting for, and hold at most a share of a replica's slots (never the last one) while live
+traffic is present: batches use what live traffic leaves. Each server process keeps its own queue.
 """
 
 from __future__ import annotations

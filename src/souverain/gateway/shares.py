@@ -15,8 +15,9 @@ take a free slot now:
   once, beside the burst, instead of waiting for one of it to end;
 * while live traffic is present (a live request in flight, or one that ended less than
   `live_s` ago), batch lines hold at most `batch_share` of the slots and never the last
-  one: a live request finds a slot at once and is decoded beside fewer lines. On a one-slot
-  engine that means batch lines wait while live requests follow each other.
+  one: a live request finds a slot at once and is decoded beside fewer lines (on CPU
+  llama.cpp every line beside it slows it; docs/benchmarks.md). On a one-slot engine that
+  means batch lines wait while live requests follow each other.
 
 The rule is pure (`Seen` in, yes or no out); `SlotShares` keeps the counts, with an
 injected clock, and says when the next "lately" expires so that the queue can look again.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SharePolicy:
-    batch_share: float = 1.0  # of a replica's slots batch lines may hold beside live traffic
+    batch_share: float = 0.25  # of a replica's slots batch lines may hold beside live traffic
     neighbour_s: float = 10.0  # another organisation used the replica this recently: headroom
     live_s: float = 1.0  # live traffic counts as present this long after a live request ended
 
