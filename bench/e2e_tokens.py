@@ -15,7 +15,8 @@ compares the serving engines instead, same run, same prompts, rounds alternating
 replica's engine, (c) a plain `llama-server` started by hand with the same slots and
 llama.cpp's own defaults, (d) the llama-cpp-python engine. Aggregate tokens/s and time to
 first token p50/p99 at each concurrency, the ratios a/c and a/d; then fairness (one
-tenant streams 16 at once, another 1: the second's time to first token against idle),
+tenant streams 16 at once, another 1: the second's time to first token against idle;
+`--fairness [--rounds 3]` measures only that, a round at a time),
 and prefix reuse (a long shared system prompt: a tenant's first request, which may not
 reuse another's cache, against its next ones).
 
@@ -85,7 +86,9 @@ async def stream_once(
     async with client.stream(
         "POST", url + "/v1/chat/completions", json=body, headers=headers
     ) as response:
-        response.raise_for_status()
+        if response.status_code >= 400:
+            await response.aread()  # the refusal's reason, for whoever catches it
+            response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -158,7 +161,15 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--builds", type=Path, nargs="+", help="compare llama.cpp builds")
     parser.add_argument("--engines", action="store_true", help="compare serving engines")
+    parser.add_argument(
+        "--fairness", action="store_true", help="only tenant Y's TTFT beside X's 16 streams"
+    )
     args = parser.parse_args()
+    if args.fairness:
+        from serving import fairness_alone
+
+        await fairness_alone(args.rounds, args.max_tokens)
+        return
     if args.builds:
         await compare_builds(args.builds, args.rounds, args.max_tokens)
         return

@@ -120,17 +120,48 @@ async def compare_engines(rounds: int, max_tokens: int, concurrencies: list[int]
     report(results, rounds, max_tokens, int(slots), fairness, prefix)
 
 
+async def fairness_alone(rounds: int, max_tokens: int) -> None:
+    """`--fairness`: only the fairness measure, `rounds` times on one `souverain up` (with
+    the llama-server runtime), each round with two new tenants."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp, port = Path(tmp_name), free_port()
+        url = f"http://127.0.0.1:{port}"
+        process, output = start_up(tmp / "data", port, tmp / "cli.json", runtime="llama-server")
+        try:
+            operator, _ = await first_token_after_start(url, output, process, time.perf_counter())
+            async with httpx.AsyncClient(timeout=600) as client:
+                await ready(client, url, operator)  # warm
+                ratios = []
+                for n in range(rounds):
+                    measured = await fair_share(client, url, operator, max_tokens, f"-{n}")
+                    ratios.append(measured["loaded_p50_ms"] / measured["idle_p50_ms"])
+                    print(f"round {n}: tenant Y's TTFT p50 idle {measured['idle_p50_ms']:.0f} "
+                          f"ms, beside X's 16 streams {measured['loaded_p50_ms']:.0f} ms "
+                          f"({ratios[-1]:.2f}× idle)", flush=True)  # fmt: skip
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(60)
+    print(f"fairness: median of {rounds} rounds {statistics.median(ratios):.2f}× idle")
+
+
 async def fair_share(
-    client: httpx.AsyncClient, url: str, operator: str, max_tokens: int
+    client: httpx.AsyncClient, url: str, operator: str, max_tokens: int, suffix: str = ""
 ) -> dict[str, float]:
     """Tenant Y's time to first token alone, then while tenant X keeps 16 streams going."""
-    burst, single = await tenant(url, operator, "bench-x"), await tenant(url, operator, "bench-y")
+    burst = await tenant(url, operator, f"bench-x{suffix}")
+    single = await tenant(url, operator, f"bench-y{suffix}")
     idle = [(await stream_once(client, url, single, 16)).ttft_s for _ in range(8)]
     stop = asyncio.Event()
 
+    refused: list[str] = []
+
     async def keep_streaming() -> None:
         while not stop.is_set():
-            await stream_once(client, url, burst, max_tokens)
+            try:
+                await stream_once(client, url, burst, max_tokens)
+            except httpx.HTTPStatusError as error:  # counted and said, not fatal
+                refused.append(f"{error.response.status_code} {error.response.text[:200]}")
+                await asyncio.sleep(0.5)
 
     load = [asyncio.create_task(keep_streaming()) for _ in range(16)]
     await asyncio.sleep(3.0)  # every slot busy, the rest of the burst waiting
@@ -140,6 +171,8 @@ async def fair_share(
         await asyncio.sleep(0.5)
     stop.set()
     await asyncio.gather(*load)
+    if refused:
+        print(f"  tenant X was refused {len(refused)} times, first: {refused[0]}")
     return {"idle_p50_ms": statistics.median(idle) * 1000,
             "loaded_p50_ms": statistics.median(loaded) * 1000}  # fmt: skip
 

@@ -221,6 +221,27 @@ class Settings(BaseSettings):
         description="Longest a request waits for a deployment scaled to zero to start a "
         "replica (then 503 with the reason).",
     )
+    queue_batch_share: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Share of a replica's slots batch lines may hold while live requests "
+        "are present (never the last slot): live traffic finds a slot at once.",
+    )
+    queue_live_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=600,
+        description="Live traffic counts as present on a replica this long after a live "
+        "request ended (batch lines keep the slot free for the next one).",
+    )
+    queue_neighbour_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="An organisation that used a replica this recently finds one slot in "
+        "eight left free by another organisation's burst.",
+    )
     embeddings_max_inputs: int = Field(default=256, ge=1, le=2048)
     embeddings_max_bytes: int = Field(
         default=131_072,

@@ -1,6 +1,8 @@
-"""Fairness between tenants on a replica that serves one request at a time: a tenant's
-burst waits in its own line, another tenant's request is served next, and lines are
-bounded (429 with Retry-After, never an unbounded pile)."""
+"""Fairness between tenants: on a replica that serves one request at a time a tenant's
+burst waits in its own line and another tenant's request is served next; on a replica of
+several slots another tenant's waiting requests go before the burst's extra ones, and a
+neighbour seen lately finds a slot at once; lines are bounded (429 with Retry-After, never
+an unbounded pile)."""
 
 from __future__ import annotations
 
@@ -42,9 +44,9 @@ class Setup:
         tenant = await self.factory.tenant(roles={name: Role.MEMBER})
         return (await self.factory.member_key(tenant, name, Role.MEMBER)).key
 
-    async def stream(self, key: str, tokens: int = 2) -> tuple[int, float]:
+    async def stream(self, key: str, tokens: int = 2, tag: str = "hello") -> tuple[int, float]:
         body = {"model": self.model, "stream": True, "max_tokens": tokens,
-                "messages": [{"role": "user", "content": "#slow hello"}]}  # fmt: skip
+                "messages": [{"role": "user", "content": f"#slow {tag}"}]}  # fmt: skip
         started = time.perf_counter()
         async with (
             httpx.AsyncClient(
@@ -125,6 +127,7 @@ async def test_on_a_replica_of_several_slots_a_burst_leaves_one_for_another_tena
     await asyncio.sleep(1.0)  # the server's route table reloads (every 0.2 s)
     try:
         burst_key, other_key = await setup.key("burst8"), await setup.key("other8")
+        assert (await setup.stream(other_key))[0] == 200  # the other tenant was here lately
         setup.engine.peak_in_flight = 0
         # The burst's requests take 1.2 s (6 tokens), the other tenant's 0.4 s.
         burst = [asyncio.create_task(setup.stream(burst_key, 6)) for _ in range(12)]
@@ -138,6 +141,44 @@ async def test_on_a_replica_of_several_slots_a_burst_leaves_one_for_another_tena
         assert setup.engine.peak_in_flight == 8  # seven of the burst and the other tenant's
     finally:
         await setup.factory.replica_observed(route.replica_id, prompt_overhead=None)
+
+
+async def test_a_waiting_tenant_goes_before_the_bursts_extra_streams(setup: Setup) -> None:
+    """Eight slots: tenant X keeps 16 streams going, tenant Y sends 4 at once. Y's requests
+    that wait are given the slots X's streams free, before X's own waiting streams (Y
+    holds fewer slots and X already holds more than its share); the engine never decodes
+    more than its eight at once."""
+    [route] = [r for routes in (await _routes(setup)) for r in routes]
+    await setup.factory.replica_observed(route.replica_id, prompt_overhead=None,
+                                         runtime="stand-in", slots=8)  # fmt: skip
+    await asyncio.sleep(1.0)  # the server's route table reloads (every 0.2 s)
+    try:
+        x_key, y_key = await setup.key("tenant-x"), await setup.key("tenant-y")
+        for key in (x_key, y_key):  # both keys known to the server: no lookup on the way
+            assert (await setup.stream(key, 1, "warm"))[0] == 200
+        setup.engine.requests.clear()
+        setup.engine.peak_in_flight = 0
+        burst = [asyncio.create_task(setup.stream(x_key, 6, "tenant-x")) for _ in range(16)]
+        await wait_until(lambda: setup.engine.in_flight >= 7)
+        await asyncio.sleep(0.3)  # X's extra streams are in line, before any of Y's
+        mine = await asyncio.gather(*(setup.stream(y_key, 2, "tenant-y") for _ in range(4)))
+        results = await asyncio.gather(*burst)
+        assert all(code == 200 for code, _ in [*mine, *results])
+        arrived = [_tenant(body) for body in setup.engine.requests]
+        first_y = arrived.index("tenant-y")
+        last_y = len(arrived) - 1 - arrived[::-1].index("tenant-y")
+        extra_x = arrived[first_y:last_y].count("tenant-x")
+        print(f"[fairness] arrival order at the engine: {' '.join(a[-1] for a in arrived)}")
+        assert first_y <= 8 and extra_x <= 1, arrived  # one at most: two streams ending together
+        assert setup.engine.peak_in_flight == 8
+    finally:
+        await setup.factory.replica_observed(route.replica_id, prompt_overhead=None)
+
+
+def _tenant(body: dict[str, object]) -> str:
+    messages = body["messages"]
+    assert isinstance(messages, list)
+    return str(messages[-1]["content"]).removeprefix("#slow ")
 
 
 async def _routes(setup: Setup) -> list[list[ReplicaRoute]]:

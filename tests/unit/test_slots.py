@@ -116,17 +116,21 @@ def test_llama_server_is_started_privately_with_its_secret_from_a_pipe(tmp_path)
     assert "--no-slots" in argv and "--no-webui" in argv and "--slots" not in argv
 
 
-def test_one_organisation_cannot_take_every_slot_of_a_replica() -> None:
+def test_beside_a_neighbour_one_organisation_does_not_take_every_slot() -> None:
     import contextlib
-
-    from souverain.gateway.routing import reserve
 
     table = RouteTable()
     common = {"deployment_id": "d", "deployment_org_id": None, "model_id": "m",
               "model_name": "m", "url": "http://x", "node_id": None, "datacenter_id": "dc",
               "country": "FR", "operator_country": "FR", "certifications": frozenset()}  # fmt: skip
     route = ReplicaRoute(replica_id="s", runtime="llama-server", engine_slots=8, **common)
-    assert (reserve(1), reserve(8), reserve(16)) == (0, 1, 2)
+    with contextlib.ExitStack() as held:  # alone: every slot
+        for _ in range(8):
+            assert table.pick_free([route], org="alone") is route
+            held.enter_context(table.track(route, "scope-a", "alone"))
+        assert table.pick_free([route], org="alone") is None
+    with table.track(route, "scope-y", "other"):
+        pass  # another organisation was here a moment ago
     with contextlib.ExitStack() as held:
         for _ in range(7):
             assert table.pick_free([route], org="burst") is route
@@ -135,5 +139,4 @@ def test_one_organisation_cannot_take_every_slot_of_a_replica() -> None:
         assert table.pick_free([route], org="other") is route
         held.enter_context(table.track(route, "scope-y", "other"))
         assert table.pick_free([route], org="third") is None  # every slot busy
-    assert table.pick_free([route], org="burst") is route
-    assert not table.held
+    assert not table.shares.holding()

@@ -94,7 +94,10 @@ class Exchange:
         self.route = route
         self.dialect = dialect_of(route)
         self._tracking = self.state.routes.track(
-            route, self.cache_scope, self.call.principal.org_id or "platform"
+            route,
+            self.cache_scope,
+            self.call.principal.org_id or "platform",
+            batch=self.call.line is not None,
         )
         self.slot = self._tracking.__enter__()
 

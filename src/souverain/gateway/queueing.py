@@ -1,25 +1,28 @@
 """Fair queueing in front of the replicas: one tenant's burst cannot take every slot.
 
-Each replica serves at most its engine's number of slots at once (llama-cpp-python's
-server decodes one request at a time: 1). A request that finds every compliant replica
-busy waits here, in its organisation's line; when a slot frees, the organisations with
-someone waiting are served in turn, the one served longest ago first (round robin), first
-come first served within each.
+Each replica serves at most its engine's number of slots at once (llama-server's
+`--parallel`; llama-cpp-python's server decodes one request at a time: 1). A request that
+finds no slot it may take waits here, in its organisation's line; when a slot frees, the
+organisation holding the fewest slots of the replicas it waits for is served first (then
+the one served longest ago), first come first served within each. Which slot an
+organisation may take is `gateway/shares.py`'s rule: alone it may use every slot; while
+others wait it holds at most its fair share, so their requests go before its extra ones;
+while a neighbour used the replica lately it leaves one slot in eight, so that the
+neighbour's next request starts at once, decoded beside the burst.
 So a tenant with 40 requests in flight delays another tenant's request by about one
-request's time, not forty. On a replica of several slots (llama-server) no organisation
-holds more than all but one in eight of them (`routing.reserve`): a burst leaves room, and
-another tenant's request starts at once, decoded beside the burst, instead of waiting for
-one of it to end. Lines are bounded (per organisation and in all): beyond them,
-or after waiting too long, the answer is 429 with Retry-After, never an unbounded pile.
-Batch lines wait in lines of their own, served only with slots no live request is
-waiting for: batches use what live traffic leaves. Each server process keeps its own queue.
+request's time at most, not forty. Lines are bounded (per organisation and in all): beyond
+them, or after waiting too long, the answer is 429 with Retry-After, never an unbounded
+pile. Batch lines wait in lines of their own, served only with slots no live request is
+waiting for, and hold at most a share of a replica's slots (never the last one) while live
+traffic is present: batches use what live traffic leaves. Each server process keeps its own queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter, deque
-from collections.abc import Callable, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 
 from souverain.catalog.routes import ReplicaRoute
@@ -52,6 +55,7 @@ class FairQueue:
         self._served: dict[tuple[int, str], int] = {}  # -> when it last got a slot
         self._tick = 0
         self._waiting = 0
+        self._wake: asyncio.TimerHandle | None = None
         table.on_release = self.dispatch
 
     @property
@@ -88,7 +92,9 @@ class FairQueue:
         if not [r for r in routes if r.replica_id not in exclude]:
             return None
         line_key = (int(batch), org)
-        found = self._table.pick_free(routes, exclude, org)
+        found = self._table.pick_free(
+            routes, exclude, org, batch=batch, waiting=self._contending(int(batch))
+        )
         if (
             found is not None
             and not self._lines.get(line_key)
@@ -141,31 +147,66 @@ class FairQueue:
             for idle in sorted(self._served, key=self._served.__getitem__)[: self._total]:
                 del self._served[idle]
 
+    def _contending(self, priority: int) -> Mapping[str, Set[str]]:
+        """Replica -> the organisations whose next request at `priority` may go there."""
+        waiting: dict[str, set[str]] = {}
+        for (level, org), line in self._lines.items():
+            if level == priority and line:
+                for route in line[0].routes:
+                    waiting.setdefault(route.replica_id, set()).add(org)
+        return waiting
+
+    def _holding(self, line_key: tuple[int, str]) -> int:
+        """Slots the organisation holds on the replicas its next request may use."""
+        shares, org = self._table.shares, line_key[1]
+        return sum(shares.held(route.replica_id, org) for route in self._lines[line_key][0].routes)
+
     def dispatch(self) -> None:
-        """Hand free slots to waiting organisations, the one served longest ago first, first
-        come first served within each. Called whenever a slot frees (and when a request
-        starts waiting)."""
-        progress = True
-        while progress and self._lines:
-            progress = False
-            order = sorted(self._lines, key=lambda k: (k[0], self._served.get(k, -1)))
-            for line_key in order:
-                line = self._lines[line_key]
-                while line and line[0].granted.done():  # cancelled while waiting
-                    line.popleft()
-                    self._waiting -= 1
-                if not line:
-                    del self._lines[line_key]
-                    continue
-                waiter = line[0]
-                route = self._table.pick_free(waiter.routes, waiter.exclude, line_key[1])
-                if route is None:
-                    continue
+        """Hand free slots to waiting organisations: live before batch, the one holding the
+        fewest slots first, then the one served longest ago, first come first served within
+        each. Called whenever a slot frees, when a request starts waiting, and when a
+        neighbour's or live traffic's 'lately' runs out."""
+        while self._lines and self._serve_one():
+            pass
+        self._wake_later()
+
+    def _serve_one(self) -> bool:
+        for line_key in list(self._lines):
+            line = self._lines[line_key]
+            while line and line[0].granted.done():  # cancelled while waiting
                 line.popleft()
                 self._waiting -= 1
-                if not line:
-                    del self._lines[line_key]
-                self._grant(line_key, route, waiter.claim)
-                waiter.granted.set_result(route)
-                progress = True
-                break
+            if not line:
+                del self._lines[line_key]
+        order = sorted(self._lines, key=lambda k: (k[0], self._holding(k), self._served.get(k, -1)))
+        contending = {level: self._contending(level) for level in {k[0] for k in order}}
+        for line_key in order:
+            line = self._lines[line_key]
+            waiter, live = line[0], contending.get(0, {})
+            # a batch line never takes a slot a live request is waiting for
+            routes = [r for r in waiter.routes if not (line_key[0] and r.replica_id in live)]
+            route = self._table.pick_free(
+                routes, waiter.exclude, line_key[1],
+                batch=bool(line_key[0]), waiting=contending[line_key[0]],
+            )  # fmt: skip
+            if route is None:
+                continue
+            line.popleft()
+            self._waiting -= 1
+            if not line:
+                del self._lines[line_key]
+            self._grant(line_key, route, waiter.claim)
+            waiter.granted.set_result(route)
+            return True
+        return False
+
+    def _wake_later(self) -> None:
+        """Requests left waiting may be refused only because someone used a replica lately:
+        look again when that runs out (nothing else would call `dispatch` then)."""
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        delay = self._table.shares.next_change_in() if self._lines else None
+        if delay is not None:
+            with contextlib.suppress(RuntimeError):  # no loop: nobody can be waiting
+                self._wake = asyncio.get_running_loop().call_later(delay + 0.01, self.dispatch)

@@ -5,7 +5,8 @@ Routing picks the replica with the fewest outstanding requests among those the c
 may use. A replica that refused a connection is avoided by this process at once, for a
 few seconds or until the table shows it at a new address, before any reload says so.
 Outstanding requests are counted in one place: `track()`, which also names the slot of a
-llama-server replica a request goes to (gateway/slots.py).
+llama-server replica a request goes to (gateway/slots.py) and counts it by organisation
+and kind for the fair shares of a replica's slots (gateway/shares.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -36,6 +37,7 @@ from souverain.core.principal import Principal
 from souverain.db.audit import AuditHeadRow
 from souverain.db.tables import ReplicaRow, utcnow
 from souverain.energy.carbon import hour_of
+from souverain.gateway.shares import SharePolicy, SlotShares
 from souverain.gateway.slots import Slot, SlotBook
 from souverain.metering.budgets import Budget, all_budgets
 from souverain.metering.energy import totals_by_datacenter
@@ -46,13 +48,13 @@ log = logging.getLogger(__name__)
 
 
 class RouteTable:
-    def __init__(self) -> None:
+    def __init__(self, shares: SharePolicy | None = None) -> None:
         self.models: dict[str, ModelInfo] = {}  # by id
         self.by_name: dict[str, list[ModelInfo]] = {}
         self.routes: dict[str, list[ReplicaRoute]] = {}  # by model id
         self.wakeable: dict[str, list[Wakeable]] = {}  # by model id: deployments at minimum 0
         self.outstanding: defaultdict[str, int] = defaultdict(int)
-        self.held: defaultdict[tuple[str, str], int] = defaultdict(int)  # (replica, org) -> n
+        self.shares = SlotShares(shares)  # in flight by organisation and kind, per replica
         self.slots = SlotBook()
         self.loaded = False
         self.refreshed_at = 0.0
@@ -87,6 +89,7 @@ class RouteTable:
         self.by_name = dict(by_name)
         self.routes = dict(by_model)
         self.slots.forget({route.replica_id for route in routes})
+        self.shares.forget({route.replica_id for route in routes})
         self.loaded = True
         self.refreshed_at = time.monotonic()
 
@@ -225,16 +228,23 @@ class RouteTable:
         return outstanding - route.slots, outstanding
 
     def pick_free(
-        self, routes: list[ReplicaRoute], exclude: Set[str] = frozenset(), org: str = ""
+        self,
+        routes: list[ReplicaRoute],
+        exclude: Set[str] = frozenset(),
+        org: str = "",
+        *,
+        batch: bool = False,
+        waiting: Mapping[str, Set[str]] | None = None,
     ) -> ReplicaRoute | None:
-        """Like `pick`, among replicas with a slot free for `org`: on a replica of several
-        slots an organisation holds at most all but `reserve` of them, so that another
-        organisation's request finds a slot at once instead of waiting for one of a burst
-        to end (gateway/queueing.py)."""
+        """Like `pick`, among replicas with a slot `org` may take now (gateway/shares.py):
+        its fair share while other organisations wait (`waiting`: replica -> the
+        organisations waiting for it), room left for a neighbour seen lately, and for live
+        traffic if this is a batch line."""
+        waiting = waiting or {}
         free = [
             r for r in routes
-            if self.outstanding[r.replica_id] < r.slots
-            and self.held.get((r.replica_id, org), 0) < r.slots - reserve(r.slots)
+            if self.shares.may_take(r.replica_id, r.slots, self.outstanding[r.replica_id], org,
+                                    batch=batch, waiting=waiting.get(r.replica_id, frozenset()))
         ]  # fmt: skip
         return self.pick(free, exclude)
 
@@ -254,12 +264,13 @@ class RouteTable:
 
     @contextlib.contextmanager
     def track(
-        self, route: ReplicaRoute, cache_scope: str = "", org: str = ""
+        self, route: ReplicaRoute, cache_scope: str = "", org: str = "", *, batch: bool = False
     ) -> Iterator[Slot | None]:
-        """Count a request of `org` against `route` while it runs; on a slotted replica,
-        the slot it goes to (one where `cache_scope`'s prefix is likely cached)."""
+        """Count a request of `org` (a batch line if `batch`) against `route` while it runs;
+        on a slotted replica, the slot it goes to (one where `cache_scope`'s prefix is
+        likely cached)."""
         self.outstanding[route.replica_id] += 1
-        self.held[(route.replica_id, org)] += 1
+        self.shares.take(route.replica_id, org, batch=batch)
         slot = (
             self.slots.take(route.replica_id, route.slots, cache_scope) if route.slotted else None
         )
@@ -268,17 +279,9 @@ class RouteTable:
         finally:
             if slot is not None:
                 self.slots.give_back(route.replica_id, slot)
-            self.held[(route.replica_id, org)] -= 1
-            if not self.held[(route.replica_id, org)]:
-                del self.held[(route.replica_id, org)]
+            self.shares.give_back(route.replica_id, org, batch=batch)
             self.outstanding[route.replica_id] -= 1
             self.on_release()
-
-
-def reserve(slots: int) -> int:
-    """Slots of a replica that no single organisation may take: one in eight (none on a
-    one-slot engine, where the fair queue's turns are all there is)."""
-    return 0 if slots < 2 else -(-slots // 8)
 
 
 async def change_token(sessions: async_sessionmaker[AsyncSession]) -> tuple[object, ...]:

@@ -34,6 +34,7 @@ from souverain.gateway.metrics import Metrics
 from souverain.gateway.queueing import FairQueue
 from souverain.gateway.ratelimit import RateLimiter
 from souverain.gateway.routing import RouteTable
+from souverain.gateway.shares import SharePolicy
 from souverain.gateway.state import AppState
 from souverain.gateway.upstream import Upstream
 from souverain.installation import authority, bootstrap, signing
@@ -268,7 +269,13 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
     async with sessions() as session:
         stores = settings.file_stores_or_default
         say_where_files_go(await files_service.store_coverage(session, stores=stores))
-    routes = RouteTable()
+    routes = RouteTable(
+        SharePolicy(
+            batch_share=settings.queue_batch_share,
+            neighbour_s=settings.queue_neighbour_s,
+            live_s=settings.queue_live_s,
+        )
+    )
     await routes.refresh(sessions)
     master_key = load_master_key(settings)
     trusted = await authority.load_or_create(sessions, master_key)  # engines' TLS root

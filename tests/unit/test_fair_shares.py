@@ -1,0 +1,259 @@
+"""Fair shares of a replica's slots: the rule (`gateway/shares.py`) and the order in which the
+fair queue (`gateway/queueing.py`) hands freed slots out. A tenant alone uses every slot;
+while another waits, the tenant holding fewer slots is served first and the other holds
+no more than its share; live requests go before batch lines, which leave live traffic a
+slot. The clock is a counter the tests move."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from souverain.catalog.routes import ReplicaRoute
+from souverain.core.errors import RateLimitedError
+from souverain.gateway.queueing import FairQueue
+from souverain.gateway.routing import RouteTable
+from souverain.gateway.shares import (
+    Seen,
+    SharePolicy,
+    SlotShares,
+    batch_cap,
+    fair_share,
+    headroom,
+    may_take,
+)
+
+POLICY = SharePolicy(batch_share=1.0, neighbour_s=10.0, live_s=1.0)
+
+
+def seen(**changes: object) -> Seen:
+    base = {"slots": 8, "busy": 0, "held": 0, "batch": 0, "contending": 0,
+            "neighbours": False, "live": False}  # fmt: skip
+    return Seen(**(base | changes))  # type: ignore[arg-type]
+
+
+class TestTheRule:
+    def test_an_organisation_alone_may_use_every_slot(self) -> None:
+        assert may_take(seen(busy=7, held=7), batch=False, policy=POLICY)
+        assert not may_take(seen(busy=8, held=8), batch=False, policy=POLICY)
+
+    def test_beside_a_neighbour_seen_lately_one_slot_in_eight_is_left(self) -> None:
+        assert (headroom(1), headroom(8), headroom(16)) == (0, 1, 2)
+        assert not may_take(seen(busy=7, held=7, neighbours=True), batch=False, policy=POLICY)
+        assert may_take(seen(busy=7, held=0, neighbours=True), batch=False, policy=POLICY)
+
+    def test_while_others_wait_an_organisation_holds_at_most_its_share(self) -> None:
+        assert (fair_share(8, 2), fair_share(8, 3), fair_share(3, 2), fair_share(1, 5)) == (
+            4, 3, 2, 1,
+        )  # fmt: skip
+        assert not may_take(seen(busy=5, held=4, contending=1), batch=False, policy=POLICY)
+        assert may_take(seen(busy=5, held=1, contending=1), batch=False, policy=POLICY)
+
+    def test_batch_lines_leave_live_traffic_a_slot(self) -> None:
+        assert (batch_cap(1, 1.0), batch_cap(8, 1.0), batch_cap(8, 0.5)) == (0, 7, 4)
+        assert batch_cap(8, SharePolicy().batch_share) == 2  # the default: 2 of llama-server's 8
+        assert not may_take(seen(busy=7, held=7, batch=7, live=True), batch=True, policy=POLICY)
+        assert may_take(seen(busy=7, held=7, batch=7), batch=True, policy=POLICY)  # no live
+        assert may_take(seen(busy=7, held=7, batch=7, live=True), batch=False, policy=POLICY)
+
+    def test_on_a_one_slot_engine_a_batch_line_waits_while_live_requests_follow(self) -> None:
+        one = seen(slots=1, live=True)
+        assert not may_take(one, batch=True, policy=POLICY)
+        assert may_take(one, batch=False, policy=POLICY)
+
+
+class TestTheBook:
+    def test_a_neighbour_and_live_traffic_are_seen_lately_then_forgotten(self) -> None:
+        now = [0.0]
+        shares = SlotShares(POLICY, clock=lambda: now[0])
+        shares.take("r", "y", batch=False)
+        assert shares.seen("r", 8, 1, "x", set()).neighbours  # in flight
+        shares.give_back("r", "y", batch=False)
+        now[0] = 0.5
+        view = shares.seen("r", 8, 0, "x", set())
+        assert view.neighbours and view.live
+        assert shares.next_change_in() == pytest.approx(0.5)  # live traffic's 1 s
+        now[0] = 5.0
+        view = shares.seen("r", 8, 0, "x", set())
+        assert view.neighbours and not view.live
+        now[0] = 10.5
+        assert not shares.seen("r", 8, 0, "x", set()).neighbours
+        assert shares.next_change_in() is None
+        assert not shares.seen("r", 8, 0, "y", set()).neighbours  # itself is no neighbour
+
+
+def route(slots: int) -> ReplicaRoute:
+    return ReplicaRoute(
+        replica_id="rep", deployment_id="d", deployment_org_id=None, model_id="m",
+        model_name="m", url="http://x", node_id=None, datacenter_id="dc", country="FR",
+        operator_country="FR", certifications=frozenset(), runtime="stand-in",
+        engine_slots=slots,
+    )  # fmt: skip
+
+
+@dataclass
+class Replica:
+    """One replica behind a fair queue; requests hold their slot until `finish`."""
+
+    slots: int
+    now: list[float] = field(default_factory=lambda: [0.0])
+    granted: list[str] = field(default_factory=list)  # organisations, in the order served
+    held: dict[str, list[contextlib.ExitStack]] = field(default_factory=dict)
+    tasks: list[asyncio.Task[object]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.table = RouteTable()
+        self.table.shares = SlotShares(POLICY, clock=lambda: self.now[0])
+        self.queue = FairQueue(self.table, per_org=64, total=1024, wait_s=60)
+        self.route = route(self.slots)
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for stacks in self.held.values():
+            for stack in stacks:
+                stack.close()
+
+    def ask(self, org: str, *, batch: bool = False) -> asyncio.Task[object]:
+        def claim(chosen: ReplicaRoute) -> None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(self.table.track(chosen, "", org, batch=batch))
+            self.held.setdefault(org, []).append(stack)
+            self.granted.append(f"{org}{'(batch)' if batch else ''}")
+
+        task = asyncio.ensure_future(
+            self.queue.acquire(org, [self.route], set(), claim, batch=batch)
+        )
+        self.tasks.append(task)
+        return task
+
+    def finish(self, org: str) -> None:
+        self.held[org].pop(0).close()  # frees the slot: the queue hands it out
+
+    async def settle(self) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[Callable[[int], Replica]]:
+    made: list[Replica] = []
+
+    def make(slots: int) -> Replica:
+        made.append(Replica(slots))
+        return made[-1]
+
+    yield make
+    for replica in made:
+        replica.close()
+    await asyncio.sleep(0)
+
+
+class TestTheQueue:
+    async def test_a_tenant_alone_fills_every_slot(
+        self, replicas: Callable[[int], Replica]
+    ) -> None:
+        replica = replicas(8)
+        burst = [replica.ask("x") for _ in range(10)]
+        await replica.settle()
+        assert replica.granted == ["x"] * 8 and replica.queue.waiting == 2
+        for _ in range(10):
+            replica.finish("x")
+            await replica.settle()
+        assert all(task.done() for task in burst)
+
+    async def test_a_waiting_tenant_is_served_before_the_bursts_extra_requests(
+        self, replicas: Callable[[int], Replica]
+    ) -> None:
+        replica = replicas(8)
+        [replica.ask("x") for _ in range(14)]  # 8 in slots, 6 waiting
+        await replica.settle()
+        replica.now[0] = 20.0  # nobody else has used the replica lately
+        [replica.ask("y") for _ in range(3)]
+        await replica.settle()
+        assert replica.granted == ["x"] * 8
+        for _ in range(4):
+            replica.finish("x")
+            await replica.settle()
+        # y holds fewer slots: each freed slot is y's while it waits, then x's again
+        assert replica.granted[8:] == ["y", "y", "y", "x"]
+
+    async def test_while_others_wait_no_tenant_takes_more_than_its_share(
+        self, replicas: Callable[[int], Replica]
+    ) -> None:
+        replica = replicas(6)
+        [replica.ask("x") for _ in range(12)]
+        await replica.settle()
+        replica.now[0] = 20.0
+        [replica.ask("y") for _ in range(6)]
+        [replica.ask("z") for _ in range(6)]
+        await replica.settle()
+        for _ in range(6):  # x's six requests end one by one
+            replica.finish("x")
+            await replica.settle()
+        served = replica.granted[6:]
+        assert served[:4] == ["y", "z", "y", "z"], served  # x's waiting requests wait
+        assert served[4:] == ["x", "x"]  # x holds fewer than its share (2 of 6) again
+        assert replica.table.shares.holding() == {("rep", o): 2 for o in "xyz"}
+
+    async def test_a_neighbour_seen_lately_finds_a_slot_at_once(
+        self, replicas: Callable[[int], Replica]
+    ) -> None:
+        replica = replicas(8)
+        replica.ask("y")
+        await replica.settle()
+        replica.finish("y")  # y was here a moment ago
+        [replica.ask("x") for _ in range(12)]
+        await replica.settle()
+        assert replica.granted.count("x") == 7  # one in eight left for y
+        replica.ask("y")
+        await replica.settle()
+        assert replica.granted[-1] == "y"
+        replica.finish("y")
+        replica.now[0] = 11.0  # y's 'lately' has run out
+        replica.queue.dispatch()
+        await replica.settle()
+        assert replica.granted.count("x") == 8
+
+    async def test_batch_lines_wait_for_live_requests_and_leave_them_a_slot(
+        self, replicas: Callable[[int], Replica]
+    ) -> None:
+        replica = replicas(4)
+        lines = [replica.ask("b", batch=True) for _ in range(6)]
+        await replica.settle()
+        assert replica.granted == ["b(batch)"] * 4  # no live traffic: every slot
+        live = [replica.ask("x") for _ in range(2)]
+        await replica.settle()
+        replica.finish("b")
+        await replica.settle()
+        assert replica.granted[4:] == ["x"]  # live before the waiting lines
+        replica.finish("b")
+        await replica.settle()
+        assert replica.granted[5:] == ["x"]
+        assert replica.granted[6:] == []  # every slot busy
+        replica.finish("x")
+        replica.finish("x")
+        await replica.settle()
+        # live traffic ended a moment ago: lines take at most 3 of the 4 slots
+        assert replica.granted[6:] == ["b(batch)"]
+        replica.now[0] = 2.0  # live traffic ended more than 1 s ago
+        replica.queue.dispatch()
+        await replica.settle()
+        assert replica.granted[7:] == []  # x, a neighbour seen lately, keeps one in eight
+        replica.now[0] = 11.0
+        replica.queue.dispatch()
+        await replica.settle()
+        assert replica.granted[7:] == ["b(batch)"]  # every slot again
+        assert all(task.done() for task in live + lines)
+
+    async def test_lines_stay_bounded(self, replicas: Callable[[int], Replica]) -> None:
+        replica = replicas(1)
+        replica.queue = FairQueue(replica.table, per_org=2, total=1024, wait_s=60)
+        [replica.ask("x") for _ in range(3)]
+        await replica.settle()
+        with pytest.raises(RateLimitedError):
+            await replica.ask("x")
