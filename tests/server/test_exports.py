@@ -149,6 +149,15 @@ class TestExport:
             platform, owner, "exports", "verify", str(tampered), "--public-key", str(pem)
         )
         assert broken.returncode == 1 and "INVALID" in broken.stderr
+        linked = tmp_path / "linked.tar"  # a link added beside the listed files
+        linked.write_bytes(data)
+        with tarfile.open(linked, "a") as appended:
+            link = tarfile.TarInfo("files/notes.txt")
+            link.type, link.linkname = tarfile.SYMTYPE, "/root/.ssh/id_ed25519"
+            appended.addfile(link)
+        assert not verify_archive(linked, key).ok
+        keyless = await cli(platform, owner, "exports", "verify", str(archive))
+        assert keyless.returncode != 0  # a key carried inside the file proves nothing
 
 
 class TestExportCommands:
@@ -219,7 +228,22 @@ class TestExportRefusals:
                     assert answer.status_code == 404, (path, answer.text)
         async with platform.client(owner) as http:
             waiting = await http.get(f"{base}/{export_id}/content")
+            second = await http.post(base)  # one export at a time
         assert waiting.status_code == 409 and waiting.json()["error"]["code"] == "conflict"
+        assert second.status_code == 409 and export_id in second.json()["error"]["message"]
+        await (await runner(platform)).run_once()
+        async with platform.client(await platform.operator_key()) as http:
+            status = await http.get(f"{base}/{export_id}")
+            content = await http.get(f"{base}/{export_id}/content")
+        assert status.status_code == 200 and status.json()["status"] == "succeeded"
+        assert content.status_code == 403  # operators follow an export, never read it
+        project_key = await platform.factory.key(
+            user_id=tenant.users["own"], org_id=tenant.org_id, role=Role.OWNER,
+            project_id=tenant.project_id,
+        )  # fmt: skip
+        async with platform.client(project_key.key) as http:
+            narrowed = await http.post(base)
+        assert narrowed.status_code == 403 and "every project" in narrowed.text
 
         async def refusals_audited() -> bool:
             async with platform.client(await platform.operator_key()) as http:

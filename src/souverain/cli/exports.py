@@ -4,7 +4,7 @@ organisation and keep the signed certificate."""
 from __future__ import annotations
 
 import json
-import tarfile
+import os
 import time
 from pathlib import Path
 
@@ -67,12 +67,18 @@ def download(
     output: Path = typer.Option(..., "--output", "-o", dir_okay=False),
 ) -> None:
     """Save the archive (a tar), decrypted by the server as it streams."""
-    with client() as c, output.open("wb") as into:
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a tenant's content
+    os.fchmod(fd, 0o600)
+    with client() as c, os.fdopen(fd, "wb") as into:
         written = c.download_export(org, export_id, into)
     console.print(f"{written:,} bytes written to {output}")
 
 
-PUBLIC_KEY = typer.Option(None, "--public-key", help="PEM from `reports public-key` (trusted).")
+PUBLIC_KEY = typer.Option(
+    ..., "--public-key", exists=True, dir_okay=False,
+    help="The installation's public key (PEM, from `reports public-key`), obtained apart "
+    "from the file: a key carried inside the file proves nothing.",
+)  # fmt: skip
 
 
 @exports.command("verify")
@@ -82,10 +88,7 @@ def verify_export(
 ) -> None:
     """Check an archive offline: the manifest's signature, every object's SHA-256, and the
     audit events against their chain proof. Exit 0 when all hold."""
-    key = load_public_key(public_key.read_text()) if public_key else None
-    if key is None:
-        err.print("[yellow]no --public-key given: the manifest's own key is trusted[/yellow]")
-        key = load_public_key(_embedded_key(file))
+    key = load_public_key(public_key.read_text())
     verdict = verify_archive(file, key)
     summary = (
         f"{verdict.objects} objects, {verdict.audit_events} audit events "
@@ -97,16 +100,6 @@ def verify_export(
             err.print(f"  - {problem}")
         raise typer.Exit(1)
     console.print(f"[green]valid[/green]: {summary}")
-
-
-def _embedded_key(file: Path) -> str:
-    try:
-        with tarfile.open(file, "r:") as archive:
-            handle = archive.extractfile("manifest.json")
-            signed = json.loads(handle.read()) if handle else {}
-    except (tarfile.TarError, KeyError, ValueError, OSError):
-        signed = {}
-    return str(signed.get("signature", {}).get("public_key", ""))
 
 
 @erasure.command("run")
@@ -150,11 +143,7 @@ def verify_certificate(
 ) -> None:
     """Check a certificate offline. Exit 0 when its signature is valid."""
     signed = json.loads(file.read_text())
-    if public_key is not None:
-        key = load_public_key(public_key.read_text())
-    else:
-        err.print("[yellow]no --public-key given: the certificate's own key is trusted[/yellow]")
-        key = load_public_key(signed.get("signature", {}).get("public_key", ""))
+    key = load_public_key(public_key.read_text())
     if not verify(signed, key):
         err.print("[red]INVALID[/red]: the certificate was altered or not signed by this key")
         raise typer.Exit(1)

@@ -120,7 +120,10 @@ def verify_archive(path: Path, public_key: Ed25519PublicKey) -> ArchiveVerdict:
 def _verify_members(
     archive: tarfile.TarFile, public_key: Ed25519PublicKey, verdict: ArchiveVerdict
 ) -> None:
-    members = {m.name: m for m in archive.getmembers() if m.isfile()}
+    found = archive.getmembers()
+    for odd in (m for m in found if not m.isfile()):  # a link or device was added
+        verdict.fail(f"{odd.name} is not a plain file: nothing but listed files belongs here")
+    members = {m.name: m for m in found if m.isfile()}
     listed = _signed_objects(archive, members.get(MANIFEST), public_key, verdict)
     if listed is None:
         return

@@ -30,10 +30,11 @@ from souverain import __version__
 from souverain.core.errors import SouverainError
 from souverain.core.exports import MANIFEST_KIND, README_TEXT
 from souverain.core.ids import new_id
+from souverain.core.policy import Policy, intersect
 from souverain.core.signing import sign
 from souverain.db.audit import AuditSealRow
 from souverain.db.exports import ExportRow
-from souverain.db.tables import OrganisationRow, utcnow
+from souverain.db.tables import OrganisationRow, ProjectRow, utcnow
 from souverain.evidence import audit, audit_log
 from souverain.files import service as files
 from souverain.jobs.cycle import run_cycle
@@ -132,7 +133,7 @@ class ExportRunner:
         row.status, row.started_at = "running", row.started_at or utcnow()
         await audit_log.seal(session, signing_key=self._signing_key)
         sealed = await session.scalar(select(func.max(AuditSealRow.seq)))
-        policy = await policies.effective(session, org_id=row.org_id, project_id=None)
+        policy = await _strictest(session, row.org_id)
         placement = await files.place_file(session, policy=policy, stores=self._stores)
         kek = await files.organisation_kek(
             session, master_key=self._master_key, org_id=row.org_id, create=True
@@ -240,3 +241,17 @@ async def _sealed(
         for piece in sealer.feed(chunk):
             yield piece
     yield sealer.finish()
+
+
+async def _strictest(session: AsyncSession, org_id: str) -> Policy:
+    """The archive holds every project's data, so it goes only where each project's policy
+    in force (ceiling ∩ project) allows: their intersection."""
+    policy = await policies.ceiling_in_force(session, org_id=org_id)
+    project_ids = list(
+        (await session.execute(select(ProjectRow.id).where(ProjectRow.org_id == org_id))).scalars()
+    )
+    for project_id in project_ids:
+        policy = intersect(
+            policy, await policies.effective(session, org_id=org_id, project_id=project_id)
+        )
+    return policy

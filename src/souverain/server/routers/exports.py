@@ -80,8 +80,8 @@ async def export_content(
         plaintext = await exports.open_export(
             session, principal=principal, row=row, master_key=state.master_key
         )
+        first = await anext(plaintext, b"")  # an archive that cannot be read: 410, no audit
     await session.commit()  # the download is audited
-    first = await anext(plaintext, b"")  # an archive that cannot be read fails here
     return StreamingResponse(
         _chain(first, plaintext),
         media_type="application/x-tar",
