@@ -127,6 +127,52 @@ class TestScaleToZero:
         [record] = await usage_records(platform.sessions, 1, model=model)
         assert record.status == "ok"
 
+    async def test_a_replica_the_caller_may_not_use_does_not_stop_the_wake(
+        self, platform: Platform
+    ) -> None:
+        """The model always on in the US and scaled to zero in France: an EU tenant's
+        request wakes the French deployment and is answered there, not refused with 451."""
+        model, deployment_id = await asleep(platform)
+        async with platform.sessions.begin() as session:
+            row = (
+                await session.execute(select(ModelRow).where(ModelRow.name == model))
+            ).scalar_one()
+            always_on = DeploymentRow(
+                id=new_id("dep"), name=unique("dep"), model_id=row.id, org_id=None,
+                engine="stand-in", replicas=1, datacenters=[], cpus=1, gpus=0, engine_args={},
+                status="ready", status_reason="",
+            )  # fmt: skip
+            session.add(always_on)
+        us = await platform.factory.datacenter("us-test", country="US")
+        async with platform.sessions.begin() as session:
+            replica_id = new_id("rep")
+            session.add(
+                ReplicaRow(
+                    id=replica_id, deployment_id=always_on.id, actor_name=f"test-{replica_id}",
+                    datacenter_id=us, node_id="node-us",
+                    url=f"{platform.stand_in_url}/r/{replica_id}", state="ready", reason="",
+                    engine_restarts=0,
+                )
+            )  # fmt: skip
+        tenant = await platform.factory.tenant()
+        key = await platform.factory.new_member(tenant.org_id, Role.MEMBER)
+        async with platform.client(await platform.operator_key()) as op:
+            ceiling = await op.put(
+                f"/api/orgs/{tenant.org_name}/policy", json={"jurisdictions": ["EU"]}
+            )
+            assert ceiling.status_code == 200
+        client = openai.AsyncOpenAI(
+            base_url=f"{platform.url}/v1", api_key=key.key, max_retries=0, timeout=60
+        )
+        request = ask(client, model)
+        await wait_until(lambda: waiting_seen(platform, deployment_id), timeout_s=10)
+        assert not request.done()  # waits for the French replica, not a 451
+        await replica_ready(platform, deployment_id)
+        answer = await asyncio.wait_for(request, 30)
+        assert answer.choices[0].message.content  # type: ignore[attr-defined]
+        [record] = await usage_records(platform.sessions, 1, model=model)
+        assert record.datacenter_id == "fr-test"
+
     async def test_a_last_replica_just_released_makes_the_request_wait_not_fail(
         self, platform: Platform
     ) -> None:

@@ -56,6 +56,11 @@ class TestScalingUp:
         assert decision.changed and decision.state.wanted == 1
         assert "waiting with no replica" in decision.reason
 
+    def test_a_crowd_waiting_at_zero_wakes_one_replica_then_the_rule_applies(self) -> None:
+        """Requests waiting at zero are counted before any rate limit: 256 of them from
+        one key start one replica, not the maximum; more come by two readings above."""
+        assert run(Limits(0, 3, 4.0, 60.0), 0, [256, 256, 256]) == [1, 1, 3]
+
     def test_the_reason_says_the_load_and_the_target(self) -> None:
         state = decide(LIMITS, ScaleState(1), 9, T0).state
         decision = decide(LIMITS, state, 9, T0)
@@ -83,6 +88,11 @@ class TestScalingDown:
         changes = sum(1 for a, b in itertools.pairwise(counts) if a != b)
         assert counts[-1] == 3
         assert changes == 1  # up once, never down
+
+    def test_replicas_answering_requests_are_never_released(self) -> None:
+        """Below the target is not idle: without draining, a released replica would cut
+        the streams it answers, so the count holds while anything is outstanding."""
+        assert run(LIMITS, 3, [1] * 200)[-1] == 3
 
     def test_a_burst_restarts_the_idle_period(self) -> None:
         counts = run(LIMITS, 3, [0] * 50 + [12] + [0] * 50)

@@ -129,20 +129,23 @@ async def wake(
     timeout_s: float,
     exclude: Set[str] = frozenset(),
 ) -> list[ReplicaRoute]:
-    """Wait for a replica of a deployment scaled to zero (not one of `exclude`, which
-    refused the connection); its routes (the caller's policy decides afterwards whether
-    they comply), or a 503 with the reason."""
+    """Wait for a replica the caller's policy allows, of a deployment scaled to zero (not
+    one of `exclude`, which refused the connection): its routes; none once every deployment
+    that could wake is up and none complies (the caller answers 451); or a 503 with the
+    reason."""
     deadline = time.monotonic() + timeout_s
     with board.waking([d.deployment_id for d in deployments]):
         while True:
             await asyncio.sleep(0.1)  # a reload at most 4 times a second, for all waiters
             await table.refresh_if_older_than(sessions, 0.25)
-            routes = [
-                r for r in table.usable_routes(principal, model) if r.replica_id not in exclude
-            ]
+            compliant, _ = table.compliant_routes(principal, model)
+            routes = [r for r in compliant if r.replica_id not in exclude]
             if routes:
                 return routes
-            _check_starting(table.wakeable_for(principal, model), model.name)
+            woken = table.wakeable_for(principal, model)
+            if not exclude and woken and all(d.status == "ready" for d in woken):
+                return []  # all that could wake is up, none where the caller may go: 451
+            _check_starting(woken, model.name)
             if time.monotonic() > deadline:
                 raise ServiceUnavailableError(
                     f"The model '{model.name}' was scaled to zero and no replica became ready "

@@ -92,7 +92,10 @@ async def compliant_routes(call: Call) -> list[ReplicaRoute]:
     if not routes:
         await table.refresh_if_older_than(call.state.sessions, 0.25)
         routes, excluded = table.compliant_routes(call.principal, call.model)
-    if not routes and not excluded and table.wakeable_for(call.principal, call.model):
+    # A deployment at zero is woken even when a replica elsewhere runs that this caller's
+    # policy excludes: the one at zero may be where the caller is allowed (routing checks
+    # the woken replica like any other; a non-compliant one still ends in 451).
+    if not routes and table.wakeable_for(call.principal, call.model):
         await _wake(call, set())
         routes, excluded = table.compliant_routes(call.principal, call.model)
     if not routes and excluded:

@@ -11,9 +11,12 @@ waits, whatever the minimum.
 Hysteresis, so that a sawtooth load does not thrash:
 * up only after `up_readings` readings in a row above what the current count carries;
   from zero at once (someone is waiting for the first replica);
-* down only once the load has stayed below the current count's for `scale_down_idle_s`
-  without a break, then straight to what the load needs. The period starts only once no
-  replica is still starting: a replica is not released before it could serve.
+* from zero to one replica (or the minimum) at once: someone waits for it; a crowd waiting
+  at zero (whoever sent it, before any rate limit) cannot make it jump to the maximum;
+* down only once nothing has been outstanding for `scale_down_idle_s` without a break
+  (replicas are not drained yet: releasing one that answers would cut its streams), then
+  straight to what the load needs. The period starts only once no replica is still
+  starting: a replica is not released before it could serve.
 A count outside the limits (the limits changed) is brought inside them at once.
 
 No clock, no database: the caller passes `now` and keeps the returned state.
@@ -73,14 +76,17 @@ def decide(
     if want > state.wanted:
         return _up(limits, state, busy, want)
     if want < state.wanted and not starting:
+        if busy > 0:  # no draining yet: a replica is released only once nothing is outstanding
+            return Decision(ScaleState(state.wanted), False, "")
         return _down(limits, state, busy, want, now)
     return Decision(ScaleState(state.wanted), False, "")
 
 
 def _up(limits: Limits, state: ScaleState, busy: float, want: int) -> Decision:
     above = state.above + 1
-    if state.wanted == 0:
-        return _change(want, f"{_requests(busy)} waiting with no replica: waking up")
+    if state.wanted == 0:  # one replica (or the minimum) at once; more by the rule above
+        first = min(max(1, limits.min_replicas), limits.max_replicas)
+        return _change(first, f"{_requests(busy)} waiting with no replica: waking up")
     if above < limits.up_readings:
         return Decision(ScaleState(state.wanted, above=above), False, "")
     return _change(
@@ -95,10 +101,7 @@ def _down(limits: Limits, state: ScaleState, busy: float, want: int, now: dateti
     idle_s = (now - since).total_seconds()
     if idle_s < limits.scale_down_idle_s:
         return Decision(replace(state, above=0, below_since=since), False, "")
-    what = "idle" if busy <= 0 else f"below the target ({_requests(busy)} outstanding)"
-    return _change(
-        want, f"{what} for {idle_s:.0f}s (scale_down_idle_s {limits.scale_down_idle_s:g})"
-    )
+    return _change(want, f"idle for {idle_s:.0f}s (scale_down_idle_s {limits.scale_down_idle_s:g})")
 
 
 def _change(wanted: int, reason: str) -> Decision:
