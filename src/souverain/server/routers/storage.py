@@ -7,9 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import Field
+from sqlalchemy.exc import IntegrityError
 
 from souverain.core.access import check_org
-from souverain.core.errors import NotFoundError
+from souverain.core.errors import ConflictError, NotFoundError
 from souverain.core.roles import Scope
 from souverain.core.schemas.common import StrictRequest
 from souverain.files import service as files
@@ -61,10 +62,18 @@ async def crypto_erase(
     key material."""
     with refusals_noted(state, "erasure.refused", principal):
         found = await orgs.get_org(session, principal=principal, ref=org)
-        erasure = await erasures.erase_organisation(
-            session, principal=principal, org_id=found.id, signing_key=state.signing_key
-        )
-    await session.commit()
+        try:
+            erasure = await erasures.erase_organisation(
+                session, principal=principal, org_id=found.id, signing_key=state.signing_key
+            )
+            await session.commit()
+        except IntegrityError:  # another erasure of it committed first: nothing of this one
+            await session.rollback()
+            raise ConflictError(
+                "Another erasure of this organisation has just finished; ask again to get "
+                "its certificate.",
+                param="org",
+            ) from None
     await erasures.remove_objects(erasure.objects)  # the fact is committed: now the objects
     erased = erasure.erased
     return {"org_id": found.id, "files": erased.files, "models": erased.models,
