@@ -153,7 +153,8 @@ class FairQueue:
         for (level, org), line in self._lines.items():
             if level == priority and line:
                 for route in line[0].routes:
-                    waiting.setdefault(route.replica_id, set()).add(org)
+                    if route.replica_id not in line[0].exclude:  # one it will not use
+                        waiting.setdefault(route.replica_id, set()).add(org)
         return waiting
 
     def _holding(self, line_key: tuple[int, str]) -> int:
