@@ -8,8 +8,14 @@ serving SmolLM2-135M-Instruct.
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
+import subprocess
+import sys
+import tarfile
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -398,6 +404,41 @@ def _status(table: str, name: str) -> str:
     column = header.index("status") if "status" in header else 5
     cells = [cell.strip() for cell in _row(table, name).split("│")]
     return cells[column] if len(cells) > column else ""
+
+
+class TestExportAndErasure:
+    def test_the_readme_exports_an_organisation_then_erases_it_with_proof(
+        self, up: Up, tmp_path: Path
+    ) -> None:
+        """The README's export and erasure commands, run as written (for an organisation of
+        this test's own): the archive holds the tenant's file and checks out against the
+        installation's key; after the erasure, its certificate does too, and the file is
+        gone."""
+        up.cli("orgs", "create", "leaving", "--owner", "lea")
+        owner = up.cli("keys", "create", "--org", "leaving", "--user", "lea", "--role", "owner")
+        key = owner.stdout.split()[-1]
+        tenant = openai.OpenAI(base_url=f"{up.url}/v1", api_key=key, max_retries=0)
+        line = b'{"messages": [{"role": "user", "content": "CANARY-LEAVING"}]}\n'
+        kept = tenant.files.create(file=("data.jsonl", io.BytesIO(line)), purpose="user_data")
+        text = (Path(__file__).parents[2] / "README.md").read_text()
+        section = text[text.index("## Data controls") : text.index("## Usage, quotas")]
+        block = re.findall(r"```bash\n(.*?)```", section, re.S)[-1].replace("acme", "leaving")
+        env = up.env() | {"SOUVERAIN_API_KEY": key, "SOUVERAIN_URL": up.url,
+                          "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+        ran = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        archive = tmp_path / "leaving-export.tar"
+        assert archive.stat().st_mode & 0o777 == 0o600
+        with tarfile.open(archive) as opened:
+            names = opened.getnames()
+            held = [opened.extractfile(n).read() for n in names if n.endswith("data.jsonl")]  # type: ignore[union-attr]
+        assert held == [line] and "manifest.json" in names
+        assert json.loads((tmp_path / "leaving-erasure.json").read_text())["signature"]
+        with pytest.raises((openai.NotFoundError, openai.APIStatusError)):
+            tenant.files.content(kept.id).read()
 
 
 class TestResilience:

@@ -44,14 +44,21 @@ def _show(found: Export) -> None:
 def create(
     org: str = typer.Option(..., "--org"),
     wait: bool = typer.Option(False, "--wait", help="Wait until the archive is written."),
+    output: Path = typer.Option(
+        None, "--output", "-o", dir_okay=False, help="Wait, then download the archive here."
+    ),
 ) -> None:
     """Ask for an export of everything the organisation has (owners, operators)."""
     with client() as c:
         found = c.create_export(org)
-        while wait and found.status not in ENDED:
+        while (wait or output) and found.status not in ENDED:
             time.sleep(2)
             found = c.get_export(org, found.id)
     _show(found)
+    if found.status != "succeeded" and (wait or output):
+        raise typer.Exit(1)
+    if output is not None:
+        _download(org, found.id, output)
 
 
 @exports.command("show")
@@ -67,6 +74,10 @@ def download(
     output: Path = typer.Option(..., "--output", "-o", dir_okay=False),
 ) -> None:
     """Save the archive (a tar), decrypted by the server as it streams."""
+    _download(org, export_id, output)
+
+
+def _download(org: str, export_id: str, output: Path) -> None:
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a tenant's content
     os.fchmod(fd, 0o600)
     with client() as c, os.fdopen(fd, "wb") as into:
