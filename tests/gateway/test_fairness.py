@@ -94,16 +94,25 @@ async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup
 
 
 async def test_another_tenant_is_served_next_not_after_the_burst(setup: Setup) -> None:
+    """One slot: a tenant's burst of 12 is in line when another tenant asks; the other's
+    request reaches the engine next (after the burst's request in flight, at most one more
+    that was granted as it arrived), not after the burst: the order at the engine says so,
+    whatever the machine's speed."""
     burst_key, other_key = await setup.key("burst"), await setup.key("other")
+    for key in (burst_key, other_key):  # both keys known to the server: no lookup on the way
+        assert (await setup.stream(key, 1, "warm"))[0] == 200
+    setup.engine.requests.clear()
     setup.engine.peak_in_flight = 0
-    burst = [asyncio.create_task(setup.stream(burst_key)) for _ in range(12)]
-    await asyncio.sleep(0.2)  # the burst is in line
-    status, waited = await setup.stream(other_key)
+    burst = [asyncio.create_task(setup.stream(burst_key, 2, "burst")) for _ in range(12)]
+    await wait_until(lambda: setup.engine.in_flight >= 1)
+    await asyncio.sleep(0.1)  # the rest of the burst is in line
+    status, waited = await setup.stream(other_key, 2, "other")
     results = await asyncio.gather(*burst)
-    print(f"[fairness] other tenant behind a 12-request burst: {waited:.2f}s "
-          f"(service {SERVICE_S}s; FIFO would be ~{12 * SERVICE_S:.1f}s)")  # fmt: skip
+    arrived = [_tenant(body) for body in setup.engine.requests]
+    print(f"[fairness] other tenant behind a 12-request burst: {waited:.2f}s, arrived "
+          f"{arrived.index('other') + 1} of {len(arrived)} (FIFO: 13)")  # fmt: skip
     assert status == 200 and all(code == 200 for code, _ in results)
-    assert waited < 3 * SERVICE_S
+    assert arrived.index("other") <= 2, arrived
     assert setup.engine.peak_in_flight == 1  # the engine never saw two at once
 
 
@@ -137,8 +146,9 @@ async def test_on_a_replica_of_several_slots_a_burst_leaves_one_for_another_tena
         print(f"[fairness] 8 slots, other tenant beside a 12-request burst: {waited:.2f}s "
               f"(service {SERVICE_S}s; after a slot of the burst: >{3 * SERVICE_S:.1f}s)")  # fmt: skip
         assert status == 200 and all(code == 200 for code, _ in results)
-        assert waited < 2.5 * SERVICE_S  # it did not wait for one of the burst to end
-        assert setup.engine.peak_in_flight == 8  # seven of the burst and the other tenant's
+        # it did not wait for one of the burst to end: the burst holds at most seven, so
+        # eight at once at the engine are seven of the burst and the other tenant's
+        assert setup.engine.peak_in_flight == 8
     finally:
         await setup.factory.replica_observed(route.replica_id, prompt_overhead=None)
 
