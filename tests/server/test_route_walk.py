@@ -54,7 +54,7 @@ class TestRouteWalk:
         paths = {path for _, path in all_routes()}
         assert {"/v1/chat/completions", "/api/keys", "/api/deployments", "/healthz"} <= paths
         assert {"/console/session", "/api/audit/verify"} <= paths
-        assert {"/scim/v2/Users", "/scim/v2/Groups/{group_id}", "/api/identity-providers"} <= paths
+        assert {"/scim/v2/Users", "/scim/v2/Groups/{entry_id}", "/api/identity-providers"} <= paths
         assert {"/api/orgs/{org}/service-accounts/{name}/keys/rotate"} <= paths
         assert len(paths) > 20
 
