@@ -37,8 +37,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.fleet import DATACENTER_LABEL
+from souverain.db.demand import DeploymentDemandRow
 from souverain.db.engine import create_engine_unpooled, session_factory
-from souverain.db.tables import DeploymentDemandRow, DeploymentRow, ReplicaRow
+from souverain.db.tables import DeploymentRow, ReplicaRow
 from souverain.node.artifacts import builtin_path, file_sha256
 from souverain.server.app import create_app
 from souverain.settings import Settings

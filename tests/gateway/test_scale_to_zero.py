@@ -15,8 +15,8 @@ from sqlalchemy import delete, select
 
 from souverain.core.ids import new_id
 from souverain.core.roles import Role
+from souverain.db.demand import DeploymentDemandRow
 from souverain.db.tables import (
-    DeploymentDemandRow,
     DeploymentRow,
     ModelArtifactRow,
     ModelRow,

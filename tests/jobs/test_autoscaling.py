@@ -16,7 +16,8 @@ from sqlalchemy import delete, select, update
 
 from souverain.core.ids import new_id
 from souverain.db.audit import AuditEventRow
-from souverain.db.tables import DeploymentDemandRow, DeploymentRow, ReplicaRow, utcnow
+from souverain.db.demand import DeploymentDemandRow
+from souverain.db.tables import DeploymentRow, ReplicaRow, utcnow
 from souverain.installation.authority import Issuer
 from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
 from souverain.jobs.energy import EnergyAccountant

@@ -267,20 +267,6 @@ class DeploymentRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class DeploymentDemandRow(Base):
-    """A server process's outstanding requests for one deployment, rewritten every few
-    seconds: the load the controller scales on. Rows not renewed are stale and ignored."""
-
-    __tablename__ = "deployment_demand"
-    server_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    deployment_id: Mapped[str] = mapped_column(
-        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
-    )
-    in_flight: Mapped[int] = mapped_column(Integer, default=0)
-    waiting: Mapped[int] = mapped_column(Integer, default=0)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
-
-
 class ReplicaRow(Base):
     __tablename__ = "replicas"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -519,6 +505,7 @@ class CarbonIntensityRow(Base):
 # share this Base: importing them here puts them in `Base.metadata` wherever tables are.
 from souverain.db import audit as _audit  # noqa: E402, F401
 from souverain.db import data_controls as _data_controls  # noqa: E402, F401
+from souverain.db import demand as _demand  # noqa: E402, F401
 from souverain.db import exports as _exports  # noqa: E402, F401
 from souverain.db import identity as _identity  # noqa: E402, F401
 from souverain.db import installation as _installation  # noqa: E402, F401

@@ -32,7 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.catalog.routes import ModelInfo, ReplicaRoute, Wakeable
 from souverain.core.errors import ServiceUnavailableError
 from souverain.core.principal import Principal
-from souverain.db.tables import DeploymentDemandRow, utcnow
+from souverain.db.demand import DeploymentDemandRow
+from souverain.db.tables import utcnow
 from souverain.gateway.queueing import FairQueue
 from souverain.gateway.routing import RouteTable
 

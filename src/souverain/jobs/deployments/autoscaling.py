@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import InvalidRequestError
 from souverain.core.schemas.deployments import MAX_REPLICAS, ScalingFields
-from souverain.db.tables import DeploymentDemandRow, DeploymentRow
+from souverain.db.demand import DeploymentDemandRow
+from souverain.db.tables import DeploymentRow
 from souverain.scheduler.autoscale import Decision, Limits, ScaleState
 
 DEMAND_FRESH_S = 30.0

@@ -213,11 +213,24 @@ async def _search(
     return scim(resources.dump(listing, Context.SEARCH_RESPONSE, parameters))
 
 
+Route = tuple[str, Callable[..., Coroutine[Any, Any, Response]], str, int]
+
+
 def _resource_routes(
     plural: str, service: Any, model: type[Any], summaries: dict[str, str]
 ) -> None:
-    """The same eight routes for Users and Groups, each through `service` (`users`, `groups`)."""
+    """The same routes for Users and Groups, each through `service` (`users`, `groups`)."""
+    for path, handler, method, status in (
+        *_reading(plural, service, model),
+        *_writing(plural, service),
+    ):
+        router.add_api_route(
+            path, handler, methods=[method], status_code=status,
+            summary=f"SCIM: {summaries[method + (' search' if path.endswith('.search') else '')]}",
+        )  # fmt: skip
 
+
+def _reading(plural: str, service: Any, model: type[Any]) -> list[Route]:
     async def listing(
         session: SessionDep,
         directory: Directory = DirectoryDep,
@@ -235,15 +248,6 @@ def _resource_routes(
     ) -> Response:
         return await _search(session, directory, model, Search.of(await body_of(request)))
 
-    async def create(
-        request: Request, session: SessionDep, directory: Directory = DirectoryDep
-    ) -> Response:
-        row = await service.create(session, directory, await body_of(request))
-        await session.commit()
-        found = await service.to_resource(session, directory, row)
-        location = directory.location(plural, row.id)
-        return scim(resources.dump(found, Context.RESOURCE_CREATION_RESPONSE), 201, location)
-
     async def read(
         entry_id: str,
         session: SessionDep,
@@ -255,6 +259,21 @@ def _resource_routes(
         found = await service.to_resource(session, directory, row)
         parameters = resources.response_parameters(model, attributes, excluded_attributes)
         return scim(resources.dump(found, Context.RESOURCE_QUERY_RESPONSE, parameters))
+
+    one = f"/{plural}/{{entry_id}}"
+    return [(f"/{plural}", listing, "GET", 200), (f"/{plural}/.search", search, "POST", 200),
+            (one, read, "GET", 200)]  # fmt: skip
+
+
+def _writing(plural: str, service: Any) -> list[Route]:
+    async def create(
+        request: Request, session: SessionDep, directory: Directory = DirectoryDep
+    ) -> Response:
+        row = await service.create(session, directory, await body_of(request))
+        await session.commit()
+        found = await service.to_resource(session, directory, row)
+        location = directory.location(plural, row.id)
+        return scim(resources.dump(found, Context.RESOURCE_CREATION_RESPONSE), 201, location)
 
     def changing(change: str, context: Context) -> Handler:
         async def changed(
@@ -280,19 +299,12 @@ def _resource_routes(
         return Response(status_code=204)
 
     one = f"/{plural}/{{entry_id}}"
-    for path, handler, method, status in (
-        (f"/{plural}", listing, "GET", 200),
-        (f"/{plural}/.search", search, "POST", 200),
+    return [
         (f"/{plural}", create, "POST", 201),
-        (one, read, "GET", 200),
         (one, changing("replace", Context.RESOURCE_REPLACEMENT_RESPONSE), "PUT", 200),
         (one, changing("patch", Context.RESOURCE_PATCH_RESPONSE), "PATCH", 200),
         (one, remove, "DELETE", 204),
-    ):
-        router.add_api_route(
-            path, handler, methods=[method], status_code=status,
-            summary=f"SCIM: {summaries[method + (' search' if path.endswith('.search') else '')]}",
-        )  # fmt: skip
+    ]
 
 
 _resource_routes("Users", users, User, {
