@@ -122,14 +122,15 @@ class Controller:
         self.exports = (
             None
             if signing_key is None  # an archive's manifest must be signed
-            else ExportRunner(
-                sessions,
-                master_key=master_key,
-                signing_key=signing_key,
-                file_stores=training.file_stores if training else {},
-            )
-        )
-        self.loops = [
+            else ExportRunner(sessions, master_key=master_key, signing_key=signing_key,
+                              file_stores=training.file_stores if training else {})
+        )  # fmt: skip
+        self.loops = self._loops(interval_s)
+        self.is_leader = False
+        self.led_since: float | None = None
+
+    def _loops(self, interval_s: float) -> list[Loop]:
+        return [
             Loop("deployments", interval_s, self.cycle),
             Loop("fine-tuning", interval_s, self.fine_tuning_cycle),
             Loop("energy", min(interval_s, 5.0), self.energy.close_due),
@@ -139,8 +140,6 @@ class Controller:
             Loop("retention", 60.0, self.sweep_retention),
             Loop("exports", 5.0, self.run_exports),
         ]
-        self.is_leader = False
-        self.led_since: float | None = None
 
     def health(self) -> dict[str, float | None]:
         """Seconds since each loop last succeeded (None: never, or not leading)."""
