@@ -214,9 +214,7 @@ def deployments_create(
     name: str,
     model: str = typer.Option(...),
     replicas: int = typer.Option(None, help="Replicas to start with (default 1, or the minimum)."),
-    datacenter: list[str] = typer.Option(
-        None, help="Allowed datacenters (repeatable; default any)."
-    ),
+    datacenter: list[str] = typer.Option(None, help="Allowed datacenters (repeatable)."),
     cpus: float = typer.Option(1.0),
     gpus: int = typer.Option(0),
     org: str = typer.Option(None, help="Deploy for this organisation only."),
@@ -241,7 +239,7 @@ def deployments_create(
         None, help="Outstanding requests per replica to aim at when autoscaling (default 4)."
     ),
     scale_down_idle: int = typer.Option(
-        None, help="Seconds below target before replicas are removed (default 300)."
+        None, help="Seconds with nothing outstanding before replicas go (default 300)."
     ),
 ) -> None:
     """Deploy a model; replicas go only where these constraints and the ceiling allow."""

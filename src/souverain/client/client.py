@@ -228,15 +228,7 @@ class SouverainClient:
 
     def download_export(self, org: str, export_id: str, into: Any) -> int:
         """Stream the archive into `into` (a binary file); the bytes written."""
-        written, path = 0, f"/api/orgs/{org}/exports/{export_id}/content"
-        with self._http.stream("GET", path, timeout=None) as answer:
-            if answer.status_code >= 400:
-                answer.read()
-                raise _error(answer)
-            for block in answer.iter_bytes():
-                into.write(block)
-                written += len(block)
-        return written
+        return _stream_into(self._http, f"/api/orgs/{org}/exports/{export_id}/content", into)
 
     def erase_org(self, org: str) -> dict[str, Any]:
         erased: dict[str, Any] = self._request("POST", f"/api/orgs/{org}/crypto-erase")
@@ -433,15 +425,7 @@ class FilesAndBatches:
         return self._json(self._http.delete(f"/v1/files/{file_id}"))  # type: ignore[no-any-return]
 
     def download(self, file_id: str, into: Any) -> int:
-        written = 0
-        with self._http.stream("GET", f"/v1/files/{file_id}/content", timeout=None) as answer:
-            if answer.status_code >= 400:
-                answer.read()
-                raise _error(answer)
-            for block in answer.iter_bytes():
-                into.write(block)
-                written += len(block)
-        return written
+        return _stream_into(self._http, f"/v1/files/{file_id}/content", into)
 
     def create_batch(self, file_id: str, endpoint: str) -> dict[str, Any]:
         body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}
@@ -493,3 +477,16 @@ def _error(response: httpx.Response) -> ApiError:
         return ApiError(response.status_code, str(error.get("code")), str(error.get("message")))
     except (ValueError, KeyError, TypeError):
         return ApiError(response.status_code, "http_error", response.text[:300])
+
+
+def _stream_into(http: httpx.Client, path: str, into: Any) -> int:
+    """A download streamed into `into` (a binary file); the bytes written."""
+    written = 0
+    with http.stream("GET", path, timeout=None) as answer:
+        if answer.status_code >= 400:
+            answer.read()
+            raise _error(answer)
+        for block in answer.iter_bytes():
+            into.write(block)
+            written += len(block)
+    return written
