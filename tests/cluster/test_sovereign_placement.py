@@ -271,7 +271,7 @@ class TestEnergyOnRealReplicas:
         async with session_factory(engine)() as session:
             from sqlalchemy import select
 
-            from souverain.db.tables import EnergyIntervalRow
+            from souverain.db.metering import EnergyIntervalRow
 
             intervals = list((await session.execute(select(EnergyIntervalRow))).scalars())
         await engine.dispose()

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from souverain.core.fleet import ReplicaStatus
 from souverain.core.roles import Role
-from souverain.db.tables import CarbonIntensityRow, EnergyIntervalRow, ReplicaRow, UsageRecordRow
+from souverain.db.metering import CarbonIntensityRow, EnergyIntervalRow
+from souverain.db.tables import ReplicaRow, UsageRecordRow
 from souverain.energy.carbon import hour_of
 from souverain.jobs.energy import EnergyAccountant
 from tests.conftest import Platform, usage_records

@@ -14,7 +14,8 @@ import httpx
 from sqlalchemy import select
 
 from souverain.core.roles import Role
-from souverain.db.tables import BudgetLedgerRow, BudgetRow, UsageRecordRow
+from souverain.db.metering import BudgetLedgerRow, BudgetRow
+from souverain.db.tables import UsageRecordRow
 from souverain.testing.factories import Key, Tenant
 from souverain.testing.live import free_port
 from tests.conftest import MASTER_KEY, Platform, usage_records, wait_until

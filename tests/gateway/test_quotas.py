@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import select
 
 from souverain.core.roles import Role
-from souverain.db.tables import BudgetLedgerRow, UsageRecordRow
+from souverain.db.metering import BudgetLedgerRow
+from souverain.db.tables import UsageRecordRow
 from souverain.server.app import create_app
 from souverain.testing.factories import Tenant
 from souverain.testing.live import LiveServer, free_port
@@ -31,7 +32,7 @@ async def tenant_key(platform: Platform, role: Role = Role.ADMIN) -> tuple[Tenan
 
 
 async def ledgers(platform: Platform, org_id: str) -> list[BudgetLedgerRow]:
-    from souverain.db.tables import BudgetRow
+    from souverain.db.metering import BudgetRow
 
     async with platform.sessions() as session:
         query = (

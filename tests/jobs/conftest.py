@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.core.ids import new_id
 from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
 from souverain.db.jobs import FileRow, FineTuningJobRow
-from souverain.db.tables import BudgetRow, DatacenterRow, ModelRow, utcnow
+from souverain.db.metering import BudgetRow
+from souverain.db.tables import DatacenterRow, ModelRow, utcnow
 from souverain.files import service as files
 from souverain.jobs.runner import build_snapshot
 from souverain.scheduler.placer import Placer

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from souverain.core.roles import Role
-from souverain.db.tables import BudgetLedgerRow, BudgetRow
+from souverain.db.metering import BudgetLedgerRow, BudgetRow
 from tests.llamacpp_target import LlamaTarget, llamacpp_target
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]

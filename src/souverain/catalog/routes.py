@@ -8,8 +8,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.policy import Site
+from souverain.db.metering import CarbonIntensityRow
 from souverain.db.tables import (
-    CarbonIntensityRow,
     DatacenterRow,
     DeploymentRow,
     ModelAdapterRow,

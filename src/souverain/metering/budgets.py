@@ -30,7 +30,8 @@ from souverain.core.errors import PermissionDeniedError, QuotaExceededError
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.db.tables import BudgetLedgerRow, BudgetRow, utcnow
+from souverain.db.metering import BudgetLedgerRow, BudgetRow
+from souverain.db.tables import utcnow
 from souverain.evidence.audit import actor_of, record
 from souverain.tenancy import orgs, projects
 

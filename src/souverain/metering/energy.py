@@ -11,13 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from souverain.core.access import check_operator
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
-from souverain.db.tables import (
-    CarbonIntensityRow,
-    DatacenterRow,
-    EnergyIntervalRow,
-    ReplicaRow,
-    UsageRecordRow,
-)
+from souverain.db.metering import CarbonIntensityRow, EnergyIntervalRow
+from souverain.db.tables import DatacenterRow, ReplicaRow, UsageRecordRow
 from souverain.energy.attribution import Served, Split, co2e_grams
 from souverain.energy.carbon import hour_of
 from souverain.evidence.audit import actor_of, record

@@ -19,7 +19,8 @@ from souverain.core.access import check_org, check_scope
 from souverain.core.errors import InvalidRequestError
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.db.tables import DeploymentRow, EnergyIntervalRow, UsageRecordRow, utcnow
+from souverain.db.metering import EnergyIntervalRow
+from souverain.db.tables import DeploymentRow, UsageRecordRow, utcnow
 from souverain.tenancy import orgs
 
 

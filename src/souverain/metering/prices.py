@@ -13,7 +13,8 @@ from souverain.catalog import models
 from souverain.core.access import check_operator
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
-from souverain.db.tables import ModelRow, PriceRow
+from souverain.db.metering import PriceRow
+from souverain.db.tables import ModelRow
 from souverain.evidence.audit import actor_of, record
 
 

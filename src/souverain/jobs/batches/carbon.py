@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from souverain.core.principal import Principal
 from souverain.db.jobs import BatchRow
-from souverain.db.tables import CarbonIntensityRow, DatacenterRow, UsageRecordRow, utcnow
+from souverain.db.metering import CarbonIntensityRow
+from souverain.db.tables import DatacenterRow, UsageRecordRow, utcnow
 from souverain.energy.carbon import cleanest_start, hour_of
 from souverain.gateway.state import AppState
 

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import QuotaExceededError
 from souverain.db.jobs import FineTuningJobRow
-from souverain.db.tables import BudgetRow, utcnow
+from souverain.db.metering import BudgetRow
+from souverain.db.tables import utcnow
 from souverain.metering import budgets
 
 

@@ -9,7 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog import models
 from souverain.core.schemas.billing import BudgetOut, BudgetSetRequest, PriceOut, PriceSetRequest
-from souverain.db.tables import BudgetLedgerRow, BudgetRow, utcnow
+from souverain.db.metering import BudgetLedgerRow, BudgetRow
+from souverain.db.tables import utcnow
 from souverain.metering import budgets, invoices, prices
 from souverain.server.deps import PrincipalDep, SessionDep
 
