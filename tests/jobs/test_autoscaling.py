@@ -20,6 +20,7 @@ from souverain.db.audit import AuditEventRow
 from souverain.db.demand import DeploymentDemandRow
 from souverain.db.tables import DeploymentRow, ReplicaRow, utcnow
 from souverain.installation.authority import Issuer
+from souverain.jobs.deployments import autoscaling
 from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
 from souverain.jobs.energy import EnergyAccountant
 from tests.jobs.conftest import KEY, World
@@ -278,3 +279,22 @@ class TestDraining:
         assert row.replicas == 1 and row.status == "ready"  # warm at once: no new engine
         assert await scaler.draining() == 0 and len(world.cluster.replica_specs) == 1
         assert world.cluster.stopped == []
+
+
+class TestWakingFromZero:
+    async def test_the_controller_finds_at_once_a_deployment_at_zero_a_request_waits_for(
+        self, world: World
+    ) -> None:
+        """Read every 0.1 s by the controller, so the first token does not also wait for
+        its next round: at zero with a fresh report of a waiting request, and only then."""
+        asleep = Scaler(world, await autoscaled(world, low=0, high=2, replicas=0))
+        awake = Scaler(world, await autoscaled(world, low=0, high=2, replicas=1))
+        for scaler in (asleep, awake):
+            await scaler.report(in_flight=0, waiting=1)
+        async with world.sessions() as session:
+            found = await autoscaling.waking_from_zero(session, now=asleep.clock.now)
+            assert asleep.deployment_id in found and awake.deployment_id not in found
+            later = asleep.clock.now + timedelta(seconds=autoscaling.DEMAND_FRESH_S + 1)
+            assert asleep.deployment_id not in await autoscaling.waking_from_zero(
+                session, now=later
+            )  # a stopped server's old report wakes nothing
