@@ -7,8 +7,8 @@ process decide the wanted count from the load the gateways report (autoscaled de
         `autoscaling.py`, `scheduler/autoscale.py`); drop lost replicas; stop at once
         replicas whose datacenter no longer complies (a changed policy, constraint or
         datacenter) or whose node left the cluster; drain extras, and stop them once
-        drained (`draining.py`); place missing ones (scheduler, then a detached Ray actor with a label_selector
-        for the chosen datacenter)
+        drained (`draining.py`); place missing ones (scheduler, then a detached Ray
+        actor with a label_selector for the chosen datacenter)
 apply   one transaction that starts with the lease's fence (`UPDATE deployments … WHERE
         id AND lock_token`): if another controller took the row, nothing of this round is
         written
@@ -356,13 +356,13 @@ class DeploymentReconciler:
         )
         if outcome.deletes:
             await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
-        now = utcnow()  # moves the routes' change token: every server sees it at once
-        for ids, since in ((outcome.drains, now), (outcome.undrains, None)):
-            if ids:
+        began = loaded.now or self._clock()  # the clock the drain's plan reads
+        for ids, since in ((outcome.drains, began), (outcome.undrains, None)):
+            if ids:  # updated_at moves the routes' change token: every server sees it
                 await session.execute(
                     update(ReplicaRow)
                     .where(ReplicaRow.id.in_(ids))
-                    .values(draining_since=since, updated_at=now)
+                    .values(draining_since=since, updated_at=utcnow())
                 )
         session.add_all(outcome.inserts)
         for event in outcome.events:
