@@ -126,6 +126,8 @@ class ApiKeyRow(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON)
     rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)  # requests per minute
     tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)  # tokens per minute
+    # interactive | batch: a batch key's requests queue like batch lines (gateway/shares.py)
+    priority: Mapped[str] = mapped_column(String(16), default="interactive")
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
