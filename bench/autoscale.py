@@ -9,9 +9,16 @@ the moment it was sent (wall clock; database timestamps are this host's):
 
   demand    the server's demand row says a request waits
   decision  the controller wants one replica (`scaled_at`)
-  placed    the replica row exists (the actor is being started)
-  ready     the replica is ready (its engine answered its first probe)
-  token     the client's first streamed token
+  placed    the replica row exists (the actor's creation was asked of Ray)
+  actor     the actor runs on its node (a Ray worker started, souverain imported)
+  spawned   the engine process was started
+  listening the engine's first HTTP answer (often "loading")
+  answered  the engine answered the readiness probe (a one-token generation)
+  ready     the supervisor calls the replica ready
+  observed  the replica row says ready (the controller's observer wrote it)
+  token     the client's first streamed token (the gateway noticed, queued, prefilled)
+
+(`actor` to `ready` are the supervisor's own marks, `ReplicaStatus.start_marks`.)
 
 and the same request's first token once the replica is warm. Prints the medians and
 cold ÷ warm (goal: cold start ≤ 3 s to the first token with the built-in model, engine
@@ -36,6 +43,7 @@ from ray.cluster_utils import Cluster
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from souverain.cluster.ray_cluster import RayCluster
 from souverain.core.fleet import DATACENTER_LABEL
 from souverain.db.demand import DeploymentDemandRow
 from souverain.db.engine import create_engine_unpooled, session_factory
@@ -49,7 +57,9 @@ from souverain.testing.live import LiveServer, free_port
 
 MASTER = "bench-master-key-0123456789abcdef0123456789abcdef"
 BUILTIN = "smollm2-135m-instruct"
-PARTS = ("demand", "decision", "placed", "ready", "token")
+PARTS = ("demand", "decision", "placed", "actor", "spawned", "listening", "answered", "ready",
+         "observed", "token")  # fmt: skip
+NODE_MARKS = ("actor", "spawned", "listening", "answered", "ready")
 
 
 async def wait_for(check: object, timeout_s: float, what: str) -> None:
@@ -99,9 +109,9 @@ async def first_token(sdk: openai.AsyncOpenAI, model: str) -> float:
 
 
 async def watch(sessions: async_sessionmaker[AsyncSession], deployment_id: str,
-                marks: dict[str, float]) -> None:  # fmt: skip
+                marks: dict[str, float], actors: list[str]) -> None:  # fmt: skip
     """Record when each step first shows in the database (its own timestamps)."""
-    while "ready" not in marks:
+    while "observed" not in marks:
         async with sessions() as session:
             demand = (await session.execute(select(DeploymentDemandRow).where(
                 DeploymentDemandRow.deployment_id == deployment_id,
@@ -115,8 +125,9 @@ async def watch(sessions: async_sessionmaker[AsyncSession], deployment_id: str,
             marks.setdefault("decision", _ts(row.scaled_at))
         if replica is not None:
             marks.setdefault("placed", _ts(replica.created_at))
+            actors[:] = [replica.actor_name]
             if replica.state == "ready":
-                marks.setdefault("ready", _ts(replica.updated_at))
+                marks.setdefault("observed", _ts(replica.updated_at))
         await asyncio.sleep(0.02)
 
 
@@ -126,17 +137,21 @@ def _ts(value: datetime) -> float:
 
 async def one_round(sessions: async_sessionmaker[AsyncSession], sdk: openai.AsyncOpenAI,
                     model: str, args: argparse.Namespace) -> dict[str, float]:  # fmt: skip
-    async def asleep() -> bool:
+    async def asleep() -> bool:  # its last replica drained and stopped
         row = await deployment(sessions)
         return row.status == "stopped" and row.replicas == 0
 
     await wait_for(asleep, args.idle_s + 120, "the deployment to scale to zero")
     row = await deployment(sessions)
     marks: dict[str, float] = {}
+    actors: list[str] = []
     sent = time.time()
-    watcher = asyncio.create_task(watch(sessions, row.id, marks))
+    watcher = asyncio.create_task(watch(sessions, row.id, marks, actors))
     token = await first_token(sdk, model)
     await asyncio.wait_for(watcher, 30)
+    status = await asyncio.to_thread(RayCluster().replica_status, actors[0])
+    if status is not None:
+        marks |= {name: at for name, at in status.start_marks if name in NODE_MARKS}
     parts = {name: marks[name] - sent for name in PARTS[:-1] if name in marks}
     parts["token"] = token
     parts["warm"] = await first_token(sdk, model)

@@ -194,3 +194,35 @@ def _tenant(body: dict[str, object]) -> str:
 async def _routes(setup: Setup) -> list[list[ReplicaRoute]]:
     async with setup.factory.sessions() as session:
         return [await load_ready_routes(session)]
+
+
+async def test_a_batch_keys_requests_wait_behind_interactive_ones(setup: Setup) -> None:
+    """One slot, one organisation: its batch key's 6 requests are in line when its
+    interactive key asks; the interactive request reaches the engine next, not 7th. A key
+    minted by the batch key is a batch key too, whatever it asks."""
+    tenant = await setup.factory.tenant(roles={"ops": Role.MEMBER})
+    live_key = (await setup.factory.member_key(tenant, "ops", Role.MEMBER)).key
+    async with httpx.AsyncClient(
+        base_url=setup.url, headers={"Authorization": f"Bearer {live_key}"}
+    ) as client:
+        made = await client.post("/api/keys", json={"name": "nightly", "priority": "batch"})
+        assert made.status_code == 201 and made.json()["priority"] == "batch", made.text
+        batch_key = made.json()["key"]
+        wrong = await client.post("/api/keys", json={"priority": "urgent"})
+        assert wrong.status_code == 422 and "priority" in wrong.text
+    async with httpx.AsyncClient(
+        base_url=setup.url, headers={"Authorization": f"Bearer {batch_key}"}
+    ) as client:
+        minted = await client.post("/api/keys", json={"priority": "interactive"})
+        assert minted.json()["priority"] == "batch", minted.text
+    for key in (batch_key, live_key):
+        assert (await setup.stream(key, 1, "warm"))[0] == 200
+    setup.engine.requests.clear()
+    batch = [asyncio.create_task(setup.stream(batch_key, 2, "burst")) for _ in range(6)]
+    await wait_until(lambda: setup.engine.in_flight >= 1)
+    await asyncio.sleep(0.1)  # the rest of the batch key's requests are in line
+    status, _ = await setup.stream(live_key, 2, "other")
+    results = await asyncio.gather(*batch)
+    arrived = [_tenant(body) for body in setup.engine.requests]
+    assert status == 200 and all(code == 200 for code, _ in results)
+    assert arrived.index("other") <= 2, arrived

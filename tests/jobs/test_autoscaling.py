@@ -1,6 +1,7 @@
 """The controller scales deployments on the load the gateways report: replicas added when it
-stays above target, removed after the idle period, down to zero at minimum 0 and back up
-when a request waits; every change audited with its reason and shown on the deployment.
+stays above target, removed after the idle period (drained first: stopped once the servers
+report nothing left on them, or at the limit), down to zero at minimum 0 and back up when
+a request waits; every change audited with its reason and shown on the deployment.
 The real reconciler on the real database, the in-memory cluster in place of Ray, a clock
 the test moves."""
 
@@ -19,6 +20,7 @@ from souverain.db.audit import AuditEventRow
 from souverain.db.demand import DeploymentDemandRow
 from souverain.db.tables import DeploymentRow, ReplicaRow, utcnow
 from souverain.installation.authority import Issuer
+from souverain.jobs.deployments import autoscaling
 from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
 from souverain.jobs.energy import EnergyAccountant
 from tests.jobs.conftest import KEY, World
@@ -48,12 +50,14 @@ class Scaler:
             issuer=Issuer(world.sessions, KEY), clock=self.clock,
         )  # fmt: skip
 
-    async def report(self, in_flight: int, waiting: int = 0, server: str = "s1") -> None:
+    async def report(
+        self, in_flight: int, waiting: int = 0, server: str = "s1", draining: int = 0
+    ) -> None:
         async with self.world.sessions.begin() as session:
             await session.merge(
                 DeploymentDemandRow(
                     server_id=server, deployment_id=self.deployment_id, in_flight=in_flight,
-                    waiting=waiting, updated_at=self.clock.now,
+                    waiting=waiting, draining=draining, updated_at=self.clock.now,
                 )
             )  # fmt: skip
 
@@ -77,9 +81,15 @@ class Scaler:
             return row
 
     async def replicas(self) -> int:
+        return len(await self.replica_rows())
+
+    async def replica_rows(self) -> list[ReplicaRow]:
         async with self.world.sessions() as session:
             query = select(ReplicaRow).where(ReplicaRow.deployment_id == self.deployment_id)
-            return len(list((await session.execute(query)).scalars()))
+            return list((await session.execute(query)).scalars())
+
+    async def draining(self) -> int:
+        return sum(1 for r in await self.replica_rows() if r.draining_since is not None)
 
     async def decisions(self) -> list[dict[str, Any]]:
         async with self.world.sessions() as session:
@@ -169,9 +179,11 @@ class TestScalingDown:
             row = await scaler.round(seconds=10)  # below target from 0 s to 50 s
         assert row.replicas == 3 and await scaler.replicas() == 3
         row = await scaler.round(seconds=10)  # 60 s
-        assert row.replicas == 1 and await scaler.replicas() == 1
-        assert row.scaling_reason.startswith("idle for 60s")
-        assert len(world.cluster.stopped) == 2
+        assert row.replicas == 1 and row.scaling_reason.startswith("idle for 60s")
+        assert await scaler.replicas() == 3 and await scaler.draining() == 2  # none stopped yet
+        assert world.cluster.stopped == []
+        row = await scaler.round(seconds=10)  # drained: no server reports anything on them
+        assert await scaler.replicas() == 1 and len(world.cluster.stopped) == 2
 
     async def test_a_sawtooth_load_does_not_flap(self, world: World) -> None:
         scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=1))
@@ -195,8 +207,9 @@ class TestScaleToZero:
         assert await scaler.replicas() == 1
         for _ in range(4):
             row = await scaler.round(seconds=10)
-        assert row.replicas == 0 and await scaler.replicas() == 0
-        assert row.status == "stopped"
+        assert row.replicas == 0 and row.status == "draining"
+        row = await scaler.round(seconds=10)
+        assert await scaler.replicas() == 0 and row.status == "stopped"
         assert "the next request starts a replica" in row.status_reason
 
         await scaler.report(in_flight=0, waiting=1)  # a request waits for a replica
@@ -217,4 +230,71 @@ class TestScaleToZero:
             row = await scaler.round(seconds=10)  # idle 0 s, 10 s, 20 s
         assert row.replicas == 1
         row = await scaler.round(seconds=10)  # 30 s
-        assert row.replicas == 0 and await scaler.replicas() == 0
+        assert row.replicas == 0
+        await scaler.round(seconds=10)  # drained
+        assert await scaler.replicas() == 0
+
+
+class TestDraining:
+    async def test_a_released_replica_stops_only_once_the_servers_have_nothing_on_it(
+        self, world: World
+    ) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=2, idle_s=10))
+        await scaler.round()
+        await scaler.report(in_flight=1)  # two replicas for one request: one too many
+        for _ in range(2):
+            await scaler.round(seconds=10)
+        assert await scaler.draining() == 1 and world.cluster.stopped == []
+        for _ in range(5):
+            await scaler.report(in_flight=1, draining=1)  # the request is on the draining one
+            await scaler.round(seconds=10)
+        assert await scaler.replicas() == 2 and world.cluster.stopped == []
+        await scaler.report(in_flight=0)  # it finished
+        await scaler.round()
+        assert await scaler.replicas() == 1 and len(world.cluster.stopped) == 1
+        assert await scaler.draining() == 0
+
+    async def test_draining_is_bounded(self, world: World) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=2, idle_s=10))
+        await scaler.round()
+        await scaler.report(in_flight=1)
+        for _ in range(2):
+            await scaler.round(seconds=10)
+        assert await scaler.draining() == 1
+        for _ in range(13):  # a stream that never ends
+            await scaler.report(in_flight=1, draining=1)
+            await scaler.round(seconds=10)
+        assert await scaler.replicas() == 1 and len(world.cluster.stopped) == 1
+
+    async def test_a_request_while_the_last_replica_drains_takes_it_back(
+        self, world: World
+    ) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=0, high=2, replicas=1, idle_s=10))
+        await scaler.round()
+        for _ in range(2):
+            row = await scaler.round(seconds=10)
+        assert row.status == "draining" and await scaler.draining() == 1
+        await scaler.report(in_flight=0, waiting=1)
+        row = await scaler.round(seconds=0.5)
+        assert row.replicas == 1 and row.status == "ready"  # warm at once: no new engine
+        assert await scaler.draining() == 0 and len(world.cluster.replica_specs) == 1
+        assert world.cluster.stopped == []
+
+
+class TestWakingFromZero:
+    async def test_the_controller_finds_at_once_a_deployment_at_zero_a_request_waits_for(
+        self, world: World
+    ) -> None:
+        """Read every 0.1 s by the controller, so the first token does not also wait for
+        its next round: at zero with a fresh report of a waiting request, and only then."""
+        asleep = Scaler(world, await autoscaled(world, low=0, high=2, replicas=0))
+        awake = Scaler(world, await autoscaled(world, low=0, high=2, replicas=1))
+        for scaler in (asleep, awake):
+            await scaler.report(in_flight=0, waiting=1)
+        async with world.sessions() as session:
+            found = await autoscaling.waking_from_zero(session, now=asleep.clock.now)
+            assert asleep.deployment_id in found and awake.deployment_id not in found
+            later = asleep.clock.now + timedelta(seconds=autoscaling.DEMAND_FRESH_S + 1)
+            assert asleep.deployment_id not in await autoscaling.waking_from_zero(
+                session, now=later
+            )  # a stopped server's old report wakes nothing

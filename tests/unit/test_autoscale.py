@@ -1,6 +1,7 @@
 """The autoscaler's decision: how many replicas a deployment wants after each reading of its
 load, with hysteresis (up after readings in a row above target, down only after an idle
-period), never outside its limits, and from zero at once when someone waits."""
+period), never outside its limits, and from zero at once when someone waits; and how a
+replica it releases drains before it stops."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from souverain.db.tables import ReplicaRow
+from souverain.jobs.deployments.draining import DRAIN_GRACE_S, DRAIN_TIMEOUT_S, plan
 from souverain.scheduler.autoscale import Limits, ScaleState, decide, needed
 
 T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -89,10 +92,22 @@ class TestScalingDown:
         assert counts[-1] == 3
         assert changes == 1  # up once, never down
 
-    def test_replicas_answering_requests_are_never_released(self) -> None:
-        """Below the target is not idle: without draining, a released replica would cut
-        the streams it answers, so the count holds while anything is outstanding."""
-        assert run(LIMITS, 3, [1] * 200)[-1] == 3
+    def test_below_the_target_for_the_idle_period_releases_what_the_load_does_not_need(
+        self,
+    ) -> None:
+        """A released replica drains (jobs/deployments/draining.py): it finishes what it
+        answers, so a count above what the load needs comes down even while requests run."""
+        counts = run(LIMITS, 3, [5] * 62)
+        assert counts[59] == 3 and counts[61] == 2  # 5 requests need 2 replicas at 4 each
+
+    def test_to_zero_only_once_nothing_is_outstanding(self) -> None:
+        assert run(Limits(0, 2, 4.0, 30.0), 1, [1] * 100)[-1] == 1
+
+    def test_the_reason_says_the_load_below_what_the_count_carries(self) -> None:
+        state = decide(LIMITS, ScaleState(3), 5, T0).state
+        decision = decide(LIMITS, state, 5, T0 + timedelta(seconds=61))
+        assert decision.state.wanted == 2
+        assert decision.reason.startswith("5 requests outstanding, fewer than 3 carry for 61s")
 
     def test_a_burst_restarts_the_idle_period(self) -> None:
         counts = run(LIMITS, 3, [0] * 50 + [12] + [0] * 50)
@@ -135,3 +150,59 @@ def test_the_count_always_ends_within_the_limits(
     limits = Limits(low, low + span, 4.0, 5.0)
     counts = run(limits, start, [*loads, 0])
     assert all(low <= count <= low + span for count in counts)
+
+
+def replica(name: str, state: str = "ready", *, age_s: int = 100,
+            draining_s: float | None = None) -> ReplicaRow:  # fmt: skip
+    """A replica created `age_s` before T0, draining for `draining_s` at T0 if given."""
+    since = None if draining_s is None else T0 - timedelta(seconds=draining_s)
+    return ReplicaRow(id=name, state=state, created_at=T0 - timedelta(seconds=age_s),
+                      draining_since=since)  # fmt: skip
+
+
+def ids(replicas: list[ReplicaRow]) -> list[str]:
+    return sorted(r.id for r in replicas)
+
+
+class TestDraining:
+    """A replica released by a scale-down drains: no new requests, then stopped once the
+    servers report nothing left on it, or at the limit (jobs/deployments/draining.py)."""
+
+    def test_a_ready_replica_no_longer_needed_drains_instead_of_stopping(self) -> None:
+        result = plan([replica("old", age_s=200), replica("new")], 1, in_flight=3, now=T0)
+        assert ids(result.drain) == ["new"] and ids(result.serving) == ["old"]
+        assert result.stop == [] and result.draining == 1
+
+    def test_a_replica_that_serves_nothing_yet_is_stopped_at_once(self) -> None:
+        result = plan([replica("ready"), replica("boot", "starting")], 1, in_flight=0, now=T0)
+        assert [(r.id, why) for r, why in result.stop] == [("boot", "scaled down")]
+        assert result.drain == []
+
+    def test_it_drains_while_the_servers_report_requests_on_it(self) -> None:
+        result = plan([replica("d", draining_s=DRAIN_GRACE_S + 30)], 0, in_flight=1, now=T0)
+        assert result.stop == [] and result.draining == 1
+
+    def test_it_waits_for_every_server_to_have_seen_it_drain(self) -> None:
+        """Before the grace, a server may still route to it without having reported it."""
+        result = plan([replica("d", draining_s=DRAIN_GRACE_S / 2)], 0, in_flight=0, now=T0)
+        assert result.stop == []
+
+    def test_it_stops_once_drained(self) -> None:
+        result = plan([replica("d", draining_s=DRAIN_GRACE_S)], 0, in_flight=0, now=T0)
+        [(stopped, why)] = result.stop
+        assert stopped.id == "d" and why.startswith("scaled down: drained in")
+
+    def test_draining_is_bounded(self) -> None:
+        result = plan([replica("d", draining_s=DRAIN_TIMEOUT_S)], 0, in_flight=2, now=T0)
+        [(_, why)] = result.stop
+        assert "(the limit) with 2 request(s) left" in why
+
+    def test_an_engine_that_exits_while_draining_is_stopped(self) -> None:
+        result = plan([replica("d", "starting", draining_s=1)], 0, in_flight=1, now=T0)
+        assert ids([r for r, _ in result.stop]) == ["d"]
+
+    def test_the_load_back_takes_a_draining_replica_back_before_starting_one(self) -> None:
+        live = [replica("serving"), replica("d1", draining_s=3), replica("d2", draining_s=1)]
+        result = plan(live, 2, in_flight=1, now=T0)
+        assert ids(result.undrain) == ["d2"]  # the most recently drained: the warmest
+        assert ids(result.serving) == ["d2", "serving"] and result.draining == 1

@@ -1,5 +1,6 @@
 """What a server process tells the autoscaler: per deployment, the requests its engines are
-answering and those waiting, in the fair queue or for a deployment at zero to wake."""
+answering and those waiting, in the fair queue or for a deployment at zero to wake, and
+those still on a replica taken out of its routes (draining)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class TestSnapshot:
         with table.track(one, "", "org-a"):
             waiter = asyncio.ensure_future(queue.acquire("org-b", [one], set(), lambda r: None))
             await asyncio.sleep(0)  # it queues: the only slot is taken
-            assert board.snapshot() == {"d1": (1, 1)}
+            assert board.snapshot() == {"d1": (1, 1, 0)}
             waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
         assert board.snapshot() == {}
@@ -44,5 +45,19 @@ class TestSnapshot:
         table = table_of()
         board = DemandBoard(table, FairQueue(table), "server-a")
         with board.waking(["d0"]), board.waking(["d0"]):
-            assert board.snapshot() == {"d0": (0, 2)}
+            assert board.snapshot() == {"d0": (0, 2, 0)}
         assert board.snapshot() == {}
+
+    async def test_requests_on_a_replica_out_of_the_routes_count_as_draining(self) -> None:
+        """The controller stops a draining replica only once no server reports anything
+        left on it: a request routed before the replica drained is still counted."""
+        one = ReplicaRoute(replica_id="r1", deployment_id="d1", **COMMON)
+        two = ReplicaRoute(replica_id="r2", deployment_id="d1", **COMMON)
+        table = table_of(one, two)
+        board = DemandBoard(table, FairQueue(table), "server-a")
+        with table.track(one, "", "org-a"), table.track(two, "", "org-a"):
+            table.replace([MODEL], [two])  # r1 drains: out of the routes
+            assert board.snapshot() == {"d1": (2, 0, 1)}
+        assert board.snapshot() == {}
+        table.replace([MODEL], [two])
+        assert "r1" not in table.deployment_of  # forgotten once nothing is left on it

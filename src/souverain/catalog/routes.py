@@ -122,6 +122,7 @@ async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
         .where(
             ReplicaRow.state == "ready",
             ReplicaRow.url.is_not(None),
+            ReplicaRow.draining_since.is_(None),  # no new request for a draining replica
             DeploymentRow.deleted.is_(False),
         )
     )

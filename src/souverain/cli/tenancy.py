@@ -92,8 +92,14 @@ def keys_create(
     role: Role = typer.Option(Role.MEMBER),
     scope: list[Scope] = typer.Option(None, help="Narrow the role's scopes (repeatable)."),
     expires_in_days: float = typer.Option(None, "--expires-in-days"),
+    priority: str = typer.Option(
+        "interactive", help="interactive, or batch: its requests wait behind interactive ones."
+    ),
 ) -> None:
+    if priority not in ("interactive", "batch"):
+        raise typer.BadParameter("interactive or batch", param_hint="--priority")
     request = KeyCreateRequest(
+        priority=priority,
         name=name,
         org=org,
         project=project,

@@ -52,6 +52,8 @@ ENGINE_ARGS: dict[str, dict[str, Arg]] = {
         "fault": Arg(str, choices=("sigill",)),
         "fault_while": Arg(str),
         "token_delay": Arg(float, 0.0, 1.0),
+        # requests the gateway sends it at once (benchmarks: an engine of so many slots)
+        "parallel": Arg(int, 1, 1024),
     },
 }
 _BOUNDED_BY = {"n_ctx": _CONTEXT, "max_model_len": _CONTEXT, "threads": _THREADS}

@@ -113,6 +113,9 @@ class ReplicaStatus:
     # When `energy_j` was read, on the node: the energy interval ends there, not when the
     # status reached the controller (a request settled in between was not in the reading).
     measured_at: datetime | None = None
+    # When each step of the engine's last start happened (name, wall-clock seconds on the
+    # node): how long a cold start took, and where (`node/supervisor.py` names the steps).
+    start_marks: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ class Principal:
     # (key id, rpm, tpm): a minted key spends from its ancestors' buckets too.
     lineage_limits: tuple[tuple[str, int | None, int | None], ...] = ()
     service_account: bool = False  # a non-human principal: shown apart in the audit log
+    # "batch": its requests queue like batch lines, behind interactive ones (api_keys.priority)
+    priority: str = "interactive"
 
     @property
     def is_operator(self) -> bool:

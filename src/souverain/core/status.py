@@ -5,8 +5,10 @@ by the API: `row.status == FineTuningStatus.RUNNING` and `row.status == "running
 A job in an ended state is never taken up again; the active sets are what a loop follows.
 
     deployments   pending → starting → ready | degraded | failed | unschedulable
-                  stopped (scaled to zero), deleting (its replicas stop, then the row goes)
-    replicas      starting → ready | failed | stopped; lost (its actor is gone: replaced)
+                  draining (scaled to zero, its last replicas finish their requests) → stopped,
+                  deleting (its replicas stop, then the row goes)
+    replicas      starting → ready | failed | stopped; lost (its actor is gone: replaced);
+                  a ready one may drain (`draining_since`) before it stops
     fine-tuning   validating_files → validated | queued → running ⇄ paused
                   → succeeded | failed | cancelled
     batches       validating → in_progress → finalizing → completed
@@ -25,6 +27,7 @@ class DeploymentStatus(StrEnum):
     DEGRADED = "degraded"
     FAILED = "failed"
     UNSCHEDULABLE = "unschedulable"
+    DRAINING = "draining"
     STOPPED = "stopped"
     DELETING = "deleting"
 

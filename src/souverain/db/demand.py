@@ -22,4 +22,5 @@ class DeploymentDemandRow(Base):
     )
     in_flight: Mapped[int] = mapped_column(Integer, default=0)
     waiting: Mapped[int] = mapped_column(Integer, default=0)
+    draining: Mapped[int] = mapped_column(Integer, default=0)  # of in_flight, on draining replicas
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

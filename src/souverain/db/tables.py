@@ -126,6 +126,8 @@ class ApiKeyRow(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON)
     rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)  # requests per minute
     tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)  # tokens per minute
+    # interactive | batch: a batch key's requests queue like batch lines (gateway/shares.py)
+    priority: Mapped[str] = mapped_column(String(16), default="interactive")
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -290,6 +292,9 @@ class ReplicaRow(Base):
     # llama-cpp-python) and how many requests it decodes at once, as the replica reports.
     runtime: Mapped[str | None] = mapped_column(String(32), nullable=True)
     slots: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Set by the controller when the replica was chosen for release: no new requests are
+    # routed to it; it is stopped once the servers report nothing left on it (bounded).
+    draining_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

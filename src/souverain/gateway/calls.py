@@ -54,6 +54,12 @@ class Call:
     reasoning: str | None = None  # openai | mistral: how thinking is shown (gateway/reasoning)
     line: Line | None = None  # a batch line: waits behind live requests for a slot
 
+    @property
+    def queued_as_batch(self) -> bool:
+        """Whether it waits behind interactive requests for a slot and holds at most the
+        batch share of a replica's slots: a batch line, or any request of a batch key."""
+        return self.line is not None or self.principal.priority == "batch"
+
 
 async def prepare(
     state: AppState,

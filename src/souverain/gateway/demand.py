@@ -2,7 +2,9 @@
 for a deployment scaled to zero to wake up.
 
 Every server process knows its own outstanding requests per replica (`RouteTable.track`)
-and its requests waiting in the fair queue. The controller, which scales deployments,
+and its requests waiting in the fair queue, and which of its outstanding requests are on
+replicas out of its routes (draining ones: the controller stops such a replica once no
+server has anything left on it). The controller, which scales deployments,
 runs elsewhere and may face several server processes, so each one rewrites its own rows
 of `deployment_demand` (in flight, waiting, per deployment) every `interval_s` while it
 has any, and at least every `HEARTBEAT_S` so that they stay fresh; the controller sums the
@@ -25,6 +27,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Set
+from typing import NamedTuple
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,7 +45,16 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0  # rows are renewed at least this often (the controller's horizon is 30 s)
 NOT_STARTING = frozenset({"failed", "unschedulable"})
 
-Demand = dict[str, tuple[int, int]]  # deployment -> (in flight, waiting)
+
+class Load(NamedTuple):
+    """One deployment's requests on this server."""
+
+    in_flight: int  # an engine answers them
+    waiting: int  # in the fair queue, or for a deployment at zero to wake
+    draining: int = 0  # of `in_flight`, on replicas no longer routed to (draining)
+
+
+Demand = dict[str, Load]  # by deployment
 
 
 class DemandBoard:
@@ -56,12 +68,16 @@ class DemandBoard:
     def snapshot(self) -> Demand:
         """This process's outstanding requests per deployment, now."""
         in_flight: Counter[str] = Counter()
-        for routes in self._table.routes.values():
-            for route in routes:
-                in_flight[route.deployment_id] += self._table.outstanding.get(route.replica_id, 0)
+        draining: Counter[str] = Counter()
+        routed = {r.replica_id for routes in self._table.routes.values() for r in routes}
+        for replica, deployment in self._table.deployment_of.items():
+            count = max(0, self._table.outstanding.get(replica, 0))
+            in_flight[deployment] += count
+            if replica not in routed:
+                draining[deployment] += count
         waiting = self._queue.waiting_by_deployment() + self._waking
         return {
-            deployment: (in_flight[deployment], waiting[deployment])
+            deployment: Load(in_flight[deployment], waiting[deployment], draining[deployment])
             for deployment in set(in_flight) | set(waiting)
             if in_flight[deployment] or waiting[deployment]
         }
@@ -87,16 +103,17 @@ class DemandBoard:
             )
             session.add_all(
                 DeploymentDemandRow(
-                    server_id=self._server_id, deployment_id=deployment, in_flight=in_flight,
-                    waiting=waiting, updated_at=now,
+                    server_id=self._server_id, deployment_id=deployment,
+                    in_flight=load.in_flight, waiting=load.waiting, draining=load.draining,
+                    updated_at=now,
                 )
-                for deployment, (in_flight, waiting) in demand.items()
+                for deployment, load in demand.items()
                 if deployment in known
             )  # fmt: skip
 
     def _known(self) -> set[str]:
         """Deployments the table knows (a row for a deleted one would break its foreign key)."""
-        known = {r.deployment_id for routes in self._table.routes.values() for r in routes}
+        known = set(self._table.deployment_of.values())
         return known | {d.deployment_id for ds in self._table.wakeable.values() for d in ds}
 
     async def publish_forever(
@@ -137,8 +154,8 @@ async def wake(
     deadline = time.monotonic() + timeout_s
     with board.waking([d.deployment_id for d in deployments]):
         while True:
-            await asyncio.sleep(0.1)  # a reload at most 4 times a second, for all waiters
-            await table.refresh_if_older_than(sessions, 0.25)
+            await asyncio.sleep(0.1)  # a reload at most 10 times a second, for all waiters
+            await table.refresh_if_older_than(sessions, 0.1)
             compliant, _ = table.compliant_routes(principal, model)
             routes = [r for r in compliant if r.replica_id not in exclude]
             if routes:

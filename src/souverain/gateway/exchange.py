@@ -97,7 +97,7 @@ class Exchange:
             route,
             self.cache_scope,
             self.call.principal.org_id or "platform",
-            batch=self.call.line is not None,
+            batch=self.call.queued_as_batch,
         )
         self.slot = self._tracking.__enter__()
 

@@ -199,7 +199,7 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
     to the next compliant one. A request the engine received is never sent again."""
     state, tried = exchange.state, set[str]()
     org = exchange.call.principal.org_id or "platform"
-    batch = exchange.call.line is not None
+    batch = exchange.call.queued_as_batch
     while True:
         route = await state.queue.acquire(org, routes, tried, exchange.use, batch=batch)
         if route is None:

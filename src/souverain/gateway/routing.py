@@ -54,6 +54,9 @@ class RouteTable:
         self.routes: dict[str, list[ReplicaRoute]] = {}  # by model id
         self.wakeable: dict[str, list[Wakeable]] = {}  # by model id: deployments at minimum 0
         self.outstanding: defaultdict[str, int] = defaultdict(int)
+        # replica -> its deployment, for every replica routed to and not yet forgotten: a
+        # replica out of the routes (draining, say) is remembered while it has requests
+        self.deployment_of: dict[str, str] = {}
         self.shares = SlotShares(shares)  # in flight by organisation and kind, per replica
         self.slots = SlotBook()
         self.loaded = False
@@ -88,6 +91,11 @@ class RouteTable:
         self.models = {model.id: model for model in models}
         self.by_name = dict(by_name)
         self.routes = dict(by_model)
+        self.deployment_of = {
+            replica: deployment
+            for replica, deployment in self.deployment_of.items()
+            if self.outstanding.get(replica, 0) > 0
+        } | {route.replica_id: route.deployment_id for route in routes}
         self.slots.forget({route.replica_id for route in routes})
         self.shares.forget({route.replica_id for route in routes})
         self.loaded = True

@@ -26,11 +26,12 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.fleet import ObservedNode
-from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow
+from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow, utcnow
 from souverain.evidence import audit_log
 from souverain.files import service as files
 from souverain.fleet import nodes as nodes_service
 from souverain.jobs import leader
+from souverain.jobs.deployments import autoscaling
 from souverain.jobs.deployments.observer import ReplicaObserver
 from souverain.jobs.deployments.reconciler import (
     CredentialIssuer,
@@ -48,6 +49,7 @@ from souverain.scheduler.types import DatacenterView, NodeView, Snapshot
 log = logging.getLogger(__name__)
 
 ORPHAN_GRACE_S = 120.0
+WAKE_EVERY_S = 0.1  # how often the demand of deployments at zero is read
 
 
 @dataclass
@@ -132,6 +134,7 @@ class Controller:
     def _loops(self, interval_s: float) -> list[Loop]:
         return [
             Loop("deployments", interval_s, self.cycle),
+            Loop("wake", WAKE_EVERY_S, self.wake_from_zero),
             Loop("fine-tuning", interval_s, self.fine_tuning_cycle),
             Loop("energy", min(interval_s, 5.0), self.energy.close_due),
             Loop("audit", 5.0, self.keep_audit),
@@ -188,6 +191,17 @@ class Controller:
     async def cycle(self) -> None:
         """Sync the nodes, then reconcile every deployment against them."""
         await self.deployments.run_once(await self._placer(sync_nodes=True))
+
+    async def wake_from_zero(self) -> None:
+        """Reconcile at once a deployment at zero that a request waits for: its first
+        token should not also wait for the next round. (The lease keeps this and the
+        round from working on one deployment at the same time.)"""
+        async with self._sessions() as session:
+            waking = await autoscaling.waking_from_zero(session, now=utcnow())
+        if waking:
+            placer = await self._placer(sync_nodes=False)
+            for deployment_id in waking:
+                await self.deployments.reconcile(deployment_id, placer)
 
     async def fine_tuning_cycle(self) -> None:
         """Reconcile every followed fine-tuning job (a loop of its own: a slow training

@@ -18,6 +18,13 @@ as the gateway does (the installation's authority, the replica's name, TLS 1.3);
 whose certificate is refused (expired, foreign, another replica's) or that answers in
 clear is `failed` at once, with that reason, and is not restarted. The adapter and the
 engine's temporary files live in the same scratch directory, swept if the actor dies.
+
+A start is timed in steps (`start_marks`, wall clock on the node, in the status): `actor`
+(the supervisor exists), `spawned` (the engine process is running), `listening` (its first
+HTTP answer, often "loading"), `answered` (the probe's generation), `ready` (after the chat
+template's overhead is measured: measured after `ready` instead, its two requests slowed
+the first real one by more than they saved). While an engine starts it is probed every
+50 ms: a scale-from-zero request may be waiting for it.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ SourceFactory = Callable[[int], PowerSource]  # engine pid -> its power source
 
 LOG_ROTATE_BYTES = 16 * 2**20
 BACKOFF_MAX_S = 30.0
+PROBE_EVERY_S = 0.05  # while starting: each probe is one tiny request to a local process
 
 
 def _plain(error: BaseException) -> str:
@@ -131,6 +139,7 @@ class EngineSupervisor:
         self._energy_base = 0.0  # energy of engine processes that have exited
         self._energy_source = "estimate"
         self._untrusted = ""  # why the engine's TLS was refused, if it was
+        self._marks: dict[str, float] = {"actor": time.time()}
         self._scratch = scratch.claim("replica", spec.replica_id)
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{spec.replica_id}", daemon=True
@@ -173,6 +182,7 @@ class EngineSupervisor:
                 runtime=self._launcher.runtime,
                 slots=self._launcher.slots(self._spec),
                 measured_at=measured_at,
+                start_marks=tuple(self._marks.items()),
             )
 
     def watch(self, version: int, timeout_s: float) -> ReplicaStatus:
@@ -290,6 +300,7 @@ class EngineSupervisor:
             os.close(log)
             os.close(secret)
         self._process = process
+        self._mark("spawned")
         self._attach_power(process.pid)
         not_ready = self._wait_ready(url, process)
         if tls is not None:  # loaded by the engine, or of no more use
@@ -300,6 +311,7 @@ class EngineSupervisor:
             return not_ready
         self._crashes.clear()
         self._measure_template(url)
+        self._mark("ready")
         self._set("ready", url=url)
         process.wait()
         return self._exit_reason(process.returncode)
@@ -383,16 +395,26 @@ class EngineSupervisor:
                     return self._exit_reason(process.returncode)
                 try:
                     answer = self._post(client, url + probe.path, content=content, headers=headers)
+                    self._mark("listening", first=True)
                     if answer.status_code == 200 and probe.answered(answer.json()):
+                        self._mark("answered")
                         return None
                 except (httpx.HTTPError, ValueError) as error:
                     if refused := tls_refusal(error):
                         self._untrusted = refused
                         return refused
-                self._stop.wait(0.25)
+                self._stop.wait(PROBE_EVERY_S)
         if process.poll() is not None:
             return self._exit_reason(process.returncode)
         return f"engine did not answer a generation within {self._start_timeout_s:.0f}s"
+
+    def _mark(self, step: str, *, first: bool = False) -> None:
+        """When `step` of this start happened (`first`: only its first time this start)."""
+        with self._lock:
+            if step == "spawned":  # a new start: the previous one's later steps are void
+                self._marks = {k: v for k, v in self._marks.items() if k == "actor"}
+            if not (first and step in self._marks):
+                self._marks[step] = time.time()
 
     def _terminate(self, timeout_s: float) -> None:
         process = self._process

@@ -13,10 +13,12 @@ Hysteresis, so that a sawtooth load does not thrash:
   from zero at once (someone is waiting for the first replica);
 * from zero to one replica (or the minimum) at once: someone waits for it; a crowd waiting
   at zero (whoever sent it, before any rate limit) cannot make it jump to the maximum;
-* down only once nothing has been outstanding for `scale_down_idle_s` without a break
-  (replicas are not drained yet: releasing one that answers would cut its streams), then
-  straight to what the load needs. The period starts only once no replica is still
-  starting: a replica is not released before it could serve.
+* down only once the load has wanted fewer replicas for `scale_down_idle_s` without a
+  break, then straight to what the load needs (to zero only once nothing is outstanding).
+  A released replica drains first (jobs/deployments/draining.py): it takes no new request
+  and finishes those it has, so a request never fails because of a scale-down. The period
+  starts only once no replica is still starting: a replica is not released before it
+  could serve.
 A count outside the limits (the limits changed) is brought inside them at once.
 
 No clock, no database: the caller passes `now` and keeps the returned state.
@@ -76,8 +78,6 @@ def decide(
     if want > state.wanted:
         return _up(limits, state, busy, want)
     if want < state.wanted and not starting:
-        if busy > 0:  # no draining yet: a replica is released only once nothing is outstanding
-            return Decision(ScaleState(state.wanted), False, "")
         return _down(limits, state, busy, want, now)
     return Decision(ScaleState(state.wanted), False, "")
 
@@ -101,7 +101,12 @@ def _down(limits: Limits, state: ScaleState, busy: float, want: int, now: dateti
     idle_s = (now - since).total_seconds()
     if idle_s < limits.scale_down_idle_s:
         return Decision(replace(state, above=0, below_since=since), False, "")
-    return _change(want, f"idle for {idle_s:.0f}s (scale_down_idle_s {limits.scale_down_idle_s:g})")
+    what = (
+        "idle" if busy == 0 else f"{_requests(busy)} outstanding, fewer than {state.wanted} carry"
+    )
+    return _change(
+        want, f"{what} for {idle_s:.0f}s (scale_down_idle_s {limits.scale_down_idle_s:g})"
+    )
 
 
 def _change(wanted: int, reason: str) -> Decision:

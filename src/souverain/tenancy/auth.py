@@ -85,6 +85,7 @@ async def principal_of(
         tpm=row.tpm,
         lineage_limits=limits,
         service_account=user.kind == "service",
+        priority="batch" if row.priority == "batch" else "interactive",
     )
 
 

@@ -69,6 +69,7 @@ async def create_key(
         project_id=project_id,
         role=request.role,
         scopes=sorted(scopes),
+        priority="batch" if principal.priority == "batch" else request.priority,
         expires_at=expires_at,
         created_at=now,
     )
@@ -85,6 +86,7 @@ async def create_key(
             "user": user.name,
             "role": request.role,
             "scopes": sorted(scopes),
+            "priority": row.priority,
             "project_id": project_id,
             "expires_at": expires_at.isoformat() if expires_at else None,
         },

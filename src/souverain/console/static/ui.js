@@ -76,7 +76,7 @@ export function badge(text, kind = "") {
 export function stateBadge(state) {
   const kind = { ready: "ok", running: "ok", succeeded: "ok", completed: "ok", intact: "ok",
     pending: "warn", degraded: "warn", queued: "warn", validating_files: "warn", in_progress: "warn",
-    starting: "warn", paused: "warn", failed: "bad", cancelled: "", stopped: "" }[state] ?? "";
+    starting: "warn", paused: "warn", draining: "warn", failed: "bad", cancelled: "", stopped: "" }[state] ?? "";
   return badge(state, kind);
 }
 

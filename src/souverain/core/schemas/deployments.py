@@ -82,6 +82,8 @@ class Replica(Out):
     engine_restarts: int
     runtime: str | None = None  # what serves the engine on its node (llamacpp: llama-server…)
     slots: int | None = None  # requests it decodes at once, as it says
+    # chosen for release: takes no new request, stops once its requests are finished
+    draining_since: datetime | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from souverain.core.roles import Role, Scope
 from souverain.core.schemas.common import Out, StrictRequest
+
+KeyPriority = Literal["interactive", "batch"]  # how the gateway queues a key's requests
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$", max_length=64)]
 UserName = Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$", max_length=64)]
@@ -64,6 +66,12 @@ class KeyCreateRequest(StrictRequest):
         default=None, max_length=len(Scope), description="Narrow the role."
     )
     expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+    priority: KeyPriority = Field(
+        default="interactive",
+        description="`batch`: the key's requests wait behind interactive ones for an engine's "
+        "slots and hold at most a share of them, like batch lines. A key minted by a batch "
+        "key is a batch key.",
+    )
 
 
 class ApiKey(Out):
@@ -74,6 +82,7 @@ class ApiKey(Out):
     project_id: str | None
     role: Role
     scopes: list[Scope]
+    priority: KeyPriority = "interactive"
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime

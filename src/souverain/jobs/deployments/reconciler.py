@@ -4,10 +4,11 @@ load    claim the deployment row with a lease token; read it, its model, replica
         the state the replica observer wrote) and the placement policy (its own
         constraints ∩ its organisation's ceiling)
 process decide the wanted count from the load the gateways report (autoscaled deployments:
-        `autoscaling.py`, `scheduler/autoscale.py`); drop lost replicas; drain replicas whose datacenter no longer complies (a changed
-        policy, constraint or datacenter) or whose node left the cluster; stop extras;
-        place missing ones (scheduler, then a detached Ray actor with a label_selector
-        for the chosen datacenter)
+        `autoscaling.py`, `scheduler/autoscale.py`); drop lost replicas; stop at once
+        replicas whose datacenter no longer complies (a changed policy, constraint or
+        datacenter) or whose node left the cluster; drain extras, and stop them once
+        drained (`draining.py`); place missing ones (scheduler, then a detached Ray
+        actor with a label_selector for the chosen datacenter)
 apply   one transaction that starts with the lease's fence (`UPDATE deployments … WHERE
         id AND lock_token`): if another controller took the row, nothing of this round is
         written
@@ -45,6 +46,7 @@ from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.jobs.cycle import run_cycle
 from souverain.jobs.deployments import autoscaling
+from souverain.jobs.deployments import draining as drain
 from souverain.jobs.deployments.service import placement_policy
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.facade import ClusterFacade
@@ -80,7 +82,7 @@ class Loaded:
     policy: Policy
     adapter: ObjectGrant | None = None  # a fine-tuned model's LoRA adapter
     adapter_error: str = ""
-    busy: tuple[int, int] = (0, 0)  # (in flight, waiting), as the gateways report
+    busy: tuple[int, int, int] = (0, 0, 0)  # (in flight, waiting, draining), as reported
     now: datetime | None = None
 
 
@@ -102,6 +104,8 @@ class Outcome:
     org_id: str | None = None
     events: list[Event] = field(default_factory=list)  # audited with the write-back
     scaling: dict[str, object] = field(default_factory=dict)  # the row's new scaling values
+    drains: list[str] = field(default_factory=list)  # replicas that begin to drain
+    undrains: list[str] = field(default_factory=list)  # draining replicas needed again
 
     def replica_event(self, action: str, replica_id: str, **details: object) -> None:
         self.events.append(Event(action, "replica", replica_id, details))
@@ -132,6 +136,8 @@ class DeploymentReconciler:
             DeploymentRow.id, DeploymentRow.lock_token, DeploymentRow.lock_expires_at, lease_s
         )
         self.recently_started: dict[str, float] = {}
+        self.drain_grace_s = drain.DRAIN_GRACE_S
+        self.drain_timeout_s = drain.DRAIN_TIMEOUT_S
 
     async def run_once(self, placer: Placer) -> None:
         async with self._sessions() as session:
@@ -206,13 +212,7 @@ class DeploymentReconciler:
         deployment, outcome = loaded.deployment, Outcome(org_id=loaded.deployment.org_id)
         live = await self._observe(loaded, placer, outcome)
         desired = 0 if deployment.deleted else _scale(loaded, outcome)
-        for extra in _pick_extras(live, desired):
-            await asyncio.to_thread(self._cluster.stop_replica, extra.actor_name)
-            outcome.deletes.append(extra.id)
-            outcome.replica_event("replica.stop", extra.id, reason="scaled down")
-            self.energy.retire(extra.id)
-
-            live.remove(extra)
+        live, draining = await self._release(loaded, live, desired, outcome)
         unschedulable = ""
         while len(live) < desired and not unschedulable:
             placed = await self._place_one(loaded, placer, outcome)
@@ -221,6 +221,11 @@ class DeploymentReconciler:
             else:
                 live.append(placed)
         _set_status(outcome, deployment, live, desired, unschedulable)
+        if draining and outcome.status == "stopped":
+            outcome.status = "draining"
+            outcome.reason = f"scaled to zero; {draining} replica(s) finishing their requests"
+        elif draining and outcome.status == "ready":
+            outcome.reason += f"; {draining} draining"
         if _worth_auditing(deployment.status, outcome.status):
             outcome.events.append(
                 Event(
@@ -231,6 +236,32 @@ class DeploymentReconciler:
                 )
             )
         return outcome
+
+    async def _release(
+        self, loaded: Loaded, live: list[ReplicaRow], desired: int, outcome: Outcome
+    ) -> tuple[list[ReplicaRow], int]:
+        """Drain the replicas no longer needed, stop the drained ones (a deleted deployment's
+        at once): the replicas that serve on, and how many still drain."""
+        if loaded.deployment.deleted:
+            stops = [(replica, "deployment deleted") for replica in live]
+            kept, draining = [], 0
+        else:
+            now = loaded.now or self._clock()
+            plan = drain.plan(live, desired, in_flight=loaded.busy[2], now=now,
+                              grace_s=self.drain_grace_s, timeout_s=self.drain_timeout_s)  # fmt: skip
+            stops, kept, draining = plan.stop, plan.serving, plan.draining
+            for replica in plan.drain:
+                outcome.drains.append(replica.id)
+                outcome.replica_event("replica.draining", replica.id, reason="scaled down")
+            for replica in plan.undrain:
+                outcome.undrains.append(replica.id)
+                outcome.replica_event("replica.undrained", replica.id, reason="needed again")
+        for replica, reason in stops:
+            await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
+            outcome.deletes.append(replica.id)
+            outcome.replica_event("replica.stop", replica.id, reason=reason)
+            self.energy.retire(replica.id)
+        return kept, draining
 
     async def _observe(self, loaded: Loaded, placer: Placer, outcome: Outcome) -> list[ReplicaRow]:
         live = []
@@ -325,6 +356,14 @@ class DeploymentReconciler:
         )
         if outcome.deletes:
             await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
+        began = loaded.now or self._clock()  # the clock the drain's plan reads
+        for ids, since in ((outcome.drains, began), (outcome.undrains, None)):
+            if ids:  # updated_at moves the routes' change token: every server sees it
+                await session.execute(
+                    update(ReplicaRow)
+                    .where(ReplicaRow.id.in_(ids))
+                    .values(draining_since=since, updated_at=utcnow())
+                )
         session.add_all(outcome.inserts)
         for event in outcome.events:
             await audit.record(
@@ -345,7 +384,7 @@ def _scale(loaded: Loaded, outcome: Outcome) -> int:
     deployment = loaded.deployment
     if not autoscaling.is_autoscaled(deployment) or loaded.now is None:
         return deployment.replicas
-    in_flight, waiting = loaded.busy
+    in_flight, waiting, _ = loaded.busy
     decision = decide(
         autoscaling.limits_of(deployment),
         autoscaling.state_of(deployment),
@@ -387,17 +426,6 @@ def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | 
 def _worth_auditing(before: str, after: str) -> bool:
     """Entering or leaving a failure is an event; starting and scaling are not."""
     return before != after and bool({before, after} & DEPLOYMENT_FAILING)
-
-
-def _pick_extras(live: list[ReplicaRow], desired: int) -> list[ReplicaRow]:
-    """Replicas to stop when there are too many: the least ready and newest first."""
-    surplus = len(live) - desired
-    if surplus <= 0:
-        return []
-    ranked = sorted(
-        live, key=lambda r: (r.state == "ready", -r.created_at.timestamp() if r.created_at else 0)
-    )
-    return ranked[:surplus]
 
 
 def _set_status(

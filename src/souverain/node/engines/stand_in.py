@@ -21,7 +21,9 @@ class StandInLauncher:
     build_hint = "the stand-in engine"
 
     def slots(self, spec: ReplicaSpec) -> int | None:
-        return None  # the gateway's default for the engine (catalog/routes.py)
+        """`parallel` when given, else the gateway's default (catalog/routes.py)."""
+        parallel = spec.engine_args.get("parallel")
+        return None if parallel is None else int(parallel)
 
     def command(
         self, *, spec: ReplicaSpec, model_path: Path, host: str, port: int, secret_fd: int,

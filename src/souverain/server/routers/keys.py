@@ -21,6 +21,7 @@ def _out(row: ApiKeyRow, user: UserRow) -> ApiKey:
         project_id=row.project_id,
         role=Role(row.role),
         scopes=[Scope(s) for s in row.scopes],
+        priority="batch" if row.priority == "batch" else "interactive",
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         created_at=row.created_at,
