@@ -85,7 +85,8 @@ def check_nothing_in_clear(fleet: Fleet, captured: list[Captured], what: str) ->
         print(f"[hosts] {what}, {capture.link}'s link: {capture.packets} packets, "
               f"{len(capture.pcap)} bytes, canaries {found['canary']}")  # fmt: skip
         assert not any(found.values()), f"{what}: in clear on {capture.link}'s link: {found}"
-    assert sum(c.packets for c in captured if c.link in ("cp", "de")) > 20  # it crossed them
+    [de] = [c for c in captured if c.link == "de"]
+    assert de.packets >= 4  # the work crossed it: a request and its answer, each acknowledged
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +237,7 @@ class TestHostKilledMidJob:
         """The Frankfurt host SIGKILLed while the job trains there, then joined again with
         the README's command: the training data decrypted on it is gone, none of it is in
         its HOME (node directory included) or its temp directory (Ray's session files),
-        and the job says it lost its worker, then carries on and succeeds."""
+        and the job says it lost its worker, is queued again and trains there again."""
         de, client = fleet.net["de"], tenant_client(fleet, TRAINING)
         job = start_job(fleet, "--epochs 2 --batch-size 1")
 
@@ -250,13 +251,17 @@ class TestHostKilledMidJob:
         rejoin(fleet, de, "fra1")
         assert not [path for path in decrypted if path.exists()], decrypted
         assert not in_clear(de.home) and not in_clear(de.tmp)
-        deadline = time.monotonic() + 420
-        while (found := client.fine_tuning.jobs.retrieve(job)).status != "succeeded":
+        said: list[str] = []
+
+        def carried_on() -> bool:
+            """It said why it stopped, was queued again, and trains (or trained) again."""
+            found = client.fine_tuning.jobs.retrieve(job)
             assert found.status not in ("failed", "cancelled"), found.error
-            assert time.monotonic() < deadline, f"the job did not end: {found.status}"
-            time.sleep(2.0)
-        said = [event.message for event in client.fine_tuning.jobs.list_events(job, limit=200)]
-        assert any("training worker was lost" in message for message in said), said
+            said[:] = [e.message for e in client.fine_tuning.jobs.list_events(job, limit=200)]
+            lost = any("training worker was lost" in message for message in said)
+            return lost and found.status in ("running", "succeeded")
+
+        wait_for(carried_on, 420, lambda: f"{said[:5]}\n{diagnosis(fleet)()}")
 
 
 def start_job(fleet: Fleet, options: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 from souverain.core.ids import replica_secret
 from souverain.core.signing import load_public_key, verify
 from tests.fleet.conftest import PORT, QUESTION, Fleet, diagnosis, rejoin, run, wait_for
+from tests.fleet.conftest import fleet as fleet  # the name modules beside it import
 from tests.security.test_link_capture import LinkCapture, packets
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine, pytest.mark.slow, pytest.mark.postgres]
