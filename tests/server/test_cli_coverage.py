@@ -139,3 +139,7 @@ class TestTenantCommands:
                             "--model", "cli-base", "--jurisdiction", "XX")  # fmt: skip
         assert refused.returncode == 1
         assert "XX" in refused.stderr
+        elsewhere = await cli(platform, owner, "finetune", "create", uploaded.id,
+                              "--model", "cli-base", "--jurisdiction", "DE")  # fmt: skip
+        assert elsewhere.returncode == 1  # its file is kept in France: the fix is named
+        assert "451" in elsewhere.stderr and "project" in elsewhere.stderr, elsewhere.stderr

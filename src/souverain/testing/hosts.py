@@ -1,8 +1,9 @@
 """Several hosts on one Linux machine, for tests that must see a fleet as an operator does.
 
 Each host is a network namespace (`ip netns`) with its own address on a private bridge
-in the root namespace, its own HOME, node directory (`SOUVERAIN_NODE_DIR`) and temp
-directory (`TMPDIR`, where Ray keeps its session files): nothing that real hosts would not
+in the root namespace, its own HOME, node directory (`SOUVERAIN_NODE_DIR`), memory-backed scratch
+(`SOUVERAIN_SCRATCH_DIR`) and temp directory (`TMPDIR`, where Ray keeps its session
+files): nothing that real hosts would not
 share is shared, and a port taken on one host (Ray's 6379, a server's 8000) is free on
 the others. The root namespace keeps the bridge's address; a TCP relay there lets the
 hosts reach a service of the root namespace bound to loopback (PostgreSQL in CI).
@@ -35,6 +36,7 @@ import psutil
 PREFIX = "sfh"  # namespaces sfh-<pid>-<host>, bridge sfb<pid>, links sf<pid>h<n>
 KEPT_ENVIRONMENT = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "SOUVERAIN_LLAMA_SERVER")
 SHORT_TMP = Path("/tmp")  # noqa: S108 - Ray's socket paths under a host's temp dir must fit 107 bytes
+SHM = Path("/dev/shm")  # noqa: S108 - each host's memory-backed scratch below it, made 0700
 
 
 def available() -> str | None:
@@ -70,6 +72,7 @@ class Host:
     link: str  # the root side of its veth pair: down = the host is cut off
     root: Path
     tmp: Path  # short: Ray's socket paths below it must fit in 107 bytes
+    scratch: Path  # its memory-backed scratch: real hosts share no /dev/shm
     logs: list[Path] = field(default_factory=list)
 
     @property
@@ -85,6 +88,7 @@ class Host:
             "HOME": str(self.home),
             "TMPDIR": str(self.tmp),
             "SOUVERAIN_NODE_DIR": str(self.home / ".souverain-node"),
+            "SOUVERAIN_SCRATCH_DIR": str(self.scratch),
         }
         return env | dict(extra or {})
 
@@ -145,6 +149,7 @@ class Network:
                 link=f"sf{self.tag}h{i}",
                 root=root / name,
                 tmp=SHORT_TMP / f"sf{self.tag}h{i}",
+                scratch=SHM / f"sf{self.tag}h{i}",
             )
             for i, name in enumerate(names)
         }
@@ -170,7 +175,7 @@ class Network:
         ip("addr", "add", f"{self.bridge_address}/{self.prefix}", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         for host in self.hosts.values():
-            for directory in (host.home, host.tmp):
+            for directory in (host.home, host.tmp, host.scratch):
                 directory.mkdir(parents=True, mode=0o700)
             ip("netns", "add", host.namespace)
             peer = f"{host.link}p"
@@ -199,6 +204,7 @@ class Network:
             ip("netns", "del", host.namespace, check=False)
             ip("link", "del", host.link, check=False)
             shutil.rmtree(host.tmp, ignore_errors=True)
+            shutil.rmtree(host.scratch, ignore_errors=True)
         ip("link", "del", self.bridge, check=False)
 
 
@@ -214,7 +220,7 @@ def sweep() -> None:
         found = re.search(r"^\d+: (sfb?(\d+)(?:h\d+)?)[@:]", line)
         if found and found.group(2) not in alive:
             ip("link", "del", found.group(1), check=False)
-    for leftover in SHORT_TMP.glob("sf*h*"):
+    for leftover in [*SHORT_TMP.glob("sf*h*"), *SHM.glob("sf*h*")]:
         found = re.fullmatch(r"sf(\d+)h\d+", leftover.name)
         if found and found.group(1) not in alive:
             shutil.rmtree(leftover, ignore_errors=True)

@@ -334,7 +334,9 @@ async def _check_residency(session: AsyncSession, row: FileRow, policy: Policy) 
     if reason is not None:
         raise PolicyRefusedError(
             f"File {row.id} is stored in {row.datacenter_id}, which the policy in force for "
-            f"this job does not allow ({reason}); nothing was started.",
+            f"this job does not allow ({reason}); nothing was started. A file is kept where "
+            "its uploader's policy allows: upload it with a key of a project whose policy "
+            "allows only where this job may run.",
             param="training_file",
         )
 
