@@ -57,6 +57,24 @@ class EngineCredential:
 
 
 @dataclass(frozen=True)
+class HostedAdapter:
+    """A fine-tuned model's LoRA adapter that a shared base replica holds beside others:
+    the engine applies it only to requests the gateway routes to that model."""
+
+    model_id: str
+    grant: ObjectGrant | None = None  # the sealed adapter (None: `path` is already on the node)
+    path: str | None = None  # where the node decrypted it (set on the node)
+
+
+@dataclass(frozen=True)
+class AdapterState:
+    """What became of one hosted adapter on the node: loaded (`error` empty) or refused."""
+
+    model_id: str
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything an engine actor needs to start serving; travels through Ray."""
 
@@ -78,6 +96,8 @@ class ReplicaSpec:
     model_roots: tuple[str, ...] = ()  # where file:// artifacts may resolve to, on the node
     adapter: ObjectGrant | None = None  # a fine-tuned model's sealed LoRA adapter
     adapter_path: str | None = None  # where the node decrypted it (set on the node)
+    # A shared base replica's adapters, in the order the engine numbers them (llama-server)
+    adapters: tuple[HostedAdapter, ...] = ()
     tls: EngineCredential | None = None  # None only for engines tests start by hand
 
     @property
@@ -113,6 +133,7 @@ class ReplicaStatus:
     # When `energy_j` was read, on the node: the energy interval ends there, not when the
     # status reached the controller (a request settled in between was not in the reading).
     measured_at: datetime | None = None
+    adapters: tuple[AdapterState, ...] = ()  # a shared replica's, in the spec's order
 
 
 @dataclass(frozen=True)
