@@ -71,16 +71,20 @@ class Shared:
         return model_id
 
     async def round(self) -> None:
-        """The base deployment and every shared one reconciled; then the replicas the
-        base placed report what their nodes did (the observer's write)."""
-        placer = await self.world.placer()
-        for deployment_id in [self.base_deployment, *self.made]:
-            await self.reconciler.reconcile(deployment_id, placer)
+        """The base deployment reconciled; the replicas it placed report what their nodes
+        did (the observer's write; the in-memory cluster's engines answer in clear, which
+        the reconciler would drain, so the URL is the HTTPS one a real engine reports);
+        then every shared deployment reconciled."""
+        await self.reconciler.reconcile(self.base_deployment, await self.world.placer())
         async with self.world.sessions.begin() as session:
             for replica in await self.replicas(session):
                 status = self.world.cluster.replica_status(replica.actor_name)
                 for name, value in observed_fields(replica, status).items():
                     setattr(replica, name, value)
+                if replica.url:
+                    replica.url = replica.url.replace("http://", "https://")
+        for deployment_id in self.made:
+            await self.reconciler.reconcile(deployment_id, await self.world.placer())
 
     async def replicas(self, session: object = None) -> list[ReplicaRow]:
         query = select(ReplicaRow).where(ReplicaRow.deployment_id == self.base_deployment)
@@ -192,9 +196,7 @@ class TestRollingReplacement:
         assert (await shared.held())[shared.paris] == [(model_id,)]
         async with shared.world.sessions.begin() as session:
             await session.execute(
-                update(DeploymentRow)
-                .where(DeploymentRow.id == shared.made[0])
-                .values(replicas=0)
+                update(DeploymentRow).where(DeploymentRow.id == shared.made[0]).values(replicas=0)
             )
         for _ in range(3):
             await shared.round()

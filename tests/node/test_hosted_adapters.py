@@ -20,7 +20,9 @@ from tests.security.test_shared_adapters import adapter_file
 BASE = "builtin://smollm2-135m-instruct"
 
 
-async def sealed(store: LocalStore, plain: bytes, name: str, *, sha256: str | None = None) -> ObjectGrant:
+async def sealed(
+    store: LocalStore, plain: bytes, name: str, *, sha256: str | None = None
+) -> ObjectGrant:
     key, object_id = os.urandom(32), f"ftjob_{name}/adapter.gguf"
     sealer = Sealer(key, object_id)
 
@@ -41,7 +43,9 @@ def prepare(adapters: tuple[HostedAdapter, ...], scratch: Path, runtime: str = "
 
 
 class TestChecks:
-    def test_only_adapters_that_match_their_sha256_and_fit_the_base_load(self, tmp_path: Path) -> None:
+    def test_only_adapters_that_match_their_sha256_and_fit_the_base_load(
+        self, tmp_path: Path
+    ) -> None:
         store = LocalStore(tmp_path / "store")
         good = adapter_file(tmp_path, seed=1).read_bytes()
         foreign = adapter_file(tmp_path, seed=2, hidden=512).read_bytes()

@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,8 @@ async def _shared_models(target: LlamaTarget, owners: dict[str, str]) -> dict[st
             ))  # fmt: skip
         await session.execute(
             update(ReplicaRow).where(ReplicaRow.id == replica.id).values(
-                adapters=[{"model": a.model_id, "error": a.error} for a in status.adapters]
+                adapters=[{"model": a.model_id, "error": a.error} for a in status.adapters],
+                updated_at=datetime.now(UTC),  # the servers' route tables reload on it
             )
         )  # fmt: skip
     return names
@@ -141,7 +143,10 @@ async def _listed(found: Tenants) -> None:
 
 async def answer(client: openai.AsyncOpenAI, model: str) -> str:
     done = await client.chat.completions.create(
-        model=model, messages=ASK, max_tokens=12, temperature=0  # type: ignore[arg-type]
+        model=model,
+        messages=ASK,
+        max_tokens=8,
+        temperature=0,  # type: ignore[arg-type]
     )
     return done.choices[0].message.content or ""
 

@@ -138,29 +138,29 @@ def _route(
     intensities: dict[str, float],
 ) -> ReplicaRoute:  # fmt: skip
     return ReplicaRoute(
-            replica_id=replica.id,
-            deployment_id=deployment.id,
-            deployment_org_id=deployment.org_id,
-            model_id=model.id,
-            model_name=model.name,
-            url=replica.url or "",
-            node_id=replica.node_id,
-            datacenter_id=replica.datacenter_id,
-            country=datacenter.country,
-            operator_country=datacenter.operator_country,
-            certifications=frozenset(datacenter.certifications),
-            carbon_intensity=intensities.get(datacenter.id, datacenter.carbon_intensity),
-            energy_j_per_token=replica.energy_j_per_token,
-            energy_source=replica.energy_source,
-            engine=deployment.engine,
-            runtime=replica.runtime,
-            engine_slots=replica.slots,
-            prompt_overhead=(
-                None
-                if replica.prompt_overhead_fixed is None
-                else (replica.prompt_overhead_fixed, replica.prompt_overhead_per_message or 0)
-            ),
-        )
+        replica_id=replica.id,
+        deployment_id=deployment.id,
+        deployment_org_id=deployment.org_id,
+        model_id=model.id,
+        model_name=model.name,
+        url=replica.url or "",
+        node_id=replica.node_id,
+        datacenter_id=replica.datacenter_id,
+        country=datacenter.country,
+        operator_country=datacenter.operator_country,
+        certifications=frozenset(datacenter.certifications),
+        carbon_intensity=intensities.get(datacenter.id, datacenter.carbon_intensity),
+        energy_j_per_token=replica.energy_j_per_token,
+        energy_source=replica.energy_source,
+        engine=deployment.engine,
+        runtime=replica.runtime,
+        engine_slots=replica.slots,
+        prompt_overhead=(
+            None
+            if replica.prompt_overhead_fixed is None
+            else (replica.prompt_overhead_fixed, replica.prompt_overhead_per_message or 0)
+        ),
+    )
 
 
 async def _adapter_routes(

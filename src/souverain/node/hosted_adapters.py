@@ -24,7 +24,6 @@ from typing import Any
 from souverain.core.fleet import AdapterState, HostedAdapter
 from souverain.node.sealed import decrypt_to
 
-
 RUNTIMES = frozenset({"llama-server"})  # the programs that pick an adapter per request
 
 

@@ -103,7 +103,6 @@ class Replica(Out):
     updated_at: datetime
 
 
-
 class Deployment(Out):
     id: str
     name: str

@@ -323,7 +323,9 @@ async def adapter_owners(
     session: AsyncSession, replicas: dict[str, list[ReplicaRow]]
 ) -> dict[str, str | None]:
     """Model id -> its owner organisation, for the adapters these replicas hold."""
-    ids = {str(e.get("model")) for reps in replicas.values() for r in reps for e in r.adapters or ()}
+    ids = {
+        str(e.get("model")) for reps in replicas.values() for r in reps for e in r.adapters or ()
+    }
     if not ids:
         return {}
     query = select(ModelRow.id, ModelRow.owner_org_id).where(ModelRow.id.in_(ids))

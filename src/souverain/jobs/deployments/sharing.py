@@ -59,7 +59,9 @@ def can_host(base: DeploymentRow, model: ModelRow) -> bool:
 
 def is_active(deployment: DeploymentRow) -> bool:
     """A shared deployment whose adapter should be loaded now."""
-    return not deployment.deleted and (deployment.replicas > 0 or (deployment.max_replicas or 0) > 0)
+    return not deployment.deleted and (
+        deployment.replicas > 0 or (deployment.max_replicas or 0) > 0
+    )
 
 
 async def shared_of(
