@@ -59,17 +59,17 @@ async def _out(
                 engine_args=dict(row.engine_args),
                 status=row.status,
                 status_reason=row.status_reason,
-                replica_details=[
-                    Replica.model_validate(r).model_copy(
-                        update={"adapters": _adapters(principal, r, owners)}
-                    )
-                    for r in reps
-                ],
+                replica_details=[_replica(principal, r, owners) for r in reps],
                 created_at=row.created_at,
                 updated_at=row.updated_at,
             )
         )
     return result
+
+
+def _replica(principal: Principal, replica: ReplicaRow, owners: dict[str, str | None]) -> Replica:
+    fields = {name: getattr(replica, name) for name in Replica.model_fields if name != "adapters"}
+    return Replica(**fields, adapters=_adapters(principal, replica, owners))
 
 
 def _adapters(
