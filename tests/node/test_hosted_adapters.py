@@ -15,7 +15,7 @@ from souverain.core.fleet import HostedAdapter, ObjectGrant
 from souverain.node import artifacts, hosted_adapters
 from souverain.storage.crypto import Sealer
 from souverain.storage.stores import LocalStore
-from tests.security.test_shared_adapters import adapter_file
+from tests.lora_files import adapter_file
 
 BASE = "builtin://smollm2-135m-instruct"
 
