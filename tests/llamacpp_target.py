@@ -15,7 +15,12 @@ from typing import Any
 
 import httpx
 
-from souverain.core.fleet import EngineCredential, ReplicaSpec, replica_server_name
+from souverain.core.fleet import (
+    EngineCredential,
+    HostedAdapter,
+    ReplicaSpec,
+    replica_server_name,
+)
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
@@ -68,14 +73,14 @@ def launcher(runtime: str) -> EngineLauncher:
 def supervised_llamacpp(
     replica_id: str, log_dir: Path, runtime: str = "llama-cpp-python",
     engine_args: dict[str, Any] | None = None, adapter_path: Path | None = None,
-    tls: EngineCredential | None = None,
+    tls: EngineCredential | None = None, adapters: tuple[HostedAdapter, ...] = (),
 ) -> EngineSupervisor:  # fmt: skip
     spec = ReplicaSpec(
         replica_id=replica_id, deployment_id="dep_test", model_name="smollm2",
         engine="llamacpp", artifact_uri="builtin://smollm2-135m-instruct", artifact_sha256=None,
         secret=replica_secret(MASTER_KEY.encode(), replica_id), datacenter_id="llama-dc",
         cpus=2, gpus=0, threads=2, context_length=4096, engine_args=engine_args or {},
-        adapter_path=str(adapter_path) if adapter_path else None, tls=tls,
+        adapter_path=str(adapter_path) if adapter_path else None, tls=tls, adapters=adapters,
     )  # fmt: skip
     supervisor = EngineSupervisor(
         spec, launcher(runtime), host="127.0.0.1", node_id="node-test", log_dir=log_dir
@@ -92,7 +97,8 @@ def supervised_llamacpp(
 @contextlib.asynccontextmanager
 async def llamacpp_target(
     directory: Path, runtime: str = "llama-cpp-python", engine_args: dict[str, Any] | None = None,
-    adapter_path: Path | None = None, **settings: Any,
+    adapter_path: Path | None = None, adapters: tuple[HostedAdapter, ...] = (),
+    **settings: Any,
 ) -> AsyncIterator[LlamaTarget]:  # fmt: skip
     replica_id = new_id("rep")
     config = Settings(
@@ -114,7 +120,8 @@ async def llamacpp_target(
             trusted = await authority.load_or_create(factory.sessions, MASTER_KEY.encode())
             credential = authority.issue(trusted, replica_server_name(replica_id))
             supervisor = await asyncio.to_thread(supervised_llamacpp, replica_id, directory,
-                                                 runtime, engine_args, adapter_path, credential)  # fmt: skip
+                                                 runtime, engine_args, adapter_path, credential,
+                                                 adapters)  # fmt: skip
             status = supervisor.status()
             assert status.url is not None
             tenant = await factory.tenant(roles={"eve": Role.OWNER})

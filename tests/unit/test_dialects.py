@@ -40,6 +40,7 @@ class Seen:
     slot: Slot | None = None
     cache_scope: str = "s"
     forced_tool: Forced | None = field(default=None)
+    route: ReplicaRoute | None = None
 
 
 def exchange(body: dict[str, Any], **kwargs: Any) -> Exchange:
@@ -85,6 +86,16 @@ class TestBodies:
         assert (sent["id_slot"], sent["cache_prompt"], sent["cache_scope"]) == (3, True, "s")
         assert sent["stream_options"] == {"include_usage": True} and sent["return_progress"]
         assert LLAMA_SERVER.headers() == {"Connection": "close"}
+
+    def test_a_shared_replica_gets_the_adapter_of_the_routes_model_only(self) -> None:
+        from dataclasses import replace
+
+        adapter = replace(route("llamacpp", "llama-server"), lora_id=2)
+        seen = exchange({"messages": []}, slot=Slot(0, warm=True), route=adapter)
+        assert json.loads(LLAMA_SERVER.body(seen, b""))["lora"] == [{"id": 2, "scale": 1.0}]
+        base = exchange({"messages": []}, slot=Slot(0, warm=True),
+                        route=route("llamacpp", "llama-server"))  # fmt: skip
+        assert "lora" not in json.loads(LLAMA_SERVER.body(base, b""))  # none applies
 
     def test_llama_server_gets_a_forced_tool_call_as_a_schema_and_answers_a_call(self) -> None:
         body = {"messages": [], "tools": [WEATHER], "tool_choice": "required"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -59,6 +59,7 @@ class ReplicaRoute:
     engine: str = "llamacpp"
     runtime: str | None = None  # what serves the engine on its node, as the replica says
     engine_slots: int | None = None  # as the replica says
+    lora_id: int | None = None  # a shared replica's adapter for this model (the engine's number)
 
     @property
     def slots(self) -> int:
@@ -126,33 +127,69 @@ async def load_ready_routes(session: AsyncSession) -> list[ReplicaRoute]:
             DeploymentRow.deleted.is_(False),
         )
     )
-    return [
-        ReplicaRoute(
-            replica_id=replica.id,
-            deployment_id=deployment.id,
-            deployment_org_id=deployment.org_id,
-            model_id=model.id,
-            model_name=model.name,
-            url=replica.url or "",
-            node_id=replica.node_id,
-            datacenter_id=replica.datacenter_id,
-            country=datacenter.country,
-            operator_country=datacenter.operator_country,
-            certifications=frozenset(datacenter.certifications),
-            carbon_intensity=intensities.get(datacenter.id, datacenter.carbon_intensity),
-            energy_j_per_token=replica.energy_j_per_token,
-            energy_source=replica.energy_source,
-            engine=deployment.engine,
-            runtime=replica.runtime,
-            engine_slots=replica.slots,
-            prompt_overhead=(
-                None
-                if replica.prompt_overhead_fixed is None
-                else (replica.prompt_overhead_fixed, replica.prompt_overhead_per_message or 0)
-            ),
-        )
-        for replica, deployment, model, datacenter in (await session.execute(query)).all()
-    ]
+    rows = (await session.execute(query)).all()
+    routes = [_route(replica, deployment, model, datacenter, intensities)
+              for replica, deployment, model, datacenter in rows]  # fmt: skip
+    held = [(row[0], route) for row, route in zip(rows, routes, strict=True)]
+    return routes + await _adapter_routes(session, held)
+
+
+def _route(
+    replica: ReplicaRow, deployment: DeploymentRow, model: ModelRow, datacenter: DatacenterRow,
+    intensities: dict[str, float],
+) -> ReplicaRoute:  # fmt: skip
+    return ReplicaRoute(
+        replica_id=replica.id,
+        deployment_id=deployment.id,
+        deployment_org_id=deployment.org_id,
+        model_id=model.id,
+        model_name=model.name,
+        url=replica.url or "",
+        node_id=replica.node_id,
+        datacenter_id=replica.datacenter_id,
+        country=datacenter.country,
+        operator_country=datacenter.operator_country,
+        certifications=frozenset(datacenter.certifications),
+        carbon_intensity=intensities.get(datacenter.id, datacenter.carbon_intensity),
+        energy_j_per_token=replica.energy_j_per_token,
+        energy_source=replica.energy_source,
+        engine=deployment.engine,
+        runtime=replica.runtime,
+        engine_slots=replica.slots,
+        prompt_overhead=(
+            None
+            if replica.prompt_overhead_fixed is None
+            else (replica.prompt_overhead_fixed, replica.prompt_overhead_per_message or 0)
+        ),
+    )
+
+
+async def _adapter_routes(
+    session: AsyncSession, replicas: list[tuple[ReplicaRow, ReplicaRoute]]
+) -> list[ReplicaRoute]:
+    """The fine-tuned models that shared replicas serve, each a route of its own to the
+    same replica (the same slots and load), under the model's shared deployment, with the
+    engine's number for its adapter (jobs/deployments/sharing.py)."""
+    if not any(replica.adapters for replica, _ in replicas):
+        return []
+    query = (
+        select(DeploymentRow, ModelRow)
+        .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+        .where(DeploymentRow.sharing == "shared", DeploymentRow.deleted.is_(False))
+    )
+    shared = {model.id: (d, model) for d, model in (await session.execute(query)).all()}
+    routes = []
+    for replica, route in replicas:
+        loaded = [str(e["model"]) for e in replica.adapters or () if e.get("error") == ""]
+        for lora_id, model_id in enumerate(loaded):
+            if model_id not in shared:  # its deployment deleted since: not served
+                continue
+            deployment, model = shared[model_id]
+            routes.append(replace(
+                route, model_id=model.id, model_name=model.name, deployment_id=deployment.id,
+                deployment_org_id=deployment.org_id, lora_id=lora_id,
+            ))  # fmt: skip
+    return routes
 
 
 async def load_default_projects(session: AsyncSession) -> dict[str, str]:

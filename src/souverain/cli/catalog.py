@@ -167,8 +167,9 @@ def _artifact(source: str, sha256: str | None) -> tuple[str, str | None, int | N
 def deployments_list() -> None:
     with client() as c:
         table = Table(
-            "name", "model", "engine", "replicas", "status", "reason", "where", "last scaling"
-        )
+            "name", "model", "engine", "replicas", "serves", "status", "reason", "where",
+            "last scaling",
+        )  # fmt: skip
         for d in c.list_deployments():
             runtimes = sorted({f"{r.runtime} ×{r.slots}" if r.slots else r.runtime
                                for r in d.replica_details if r.runtime})  # fmt: skip
@@ -180,6 +181,7 @@ def deployments_list() -> None:
                 d.model,
                 f"{d.engine} ({', '.join(runtimes)})" if runtimes else d.engine,
                 _replicas(d),
+                _serves(d),
                 f"[{colour}]{d.status}[/{colour}]",
                 d.status_reason,
                 ",".join(d.datacenters) or "any",
@@ -192,6 +194,14 @@ def _replicas(d: Deployment) -> str:
     """ready/wanted, and the limits of an autoscaled deployment."""
     count = f"{d.ready_replicas}/{d.replicas}"
     return f"{count} ({d.min_replicas}–{d.max_replicas})" if d.autoscaling else count
+
+
+def _serves(d: Deployment) -> str:
+    """Shared (its adapter on its base's replicas), or dedicated and the adapters its
+    replicas hold for others (those you may see)."""
+    if d.sharing == "shared":
+        return "shared (on its base's replicas)"
+    return f"dedicated, +{d.adapters} adapter(s)" if d.adapters else "dedicated"
 
 
 def _last_scaling(d: Deployment) -> str:
@@ -231,6 +241,9 @@ def deployments_create(
         None, "--operator-jurisdiction", help="Allowed operator headquarters (repeatable)."
     ),
     strategy: str = typer.Option("spread", help="spread or binpack."),
+    shared: bool = typer.Option(
+        False, help="A fine-tuned model: its adapter on its base's replicas, beside others."
+    ),
     min_replicas: int = typer.Option(
         None, help="Autoscale from this many replicas (0: scale to zero when idle)."
     ),
@@ -256,6 +269,7 @@ def deployments_create(
         certifications=list(certification or []),
         operator_jurisdictions=list(operator_jurisdiction) if operator_jurisdiction else None,
         strategy=strategy,
+        sharing="shared" if shared else "dedicated",
         **_given(
             replicas=replicas,
             min_replicas=min_replicas,

@@ -57,6 +57,24 @@ class EngineCredential:
 
 
 @dataclass(frozen=True)
+class HostedAdapter:
+    """A fine-tuned model's LoRA adapter that a shared base replica holds beside others:
+    the engine applies it only to requests the gateway routes to that model."""
+
+    model_id: str
+    grant: ObjectGrant | None = None  # the sealed adapter (None: `path` is already on the node)
+    path: str | None = None  # where the node decrypted it (set on the node)
+
+
+@dataclass(frozen=True)
+class AdapterState:
+    """What became of one hosted adapter on the node: loaded (`error` empty) or refused."""
+
+    model_id: str
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything an engine actor needs to start serving; travels through Ray."""
 
@@ -78,6 +96,8 @@ class ReplicaSpec:
     model_roots: tuple[str, ...] = ()  # where file:// artifacts may resolve to, on the node
     adapter: ObjectGrant | None = None  # a fine-tuned model's sealed LoRA adapter
     adapter_path: str | None = None  # where the node decrypted it (set on the node)
+    # A shared base replica's adapters, in the order the engine numbers them (llama-server)
+    adapters: tuple[HostedAdapter, ...] = ()
     tls: EngineCredential | None = None  # None only for engines tests start by hand
 
     @property
@@ -116,6 +136,7 @@ class ReplicaStatus:
     # When each step of the engine's last start happened (name, wall-clock seconds on the
     # node): how long a cold start took, and where (`node/supervisor.py` names the steps).
     start_marks: tuple[tuple[str, float], ...] = ()
+    adapters: tuple[AdapterState, ...] = ()  # a shared replica's, in the spec's order
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,9 @@ class DeploymentRow(Base):
     scale_below_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     scaled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     scaling_reason: Mapped[str] = mapped_column(Text, default="")
+    # dedicated: replicas of its own; shared: a fine-tuned model's adapter held by replicas
+    # of its base's deployments (jobs/deployments/sharing.py)
+    sharing: Mapped[str] = mapped_column(String(16), default="dedicated")
     lock_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
     lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -295,6 +298,9 @@ class ReplicaRow(Base):
     # Set by the controller when the replica was chosen for release: no new requests are
     # routed to it; it is stopped once the servers report nothing left on it (bounded).
     draining_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A shared replica's adapters, in the engine's order: [{"model": id, "error": why
+    # refused, "" once loaded, None until the node says}]
+    adapters: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

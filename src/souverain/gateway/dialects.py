@@ -10,8 +10,11 @@ not quite alike. What differs lives here and nowhere else in the pipeline:
                     `schema`
     LlamaServer     llama.cpp's llama-server: the slot the gateway chose (gateway/slots.py)
                     and the request's cache scope, which the engine enforces (a slot's
-                    prefix is reused within one scope only), one connection per request, usage and prompt progress asked for in streams, a forced
-                    tool call as a JSON schema (gateway/forced_tools.py)
+                    prefix is reused within one scope only), on a shared replica the
+                    adapter of the model asked for (`lora`: the gateway alone chooses
+                    it, from the authenticated model id), one connection per request,
+                    usage and prompt progress asked for in streams, a forced tool call
+                    as a JSON schema (gateway/forced_tools.py)
 
 The replica says which program serves it (`runtime`); `dialect_of` picks the adapter.
 """
@@ -84,9 +87,14 @@ class LlamaServer(Dialect):
         """The slot the gateway chose and the cache scope the engine keeps reuse within
         (`--cache-scopes`), in streams the usage chunk at the end and the prompt's size
         before the first token (so a stream cut short is still charged for its prompt),
-        and a forced tool call as a JSON schema."""
-        call, slot = exchange.call, exchange.slot
+        and a forced tool call as a JSON schema. On a shared replica (`route.lora_id`) the
+        request applies its model's adapter and no other; a request for the base model
+        names none, so none applies (`--lora-init-without-apply`). A client cannot name
+        one itself: the request schemas refuse a `lora` field."""
+        call, slot, route = exchange.call, exchange.slot, exchange.route
         body: dict[str, Any] = call.body
+        if route is not None and route.lora_id is not None:
+            body = {**body, "lora": [{"id": route.lora_id, "scale": 1.0}]}
         if call.endpoint == "chat":
             exchange.forced_tool = forced_tools.forced(body)
             if exchange.forced_tool is not None:

@@ -44,10 +44,10 @@ from pathlib import Path
 
 import httpx
 
-from souverain.core.fleet import ReplicaSpec, ReplicaStatus
+from souverain.core.fleet import AdapterState, ReplicaSpec, ReplicaStatus
 from souverain.core.tls import client_context
 from souverain.energy.sources import PowerSource, pick_source, process_cpu_seconds
-from souverain.node import artifacts, scratch
+from souverain.node import artifacts, hosted_adapters, scratch
 from souverain.node.engines.base import EngineLauncher, TlsFiles, chat_overhead_probes
 from souverain.node.exits import CrashLoop, describe_exit, die_with_parent, log_tail
 from souverain.node.node_dir import node_dir, open_log
@@ -134,6 +134,7 @@ class EngineSupervisor:
         self._process: subprocess.Popen[bytes] | None = None
         self._log_start = 0  # where the current engine run's output begins in its log
         self._prompt_overhead: tuple[int, int] | None = None
+        self._adapters: tuple[AdapterState, ...] = ()  # a shared replica's, once checked
         self._power = power or self._default_power(gpu_indices, spec.watts_per_core)
         self._source: PowerSource | None = None
         self._energy_base = 0.0  # energy of engine processes that have exited
@@ -183,6 +184,7 @@ class EngineSupervisor:
                 slots=self._launcher.slots(self._spec),
                 measured_at=measured_at,
                 start_marks=tuple(self._marks.items()),
+                adapters=self._adapters,
             )
 
     def watch(self, version: int, timeout_s: float) -> ReplicaStatus:
@@ -235,6 +237,13 @@ class EngineSupervisor:
             except Exception as error:  # a key erased, an object gone or tampered with
                 self._set("failed", error=f"the model's adapter cannot be read: {_plain(error)}")
                 return
+        if self._spec.adapters:  # a refused one is left out; the replica serves the others
+            loaded, states = hosted_adapters.prepare(
+                self._spec.adapters, scratch=self._scratch, base=model_path,
+                runtime=self._launcher.runtime,
+            )  # fmt: skip
+            with self._lock:
+                self._spec, self._adapters = replace(self._spec, adapters=loaded), states
         backoff = 1.0
         while not self._stop.is_set():
             started = time.monotonic()

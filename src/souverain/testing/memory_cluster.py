@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from souverain.core.fleet import (
     DATACENTER_LABEL,
+    AdapterState,
     ObservedNode,
     ReplicaSpec,
     ReplicaStatus,
@@ -68,8 +69,9 @@ class MemoryCluster:
         self.replica_specs[spec.actor_name] = spec
         node = next((n.id for n in self.nodes if n.datacenter_id == spec.datacenter_id), None)
         self.replicas[spec.actor_name] = ReplicaStatus(
-            "ready", f"http://127.0.0.1:1/{spec.replica_id}", node, 0, version=1
-        )
+            "ready", f"http://127.0.0.1:1/{spec.replica_id}", node, 0, version=1,
+            adapters=tuple(AdapterState(a.model_id) for a in spec.adapters),
+        )  # fmt: skip
 
     def replica_status(self, actor_name: str, timeout_s: float = 5.0) -> ReplicaStatus | None:
         return self.replicas.get(actor_name)

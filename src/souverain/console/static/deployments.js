@@ -21,6 +21,7 @@ function deploymentTable(deployments, refresh) {
       { label: "model", key: "model" },
       { label: "engine", cell: engineOf },
       { label: "replicas", num: true, cell: (d) => `${d.ready_replicas} / ${d.replicas}` + (d.autoscaling ? ` (${d.min_replicas}–${d.max_replicas})` : "") },
+      { label: "serves", cell: (d) => (d.sharing === "shared" ? "shared (on its base's replicas)" : d.adapters ? `dedicated, +${d.adapters} adapter(s)` : "dedicated") },
       { label: "status", cell: (d) => [stateBadge(d.status), d.status_reason ? h("div", { class: "reason" }, d.status_reason) : null, d.scaling_reason ? h("div", { class: "reason" }, `last scaling: ${d.scaling_reason}`) : null] },
       { label: "where", cell: (d) => (d.datacenters.length ? d.datacenters.join(", ") : d.jurisdictions ? d.jurisdictions.join(", ") : "any allowed") },
       { label: "replica details", cell: replicaList },

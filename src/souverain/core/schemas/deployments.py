@@ -10,6 +10,7 @@ from souverain.core.schemas.policies import _jurisdictions
 from souverain.core.schemas.tenancy import Slug
 
 Strategy = Literal["spread", "binpack"]
+Sharing = Literal["dedicated", "shared"]
 MAX_REPLICAS = 64  # a deployment's hard bound, autoscaled or not
 
 
@@ -55,6 +56,13 @@ class DeploymentCreateRequest(ScalingFields):
         description="Answer in reasoning mode unless the client asks otherwise (models "
         "marked reasoning only).",
     )
+    sharing: Sharing = Field(
+        default="dedicated",
+        description="A fine-tuned model's: `dedicated` starts replicas of its own; `shared` "
+        "loads its adapter on the replicas of its base model's deployments (the "
+        "platform's or your organisation's), beside other adapters, where your placement "
+        "policy allows.",
+    )
 
     _check = field_validator("jurisdictions", "operator_jurisdictions")(_jurisdictions)
 
@@ -73,6 +81,12 @@ class DeploymentUpdateRequest(ScalingFields):
     _check = field_validator("jurisdictions", "operator_jurisdictions")(_jurisdictions)
 
 
+class ReplicaAdapter(Out):
+    model_id: str
+    state: str  # loading | loaded | refused
+    error: str = ""
+
+
 class Replica(Out):
     id: str
     state: str
@@ -84,6 +98,9 @@ class Replica(Out):
     slots: int | None = None  # requests it decodes at once, as it says
     # chosen for release: takes no new request, stops once its requests are finished
     draining_since: datetime | None = None
+    # a shared replica's adapters the caller may see (its organisation's): the model id and,
+    # if the node refused it, why
+    adapters: list[ReplicaAdapter] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
 
@@ -109,6 +126,8 @@ class Deployment(Out):
     operator_jurisdictions: list[str] | None
     strategy: str
     reasoning_default: bool = False
+    sharing: str = "dedicated"  # dedicated | shared (its adapter on its base's replicas)
+    adapters: int = 0  # adapters its replicas hold (for you: your organisation's only)
     cpus: float
     gpus: int
     engine_args: dict[str, Any]

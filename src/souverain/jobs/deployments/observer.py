@@ -161,4 +161,6 @@ def observed_fields(row: ReplicaRow, status: ReplicaStatus | None) -> dict[str, 
         if status.prompt_overhead is not None:
             fixed, per_message = status.prompt_overhead
             wanted |= {"prompt_overhead_fixed": fixed, "prompt_overhead_per_message": per_message}
+        if status.adapters:  # a shared replica's, once the node checked them
+            wanted["adapters"] = [{"model": a.model_id, "error": a.error} for a in status.adapters]
     return {key: value for key, value in wanted.items() if getattr(row, key) != value}

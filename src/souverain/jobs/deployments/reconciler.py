@@ -30,7 +30,13 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.errors import GoneError
-from souverain.core.fleet import EngineCredential, ObjectGrant, ReplicaSpec, actor_name_for
+from souverain.core.fleet import (
+    EngineCredential,
+    HostedAdapter,
+    ObjectGrant,
+    ReplicaSpec,
+    actor_name_for,
+)
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.policy import Policy, exclusion
 from souverain.core.status import DEPLOYMENT_FAILING, ReplicaState
@@ -45,7 +51,7 @@ from souverain.db.tables import (
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.jobs.cycle import run_cycle
-from souverain.jobs.deployments import autoscaling
+from souverain.jobs.deployments import autoscaling, sharing
 from souverain.jobs.deployments import draining as drain
 from souverain.jobs.deployments.service import placement_policy
 from souverain.jobs.energy import EnergyAccountant
@@ -84,6 +90,9 @@ class Loaded:
     adapter_error: str = ""
     busy: tuple[int, int, int] = (0, 0, 0)  # (in flight, waiting, draining), as reported
     now: datetime | None = None
+    hosted: list[sharing.Hosted] = field(default_factory=list)  # adapters it may hold
+    hosts: list[ReplicaRow] = field(default_factory=list)  # a shared one: its base's replicas
+    erased: set[str] = field(default_factory=set)  # adapters held whose keys are gone
 
 
 @dataclass(frozen=True)
@@ -184,9 +193,25 @@ class DeploymentReconciler:
         adapter, adapter_error = await self._adapter(session, model)
         now = self._clock()
         busy = await autoscaling.busy_of(session, deployment_id=deployment_id, now=now)
-        return Loaded(
+        loaded = Loaded(
             deployment, model, artifact, replicas, policy, adapter, adapter_error, busy, now
         )
+        if deployment.sharing == sharing.SHARED:
+            loaded.hosts = await sharing.host_replicas(session, model)
+        elif sharing.can_host(deployment, model):
+            loaded.hosted = [
+                await self._hosted(session, shared, model)
+                for shared, model in await sharing.shared_of(session, deployment)
+            ]
+            loaded.erased = await sharing.erased(session, replicas)
+        return loaded
+
+    async def _hosted(
+        self, session: AsyncSession, shared: DeploymentRow, model: ModelRow
+    ) -> sharing.Hosted:
+        policy = await placement_policy(session, deployment=shared)
+        grant, error = await self._adapter(session, model)
+        return sharing.Hosted(model.id, shared.id, shared.org_id, policy, grant, error)
 
     async def _adapter(
         self, session: AsyncSession, model: ModelRow
@@ -211,7 +236,10 @@ class DeploymentReconciler:
     async def _process(self, loaded: Loaded, placer: Placer) -> Outcome:
         deployment, outcome = loaded.deployment, Outcome(org_id=loaded.deployment.org_id)
         live = await self._observe(loaded, placer, outcome)
-        desired = 0 if deployment.deleted else _scale(loaded, outcome)
+        shared = deployment.sharing == sharing.SHARED and not deployment.deleted
+        # a shared deployment is served by its base's replicas: none of its own
+        desired = 0 if deployment.deleted or shared else _scale(loaded, outcome)
+        stale = await self._replace_stale(loaded, placer, live, desired, outcome)
         live, draining = await self._release(loaded, live, desired, outcome)
         unschedulable = ""
         while len(live) < desired and not unschedulable:
@@ -220,8 +248,11 @@ class DeploymentReconciler:
                 unschedulable = placed
             else:
                 live.append(placed)
-        _set_status(outcome, deployment, live, desired, unschedulable)
-        if draining and outcome.status == "stopped":
+        _set_status(outcome, deployment, live + stale, desired, unschedulable)
+        if shared:
+            found = sharing.served(loaded.model.id, loaded.hosts)
+            outcome.status, outcome.reason = sharing.shared_status(found)
+        elif draining and outcome.status == "stopped":
             outcome.status = "draining"
             outcome.reason = f"scaled to zero; {draining} replica(s) finishing their requests"
         elif draining and outcome.status == "ready":
@@ -262,6 +293,31 @@ class DeploymentReconciler:
             outcome.replica_event("replica.stop", replica.id, reason=reason)
             self.energy.retire(replica.id)
         return kept, draining
+
+    async def _replace_stale(
+        self, loaded: Loaded, placer: Placer, live: list[ReplicaRow], desired: int,
+        outcome: Outcome,
+    ) -> list[ReplicaRow]:  # fmt: skip
+        """Take out of `live` the replicas whose adapters are not the set wanted where they
+        run (sharing.py); stop those the new ones already cover, return the others, which
+        serve until then."""
+        if not sharing.can_host(loaded.deployment, loaded.model):
+            return []
+        sites = placer.snapshot.datacenters
+        stale = [
+            r for r in live
+            if r.datacenter_id in sites
+            and sharing.held(r) != sharing.wanted_at(sites[r.datacenter_id].site, loaded.hosted)
+        ]  # fmt: skip
+        for replica in stale:
+            live.remove(replica)
+        for replica in sharing.to_stop(stale, live, desired, erased=loaded.erased):
+            await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
+            outcome.deletes.append(replica.id)
+            outcome.replica_event("replica.replace", replica.id, reason="adapters changed")
+            self.energy.retire(replica.id)
+            stale.remove(replica)
+        return stale
 
     async def _observe(self, loaded: Loaded, placer: Placer, outcome: Outcome) -> list[ReplicaRow]:
         live = []
@@ -305,6 +361,9 @@ class DeploymentReconciler:
         if not isinstance(decision, Placement):
             return decision.summary
         replica_id = new_id("rep")
+        site = placer.snapshot.datacenters[decision.datacenter_id].site
+        adapters = sharing.wanted_at(site, loaded.hosted)
+        grants = {h.model_id: h.grant for h in loaded.hosted}
         spec = ReplicaSpec(
             replica_id=replica_id,
             deployment_id=deployment.id,
@@ -323,6 +382,7 @@ class DeploymentReconciler:
             watts_per_core=self._engine.watts_per_core,
             model_roots=self._engine.model_roots,
             adapter=loaded.adapter,
+            adapters=tuple(HostedAdapter(m, grants[m]) for m in adapters),
             tls=await self._issuer.issue_replica(replica_id),
         )
 
@@ -339,6 +399,7 @@ class DeploymentReconciler:
             state="starting",
             reason="",
             engine_restarts=0,
+            adapters=sharing.entries(adapters),
         )
         outcome.inserts.append(replica)
         outcome.replica_event(

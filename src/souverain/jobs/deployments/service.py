@@ -143,6 +143,12 @@ async def create_deployment(
     await _check_datacenters(session, request.datacenters)
     if request.reasoning_default:
         _check_reasoning(model)
+    if request.sharing == "shared" and model.base_model_id is None:
+        raise InvalidRequestError(
+            f"The model '{model.name}' is not a fine-tuned model: only an adapter can be "
+            "served by shared replicas of its base.",
+            param="sharing",
+        )
     autoscaling.check_scaling(request, replicas=request.replicas)
     if await _name_taken(session, name=request.name, org_id=org_id):
         raise ConflictError(f"deployment '{request.name}' already exists", param="name")
@@ -187,6 +193,7 @@ async def put_deployment(
         },
         strategy=request.strategy,
         reasoning_default=request.reasoning_default,
+        sharing=request.sharing,
         status="pending",
         status_reason="waiting for the controller",
     )
@@ -310,6 +317,19 @@ async def retire(
         target_type="deployment", target_id=deployment.id,
         details={"reason": reason} if reason else None,
     )  # fmt: skip
+
+
+async def adapter_owners(
+    session: AsyncSession, replicas: dict[str, list[ReplicaRow]]
+) -> dict[str, str | None]:
+    """Model id -> its owner organisation, for the adapters these replicas hold."""
+    ids = {
+        str(e.get("model")) for reps in replicas.values() for r in reps for e in r.adapters or ()
+    }
+    if not ids:
+        return {}
+    query = select(ModelRow.id, ModelRow.owner_org_id).where(ModelRow.id.in_(ids))
+    return {model_id: org_id for model_id, org_id in (await session.execute(query)).all()}
 
 
 async def replicas_of(

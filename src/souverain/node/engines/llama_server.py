@@ -28,6 +28,10 @@ How it is started, and why:
   gateway's OpenAI requests and nothing else.
 - `--reasoning-format none`: the gateway takes thinking out of answers itself, the same
   way for every engine (gateway/reasoning.py).
+- `--lora-init-without-apply` with one `--lora` per adapter of a shared replica
+  (node/hosted_adapters.py): every adapter loaded, none applied unless the request names
+  it (`"lora": [{"id": i, "scale": 1}]`, which only the gateway writes); a request that
+  names none is served by the base model alone.
 - `--ssl-cert-file`/`--ssl-key-file`: HTTPS only, with the replica's own certificate (a
   binary built without OpenSSL stops at start, saying so: rebuild it).
 """
@@ -126,6 +130,10 @@ class LlamaServerLauncher:
             argv.append("--embedding")
         if spec.adapter_path:
             argv += ["--lora", spec.adapter_path]
+        if spec.adapters:  # a shared replica: each request names its adapter (`lora`), if any
+            argv.append("--lora-init-without-apply")
+            for adapter in spec.adapters:
+                argv += ["--lora", adapter.path or ""]
         return argv + tls_options(tls, certificate="--ssl-cert-file", key="--ssl-key-file")
 
     def environment(self, *, spec: ReplicaSpec) -> dict[str, str]:

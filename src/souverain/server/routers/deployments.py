@@ -9,8 +9,9 @@ from souverain.core.schemas.deployments import (
     DeploymentCreateRequest,
     DeploymentUpdateRequest,
     Replica,
+    ReplicaAdapter,
 )
-from souverain.db.tables import DeploymentRow, ModelRow
+from souverain.db.tables import DeploymentRow, ModelRow, ReplicaRow
 from souverain.jobs.deployments import autoscaling
 from souverain.jobs.deployments import service as deployments
 from souverain.server.deps import PrincipalDep, SessionDep
@@ -22,6 +23,7 @@ async def _out(
     session: AsyncSession, rows: list[DeploymentRow], principal: Principal
 ) -> list[Deployment]:
     replicas = await deployments.replicas_of(session, deployment_ids=[r.id for r in rows])
+    owners = await deployments.adapter_owners(session, replicas)
     result = []
     for row in rows:
         model = await session.get(ModelRow, row.model_id)
@@ -50,17 +52,39 @@ async def _out(
                 operator_jurisdictions=(row.placement or {}).get("operator_jurisdictions"),
                 strategy=row.strategy,
                 reasoning_default=row.reasoning_default,
+                sharing=row.sharing,
+                adapters=max((len(_adapters(principal, r, owners)) for r in reps), default=0),
                 cpus=row.cpus,
                 gpus=row.gpus,
                 engine_args=dict(row.engine_args),
                 status=row.status,
                 status_reason=row.status_reason,
-                replica_details=[Replica.model_validate(r) for r in reps],
+                replica_details=[_replica(principal, r, owners) for r in reps],
                 created_at=row.created_at,
                 updated_at=row.updated_at,
             )
         )
     return result
+
+
+def _replica(principal: Principal, replica: ReplicaRow, owners: dict[str, str | None]) -> Replica:
+    fields = {name: getattr(replica, name) for name in Replica.model_fields if name != "adapters"}
+    return Replica(**fields, adapters=_adapters(principal, replica, owners))
+
+
+def _adapters(
+    principal: Principal, replica: ReplicaRow, owners: dict[str, str | None]
+) -> list[ReplicaAdapter]:
+    """The adapters a shared replica holds that the caller may know of: every one for an
+    operator, its organisation's own for a tenant (another's model id is theirs to keep)."""
+    shown = []
+    for entry in replica.adapters or ():
+        model_id, error = str(entry.get("model")), entry.get("error")
+        if not principal.is_operator and owners.get(model_id) != principal.org_id:
+            continue
+        state = "loading" if error is None else ("refused" if error else "loaded")
+        shown.append(ReplicaAdapter(model_id=model_id, state=state, error=error or ""))
+    return shown
 
 
 def _owns(principal: Principal, row: DeploymentRow) -> bool:

@@ -1,0 +1,177 @@
+"""Fine-tuned models served by shared replicas of their base: which adapter goes where.
+
+A deployment of a fine-tuned model is `dedicated` (replicas of its own, the base started
+with its one adapter) or `shared`: it has no replica of its own, and the controller puts
+its adapter on the replicas of its base's deployments instead, beside other adapters, of
+its own organisation and of others. The gateway then picks the adapter per request from the
+authenticated model id (gateway/dialects.py); the client never names one.
+
+Rules:
+- a base deployment hosts an adapter if it is the platform's or the adapter owner's own
+  (an organisation's private deployment never serves another's model), on llama.cpp;
+- an adapter goes only to a replica whose datacenter its owner's placement policy allows
+  (the shared deployment's constraints ∩ its organisation's ceiling), so a replica's set
+  depends on where it runs (`wanted_at`);
+- llama-server loads adapters at start only, so a replica whose set is no longer the one
+  wanted is replaced, rolling: a new replica with the new set is placed, and the old one
+  stops once enough new ones are ready (`to_stop`), so every model keeps answering;
+- a shared deployment scaled to zero (replicas 0, no autoscaling maximum) is unloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence, Set
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from souverain.core.fleet import ObjectGrant
+from souverain.core.policy import Policy, Site, exclusion
+from souverain.core.status import ReplicaState
+from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow, ReplicaRow
+
+SHARED, DEDICATED = "shared", "dedicated"
+
+
+@dataclass(frozen=True)
+class Hosted:
+    """A shared deployment's adapter, as a base deployment's reconciler sees it."""
+
+    model_id: str
+    deployment_id: str
+    org_id: str | None
+    policy: Policy
+    grant: ObjectGrant | None
+    error: str = ""  # why it cannot be loaded anywhere (erased, its key gone)
+
+
+def can_host(base: DeploymentRow, model: ModelRow) -> bool:
+    """Whether a deployment's replicas may hold adapters: a base model's, on llama.cpp's
+    llama-server (llama-cpp-python serves one adapter, fixed at start)."""
+    return (
+        model.base_model_id is None
+        and base.engine == "llamacpp"
+        and base.engine_args.get("runtime") != "llama-cpp-python"
+        and not base.engine_args.get("embedding")
+    )
+
+
+def is_active(deployment: DeploymentRow) -> bool:
+    """A shared deployment whose adapter should be loaded now."""
+    return not deployment.deleted and (
+        deployment.replicas > 0 or (deployment.max_replicas or 0) > 0
+    )
+
+
+async def shared_of(
+    session: AsyncSession, base: DeploymentRow
+) -> list[tuple[DeploymentRow, ModelRow]]:
+    """The shared deployments `base` may host: fine-tuned models of its model, owned by
+    its organisation (or anyone's, for a platform deployment)."""
+    query = (
+        select(DeploymentRow, ModelRow)
+        .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+        .where(
+            DeploymentRow.sharing == SHARED,
+            DeploymentRow.deleted.is_(False),
+            ModelRow.base_model_id == base.model_id,
+        )
+        .order_by(ModelRow.id)
+    )
+    found = [(d, m) for d, m in (await session.execute(query)).all() if is_active(d)]
+    return [(d, m) for d, m in found if base.org_id is None or d.org_id == base.org_id]
+
+
+def wanted_at(site: Site, hosted: Iterable[Hosted]) -> tuple[str, ...]:
+    """The adapters a replica at `site` should hold, in a stable order."""
+    return tuple(
+        sorted(h.model_id for h in hosted if not h.error and exclusion(h.policy, site) is None)
+    )
+
+
+def held(replica: ReplicaRow) -> tuple[str, ...]:
+    """The adapters a replica was started with (loaded or refused), in the engine's order."""
+    return tuple(str(entry["model"]) for entry in replica.adapters or ())
+
+
+def lora_ids(replica: ReplicaRow) -> dict[str, int]:
+    """Model id -> the engine's adapter number, for the adapters it loaded: the node left
+    refused ones out, so the numbers count loaded ones only."""
+    loaded = [str(e["model"]) for e in replica.adapters or () if e.get("error") == ""]
+    return {model_id: index for index, model_id in enumerate(loaded)}
+
+
+def to_stop(
+    stale: Sequence[ReplicaRow], fresh: Sequence[ReplicaRow], desired: int,
+    *, erased: Set[str] = frozenset(),
+) -> list[ReplicaRow]:  # fmt: skip
+    """Replicas with an outdated set that can stop now: any that is not serving or holds
+    an erased adapter (its organisation's keys are gone: its clear copy goes now, whatever
+    the others wait for), and the serving ones once as many replicas with the wanted set
+    are ready as are wanted."""
+    ready = sum(1 for r in fresh if r.state == ReplicaState.READY)
+    if ready >= desired:
+        return list(stale)
+    return [r for r in stale if r.state != ReplicaState.READY or erased & set(held(r))]
+
+
+async def erased(session: AsyncSession, replicas: Iterable[ReplicaRow]) -> set[str]:
+    """The adapters these replicas hold whose sealed object's row is gone (crypto-erasure
+    of their organisation, or their model deleted)."""
+    ids = {model_id for replica in replicas for model_id in held(replica)}
+    if not ids:
+        return set()
+    query = select(ModelAdapterRow.model_id).where(ModelAdapterRow.model_id.in_(ids))
+    return ids - set((await session.execute(query)).scalars())
+
+
+def entries(model_ids: Iterable[str]) -> list[dict[str, object]]:
+    """A new replica's `adapters` column: asked for, not yet reported by the node."""
+    return [{"model": model_id, "error": None} for model_id in model_ids]
+
+
+@dataclass(frozen=True)
+class Served:
+    """Where a shared deployment's adapter is, from the replicas of its base."""
+
+    ready: int  # ready replicas that loaded it
+    starting: int  # replicas asked to load it, not ready yet
+    refused: str  # a node's reason for refusing it, if one did
+
+
+def served(model_id: str, replicas: Iterable[ReplicaRow]) -> Served:
+    ready = starting = 0
+    refused = ""
+    for replica in replicas:
+        entry = next((e for e in replica.adapters or () if e.get("model") == model_id), None)
+        if entry is None:
+            continue
+        if entry.get("error"):
+            refused = str(entry["error"])
+        elif replica.state == ReplicaState.READY and entry.get("error") == "":
+            ready += 1
+        elif replica.state == ReplicaState.STARTING:
+            starting += 1
+    return Served(ready, starting, refused)
+
+
+async def host_replicas(session: AsyncSession, model: ModelRow) -> list[ReplicaRow]:
+    """The replicas of the deployments of a fine-tuned model's base."""
+    query = (
+        select(ReplicaRow)
+        .join(DeploymentRow, DeploymentRow.id == ReplicaRow.deployment_id)
+        .where(DeploymentRow.model_id == model.base_model_id, DeploymentRow.deleted.is_(False))
+    )
+    return list((await session.execute(query)).scalars())
+
+
+def shared_status(found: Served) -> tuple[str, str]:
+    """A shared deployment's status and reason."""
+    if found.ready:
+        return "ready", f"served by {found.ready} shared replica(s) of its base"
+    if found.refused:
+        return "failed", f"the adapter was refused: {found.refused}"
+    if found.starting:
+        return "starting", "a shared replica of its base is starting with the adapter"
+    return "pending", "waiting for a replica of its base model that may hold the adapter"

@@ -1,0 +1,225 @@
+"""The controller puts fine-tuned models' adapters on shared replicas of their base: only
+where each owner's placement policy allows, new adapters by a rolling replacement that
+keeps every model answering, an unloaded adapter taken off the same way, and a shared
+deployment that says where it is served. The real reconciler on the real database, the
+in-memory cluster in place of Ray (its replicas report every adapter loaded)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from souverain.core.ids import new_id
+from souverain.db.tables import (
+    DeploymentRow,
+    ModelAdapterRow,
+    ModelArtifactRow,
+    ModelRow,
+    ReplicaRow,
+)
+from souverain.files import service as files
+from souverain.installation.authority import Issuer
+from souverain.jobs.deployments.observer import observed_fields
+from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
+from souverain.jobs.energy import EnergyAccountant
+from souverain.testing.factories import Factory
+from tests.jobs.conftest import KEY, World
+
+
+@dataclass
+class Shared:
+    """A platform deployment of a llama.cpp base in two datacenters (one replica in each),
+    and the fine-tuned models of two organisations on that base."""
+
+    world: World
+    reconciler: DeploymentReconciler
+    base_deployment: str
+    paris: str
+    berlin: str
+    made: list[str]
+
+    async def fine_tuned(self, org_id: str, *, datacenters: list[str] | None = None) -> str:
+        """A fine-tuned model of `org_id` with its sealed adapter and a shared deployment
+        (its placement constraints: `datacenters`); returns the model id."""
+        model_id, object_id = new_id("mdl"), f"{new_id('ftjob')}/adapter.gguf"
+        async with self.world.sessions.begin() as session:
+            base = await session.get(DeploymentRow, self.base_deployment)
+            assert base is not None
+            kek = await files.organisation_kek(session, master_key=KEY, org_id=org_id, create=True)
+            _, wrapped = files.new_data_key(kek, object_id.split("/", 1)[0])
+            session.add(ModelRow(
+                id=model_id, name=new_id("ft"), owner_org_id=org_id, engine="llamacpp",
+                capabilities=["chat"], context_length=4096, description="",
+                base_model_id=base.model_id,
+            ))  # fmt: skip
+            await session.flush()
+            session.add(ModelAdapterRow(
+                model_id=model_id, org_id=org_id, format="gguf-lora", store_uri="file:///x",
+                object_key="adapter", object_id=object_id, wrapped_key=wrapped,
+                sha256="0" * 64, size_bytes=1, datacenter_id=self.paris,
+            ))  # fmt: skip
+            deployment_id = new_id("dep")
+            session.add(DeploymentRow(
+                id=deployment_id, name=deployment_id, model_id=model_id, org_id=org_id,
+                engine="llamacpp", replicas=1, datacenters=datacenters or [], cpus=1, gpus=0,
+                engine_args={}, status="pending", status_reason="", sharing="shared",
+            ))  # fmt: skip
+        self.made.append(deployment_id)
+        return model_id
+
+    async def round(self) -> None:
+        """The base deployment reconciled; the replicas it placed report what their nodes
+        did (the observer's write; the in-memory cluster's engines answer in clear, which
+        the reconciler would drain, so the URL is the HTTPS one a real engine reports);
+        then every shared deployment reconciled."""
+        await self.reconciler.reconcile(self.base_deployment, await self.world.placer())
+        async with self.world.sessions.begin() as session:
+            for replica in await self.replicas(session):
+                status = self.world.cluster.replica_status(replica.actor_name)
+                for name, value in observed_fields(replica, status).items():
+                    setattr(replica, name, value)
+                if replica.url:
+                    replica.url = replica.url.replace("http://", "https://")
+        for deployment_id in self.made:
+            await self.reconciler.reconcile(deployment_id, await self.world.placer())
+
+    async def replicas(self, session: object = None) -> list[ReplicaRow]:
+        query = select(ReplicaRow).where(ReplicaRow.deployment_id == self.base_deployment)
+        if session is not None:
+            return list((await session.execute(query)).scalars())  # type: ignore[attr-defined]
+        async with self.world.sessions() as fresh:
+            return list((await fresh.execute(query)).scalars())
+
+    async def held(self) -> dict[str, list[tuple[str, ...]]]:
+        """Datacenter -> the adapter sets its replicas hold."""
+        found: dict[str, list[tuple[str, ...]]] = {self.paris: [], self.berlin: []}
+        for replica in await self.replicas():
+            found[replica.datacenter_id].append(tuple(e["model"] for e in replica.adapters))
+        return found
+
+    async def deployment(self, deployment_id: str) -> DeploymentRow:
+        async with self.world.sessions() as session:
+            row = await session.get(DeploymentRow, deployment_id)
+            assert row is not None
+            return row
+
+
+@pytest.fixture
+async def shared(world: World) -> AsyncIterator[Shared]:
+    factory = Factory(world.sessions)
+    paris, berlin = world.datacenter_id, await factory.datacenter(country="DE")
+    world.cluster.add_node(new_id("node"), berlin)
+    base_model, base_deployment = new_id("mdl"), new_id("dep")
+    async with world.sessions.begin() as session:
+        session.add(ModelRow(
+            id=base_model, name=new_id("base"), owner_org_id=None, engine="llamacpp",
+            capabilities=["chat"], context_length=4096, description="",
+        ))  # fmt: skip
+        await session.flush()
+        session.add(ModelArtifactRow(
+            id=new_id("art"), model_id=base_model, uri="builtin://smollm2-135m-instruct",
+            sha256=None, size_bytes=None, format="gguf", license="test", source="test",
+        ))  # fmt: skip
+        session.add(DeploymentRow(
+            id=base_deployment, name=base_deployment, model_id=base_model, org_id=None,
+            engine="llamacpp", replicas=2, datacenters=[paris, berlin], cpus=1, gpus=0,
+            engine_args={}, status="pending", status_reason="", strategy="spread",
+        ))  # fmt: skip
+    reconciler = DeploymentReconciler(
+        world.sessions, world.cluster, master_key=KEY,
+        engine=EngineDefaults(threads=1, bind_host=None),
+        energy=EnergyAccountant(world.sessions, interval_s=30.0, prompt_weight=1.0,
+                                completion_weight=3.0),
+        issuer=Issuer(world.sessions, KEY),
+    )  # fmt: skip
+    found = Shared(world, reconciler, base_deployment, paris, berlin, [])
+    yield found
+    async with world.sessions.begin() as session:
+        ids = [base_deployment, *found.made]
+        await session.execute(delete(ReplicaRow).where(ReplicaRow.deployment_id.in_(ids)))
+        await session.execute(delete(DeploymentRow).where(DeploymentRow.id.in_(ids)))
+
+
+class TestPlacement:
+    async def test_an_adapter_goes_only_where_its_owners_policy_allows(
+        self, shared: Shared
+    ) -> None:
+        other = await Factory(shared.world.sessions).tenant()
+        await shared.round()
+        assert await shared.held() == {shared.paris: [()], shared.berlin: [()]}
+        in_paris_only = await shared.fine_tuned(shared.world.tenant.org_id,
+                                                datacenters=[shared.paris])  # fmt: skip
+        anywhere = await shared.fine_tuned(other.org_id)
+        for _ in range(3):
+            await shared.round()
+        held = await shared.held()
+        assert held[shared.paris] == [tuple(sorted((in_paris_only, anywhere)))]
+        assert held[shared.berlin] == [(anywhere,)], "an adapter reached an excluded datacenter"
+        for deployment_id in shared.made:
+            row = await shared.deployment(deployment_id)
+            assert row.status == "ready", row.status_reason
+            assert "shared replica" in row.status_reason
+        async with shared.world.sessions() as session:
+            query = select(ReplicaRow).where(ReplicaRow.deployment_id.in_(shared.made))
+            assert list((await session.execute(query)).scalars()) == []  # none of their own
+
+
+class TestRollingReplacement:
+    async def test_the_old_replica_serves_until_one_with_the_new_set_is_ready(
+        self, shared: Shared
+    ) -> None:
+        await shared.round()
+        before = {r.id for r in await shared.replicas()}
+        await shared.fine_tuned(shared.world.tenant.org_id)
+        placer = await shared.world.placer()
+        await shared.reconciler.reconcile(shared.base_deployment, placer)
+        # the new replicas are placed, not ready yet: the old ones keep serving
+        async with shared.world.sessions.begin() as session:
+            new = [r for r in await shared.replicas(session) if r.id not in before]
+            for replica in new:
+                replica.state = "starting"
+        assert len(new) == 2
+        await shared.reconciler.reconcile(shared.base_deployment, await shared.world.placer())
+        assert before <= {r.id for r in await shared.replicas()}
+        await shared.round()  # the observer: the new ones are ready
+        await shared.round()  # and now the old ones stop
+        ids = {r.id for r in await shared.replicas()}
+        assert ids.isdisjoint(before) and len(ids) == 2
+
+    async def test_a_stopped_shared_deployment_is_unloaded(self, shared: Shared) -> None:
+        model_id = await shared.fine_tuned(shared.world.tenant.org_id)
+        for _ in range(3):
+            await shared.round()
+        assert (await shared.held())[shared.paris] == [(model_id,)]
+        async with shared.world.sessions.begin() as session:
+            await session.execute(
+                update(DeploymentRow).where(DeploymentRow.id == shared.made[0]).values(replicas=0)
+            )
+        for _ in range(3):
+            await shared.round()
+        assert await shared.held() == {shared.paris: [()], shared.berlin: [()]}
+
+
+class TestRefusedAdapter:
+    async def test_a_node_that_refuses_an_adapter_fails_its_deployment_only(
+        self, shared: Shared
+    ) -> None:
+        good = await shared.fine_tuned(shared.world.tenant.org_id)
+        bad = await shared.fine_tuned(shared.world.tenant.org_id)
+        for _ in range(3):
+            await shared.round()
+        async with shared.world.sessions.begin() as session:  # what a node says of a bad file
+            for replica in await shared.replicas(session):
+                replica.adapters = [
+                    {"model": e["model"], "error": "does not match its sha256" if e["model"] == bad
+                     else ""} for e in replica.adapters
+                ]  # fmt: skip
+        for deployment_id in shared.made:
+            await shared.reconciler.reconcile(deployment_id, await shared.world.placer())
+        good_row, bad_row = [await shared.deployment(d) for d in shared.made]
+        assert good_row.status == "ready"
+        assert bad_row.status == "failed" and "sha256" in bad_row.status_reason
+        assert good != bad

@@ -1,0 +1,93 @@
+"""Shared and dedicated deployments through the API and the CLI: a fine-tuned model can ask
+to be served by its base's shared replicas, a base model cannot (a 400 naming the field);
+a shared replica shows the adapters it holds, each tenant seeing its own organisation's
+only; `deployments list` tells a shared deployment from a dedicated one."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from souverain.core.ids import new_id
+from souverain.core.roles import Role
+from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow, ReplicaRow
+from souverain.testing.factories import Tenant, unique
+from tests.conftest import Platform
+from tests.server.test_autoscaling_api import cli, refusal
+
+
+async def fine_tuned(platform: Platform, base: str, tenant: Tenant) -> str:
+    """A fine-tuned model of `tenant` on the model named `base`, with its adapter row."""
+    name, model_id = unique("ft"), new_id("mdl")
+    async with platform.sessions.begin() as session:
+        base_id = (
+            await session.execute(select(ModelRow.id).where(ModelRow.name == base))
+        ).scalar_one()
+        session.add(ModelRow(
+            id=model_id, name=name, owner_org_id=tenant.org_id, engine="stand-in",
+            capabilities=["chat"], context_length=4096, description="", base_model_id=base_id,
+        ))  # fmt: skip
+        await session.flush()
+        session.add(ModelAdapterRow(
+            model_id=model_id, org_id=tenant.org_id, format="gguf-lora", store_uri="file:///x",
+            object_key="adapter", object_id=f"{new_id('ftjob')}/adapter.gguf", wrapped_key="00",
+            sha256="0" * 64, size_bytes=1, datacenter_id="fr-test",
+        ))  # fmt: skip
+    return name
+
+
+async def model_id_of(platform: Platform, name: str) -> str:
+    async with platform.sessions() as session:
+        query = select(ModelRow.id).where(ModelRow.name == name)
+        return str((await session.execute(query)).scalar_one())
+
+
+class TestSharing:
+    async def test_a_base_model_cannot_be_shared(self, platform: Platform) -> None:
+        base = await platform.served_model()
+        async with platform.client(await platform.operator_key()) as client:
+            response = await client.post(
+                "/api/deployments", json={"name": unique("d"), "model": base, "sharing": "shared"}
+            )
+        error = refusal(response)
+        assert error["param"] == "sharing" and "not a fine-tuned model" in error["message"]
+
+    async def test_each_tenant_sees_its_own_adapters_on_a_shared_replica(
+        self, platform: Platform
+    ) -> None:
+        base = await platform.served_model()
+        alice = await platform.factory.tenant(roles={"alice": Role.OWNER})
+        bob = await platform.factory.tenant(roles={"bob": Role.OWNER})
+        alice_key = (await platform.factory.member_key(alice, "alice", Role.OWNER)).key
+        bob_key = (await platform.factory.member_key(bob, "bob", Role.OWNER)).key
+        mine, theirs = (
+            await fine_tuned(platform, base, alice),
+            await fine_tuned(platform, base, bob),
+        )
+        async with platform.client(alice_key) as client:
+            created = await client.post("/api/deployments", json={
+                "name": unique("d"), "model": mine, "sharing": "shared", "org": alice.org_id})  # fmt: skip
+        assert created.status_code == 201, created.text
+        assert created.json()["sharing"] == "shared"
+        held = [await model_id_of(platform, mine), await model_id_of(platform, theirs)]
+        async with platform.sessions.begin() as session:  # as the observer writes it
+            base_deployment = (await session.execute(
+                select(DeploymentRow.id).join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+                .where(ModelRow.name == base))).scalar_one()  # fmt: skip
+            await session.execute(update(ReplicaRow).where(
+                ReplicaRow.deployment_id == base_deployment).values(
+                adapters=[{"model": held[0], "error": ""}, {"model": held[1], "error": None}]))  # fmt: skip
+
+        async def replica_adapters(key: str) -> list[dict[str, str]]:
+            async with platform.client(key) as client:
+                found = (await client.get(f"/api/deployments/{base_deployment}")).json()
+            assert found["adapters"] == len(found["replica_details"][0]["adapters"])
+            return [{k: a[k] for k in ("model_id", "state")}
+                    for a in found["replica_details"][0]["adapters"]]  # fmt: skip
+
+        assert await replica_adapters(alice_key) == [{"model_id": held[0], "state": "loaded"}]
+        assert await replica_adapters(bob_key) == [{"model_id": held[1], "state": "loading"}]
+        assert len(await replica_adapters(await platform.operator_key())) == 2
+        listed = await cli(platform, alice_key, "deployments", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "shared (on its base's replicas)" in listed.stdout
+        assert "dedicated, +1 adapter(s)" in listed.stdout

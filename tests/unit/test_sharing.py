@@ -1,0 +1,55 @@
+"""Which adapters a shared replica holds and when an outdated one stops
+(jobs/deployments/sharing.py): pure decisions, no fixtures."""
+
+from __future__ import annotations
+
+from souverain.core.policy import UNRESTRICTED, Policy, Site
+from souverain.db.tables import ReplicaRow
+from souverain.jobs.deployments import sharing
+
+PARIS, BERLIN = Site("par1", "FR", "FR"), Site("ber1", "DE", "DE")
+
+
+def hosted(model_id: str, policy: Policy = UNRESTRICTED, error: str = "") -> sharing.Hosted:
+    return sharing.Hosted(model_id, f"dep-{model_id}", "org", policy, None, error)
+
+
+def replica(state: str, adapters: list[dict[str, object]] | None = None) -> ReplicaRow:
+    return ReplicaRow(id=state, state=state, adapters=adapters or [])
+
+
+class TestWantedAt:
+    def test_an_adapter_goes_only_where_its_owners_policy_allows(self) -> None:
+        french = Policy(jurisdictions=frozenset({"FR"}))
+        found = [hosted("b"), hosted("a", french), hosted("gone", error="erased")]
+        assert sharing.wanted_at(PARIS, found) == ("a", "b")
+        assert sharing.wanted_at(BERLIN, found) == ("b",)
+
+
+class TestEngineNumbers:
+    def test_refused_and_unreported_adapters_take_no_number(self) -> None:
+        row = replica("ready", [{"model": "a", "error": ""}, {"model": "x", "error": "sha256"},
+                                {"model": "b", "error": ""}, {"model": "c", "error": None}])  # fmt: skip
+        assert sharing.lora_ids(row) == {"a": 0, "b": 1}
+        assert sharing.held(row) == ("a", "x", "b", "c")
+
+
+class TestRolling:
+    def test_an_outdated_replica_serves_until_enough_new_ones_are_ready(self) -> None:
+        old, broken = replica("ready"), replica("failed")
+        assert sharing.to_stop([old, broken], [replica("starting")], 1) == [broken]
+        assert sharing.to_stop([old, broken], [replica("ready")], 1) == [old, broken]
+        assert sharing.to_stop([old], [], 0) == [old]  # deleted or scaled to zero
+
+    def test_a_replica_holding_an_erased_adapter_stops_at_once(self) -> None:
+        holding = replica("ready", [{"model": "gone", "error": ""}])
+        assert sharing.to_stop([holding], [replica("starting")], 1, erased={"gone"}) == [holding]
+
+
+class TestSharedStatus:
+    def test_ready_where_loaded_failed_where_refused(self) -> None:
+        holding = [replica("ready", [{"model": "a", "error": ""}, {"model": "b", "error": "no"}])]
+        assert sharing.shared_status(sharing.served("a", holding))[0] == "ready"
+        status, reason = sharing.shared_status(sharing.served("b", holding))
+        assert status == "failed" and "no" in reason
+        assert sharing.shared_status(sharing.served("c", holding))[0] == "pending"
