@@ -27,6 +27,7 @@ class ObservedNode:
     resources: dict[str, float]
     available: dict[str, float]
     labels: dict[str, str]
+    refusal: str | None = None  # why it gets no work though alive (core/node_identity.py)
 
     @property
     def datacenter_id(self) -> str | None:
@@ -78,6 +79,7 @@ class ReplicaSpec:
     model_roots: tuple[str, ...] = ()  # where file:// artifacts may resolve to, on the node
     adapter: ObjectGrant | None = None  # a fine-tuned model's sealed LoRA adapter
     adapter_path: str | None = None  # where the node decrypted it (set on the node)
+    avoid_nodes: tuple[str, ...] = ()  # nodes with the label that may not hold it (refused)
     tls: EngineCredential | None = None  # None only for engines tests start by hand
 
     @property
@@ -139,6 +141,7 @@ class TrainingSpec:
     method: str = "supervised"  # supervised | reinforcement
     grader: dict[str, Any] | None = None  # reinforcement: a checked grader
     init_adapter: ObjectGrant | None = None  # a PEFT adapter tar to start from
+    avoid_nodes: tuple[str, ...] = ()  # nodes with the label that may not hold it (refused)
 
     @property
     def actor_name(self) -> str:
