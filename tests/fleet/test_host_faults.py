@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import stat
 import threading
 import time
@@ -119,6 +120,27 @@ def us_wide(fleet: Fleet) -> Deployment:
         return api.get_deployment("us-wide")
 
 
+class TestRenewal:
+    def test_a_renewed_certificate_is_taken_once_the_node_rejoins(self, fleet: Fleet) -> None:
+        """The README's renewal: `node certify --renew` on the head, the directory copied
+        again, `node stop` and the same `node join` on the server; EU tenants are served
+        from fra1 again, by a node presenting the new certificate."""
+        de = fleet.net["de"]
+        certified = f"ray-tls-{de.address}"
+        before = (fleet.control.home / certified / "node.crt").read_bytes()
+        run(fleet.control, f"souverain node certify --node-ip-address {de.address} "
+            f"--datacenter fra1 --out ~/{certified} --renew", env=session(fleet))  # fmt: skip
+        renewed = (fleet.control.home / certified / "node.crt").read_bytes()
+        assert renewed != before
+        shutil.rmtree(de.home / certified)  # copied again, as `scp -rp` would
+        shutil.copytree(fleet.control.home / certified, de.home / certified)
+        run(de, "souverain node stop")
+        back = time.monotonic()
+        rejoin(fleet, de, "fra1")
+        eu_back(fleet, back, "certificate renewed, rejoined -> EU answers")
+        assert (de.home / certified / "node.crt").read_bytes() == renewed
+
+
 class TestHostKilledMidServing:
     def test_no_canary_on_the_hosts_disk_once_it_rejoined(self, fleet: Fleet) -> None:
         de, canary = fleet.net["de"], f"CANARY-{secrets.token_hex(8)}"
@@ -153,7 +175,7 @@ class TestHostKilledMidServing:
         node_dir = Path(str(de.tmp)) / f"souverain-ray-{os.getuid()}" / "node"
         assert node_dir.parent.is_dir(), list(Path(de.tmp).iterdir())
         for barrier in (node_dir.parent, node_dir):  # Ray's 0777 temp dir is inside these
-            assert stat.S_IMODE(barrier.stat().st_mode) == 0o700, barrier
+            assert stat.S_IMODE(barrier.stat().st_mode) == 0o700, barrier  # was 0755
         assert ray_node.ray_temp_dir(node_dir).is_dir()
 
 

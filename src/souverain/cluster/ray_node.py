@@ -406,9 +406,14 @@ def _is_this_node(node: dict[str, object], plan: NodePlan) -> bool:
 
 
 def check_private_dir(base: Path) -> None:
-    """The node's directory is this user's alone (made 0700 when missing); one that is
-    not is refused, never changed: it may be a shared one such as /tmp itself."""
-    base.parent.mkdir(parents=True, exist_ok=True)
+    """The node's directory is this user's alone (made 0700 when missing, and so is a
+    missing parent); one that is not is refused, never changed: it may be a shared one
+    such as /tmp itself. Its parent must be this user's or root's, and writable by others
+    only with the sticky bit (as /tmp): otherwise another user could swap the directory
+    for one of theirs after this check."""
+    with contextlib.suppress(FileExistsError):
+        base.parent.mkdir(parents=True, mode=0o700)
+    _check_parent(base.parent)
     with contextlib.suppress(FileExistsError):
         base.mkdir(mode=0o700)
     info = os.lstat(base)
@@ -420,6 +425,16 @@ def check_private_dir(base: Path) -> None:
         raise NodeError(
             f"{base} is not a private directory of this user (0700): give --temp-dir a "
             "directory of its own (souverain makes it when missing)"
+        )
+
+
+def _check_parent(parent: Path) -> None:
+    info = os.stat(parent)
+    shared = stat.S_IMODE(info.st_mode) & 0o022 and not info.st_mode & stat.S_ISVTX
+    if info.st_uid not in (os.getuid(), 0) or shared:
+        raise NodeError(
+            f"{parent} may be changed by other users: give --temp-dir a directory inside one "
+            f"that only this user (or root) may change, or `chmod 700 {parent}`"
         )
 
 
