@@ -3,12 +3,15 @@
 - The Frankfurt host (certified for fra1) comes back declaring iad1: `souverain node join`
   refuses it with the fix; started by hand all the same (an older node, a bare `ray
   start`), the controller sees that its certificate does not bind it to iad1. It gets no
-  replica, the reason is in `souverain nodes` and in the deployment that could not grow,
-  the refusal is audited, and EU tenants get 451 (never a US answer) until fra1 is back.
+  replica: a US deployment only that node could hold stays pending with the reason, which
+  `souverain nodes list` shows too; the refusal is audited, and EU tenants get 451 (never
+  a US answer) until fra1 is back under its own label.
+- Its certificate renewed by the README's commands, fra1 serves again.
 - The Frankfurt host is SIGKILLed while it streams an answer to a prompt carrying a canary;
   once it has rejoined by the README's command, the canary is nowhere on its disk (node
   directory, HOME, TMPDIR with Ray's temp directory, engine caches), and Ray's 0777 temp
-  directory sits inside a directory no other user can enter.
+  directory sits inside a directory no other user can enter; the memory-backed scratch
+  (the replica's TLS key, its engine's temporary files) holds nothing of a dead process.
 
 The fleet is installed by `tests/fleet/test_hosts.py`'s fixture, once for this module.
 """
@@ -29,6 +32,7 @@ import pytest
 from souverain.cluster import ray_node
 from souverain.core.schemas.deployments import Deployment, DeploymentCreateRequest
 from souverain.core.schemas.fleet import Node
+from souverain.node import scratch
 from souverain.testing.hosts import Host
 from tests.fleet import test_hosts
 from tests.fleet.test_hosts import Fleet, diagnosis, eu_back, rejoin, run, until_451, wait_for
@@ -172,6 +176,9 @@ class TestHostKilledMidServing:
 
         found = [str(p) for root in (de.root, de.tmp) for p in holding(root, canary.encode())]
         assert not found, f"the tenant's canary is on the rejoined host's disk: {found}"
+        orphans = [e.name for e in scratch.root().iterdir()  # the replica's key, engine TMPDIR
+                   if not scratch._tag_or_empty(e.name.rsplit(".", 1)[-1])]  # fmt: skip
+        assert not orphans, f"memory-backed scratch of dead processes left: {orphans}"
         node_dir = Path(str(de.tmp)) / f"souverain-ray-{os.getuid()}" / "node"
         assert node_dir.parent.is_dir(), list(Path(de.tmp).iterdir())
         for barrier in (node_dir.parent, node_dir):  # Ray's 0777 temp dir is inside these

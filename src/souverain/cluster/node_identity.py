@@ -18,6 +18,7 @@ import contextlib
 import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class NodeIdentities:
         self._tls = ray_tls.TlsDir(tls_dir)
         self._clock = clock
         self._known: dict[str, _Known] = {}
+        self._lock = threading.Lock()  # the controller's loops observe from their own threads
 
     @classmethod
     def from_ray_environment(cls) -> NodeIdentities | None:
@@ -79,9 +81,10 @@ class NodeIdentities:
             for node in nodes
             if node.get("Alive") and DATACENTER_LABEL in (node.get("Labels") or {})
         }
-        for gone in set(self._known) - set(alive):
-            del self._known[gone]
-        return {node_id: self._measure(node_id, node) for node_id, node in alive.items()}
+        with self._lock:
+            for gone in set(self._known) - set(alive):
+                del self._known[gone]
+            return {node_id: self._measure(node_id, node) for node_id, node in alive.items()}
 
     def _measure(self, node_id: str, node: dict[str, Any]) -> NodeIdentity:
         known = self._known.setdefault(node_id, _Known())
