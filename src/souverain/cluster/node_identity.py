@@ -35,6 +35,7 @@ from souverain.core.fleet import DATACENTER_LABEL
 from souverain.core.node_identity import ClockReading, NodeIdentity
 
 CERTIFICATE_REFRESH_S = 300.0
+CERTIFICATE_RETRY_S = 10.0  # after a failed handshake (each may wait 5 s on a silent node)
 CLOCK_REFRESH_S = 300.0
 CLOCK_GIVE_UP_S = 120.0  # a node that has not answered by then is asked again
 
@@ -89,7 +90,8 @@ class NodeIdentities:
     def _measure(self, node_id: str, node: dict[str, Any]) -> NodeIdentity:
         known = self._known.setdefault(node_id, _Known())
         now = self._clock()
-        if known.read_at is None or known.error or now - known.read_at > CERTIFICATE_REFRESH_S:
+        every = CERTIFICATE_RETRY_S if known.error else CERTIFICATE_REFRESH_S
+        if known.read_at is None or now - known.read_at > every:
             self._read_certificate(node, known)
             known.read_at = now
         self._read_clock(node_id, known, now)
