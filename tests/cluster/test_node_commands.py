@@ -120,10 +120,11 @@ class TestHead:
 
 
 async def certify(platform: Platform, head: Head, ip: str, out: Path) -> None:
-    """`souverain node certify` on the head's host: a TLS directory for the host at `ip`."""
+    """`souverain node certify` on the head's host: a TLS directory for the host at `ip`, of
+    datacenter node-fra."""
     done = await souverain(
         platform, await platform.operator_key(), "node", "certify", "--node-ip-address", ip,
-        "--out", str(out), home=head.root,
+        "--datacenter", "node-fra", "--out", str(out), home=head.root,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
 
@@ -180,9 +181,11 @@ class TestJoin:
             tmp_path / "foreign",
             tmp_path / "open-key",
         )
-        ray_node.certify(head.tls, "10.99.0.9", other_ip)
-        ray_tls.ensure_head(foreign, IP)  # another cluster's authority
-        ray_node.certify(head.tls, IP, open_key)
+        ray_node.certify(head.tls, "10.99.0.9", other_ip, "node-fra")
+        ray_tls.ensure_head(foreign, IP, "node-fra")  # another cluster's authority
+        ray_node.certify(head.tls, IP, open_key, "node-fra")
+        paris = tmp_path / "certified-par"  # this host's certificate, for another datacenter
+        ray_node.certify(head.tls, IP, paris, "node-par")
         (open_key / "node.key").chmod(0o644)
         token = ("--datacenter", "node-fra", "--token-file", str(head.token_file))
         cases = [
@@ -200,6 +203,8 @@ class TestJoin:
             ((*token, "--tls-dir", str(other_ip)), None, f"is not for {IP}"),
             ((*token, "--tls-dir", str(open_key)), None, "chmod 600"),
             ((*token, "--tls-dir", str(foreign)), None, "did not issue for it"),
+            ((*token, "--tls-dir", str(paris)), None,
+             "certified for datacenter node-par, not node-fra: join with --datacenter node-par"),
         ]  # fmt: skip
         for extra, address, expected in cases:
             refused = await self.join(platform, head, tmp_path, *extra, address=address)

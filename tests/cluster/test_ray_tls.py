@@ -48,7 +48,8 @@ async def joined(
     tls = home / "ray-tls"
     key = await platform.operator_key()
     certified = await nodes.souverain(
-        platform, key, "node", "certify", "--node-ip-address", IP, "--out", str(tls),
+        platform, key, "node", "certify", "--node-ip-address", IP, "--datacenter", "node-fra",
+        "--out", str(tls),
         home=head.root,
     )  # fmt: skip
     assert certified.returncode == 0, certified.stderr + certified.stdout

@@ -32,7 +32,7 @@ def _run(tmp_path: Path, module: str) -> None:
     token = tmp_path / "auth_token"
     ensure_token_file(token)
     tls = tmp_path / "ray-tls"  # Ray's TLS too, for this host's address and the loopback
-    ray_tls.ensure_head(tls, source_address("203.0.113.1:9"))
+    ray_tls.ensure_head(tls, source_address("203.0.113.1:9"), "par1")  # its one node's
     env = ray_environment(token, tls) | {
         "SOUVERAIN_RAY_TOKEN_FILE": str(token),
         "SOUVERAIN_RAY_TLS_DIR": str(tls),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from souverain.cli.context import client, console
@@ -68,7 +69,7 @@ def datacenters_add(
     )
     console.print(
         "join a server to it: on the head, souverain node certify --node-ip-address "
-        "<its-private-ip> --out <dir>; copy <dir> and the token file to it; on that server:"
+        f"<its-private-ip> --datacenter {dc.id} --out <dir>; copy <dir> and the token file to it; on that server:"
         "\n  souverain node join " + join_arguments("<head-private-ip>:6379", dc.id),
         highlight=False,
         soft_wrap=True,
@@ -122,6 +123,8 @@ def nodes_list() -> None:
             cpu = f"{node.available.get('CPU', 0):g}/{node.resources.get('CPU', 0):g}"
             gpu = f"{node.available.get('GPU', 0):g}/{node.resources.get('GPU', 0):g}"
             state = "[green]alive[/green]" if node.alive else "[red]dead[/red]"
+            if node.alive and node.refusal:
+                state = f"[red]refused[/red]: {escape(node.refusal)}"
             table.add_row(
                 node.id[:12],
                 node.datacenter_id or "[yellow]unlabelled[/yellow]",

@@ -71,8 +71,8 @@ def head(
     console.print(f"  TLS         {plan.tls}  (the cluster's authority: stays on this host)")
     console.print(f"  controller  SOUVERAIN_RAY_ADDRESS={address} souverain controller")
     console.print(
-        "  each node   souverain node certify --node-ip-address <its-private-ip> --out "
-        "<dir> (here), copy <dir> to it, then there: souverain node join "
+        "  each node   souverain node certify --node-ip-address <its-private-ip> --datacenter "
+        "<datacenter> --out <dir> (here), copy <dir> to it, then there: souverain node join "
         + join_arguments(address, "<datacenter>")
     )
 
@@ -90,22 +90,39 @@ def certify(
     node_ip: str = typer.Option(
         ..., "--node-ip-address", help="The private address of the host to certify."
     ),
+    datacenter: str = typer.Option(
+        None,
+        "--datacenter",
+        help="The declared datacenter that host serves in (a node joins with this label only); "
+        "none for a controller's host.",
+    ),
     out: Path = typer.Option(
         ..., "--out", help="A new directory for that host's TLS files (made 0700)."
+    ),
+    renew: bool = typer.Option(
+        False, "--renew", help="Issue a new certificate into the existing --out directory."
     ),
     tls_dir: Path = TlsDir,
 ) -> None:
     """On the head: a TLS directory for another host of the cluster (a node, or a
-    controller's host), its certificate for its private address; copy it there."""
+    controller's host), its certificate for its private address and datacenter; copy it
+    there. A certificate is refused 30 days before its end: renew it with --renew."""
+    if datacenter:
+        _check_declared(datacenter)
     authority = (tls_dir or ray_node.default_tls_dir()).absolute()
     try:
-        ray_node.certify(authority, node_ip, out.absolute())
+        ray_node.certify(authority, node_ip, out.absolute(), datacenter, renew=renew)
     except ray_node.NodeError as error:
         raise _fail(error) from None
-    console.print(f"[green]certified[/green] {node_ip} in {out} (ca.crt, node.crt, node.key)")
+    where = f" for datacenter {datacenter}" if datacenter else ""
+    console.print(
+        f"[green]{'renewed' if renew else 'certified'}[/green] {node_ip}{where} in {out} "
+        "(ca.crt, node.crt, node.key)"
+    )
     console.print(
         "  copy it to that host keeping its modes (scp -rp), then give it with --tls-dir "
         "(or SOUVERAIN_RAY_TLS_DIR for a controller)"
+        + ("; a running node takes it once started again (node stop, node join)" if renew else "")
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.cli import config
 from souverain.cli.context import console, err
 from souverain.cluster import ray_cluster
+from souverain.cluster.node_identity import NodeIdentities
 from souverain.db.engine import create_engine, session_factory, upgrade
 from souverain.gateway.state import AppState
 from souverain.installation import authority, bootstrap, signing
@@ -72,7 +73,7 @@ def _controller(
 ) -> Controller:
     return Controller(
         sessions,
-        ray_cluster.RayCluster(),
+        ray_cluster.RayCluster(NodeIdentities.from_ray_environment()),
         master_key=master_key,
         engine=EngineDefaults(
             threads=settings.engine_threads,

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from souverain.cluster import ray_node
+from souverain.cluster.node_identity import NodeIdentities
 from souverain.cluster.replica_actor import ReplicaActor
 from souverain.cluster.training_actor import TrainingActor
 from souverain.core.fleet import (
@@ -26,10 +28,12 @@ from souverain.core.fleet import (
     TrainingSpec,
     TrainingStatus,
 )
+from souverain.core.node_identity import why_untrusted
 
 log = logging.getLogger(__name__)
 
 WORKER_NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet when it starts
+NODE_ID_LABEL = "ray.io/node-id"  # every node's, set by Ray
 
 _RemoteReplica: Any = ray.remote(ReplicaActor)
 _RemoteTraining: Any = ray.remote(TrainingActor)
@@ -38,14 +42,21 @@ _RemoteTraining: Any = ray.remote(TrainingActor)
 class RayCluster:
     """Synchronous calls, which the controller runs in a worker thread, and one long poll."""
 
-    def __init__(self) -> None:
+    def __init__(self, identities: NodeIdentities | None = None) -> None:
         self._handles: dict[str, Any] = {}  # actor name -> handle (valid across restarts)
+        self._identities = identities  # None: nodes' identities are not measured
 
     def observe_nodes(self) -> list[ObservedNode]:
+        """Every node Ray knows; an alive one whose identity fails its checks carries why."""
         available = _available_per_node()
+        listed = ray.nodes()
+        identities = self._identities.measure(listed) if self._identities else {}
+        now = datetime.now(UTC)
         nodes = []
-        for node in ray.nodes():
+        for node in listed:
             node_id = node["NodeID"]
+            labels = {str(k): str(v) for k, v in (node.get("Labels") or {}).items()}
+            identity = identities.get(node_id)
             resources = {
                 k: float(v)
                 for k, v in node.get("Resources", {}).items()
@@ -58,7 +69,10 @@ class RayCluster:
                     alive=bool(node.get("Alive")),
                     resources=resources,
                     available=available.get(node_id, {}),
-                    labels={str(k): str(v) for k, v in (node.get("Labels") or {}).items()},
+                    labels=labels,
+                    refusal=None
+                    if identity is None
+                    else why_untrusted(labels.get(DATACENTER_LABEL), identity, now),
                 )
             )
         return nodes
@@ -68,7 +82,7 @@ class RayCluster:
             "name": spec.actor_name,
             "namespace": RAY_NAMESPACE,
             "lifetime": "detached",
-            "label_selector": {DATACENTER_LABEL: spec.datacenter_id},
+            "label_selector": label_selector(spec.datacenter_id, spec.avoid_nodes),
             "num_cpus": spec.cpus,
             "num_gpus": spec.gpus,
             "max_restarts": -1,
@@ -142,7 +156,7 @@ class RayCluster:
             name=spec.actor_name,
             namespace=RAY_NAMESPACE,
             lifetime="detached",
-            label_selector={DATACENTER_LABEL: spec.datacenter_id},
+            label_selector=label_selector(spec.datacenter_id, spec.avoid_nodes),
             num_cpus=spec.cpus,
             num_gpus=spec.gpus,
             max_restarts=0,  # the controller resumes from the last checkpoint instead
@@ -188,6 +202,16 @@ class RayCluster:
             if entry.get("namespace") == RAY_NAMESPACE
             and entry["name"].startswith("souverain-training-")
         ]
+
+
+def label_selector(datacenter_id: str, avoid_nodes: tuple[str, ...] = ()) -> dict[str, str]:
+    """Ray starts the actor only on a node of this datacenter, and never on a node the
+    controller refused (its label not certified, its clock off): Ray picks among the nodes
+    carrying the label, and a node's label is its own word."""
+    selector = {DATACENTER_LABEL: datacenter_id}
+    if avoid_nodes:
+        selector[NODE_ID_LABEL] = f"!in({','.join(avoid_nodes)})"
+    return selector
 
 
 def _find_actor(actor_name: str) -> Any:

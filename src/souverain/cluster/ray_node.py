@@ -225,9 +225,10 @@ def check_head(address: str, token_file: Path, tls_dir: Path) -> None:
         )
 
 
-def check_tls_dir(tls_dir: Path, ip: str) -> None:
+def check_tls_dir(tls_dir: Path, ip: str, datacenter: str | None = None) -> None:
+    """This host's certificate is for its address and the datacenter it declares."""
     try:
-        ray_tls.check_node_dir(tls_dir, ip)
+        ray_tls.check_node_dir(tls_dir, ip, datacenter)
     except ray_tls.TlsError as error:
         raise NodeError(str(error)) from None
 
@@ -281,7 +282,7 @@ def start_head(plan: NodePlan, *, port: int = DEFAULT_PORT) -> str:
     check_port_free(port)
     ensure_token_file(plan.token_file)
     try:
-        ray_tls.ensure_head(plan.tls, plan.node_ip)
+        ray_tls.ensure_head(plan.tls, plan.node_ip, plan.datacenter)
     except ray_tls.TlsError as error:
         raise NodeError(str(error)) from None
     scratch.sweep()  # plaintext a killed actor left in memory before this start
@@ -292,16 +293,29 @@ def start_head(plan: NodePlan, *, port: int = DEFAULT_PORT) -> str:
     return address
 
 
-def certify(authority_dir: Path, ip: str, out_dir: Path) -> None:
-    """On the head: a TLS directory for the host at `ip` (never the authority's key)."""
-    if out_dir.exists():
-        raise NodeError(f"{out_dir} already exists: give --out a new directory")
+def certify(
+    authority_dir: Path,
+    ip: str,
+    out_dir: Path,
+    datacenter: str | None = None,
+    *,
+    renew: bool = False,
+) -> None:
+    """On the head: a TLS directory for the host at `ip` of `datacenter` (never the
+    authority's key); with `renew`, a new certificate into the directory made before."""
+    if out_dir.exists() and not renew:
+        raise NodeError(
+            f"{out_dir} already exists: give --out a new directory, or --renew to issue a new "
+            "certificate into it"
+        )
+    if renew and not ray_tls.TlsDir(out_dir).node_cert.is_file():
+        raise NodeError(f"{out_dir} holds no certificate to renew: certify without --renew")
     try:
         ipaddress.ip_address(ip)
     except ValueError:
         raise NodeError(f"{ip} is not an IP address: give the host's private address") from None
     try:
-        ray_tls.issue(authority_dir, ip, out_dir)
+        ray_tls.issue(authority_dir, ip, out_dir, datacenter)
     except ray_tls.TlsError as error:
         raise NodeError(str(error)) from None
 
@@ -310,7 +324,7 @@ def join(plan: NodePlan, *, address: str) -> None:
     check_own_address(plan.node_ip)
     check_not_running(plan.node_dir)
     check_token_file(plan.token_file)
-    check_tls_dir(plan.tls, plan.node_ip)
+    check_tls_dir(plan.tls, plan.node_ip, plan.datacenter)
     check_head(address, plan.token_file, plan.tls)
     scratch.sweep()  # plaintext a killed actor left in memory before this start
     with _stopped_on_failure(plan.node_dir):
@@ -392,9 +406,14 @@ def _is_this_node(node: dict[str, object], plan: NodePlan) -> bool:
 
 
 def check_private_dir(base: Path) -> None:
-    """The node's directory is this user's alone (made 0700 when missing); one that is
-    not is refused, never changed: it may be a shared one such as /tmp itself."""
-    base.parent.mkdir(parents=True, exist_ok=True)
+    """The node's directory is this user's alone (made 0700 when missing, and so is a
+    missing parent); one that is not is refused, never changed: it may be a shared one
+    such as /tmp itself. Its parent must be this user's or root's, and writable by others
+    only with the sticky bit (as /tmp): otherwise another user could swap the directory
+    for one of theirs after this check."""
+    with contextlib.suppress(FileExistsError):
+        base.parent.mkdir(parents=True, mode=0o700)
+    _check_parent(base.parent)
     with contextlib.suppress(FileExistsError):
         base.mkdir(mode=0o700)
     info = os.lstat(base)
@@ -406,6 +425,16 @@ def check_private_dir(base: Path) -> None:
         raise NodeError(
             f"{base} is not a private directory of this user (0700): give --temp-dir a "
             "directory of its own (souverain makes it when missing)"
+        )
+
+
+def _check_parent(parent: Path) -> None:
+    info = os.stat(parent)
+    shared = stat.S_IMODE(info.st_mode) & 0o022 and not info.st_mode & stat.S_ISVTX
+    if info.st_uid not in (os.getuid(), 0) or shared:
+        raise NodeError(
+            f"{parent} may be changed by other users: give --temp-dir a directory inside one "
+            f"that only this user (or root) may change, or `chmod 700 {parent}`"
         )
 
 

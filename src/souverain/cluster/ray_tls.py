@@ -9,10 +9,15 @@ certificate for its own private address.
 
 The cluster has an authority of its own, made by `souverain node head` in the head's TLS
 directory (`ca.crt`, `ca.key`, and the head's `node.crt`/`node.key`). The authority's key
-stays on the head: `souverain node certify --node-ip-address <ip>` issues a directory for
-another host (`ca.crt`, `node.crt`, `node.key`, no `ca.key`), copied to that host like the
-token file. A node that is broken into holds a certificate for its own address only: it
-cannot pose as another node to the rest of the cluster. Not the installation's authority:
+stays on the head: `souverain node certify --node-ip-address <ip> --datacenter <id>` issues a
+directory for another host (`ca.crt`, `node.crt`, `node.key`, no `ca.key`), copied to that
+host like the token file. A node that is broken into holds a certificate for its own address
+only: it cannot pose as another node to the rest of the cluster. The certificate names the
+node's datacenter too (a URI `urn:souverain:datacenter:<id>`): the label a node declares
+when it joins is checked against it, by `node join` and again by the controller on the
+live node (`cluster/node_identity.py`), so a node that rejoins under another label gets no
+work. `--renew` issues a new certificate into an existing directory (a certificate within
+30 days of its end is refused). Not the installation's authority:
 that one is kept in the database and trusted by the gateway for engines; mixing the two
 would let a Ray certificate and an engine certificate stand in for each other.
 
@@ -53,6 +58,8 @@ NODE_CERT = "node.crt"
 NODE_KEY = "node.key"
 AUTHORITY_YEARS = 10
 NODE_CERT_DAYS = 397
+RENEW_BEFORE = timedelta(days=30)  # a certificate this close to its end is refused
+DATACENTER_URI = "urn:souverain:datacenter:"
 _BACKDATE = timedelta(minutes=5)  # hosts' clocks differ a little
 _LOOPBACK = ("127.0.0.1", "::1")  # Ray's processes also dial their own node's loopback
 
@@ -96,28 +103,40 @@ def ray_tls_environment(directory: Path) -> dict[str, str]:
 # -- the authority and the nodes' certificates ------------------------------------------
 
 
-def ensure_head(directory: Path, ip: str, *, now: datetime | None = None) -> bool:
+def ensure_head(
+    directory: Path, ip: str, datacenter: str | None = None, *, now: datetime | None = None
+) -> bool:
     """The head's directory: the cluster's authority (made once) and a certificate for the
-    head's address (made again when missing, expiring or for another address). True when
-    the authority was made now."""
+    head's address and datacenter (made again when missing, expiring, or for another address
+    or datacenter). True when the authority was made now."""
     made = not TlsDir(directory).ca_key.exists()
     _private_dir(directory)
     if made:
         _write_authority(TlsDir(directory), now=now)
-    if not _valid_for(TlsDir(directory), ip, now=now):
-        issue(directory, ip, directory, now=now)
-    check_node_dir(directory, ip, now=now)  # a key left readable by others is refused
+    tls = TlsDir(directory)
+    if not _valid_for(tls, ip, now=now) or _certified_datacenter_in(tls) != datacenter:
+        issue(directory, ip, directory, datacenter, now=now)
+    check_node_dir(directory, ip, datacenter, now=now)  # a key left open to others is refused
     return made
 
 
-def issue(authority_dir: Path, ip: str, out_dir: Path, *, now: datetime | None = None) -> None:
-    """A certificate and key for the host at `ip`, with the authority's certificate, into
-    `out_dir` (made 0700); the authority's key is never copied there."""
+def issue(
+    authority_dir: Path,
+    ip: str,
+    out_dir: Path,
+    datacenter: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> None:
+    """A certificate and key for the host at `ip` (of `datacenter`, when it serves work),
+    with the authority's certificate, into `out_dir` (made 0700); the authority's key is
+    never copied there. An existing certificate there is replaced (a renewal)."""
     source = TlsDir(authority_dir)
     ca_cert, ca_key = _load_authority(source)
     now = now or datetime.now(UTC)
     key = ec.generate_private_key(ec.SECP256R1())
-    certificate = _node_builder(ca_cert, key.public_key(), ip, now).sign(ca_key, hashes.SHA256())
+    builder = _node_builder(ca_cert, key.public_key(), ip, datacenter, now)
+    certificate = builder.sign(ca_key, hashes.SHA256())
     target = TlsDir(out_dir)
     _private_dir(out_dir)
     if target.ca_cert != source.ca_cert:
@@ -155,12 +174,18 @@ def _write_authority(tls: TlsDir, *, now: datetime | None) -> None:
 
 
 def _node_builder(
-    ca_cert: x509.Certificate, public: ec.EllipticCurvePublicKey, ip: str, now: datetime
+    ca_cert: x509.Certificate,
+    public: ec.EllipticCurvePublicKey,
+    ip: str,
+    datacenter: str | None,
+    now: datetime,
 ) -> x509.CertificateBuilder:
     """Server and client at once: Ray presents the same certificate both ways."""
     names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip))]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in _LOOPBACK if a != ip]
     names.append(x509.DNSName("localhost"))
+    if datacenter:
+        names.append(x509.UniformResourceIdentifier(DATACENTER_URI + datacenter))
     issuer_key = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     return (
@@ -206,15 +231,13 @@ def _load_authority(tls: TlsDir) -> tuple[x509.Certificate, ec.EllipticCurvePriv
 # -- checks -------------------------------------------------------------------------------
 
 
-def check_node_dir(directory: Path, ip: str, *, now: datetime | None = None) -> None:
+def check_node_dir(
+    directory: Path, ip: str, datacenter: str | None = None, *, now: datetime | None = None
+) -> None:
     """This host's TLS directory is private, complete, and its certificate is one of the
-    authority's, valid now, for `ip`."""
+    authority's, valid now and for 30 days more, for `ip` and (when given) `datacenter`."""
     tls = TlsDir(directory)
-    fix = (
-        f"on the head, run `souverain node certify --node-ip-address {ip} --out <dir>`, copy "
-        "that directory to this host (keeping its modes) and give it with --tls-dir (a "
-        "controller: SOUVERAIN_RAY_TLS_DIR)"
-    )
+    fix = certify_fix(ip, datacenter)
     if not directory.is_dir():
         raise TlsError(f"no Ray TLS directory at {directory}: {fix}")
     _check_private_dir(directory)
@@ -222,28 +245,100 @@ def check_node_dir(directory: Path, ip: str, *, now: datetime | None = None) -> 
         if not path.is_file():
             raise TlsError(f"{directory} has no {path.name}: {fix}")
     _check_secret_file(tls.node_key)
-    if not _valid_for(tls, ip, now=now):
+    certificate = _node_certificate(tls)
+    if certificate is None or not _names_ip(certificate, ip):
         raise TlsError(
-            f"the certificate in {directory} is not this cluster authority's, has expired, or "
-            f"is not for {ip}: {fix}"
+            f"the certificate in {directory} is not this cluster authority's or is not for "
+            f"{ip}: {fix}"
         )
+    ends = certificate.not_valid_after_utc
+    if ends - (now or datetime.now(UTC)) < RENEW_BEFORE:
+        raise TlsError(
+            f"the certificate in {directory} ends on {ends:%Y-%m-%d} (expired or within "
+            f"{RENEW_BEFORE.days} days): renew it: {certify_fix(ip, datacenter, renew=True)}"
+        )
+    certified = certified_datacenter(certificate)
+    if datacenter is not None and certified != datacenter:
+        raise TlsError(
+            f"this host is certified for datacenter {certified or '(none)'}, not {datacenter}: "
+            + (f"join with --datacenter {certified}, or " if certified else "")
+            + certify_fix(ip, datacenter, renew=True)
+        )
+
+
+def certify_fix(ip: str, datacenter: str | None, *, renew: bool = False) -> str:
+    """The commands that give a host the certificate it needs."""
+    dc = f" --datacenter {datacenter}" if datacenter else ""
+    again = " --renew" if renew else ""
+    return (
+        f"on the head, run `souverain node certify --node-ip-address {ip}{dc} --out <dir>"
+        f"{again}`, copy that directory to this host (keeping its modes), give it with "
+        "--tls-dir (a controller: SOUVERAIN_RAY_TLS_DIR) and start the node again "
+        "(`souverain node stop`, then `souverain node join`)"
+    )
+
+
+def certified_datacenter(certificate: x509.Certificate) -> str | None:
+    """The datacenter a node certificate binds its host to (None: a host serving no work)."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    for uri in names.value.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(DATACENTER_URI):
+            return uri.removeprefix(DATACENTER_URI)
+    return None
+
+
+def check_this_node_serves(datacenter: str) -> None:
+    """On a node, before anything of a tenant is touched: this node's own certificate (the
+    one Ray was started with) binds it to `datacenter`. Nothing to check without Ray's TLS."""
+    path = os.environ.get("RAY_TLS_SERVER_CERT")
+    if os.environ.get("RAY_USE_TLS") != "1" or not path:
+        return
+    certified = certified_datacenter(x509.load_pem_x509_certificate(Path(path).read_bytes()))
+    if certified != datacenter:
+        raise TlsError(
+            f"this node is certified for datacenter {certified or '(none)'}, not {datacenter}: "
+            "it starts no work of that datacenter"
+        )
+
+
+def _certified_datacenter_in(tls: TlsDir) -> str | None:
+    certificate = _node_certificate(tls)
+    return None if certificate is None else certified_datacenter(certificate)
+
+
+def _node_certificate(tls: TlsDir) -> x509.Certificate | None:
+    """The directory's node certificate, when its authority issued it."""
+    try:
+        ca = x509.load_pem_x509_certificate(tls.ca_cert.read_bytes())
+        certificate = x509.load_pem_x509_certificate(tls.node_cert.read_bytes())
+        certificate.verify_directly_issued_by(ca)
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return None
+    return certificate
+
+
+def _names_ip(certificate: x509.Certificate, ip: str) -> bool:
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return False
+    return ipaddress.ip_address(ip) in names.value.get_values_for_type(x509.IPAddress)
 
 
 def _valid_for(tls: TlsDir, ip: str, *, now: datetime | None = None) -> bool:
     """The node certificate chains to the directory's authority, is valid now (and for a
     month more) and names `ip`."""
-    try:
-        ca = x509.load_pem_x509_certificate(tls.ca_cert.read_bytes())
-        certificate = x509.load_pem_x509_certificate(tls.node_cert.read_bytes())
-        certificate.verify_directly_issued_by(ca)
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except (OSError, ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+    certificate = _node_certificate(tls)
+    if certificate is None:
         return False
     now = now or datetime.now(UTC)
     fresh = certificate.not_valid_before_utc <= now + _BACKDATE and (
-        now + timedelta(days=30) < certificate.not_valid_after_utc
+        now + RENEW_BEFORE < certificate.not_valid_after_utc
     )
-    return fresh and ipaddress.ip_address(ip) in names.value.get_values_for_type(x509.IPAddress)
+    return fresh and _names_ip(certificate, ip)
 
 
 def _private_dir(directory: Path) -> None:

@@ -1,14 +1,17 @@
 """The Ray actor that owns one engine replica on one node.
 
 It is created detached and named (`souverain-replica-<id>`), with a `label_selector`
-naming its datacenter, so Ray itself refuses to run it anywhere else. It binds the engine
-to the node's private address, and reports the engine's URL and health to the controller.
+naming its datacenter, so Ray itself refuses to run it anywhere else; a node whose own
+certificate binds it to another datacenter (a label declared by hand) refuses it before
+anything of the tenant is fetched. It binds the engine to the node's private address, and
+reports the engine's URL and health to the controller.
 """
 
 from __future__ import annotations
 
 import ray
 
+from souverain.cluster import ray_tls
 from souverain.core.fleet import ReplicaSpec, ReplicaStatus
 from souverain.node.engines.registry import launcher_for
 from souverain.node.supervisor import EngineSupervisor
@@ -16,6 +19,7 @@ from souverain.node.supervisor import EngineSupervisor
 
 class ReplicaActor:
     def __init__(self, spec: ReplicaSpec) -> None:
+        ray_tls.check_this_node_serves(spec.datacenter_id)
         host = spec.bind_host or ray.util.get_node_ip_address()
         node_id = ray.get_runtime_context().get_node_id()
         gpus = [int(i) for i in ray.get_gpu_ids()] if spec.gpus else []

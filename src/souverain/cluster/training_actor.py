@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ray
 
+from souverain.cluster import ray_tls
 from souverain.core.fleet import TrainingSpec, TrainingStatus
 from souverain.node.training_job import TrainingSupervisor
 
 
 class TrainingActor:
     def __init__(self, spec: TrainingSpec) -> None:
+        ray_tls.check_this_node_serves(spec.datacenter_id)  # as a replica actor does
         gpus = [int(i) for i in ray.get_gpu_ids()] if spec.gpus else []
         node_id = ray.get_runtime_context().get_node_id()
         self._supervisor = TrainingSupervisor(spec, node_id=node_id, gpu_indices=gpus)

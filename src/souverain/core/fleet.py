@@ -27,6 +27,7 @@ class ObservedNode:
     resources: dict[str, float]
     available: dict[str, float]
     labels: dict[str, str]
+    refusal: str | None = None  # why it gets no work though alive (core/node_identity.py)
 
     @property
     def datacenter_id(self) -> str | None:
@@ -98,6 +99,7 @@ class ReplicaSpec:
     adapter_path: str | None = None  # where the node decrypted it (set on the node)
     # A shared base replica's adapters, in the order the engine numbers them (llama-server)
     adapters: tuple[HostedAdapter, ...] = ()
+    avoid_nodes: tuple[str, ...] = ()  # nodes with the label that may not hold it (refused)
     tls: EngineCredential | None = None  # None only for engines tests start by hand
 
     @property
@@ -163,6 +165,7 @@ class TrainingSpec:
     method: str = "supervised"  # supervised | reinforcement
     grader: dict[str, Any] | None = None  # reinforcement: a checked grader
     init_adapter: ObjectGrant | None = None  # a PEFT adapter tar to start from
+    avoid_nodes: tuple[str, ...] = ()  # nodes with the label that may not hold it (refused)
 
     @property
     def actor_name(self) -> str:

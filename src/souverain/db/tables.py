@@ -172,6 +172,7 @@ class NodeRow(Base):
     available: Mapped[dict[str, float]] = mapped_column(JSON)
     labels: Mapped[dict[str, str]] = mapped_column(JSON)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    refusal: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it gets no work
 
 
 class ModelRow(Base):

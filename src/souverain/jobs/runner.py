@@ -322,6 +322,7 @@ def build_snapshot(
                     else {"llamacpp", "embeddings", "stand-in", "training"}
                 ),
                 models_on_disk=(on_disk or {}).get(node.id, frozenset()),
+                refusal=node.refusal,
             )
             for node in observed
         ),

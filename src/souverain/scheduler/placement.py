@@ -34,7 +34,9 @@ def _split(nodes: Sequence[NodeView], why: Callable[[NodeView], str | None]) -> 
 
 
 def why_down(node: NodeView) -> str | None:
-    return None if node.alive else "node is down"
+    """Down, or alive but refused: its label not certified, its certificate ending or its
+    clock off (`core/node_identity.py`); either way it gets no work."""
+    return node.refusal if node.alive else "node is down"
 
 
 def why_unplaceable_site(node: NodeView, snapshot: Snapshot) -> str | None:

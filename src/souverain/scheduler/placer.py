@@ -48,7 +48,7 @@ class Placer:
         self._nodes: dict[str, NodeView] = {node.id: node for node in snapshot.nodes}
         by_dc: defaultdict[str, list[NodeView]] = defaultdict(list)
         for node in snapshot.nodes:
-            if node.alive and node.datacenter_id in snapshot.datacenters:
+            if why_down(node) is None and node.datacenter_id in snapshot.datacenters:
                 by_dc[node.datacenter_id].append(node)
         self._sorted = {dc: sorted(nodes, key=_key) for dc, nodes in by_dc.items()}
         self._keys = {dc: [_key(n) for n in nodes] for dc, nodes in self._sorted.items()}
@@ -58,6 +58,20 @@ class Placer:
         self._groups = sorted(groups.items())
         self._excluded: dict[tuple[Policy, str], str | None] = {}
         self.alive_nodes = frozenset(node.id for node in snapshot.nodes if node.alive)
+        self.refused: dict[str, str] = {
+            node.id: node.refusal for node in snapshot.nodes if node.alive and node.refusal
+        }
+
+    def refused_in(self, dc_id: str) -> tuple[str, ...]:
+        """The live nodes labelled `dc_id` that get no work: Ray, which picks a node by its
+        label, is told to avoid them too."""
+        return tuple(
+            sorted(
+                n.id
+                for n in self.snapshot.nodes
+                if n.id in self.refused and n.datacenter_id == dc_id
+            )
+        )
 
     def place(self, request: PlacementRequest) -> Placement | Unschedulable:
         for _carbon, dc_ids in self._groups:

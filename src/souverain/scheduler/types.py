@@ -30,6 +30,7 @@ class NodeView:
     memory_free_gib: float = 0.0
     engines: frozenset[str] = frozenset({"llamacpp", "vllm", "embeddings"})
     models_on_disk: frozenset[str] = frozenset()
+    refusal: str | None = None  # alive but given no work (its identity failed a check)
 
 
 @dataclass(frozen=True)

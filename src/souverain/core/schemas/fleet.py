@@ -71,3 +71,4 @@ class Node(Out):
     available: dict[str, float]
     labels: dict[str, str]
     last_seen: datetime
+    refusal: str | None = None  # alive, but given no work: why (its identity's checks)

@@ -38,6 +38,7 @@ from souverain.core.fleet import (
     actor_name_for,
 )
 from souverain.core.ids import new_id, replica_secret
+from souverain.core.node_identity import must_leave
 from souverain.core.policy import Policy, exclusion
 from souverain.core.status import DEPLOYMENT_FAILING, ReplicaState
 from souverain.db.tables import (
@@ -384,6 +385,7 @@ class DeploymentReconciler:
             adapter=loaded.adapter,
             adapters=tuple(HostedAdapter(m, grants[m]) for m in adapters),
             tls=await self._issuer.issue_replica(replica_id),
+            avoid_nodes=placer.refused_in(decision.datacenter_id),
         )
 
         await asyncio.to_thread(self._cluster.start_replica, spec)
@@ -479,6 +481,9 @@ def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | 
         return excluded
     if replica.node_id is not None and replica.node_id not in placer.alive_nodes:
         return f"node {replica.node_id[:12]} lost"
+    refusal = placer.refused.get(replica.node_id or "")
+    if refusal is not None and must_leave(refusal):
+        return f"node {(replica.node_id or '')[:12]} refused: {refusal}"
     if replica.url and not replica.url.startswith("https://"):
         return "serves without TLS (started before TLS to engines): replaced"
     return None

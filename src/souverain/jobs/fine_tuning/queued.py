@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -86,6 +86,7 @@ async def load(
         return Placing(job.id, waiting=str(error))
     job.reserved_cpu_hours = reserved  # written with the claim: fenced by the lease
     spec = await _spec(session, ctx, job, decision.datacenter_id, store_uri)
+    spec = replace(spec, avoid_nodes=placer.refused_in(decision.datacenter_id))
     return Placing(job.id, spec=spec, node_id=decision.node_id, reserved_cpu_hours=reserved)
 
 
