@@ -3,7 +3,7 @@ base model earns about a fifth of the time, by hand (no server), 20 steps.
 
     python bench/grpo_string_check.py [--steps 20] [--calibrate]
 
-The task: asked to name a fruit, the answer must contain "banana" (`ilike`); SmolLM2-135M
+The task: asked to name a fruit, the answer must contain "apple" (`ilike`); SmolLM2-135M
 without an adapter names one sometimes. Prints the share of completions earning the reward
 per step (goal: at least 0.9 within 20 steps) and the on-policy metrics of each step
 (informative groups, refills, the rollout/trainer log-probability gap). `--calibrate`
@@ -33,8 +33,8 @@ PROMPTS = ["Name a fruit.", "Tell me the name of one fruit.", "Which fruit do yo
            "Give me an example of a fruit.", "What is a fruit you could eat for breakfast?",
            "Say the name of a yellow or red fruit.", "Name one fruit, please.",
            "Can you name a fruit?"]  # fmt: skip
-GRADER = {"type": "string_check", "name": "banana", "input": "{{sample.output_text}}",
-          "reference": "%banana%", "operation": "ilike"}  # fmt: skip
+GRADER = {"type": "string_check", "name": "apple", "input": "{{sample.output_text}}",
+          "reference": "%apple%", "operation": "ilike"}  # fmt: skip
 HYPER = {"batch_size": 2, "group_size": 8, "max_tokens": 32, "length_cache": 8,
          "temperature": 0.8, "minibatches": 2, "eval_samples": 8}  # fmt: skip
 
