@@ -1,7 +1,7 @@
 """Learning an unambiguous reward stays fast: GRPO with a `string_check` grader that the
 base model earns about a fifth of the time, by hand (no server), 20 steps.
 
-    python bench/grpo_string_check.py [--steps 20] [--calibrate]
+    python bench/grpo_string_check.py [--steps 20] [--threads 2] [--calibrate]
 
 The task: asked to name a fruit, the answer must contain "apple" (`ilike`); SmolLM2-135M
 without an adapter names one sometimes. Prints the share of completions earning the reward
@@ -34,7 +34,7 @@ PROMPTS = ["Name a fruit.", "Tell me the name of one fruit.", "Which fruit do yo
            "Say the name of a yellow or red fruit.", "Name one fruit, please.",
            "Can you name a fruit?"]  # fmt: skip
 GRADER = {"type": "string_check", "name": "apple", "input": "{{sample.output_text}}",
-          "reference": "%apple%", "operation": "ilike"}  # fmt: skip
+          "reference": "apple", "operation": "ilike"}  # fmt: skip
 HYPER = {"batch_size": 2, "group_size": 8, "max_tokens": 32, "length_cache": 8,
          "temperature": 0.8, "minibatches": 2, "eval_samples": 8}  # fmt: skip
 
@@ -72,6 +72,12 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="CPU threads of the job (1 on a machine shared beyond its cores)",
+    )
     args = parser.parse_args()
     if args.calibrate:
         calibrate()
@@ -81,7 +87,7 @@ def main() -> None:
         (Path(tmp) / "train.jsonl").write_bytes(lines())
         spec = {"base": {"path": str(gguf.parent), "gguf_file": gguf.name},
                 "train": str(Path(tmp) / "train.jsonl"), "valid": None,
-                "output_dir": str(Path(tmp) / "out"), "resume_from": None, "threads": 2,
+                "output_dir": str(Path(tmp) / "out"), "resume_from": None, "threads": args.threads,
                 "grader": GRADER, "init_adapter": None,
                 "hyperparameters": {"max_steps": args.steps, "seq_len": 256,
                                     "save_steps": args.steps, **HYPER}}  # fmt: skip
