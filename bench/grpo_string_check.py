@@ -72,6 +72,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--calibrate", action="store_true")
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument(
         "--threads",
         type=int,
@@ -90,6 +91,7 @@ def main() -> None:
                 "output_dir": str(Path(tmp) / "out"), "resume_from": None, "threads": args.threads,
                 "grader": GRADER, "init_adapter": None,
                 "hyperparameters": {"max_steps": args.steps, "seq_len": 256,
+                                    "learning_rate": args.learning_rate,
                                     "save_steps": args.steps, **HYPER}}  # fmt: skip
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         started = time.monotonic()
