@@ -83,7 +83,8 @@ class TestReinforcement:
             method={"type": "reinforcement", "reinforcement": {
                 "grader": {"type": "magistral"},
                 "hyperparameters": {"training_steps": 2, "batch_size": 2, "group_size": 4,
-                                    "max_tokens": 64, "length_cache": 16}}},
+                                    "max_tokens": 64, "length_cache": 16,
+                                    "dev_samples": 2, "dev_steps": 2}}},
         )  # fmt: skip
         assert job.method.type == "reinforcement"  # type: ignore[union-attr]
         job = wait(client, job.id)
@@ -92,14 +93,20 @@ class TestReinforcement:
             e.data for e in events if e.type == "metrics" and e.data and "reward_mean" in e.data
         ]
         assert sorted(s["step"] for s in steps) == [1, 2]
+        [dev] = [e.data for e in events if e.data and "best_step" in e.data]
+        assert dev["step"] == dev["best_step"] == 2  # the dev split, for the kept adapter
         for step in steps:
             assert 0.0 <= step["zero_advantage_fraction"] <= 1.0
             assert step["rollout_s"] > 0 and step["format_rate"] is not None
+            assert 0 <= step["informative_groups"] <= 2 and step["tis_cap"] == 2.0
         evaluations = [e.data["evaluation"] for e in events if e.data and "evaluation" in e.data]
         assert len(evaluations) == 2  # before the first step and after the last
         for evaluation in evaluations:
             assert evaluation["overall"]["samples"] == 5
+            assert evaluation["overall"]["sampled"]["per_prompt"] == 4  # beside the greedy one
             assert set(evaluation["languages"]) <= set(mathgen.LANGUAGES)
+        change = evaluations[-1]["change"]["sampled_mean_reward"]  # paired, with its interval
+        assert change["prompts"] == 5 and change["low"] <= change["delta"] <= change["high"]
         assert not any("apples" in e.message or "pommes" in e.message for e in events)
 
         # the model: a reasoning model of this organisation, its card says how it was made
@@ -115,6 +122,7 @@ class TestReinforcement:
         assert lineage["started_from"]["model"] == cold.fine_tuned_model
         assert card["3_evaluation"]["training"]["before"]["overall"]["samples"] == 5
         assert card["3_evaluation"]["training"]["after"] == evaluations[-1]
+        assert card["3_evaluation"]["training"]["change"] == evaluations[-1]["change"]
 
         # an evaluation job of the trained model on the held-out file
         with httpx.Client(base_url=up.url, headers={"Authorization": f"Bearer {key}"},

@@ -105,6 +105,21 @@ class GRPOConfig:
     beta: float = setting(
         0.0, low=0.0, high=1.0, tenant=True, help="KL weight; 0: no reference model at all."
     )
+    tis_cap: float = setting(
+        2.0, low=1.0, high=100.0, tenant=True,
+        help="Truncated importance sampling: a token's weight π_trainer / π_rollout is cut "
+        "at this cap (corrects what differs between llama.cpp and PyTorch).",
+    )  # fmt: skip
+    refill_rounds: int = setting(
+        2, low=0, high=8, tenant=True,
+        help="Extra batches sampled in a step while it has fewer than batch_size groups "
+        "whose rewards differ (DAPO's dynamic sampling).",
+    )  # fmt: skip
+    band_rest_epochs: int = setting(
+        1, low=0, high=100, tenant=True,
+        help="Passes over the data a prompt rests after a group all right or all wrong "
+        "(online difficulty filtering; 0: off).",
+    )  # fmt: skip
     minibatches: int = setting(
         2, low=1, high=16, tenant=True, help="Optimiser steps a step (groups split evenly)."
     )
@@ -118,6 +133,19 @@ class GRPOConfig:
     )
     eval_samples: int = setting(
         100, low=1, high=1000, tenant=True, help="Held-out prompts evaluated, at most."
+    )
+    eval_samples_per_prompt: int = setting(
+        4, low=0, high=16, tenant=True,
+        help="Completions sampled at the training temperature for each held-out prompt, "
+        "beside the greedy one (0: greedy only).",
+    )  # fmt: skip
+    dev_samples: int = setting(
+        0, low=0, high=1000, tenant=True,
+        help="Training lines held back as a dev split: the job keeps the adapter whose "
+        "dev reward was best, not the last (0: the last).",
+    )  # fmt: skip
+    dev_steps: int = setting(
+        5, low=1, high=1_000_000, tenant=True, help="Steps between dev evaluations."
     )
     collapse_margin: float = setting(
         0.3, low=0.0, high=1.0, tenant=True,

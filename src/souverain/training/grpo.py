@@ -8,26 +8,41 @@ SPEC.json is the supervised recipe's (training/sft.py) plus:
     init_adapter     a PEFT adapter directory to start from (a cold-start SFT), or null
 and `hyperparameters` as `GRPOConfig` (training/configs.py).
 
-One step (Shao et al., "DeepSeekMath", 2024, GRPO; Mistral AI, "Magistral", 2025):
-    1. `batch_size` prompts, `group_size` completions each, sampled by llama.cpp with the
-       current adapter (training/rollouts.py), all sequences in one batch;
+One step (Shao et al., "DeepSeekMath", 2024, GRPO; Mistral AI, "Magistral", 2025; Yu et
+al., "DAPO", 2025):
+    1. `batch_size` prompts drawn from the difficulty band (training/selection.py: prompts
+       whose last group was all right or all wrong rest), `group_size` completions each,
+       sampled by llama.cpp with the current adapter (training/rollouts.py) at the
+       job's temperature, with each token's log-probability as sampled;
     2. each completion rewarded; advantage = reward - its group's mean; groups whose
-       rewards are all equal are removed (counted as `zero_advantage_fraction`);
+       rewards are all equal are removed (`zero_advantage_fraction`), and batches are
+       sampled again (at most `refill_rounds`) until `batch_size` groups remain;
     3. the kept groups split into `minibatches`; in each, advantages normalised (mean 0,
        standard deviation 1) and the clipped surrogate objective with clip-higher
-       (ratio within [1 - epsilon_low, 1 + epsilon_high]) summed over every generated
-       token and divided by the number of those tokens (token-level normalisation); no KL
-       term and no reference model unless `beta` > 0 (then the base model, with the
-       adapter switched off, is the reference); one optimiser step a minibatch;
+       (ratio within [1 - epsilon_low, 1 + epsilon_high]), each token weighted by its
+       truncated importance ratio min(π_trainer / π_rollout, tis_cap), summed over every
+       generated token and divided by the number of those tokens (token-level
+       normalisation); the trainer scores tokens at the rollouts' temperature; no KL term
+       and no reference model unless `beta` > 0 (then the base model, with the adapter
+       switched off, is the reference); one optimiser step a minibatch;
     4. the adapter is exported to GGUF and swapped into the rollout engine.
 
+Evaluation (training/evaluation.py): before the first step and after the last, every
+held-out prompt (those also in the training file left out) answered greedily and
+`eval_samples_per_prompt` times at the training temperature; the last carries the paired
+before → after change with its bootstrap 95 % interval. With `dev_samples`, the training
+file's last lines are a dev split evaluated every `dev_steps`; the job ends with the
+adapter of the best dev reward.
+
 Progress lines (numbers, never text) as the supervised recipe's, and: `step` carries
-reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction, step_s,
-rollout_s, train_s; `eval` {step, metrics: {overall, per language}} before the first
-step and after the last, on the validation file. With `max_steps` 0 (an evaluation job)
-the recipe evaluates once and ends. With the magistral grader, a job whose format rate
-falls below its start by more than `collapse_margin` stops itself (training/collapse.py):
-a `collapsed` line {step, start, now, margin, message}, and exit code 4.
+reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction,
+informative_groups, refill_rounds, band_skipped, the rollout/trainer mismatch
+(logprob_gap_mean, logprob_gap_p99, ratio_outside_fraction, tis_capped_fraction),
+step_s, rollout_s, train_s; `eval` {step, metrics: {overall, languages, change}}; `dev`
+{step, mean_reward, best_step}. With `max_steps` 0 (an evaluation job) the recipe
+evaluates once and ends. With the magistral grader, a job whose format rate falls below
+its start by more than `collapse_margin` stops itself (training/collapse.py): a
+`collapsed` line {step, start, now, margin, message}, and exit code 4.
 """
 
 from __future__ import annotations
@@ -39,22 +54,24 @@ import signal
 import statistics
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from souverain.core.reasoning import SYSTEM_PROMPT
-from souverain.training import configs, rewards
+from souverain.training import configs, evaluation, rewards
 from souverain.training.collapse import REWARD_COLLAPSED, Collapse
 from souverain.training.configs import GRPOConfig
+from souverain.training.grading import Graded, Item, grade, invalid_item, read_items, summary
 from souverain.training.grpo_objective import (
+    Mismatch,
     group_advantages,
     groups_logprobs,
     normalise,
     surrogate_loss,
+    truncated_importance_weights,
 )
+from souverain.training.selection import DifficultyBand, fill_informative
 from souverain.training.sft import (
     INVALID_DATA,
     LORA_TARGETS,
@@ -64,103 +81,17 @@ from souverain.training.sft import (
     load_tokenizer,
 )
 
-# -- data -------------------------------------------------------------------------------
+__all__ = ["Job", "read_items", "run"]
 
 
 @dataclass(frozen=True)
-class Item:
-    messages: list[dict[str, Any]]
-    fields: dict[str, Any]  # the line's other fields (answer, language, ...)
+class Group:
+    """One prompt's completions in a step, graded."""
 
-    @property
-    def prompt(self) -> str:
-        for message in reversed(self.messages):
-            if message.get("role") == "user" and isinstance(message.get("content"), str):
-                return str(message["content"])
-        return ""
-
-
-def read_items(path: Path, *, system: str | None) -> list[Item]:
-    """Chat lines; a trailing assistant reply (worked examples) is left out, and the
-    reasoning system prompt is put first where the chat has none."""
-    items = []
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            messages = [m for m in row["messages"]]
-            while messages and messages[-1].get("role") == "assistant":
-                messages.pop()
-            if system and (not messages or messages[0].get("role") != "system"):
-                messages.insert(0, {"role": "system", "content": system})
-            items.append(Item(messages, {k: v for k, v in row.items() if k != "messages"}))
-    return items
-
-
-def invalid_item(item: Item, grader: dict[str, Any]) -> str | None:
-    if not item.messages or item.messages[-1].get("role") != "user":
-        return "the chat must end with a user message"
-    if grader["type"] == "magistral" and not isinstance(item.fields.get("answer"), str | int):
-        return "an 'answer' field is needed for the magistral grader"
-    return None
-
-
-# -- scoring ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Graded:
-    reward: float
-    formatted: bool
-    correct: bool
-    consistent: bool | None
-    language: str | None
-
-
-def grade(
-    grader: dict[str, Any],
-    scorer: rewards.Grader | None,
-    item: Item,
-    completion: str,
-    tokens: int,
-    hp: GRPOConfig,
-) -> Graded:
-    if grader["type"] == "magistral":
-        scored = rewards.magistral(
-            completion,
-            prompt=item.prompt,
-            reference=str(item.fields["answer"]),
-            tokens=tokens,
-            l_max=int(grader.get("l_max") or hp.max_tokens),
-            l_cache=int(grader.get("l_cache") or hp.length_cache),
-        )
-        return Graded(
-            scored.reward, scored.formatted, scored.correct, scored.consistent,
-            scored.prompt_language,
-        )  # fmt: skip
-    assert scorer is not None
-    answer = rewards.answer_of(completion)
-    score = scorer(answer, item.fields)
-    parts = rewards.split_thinking(completion)
-    return Graded(score, parts is not None, score >= 1.0, None, None)
-
-
-def summary(graded: Sequence[Graded]) -> dict[str, float | None]:
-    if not graded:
-        return {}
-    known = [g.consistent for g in graded if g.consistent is not None]
-    formatted = [g for g in graded if g.formatted]
-    return {
-        "reward_mean": round(statistics.fmean(g.reward for g in graded), 4),
-        "format_rate": round(len(formatted) / len(graded), 4),
-        "correct_rate": round(sum(g.correct for g in graded) / len(graded), 4),
-        # of the formatted answers: prompt, thinking and answer in one language
-        "consistency": round(sum(bool(g.consistent) for g in formatted) / len(formatted), 4)
-        if formatted
-        else None,
-        "languages_told": len(known),
-    }
+    prompt: list[int]
+    samples: list[Any]  # rollouts.Sample
+    graded: list[Graded]
+    advantages: list[float] | None  # None: every reward equal (nothing to learn)
 
 
 # -- the job ----------------------------------------------------------------------------
@@ -182,18 +113,66 @@ class Job:
         torch.manual_seed(self.hp.seed)
         self.random = random.Random(self.hp.seed)  # noqa: S311 - sampling order, not secrets
         self.stop_asked = False
+        self.draws = 0  # rollout batches sampled in the current step
+        self.dev: list[Item] = []  # the dev split (training lines held back)
+        self.best: tuple[int, float] | None = None  # (step, dev mean reward) of the kept
+        self.overlap = 0  # held-out prompts left out because they are trained on
 
     def run(self) -> int:
         hp, progress = self.hp, self.progress
         self.tokenizer = load_tokenizer(self.spec["base"])
+        if (problem := self._read()) is not None:
+            progress.emit("invalid", **problem)
+            return INVALID_DATA
+        progress.emit("validated", samples=len(self.train), tokens=0)
+        started = time.monotonic()
+        self._load()
+        progress.emit("loaded", seconds=round(time.monotonic() - started, 2))
+        signal.signal(signal.SIGTERM, self._ask_stop)
+        if self.step == 0 and self.valid:
+            progress.emit("eval", step=0, metrics=self.evaluate(first=True))
+        if hp.max_steps == 0:  # an evaluation job: nothing to train
+            progress.emit("done", step=0, tokens=0, adapter_dir=None, adapter_gguf=None,
+                          metrics={})  # fmt: skip
+            self.rollouts.close()
+            return 0
+        stopped = self._train()
+        if stopped is not None:
+            return stopped
+        metrics: dict[str, Any] = dict(self.last_metrics)
+        if self.best is not None:
+            metrics["kept"] = self._restore_best()
+        if self.valid:
+            evaluated = self.evaluate(first=False)
+            progress.emit("eval", step=self.step, metrics=evaluated)
+            metrics["eval"] = evaluated
+        adapter_dir = self.output / "adapter"
+        self.model.save_pretrained(str(adapter_dir))
+        adapter_gguf = _export_gguf(self.model.config, adapter_dir, self.output / "adapter.gguf")
+        progress.emit("done", step=self.step, tokens=self.tokens, adapter_dir=str(adapter_dir),
+                      adapter_gguf=str(adapter_gguf) if adapter_gguf else None,
+                      metrics=metrics)  # fmt: skip
+        self.rollouts.close()
+        return 0
+
+    def _read(self) -> dict[str, Any] | None:
+        """The training, dev and held-out prompts; the first problem found, if any."""
+        hp = self.hp
         system = SYSTEM_PROMPT if self.grader["type"] == "magistral" else None
         self.train = read_items(Path(self.spec["train"]), system=system)
-        self.valid = (
-            read_items(Path(self.spec["valid"]), system=system)[: hp.eval_samples]
-            if self.spec.get("valid")
-            else []
+        if hp.dev_samples and len(self.train) <= hp.dev_samples:
+            return {"line": None, "file": "training",
+                    "message": f"dev_samples {hp.dev_samples} leaves no training line "
+                               f"({len(self.train)} in the file)"}  # fmt: skip
+        self.dev = self.train[len(self.train) - hp.dev_samples :] if hp.dev_samples else []
+        self.train = self.train[: len(self.train) - len(self.dev)]
+        valid = (
+            read_items(Path(self.spec["valid"]), system=system) if self.spec.get("valid") else []
         )
-        self.prompts: dict[int, list[int]] = {}
+        trained = [i.prompt for i in self.train + self.dev]
+        overlap = set(evaluation.overlapping(trained, [i.prompt for i in valid]))
+        self.overlap = len(overlap)
+        self.valid = [v for n, v in enumerate(valid) if n not in overlap][: hp.eval_samples]
         for name, items in (("training", self.train), ("validation", self.valid)):
             for number, item in enumerate(items, start=1):
                 problem = invalid_item(item, self.grader)
@@ -204,37 +183,9 @@ class Job:
                         f"job's seq_len of {hp.seq_len}"
                     )
                 if problem is not None:
-                    progress.emit("invalid", line=number, file=name,
-                                  message=f"{name} file line {number}: {problem}")  # fmt: skip
-                    return INVALID_DATA
-        progress.emit("validated", samples=len(self.train), tokens=0)
-        started = time.monotonic()
-        self._load()
-        progress.emit("loaded", seconds=round(time.monotonic() - started, 2))
-        signal.signal(signal.SIGTERM, self._ask_stop)
-        if self.step == 0 and self.valid:
-            progress.emit("eval", step=0, metrics=self.evaluate())
-        if hp.max_steps == 0:  # an evaluation job: nothing to train
-            progress.emit("done", step=0, tokens=0, adapter_dir=None, adapter_gguf=None,
-                          metrics={})  # fmt: skip
-            self.rollouts.close()
-            return 0
-        stopped = self._train()
-        if stopped is not None:
-            return stopped
-        metrics: dict[str, Any] = dict(self.last_metrics)
-        if self.valid:
-            evaluation = self.evaluate()
-            progress.emit("eval", step=self.step, metrics=evaluation)
-            metrics["eval"] = evaluation
-        adapter_dir = self.output / "adapter"
-        self.model.save_pretrained(str(adapter_dir))
-        adapter_gguf = _export_gguf(self.model.config, adapter_dir, self.output / "adapter.gguf")
-        progress.emit("done", step=self.step, tokens=self.tokens, adapter_dir=str(adapter_dir),
-                      adapter_gguf=str(adapter_gguf) if adapter_gguf else None,
-                      metrics=metrics)  # fmt: skip
-        self.rollouts.close()
-        return 0
+                    return {"line": number, "file": name,
+                            "message": f"{name} file line {number}: {problem}"}  # fmt: skip
+        return None
 
     def _train(self) -> int | None:
         """Steps until the last; an exit code if the job stops before (paused, collapsed)."""
@@ -254,6 +205,8 @@ class Job:
                               message=collapse.reason(self.step))  # fmt: skip
                 self.rollouts.close()
                 return REWARD_COLLAPSED
+            if self.dev and (self.step % hp.dev_steps == 0 or self.step == hp.max_steps):
+                self._dev_check()
             if self.step % hp.save_steps == 0 or self.step == hp.max_steps:
                 path = self.output / f"checkpoint-{self.step}"
                 self._save(path)
@@ -300,7 +253,8 @@ class Job:
             if optimizer.exists():
                 self.optimizer.load_state_dict(torch.load(optimizer, weights_only=True))
         self.last_metrics: dict[str, Any] = {}
-        self.order: list[int] = []
+        self.band = DifficultyBand(len(self.train), self.random, low=0.0, high=1.0,
+                                   rest_epochs=hp.band_rest_epochs)  # fmt: skip
         gguf = Path(self.spec["base"]["path"]) / (self.spec["base"].get("gguf_file") or "")
         sequences = max(hp.batch_size * hp.group_size, min(len(self.valid), 32) or 1)
         self.eval_width = min(32, sequences)
@@ -318,67 +272,61 @@ class Job:
             raise RuntimeError("rollouts with llama.cpp need a LLaMA-family model")
         self.rollouts.set_adapter(gguf)
 
-    def _batch(self) -> list[Item]:
-        picked: list[Item] = []
-        while len(picked) < self.hp.batch_size:
-            if not self.order:
-                self.order = list(range(len(self.train)))
-                self.random.shuffle(self.order)
-            picked.append(self.train[self.order.pop()])
-        return picked
+    def _draw_groups(self) -> list[Group]:
+        """`batch_size` prompts from the band, sampled and graded (one rollout batch)."""
+        hp = self.hp
+        picked = self.band.draw(hp.batch_size)
+        prompts = [self._prompt_ids(self.train[i]) for i in picked]
+        self.draws += 1
+        samples = self.rollouts.generate(prompts, n=hp.group_size, max_tokens=hp.max_tokens,
+                                         temperature=hp.temperature, top_p=hp.top_p,
+                                         round_seed=self.step * 16 + self.draws)  # fmt: skip
+        groups = []
+        for index, (number, prompt) in enumerate(zip(picked, prompts, strict=True)):
+            mine = samples[index * hp.group_size : (index + 1) * hp.group_size]
+            graded = [self._grade(self.train[number], s) for s in mine]
+            self.band.observe(number, statistics.fmean(g.correct for g in graded))
+            advantages = group_advantages([[g.reward for g in graded]])[0]
+            groups.append(Group(prompt, mine, graded, advantages))
+        return groups
+
+    def _grade(self, item: Item, sample: Any) -> Graded:
+        text = self.tokenizer.decode(sample.tokens, skip_special_tokens=True)
+        return grade(self.grader, self.scorer, item, text, len(sample.tokens), self.hp)
 
     def _one_step(self) -> None:
         hp = self.hp
         began = time.monotonic()
-        items = self._batch()
-        prompts = [self._prompt_ids(item) for item in items]
-        samples = self.rollouts.generate(prompts, n=hp.group_size, max_tokens=hp.max_tokens,
-                                         temperature=hp.temperature, top_p=hp.top_p,
-                                         round_seed=self.step + 1)  # fmt: skip
+        self.draws = 0
+        filled = fill_informative(self._draw_groups, lambda g: g.advantages is not None,
+                                  planned=hp.batch_size, rounds=hp.refill_rounds)  # fmt: skip
         rolled = time.monotonic()
-        graded = [
-            grade(self.grader, self.scorer, items[s.prompt],
-                  self.tokenizer.decode(s.tokens, skip_special_tokens=True), len(s.tokens), hp)
-            for s in samples
-        ]  # fmt: skip
-        groups = [
-            [graded[i * hp.group_size + j].reward for j in range(hp.group_size)]
-            for i in range(len(items))
-        ]
-        advantages = group_advantages(groups)
-        kept = [i for i, a in enumerate(advantages) if a is not None]
-        loss = self._update(prompts, samples, advantages, kept) if kept else 0.0
+        loss, mismatch = self._update(filled.kept) if filled.kept else (0.0, None)
         self._sync_adapter()
         self.step += 1
-        generated = sum(len(s.tokens) for s in samples)
+        generated = sum(len(s.tokens) for g in filled.drawn for s in g.samples)
         self.tokens += generated
         ended = time.monotonic()
+        informative = sum(g.advantages is not None for g in filled.drawn)
         self.last_metrics = {
-            **summary(graded),
-            "zero_advantage_fraction": round(1 - len(kept) / len(items), 4),
+            **summary([x for g in filled.drawn for x in g.graded]),
+            "zero_advantage_fraction": round(1 - informative / len(filled.drawn), 4),
+            "informative_groups": len(filled.kept),
+            "refill_rounds": filled.rounds,
+            "band_skipped": self.band.skipped,
+            **(mismatch.as_metrics() if mismatch else {}),
+            "tis_cap": hp.tis_cap,
             "loss": round(loss, 6),
         }
         self.progress.emit(
-            "step",
-            step=self.step,
-            total=hp.max_steps,
-            tokens=self.tokens,
-            tokens_per_s=round(generated / (ended - began), 1),
-            learning_rate=hp.learning_rate,
-            generated_tokens=generated,
-            step_s=round(ended - began, 3),
-            rollout_s=round(rolled - began, 3),
-            train_s=round(ended - rolled, 3),
+            "step", step=self.step, total=hp.max_steps, tokens=self.tokens,
+            tokens_per_s=round(generated / (ended - began), 1), learning_rate=hp.learning_rate,
+            generated_tokens=generated, step_s=round(ended - began, 3),
+            rollout_s=round(rolled - began, 3), train_s=round(ended - rolled, 3),
             **self.last_metrics,
-        )
+        )  # fmt: skip
 
-    def _update(
-        self,
-        prompts: list[list[int]],
-        samples: list[Any],
-        advantages: list[list[float] | None],
-        kept: list[int],
-    ) -> float:
+    def _update(self, kept: list[Group]) -> tuple[float, Mismatch]:
         import torch
 
         hp = self.hp
@@ -389,25 +337,27 @@ class Job:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batches = []
         for index, chunk in enumerate(chunks):
-            groups = [(prompts[g], [list(samples[g * hp.group_size + j].tokens)
-                                    for j in range(hp.group_size)]) for g in chunk]  # fmt: skip
-            adv = torch.tensor(normalise([advantages[g][j] for g in chunk  # type: ignore[index]
-                                          for j in range(hp.group_size)]))  # fmt: skip
+            groups = [(g.prompt, [list(s.tokens) for s in g.samples]) for g in chunk]
+            adv = torch.tensor(normalise([a for g in chunk for a in g.advantages or ()]))
             with torch.no_grad():
-                old = groups_logprobs(self.model, groups, pad)[0] if index else None
+                old = self._logprobs(groups, pad)[0] if index else None
                 ref = None
                 if hp.beta:
                     with self.model.disable_adapter():
-                        ref = groups_logprobs(self.model, groups, pad)[0]
-            batches.append((groups, adv, old, ref))
-        losses = []
+                        ref = self._logprobs(groups, pad)[0]
+            rolled = [s.logprobs for g in chunk for s in g.samples]
+            batches.append((groups, adv, old, ref, rolled))
+        losses, gaps = [], []
         self.model.train()
-        for groups, adv, old, ref in batches:
-            logp, mask = groups_logprobs(self.model, groups, pad)
+        for groups, adv, old, ref, rolled in batches:
+            logp, mask = self._logprobs(groups, pad)
             old = logp.detach() if old is None else old
+            weights, gap = truncated_importance_weights(
+                old, _padded(rolled, logp.shape), mask, cap=hp.tis_cap
+            )
             loss = surrogate_loss(logp, old, adv, mask, epsilon_low=hp.epsilon_low,
                                   epsilon_high=hp.epsilon_high, beta=hp.beta,
-                                  ref_logp=ref)  # fmt: skip
+                                  ref_logp=ref, weights=weights)  # fmt: skip
             self.optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(
@@ -415,29 +365,73 @@ class Job:
             )
             self.optimizer.step()
             losses.append(float(loss.detach()))
+            gaps.append(gap)
         self.model.eval()
-        return statistics.fmean(losses)
+        return statistics.fmean(losses), _merged(gaps)
 
-    def evaluate(self) -> dict[str, Any]:
-        """Greedy answers to the held-out prompts: pass@1, format rate, mean reward and
-        language consistency, overall and per language."""
+    def _logprobs(self, groups: list[tuple[list[int], list[list[int]]]], pad: int) -> Any:
+        return groups_logprobs(self.model, groups, pad, temperature=self.hp.temperature)
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def answer(self, items: list[Item], *, samples: int) -> list[evaluation.Answered]:
+        """Each item answered greedily, and `samples` times at the training temperature."""
         hp = self.hp
-        graded: list[tuple[Item, Graded]] = []
-        for start in range(0, len(self.valid), self.eval_width):
-            items = self.valid[start : start + self.eval_width]
-            samples = self.rollouts.generate([self._prompt_ids(i) for i in items], n=1,
-                                             max_tokens=hp.max_tokens, temperature=0.0)  # fmt: skip
-            for sample in samples:
-                item = items[sample.prompt]
-                text = self.tokenizer.decode(sample.tokens, skip_special_tokens=True)
-                graded.append((item, grade(self.grader, self.scorer, item, text,
-                                           len(sample.tokens), hp)))  # fmt: skip
-        by_language: dict[str, list[Graded]] = defaultdict(list)
-        for item, g in graded:
-            by_language[str(item.fields.get("language") or g.language or "?")].append(g)
-        report: dict[str, Any] = {"overall": _eval_summary([g for _, g in graded])}
-        report["languages"] = {lang: _eval_summary(gs) for lang, gs in sorted(by_language.items())}
+        out: list[evaluation.Answered] = []
+        width = max(1, self.eval_width // max(1, samples))
+        for start in range(0, len(items), width):
+            chunk = items[start : start + width]
+            prompts = [self._prompt_ids(i) for i in chunk]
+            greedy = self.rollouts.generate(prompts, n=1, max_tokens=hp.max_tokens,
+                                            temperature=0.0)  # fmt: skip
+            sampled = self.rollouts.generate(prompts, n=samples, max_tokens=hp.max_tokens,
+                                             temperature=hp.temperature, top_p=hp.top_p,
+                                             round_seed=10_000 + start) if samples else []  # fmt: skip
+            for index, item in enumerate(chunk):
+                best = self._grade(item, greedy[index])
+                drawn = [self._grade(item, s) for s in sampled if s.prompt == index]
+                group = str(item.fields.get("language") or best.language or "?")
+                out.append(evaluation.Answered(group, best, drawn))
+        return out
+
+    def evaluate(self, *, first: bool) -> dict[str, Any]:
+        """The held-out prompts: greedy and sampled, overall and per language; the last
+        evaluation also the paired change since the first (kept on disk across a pause)."""
+        hp = self.hp
+        answered = self.answer(self.valid, samples=hp.eval_samples_per_prompt)
+        report = evaluation.report(answered, samples=hp.eval_samples_per_prompt,
+                                   temperature=hp.temperature)  # fmt: skip
+        report["left_out_as_trained"] = self.overlap
+        scores = evaluation.per_prompt(answered)
+        before = self.output / "eval-before.json"
+        if first:
+            before.write_text(json.dumps(scores))
+        elif before.exists():
+            report["change"] = evaluation.changes(json.loads(before.read_text()), scores,
+                                                  seed=hp.seed)  # fmt: skip
         return report
+
+    def _dev_check(self) -> None:
+        """The dev split sampled at the training temperature; the best adapter kept."""
+        answered = self.answer(self.dev, samples=max(1, self.hp.eval_samples_per_prompt))
+        reward = statistics.fmean(a.sampled_reward for a in answered)
+        if self.best is None or reward > self.best[1]:
+            self.best = (self.step, reward)
+            self.model.save_pretrained(str(self.output / "best"))
+        self.progress.emit("dev", step=self.step, mean_reward=round(reward, 4),
+                           best_step=self.best[0])  # fmt: skip
+
+    def _restore_best(self) -> dict[str, Any]:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        assert self.best is not None
+        step, reward = self.best
+        if step != self.step:
+            state = load_file(str(self.output / "best" / "adapter_model.safetensors"))
+            set_peft_model_state_dict(self.model, state)
+            self._sync_adapter()
+        return {"step": step, "dev_mean_reward": round(reward, 4)}
 
     def _save(self, path: Path) -> None:
         import torch
@@ -451,15 +445,24 @@ class Job:
         }))  # fmt: skip
 
 
-def _eval_summary(graded: Sequence[Graded]) -> dict[str, Any]:
-    base = summary(graded)
-    return {
-        "samples": len(graded),
-        "pass_at_1": base.get("correct_rate"),
-        "format_rate": base.get("format_rate"),
-        "mean_reward": base.get("reward_mean"),
-        "language_consistency": base.get("consistency"),
-    }
+def _padded(rows: list[tuple[float, ...]], shape: Any) -> Any:
+    """The rollouts' log-probabilities laid out as the trainer's [rows, tokens]."""
+    import torch
+
+    out = torch.zeros(tuple(shape), dtype=torch.float32)
+    for row, values in enumerate(rows):
+        if values:
+            out[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+    return out
+
+
+def _merged(gaps: list[Mismatch]) -> Mismatch:
+    return Mismatch(
+        gap_mean=statistics.fmean(g.gap_mean for g in gaps),
+        gap_p99=max(g.gap_p99 for g in gaps),
+        outside_fraction=statistics.fmean(g.outside_fraction for g in gaps),
+        capped_fraction=statistics.fmean(g.capped_fraction for g in gaps),
+    )
 
 
 def _tuple_state(state: Any) -> Any:

@@ -1,12 +1,21 @@
 """GRPO's objective, on numbers and tensors (tested numerically): group advantages, their
-normalisation, the clipped surrogate with clip-higher and an optional KL term, and the
-log-probabilities of completions that share a prompt (training/grpo.py runs them).
+normalisation, the clipped surrogate with clip-higher and an optional KL term, truncated
+importance sampling against the rollout engine, and the log-probabilities of completions
+that share a prompt (training/grpo.py runs them).
+
+On-policy means the loss scores tokens with the distribution that sampled them: the
+trainer divides its logits by the rollouts' temperature, and what still differs between
+llama.cpp and PyTorch (quantised weights, kernels, a nucleus) is corrected per token by
+truncated importance sampling (Yao et al., "Your efficient RL framework secretly brings you
+off-policy RL training", 2025): the surrogate of each token is weighted by
+min(π_trainer(token) / π_rollout(token), cap), a constant (no gradient flows through it).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 ADV_EPS = 1e-6
@@ -41,10 +50,12 @@ def surrogate_loss(
     epsilon_high: float,
     beta: float = 0.0,
     ref_logp: Any = None,
+    weights: Any = None,
 ) -> Any:
-    """-(1/T) Σ_i Σ_t min(ρ A_i, clip(ρ, 1-ε_low, 1+ε_high) A_i) [+ β KL], T = Σ mask.
+    """-(1/T) Σ_i Σ_t w_it min(ρ A_i, clip(ρ, 1-ε_low, 1+ε_high) A_i) [+ β KL], T = Σ mask;
+    w: the truncated importance weights (`truncated_importance_weights`), 1 without them.
 
-    logp, old_logp, ref_logp, mask: [sequences, tokens]; advantages: [sequences]."""
+    logp, old_logp, ref_logp, mask, weights: [sequences, tokens]; advantages: [sequences]."""
     import torch
 
     ratio = torch.exp(logp - old_logp)
@@ -52,12 +63,56 @@ def surrogate_loss(
     per_token = -torch.minimum(
         ratio * adv, torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * adv
     )
+    if weights is not None:
+        per_token = per_token * weights.detach()
     if beta:
         if ref_logp is None:
             raise ValueError("beta > 0 needs the reference model's log-probabilities")
         log_ratio = ref_logp - logp
         per_token = per_token + beta * (torch.exp(log_ratio) - log_ratio - 1)  # k3 estimator
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """How far the rollout engine's log-probabilities were from the trainer's, over a
+    step's generated tokens: |log π_trainer - log π_rollout| mean and 99th percentile, the
+    share of ratios outside [0.8, 1.25], and the share truncated at the cap."""
+
+    gap_mean: float
+    gap_p99: float
+    outside_fraction: float
+    capped_fraction: float
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "logprob_gap_mean": round(self.gap_mean, 5),
+            "logprob_gap_p99": round(self.gap_p99, 5),
+            "ratio_outside_fraction": round(self.outside_fraction, 5),
+            "tis_capped_fraction": round(self.capped_fraction, 5),
+        }
+
+
+def truncated_importance_weights(
+    trainer_logp: Any, rollout_logp: Any, mask: Any, *, cap: float
+) -> tuple[Any, Mismatch]:
+    """min(exp(trainer - rollout), cap) per token (0 where the mask is 0), and the gap."""
+    import torch
+
+    log_ratio = (trainer_logp - rollout_logp).detach() * mask
+    ratio = torch.exp(log_ratio)
+    weights = torch.clamp(ratio, max=cap) * mask
+    kept = mask.bool()
+    gaps = log_ratio.abs()[kept]
+    ratios = ratio[kept]
+    if gaps.numel() == 0:
+        return weights, Mismatch(0.0, 0.0, 0.0, 0.0)
+    return weights, Mismatch(
+        gap_mean=float(gaps.mean()),
+        gap_p99=float(torch.quantile(gaps.double(), 0.99)),
+        outside_fraction=float(((ratios < 0.8) | (ratios > 1.25)).double().mean()),
+        capped_fraction=float((ratios > cap).double().mean()),
+    )
 
 
 def token_logprobs(model: Any, input_ids: Any, attention: Any, completion_mask: Any) -> Any:
@@ -71,9 +126,15 @@ def token_logprobs(model: Any, input_ids: Any, attention: Any, completion_mask: 
 
 
 def shared_prompt_logprobs(
-    model: Any, prompt: list[int], completions: list[list[int]], pad: int
+    model: Any,
+    prompt: list[int],
+    completions: list[list[int]],
+    pad: int,
+    *,
+    temperature: float = 1.0,
 ) -> tuple[Any, Any]:
-    """log π(token | prefix) of each completion's tokens, for completions of one prompt
+    """log π_T(token | prefix), with π_T = softmax(logits / temperature): the distribution
+    the rollouts sampled from. Of each completion's tokens, for completions of one prompt
     (a group): the prompt is run once and its KV cache repeated for every completion, so
     a long shared prompt (the reasoning system prompt) costs one forward and one backward
     pass per group instead of one per completion, and logits are computed for the
@@ -100,17 +161,25 @@ def shared_prompt_logprobs(
     fed_mask = (torch.arange(width).unsqueeze(0) < mask.sum(1, keepdim=True).clamp(min=1)).long()
     logits = model(input_ids=ids, attention_mask=torch.cat([seen, fed_mask], dim=1),
                    cache=cache).logits.float()  # fmt: skip
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    logp = (
+        torch.log_softmax(logits / temperature, dim=-1)
+        .gather(-1, targets.unsqueeze(-1))
+        .squeeze(-1)
+    )
     return logp * mask, mask
 
 
 def groups_logprobs(
-    model: Any, groups: list[tuple[list[int], list[list[int]]]], pad: int
+    model: Any,
+    groups: list[tuple[list[int], list[list[int]]]],
+    pad: int,
+    *,
+    temperature: float = 1.0,
 ) -> tuple[Any, Any]:
     """`shared_prompt_logprobs` of several groups, stacked: [rows, longest completion]."""
     import torch
 
-    parts = [shared_prompt_logprobs(model, prompt, completions, pad)
+    parts = [shared_prompt_logprobs(model, prompt, completions, pad, temperature=temperature)
              for prompt, completions in groups]  # fmt: skip
     width = max(logp.shape[1] for logp, _ in parts)
 

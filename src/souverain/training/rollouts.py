@@ -10,12 +10,18 @@ reloading the model), and every sequence of a step advances in one batch:
     per decode; a sequence ends at an end-of-generation token or at max_tokens.
 
 Token ids go in and come out: the trainer's tokenizer is the GGUF's vocabulary, so what
-was sampled is exactly what is trained on.
+was sampled is exactly what is trained on. With each sampled token comes its log-probability
+under the distribution it was drawn from (the logits divided by the temperature, restricted
+to the nucleus when top_p < 1, as llama.cpp's chain applies them): the trainer's truncated
+importance sampling corrects with it whatever differs between this engine and PyTorch
+(quantised weights, kernels, the nucleus). The chain holds nothing else: no top-k, min-p,
+repetition penalty or other hidden sampler.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ class Sample:
     prompt: int  # index of its prompt
     tokens: tuple[int, ...]  # generated, with the end-of-generation token when it stopped
     stopped: bool  # ended by the model (else cut at max_tokens)
+    logprobs: tuple[float, ...] = ()  # of each token as sampled (empty when greedy)
 
 
 class Rollouts:
@@ -61,11 +68,13 @@ class Rollouts:
             raise RuntimeError("llama.cpp could not create a context for the rollouts")
         self._ctx = ctx
         self._sequences = sequences
+        self._vocab_size = int(llama.llama_vocab_n_tokens(self._vocab))
         self._context = context
         self._seed = seed
         self._adapter: Any = None
         self._batch = llama.llama_batch_init(max(512, sequences), 0, sequences)
-        self._pending: dict[int, int] = {}  # the token each sequence adds next
+        self._pending: dict[int, tuple[int, float]] = {}  # each sequence's next token
+        self._scoring = (1.0, 1.0)  # temperature and top_p of the current generation
 
     def set_adapter(self, path: Path | None) -> None:
         """Use this LoRA adapter (GGUF) from the next decode on; None: the base model."""
@@ -105,6 +114,7 @@ class Rollouts:
             raise ValueError(f"{needed} tokens asked, the context holds {self._context}")
         llama.llama_memory_clear(llama.llama_get_memory(self._ctx), True)
         samplers = [self._sampler(temperature, top_p, round_seed, s) for s in range(total)]
+        self._scoring = (temperature, top_p)
         try:
             return self._generate(prompts, n, max_tokens, samplers)
         finally:
@@ -126,17 +136,18 @@ class Rollouts:
                             for i, tok in enumerate(piece)])  # fmt: skip
                 self._decode()
             for seq in seqs:
-                token = llama.llama_sampler_sample(samplers[seq], self._ctx, len(piece) - 1)
-                self._pending[seq] = token
+                self._pending[seq] = self._sample(samplers[seq], len(piece) - 1)
         generated: list[list[int]] = [[] for _ in range(len(prompts) * n)]
+        logprobs: list[list[float]] = [[] for _ in generated]
         stopped = [False] * len(generated)
         live = set(range(len(generated)))
         positions = [len(prompts[seq // n]) for seq in range(len(generated))]
         while live:
             rows = []
             for seq in sorted(live):
-                token = self._pending[seq]
+                token, logprob = self._pending[seq]
                 generated[seq].append(token)
+                logprobs[seq].append(logprob)
                 if llama.llama_vocab_is_eog(self._vocab, token):
                     stopped[seq] = True
                     live.discard(seq)
@@ -150,10 +161,26 @@ class Rollouts:
             self._fill(rows)
             self._decode()
             for i, (_, _, (seq,), _) in enumerate(rows):
-                self._pending[seq] = llama.llama_sampler_sample(samplers[seq], self._ctx, i)
+                self._pending[seq] = self._sample(samplers[seq], i)
+        greedy = self._scoring[0] <= 0
         return [
-            Sample(seq // n, tuple(generated[seq]), stopped[seq]) for seq in range(len(generated))
-        ]
+            Sample(seq // n, tuple(generated[seq]), stopped[seq],
+                   () if greedy else tuple(logprobs[seq]))
+            for seq in range(len(generated))
+        ]  # fmt: skip
+
+    def _sample(self, sampler: Any, row: int) -> tuple[int, float]:
+        """A token from the logits of the batch's `row`, and its log-probability as sampled."""
+        token = int(self._l.llama_sampler_sample(sampler, self._ctx, row))
+        temperature, top_p = self._scoring
+        if temperature <= 0:
+            return token, 0.0
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(
+            self._l.llama_get_logits_ith(self._ctx, row), shape=(self._vocab_size,)
+        )
+        return token, sampled_logprob(logits, token, temperature=temperature, top_p=top_p)
 
     def _fill(self, rows: list[tuple[int, int, list[int], bool]]) -> None:
         batch = self._batch
@@ -192,6 +219,27 @@ class Rollouts:
             self._adapter = None
         llama.llama_free(self._ctx)
         llama.llama_model_free(self._model)
+
+
+def sampled_logprob(logits: Any, token: int, *, temperature: float, top_p: float = 1.0) -> float:
+    """log p(token) under llama.cpp's chain [top-p at temperature 1] → temperature → dist:
+    softmax(logits / temperature), over the nucleus when top_p < 1."""
+    import numpy as np
+
+    values = np.asarray(logits, dtype=np.float32)  # in place of llama.cpp's own: no copy
+    if top_p < 1.0:
+        probs = np.exp(values - values.max())
+        probs /= probs.sum()
+        order = np.argsort(-probs, kind="stable")
+        kept = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
+        if token not in set(kept.tolist()):
+            return -math.inf
+        values = values[kept]
+        token = int(np.nonzero(kept == token)[0][0])
+    scaled = values * np.float32(1.0 / temperature)
+    top = scaled.max()
+    total = float(np.exp(scaled - top).sum(dtype=np.float64))
+    return float(scaled[token] - top) - math.log(total)
 
 
 def _quiet(level: int, text: bytes, data: Any) -> None:

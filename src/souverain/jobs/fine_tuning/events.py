@@ -9,15 +9,17 @@ from typing import Any
 REINFORCEMENT_METRICS = (
     "step", "total", "loss", "tokens", "tokens_per_s", "learning_rate", "reward_mean",
     "format_rate", "correct_rate", "consistency", "zero_advantage_fraction", "step_s",
-    "rollout_s", "train_s", "generated_tokens",
+    "rollout_s", "train_s", "generated_tokens", "informative_groups", "refill_rounds",
+    "band_skipped", "logprob_gap_mean", "logprob_gap_p99", "ratio_outside_fraction",
+    "tis_capped_fraction", "tis_cap",
 )  # fmt: skip
 
 
 def event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
     """A worker's progress line as a job event: words, and numbers (never training text)."""
     kind = event["type"]
-    if kind == "step" and "reward_mean" in event:  # reinforcement
-        return _reinforcement_step(event)
+    if kind == "dev" or (kind == "step" and "reward_mean" in event):  # reinforcement
+        return _reinforcement(event)
     if kind == "step":
         data = {k: event.get(k) for k in ("step", "total", "loss", "tokens", "tokens_per_s",
                                           "learning_rate", "mean_token_accuracy")}  # fmt: skip
@@ -72,7 +74,14 @@ def event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]
     return "", "message", None
 
 
-def _reinforcement_step(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+def _reinforcement(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+    if event["type"] == "dev":  # reinforcement: the dev split, for the best checkpoint
+        return (
+            f"Dev split at step {event['step']}: mean reward={event['mean_reward']} "
+            f"(best so far at step {event['best_step']})",
+            "metrics",
+            {k: event.get(k) for k in ("step", "mean_reward", "best_step")},
+        )
     data = {k: event.get(k) for k in REINFORCEMENT_METRICS}
     data["train_loss"] = data.pop("loss")
     return (

@@ -120,7 +120,12 @@ async def _lineage(
         extra = {
             "grader": job.resolved.get("grader"),
             "started_from": job.resolved.get("start_from"),
-            "evaluation": {"before": evaluations[0], "after": evaluations[-1]}
+            # the last evaluation's `change`: paired before → after with 95 % intervals
+            "evaluation": {
+                "before": evaluations[0],
+                "after": evaluations[-1],
+                "change": evaluations[-1].get("change"),
+            }
             if len(evaluations) >= 2
             else None,
         }

@@ -1,0 +1,153 @@
+"""A reinforcement job's held-out evaluation, and the numbers that make it honest.
+
+Every prompt is answered greedily once and sampled `k` times at the training temperature
+(what GRPO optimises); its scores are the greedy reward and the mean of its samples. The
+job evaluates before its first step and after its last on the same prompts, so the change
+is paired: a bootstrap over prompts (resample prompts with replacement, take the mean of
+their after - before, 2,000 times) gives its 95 % percentile interval (Efron & Tibshirani,
+"An Introduction to the Bootstrap", 1993, ch. 13). Held-out prompts that also occur in the
+training data are left out of the evaluation and counted.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+RESAMPLES = 2000
+
+
+class Score(Protocol):
+    @property
+    def reward(self) -> float: ...
+    @property
+    def correct(self) -> bool: ...
+    @property
+    def formatted(self) -> bool: ...
+    @property
+    def consistent(self) -> bool | None: ...
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One held-out prompt's answers: greedy, and sampled at the training temperature."""
+
+    group: str  # language (or the grader's "?")
+    greedy: Score
+    sampled: Sequence[Score]
+
+    @property
+    def sampled_reward(self) -> float:
+        return statistics.fmean(s.reward for s in self.sampled) if self.sampled else 0.0
+
+    @property
+    def sampled_correct(self) -> float:
+        return statistics.fmean(s.correct for s in self.sampled) if self.sampled else 0.0
+
+
+@dataclass(frozen=True)
+class Change:
+    before: float
+    after: float
+    delta: float
+    low: float  # the 95 % interval of delta
+    high: float
+    prompts: int
+
+
+def paired_bootstrap(
+    before: Sequence[float], after: Sequence[float], *, resamples: int = RESAMPLES, seed: int = 0
+) -> Change:
+    """The mean of after - before over prompts, with its 95 % percentile interval."""
+    if len(before) != len(after) or not before:
+        raise ValueError("a paired comparison needs the same prompts, at least one")
+    diffs = [a - b for b, a in zip(before, after, strict=True)]
+    rng = random.Random(seed)  # noqa: S311 - resampling, not secrets
+    count = len(diffs)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=count)) for _ in range(resamples))
+    low = means[int(0.025 * (resamples - 1))]
+    high = means[int(0.975 * (resamples - 1) + 0.5)]
+    return Change(
+        before=round(statistics.fmean(before), 4),
+        after=round(statistics.fmean(after), 4),
+        delta=round(statistics.fmean(diffs), 4),
+        low=round(low, 4),
+        high=round(high, 4),
+        prompts=count,
+    )
+
+
+def normalised_prompt(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def overlapping(train: Iterable[str], heldout: Sequence[str]) -> list[int]:
+    """Indices of the held-out prompts whose text (spacing and case aside) is trained on."""
+    seen = {normalised_prompt(t) for t in train}
+    return [i for i, text in enumerate(heldout) if normalised_prompt(text) in seen]
+
+
+def report(answered: Sequence[Answered], *, samples: int, temperature: float) -> dict[str, Any]:
+    """Overall and per group: greedy (pass@1, format, mean reward, consistency, the names
+    of before) and `sampled` at the training temperature."""
+    by_group: dict[str, list[Answered]] = defaultdict(list)
+    for a in answered:
+        by_group[a.group].append(a)
+    return {
+        "overall": _summary(answered, samples, temperature),
+        "languages": {
+            g: _summary(rows, samples, temperature) for g, rows in sorted(by_group.items())
+        },
+    }
+
+
+def _summary(rows: Sequence[Answered], samples: int, temperature: float) -> dict[str, Any]:
+    greedy = [a.greedy for a in rows]
+    formatted = [g for g in greedy if g.formatted]
+    out: dict[str, Any] = {
+        "samples": len(rows),
+        "pass_at_1": _mean(float(g.correct) for g in greedy),
+        "format_rate": _mean(float(g.formatted) for g in greedy),
+        "mean_reward": _mean(g.reward for g in greedy),
+        "language_consistency": _mean(float(bool(g.consistent)) for g in formatted),
+    }
+    if samples:
+        out["sampled"] = {
+            "per_prompt": samples,
+            "temperature": temperature,
+            "mean_reward": _mean(a.sampled_reward for a in rows),
+            "pass_at_1": _mean(a.sampled_correct for a in rows),
+        }
+    return out
+
+
+def per_prompt(answered: Sequence[Answered]) -> dict[str, list[float]]:
+    """Each prompt's scores, in prompt order (what the job keeps of its first evaluation
+    to pair the last one with, across a pause)."""
+    scores = {
+        "greedy_mean_reward": [a.greedy.reward for a in answered],
+        "greedy_pass_at_1": [float(a.greedy.correct) for a in answered],
+    }
+    if answered and answered[0].sampled:
+        scores["sampled_mean_reward"] = [a.sampled_reward for a in answered]
+        scores["sampled_pass_at_1"] = [a.sampled_correct for a in answered]
+    return scores
+
+
+def changes(
+    before: dict[str, list[float]], after: dict[str, list[float]], *, seed: int
+) -> dict[str, Any]:
+    """Paired before → after of every score both evaluations have."""
+    return {
+        name: asdict(paired_bootstrap(before[name], after[name], seed=seed))
+        for name in sorted(set(before) & set(after))
+    }
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    listed = list(values)
+    return round(statistics.fmean(listed), 4) if listed else None
