@@ -7,20 +7,21 @@ TORCH  ?= 2.13.0
 
 .PHONY: setup up test lint unit bench browser idp openssl tcpdump screenshots clean
 
-# llama-server (the llamacpp engine's parallel runtime) builds beside the llama-cpp-python
-# wheel, both from the same llama.cpp sources and cached; without it, llama-cpp-python serves.
-$(STAMP): pyproject.toml scripts/build-llamacpp scripts/build-llama-server scripts/patches/llama-server-isolation.patch | openssl
+# llama.cpp is built once (scripts/build-llamacpp, cached): one wheel of llama-cpp-python
+# whose package holds the shared libraries and llama-server, which .venv/bin/llama-server
+# links to; while it builds, torch downloads. Without llama-server, llama-cpp-python serves.
+$(STAMP): pyproject.toml scripts/build-llamacpp scripts/patches/llama-server-isolation.patch | openssl
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	( PIP=$(BIN)/pip scripts/build-llama-server > $(VENV)/.llama-server || rm -f $(VENV)/.llama-server ) & \
-	  server=$$! && \
+	( PIP=$(BIN)/pip scripts/build-llamacpp > $(VENV)/.llamacpp || rm -f $(VENV)/.llamacpp ) & \
+	  build=$$! && \
 	  $(BIN)/pip install --quiet "torch==$(TORCH)" && \
-	  wheels="$$(PIP=$(BIN)/pip scripts/build-llamacpp)" && \
+	  wait $$build && test -s $(VENV)/.llamacpp && wheels="$$(cat $(VENV)/.llamacpp)" && \
 	  $(BIN)/pip install --quiet --no-deps --force-reinstall "$$wheels"/llama_cpp_python-*.whl && \
 	  $(BIN)/pip install --quiet --find-links "$$wheels" -e ".[llamacpp,embeddings,training,dev]" && \
-	  wait $$server && \
-	  if [ -s $(VENV)/.llama-server ]; then install -m 755 "$$(cat $(VENV)/.llama-server)" $(BIN)/llama-server; \
-	  else echo "llama-server could not be built: the llamacpp engine will use llama-cpp-python" >&2; fi
+	  cd $(BIN) && rm -f llama-server && \
+	  if [ -x ../lib/python3*/site-packages/llama_cpp/lib/llama-server ]; then \
+	    ln -s ../lib/python3*/site-packages/llama_cpp/lib/llama-server llama-server; fi
 	touch $(STAMP)
 
 # llama.cpp is built portable by default (AVX2/FMA/F16C on x86-64, any aarch64): set

@@ -61,7 +61,7 @@ def plain_engines(tmp: Path, slots: int, context: int) -> tuple[list[tuple[str, 
     model, secret = builtin_path(MODEL), "bench-secret"
     binary = llama_server.binary()
     if binary is None:
-        raise SystemExit("no llama-server: make setup builds it (scripts/build-llama-server)")
+        raise SystemExit("no llama-server: make setup builds it (scripts/build-llamacpp)")
     keys = tmp / "keys"
     keys.write_text(secret + "\n")
     c_port, d_port = free_port(), free_port()

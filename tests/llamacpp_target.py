@@ -66,7 +66,7 @@ def launcher(runtime: str) -> EngineLauncher:
     if runtime == "llama-cpp-python":
         return LlamaCppLauncher()
     found = llama_server.binary()
-    assert found is not None, "no llama-server: `make setup` builds it (scripts/build-llama-server)"
+    assert found is not None, "no llama-server: `make setup` builds it (scripts/build-llamacpp)"
     return llama_server.LlamaServerLauncher(found)
 
 

@@ -1,9 +1,10 @@
 """llama.cpp through its own server, `llama-server`: parallel slots, continuous batching.
 
-The binary is built on the node from the llama.cpp sources of the pinned llama-cpp-python
-version (scripts/build-llama-server), so both runtimes of the `llamacpp` engine run the
-same llama.cpp. A node without the binary falls back to llama-cpp-python's server
-(node/engines/llamacpp.py), which decodes one request at a time.
+The binary is built on the node in the same build as llama-cpp-python's libraries, from the
+llama.cpp sources of its pinned version (scripts/build-llamacpp), and linked to those
+libraries: both runtimes of the `llamacpp` engine run the same compiled llama.cpp. A node
+without the binary falls back to llama-cpp-python's server (node/engines/llamacpp.py),
+which decodes one request at a time.
 
 How it is started, and why:
 - `--api-key-file /dev/fd/N`: the replica secret is read from the pipe the supervisor
@@ -79,7 +80,7 @@ class LlamaServerLauncher:
     name = "llamacpp"
     runtime = "llama-server"
     measures_chat_template = True
-    build_hint = "llama-server with OpenSSL (scripts/build-llama-server)"
+    build_hint = "llama-server with OpenSSL (scripts/build-llamacpp)"
 
     def __init__(self, path: Path | None) -> None:
         self.path = path  # None: this node has no llama-server (the replica fails, saying so)
@@ -93,7 +94,7 @@ class LlamaServerLauncher:
     ) -> list[str]:  # fmt: skip
         if self.path is None:
             raise RuntimeError(
-                "this node has no llama-server: run scripts/build-llama-server (make setup "
+                "this node has no llama-server: run scripts/build-llamacpp (make setup "
                 f"does), set {BINARY_ENV} to the binary, or use engine_args.runtime "
                 "llama-cpp-python"
             )
