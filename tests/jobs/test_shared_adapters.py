@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import delete, select, update
 
+from souverain.catalog.routes import load_ready_routes
 from souverain.core.ids import new_id
 from souverain.db.tables import (
     DeploymentRow,
@@ -165,6 +166,49 @@ class TestPlacement:
         async with shared.world.sessions() as session:
             query = select(ReplicaRow).where(ReplicaRow.deployment_id.in_(shared.made))
             assert list((await session.execute(query)).scalars()) == []  # none of their own
+
+    async def test_narrowed_constraints_take_the_adapter_off_an_excluded_site_at_once(
+        self, shared: Shared
+    ) -> None:
+        model_id = await shared.fine_tuned(shared.world.tenant.org_id)
+        for _ in range(3):
+            await shared.round()
+        berlin = next(r.id for r in await shared.replicas() if r.datacenter_id == shared.berlin)
+        assert await self.served_at(shared, model_id) == {shared.paris, shared.berlin}
+        async with shared.world.sessions.begin() as session:  # its owner narrows it to Paris
+            await session.execute(update(DeploymentRow).where(
+                DeploymentRow.id == shared.made[0]).values(datacenters=[shared.paris]))  # fmt: skip
+        # before the controller runs: the gateway already sends it to Paris only
+        assert await self.served_at(shared, model_id) == {shared.paris}
+        await shared.reconciler.reconcile(shared.base_deployment, await shared.world.placer())
+        # the Berlin replica held it: stopped now, not once its replacement is ready
+        assert berlin not in {r.id for r in await shared.replicas()}
+
+    @staticmethod
+    async def served_at(shared: Shared, model_id: str) -> set[str]:
+        async with shared.world.sessions() as session:
+            routes = await load_ready_routes(session)
+        return {r.datacenter_id for r in routes if r.model_id == model_id}
+
+    async def test_two_shared_deployments_of_one_model_load_it_once(self, shared: Shared) -> None:
+        model_id = await shared.fine_tuned(shared.world.tenant.org_id)
+        twin = new_id("dep")
+        async with shared.world.sessions.begin() as session:
+            first = await session.get(DeploymentRow, shared.made[0])
+            assert first is not None
+            session.add(DeploymentRow(
+                id=twin, name=twin, model_id=model_id, org_id=first.org_id, engine="llamacpp",
+                replicas=1, datacenters=[], cpus=1, gpus=0, engine_args={}, status="pending",
+                status_reason="", sharing="shared",
+            ))  # fmt: skip
+        shared.made.append(twin)
+        for _ in range(3):
+            await shared.round()
+        assert await shared.held() == {shared.paris: [(model_id,)], shared.berlin: [(model_id,)]}
+        async with shared.world.sessions() as session:
+            routes = [r for r in await load_ready_routes(session) if r.model_id == model_id]
+        assert {r.deployment_id for r in routes} == {shared.made[0]}  # the oldest owns it
+        assert {r.lora_id for r in routes} == {0}
 
 
 class TestRollingReplacement:

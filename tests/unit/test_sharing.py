@@ -26,12 +26,14 @@ class TestWantedAt:
         assert sharing.wanted_at(BERLIN, found) == ("b",)
 
 
-class TestEngineNumbers:
-    def test_refused_and_unreported_adapters_take_no_number(self) -> None:
+class TestHeld:
+    def test_held_lists_every_adapter_in_the_engines_order(self) -> None:
         row = replica("ready", [{"model": "a", "error": ""}, {"model": "x", "error": "sha256"},
                                 {"model": "b", "error": ""}, {"model": "c", "error": None}])  # fmt: skip
-        assert sharing.lora_ids(row) == {"a": 0, "b": 1}
         assert sharing.held(row) == ("a", "x", "b", "c")
+
+    def test_one_adapter_per_model_however_many_shared_deployments(self) -> None:
+        assert sharing.wanted_at(PARIS, [hosted("a"), hosted("a"), hosted("b")]) == ("a", "b")
 
 
 class TestRolling:
@@ -43,7 +45,15 @@ class TestRolling:
 
     def test_a_replica_holding_an_erased_adapter_stops_at_once(self) -> None:
         holding = replica("ready", [{"model": "gone", "error": ""}])
-        assert sharing.to_stop([holding], [replica("starting")], 1, erased={"gone"}) == [holding]
+        assert sharing.must_unload(holding, PARIS, [], {"gone"})
+        assert sharing.to_stop([holding], [replica("starting")], 1, urgent={"ready"}) == [holding]
+
+    def test_a_replica_where_its_adapters_owner_no_longer_allows_it_must_unload(self) -> None:
+        holding = replica("ready", [{"model": "a", "error": ""}])
+        french = Policy(jurisdictions=frozenset({"FR"}))
+        assert sharing.must_unload(holding, PARIS, [hosted("a", french)], set()) is None
+        assert "no longer allows" in (sharing.must_unload(holding, BERLIN, [hosted("a", french)],
+                                                          set()) or "")  # fmt: skip
 
 
 class TestSharedStatus:

@@ -69,10 +69,12 @@ class HostedAdapter:
 
 @dataclass(frozen=True)
 class AdapterState:
-    """What became of one hosted adapter on the node: loaded (`error` empty) or refused."""
+    """What became of one hosted adapter on the node: loaded (`error` empty), with the
+    number this run of the engine gave it (`lora_id`, what requests name), or refused."""
 
     model_id: str
     error: str = ""
+    lora_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ def prepare(
         if refused:
             states.append(AdapterState(adapter.model_id, refused))
         else:
+            # llama-server numbers its `--lora`s in the order given (engines/llama_server.py)
+            states.append(AdapterState(adapter.model_id, lora_id=len(loaded)))
             loaded.append(replace(adapter, path=str(path)))
-            states.append(AdapterState(adapter.model_id))
     return tuple(loaded), tuple(states)
 
 

@@ -310,12 +310,17 @@ class DeploymentReconciler:
             if r.datacenter_id in sites
             and sharing.held(r) != sharing.wanted_at(sites[r.datacenter_id].site, loaded.hosted)
         ]  # fmt: skip
+        urgent = {}
         for replica in stale:
             live.remove(replica)
-        for replica in sharing.to_stop(stale, live, desired, erased=loaded.erased):
+            site = sites[replica.datacenter_id].site
+            if why := sharing.must_unload(replica, site, loaded.hosted, loaded.erased):
+                urgent[replica.id] = why
+        for replica in sharing.to_stop(stale, live, desired, urgent=set(urgent)):
             await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
             outcome.deletes.append(replica.id)
-            outcome.replica_event("replica.replace", replica.id, reason="adapters changed")
+            reason = urgent.get(replica.id, "adapters changed")
+            outcome.replica_event("replica.replace", replica.id, reason=reason)
             self.energy.retire(replica.id)
             stale.remove(replica)
         return stale

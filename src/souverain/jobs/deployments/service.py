@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog import models
+from souverain.catalog.constraints import constraints_of
 from souverain.core.access import Holding, check_operator, check_org, check_scope, reach
 from souverain.core.engine_args import EngineArgError, check_engine_args
 from souverain.core.errors import (
@@ -269,19 +270,6 @@ def _rescale(deployment: DeploymentRow, request: DeploymentUpdateRequest) -> Non
     deployment.min_replicas, deployment.max_replicas = scaling.min_replicas, scaling.max_replicas
     deployment.target_busy_per_replica = scaling.target
     deployment.scale_down_idle_s = scaling.idle_s
-
-
-def constraints_of(deployment: DeploymentRow) -> Policy:
-    """The deployment's own placement constraints, in the policy vocabulary."""
-    placement = deployment.placement or {}
-    jurisdictions = placement.get("jurisdictions")
-    operators = placement.get("operator_jurisdictions")
-    return Policy(
-        jurisdictions=None if jurisdictions is None else frozenset(jurisdictions),
-        datacenters=frozenset(deployment.datacenters) if deployment.datacenters else None,
-        certifications=frozenset(placement.get("certifications") or ()),
-        operator_jurisdictions=None if operators is None else frozenset(operators),
-    )
 
 
 async def placement_policy(session: AsyncSession, *, deployment: DeploymentRow) -> Policy:

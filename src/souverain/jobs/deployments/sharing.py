@@ -86,7 +86,7 @@ async def shared_of(
 def wanted_at(site: Site, hosted: Iterable[Hosted]) -> tuple[str, ...]:
     """The adapters a replica at `site` should hold, in a stable order."""
     return tuple(
-        sorted(h.model_id for h in hosted if not h.error and exclusion(h.policy, site) is None)
+        sorted({h.model_id for h in hosted if not h.error and exclusion(h.policy, site) is None})
     )
 
 
@@ -95,25 +95,34 @@ def held(replica: ReplicaRow) -> tuple[str, ...]:
     return tuple(str(entry["model"]) for entry in replica.adapters or ())
 
 
-def lora_ids(replica: ReplicaRow) -> dict[str, int]:
-    """Model id -> the engine's adapter number, for the adapters it loaded: the node left
-    refused ones out, so the numbers count loaded ones only."""
-    loaded = [str(e["model"]) for e in replica.adapters or () if e.get("error") == ""]
-    return {model_id: index for index, model_id in enumerate(loaded)}
+def must_unload(
+    replica: ReplicaRow, site: Site, hosted: Iterable[Hosted], erased: Set[str]
+) -> str | None:
+    """Why a replica may not keep one of its adapters a moment longer (None: it may serve
+    on until its replacement is ready): the adapter was erased with its organisation's
+    keys, or its owner's policy (the shared deployment's constraints ∩ its organisation's
+    ceiling) now excludes the replica's site."""
+    kept = set(held(replica))
+    if kept & erased:
+        return "an adapter it holds was erased"
+    for h in hosted:
+        if h.model_id in kept and (h.error or exclusion(h.policy, site) is not None):
+            return f"its owner's policy no longer allows {h.model_id} at {site.id}"
+    return None
 
 
 def to_stop(
     stale: Sequence[ReplicaRow], fresh: Sequence[ReplicaRow], desired: int,
-    *, erased: Set[str] = frozenset(),
+    *, urgent: Set[str] = frozenset(),
 ) -> list[ReplicaRow]:  # fmt: skip
-    """Replicas with an outdated set that can stop now: any that is not serving or holds
-    an erased adapter (its organisation's keys are gone: its clear copy goes now, whatever
-    the others wait for), and the serving ones once as many replicas with the wanted set
-    are ready as are wanted."""
+    """Replicas with an outdated set that can stop now: any that is not serving or is
+    `urgent` (by id: it holds an adapter it may not keep, `must_unload`; its clear copy
+    goes now, whatever the others wait for), and the serving ones once as many replicas
+    with the wanted set are ready as are wanted."""
     ready = sum(1 for r in fresh if r.state == ReplicaState.READY)
     if ready >= desired:
         return list(stale)
-    return [r for r in stale if r.state != ReplicaState.READY or erased & set(held(r))]
+    return [r for r in stale if r.state != ReplicaState.READY or r.id in urgent]
 
 
 async def erased(session: AsyncSession, replicas: Iterable[ReplicaRow]) -> set[str]:
