@@ -26,6 +26,7 @@ from souverain.installation.authority import Issuer
 from souverain.jobs.deployments.observer import observed_fields
 from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
 from souverain.jobs.energy import EnergyAccountant
+from souverain.node import hosted_adapters
 from souverain.testing.factories import Factory
 from tests.jobs.conftest import KEY, World
 
@@ -258,12 +259,12 @@ class TestRefusedAdapter:
         async with shared.world.sessions.begin() as session:  # what a node says of a bad file
             for replica in await shared.replicas(session):
                 replica.adapters = [
-                    {"model": e["model"], "error": "does not match its sha256" if e["model"] == bad
+                    {"model": e["model"], "error": hosted_adapters.UNREADABLE if e["model"] == bad
                      else ""} for e in replica.adapters
                 ]  # fmt: skip
         for deployment_id in shared.made:
             await shared.reconciler.reconcile(deployment_id, await shared.world.placer())
         good_row, bad_row = [await shared.deployment(d) for d in shared.made]
         assert good_row.status == "ready"
-        assert bad_row.status == "failed" and "sha256" in bad_row.status_reason
+        assert bad_row.status == "failed" and "checksum" in bad_row.status_reason
         assert good != bad

@@ -6,35 +6,15 @@ still load. Real sealed objects in a real local store, the real SmolLM2 GGUF."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from souverain.core.fleet import HostedAdapter, ObjectGrant
 from souverain.node import artifacts, hosted_adapters
-from souverain.storage.crypto import Sealer
 from souverain.storage.stores import LocalStore
 from tests.lora_files import adapter_file
+from tests.lora_files import sealed_adapter as sealed
 
 BASE = "builtin://smollm2-135m-instruct"
-
-
-async def sealed(
-    store: LocalStore, plain: bytes, name: str, *, sha256: str | None = None
-) -> ObjectGrant:
-    key, object_id = os.urandom(32), f"ftjob_{name}/adapter.gguf"
-    sealer = Sealer(key, object_id)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield sealer.header
-        for piece in sealer.feed(plain):
-            yield piece
-        yield sealer.finish()
-
-    await store.write(name, chunks())
-    digest = sha256 or hashlib.sha256(plain).hexdigest()
-    return ObjectGrant(store.uri, name, object_id, key, digest)
 
 
 def prepare(adapters: tuple[HostedAdapter, ...], scratch: Path, runtime: str = "llama-server"):  # type: ignore[no-untyped-def]
@@ -56,9 +36,11 @@ class TestChecks:
         loaded, states = prepare(adapters, scratch)
         reasons = {s.model_id: s.error for s in states}
         assert [a.model_id for a in loaded] == ["good"] and reasons["good"] == ""
-        assert "sha256" in reasons["tampered"]
-        assert reasons["truncated"]  # the last segment is missing: it never decrypts
-        assert "shapes" in reasons["foreign"]
+        # the owner is told a fixed category: no object id, store error or node path
+        assert reasons["tampered"] == hosted_adapters.UNREADABLE
+        assert reasons["truncated"] == hosted_adapters.UNREADABLE  # it never decrypts
+        assert reasons["unchecked"] == hosted_adapters.UNREADABLE  # never loaded unchecked
+        assert reasons["foreign"] == hosted_adapters.NOT_FOR_BASE
         assert Path(loaded[0].path or "").read_bytes() == good
 
     @staticmethod
@@ -67,6 +49,7 @@ class TestChecks:
             "good": await sealed(store, good, "good"),
             "tampered": await sealed(store, good, "tampered", sha256="0" * 64),
             "truncated": await sealed(store, good, "truncated"),
+            "unchecked": await sealed(store, good, "unchecked", sha256=""),
             "foreign": await sealed(store, foreign, "foreign"),
         }
         path = store.root / "truncated"
@@ -74,6 +57,8 @@ class TestChecks:
         return grants
 
     def test_a_runtime_that_cannot_pick_per_request_holds_none(self, tmp_path: Path) -> None:
-        adapters = (HostedAdapter("a", path=str(adapter_file(tmp_path, seed=1))),)
+        plain = adapter_file(tmp_path, seed=1).read_bytes()
+        grant = asyncio.run(sealed(LocalStore(tmp_path / "store"), plain, "a"))
+        adapters = (HostedAdapter("a", grant),)
         loaded, states = prepare(adapters, tmp_path, runtime="llama-cpp-python")
-        assert loaded == () and "serves no shared adapters" in states[0].error
+        assert loaded == () and states[0].error == hosted_adapters.NO_RUNTIME

@@ -63,7 +63,7 @@ class HostedAdapter:
     the engine applies it only to requests the gateway routes to that model."""
 
     model_id: str
-    grant: ObjectGrant | None = None  # the sealed adapter (None: `path` is already on the node)
+    grant: ObjectGrant  # the sealed adapter, with the sha256 its plaintext must match
     path: str | None = None  # where the node decrypted it (set on the node)
 
 

@@ -16,15 +16,24 @@ engine). Both read the GGUF headers only (`read_header`).
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
 from souverain.core.fleet import AdapterState, HostedAdapter
-from souverain.node.sealed import decrypt_to
+from souverain.node.sealed import check_digest, decrypt_to
 
 RUNTIMES = frozenset({"llama-server"})  # the programs that pick an adapter per request
+
+# What the adapter's owner is told (a fixed category: no object id, store error or node
+# path reaches a tenant); the detail goes to the node's log, for operators.
+UNREADABLE = "the adapter could not be opened or does not match its checksum"
+NOT_FOR_BASE = "the file is not a LoRA adapter of this base model"
+NO_RUNTIME = "the node's engine cannot serve shared adapters"
+
+log = logging.getLogger(__name__)
 
 
 def prepare(
@@ -32,16 +41,20 @@ def prepare(
 ) -> tuple[tuple[HostedAdapter, ...], tuple[AdapterState, ...]]:
     """The adapters to load (each with its clear `path`) and what became of every one."""
     if runtime not in RUNTIMES:  # it would answer with the base model for all of them
-        refused = f"{runtime} on this node serves no shared adapters (build llama-server)"
-        return (), tuple(AdapterState(a.model_id, refused) for a in adapters)
+        log.warning("%s on this node serves no shared adapters (build llama-server)", runtime)
+        return (), tuple(AdapterState(a.model_id, NO_RUNTIME) for a in adapters)
     loaded: list[HostedAdapter] = []
     states: list[AdapterState] = []
     for index, adapter in enumerate(adapters):
+        refused = ""
         try:
             path = _clear_path(adapter, scratch / f"adapter-{index}.gguf")
-            refused = fits(path, base)
+            if detail := fits(path, base):
+                log.warning("adapter of %s refused: %s", adapter.model_id, detail)
+                refused = NOT_FOR_BASE
         except Exception as error:  # a key erased, an object gone, tampered with, truncated
-            refused = f"the adapter cannot be read: {_plain(error)}"
+            log.warning("adapter of %s cannot be read: %s", adapter.model_id, _plain(error))
+            refused = UNREADABLE
         if refused:
             states.append(AdapterState(adapter.model_id, refused))
         else:
@@ -52,12 +65,11 @@ def prepare(
 
 
 def _clear_path(adapter: HostedAdapter, target: Path) -> Path:
-    if adapter.grant is None:
-        if adapter.path is None:
-            raise ValueError("neither a sealed object nor a file")
-        return Path(adapter.path)
+    """The adapter in clear at `target`, only if its plaintext matches the grant's sha256
+    (a grant without one is refused: nothing is loaded unchecked)."""
+    check_digest(adapter.grant)
     target.unlink(missing_ok=True)
-    decrypt_to([adapter.grant], target)  # checked against the grant's sha256
+    decrypt_to([adapter.grant], target)
     return target
 
 

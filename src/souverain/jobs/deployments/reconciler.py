@@ -369,7 +369,7 @@ class DeploymentReconciler:
         replica_id = new_id("rep")
         site = placer.snapshot.datacenters[decision.datacenter_id].site
         adapters = sharing.wanted_at(site, loaded.hosted)
-        grants = {h.model_id: h.grant for h in loaded.hosted}
+        grants = {h.model_id: h.grant for h in loaded.hosted if h.grant is not None}
         spec = ReplicaSpec(
             replica_id=replica_id,
             deployment_id=deployment.id,
@@ -388,7 +388,7 @@ class DeploymentReconciler:
             watts_per_core=self._engine.watts_per_core,
             model_roots=self._engine.model_roots,
             adapter=loaded.adapter,
-            adapters=tuple(HostedAdapter(m, grants[m]) for m in adapters),
+            adapters=tuple(HostedAdapter(m, grants[m]) for m in adapters if m in grants),
             tls=await self._issuer.issue_replica(replica_id),
             avoid_nodes=placer.refused_in(decision.datacenter_id),
         )
