@@ -6,7 +6,10 @@ still load. Real sealed objects in a real local store, the real SmolLM2 GGUF."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from pathlib import Path
+
+import pytest
 
 from souverain.core.fleet import HostedAdapter, ObjectGrant
 from souverain.node import artifacts, hosted_adapters
@@ -62,3 +65,37 @@ class TestChecks:
         adapters = (HostedAdapter("a", grant),)
         loaded, states = prepare(adapters, tmp_path, runtime="llama-cpp-python")
         assert loaded == () and states[0].error == hosted_adapters.NO_RUNTIME
+
+
+def gguf(body: bytes, *, tensors: int = 0, count: int = 1) -> bytes:
+    return struct.pack("<4sIQQ", b"GGUF", 3, tensors, count) + body
+
+
+def key(name: bytes, kind: int) -> bytes:
+    return struct.pack("<Q", len(name)) + name + struct.pack("<I", kind)
+
+
+class TestUntrustedHeader:
+    """A header crafted to exhaust the node (memory, recursion, a silent short read) is
+    refused as not a GGUF file, quickly."""
+
+    def test_counts_larger_than_the_file_are_refused(self, tmp_path: Path) -> None:
+        huge = tmp_path / "huge.gguf"
+        huge.write_bytes(gguf(b"", tensors=2**40, count=0))
+        nested = tmp_path / "array.gguf"  # an array of 2**60 strings in a 60-byte file
+        nested.write_bytes(gguf(key(b"k", 9) + struct.pack("<IQ", 8, 2**60)))
+        for path in (huge, nested):
+            with pytest.raises(ValueError, match="do not fit"):
+                hosted_adapters.read_header(path)
+
+    def test_a_short_read_is_an_error_not_a_truncated_string(self, tmp_path: Path) -> None:
+        path = tmp_path / "short.gguf"
+        path.write_bytes(gguf(key(b"general.type", 8) + struct.pack("<Q", 50) + b"adapter"))
+        with pytest.raises(ValueError):
+            hosted_adapters.read_header(path)
+
+    def test_arrays_nest_a_few_levels_at_most(self, tmp_path: Path) -> None:
+        path = tmp_path / "deep.gguf"
+        path.write_bytes(gguf(key(b"k", 9) + struct.pack("<IQ", 9, 1) * 5000))
+        with pytest.raises(ValueError, match="nested too deep"):
+            hosted_adapters.read_header(path)
