@@ -249,5 +249,6 @@ async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
         DeploymentRow.deleted.is_(False),
         DeploymentRow.min_replicas == 0,
         DeploymentRow.max_replicas > 0,
+        DeploymentRow.sharing != "shared",  # its base's replicas serve it: none to wake
     )
     return [Wakeable(*row) for row in (await session.execute(query)).all()]
