@@ -35,6 +35,23 @@ class TestHeld:
     def test_one_adapter_per_model_however_many_shared_deployments(self) -> None:
         assert sharing.wanted_at(PARIS, [hosted("a"), hosted("a"), hosted("b")]) == ("a", "b")
 
+    def test_a_replica_and_an_organisation_hold_a_bounded_number_the_oldest_first(
+        self,
+    ) -> None:
+        many = [sharing.Hosted(f"m{i:02}", f"d{i}", f"org{i % 10}", UNRESTRICTED, None)
+                for i in range(100)]  # fmt: skip
+        held = sharing.wanted_at(PARIS, many)
+        assert held == tuple(f"m{i:02}" for i in range(sharing.PER_REPLICA))
+        one_org = [sharing.Hosted(f"m{i:02}", f"d{i}", "org", UNRESTRICTED, None)
+                   for i in range(20)]  # fmt: skip
+        assert len(sharing.wanted_at(PARIS, one_org)) == sharing.PER_ORG
+
+    def test_a_capped_adapter_says_why_it_waits(self) -> None:
+        full = replica("ready", [{"model": f"m{i}", "error": ""} for i in range(sharing.PER_ORG)])
+        mine = {f"m{i}" for i in range(sharing.PER_ORG)} | {"new"}
+        status, reason = sharing.shared_status(sharing.served("new", [full], mine))
+        assert status == "pending" and "its organisation has" in reason
+
 
 class TestRolling:
     def test_an_outdated_replica_serves_until_enough_new_ones_are_ready(self) -> None:

@@ -93,6 +93,7 @@ class Loaded:
     now: datetime | None = None
     hosted: list[sharing.Hosted] = field(default_factory=list)  # adapters it may hold
     hosts: list[ReplicaRow] = field(default_factory=list)  # a shared one: its base's replicas
+    org_models: set[str] = field(default_factory=set)  # and its organisation's shared models
     erased: set[str] = field(default_factory=set)  # adapters held whose keys are gone
 
 
@@ -199,6 +200,7 @@ class DeploymentReconciler:
         )
         if deployment.sharing == sharing.SHARED:
             loaded.hosts = await sharing.host_replicas(session, model)
+            loaded.org_models = await sharing.org_models(session, deployment.org_id)
         elif sharing.can_host(deployment, model):
             loaded.hosted = [
                 await self._hosted(session, shared, model)
@@ -251,7 +253,7 @@ class DeploymentReconciler:
                 live.append(placed)
         _set_status(outcome, deployment, live + stale, desired, unschedulable)
         if shared:
-            found = sharing.served(loaded.model.id, loaded.hosts)
+            found = sharing.served(loaded.model.id, loaded.hosts, loaded.org_models)
             outcome.status, outcome.reason = sharing.shared_status(found)
         elif draining and outcome.status == "stopped":
             outcome.status = "draining"
