@@ -211,6 +211,19 @@ class TestPlacement:
         assert {r.deployment_id for r in routes} == {shared.made[0]}  # the oldest owns it
         assert {r.lora_id for r in routes} == {0}
 
+    async def test_the_route_carries_the_number_the_node_reported(self, shared: Shared) -> None:
+        first = await shared.fine_tuned(shared.world.tenant.org_id)
+        second = await shared.fine_tuned(shared.world.tenant.org_id)
+        for _ in range(3):
+            await shared.round()
+        async with shared.world.sessions.begin() as session:  # a run that numbered otherwise
+            for replica in await shared.replicas(session):
+                replica.adapters = [{"model": first, "error": "", "lora": 1},
+                                    {"model": second, "error": "", "lora": None}]  # fmt: skip
+        async with shared.world.sessions() as session:
+            routes = [r for r in await load_ready_routes(session) if r.model_id in (first, second)]
+        assert routes and {(r.model_id, r.lora_id) for r in routes} == {(first, 1)}
+
 
 class TestRollingReplacement:
     async def test_the_old_replica_serves_until_one_with_the_new_set_is_ready(

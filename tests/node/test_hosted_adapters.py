@@ -39,6 +39,8 @@ class TestChecks:
         loaded, states = prepare(adapters, scratch)
         reasons = {s.model_id: s.error for s in states}
         assert [a.model_id for a in loaded] == ["good"] and reasons["good"] == ""
+        numbers = {s.model_id: s.lora_id for s in states}  # what the node reports
+        assert numbers.pop("good") == 0 and set(numbers.values()) == {None}
         # the owner is told a fixed category: no object id, store error or node path
         assert reasons["tampered"] == hosted_adapters.UNREADABLE
         assert reasons["truncated"] == hosted_adapters.UNREADABLE  # it never decrypts
