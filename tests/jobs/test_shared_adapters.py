@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import delete, select, update
 
+from souverain.catalog.routes import load_ready_routes
 from souverain.core.ids import new_id
 from souverain.db.tables import (
     DeploymentRow,
@@ -25,6 +26,7 @@ from souverain.installation.authority import Issuer
 from souverain.jobs.deployments.observer import observed_fields
 from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
 from souverain.jobs.energy import EnergyAccountant
+from souverain.node import hosted_adapters
 from souverain.testing.factories import Factory
 from tests.jobs.conftest import KEY, World
 
@@ -166,6 +168,62 @@ class TestPlacement:
             query = select(ReplicaRow).where(ReplicaRow.deployment_id.in_(shared.made))
             assert list((await session.execute(query)).scalars()) == []  # none of their own
 
+    async def test_narrowed_constraints_take_the_adapter_off_an_excluded_site_at_once(
+        self, shared: Shared
+    ) -> None:
+        model_id = await shared.fine_tuned(shared.world.tenant.org_id)
+        for _ in range(3):
+            await shared.round()
+        berlin = next(r.id for r in await shared.replicas() if r.datacenter_id == shared.berlin)
+        assert await self.served_at(shared, model_id) == {shared.paris, shared.berlin}
+        async with shared.world.sessions.begin() as session:  # its owner narrows it to Paris
+            await session.execute(update(DeploymentRow).where(
+                DeploymentRow.id == shared.made[0]).values(datacenters=[shared.paris]))  # fmt: skip
+        # before the controller runs: the gateway already sends it to Paris only
+        assert await self.served_at(shared, model_id) == {shared.paris}
+        await shared.reconciler.reconcile(shared.base_deployment, await shared.world.placer())
+        # the Berlin replica held it: stopped now, not once its replacement is ready
+        assert berlin not in {r.id for r in await shared.replicas()}
+
+    @staticmethod
+    async def served_at(shared: Shared, model_id: str) -> set[str]:
+        async with shared.world.sessions() as session:
+            routes = await load_ready_routes(session)
+        return {r.datacenter_id for r in routes if r.model_id == model_id}
+
+    async def test_two_shared_deployments_of_one_model_load_it_once(self, shared: Shared) -> None:
+        model_id = await shared.fine_tuned(shared.world.tenant.org_id)
+        twin = new_id("dep")
+        async with shared.world.sessions.begin() as session:
+            first = await session.get(DeploymentRow, shared.made[0])
+            assert first is not None
+            session.add(DeploymentRow(
+                id=twin, name=twin, model_id=model_id, org_id=first.org_id, engine="llamacpp",
+                replicas=1, datacenters=[], cpus=1, gpus=0, engine_args={}, status="pending",
+                status_reason="", sharing="shared",
+            ))  # fmt: skip
+        shared.made.append(twin)
+        for _ in range(3):
+            await shared.round()
+        assert await shared.held() == {shared.paris: [(model_id,)], shared.berlin: [(model_id,)]}
+        async with shared.world.sessions() as session:
+            routes = [r for r in await load_ready_routes(session) if r.model_id == model_id]
+        assert {r.deployment_id for r in routes} == {shared.made[0]}  # the oldest owns it
+        assert {r.lora_id for r in routes} == {0}
+
+    async def test_the_route_carries_the_number_the_node_reported(self, shared: Shared) -> None:
+        first = await shared.fine_tuned(shared.world.tenant.org_id)
+        second = await shared.fine_tuned(shared.world.tenant.org_id)
+        for _ in range(3):
+            await shared.round()
+        async with shared.world.sessions.begin() as session:  # a run that numbered otherwise
+            for replica in await shared.replicas(session):
+                replica.adapters = [{"model": first, "error": "", "lora": 1},
+                                    {"model": second, "error": "", "lora": None}]  # fmt: skip
+        async with shared.world.sessions() as session:
+            routes = [r for r in await load_ready_routes(session) if r.model_id in (first, second)]
+        assert routes and {(r.model_id, r.lora_id) for r in routes} == {(first, 1)}
+
 
 class TestRollingReplacement:
     async def test_the_old_replica_serves_until_one_with_the_new_set_is_ready(
@@ -214,12 +272,12 @@ class TestRefusedAdapter:
         async with shared.world.sessions.begin() as session:  # what a node says of a bad file
             for replica in await shared.replicas(session):
                 replica.adapters = [
-                    {"model": e["model"], "error": "does not match its sha256" if e["model"] == bad
+                    {"model": e["model"], "error": hosted_adapters.UNREADABLE if e["model"] == bad
                      else ""} for e in replica.adapters
                 ]  # fmt: skip
         for deployment_id in shared.made:
             await shared.reconciler.reconcile(deployment_id, await shared.world.placer())
         good_row, bad_row = [await shared.deployment(d) for d in shared.made]
         assert good_row.status == "ready"
-        assert bad_row.status == "failed" and "sha256" in bad_row.status_reason
+        assert bad_row.status == "failed" and "checksum" in bad_row.status_reason
         assert good != bad

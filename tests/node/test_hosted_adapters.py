@@ -6,35 +6,18 @@ still load. Real sealed objects in a real local store, the real SmolLM2 GGUF."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-from collections.abc import AsyncIterator
+import struct
 from pathlib import Path
+
+import pytest
 
 from souverain.core.fleet import HostedAdapter, ObjectGrant
 from souverain.node import artifacts, hosted_adapters
-from souverain.storage.crypto import Sealer
 from souverain.storage.stores import LocalStore
 from tests.lora_files import adapter_file
+from tests.lora_files import sealed_adapter as sealed
 
 BASE = "builtin://smollm2-135m-instruct"
-
-
-async def sealed(
-    store: LocalStore, plain: bytes, name: str, *, sha256: str | None = None
-) -> ObjectGrant:
-    key, object_id = os.urandom(32), f"ftjob_{name}/adapter.gguf"
-    sealer = Sealer(key, object_id)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield sealer.header
-        for piece in sealer.feed(plain):
-            yield piece
-        yield sealer.finish()
-
-    await store.write(name, chunks())
-    digest = sha256 or hashlib.sha256(plain).hexdigest()
-    return ObjectGrant(store.uri, name, object_id, key, digest)
 
 
 def prepare(adapters: tuple[HostedAdapter, ...], scratch: Path, runtime: str = "llama-server"):  # type: ignore[no-untyped-def]
@@ -56,9 +39,13 @@ class TestChecks:
         loaded, states = prepare(adapters, scratch)
         reasons = {s.model_id: s.error for s in states}
         assert [a.model_id for a in loaded] == ["good"] and reasons["good"] == ""
-        assert "sha256" in reasons["tampered"]
-        assert reasons["truncated"]  # the last segment is missing: it never decrypts
-        assert "shapes" in reasons["foreign"]
+        numbers = {s.model_id: s.lora_id for s in states}  # what the node reports
+        assert numbers.pop("good") == 0 and set(numbers.values()) == {None}
+        # the owner is told a fixed category: no object id, store error or node path
+        assert reasons["tampered"] == hosted_adapters.UNREADABLE
+        assert reasons["truncated"] == hosted_adapters.UNREADABLE  # it never decrypts
+        assert reasons["unchecked"] == hosted_adapters.UNREADABLE  # never loaded unchecked
+        assert reasons["foreign"] == hosted_adapters.NOT_FOR_BASE
         assert Path(loaded[0].path or "").read_bytes() == good
 
     @staticmethod
@@ -67,6 +54,7 @@ class TestChecks:
             "good": await sealed(store, good, "good"),
             "tampered": await sealed(store, good, "tampered", sha256="0" * 64),
             "truncated": await sealed(store, good, "truncated"),
+            "unchecked": await sealed(store, good, "unchecked", sha256=""),
             "foreign": await sealed(store, foreign, "foreign"),
         }
         path = store.root / "truncated"
@@ -74,6 +62,42 @@ class TestChecks:
         return grants
 
     def test_a_runtime_that_cannot_pick_per_request_holds_none(self, tmp_path: Path) -> None:
-        adapters = (HostedAdapter("a", path=str(adapter_file(tmp_path, seed=1))),)
+        plain = adapter_file(tmp_path, seed=1).read_bytes()
+        grant = asyncio.run(sealed(LocalStore(tmp_path / "store"), plain, "a"))
+        adapters = (HostedAdapter("a", grant),)
         loaded, states = prepare(adapters, tmp_path, runtime="llama-cpp-python")
-        assert loaded == () and "serves no shared adapters" in states[0].error
+        assert loaded == () and states[0].error == hosted_adapters.NO_RUNTIME
+
+
+def gguf(body: bytes, *, tensors: int = 0, count: int = 1) -> bytes:
+    return struct.pack("<4sIQQ", b"GGUF", 3, tensors, count) + body
+
+
+def key(name: bytes, kind: int) -> bytes:
+    return struct.pack("<Q", len(name)) + name + struct.pack("<I", kind)
+
+
+class TestUntrustedHeader:
+    """A header crafted to exhaust the node (memory, recursion, a silent short read) is
+    refused as not a GGUF file, quickly."""
+
+    def test_counts_larger_than_the_file_are_refused(self, tmp_path: Path) -> None:
+        huge = tmp_path / "huge.gguf"
+        huge.write_bytes(gguf(b"", tensors=2**40, count=0))
+        nested = tmp_path / "array.gguf"  # an array of 2**60 strings in a 60-byte file
+        nested.write_bytes(gguf(key(b"k", 9) + struct.pack("<IQ", 8, 2**60)))
+        for path in (huge, nested):
+            with pytest.raises(ValueError, match="do not fit"):
+                hosted_adapters.read_header(path)
+
+    def test_a_short_read_is_an_error_not_a_truncated_string(self, tmp_path: Path) -> None:
+        path = tmp_path / "short.gguf"
+        path.write_bytes(gguf(key(b"general.type", 8) + struct.pack("<Q", 50) + b"adapter"))
+        with pytest.raises(ValueError):
+            hosted_adapters.read_header(path)
+
+    def test_arrays_nest_a_few_levels_at_most(self, tmp_path: Path) -> None:
+        path = tmp_path / "deep.gguf"
+        path.write_bytes(gguf(key(b"k", 9) + struct.pack("<IQ", 9, 1) * 5000))
+        with pytest.raises(ValueError, match="nested too deep"):
+            hosted_adapters.read_header(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
+from souverain.catalog.routes import load_wakeable
 from souverain.core.ids import new_id
 from souverain.core.roles import Role
 from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow, ReplicaRow
@@ -50,6 +51,33 @@ class TestSharing:
             )
         error = refusal(response)
         assert error["param"] == "sharing" and "not a fine-tuned model" in error["message"]
+
+    async def test_options_a_shared_deployment_would_ignore_are_refused(
+        self, platform: Platform
+    ) -> None:
+        base = await platform.served_model()
+        alice = await platform.factory.tenant(roles={"alice": Role.OWNER})
+        key = (await platform.factory.member_key(alice, "alice", Role.OWNER)).key
+        mine = await fine_tuned(platform, base, alice)
+        asked = {"name": unique("d"), "model": mine, "sharing": "shared", "org": alice.org_id}
+        async with platform.client(key) as client:
+            for extra, param in (({"engine_args": {"parallel": 4}}, "engine_args"),
+                                 ({"replicas": 3, "cpus": 2}, "replicas"),
+                                 ({"min_replicas": 0, "max_replicas": 2}, "min_replicas")):  # fmt: skip
+                error = refusal(await client.post("/api/deployments", json=asked | extra))
+                assert error["param"] == param and "shared deployment" in error["message"]
+            created = await client.post("/api/deployments", json=asked)
+        assert created.status_code == 201, created.text
+        # the CLI sends every default: a plain `--shared` is accepted
+        made = await cli(platform, key, "deployments", "create", unique("d"),
+                         "--model", mine, "--shared", "--org", alice.org_id)  # fmt: skip
+        assert made.returncode == 0, made.stderr + made.stdout
+        async with platform.sessions.begin() as session:  # a row made before this check
+            await session.execute(update(DeploymentRow).where(
+                DeploymentRow.id == created.json()["id"]).values(min_replicas=0, max_replicas=2))  # fmt: skip
+            # its base's replicas serve it: never listed as one a request wakes
+            wakeable = {w.deployment_id for w in await load_wakeable(session)}
+        assert created.json()["id"] not in wakeable
 
     async def test_each_tenant_sees_its_own_adapters_on_a_shared_replica(
         self, platform: Platform

@@ -26,12 +26,31 @@ class TestWantedAt:
         assert sharing.wanted_at(BERLIN, found) == ("b",)
 
 
-class TestEngineNumbers:
-    def test_refused_and_unreported_adapters_take_no_number(self) -> None:
+class TestHeld:
+    def test_held_lists_every_adapter_in_the_engines_order(self) -> None:
         row = replica("ready", [{"model": "a", "error": ""}, {"model": "x", "error": "sha256"},
                                 {"model": "b", "error": ""}, {"model": "c", "error": None}])  # fmt: skip
-        assert sharing.lora_ids(row) == {"a": 0, "b": 1}
         assert sharing.held(row) == ("a", "x", "b", "c")
+
+    def test_one_adapter_per_model_however_many_shared_deployments(self) -> None:
+        assert sharing.wanted_at(PARIS, [hosted("a"), hosted("a"), hosted("b")]) == ("a", "b")
+
+    def test_a_replica_and_an_organisation_hold_a_bounded_number_the_oldest_first(
+        self,
+    ) -> None:
+        many = [sharing.Hosted(f"m{i:02}", f"d{i}", f"org{i % 10}", UNRESTRICTED, None)
+                for i in range(100)]  # fmt: skip
+        held = sharing.wanted_at(PARIS, many)
+        assert held == tuple(f"m{i:02}" for i in range(sharing.PER_REPLICA))
+        one_org = [sharing.Hosted(f"m{i:02}", f"d{i}", "org", UNRESTRICTED, None)
+                   for i in range(20)]  # fmt: skip
+        assert len(sharing.wanted_at(PARIS, one_org)) == sharing.PER_ORG
+
+    def test_a_capped_adapter_says_why_it_waits(self) -> None:
+        full = replica("ready", [{"model": f"m{i}", "error": ""} for i in range(sharing.PER_ORG)])
+        mine = {f"m{i}" for i in range(sharing.PER_ORG)} | {"new"}
+        status, reason = sharing.shared_status(sharing.served("new", [full], mine))
+        assert status == "pending" and "its organisation has" in reason
 
 
 class TestRolling:
@@ -43,7 +62,15 @@ class TestRolling:
 
     def test_a_replica_holding_an_erased_adapter_stops_at_once(self) -> None:
         holding = replica("ready", [{"model": "gone", "error": ""}])
-        assert sharing.to_stop([holding], [replica("starting")], 1, erased={"gone"}) == [holding]
+        assert sharing.must_unload(holding, PARIS, [], {"gone"})
+        assert sharing.to_stop([holding], [replica("starting")], 1, urgent={"ready"}) == [holding]
+
+    def test_a_replica_where_its_adapters_owner_no_longer_allows_it_must_unload(self) -> None:
+        holding = replica("ready", [{"model": "a", "error": ""}])
+        french = Policy(jurisdictions=frozenset({"FR"}))
+        assert sharing.must_unload(holding, PARIS, [hosted("a", french)], set()) is None
+        assert "no longer allows" in (sharing.must_unload(holding, BERLIN, [hosted("a", french)],
+                                                          set()) or "")  # fmt: skip
 
 
 class TestSharedStatus:

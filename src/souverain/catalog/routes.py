@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.policy import Site
+from souverain.catalog.constraints import constraints_of
+from souverain.core.policy import Site, exclusion
 from souverain.db.metering import CarbonIntensityRow
 from souverain.db.tables import (
     DatacenterRow,
@@ -169,22 +170,35 @@ async def _adapter_routes(
 ) -> list[ReplicaRoute]:
     """The fine-tuned models that shared replicas serve, each a route of its own to the
     same replica (the same slots and load), under the model's shared deployment, with the
-    engine's number for its adapter (jobs/deployments/sharing.py)."""
+    engine's number for its adapter as the node reported it for this run of the engine
+    (jobs/deployments/sharing.py). A model is served at a replica's site only where its
+    shared deployment's own constraints allow that site (the gateway checks the caller's
+    organisation and project policies); of two shared deployments of one model, the oldest
+    that allows the site owns the route."""
     if not any(replica.adapters for replica, _ in replicas):
         return []
     query = (
         select(DeploymentRow, ModelRow)
         .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
         .where(DeploymentRow.sharing == "shared", DeploymentRow.deleted.is_(False))
+        .order_by(DeploymentRow.created_at, DeploymentRow.id)
     )
-    shared = {model.id: (d, model) for d, model in (await session.execute(query)).all()}
+    shared: dict[str, list[tuple[DeploymentRow, ModelRow]]] = {}
+    for deployment, model in (await session.execute(query)).all():
+        shared.setdefault(model.id, []).append((deployment, model))
     routes = []
     for replica, route in replicas:
-        loaded = [str(e["model"]) for e in replica.adapters or () if e.get("error") == ""]
-        for lora_id, model_id in enumerate(loaded):
-            if model_id not in shared:  # its deployment deleted since: not served
+        for entry in replica.adapters or ():
+            lora_id, owners = entry.get("lora"), shared.get(str(entry.get("model")), [])
+            if entry.get("error") != "" or not isinstance(lora_id, int):
+                continue  # refused, or not reported by the node for this run
+            owner = next(
+                (pair for pair in owners if exclusion(constraints_of(pair[0]), route.site) is None),
+                None,
+            )
+            if owner is None:  # its deployment deleted, or it excludes this site
                 continue
-            deployment, model = shared[model_id]
+            deployment, model = owner
             routes.append(replace(
                 route, model_id=model.id, model_name=model.name, deployment_id=deployment.id,
                 deployment_org_id=deployment.org_id, lora_id=lora_id,
@@ -235,5 +249,6 @@ async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
         DeploymentRow.deleted.is_(False),
         DeploymentRow.min_replicas == 0,
         DeploymentRow.max_replicas > 0,
+        DeploymentRow.sharing != "shared",  # its base's replicas serve it: none to wake
     )
     return [Wakeable(*row) for row in (await session.execute(query)).all()]

@@ -63,16 +63,18 @@ class HostedAdapter:
     the engine applies it only to requests the gateway routes to that model."""
 
     model_id: str
-    grant: ObjectGrant | None = None  # the sealed adapter (None: `path` is already on the node)
+    grant: ObjectGrant  # the sealed adapter, with the sha256 its plaintext must match
     path: str | None = None  # where the node decrypted it (set on the node)
 
 
 @dataclass(frozen=True)
 class AdapterState:
-    """What became of one hosted adapter on the node: loaded (`error` empty) or refused."""
+    """What became of one hosted adapter on the node: loaded (`error` empty), with the
+    number this run of the engine gave it (`lora_id`, what requests name), or refused."""
 
     model_id: str
     error: str = ""
+    lora_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,24 @@ engine). Both read the GGUF headers only (`read_header`).
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
 from souverain.core.fleet import AdapterState, HostedAdapter
-from souverain.node.sealed import decrypt_to
+from souverain.node.sealed import check_digest, decrypt_to
 
 RUNTIMES = frozenset({"llama-server"})  # the programs that pick an adapter per request
+
+# What the adapter's owner is told (a fixed category: no object id, store error or node
+# path reaches a tenant); the detail goes to the node's log, for operators.
+UNREADABLE = "the adapter could not be opened or does not match its checksum"
+NOT_FOR_BASE = "the file is not a LoRA adapter of this base model"
+NO_RUNTIME = "the node's engine cannot serve shared adapters"
+
+log = logging.getLogger(__name__)
 
 
 def prepare(
@@ -32,31 +41,35 @@ def prepare(
 ) -> tuple[tuple[HostedAdapter, ...], tuple[AdapterState, ...]]:
     """The adapters to load (each with its clear `path`) and what became of every one."""
     if runtime not in RUNTIMES:  # it would answer with the base model for all of them
-        refused = f"{runtime} on this node serves no shared adapters (build llama-server)"
-        return (), tuple(AdapterState(a.model_id, refused) for a in adapters)
+        log.warning("%s on this node serves no shared adapters (build llama-server)", runtime)
+        return (), tuple(AdapterState(a.model_id, NO_RUNTIME) for a in adapters)
     loaded: list[HostedAdapter] = []
     states: list[AdapterState] = []
     for index, adapter in enumerate(adapters):
+        refused = ""
         try:
             path = _clear_path(adapter, scratch / f"adapter-{index}.gguf")
-            refused = fits(path, base)
+            if detail := fits(path, base):
+                log.warning("adapter of %s refused: %s", adapter.model_id, detail)
+                refused = NOT_FOR_BASE
         except Exception as error:  # a key erased, an object gone, tampered with, truncated
-            refused = f"the adapter cannot be read: {_plain(error)}"
+            log.warning("adapter of %s cannot be read: %s", adapter.model_id, _plain(error))
+            refused = UNREADABLE
         if refused:
             states.append(AdapterState(adapter.model_id, refused))
         else:
+            # llama-server numbers its `--lora`s in the order given (engines/llama_server.py)
+            states.append(AdapterState(adapter.model_id, lora_id=len(loaded)))
             loaded.append(replace(adapter, path=str(path)))
-            states.append(AdapterState(adapter.model_id))
     return tuple(loaded), tuple(states)
 
 
 def _clear_path(adapter: HostedAdapter, target: Path) -> Path:
-    if adapter.grant is None:
-        if adapter.path is None:
-            raise ValueError("neither a sealed object nor a file")
-        return Path(adapter.path)
+    """The adapter in clear at `target`, only if its plaintext matches the grant's sha256
+    (a grant without one is refused: nothing is loaded unchecked)."""
+    check_digest(adapter.grant)
     target.unlink(missing_ok=True)
-    decrypt_to([adapter.grant], target)  # checked against the grant's sha256
+    decrypt_to([adapter.grant], target)
     return target
 
 
@@ -99,53 +112,86 @@ _SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
 
 
+_MAX_DEPTH = 4  # arrays of arrays: GGUF files nest one level at most
+_MAX_DIMS = 8  # ggml's tensors have 4
+
+
 def read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     """A GGUF file's string metadata and its tensors' shapes, from the header alone. The
     `gguf` package's reader builds every metadata value (a base's 49k-token vocabulary) as
-    numpy views: 14 s for SmolLM2 on a busy 2-core node, where this takes 0.1 s."""
+    numpy views: 14 s for SmolLM2 on a busy 2-core node, where this takes 0.1 s. The file
+    is untrusted: every count is bounded by the bytes left, a short read is an error, and
+    arrays nest `_MAX_DEPTH` deep at most."""
     with path.open("rb") as file:
-        magic, _version, tensors, count = struct.unpack("<4sIQQ", file.read(24))
+        header = _Header(file, path.stat().st_size)
+        magic, _version, tensors, count = struct.unpack("<4sIQQ", header.read(24))
         if magic != b"GGUF":
             raise ValueError("no GGUF magic")
         strings: dict[str, str] = {}
-        for _ in range(count):
-            key, kind = _string(file), _u32(file)
+        for _ in range(header.bounded(count, 12)):  # a key: its length and a type at least
+            key, kind = header.string(), header.u32()
             if kind == _STRING:
-                strings[key] = _string(file)
+                strings[key] = header.string()
             else:
-                _skip(file, kind)
+                header.skip(kind, depth=0)
         shapes = {}
-        for _ in range(tensors):
-            name, dims = _string(file), _u32(file)
-            shapes[name] = struct.unpack(f"<{dims}Q", file.read(8 * dims))
-            file.read(12)  # the tensor's type and offset
+        for _ in range(header.bounded(tensors, 24)):
+            name, dims = header.string(), header.u32()
+            if dims > _MAX_DIMS:
+                raise ValueError(f"a tensor of {dims} dimensions")
+            shapes[name] = struct.unpack(f"<{dims}Q", header.read(8 * dims))
+            header.read(12)  # the tensor's type and offset
         return strings, shapes
 
 
-def _u32(file: BinaryIO) -> int:
-    return int(struct.unpack("<I", file.read(4))[0])
+class _Header:
+    """Reads from an untrusted GGUF file of `size` bytes: never past its end."""
 
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        self._file, self._size = file, size
 
-def _string(file: BinaryIO) -> str:
-    (length,) = struct.unpack("<Q", file.read(8))
-    return file.read(length).decode("utf-8", "replace")
+    def left(self) -> int:
+        return self._size - self._file.tell()
 
+    def bounded(self, count: int, least: int) -> int:
+        """`count` items of `least` bytes each at least, if the file can hold them."""
+        if count * least > self.left():
+            raise ValueError(f"{count} items do not fit in the file")
+        return count
 
-def _skip(file: BinaryIO, kind: int) -> None:
-    if kind == _STRING:
-        (length,) = struct.unpack("<Q", file.read(8))
-        file.seek(length, 1)
-    elif kind == _ARRAY:
-        item, count = struct.unpack("<IQ", file.read(12))
-        if item in _SIZES:
-            file.seek(_SIZES[item] * count, 1)
+    def read(self, size: int) -> bytes:
+        data = self._file.read(self.bounded(size, 1))
+        if len(data) != size:
+            raise ValueError("the file ends inside its header")
+        return data
+
+    def seek(self, size: int) -> None:
+        self._file.seek(self.bounded(size, 1), 1)
+
+    def u32(self) -> int:
+        return int(struct.unpack("<I", self.read(4))[0])
+
+    def string(self) -> str:
+        (length,) = struct.unpack("<Q", self.read(8))
+        return self.read(length).decode("utf-8", "replace")
+
+    def skip(self, kind: int, *, depth: int) -> None:
+        if kind == _STRING:
+            (length,) = struct.unpack("<Q", self.read(8))
+            self.seek(length)
+        elif kind == _ARRAY:
+            if depth >= _MAX_DEPTH:
+                raise ValueError("arrays nested too deep")
+            item, count = struct.unpack("<IQ", self.read(12))
+            if item in _SIZES:
+                self.seek(self.bounded(count, _SIZES[item]) * _SIZES[item])
+            else:
+                for _ in range(self.bounded(count, 8)):  # a string or an array at least
+                    self.skip(item, depth=depth + 1)
+        elif kind in _SIZES:
+            self.seek(_SIZES[kind])
         else:
-            for _ in range(count):
-                _skip(file, item)
-    elif kind in _SIZES:
-        file.seek(_SIZES[kind], 1)
-    else:
-        raise ValueError(f"unknown GGUF value type {kind}")
+            raise ValueError(f"unknown GGUF value type {kind}")
 
 
 def _plain(error: BaseException) -> str:

@@ -21,6 +21,14 @@ class SealedObjectError(Exception):
     pass
 
 
+def check_digest(grant: ObjectGrant) -> None:
+    """Refuse a grant that carries no sha256 to check its plaintext against (what a model's
+    adapter must have: decrypt_to checks only the digests it is given)."""
+    digest = grant.sha256 or ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise SealedObjectError(f"{grant.object_id} has no sha256 to check it against")
+
+
 def decrypt_to(grants: Sequence[ObjectGrant], target: Path, *, join_lines: bool = False) -> None:
     """The plaintexts of `grants`, one after the other, in a new 0600 file `target`; each
     checked against its sha256. `join_lines`: JSONL files joined line by line."""

@@ -51,7 +51,7 @@ from souverain.node import artifacts, hosted_adapters, scratch
 from souverain.node.engines.base import EngineLauncher, TlsFiles, chat_overhead_probes
 from souverain.node.exits import CrashLoop, describe_exit, die_with_parent, log_tail
 from souverain.node.node_dir import node_dir, open_log
-from souverain.node.sealed import decrypt_to
+from souverain.node.sealed import check_digest, decrypt_to
 from souverain.node.secret import SECRET_ENV, SECRET_FD_ENV, secret_pipe, write_secret_file
 
 SourceFactory = Callable[[int], PowerSource]  # engine pid -> its power source
@@ -265,6 +265,7 @@ class EngineSupervisor:
         assert self._spec.adapter is not None
         path = self._scratch / "adapter.gguf"
         path.unlink(missing_ok=True)
+        check_digest(self._spec.adapter)
         decrypt_to([self._spec.adapter], path)
         return path
 

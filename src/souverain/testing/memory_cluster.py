@@ -70,7 +70,9 @@ class MemoryCluster:
         node = next((n.id for n in self.nodes if n.datacenter_id == spec.datacenter_id), None)
         self.replicas[spec.actor_name] = ReplicaStatus(
             "ready", f"http://127.0.0.1:1/{spec.replica_id}", node, 0, version=1,
-            adapters=tuple(AdapterState(a.model_id) for a in spec.adapters),
+            adapters=tuple(
+                AdapterState(a.model_id, lora_id=i) for i, a in enumerate(spec.adapters)
+            ),
         )  # fmt: skip
 
     def replica_status(self, actor_name: str, timeout_s: float = 5.0) -> ReplicaStatus | None:

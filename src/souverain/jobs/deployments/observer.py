@@ -162,5 +162,7 @@ def observed_fields(row: ReplicaRow, status: ReplicaStatus | None) -> dict[str, 
             fixed, per_message = status.prompt_overhead
             wanted |= {"prompt_overhead_fixed": fixed, "prompt_overhead_per_message": per_message}
         if status.adapters:  # a shared replica's, once the node checked them
-            wanted["adapters"] = [{"model": a.model_id, "error": a.error} for a in status.adapters]
+            wanted["adapters"] = [
+                {"model": a.model_id, "error": a.error, "lora": a.lora_id} for a in status.adapters
+            ]
     return {key: value for key, value in wanted.items() if getattr(row, key) != value}

@@ -93,6 +93,7 @@ class Loaded:
     now: datetime | None = None
     hosted: list[sharing.Hosted] = field(default_factory=list)  # adapters it may hold
     hosts: list[ReplicaRow] = field(default_factory=list)  # a shared one: its base's replicas
+    org_models: set[str] = field(default_factory=set)  # and its organisation's shared models
     erased: set[str] = field(default_factory=set)  # adapters held whose keys are gone
 
 
@@ -199,6 +200,7 @@ class DeploymentReconciler:
         )
         if deployment.sharing == sharing.SHARED:
             loaded.hosts = await sharing.host_replicas(session, model)
+            loaded.org_models = await sharing.org_models(session, deployment.org_id)
         elif sharing.can_host(deployment, model):
             loaded.hosted = [
                 await self._hosted(session, shared, model)
@@ -251,7 +253,7 @@ class DeploymentReconciler:
                 live.append(placed)
         _set_status(outcome, deployment, live + stale, desired, unschedulable)
         if shared:
-            found = sharing.served(loaded.model.id, loaded.hosts)
+            found = sharing.served(loaded.model.id, loaded.hosts, loaded.org_models)
             outcome.status, outcome.reason = sharing.shared_status(found)
         elif draining and outcome.status == "stopped":
             outcome.status = "draining"
@@ -310,12 +312,17 @@ class DeploymentReconciler:
             if r.datacenter_id in sites
             and sharing.held(r) != sharing.wanted_at(sites[r.datacenter_id].site, loaded.hosted)
         ]  # fmt: skip
+        urgent = {}
         for replica in stale:
             live.remove(replica)
-        for replica in sharing.to_stop(stale, live, desired, erased=loaded.erased):
+            site = sites[replica.datacenter_id].site
+            if why := sharing.must_unload(replica, site, loaded.hosted, loaded.erased):
+                urgent[replica.id] = why
+        for replica in sharing.to_stop(stale, live, desired, urgent=set(urgent)):
             await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
             outcome.deletes.append(replica.id)
-            outcome.replica_event("replica.replace", replica.id, reason="adapters changed")
+            reason = urgent.get(replica.id, "adapters changed")
+            outcome.replica_event("replica.replace", replica.id, reason=reason)
             self.energy.retire(replica.id)
             stale.remove(replica)
         return stale
@@ -364,7 +371,7 @@ class DeploymentReconciler:
         replica_id = new_id("rep")
         site = placer.snapshot.datacenters[decision.datacenter_id].site
         adapters = sharing.wanted_at(site, loaded.hosted)
-        grants = {h.model_id: h.grant for h in loaded.hosted}
+        grants = {h.model_id: h.grant for h in loaded.hosted if h.grant is not None}
         spec = ReplicaSpec(
             replica_id=replica_id,
             deployment_id=deployment.id,
@@ -383,7 +390,7 @@ class DeploymentReconciler:
             watts_per_core=self._engine.watts_per_core,
             model_roots=self._engine.model_roots,
             adapter=loaded.adapter,
-            adapters=tuple(HostedAdapter(m, grants[m]) for m in adapters),
+            adapters=tuple(HostedAdapter(m, grants[m]) for m in adapters if m in grants),
             tls=await self._issuer.issue_replica(replica_id),
             avoid_nodes=placer.refused_in(decision.datacenter_id),
         )

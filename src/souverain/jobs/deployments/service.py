@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog import models
+from souverain.catalog.constraints import constraints_of
 from souverain.core.access import Holding, check_operator, check_org, check_scope, reach
 from souverain.core.engine_args import EngineArgError, check_engine_args
 from souverain.core.errors import (
@@ -143,12 +144,8 @@ async def create_deployment(
     await _check_datacenters(session, request.datacenters)
     if request.reasoning_default:
         _check_reasoning(model)
-    if request.sharing == "shared" and model.base_model_id is None:
-        raise InvalidRequestError(
-            f"The model '{model.name}' is not a fine-tuned model: only an adapter can be "
-            "served by shared replicas of its base.",
-            param="sharing",
-        )
+    if request.sharing == "shared":
+        _check_shared(request, model)
     autoscaling.check_scaling(request, replicas=request.replicas)
     if await _name_taken(session, name=request.name, org_id=org_id):
         raise ConflictError(f"deployment '{request.name}' already exists", param="name")
@@ -200,6 +197,38 @@ async def put_deployment(
     session.add(deployment)
     await session.flush()
     return deployment
+
+
+# What a shared deployment has no use for: its base's replicas serve it, with their own
+# engine, resources and scaling; `replicas` only says whether its adapter is loaded (0/1).
+_NOT_FOR_SHARED = (
+    "engine_args", "cpus", "gpus", "strategy", "reasoning_default",
+    "min_replicas", "max_replicas", "target_busy_per_replica", "scale_down_idle_s",
+)  # fmt: skip
+
+
+def _check_shared(request: DeploymentCreateRequest, model: ModelRow) -> None:
+    """Refuse a shared deployment of a base model, or one given options it would ignore."""
+    if model.base_model_id is None:
+        raise InvalidRequestError(
+            f"The model '{model.name}' is not a fine-tuned model: only an adapter can be "
+            "served by shared replicas of its base.",
+            param="sharing",
+        )
+    fields = DeploymentCreateRequest.model_fields  # a default is what every client sends
+    ignored = [
+        name for name in _NOT_FOR_SHARED
+        if getattr(request, name) != fields[name].get_default(call_default_factory=True)
+    ]  # fmt: skip
+    if request.replicas > 1:
+        ignored.insert(0, "replicas")
+    if ignored:
+        raise InvalidRequestError(
+            f"A shared deployment runs on its base's replicas: {', '.join(ignored)} "
+            "cannot be set (replicas: 0 unloads the adapter, 1 loads it; use "
+            "sharing=dedicated for replicas of its own).",
+            param=ignored[0],
+        )
 
 
 def _check_reasoning(model: ModelRow) -> None:
@@ -269,19 +298,6 @@ def _rescale(deployment: DeploymentRow, request: DeploymentUpdateRequest) -> Non
     deployment.min_replicas, deployment.max_replicas = scaling.min_replicas, scaling.max_replicas
     deployment.target_busy_per_replica = scaling.target
     deployment.scale_down_idle_s = scaling.idle_s
-
-
-def constraints_of(deployment: DeploymentRow) -> Policy:
-    """The deployment's own placement constraints, in the policy vocabulary."""
-    placement = deployment.placement or {}
-    jurisdictions = placement.get("jurisdictions")
-    operators = placement.get("operator_jurisdictions")
-    return Policy(
-        jurisdictions=None if jurisdictions is None else frozenset(jurisdictions),
-        datacenters=frozenset(deployment.datacenters) if deployment.datacenters else None,
-        certifications=frozenset(placement.get("certifications") or ()),
-        operator_jurisdictions=None if operators is None else frozenset(operators),
-    )
 
 
 async def placement_policy(session: AsyncSession, *, deployment: DeploymentRow) -> Policy:

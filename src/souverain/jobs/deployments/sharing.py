@@ -15,6 +15,9 @@ Rules:
 - llama-server loads adapters at start only, so a replica whose set is no longer the one
   wanted is replaced, rolling: a new replica with the new set is placed, and the old one
   stops once enough new ones are ready (`to_stop`), so every model keeps answering;
+- one adapter per model on a replica, however many shared deployments name it; at most
+  `PER_REPLICA` adapters on a replica and `PER_ORG` of one organisation's, the oldest
+  shared deployments first (a newer one past a cap waits, its status says why);
 - a shared deployment scaled to zero (replicas 0, no autoscaling maximum) is unloaded.
 """
 
@@ -32,6 +35,8 @@ from souverain.core.status import ReplicaState
 from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow, ReplicaRow
 
 SHARED, DEDICATED = "shared", "dedicated"
+PER_REPLICA = 32  # adapters one shared replica holds at most
+PER_ORG = 8  # of which one organisation's, at most
 
 
 @dataclass(frozen=True)
@@ -77,17 +82,25 @@ async def shared_of(
             DeploymentRow.deleted.is_(False),
             ModelRow.base_model_id == base.model_id,
         )
-        .order_by(ModelRow.id)
+        .order_by(DeploymentRow.created_at, DeploymentRow.id)  # the oldest first, for caps
     )
     found = [(d, m) for d, m in (await session.execute(query)).all() if is_active(d)]
     return [(d, m) for d, m in found if base.org_id is None or d.org_id == base.org_id]
 
 
 def wanted_at(site: Site, hosted: Iterable[Hosted]) -> tuple[str, ...]:
-    """The adapters a replica at `site` should hold, in a stable order."""
-    return tuple(
-        sorted(h.model_id for h in hosted if not h.error and exclusion(h.policy, site) is None)
-    )
+    """The adapters a replica at `site` should hold, in a stable order: each model once,
+    within the caps, in `hosted`'s order (the oldest shared deployments first)."""
+    chosen: dict[str, None] = {}
+    per_org: dict[str | None, int] = {}
+    for h in hosted:
+        if h.error or h.model_id in chosen or exclusion(h.policy, site) is not None:
+            continue
+        if len(chosen) >= PER_REPLICA or per_org.get(h.org_id, 0) >= PER_ORG:
+            continue
+        chosen[h.model_id] = None
+        per_org[h.org_id] = per_org.get(h.org_id, 0) + 1
+    return tuple(sorted(chosen))
 
 
 def held(replica: ReplicaRow) -> tuple[str, ...]:
@@ -95,25 +108,35 @@ def held(replica: ReplicaRow) -> tuple[str, ...]:
     return tuple(str(entry["model"]) for entry in replica.adapters or ())
 
 
-def lora_ids(replica: ReplicaRow) -> dict[str, int]:
-    """Model id -> the engine's adapter number, for the adapters it loaded: the node left
-    refused ones out, so the numbers count loaded ones only."""
-    loaded = [str(e["model"]) for e in replica.adapters or () if e.get("error") == ""]
-    return {model_id: index for index, model_id in enumerate(loaded)}
+def must_unload(
+    replica: ReplicaRow, site: Site, hosted: Iterable[Hosted], erased: Set[str]
+) -> str | None:
+    """Why a replica may not keep one of its adapters a moment longer (None: it may serve
+    on until its replacement is ready): the adapter was erased with its organisation's
+    keys, or its owner's policy (the shared deployment's constraints ∩ its organisation's
+    ceiling) now excludes the replica's site."""
+    kept = set(held(replica))
+    if kept & erased:
+        return "an adapter it holds was erased"
+    allowed = {h.model_id for h in hosted if not h.error and exclusion(h.policy, site) is None}
+    for h in hosted:
+        if h.model_id in kept and h.model_id not in allowed:
+            return f"its owner's policy no longer allows {h.model_id} at {site.id}"
+    return None
 
 
 def to_stop(
     stale: Sequence[ReplicaRow], fresh: Sequence[ReplicaRow], desired: int,
-    *, erased: Set[str] = frozenset(),
+    *, urgent: Set[str] = frozenset(),
 ) -> list[ReplicaRow]:  # fmt: skip
-    """Replicas with an outdated set that can stop now: any that is not serving or holds
-    an erased adapter (its organisation's keys are gone: its clear copy goes now, whatever
-    the others wait for), and the serving ones once as many replicas with the wanted set
-    are ready as are wanted."""
+    """Replicas with an outdated set that can stop now: any that is not serving or is
+    `urgent` (by id: it holds an adapter it may not keep, `must_unload`; its clear copy
+    goes now, whatever the others wait for), and the serving ones once as many replicas
+    with the wanted set are ready as are wanted."""
     ready = sum(1 for r in fresh if r.state == ReplicaState.READY)
     if ready >= desired:
         return list(stale)
-    return [r for r in stale if r.state != ReplicaState.READY or erased & set(held(r))]
+    return [r for r in stale if r.state != ReplicaState.READY or r.id in urgent]
 
 
 async def erased(session: AsyncSession, replicas: Iterable[ReplicaRow]) -> set[str]:
@@ -138,14 +161,19 @@ class Served:
     ready: int  # ready replicas that loaded it
     starting: int  # replicas asked to load it, not ready yet
     refused: str  # a node's reason for refusing it, if one did
+    full: str = ""  # why a ready replica without it cannot take it (a cap), if so
 
 
-def served(model_id: str, replicas: Iterable[ReplicaRow]) -> Served:
+def served(
+    model_id: str, replicas: Iterable[ReplicaRow], org_models: Set[str] = frozenset()
+) -> Served:
+    """Where the adapter is; `org_models`: its organisation's shared models (for the cap)."""
     ready = starting = 0
-    refused = ""
+    refused = full = ""
     for replica in replicas:
         entry = next((e for e in replica.adapters or () if e.get("model") == model_id), None)
         if entry is None:
+            full = full or _full(replica, org_models)
             continue
         if entry.get("error"):
             refused = str(entry["error"])
@@ -153,7 +181,28 @@ def served(model_id: str, replicas: Iterable[ReplicaRow]) -> Served:
             ready += 1
         elif replica.state == ReplicaState.STARTING:
             starting += 1
-    return Served(ready, starting, refused)
+    return Served(ready, starting, refused, full)
+
+
+def _full(replica: ReplicaRow, org_models: Set[str]) -> str:
+    kept = set(held(replica))
+    if replica.state != ReplicaState.READY:
+        return ""
+    if len(kept) >= PER_REPLICA:
+        return f"the shared replicas of its base hold {PER_REPLICA} adapters already"
+    if len(kept & org_models) >= PER_ORG:
+        return f"its organisation has {PER_ORG} adapters on its base's shared replicas already"
+    return ""
+
+
+async def org_models(session: AsyncSession, org_id: str | None) -> set[str]:
+    """The models of an organisation's shared deployments."""
+    query = select(DeploymentRow.model_id).where(
+        DeploymentRow.sharing == SHARED,
+        DeploymentRow.deleted.is_(False),
+        DeploymentRow.org_id == org_id,
+    )
+    return set((await session.execute(query)).scalars())
 
 
 async def host_replicas(session: AsyncSession, model: ModelRow) -> list[ReplicaRow]:
@@ -174,4 +223,6 @@ def shared_status(found: Served) -> tuple[str, str]:
         return "failed", f"the adapter was refused: {found.refused}"
     if found.starting:
         return "starting", "a shared replica of its base is starting with the adapter"
+    if found.full:
+        return "pending", f"waiting: {found.full} (older shared deployments come first)"
     return "pending", "waiting for a replica of its base model that may hold the adapter"
