@@ -103,6 +103,11 @@ class RouteTable:
 
     async def refresh(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         async with sessions() as session:
+            # Wakeable deployments first: on PostgreSQL each read sees the commits made
+            # before it, so a deployment read as ready has its replica in the routes read
+            # after (the other way round, a waiting request could see its deployment ready
+            # and no replica, and answer 451 or 503 instead of being served).
+            wakeable = await load_wakeable(session)
             models = await load_models(session)
             routes = await load_ready_routes(session)
             in_force = await policies.current_all(session)
@@ -112,7 +117,6 @@ class RouteTable:
             self.budgets = await all_budgets(session)
             self.replica_states = await replica_states(session)
             self.energy_totals = await totals_by_datacenter(session)
-            wakeable = await load_wakeable(session)
         by_model: defaultdict[str, list[Wakeable]] = defaultdict(list)
         for deployment in wakeable:
             by_model[deployment.model_id].append(deployment)
