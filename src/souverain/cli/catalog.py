@@ -219,6 +219,21 @@ def _where(
     return " ".join(parts) or "any"
 
 
+# `deployments create`'s longer options (its signature stays readable)
+SHARED = typer.Option(
+    False, help="A fine-tuned model: its adapter on its base's replicas, beside others."
+)
+MIN_REPLICAS = typer.Option(
+    None, help="Autoscale from this many replicas (0: scale to zero when idle)."
+)
+TARGET_BUSY = typer.Option(
+    None, help="Outstanding requests per replica to aim at when autoscaling (default 4)."
+)
+SCALE_DOWN_IDLE = typer.Option(
+    None, help="Seconds with nothing outstanding before replicas go (default 300)."
+)
+
+
 @deployments.command("create")
 def deployments_create(
     name: str,
@@ -241,19 +256,11 @@ def deployments_create(
         None, "--operator-jurisdiction", help="Allowed operator headquarters (repeatable)."
     ),
     strategy: str = typer.Option("spread", help="spread or binpack."),
-    shared: bool = typer.Option(
-        False, help="A fine-tuned model: its adapter on its base's replicas, beside others."
-    ),
-    min_replicas: int = typer.Option(
-        None, help="Autoscale from this many replicas (0: scale to zero when idle)."
-    ),
+    shared: bool = SHARED,
+    min_replicas: int = MIN_REPLICAS,
     max_replicas: int = typer.Option(None, help="Autoscale up to this many replicas."),
-    target_busy: float = typer.Option(
-        None, help="Outstanding requests per replica to aim at when autoscaling (default 4)."
-    ),
-    scale_down_idle: int = typer.Option(
-        None, help="Seconds with nothing outstanding before replicas go (default 300)."
-    ),
+    target_busy: float = TARGET_BUSY,
+    scale_down_idle: int = SCALE_DOWN_IDLE,
 ) -> None:
     """Deploy a model; replicas go only where these constraints and the ceiling allow."""
     request = request_of(

@@ -38,9 +38,8 @@ from souverain.core.fleet import (
     actor_name_for,
 )
 from souverain.core.ids import new_id, replica_secret
-from souverain.core.node_identity import must_leave
-from souverain.core.policy import Policy, exclusion
-from souverain.core.status import DEPLOYMENT_FAILING, ReplicaState
+from souverain.core.policy import Policy
+from souverain.core.status import ReplicaState
 from souverain.db.tables import (
     DeploymentRow,
     ModelAdapterRow,
@@ -52,7 +51,7 @@ from souverain.db.tables import (
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.jobs.cycle import run_cycle
-from souverain.jobs.deployments import autoscaling, sharing
+from souverain.jobs.deployments import autoscaling, sharing, statuses
 from souverain.jobs.deployments import draining as drain
 from souverain.jobs.deployments.service import placement_policy
 from souverain.jobs.energy import EnergyAccountant
@@ -251,7 +250,8 @@ class DeploymentReconciler:
                 unschedulable = placed
             else:
                 live.append(placed)
-        _set_status(outcome, deployment, live + stale, desired, unschedulable)
+        found_status = statuses.status_of(deployment, live + stale, desired, unschedulable)
+        outcome.status, outcome.reason, outcome.remove_deployment = found_status
         if shared:
             found = sharing.served(loaded.model.id, loaded.hosts, loaded.org_models)
             outcome.status, outcome.reason = sharing.shared_status(found)
@@ -260,7 +260,7 @@ class DeploymentReconciler:
             outcome.reason = f"scaled to zero; {draining} replica(s) finishing their requests"
         elif draining and outcome.status == "ready":
             outcome.reason += f"; {draining} draining"
-        if _worth_auditing(deployment.status, outcome.status):
+        if statuses.worth_auditing(deployment.status, outcome.status):
             outcome.events.append(
                 Event(
                     "deployment.status",
@@ -330,7 +330,7 @@ class DeploymentReconciler:
     async def _observe(self, loaded: Loaded, placer: Placer, outcome: Outcome) -> list[ReplicaRow]:
         live = []
         for replica in loaded.replicas:
-            reason = _drain_reason(replica, loaded.policy, placer)
+            reason = statuses.leave_reason(replica, loaded.policy, placer)
             if reason is not None:
                 log.warning(
                     "draining replica %s in %s: %s", replica.id, replica.datacenter_id, reason
@@ -371,8 +371,37 @@ class DeploymentReconciler:
         replica_id = new_id("rep")
         site = placer.snapshot.datacenters[decision.datacenter_id].site
         adapters = sharing.wanted_at(site, loaded.hosted)
+        spec = await self._spec(loaded, replica_id, decision, adapters, placer)
+        await asyncio.to_thread(self._cluster.start_replica, spec)
+        self.recently_started[spec.actor_name] = asyncio.get_running_loop().time()
+        placer.reserve(decision.node_id, cpus=deployment.cpus, gpus=deployment.gpus)
+        replica = ReplicaRow(
+            id=replica_id,
+            deployment_id=deployment.id,
+            actor_name=actor_name_for(replica_id),
+            datacenter_id=decision.datacenter_id,
+            node_id=None,
+            url=None,
+            state="starting",
+            reason="",
+            engine_restarts=0,
+            adapters=sharing.entries(adapters),
+        )
+        outcome.inserts.append(replica)
+        outcome.replica_event(
+            "replica.place", replica_id, datacenter=decision.datacenter_id, node=decision.node_id
+        )
+        return replica
+
+    async def _spec(
+        self, loaded: Loaded, replica_id: str, decision: Placement, adapters: tuple[str, ...],
+        placer: Placer,
+    ) -> ReplicaSpec:  # fmt: skip
+        """What the node needs to start this replica (its secret and certificate included)."""
+        deployment, model = loaded.deployment, loaded.model
+        assert loaded.artifact is not None  # checked by the caller
         grants = {h.model_id: h.grant for h in loaded.hosted if h.grant is not None}
-        spec = ReplicaSpec(
+        return ReplicaSpec(
             replica_id=replica_id,
             deployment_id=deployment.id,
             model_name=model.name,
@@ -394,27 +423,6 @@ class DeploymentReconciler:
             tls=await self._issuer.issue_replica(replica_id),
             avoid_nodes=placer.refused_in(decision.datacenter_id),
         )
-
-        await asyncio.to_thread(self._cluster.start_replica, spec)
-        self.recently_started[spec.actor_name] = asyncio.get_running_loop().time()
-        placer.reserve(decision.node_id, cpus=deployment.cpus, gpus=deployment.gpus)
-        replica = ReplicaRow(
-            id=replica_id,
-            deployment_id=deployment.id,
-            actor_name=actor_name_for(replica_id),
-            datacenter_id=decision.datacenter_id,
-            node_id=None,
-            url=None,
-            state="starting",
-            reason="",
-            engine_restarts=0,
-            adapters=sharing.entries(adapters),
-        )
-        outcome.inserts.append(replica)
-        outcome.replica_event(
-            "replica.place", replica_id, datacenter=decision.datacenter_id, node=decision.node_id
-        )
-        return replica
 
     async def _apply(self, session: AsyncSession, loaded: Loaded, outcome: Outcome) -> None:
         """Runs after the lease's fence, in its transaction."""
@@ -474,64 +482,3 @@ def _scale(loaded: Loaded, outcome: Outcome) -> int:
             )
         )  # fmt: skip
     return decision.state.wanted
-
-
-def _drain_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | None:
-    """Why a replica must stop where it is: its datacenter is gone or no longer allowed, its
-    node left the cluster (Ray would restart the actor only inside that datacenter, and
-    there may be no node left there), or it serves in clear (adopted from before TLS)."""
-    datacenter = placer.snapshot.datacenters.get(replica.datacenter_id)
-    if datacenter is None:
-        return "datacenter removed"
-    excluded = exclusion(policy, datacenter.site)
-    if excluded is not None:
-        return excluded
-    if replica.node_id is not None and replica.node_id not in placer.alive_nodes:
-        return f"node {replica.node_id[:12]} lost"
-    refusal = placer.refused.get(replica.node_id or "")
-    if refusal is not None and must_leave(refusal):
-        return f"node {(replica.node_id or '')[:12]} refused: {refusal}"
-    if replica.url and not replica.url.startswith("https://"):
-        return "serves without TLS (started before TLS to engines): replaced"
-    return None
-
-
-def _worth_auditing(before: str, after: str) -> bool:
-    """Entering or leaving a failure is an event; starting and scaling are not."""
-    return before != after and bool({before, after} & DEPLOYMENT_FAILING)
-
-
-def _set_status(
-    outcome: Outcome,
-    deployment: DeploymentRow,
-    live: list[ReplicaRow],
-    desired: int,
-    unschedulable: str,
-) -> None:
-    ready = sum(1 for r in live if r.state == "ready")
-    failed = [r for r in live if r.state == "failed"]
-    if deployment.deleted:
-        outcome.remove_deployment = not live
-        outcome.status, outcome.reason = "deleting", f"stopping {len(live)} replica(s)"
-    elif desired == 0:
-        outcome.status, outcome.reason = "stopped", _stopped_reason(deployment)
-    elif failed and len(failed) == len(live):
-        outcome.status = "failed"
-        outcome.reason = failed[0].reason or "every engine failed to start"
-    elif failed:
-        outcome.status = "degraded"
-        outcome.reason = (
-            f"{ready}/{desired} replicas ready, {len(failed)} failed: {failed[0].reason}"
-        )
-    elif unschedulable:
-        outcome.status, outcome.reason = "unschedulable", unschedulable
-    elif ready >= desired:
-        outcome.status, outcome.reason = "ready", f"{ready}/{desired} replicas ready"
-    else:
-        outcome.status, outcome.reason = "starting", f"{ready}/{desired} replicas ready"
-
-
-def _stopped_reason(deployment: DeploymentRow) -> str:
-    if autoscaling.limits_of(deployment).max_replicas > 0:
-        return "scaled to zero while idle; the next request starts a replica"
-    return "scaled to zero"
