@@ -31,8 +31,8 @@ Evaluation (training/evaluation.py): before the first step and after the last, e
 held-out prompt (those also in the training file left out) answered greedily and
 `eval_samples_per_prompt` times at the training temperature; the last carries the paired
 before → after change with its bootstrap 95 % interval. With `dev_samples`, the training
-file's last lines are a dev split evaluated every `dev_steps`; the job ends with the
-adapter of the best dev reward.
+file's last lines are a dev split evaluated before the first step and every `dev_steps`;
+the job ends with the adapter of the best dev reward, the starting one when no step beat it.
 
 Progress lines (numbers, never text) as the supervised recipe's, and: `step` carries
 reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction,
@@ -136,6 +136,8 @@ class Job:
                           metrics={})  # fmt: skip
             self.rollouts.close()
             return 0
+        if self.step == 0 and self.dev:
+            self._dev_check()  # the starting adapter is a candidate: kept if nothing beats it
         stopped = self._train()
         if stopped is not None:
             return stopped

@@ -1,0 +1,96 @@
+"""The GRPO job's own logic, on a tiny model with the rollout engine and grader faked:
+which adapter it keeps, what it refuses before any compute, how it sizes its sampling,
+and the importance weights its update applies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from souverain.training import grpo  # noqa: E402
+from souverain.training.evaluation import Answered  # noqa: E402
+from souverain.training.grading import Graded  # noqa: E402
+
+# PEFT asks transformers a deprecated question when it wraps a model
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+
+GRADER = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+          "reference": "{{item.answer}}", "operation": "eq"}  # fmt: skip
+
+
+def job(tmp_path: Path, **hyperparameters: Any) -> grpo.Job:
+    spec = {"hyperparameters": hyperparameters, "grader": GRADER, "output_dir": str(tmp_path),
+            "base": {"path": str(tmp_path)}, "train": str(tmp_path / "train.jsonl")}  # fmt: skip
+    return grpo.Job(spec, grpo.Progress(tmp_path / "progress.jsonl"))
+
+
+def tiny_lora() -> Any:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+    base = transformers.LlamaForCausalLM(config).float()
+    lora = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj"],
+                           task_type="CAUSAL_LM")  # fmt: skip
+    return peft.get_peft_model(base, lora)
+
+
+def lora_state(model: Any) -> dict[str, Any]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def events(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
+    lines = (tmp_path / "progress.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["type"] == kind]
+
+
+def answered(reward: float) -> Answered:
+    score = Graded(reward, True, reward >= 1.0, None, None)
+    return Answered("?", score, [score])
+
+
+class TestTheStartingAdapterCanBeKept:
+    def test_a_job_whose_steps_make_the_model_worse_ends_with_its_starting_adapter(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        made = job(tmp_path, max_steps=2, dev_samples=1, dev_steps=2)
+        dev_rewards = iter([0.6, 0.2])  # before any step, then after the last: worse
+        started: dict[str, Any] = {}
+
+        def load() -> None:
+            made.model, made.step, made.tokens, made.last_metrics = tiny_lora(), 0, 0, {}
+            made.rollouts = type("Closed", (), {"close": lambda self: None})()
+            started.update(lora_state(made.model))
+
+        def train() -> None:
+            with torch.no_grad():
+                for p in made.model.parameters():
+                    if p.requires_grad:
+                        p.add_(0.5)
+            made.step = 2
+            made._dev_check()
+
+        monkeypatch.setattr(grpo, "load_tokenizer", lambda base: None)
+        monkeypatch.setattr(grpo, "_export_gguf", lambda *a: None)
+        monkeypatch.setattr(made, "_read", lambda: setattr(made, "train", [1]) or None)
+        monkeypatch.setattr(made, "_load", load)
+        monkeypatch.setattr(made, "_train", train)
+        monkeypatch.setattr(made, "_sync_adapter", lambda: None)
+        monkeypatch.setattr(made, "answer", lambda items, samples: [answered(next(dev_rewards))])
+        made.dev, made.valid = [object()], []  # type: ignore[list-item]
+        monkeypatch.setattr(grpo.signal, "signal", lambda *a: None)
+
+        assert made.run() == 0
+        assert [e["step"] for e in events(tmp_path, "dev")] == [0, 2]
+        done = events(tmp_path, "done")[0]
+        assert done["metrics"]["kept"] == {"step": 0, "dev_mean_reward": 0.6}
+        for name, value in lora_state(made.model).items():
+            torch.testing.assert_close(value, started[name])
