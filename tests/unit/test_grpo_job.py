@@ -94,3 +94,27 @@ class TestTheStartingAdapterCanBeKept:
         assert done["metrics"]["kept"] == {"step": 0, "dev_mean_reward": 0.6}
         for name, value in lora_state(made.model).items():
             torch.testing.assert_close(value, started[name])
+
+
+class FakeTokenizer:
+    pad_token_id = 0
+
+    def apply_chat_template(self, messages: Any, **_: Any) -> list[int]:
+        return [1] * sum(len(str(m["content"]).split()) for m in messages)
+
+
+def write_lines(path: Path, prompts: list[str]) -> None:
+    chats = [{"messages": [{"role": "user", "content": p}], "answer": "1"} for p in prompts]
+    path.write_text("".join(json.dumps(c) + "\n" for c in chats))
+
+
+class TestDevLinesAreChecked:
+    def test_a_dev_line_too_long_for_the_job_is_refused_before_any_compute(
+        self, tmp_path: Path
+    ) -> None:
+        made = job(tmp_path, dev_samples=1, max_tokens=32, length_cache=8, seq_len=64)
+        made.tokenizer = FakeTokenizer()
+        write_lines(tmp_path / "train.jsonl", ["short one", "short two", "word " * 40])
+        problem = made._read()
+        assert problem is not None and problem["file"] == "dev"
+        assert "exceed the job's seq_len of 64" in problem["message"]

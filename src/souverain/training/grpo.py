@@ -175,7 +175,8 @@ class Job:
         overlap = set(evaluation.overlapping(trained, [i.prompt for i in valid]))
         self.overlap = len(overlap)
         self.valid = [v for n, v in enumerate(valid) if n not in overlap][: hp.eval_samples]
-        for name, items in (("training", self.train), ("validation", self.valid)):
+        splits = (("training", self.train), ("dev", self.dev), ("validation", self.valid))
+        for name, items in splits:
             for number, item in enumerate(items, start=1):
                 problem = invalid_item(item, self.grader)
                 length = len(self._prompt_ids(item))
