@@ -118,3 +118,36 @@ class TestDevLinesAreChecked:
         problem = made._read()
         assert problem is not None and problem["file"] == "dev"
         assert "exceed the job's seq_len of 64" in problem["message"]
+
+
+class FakeRollouts:
+    """Holds `sequences` completions a call, as llama.cpp's context does."""
+
+    def __init__(self, gguf: Path, *, sequences: int, context: int, **_: Any) -> None:
+        self.sequences = sequences
+
+    def generate(self, prompts: list[list[int]], *, n: int, **_: Any) -> list[Any]:
+        from souverain.training.rollouts import Sample
+
+        if len(prompts) * n > self.sequences:
+            raise ValueError(f"{len(prompts) * n} sequences asked, the context holds "
+                             f"{self.sequences}")  # fmt: skip
+        return [Sample(i // n, (5,), True, (-1.0,)) for i in range(len(prompts) * n)]
+
+
+class TestEvaluationSamplesFitTheEngine:
+    def test_more_samples_per_prompt_than_a_step_samples_are_evaluated(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from souverain.training import rollouts
+
+        monkeypatch.setattr(rollouts, "Rollouts", FakeRollouts)
+        made = job(tmp_path, batch_size=1, group_size=2, minibatches=1,
+                   eval_samples_per_prompt=8)  # fmt: skip
+        made.tokenizer = FakeTokenizer()
+        made.tokenizer.decode = lambda tokens, **_: "1"  # type: ignore[attr-defined]
+        write_lines(tmp_path / "valid.jsonl", ["what is one"])
+        made.valid = grpo.read_items(tmp_path / "valid.jsonl", system=None)
+        made._open_rollouts()
+        (scored,) = made.answer(made.valid, samples=8)
+        assert len(scored.sampled) == 8

@@ -83,6 +83,8 @@ from souverain.training.sft import (
 
 __all__ = ["Job", "read_items", "run"]
 
+EVAL_WIDTH = 32  # sequences an evaluation call samples together, at most
+
 
 @dataclass(frozen=True)
 class Group:
@@ -231,8 +233,6 @@ class Job:
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        from souverain.training.rollouts import Rollouts
-
         hp = self.hp
         base = load_model(self.spec["base"])
         resume = self.spec.get("resume_from")
@@ -258,12 +258,21 @@ class Job:
         self.last_metrics: dict[str, Any] = {}
         self.band = DifficultyBand(len(self.train), self.random, low=0.0, high=1.0,
                                    rest_epochs=hp.band_rest_epochs)  # fmt: skip
+        self._open_rollouts()
+        self._sync_adapter()
+
+    def _open_rollouts(self) -> None:
+        """The rollout engine, holding a step's groups and any one evaluation call: a
+        held-out prompt's `eval_samples_per_prompt` completions are sampled together."""
+        from souverain.training.rollouts import Rollouts
+
+        hp = self.hp
+        held_out = min(max(len(self.valid), len(self.dev)), EVAL_WIDTH)
+        sequences = max(hp.batch_size * hp.group_size, held_out, hp.eval_samples_per_prompt, 1)
+        self.eval_width = min(EVAL_WIDTH, sequences)
         gguf = Path(self.spec["base"]["path"]) / (self.spec["base"].get("gguf_file") or "")
-        sequences = max(hp.batch_size * hp.group_size, min(len(self.valid), 32) or 1)
-        self.eval_width = min(32, sequences)
         self.rollouts = Rollouts(gguf, sequences=sequences, context=sequences * hp.seq_len,
                                  threads=self.threads, seed=hp.seed)  # fmt: skip
-        self._sync_adapter()
 
     def _sync_adapter(self) -> None:
         """The adapter as it is now, in the rollout engine."""
