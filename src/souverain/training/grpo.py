@@ -37,7 +37,8 @@ the job ends with the adapter of the best dev reward, the starting one when no s
 Progress lines (numbers, never text) as the supervised recipe's, and: `step` carries
 reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction,
 informative_groups, refill_rounds, band_skipped, the rollout/trainer mismatch
-(logprob_gap_mean, logprob_gap_p99, ratio_outside_fraction, tis_capped_fraction),
+(logprob_gap_mean, logprob_gap_p99, ratio_outside_fraction, tis_capped_fraction,
+rollout_logprob_floored),
 step_s, rollout_s, train_s; `eval` {step, metrics: {overall, languages, change}}; `dev`
 {step, mean_reward, best_step}. With `max_steps` 0 (an evaluation job) the recipe
 evaluates once and ends. With the magistral grader, a job whose format rate falls below
@@ -474,6 +475,7 @@ def _merged(gaps: list[Mismatch]) -> Mismatch:
         gap_p99=max(g.gap_p99 for g in gaps),
         outside_fraction=statistics.fmean(g.outside_fraction for g in gaps),
         capped_fraction=statistics.fmean(g.capped_fraction for g in gaps),
+        floored_tokens=sum(g.floored_tokens for g in gaps),
     )
 
 
