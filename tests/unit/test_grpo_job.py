@@ -151,3 +151,15 @@ class TestEvaluationSamplesFitTheEngine:
         made._open_rollouts()
         (scored,) = made.answer(made.valid, samples=8)
         assert len(scored.sampled) == 8
+
+
+class TestRolloutLogprobsMatchTheTokens:
+    def test_each_token_gets_its_own_rollout_logprob(self) -> None:
+        mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+        laid = grpo._padded([(-1.0, -2.0, -3.0), (-4.0,)], mask)
+        torch.testing.assert_close(laid, torch.tensor([[-1.0, -2.0, -3.0], [-4.0, 0.0, 0.0]]))
+
+    def test_fewer_logprobs_than_tokens_are_refused_not_zero_filled(self) -> None:
+        mask = torch.tensor([[1.0, 1.0, 1.0]])
+        with pytest.raises(ValueError, match="2 rollout log-probabilities for 3 tokens"):
+            grpo._padded([(-1.0, -2.0)], mask)

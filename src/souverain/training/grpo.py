@@ -366,7 +366,7 @@ class Job:
             logp, mask = self._logprobs(groups, pad)
             old = logp.detach() if old is None else old
             weights, gap = truncated_importance_weights(
-                old, _padded(rolled, logp.shape), mask, cap=hp.tis_cap
+                old, _padded(rolled, mask), mask, cap=hp.tis_cap
             )
             loss = surrogate_loss(logp, old, adv, mask, epsilon_low=hp.epsilon_low,
                                   epsilon_high=hp.epsilon_high, beta=hp.beta,
@@ -458,14 +458,18 @@ class Job:
         }))  # fmt: skip
 
 
-def _padded(rows: list[tuple[float, ...]], shape: Any) -> Any:
-    """The rollouts' log-probabilities laid out as the trainer's [rows, tokens]."""
+def _padded(rows: list[tuple[float, ...]], mask: Any) -> Any:
+    """The rollouts' log-probabilities laid out as the trainer's [rows, tokens] (`mask`:
+    the trainer's, 1 on each completion's tokens); one for every token, or ValueError."""
     import torch
 
-    out = torch.zeros(tuple(shape), dtype=torch.float32)
+    out = torch.zeros(tuple(mask.shape), dtype=torch.float32)
     for row, values in enumerate(rows):
-        if values:
-            out[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+        tokens = int(mask[row].sum())
+        if len(values) != tokens:
+            raise ValueError(f"completion {row}: {len(values)} rollout log-probabilities "
+                             f"for {tokens} tokens")  # fmt: skip
+        out[row, :tokens] = torch.tensor(values, dtype=torch.float32)
     return out
 
 
