@@ -112,9 +112,17 @@ class TestDevLinesAreChecked:
     def test_a_dev_line_too_long_for_the_job_is_refused_before_any_compute(
         self, tmp_path: Path
     ) -> None:
-        made = job(tmp_path, dev_samples=1, max_tokens=32, length_cache=8, seq_len=64)
+        prompts = [f"short {n}" for n in range(6)]
+        write_lines(tmp_path / "train.jsonl", prompts)
+        settings = {"dev_samples": 1, "max_tokens": 32, "length_cache": 8, "seq_len": 64}
+        made = job(tmp_path, **settings)
         made.tokenizer = FakeTokenizer()
-        write_lines(tmp_path / "train.jsonl", ["short one", "short two", "word " * 40])
+        assert made._read() is None
+        held = prompts.index(made.dev[0].prompt)
+        write_lines(tmp_path / "train.jsonl",
+                    [p if n != held else "word " * 40 for n, p in enumerate(prompts)])  # fmt: skip
+        made = job(tmp_path, **settings)
+        made.tokenizer = FakeTokenizer()
         problem = made._read()
         assert problem is not None and problem["file"] == "dev"
         assert "exceed the job's seq_len of 64" in problem["message"]
@@ -163,3 +171,19 @@ class TestRolloutLogprobsMatchTheTokens:
         mask = torch.tensor([[1.0, 1.0, 1.0]])
         with pytest.raises(ValueError, match="2 rollout log-probabilities for 3 tokens"):
             grpo._padded([(-1.0, -2.0)], mask)
+
+
+class TestTheDevSplit:
+    def test_drawn_by_the_seed_from_the_whole_file_not_its_tail(self, tmp_path: Path) -> None:
+        prompts = [f"question {n}" for n in range(20)]
+        write_lines(tmp_path / "train.jsonl", prompts)
+        splits = []
+        for seed in (0, 0, 1):
+            made = job(tmp_path, dev_samples=4, seed=seed)
+            made.tokenizer = FakeTokenizer()
+            assert made._read() is None
+            dev, train = [i.prompt for i in made.dev], [i.prompt for i in made.train]
+            assert sorted(dev + train) == sorted(prompts) and len(dev) == 4
+            splits.append(dev)
+        assert splits[0] == splits[1] != splits[2]
+        assert splits[0] != prompts[-4:]

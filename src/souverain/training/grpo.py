@@ -31,8 +31,9 @@ Evaluation (training/evaluation.py): before the first step and after the last, e
 held-out prompt (those also in the training file left out) answered greedily and
 `eval_samples_per_prompt` times at the training temperature; the last carries the paired
 before → after change with its bootstrap 95 % interval. With `dev_samples`, the training
-file's last lines are a dev split evaluated before the first step and every `dev_steps`;
-the job ends with the adapter of the best dev reward, the starting one when no step beat it.
+file's lines drawn at random (by the job's seed) are a dev split evaluated before the
+first step and every `dev_steps`; the job ends with the adapter of the best dev reward,
+the starting one when no step beat it.
 
 Progress lines (numbers, never text) as the supervised recipe's, and: `step` carries
 reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction,
@@ -169,8 +170,10 @@ class Job:
             return {"line": None, "file": "training",
                     "message": f"dev_samples {hp.dev_samples} leaves no training line "
                                f"({len(self.train)} in the file)"}  # fmt: skip
-        self.dev = self.train[len(self.train) - hp.dev_samples :] if hp.dev_samples else []
-        self.train = self.train[: len(self.train) - len(self.dev)]
+        draw = random.Random(hp.seed)  # noqa: S311 - a data split, not secrets
+        held = set(draw.sample(range(len(self.train)), hp.dev_samples))
+        self.dev = [item for n, item in enumerate(self.train) if n in held]
+        self.train = [item for n, item in enumerate(self.train) if n not in held]
         valid = (
             read_items(Path(self.spec["valid"]), system=system) if self.spec.get("valid") else []
         )
