@@ -187,3 +187,15 @@ class TestTheDevSplit:
             splits.append(dev)
         assert splits[0] == splits[1] != splits[2]
         assert splits[0] != prompts[-4:]
+
+
+class TestSamplingSeedsApart:
+    def test_no_training_batch_shares_a_round_with_an_evaluation_call(self) -> None:
+        from souverain.training import configs
+
+        steps = int(configs.bounds_of(grpo.GRPOConfig, "max_steps")[1])
+        draws = 1 + int(configs.bounds_of(grpo.GRPOConfig, "refill_rounds")[1])
+        assert draws < grpo.DRAWS_PER_STEP
+        assert grpo.training_round(steps, draws) < grpo.evaluation_round(0)
+        # where they used to meet: step 625's first batch and the evaluation at prompt 1
+        assert grpo.training_round(625, 1) != grpo.evaluation_round(1)

@@ -86,6 +86,21 @@ from souverain.training.sft import (
 __all__ = ["Job", "read_items", "run"]
 
 EVAL_WIDTH = 32  # sequences an evaluation call samples together, at most
+# Sampling seeds by round: a step's batches below EVAL_ROUNDS (16 a step: at most
+# 1 + refill_rounds batches), evaluation calls from it, so no evaluation repeats a
+# training batch's random draws whatever the number of steps.
+DRAWS_PER_STEP = 16
+EVAL_ROUNDS = DRAWS_PER_STEP * (configs.bounds_of(GRPOConfig, "max_steps")[1] + 1)
+
+
+def training_round(step: int, draw: int) -> int:
+    """The sampling round of a step's `draw`-th batch (from 1)."""
+    return step * DRAWS_PER_STEP + draw
+
+
+def evaluation_round(start: int) -> int:
+    """The sampling round of an evaluation call beginning at prompt `start`."""
+    return int(EVAL_ROUNDS) + start
 
 
 @dataclass(frozen=True)
@@ -296,7 +311,7 @@ class Job:
         self.draws += 1
         samples = self.rollouts.generate(prompts, n=hp.group_size, max_tokens=hp.max_tokens,
                                          temperature=hp.temperature, top_p=hp.top_p,
-                                         round_seed=self.step * 16 + self.draws)  # fmt: skip
+                                         round_seed=training_round(self.step, self.draws))  # fmt: skip
         groups = []
         for index, (number, prompt) in enumerate(zip(picked, prompts, strict=True)):
             mine = samples[index * hp.group_size : (index + 1) * hp.group_size]
@@ -402,7 +417,7 @@ class Job:
                                             temperature=0.0)  # fmt: skip
             sampled = self.rollouts.generate(prompts, n=samples, max_tokens=hp.max_tokens,
                                              temperature=hp.temperature, top_p=hp.top_p,
-                                             round_seed=10_000 + start) if samples else []  # fmt: skip
+                                             round_seed=evaluation_round(start)) if samples else []  # fmt: skip
             for index, item in enumerate(chunk):
                 best = self._grade(item, greedy[index])
                 drawn = [self._grade(item, s) for s in sampled if s.prompt == index]
