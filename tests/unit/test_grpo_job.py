@@ -5,6 +5,7 @@ and the importance weights its update applies."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from souverain.training import grpo  # noqa: E402
+from souverain.training import grpo, grpo_objective  # noqa: E402
 from souverain.training.evaluation import Answered  # noqa: E402
 from souverain.training.grading import Graded  # noqa: E402
 
@@ -199,3 +200,49 @@ class TestSamplingSeedsApart:
         assert grpo.training_round(steps, draws) < grpo.evaluation_round(0)
         # where they used to meet: step 625's first batch and the evaluation at prompt 1
         assert grpo.training_round(625, 1) != grpo.evaluation_round(1)
+
+
+class TestTheUpdateWeighsEachTokenByTheRolloutRatio:
+    """`_update` wired end to end: the rollout log-probabilities the samples carry become
+    each token's truncated importance weight min(π_trainer / π_rollout, tis_cap)."""
+
+    def weights(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, shift: float,
+                cap: float) -> tuple[Any, Any]:  # fmt: skip
+        from souverain.training.rollouts import Sample
+
+        made = job(tmp_path, batch_size=1, minibatches=1, tis_cap=cap)
+        made.model, made.tokenizer = tiny_lora(), FakeTokenizer()
+        made.optimizer = torch.optim.SGD(made.model.parameters(), lr=0.0)
+        prompt, completions = [1, 5, 9], [[7, 8, 3], [4, 2]]
+        with torch.no_grad():
+            trainer, mask = grpo.groups_logprobs(made.model, [(prompt, completions)], pad=0,
+                                                 temperature=made.hp.temperature)  # fmt: skip
+        samples = [Sample(0, tuple(c), True, tuple((trainer[row, : len(c)] + shift).tolist()))
+                   for row, c in enumerate(completions)]  # fmt: skip
+        seen: dict[str, Any] = {}
+
+        def surrogate(*args: Any, weights: Any, **kwargs: Any) -> Any:
+            seen["weights"] = weights
+            return grpo_objective.surrogate_loss(*args, weights=weights, **kwargs)
+
+        monkeypatch.setattr(grpo, "surrogate_loss", surrogate)
+        made._update([grpo.Group(prompt, samples, [], [1.0, -1.0])])
+        return seen["weights"], mask
+
+    def test_a_rollout_half_as_likely_as_the_trainer_weighs_two(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        weights, mask = self.weights(tmp_path, monkeypatch, shift=-math.log(2), cap=4.0)
+        torch.testing.assert_close(weights, 2.0 * mask, atol=1e-4, rtol=1e-4)
+
+    def test_the_weight_is_cut_at_the_cap(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        weights, mask = self.weights(tmp_path, monkeypatch, shift=-math.log(2), cap=1.5)
+        torch.testing.assert_close(weights, 1.5 * mask, atol=1e-4, rtol=1e-4)
+
+    def test_a_rollout_twice_as_likely_weighs_a_half(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        weights, mask = self.weights(tmp_path, monkeypatch, shift=math.log(2), cap=4.0)
+        torch.testing.assert_close(weights, 0.5 * mask, atol=1e-4, rtol=1e-4)
