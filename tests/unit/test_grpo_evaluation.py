@@ -44,6 +44,17 @@ class TestPairedBootstrap:
         assert change.low < 0 < change.high
         assert change.high - change.low == pytest.approx(2 * 1.96 * se, rel=0.15)
 
+    def test_the_interval_leaves_as_many_resamples_below_as_above(self) -> None:
+        diffs = [random.Random(3).uniform(-1, 1) for _ in range(30)]
+        diffs = [d * (i + 1) for i, d in enumerate(diffs)]
+        change = paired_bootstrap([0.0] * 30, diffs, resamples=200, seed=5)
+        rng = random.Random(5)
+        means = [statistics.fmean(rng.choices(diffs, k=30)) for _ in range(200)]
+        below = sum(m < change.low - 1e-4 for m in means)
+        above = sum(m > change.high + 1e-4 for m in means)
+        assert below == above == 5  # 2.5 % of 200 on each side
+        assert evaluation.percentile_interval(list(range(2000))) == (50, 1949)
+
     def test_refuses_unpaired_scores(self) -> None:
         with pytest.raises(ValueError, match="same prompts"):
             paired_bootstrap([0.1, 0.2], [0.3])

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from souverain.training.grpo_objective import (  # noqa: E402
+    LOGPROB_FLOOR,
     groups_logprobs,
     surrogate_loss,
     truncated_importance_weights,
@@ -59,7 +60,7 @@ class TestTemperatureOnBothSides:
         assert sampled_logprob(logits, 1, temperature=0.5, top_p=0.8) == pytest.approx(
             logits[1] / 0.5 - math.log(kept)
         )
-        assert sampled_logprob(logits, 2, temperature=0.5, top_p=0.8) == -math.inf
+        assert sampled_logprob(logits, 2, temperature=0.5, top_p=0.8) == LOGPROB_FLOOR
 
 
 class TestTruncatedImportanceSampling:
@@ -81,6 +82,26 @@ class TestTruncatedImportanceSampling:
         assert logp.grad is not None
         torch.testing.assert_close(logp.grad, torch.tensor([[-0.25, -1.0]]))
         assert weights.grad is None
+
+    def test_a_floored_rollout_logprob_is_counted_left_uncorrected_and_keeps_metrics_finite(
+        self,
+    ) -> None:
+        trainer = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+        rollout = torch.tensor([[math.log(0.25), LOGPROB_FLOOR, LOGPROB_FLOOR]])
+        mask = torch.tensor([[1.0, 1.0, 0.0]])
+        weights, gap = truncated_importance_weights(trainer, rollout, mask, cap=4.0)
+        torch.testing.assert_close(weights, torch.tensor([[2.0, 1.0, 0.0]]))
+        assert gap.floored_tokens == 1
+        assert gap.gap_mean == pytest.approx(math.log(2.0), abs=1e-6)
+        metrics = gap.as_metrics()
+        assert metrics["rollout_logprob_floored"] == 1
+        assert all(math.isfinite(v) for v in metrics.values())
+
+    def test_an_infinite_rollout_logprob_is_refused(self) -> None:
+        trainer = torch.zeros((1, 2))
+        rollout = torch.tensor([[-math.inf, -1.0]])
+        with pytest.raises(ValueError, match="finite"):
+            truncated_importance_weights(trainer, rollout, torch.ones((1, 2)), cap=2.0)
 
     def test_no_mismatch_means_weights_of_one(self) -> None:
         same = torch.log(torch.tensor([[0.2, 0.7]]))

@@ -16,6 +16,7 @@ from souverain.core.errors import InvalidRequestError
 from souverain.jobs.fine_tuning.recipe import (
     Asked,
     Limits,
+    resolve_evaluation,
     resolve_hyperparameters,
     resolve_reinforcement,
 )
@@ -71,6 +72,12 @@ class TestConfigs:
                 configs.built(GRPOConfig, values)
             assert refused.value.name == name
 
+    def test_a_nucleus_is_refused_for_training_and_allowed_for_an_evaluation(self) -> None:
+        with pytest.raises(SettingError, match="not be on-policy") as refused:
+            configs.built(GRPOConfig, {"top_p": 0.9})
+        assert refused.value.name == "top_p"
+        assert configs.built(GRPOConfig, {"top_p": 0.9, "max_steps": 0}).top_p == 0.9
+
     def test_types_are_the_configs(self) -> None:
         for value in (True, 2.5, "8", float("nan")):
             with pytest.raises(SettingError):
@@ -88,6 +95,7 @@ class TestSettingsThatCannotLearn:
             ({"reinforcement": {"max_tokens": 40}}, "max_tokens", "thinking block"),
             ({"reinforcement": {"temperature": 0.0}}, "temperature", "the same"),
             ({"reinforcement": {"colour": "red"}}, "colour", "unknown"),
+            ({"reinforcement": {"top_p": 0.9}}, "top_p", "not be on-policy"),
         ],
     )
     def test_refused_with_the_setting_and_why(
@@ -95,6 +103,11 @@ class TestSettingsThatCannotLearn:
     ) -> None:
         refused = refusal(reinforcement(**fields))
         assert refused.param == param and reason in str(refused)
+
+    def test_an_evaluation_may_sample_from_a_nucleus(self) -> None:
+        asked = reinforcement(reinforcement={"top_p": 0.9})
+        resolved = resolve_evaluation(asked, samples=10, context_length=2048, limits=LIMITS)
+        assert resolved["top_p"] == 0.9 and resolved["max_steps"] == 0
 
     def test_a_supervised_rate_of_zero_or_a_huge_one_is_refused(self) -> None:
         for rate in (0.0, 0.5):

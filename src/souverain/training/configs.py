@@ -222,6 +222,13 @@ def _check_grpo(c: GRPOConfig) -> None:
             f"batch_size × group_size must be at most {MAX_ROLLOUT_SEQUENCES} "
             "(the completions sampled together each step)",
         )
+    if c.top_p < 1.0 and c.max_steps > 0:
+        raise SettingError(
+            "top_p",
+            "top_p below 1 cannot train: the rollouts would sample from a nucleus while the "
+            "trainer scores the whole distribution, so the loss would not be on-policy; use "
+            "top_p 1 (an evaluation, with no training step, may use a nucleus)",
+        )
     if c.minibatches > c.batch_size:
         raise SettingError("minibatches", "minibatches must be at most batch_size")
     if c.length_cache >= c.max_tokens:

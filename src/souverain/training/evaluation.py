@@ -59,6 +59,13 @@ class Change:
     prompts: int
 
 
+def percentile_interval(means: Sequence[float]) -> tuple[float, float]:
+    """The 95 % percentile interval of sorted bootstrap means: as many of them (2.5 %)
+    below its low end as above its high end."""
+    tail = int(0.025 * len(means))
+    return means[tail], means[len(means) - 1 - tail]
+
+
 def paired_bootstrap(
     before: Sequence[float], after: Sequence[float], *, resamples: int = RESAMPLES, seed: int = 0
 ) -> Change:
@@ -69,8 +76,7 @@ def paired_bootstrap(
     rng = random.Random(seed)  # noqa: S311 - resampling, not secrets
     count = len(diffs)
     means = sorted(statistics.fmean(rng.choices(diffs, k=count)) for _ in range(resamples))
-    low = means[int(0.025 * (resamples - 1))]
-    high = means[int(0.975 * (resamples - 1) + 0.5)]
+    low, high = percentile_interval(means)
     return Change(
         before=round(statistics.fmean(before), 4),
         after=round(statistics.fmean(after), 4),

@@ -31,13 +31,15 @@ Evaluation (training/evaluation.py): before the first step and after the last, e
 held-out prompt (those also in the training file left out) answered greedily and
 `eval_samples_per_prompt` times at the training temperature; the last carries the paired
 before → after change with its bootstrap 95 % interval. With `dev_samples`, the training
-file's last lines are a dev split evaluated every `dev_steps`; the job ends with the
-adapter of the best dev reward.
+file's lines drawn at random (by the job's seed) are a dev split evaluated before the
+first step and every `dev_steps`; the job ends with the adapter of the best dev reward,
+the starting one when no step beat it.
 
 Progress lines (numbers, never text) as the supervised recipe's, and: `step` carries
 reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction,
 informative_groups, refill_rounds, band_skipped, the rollout/trainer mismatch
-(logprob_gap_mean, logprob_gap_p99, ratio_outside_fraction, tis_capped_fraction),
+(logprob_gap_mean, logprob_gap_p99, ratio_outside_fraction, tis_capped_fraction,
+rollout_logprob_floored),
 step_s, rollout_s, train_s; `eval` {step, metrics: {overall, languages, change}}; `dev`
 {step, mean_reward, best_step}. With `max_steps` 0 (an evaluation job) the recipe
 evaluates once and ends. With the magistral grader, a job whose format rate falls below
@@ -82,6 +84,23 @@ from souverain.training.sft import (
 )
 
 __all__ = ["Job", "read_items", "run"]
+
+EVAL_WIDTH = 32  # sequences an evaluation call samples together, at most
+# Sampling seeds by round: a step's batches below EVAL_ROUNDS (16 a step: at most
+# 1 + refill_rounds batches), evaluation calls from it, so no evaluation repeats a
+# training batch's random draws whatever the number of steps.
+DRAWS_PER_STEP = 16
+EVAL_ROUNDS = DRAWS_PER_STEP * (configs.bounds_of(GRPOConfig, "max_steps")[1] + 1)
+
+
+def training_round(step: int, draw: int) -> int:
+    """The sampling round of a step's `draw`-th batch (from 1)."""
+    return step * DRAWS_PER_STEP + draw
+
+
+def evaluation_round(start: int) -> int:
+    """The sampling round of an evaluation call beginning at prompt `start`."""
+    return int(EVAL_ROUNDS) + start
 
 
 @dataclass(frozen=True)
@@ -136,6 +155,8 @@ class Job:
                           metrics={})  # fmt: skip
             self.rollouts.close()
             return 0
+        if self.step == 0 and self.dev:
+            self._dev_check()  # the starting adapter is a candidate: kept if nothing beats it
         stopped = self._train()
         if stopped is not None:
             return stopped
@@ -164,8 +185,10 @@ class Job:
             return {"line": None, "file": "training",
                     "message": f"dev_samples {hp.dev_samples} leaves no training line "
                                f"({len(self.train)} in the file)"}  # fmt: skip
-        self.dev = self.train[len(self.train) - hp.dev_samples :] if hp.dev_samples else []
-        self.train = self.train[: len(self.train) - len(self.dev)]
+        draw = random.Random(hp.seed)  # noqa: S311 - a data split, not secrets
+        held = set(draw.sample(range(len(self.train)), hp.dev_samples))
+        self.dev = [item for n, item in enumerate(self.train) if n in held]
+        self.train = [item for n, item in enumerate(self.train) if n not in held]
         valid = (
             read_items(Path(self.spec["valid"]), system=system) if self.spec.get("valid") else []
         )
@@ -173,7 +196,8 @@ class Job:
         overlap = set(evaluation.overlapping(trained, [i.prompt for i in valid]))
         self.overlap = len(overlap)
         self.valid = [v for n, v in enumerate(valid) if n not in overlap][: hp.eval_samples]
-        for name, items in (("training", self.train), ("validation", self.valid)):
+        splits = (("training", self.train), ("dev", self.dev), ("validation", self.valid))
+        for name, items in splits:
             for number, item in enumerate(items, start=1):
                 problem = invalid_item(item, self.grader)
                 length = len(self._prompt_ids(item))
@@ -228,8 +252,6 @@ class Job:
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        from souverain.training.rollouts import Rollouts
-
         hp = self.hp
         base = load_model(self.spec["base"])
         resume = self.spec.get("resume_from")
@@ -255,12 +277,21 @@ class Job:
         self.last_metrics: dict[str, Any] = {}
         self.band = DifficultyBand(len(self.train), self.random, low=0.0, high=1.0,
                                    rest_epochs=hp.band_rest_epochs)  # fmt: skip
+        self._open_rollouts()
+        self._sync_adapter()
+
+    def _open_rollouts(self) -> None:
+        """The rollout engine, holding a step's groups and any one evaluation call: a
+        held-out prompt's `eval_samples_per_prompt` completions are sampled together."""
+        from souverain.training.rollouts import Rollouts
+
+        hp = self.hp
+        held_out = min(max(len(self.valid), len(self.dev)), EVAL_WIDTH)
+        sequences = max(hp.batch_size * hp.group_size, held_out, hp.eval_samples_per_prompt, 1)
+        self.eval_width = min(EVAL_WIDTH, sequences)
         gguf = Path(self.spec["base"]["path"]) / (self.spec["base"].get("gguf_file") or "")
-        sequences = max(hp.batch_size * hp.group_size, min(len(self.valid), 32) or 1)
-        self.eval_width = min(32, sequences)
         self.rollouts = Rollouts(gguf, sequences=sequences, context=sequences * hp.seq_len,
                                  threads=self.threads, seed=hp.seed)  # fmt: skip
-        self._sync_adapter()
 
     def _sync_adapter(self) -> None:
         """The adapter as it is now, in the rollout engine."""
@@ -280,7 +311,7 @@ class Job:
         self.draws += 1
         samples = self.rollouts.generate(prompts, n=hp.group_size, max_tokens=hp.max_tokens,
                                          temperature=hp.temperature, top_p=hp.top_p,
-                                         round_seed=self.step * 16 + self.draws)  # fmt: skip
+                                         round_seed=training_round(self.step, self.draws))  # fmt: skip
         groups = []
         for index, (number, prompt) in enumerate(zip(picked, prompts, strict=True)):
             mine = samples[index * hp.group_size : (index + 1) * hp.group_size]
@@ -353,7 +384,7 @@ class Job:
             logp, mask = self._logprobs(groups, pad)
             old = logp.detach() if old is None else old
             weights, gap = truncated_importance_weights(
-                old, _padded(rolled, logp.shape), mask, cap=hp.tis_cap
+                old, _padded(rolled, mask), mask, cap=hp.tis_cap
             )
             loss = surrogate_loss(logp, old, adv, mask, epsilon_low=hp.epsilon_low,
                                   epsilon_high=hp.epsilon_high, beta=hp.beta,
@@ -386,7 +417,7 @@ class Job:
                                             temperature=0.0)  # fmt: skip
             sampled = self.rollouts.generate(prompts, n=samples, max_tokens=hp.max_tokens,
                                              temperature=hp.temperature, top_p=hp.top_p,
-                                             round_seed=10_000 + start) if samples else []  # fmt: skip
+                                             round_seed=evaluation_round(start)) if samples else []  # fmt: skip
             for index, item in enumerate(chunk):
                 best = self._grade(item, greedy[index])
                 drawn = [self._grade(item, s) for s in sampled if s.prompt == index]
@@ -445,14 +476,18 @@ class Job:
         }))  # fmt: skip
 
 
-def _padded(rows: list[tuple[float, ...]], shape: Any) -> Any:
-    """The rollouts' log-probabilities laid out as the trainer's [rows, tokens]."""
+def _padded(rows: list[tuple[float, ...]], mask: Any) -> Any:
+    """The rollouts' log-probabilities laid out as the trainer's [rows, tokens] (`mask`:
+    the trainer's, 1 on each completion's tokens); one for every token, or ValueError."""
     import torch
 
-    out = torch.zeros(tuple(shape), dtype=torch.float32)
+    out = torch.zeros(tuple(mask.shape), dtype=torch.float32)
     for row, values in enumerate(rows):
-        if values:
-            out[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+        tokens = int(mask[row].sum())
+        if len(values) != tokens:
+            raise ValueError(f"completion {row}: {len(values)} rollout log-probabilities "
+                             f"for {tokens} tokens")  # fmt: skip
+        out[row, :tokens] = torch.tensor(values, dtype=torch.float32)
     return out
 
 
@@ -462,6 +497,7 @@ def _merged(gaps: list[Mismatch]) -> Mismatch:
         gap_p99=max(g.gap_p99 for g in gaps),
         outside_fraction=statistics.fmean(g.outside_fraction for g in gaps),
         capped_fraction=statistics.fmean(g.capped_fraction for g in gaps),
+        floored_tokens=sum(g.floored_tokens for g in gaps),
     )
 
 

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 ADV_EPS = 1e-6
+# A rollout log-probability of a token llama.cpp sampled but the engine's own nucleus
+# left out (the two disagree at the nucleus' edge): finite, so that no infinity reaches
+# the weights, the metrics or the progress lines; such tokens are counted and left
+# uncorrected (weight 1).
+LOGPROB_FLOOR = -1e4
 
 
 def group_advantages(rewards_by_group: Sequence[Sequence[float]]) -> list[list[float] | None]:
@@ -77,12 +82,14 @@ def surrogate_loss(
 class Mismatch:
     """How far the rollout engine's log-probabilities were from the trainer's, over a
     step's generated tokens: |log π_trainer - log π_rollout| mean and 99th percentile, the
-    share of ratios outside [0.8, 1.25], and the share truncated at the cap."""
+    share of ratios outside [0.8, 1.25], and the share truncated at the cap; tokens whose
+    rollout log-probability was floored (`LOGPROB_FLOOR`) are counted, not measured."""
 
     gap_mean: float
     gap_p99: float
     outside_fraction: float
     capped_fraction: float
+    floored_tokens: int = 0
 
     def as_metrics(self) -> dict[str, float]:
         return {
@@ -90,28 +97,36 @@ class Mismatch:
             "logprob_gap_p99": round(self.gap_p99, 5),
             "ratio_outside_fraction": round(self.outside_fraction, 5),
             "tis_capped_fraction": round(self.capped_fraction, 5),
+            "rollout_logprob_floored": self.floored_tokens,
         }
 
 
 def truncated_importance_weights(
     trainer_logp: Any, rollout_logp: Any, mask: Any, *, cap: float
 ) -> tuple[Any, Mismatch]:
-    """min(exp(trainer - rollout), cap) per token (0 where the mask is 0), and the gap."""
+    """min(exp(trainer - rollout), cap) per token (0 where the mask is 0, 1 where the
+    rollout's log-probability was floored), and the gap."""
     import torch
 
-    log_ratio = (trainer_logp - rollout_logp).detach() * mask
+    if not bool(torch.isfinite(rollout_logp).all()):
+        raise ValueError("rollout log-probabilities must be finite (floor them first)")
+    floored = (rollout_logp <= LOGPROB_FLOOR) & mask.bool()
+    measured = mask * ~floored
+    log_ratio = (trainer_logp - rollout_logp).detach() * measured
     ratio = torch.exp(log_ratio)
-    weights = torch.clamp(ratio, max=cap) * mask
-    kept = mask.bool()
+    weights = torch.clamp(ratio, max=cap) * measured + floored.float()
+    kept = measured.bool()
     gaps = log_ratio.abs()[kept]
     ratios = ratio[kept]
+    count = int(floored.sum())
     if gaps.numel() == 0:
-        return weights, Mismatch(0.0, 0.0, 0.0, 0.0)
+        return weights, Mismatch(0.0, 0.0, 0.0, 0.0, count)
     return weights, Mismatch(
         gap_mean=float(gaps.mean()),
         gap_p99=float(torch.quantile(gaps.double(), 0.99)),
         outside_fraction=float(((ratios < 0.8) | (ratios > 1.25)).double().mean()),
         capped_fraction=float((ratios > cap).double().mean()),
+        floored_tokens=count,
     )
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from souverain.training.grpo_objective import LOGPROB_FLOOR
+
 MAX_SEQUENCES = 64
 
 
@@ -223,7 +225,8 @@ class Rollouts:
 
 def sampled_logprob(logits: Any, token: int, *, temperature: float, top_p: float = 1.0) -> float:
     """log p(token) under llama.cpp's chain [top-p at temperature 1] → temperature → dist:
-    softmax(logits / temperature), over the nucleus when top_p < 1."""
+    softmax(logits / temperature), over the nucleus when top_p < 1 (`LOGPROB_FLOOR` for a
+    token this nucleus leaves out, where llama.cpp's edge differed)."""
     import numpy as np
 
     values = np.asarray(logits, dtype=np.float32)  # in place of llama.cpp's own: no copy
@@ -233,7 +236,7 @@ def sampled_logprob(logits: Any, token: int, *, temperature: float, top_p: float
         order = np.argsort(-probs, kind="stable")
         kept = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
         if token not in set(kept.tolist()):
-            return -math.inf
+            return LOGPROB_FLOOR
         values = values[kept]
         token = int(np.nonzero(kept == token)[0][0])
     scaled = values * np.float32(1.0 / temperature)

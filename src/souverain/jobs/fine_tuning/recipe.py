@@ -127,16 +127,19 @@ def resolve_evaluation(
 ) -> dict[str, Any]:
     """An evaluation is the reinforcement recipe with no step: each held-out prompt
     answered greedily once and graded."""
+    settings = dict(asked.reinforcement or {})
+    top_p = settings.pop("top_p", default_of(GRPOConfig, "top_p"))  # no training: a nucleus may do
     steps_free = replace(
         asked,
         training_steps=1,
         batch_size=1,
-        reinforcement={**(asked.reinforcement or {}), "group_size": 2, "minibatches": 1},
+        reinforcement={**settings, "group_size": 2, "minibatches": 1},
     )
     resolved = resolve_reinforcement(
         steps_free, samples=samples, context_length=context_length, limits=limits
     )
-    return resolved | {"max_steps": 0, "save_steps": 1, "n_epochs": 0}
+    _check(GRPOConfig, "top_p", top_p)
+    return resolved | {"max_steps": 0, "save_steps": 1, "n_epochs": 0, "top_p": top_p}
 
 
 def _steps(asked: Asked, steps_per_epoch: int, *, default_epochs: int, limits: Limits) -> int:
