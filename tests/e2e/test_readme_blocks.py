@@ -213,10 +213,10 @@ PLACEHOLDERS = [
     Substitution("~/.local/share/souverain", lambda up, shell: str(up.data_dir)),
     Substitution(
         "~/.config/souverain/owner.key", lambda up, shell: str(up.config.with_name("owner.key"))
-    ),  # fmt: skip
+    ),
     Substitution(
         "batches create file_…", lambda up, shell: f"batches create {last('file')(up, shell)}"
-    ),  # fmt: skip
+    ),
     Substitution("download file_…", lambda up, shell: f"download {last('output')(up, shell)}"),
     Substitution("create file_…", lambda up, shell: f"create {last('file')(up, shell)}"),
     Substitution("ftjob_…", last("job")),
@@ -224,7 +224,7 @@ PLACEHOLDERS = [
     Substitution(
         "deployments create mine --model smollm2",
         lambda up, shell: "deployments create mine-2 --model smollm2",
-    ),  # fmt: skip
+    ),
 ]
 SKIPPED = {  # command start -> why it is not run here
     "souverain deployments create mine-ft": "needs a fine-tuned model (minutes of training);"
