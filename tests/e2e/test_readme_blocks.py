@@ -93,7 +93,7 @@ WHO_RUNS: dict[tuple[str, str, int], tuple[str, RunBy | NotRun]] = {
                                          "`make test` is CI's own command (.ci/run)")),
     (R, "Two commands", 1): ("e763f696f1", NotRun("CI's own command: .ci/run runs `make test` with it")),
     (R, "Call it", 0): ("5102e45f34", RunBy(f"{HERE}::test_the_cli_and_curl_blocks_run_as_written")),
-    (R, "The CLI", 0): ("98a655c53a", RunBy(f"{HERE}::test_the_cli_and_curl_blocks_run_as_written")),
+    (R, "The CLI", 0): ("a0a5e86e11", RunBy(f"{HERE}::test_the_cli_and_curl_blocks_run_as_written")),
     (R, "Single sign-on, SCIM and service accounts", 0): ("0fa41404e7", RunBy(
         "tests/identity/test_readme.py::"
         "test_the_readme_commands_configure_sign_in_scim_and_service_accounts")),
@@ -210,6 +210,7 @@ def last(name: str) -> Callable[[Up, Shell], str]:
 PLACEHOLDERS = [
     Substitution("<id>", last("key")),  # the project key just made, then revoked
     Substitution("<key-id>", lambda up, shell: shell.seen["key"][0]),  # alice's owner key
+    Substitution("http://127.0.0.1:8000", lambda up, shell: up.url),
     Substitution("~/.local/share/souverain", lambda up, shell: str(up.data_dir)),
     Substitution(
         "~/.config/souverain/owner.key", lambda up, shell: str(up.config.with_name("owner.key"))
@@ -245,7 +246,9 @@ def commands(block: str) -> list[str]:
     return [line for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]  # fmt: skip
 
 
-def run_block(up: Up, shell: Shell, heading: str, index: int = 0, stdin: str = "") -> None:
+def run_block(up: Up, shell: Shell, heading: str, index: int = 0, stdin: str = "") -> str:
+    """Runs the block's commands; what they printed."""
+    printed = []
     (block,) = [b for b in shell_blocks(ROOT / "README.md") if b.key == (R, heading, index)]
     for command in commands(block.text):
         if any(command.startswith(start) for start in SKIPPED):
@@ -256,10 +259,12 @@ def run_block(up: Up, shell: Shell, heading: str, index: int = 0, stdin: str = "
         ran = shell.run(command, stdin)
         expected = next((e for start, e in FAILS_WITH.items() if command.startswith(start)), None)
         said = ran.stdout + ran.stderr
+        printed.append(ran.stdout)
         if expected is None:
             assert ran.returncode == 0, f"{heading}: {command}\n{said}"
         else:
             assert ran.returncode != 0 and expected in said, f"{heading}: {command}\n{said}"
+    return "".join(printed)
 
 
 def shell_for(up: Up, cwd: Path) -> Shell:
@@ -291,7 +296,8 @@ def test_the_cli_and_curl_blocks_run_as_written(up: Up, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "residency.json").read_text())["signature"]
     assert list(csv_rows(tmp_path / "usage.csv"))
     shell.env["KEY"] = up.config.with_name("owner.key").read_text().strip()
-    run_block(up, shell, "Call it")
+    answer = json.loads(run_block(up, shell, "Call it"))
+    assert answer["choices"][0]["message"]["content"], answer
 
 
 def csv_rows(path: Path) -> list[str]:
