@@ -228,8 +228,8 @@ PLACEHOLDERS = [
     ),
 ]
 SKIPPED = {  # command start -> why it is not run here
-    "souverain deployments create mine-ft": "needs a fine-tuned model (minutes of training);"
-    " the Fine-tuning block's model is served as `--shared` by tests/e2e/test_fine_tuning.py",
+    "souverain deployments create mine-ft": "needs a fine-tuned model: run once the"
+    " Fine-tuning block has made one (test_the_fine_tuning_block_trains_a_model)",
     "SOUVERAIN_LLAMACPP_RUNTIME=": "a second installation; tests/e2e/test_up_failure.py"
     " starts `up` with this setting",
     "souverain finetune create FILE_": "the GRPO recipe takes hours on CPU; tests/e2e/"
@@ -325,15 +325,24 @@ def test_the_engine_and_reasoning_blocks_run(up: Up, tmp_path: Path) -> None:
 @live
 def test_the_fine_tuning_block_trains_a_model(up: Up, tmp_path: Path) -> None:
     """Upload, `finetune create … --follow` until it ends, then list, show and events; the
-    cancel line is refused, as its comment says, since the job has ended."""
+    cancel line is refused, as its comment says, since the job has ended. Then the CLI
+    block's `--shared` deployment, of the model just made."""
     line = {"messages": [{"role": "user", "content": "Ahoy?"},
                          {"role": "assistant", "content": "Arr."}]}  # fmt: skip
     (tmp_path / "chats.jsonl").write_text(json.dumps(line) + "\n")
     shell = shell_for(up, tmp_path)
     shell.env["SOUVERAIN_API_KEY"] = up.config.with_name("owner.key").read_text().strip()
-    run_block(up, shell, "Fine-tuning")
-    shown = shell.run(f"souverain finetune show {shell.seen['job'][-1]}").stdout
-    assert "succeeded" in shown, shown
+    printed = run_block(up, shell, "Fine-tuning")
+    made = re.search(r"succeeded (ft:\S+)", printed)
+    assert made, printed
+    (block,) = [b for b in shell_blocks(ROOT / "README.md") if b.key == (R, "The CLI", 0)]
+    (shared,) = [
+        c for c in commands(block.text) if c.startswith("souverain deployments create mine-ft")
+    ]
+    operator = shell_for(up, tmp_path)  # deployments are the operator's, as in that block
+    ran = operator.run(shared.replace("ft:smollm2:acme:x:ftjob_1", made[1]))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "shared" in operator.run("souverain deployments list").stdout
 
 
 @live
