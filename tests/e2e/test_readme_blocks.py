@@ -93,7 +93,7 @@ WHO_RUNS: dict[tuple[str, str, int], tuple[str, RunBy | NotRun]] = {
                                          "`make test` is CI's own command (.ci/run)")),
     (R, "Two commands", 1): ("e763f696f1", NotRun("CI's own command: .ci/run runs `make test` with it")),
     (R, "Call it", 0): ("5102e45f34", RunBy(f"{HERE}::test_the_cli_and_curl_blocks_run_as_written")),
-    (R, "The CLI", 0): ("a0a5e86e11", RunBy(f"{HERE}::test_the_cli_and_curl_blocks_run_as_written")),
+    (R, "The CLI", 0): ("1bbfa052fc", RunBy(f"{HERE}::test_the_cli_and_curl_blocks_run_as_written")),
     (R, "Single sign-on, SCIM and service accounts", 0): ("0fa41404e7", RunBy(
         "tests/identity/test_readme.py::"
         "test_the_readme_commands_configure_sign_in_scim_and_service_accounts")),
@@ -340,7 +340,8 @@ def test_the_fine_tuning_block_trains_a_model(up: Up, tmp_path: Path) -> None:
         c for c in commands(block.text) if c.startswith("souverain deployments create mine-ft")
     ]
     operator = shell_for(up, tmp_path)  # deployments are the operator's, as in that block
-    ran = operator.run(shared.replace("ft:smollm2:acme:x:ftjob_1", made[1]))
+    mine = shared.replace("ft:smollm2:acme:x:ftjob_1", made[1]).replace("acme", "default")
+    ran = operator.run(mine)  # the model is the organisation `default`'s
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "shared" in operator.run("souverain deployments list").stdout
 
