@@ -104,7 +104,9 @@ class TestReinforcement:
             assert 0.0 <= step["zero_advantage_fraction"] <= 1.0
             assert step["rollout_s"] > 0 and step["format_rate"] is not None
             assert 0 <= step["informative_groups"] <= 2 and step["tis_cap"] == 2.0
-        evaluations = [e.data["evaluation"] for e in events if e.data and "evaluation" in e.data]
+        evaluated = sorted((e.data for e in events if e.data and "evaluation" in e.data),
+                           key=lambda d: d["step"])  # events come newest first  # fmt: skip
+        evaluations = [d["evaluation"] for d in evaluated]
         assert len(evaluations) == 2  # before the first step and after the last
         for evaluation in evaluations:
             assert evaluation["overall"]["samples"] == 5
