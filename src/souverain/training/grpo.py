@@ -192,7 +192,8 @@ class Job:
         valid = (
             read_items(Path(self.spec["valid"]), system=system) if self.spec.get("valid") else []
         )
-        trained = [i.prompt for i in self.train + self.dev]
+        # an evaluation job trains on nothing: its file is the held-out set itself
+        trained = [i.prompt for i in self.train + self.dev] if hp.max_steps > 0 else []
         overlap = set(evaluation.overlapping(trained, [i.prompt for i in valid]))
         self.overlap = len(overlap)
         self.valid = [v for n, v in enumerate(valid) if n not in overlap][: hp.eval_samples]
