@@ -20,15 +20,7 @@ from souverain.training.grpo_objective import (  # noqa: E402
 )
 from souverain.training.rollouts import sampled_logprob  # noqa: E402
 from souverain.training.selection import DifficultyBand, fill_informative  # noqa: E402
-
-
-def tiny_model() -> object:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-    )  # fmt: skip
-    return transformers.LlamaForCausalLM(config).float()
+from tests.unit.test_grpo_shared_prompt import tiny_model  # noqa: E402
 
 
 class TestTemperatureOnBothSides:
