@@ -15,7 +15,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from souverain.training import grpo, grpo_objective  # noqa: E402
+from souverain.training import (  # noqa: E402
+    grpo,
+    grpo_groups,
+    grpo_heldout,
+    grpo_objective,
+    grpo_update,
+)
 from souverain.training.evaluation import Answered  # noqa: E402
 from souverain.training.grading import Graded  # noqa: E402
 
@@ -165,13 +171,13 @@ class TestEvaluationSamplesFitTheEngine:
 class TestRolloutLogprobsMatchTheTokens:
     def test_each_token_gets_its_own_rollout_logprob(self) -> None:
         mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-        laid = grpo._padded([(-1.0, -2.0, -3.0), (-4.0,)], mask)
+        laid = grpo_update.padded([(-1.0, -2.0, -3.0), (-4.0,)], mask)
         torch.testing.assert_close(laid, torch.tensor([[-1.0, -2.0, -3.0], [-4.0, 0.0, 0.0]]))
 
     def test_fewer_logprobs_than_tokens_are_refused_not_zero_filled(self) -> None:
         mask = torch.tensor([[1.0, 1.0, 1.0]])
         with pytest.raises(ValueError, match="2 rollout log-probabilities for 3 tokens"):
-            grpo._padded([(-1.0, -2.0)], mask)
+            grpo_update.padded([(-1.0, -2.0)], mask)
 
 
 class TestTheDevSplit:
@@ -196,10 +202,10 @@ class TestSamplingSeedsApart:
 
         steps = int(configs.bounds_of(grpo.GRPOConfig, "max_steps")[1])
         draws = 1 + int(configs.bounds_of(grpo.GRPOConfig, "refill_rounds")[1])
-        assert draws < grpo.DRAWS_PER_STEP
-        assert grpo.training_round(steps, draws) < grpo.evaluation_round(0)
+        assert draws < grpo_groups.DRAWS_PER_STEP
+        assert grpo_groups.training_round(steps, draws) < grpo_heldout.evaluation_round(0)
         # where they used to meet: step 625's first batch and the evaluation at prompt 1
-        assert grpo.training_round(625, 1) != grpo.evaluation_round(1)
+        assert grpo_groups.training_round(625, 1) != grpo_heldout.evaluation_round(1)
 
 
 class TestTheUpdateWeighsEachTokenByTheRolloutRatio:
@@ -215,7 +221,7 @@ class TestTheUpdateWeighsEachTokenByTheRolloutRatio:
         made.optimizer = torch.optim.SGD(made.model.parameters(), lr=0.0)
         prompt, completions = [1, 5, 9], [[7, 8, 3], [4, 2]]
         with torch.no_grad():
-            trainer, mask = grpo.groups_logprobs(made.model, [(prompt, completions)], pad=0,
+            trainer, mask = grpo_objective.groups_logprobs(made.model, [(prompt, completions)], pad=0,
                                                  temperature=made.hp.temperature)  # fmt: skip
         samples = [Sample(0, tuple(c), True, tuple((trainer[row, : len(c)] + shift).tolist()))
                    for row, c in enumerate(completions)]  # fmt: skip
@@ -225,8 +231,8 @@ class TestTheUpdateWeighsEachTokenByTheRolloutRatio:
             seen["weights"] = weights
             return grpo_objective.surrogate_loss(*args, weights=weights, **kwargs)
 
-        monkeypatch.setattr(grpo, "surrogate_loss", surrogate)
-        made._update([grpo.Group(prompt, samples, [], [1.0, -1.0])])
+        monkeypatch.setattr(grpo_update, "surrogate_loss", surrogate)
+        made._update([grpo_groups.Group(prompt, samples, [], [1.0, -1.0])])
         return seen["weights"], mask
 
     def test_a_rollout_half_as_likely_as_the_trainer_weighs_two(
