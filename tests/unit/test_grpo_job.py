@@ -110,8 +110,10 @@ class FakeTokenizer:
         return [1] * sum(len(str(m["content"]).split()) for m in messages)
 
 
-def write_lines(path: Path, prompts: list[str]) -> None:
+def write_lines(path: Path, prompts: list[str], templates: list[str] | None = None) -> None:
     chats = [{"messages": [{"role": "user", "content": p}], "answer": "1"} for p in prompts]
+    for chat, template in zip(chats, templates or [], strict=False):
+        chat["template"] = template
     path.write_text("".join(json.dumps(c) + "\n" for c in chats))
 
 
@@ -166,6 +168,46 @@ class TestEvaluationSamplesFitTheEngine:
         made._open_rollouts()
         (scored,) = made.answer(made.valid, samples=8)
         assert len(scored.sampled) == 8
+
+
+class TestHeldOutTemplates:
+    """A held-out prompt whose template the training file holds is reported apart from one
+    whose template the job never trained on, each set with its own paired change."""
+
+    def evaluated(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  max_steps: int) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+        from souverain.training import rollouts
+
+        monkeypatch.setattr(rollouts, "Rollouts", FakeRollouts)
+        write_lines(tmp_path / "train.jsonl", ["one plus nought", "two less one"],
+                    ["sum-1", "difference-1"])  # fmt: skip
+        write_lines(tmp_path / "valid.jsonl", ["nought plus one", "what is three less two",
+                                               "one, then add nought"],
+                    ["sum-1", "difference-2", "sum-2"])  # fmt: skip
+        made = job(tmp_path, max_steps=max_steps, batch_size=1, group_size=2, minibatches=1,
+                   eval_samples_per_prompt=2)  # fmt: skip
+        made.tokenizer = FakeTokenizer()
+        made.tokenizer.decode = lambda tokens, **_: "1"  # type: ignore[attr-defined]
+        made.spec["valid"] = str(tmp_path / "valid.jsonl")
+        assert made._read() is None
+        made._open_rollouts()
+        return made.evaluate(first=True), made.evaluate(first=False)
+
+    def test_trained_and_unseen_templates_each_with_their_change(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first, last = self.evaluated(tmp_path, monkeypatch, max_steps=5)
+        assert first["templates"]["trained"]["samples"] == 1
+        assert first["templates"]["unseen"]["samples"] == 2
+        by_templates = last["change_by_templates"]
+        assert by_templates["trained"]["greedy_pass_at_1"]["prompts"] == 1
+        assert by_templates["unseen"]["sampled_mean_reward"]["prompts"] == 2
+
+    def test_an_evaluation_job_trains_on_nothing_so_has_no_template_sets(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first, last = self.evaluated(tmp_path, monkeypatch, max_steps=0)
+        assert "templates" not in first and "change_by_templates" not in last
 
 
 class TestRolloutLogprobsMatchTheTokens:

@@ -43,7 +43,8 @@ reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction,
 informative_groups, refill_rounds, band_skipped, the rollout/trainer mismatch
 (logprob_gap_mean, logprob_gap_p99, ratio_outside_fraction, tis_capped_fraction,
 rollout_logprob_floored), step_s, rollout_s, train_s; `eval` {step, metrics: {overall,
-languages, change}}; `dev` {step, mean_reward, best_step}. With `max_steps` 0 (an evaluation job) the recipe
+languages, templates, change, change_by_templates}}; `dev` {step, mean_reward,
+best_step}. With `max_steps` 0 (an evaluation job) the recipe
 evaluates once and ends. With the magistral grader, a job whose format rate falls below
 its start by more than `collapse_margin` stops itself (training/collapse.py): a
 `collapsed` line {step, start, now, margin, message}, and exit code 4.
@@ -96,6 +97,7 @@ class Job(HeldOut):
         self.hp = configs.built(GRPOConfig, spec["hyperparameters"])
         self.grader = spec["grader"]
         rewards.check_grader(self.grader)
+        configs.check_budget(self.hp.max_tokens, self.grader["type"])
         self.scorer = rewards.build(self.grader) if self.grader["type"] != "magistral" else None
         self.progress = progress
         self.output = Path(spec["output_dir"])
@@ -108,6 +110,7 @@ class Job(HeldOut):
         self.dev: list[Item] = []  # the dev split (training lines held back)
         self.best: tuple[int, float] | None = None  # (step, dev mean reward) of the kept
         self.overlap = 0  # held-out prompts left out because they are trained on
+        self.trained_templates: set[str] = set()
 
     def run(self) -> int:
         hp, progress = self.hp, self.progress
@@ -161,6 +164,9 @@ class Job(HeldOut):
         held = set(draw.sample(range(len(self.train)), hp.dev_samples))
         self.dev = [item for n, item in enumerate(self.train) if n in held]
         self.train = [item for n, item in enumerate(self.train) if n not in held]
+        self.trained_templates = {
+            str(i.fields["template"]) for i in self.train if i.fields.get("template")
+        }
         valid = (
             read_items(Path(self.spec["valid"]), system=system) if self.spec.get("valid") else []
         )

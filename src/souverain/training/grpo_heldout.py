@@ -4,7 +4,9 @@ Evaluation (training/evaluation.py holds the arithmetic): before the first step 
 the last, every held-out prompt (those also in the training file left out) is answered
 greedily and `eval_samples_per_prompt` times at the training temperature; the last
 carries the paired before → after change with its bootstrap 95 % interval (the first's
-per-prompt scores are kept on disk, so a paused job pairs them too). With `dev_samples`,
+per-prompt scores are kept on disk, so a paused job pairs them too); held-out prompts
+with a `template` field are also reported apart by whether the job trains on their
+template (`templates`, `change_by_templates`). With `dev_samples`,
 the dev split (training lines held back) is sampled at the training temperature before
 the first step and every `dev_steps`; the job ends with the adapter of the best dev
 reward, the starting one when no step beat it.
@@ -51,6 +53,7 @@ class HeldOut:
     overlap: int  # held-out prompts left out because they are trained on
     best: tuple[int, float] | None  # (step, dev mean reward) of the kept adapter
     eval_width: int  # sequences an evaluation call samples together
+    trained_templates: set[str]  # the templates of the prompts trained on
 
     def _prompt_ids(self, item: Item) -> list[int]:
         raise NotImplementedError
@@ -78,8 +81,16 @@ class HeldOut:
                 best = self._grade(item, greedy[index])
                 drawn = [self._grade(item, s) for s in sampled if s.prompt == index]
                 group = str(item.fields.get("language") or best.language or "?")
-                out.append(evaluation.Answered(group, best, drawn))
+                out.append(evaluation.Answered(group, best, drawn, self._templates_of(item)))
         return out
+
+    def _templates_of(self, item: Item) -> str | None:
+        """Whether `item`'s template is one the job trains on; None without a template
+        or a step (an evaluation job trains on nothing)."""
+        template = item.fields.get("template")
+        if not isinstance(template, str) or self.hp.max_steps == 0:
+            return None
+        return "trained" if template in self.trained_templates else "unseen"
 
     def evaluate(self, *, first: bool) -> dict[str, Any]:
         """The held-out prompts: greedy and sampled, overall and per language; the last
@@ -94,8 +105,11 @@ class HeldOut:
         if first:
             before.write_text(json.dumps(scores))
         elif before.exists():
-            report["change"] = evaluation.changes(json.loads(before.read_text()), scores,
-                                                  seed=hp.seed)  # fmt: skip
+            kept = json.loads(before.read_text())
+            report["change"] = evaluation.changes(kept, scores, seed=hp.seed)
+            if by_templates := evaluation.changes_by_templates(kept, scores, answered,
+                                                               seed=hp.seed):  # fmt: skip
+                report["change_by_templates"] = by_templates
         return report
 
     def _dev_check(self) -> None:
