@@ -137,6 +137,8 @@ class TestReinforcement:
         assert card["3_evaluation"]["training"]["before"]["overall"]["samples"] == 5
         assert card["3_evaluation"]["training"]["after"] == evaluations[-1]
         assert card["3_evaluation"]["training"]["change"] == evaluations[-1]["change"]
+        assert card["3_evaluation"]["training"]["change_by_templates"]["unseen"] == (
+            evaluations[-1]["change_by_templates"]["unseen"])  # fmt: skip
 
         # an evaluation job of the trained model on the held-out file
         with httpx.Client(base_url=up.url, headers={"Authorization": f"Bearer {key}"},
