@@ -9,7 +9,8 @@
 2. On `souverain up`, as a tenant: a cold-start supervised job on worked examples from
    the shipped generator (all five languages), then a reinforcement job (magistral grader)
    from it, sized to at most --minutes of GRPO by the step time measured in 1, evaluated on
-   held-out problems before and after. Prints the held-out figures per language, the
+   held-out problems before and after: --heldout problems of the training templates and
+   --heldout-templates of templates never trained on, reported apart. Prints the held-out figures per language, the
    learning curves' start and end, and asks the trained model in French, German and
    Spanish through both SDKs (thinking shown apart). Saves the curves as
    docs/grpo_learning_curves.png and every figure as bench/results/grpo.json.
@@ -256,7 +257,10 @@ async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[s
             cold_s = time.monotonic() - started
             problems = await upload("rl.jsonl", jsonl("train", args.rl_samples, worked=False,
                                                       skip=args.cold_samples))  # fmt: skip
-            heldout = await upload("heldout.jsonl", jsonl("heldout", args.heldout, worked=False))
+            heldout = await upload("heldout.jsonl",
+                                   jsonl("heldout", args.heldout, worked=False)
+                                   + jsonl("heldout-templates", args.heldout_templates,
+                                           worked=False))  # fmt: skip
             steps = max(2, int(args.minutes * 60 / step_s))
             started = time.monotonic()
             created = await http.post("/v1/fine_tuning/jobs", json={
@@ -265,7 +269,8 @@ async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[s
                 "method": {"type": "reinforcement", "reinforcement": {
                     "grader": {"type": "magistral"},
                     "hyperparameters": {"training_steps": steps, "seq_len": 512,
-                                        "eval_samples": args.heldout,
+                                        "eval_samples": args.heldout
+                                        + args.heldout_templates,
                                         "learning_rate_multiplier": RL_LR_MULTIPLIER,
                                         **HYPER}}}})  # fmt: skip
             created.raise_for_status()
@@ -380,6 +385,11 @@ def report(speed: dict[str, Any] | None, result: dict[str, Any] | None) -> None:
         print("held-out (greedy)     before → after")
         for key in ("mean_reward", "pass_at_1", "format_rate", "language_consistency"):
             print(f"  {key:22s} {before['overall'][key]} → {after['overall'][key]}")
+        for name, change in (after.get("change_by_templates") or {}).items():
+            sampled = change.get("sampled_mean_reward") or change["greedy_mean_reward"]
+            print(f"  {name} templates ({sampled['prompts']} prompts): mean reward "
+                  f"{sampled['before']} → {sampled['after']}, change {sampled['delta']:+} "
+                  f"[{sampled['low']:+}, {sampled['high']:+}]")  # fmt: skip
         for lang in sorted(after["languages"]):
             b, a = before["languages"].get(lang, {}), after["languages"][lang]
             print(f"  {lang}: reward {b.get('mean_reward')} → {a['mean_reward']}, format "
@@ -399,6 +409,8 @@ async def main() -> None:
     parser.add_argument("--cold-epochs", type=int, default=2)
     parser.add_argument("--rl-samples", type=int, default=300)
     parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--heldout-templates", type=int, default=50,
+                        help="held-out problems of templates never trained on")  # fmt: skip
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-learning", action="store_true")
     parser.add_argument("--step-s", type=float, default=None,

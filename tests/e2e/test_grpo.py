@@ -76,7 +76,9 @@ class TestReinforcement:
         assert "reasoning" in _model(up, key, cold.fine_tuned_model)["capabilities"]
 
         problems = upload(client, "rl.jsonl", lines("train", 12, worked=False, skip=40))
-        heldout = upload(client, "heldout.jsonl", lines("heldout", 5, worked=False))
+        # held-out: 3 problems in the training templates, 2 in templates never trained on
+        heldout = upload(client, "heldout.jsonl", lines("heldout", 3, worked=False)
+                         + lines("heldout-templates", 2, worked=False))  # fmt: skip
         job = client.fine_tuning.jobs.create(
             model=cold.fine_tuned_model, training_file=problems, validation_file=heldout,
             suffix="grpo", seed=3,
@@ -114,7 +116,12 @@ class TestReinforcement:
             assert set(evaluation["languages"]) <= set(mathgen.LANGUAGES)
         change = evaluations[-1]["change"]["sampled_mean_reward"]  # paired, with its interval
         assert change["prompts"] == 5 and change["low"] <= change["delta"] <= change["high"]
-        assert not any("apples" in e.message or "pommes" in e.message for e in events)
+        assert {k: v["samples"] for k, v in evaluations[0]["templates"].items()} == {
+            "trained": 3, "unseen": 2}  # fmt: skip
+        unseen = evaluations[-1]["change_by_templates"]["unseen"]["sampled_mean_reward"]
+        assert unseen["prompts"] == 2 and unseen["low"] <= unseen["delta"] <= unseen["high"]
+        words = ("apples", "pommes", "books", "livres")
+        assert not any(w in e.message for e in events for w in words)
 
         # the model: a reasoning model of this organisation, its card says how it was made
         tuned = job.fine_tuned_model
@@ -130,6 +137,8 @@ class TestReinforcement:
         assert card["3_evaluation"]["training"]["before"]["overall"]["samples"] == 5
         assert card["3_evaluation"]["training"]["after"] == evaluations[-1]
         assert card["3_evaluation"]["training"]["change"] == evaluations[-1]["change"]
+        assert card["3_evaluation"]["training"]["change_by_templates"]["unseen"] == (
+            evaluations[-1]["change_by_templates"]["unseen"])  # fmt: skip
 
         # an evaluation job of the trained model on the held-out file
         with httpx.Client(base_url=up.url, headers={"Authorization": f"Bearer {key}"},

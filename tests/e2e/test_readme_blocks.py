@@ -107,7 +107,7 @@ WHO_RUNS: dict[tuple[str, str, int], tuple[str, RunBy | NotRun]] = {
     (R, "Running it for real", 4): ("5c3df9dbaf", RunBy(FLEET)),
     (R, "Fine-tuning", 0): ("910d033ebe", RunBy(f"{HERE}::test_the_fine_tuning_block_trains_a_model")),
     (R, "Reasoning models", 0): ("1c12814e3d", RunBy(f"{HERE}::test_the_engine_and_reasoning_blocks_run")),
-    (R, "Reasoning models", 1): ("e70201235a", RunBy(f"{HERE}::test_the_engine_and_reasoning_blocks_run")),
+    (R, "Reasoning models", 1): ("9c13d0b80e", RunBy(f"{HERE}::test_the_engine_and_reasoning_blocks_run")),
     (R, "Data controls", 0): ("cf44bb9284", RunBy(f"{HERE}::test_the_data_controls_block_runs")),
     (R, "Data controls", 1): ("52e6abe73e", RunBy(
         "tests/e2e/test_up.py::TestExportAndErasure::"
@@ -319,7 +319,7 @@ def test_the_engine_and_reasoning_blocks_run(up: Up, tmp_path: Path) -> None:
     assert "magistral-small" in up.cli("models", "list").stdout
     shell.env["SOUVERAIN_API_KEY"] = up.config.with_name("owner.key").read_text().strip()
     run_block(up, shell, "Reasoning models", 1)
-    assert len((tmp_path / "heldout.jsonl").read_text().splitlines()) == 100
+    assert len((tmp_path / "heldout.jsonl").read_text().splitlines()) == 150
 
 
 @live

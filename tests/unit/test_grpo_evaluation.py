@@ -1,9 +1,12 @@
 """A reinforcement job's held-out evaluation: the paired bootstrap on known cases, held-out
-prompts disjoint from training, and the report's greedy and sampled figures."""
+prompts disjoint from training (also a held-out template set), and the report's greedy and
+sampled figures, overall and by template set."""
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 import statistics
 from dataclasses import dataclass
 
@@ -72,6 +75,52 @@ class TestDisjoint:
         assert evaluation.overlapping(train, heldout) == []
 
 
+class TestHeldOutTemplates:
+    """`heldout-templates` measures a phrasing never trained on: no template of it is in
+    the training split, while `heldout` keeps the training templates on new problems."""
+
+    def test_its_templates_are_never_in_the_training_split(self) -> None:
+        train = list(mathgen.problems("train", 600))
+        same = list(mathgen.problems("heldout", 200))
+        unseen = list(mathgen.problems("heldout-templates", 200))
+        trained = {p.template for p in train}
+        assert trained == set(mathgen.TEMPLATES["seen"])
+        assert {p.template for p in same} == trained
+        assert {p.template for p in unseen} == set(mathgen.TEMPLATES["unseen"])
+        assert not trained & {p.template for p in unseen}
+        questions = [p.question for p in train]
+        assert evaluation.overlapping(questions, [p.question for p in unseen]) == []
+        assert evaluation.overlapping([p.question for p in same],
+                                      [p.question for p in unseen]) == []  # fmt: skip
+
+    def test_no_unseen_question_shares_a_training_questions_wording(self) -> None:
+        """Numbers aside, the unseen questions' words are never a training question's."""
+
+        def wording(text: str) -> str:
+            return re.sub(r"\d+|[+\-×]", "#", text)
+
+        trained = {wording(p.question) for p in mathgen.problems("train", 600)}
+        for problem in mathgen.problems("heldout-templates", 100):
+            assert wording(problem.question) not in trained, problem.question
+
+    def test_every_language_and_kind_and_the_line_names_its_template(self) -> None:
+        unseen = list(mathgen.problems("heldout-templates", 50))
+        assert {p.language for p in unseen} == set(mathgen.LANGUAGES)
+        assert {p.kind for p in unseen} == {"arithmetic", "word"}
+        line = unseen[0].chat(worked=False)
+        assert line["template"] == unseen[0].template
+
+    def test_deterministic_and_the_earlier_splits_unchanged(self) -> None:
+        assert [p.question for p in mathgen.problems("heldout-templates", 30)] == [
+            p.question for p in mathgen.problems("heldout-templates", 30)
+        ]
+        # the first 300 problems of each split, as written before the template sets existed
+        for split, digest in (("train", "00d3d86919c7e90f"), ("heldout", "4c2f788cb9bae637")):
+            text = "\n".join(f"{p.question}|{p.thinking}|{p.answer_text}"
+                             for p in mathgen.problems(split, 300))  # fmt: skip
+            assert hashlib.sha256(text.encode()).hexdigest()[:16] == digest, split
+
+
 @dataclass(frozen=True)
 class Scored:
     reward: float
@@ -107,3 +156,27 @@ class TestReport:
         assert change["sampled_pass_at_1"]["delta"] == 0.5
         assert change["greedy_pass_at_1"]["before"] == 0.5
         assert change["greedy_pass_at_1"]["after"] == 1.0
+
+    def test_prompts_are_reported_apart_by_template_set_and_paired_within_it(self) -> None:
+        def answered(greedy: float, templates: str) -> Answered:
+            return Answered("en", Scored(greedy, greedy >= 1.0), [Scored(greedy, greedy >= 1.0)],
+                            templates)  # fmt: skip
+
+        before_rows = [answered(0.0, "trained"), answered(0.0, "unseen"),
+                       answered(1.0, "unseen")]  # fmt: skip
+        after_rows = [answered(1.0, "trained"), answered(0.0, "unseen"),
+                      answered(1.0, "unseen")]  # fmt: skip
+        report = evaluation.report(after_rows, samples=1, temperature=0.8)
+        assert report["templates"]["trained"]["samples"] == 1
+        assert report["templates"]["unseen"]["pass_at_1"] == 0.5
+        before, after = evaluation.per_prompt(before_rows), evaluation.per_prompt(after_rows)
+        change = evaluation.changes_by_templates(before, after, after_rows, seed=0)
+        assert change["trained"]["greedy_pass_at_1"]["delta"] == 1.0
+        assert change["unseen"]["greedy_pass_at_1"]["delta"] == 0.0
+        assert change["unseen"]["greedy_pass_at_1"]["prompts"] == 2
+
+    def test_prompts_without_a_template_add_no_template_figures(self) -> None:
+        rows = [self.answered(1.0, [1.0])]
+        assert "templates" not in evaluation.report(rows, samples=1, temperature=0.8)
+        scores = evaluation.per_prompt(rows)
+        assert evaluation.changes_by_templates(scores, scores, rows, seed=0) == {}

@@ -15,7 +15,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from souverain.training import grpo, grpo_objective  # noqa: E402
+from souverain.training import (  # noqa: E402
+    grpo,
+    grpo_groups,
+    grpo_heldout,
+    grpo_objective,
+    grpo_update,
+)
 from souverain.training.evaluation import Answered  # noqa: E402
 from souverain.training.grading import Graded  # noqa: E402
 
@@ -104,8 +110,10 @@ class FakeTokenizer:
         return [1] * sum(len(str(m["content"]).split()) for m in messages)
 
 
-def write_lines(path: Path, prompts: list[str]) -> None:
+def write_lines(path: Path, prompts: list[str], templates: list[str] | None = None) -> None:
     chats = [{"messages": [{"role": "user", "content": p}], "answer": "1"} for p in prompts]
+    for chat, template in zip(chats, templates or [], strict=False):
+        chat["template"] = template
     path.write_text("".join(json.dumps(c) + "\n" for c in chats))
 
 
@@ -162,16 +170,56 @@ class TestEvaluationSamplesFitTheEngine:
         assert len(scored.sampled) == 8
 
 
+class TestHeldOutTemplates:
+    """A held-out prompt whose template the training file holds is reported apart from one
+    whose template the job never trained on, each set with its own paired change."""
+
+    def evaluated(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  max_steps: int) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+        from souverain.training import rollouts
+
+        monkeypatch.setattr(rollouts, "Rollouts", FakeRollouts)
+        write_lines(tmp_path / "train.jsonl", ["one plus nought", "two less one"],
+                    ["sum-1", "difference-1"])  # fmt: skip
+        write_lines(tmp_path / "valid.jsonl", ["nought plus one", "what is three less two",
+                                               "one, then add nought"],
+                    ["sum-1", "difference-2", "sum-2"])  # fmt: skip
+        made = job(tmp_path, max_steps=max_steps, batch_size=1, group_size=2, minibatches=1,
+                   eval_samples_per_prompt=2)  # fmt: skip
+        made.tokenizer = FakeTokenizer()
+        made.tokenizer.decode = lambda tokens, **_: "1"  # type: ignore[attr-defined]
+        made.spec["valid"] = str(tmp_path / "valid.jsonl")
+        assert made._read() is None
+        made._open_rollouts()
+        return made.evaluate(first=True), made.evaluate(first=False)
+
+    def test_trained_and_unseen_templates_each_with_their_change(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first, last = self.evaluated(tmp_path, monkeypatch, max_steps=5)
+        assert first["templates"]["trained"]["samples"] == 1
+        assert first["templates"]["unseen"]["samples"] == 2
+        by_templates = last["change_by_templates"]
+        assert by_templates["trained"]["greedy_pass_at_1"]["prompts"] == 1
+        assert by_templates["unseen"]["sampled_mean_reward"]["prompts"] == 2
+
+    def test_an_evaluation_job_trains_on_nothing_so_has_no_template_sets(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first, last = self.evaluated(tmp_path, monkeypatch, max_steps=0)
+        assert "templates" not in first and "change_by_templates" not in last
+
+
 class TestRolloutLogprobsMatchTheTokens:
     def test_each_token_gets_its_own_rollout_logprob(self) -> None:
         mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-        laid = grpo._padded([(-1.0, -2.0, -3.0), (-4.0,)], mask)
+        laid = grpo_update.padded([(-1.0, -2.0, -3.0), (-4.0,)], mask)
         torch.testing.assert_close(laid, torch.tensor([[-1.0, -2.0, -3.0], [-4.0, 0.0, 0.0]]))
 
     def test_fewer_logprobs_than_tokens_are_refused_not_zero_filled(self) -> None:
         mask = torch.tensor([[1.0, 1.0, 1.0]])
         with pytest.raises(ValueError, match="2 rollout log-probabilities for 3 tokens"):
-            grpo._padded([(-1.0, -2.0)], mask)
+            grpo_update.padded([(-1.0, -2.0)], mask)
 
 
 class TestTheDevSplit:
@@ -196,10 +244,10 @@ class TestSamplingSeedsApart:
 
         steps = int(configs.bounds_of(grpo.GRPOConfig, "max_steps")[1])
         draws = 1 + int(configs.bounds_of(grpo.GRPOConfig, "refill_rounds")[1])
-        assert draws < grpo.DRAWS_PER_STEP
-        assert grpo.training_round(steps, draws) < grpo.evaluation_round(0)
+        assert draws < grpo_groups.DRAWS_PER_STEP
+        assert grpo_groups.training_round(steps, draws) < grpo_heldout.evaluation_round(0)
         # where they used to meet: step 625's first batch and the evaluation at prompt 1
-        assert grpo.training_round(625, 1) != grpo.evaluation_round(1)
+        assert grpo_groups.training_round(625, 1) != grpo_heldout.evaluation_round(1)
 
 
 class TestTheUpdateWeighsEachTokenByTheRolloutRatio:
@@ -215,7 +263,7 @@ class TestTheUpdateWeighsEachTokenByTheRolloutRatio:
         made.optimizer = torch.optim.SGD(made.model.parameters(), lr=0.0)
         prompt, completions = [1, 5, 9], [[7, 8, 3], [4, 2]]
         with torch.no_grad():
-            trainer, mask = grpo.groups_logprobs(made.model, [(prompt, completions)], pad=0,
+            trainer, mask = grpo_objective.groups_logprobs(made.model, [(prompt, completions)], pad=0,
                                                  temperature=made.hp.temperature)  # fmt: skip
         samples = [Sample(0, tuple(c), True, tuple((trainer[row, : len(c)] + shift).tolist()))
                    for row, c in enumerate(completions)]  # fmt: skip
@@ -225,8 +273,8 @@ class TestTheUpdateWeighsEachTokenByTheRolloutRatio:
             seen["weights"] = weights
             return grpo_objective.surrogate_loss(*args, weights=weights, **kwargs)
 
-        monkeypatch.setattr(grpo, "surrogate_loss", surrogate)
-        made._update([grpo.Group(prompt, samples, [], [1.0, -1.0])])
+        monkeypatch.setattr(grpo_update, "surrogate_loss", surrogate)
+        made._update([grpo_groups.Group(prompt, samples, [], [1.0, -1.0])])
         return seen["weights"], mask
 
     def test_a_rollout_half_as_likely_as_the_trainer_weighs_two(

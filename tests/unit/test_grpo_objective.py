@@ -261,8 +261,11 @@ class TestMathGenerator:
                 value = {"+": int(a) + int(b), "-": int(a) - int(b), "×": int(a) * int(b)}[op]
                 assert value == problem.answer, problem.question
 
-    def test_worked_examples_earn_the_full_magistral_reward_in_every_language(self) -> None:
-        for problem in mathgen.problems("train", 40):
+    @pytest.mark.parametrize("split", ["train", "heldout-templates"])
+    def test_worked_examples_earn_the_full_magistral_reward_in_every_language(
+        self, split: str
+    ) -> None:
+        for problem in mathgen.problems(split, 40):
             chat = problem.chat(worked=True, system=SYSTEM_PROMPT)
             reply = chat["messages"][-1]["content"]
             scored = rewards.magistral(reply, prompt=problem.question, reference=chat["answer"],

@@ -104,6 +104,33 @@ class TestSettingsThatCannotLearn:
         refused = refusal(reinforcement(**fields))
         assert refused.param == param and reason in str(refused)
 
+    def test_the_recipe_itself_refuses_a_budget_too_short_to_think(self, tmp_path: Path) -> None:
+        """A spec handed to the recipe directly is refused as the API refuses it, before
+        the model is loaded."""
+        pytest.importorskip("torch")
+        from souverain.training import grpo
+        from souverain.training.sft import Progress
+
+        spec = {"hyperparameters": {"max_tokens": 40, "length_cache": 8},
+                "grader": {"type": "magistral"}, "output_dir": str(tmp_path)}  # fmt: skip
+        with pytest.raises(SettingError, match="thinking block") as refused:
+            grpo.Job(spec, Progress(tmp_path / "progress.jsonl"))
+        assert refused.value.name == "max_tokens"
+        string_check = {
+            "type": "string_check",
+            "name": "s",
+            "operation": "eq",
+            "input": "{{ sample.output_text }}",
+            "reference": "{{ item.answer }}",
+        }
+        grpo.Job(spec | {"grader": string_check}, Progress(tmp_path / "progress.jsonl"))
+
+    def test_a_recipe_refuses_a_rate_that_cannot_learn(self) -> None:
+        for rate, why in ((0.0, "nothing is learnt"), (0.5, "diverges")):
+            with pytest.raises(SettingError, match=why) as refused:
+                configs.built(GRPOConfig, {"learning_rate": rate})
+            assert refused.value.name == "learning_rate"
+
     def test_an_evaluation_may_sample_from_a_nucleus(self) -> None:
         asked = reinforcement(reinforcement={"top_p": 0.9})
         resolved = resolve_evaluation(asked, samples=10, context_length=2048, limits=LIMITS)

@@ -341,7 +341,11 @@ datasets = typer.Typer(
 
 @datasets.command("math")
 def datasets_math(
-    split: str = typer.Option("train", help="train or heldout (never the same problems)."),
+    split: str = typer.Option(
+        "train",
+        help="train, heldout (never the same problems) or heldout-templates (phrasings "
+        "that train never uses).",
+    ),
     count: int = typer.Option(200, min=1, max=100_000),
     skip: int = typer.Option(0, min=0, help="Leave out the first N problems of the split."),
     seed: int = typer.Option(0),

@@ -239,6 +239,18 @@ def _check_grpo(c: GRPOConfig) -> None:
         )
 
 
+def check_budget(max_tokens: int, grader_type: str) -> None:
+    """SettingError unless a completion of `max_tokens` can earn the grader's reward: the
+    magistral grader pays nothing without a thinking block and a boxed answer."""
+    if grader_type == "magistral" and max_tokens < REASONING_MIN_TOKENS:
+        raise SettingError(
+            "max_tokens",
+            f"max_tokens {max_tokens} leaves no room for a thinking block and a boxed answer: "
+            f"the magistral grader needs at least {REASONING_MIN_TOKENS}, or no completion "
+            "can earn a reward",
+        )
+
+
 def built(config: type[C], values: dict[str, Any]) -> C:
     """A checked configuration from a recipe's spec (unknown names refused)."""
     unknown = sorted(set(values) - set(settings_of(config)))

@@ -7,6 +7,11 @@ is paired: a bootstrap over prompts (resample prompts with replacement, take the
 their after - before, 2,000 times) gives its 95 % percentile interval (Efron & Tibshirani,
 "An Introduction to the Bootstrap", 1993, ch. 13). Held-out prompts that also occur in the
 training data are left out of the evaluation and counted.
+
+Held-out prompts made from templates (a `template` field, as `souverain datasets math`
+writes) are also reported apart, with their own paired change: those whose template the
+job trained on (`trained`: new numbers in a known phrasing) and those whose template it
+never saw (`unseen`: whether what was learnt carries over to another phrasing).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 RESAMPLES = 2000
+TEMPLATE_SETS = ("trained", "unseen")
 
 
 class Score(Protocol):
@@ -39,6 +45,7 @@ class Answered:
     group: str  # language (or the grader's "?")
     greedy: Score
     sampled: Sequence[Score]
+    templates: str | None = None  # "trained" or "unseen" (TEMPLATE_SETS); None: no template
 
     @property
     def sampled_reward(self) -> float:
@@ -101,14 +108,23 @@ def report(answered: Sequence[Answered], *, samples: int, temperature: float) ->
     """Overall and per group: greedy (pass@1, format, mean reward, consistency, the names
     of before) and `sampled` at the training temperature."""
     by_group: dict[str, list[Answered]] = defaultdict(list)
+    by_templates: dict[str, list[Answered]] = defaultdict(list)
     for a in answered:
         by_group[a.group].append(a)
-    return {
+        if a.templates is not None:
+            by_templates[a.templates].append(a)
+    out: dict[str, Any] = {
         "overall": _summary(answered, samples, temperature),
         "languages": {
             g: _summary(rows, samples, temperature) for g, rows in sorted(by_group.items())
         },
     }
+    if by_templates:
+        out["templates"] = {
+            name: _summary(rows, samples, temperature)
+            for name, rows in sorted(by_templates.items())
+        }
+    return out
 
 
 def _summary(rows: Sequence[Answered], samples: int, temperature: float) -> dict[str, Any]:
@@ -152,6 +168,25 @@ def changes(
         name: asdict(paired_bootstrap(before[name], after[name], seed=seed))
         for name in sorted(set(before) & set(after))
     }
+
+
+def changes_by_templates(
+    before: dict[str, list[float]],
+    after: dict[str, list[float]],
+    answered: Sequence[Answered],
+    *,
+    seed: int,
+) -> dict[str, Any]:
+    """`changes` for each template set of the held-out prompts (in `answered`'s order, the
+    order of both evaluations' scores); empty when no prompt has a template."""
+    out = {}
+    for name in TEMPLATE_SETS:
+        kept = [i for i, a in enumerate(answered) if a.templates == name]
+        if kept:
+            out[name] = changes({k: [v[i] for i in kept] for k, v in before.items()},
+                                {k: [v[i] for i in kept] for k, v in after.items()},
+                                seed=seed)  # fmt: skip
+    return out
 
 
 def _mean(values: Iterable[float]) -> float | None:

@@ -27,21 +27,24 @@ al., "DAPO", 2025):
        switched off, is the reference); one optimiser step a minibatch;
     4. the adapter is exported to GGUF and swapped into the rollout engine.
 
-Evaluation (training/evaluation.py): before the first step and after the last, every
-held-out prompt (those also in the training file left out) answered greedily and
-`eval_samples_per_prompt` times at the training temperature; the last carries the paired
-before → after change with its bootstrap 95 % interval. With `dev_samples`, the training
-file's lines drawn at random (by the job's seed) are a dev split evaluated before the
-first step and every `dev_steps`; the job ends with the adapter of the best dev reward,
-the starting one when no step beat it.
+The modules: this one is the loop (read, load, steps, checkpoints, the end); a step's
+sampling and grading is training/grpo_groups.py (the generator's half), its update
+training/grpo_update.py (the trainer's half), the held-out and dev evaluations and the
+kept adapter training/grpo_heldout.py. Evaluation: before the first step and after the
+last, every held-out prompt (those also in the training file left out) answered greedily
+and `eval_samples_per_prompt` times at the training temperature; the last carries the
+paired before → after change with its bootstrap 95 % interval. With `dev_samples`, the
+training file's lines drawn at random (by the job's seed) are a dev split evaluated before
+the first step and every `dev_steps`; the job ends with the adapter of the best dev
+reward, the starting one when no step beat it.
 
 Progress lines (numbers, never text) as the supervised recipe's, and: `step` carries
 reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction,
 informative_groups, refill_rounds, band_skipped, the rollout/trainer mismatch
 (logprob_gap_mean, logprob_gap_p99, ratio_outside_fraction, tis_capped_fraction,
-rollout_logprob_floored),
-step_s, rollout_s, train_s; `eval` {step, metrics: {overall, languages, change}}; `dev`
-{step, mean_reward, best_step}. With `max_steps` 0 (an evaluation job) the recipe
+rollout_logprob_floored), step_s, rollout_s, train_s; `eval` {step, metrics: {overall,
+languages, templates, change, change_by_templates}}; `dev` {step, mean_reward,
+best_step}. With `max_steps` 0 (an evaluation job) the recipe
 evaluates once and ends. With the magistral grader, a job whose format rate falls below
 its start by more than `collapse_margin` stops itself (training/collapse.py): a
 `collapsed` line {step, start, now, margin, message}, and exit code 4.
@@ -56,7 +59,6 @@ import signal
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +67,10 @@ from souverain.training import configs, evaluation, rewards
 from souverain.training.collapse import REWARD_COLLAPSED, Collapse
 from souverain.training.configs import GRPOConfig
 from souverain.training.grading import Graded, Item, grade, invalid_item, read_items, summary
-from souverain.training.grpo_objective import (
-    Mismatch,
-    group_advantages,
-    groups_logprobs,
-    normalise,
-    surrogate_loss,
-    truncated_importance_weights,
-)
+from souverain.training.grpo_groups import Group, sample_groups, training_round
+from souverain.training.grpo_heldout import EVAL_WIDTH, HeldOut
+from souverain.training.grpo_objective import Mismatch
+from souverain.training.grpo_update import update
 from souverain.training.selection import DifficultyBand, fill_informative
 from souverain.training.sft import (
     INVALID_DATA,
@@ -85,38 +83,13 @@ from souverain.training.sft import (
 
 __all__ = ["Job", "read_items", "run"]
 
-EVAL_WIDTH = 32  # sequences an evaluation call samples together, at most
-# Sampling seeds by round: a step's batches below EVAL_ROUNDS (16 a step: at most
-# 1 + refill_rounds batches), evaluation calls from it, so no evaluation repeats a
-# training batch's random draws whatever the number of steps.
-DRAWS_PER_STEP = 16
-EVAL_ROUNDS = DRAWS_PER_STEP * (configs.bounds_of(GRPOConfig, "max_steps")[1] + 1)
-
-
-def training_round(step: int, draw: int) -> int:
-    """The sampling round of a step's `draw`-th batch (from 1)."""
-    return step * DRAWS_PER_STEP + draw
-
-
-def evaluation_round(start: int) -> int:
-    """The sampling round of an evaluation call beginning at prompt `start`."""
-    return int(EVAL_ROUNDS) + start
-
-
-@dataclass(frozen=True)
-class Group:
-    """One prompt's completions in a step, graded."""
-
-    prompt: list[int]
-    samples: list[Any]  # rollouts.Sample
-    graded: list[Graded]
-    advantages: list[float] | None  # None: every reward equal (nothing to learn)
-
 
 # -- the job ----------------------------------------------------------------------------
 
 
-class Job:
+class Job(HeldOut):
+    """One reinforcement job from its spec, to its end: the loop."""
+
     def __init__(self, spec: dict[str, Any], progress: Progress) -> None:
         import torch
 
@@ -124,6 +97,7 @@ class Job:
         self.hp = configs.built(GRPOConfig, spec["hyperparameters"])
         self.grader = spec["grader"]
         rewards.check_grader(self.grader)
+        configs.check_budget(self.hp.max_tokens, self.grader["type"])
         self.scorer = rewards.build(self.grader) if self.grader["type"] != "magistral" else None
         self.progress = progress
         self.output = Path(spec["output_dir"])
@@ -136,6 +110,7 @@ class Job:
         self.dev: list[Item] = []  # the dev split (training lines held back)
         self.best: tuple[int, float] | None = None  # (step, dev mean reward) of the kept
         self.overlap = 0  # held-out prompts left out because they are trained on
+        self.trained_templates: set[str] = set()
 
     def run(self) -> int:
         hp, progress = self.hp, self.progress
@@ -189,6 +164,9 @@ class Job:
         held = set(draw.sample(range(len(self.train)), hp.dev_samples))
         self.dev = [item for n, item in enumerate(self.train) if n in held]
         self.train = [item for n, item in enumerate(self.train) if n not in held]
+        self.trained_templates = {
+            str(i.fields["template"]) for i in self.train if i.fields.get("template")
+        }
         valid = (
             read_items(Path(self.spec["valid"]), system=system) if self.spec.get("valid") else []
         )
@@ -306,20 +284,14 @@ class Job:
 
     def _draw_groups(self) -> list[Group]:
         """`batch_size` prompts from the band, sampled and graded (one rollout batch)."""
-        hp = self.hp
-        picked = self.band.draw(hp.batch_size)
-        prompts = [self._prompt_ids(self.train[i]) for i in picked]
+        picked = self.band.draw(self.hp.batch_size)
+        items = [self.train[i] for i in picked]
         self.draws += 1
-        samples = self.rollouts.generate(prompts, n=hp.group_size, max_tokens=hp.max_tokens,
-                                         temperature=hp.temperature, top_p=hp.top_p,
-                                         round_seed=training_round(self.step, self.draws))  # fmt: skip
-        groups = []
-        for index, (number, prompt) in enumerate(zip(picked, prompts, strict=True)):
-            mine = samples[index * hp.group_size : (index + 1) * hp.group_size]
-            graded = [self._grade(self.train[number], s) for s in mine]
-            self.band.observe(number, statistics.fmean(g.correct for g in graded))
-            advantages = group_advantages([[g.reward for g in graded]])[0]
-            groups.append(Group(prompt, mine, graded, advantages))
+        groups = sample_groups(self.rollouts, [self._prompt_ids(i) for i in items], items,
+                               hp=self.hp, round_seed=training_round(self.step, self.draws),
+                               grade=self._grade)  # fmt: skip
+        for number, group in zip(picked, groups, strict=True):
+            self.band.observe(number, statistics.fmean(g.correct for g in group.graded))
         return groups
 
     def _grade(self, item: Item, sample: Any) -> Graded:
@@ -359,111 +331,8 @@ class Job:
         )  # fmt: skip
 
     def _update(self, kept: list[Group]) -> tuple[float, Mismatch]:
-        import torch
-
-        hp = self.hp
-        chunks = [kept[i :: hp.minibatches] for i in range(min(hp.minibatches, len(kept)))]
-        # Old log-probabilities: the policy that sampled, before any update of this step.
-        # The first minibatch is trained before any update, so its own forward pass gives
-        # them (detached); the others need theirs now.
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batches = []
-        for index, chunk in enumerate(chunks):
-            groups = [(g.prompt, [list(s.tokens) for s in g.samples]) for g in chunk]
-            adv = torch.tensor(normalise([a for g in chunk for a in g.advantages or ()]))
-            with torch.no_grad():
-                old = self._logprobs(groups, pad)[0] if index else None
-                ref = None
-                if hp.beta:
-                    with self.model.disable_adapter():
-                        ref = self._logprobs(groups, pad)[0]
-            rolled = [s.logprobs for g in chunk for s in g.samples]
-            batches.append((groups, adv, old, ref, rolled))
-        losses, gaps = [], []
-        self.model.train()
-        for groups, adv, old, ref, rolled in batches:
-            logp, mask = self._logprobs(groups, pad)
-            old = logp.detach() if old is None else old
-            weights, gap = truncated_importance_weights(
-                old, _padded(rolled, mask), mask, cap=hp.tis_cap
-            )
-            loss = surrogate_loss(logp, old, adv, mask, epsilon_low=hp.epsilon_low,
-                                  epsilon_high=hp.epsilon_high, beta=hp.beta,
-                                  ref_logp=ref, weights=weights)  # fmt: skip
-            self.optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], hp.max_grad_norm
-            )
-            self.optimizer.step()
-            losses.append(float(loss.detach()))
-            gaps.append(gap)
-        self.model.eval()
-        return statistics.fmean(losses), _merged(gaps)
-
-    def _logprobs(self, groups: list[tuple[list[int], list[list[int]]]], pad: int) -> Any:
-        return groups_logprobs(self.model, groups, pad, temperature=self.hp.temperature)
-
-    # -- evaluation ---------------------------------------------------------------------
-
-    def answer(self, items: list[Item], *, samples: int) -> list[evaluation.Answered]:
-        """Each item answered greedily, and `samples` times at the training temperature."""
-        hp = self.hp
-        out: list[evaluation.Answered] = []
-        width = max(1, self.eval_width // max(1, samples))
-        for start in range(0, len(items), width):
-            chunk = items[start : start + width]
-            prompts = [self._prompt_ids(i) for i in chunk]
-            greedy = self.rollouts.generate(prompts, n=1, max_tokens=hp.max_tokens,
-                                            temperature=0.0)  # fmt: skip
-            sampled = self.rollouts.generate(prompts, n=samples, max_tokens=hp.max_tokens,
-                                             temperature=hp.temperature, top_p=hp.top_p,
-                                             round_seed=evaluation_round(start)) if samples else []  # fmt: skip
-            for index, item in enumerate(chunk):
-                best = self._grade(item, greedy[index])
-                drawn = [self._grade(item, s) for s in sampled if s.prompt == index]
-                group = str(item.fields.get("language") or best.language or "?")
-                out.append(evaluation.Answered(group, best, drawn))
-        return out
-
-    def evaluate(self, *, first: bool) -> dict[str, Any]:
-        """The held-out prompts: greedy and sampled, overall and per language; the last
-        evaluation also the paired change since the first (kept on disk across a pause)."""
-        hp = self.hp
-        answered = self.answer(self.valid, samples=hp.eval_samples_per_prompt)
-        report = evaluation.report(answered, samples=hp.eval_samples_per_prompt,
-                                   temperature=hp.temperature)  # fmt: skip
-        report["left_out_as_trained"] = self.overlap
-        scores = evaluation.per_prompt(answered)
-        before = self.output / "eval-before.json"
-        if first:
-            before.write_text(json.dumps(scores))
-        elif before.exists():
-            report["change"] = evaluation.changes(json.loads(before.read_text()), scores,
-                                                  seed=hp.seed)  # fmt: skip
-        return report
-
-    def _dev_check(self) -> None:
-        """The dev split sampled at the training temperature; the best adapter kept."""
-        answered = self.answer(self.dev, samples=max(1, self.hp.eval_samples_per_prompt))
-        reward = statistics.fmean(a.sampled_reward for a in answered)
-        if self.best is None or reward > self.best[1]:
-            self.best = (self.step, reward)
-            self.model.save_pretrained(str(self.output / "best"))
-        self.progress.emit("dev", step=self.step, mean_reward=round(reward, 4),
-                           best_step=self.best[0])  # fmt: skip
-
-    def _restore_best(self) -> dict[str, Any]:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        assert self.best is not None
-        step, reward = self.best
-        if step != self.step:
-            state = load_file(str(self.output / "best" / "adapter_model.safetensors"))
-            set_peft_model_state_dict(self.model, state)
-            self._sync_adapter()
-        return {"step": step, "dev_mean_reward": round(reward, 4)}
+        return update(self.model, self.optimizer, kept, pad=pad, hp=self.hp)
 
     def _save(self, path: Path) -> None:
         import torch
@@ -475,31 +344,6 @@ class Job:
             "global_step": self.step, "tokens": self.tokens,
             "random": self.random.getstate(),
         }))  # fmt: skip
-
-
-def _padded(rows: list[tuple[float, ...]], mask: Any) -> Any:
-    """The rollouts' log-probabilities laid out as the trainer's [rows, tokens] (`mask`:
-    the trainer's, 1 on each completion's tokens); one for every token, or ValueError."""
-    import torch
-
-    out = torch.zeros(tuple(mask.shape), dtype=torch.float32)
-    for row, values in enumerate(rows):
-        tokens = int(mask[row].sum())
-        if len(values) != tokens:
-            raise ValueError(f"completion {row}: {len(values)} rollout log-probabilities "
-                             f"for {tokens} tokens")  # fmt: skip
-        out[row, :tokens] = torch.tensor(values, dtype=torch.float32)
-    return out
-
-
-def _merged(gaps: list[Mismatch]) -> Mismatch:
-    return Mismatch(
-        gap_mean=statistics.fmean(g.gap_mean for g in gaps),
-        gap_p99=max(g.gap_p99 for g in gaps),
-        outside_fraction=statistics.fmean(g.outside_fraction for g in gaps),
-        capped_fraction=statistics.fmean(g.capped_fraction for g in gaps),
-        floored_tokens=sum(g.floored_tokens for g in gaps),
-    )
 
 
 def _tuple_state(state: Any) -> Any:

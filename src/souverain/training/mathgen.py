@@ -3,14 +3,20 @@ data for reinforcement fine-tuning (and its cold start) that a tenant can upload
 
     python -m souverain.training.mathgen --split train --count 400 [--worked] [--skip N]
     souverain datasets math --split heldout --count 100 > heldout.jsonl
+    souverain datasets math --split heldout-templates --count 50 >> heldout.jsonl
 
 Deterministic: the same split, count and seed give the same file. The splits never share a
 problem (each problem is drawn from a generator seeded by split and index, and a problem
-whose text also occurs in the other split is skipped). Each line is a chat with a user
-task and an `answer` field (an integer), plus `language` and `kind`; `--worked` adds the
-assistant's reply: its thinking inside `<think>…</think>`, then the answer with its result
-in `\\boxed{}`, both in the task's language (the cold-start examples of the Magistral
-recipe).
+whose text also occurs in another split of the same templates is skipped). Problems are
+made from templates (a phrasing per kind and language): `train` and `heldout` share theirs
+(the held-out change then measures the same phrasing on new numbers), `heldout-templates`
+uses templates no other split uses (it measures whether what was learnt carries over to a
+phrasing never trained on, rather than memorised wording). Each line is a chat with a
+user task and an `answer` field (an integer), plus `language`, `kind` and `template` (the
+template's name, the same in every language: a GRPO job reports its held-out prompts
+apart by whether their template is in its training file); `--worked` adds the assistant's
+reply: its thinking inside `<think>…</think>`, then the answer with its result in
+`\\boxed{}`, both in the task's language (the cold-start examples of the Magistral recipe).
 """
 
 from __future__ import annotations
@@ -27,7 +33,11 @@ from typing import Any
 from souverain.core.reasoning import SYSTEM_PROMPT
 
 LANGUAGES = ("en", "fr", "de", "es", "it")
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "heldout-templates")
+# The template set each split draws from: "seen" is the training phrasing, "unseen" one no
+# training file of this generator holds.
+SPLIT_TEMPLATES = {"train": "seen", "heldout": "seen", "heldout-templates": "unseen"}
+TEMPLATES = {"seen": ("arithmetic-1", "word-1"), "unseen": ("arithmetic-2", "word-2")}
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class Problem:
     thinking: str
     answer_text: str
     answer: int
+    template: str  # its template's name (TEMPLATES)
 
     def chat(self, *, worked: bool, system: str | None = None) -> dict[str, Any]:
         messages: list[dict[str, str]] = []
@@ -56,6 +67,7 @@ class Problem:
             "answer": str(self.answer),
             "language": self.language,
             "kind": self.kind,
+            "template": self.template,
         }
 
 
@@ -83,6 +95,14 @@ _STEP = {
           "de": "Wenn ich {a} mit {b} multipliziere, erhalte ich {r}.", "es": "Multiplicando {a} por {b} se obtiene {r}.",
           "it": "Moltiplicando {a} per {b} si ottiene {r}."},
 }  # fmt: skip
+# The unseen set's arithmetic questions (the thinking and answer are the seen set's).
+_ARITHMETIC_UNSEEN = {
+    "en": "What number do you get when you compute {a} {op} {b}? Give that number.",
+    "fr": "Quel nombre obtient-on en effectuant le calcul {a} {op} {b} ? Indiquez ce nombre.",
+    "de": "Welche Zahl erhält man, wenn man {a} {op} {b} rechnet? Gib diese Zahl an.",
+    "es": "¿Qué número se obtiene al hacer la operación {a} {op} {b}? Indica ese número.",
+    "it": "Quale numero si ottiene facendo il calcolo {a} {op} {b}? Indica quel numero.",
+}
 # Word problems: someone has a things, gets b more (or gives b away); how many now?
 _NAMES = {"en": ("Anna", "Tom", "Sara"), "fr": ("Léa", "Hugo", "Camille"),
           "de": ("Lena", "Jonas", "Mia"), "es": ("Lucía", "Pablo", "Sofía"),
@@ -115,8 +135,37 @@ _WORD: dict[str, dict[str, Any]] = {
            "answer": "Alla fine {n} ha {r} mele, quindi la risposta è $\\boxed{{{r}}}$."},
 }  # fmt: skip
 
+# The unseen set's word problems: books given or sold, asked another way.
+_WORD_UNSEEN: dict[str, dict[str, Any]] = {
+    "en": {"gain": ("{n} owns {a} books and is given {b} more as a present. How many books does {n} own now?",
+                    "{n} owns {a} books and is given {b} more, so I add: {a} + {b} = {r}."),
+           "loss": ("{n} owns {a} books and sells {b} of them. How many books does {n} still own?",
+                    "{n} owns {a} books and sells {b}, so I subtract: {a} - {b} = {r}."),
+           "answer": "Now {n} owns {r} books, so the answer is $\\boxed{{{r}}}$."},
+    "fr": {"gain": ("{n} possède {a} livres et en reçoit {b} de plus en cadeau. Combien de livres possède {n} maintenant ?",
+                    "{n} possède {a} livres et en reçoit {b} de plus, donc j'additionne : {a} + {b} = {r}."),
+           "loss": ("{n} possède {a} livres et en vend {b}. Combien de livres reste-t-il à {n} ?",
+                    "{n} possède {a} livres et en vend {b}, donc je soustrais : {a} - {b} = {r}."),
+           "answer": "Maintenant, {n} possède {r} livres, donc la réponse est $\\boxed{{{r}}}$."},
+    "de": {"gain": ("{n} besitzt {a} Bücher und bekommt {b} weitere geschenkt. Wie viele Bücher besitzt {n} jetzt?",
+                    "{n} besitzt {a} Bücher und bekommt {b} weitere, also addiere ich: {a} + {b} = {r}."),
+           "loss": ("{n} besitzt {a} Bücher und verkauft {b} davon. Wie viele Bücher besitzt {n} noch?",
+                    "{n} besitzt {a} Bücher und verkauft {b} davon, also subtrahiere ich: {a} - {b} = {r}."),
+           "answer": "Jetzt besitzt {n} noch {r} Bücher, also lautet die Antwort $\\boxed{{{r}}}$."},
+    "es": {"gain": ("{n} tiene {a} libros y le regalan {b} más. ¿Cuántos libros tiene {n} ahora?",
+                    "{n} tiene {a} libros y le regalan {b} más, así que sumo: {a} + {b} = {r}."),
+           "loss": ("{n} tiene {a} libros y vende {b} de ellos. ¿Cuántos libros le quedan a {n}?",
+                    "{n} tiene {a} libros y vende {b}, así que resto: {a} - {b} = {r}."),
+           "answer": "Ahora {n} tiene {r} libros, así que la respuesta es $\\boxed{{{r}}}$."},
+    "it": {"gain": ("{n} possiede {a} libri e ne riceve altri {b} in regalo. Quanti libri possiede {n} adesso?",
+                    "{n} possiede {a} libri e ne riceve altri {b}, quindi sommo: {a} + {b} = {r}."),
+           "loss": ("{n} possiede {a} libri e ne vende {b}. Quanti libri restano a {n}?",
+                    "{n} possiede {a} libri e ne vende {b}, quindi sottraggo: {a} - {b} = {r}."),
+           "answer": "Ora {n} possiede {r} libri, quindi la risposta è $\\boxed{{{r}}}$."},
+}  # fmt: skip
 
-def _arithmetic(rng: random.Random, language: str) -> Problem:
+
+def _arithmetic(rng: random.Random, language: str, unseen: bool) -> Problem:
     op = rng.choice(["+", "-", "×"])
     if op == "×":
         a, b = rng.randint(2, 12), rng.randint(2, 12)
@@ -127,6 +176,7 @@ def _arithmetic(rng: random.Random, language: str) -> Problem:
             a, b = b, a
         r = a + b if op == "+" else a - b
     question, thinking, answer = _ARITHMETIC[language]
+    question = _ARITHMETIC_UNSEEN[language] if unseen else question
     fill = {"a": a, "b": b, "op": op, "r": r}
     step = _STEP[op][language].format(**fill)
     return Problem(
@@ -136,48 +186,52 @@ def _arithmetic(rng: random.Random, language: str) -> Problem:
         thinking.format(**fill, step=step),
         answer.format(**fill),
         r,
+        TEMPLATES["unseen" if unseen else "seen"][0],
     )
 
 
-def _word(rng: random.Random, language: str) -> Problem:
+def _word(rng: random.Random, language: str, unseen: bool) -> Problem:
     kind = rng.choice(["gain", "loss"])
     a, b = rng.randint(3, 40), rng.randint(1, 20)
     if kind == "loss" and b >= a:
         a, b = b + rng.randint(1, 10), a
     r = a + b if kind == "gain" else a - b
     fill = {"n": rng.choice(_NAMES[language]), "a": a, "b": b, "r": r}
-    question, thinking = _WORD[language][kind]
+    table = _WORD_UNSEEN[language] if unseen else _WORD[language]
+    question, thinking = table[kind]
     return Problem(
         language,
         "word",
         question.format(**fill),
         thinking.format(**fill),
-        _WORD[language]["answer"].format(**fill),
+        table["answer"].format(**fill),
         r,
+        TEMPLATES["unseen" if unseen else "seen"][1],
     )
 
 
-_KINDS: tuple[Callable[[random.Random, str], Problem], ...] = (_arithmetic, _word)
+_KINDS: tuple[Callable[[random.Random, str, bool], Problem], ...] = (_arithmetic, _word)
 
 
 def _draw(split: str, index: int, seed: int) -> Problem:
     digest = hashlib.sha256(f"{seed}:{split}:{index}".encode()).digest()
     rng = random.Random(int.from_bytes(digest[:8], "big"))  # noqa: S311 - data, not secrets
     language = LANGUAGES[index % len(LANGUAGES)]
-    return rng.choice(_KINDS)(rng, language)
+    return rng.choice(_KINDS)(rng, language, SPLIT_TEMPLATES[split] == "unseen")
 
 
 def problems(split: str, count: int, *, seed: int = 0) -> Iterator[Problem]:
-    """`count` distinct problems of `split`, none of which occurs in the other split."""
+    """`count` distinct problems of `split`, none of which occurs in another split (the
+    splits of other templates cannot share a question: their wording differs)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
-    other = SPLITS[1 - SPLITS.index(split)]
+    others = [s for s in SPLITS if s != split and SPLIT_TEMPLATES[s] == SPLIT_TEMPLATES[split]]
     seen: set[str] = set()
     index = 0
     while len(seen) < count:
         problem = _draw(split, index, seed)
         index += 1
-        if problem.question in seen or _in_split(other, problem.question, seed):
+        if problem.question in seen or any(_in_split(o, problem.question, seed) for o in others):
             continue
         seen.add(problem.question)
         yield problem

@@ -125,6 +125,8 @@ async def _lineage(
                 "before": evaluations[0],
                 "after": evaluations[-1],
                 "change": evaluations[-1].get("change"),
+                # the same by template set: trained on, or never seen (generalisation)
+                "change_by_templates": evaluations[-1].get("change_by_templates"),
             }
             if len(evaluations) >= 2
             else None,

@@ -18,13 +18,13 @@ from typing import Any
 
 from souverain.core.errors import InvalidRequestError, UnprocessableError
 from souverain.training.configs import (
-    REASONING_MIN_TOKENS,
     C,
     GRPOConfig,
     SettingError,
     SFTConfig,
     bounds_of,
     built,
+    check_budget,
     check_setting,
     default_of,
     tenant_settings,
@@ -101,13 +101,10 @@ def resolve_reinforcement(
     grader = _checked_grader(asked.grader)
     given = _given_settings(asked.reinforcement or {})
     max_tokens = given.get("max_tokens", default_of(GRPOConfig, "max_tokens"))
-    if grader["type"] == "magistral" and max_tokens < REASONING_MIN_TOKENS:
-        raise InvalidRequestError(
-            f"max_tokens {max_tokens} leaves no room for a thinking block and a boxed answer: "
-            f"the magistral grader needs at least {REASONING_MIN_TOKENS}, or no completion "
-            "can earn a reward",
-            param="max_tokens",
-        )
+    try:
+        check_budget(max_tokens, grader["type"])
+    except SettingError as error:
+        raise InvalidRequestError(str(error), param=error.name) from None
     batch = _or(asked.batch_size, default_of(GRPOConfig, "batch_size"))
     _check(GRPOConfig, "batch_size", batch)
     steps = _steps(asked, math.ceil(samples / batch), default_epochs=1, limits=limits)
