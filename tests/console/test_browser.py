@@ -193,6 +193,21 @@ class TestConsole:
         assert secret not in await page.content()
         await context.close()
 
+    async def test_a_projects_priority_is_set_on_the_keys_page(self, console: Console) -> None:
+        context, page = await console.signed_in("owner")
+        await page.click("#nav a[data-page=keys]")
+        await page.fill("input[name=key-name]", "etl")
+        await page.click("#create-key button[type=submit]")
+        secret = await page.locator("#new-key-secret").inner_text()
+        await page.select_option("#projects select[name=priority-default]", "batch")
+        await expect(page.locator("main")).to_contain_text("Project default is now batch.")
+        try:  # a key of the whole organisation follows the default project
+            await wait_until(lambda: _priority_is(console, secret, "batch"), timeout_s=15)
+        finally:
+            await page.select_option("#projects select[name=priority-default]", "interactive")
+            await expect(page.locator("main")).to_contain_text("is now interactive")
+            await context.close()
+
     async def test_the_playground_streams_a_real_answer_with_where_and_what_it_cost(
         self, console: Console
     ) -> None:
@@ -378,3 +393,7 @@ async def _a_batch(console: Console) -> None:
             return bool(found["status"] == "completed")
 
         await wait_until(done, timeout_s=120)
+
+
+async def _priority_is(console: Console, key: str, priority: str) -> bool:
+    return bool((await console.api("/api/me", key=key))["priority"] == priority)

@@ -1,6 +1,7 @@
 """The controller's energy accountant against the real database: conservation
 (Σ attributed + idle = measured within 1 %), carbon from the datacenter's intensity or
-hourly series, and counters that restart."""
+hourly series, counters that restart, and a replica's start charged to the deployment's
+owner, never to the requests that followed it."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import pytest
 from sqlalchemy import select
 
 from souverain.core.fleet import ReplicaStatus
+from souverain.core.ids import new_id
 from souverain.core.roles import Role
-from souverain.db.metering import CarbonIntensityRow, EnergyIntervalRow
-from souverain.db.tables import ReplicaRow, UsageRecordRow
+from souverain.db.metering import BudgetLedgerRow, BudgetRow, CarbonIntensityRow, EnergyIntervalRow
+from souverain.db.tables import DeploymentRow, ReplicaRow, UsageRecordRow
 from souverain.energy.carbon import hour_of
 from souverain.jobs.energy import EnergyAccountant
+from souverain.metering.invoices import invoice_of
 from tests.conftest import Platform, usage_records
 
 
@@ -29,9 +32,9 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
-def reading(joules: float) -> ReplicaStatus:
+def reading(joules: float, state: str = "ready") -> ReplicaStatus:
     return ReplicaStatus(
-        state="ready", url="x", node_id="n", restarts=0, energy_j=joules, energy_source="rapl"
+        state=state, url="x", node_id="n", restarts=0, energy_j=joules, energy_source="rapl"
     )
 
 
@@ -213,3 +216,86 @@ async def serve_more(platform: Platform, model: str) -> None:
     body = {"model": model, "messages": [{"role": "user", "content": "four"}], "max_tokens": 3}
     async with platform.client(key.key) as client:
         assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+
+
+class TestStartUpEnergy:
+    async def test_a_replicas_start_is_its_owners_not_the_requests(
+        self, platform: Platform
+    ) -> None:
+        """From placement to ready the replica used 80 J: an interval of its own, charged to
+        the organisation that owns the deployment (its energy budget, its invoice), while
+        the other tenant's requests share only what came after."""
+        model, replica_id = await serve(platform, 2)
+        owner = await platform.factory.tenant(roles={"own": Role.OWNER})
+        row = await replica(platform, replica_id)
+        budget_id = new_id("bdg")
+        async with platform.sessions.begin() as session:
+            deployment = await session.get(DeploymentRow, row.deployment_id)
+            assert deployment is not None
+            platform_owned, deployment.org_id = deployment.org_id, owner.org_id
+            session.add(BudgetRow(id=budget_id, org_id=owner.org_id, energy_kwh=1.0))
+        try:
+            clock = FakeClock()
+            accountant = EnergyAccountant(
+                platform.sessions, interval_s=10, prompt_weight=1, completion_weight=1,
+                clock=clock,
+            )  # fmt: skip
+            for joules, state in ((0.0, "starting"), (30.0, "starting"), (80.0, "ready"),
+                                  (130.0, "ready")):  # fmt: skip
+                accountant.observe(row, reading(joules, state))
+                clock.advance(4)
+            clock.advance(10)  # the serving interval, from the ready reading on, is due
+            await accountant.close_due()
+            async with platform.sessions() as session:
+                query = select(EnergyIntervalRow).where(EnergyIntervalRow.replica_id == replica_id)
+                intervals = {i.kind: i for i in (await session.execute(query)).scalars()}
+                records = (
+                    await session.execute(
+                        select(UsageRecordRow).where(UsageRecordRow.model == model)
+                    )
+                ).scalars()
+                requests_j = sum(r.energy_j or 0 for r in records)
+                ledger = (
+                    await session.execute(
+                        select(BudgetLedgerRow).where(BudgetLedgerRow.budget_id == budget_id)
+                    )
+                ).scalar_one()
+                bill = await invoice_of(
+                    session, org_id=owner.org_id, org_name=owner.org_name,
+                    period=clock.now.strftime("%Y-%m"),
+                )  # fmt: skip
+        finally:
+            async with platform.sessions.begin() as session:
+                deployment = await session.get(DeploymentRow, row.deployment_id)
+                assert deployment is not None
+                deployment.org_id = platform_owned
+        start = intervals["startup"]
+        assert start.energy_j == pytest.approx(80.0) and start.attributed_j == 0.0
+        assert start.requests == 0 and start.idle_j == pytest.approx(80.0)  # no request's
+        assert intervals["serving"].energy_j == pytest.approx(50.0)
+        assert requests_j == pytest.approx(50.0)  # none of the start
+        assert ledger.used_energy_j == pytest.approx(80.0)
+        assert bill["energy"]["startup_kwh_own_deployments"] == pytest.approx(80.0 / 3.6e6)
+        assert bill["energy"]["idle_kwh_own_deployments"] == 0.0  # not counted twice
+
+    async def test_a_replica_first_seen_ready_has_no_start_to_account(
+        self, platform: Platform
+    ) -> None:
+        """Adopted after a change of controller: its counter holds more than its start."""
+        _, replica_id = await serve(platform, 1)
+        clock = FakeClock()
+        accountant = EnergyAccountant(
+            platform.sessions, interval_s=5, prompt_weight=1, completion_weight=1, clock=clock
+        )
+        row = await replica(platform, replica_id)
+        for joules in (500.0, 540.0):
+            accountant.observe(row, reading(joules))
+            clock.advance(3)
+        await accountant.close_due()
+        async with platform.sessions() as session:
+            kinds = (
+                await session.execute(
+                    select(EnergyIntervalRow.kind).where(EnergyIntervalRow.replica_id == replica_id)
+                )
+            ).scalars()
+            assert list(kinds) == ["serving"]

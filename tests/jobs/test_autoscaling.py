@@ -185,6 +185,55 @@ class TestScalingDown:
         row = await scaler.round(seconds=10)  # drained: no server reports anything on them
         assert await scaler.replicas() == 1 and len(world.cluster.stopped) == 2
 
+    async def test_back_to_the_minimum_when_the_idle_period_ends_not_a_drain_later(
+        self, world: World
+    ) -> None:
+        """The released replicas drain during the idle period's last seconds (out of the
+        routes, still counted), so they stop as the period ends: no quiet wait after it."""
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=3, idle_s=10))
+        await scaler.report(in_flight=0)
+        for second in range(10):  # rounds at 0 s .. 9 s of idleness
+            row = await scaler.round(seconds=1)
+            assert row.replicas == 3 and await scaler.replicas() == 3, second
+        assert await scaler.draining() == 2  # out of the routes ahead of the decision
+        assert row.status == "ready" and "2 draining" in row.status_reason
+        assert world.cluster.stopped == [] and len(world.cluster.replica_specs) == 3
+        row = await scaler.round(seconds=1)  # 10 s: the idle period ends
+        assert row.replicas == 1 and row.scaling_reason.startswith("idle for 10s")
+        assert await scaler.replicas() == 1 and len(world.cluster.stopped) == 2
+
+    async def test_a_replica_drained_ahead_stops_only_once_its_requests_end(
+        self, world: World
+    ) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=2, idle_s=10))
+        await scaler.report(in_flight=0)
+        for _ in range(8):
+            await scaler.round(seconds=1)
+        assert await scaler.draining() == 1
+        await scaler.report(in_flight=1, draining=1)  # routed to it just before the mark
+        for _ in range(5):  # the count drops at 10 s; the request is still on it
+            row = await scaler.round(seconds=1)
+        assert row.replicas == 1 and await scaler.replicas() == 2
+        assert world.cluster.stopped == []
+        await scaler.report(in_flight=0)  # it finished
+        await scaler.round()
+        assert await scaler.replicas() == 1 and len(world.cluster.stopped) == 1
+
+    async def test_load_back_before_the_idle_period_ends_keeps_every_replica(
+        self, world: World
+    ) -> None:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=3, idle_s=10))
+        await scaler.report(in_flight=0)
+        for _ in range(8):
+            await scaler.round(seconds=1)
+        assert await scaler.draining() == 2
+        await scaler.report(in_flight=12)  # the burst is back
+        row = await scaler.round(seconds=1)
+        assert await scaler.draining() == 0 and await scaler.replicas() == 3
+        assert row.replicas == 3 and world.cluster.stopped == []
+        assert len(world.cluster.replica_specs) == 3  # taken back warm, none started
+        assert await scaler.decisions() == []
+
     async def test_a_sawtooth_load_does_not_flap(self, world: World) -> None:
         scaler = Scaler(world, await autoscaled(world, low=1, high=3, replicas=1))
         for _ in range(4):  # bursts of 5 s every 30 s; the idle period is 60 s

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from souverain.core.roles import Role
-from tests.conftest import Platform
+from tests.conftest import Platform, wait_until
 
 
 class TestKeyMinting:
@@ -154,3 +154,80 @@ class TestIsolation:
             me = (await claire.get("/api/me")).json()
             assert me["org"] == "ministere-test" and me["role"] == "owner"
             assert (await claire.post("/api/orgs", json={"name": "another"})).status_code == 403
+
+
+class TestProjectPriority:
+    """A project's priority is inherited by its keys; a key may ask for less (batch), never
+    for more than its project (a batch project's keys are batch keys, whatever they ask)."""
+
+    async def test_a_batch_projects_keys_are_batch_keys_whatever_they_ask(
+        self, platform: Platform
+    ) -> None:
+        tenant = await platform.factory.tenant(roles={"pia": Role.ADMIN, "mel": Role.MEMBER})
+        admin = await platform.factory.member_key(tenant, "pia", Role.ADMIN)
+        org = tenant.org_name
+        async with platform.client(admin.key) as client:
+            made = await client.post(
+                f"/api/orgs/{org}/projects", json={"name": "nightly", "priority": "batch"}
+            )
+            assert made.status_code == 201 and made.json()["priority"] == "batch", made.text
+            web = await client.post(f"/api/orgs/{org}/projects", json={"name": "web"})
+            assert web.json()["priority"] == "interactive"
+            asking = await client.post(
+                "/api/keys", json={"project": "nightly", "priority": "interactive"}
+            )
+            plain = await client.post("/api/keys", json={"project": "web"})
+            own = await client.post("/api/keys", json={"project": "web", "priority": "batch"})
+            listed = (await client.get(f"/api/orgs/{org}/projects")).json()
+        assert {p["name"]: p["priority"] for p in listed}["nightly"] == "batch"
+        assert await _priority(platform, asking.json()["key"]) == "batch"
+        assert await _priority(platform, plain.json()["key"]) == "interactive"
+        assert await _priority(platform, own.json()["key"]) == "batch"
+
+    async def test_a_change_of_the_projects_priority_reaches_its_keys(
+        self, platform: Platform
+    ) -> None:
+        tenant = await platform.factory.tenant(roles={"ria": Role.ADMIN})
+        admin = await platform.factory.member_key(tenant, "ria", Role.ADMIN)
+        org = tenant.org_name
+        async with platform.client(admin.key) as client:
+            await client.post(f"/api/orgs/{org}/projects", json={"name": "etl"})
+            scoped = (await client.post("/api/keys", json={"project": "etl"})).json()["key"]
+            whole = (await client.post("/api/keys", json={})).json()["key"]  # the default one
+            assert await _priority(platform, scoped) == "interactive"
+            for project in ("etl", "default"):
+                changed = await client.patch(
+                    f"/api/orgs/{org}/projects/{project}", json={"priority": "batch"}
+                )
+                assert changed.status_code == 200 and changed.json()["priority"] == "batch"
+        for key in (scoped, whole):  # within the key cache's lifetime
+            await wait_until(lambda key=key: _is_batch(platform, key))
+
+    async def test_bad_priorities_and_members_are_refused(self, platform: Platform) -> None:
+        tenant = await platform.factory.tenant(roles={"sia": Role.ADMIN, "tom": Role.MEMBER})
+        admin = await platform.factory.member_key(tenant, "sia", Role.ADMIN)
+        member = await platform.factory.member_key(tenant, "tom", Role.MEMBER)
+        org = tenant.org_name
+        async with platform.client(admin.key) as client:
+            wrong = await client.post(
+                f"/api/orgs/{org}/projects", json={"name": "x", "priority": "urgent"}
+            )
+            assert wrong.status_code == 422 and "priority" in wrong.text
+            missing = await client.patch(
+                f"/api/orgs/{org}/projects/nowhere", json={"priority": "batch"}
+            )
+            assert missing.status_code == 404
+        async with platform.client(member.key) as client:
+            refused = await client.patch(
+                f"/api/orgs/{org}/projects/default", json={"priority": "interactive"}
+            )
+            assert refused.status_code == 403, refused.text
+
+
+async def _priority(platform: Platform, key: str) -> str:
+    async with platform.client(key) as client:
+        return str((await client.get("/api/me")).json()["priority"])
+
+
+async def _is_batch(platform: Platform, key: str) -> bool:
+    return await _priority(platform, key) == "batch"

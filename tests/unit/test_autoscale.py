@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from souverain.db.tables import ReplicaRow
 from souverain.jobs.deployments.draining import DRAIN_GRACE_S, DRAIN_TIMEOUT_S, plan
-from souverain.scheduler.autoscale import Limits, ScaleState, decide, needed
+from souverain.scheduler.autoscale import Limits, ScaleState, decide, needed, routed_ahead
 
 T0 = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 LIMITS = Limits(min_replicas=1, max_replicas=3, target=4.0, scale_down_idle_s=60.0)
@@ -206,3 +206,33 @@ class TestDraining:
         result = plan(live, 2, in_flight=1, now=T0)
         assert ids(result.undrain) == ["d2"]  # the most recently drained: the warmest
         assert ids(result.serving) == ["d2", "serving"] and result.draining == 1
+
+
+class TestDrainingAhead:
+    """The idle period counts the drain: once a scale-down is the drain's quiet wait away,
+    the replicas it will release leave the routes, still counted, and stop when it comes."""
+
+    def test_nothing_ahead_until_the_scale_down_is_near(self) -> None:
+        state = ScaleState(3, below_since=T0)
+        assert routed_ahead(LIMITS, state, 0, T0 + timedelta(seconds=54), lead_s=5) is None
+        assert routed_ahead(LIMITS, state, 0, T0 + timedelta(seconds=55), lead_s=5) == 1
+        assert routed_ahead(LIMITS, ScaleState(3), 0, T0, lead_s=5) is None  # load wants 3
+
+    def test_the_last_replica_never_drains_ahead(self) -> None:
+        """Going to zero, a request meanwhile would have nowhere to go."""
+        state = ScaleState(1, below_since=T0)
+        assert routed_ahead(LIMITS_ZERO, state, 0, T0 + timedelta(seconds=59), lead_s=5) is None
+        two = ScaleState(2, below_since=T0)
+        assert routed_ahead(LIMITS_ZERO, two, 0, T0 + timedelta(seconds=59), lead_s=5) == 1
+
+    def test_replicas_drained_ahead_are_held_not_stopped_nor_replaced(self) -> None:
+        live = [replica("old", age_s=200), replica("new"), replica("d", draining_s=30)]
+        result = plan(live, 3, in_flight=0, now=T0, routed=1)
+        assert ids(result.serving) == ["old"] and ids(result.drain) == ["new"]
+        assert result.stop == [] and ids(result.held) == ["d", "new"]
+
+    def test_once_the_count_drops_they_stop_at_once_if_drained(self) -> None:
+        live = [replica("old", age_s=200), replica("d1", draining_s=DRAIN_GRACE_S),
+                replica("d2", draining_s=DRAIN_GRACE_S)]  # fmt: skip
+        result = plan(live, 1, in_flight=0, now=T0)
+        assert ids([r for r, _ in result.stop]) == ["d1", "d2"] and result.held == []

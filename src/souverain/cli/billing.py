@@ -129,10 +129,12 @@ def invoices_show(
     console.print(table)
     energy, co2e = document["energy"], document["co2e"]
     console.print(
-        f"energy {energy['requests_kwh']:.6f} kWh (+ idle of own deployments {energy['idle_kwh_own_deployments']:.6f} kWh)"
+        f"energy {energy['requests_kwh']:.6f} kWh (+ idle of own deployments {energy['idle_kwh_own_deployments']:.6f} kWh"
+        f", + their starts {energy.get('startup_kwh_own_deployments', 0.0):.6f} kWh)"
     )
     console.print(
-        f"CO2e   {co2e['requests_kg']:.6f} kg (+ idle {co2e['idle_kg_own_deployments']:.6f} kg)"
+        f"CO2e   {co2e['requests_kg']:.6f} kg (+ idle {co2e['idle_kg_own_deployments']:.6f} kg"
+        f", + starts {co2e.get('startup_kg_own_deployments', 0.0):.6f} kg)"
     )
 
 

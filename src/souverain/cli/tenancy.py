@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import typer
 from rich.table import Table
 
@@ -12,6 +14,7 @@ from souverain.core.schemas.tenancy import (
     MemberAddRequest,
     OrganisationCreateRequest,
     ProjectCreateRequest,
+    ProjectUpdateRequest,
 )
 
 orgs = typer.Typer(help="Organisations (tenants).", no_args_is_help=True)
@@ -42,20 +45,52 @@ def orgs_create(
     console.print(f"created organisation [bold]{org.name}[/bold] ({org.id}) with project 'default'")
 
 
+PROJECT_PRIORITY_HELP = (
+    "interactive, or batch: every key of the project queues behind interactive requests."
+)
+
+
+def _priority(value: str) -> Literal["interactive", "batch"]:
+    if value == "interactive":
+        return "interactive"
+    if value == "batch":
+        return "batch"
+    raise typer.BadParameter("interactive or batch", param_hint="--priority")
+
+
 @projects.command("list")
 def projects_list(org: str = typer.Option(..., "--org")) -> None:
     with client() as c:
-        table = Table("id", "name", "created")
+        table = Table("id", "name", "priority", "created")
         for project in c.list_projects(org):
-            table.add_row(project.id, project.name, f"{project.created_at:%Y-%m-%d}")
+            table.add_row(
+                project.id, project.name, project.priority, f"{project.created_at:%Y-%m-%d}"
+            )
         console.print(table)
 
 
 @projects.command("create")
-def projects_create(name: str, org: str = typer.Option(..., "--org")) -> None:
+def projects_create(
+    name: str,
+    org: str = typer.Option(..., "--org"),
+    priority: str = typer.Option("interactive", help=PROJECT_PRIORITY_HELP),
+) -> None:
     with client() as c:
-        project = c.create_project(org, ProjectCreateRequest(name=name))
-    console.print(f"created project [bold]{project.name}[/bold] ({project.id})")
+        project = c.create_project(
+            org, ProjectCreateRequest(name=name, priority=_priority(priority))
+        )
+    console.print(f"created project [bold]{project.name}[/bold] ({project.id}), {project.priority}")
+
+
+@projects.command("update")
+def projects_update(
+    name: str,
+    org: str = typer.Option(..., "--org"),
+    priority: str = typer.Option(..., help=PROJECT_PRIORITY_HELP),
+) -> None:
+    with client() as c:
+        project = c.update_project(org, name, ProjectUpdateRequest(priority=_priority(priority)))
+    console.print(f"project [bold]{project.name}[/bold] is now {project.priority}")
 
 
 @members.command("list")
@@ -96,10 +131,8 @@ def keys_create(
         "interactive", help="interactive, or batch: its requests wait behind interactive ones."
     ),
 ) -> None:
-    if priority not in ("interactive", "batch"):
-        raise typer.BadParameter("interactive or batch", param_hint="--priority")
     request = KeyCreateRequest(
-        priority=priority,
+        priority=_priority(priority),
         name=name,
         org=org,
         project=project,

@@ -42,6 +42,7 @@ from souverain.core.schemas.tenancy import (
     OrganisationCreateRequest,
     Project,
     ProjectCreateRequest,
+    ProjectUpdateRequest,
 )
 from souverain.core.schemas.usage import UsageReport
 
@@ -126,6 +127,11 @@ class SouverainClient:
     def create_project(self, org: str, request: ProjectCreateRequest) -> Project:
         return Project.model_validate(
             self._request("POST", f"/api/orgs/{org}/projects", body=request)
+        )
+
+    def update_project(self, org: str, project: str, request: ProjectUpdateRequest) -> Project:
+        return Project.model_validate(
+            self._request("PATCH", f"/api/orgs/{org}/projects/{project}", body=request)
         )
 
     def list_members(self, org: str) -> list[Member]:

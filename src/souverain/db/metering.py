@@ -90,6 +90,8 @@ class EnergyIntervalRow(Base):
     requests: Mapped[int] = mapped_column(Integer)
     carbon_intensity: Mapped[float] = mapped_column(Float)  # gCO2e/kWh applied
     co2e_g: Mapped[float] = mapped_column(Float)
+    # "serving", or "startup": placement to ready, the owner's (no request shares it)
+    kind: Mapped[str] = mapped_column(String(16), default="serving")
 
 
 class CarbonIntensityRow(Base):

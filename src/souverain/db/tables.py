@@ -90,6 +90,8 @@ class ProjectRow(Base):
     name: Mapped[str] = mapped_column(String(64))
     rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the priority its keys' requests get unless a key asks for a lower one (batch)
+    priority: Mapped[str] = mapped_column(String(16), default="interactive")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

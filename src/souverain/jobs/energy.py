@@ -10,6 +10,16 @@ would hand it a share of an interval that never saw it (zero joules, as readings
 only with each long poll).
 If the actor restarts, its counter starts again from zero; the interval carries on from
 where it was. Energy between the last close and a controller change-over is not seen.
+
+A replica's start (placement to ready: the engine's process, the model's load) is its
+owner's, not the first requests': a replica first seen starting is followed until its
+first `ready` reading, and what its counter (cumulative since the actor started) holds
+then is the start's energy; its interval is not closed meanwhile, so nothing of the start
+is counted twice. It is written apart (`metering.energy.record_startup`: an interval of
+kind `startup`, charged to the owner's energy budgets) and the serving intervals begin
+there. Charging it to the requests that woke the replica would tell a tenant, through its
+own energy, whether another had used a shared model lately. A replica first seen already
+ready (adopted after a change-over) has no start to account: its counter holds more.
 """
 
 from __future__ import annotations
@@ -41,6 +51,19 @@ class OpenInterval:
     read_at: datetime  # when `last_j` was read
 
 
+@dataclass(frozen=True)
+class StartUp:
+    """A replica's start, from its placement to its first ready reading."""
+
+    replica_id: str
+    deployment_id: str
+    datacenter_id: str
+    source: str
+    placed_at: datetime
+    ready_at: datetime
+    energy_j: float
+
+
 class EnergyAccountant:
     def __init__(
         self,
@@ -57,6 +80,8 @@ class EnergyAccountant:
         self._clock = clock
         self._open: dict[str, OpenInterval] = {}
         self._retired: set[str] = set()
+        self._starting: dict[str, float] = {}  # first seen before ready -> first reading
+        self._starts: list[StartUp] = []  # ended starts, written at the next close
 
     @property
     def interval_s(self) -> float:
@@ -72,14 +97,26 @@ class EnergyAccountant:
                 replica.id, replica.deployment_id, replica.datacenter_id, status.energy_source, now,
                 status.energy_j, status.energy_j, now,
             )  # fmt: skip
+            if status.state != "ready":
+                self._starting[replica.id] = status.energy_j
             return
         if status.energy_j < interval.last_j:  # the actor restarted: its counter began again
             interval.start_j = status.energy_j - (interval.last_j - interval.start_j)
         interval.last_j, interval.read_at = status.energy_j, now
         interval.source = status.energy_source
+        if status.state == "ready" and replica.id in self._starting:
+            # before the first reading, and since (across a restart of the counter)
+            used = self._starting.pop(replica.id) + interval.last_j - interval.start_j
+            placed_at = replica.created_at or interval.started_at
+            self._starts.append(
+                StartUp(replica.id, replica.deployment_id, replica.datacenter_id,
+                        status.energy_source, placed_at, now, used)
+            )  # fmt: skip
+            interval.started_at, interval.start_j = now, status.energy_j  # serving from here
 
     def retire(self, replica_id: str) -> None:
         """The replica is going away: close its interval at the next `close_due`."""
+        self._starting.pop(replica_id, None)  # a start that never ended: its energy is idle
         if replica_id in self._open:
             self._retired.add(replica_id)
 
@@ -89,11 +126,27 @@ class EnergyAccountant:
         await self.close_due()
 
     async def close_due(self) -> None:
+        while self._starts:
+            start = self._starts[0]
+            try:
+                async with self._sessions.begin() as session:
+                    await energy.record_startup(
+                        session,
+                        interval=energy.Interval(
+                            start.replica_id, start.deployment_id, start.datacenter_id,
+                            start.source, start.placed_at, start.ready_at, start.energy_j,
+                        ),
+                    )  # fmt: skip
+            except Exception:
+                log.exception("recording the start of replica %s failed", start.replica_id)
+                break
+            self._starts.pop(0)
         now = self._clock()
         for replica_id, interval in list(self._open.items()):
             retired = replica_id in self._retired
             if not retired and (
-                (now - interval.started_at).total_seconds() < self._interval_s
+                replica_id in self._starting  # the start is written whole once it ends
+                or (now - interval.started_at).total_seconds() < self._interval_s
                 or interval.read_at <= interval.started_at  # nothing read since the last close
             ):
                 continue

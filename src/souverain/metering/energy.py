@@ -11,14 +11,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from souverain.core.access import check_operator
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
-from souverain.db.metering import CarbonIntensityRow, EnergyIntervalRow
-from souverain.db.tables import DatacenterRow, ReplicaRow, UsageRecordRow
+from souverain.db.metering import BudgetRow, CarbonIntensityRow, EnergyIntervalRow
+from souverain.db.tables import DatacenterRow, DeploymentRow, ReplicaRow, UsageRecordRow
 from souverain.energy.attribution import Served, Split, co2e_grams
 from souverain.energy.carbon import hour_of
 from souverain.evidence.audit import actor_of, record
 from souverain.fleet.datacenters import get_datacenter
-from souverain.metering import usage
+from souverain.metering import budgets, usage
 from souverain.metering.usage_rollups import Changes
+
+STARTUP = "startup"  # an interval's kind: a replica's start, its deployment owner's
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,53 @@ async def record_interval(
             .values(energy_j_per_token=attributed / total_weight, energy_source=interval.source)
         )
     await changes.write(session)  # the usage rollups, after the other writes
+    await session.flush()
+    return row
+
+
+async def record_startup(session: AsyncSession, *, interval: Interval) -> EnergyIntervalRow:
+    """A replica's start (placement to ready): an interval of kind `startup` that no request
+    shares, charged to the energy budgets of the deployment's owner (its organisation's
+    own budgets, not a project's: a deployment belongs to no project); a platform
+    deployment's start is the platform's."""
+    intensity = await intensity_at(
+        session, datacenter_id=interval.datacenter_id, moment=interval.started_at
+    )
+    row = EnergyIntervalRow(
+        id=new_id("nrg"),
+        replica_id=interval.replica_id,
+        deployment_id=interval.deployment_id,
+        datacenter_id=interval.datacenter_id,
+        source=interval.source,
+        started_at=interval.started_at,
+        ended_at=interval.ended_at,
+        energy_j=interval.energy_j,
+        attributed_j=0.0,
+        idle_j=interval.energy_j,  # no request's: Σ attributed + idle = measured holds
+        requests=0,
+        carbon_intensity=intensity,
+        co2e_g=co2e_grams(interval.energy_j, intensity),
+        kind=STARTUP,
+    )
+    session.add(row)
+    owner = await session.scalar(
+        select(DeploymentRow.org_id).where(DeploymentRow.id == interval.deployment_id)
+    )
+    if owner is not None and interval.energy_j > 0:
+        rows = (
+            await session.execute(
+                select(BudgetRow).where(BudgetRow.org_id == owner, BudgetRow.project_id.is_(None))
+            )
+        ).scalars()
+        ledgers = await budgets.ensure_ledgers(
+            session, budgets=list(rows), period=budgets.period_of(interval.ended_at)
+        )
+        await budgets.settle(
+            session,
+            ledger_ids=ledgers,
+            reserved=budgets.Amounts(),
+            used=budgets.Amounts(energy_j=interval.energy_j),
+        )
     await session.flush()
     return row
 

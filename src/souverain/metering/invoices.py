@@ -21,6 +21,7 @@ from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.db.metering import EnergyIntervalRow
 from souverain.db.tables import DeploymentRow, UsageRecordRow, utcnow
+from souverain.metering.energy import STARTUP
 from souverain.tenancy import orgs
 
 
@@ -56,6 +57,9 @@ async def invoice_of(
         session, org_id=org_id, start=start, end=end
     )
     idle_j, idle_g = await _idle_of_own_deployments(session, org_id=org_id, start=start, end=end)
+    startup_j, startup_g = await _startups_of_own_deployments(
+        session, org_id=org_id, start=start, end=end
+    )
     return {
         "organisation": {"id": org_id, "name": org_name},
         "period": period,
@@ -63,8 +67,16 @@ async def invoice_of(
         "lines": lines,
         "total": round(total, 6),
         "currency": currencies.pop() if len(currencies) == 1 else ("mixed" if currencies else None),
-        "energy": {"requests_kwh": energy_j / 3.6e6, "idle_kwh_own_deployments": idle_j / 3.6e6},
-        "co2e": {"requests_kg": co2e_g / 1000, "idle_kg_own_deployments": idle_g / 1000},
+        "energy": {
+            "requests_kwh": energy_j / 3.6e6,
+            "idle_kwh_own_deployments": idle_j / 3.6e6,
+            "startup_kwh_own_deployments": startup_j / 3.6e6,
+        },
+        "co2e": {
+            "requests_kg": co2e_g / 1000,
+            "idle_kg_own_deployments": idle_g / 1000,
+            "startup_kg_own_deployments": startup_g / 1000,
+        },
     }
 
 
@@ -131,6 +143,23 @@ async def _idle_of_own_deployments(
         ),
     ).where(
         EnergyIntervalRow.deployment_id.in_(own),
+        EnergyIntervalRow.kind != STARTUP,  # on a line of its own
+        EnergyIntervalRow.ended_at >= start,
+        EnergyIntervalRow.ended_at < end,
+    )
+    joules, grams = (await session.execute(query)).one()
+    return float(joules or 0.0), float(grams or 0.0)
+
+
+async def _startups_of_own_deployments(
+    session: AsyncSession, *, org_id: str, start: datetime, end: datetime
+) -> tuple[float, float]:
+    """The starts of the organisation's own replicas (placement to ready): its own, never
+    the requests' (metering/energy.record_startup)."""
+    own = select(DeploymentRow.id).where(DeploymentRow.org_id == org_id)
+    query = select(func.sum(EnergyIntervalRow.energy_j), func.sum(EnergyIntervalRow.co2e_g)).where(
+        EnergyIntervalRow.deployment_id.in_(own),
+        EnergyIntervalRow.kind == STARTUP,
         EnergyIntervalRow.ended_at >= start,
         EnergyIntervalRow.ended_at < end,
     )
@@ -170,6 +199,10 @@ def invoice_csv(document: dict[str, Any]) -> str:
             "kWh",
         ]
     )
+    writer.writerow(
+        ["energy_kwh", "startup_own_deployments", "", "", "",
+         f"{energy['startup_kwh_own_deployments']:.6f}", "kWh"]
+    )  # fmt: skip
     writer.writerow(["co2e_kg", "requests", "", "", "", f"{co2e['requests_kg']:.6f}", "kg"])
     writer.writerow(
         [

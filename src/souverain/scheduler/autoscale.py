@@ -19,6 +19,12 @@ Hysteresis, so that a sawtooth load does not thrash:
   and finishes those it has, so a request never fails because of a scale-down. The period
   starts only once no replica is still starting: a replica is not released before it
   could serve.
+* the idle period counts the drain: once a scale-down is `lead_s` (the drain's quiet
+  wait) or less away, `routed_ahead` says how many replicas should still take new
+  requests, and the others begin to drain then, so that they stop when the period ends
+  rather than a drain after it. If the load comes back first, they are taken back (warm).
+  Never the last one: a deployment released to zero drains after the period, as its
+  requests have nowhere else to go meanwhile.
 A count outside the limits (the limits changed) is brought inside them at once.
 
 No clock, no database: the caller passes `now` and keeps the returned state.
@@ -80,6 +86,21 @@ def decide(
     if want < state.wanted and not starting:
         return _down(limits, state, busy, want, now)
     return Decision(ScaleState(state.wanted), False, "")
+
+
+def routed_ahead(
+    limits: Limits, state: ScaleState, busy: float, now: datetime, *, lead_s: float
+) -> int | None:
+    """Replicas that should still take new requests when a scale-down is at most `lead_s`
+    away (`state` as `decide` left it, unchanged this reading); None when none is that near.
+    """
+    if state.below_since is None:
+        return None
+    keep = max(1, needed(limits, busy))
+    idle_s = (now - state.below_since).total_seconds()
+    if keep >= state.wanted or idle_s < limits.scale_down_idle_s - lead_s:
+        return None
+    return keep
 
 
 def _up(limits: Limits, state: ScaleState, busy: float, want: int) -> Decision:

@@ -19,7 +19,7 @@ from souverain.core.ids import parse_api_key, secret_matches
 from souverain.core.principal import Principal
 from souverain.core.roles import Role, Scope, effective_scopes
 from souverain.db.tables import ApiKeyRow, OrganisationRow, UserRow, utcnow
-from souverain.tenancy import memberships
+from souverain.tenancy import memberships, projects
 
 _INVALID = "Incorrect API key provided. Keys look like sk-souv-<id>_<secret>."
 MAX_LINEAGE = 64  # keys minted by keys minted by …: deeper chains are refused
@@ -72,6 +72,8 @@ async def principal_of(
         raise AuthenticationError(_INVALID)
     limits = await lineage_limits(session, row=row, now=now)
     role = Role(row.role)
+    # never more urgent than its project: a batch project's keys are batch keys
+    inherited = await projects.priority_of(session, org_id=row.org_id, project_id=row.project_id)
     return Principal(
         key_id=row.id,
         user_id=user.id,
@@ -85,7 +87,7 @@ async def principal_of(
         tpm=row.tpm,
         lineage_limits=limits,
         service_account=user.kind == "service",
-        priority="batch" if row.priority == "batch" else "interactive",
+        priority="batch" if "batch" in (row.priority, inherited) else "interactive",
     )
 
 

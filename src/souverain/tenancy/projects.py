@@ -8,7 +8,7 @@ from souverain.core.errors import ConflictError, NotFoundError
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
-from souverain.core.schemas.tenancy import ProjectCreateRequest
+from souverain.core.schemas.tenancy import ProjectCreateRequest, ProjectUpdateRequest
 from souverain.db.tables import ProjectRow
 from souverain.evidence.audit import actor_of, record
 from souverain.tenancy import orgs
@@ -56,7 +56,9 @@ async def create_project(
     check_org(principal, org.id, Scope.MANAGE)
     if await find_project(session, org_id=org.id, ref=request.name) is not None:
         raise ConflictError(f"project '{request.name}' already exists", param="name")
-    project = ProjectRow(id=new_id("prj"), org_id=org.id, name=request.name)
+    project = ProjectRow(
+        id=new_id("prj"), org_id=org.id, name=request.name, priority=request.priority
+    )
     session.add(project)
     await session.flush()
     await record(
@@ -66,9 +68,50 @@ async def create_project(
         org_id=org.id,
         target_type="project",
         target_id=project.id,
-        details={"name": project.name},
+        details={"name": project.name, "priority": project.priority},
     )
     return project
+
+
+async def update_project(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    org_ref: str,
+    project_ref: str,
+    request: ProjectUpdateRequest,
+) -> ProjectRow:
+    """Change a project's priority: its keys' requests follow within the key cache's
+    lifetime (a key is authenticated again after a few seconds)."""
+    org = await orgs.get_org(session, principal=principal, ref=org_ref)
+    check_org(principal, org.id, Scope.MANAGE)
+    project = await get_project(session, principal=principal, org_id=org.id, ref=project_ref)
+    before, project.priority = project.priority, request.priority
+    await session.flush()
+    await record(
+        session,
+        actor=actor_of(principal),
+        action="project.update",
+        org_id=org.id,
+        target_type="project",
+        target_id=project.id,
+        details={"priority": {"from": before, "to": project.priority}},
+    )
+    return project
+
+
+async def priority_of(session: AsyncSession, *, org_id: str | None, project_id: str | None) -> str:
+    """The priority a key of this project (the organisation's default project for a key of
+    the whole organisation) inherits; interactive for platform keys."""
+    if org_id is None:
+        return "interactive"
+    if project_id is not None:
+        query = select(ProjectRow.priority).where(ProjectRow.id == project_id)
+    else:
+        query = select(ProjectRow.priority).where(
+            ProjectRow.org_id == org_id, ProjectRow.name == orgs.DEFAULT_PROJECT
+        )
+    return (await session.execute(query)).scalar_one_or_none() or "interactive"
 
 
 async def set_limits(

@@ -16,11 +16,32 @@ export async function keysPage(page) {
   const projects = org ? await api(`/api/orgs/${encodeURIComponent(org)}/projects`) : [];
   page.append(section("Create a key", keyForm(projects, refresh)), section("Keys", keys));
   if (org) {
-    page.append(await members(org), await serviceAccounts(org, projects));
+    page.append(projectList(org, projects), await members(org), await serviceAccounts(org, projects));
     const sso = await singleSignOn(org, projects);
     if (sso) page.append(sso);
     page.append(await policies(org, projects));
   }
+}
+
+// A project's priority: `batch` makes every key of it a batch key (its requests queue
+// behind interactive ones); a key is never more urgent than its project.
+function projectList(org, projects) {
+  const status = h("div", {});
+  const cell = (p) => {
+    if (!can("manage")) return badge(p.priority);
+    const choice = select(`priority-${p.name}`, ["interactive", "batch"], p.priority);
+    choice.addEventListener("change", async () => {
+      try {
+        await api(`/api/orgs/${encodeURIComponent(org)}/projects/${encodeURIComponent(p.name)}`, { method: "PATCH", body: { priority: choice.value } });
+        status.replaceChildren(notice(`Project ${p.name} is now ${choice.value}.`));
+      } catch (error) {
+        choice.value = p.priority;
+        status.replaceChildren(errorBox(error));
+      }
+    });
+    return choice;
+  };
+  return section("Projects", table([{ label: "project", key: "name" }, { label: "priority", cell }], projects, { id: "projects" }), status);
 }
 
 function keyTable(keys, refresh) {

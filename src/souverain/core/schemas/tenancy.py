@@ -29,14 +29,27 @@ class Organisation(Out):
     created_at: datetime
 
 
+PROJECT_PRIORITY = (
+    "`batch`: every key of the project queues its requests behind interactive ones, whatever "
+    "the key asks (a key is never more urgent than its project). Keys without a project "
+    "follow the organisation's `default` project."
+)
+
+
 class ProjectCreateRequest(StrictRequest):
     name: Slug
+    priority: KeyPriority = Field(default="interactive", description=PROJECT_PRIORITY)
+
+
+class ProjectUpdateRequest(StrictRequest):
+    priority: KeyPriority = Field(description=PROJECT_PRIORITY)
 
 
 class Project(Out):
     id: str
     org_id: str
     name: str
+    priority: KeyPriority = "interactive"
     created_at: datetime
 
 
@@ -70,7 +83,7 @@ class KeyCreateRequest(StrictRequest):
         default="interactive",
         description="`batch`: the key's requests wait behind interactive ones for an engine's "
         "slots and hold at most a share of them, like batch lines. A key minted by a batch "
-        "key is a batch key.",
+        "key is a batch key; so is, in effect, every key of a batch project.",
     )
 
 
@@ -101,3 +114,8 @@ class Me(Out):
     project_id: str | None
     role: Role
     scopes: list[Scope]
+    priority: KeyPriority = Field(
+        default="interactive",
+        description="How the gateway queues this key's requests: its own priority, or its "
+        "project's when that is `batch`.",
+    )

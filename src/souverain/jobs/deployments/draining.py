@@ -15,6 +15,12 @@ replica is stopped once
   engine for ever); or
 * it stopped being ready (an engine that exited answers nothing).
 
+A scale-down that is near (`routed`, fewer than `desired`: scheduler/autoscale.py's
+`routed_ahead`) drains its replicas ahead: out of the routes already, still counted in
+`desired` (`held`), so none is stopped, nor a new one placed, before the count drops. By
+then they have drained for the quiet wait and stop at once: the idle period counts the
+drain instead of the drain coming on top of it.
+
 A replica that is not ready (starting, failed) serves nothing and is stopped at once. If
 the load comes back while a replica drains, it is taken back (`undrain`) rather than a new
 one started: it is warm. A deleted deployment's replicas are stopped at once (the routes
@@ -42,35 +48,45 @@ class Plan:
     undrain: list[ReplicaRow] = field(default_factory=list)  # needed again: back in the routes
     stop: list[tuple[ReplicaRow, str]] = field(default_factory=list)  # now, with why
     draining: int = 0  # replicas still draining after this round
+    held: list[ReplicaRow] = field(default_factory=list)  # draining ahead, still counted
 
 
 def plan(
     live: list[ReplicaRow], desired: int, *, in_flight: int, now: datetime,
-    grace_s: float = DRAIN_GRACE_S, timeout_s: float = DRAIN_TIMEOUT_S,
+    routed: int | None = None, grace_s: float = DRAIN_GRACE_S,
+    timeout_s: float = DRAIN_TIMEOUT_S,
 ) -> Plan:  # fmt: skip
-    """What to do with a deployment's replicas so that `desired` of them serve."""
+    """What to do with a deployment's replicas so that `desired` of them serve (`routed` of
+    them in the routes when a scale-down is near: the others drain ahead)."""
+    serve = desired if routed is None else min(routed, desired)
     result = Plan(serving=[r for r in live if r.draining_since is None])
     draining = sorted(
         (r for r in live if r.draining_since is not None),
         key=lambda r: r.draining_since or now,
         reverse=True,  # the most recently drained is taken back first
     )
-    while len(result.serving) < desired and draining and draining[0].state == ReplicaState.READY:
+    while len(result.serving) < serve and draining and draining[0].state == ReplicaState.READY:
         result.undrain.append(draining[0])
         result.serving.append(draining.pop(0))
-    for extra in pick_extras(result.serving, desired):
+    for extra in pick_extras(result.serving, serve):
         result.serving.remove(extra)
         if extra.state == ReplicaState.READY:
             result.drain.append(extra)
         else:
             result.stop.append((extra, "scaled down"))
+    # draining replicas that may stop: those beyond `desired` (none while draining ahead)
+    spare = len(result.serving) + len(draining) + len(result.drain) - desired
+    kept = list(result.drain)
     for replica in draining:
         reason = _drained(replica, in_flight, now, grace_s, timeout_s)
-        if reason is None:
-            result.draining += 1
-        else:
+        if reason is not None and (spare > 0 or replica.state != ReplicaState.READY):
             result.stop.append((replica, reason))
-    result.draining += len(result.drain)
+            spare -= 1
+        else:
+            kept.append(replica)
+    result.draining = len(kept)
+    if serve < desired:  # draining ahead: they still count until the count drops
+        result.held = kept
     return result
 
 

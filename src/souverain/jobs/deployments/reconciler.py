@@ -57,7 +57,7 @@ from souverain.jobs.deployments.service import placement_policy
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.facade import ClusterFacade
 from souverain.jobs.lease import Lease
-from souverain.scheduler.autoscale import decide
+from souverain.scheduler.autoscale import decide, routed_ahead
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import Placement, PlacementRequest
 from souverain.storage.crypto import unwrap
@@ -240,17 +240,20 @@ class DeploymentReconciler:
         live = await self._observe(loaded, placer, outcome)
         shared = deployment.sharing == sharing.SHARED and not deployment.deleted
         # a shared deployment is served by its base's replicas: none of its own
-        desired = 0 if deployment.deleted or shared else _scale(loaded, outcome)
+        desired, routed = (
+            (0, None) if deployment.deleted or shared
+            else _scale(loaded, outcome, self.drain_grace_s)
+        )  # fmt: skip
         stale = await self._replace_stale(loaded, placer, live, desired, outcome)
-        live, draining = await self._release(loaded, live, desired, outcome)
+        live, draining, held = await self._release(loaded, live, desired, routed, outcome)
         unschedulable = ""
-        while len(live) < desired and not unschedulable:
+        while len(live) + len(held) < desired and not unschedulable:
             placed = await self._place_one(loaded, placer, outcome)
             if isinstance(placed, str):
                 unschedulable = placed
             else:
                 live.append(placed)
-        found_status = statuses.status_of(deployment, live + stale, desired, unschedulable)
+        found_status = statuses.status_of(deployment, live + held + stale, desired, unschedulable)
         outcome.status, outcome.reason, outcome.remove_deployment = found_status
         if shared:
             found = sharing.served(loaded.model.id, loaded.hosts, loaded.org_models)
@@ -272,21 +275,25 @@ class DeploymentReconciler:
         return outcome
 
     async def _release(
-        self, loaded: Loaded, live: list[ReplicaRow], desired: int, outcome: Outcome
-    ) -> tuple[list[ReplicaRow], int]:
-        """Drain the replicas no longer needed, stop the drained ones (a deleted deployment's
-        at once): the replicas that serve on, and how many still drain."""
+        self, loaded: Loaded, live: list[ReplicaRow], desired: int, routed: int | None,
+        outcome: Outcome,
+    ) -> tuple[list[ReplicaRow], int, list[ReplicaRow]]:  # fmt: skip
+        """Drain the replicas no longer needed (ahead of a near scale-down: `routed`), stop
+        the drained ones (a deleted deployment's at once): the replicas that serve on, how
+        many still drain, and those draining ahead that still count in `desired`."""
+        held: list[ReplicaRow] = []
         if loaded.deployment.deleted:
             stops = [(replica, "deployment deleted") for replica in live]
             kept, draining = [], 0
         else:
             now = loaded.now or self._clock()
-            plan = drain.plan(live, desired, in_flight=loaded.busy[2], now=now,
+            plan = drain.plan(live, desired, in_flight=loaded.busy[2], now=now, routed=routed,
                               grace_s=self.drain_grace_s, timeout_s=self.drain_timeout_s)  # fmt: skip
-            stops, kept, draining = plan.stop, plan.serving, plan.draining
+            stops, kept, draining, held = plan.stop, plan.serving, plan.draining, plan.held
+            why = "scaled down" if not held else "to be scaled down: the idle period ends"
             for replica in plan.drain:
                 outcome.drains.append(replica.id)
-                outcome.replica_event("replica.draining", replica.id, reason="scaled down")
+                outcome.replica_event("replica.draining", replica.id, reason=why)
             for replica in plan.undrain:
                 outcome.undrains.append(replica.id)
                 outcome.replica_event("replica.undrained", replica.id, reason="needed again")
@@ -295,7 +302,7 @@ class DeploymentReconciler:
             outcome.deletes.append(replica.id)
             outcome.replica_event("replica.stop", replica.id, reason=reason)
             self.energy.retire(replica.id)
-        return kept, draining
+        return kept, draining, held
 
     async def _replace_stale(
         self, loaded: Loaded, placer: Placer, live: list[ReplicaRow], desired: int,
@@ -457,14 +464,17 @@ class DeploymentReconciler:
             await session.execute(delete(DeploymentRow).where(DeploymentRow.id == deployment.id))
 
 
-def _scale(loaded: Loaded, outcome: Outcome) -> int:
-    """The replicas wanted now: the fixed count, or the autoscaler's after this reading."""
+def _scale(loaded: Loaded, outcome: Outcome, lead_s: float) -> tuple[int, int | None]:
+    """The replicas wanted now: the fixed count, or the autoscaler's after this reading; and
+    how many of them take new requests when a scale-down is at most `lead_s` away (None:
+    all of them)."""
     deployment = loaded.deployment
     if not autoscaling.is_autoscaled(deployment) or loaded.now is None:
-        return deployment.replicas
+        return deployment.replicas, None
     in_flight, waiting, _ = loaded.busy
+    limits = autoscaling.limits_of(deployment)
     decision = decide(
-        autoscaling.limits_of(deployment),
+        limits,
         autoscaling.state_of(deployment),
         in_flight + waiting,
         loaded.now,
@@ -481,4 +491,8 @@ def _scale(loaded: Loaded, outcome: Outcome) -> int:
                  "reason": decision.reason, "in_flight": in_flight, "waiting": waiting},
             )
         )  # fmt: skip
-    return decision.state.wanted
+    ready = all(r.state == ReplicaState.READY for r in loaded.replicas)
+    if decision.changed or not ready:
+        return decision.state.wanted, None
+    ahead = routed_ahead(limits, decision.state, in_flight + waiting, loaded.now, lead_s=lead_s)
+    return decision.state.wanted, ahead

@@ -22,4 +22,5 @@ async def whoami(principal: PrincipalDep, session: SessionDep) -> Me:
         project_id=principal.project_id,
         role=principal.role,
         scopes=sorted(principal.scopes),
+        priority="batch" if principal.priority == "batch" else "interactive",
     )

@@ -10,6 +10,7 @@ from souverain.core.schemas.tenancy import (
     OrganisationCreateRequest,
     Project,
     ProjectCreateRequest,
+    ProjectUpdateRequest,
 )
 from souverain.server.deps import PrincipalDep, SessionDep
 from souverain.tenancy import memberships, orgs, projects
@@ -53,6 +54,19 @@ async def create_project(
     project = await projects.create_project(session, principal=principal, org_ref=org, request=body)
     await session.commit()
     return Project.model_validate(project)
+
+
+@router.patch("/{org}/projects/{project}", response_model=Project)
+async def update_project(
+    org: str, project: str, body: ProjectUpdateRequest, principal: PrincipalDep,
+    session: SessionDep,
+) -> Project:  # fmt: skip
+    """Change a project's priority (`batch`: its keys' requests queue behind interactive ones)."""
+    row = await projects.update_project(
+        session, principal=principal, org_ref=org, project_ref=project, request=body
+    )
+    await session.commit()
+    return Project.model_validate(row)
 
 
 @router.get("/{org}/members", response_model=list[Member])
