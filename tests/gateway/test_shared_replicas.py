@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import openai
 from sqlalchemy import select, update
 
+from souverain.catalog.routes import load_wakeable
 from souverain.core.ids import new_id
 from souverain.core.roles import Role
 from souverain.db.demand import DeploymentDemandRow
@@ -28,6 +29,7 @@ class SharedModel:
     name: str  # the fine-tuned model
     model_id: str
     deployment_id: str  # its shared deployment
+    org_id: str
     base_deployment_id: str
     sdk: openai.AsyncOpenAI  # its owner's
 
@@ -55,7 +57,7 @@ async def shared_model(platform: Platform, base: str) -> SharedModel:
             status="pending", status_reason="", sharing="shared",
         ))  # fmt: skip
     sdk = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60)
-    return SharedModel(name, model_id, deployment_id, base_deployment, sdk)
+    return SharedModel(name, model_id, deployment_id, tenant.org_id, base_deployment, sdk)
 
 
 async def holds(
@@ -150,3 +152,30 @@ class TestLoadOnTheBase:
         assert answer.choices[0].message.content  # type: ignore[attr-defined]
         [record] = await usage_records(platform.sessions, 1, model=shared.name)
         assert (record.deployment_id, record.replica_id) == (shared.deployment_id, replica_id)
+
+
+class TestWhatWakes:
+    async def test_only_the_bases_that_may_hold_the_adapter_wake_for_it(
+        self, platform: Platform
+    ) -> None:
+        """The platform's llama-server deployment wakes for a tenant's fine-tuned model;
+        another organisation's private deployment of the same base, a llama-cpp-python one
+        and one on another engine do not (none of them would load the adapter)."""
+        base, platform_base = await asleep(platform, engine="llamacpp")
+        shared = await shared_model(platform, base)
+        other = await platform.factory.tenant()
+        async with platform.sessions.begin() as session:
+            base_id = await session.scalar(select(DeploymentRow.model_id).where(
+                DeploymentRow.id == platform_base))  # fmt: skip
+            for org_id, engine, args in ((other.org_id, "llamacpp", {}),
+                                         (None, "llamacpp", {"runtime": "llama-cpp-python"}),
+                                         (None, "stand-in", {})):  # fmt: skip
+                session.add(DeploymentRow(
+                    id=new_id("dep"), name=unique("d"), model_id=base_id, org_id=org_id,
+                    engine=engine, engine_args=args, replicas=0, min_replicas=0,
+                    max_replicas=1, datacenters=[], cpus=1, gpus=0, status="stopped",
+                    status_reason="scaled to zero while idle",
+                ))  # fmt: skip
+        async with platform.sessions() as session:
+            woken = [w for w in await load_wakeable(session) if w.model_id == shared.model_id]
+        assert [(w.deployment_id, w.org_id) for w in woken] == [(platform_base, shared.org_id)]

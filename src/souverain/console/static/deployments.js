@@ -8,9 +8,12 @@ import { errorBox, field, h, notice, num, qty, section, select, stateBadge, tabl
 
 export async function deploymentsPage(page, [preset]) {
   const list = h("div", { id: "deployment-list" });
+  let usage = { at: 0, of: new Map() }; // read again every 30 s, not at every refresh
   const refresh = async () => {
     const deployments = await api("/api/deployments");
-    list.replaceChildren(deploymentTable(deployments, await usageOf(deployments), refresh));
+    const stale = Date.now() - usage.at > 30000 || deployments.some((d) => wantsUsage(d) && !usage.of.has(d.id));
+    if (stale) usage = { at: Date.now(), of: await usageOf(deployments) };
+    list.replaceChildren(deploymentTable(deployments, usage.of, refresh));
   };
   await refresh();
   if (can("manage")) page.append(await createForm(refresh, preset));
@@ -21,8 +24,12 @@ export async function deploymentsPage(page, [preset]) {
 
 // The last day's usage of the deployments where sharing makes it worth a look: shared ones,
 // and those whose replicas hold adapters of yours.
+function wantsUsage(d) {
+  return d.sharing === "shared" || d.adapters > 0;
+}
+
 async function usageOf(deployments) {
-  const wanted = deployments.filter((d) => d.sharing === "shared" || d.adapters);
+  const wanted = deployments.filter(wantsUsage);
   const found = await Promise.all(wanted.map((d) => api(`/api/deployments/${encodeURIComponent(d.id)}/usage`).catch(() => null)));
   return new Map(wanted.map((d, i) => [d.id, found[i]]));
 }
