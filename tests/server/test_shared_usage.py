@@ -18,6 +18,7 @@ from souverain.db.tables import ReplicaRow, UsageRecordRow
 from souverain.jobs.energy import EnergyAccountant
 from tests.conftest import Platform, usage_records, wait_until
 from tests.gateway.test_shared_replicas import answered, base_replica, holds, shared_model
+from tests.server.test_autoscaling_api import cli
 
 MEASURED_J = 360.0
 
@@ -116,6 +117,11 @@ class TestSharedReplicaUsage:
             [(ana.model_id, 2), (bo.model_id, 1)]
         )
         assert replica["model"]["requests"] == 1 and replica["others"] is None
+
+        shown = await cli(platform, ana_key, "deployments", "usage", ana.base_deployment_id)
+        assert shown.returncode == 0, shown.stderr + shown.stdout
+        assert ana.model_id in shown.stdout and "other organisations" in shown.stdout
+        assert bo.model_id not in shown.stdout
 
     async def test_a_window_out_of_bounds_is_a_clear_error(self, platform: Platform) -> None:
         base = await platform.served_model()
