@@ -27,9 +27,9 @@ from souverain.testing.live import free_port
 from tests.conftest import Platform, usage_records, wait_until
 
 
-async def asleep(platform: Platform) -> tuple[str, str]:
+async def asleep(platform: Platform, engine: str = "stand-in") -> tuple[str, str]:
     """A platform model whose only deployment is at zero replicas with minimum 0, known to
-    the server's route table."""
+    the server's route table (`engine`: the deployment's; the stand-in serves it)."""
     name, deployment_id = unique("zero"), new_id("dep")
     async with platform.sessions.begin() as session:
         model = ModelRow(
@@ -47,7 +47,7 @@ async def asleep(platform: Platform) -> tuple[str, str]:
         session.add(
             DeploymentRow(
                 id=deployment_id, name=unique("dep"), model_id=model.id, org_id=None,
-                engine="stand-in", replicas=0, min_replicas=0, max_replicas=1,
+                engine=engine, replicas=0, min_replicas=0, max_replicas=1,
                 datacenters=[], cpus=1, gpus=0, engine_args={}, status="stopped",
                 status_reason="scaled to zero while idle",
             )
@@ -81,8 +81,11 @@ async def waiting_seen(platform: Platform, deployment_id: str) -> bool:
         return any(waiting > 0 for waiting in (await session.execute(query)).scalars())
 
 
-async def replica_ready(platform: Platform, deployment_id: str, url: str | None = None) -> str:
-    """What the controller and the replica observer write once a replica has started."""
+async def replica_ready(
+    platform: Platform, deployment_id: str, url: str | None = None, adapters: tuple[str, ...] = ()
+) -> str:
+    """What the controller and the replica observer write once a replica has started (with
+    these fine-tuned models' adapters loaded, numbered in order)."""
     async with platform.sessions.begin() as session:
         replica_id = new_id("rep")
         session.add(
@@ -91,6 +94,7 @@ async def replica_ready(platform: Platform, deployment_id: str, url: str | None 
                 datacenter_id=await platform.factory.datacenter("fr-test", country="FR"),
                 node_id="node-test", url=url or f"{platform.stand_in_url}/r/{replica_id}",
                 state="ready", reason="", engine_restarts=0,
+                adapters=[{"model": m, "error": "", "lora": i} for i, m in enumerate(adapters)],
             )
         )  # fmt: skip
         deployment = await session.get(DeploymentRow, deployment_id)

@@ -226,6 +226,12 @@ CELLS = [
     Cell("list-deployments", "GET", "/api/deployments", everyone(200)),
     Cell("get-platform-deployment", "GET", "/api/deployments/{platform_deployment}", everyone(200)),
     Cell(
+        "platform-deployment-usage",  # each role sees the records its usage reports show it
+        "GET",
+        "/api/deployments/{platform_deployment}/usage",
+        everyone(200),
+    ),
+    Cell(
         "create-org-deployment",
         "POST",
         "/api/deployments",

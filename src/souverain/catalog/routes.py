@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from sqlalchemy import func, select
@@ -61,6 +62,15 @@ class ReplicaRoute:
     runtime: str | None = None  # what serves the engine on its node, as the replica says
     engine_slots: int | None = None  # as the replica says
     lora_id: int | None = None  # a shared replica's adapter for this model (the engine's number)
+    # a fine-tuned model's route to a shared replica: the base deployment the replica is of
+    host_deployment_id: str | None = None
+
+    @property
+    def serving_deployment_id(self) -> str:
+        """The deployment whose replica this is, which scales with the load on it: the base's
+        for a fine-tuned model on a shared replica (its own deployment has no replica; the
+        usage record names that one, `deployment_id`)."""
+        return self.host_deployment_id or self.deployment_id
 
     @property
     def slots(self) -> int:
@@ -202,6 +212,7 @@ async def _adapter_routes(
             routes.append(replace(
                 route, model_id=model.id, model_name=model.name, deployment_id=deployment.id,
                 deployment_org_id=deployment.org_id, lora_id=lora_id,
+                host_deployment_id=route.deployment_id,
             ))  # fmt: skip
     return routes
 
@@ -229,7 +240,8 @@ async def replica_states(session: AsyncSession) -> dict[str, int]:
 @dataclass(frozen=True)
 class Wakeable:
     """A deployment that scales to zero (minimum 0, maximum ≥ 1): a request for its model
-    waits for a replica to start rather than being refused."""
+    waits for a replica to start rather than being refused. For a fine-tuned model served
+    by shared replicas, `model_id` is that model and the deployment is its base's."""
 
     deployment_id: str
     org_id: str | None
@@ -238,17 +250,55 @@ class Wakeable:
     status_reason: str
 
 
+def hosts_adapters(engine: str, engine_args: Mapping[str, object]) -> bool:
+    """Whether a base model's deployment can hold fine-tuned models' adapters: on llama.cpp's
+    llama-server (llama-cpp-python serves one adapter, fixed at start), not for embeddings."""
+    return (
+        engine == "llamacpp"
+        and engine_args.get("runtime") != "llama-cpp-python"
+        and not engine_args.get("embedding")
+    )
+
+
 async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
-    query = select(
-        DeploymentRow.id,
-        DeploymentRow.org_id,
-        DeploymentRow.model_id,
-        DeploymentRow.status,
-        DeploymentRow.status_reason,
-    ).where(
+    """Deployments at minimum 0, under their own model and under each fine-tuned model
+    whose shared deployment their replicas would serve (`jobs/deployments/sharing.py`):
+    a request for such a model wakes its base."""
+    query = select(DeploymentRow).where(
         DeploymentRow.deleted.is_(False),
         DeploymentRow.min_replicas == 0,
         DeploymentRow.max_replicas > 0,
         DeploymentRow.sharing != "shared",  # its base's replicas serve it: none to wake
     )
-    return [Wakeable(*row) for row in (await session.execute(query)).all()]
+    at_zero = list((await session.execute(query)).scalars())
+    own = [_wakeable(row, row.model_id, row.org_id) for row in at_zero]
+    return own + await _hosts_to_wake(
+        session, [row for row in at_zero if hosts_adapters(row.engine, row.engine_args)]
+    )
+
+
+async def _hosts_to_wake(session: AsyncSession, hosts: list[DeploymentRow]) -> list[Wakeable]:
+    """For each active shared deployment of a fine-tuned model of these deployments' models,
+    the ones that may hold its adapter: the platform's, or its own organisation's."""
+    if not hosts:
+        return []
+    query = (
+        select(DeploymentRow.model_id, DeploymentRow.org_id, ModelRow.base_model_id)
+        .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+        .where(
+            DeploymentRow.sharing == "shared",
+            DeploymentRow.deleted.is_(False),
+            (DeploymentRow.replicas > 0) | (DeploymentRow.max_replicas > 0),
+            ModelRow.base_model_id.in_({host.model_id for host in hosts}),
+        )
+    )
+    found: dict[tuple[str, str], Wakeable] = {}
+    for model_id, org_id, base_model_id in (await session.execute(query)).all():
+        for host in hosts:
+            if host.model_id == base_model_id and host.org_id in (None, org_id):
+                found[(host.id, model_id)] = _wakeable(host, model_id, org_id)
+    return list(found.values())
+
+
+def _wakeable(row: DeploymentRow, model_id: str, org_id: str | None) -> Wakeable:
+    return Wakeable(row.id, org_id, model_id, row.status, row.status_reason)

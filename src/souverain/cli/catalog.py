@@ -12,7 +12,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from rich.table import Table
 
 from souverain.cli.context import client, console, request_of
-from souverain.core.schemas.deployments import Deployment, DeploymentCreateRequest
+from souverain.core.schemas.deployments import (
+    Deployment,
+    DeploymentCreateRequest,
+    UsageSums,
+)
 from souverain.core.schemas.models import ModelRegisterRequest
 
 models = typer.Typer(help="The model registry.", no_args_is_help=True)
@@ -188,6 +192,35 @@ def deployments_list() -> None:
                 _last_scaling(d),
             )
         console.print(table)
+
+
+@deployments.command("usage")
+def deployments_usage(
+    name: str, hours: int = typer.Option(24, help="The window, up to now (at most 744).")
+) -> None:
+    """Requests, tokens and energy of a deployment over the last hours, per replica, and
+    on a shared replica per adapter: yours one by one, the rest as one unnamed total."""
+    with client() as c:
+        found = c.deployment_usage(name, hours)
+    console.print(f"{name}, the last {hours} h: {_used(found)}")
+    table = Table("replica", "served for", "requests", "tokens", "energy")
+    for r in found.replicas:
+        rows = [("its model", r.model), *((a.model_id, a) for a in r.adapters)]
+        rows += [("other organisations", r.others)] if r.others is not None else []
+        for what, sums in rows:
+            table.add_row(r.replica_id, what, str(sums.requests),
+                          str(sums.prompt_tokens + sums.completion_tokens), _wh(sums))  # fmt: skip
+    console.print(table)
+
+
+def _used(sums: UsageSums) -> str:
+    tokens = sums.prompt_tokens + sums.completion_tokens
+    return f"{sums.requests} request(s), {tokens} tokens, {_wh(sums)}"
+
+
+def _wh(sums: UsageSums) -> str:
+    estimated = " (partly estimated)" if sums.energy_estimated else ""
+    return f"{sums.energy_wh:.4g} Wh{estimated}"
 
 
 def _replicas(d: Deployment) -> str:

@@ -21,6 +21,7 @@ from souverain.core.schemas.deployments import (
     Deployment,
     DeploymentCreateRequest,
     DeploymentUpdateRequest,
+    DeploymentUsage,
 )
 from souverain.core.schemas.exports import Export
 from souverain.core.schemas.fleet import (
@@ -184,6 +185,9 @@ class SouverainClient:
 
     def get_deployment(self, ref: str) -> Deployment:
         return self._get(Deployment, f"/api/deployments/{ref}")
+
+    def deployment_usage(self, ref: str, hours: int = 24) -> DeploymentUsage:
+        return self._get(DeploymentUsage, f"/api/deployments/{ref}/usage", hours=hours)
 
     def create_deployment(self, request: DeploymentCreateRequest) -> Deployment:
         return Deployment.model_validate(self._request("POST", "/api/deployments", body=request))

@@ -66,13 +66,14 @@ class FairQueue:
         return len(self._lines.get((int(batch), org), ()))
 
     def waiting_by_deployment(self) -> Counter[str]:
-        """Requests waiting, counted against each deployment that could serve them (the load
-        the autoscaler sees; gateway/demand.py)."""
+        """Requests waiting, counted against each deployment whose replicas could serve them
+        (the load the autoscaler sees; gateway/demand.py): for a fine-tuned model on shared
+        replicas, its base's."""
         counts: Counter[str] = Counter()
         for line in self._lines.values():
             for waiter in line:
                 if not waiter.granted.done():
-                    counts.update({route.deployment_id for route in waiter.routes})
+                    counts.update({route.serving_deployment_id for route in waiter.routes})
         return counts
 
     def _live_waiting(self) -> bool:

@@ -55,7 +55,9 @@ class RouteTable:
         self.wakeable: dict[str, list[Wakeable]] = {}  # by model id: deployments at minimum 0
         self.outstanding: defaultdict[str, int] = defaultdict(int)
         # replica -> its deployment, for every replica routed to and not yet forgotten: a
-        # replica out of the routes (draining, say) is remembered while it has requests
+        # replica out of the routes (draining, say) is remembered while it has requests; a
+        # shared replica's is its base's, whatever model its requests ask for
+        # (`ReplicaRoute.serving_deployment_id`): that deployment scales and drains it
         self.deployment_of: dict[str, str] = {}
         self.shares = SlotShares(shares)  # in flight by organisation and kind, per replica
         self.slots = SlotBook()
@@ -95,7 +97,7 @@ class RouteTable:
             replica: deployment
             for replica, deployment in self.deployment_of.items()
             if self.outstanding.get(replica, 0) > 0
-        } | {route.replica_id: route.deployment_id for route in routes}
+        } | {route.replica_id: route.serving_deployment_id for route in routes}
         self.slots.forget({route.replica_id for route in routes})
         self.shares.forget({route.replica_id for route in routes})
         self.loaded = True

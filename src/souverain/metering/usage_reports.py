@@ -230,18 +230,27 @@ def _rollup_equal(condition: tuple[str, str | None]) -> ColumnElement[bool]:
     return _U[name] == (value or "")
 
 
+def seen_by(principal: Principal) -> list[tuple[str, str | None]]:
+    """What a caller's view of usage is narrowed to, as (record column, value) pairs (none:
+    an operator sees every record): its organisation's, its project's for a project key,
+    and its own for a key without the manage or audit scope."""
+    if principal.is_operator:
+        return []
+    equal: list[tuple[str, str | None]] = [("org_id", principal.org_id)]
+    if principal.project_id is not None:
+        equal.append(("project_id", principal.project_id))
+    if not (principal.has(Scope.MANAGE) or principal.has(Scope.AUDIT)):
+        equal.append(("user_id", principal.user_id))
+    return equal
+
+
 async def _scope_of(session: AsyncSession, *, principal: Principal, where: UsageFilter) -> _Scope:
     check_scope(principal, Scope.READ)
     equal: list[tuple[str, str | None]] = []
     if where.org_ref is not None:
         org = await orgs.get_org(session, principal=principal, ref=where.org_ref)
         equal.append(("org_id", org.id))
-    if not principal.is_operator:
-        equal.append(("org_id", principal.org_id))
-        if principal.project_id is not None:
-            equal.append(("project_id", principal.project_id))
-        if not (principal.has(Scope.MANAGE) or principal.has(Scope.AUDIT)):
-            equal.append(("user_id", principal.user_id))
+    equal.extend(seen_by(principal))
     for name, value in (("model", where.model), ("project_id", where.project),
                         ("key_id", where.key)):  # fmt: skip
         if value is not None:

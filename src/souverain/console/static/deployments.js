@@ -1,12 +1,20 @@
 // Deployments: status with the scheduler's reasons, replicas with their datacenter,
-// restarts and failures; create, scale and delete for those who manage.
+// restarts and failures, the adapters a shared replica holds with their requests and
+// energy (yours one by one, the rest as one total); create, scale and delete for those
+// who manage.
 
 import { api, can, me } from "./app.js";
-import { errorBox, field, h, notice, section, select, stateBadge, table, when } from "./ui.js";
+import { errorBox, field, h, notice, num, qty, section, select, stateBadge, table, when } from "./ui.js";
 
 export async function deploymentsPage(page, [preset]) {
   const list = h("div", { id: "deployment-list" });
-  const refresh = async () => list.replaceChildren(deploymentTable(await api("/api/deployments"), refresh));
+  let usage = { at: 0, of: new Map() }; // read again every 30 s, not at every refresh
+  const refresh = async () => {
+    const deployments = await api("/api/deployments");
+    const stale = Date.now() - usage.at > 30000 || deployments.some((d) => wantsUsage(d) && !usage.of.has(d.id));
+    if (stale) usage = { at: Date.now(), of: await usageOf(deployments) };
+    list.replaceChildren(deploymentTable(deployments, usage.of, refresh));
+  };
   await refresh();
   if (can("manage")) page.append(await createForm(refresh, preset));
   page.append(section("Deployments", list));
@@ -14,17 +22,30 @@ export async function deploymentsPage(page, [preset]) {
   return () => clearInterval(timer);
 }
 
-function deploymentTable(deployments, refresh) {
+// The last day's usage of the deployments where sharing makes it worth a look: shared ones,
+// and those whose replicas hold adapters of yours.
+function wantsUsage(d) {
+  return d.sharing === "shared" || d.adapters > 0;
+}
+
+async function usageOf(deployments) {
+  const wanted = deployments.filter(wantsUsage);
+  const found = await Promise.all(wanted.map((d) => api(`/api/deployments/${encodeURIComponent(d.id)}/usage`).catch(() => null)));
+  return new Map(wanted.map((d, i) => [d.id, found[i]]));
+}
+
+function deploymentTable(deployments, usage, refresh) {
+  const names = new Map(deployments.map((d) => [d.id, d.model]));
   return table(
     [
       { label: "name", cell: (d) => h("strong", {}, d.name) },
       { label: "model", key: "model" },
       { label: "engine", cell: engineOf },
       { label: "replicas", num: true, cell: (d) => `${d.ready_replicas} / ${d.replicas}` + (d.autoscaling ? ` (${d.min_replicas}–${d.max_replicas})` : "") },
-      { label: "serves", cell: (d) => (d.sharing === "shared" ? "shared (on its base's replicas)" : d.adapters ? `dedicated, +${d.adapters} adapter(s)` : "dedicated") },
+      { label: "serves", cell: (d) => serves(d, usage.get(d.id)) },
       { label: "status", cell: (d) => [stateBadge(d.status), d.status_reason ? h("div", { class: "reason" }, d.status_reason) : null, d.scaling_reason ? h("div", { class: "reason" }, `last scaling: ${d.scaling_reason}`) : null] },
       { label: "where", cell: (d) => (d.datacenters.length ? d.datacenters.join(", ") : d.jurisdictions ? d.jurisdictions.join(", ") : "any allowed") },
-      { label: "replica details", cell: replicaList },
+      { label: "replica details", cell: (d) => replicaList(d, usage.get(d.id), names) },
       { label: "", cell: (d) => (mayChange(d) ? actions(d, refresh) : null) },
     ],
     deployments,
@@ -42,7 +63,42 @@ function engineOf(d) {
   return replica ? `${d.engine} (${replica.runtime}${replica.slots ? ` ×${replica.slots}` : ""})` : d.engine;
 }
 
-function replicaList(d) {
+function serves(d, usage) {
+  const kind = d.sharing === "shared" ? "shared (on its base's replicas)" : d.adapters ? `dedicated, +${d.adapters} adapter(s)` : "dedicated";
+  if (d.sharing !== "shared" || !usage) return kind;
+  return [kind, h("div", { class: "muted small", dataset: { usage: d.name } }, `last 24 h: ${used(usage)}`)];
+}
+
+// Requests, tokens and energy: measured once the replica's energy interval has closed.
+function used(u) {
+  const wh = `${qty(u.energy_wh, 4)} Wh${u.energy_estimated ? " (partly estimated)" : ""}`;
+  return `${num(u.requests)} request${u.requests === 1 ? "" : "s"}, ${num(u.prompt_tokens + u.completion_tokens)} tokens, ${wh}`;
+}
+
+// A shared replica's adapters (yours), each with its state and the last day's usage; the
+// rest of the replica's requests as one total, never named.
+function adapterList(r, usage, names) {
+  const mine = (usage?.replicas ?? []).find((u) => u.replica_id === r.id);
+  const others = mine?.others?.requests ? h("li", { class: "muted", dataset: { others: "" } }, `other organisations: ${used(mine.others)}`) : null;
+  if (!r.adapters.length && !others) return null;
+  return h(
+    "ul",
+    { class: "adapters small" },
+    r.adapters.map((a) => {
+      const u = mine?.adapters.find((x) => x.model_id === a.model_id);
+      return h(
+        "li",
+        { dataset: { adapter: a.model_id } },
+        h("code", {}, u ? names.get(u.deployment_id) ?? a.model_id : a.model_id),
+        ` ${a.state}${a.error ? `: ${a.error}` : ""}`,
+        usage ? h("span", { class: "muted" }, ` · ${used(u ?? { requests: 0, prompt_tokens: 0, completion_tokens: 0, energy_wh: 0 })} (24 h)`) : null,
+      );
+    }),
+    others,
+  );
+}
+
+function replicaList(d, usage, names) {
   if (!d.replica_details.length) return h("span", { class: "muted" }, "none");
   return h(
     "ul",
@@ -55,6 +111,7 @@ function replicaList(d) {
         ` ${r.datacenter_id}`,
         r.engine_restarts ? h("span", { class: "warn-text" }, ` · ${r.engine_restarts} restart${r.engine_restarts > 1 ? "s" : ""}`) : null,
         r.reason ? h("div", { class: "reason" }, r.reason) : null,
+        adapterList(r, usage, names),
         h("div", { class: "muted small" }, `since ${when(r.updated_at)}`),
       ),
     ),

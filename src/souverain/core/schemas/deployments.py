@@ -136,3 +136,37 @@ class Deployment(Out):
     replica_details: list[Replica]
     created_at: datetime
     updated_at: datetime
+
+
+class UsageSums(Out):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    energy_j: float  # attributed where the replica's energy interval has closed, else estimated
+    energy_wh: float
+    co2e_g: float
+    energy_estimated: int  # of `requests`, those whose energy is still the estimate
+
+
+class AdapterUsage(UsageSums):
+    model_id: str  # a fine-tuned model of yours on this shared replica
+    deployment_id: str  # its shared deployment
+
+
+class ReplicaUsage(Out):
+    replica_id: str
+    model: UsageSums  # requests for the deployment's own model (yours, for a tenant)
+    adapters: list[AdapterUsage]  # your fine-tuned models' requests on this replica
+    # every other request on the replica, as one anonymous total (null for operators, who
+    # see every adapter one by one)
+    others: UsageSums | None
+
+
+class DeploymentUsage(UsageSums):
+    """The deployment's own requests over the window, in all and per replica."""
+
+    deployment_id: str
+    since: datetime
+    until: datetime
+    replicas: list[ReplicaUsage]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from souverain.catalog.routes import hosts_adapters
 from souverain.core.fleet import ObjectGrant
 from souverain.core.policy import Policy, Site, exclusion
 from souverain.core.status import ReplicaState
@@ -54,12 +55,7 @@ class Hosted:
 def can_host(base: DeploymentRow, model: ModelRow) -> bool:
     """Whether a deployment's replicas may hold adapters: a base model's, on llama.cpp's
     llama-server (llama-cpp-python serves one adapter, fixed at start)."""
-    return (
-        model.base_model_id is None
-        and base.engine == "llamacpp"
-        and base.engine_args.get("runtime") != "llama-cpp-python"
-        and not base.engine_args.get("embedding")
-    )
+    return model.base_model_id is None and hosts_adapters(base.engine, base.engine_args)
 
 
 def is_active(deployment: DeploymentRow) -> bool:

@@ -1,18 +1,22 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.principal import Principal
 from souverain.core.schemas.deployments import (
+    AdapterUsage,
     Deployment,
     DeploymentCreateRequest,
     DeploymentUpdateRequest,
+    DeploymentUsage,
     Replica,
     ReplicaAdapter,
+    ReplicaUsage,
+    UsageSums,
 )
 from souverain.db.tables import DeploymentRow, ModelRow, ReplicaRow
-from souverain.jobs.deployments import autoscaling
+from souverain.jobs.deployments import autoscaling, usage
 from souverain.jobs.deployments import service as deployments
 from souverain.server.deps import PrincipalDep, SessionDep
 
@@ -115,6 +119,56 @@ async def get_deployment(
 ) -> Deployment:
     row = await deployments.get_deployment(session, principal=principal, ref=deployment)
     return (await _out(session, [row], principal))[0]
+
+
+@router.get("/{deployment}/usage", response_model=DeploymentUsage)
+async def get_deployment_usage(
+    deployment: str,
+    principal: PrincipalDep,
+    session: SessionDep,
+    hours: int = Query(default=24, ge=1, le=usage.MAX_HOURS, description="The window, up to now."),
+) -> DeploymentUsage:
+    """Requests, tokens, cost and energy (J and Wh, measured where the replica's energy
+    interval has closed) over the last `hours`: the deployment's own, in all and per
+    replica. For a deployment whose replicas hold fine-tuned models' adapters, each
+    replica's requests per adapter, for your organisation's adapters only; the rest of
+    the replica's requests as one anonymous total (`others`). You see the records your
+    usage reports show you: members their own, admins and auditors their organisation's."""
+    found = await usage.deployment_usage(session, principal=principal, ref=deployment, hours=hours)
+    return DeploymentUsage(
+        **_sums(found.total).model_dump(),
+        deployment_id=found.deployment_id,
+        since=found.since,
+        until=found.until,
+        replicas=[_replica_usage(r) for r in found.replicas],
+    )
+
+
+def _sums(sums: usage.Sums) -> UsageSums:
+    return UsageSums(
+        requests=sums.requests,
+        prompt_tokens=sums.prompt_tokens,
+        completion_tokens=sums.completion_tokens,
+        cost=sums.cost,
+        energy_j=sums.energy_j,
+        energy_wh=sums.energy_j / 3600,
+        co2e_g=sums.co2e_g,
+        energy_estimated=sums.energy_estimated,
+    )
+
+
+def _replica_usage(replica: usage.ReplicaUsage) -> ReplicaUsage:
+    return ReplicaUsage(
+        replica_id=replica.replica_id,
+        model=_sums(replica.model),
+        adapters=[
+            AdapterUsage(
+                **_sums(a.sums).model_dump(), model_id=a.model_id, deployment_id=a.deployment_id
+            )
+            for a in replica.adapters
+        ],
+        others=None if replica.others is None else _sums(replica.others),
+    )
 
 
 @router.patch("/{deployment}", response_model=Deployment)
