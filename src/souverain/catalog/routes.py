@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog.constraints import constraints_of
@@ -228,27 +228,39 @@ async def replica_states(session: AsyncSession) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Wakeable:
-    """A deployment that scales to zero (minimum 0, maximum ≥ 1): a request for its model
-    waits for a replica to start rather than being refused."""
+    """A deployment a request for its model waits for rather than being refused: one
+    that scales to zero (minimum 0, maximum ≥ 1) starts a replica; a shared one
+    (`shared`) has its adapter loaded by a replica of its base (a job's model just
+    succeeded, or a replica with the adapter replacing one without it)."""
 
     deployment_id: str
     org_id: str | None
     model_id: str
     status: str
     status_reason: str
+    shared: bool = False
 
 
 async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
+    at_zero = and_(
+        DeploymentRow.min_replicas == 0,
+        DeploymentRow.max_replicas > 0,
+        DeploymentRow.sharing != "shared",
+    )
+    # a shared deployment whose adapter is wanted loaded (jobs/deployments/sharing.is_active)
+    loading = and_(
+        DeploymentRow.sharing == "shared",
+        or_(DeploymentRow.replicas > 0, DeploymentRow.max_replicas > 0),
+    )
     query = select(
         DeploymentRow.id,
         DeploymentRow.org_id,
         DeploymentRow.model_id,
         DeploymentRow.status,
         DeploymentRow.status_reason,
-    ).where(
-        DeploymentRow.deleted.is_(False),
-        DeploymentRow.min_replicas == 0,
-        DeploymentRow.max_replicas > 0,
-        DeploymentRow.sharing != "shared",  # its base's replicas serve it: none to wake
-    )
-    return [Wakeable(*row) for row in (await session.execute(query)).all()]
+        DeploymentRow.sharing == "shared",
+    ).where(DeploymentRow.deleted.is_(False), or_(at_zero, loading))
+    return [
+        Wakeable(*row[:5], shared=bool(row[5]))  # SQLite answers 0/1
+        for row in (await session.execute(query)).all()
+    ]
