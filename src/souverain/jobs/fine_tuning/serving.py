@@ -1,9 +1,9 @@
 """How a succeeded job's model is served: on the shared replicas of its base where one can
 take its adapter now, else on a replica of its own.
 
-A shared deployment (jobs/deployments/sharing.py) starts no engine for the model: a running
-replica of the base loads the adapter beside the others it serves, and a request for the
-model meanwhile waits, bounded, for it (gateway/demand.py) instead of a 503. A dedicated
+A shared deployment (jobs/deployments/sharing.py) gives the model no engine of its own: the
+base's replicas take the adapter beside the others they serve (sharing.py says how), and a
+request for the model meanwhile waits, bounded, for it (gateway/demand.py) instead of a 503. A dedicated
 one starts a whole engine (the base weights, slots, start-up time) for a few MB of adapter,
 so it is the fallback only, for when no replica could host the adapter: none of its base
 that may hold adapters (a llama-server replica of a deployment of the platform's or of the
