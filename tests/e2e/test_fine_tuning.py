@@ -102,7 +102,18 @@ class TestFineTuning:
         assert checkpoints and checkpoints[0].step_number == 30
         assert checkpoints[0].metrics.train_loss is not None
 
-        tuned = ask(client, job.fine_tuned_model, "what is a cat")
+        # served at once by the base's running llama-server replica (a shared deployment,
+        # no replica of its own): the first request waits while the adapter loads, and is
+        # answered, never a 503 "no ready replica"
+        with httpx.Client(base_url=up.url, headers={"Authorization": f"Bearer {key}"}) as http:
+            [deployment] = [d for d in http.get("/api/deployments").json()
+                            if d["model"] == job.fine_tuned_model]  # fmt: skip
+        assert deployment["sharing"] == "shared" and not deployment["replica_details"], deployment
+        first = client.chat.completions.create(
+            model=job.fine_tuned_model, messages=[{"role": "user", "content": "what is a cat"}],
+            max_tokens=12, temperature=0,
+        )  # fmt: skip
+        tuned = first.choices[0].message.content or ""
         base = ask(client, MODEL, "what is a cat")
         assert tuned.startswith("ARRR!"), tuned
         assert "ARRR" not in base, base

@@ -75,9 +75,10 @@ class TestSharing:
         async with platform.sessions.begin() as session:  # a row made before this check
             await session.execute(update(DeploymentRow).where(
                 DeploymentRow.id == created.json()["id"]).values(min_replicas=0, max_replicas=2))  # fmt: skip
-            # its base's replicas serve it: never listed as one a request wakes
-            wakeable = {w.deployment_id for w in await load_wakeable(session)}
-        assert created.json()["id"] not in wakeable
+            # its base's replicas serve it: a request waits for its adapter to load, never
+            # for a replica of its own to start
+            wakeable = {w.deployment_id: w.shared for w in await load_wakeable(session)}
+        assert wakeable[created.json()["id"]] is True
 
     async def test_each_tenant_sees_its_own_adapters_on_a_shared_replica(
         self, platform: Platform

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog.constraints import constraints_of
@@ -239,15 +239,18 @@ async def replica_states(session: AsyncSession) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Wakeable:
-    """A deployment that scales to zero (minimum 0, maximum ≥ 1): a request for its model
-    waits for a replica to start rather than being refused. For a fine-tuned model served
-    by shared replicas, `model_id` is that model and the deployment is its base's."""
+    """A deployment a request for its model waits for rather than being refused: one
+    that scales to zero (minimum 0, maximum ≥ 1) starts a replica (for a fine-tuned model
+    served by shared replicas, `model_id` is that model and the deployment is its base's);
+    a shared one (`shared`) has its adapter loaded by a replica of its base (a job's model
+    just succeeded, or a replica with the adapter replacing one without it)."""
 
     deployment_id: str
     org_id: str | None
     model_id: str
     status: str
     status_reason: str
+    shared: bool = False
 
 
 def hosts_adapters(engine: str, engine_args: Mapping[str, object]) -> bool:
@@ -263,7 +266,8 @@ def hosts_adapters(engine: str, engine_args: Mapping[str, object]) -> bool:
 async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
     """Deployments at minimum 0, under their own model and under each fine-tuned model
     whose shared deployment their replicas would serve (`jobs/deployments/sharing.py`):
-    a request for such a model wakes its base."""
+    a request for such a model wakes its base; and shared deployments whose adapter is
+    being loaded."""
     query = select(DeploymentRow).where(
         DeploymentRow.deleted.is_(False),
         DeploymentRow.min_replicas == 0,
@@ -272,9 +276,22 @@ async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
     )
     at_zero = list((await session.execute(query)).scalars())
     own = [_wakeable(row, row.model_id, row.org_id) for row in at_zero]
-    return own + await _hosts_to_wake(
-        session, [row for row in at_zero if hosts_adapters(row.engine, row.engine_args)]
-    )
+    hosts = [row for row in at_zero if hosts_adapters(row.engine, row.engine_args)]
+    return own + await _hosts_to_wake(session, hosts) + await _loading(session)
+
+
+async def _loading(session: AsyncSession) -> list[Wakeable]:
+    """Shared deployments whose adapter is wanted loaded (jobs/deployments/sharing.is_active):
+    a request waits while a replica of the base loads it."""
+    query = select(
+        DeploymentRow.id, DeploymentRow.org_id, DeploymentRow.model_id,
+        DeploymentRow.status, DeploymentRow.status_reason,
+    ).where(
+        DeploymentRow.deleted.is_(False),
+        DeploymentRow.sharing == "shared",
+        or_(DeploymentRow.replicas > 0, DeploymentRow.max_replicas > 0),
+    )  # fmt: skip
+    return [Wakeable(*row, shared=True) for row in (await session.execute(query)).all()]
 
 
 async def _hosts_to_wake(session: AsyncSession, hosts: list[DeploymentRow]) -> list[Wakeable]:

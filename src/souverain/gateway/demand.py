@@ -17,6 +17,13 @@ deployments (published at once, not at the next tick), and waits, bounded by
 `wake_timeout_s`, until a replica is ready, then goes on through admission and the fair
 queue like any other. A deployment that cannot start (failed, unschedulable) ends the wait
 with a 503 naming why; so does the timeout.
+
+A request for a fine-tuned model served by shared replicas of its base waits the same way
+while its adapter is being loaded (its job just succeeded, or a replica of the base with
+the adapter replaces one without it): until a route for the adapter is ready, bounded by
+the same timeout. An adapter the node refused ends the wait with a 503 and the refusal's
+category (the shared deployment's own status, written by the controller: it names this
+adapter's fault only, never another organisation's model or the node's paths).
 """
 
 from __future__ import annotations
@@ -166,10 +173,16 @@ async def wake(
             _check_starting(woken, model.name)
             if time.monotonic() > deadline:
                 raise ServiceUnavailableError(
-                    f"The model '{model.name}' was scaled to zero and no replica became ready "
-                    f"within {timeout_s:.0f}s; retry later.",
+                    f"The model '{model.name}' {_waited_for(woken)} within {timeout_s:.0f}s; "
+                    "retry later.",
                     param="model",
                 )
+
+
+def _waited_for(deployments: list[Wakeable]) -> str:
+    if deployments and all(d.shared for d in deployments):
+        return "is being loaded onto a shared replica of its base and was not ready"
+    return "was scaled to zero and no replica became ready"
 
 
 def _check_starting(deployments: list[Wakeable], model_name: str) -> None:
@@ -177,6 +190,10 @@ def _check_starting(deployments: list[Wakeable], model_name: str) -> None:
     if not deployments or any(d.status not in NOT_STARTING for d in deployments):
         return
     reasons = "; ".join(d.status_reason or d.status for d in deployments)
+    if all(d.shared for d in deployments):
+        raise ServiceUnavailableError(
+            f"The model '{model_name}' could not be loaded: {reasons}", param="model"
+        )
     raise ServiceUnavailableError(
         f"The model '{model_name}' was scaled to zero and its replica could not start: {reasons}",
         param="model",

@@ -4,7 +4,8 @@
 
 A model whose deployments for the caller are all scaled to zero is woken in
 `compliant_routes`: the request waits (bounded) for a replica before admission
-(`gateway/demand.py`).
+(`gateway/demand.py`); so does one for a fine-tuned model whose adapter a shared replica
+of its base is loading.
 
 Invariant: every admitted request ends with exactly one settled usage record
 (`gateway.exchange`). Refusals before admission (no compliant replica: 451; none ready:
@@ -120,8 +121,8 @@ async def compliant_routes(call: Call) -> list[ReplicaRoute]:
 
 
 async def _wake(call: Call, tried: set[str]) -> None:
-    """The model's deployments for this caller are scaled to zero: wait for a replica
-    (other than those `tried`)."""
+    """The model's deployments for this caller are scaled to zero, or its adapter is being
+    loaded onto a shared replica: wait for a replica (other than those `tried`)."""
     state = call.state
     await demand.wake(
         state.routes,

@@ -1,9 +1,10 @@
 """An attempt of a fine-tuning job that ended: its worker stopped, or was lost.
 
 A succeeded job becomes a model of its organisation, with its lineage and its adapter,
-deployed at once; a paused one waits (or, asked to move, is queued again to carry on in
-a datacenter the policy allows); a lost worker sends the job back to `queued`, to resume
-from its last checkpoint. Whatever the end, what the attempt used is settled against the
+deployed at once (on a running replica of its base where one can take the adapter:
+outcome.py, serving.py); a paused one waits (or, asked to move, is queued again to carry
+on in a datacenter the policy allows); a lost worker sends the job back to `queued`, to
+resume from its last checkpoint. Whatever the end, what the attempt used is settled against the
 budget. Everything here is written in the apply's transaction; nothing calls Ray.
 """
 
@@ -124,11 +125,23 @@ async def _succeeded(
         await finish(session, ctx, job, FineTuningStatus.FAILED,
                      "Job failed: the adapter was not exported", level="error")  # fmt: skip
         return
-    model = await register_model(session, job, adapter, peft, serve_cpus=ctx.defaults.serve_cpus)
+    model, sharing = await register_model(
+        session, job, adapter, peft, serve_cpus=ctx.defaults.serve_cpus
+    )
     job.fine_tuned_model, job.result_model_id = model.name, model.id
     await finish(
         session, ctx, job, FineTuningStatus.SUCCEEDED, "The job has successfully completed"
     )
     await fine_tuning.add_event(
-        session, job, f"New fine-tuned model created: {model.name}", data={"model": model.name}
-    )
+        session, job, f"New fine-tuned model created: {model.name}",
+        data={"model": model.name, "sharing": sharing},
+    )  # fmt: skip
+    await fine_tuning.add_event(session, job, _SERVED[sharing])
+
+
+_SERVED = {
+    "shared": "The model is served by a running replica of its base, which loads its "
+    "adapter: requests wait for it meanwhile",
+    "dedicated": "The model gets a replica of its own (no running replica of its base "
+    "could take its adapter): it answers once that replica is ready",
+}

@@ -1,8 +1,10 @@
 """What a succeeded fine-tuning job becomes: a model of its organisation, named
 `ft:<base>:<org>:<suffix>:<job>`, with the base model's artifact and the job's adapter,
 its lineage (data, hyperparameters, compute, energy, CO2e, where it ran; evaluations
-before and after for reinforcement), the capabilities it learned, and a deployment of
-one replica so it answers as soon as that replica is ready."""
+before and after for reinforcement), the capabilities it learned, and a deployment: on
+the shared replicas of its base where one can take its adapter now (no engine started for
+it; a request waits while the adapter loads), else of one replica of its own
+(`serving.py`)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from souverain.db.tables import (
     utcnow,
 )
 from souverain.evidence import audit
+from souverain.jobs.deployments import sharing
 from souverain.jobs.fine_tuning import service as fine_tuning
+from souverain.jobs.fine_tuning import serving
 
 
 async def register_model(
@@ -33,9 +37,10 @@ async def register_model(
     peft: SealedObject,
     *,
     serve_cpus: float,
-) -> ModelRow:
+) -> tuple[ModelRow, str]:
     """The succeeded job as a model of its organisation: the base model's artifact plus
-    the job's sealed adapter, its lineage, and a deployment of one replica."""
+    the job's sealed adapter, its lineage, and a deployment; with how that deployment is
+    served (`shared` or `dedicated`)."""
     base = await session.get(ModelRow, job.base_model_id)
     assert base is not None
     artifact = (
@@ -62,27 +67,29 @@ async def register_model(
     )
     session.add(model)
     await session.flush()
-    _add_parts(session, job, model, base, artifact, adapter, serve_cpus=serve_cpus)
+    _add_parts(session, job, model, artifact, adapter)
+    deployment = _deployment(job, model, base, serve_cpus=serve_cpus)
+    deployment.sharing = await serving.sharing_for(session, job, base, deployment)
+    if deployment.sharing == sharing.SHARED:
+        deployment.status_reason = "a shared replica of its base is loading the adapter"
+    session.add(deployment)
     await audit.record(
         session, actor=audit.SYSTEM_CONTROLLER, action="model.fine_tuned",
         org_id=job.org_id, target_type="model", target_id=model.id,
         details={"job": job.id, "base": base.name, "adapter_sha256": adapter.sha256},
     )  # fmt: skip
     await session.flush()
-    return model
+    return model, deployment.sharing
 
 
 def _add_parts(
     session: AsyncSession,
     job: FineTuningJobRow,
     model: ModelRow,
-    base: ModelRow,
     artifact: ModelArtifactRow,
     adapter: SealedObject,
-    *,
-    serve_cpus: float,
 ) -> None:
-    """The new model's base weights, its sealed adapter and a deployment of one replica."""
+    """The new model's base weights and its sealed adapter."""
     session.add(ModelArtifactRow(
         id=new_id("art"), model_id=model.id, uri=artifact.uri, sha256=artifact.sha256,
         size_bytes=artifact.size_bytes, format=artifact.format, license=artifact.license,
@@ -93,14 +100,22 @@ def _add_parts(
         object_key=adapter.object_key, object_id=adapter.object_id, wrapped_key=job.wrapped_key,
         sha256=adapter.sha256, size_bytes=adapter.size, datacenter_id=job.datacenter_id or "",
     ))  # fmt: skip
-    session.add(DeploymentRow(
+
+
+def _deployment(
+    job: FineTuningJobRow, model: ModelRow, base: ModelRow, *, serve_cpus: float
+) -> DeploymentRow:
+    """The new model's deployment of one replica (of its own, or its adapter loaded on a
+    shared replica of its base), where the job's jurisdictions allow."""
+    return DeploymentRow(
         id=new_id("dep"), name=f"ft-{job.id[-12:]}", model_id=model.id, org_id=job.org_id,
         engine=base.engine, replicas=1, datacenters=[], cpus=serve_cpus, gpus=0,
         engine_args={}, placement={"jurisdictions": job.jurisdictions} if job.jurisdictions else {},
         strategy="spread", status="pending", status_reason="", deleted=False,
-        # trained to reason under the reasoning prompt: answers with it by default
-        reasoning_default="reasoning" in model.capabilities,
-    ))  # fmt: skip
+        # trained to reason under the reasoning prompt: answers with it by default (the
+        # gateway reads it per model, so a shared deployment carries it too)
+        reasoning_default="reasoning" in model.capabilities, sharing=sharing.DEDICATED,
+    )  # fmt: skip
 
 
 async def _lineage(

@@ -1,0 +1,155 @@
+"""A request for a fine-tuned model whose adapter a shared replica of its base is loading
+(its job has just succeeded) waits for it, bounded, and is then answered, instead of a
+503 "no ready replica"; an adapter the node refused ends the wait with a 503 that says
+why, and so does the timeout. Clients are the official SDK, the base is served by the
+stand-in engine; what the controller and the replica observer write is written here as
+they would write it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import openai
+import pytest
+from sqlalchemy import select, update
+
+from souverain.core.ids import new_id
+from souverain.core.roles import Role
+from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow, ReplicaRow
+from souverain.node.hosted_adapters import UNREADABLE
+from souverain.testing.factories import unique
+from tests.conftest import Platform, usage_records, wait_until
+from tests.gateway.test_scale_to_zero import ask, waiting_seen
+
+
+@dataclass
+class Loading:
+    client: openai.AsyncOpenAI  # the model's owner's
+    model: str  # the fine-tuned model's name
+    model_id: str
+    deployment_id: str  # its shared deployment
+    replica_id: str  # the base's replica that is to hold the adapter
+
+
+async def loading(platform: Platform) -> Loading:
+    """A tenant's fine-tuned model just registered by its succeeded job: a shared deployment
+    whose adapter the base's one replica has not loaded yet."""
+    tenant = await platform.factory.tenant()
+    key = await platform.factory.new_member(tenant.org_id, Role.MEMBER)
+    replica_id = new_id("rep")
+    base_name, _ = await platform.factory.served_model(
+        url=f"{platform.stand_in_url}/r/{replica_id}",
+        datacenter_id=await platform.factory.datacenter("fr-test", country="FR"),
+        replica_id=replica_id,
+    )
+    model_id, deployment_id, name = new_id("mdl"), new_id("dep"), unique("ft")
+    async with platform.sessions.begin() as session:
+        base = (
+            await session.execute(select(ModelRow).where(ModelRow.name == base_name))
+        ).scalar_one()
+        session.add(ModelRow(
+            id=model_id, name=name, owner_org_id=tenant.org_id, engine=base.engine,
+            capabilities=["chat", "completions"], context_length=4096, description="",
+            base_model_id=base.id,
+        ))  # fmt: skip
+        await session.flush()
+        session.add(ModelAdapterRow(
+            model_id=model_id, org_id=tenant.org_id, format="gguf-lora", store_uri="file:///x",
+            object_key="adapter", object_id=f"{new_id('ftjob')}/adapter.gguf", wrapped_key="00",
+            sha256="0" * 64, size_bytes=1, datacenter_id="fr-test",
+        ))  # fmt: skip
+        session.add(DeploymentRow(
+            id=deployment_id, name=unique("dep"), model_id=model_id, org_id=tenant.org_id,
+            engine=base.engine, replicas=1, datacenters=[], cpus=1, gpus=0, engine_args={},
+            status="pending", status_reason="a shared replica of its base is loading the adapter",
+            sharing="shared",
+        ))  # fmt: skip
+        await _touch(session, replica_id)  # every server reloads its routes
+    client = openai.AsyncOpenAI(
+        base_url=f"{platform.url}/v1", api_key=key.key, max_retries=0, timeout=60
+    )
+
+    async def known() -> bool:  # the servers' route tables have the model
+        try:
+            return (await client.models.retrieve(name)).id == name
+        except openai.NotFoundError:
+            return False
+
+    await wait_until(known, timeout_s=10)
+    return Loading(client, name, model_id, deployment_id, replica_id)
+
+
+async def _touch(session: object, replica_id: str, **values: object) -> None:
+    await session.execute(  # type: ignore[attr-defined]
+        update(ReplicaRow)
+        .where(ReplicaRow.id == replica_id)
+        .values(updated_at=datetime.now(UTC), **values)
+    )
+
+
+async def node_reports(platform: Platform, found: Loading, *, error: str) -> None:
+    """What the observer writes from the node's status (the adapter loaded as number 0,
+    or refused with a category), then the controller's status of the shared deployment."""
+    entry = {"model": found.model_id, "error": error, "lora": None if error else 0}
+    async with platform.sessions.begin() as session:
+        await _touch(session, found.replica_id, adapters=[entry])
+        deployment = await session.get(DeploymentRow, found.deployment_id)
+        assert deployment is not None
+        deployment.status = "failed" if error else "ready"
+        deployment.status_reason = (
+            f"the adapter was refused: {error}" if error else "served by 1 shared replica(s)"
+        )
+
+
+@pytest.fixture
+def short_wake(platform: Platform) -> Iterator[None]:
+    before = platform.settings.wake_timeout_s
+    platform.settings.wake_timeout_s = 1.0
+    yield
+    platform.settings.wake_timeout_s = before
+
+
+class TestAdapterBeingLoaded:
+    async def test_the_request_waits_for_the_adapter_and_is_answered(
+        self, platform: Platform
+    ) -> None:
+        found = await loading(platform)
+        assert found.model in {m.id async for m in found.client.models.list()}
+        request = ask(found.client, found.model)
+        await asyncio.sleep(0.5)  # several route reloads later, still waiting
+        assert not request.done(), f"refused while its adapter loaded: {request.exception()}"
+        await wait_until(lambda: waiting_seen(platform, found.deployment_id), timeout_s=10)
+        await node_reports(platform, found, error="")
+        answer = await asyncio.wait_for(request, 30)
+        assert answer.choices[0].message.content  # type: ignore[attr-defined]
+        [record] = await usage_records(platform.sessions, 1, model=found.model)
+        assert record.status == "ok"
+
+    async def test_a_refused_adapter_ends_the_wait_with_its_reason(
+        self, platform: Platform
+    ) -> None:
+        found = await loading(platform)
+        request = ask(found.client, found.model)
+        await wait_until(lambda: waiting_seen(platform, found.deployment_id), timeout_s=10)
+        await node_reports(platform, found, error=UNREADABLE)
+        with pytest.raises(openai.APIStatusError) as refused:
+            await asyncio.wait_for(request, 30)
+        assert refused.value.status_code == 503
+        assert f"could not be loaded: the adapter was refused: {UNREADABLE}" in (
+            refused.value.message
+        )
+        assert found.replica_id not in refused.value.message  # nothing of the shared replica
+
+    async def test_no_adapter_in_time_is_a_clear_503(
+        self, platform: Platform, short_wake: None
+    ) -> None:
+        found = await loading(platform)
+        with pytest.raises(openai.APIStatusError) as refused:
+            await ask(found.client, found.model)
+        assert refused.value.status_code == 503
+        assert "being loaded onto a shared replica of its base and was not ready within 1s" in (
+            refused.value.message
+        )

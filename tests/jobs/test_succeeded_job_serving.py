@@ -1,0 +1,163 @@
+"""A succeeded job's model is served at once by a running replica of its base that can hold
+adapters: a shared deployment, no replica (no engine) of its own. Only where no running
+replica can take the adapter (the base's replicas cannot hold adapters, or none runs where
+the job may be served) does it get a replica of its own. The real fine-tuning and
+deployment reconcilers on the real database, the in-memory cluster in place of Ray."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from souverain.catalog.routes import load_ready_routes
+from souverain.core.fleet import SealedObject, training_actor_name
+from souverain.core.ids import new_id
+from souverain.db.jobs import FineTuningEventRow, FineTuningJobRow
+from souverain.db.tables import DeploymentRow, ModelArtifactRow, ModelRow, ReplicaRow
+from souverain.installation.authority import Issuer
+from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
+from souverain.jobs.energy import EnergyAccountant
+from souverain.jobs.fine_tuning.reconciler import FineTuneReconciler, TrainingDefaults
+from souverain.testing.factories import Factory
+from tests.jobs.conftest import KEY, World
+from tests.jobs.test_shared_adapters import Shared
+
+
+@pytest.fixture
+async def base(world: World) -> AsyncIterator[Shared]:
+    """A platform deployment of a llama.cpp base with one replica in the world's datacenter,
+    running llama-server (as its node reports it)."""
+    base_model, base_deployment = new_id("mdl"), new_id("dep")
+    async with world.sessions.begin() as session:
+        session.add(ModelRow(
+            id=base_model, name=new_id("base"), owner_org_id=None, engine="llamacpp",
+            capabilities=["chat"], context_length=4096, description="",
+        ))  # fmt: skip
+        await session.flush()
+        session.add(ModelArtifactRow(
+            id=new_id("art"), model_id=base_model, uri="builtin://smollm2-135m-instruct",
+            sha256=None, size_bytes=None, format="gguf", license="test", source="test",
+        ))  # fmt: skip
+        session.add(DeploymentRow(
+            id=base_deployment, name=base_deployment, model_id=base_model, org_id=None,
+            engine="llamacpp", replicas=1, datacenters=[], cpus=1, gpus=0,
+            engine_args={}, status="pending", status_reason="", strategy="spread",
+        ))  # fmt: skip
+    reconciler = DeploymentReconciler(
+        world.sessions, world.cluster, master_key=KEY,
+        engine=EngineDefaults(threads=1, bind_host=None),
+        energy=EnergyAccountant(world.sessions, interval_s=30.0, prompt_weight=1.0,
+                                completion_weight=3.0),
+        issuer=Issuer(world.sessions, KEY),
+    )  # fmt: skip
+    found = Shared(world, reconciler, base_deployment, world.datacenter_id, "", [])
+    await found.round()
+    await running_as(found, "llama-server")
+    yield found
+    async with world.sessions.begin() as session:
+        ids = [base_deployment, *found.made]
+        await session.execute(delete(ReplicaRow).where(ReplicaRow.deployment_id.in_(ids)))
+        await session.execute(delete(DeploymentRow).where(DeploymentRow.id.in_(ids)))
+
+
+async def running_as(base: Shared, runtime: str) -> None:
+    """What the observer writes from the node's status: the program serving the base."""
+    async with base.world.sessions.begin() as session:
+        await session.execute(
+            update(ReplicaRow)
+            .where(ReplicaRow.deployment_id == base.base_deployment)
+            .values(runtime=runtime)
+        )
+
+
+async def succeeded(base: Shared, *, jurisdictions: list[str] | None = None) -> FineTuningJobRow:
+    """A supervised job on the base, run to success (its worker sealed an adapter)."""
+    world = base.world
+    job_id = await world.queued_job()
+    async with world.sessions.begin() as session:
+        deployment = await session.get(DeploymentRow, base.base_deployment)
+        assert deployment is not None
+        await session.execute(
+            update(FineTuningJobRow)
+            .where(FineTuningJobRow.id == job_id)
+            .values(base_model_id=deployment.model_id, jurisdictions=jurisdictions)
+        )
+    loop = FineTuneReconciler(
+        world.sessions, world.cluster, master_key=KEY,
+        defaults=TrainingDefaults(threads=1, file_stores={world.datacenter_id: "file:///tmp"}),
+    )  # fmt: skip
+    await loop.reconcile(job_id, await world.placer())
+    sealed = tuple(
+        SealedObject(name, f"{job_id}/{name}", f"{job_id}/{name}", "0" * 64, 10, 3)
+        for name in ("adapter.gguf", "adapter-peft.tar")
+    )
+    world.cluster.set_training(training_actor_name(job_id), state="succeeded", step=3,
+                               sealed=sealed)  # fmt: skip
+    await loop.reconcile(job_id, await world.placer())
+    job = await world.job(job_id)
+    assert job.status == "succeeded" and job.result_model_id, job.error
+    return job
+
+
+async def deployment_of(base: Shared, job: FineTuningJobRow) -> DeploymentRow:
+    async with base.world.sessions() as session:
+        query = select(DeploymentRow).where(DeploymentRow.model_id == job.result_model_id)
+        deployment = (await session.execute(query)).scalar_one()
+    base.made.append(deployment.id)
+    return deployment
+
+
+def started_for(base: Shared, deployment_id: str) -> list[str]:
+    """The engines the cluster was asked to start for a deployment."""
+    specs = base.world.cluster.replica_specs.values()
+    return [s.replica_id for s in specs if s.deployment_id == deployment_id]
+
+
+class TestSucceededJobServing:
+    async def test_a_running_replica_of_the_base_serves_the_model_no_engine_of_its_own(
+        self, base: Shared
+    ) -> None:
+        job = await succeeded(base)
+        deployment = await deployment_of(base, job)
+        assert deployment.sharing == "shared", "a new engine would start for the model"
+        assert deployment.org_id == job.org_id and deployment.replicas == 1
+        async with base.world.sessions() as session:
+            messages = (await session.execute(
+                select(FineTuningEventRow.message).where(FineTuningEventRow.job_id == job.id)
+            )).scalars().all()  # fmt: skip
+        assert any("served by a running replica of its base" in m for m in messages)
+        for _ in range(3):
+            await base.round()
+        assert started_for(base, deployment.id) == []  # the controller starts none for it
+        async with base.world.sessions() as session:
+            routes = [r for r in await load_ready_routes(session)
+                      if r.model_id == job.result_model_id]  # fmt: skip
+            mine = await session.get(DeploymentRow, deployment.id)
+        assert routes and {r.deployment_id for r in routes} == {deployment.id}
+        assert mine is not None and mine.status == "ready", mine and mine.status_reason
+
+    async def test_a_base_whose_replicas_cannot_hold_adapters_gives_a_replica_of_its_own(
+        self, base: Shared
+    ) -> None:
+        await running_as(base, "llama-cpp-python")  # serves one adapter, fixed at start
+        job = await succeeded(base)
+        deployment = await deployment_of(base, job)
+        assert deployment.sharing == "dedicated"
+        await base.reconciler.reconcile(deployment.id, await base.world.placer())
+        assert len(started_for(base, deployment.id)) == 1
+
+    async def test_no_shared_replica_where_the_jobs_jurisdictions_exclude_it(
+        self, base: Shared
+    ) -> None:
+        # the base's only replica runs in Germany; the job's model may be served in France
+        germany = await Factory(base.world.sessions).datacenter(country="DE")
+        async with base.world.sessions.begin() as session:
+            await session.execute(
+                update(ReplicaRow)
+                .where(ReplicaRow.deployment_id == base.base_deployment)
+                .values(datacenter_id=germany)
+            )
+        job = await succeeded(base, jurisdictions=["FR"])
+        assert (await deployment_of(base, job)).sharing == "dedicated"
