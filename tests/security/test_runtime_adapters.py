@@ -139,7 +139,8 @@ class TestRefusedWhileServing:
     ) -> None:
         a = engine.adapters["a"]
         engine.supervisor.change_adapters((a,))
-        with_a = engine.answer(0)
+        lora_a = engine.ids()[a.model_id]
+        with_a = engine.answer(lora_a)
         # a file that does not match its checksum, and an adapter of another base
         corrupt = HostedAdapter("mdl_corrupt", replace(engine.adapters["b"].grant, sha256="0" * 64))
         change = engine.supervisor.change_adapters((a, engine.adapters["other"], corrupt))
@@ -153,7 +154,7 @@ class TestRefusedWhileServing:
         for path in (engine.files["other"], junk):
             loaded = engine.post("/lora-adapters/load", {"path": str(path)})
             assert loaded.status_code == 400, loaded.text
-        assert engine.answer(0) == with_a
+        assert engine.answer(lora_a) == with_a
         assert engine.supervisor.status().state == "ready"
 
     def test_the_routes_need_the_replica_secret(self, engine: Engine) -> None:
@@ -164,3 +165,14 @@ class TestRefusedWhileServing:
             wrong = httpx.post(engine.url + path, json=body, timeout=30,
                                headers={"Authorization": "Bearer sk-not-it"})  # fmt: skip
             assert wrong.status_code == 401
+
+
+class TestBaseModel:
+    def test_a_request_naming_no_adapter_gets_none_of_them(self, engine: Engine) -> None:
+        """Adapters loaded at start "without applying" stay unapplied for a request that
+        names none (llama-server took their scale from the command line: 1)."""
+        engine.supervisor.change_adapters((engine.adapters["a"], engine.adapters["b"]))
+        shared = engine.answer()
+        engine.supervisor.change_adapters(())
+        assert engine.ids() == {}
+        assert engine.answer() == shared
