@@ -10,7 +10,7 @@ TORCH  ?= 2.13.0
 # llama.cpp is built once (scripts/build-llamacpp, cached): one wheel of llama-cpp-python
 # whose package holds the shared libraries and llama-server, which .venv/bin/llama-server
 # links to; while it builds, torch downloads. Without llama-server, llama-cpp-python serves.
-$(STAMP): pyproject.toml scripts/build-llamacpp scripts/patches/llama-server-isolation.patch | openssl
+$(STAMP): pyproject.toml scripts/build-llamacpp $(wildcard scripts/patches/*.patch) | openssl
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	( PIP=$(BIN)/pip scripts/build-llamacpp > $(VENV)/.llamacpp || rm -f $(VENV)/.llamacpp ) & \

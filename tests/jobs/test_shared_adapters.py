@@ -1,6 +1,7 @@
 """The controller puts fine-tuned models' adapters on shared replicas of their base: only
-where each owner's placement policy allows, new adapters by a rolling replacement that
-keeps every model answering, an unloaded adapter taken off the same way, and a shared
+where each owner's placement policy allows, new adapters loaded into the running replicas
+(or, for an engine that loads them at start only, by a rolling replacement that keeps
+every model answering), an unloaded adapter taken off the same way, and a shared
 deployment that says where it is served. The real reconciler on the real database, the
 in-memory cluster in place of Ray (its replicas report every adapter loaded)."""
 
@@ -182,7 +183,23 @@ class TestPlacement:
         # before the controller runs: the gateway already sends it to Paris only
         assert await self.served_at(shared, model_id) == {shared.paris}
         await shared.reconciler.reconcile(shared.base_deployment, await shared.world.placer())
-        # the Berlin replica held it: stopped now, not once its replacement is ready
+        # the Berlin replica held it: unloaded now, while the replica serves on
+        assert (await shared.held())[shared.berlin] == [()]
+        assert berlin in {r.id for r in await shared.replicas()}
+
+    async def test_an_excluded_adapter_in_use_stops_its_replica_at_once(
+        self, shared: Shared
+    ) -> None:
+        model_id = await shared.fine_tuned(shared.world.tenant.org_id)
+        for _ in range(3):
+            await shared.round()
+        berlin = next(r.id for r in await shared.replicas() if r.datacenter_id == shared.berlin)
+        shared.world.cluster.busy_adapters.add(model_id)  # a request applies it right now
+        async with shared.world.sessions.begin() as session:
+            await session.execute(update(DeploymentRow).where(
+                DeploymentRow.id == shared.made[0]).values(datacenters=[shared.paris]))  # fmt: skip
+        await shared.reconciler.reconcile(shared.base_deployment, await shared.world.placer())
+        # it could not be unloaded: stopped now, not once its replacement is ready
         assert berlin not in {r.id for r in await shared.replicas()}
 
     @staticmethod
@@ -225,12 +242,56 @@ class TestPlacement:
         assert routes and {(r.model_id, r.lora_id) for r in routes} == {(first, 1)}
 
 
+class TestRuntimeLoad:
+    async def test_a_new_shared_model_is_loaded_into_the_running_replicas(
+        self, shared: Shared
+    ) -> None:
+        first = await shared.fine_tuned(shared.world.tenant.org_id)
+        for _ in range(3):
+            await shared.round()
+        before = {r.id for r in await shared.replicas()}
+        started = len(shared.world.cluster.replica_specs)
+        second = await shared.fine_tuned(shared.world.tenant.org_id)
+        await shared.round()
+        # no replica started or stopped: both running ones took the new adapter
+        assert {r.id for r in await shared.replicas()} == before
+        assert len(shared.world.cluster.replica_specs) == started
+        assert await shared.held() == {shared.paris: [(first, second)],
+                                       shared.berlin: [(first, second)]}  # fmt: skip
+        asked = [models for _, models in shared.world.cluster.changes]
+        assert asked == [(first, second), (first, second)]
+        # the route carries the id the running engine gave it (the next one)
+        async with shared.world.sessions() as session:
+            routes = await load_ready_routes(session)
+        assert {r.lora_id for r in routes if r.model_id == second} == {1}
+        assert {r.lora_id for r in routes if r.model_id == first} == {0}
+        await shared.round()
+        assert (await shared.deployment(shared.made[1])).status == "ready"
+
+    async def test_an_erased_adapter_is_unloaded_while_the_replica_serves(
+        self, shared: Shared
+    ) -> None:
+        kept = await shared.fine_tuned(shared.world.tenant.org_id)
+        other = await Factory(shared.world.sessions).tenant()
+        erased = await shared.fine_tuned(other.org_id)
+        for _ in range(3):
+            await shared.round()
+        before = {r.id for r in await shared.replicas()}
+        async with shared.world.sessions.begin() as session:  # its organisation's keys erased
+            await session.execute(delete(ModelAdapterRow).where(ModelAdapterRow.model_id == erased))
+        await shared.reconciler.reconcile(shared.base_deployment, await shared.world.placer())
+        assert {r.id for r in await shared.replicas()} == before
+        assert await shared.held() == {shared.paris: [(kept,)], shared.berlin: [(kept,)]}
+
+
 class TestRollingReplacement:
     async def test_the_old_replica_serves_until_one_with_the_new_set_is_ready(
         self, shared: Shared
     ) -> None:
         await shared.round()
         before = {r.id for r in await shared.replicas()}
+        # engines that load adapters at start only (built without souverain's patch)
+        shared.world.cluster.start_only |= {r.actor_name for r in await shared.replicas()}
         await shared.fine_tuned(shared.world.tenant.org_id)
         placer = await shared.world.placer()
         await shared.reconciler.reconcile(shared.base_deployment, placer)

@@ -22,6 +22,8 @@ from souverain.cluster.training_actor import TrainingActor
 from souverain.core.fleet import (
     DATACENTER_LABEL,
     RAY_NAMESPACE,
+    AdapterChange,
+    HostedAdapter,
     ObservedNode,
     ReplicaSpec,
     ReplicaStatus,
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 WORKER_NICENESS_ENV = "RAY_worker_niceness"  # read by each raylet when it starts
 NODE_ID_LABEL = "ray.io/node-id"  # every node's, set by Ray
+CHANGE_TIMEOUT_S = 120.0  # a shared replica decrypts, checks and loads its new adapters
 
 _RemoteReplica: Any = ray.remote(ReplicaActor)
 _RemoteTraining: Any = ray.remote(TrainingActor)
@@ -130,6 +133,25 @@ class RayCluster:
     def engine_pid(self, actor_name: str) -> int | None:
         actor = _find_actor(actor_name)
         return None if actor is None else ray.get(actor.engine_pid.remote(), timeout=10)
+
+    def change_adapters(
+        self, actor_name: str, wanted: tuple[HostedAdapter, ...]
+    ) -> AdapterChange | None:
+        """What a shared replica did when asked to hold `wanted`; None when it could not
+        answer now (gone, not serving): the controller asks again next round."""
+        actor = _find_actor(actor_name)
+        if actor is None:
+            return None
+        try:
+            method = actor.change_adapters
+        except AttributeError:  # an actor of an earlier souverain: it is replaced instead
+            return AdapterChange(runtime_load=False)
+        try:
+            change: AdapterChange = ray.get(method.remote(wanted), timeout=CHANGE_TIMEOUT_S)
+        except Exception as error:  # not serving, restarting, timed out
+            log.warning("replica %s did not change its adapters: %s", actor_name, error)
+            return None
+        return change
 
     def stop_replica(self, actor_name: str) -> None:
         actor = _find_actor(actor_name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ray
 
 from souverain.cluster import ray_tls
-from souverain.core.fleet import ReplicaSpec, ReplicaStatus
+from souverain.core.fleet import AdapterChange, HostedAdapter, ReplicaSpec, ReplicaStatus
 from souverain.node.engines.registry import launcher_for
 from souverain.node.supervisor import EngineSupervisor
 
@@ -39,6 +39,10 @@ class ReplicaActor:
     def watch(self, version: int, timeout_s: float) -> ReplicaStatus:
         """A long poll: answers as soon as the status is newer than `version`."""
         return self._supervisor.watch(version, timeout_s)
+
+    def change_adapters(self, wanted: tuple[HostedAdapter, ...]) -> AdapterChange:
+        """A shared replica holds `wanted` from now on, loaded while its engine serves."""
+        return self._supervisor.change_adapters(wanted)
 
     def engine_pid(self) -> int | None:
         return self._supervisor.pid

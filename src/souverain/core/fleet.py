@@ -78,6 +78,18 @@ class AdapterState:
 
 
 @dataclass(frozen=True)
+class AdapterChange:
+    """What a running shared replica did when asked to hold another set of adapters
+    (`ReplicaActor.change_adapters`): loaded and unloaded them while its engine serves, or
+    not at all (`runtime_load` False: its engine loads adapters at start only, so the
+    controller replaces the replica instead)."""
+
+    runtime_load: bool
+    adapters: tuple[AdapterState, ...] = ()  # what it holds now, loaded or refused
+    kept: tuple[str, ...] = ()  # models it could not unload yet: a running request uses them
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     """Everything an engine actor needs to start serving; travels through Ray."""
 

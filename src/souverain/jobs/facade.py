@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from souverain.core.fleet import (
+    AdapterChange,
+    HostedAdapter,
     ObservedNode,
     ReplicaSpec,
     ReplicaStatus,
@@ -23,6 +25,10 @@ class ClusterFacade(Protocol):
     async def watch_replica(
         self, actor_name: str, version: int, timeout_s: float
     ) -> ReplicaStatus | None: ...
+
+    def change_adapters(
+        self, actor_name: str, wanted: tuple[HostedAdapter, ...]
+    ) -> AdapterChange | None: ...
 
     def stop_replica(self, actor_name: str) -> None: ...
 

@@ -46,15 +46,7 @@ def prepare(
     loaded: list[HostedAdapter] = []
     states: list[AdapterState] = []
     for index, adapter in enumerate(adapters):
-        refused = ""
-        try:
-            path = _clear_path(adapter, scratch / f"adapter-{index}.gguf")
-            if detail := fits(path, base):
-                log.warning("adapter of %s refused: %s", adapter.model_id, detail)
-                refused = NOT_FOR_BASE
-        except Exception as error:  # a key erased, an object gone, tampered with, truncated
-            log.warning("adapter of %s cannot be read: %s", adapter.model_id, _plain(error))
-            refused = UNREADABLE
+        path, refused = check(adapter, scratch / f"adapter-{index}.gguf", base)
         if refused:
             states.append(AdapterState(adapter.model_id, refused))
         else:
@@ -62,6 +54,23 @@ def prepare(
             states.append(AdapterState(adapter.model_id, lora_id=len(loaded)))
             loaded.append(replace(adapter, path=str(path)))
     return tuple(loaded), tuple(states)
+
+
+def check(adapter: HostedAdapter, target: Path, base: Path) -> tuple[Path, str]:
+    """The adapter decrypted at `target` and checked against `base`: its path, and why it
+    is refused ("" when it may be loaded; a refused one leaves no clear copy behind)."""
+    refused = ""
+    try:
+        path = _clear_path(adapter, target)
+        if detail := fits(path, base):
+            log.warning("adapter of %s refused: %s", adapter.model_id, detail)
+            refused = NOT_FOR_BASE
+    except Exception as error:  # a key erased, an object gone, tampered with, truncated
+        log.warning("adapter of %s cannot be read: %s", adapter.model_id, _plain(error))
+        refused = UNREADABLE
+    if refused:
+        target.unlink(missing_ok=True)
+    return target, refused
 
 
 def _clear_path(adapter: HostedAdapter, target: Path) -> Path:

@@ -44,10 +44,16 @@ from pathlib import Path
 
 import httpx
 
-from souverain.core.fleet import AdapterState, ReplicaSpec, ReplicaStatus
+from souverain.core.fleet import (
+    AdapterChange,
+    AdapterState,
+    HostedAdapter,
+    ReplicaSpec,
+    ReplicaStatus,
+)
 from souverain.core.tls import client_context
 from souverain.energy.sources import PowerSource, pick_source, process_cpu_seconds
-from souverain.node import artifacts, hosted_adapters, scratch
+from souverain.node import artifacts, hosted_adapters, runtime_adapters, scratch
 from souverain.node.engines.base import EngineLauncher, TlsFiles, chat_overhead_probes
 from souverain.node.exits import CrashLoop, describe_exit, die_with_parent, log_tail
 from souverain.node.node_dir import node_dir, open_log
@@ -135,6 +141,9 @@ class EngineSupervisor:
         self._log_start = 0  # where the current engine run's output begins in its log
         self._prompt_overhead: tuple[int, int] | None = None
         self._adapters: tuple[AdapterState, ...] = ()  # a shared replica's, once checked
+        self._changing = threading.Lock()  # one change of adapters at a time
+        self._runtime_load: bool | None = None  # whether the engine loads adapters as it runs
+        self._model_path: Path | None = None
         self._power = power or self._default_power(gpu_indices, spec.watts_per_core)
         self._source: PowerSource | None = None
         self._energy_base = 0.0  # energy of engine processes that have exited
@@ -231,6 +240,7 @@ class EngineSupervisor:
         except artifacts.ArtifactError as error:
             self._set("failed", error=str(error))
             return
+        self._model_path = model_path
         if self._spec.adapter is not None:
             try:
                 self._spec = replace(self._spec, adapter_path=str(self._decrypt_adapter()))
@@ -258,6 +268,36 @@ class EngineSupervisor:
                 backoff = 1.0
             self._stop.wait(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def change_adapters(self, wanted: tuple[HostedAdapter, ...]) -> AdapterChange:
+        """Hold `wanted` from now on: load what the replica lacks and unload what it holds
+        beyond it, while its engine serves (node/runtime_adapters.py). `runtime_load` is
+        False when its engine loads adapters at start only; raises when it is not serving."""
+        with self._changing:
+            with self._lock:
+                url, state, model_path = self._url, self._state, self._model_path
+            if self._launcher.runtime not in hosted_adapters.RUNTIMES:
+                return AdapterChange(runtime_load=False)
+            if state != "ready" or url is None or model_path is None:
+                raise RuntimeError(f"the engine is not serving ({state})")
+            headers = {"Authorization": f"Bearer {self._spec.secret}"}
+            with self._client(httpx.Timeout(60.0, connect=5.0)) as client:
+                engine = runtime_adapters.EngineAdapters(
+                    lambda path, body: self._post(client, url + path, json=body, headers=headers)
+                )
+                if self._runtime_load is None:
+                    self._runtime_load = engine.supported()
+                if not self._runtime_load:
+                    return AdapterChange(runtime_load=False)
+                done = runtime_adapters.change(
+                    engine, self._adapters, self._spec.adapters, wanted,
+                    scratch=self._scratch, base=model_path,
+                )  # fmt: skip
+            with self._changed:
+                self._adapters, self._spec = done.states, replace(self._spec, adapters=done.loaded)
+                self._version = max(self._version + 1, time.time_ns())
+                self._changed.notify_all()
+            return AdapterChange(True, done.states, done.kept)
 
     def _decrypt_adapter(self) -> Path:
         """The fine-tuned model's adapter, in clear in this node's private directory only
@@ -288,6 +328,8 @@ class EngineSupervisor:
         url = url_for(self._host, port, tls=tls is not None)
         secret = secret_pipe(self._spec.secret)
         log = open_log(self._log_path)
+        with self._lock:  # a new run numbers the adapters loaded at run time anew
+            self._adapters = runtime_adapters.renumbered(self._adapters, self._spec.adapters)
         try:
             argv = self._launcher.command(
                 spec=self._spec, model_path=model_path, host=self._host, port=port,

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field, replace
 
 from souverain.core.fleet import (
     DATACENTER_LABEL,
+    AdapterChange,
     AdapterState,
+    HostedAdapter,
     ObservedNode,
     ReplicaSpec,
     ReplicaStatus,
@@ -34,6 +36,12 @@ class MemoryCluster:
     training_specs: dict[str, TrainingSpec] = field(default_factory=dict)
     signals: list[tuple[str, str]] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
+    # replicas whose engine loads adapters at start only (by actor name), and every
+    # change of adapters asked of a running one: (actor name, models wanted)
+    start_only: set[str] = field(default_factory=set)
+    changes: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    busy_adapters: set[str] = field(default_factory=set)  # models a running request uses
+    _next_lora: dict[str, int] = field(default_factory=dict)
     training_starting: threading.Event = field(default_factory=threading.Event)
     _training_gate: threading.Event = field(default_factory=threading.Event)
 
@@ -85,6 +93,31 @@ class MemoryCluster:
         if status is not None and status.version == version:
             await asyncio.sleep(min(timeout_s, 0.05))
         return status
+
+    def change_adapters(
+        self, actor_name: str, wanted: tuple[HostedAdapter, ...]
+    ) -> AdapterChange | None:
+        """As a patched llama-server's node does: a new adapter gets the next id, an
+        unloaded one's id is not given again, one in use by a request stays (`kept`)."""
+        status = self.replicas.get(actor_name)
+        if status is None:
+            return None
+        if actor_name in self.start_only:
+            return AdapterChange(runtime_load=False)
+        self.changes.append((actor_name, tuple(a.model_id for a in wanted)))
+        names = {a.model_id for a in wanted}
+        held = {s.model_id: s for s in status.adapters}
+        kept = tuple(m for m in held if m not in names and m in self.busy_adapters)
+        states = {m: s for m, s in held.items() if m in names or m in kept}
+        following = self._next_lora.get(actor_name, len(status.adapters))
+        for adapter in wanted:
+            if adapter.model_id not in states:
+                states[adapter.model_id] = AdapterState(adapter.model_id, lora_id=following)
+                following += 1
+        self._next_lora[actor_name] = following
+        adapters = tuple(sorted(states.values(), key=lambda s: s.model_id))
+        self.replicas[actor_name] = replace(status, adapters=adapters, version=status.version + 1)
+        return AdapterChange(True, adapters, kept)
 
     def stop_replica(self, actor_name: str) -> None:
         self.stopped.append(actor_name)

@@ -51,7 +51,7 @@ from souverain.db.tables import (
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.jobs.cycle import run_cycle
-from souverain.jobs.deployments import autoscaling, sharing, statuses
+from souverain.jobs.deployments import autoscaling, live_adapters, sharing, statuses
 from souverain.jobs.deployments import draining as drain
 from souverain.jobs.deployments.service import placement_policy
 from souverain.jobs.energy import EnergyAccountant
@@ -116,6 +116,7 @@ class Outcome:
     scaling: dict[str, object] = field(default_factory=dict)  # the row's new scaling values
     drains: list[str] = field(default_factory=list)  # replicas that begin to drain
     undrains: list[str] = field(default_factory=list)  # draining replicas needed again
+    adapters: dict[str, list[dict[str, object]]] = field(default_factory=dict)  # changed live
 
     def replica_event(self, action: str, replica_id: str, **details: object) -> None:
         self.events.append(Event(action, "replica", replica_id, details))
@@ -146,6 +147,7 @@ class DeploymentReconciler:
             DeploymentRow.id, DeploymentRow.lock_token, DeploymentRow.lock_expires_at, lease_s
         )
         self.recently_started: dict[str, float] = {}
+        self.start_only: set[str] = set()  # replicas whose engine loads adapters at start only
         self.drain_grace_s = drain.DRAIN_GRACE_S
         self.drain_timeout_s = drain.DRAIN_TIMEOUT_S
 
@@ -308,23 +310,33 @@ class DeploymentReconciler:
         self, loaded: Loaded, placer: Placer, live: list[ReplicaRow], desired: int,
         outcome: Outcome,
     ) -> list[ReplicaRow]:  # fmt: skip
-        """Take out of `live` the replicas whose adapters are not the set wanted where they
-        run (sharing.py); stop those the new ones already cover, return the others, which
-        serve until then."""
+        """Give the replicas whose adapters are not the set wanted where they run (sharing.py)
+        that set while they serve, where their engine can (live_adapters.py); take the
+        others out of `live`, stop those the new ones already cover, return the rest, which
+        serve until then. One that must drop an adapter at once and cannot stops now."""
         if not sharing.can_host(loaded.deployment, loaded.model):
             return []
         sites = placer.snapshot.datacenters
-        stale = [
-            r for r in live
-            if r.datacenter_id in sites
-            and sharing.held(r) != sharing.wanted_at(sites[r.datacenter_id].site, loaded.hosted)
-        ]  # fmt: skip
+        wanted = {r.id: sharing.wanted_at(sites[r.datacenter_id].site, loaded.hosted)
+                  for r in live if r.datacenter_id in sites}  # fmt: skip
+        changed = await live_adapters.change_live(
+            self._cluster, live, wanted, loaded.hosted, self.start_only
+        )
+        for done in changed:
+            outcome.adapters[done.replica_id] = done.entries
+            outcome.replica_event("replica.adapters", done.replica_id, loaded=done.loaded,
+                                  unloaded=done.unloaded, kept=done.kept)  # fmt: skip
+        stale = [r for r in live if r.id in wanted and sharing.held(r) != wanted[r.id]]
         urgent = {}
         for replica in stale:
             live.remove(replica)
             site = sites[replica.datacenter_id].site
             if why := sharing.must_unload(replica, site, loaded.hosted, loaded.erased):
                 urgent[replica.id] = why
+        live_ids = {done.replica_id for done in changed}
+        for replica in [r for r in stale if r.id in live_ids and r.id not in urgent]:
+            stale.remove(replica)  # kept an adapter in use: asked again next round
+            live.append(replica)
         for replica in sharing.to_stop(stale, live, desired, urgent=set(urgent)):
             await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
             outcome.deletes.append(replica.id)
@@ -439,6 +451,9 @@ class DeploymentReconciler:
             .where(DeploymentRow.id == deployment.id)
             .values(status=outcome.status, status_reason=outcome.reason, **outcome.scaling)
         )
+        for replica_id, entries in outcome.adapters.items():  # the route table sees it at once
+            await session.execute(update(ReplicaRow).where(ReplicaRow.id == replica_id)
+                                  .values(adapters=entries, updated_at=utcnow()))  # fmt: skip
         if outcome.deletes:
             await session.execute(delete(ReplicaRow).where(ReplicaRow.id.in_(outcome.deletes)))
         began = loaded.now or self._clock()  # the clock the drain's plan reads

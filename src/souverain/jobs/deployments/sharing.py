@@ -12,9 +12,10 @@ Rules:
 - an adapter goes only to a replica whose datacenter its owner's placement policy allows
   (the shared deployment's constraints ∩ its organisation's ceiling), so a replica's set
   depends on where it runs (`wanted_at`);
-- llama-server loads adapters at start only, so a replica whose set is no longer the one
-  wanted is replaced, rolling: a new replica with the new set is placed, and the old one
-  stops once enough new ones are ready (`to_stop`), so every model keeps answering;
+- a ready replica whose set is no longer the one wanted takes the new set while it serves
+  where its engine can (souverain's llama-server: live_adapters.py); otherwise it is
+  replaced, rolling: a new replica with the new set is placed, and the old one stops once
+  enough new ones are ready (`to_stop`), so every model keeps answering;
 - one adapter per model on a replica, however many shared deployments name it; at most
   `PER_REPLICA` adapters on a replica and `PER_ORG` of one organisation's, the oldest
   shared deployments first (a newer one past a cap waits, its status says why);

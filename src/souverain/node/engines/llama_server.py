@@ -32,7 +32,9 @@ How it is started, and why:
 - `--lora-init-without-apply` with one `--lora` per adapter of a shared replica
   (node/hosted_adapters.py): every adapter loaded, none applied unless the request names
   it (`"lora": [{"id": i, "scale": 1}]`, which only the gateway writes); a request that
-  names none is served by the base model alone.
+  names none is served by the base model alone. Adapters also come and go while it runs
+  (souverain's second patch, scripts/patches/llama-server-runtime-lora.patch: node/
+  runtime_adapters.py), behind the same replica secret as every route but `/health`.
 - `--ssl-cert-file`/`--ssl-key-file`: HTTPS only, with the replica's own certificate (a
   binary built without OpenSSL stops at start, saying so: rebuild it).
 """
