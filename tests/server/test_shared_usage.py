@@ -123,13 +123,18 @@ class TestSharedReplicaUsage:
         assert ana.model_id in shown.stdout and "other organisations" in shown.stdout
         assert bo.model_id not in shown.stdout
 
-    async def test_a_window_out_of_bounds_is_a_clear_error(self, platform: Platform) -> None:
+    async def test_a_plain_replica_shows_no_others_and_a_bad_window_is_a_clear_error(
+        self, platform: Platform
+    ) -> None:
         base = await platform.served_model()
         tenant = await platform.factory.tenant(roles={"u": Role.MEMBER})
         key = (await platform.factory.member_key(tenant, "u", Role.MEMBER)).key
         async with platform.client(key) as client:
             found = (await client.get("/api/deployments")).json()
             [deployment] = [d for d in found if d["model"] == base]
+            # a replica without adapters: nothing of other organisations' use, not even a total
+            shown = (await client.get(f"/api/deployments/{deployment['id']}/usage")).json()
+            assert [r["others"] for r in shown["replicas"]] == [None]
             for hours in ("0", "745", "a day"):
                 response = await client.get(
                     f"/api/deployments/{deployment['id']}/usage", params={"hours": hours}

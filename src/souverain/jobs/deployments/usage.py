@@ -13,9 +13,10 @@ deployment its records name.
 
 Who sees what: the records the usage reports show the caller (`usage_reports.seen_by`:
 operators every one; a tenant its organisation's, its project's for a project key, its
-own for a key without the manage or audit scope). Of a replica, a tenant sees its own
-adapters one by one and the rest only as one anonymous total (`others`): no model id, no
-organisation, no deployment of another's.
+own for a key without the manage or audit scope). Of a shared replica, a tenant sees its
+own adapters one by one and the rest only as one anonymous total (`others`): no model id,
+no organisation, no deployment of another's; of a replica without adapters, nothing of
+others' use at all.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class ReplicaUsage:
     replica_id: str
     model: Sums = Sums()  # requests for the deployment's own model
     adapters: list[AdapterUsage] = field(default_factory=list)
-    others: Sums | None = None  # what the caller may not see one by one (None: it sees all)
+    # what the caller may not see one by one (None: it sees all, or not a shared replica)
+    others: Sums | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ async def deployment_usage(
     mine = _mine(principal)
     own = await _grouped(session, [UsageRecordRow.deployment_id == deployment.id, mine, *window])
     total = sum((sums for (_, _, _), sums in own.items()), Sums())
-    current = await _replica_ids(session, deployment.id)
+    current = await _current(session, deployment.id)
     if not current:  # a shared deployment (or one at zero): where its requests ran
         replicas = _by_replica(own, deployment.id)
     else:
@@ -148,13 +150,14 @@ def _mine(principal: Principal) -> ColumnElement[bool]:
     return and_(true(), *conditions)
 
 
-async def _replica_ids(session: AsyncSession, deployment_id: str) -> list[str]:
+async def _current(session: AsyncSession, deployment_id: str) -> dict[str, bool]:
+    """The deployment's replicas, and whether each holds adapters (is shared)."""
     query = (
-        select(ReplicaRow.id)
+        select(ReplicaRow.id, ReplicaRow.adapters)
         .where(ReplicaRow.deployment_id == deployment_id)
         .order_by(ReplicaRow.created_at, ReplicaRow.id)
     )
-    return list((await session.execute(query)).scalars())
+    return {replica_id: bool(held) for replica_id, held in await session.execute(query)}
 
 
 def _by_replica(own: dict[Key, Sums], deployment_id: str) -> list[ReplicaUsage]:
@@ -167,18 +170,21 @@ def _by_replica(own: dict[Key, Sums], deployment_id: str) -> list[ReplicaUsage]:
 
 
 async def _replicas(
-    session: AsyncSession, principal: Principal, deployment_id: str, current: list[str],
-    held: dict[Key, Sums],
+    session: AsyncSession, principal: Principal, deployment_id: str,
+    current: dict[str, bool], held: dict[Key, Sums],
 ) -> list[ReplicaUsage]:  # fmt: skip
     """Each current replica's requests: the deployment's own model's, each adapter's (the
-    caller's own records only), and the rest as one total for a tenant."""
+    caller's own records only), and for a tenant, on a shared replica, the rest as one
+    total (a replica without adapters tells a tenant nothing of others' use)."""
     adapters: defaultdict[tuple[str, str], Sums] = defaultdict(Sums)
-    others = None if principal.is_operator else Sums()
-    replicas = {replica_id: ReplicaUsage(replica_id, others=others) for replica_id in current}
+    totals = {rid: not principal.is_operator and shared for rid, shared in current.items()}
+    replicas = {rid: ReplicaUsage(rid, others=Sums() if total else None)
+                for rid, total in totals.items()}  # fmt: skip
     for (replica_id, served_for, own), sums in held.items():
         replica = replicas[str(replica_id)]
         if not own:
-            replica.others = (replica.others or Sums()) + sums
+            if replica.others is not None:
+                replica.others += sums
         elif served_for == deployment_id:
             replica.model += sums
         elif served_for is not None:
