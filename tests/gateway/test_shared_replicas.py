@@ -178,4 +178,7 @@ class TestWhatWakes:
                 ))  # fmt: skip
         async with platform.sessions() as session:
             woken = [w for w in await load_wakeable(session) if w.model_id == shared.model_id]
-        assert [(w.deployment_id, w.org_id) for w in woken] == [(platform_base, shared.org_id)]
+        bases = [(w.deployment_id, w.org_id) for w in woken if not w.shared]
+        assert bases == [(platform_base, shared.org_id)]
+        # and the shared deployment itself, whose adapter a request waits for
+        assert [w.deployment_id for w in woken if w.shared] == [shared.deployment_id]
