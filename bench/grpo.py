@@ -47,8 +47,10 @@ HYPER = {"batch_size": 2, "group_size": 8, "max_tokens": 128, "length_cache": 32
 RL_LR_MULTIPLIER = 2  # 1e-4 for the LoRA (at 2e-4 the sampled format rate fell to 56 % by step 4)
 
 
-def jsonl(split: str, count: int, *, worked: bool, skip: int = 0) -> bytes:
-    chosen = list(mathgen.problems(split, skip + count))[skip:]
+def jsonl(
+    split: str, count: int, *, worked: bool, skip: int = 0, levels: tuple[int, ...] = (3,)
+) -> bytes:
+    chosen = list(mathgen.problems(split, skip + count, levels=levels))[skip:]
     system = SYSTEM_PROMPT if worked else None
     return "".join(json.dumps(p.chat(worked=worked, system=system), ensure_ascii=False) + "\n"
                    for p in chosen).encode()  # fmt: skip
