@@ -97,6 +97,16 @@ class TestEasyLevels:
                                        l_cache=64)  # fmt: skip
             assert scored.reward == pytest.approx(1.1)
 
+    @pytest.mark.parametrize("level", [0, 1, 2])
+    def test_no_question_is_on_both_sides_across_levels(self, level: int) -> None:
+        """A cold start trained on level 3 and evaluated on an easier level must not have
+        seen the held-out questions (a level-3 word problem may have one-digit counts)."""
+        train_3 = {p.question for p in mathgen.problems("train", 2000)}
+        heldout_3 = {p.question for p in mathgen.problems("heldout", 1000)}
+        heldout = {p.question for p in mathgen.problems("heldout", 250, levels=(level,))}
+        train = {p.question for p in mathgen.problems("train", 300, levels=(level,))}
+        assert not heldout & train_3 and not train & heldout_3
+
 
 class TestBadInput:
     def test_asking_more_than_a_level_holds_is_an_error_not_an_endless_search(self) -> None:

@@ -32,8 +32,9 @@ reinforcement job's prompts can sit in the band where a small model sometimes su
 A line of a level below 3 carries a `level` field. The small levels have few distinct
 problems (level 0: about 1,600 over both splits and all languages), so their train and
 held-out splits are kept apart by a hash of the question (a fifth of the problems belong
-to the held-out split) rather than by looking ahead in the other split; asking for more
-problems than a level has is an error, not an endless search.
+to the held-out split) rather than by looking ahead in the other split, and they leave
+out the other split's default-level questions (which can be the same text); asking for
+more problems than a level has is an error, not an endless search.
 """
 
 from __future__ import annotations
@@ -304,12 +305,15 @@ def problems(
 
 
 def _belongs_to(split: str, problem: Problem, seed: int) -> bool:
-    """Whether `problem` is one of `split`'s, among the splits of its templates (the small
-    levels: train or held-out by a hash of the question)."""
-    if problem.level == DEFAULT_LEVEL:
-        return _in_split(split, problem.question, seed)
-    digest = hashlib.sha256(f"{seed}:{problem.question}".encode()).digest()
-    return (digest[0] % 5 == 0) == (split == "heldout")
+    """Whether `problem` is one of `split`'s, among the splits of its templates. The small
+    levels are train or held-out by a hash of the question, and also leave out what the
+    default level's `split` draws (a one-digit word problem of level 3 reads like one of
+    level 0), so that no question is on both sides across levels either."""
+    if problem.level != DEFAULT_LEVEL:
+        digest = hashlib.sha256(f"{seed}:{problem.question}".encode()).digest()
+        if (digest[0] % 5 == 0) == (split == "heldout"):
+            return True
+    return _in_split(split, problem.question, seed)
 
 
 _OTHER: dict[tuple[str, int], set[str]] = {}
