@@ -302,7 +302,9 @@ async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[s
                                                worked=False))  # fmt: skip
                 for name, model in (("before", cold["fine_tuned_model"]),
                                     ("after", job["fine_tuned_model"])):  # fmt: skip
-                    on_default[name] = await evaluate(http, model, default, 3600)
+                    on_default[name] = await evaluate(
+                        http, model, default, args.heldout + args.heldout_templates, 3600
+                    )
             served = await ask_served(url, key, job["fine_tuned_model"])
     finally:
         process.send_signal(signal.SIGINT)
@@ -318,10 +320,12 @@ async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[s
 
 
 async def evaluate(
-    http: httpx.AsyncClient, model: str, file_id: str, timeout_s: float
+    http: httpx.AsyncClient, model: str, file_id: str, prompts: int, timeout_s: float
 ) -> dict[str, Any]:
-    """An evaluation job of `model` on `file_id` (greedy and sampled), waited for."""
-    created = await http.post(f"/api/models/{model}/evaluations", json={"file_id": file_id})
+    """An evaluation job of `model` on the first `prompts` of `file_id` (greedy and
+    sampled), waited for."""
+    created = await http.post(f"/api/models/{model}/evaluations",
+                              json={"file_id": file_id, "samples": prompts})  # fmt: skip
     created.raise_for_status()
     wanted, deadline = created.json()["id"], time.monotonic() + timeout_s
     while time.monotonic() < deadline:
