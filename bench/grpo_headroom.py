@@ -1,7 +1,8 @@
 """What GRPO can gain on the reasoning recipe's task, measured on the cold-start model
 before any tuning (issue 26, point 1).
 
-    python bench/grpo_headroom.py [--prompts 40] [--k 8] [--temperature 0.8] [--adapter DIR]
+    python bench/grpo_headroom.py [--prompts 40] [--k 8] [--temperature 0.8] [--level 0]
+        [--adapter DIR | --keep-adapter DIR]
 
 On `--prompts` problems of the training distribution (the shipped generator's train split,
 past the cold start's examples, all five languages), the cold-start model (a supervised
@@ -18,14 +19,18 @@ and per difficulty (arithmetic with × or with +/−, word problems):
   of ratios outside [0.8, 1.25].
 
 GRPO's quick gains at this size come from sharpening (sampled pass@1 moving towards
-greedy or majority-of-k), so those gaps bound what a short run can reach. Writes
-bench/results/grpo_headroom.json.
+greedy or majority-of-k), so those gaps bound what a short run can reach. `--level`
+takes the generator's difficulty (0–3, or a mix such as 0,1; 3 is the recipe's default
+distribution); `--keep-adapter DIR` trains the cold start into DIR once and reuses it on
+later runs, so several levels are measured on the same model. Writes
+bench/results/grpo_headroom.json (grpo_headroom_level<L>.json for other levels).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -40,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from grpo import HYPER, cold_start_by_hand, jsonl  # noqa: E402
 
 from souverain.core.reasoning import SYSTEM_PROMPT  # noqa: E402
-from souverain.training import rewards  # noqa: E402
+from souverain.training import mathgen, rewards  # noqa: E402
 from souverain.training.configs import GRPOConfig  # noqa: E402
 from souverain.training.grading import Item, grade, read_items  # noqa: E402
 
@@ -172,6 +177,20 @@ def table(title: str, groups: dict[str, list[dict[str, Any]]], k: int) -> list[s
     return lines
 
 
+def cold_start(tmp: Path, args: argparse.Namespace) -> Path:
+    """The adapter given, the one kept from an earlier run, or a new one (kept if asked)."""
+    if args.adapter:
+        return Path(args.adapter)
+    kept = Path(args.keep_adapter) / "adapter" if args.keep_adapter else None
+    if kept and (kept / "adapter_config.json").exists():
+        return kept
+    adapter = cold_start_by_hand(tmp, args.cold_samples, args.cold_steps)
+    if kept is None:
+        return adapter
+    shutil.copytree(adapter, kept)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -183,16 +202,20 @@ def main() -> None:
     parser.add_argument("--cold-samples", type=int, default=120)
     parser.add_argument("--cold-steps", type=int, default=30)
     parser.add_argument("--adapter", help="a cold-start PEFT adapter (else one is trained here)")
+    parser.add_argument(
+        "--keep-adapter", help="a folder: the cold start is trained into it once, then reused"
+    )
+    parser.add_argument("--level", default="3", help="the generator's level(s), e.g. 0 or 0,1")
     args = parser.parse_args()
+    levels = mathgen.parse_levels(args.level)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
-        adapter = (
-            Path(args.adapter)
-            if args.adapter
-            else cold_start_by_hand(Path(tmp), args.cold_samples, args.cold_steps)
-        )
+        adapter = cold_start(Path(tmp), args)
         print(f"cold start: {time.monotonic() - started:.0f} s", flush=True)
-        (Path(tmp) / "rl.jsonl").write_bytes(jsonl("train", args.prompts, worked=False, skip=1000))
+        # the default level skips past the cold start's examples; the others never met them
+        skip = 1000 if levels == (mathgen.DEFAULT_LEVEL,) else 0
+        rl = jsonl("train", args.prompts, worked=False, skip=skip, levels=levels)
+        (Path(tmp) / "rl.jsonl").write_bytes(rl)
         items = read_items(Path(tmp) / "rl.jsonl", system=SYSTEM_PROMPT)
         *rows, gaps = sample_all(adapter, items, args)
     by_language: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -210,7 +233,8 @@ def main() -> None:
     print("\n".join(lines))
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "grpo_headroom.json").write_text(json.dumps({
+    name = "grpo_headroom" + ("" if args.level == "3" else f"_level{args.level.replace(',', '-')}")
+    (out / f"{name}.json").write_text(json.dumps({
         "args": vars(args), "overall": figures(rows, args.k), "histogram": histogram(rows),
         "languages": {k: figures(v, args.k) for k, v in by_language.items()},
         "difficulties": {k: figures(v, args.k) for k, v in by_difficulty.items()},

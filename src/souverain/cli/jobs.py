@@ -353,12 +353,16 @@ def datasets_math(
         False, help="Add worked answers (<think>…</think>, then \\boxed{})."
     ),
     reasoning_prompt: bool = typer.Option(False, help="Put the reasoning system prompt first."),
+    level: str = typer.Option(
+        "3", help="Difficulty 0–3 or a mix such as 0,1,2 (0: one-digit sums; 3: the default)."
+    ),
 ) -> None:
     """Small math problems in English, French, German, Spanish and Italian, as chat JSONL
     with an `answer` field (for reinforcement) or worked answers (for a cold start)."""
     from souverain.training import mathgen
 
     arguments = ["--split", split, "--count", str(count), "--skip", str(skip), "--seed", str(seed)]
+    arguments += ["--level", level]
     arguments += ["--worked"] if worked else []
     arguments += ["--system", "magistral"] if reasoning_prompt else []
     mathgen.main(arguments)

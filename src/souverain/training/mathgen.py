@@ -2,6 +2,7 @@
 data for reinforcement fine-tuning (and its cold start) that a tenant can upload.
 
     python -m souverain.training.mathgen --split train --count 400 [--worked] [--skip N]
+        [--level 0,1,2]
     souverain datasets math --split heldout --count 100 > heldout.jsonl
     souverain datasets math --split heldout-templates --count 50 >> heldout.jsonl
 
@@ -17,6 +18,23 @@ template's name, the same in every language: a GRPO job reports its held-out pro
 apart by whether their template is in its training file); `--worked` adds the assistant's
 reply: its thinking inside `<think>…</think>`, then the answer with its result in
 `\\boxed{}`, both in the task's language (the cold-start examples of the Magistral recipe).
+
+Difficulty levels (`--level`, a level or a comma-separated mix drawn in turn), so that a
+reinforcement job's prompts can sit in the band where a small model sometimes succeeds
+(a group whose completions are all wrong teaches nothing):
+
+- 0: sums of two one-digit numbers (word problems: gains of one-digit counts);
+- 1: one-digit sums and differences (gains and losses);
+- 2: a two-digit and a one-digit operand, sums and differences;
+- 3 (the default): two-digit sums and differences, products up to 12 × 12, word problems
+  with counts up to 40. Its output is the same as before levels existed, byte for byte.
+
+A line of a level below 3 carries a `level` field. The small levels have few distinct
+problems (level 0: about 1,600 over both splits and all languages), so their train and
+held-out splits are kept apart by a hash of the question (a fifth of the problems belong
+to the held-out split) rather than by looking ahead in the other split, and they leave
+out the other split's default-level questions (which can be the same text); asking for
+more problems than a level has is an error, not an endless search.
 """
 
 from __future__ import annotations
@@ -26,7 +44,7 @@ import hashlib
 import json
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +56,8 @@ SPLITS = ("train", "heldout", "heldout-templates")
 # training file of this generator holds.
 SPLIT_TEMPLATES = {"train": "seen", "heldout": "seen", "heldout-templates": "unseen"}
 TEMPLATES = {"seen": ("arithmetic-1", "word-1"), "unseen": ("arithmetic-2", "word-2")}
+LEVELS = (0, 1, 2, 3)
+DEFAULT_LEVEL = 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,7 @@ class Problem:
     answer_text: str
     answer: int
     template: str  # its template's name (TEMPLATES)
+    level: int = DEFAULT_LEVEL
 
     def chat(self, *, worked: bool, system: str | None = None) -> dict[str, Any]:
         messages: list[dict[str, str]] = []
@@ -62,13 +83,16 @@ class Problem:
                     "content": f"<think>\n{self.thinking}\n</think>\n\n{self.answer_text}",
                 }
             )
-        return {
+        line: dict[str, Any] = {
             "messages": messages,
             "answer": str(self.answer),
             "language": self.language,
             "kind": self.kind,
             "template": self.template,
         }
+        if self.level != DEFAULT_LEVEL:  # the default's lines stay as they always were
+            line["level"] = self.level
+        return line
 
 
 # Per language: (question, thinking, answer) templates. {a} {b} {c} numbers, {r} result.
@@ -165,9 +189,22 @@ _WORD_UNSEEN: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def _arithmetic(rng: random.Random, language: str, unseen: bool) -> Problem:
-    op = rng.choice(["+", "-", "×"])
-    if op == "×":
+def _small_operands(rng: random.Random, level: int, op: str) -> tuple[int, int]:
+    """Operands of levels 0–2 for `op` (+ or -); a difference is never negative."""
+    if level == 2:
+        return rng.randint(10, 99), rng.randint(1, 9)
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    return (b, a) if op == "-" and b > a else (a, b)
+
+
+def _arithmetic(
+    rng: random.Random, language: str, unseen: bool, level: int = DEFAULT_LEVEL
+) -> Problem:
+    if level < DEFAULT_LEVEL:
+        op = "+" if level == 0 else rng.choice(["+", "-"])
+        a, b = _small_operands(rng, level, op)
+        r = a + b if op == "+" else a - b
+    elif (op := rng.choice(["+", "-", "×"])) == "×":
         a, b = rng.randint(2, 12), rng.randint(2, 12)
         r = a * b
     else:
@@ -187,14 +224,19 @@ def _arithmetic(rng: random.Random, language: str, unseen: bool) -> Problem:
         answer.format(**fill),
         r,
         TEMPLATES["unseen" if unseen else "seen"][0],
+        level,
     )
 
 
-def _word(rng: random.Random, language: str, unseen: bool) -> Problem:
-    kind = rng.choice(["gain", "loss"])
-    a, b = rng.randint(3, 40), rng.randint(1, 20)
-    if kind == "loss" and b >= a:
-        a, b = b + rng.randint(1, 10), a
+def _word(rng: random.Random, language: str, unseen: bool, level: int = DEFAULT_LEVEL) -> Problem:
+    if level < DEFAULT_LEVEL:
+        kind = "gain" if level == 0 else rng.choice(["gain", "loss"])
+        a, b = _small_operands(rng, level, "+" if kind == "gain" else "-")
+    else:
+        kind = rng.choice(["gain", "loss"])
+        a, b = rng.randint(3, 40), rng.randint(1, 20)
+        if kind == "loss" and b >= a:
+            a, b = b + rng.randint(1, 10), a
     r = a + b if kind == "gain" else a - b
     fill = {"n": rng.choice(_NAMES[language]), "a": a, "b": b, "r": r}
     table = _WORD_UNSEEN[language] if unseen else _WORD[language]
@@ -207,34 +249,71 @@ def _word(rng: random.Random, language: str, unseen: bool) -> Problem:
         table["answer"].format(**fill),
         r,
         TEMPLATES["unseen" if unseen else "seen"][1],
+        level,
     )
 
 
-_KINDS: tuple[Callable[[random.Random, str, bool], Problem], ...] = (_arithmetic, _word)
+_KINDS: tuple[Callable[[random.Random, str, bool, int], Problem], ...] = (_arithmetic, _word)
+_MISSES = 20_000  # draws in a row that bring no new problem: the level is exhausted
 
 
-def _draw(split: str, index: int, seed: int) -> Problem:
-    digest = hashlib.sha256(f"{seed}:{split}:{index}".encode()).digest()
+def _draw(split: str, index: int, seed: int, level: int = DEFAULT_LEVEL) -> Problem:
+    key = f"{seed}:{split}:{index}" + ("" if level == DEFAULT_LEVEL else f":{level}")
+    digest = hashlib.sha256(key.encode()).digest()
     rng = random.Random(int.from_bytes(digest[:8], "big"))  # noqa: S311 - data, not secrets
     language = LANGUAGES[index % len(LANGUAGES)]
-    return rng.choice(_KINDS)(rng, language, SPLIT_TEMPLATES[split] == "unseen")
+    return rng.choice(_KINDS)(rng, language, SPLIT_TEMPLATES[split] == "unseen", level)
 
 
-def problems(split: str, count: int, *, seed: int = 0) -> Iterator[Problem]:
+def parse_levels(text: str) -> tuple[int, ...]:
+    """'0,1,2' → (0, 1, 2); a clear error for anything but levels of LEVELS."""
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"levels are comma-separated integers among {LEVELS}") from None
+    if not levels or any(level not in LEVELS for level in levels):
+        raise ValueError(f"levels must be among {LEVELS}, got {text!r}")
+    return levels
+
+
+def problems(
+    split: str, count: int, *, seed: int = 0, levels: Sequence[int] = (DEFAULT_LEVEL,)
+) -> Iterator[Problem]:
     """`count` distinct problems of `split`, none of which occurs in another split (the
-    splits of other templates cannot share a question: their wording differs)."""
+    splits of other templates cannot share a question: their wording differs); with
+    several `levels`, draw i is of level levels[i % len(levels)]."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
+    if not levels or any(level not in LEVELS for level in levels):
+        raise ValueError(f"levels must be among {LEVELS}")
     others = [s for s in SPLITS if s != split and SPLIT_TEMPLATES[s] == SPLIT_TEMPLATES[split]]
     seen: set[str] = set()
-    index = 0
+    index = misses = 0
     while len(seen) < count:
-        problem = _draw(split, index, seed)
+        problem = _draw(split, index, seed, levels[index % len(levels)])
         index += 1
-        if problem.question in seen or any(_in_split(o, problem.question, seed) for o in others):
+        if problem.question in seen or any(_belongs_to(o, problem, seed) for o in others):
+            misses += 1
+            if misses > _MISSES:
+                raise ValueError(
+                    f"levels {tuple(levels)} have only {len(seen)} distinct {split} problems"
+                )
             continue
+        misses = 0
         seen.add(problem.question)
         yield problem
+
+
+def _belongs_to(split: str, problem: Problem, seed: int) -> bool:
+    """Whether `problem` is one of `split`'s, among the splits of its templates. The small
+    levels are train or held-out by a hash of the question, and also leave out what the
+    default level's `split` draws (a one-digit word problem of level 3 reads like one of
+    level 0), so that no question is on both sides across levels either."""
+    if problem.level != DEFAULT_LEVEL:
+        digest = hashlib.sha256(f"{seed}:{problem.question}".encode()).digest()
+        if (digest[0] % 5 == 0) == (split == "heldout"):
+            return True
+    return _in_split(split, problem.question, seed)
 
 
 _OTHER: dict[tuple[str, int], set[str]] = {}
@@ -256,13 +335,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip", type=int, default=0, help="leave out the first N problems")
     parser.add_argument("--worked", action="store_true", help="add the worked answer")
     parser.add_argument(
+        "--level",
+        default=str(DEFAULT_LEVEL),
+        help="difficulty 0–3 or a mix such as 0,1,2 (3: the default distribution)",
+    )
+    parser.add_argument(
         "--system",
         default=None,
         help="a system prompt for every chat ('magistral': the reasoning one)",
     )
     args = parser.parse_args(argv)
+    try:
+        levels = parse_levels(args.level)
+    except ValueError as error:
+        parser.error(str(error))
     system = SYSTEM_PROMPT if args.system == "magistral" else args.system
-    for number, problem in enumerate(problems(args.split, args.skip + args.count, seed=args.seed)):
+    chosen = problems(args.split, args.skip + args.count, seed=args.seed, levels=levels)
+    for number, problem in enumerate(chosen):
         if number < args.skip:
             continue
         line = problem.chat(worked=args.worked, system=system)
