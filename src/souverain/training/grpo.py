@@ -212,18 +212,20 @@ class Job(HeldOut):
         try:
             return self._steps()
         finally:
-            if self.generator is not None:
-                self.generator.stop()
-                self.dropped += self.generator.drop()
+            self._stop_generator()
+
+    def _stop_generator(self) -> None:
+        """The generator stopped after its batch in flight, its queued batches dropped."""
+        if self.generator is not None:
+            self.generator.stop()
+            self.dropped += self.generator.drop()
 
     def _steps(self) -> int | None:
         hp, progress = self.hp, self.progress
         collapse = Collapse(margin=hp.collapse_margin, window=hp.collapse_window)
         while self.step < hp.max_steps:
             if self.stop_asked:
-                if self.generator is not None:  # nothing queued is trained on or counted
-                    self.generator.stop()
-                    self.dropped += self.generator.drop()
+                self._stop_generator()  # nothing queued is trained on or counted
                 self._save(self.output / f"checkpoint-{self.step}")
                 progress.emit("paused", step=self.step, dropped_groups=self.dropped)
                 return 0
@@ -234,6 +236,7 @@ class Job(HeldOut):
                 progress.emit("collapsed", step=self.step, start=collapse.start,
                               now=collapse.now, margin=hp.collapse_margin,
                               message=collapse.reason(self.step))  # fmt: skip
+                self._stop_generator()  # before the engine it decodes with is freed
                 self.rollouts.close()
                 return REWARD_COLLAPSED
             if self.dev and (self.step % hp.dev_steps == 0 or self.step == hp.max_steps):
@@ -255,7 +258,8 @@ class Job(HeldOut):
         self._sync_adapter()
         self.generator.publish(self.step, None)
         self._dev_check()
-        self.generator.start()
+        if self.step < self.hp.max_steps:
+            self.generator.start()
 
     def _ask_stop(self, *_: object) -> None:
         self.stop_asked = True
@@ -380,6 +384,8 @@ class Job(HeldOut):
         filled = fill_informative(draw, lambda g: g.advantages is not None,
                                   planned=hp.batch_size, rounds=hp.refill_rounds)  # fmt: skip
         rolled = time.monotonic()
+        if self.generator is not None and self.step + 1 == hp.max_steps:
+            self.generator.stop(wait=False)  # the last step: nothing more to sample
         loss, mismatch = self._update(filled.kept) if filled.kept else (0.0, None)
         self.step += 1
         if self.generator is None:

@@ -77,6 +77,7 @@ class Generator(Generic[G]):
         self._stopping = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._finished = False  # the thread returned (it samples nothing more)
         self.next_round = first_round
         self.trainer_wait_s = 0.0
         self.generator_wait_s = 0.0
@@ -95,16 +96,17 @@ class Generator(Generic[G]):
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._stopping = False
+        self._stopping = self._finished = False
         self._thread = threading.Thread(target=self._run, name="grpo-generator", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """The thread ended after its batch in flight; queued batches are kept."""
+    def stop(self, *, wait: bool = True) -> None:
+        """The thread ended after its batch in flight; queued batches are kept. `wait`
+        False: told to start no further batch, not waited for (a later stop waits)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join()
             self._thread = None
 
@@ -128,7 +130,7 @@ class Generator(Generic[G]):
             while True:
                 began = time.monotonic()
                 while not self._ready and self._error is None:
-                    if self._thread is None:
+                    if self._thread is None or self._finished:
                         raise RuntimeError("the generator is stopped and holds no batch")
                     self._cond.wait()
                 self.trainer_wait_s += time.monotonic() - began
@@ -172,4 +174,7 @@ class Generator(Generic[G]):
         except BaseException as error:  # handed to the trainer at its next take
             with self._cond:
                 self._error = error
+        finally:
+            with self._cond:
+                self._finished = True
                 self._cond.notify_all()
