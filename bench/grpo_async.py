@@ -3,6 +3,7 @@ bench/grpo_string_check.py run synchronously and with `max_staleness` k, alterna
 the same run (sync, async, sync, async, ...), so both see the same machine load.
 
     python bench/grpo_async.py [--steps 6] [--rounds 2] [--staleness 1] [--threads 2]
+        [--batch-size 2] [--group-size 8] [--max-tokens 32]
 
 Prints per run: steps/minute and generated tokens/s over the steps (loading excluded),
 and for async the staleness and the seconds the trainer waited for rollouts and the
@@ -32,7 +33,7 @@ from grpo_string_check import GRADER, HYPER, lines  # noqa: E402
 from souverain.node.artifacts import builtin_path  # noqa: E402
 
 
-def one_run(steps: int, staleness: int, threads: int) -> dict[str, Any]:
+def one_run(steps: int, staleness: int, threads: int, shape: dict[str, int]) -> dict[str, Any]:
     gguf = builtin_path(MODEL)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "train.jsonl").write_bytes(lines())
@@ -41,7 +42,7 @@ def one_run(steps: int, staleness: int, threads: int) -> dict[str, Any]:
                 "output_dir": str(Path(tmp) / "out"), "resume_from": None, "threads": threads,
                 "grader": GRADER, "init_adapter": None,
                 "hyperparameters": {"max_steps": steps, "seq_len": 256, "save_steps": steps,
-                                    "max_staleness": staleness, **HYPER}}  # fmt: skip
+                                    "max_staleness": staleness, **HYPER, **shape}}  # fmt: skip
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         subprocess.run([sys.executable, "-m", "souverain.training.grpo", str(Path(tmp) / "spec.json")],
                        check=True, timeout=3600)  # fmt: skip
@@ -72,12 +73,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--staleness", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=HYPER["batch_size"])
+    parser.add_argument("--group-size", type=int, default=HYPER["group_size"])
+    parser.add_argument("--max-tokens", type=int, default=HYPER["max_tokens"])
     args = parser.parse_args()
+    shape = {"batch_size": args.batch_size, "group_size": args.group_size,
+             "max_tokens": args.max_tokens, "minibatches": min(args.batch_size, 2),
+             "length_cache": min(8, args.max_tokens // 2)}  # fmt: skip
     load_before = os.getloadavg()
     runs = []
     for _ in range(args.rounds):
         for staleness in (0, args.staleness):
-            run = one_run(args.steps, staleness, args.threads)
+            run = one_run(args.steps, staleness, args.threads, shape)
             runs.append(run)
             print(json.dumps(run), flush=True)
     load_after = os.getloadavg()
@@ -93,7 +100,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "grpo_async.json").write_text(json.dumps({
         "runs": runs, "ratio": ratio, "load_before": load_before, "load_after": load_after,
-        "steps": args.steps, "threads": args.threads}, indent=1))  # fmt: skip
+        "steps": args.steps, "threads": args.threads, "shape": shape}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":
