@@ -147,6 +147,14 @@ class GRPOConfig:
     dev_steps: int = setting(
         5, low=1, high=1_000_000, tenant=True, help="Steps between dev evaluations."
     )
+    max_staleness: int = setting(
+        0, low=0, high=4, tenant=True,
+        help="Asynchronous generation: the rollouts of the next step are sampled while the "
+        "trainer updates, by an adapter at most this many updates old (0: synchronous, "
+        "every group sampled by the adapter it trains).",
+        why="beyond 4 updates the truncated importance weights cut most of a stale group's "
+        "tokens, so its rollouts are wasted",
+    )  # fmt: skip
     collapse_margin: float = setting(
         0.3, low=0.0, high=1.0, tenant=True,
         help="Stop the job when the format rate falls this far below its start (1: never).",

@@ -42,7 +42,9 @@ Progress lines (numbers, never text) as the supervised recipe's, and: `step` car
 reward_mean, format_rate, correct_rate, consistency, zero_advantage_fraction,
 informative_groups, refill_rounds, band_skipped, the rollout/trainer mismatch
 (logprob_gap_mean, logprob_gap_p99, ratio_outside_fraction, tis_capped_fraction,
-rollout_logprob_floored), step_s, rollout_s, train_s; `eval` {step, metrics: {overall,
+rollout_logprob_floored), step_s, rollout_s, train_s, and with asynchronous generation
+(`max_staleness` > 0, training/grpo_async.py) staleness_max, staleness_mean,
+stale_discarded_groups, trainer_wait_s, generator_wait_s; `paused` carries dropped_groups; `eval` {step, metrics: {overall,
 languages, templates, change, change_by_templates}}; `dev` {step, mean_reward,
 best_step}. With `max_steps` 0 (an evaluation job) the recipe
 evaluates once and ends. With the magistral grader, a job whose format rate falls below
@@ -58,6 +60,7 @@ import shutil
 import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,7 @@ from souverain.training import configs, evaluation, rewards
 from souverain.training.collapse import REWARD_COLLAPSED, Collapse
 from souverain.training.configs import GRPOConfig
 from souverain.training.grading import Graded, Item, grade, invalid_item, read_items, summary
+from souverain.training.grpo_async import Generator
 from souverain.training.grpo_groups import Group, sample_groups, training_round
 from souverain.training.grpo_heldout import EVAL_WIDTH, HeldOut
 from souverain.training.grpo_objective import Mismatch
@@ -111,6 +115,12 @@ class Job(HeldOut):
         self.best: tuple[int, float] | None = None  # (step, dev mean reward) of the kept
         self.overlap = 0  # held-out prompts left out because they are trained on
         self.trained_templates: set[str] = set()
+        # asynchronous generation (max_staleness > 0): the band is shared with its thread
+        self.band_lock = threading.Lock()
+        self.generator: Generator[Group] | None = None
+        self.staleness: list[int] = []  # of each group consumed in the current step
+        self.stale_discarded = 0  # groups discarded in the current step, too old
+        self.dropped = 0  # queued groups dropped unused (pause, end)
 
     def run(self) -> int:
         hp, progress = self.hp, self.progress
@@ -136,6 +146,8 @@ class Job(HeldOut):
         if stopped is not None:
             return stopped
         metrics: dict[str, Any] = dict(self.last_metrics)
+        if self.generator is not None:
+            metrics["dropped_groups"] = self.dropped  # sampled ahead, never trained on
         if self.best is not None:
             metrics["kept"] = self._restore_best()
         if self.valid:
@@ -191,13 +203,31 @@ class Job(HeldOut):
         return None
 
     def _train(self) -> int | None:
-        """Steps until the last; an exit code if the job stops before (paused, collapsed)."""
+        """Steps until the last; an exit code if the job stops before (paused, collapsed).
+        With asynchronous generation, the generator runs only inside: stopped (its batch in
+        flight finished) before anything else uses the rollout engine, and its queued
+        batches dropped, counted, when the job pauses or ends."""
+        if self.generator is not None:
+            self.generator.start()
+        try:
+            return self._steps()
+        finally:
+            self._stop_generator()
+
+    def _stop_generator(self) -> None:
+        """The generator stopped after its batch in flight, its queued batches dropped."""
+        if self.generator is not None:
+            self.generator.stop()
+            self.dropped += self.generator.drop()
+
+    def _steps(self) -> int | None:
         hp, progress = self.hp, self.progress
         collapse = Collapse(margin=hp.collapse_margin, window=hp.collapse_window)
         while self.step < hp.max_steps:
             if self.stop_asked:
+                self._stop_generator()  # nothing queued is trained on or counted
                 self._save(self.output / f"checkpoint-{self.step}")
-                progress.emit("paused", step=self.step)
+                progress.emit("paused", step=self.step, dropped_groups=self.dropped)
                 return 0
             self._one_step()
             if self.grader["type"] == "magistral" and collapse.add(
@@ -206,16 +236,30 @@ class Job(HeldOut):
                 progress.emit("collapsed", step=self.step, start=collapse.start,
                               now=collapse.now, margin=hp.collapse_margin,
                               message=collapse.reason(self.step))  # fmt: skip
+                self._stop_generator()  # before the engine it decodes with is freed
                 self.rollouts.close()
                 return REWARD_COLLAPSED
             if self.dev and (self.step % hp.dev_steps == 0 or self.step == hp.max_steps):
-                self._dev_check()
+                self._dev_check_now()
             if self.step % hp.save_steps == 0 or self.step == hp.max_steps:
                 path = self.output / f"checkpoint-{self.step}"
                 self._save(path)
                 progress.emit("checkpoint", step=self.step, path=str(path),
                               metrics=dict(self.last_metrics))  # fmt: skip
         return None
+
+    def _dev_check_now(self) -> None:
+        """The dev check with the trainer's adapter in the engine (the generator's is up to
+        max_staleness updates older), the generator stopped meanwhile."""
+        if self.generator is None:
+            self._dev_check()
+            return
+        self.generator.stop()
+        self._sync_adapter()
+        self.generator.publish(self.step, None)
+        self._dev_check()
+        if self.step < self.hp.max_steps:
+            self.generator.start()
 
     def _ask_stop(self, *_: object) -> None:
         self.stop_asked = True
@@ -258,6 +302,11 @@ class Job(HeldOut):
                                    rest_epochs=hp.band_rest_epochs)  # fmt: skip
         self._open_rollouts()
         self._sync_adapter()
+        if hp.max_staleness:
+            self.generator = Generator(self._sample_batch, self.rollouts.set_adapter,
+                                       ahead=hp.max_staleness,
+                                       first_round=training_round(self.step, 1))  # fmt: skip
+            self.generator.publish(self.step, None)
 
     def _open_rollouts(self) -> None:
         """The rollout engine, holding a step's groups and any one evaluation call: a
@@ -282,16 +331,45 @@ class Job(HeldOut):
             raise RuntimeError("rollouts with llama.cpp need a LLaMA-family model")
         self.rollouts.set_adapter(gguf)
 
+    def _publish_adapter(self) -> None:
+        """The adapter as it is now, exported for the generator (a file per version: the
+        one it may be loading is never overwritten), and the previous file removed."""
+        assert self.generator is not None
+        export = self.output / "rollout-adapter-async"
+        shutil.rmtree(export, ignore_errors=True)
+        self.model.save_pretrained(str(export))
+        gguf = _export_gguf(self.model.config, export,
+                            self.output / f"rollout-adapter-{self.step}.gguf")  # fmt: skip
+        if gguf is None:
+            raise RuntimeError("rollouts with llama.cpp need a LLaMA-family model")
+        self.generator.publish(self.step, gguf)  # waits for a load in progress
+        (self.output / f"rollout-adapter-{self.step - 1}.gguf").unlink(missing_ok=True)
+
     def _draw_groups(self) -> list[Group]:
-        """`batch_size` prompts from the band, sampled and graded (one rollout batch)."""
-        picked = self.band.draw(self.hp.batch_size)
-        items = [self.train[i] for i in picked]
+        """One rollout batch of the current step (synchronous generation)."""
         self.draws += 1
+        return self._sample_batch(training_round(self.step, self.draws))
+
+    def _take_groups(self) -> list[Group]:
+        """The generator's oldest batch still fresh enough (asynchronous generation)."""
+        assert self.generator is not None
+        taken = self.generator.take(self.step, max_staleness=self.hp.max_staleness)
+        self.stale_discarded += taken.discarded
+        self.staleness += [self.step - taken.batch.version] * len(taken.batch.groups)
+        return list(taken.batch.groups)
+
+    def _sample_batch(self, round_seed: int) -> list[Group]:
+        """`batch_size` prompts from the band, sampled and graded (one rollout batch); the
+        band is observed as soon as they are graded, under its lock (the generator's thread
+        and the trainer's checkpoints share it)."""
+        with self.band_lock:
+            picked = self.band.draw(self.hp.batch_size)
+        items = [self.train[i] for i in picked]
         groups = sample_groups(self.rollouts, [self._prompt_ids(i) for i in items], items,
-                               hp=self.hp, round_seed=training_round(self.step, self.draws),
-                               grade=self._grade)  # fmt: skip
-        for number, group in zip(picked, groups, strict=True):
-            self.band.observe(number, statistics.fmean(g.correct for g in group.graded))
+                               hp=self.hp, round_seed=round_seed, grade=self._grade)  # fmt: skip
+        with self.band_lock:
+            for number, group in zip(picked, groups, strict=True):
+                self.band.observe(number, statistics.fmean(g.correct for g in group.graded))
         return groups
 
     def _grade(self, item: Item, sample: Any) -> Graded:
@@ -301,13 +379,19 @@ class Job(HeldOut):
     def _one_step(self) -> None:
         hp = self.hp
         began = time.monotonic()
-        self.draws = 0
-        filled = fill_informative(self._draw_groups, lambda g: g.advantages is not None,
+        self.draws, self.staleness, self.stale_discarded = 0, [], 0
+        draw = self._draw_groups if self.generator is None else self._take_groups
+        filled = fill_informative(draw, lambda g: g.advantages is not None,
                                   planned=hp.batch_size, rounds=hp.refill_rounds)  # fmt: skip
         rolled = time.monotonic()
+        if self.generator is not None and self.step + 1 == hp.max_steps:
+            self.generator.stop(wait=False)  # the last step: nothing more to sample
         loss, mismatch = self._update(filled.kept) if filled.kept else (0.0, None)
-        self._sync_adapter()
         self.step += 1
+        if self.generator is None:
+            self._sync_adapter()
+        else:
+            self._publish_adapter()
         generated = sum(len(s.tokens) for g in filled.drawn for s in g.samples)
         self.tokens += generated
         ended = time.monotonic()
@@ -321,6 +405,7 @@ class Job(HeldOut):
             **(mismatch.as_metrics() if mismatch else {}),
             "tis_cap": hp.tis_cap,
             "loss": round(loss, 6),
+            **self._async_metrics(),
         }
         self.progress.emit(
             "step", step=self.step, total=hp.max_steps, tokens=self.tokens,
@@ -329,6 +414,19 @@ class Job(HeldOut):
             rollout_s=round(rolled - began, 3), train_s=round(ended - rolled, 3),
             **self.last_metrics,
         )  # fmt: skip
+
+    def _async_metrics(self) -> dict[str, Any]:
+        """The step's staleness and waits (asynchronous generation only)."""
+        if self.generator is None:
+            return {}
+        trainer_wait, generator_wait = self.generator.waits()
+        return {
+            "staleness_max": max(self.staleness, default=0),
+            "staleness_mean": round(statistics.fmean(self.staleness or [0]), 3),
+            "stale_discarded_groups": self.stale_discarded,
+            "trainer_wait_s": round(trainer_wait, 3),
+            "generator_wait_s": round(generator_wait, 3),
+        }
 
     def _update(self, kept: list[Group]) -> tuple[float, Mismatch]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -340,9 +438,10 @@ class Job(HeldOut):
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(path))
         torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+        with self.band_lock:  # the generator's thread draws from it
+            state = self.random.getstate()
         (path / "trainer_state.json").write_text(json.dumps({
-            "global_step": self.step, "tokens": self.tokens,
-            "random": self.random.getstate(),
+            "global_step": self.step, "tokens": self.tokens, "random": state,
         }))  # fmt: skip
 
 

@@ -11,7 +11,8 @@ REINFORCEMENT_METRICS = (
     "format_rate", "correct_rate", "consistency", "zero_advantage_fraction", "step_s",
     "rollout_s", "train_s", "generated_tokens", "informative_groups", "refill_rounds",
     "band_skipped", "logprob_gap_mean", "logprob_gap_p99", "ratio_outside_fraction",
-    "tis_capped_fraction", "tis_cap",
+    "tis_capped_fraction", "tis_cap", "staleness_max", "staleness_mean",
+    "stale_discarded_groups", "trainer_wait_s", "generator_wait_s",
 )  # fmt: skip
 
 
