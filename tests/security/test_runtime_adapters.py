@@ -126,7 +126,9 @@ class TestLoadedWhileServing:
         headers = {"Authorization": f"Bearer {engine.secret}"}
         with httpx.stream("POST", engine.url + "/v1/chat/completions", json=body,
                           headers=headers, timeout=120) as stream:  # fmt: skip
-            next(stream.iter_lines())  # decoding with adapter b
+            lines = stream.iter_lines()
+            while '"content":"' not in next(lines):  # the role comes first, then tokens
+                pass  # once a token came, a slot decodes with adapter b
             busy = engine.post("/lora-adapters/unload", {"id": lora_b})
             assert busy.status_code == 503, busy.text
         assert engine.ids()[b.model_id] == lora_b  # still held, and still answering
