@@ -199,14 +199,13 @@ def deployments_usage(
     name: str, hours: int = typer.Option(24, help="The window, up to now (at most 744).")
 ) -> None:
     """Requests, tokens and energy of a deployment over the last hours, per replica, and
-    on a shared replica per adapter: yours one by one, the rest as one unnamed total."""
+    on a shared replica per adapter: yours (other organisations' use is not shown)."""
     with client() as c:
         found = c.deployment_usage(name, hours)
     console.print(f"{name}, the last {hours} h: {_used(found)}")
     table = Table("replica", "served for", "requests", "tokens", "energy")
     for r in found.replicas:
         rows = [("its model", r.model), *((a.model_id, a) for a in r.adapters)]
-        rows += [("other organisations", r.others)] if r.others is not None else []
         for what, sums in rows:
             table.add_row(r.replica_id, what, str(sums.requests),
                           str(sums.prompt_tokens + sums.completion_tokens), _wh(sums))  # fmt: skip

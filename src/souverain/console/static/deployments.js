@@ -75,12 +75,11 @@ function used(u) {
   return `${num(u.requests)} request${u.requests === 1 ? "" : "s"}, ${num(u.prompt_tokens + u.completion_tokens)} tokens, ${wh}`;
 }
 
-// A shared replica's adapters (yours), each with its state and the last day's usage; the
-// rest of the replica's requests as one total, never named.
+// A shared replica's adapters (yours), each with its state and the last day's usage;
+// nothing of other organisations' use of the replica.
 function adapterList(r, usage, names) {
   const mine = (usage?.replicas ?? []).find((u) => u.replica_id === r.id);
-  const others = mine?.others?.requests ? h("li", { class: "muted", dataset: { others: "" } }, `other organisations: ${used(mine.others)}`) : null;
-  if (!r.adapters.length && !others) return null;
+  if (!r.adapters.length) return null;
   return h(
     "ul",
     { class: "adapters small" },
@@ -94,7 +93,6 @@ function adapterList(r, usage, names) {
         usage ? h("span", { class: "muted" }, ` · ${used(u ?? { requests: 0, prompt_tokens: 0, completion_tokens: 0, energy_wh: 0 })} (24 h)`) : null,
       );
     }),
-    others,
   );
 }
 

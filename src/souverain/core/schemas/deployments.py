@@ -158,9 +158,6 @@ class ReplicaUsage(Out):
     replica_id: str
     model: UsageSums  # requests for the deployment's own model (yours, for a tenant)
     adapters: list[AdapterUsage]  # your fine-tuned models' requests on this replica
-    # on a shared replica, every other request on it as one anonymous total (null for
-    # operators, who see every adapter one by one, and on a replica without adapters)
-    others: UsageSums | None
 
 
 class DeploymentUsage(UsageSums):

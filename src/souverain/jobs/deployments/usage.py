@@ -14,9 +14,9 @@ deployment its records name.
 Who sees what: the records the usage reports show the caller (`usage_reports.seen_by`:
 operators every one; a tenant its organisation's, its project's for a project key, its
 own for a key without the manage or audit scope). Of a shared replica, a tenant sees its
-own adapters one by one and the rest only as one anonymous total (`others`): no model id,
-no organisation, no deployment of another's; of a replica without adapters, nothing of
-others' use at all.
+own adapters one by one and nothing of other organisations' use, not even a total: a
+platform deployment is visible to every tenant, and a total of the rest, polled, would
+show another organisation's traffic as it happens.
 """
 
 from __future__ import annotations
@@ -70,8 +70,6 @@ class ReplicaUsage:
     replica_id: str
     model: Sums = Sums()  # requests for the deployment's own model
     adapters: list[AdapterUsage] = field(default_factory=list)
-    # what the caller may not see one by one (None: it sees all, or not a shared replica)
-    others: Sums | None = None
 
 
 @dataclass(frozen=True)
@@ -95,45 +93,38 @@ async def deployment_usage(
               UsageRecordRow.status != OPEN)  # fmt: skip
     mine = _mine(principal)
     own = await _grouped(session, [UsageRecordRow.deployment_id == deployment.id, mine, *window])
-    total = sum((sums for (_, _, _), sums in own.items()), Sums())
+    total = sum(own.values(), Sums())
     current = await _current(session, deployment.id)
     if not current:  # a shared deployment (or one at zero): where its requests ran
         replicas = _by_replica(own, deployment.id)
     else:
-        held = await _grouped(session, [UsageRecordRow.replica_id.in_(current), *window], mine)
-        replicas = await _replicas(session, principal, deployment.id, current, held)
+        held = await _grouped(session, [UsageRecordRow.replica_id.in_(current), mine, *window])
+        replicas = await _replicas(session, deployment.id, current, held)
     return DeploymentUsage(deployment.id, since, until, total, replicas)
 
 
-Key = tuple[str | None, str | None, bool]  # (replica, deployment, the caller's own)
+Key = tuple[str | None, str | None]  # (replica, deployment served for)
 
 
-async def _grouped(
-    session: AsyncSession, where: list[ColumnElement[bool]], mine: ColumnElement[bool] | None = None
-) -> dict[Key, Sums]:
-    """Sums per replica, deployment and whether the records are the caller's own (the flag
-    computed in a subquery: PostgreSQL would not match a parameterised expression in the
-    select with its copy in the GROUP BY)."""
+async def _grouped(session: AsyncSession, where: list[ColumnElement[bool]]) -> dict[Key, Sums]:
+    """Sums of the records `where` selects, per replica and deployment."""
     r = UsageRecordRow
-    flag = case((true() if mine is None else mine, 1), else_=0).label("mine")
-    rows = select(
-        r.replica_id, r.deployment_id, flag,
-        r.prompt_tokens, r.completion_tokens, r.cost,
-        func.coalesce(r.energy_j, r.energy_estimate_j, 0).label("joules"), r.co2e_g,
-        case((r.energy_j.is_(None), 1), else_=0).label("estimated"),
-    ).where(*where).subquery()  # fmt: skip
-    col = rows.c
-    query = select(
-        col.replica_id, col.deployment_id, col.mine, func.count(),
-        *(func.coalesce(func.sum(column), 0) for column in (
-            col.prompt_tokens, col.completion_tokens, col.cost, col.joules, col.co2e_g,
-            col.estimated)),
-    ).group_by(col.replica_id, col.deployment_id, col.mine)  # fmt: skip
-    return {
-        (replica, deployment, bool(own)): Sums(
-            int(n), int(p), int(c), float(cost), float(j), float(g), int(estimated)
+    joules = func.coalesce(r.energy_j, r.energy_estimate_j, 0)
+    estimated = case((r.energy_j.is_(None), 1), else_=0)
+    query = (
+        select(
+            r.replica_id, r.deployment_id, func.count(),
+            *(func.coalesce(func.sum(column), 0) for column in (
+                r.prompt_tokens, r.completion_tokens, r.cost, joules, r.co2e_g, estimated)),
         )
-        for replica, deployment, own, n, p, c, cost, j, g, estimated in (
+        .where(*where)
+        .group_by(r.replica_id, r.deployment_id)
+    )  # fmt: skip
+    return {
+        (replica, deployment): Sums(
+            int(n), int(p), int(c), float(cost), float(j), float(g), int(estimates)
+        )
+        for replica, deployment, n, p, c, cost, j, g, estimates in (
             await session.execute(query)
         ).all()
     }
@@ -150,19 +141,19 @@ def _mine(principal: Principal) -> ColumnElement[bool]:
     return and_(true(), *conditions)
 
 
-async def _current(session: AsyncSession, deployment_id: str) -> dict[str, bool]:
-    """The deployment's replicas, and whether each holds adapters (is shared)."""
+async def _current(session: AsyncSession, deployment_id: str) -> list[str]:
+    """The deployment's replicas, oldest first."""
     query = (
-        select(ReplicaRow.id, ReplicaRow.adapters)
+        select(ReplicaRow.id)
         .where(ReplicaRow.deployment_id == deployment_id)
         .order_by(ReplicaRow.created_at, ReplicaRow.id)
     )
-    return {replica_id: bool(held) for replica_id, held in await session.execute(query)}
+    return list((await session.execute(query)).scalars())
 
 
 def _by_replica(own: dict[Key, Sums], deployment_id: str) -> list[ReplicaUsage]:
     replicas: dict[str, ReplicaUsage] = {}
-    for (replica_id, _, _), sums in sorted(own.items(), key=lambda item: str(item[0][0])):
+    for (replica_id, _), sums in sorted(own.items(), key=lambda item: str(item[0][0])):
         if replica_id is not None:
             found = replicas.setdefault(replica_id, ReplicaUsage(replica_id))
             found.model += sums
@@ -170,22 +161,15 @@ def _by_replica(own: dict[Key, Sums], deployment_id: str) -> list[ReplicaUsage]:
 
 
 async def _replicas(
-    session: AsyncSession, principal: Principal, deployment_id: str,
-    current: dict[str, bool], held: dict[Key, Sums],
-) -> list[ReplicaUsage]:  # fmt: skip
-    """Each current replica's requests: the deployment's own model's, each adapter's (the
-    caller's own records only), and for a tenant, on a shared replica, the rest as one
-    total (a replica without adapters tells a tenant nothing of others' use)."""
+    session: AsyncSession, deployment_id: str, current: list[str], held: dict[Key, Sums]
+) -> list[ReplicaUsage]:
+    """Each current replica's requests, of the records `held` (the caller's own only):
+    the deployment's own model's and each adapter's."""
     adapters: defaultdict[tuple[str, str], Sums] = defaultdict(Sums)
-    totals = {rid: not principal.is_operator and shared for rid, shared in current.items()}
-    replicas = {rid: ReplicaUsage(rid, others=Sums() if total else None)
-                for rid, total in totals.items()}  # fmt: skip
-    for (replica_id, served_for, own), sums in held.items():
+    replicas = {replica_id: ReplicaUsage(replica_id) for replica_id in current}
+    for (replica_id, served_for), sums in held.items():
         replica = replicas[str(replica_id)]
-        if not own:
-            if replica.others is not None:
-                replica.others += sums
-        elif served_for == deployment_id:
+        if served_for == deployment_id:
             replica.model += sums
         elif served_for is not None:
             adapters[(replica.replica_id, served_for)] += sums

@@ -131,8 +131,8 @@ async def get_deployment_usage(
     """Requests, tokens, cost and energy (J and Wh, measured where the replica's energy
     interval has closed) over the last `hours`: the deployment's own, in all and per
     replica. For a deployment whose replicas hold fine-tuned models' adapters, each
-    replica's requests per adapter, for your organisation's adapters only; the rest of
-    the replica's requests as one anonymous total (`others`). You see the records your
+    replica's requests per adapter, for your organisation's adapters only: nothing of
+    other organisations' use of a replica, not even a total. You see the records your
     usage reports show you: members their own, admins and auditors their organisation's."""
     found = await usage.deployment_usage(session, principal=principal, ref=deployment, hours=hours)
     return DeploymentUsage(
@@ -167,7 +167,6 @@ def _replica_usage(replica: usage.ReplicaUsage) -> ReplicaUsage:
             )
             for a in replica.adapters
         ],
-        others=None if replica.others is None else _sums(replica.others),
     )
 
 
