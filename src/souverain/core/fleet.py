@@ -67,6 +67,12 @@ class HostedAdapter:
     path: str | None = None  # where the node decrypted it (set on the node)
 
 
+# A node's reason for an adapter it could not fetch from its store (a brief store or
+# network error): unlike a file that is not for the base or does not match its checksum,
+# it is tried again, at most once per change of the replica's adapters.
+ADAPTER_UNAVAILABLE = "the adapter could not be fetched from its store; it is tried again"
+
+
 @dataclass(frozen=True)
 class AdapterState:
     """What became of one hosted adapter on the node: loaded (`error` empty), with the

@@ -11,7 +11,9 @@ Checks, in order: the sealed object decrypts and matches its sha256 (node/sealed
 truncated, tampered or corrupt file is never loaded); it is a GGUF LoRA adapter for the
 base's architecture; every `….lora_a`/`….lora_b` pair names a tensor of the base with the
 shapes that tensor needs (an adapter trained on another base is refused here, not by the
-engine). Both read the GGUF headers only (`read_header`).
+engine). Both read the GGUF headers only (`read_header`). A refusal the file is to
+blame for stays; one the store is (`UNAVAILABLE`, a brief store or network error) is tried
+again by the next change of the replica's adapters (node/runtime_adapters.py).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
-from souverain.core.fleet import AdapterState, HostedAdapter
-from souverain.node.sealed import check_digest, decrypt_to
+from souverain.core.fleet import ADAPTER_UNAVAILABLE, AdapterState, HostedAdapter
+from souverain.node.sealed import SealedObjectError, check_digest, decrypt_to
+from souverain.storage.crypto import DecryptionError
 
 RUNTIMES = frozenset({"llama-server"})  # the programs that pick an adapter per request
 
@@ -32,6 +35,10 @@ RUNTIMES = frozenset({"llama-server"})  # the programs that pick an adapter per 
 UNREADABLE = "the adapter could not be opened or does not match its checksum"
 NOT_FOR_BASE = "the file is not a LoRA adapter of this base model"
 NO_RUNTIME = "the node's engine cannot serve shared adapters"
+UNAVAILABLE = ADAPTER_UNAVAILABLE  # the store could not be read: tried again
+# What the file itself is to blame for (a key erased, no or another sha256, tampered with,
+# truncated): the same file is refused the same way every time.
+_BAD_FILE = (SealedObjectError, DecryptionError)
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +72,12 @@ def check(adapter: HostedAdapter, target: Path, base: Path) -> tuple[Path, str]:
         if detail := fits(path, base):
             log.warning("adapter of %s refused: %s", adapter.model_id, detail)
             refused = NOT_FOR_BASE
-    except Exception as error:  # a key erased, an object gone, tampered with, truncated
-        log.warning("adapter of %s cannot be read: %s", adapter.model_id, _plain(error))
+    except _BAD_FILE as error:
+        log.warning("adapter of %s cannot be read: %s", adapter.model_id, plain(error))
         refused = UNREADABLE
+    except Exception as error:  # the store or the network, maybe for a moment
+        log.warning("adapter of %s cannot be fetched: %s", adapter.model_id, plain(error))
+        refused = UNAVAILABLE
     if refused:
         target.unlink(missing_ok=True)
     return target, refused
@@ -88,7 +98,7 @@ def fits(adapter: Path, base: Path) -> str:
         lora_kv, lora = read_header(adapter)
         base_kv, model = read_header(base)
     except (OSError, ValueError, struct.error) as error:
-        return f"not a GGUF file: {_plain(error)}"
+        return f"not a GGUF file: {plain(error)}"
     if lora_kv.get("general.type") != "adapter" or lora_kv.get("adapter.type") != "lora":
         return "not a GGUF LoRA adapter"
     arch, base_arch = lora_kv.get("general.architecture"), base_kv.get("general.architecture")
@@ -203,6 +213,7 @@ class _Header:
             raise ValueError(f"unknown GGUF value type {kind}")
 
 
-def _plain(error: BaseException) -> str:
+def plain(error: BaseException) -> str:
+    """An exception in words, without Python's internals or a traceback."""
     text = str(error).splitlines()[0][:300] if str(error) else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -16,7 +16,9 @@ between two decoding steps, so the base model and the other adapters serve on:
 
 Every file is checked exactly as at start (node/hosted_adapters.py: sha256 of the
 plaintext, GGUF LoRA of the base) before the engine sees it, and an unloaded adapter's
-clear copy is deleted from the node's scratch at once. An engine built without the patch
+clear copy is deleted from the node's scratch as soon as the replica's spec (what a
+restart of the engine passes as `--lora`) no longer names it. Whatever the engine did
+before a call fails is recorded, so the spec always names the files on disk. An engine built without the patch
 answers 404 on these routes: `supported` is False and the controller falls back to
 replacing the replica.
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import httpx
 
-from souverain.core.fleet import AdapterState, HostedAdapter
+from souverain.core.fleet import ADAPTER_UNAVAILABLE, AdapterState, HostedAdapter
 from souverain.node import hosted_adapters
 
 LOAD, UNLOAD = "/lora-adapters/load", "/lora-adapters/unload"
@@ -80,52 +82,91 @@ class EngineAdapters:
 
 @dataclass(frozen=True)
 class Changed:
-    """A replica's adapters after a change."""
+    """A replica's adapters after a change: what the engine holds after the last of its
+    calls that succeeded, even when a later one failed (`error`)."""
 
     states: tuple[AdapterState, ...]  # every adapter it holds, loaded or refused, by model id
     loaded: tuple[HostedAdapter, ...]  # those in the engine, with their clear paths, by id
     kept: tuple[str, ...]  # models still in the engine that should have left it
+    removed: tuple[Path, ...] = ()  # clear copies of the unloaded ones, still on disk
+    error: str = ""  # why the change stopped part way ("" when it went through)
 
 
 def change(
     engine: EngineAdapters, held: Sequence[AdapterState], loaded: Sequence[HostedAdapter],
     wanted: Sequence[HostedAdapter], *, scratch: Path, base: Path,
 ) -> Changed:  # fmt: skip
-    """Unload what `held` has and `wanted` lacks (deleting its clear copy), then load what
-    `wanted` has and `held` lacks, each checked first. A refused adapter is held with its
-    reason, like at start, so it is not tried again until it leaves the wanted set."""
+    """Unload what `held` has and `wanted` lacks, then load what `wanted` has and `held`
+    lacks, each checked first. A refused adapter is held with its reason, like at start, so
+    it is not tried again until it leaves the wanted set, unless its store could not be
+    read (`ADAPTER_UNAVAILABLE`: tried again once per change). An unloaded adapter's clear
+    copy is not deleted here but listed in `removed`: the caller deletes it once its spec no
+    longer names the file (a restart would pass it to the engine). An engine call that
+    raises (the engine died, timed out, answered an error) ends the change there, and the
+    result says what was done before it."""
+    work = _Work(held, loaded)
     wanted_ids = {adapter.model_id for adapter in wanted}
-    states = {state.model_id: state for state in held}
-    files = {adapter.model_id: adapter for adapter in loaded}
-    kept = []
-    for state in held:
-        if state.model_id in wanted_ids:
-            continue
+    try:
+        for state in held:
+            if state.model_id not in wanted_ids:
+                work.unload(engine, state)
+        for adapter in wanted:
+            work.load(engine, adapter, scratch=scratch, base=base)
+    except Exception as error:
+        log.warning("the change of adapters stopped part way: %s", hosted_adapters.plain(error))
+        return work.result(error=hosted_adapters.plain(error))
+    return work.result()
+
+
+class _Work:
+    """A change in progress: what the engine holds after each call that succeeded."""
+
+    def __init__(self, held: Sequence[AdapterState], loaded: Sequence[HostedAdapter]) -> None:
+        self.states = {state.model_id: state for state in held}
+        self.files = {adapter.model_id: adapter for adapter in loaded}
+        self.kept: list[str] = []
+        self.removed: list[Path] = []
+
+    def unload(self, engine: EngineAdapters, state: AdapterState) -> None:
         if state.lora_id is not None and not engine.unload(state.lora_id):
-            kept.append(state.model_id)
-            continue
-        del states[state.model_id]
-        gone = files.pop(state.model_id, None)
+            self.kept.append(state.model_id)
+            return
+        del self.states[state.model_id]
+        gone = self.files.pop(state.model_id, None)
         if gone is not None and gone.path:
-            Path(gone.path).unlink(missing_ok=True)
-    for adapter in wanted:
-        if adapter.model_id in states:
-            continue
+            self.removed.append(Path(gone.path))
+
+    def load(
+        self, engine: EngineAdapters, adapter: HostedAdapter, *, scratch: Path, base: Path
+    ) -> None:
+        held = self.states.get(adapter.model_id)
+        if held is not None and held.error != ADAPTER_UNAVAILABLE:
+            return
         path, refused = hosted_adapters.check(adapter, scratch / _file_name(adapter), base)
-        lora_id = None if refused else engine.load(path)
+        try:
+            lora_id = None if refused else engine.load(path)
+        except Exception:
+            path.unlink(missing_ok=True)  # in no spec: no run of the engine will load it
+            raise
         if lora_id is None:
             path.unlink(missing_ok=True)
-            states[adapter.model_id] = AdapterState(
-                adapter.model_id, refused or hosted_adapters.NOT_FOR_BASE
-            )
+            error = refused or hosted_adapters.NOT_FOR_BASE
+            self.states[adapter.model_id] = AdapterState(adapter.model_id, error)
         else:
-            states[adapter.model_id] = AdapterState(adapter.model_id, lora_id=lora_id)
-            files[adapter.model_id] = replace(adapter, path=str(path))
-    return Changed(
-        states=tuple(sorted(states.values(), key=lambda s: s.model_id)),
-        loaded=tuple(sorted(files.values(), key=lambda a: states[a.model_id].lora_id or 0)),
-        kept=tuple(kept),
-    )
+            self.states[adapter.model_id] = AdapterState(adapter.model_id, lora_id=lora_id)
+            self.files[adapter.model_id] = replace(adapter, path=str(path))
+
+    def result(self, *, error: str = "") -> Changed:
+        states = self.states
+        return Changed(
+            states=tuple(sorted(states.values(), key=lambda s: s.model_id)),
+            loaded=tuple(
+                sorted(self.files.values(), key=lambda a: states[a.model_id].lora_id or 0)
+            ),
+            kept=tuple(self.kept),
+            removed=tuple(self.removed),
+            error=error,
+        )
 
 
 def renumbered(

@@ -142,6 +142,7 @@ class EngineSupervisor:
         self._prompt_overhead: tuple[int, int] | None = None
         self._adapters: tuple[AdapterState, ...] = ()  # a shared replica's, once checked
         self._changing = threading.Lock()  # one change of adapters at a time
+        self._runs = 0  # which run of the engine serves: a change commits to its own run only
         self._runtime_load: bool | None = None  # whether the engine loads adapters as it runs
         self._model_path: Path | None = None
         self._power = power or self._default_power(gpu_indices, spec.watts_per_core)
@@ -272,10 +273,12 @@ class EngineSupervisor:
     def change_adapters(self, wanted: tuple[HostedAdapter, ...]) -> AdapterChange:
         """Hold `wanted` from now on: load what the replica lacks and unload what it holds
         beyond it, while its engine serves (node/runtime_adapters.py). `runtime_load` is
-        False when its engine loads adapters at start only; raises when it is not serving."""
+        False when its engine loads adapters at start only; raises when it is not serving
+        or its engine restarted meanwhile. A change that stopped part way is recorded as
+        far as it went, and that is the answer (the controller asks again next round)."""
         with self._changing:
             with self._lock:
-                url, state, model_path = self._url, self._state, self._model_path
+                url, state, model_path, run = self._url, self._state, self._model_path, self._runs
             if self._launcher.runtime not in hosted_adapters.RUNTIMES:
                 return AdapterChange(runtime_load=False)
             if state != "ready" or url is None or model_path is None:
@@ -293,11 +296,29 @@ class EngineSupervisor:
                     engine, self._adapters, self._spec.adapters, wanted,
                     scratch=self._scratch, base=model_path,
                 )  # fmt: skip
-            with self._changed:
+            self._commit(done, run)
+            return AdapterChange(True, done.states, done.kept)
+
+    def _commit(self, done: runtime_adapters.Changed, run: int) -> None:
+        """Record `done` if the engine run it changed still serves, and only then delete the
+        unloaded adapters' clear copies. A run that ended meanwhile took the spec as it was,
+        and the next one starts with the files that spec names: those are kept, and the
+        ones `done` loaded into the ended run are deleted instead."""
+        with self._changed:
+            current = self._runs == run
+            if current:
                 self._adapters, self._spec = done.states, replace(self._spec, adapters=done.loaded)
                 self._version = max(self._version + 1, time.time_ns())
                 self._changed.notify_all()
-            return AdapterChange(True, done.states, done.kept)
+            named = {adapter.path for adapter in self._spec.adapters}
+        if current:
+            for path in done.removed:
+                path.unlink(missing_ok=True)
+            return
+        for adapter in done.loaded:
+            if adapter.path and adapter.path not in named:
+                Path(adapter.path).unlink(missing_ok=True)
+        raise RuntimeError("the engine restarted during the change of its adapters")
 
     def _decrypt_adapter(self) -> Path:
         """The fine-tuned model's adapter, in clear in this node's private directory only
@@ -330,9 +351,11 @@ class EngineSupervisor:
         log = open_log(self._log_path)
         with self._lock:  # a new run numbers the adapters loaded at run time anew
             self._adapters = runtime_adapters.renumbered(self._adapters, self._spec.adapters)
+            self._runs += 1  # a change begun in the previous run may no longer commit
+            spec = self._spec  # its `--lora`s: the files on disk now
         try:
             argv = self._launcher.command(
-                spec=self._spec, model_path=model_path, host=self._host, port=port,
+                spec=spec, model_path=model_path, host=self._host, port=port,
                 secret_fd=secret, tls=tls,
             )  # fmt: skip
             env = {**os.environ, **self._launcher.environment(spec=self._spec)}

@@ -6,7 +6,8 @@ the set to the replica (`ClusterFacade.change_adapters`): its node checks and lo
 adapters into the running engine and unloads the others, deleting their clear copies
 (node/runtime_adapters.py). No engine starts, and a full cluster still takes new models.
 The replica's `adapters` column is written from the node's answer in the same round, so
-the route table sees the new ids at once.
+the route table sees the new ids at once. An adapter its node could not fetch from the
+store (`ADAPTER_UNAVAILABLE`) makes the set be sent again the next round.
 
 The rolling replacement (sharing.py) stays the way for everything else: a replica whose
 engine loads adapters at start only (`runtime_load` False, remembered in `start_only` for
@@ -19,7 +20,7 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from souverain.core.fleet import AdapterState, HostedAdapter
+from souverain.core.fleet import ADAPTER_UNAVAILABLE, AdapterState, HostedAdapter
 from souverain.core.status import ReplicaState
 from souverain.db.tables import ReplicaRow
 from souverain.jobs.deployments import sharing
@@ -42,6 +43,12 @@ def entries_of(states: Iterable[AdapterState]) -> list[dict[str, object]]:
     return [{"model": s.model_id, "error": s.error, "lora": s.lora_id} for s in states]
 
 
+def _to_retry(replica: ReplicaRow) -> bool:
+    """Whether its node could not fetch one of its adapters from the store (a brief store
+    or network error): the same set is sent again, once a round, and the node tries it."""
+    return any(entry.get("error") == ADAPTER_UNAVAILABLE for entry in replica.adapters or ())
+
+
 async def change_live(
     cluster: ClusterFacade, live: Sequence[ReplicaRow], wanted: Mapping[str, tuple[str, ...]],
     hosted: Iterable[sharing.Hosted], start_only: set[str],
@@ -52,7 +59,7 @@ async def change_live(
     changes = []
     for replica in live:
         target = wanted.get(replica.id)
-        if target is None or sharing.held(replica) == target:
+        if target is None or (sharing.held(replica) == target and not _to_retry(replica)):
             continue
         if replica.state != ReplicaState.READY or replica.id in start_only:
             continue
