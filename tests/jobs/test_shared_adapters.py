@@ -8,12 +8,13 @@ in-memory cluster in place of Ray (its replicas report every adapter loaded)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from sqlalchemy import delete, select, update
 
 from souverain.catalog.routes import load_ready_routes
+from souverain.core.fleet import ADAPTER_UNAVAILABLE, AdapterState
 from souverain.core.ids import new_id
 from souverain.db.tables import (
     DeploymentRow,
@@ -282,6 +283,29 @@ class TestRuntimeLoad:
         await shared.reconciler.reconcile(shared.base_deployment, await shared.world.placer())
         assert {r.id for r in await shared.replicas()} == before
         assert await shared.held() == {shared.paris: [(kept,)], shared.berlin: [(kept,)]}
+
+    async def test_an_adapter_its_store_could_not_serve_is_asked_for_again_next_round(
+        self, shared: Shared
+    ) -> None:
+        model_id = await shared.fine_tuned(shared.world.tenant.org_id)
+        for _ in range(3):
+            await shared.round()
+        cluster, asked = shared.world.cluster, len(shared.world.cluster.changes)
+        for name, status in list(cluster.replicas.items()):  # a store error for a moment
+            unavailable = tuple(
+                AdapterState(s.model_id, ADAPTER_UNAVAILABLE) for s in status.adapters
+            )
+            cluster.replicas[name] = replace(
+                status, adapters=unavailable, version=status.version + 1
+            )
+        await shared.round()  # the nodes' refusal observed
+        assert (await shared.deployment(shared.made[0])).status == "failed"
+        await shared.round()  # the same set sent again: the nodes try it again
+        assert [models for _, models in cluster.changes[asked:]] == [(model_id,), (model_id,)]
+        for replica in await shared.replicas():
+            assert [(e["model"], e["error"]) for e in replica.adapters] == [(model_id, "")]
+        await shared.round()
+        assert (await shared.deployment(shared.made[0])).status == "ready"
 
 
 class TestRollingReplacement:

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field, replace
 
 from souverain.core.fleet import (
+    ADAPTER_UNAVAILABLE,
     DATACENTER_LABEL,
     AdapterChange,
     AdapterState,
@@ -108,7 +109,10 @@ class MemoryCluster:
         names = {a.model_id for a in wanted}
         held = {s.model_id: s for s in status.adapters}
         kept = tuple(m for m in held if m not in names and m in self.busy_adapters)
-        states = {m: s for m, s in held.items() if m in names or m in kept}
+        states = {  # one its store could not serve is tried again, as a node does
+            m: s for m, s in held.items()
+            if (m in names or m in kept) and s.error != ADAPTER_UNAVAILABLE
+        }  # fmt: skip
         following = self._next_lora.get(actor_name, len(status.adapters))
         for adapter in wanted:
             if adapter.model_id not in states:
