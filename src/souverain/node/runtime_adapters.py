@@ -18,9 +18,9 @@ Every file is checked exactly as at start (node/hosted_adapters.py: sha256 of th
 plaintext, GGUF LoRA of the base) before the engine sees it, and an unloaded adapter's
 clear copy is deleted from the node's scratch as soon as the replica's spec (what a
 restart of the engine passes as `--lora`) no longer names it. Whatever the engine did
-before a call fails is recorded, so the spec always names the files on disk. An engine built without the patch
-answers 404 on these routes: `supported` is False and the controller falls back to
-replacing the replica.
+before a call fails is recorded, so the spec always names the files on disk. An engine
+built without the patch answers 404 on these routes: `supported` is False and the
+controller falls back to replacing the replica.
 """
 
 from __future__ import annotations
