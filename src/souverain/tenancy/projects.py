@@ -4,7 +4,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.access import check_org, check_project
-from souverain.core.errors import ConflictError, NotFoundError
+from souverain.core.errors import ConflictError, NotFoundError, PermissionDeniedError
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
@@ -56,9 +56,9 @@ async def create_project(
     check_org(principal, org.id, Scope.MANAGE)
     if await find_project(session, org_id=org.id, ref=request.name) is not None:
         raise ConflictError(f"project '{request.name}' already exists", param="name")
-    project = ProjectRow(
-        id=new_id("prj"), org_id=org.id, name=request.name, priority=request.priority
-    )
+    priority = request.priority or principal.priority  # a batch caller's is batch
+    check_can_set_priority(principal, priority)
+    project = ProjectRow(id=new_id("prj"), org_id=org.id, name=request.name, priority=priority)
     session.add(project)
     await session.flush()
     await record(
@@ -86,6 +86,8 @@ async def update_project(
     org = await orgs.get_org(session, principal=principal, ref=org_ref)
     check_org(principal, org.id, Scope.MANAGE)
     project = await get_project(session, principal=principal, org_id=org.id, ref=project_ref)
+    if request.priority != project.priority:
+        check_can_set_priority(principal, request.priority)
     before, project.priority = project.priority, request.priority
     await session.flush()
     await record(
@@ -98,6 +100,17 @@ async def update_project(
         details={"priority": {"from": before, "to": project.priority}},
     )
     return project
+
+
+def check_can_set_priority(principal: Principal, priority: str) -> None:
+    """A caller whose priority in effect is batch cannot make a project interactive: the
+    project's keys, its own included, would then be more urgent than it (as a batch key
+    cannot mint an interactive key)."""
+    if priority == "interactive" and principal.priority == "batch":
+        raise PermissionDeniedError(
+            "a batch key cannot make a project interactive; ask with an interactive key",
+            param="priority",
+        )
 
 
 async def priority_of(session: AsyncSession, *, org_id: str | None, project_id: str | None) -> str:

@@ -32,13 +32,18 @@ class Organisation(Out):
 PROJECT_PRIORITY = (
     "`batch`: every key of the project queues its requests behind interactive ones, whatever "
     "the key asks (a key is never more urgent than its project). Keys without a project "
-    "follow the organisation's `default` project."
+    "follow the organisation's `default` project. A caller whose own priority is `batch` "
+    "cannot make a project `interactive`."
 )
 
 
 class ProjectCreateRequest(StrictRequest):
     name: Slug
-    priority: KeyPriority = Field(default="interactive", description=PROJECT_PRIORITY)
+    priority: KeyPriority | None = Field(
+        default=None,
+        description=PROJECT_PRIORITY + " Left out: the caller's own (interactive, unless the "
+        "caller's key is a batch key).",
+    )
 
 
 class ProjectUpdateRequest(StrictRequest):
