@@ -179,7 +179,14 @@ class TestProjectPriority:
             plain = await client.post("/api/keys", json={"project": "web"})
             own = await client.post("/api/keys", json={"project": "web", "priority": "batch"})
             listed = (await client.get(f"/api/orgs/{org}/projects")).json()
+            keys = {k["id"]: k for k in (await client.get("/api/keys")).json()}
         assert {p["name"]: p["priority"] for p in listed}["nightly"] == "batch"
+        # the keys list shows the priority in effect, and the key's own beside it
+        shown = keys[asking.json()["id"]]
+        assert (shown["priority"], shown["priority_set"]) == ("batch", "interactive")
+        assert asking.json()["priority"] == "batch"  # so does the created key's answer
+        assert keys[plain.json()["id"]]["priority"] == "interactive"
+        assert keys[own.json()["id"]]["priority"] == keys[own.json()["id"]]["priority_set"]
         assert await _priority(platform, asking.json()["key"]) == "batch"
         assert await _priority(platform, plain.json()["key"]) == "interactive"
         assert await _priority(platform, own.json()["key"]) == "batch"
@@ -200,6 +207,9 @@ class TestProjectPriority:
                     f"/api/orgs/{org}/projects/{project}", json={"priority": "batch"}
                 )
                 assert changed.status_code == 200 and changed.json()["priority"] == "batch"
+            listed = (await client.get("/api/keys")).json()
+        assert {k["priority"] for k in listed} == {"batch"}  # the project's, the default's
+        assert {k["priority_set"] for k in listed} == {"interactive"}
         for key in (scoped, whole):  # within the key cache's lifetime
             await wait_until(lambda key=key: _is_batch(platform, key))
 

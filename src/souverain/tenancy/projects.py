@@ -113,6 +113,26 @@ def check_can_set_priority(principal: Principal, priority: str) -> None:
         )
 
 
+def priority_in_effect(own: str, inherited: str) -> str:
+    """A key's priority in effect: never more urgent than its project (a batch project's
+    keys are batch keys, whatever they asked)."""
+    return "batch" if "batch" in (own, inherited) else "interactive"
+
+
+async def priorities_of(session: AsyncSession, *, org_ids: set[str]) -> dict[str | None, str]:
+    """What keys inherit in these organisations: by project id, and by organisation id for
+    keys of the whole organisation (its default project's)."""
+    rows = (
+        await session.execute(
+            select(ProjectRow.id, ProjectRow.org_id, ProjectRow.name, ProjectRow.priority)
+            .where(ProjectRow.org_id.in_(org_ids))
+        )
+    ).all()  # fmt: skip
+    inherited: dict[str | None, str] = {p.id: p.priority for p in rows}
+    inherited.update({p.org_id: p.priority for p in rows if p.name == orgs.DEFAULT_PROJECT})
+    return inherited
+
+
 async def priority_of(session: AsyncSession, *, org_id: str | None, project_id: str | None) -> str:
     """The priority a key of this project (the organisation's default project for a key of
     the whole organisation) inherits; interactive for platform keys."""

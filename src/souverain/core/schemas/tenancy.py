@@ -100,7 +100,16 @@ class ApiKey(Out):
     project_id: str | None
     role: Role
     scopes: list[Scope]
-    priority: KeyPriority = "interactive"
+    priority: KeyPriority = Field(
+        default="interactive",
+        description="How the gateway queues the key's requests now: its own priority, or its "
+        "project's when that is `batch` (as `GET /api/me` shows it).",
+    )
+    priority_set: KeyPriority = Field(
+        default="interactive",
+        description="The key's own priority, as created; `priority` differs while its "
+        "project is `batch`.",
+    )
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
