@@ -254,6 +254,25 @@ class TestProjectPriority:
             )
             assert lifted.status_code == 200 and lifted.json()["priority"] == "interactive"
 
+    async def test_a_manager_batch_only_through_the_default_project_can_undo_it(
+        self, platform: Platform
+    ) -> None:
+        """Keys of the whole organisation follow the default project: the manager who made
+        it batch is then a batch caller, yet an interactive key of its own, and may lift it."""
+        tenant = await platform.factory.tenant(roles={"cyd": Role.ADMIN})
+        admin = await platform.factory.member_key(tenant, "cyd", Role.ADMIN)
+        org = tenant.org_name
+        async with platform.client(admin.key) as client:
+            made = await client.patch(
+                f"/api/orgs/{org}/projects/default", json={"priority": "batch"}
+            )
+            assert made.status_code == 200, made.text
+            await wait_until(lambda: _is_batch(platform, admin.key))
+            undone = await client.patch(
+                f"/api/orgs/{org}/projects/default", json={"priority": "interactive"}
+            )
+            assert undone.status_code == 200, undone.text
+
     async def test_bad_priorities_and_members_are_refused(self, platform: Platform) -> None:
         tenant = await platform.factory.tenant(roles={"sia": Role.ADMIN, "tom": Role.MEMBER})
         admin = await platform.factory.member_key(tenant, "sia", Role.ADMIN)

@@ -74,7 +74,7 @@ def projects_create(
     name: str,
     org: str = typer.Option(..., "--org"),
     priority: str | None = typer.Option(
-        None, help=PROJECT_PRIORITY_HELP + " Left out: your key's own."
+        None, help=PROJECT_PRIORITY_HELP + " Left out: interactive if your key may set it."
     ),
 ) -> None:
     request = ProjectCreateRequest(name=name, priority=_priority(priority) if priority else None)

@@ -9,7 +9,7 @@ from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.schemas.tenancy import ProjectCreateRequest, ProjectUpdateRequest
-from souverain.db.tables import ProjectRow
+from souverain.db.tables import ApiKeyRow, ProjectRow
 from souverain.evidence.audit import actor_of, record
 from souverain.tenancy import orgs
 
@@ -56,8 +56,10 @@ async def create_project(
     check_org(principal, org.id, Scope.MANAGE)
     if await find_project(session, org_id=org.id, ref=request.name) is not None:
         raise ConflictError(f"project '{request.name}' already exists", param="name")
-    priority = request.priority or principal.priority  # a batch caller's is batch
-    check_can_set_priority(principal, priority)
+    allowed = await can_make_interactive(session, principal=principal)
+    priority = request.priority or ("interactive" if allowed else "batch")
+    if priority == "interactive" and not allowed:
+        raise _not_interactive()
     project = ProjectRow(id=new_id("prj"), org_id=org.id, name=request.name, priority=priority)
     session.add(project)
     await session.flush()
@@ -86,8 +88,9 @@ async def update_project(
     org = await orgs.get_org(session, principal=principal, ref=org_ref)
     check_org(principal, org.id, Scope.MANAGE)
     project = await get_project(session, principal=principal, org_id=org.id, ref=project_ref)
-    if request.priority != project.priority:
-        check_can_set_priority(principal, request.priority)
+    lifted = request.priority == "interactive" != project.priority
+    if lifted and not await can_make_interactive(session, principal=principal):
+        raise _not_interactive()
     before, project.priority = project.priority, request.priority
     await session.flush()
     await record(
@@ -102,15 +105,27 @@ async def update_project(
     return project
 
 
-def check_can_set_priority(principal: Principal, priority: str) -> None:
-    """A caller whose priority in effect is batch cannot make a project interactive: the
-    project's keys, its own included, would then be more urgent than it (as a batch key
-    cannot mint an interactive key)."""
-    if priority == "interactive" and principal.priority == "batch":
-        raise PermissionDeniedError(
-            "a batch key cannot make a project interactive; ask with an interactive key",
-            param="priority",
-        )
+async def can_make_interactive(session: AsyncSession, *, principal: Principal) -> bool:
+    """Whether the caller may make a project interactive. A caller whose priority in
+    effect is batch may not: its own key, and the keys it mints (a batch key mints batch
+    keys), would be lifted through the project. One such caller may: a key of the whole
+    organisation that is itself interactive, batch only because the organisation's
+    default project is; refusing it would leave no key of the organisation able to undo
+    making the default project batch."""
+    if principal.priority != "batch":
+        return True
+    if principal.project_id is not None:
+        return False
+    row = await session.get(ApiKeyRow, principal.key_id)
+    return row is not None and row.priority != "batch"
+
+
+def _not_interactive() -> PermissionDeniedError:
+    return PermissionDeniedError(
+        "a batch key cannot make a project interactive: ask with an interactive key of the "
+        "organisation",
+        param="priority",
+    )
 
 
 def priority_in_effect(own: str, inherited: str) -> str:

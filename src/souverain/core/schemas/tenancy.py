@@ -32,8 +32,9 @@ class Organisation(Out):
 PROJECT_PRIORITY = (
     "`batch`: every key of the project queues its requests behind interactive ones, whatever "
     "the key asks (a key is never more urgent than its project). Keys without a project "
-    "follow the organisation's `default` project. A caller whose own priority is `batch` "
-    "cannot make a project `interactive`."
+    "follow the organisation's `default` project. A caller whose priority in effect is "
+    "`batch` cannot make a project `interactive`, unless its key is of the whole "
+    "organisation and itself interactive (batch only through the `default` project)."
 )
 
 
@@ -41,8 +42,8 @@ class ProjectCreateRequest(StrictRequest):
     name: Slug
     priority: KeyPriority | None = Field(
         default=None,
-        description=PROJECT_PRIORITY + " Left out: the caller's own (interactive, unless the "
-        "caller's key is a batch key).",
+        description=PROJECT_PRIORITY + " Left out: `interactive` if the caller may set it, "
+        "else `batch`.",
     )
 
 
