@@ -203,6 +203,8 @@ class TestConsole:
         await expect(page.locator("main")).to_contain_text("Project default is now batch.")
         try:  # a key of the whole organisation follows the default project
             await wait_until(lambda: _priority_is(console, secret, "batch"), timeout_s=15)
+            await page.reload()  # the keys list shows the priority in effect, and the own
+            await expect(page.locator("#keys")).to_contain_text("batch (set interactive)")
         finally:
             await page.select_option("#projects select[name=priority-default]", "interactive")
             await expect(page.locator("main")).to_contain_text("is now interactive")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from souverain.core.fleet import ReplicaStatus
+from souverain.core.fleet import ReplicaStatus, unanswered_status
 from souverain.core.ids import new_id
 from souverain.core.roles import Role
 from souverain.db.metering import BudgetLedgerRow, BudgetRow, CarbonIntensityRow, EnergyIntervalRow
@@ -137,6 +137,29 @@ class TestEnergyAccountant:
         assert interval.carbon_intensity == 20.0
         assert interval.co2e_g == pytest.approx(120.0 / 3.6e6 * 20.0)
 
+    async def test_an_unanswered_watch_is_no_restart_of_the_counter(
+        self, platform: Platform
+    ) -> None:
+        """The actor did not answer one long poll: the status the controller assumed
+        meanwhile has no reading, so the interval is what the meter moved, not all of it."""
+        _, replica_id = await serve(platform, 1)
+        accountant = EnergyAccountant(
+            platform.sessions, interval_s=3600, prompt_weight=1, completion_weight=1,
+            clock=FakeClock(),
+        )  # fmt: skip
+        row = await replica(platform, replica_id)
+        for status in (reading(1000.0), unanswered_status(), reading(1060.0)):
+            accountant.observe(row, status)
+        accountant.retire(replica_id)
+        await accountant.close_due()
+        async with platform.sessions() as session:
+            [interval] = (
+                await session.execute(
+                    select(EnergyIntervalRow).where(EnergyIntervalRow.replica_id == replica_id)
+                )
+            ).scalars()
+        assert interval.energy_j == pytest.approx(60.0)
+
     async def test_retired_replicas_close_at_once(self, platform: Platform) -> None:
         _, replica_id = await serve(platform, 1)
         clock = FakeClock()
@@ -240,9 +263,10 @@ class TestStartUpEnergy:
                 platform.sessions, interval_s=10, prompt_weight=1, completion_weight=1,
                 clock=clock,
             )  # fmt: skip
-            for joules, state in ((0.0, "starting"), (30.0, "starting"), (80.0, "ready"),
-                                  (130.0, "ready")):  # fmt: skip
-                accountant.observe(row, reading(joules, state))
+            # a long poll unanswered while it starts: no reading, not a restarted counter
+            for status in (reading(0.0, "starting"), reading(30.0, "starting"),
+                           unanswered_status(), reading(80.0, "ready"), reading(130.0)):  # fmt: skip
+                accountant.observe(row, status)
                 clock.advance(4)
             clock.advance(10)  # the serving interval, from the ready reading on, is due
             await accountant.close_due()

@@ -179,7 +179,14 @@ class TestProjectPriority:
             plain = await client.post("/api/keys", json={"project": "web"})
             own = await client.post("/api/keys", json={"project": "web", "priority": "batch"})
             listed = (await client.get(f"/api/orgs/{org}/projects")).json()
+            keys = {k["id"]: k for k in (await client.get("/api/keys")).json()}
         assert {p["name"]: p["priority"] for p in listed}["nightly"] == "batch"
+        # the keys list shows the priority in effect, and the key's own beside it
+        shown = keys[asking.json()["id"]]
+        assert (shown["priority"], shown["priority_set"]) == ("batch", "interactive")
+        assert asking.json()["priority"] == "batch"  # so does the created key's answer
+        assert keys[plain.json()["id"]]["priority"] == "interactive"
+        assert keys[own.json()["id"]]["priority"] == keys[own.json()["id"]]["priority_set"]
         assert await _priority(platform, asking.json()["key"]) == "batch"
         assert await _priority(platform, plain.json()["key"]) == "interactive"
         assert await _priority(platform, own.json()["key"]) == "batch"
@@ -200,8 +207,71 @@ class TestProjectPriority:
                     f"/api/orgs/{org}/projects/{project}", json={"priority": "batch"}
                 )
                 assert changed.status_code == 200 and changed.json()["priority"] == "batch"
+            listed = (await client.get("/api/keys")).json()
+        assert {k["priority"] for k in listed} == {"batch"}  # the project's, the default's
+        assert {k["priority_set"] for k in listed} == {"interactive"}
         for key in (scoped, whole):  # within the key cache's lifetime
             await wait_until(lambda key=key: _is_batch(platform, key))
+
+    async def test_a_batch_key_cannot_make_a_project_interactive(self, platform: Platform) -> None:
+        """Its own key would follow its project: lifting the project would lift the key."""
+        tenant = await platform.factory.tenant(roles={"bea": Role.ADMIN})
+        admin = await platform.factory.member_key(tenant, "bea", Role.ADMIN)
+        org = tenant.org_name
+        async with platform.client(admin.key) as client:
+            await client.post(
+                f"/api/orgs/{org}/projects", json={"name": "bulk", "priority": "batch"}
+            )
+            made = await client.post("/api/keys", json={"project": "bulk", "role": "admin"})
+            whole = await client.post("/api/keys", json={"role": "admin", "priority": "batch"})
+        for key in (made.json()["key"], whole.json()["key"]):
+            assert await _priority(platform, key) == "batch"
+            async with platform.client(key) as batch:
+                lifted = await batch.patch(
+                    f"/api/orgs/{org}/projects/bulk", json={"priority": "interactive"}
+                )
+                assert lifted.status_code == 403, lifted.text
+                error = lifted.json()["error"]
+                assert error["code"] == "permission_denied" and "batch key" in error["message"]
+                assert error["param"] == "priority"
+                asked = await batch.post(
+                    f"/api/orgs/{org}/projects", json={"name": "fast", "priority": "interactive"}
+                )
+                assert asked.status_code == 403, asked.text
+                assert "batch key" in asked.json()["error"]["message"]
+        async with platform.client(whole.json()["key"]) as batch:
+            plain = await batch.post(f"/api/orgs/{org}/projects", json={"name": "later"})
+            assert plain.status_code == 201 and plain.json()["priority"] == "batch", plain.text
+            kept = await batch.patch(f"/api/orgs/{org}/projects/bulk", json={"priority": "batch"})
+            assert kept.status_code == 200
+        async with platform.client(admin.key) as client:
+            listed = (await client.get(f"/api/orgs/{org}/projects")).json()
+            assert {p["name"]: p["priority"] for p in listed}["bulk"] == "batch"
+            plain = await client.post(f"/api/orgs/{org}/projects", json={"name": "web"})
+            assert plain.json()["priority"] == "interactive"  # an interactive caller's default
+            lifted = await client.patch(
+                f"/api/orgs/{org}/projects/bulk", json={"priority": "interactive"}
+            )
+            assert lifted.status_code == 200 and lifted.json()["priority"] == "interactive"
+
+    async def test_a_manager_batch_only_through_the_default_project_can_undo_it(
+        self, platform: Platform
+    ) -> None:
+        """Keys of the whole organisation follow the default project: the manager who made
+        it batch is then a batch caller, yet an interactive key of its own, and may lift it."""
+        tenant = await platform.factory.tenant(roles={"cyd": Role.ADMIN})
+        admin = await platform.factory.member_key(tenant, "cyd", Role.ADMIN)
+        org = tenant.org_name
+        async with platform.client(admin.key) as client:
+            made = await client.patch(
+                f"/api/orgs/{org}/projects/default", json={"priority": "batch"}
+            )
+            assert made.status_code == 200, made.text
+            await wait_until(lambda: _is_batch(platform, admin.key))
+            undone = await client.patch(
+                f"/api/orgs/{org}/projects/default", json={"priority": "interactive"}
+            )
+            assert undone.status_code == 200, undone.text
 
     async def test_bad_priorities_and_members_are_refused(self, platform: Platform) -> None:
         tenant = await platform.factory.tenant(roles={"sia": Role.ADMIN, "tom": Role.MEMBER})

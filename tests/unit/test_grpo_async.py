@@ -184,14 +184,17 @@ class FakeEngine:
     """The rollout engine faked: short completions in the tiny model's vocabulary, each
     with a log-probability; records the adapters swapped in."""
 
-    def __init__(self, gguf: Path, *, sequences: int, **_: Any) -> None:
-        self.sequences = sequences
+    def __init__(self, gguf: Path, *, sequences: int, threads: int, **_: Any) -> None:
+        self.sequences, self.threads = sequences, threads
         self.adapters: list[str] = []
+        self.versions: list[int] = []  # the trainer's step of each adapter swapped in
         self.draws = itertools.count()
         self.lock = threading.Lock()
 
     def set_adapter(self, path: Path | None) -> None:
         self.adapters.append(path.name if path else "")
+        if path:
+            self.versions.append(int(path.read_text()))
 
     def generate(self, prompts: list[list[int]], *, n: int, **_: Any) -> list[Any]:
         from souverain.training.rollouts import Sample
@@ -222,7 +225,7 @@ def async_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any) 
     monkeypatch.setattr(grpo, "load_model", lambda base: tiny_base())
 
     def export(config: Any, folder: Path, out: Path) -> Path:
-        out.write_bytes(b"gguf")
+        out.write_text(str(made.step))  # the adapter's version, read back by the engine
         return out
 
     monkeypatch.setattr(grpo, "_export_gguf", export)
@@ -234,6 +237,29 @@ def async_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any) 
     assert made._read() is None
     made._load()
     return made
+
+
+class TestTheThreadsAreShared:
+    def test_asynchronous_generation_splits_the_jobs_threads(self) -> None:
+        assert grpo.split_threads(4, asynchronous=False) == (4, 4)  # one after the other
+        for threads in range(2, 17):
+            trainer, rollouts = grpo.split_threads(threads, asynchronous=True)
+            assert trainer + rollouts == threads and min(trainer, rollouts) >= 1
+        assert grpo.split_threads(1, asynchronous=True) == (1, 1)  # the documented floor
+
+    def test_the_trainer_and_the_engine_get_their_share(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        set_to: list[int] = []
+        monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+        made = async_job(tmp_path, monkeypatch, max_steps=1, max_staleness=1)
+        set_to.clear()
+        made = grpo.Job({**made.spec, "threads": 5}, made.progress)
+        assert set_to == [3]
+        made.tokenizer = FakeTokenizer()
+        assert made._read() is None
+        made._open_rollouts()
+        assert made.rollouts.threads == 2
 
 
 class TestTheLoopWithAsynchronousGeneration:
@@ -253,9 +279,10 @@ class TestTheLoopWithAsynchronousGeneration:
                    if p.requires_grad)  # fmt: skip
         # each update reached the engine as its own file, between batches
         swapped = made.rollouts.adapters
-        assert swapped[0] == "rollout-adapter.gguf"
-        versions = [int(a.split("-")[-1].split(".")[0]) for a in swapped[1:]]
+        assert swapped[0] == swapped[-1] == "rollout-adapter.gguf"
+        versions = [int(a.split("-")[-1].split(".")[0]) for a in swapped[1:-1]]
         assert versions == sorted(versions) and set(versions) <= {1, 2, 3, 4}
+        assert made.rollouts.versions[-1] == 4  # the last update, set once the steps end
         assert made.tokens == sum(s["generated_tokens"] for s in steps)
         assert not made.generator or not made.generator.running
 
@@ -280,6 +307,27 @@ class TestTheLoopWithAsynchronousGeneration:
         assert state["tokens"] == sum(s["generated_tokens"] for s in steps)
         assert made.generator is not None and not made.generator.running
         assert made.generator.drop() == 0  # nothing left queued to be trained on later
+
+    def test_the_final_evaluation_scores_the_adapter_the_job_delivers(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without a dev split: the generator, told to stop at the last step, never loads
+        the last update, yet the held-out prompts are answered by it, not an older one."""
+        made = async_job(tmp_path, monkeypatch, max_steps=3, max_staleness=2)
+        write_lines(tmp_path / "valid.jsonl", ["held out one", "held out two"])
+        made.spec["valid"] = str(tmp_path / "valid.jsonl")
+        monkeypatch.setattr(grpo, "load_tokenizer", lambda base: made.tokenizer)
+        evaluate, scored_by = made.evaluate, []
+
+        def recorded(*, first: bool) -> dict[str, Any]:
+            scored_by.append(made.rollouts.versions[-1])
+            return evaluate(first=first)
+
+        monkeypatch.setattr(made, "evaluate", recorded)
+        assert made.run() == 0
+        assert scored_by == [0, 3]
+        (done,) = events(tmp_path, "done")
+        assert done["step"] == 3 and "change" in done["metrics"]["eval"]
 
     def test_the_synchronous_loop_reports_no_staleness(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -73,12 +73,13 @@ def projects_list(org: str = typer.Option(..., "--org")) -> None:
 def projects_create(
     name: str,
     org: str = typer.Option(..., "--org"),
-    priority: str = typer.Option("interactive", help=PROJECT_PRIORITY_HELP),
+    priority: str | None = typer.Option(
+        None, help=PROJECT_PRIORITY_HELP + " Left out: interactive if your key may set it."
+    ),
 ) -> None:
+    request = ProjectCreateRequest(name=name, priority=_priority(priority) if priority else None)
     with client() as c:
-        project = c.create_project(
-            org, ProjectCreateRequest(name=name, priority=_priority(priority))
-        )
+        project = c.create_project(org, request)
     console.print(f"created project [bold]{project.name}[/bold] ({project.id}), {project.priority}")
 
 

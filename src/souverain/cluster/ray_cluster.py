@@ -29,6 +29,7 @@ from souverain.core.fleet import (
     ReplicaStatus,
     TrainingSpec,
     TrainingStatus,
+    unanswered_status,
 )
 from souverain.core.node_identity import why_untrusted
 
@@ -101,9 +102,7 @@ class RayCluster:
         try:
             status: ReplicaStatus = ray.get(actor.status.remote(), timeout=timeout_s)
         except (GetTimeoutError, ActorUnavailableError):
-            return ReplicaStatus(
-                state="starting", url=None, node_id=None, restarts=0, error="actor not answering"
-            )
+            return unanswered_status()
         except RayActorError:
             return None  # dead for good
         return status
@@ -125,9 +124,7 @@ class RayCluster:
             if await asyncio.to_thread(_find_actor, actor_name) is None:
                 self._handles.pop(actor_name, None)
                 return None
-            return ReplicaStatus(
-                state="starting", url=None, node_id=None, restarts=0, error="actor not answering"
-            )
+            return unanswered_status()
         return status
 
     def engine_pid(self, actor_name: str) -> int | None:

@@ -161,6 +161,22 @@ class ReplicaStatus:
     adapters: tuple[AdapterState, ...] = ()  # a shared replica's, in the spec's order
 
 
+UNANSWERED = "actor not answering"
+
+
+def unanswered_status() -> ReplicaStatus:
+    """The status the controller assumes when a replica's actor did not answer in time
+    (restarting, its node lost): starting, and no meter was read (`energy_j` 0 is not a
+    reading: taken as one it would look like a restarted counter, see `carries_reading`)."""
+    return ReplicaStatus(state="starting", url=None, node_id=None, restarts=0, error=UNANSWERED)
+
+
+def carries_reading(status: ReplicaStatus) -> bool:
+    """Whether `status` came from the actor, with its energy counter; False for the one
+    made up by `unanswered_status` (an actor's own statuses have a version above 0)."""
+    return not (status.version == 0 and status.error == UNANSWERED)
+
+
 @dataclass(frozen=True)
 class TrainingSpec:
     """Everything a training actor needs; travels through Ray."""

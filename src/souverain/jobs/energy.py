@@ -10,6 +10,9 @@ would hand it a share of an interval that never saw it (zero joules, as readings
 only with each long poll).
 If the actor restarts, its counter starts again from zero; the interval carries on from
 where it was. Energy between the last close and a controller change-over is not seen.
+A status the controller made up because the actor did not answer (`core.fleet.
+unanswered_status`) carries no reading and is skipped: its 0 J, taken for a restarted
+counter, would count everything read before it a second time.
 
 A replica's start (placement to ready: the engine's process, the model's load) is its
 owner's, not the first requests': a replica first seen starting is followed until its
@@ -31,7 +34,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from souverain.core.fleet import ReplicaStatus
+from souverain.core.fleet import ReplicaStatus, carries_reading
 from souverain.db.tables import ReplicaRow, utcnow
 from souverain.energy.attribution import attribute, weight
 from souverain.metering import energy
@@ -88,6 +91,8 @@ class EnergyAccountant:
         return self._interval_s
 
     def observe(self, replica: ReplicaRow, status: ReplicaStatus) -> None:
+        if not carries_reading(status):  # its 0 J would read as a restarted counter
+            return
         now = self._clock()
         if status.measured_at is not None:  # when the node read it; never later than now
             now = min(now, status.measured_at)

@@ -87,7 +87,7 @@ async def principal_of(
         tpm=row.tpm,
         lineage_limits=limits,
         service_account=user.kind == "service",
-        priority="batch" if "batch" in (row.priority, inherited) else "interactive",
+        priority=projects.priority_in_effect(row.priority, inherited),
     )
 
 

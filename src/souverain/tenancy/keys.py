@@ -12,6 +12,7 @@ keys in that organisation, so re-adding them starts with none.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -178,6 +179,22 @@ async def list_keys(
             query = query.where(ApiKeyRow.project_id == principal.project_id)
     query = query.order_by(ApiKeyRow.created_at)
     return [(k, u) for k, u in (await session.execute(query)).all()]
+
+
+async def priorities_in_effect(
+    session: AsyncSession, *, rows: Sequence[ApiKeyRow]
+) -> dict[str, str]:
+    """Each key's priority in effect, by key id, as authentication decides it: its own, or
+    its project's (its organisation's default project's) when that is batch."""
+    org_ids = {r.org_id for r in rows if r.org_id is not None}
+    inherited = await projects.priorities_of(session, org_ids=org_ids) if org_ids else {}
+    return {
+        r.id: projects.priority_in_effect(
+            r.priority,
+            inherited.get(r.project_id or r.org_id, "interactive") if r.org_id else "interactive",
+        )
+        for r in rows
+    }
 
 
 async def revoke_key(session: AsyncSession, *, principal: Principal, key_id: str) -> ApiKeyRow:

@@ -4,12 +4,12 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.access import check_org, check_project
-from souverain.core.errors import ConflictError, NotFoundError
+from souverain.core.errors import ConflictError, NotFoundError, PermissionDeniedError
 from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.schemas.tenancy import ProjectCreateRequest, ProjectUpdateRequest
-from souverain.db.tables import ProjectRow
+from souverain.db.tables import ApiKeyRow, ProjectRow
 from souverain.evidence.audit import actor_of, record
 from souverain.tenancy import orgs
 
@@ -56,9 +56,11 @@ async def create_project(
     check_org(principal, org.id, Scope.MANAGE)
     if await find_project(session, org_id=org.id, ref=request.name) is not None:
         raise ConflictError(f"project '{request.name}' already exists", param="name")
-    project = ProjectRow(
-        id=new_id("prj"), org_id=org.id, name=request.name, priority=request.priority
-    )
+    allowed = await can_make_interactive(session, principal=principal)
+    priority = request.priority or ("interactive" if allowed else "batch")
+    if priority == "interactive" and not allowed:
+        raise _not_interactive()
+    project = ProjectRow(id=new_id("prj"), org_id=org.id, name=request.name, priority=priority)
     session.add(project)
     await session.flush()
     await record(
@@ -86,6 +88,9 @@ async def update_project(
     org = await orgs.get_org(session, principal=principal, ref=org_ref)
     check_org(principal, org.id, Scope.MANAGE)
     project = await get_project(session, principal=principal, org_id=org.id, ref=project_ref)
+    lifted = request.priority == "interactive" != project.priority
+    if lifted and not await can_make_interactive(session, principal=principal):
+        raise _not_interactive()
     before, project.priority = project.priority, request.priority
     await session.flush()
     await record(
@@ -98,6 +103,49 @@ async def update_project(
         details={"priority": {"from": before, "to": project.priority}},
     )
     return project
+
+
+async def can_make_interactive(session: AsyncSession, *, principal: Principal) -> bool:
+    """Whether the caller may make a project interactive. A caller whose priority in
+    effect is batch may not: its own key, and the keys it mints (a batch key mints batch
+    keys), would be lifted through the project. One such caller may: a key of the whole
+    organisation that is itself interactive, batch only because the organisation's
+    default project is; refusing it would leave no key of the organisation able to undo
+    making the default project batch."""
+    if principal.priority != "batch":
+        return True
+    if principal.project_id is not None:
+        return False
+    row = await session.get(ApiKeyRow, principal.key_id)
+    return row is not None and row.priority != "batch"
+
+
+def _not_interactive() -> PermissionDeniedError:
+    return PermissionDeniedError(
+        "a batch key cannot make a project interactive: ask with an interactive key of the "
+        "organisation",
+        param="priority",
+    )
+
+
+def priority_in_effect(own: str, inherited: str) -> str:
+    """A key's priority in effect: never more urgent than its project (a batch project's
+    keys are batch keys, whatever they asked)."""
+    return "batch" if "batch" in (own, inherited) else "interactive"
+
+
+async def priorities_of(session: AsyncSession, *, org_ids: set[str]) -> dict[str | None, str]:
+    """What keys inherit in these organisations: by project id, and by organisation id for
+    keys of the whole organisation (its default project's)."""
+    rows = (
+        await session.execute(
+            select(ProjectRow.id, ProjectRow.org_id, ProjectRow.name, ProjectRow.priority)
+            .where(ProjectRow.org_id.in_(org_ids))
+        )
+    ).all()  # fmt: skip
+    inherited: dict[str | None, str] = {p.id: p.priority for p in rows}
+    inherited.update({p.org_id: p.priority for p in rows if p.name == orgs.DEFAULT_PROJECT})
+    return inherited
 
 
 async def priority_of(session: AsyncSession, *, org_id: str | None, project_id: str | None) -> str:

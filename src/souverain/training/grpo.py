@@ -106,7 +106,10 @@ class Job(HeldOut):
         self.progress = progress
         self.output = Path(spec["output_dir"])
         self.threads = int(spec.get("threads") or 1)
-        torch.set_num_threads(self.threads)
+        trainer_threads, self.rollout_threads = split_threads(
+            self.threads, asynchronous=self.hp.max_staleness > 0
+        )
+        torch.set_num_threads(trainer_threads)
         torch.manual_seed(self.hp.seed)
         self.random = random.Random(self.hp.seed)  # noqa: S311 - sampling order, not secrets
         self.stop_asked = False
@@ -206,13 +209,19 @@ class Job(HeldOut):
         """Steps until the last; an exit code if the job stops before (paused, collapsed).
         With asynchronous generation, the generator runs only inside: stopped (its batch in
         flight finished) before anything else uses the rollout engine, and its queued
-        batches dropped, counted, when the job pauses or ends."""
+        batches dropped, counted, when the job pauses or ends; after the last step the
+        engine is given the last adapter (the generator, told to stop, never loads it), so
+        the final evaluation scores the adapter the job delivers."""
         if self.generator is not None:
             self.generator.start()
         try:
-            return self._steps()
+            stopped = self._steps()
         finally:
             self._stop_generator()
+        if stopped is None and self.generator is not None and self.generator.loaded != self.step:
+            self._sync_adapter()
+            self.generator.publish(self.step, None)
+        return stopped
 
     def _stop_generator(self) -> None:
         """The generator stopped after its batch in flight, its queued batches dropped."""
@@ -319,7 +328,7 @@ class Job(HeldOut):
         self.eval_width = min(EVAL_WIDTH, sequences)
         gguf = Path(self.spec["base"]["path"]) / (self.spec["base"].get("gguf_file") or "")
         self.rollouts = Rollouts(gguf, sequences=sequences, context=sequences * hp.seq_len,
-                                 threads=self.threads, seed=hp.seed)  # fmt: skip
+                                 threads=self.rollout_threads, seed=hp.seed)  # fmt: skip
 
     def _sync_adapter(self) -> None:
         """The adapter as it is now, in the rollout engine."""
@@ -443,6 +452,17 @@ class Job(HeldOut):
         (path / "trainer_state.json").write_text(json.dumps({
             "global_step": self.step, "tokens": self.tokens, "random": state,
         }))  # fmt: skip
+
+
+def split_threads(threads: int, *, asynchronous: bool) -> tuple[int, int]:
+    """(trainer, rollout engine) threads out of the job's. Synchronous generation runs one
+    after the other, each with them all; asynchronous generation runs both at once, so they
+    share them: half (rounded down) to the rollouts, the rest to the trainer. With a single
+    thread each still gets one: the job then uses two cores while both run."""
+    if not asynchronous:
+        return threads, threads
+    rollouts = max(1, threads // 2)
+    return max(1, threads - rollouts), rollouts
 
 
 def _tuple_state(state: Any) -> Any:

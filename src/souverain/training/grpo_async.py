@@ -114,6 +114,12 @@ class Generator(Generic[G]):
     def running(self) -> bool:
         return self._thread is not None
 
+    @property
+    def loaded(self) -> int | None:
+        """The adapter version the engine holds (None: none loaded by the generator yet)."""
+        with self._cond:
+            return self._loaded
+
     def drop(self) -> int:
         """Discard every queued batch (the generator stopped); the groups dropped."""
         with self._cond:

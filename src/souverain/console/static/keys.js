@@ -53,6 +53,8 @@ function keyTable(keys, refresh) {
       { label: "role", cell: (k) => badge(k.role) },
       { label: "scopes", cell: (k) => k.scopes.join(", ") },
       { label: "project", cell: (k) => k.project_id || "all" },
+      // the priority in effect (a batch project's keys are batch), the key's own if it differs
+      { label: "priority", cell: (k) => badge(k.priority === k.priority_set ? k.priority : `${k.priority} (set ${k.priority_set})`) },
       { label: "expires", cell: (k) => when(k.expires_at) },
       { label: "state", cell: (k) => (k.revoked_at ? badge("revoked", "bad") : badge("active", "ok")) },
       { label: "", cell: (k) => (k.revoked_at || k.id === me().key_id ? null : revokeButton(k, refresh)) },

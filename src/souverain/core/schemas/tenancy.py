@@ -32,13 +32,19 @@ class Organisation(Out):
 PROJECT_PRIORITY = (
     "`batch`: every key of the project queues its requests behind interactive ones, whatever "
     "the key asks (a key is never more urgent than its project). Keys without a project "
-    "follow the organisation's `default` project."
+    "follow the organisation's `default` project. A caller whose priority in effect is "
+    "`batch` cannot make a project `interactive`, unless its key is of the whole "
+    "organisation and itself interactive (batch only through the `default` project)."
 )
 
 
 class ProjectCreateRequest(StrictRequest):
     name: Slug
-    priority: KeyPriority = Field(default="interactive", description=PROJECT_PRIORITY)
+    priority: KeyPriority | None = Field(
+        default=None,
+        description=PROJECT_PRIORITY + " Left out: `interactive` if the caller may set it, "
+        "else `batch`.",
+    )
 
 
 class ProjectUpdateRequest(StrictRequest):
@@ -95,7 +101,16 @@ class ApiKey(Out):
     project_id: str | None
     role: Role
     scopes: list[Scope]
-    priority: KeyPriority = "interactive"
+    priority: KeyPriority = Field(
+        default="interactive",
+        description="How the gateway queues the key's requests now: its own priority, or its "
+        "project's when that is `batch` (as `GET /api/me` shows it).",
+    )
+    priority_set: KeyPriority = Field(
+        default="interactive",
+        description="The key's own priority, as created; `priority` differs while its "
+        "project is `batch`.",
+    )
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime

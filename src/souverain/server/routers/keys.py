@@ -12,7 +12,8 @@ from souverain.tenancy import keys
 router = APIRouter(prefix="/api/keys", tags=["keys"])
 
 
-def _out(row: ApiKeyRow, user: UserRow) -> ApiKey:
+def _out(row: ApiKeyRow, user: UserRow, priority: str) -> ApiKey:
+    """The key as shown; `priority` the one in effect (`keys.priorities_in_effect`)."""
     return ApiKey(
         id=row.id,
         name=row.name,
@@ -21,7 +22,8 @@ def _out(row: ApiKeyRow, user: UserRow) -> ApiKey:
         project_id=row.project_id,
         role=Role(row.role),
         scopes=[Scope(s) for s in row.scopes],
-        priority="batch" if row.priority == "batch" else "interactive",
+        priority="batch" if priority == "batch" else "interactive",
+        priority_set="batch" if row.priority == "batch" else "interactive",
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         created_at=row.created_at,
@@ -44,8 +46,9 @@ async def create_key(
     row, full = await keys.create_key(session, principal=principal, request=body)
     user = await session.get(UserRow, row.user_id)
     assert user is not None
+    priority = (await keys.priorities_in_effect(session, rows=[row]))[row.id]
     await session.commit()
-    return ApiKeyCreated(**_out(row, user).model_dump(), key=full)
+    return ApiKeyCreated(**_out(row, user, priority).model_dump(), key=full)
 
 
 @router.get("", response_model=list[ApiKey])
@@ -54,8 +57,12 @@ async def list_keys(
     session: SessionDep,
     org: str | None = Query(default=None, max_length=64),
 ) -> list[ApiKey]:
-    """Your keys; with `manage`, every key of your organisation. Secrets are never shown."""
-    return [_out(k, u) for k, u in await keys.list_keys(session, principal=principal, org_ref=org)]
+    """Your keys; with `manage`, every key of your organisation. Secrets are never shown.
+    `priority` is the one in effect (a batch project's keys are batch keys), `priority_set`
+    the key's own."""
+    listed = await keys.list_keys(session, principal=principal, org_ref=org)
+    priorities = await keys.priorities_in_effect(session, rows=[k for k, _ in listed])
+    return [_out(k, u, priorities[k.id]) for k, u in listed]
 
 
 @router.delete("/{key_id}", response_model=ApiKey)
@@ -64,5 +71,6 @@ async def revoke_key(key_id: str, principal: PrincipalDep, session: SessionDep) 
     row = await keys.revoke_key(session, principal=principal, key_id=key_id)
     user = await session.get(UserRow, row.user_id)
     assert user is not None
+    priority = (await keys.priorities_in_effect(session, rows=[row]))[row.id]
     await session.commit()
-    return _out(row, user)
+    return _out(row, user, priority)
