@@ -21,6 +21,7 @@ from souverain.metering import budgets, usage
 from souverain.metering.usage_rollups import Changes
 
 STARTUP = "startup"  # an interval's kind: a replica's start, its deployment owner's
+SERVING = "serving"  # an interval's kind: requests served, split between them
 
 
 @dataclass(frozen=True)
@@ -66,21 +67,8 @@ async def record_interval(
         session, datacenter_id=interval.datacenter_id, moment=interval.started_at
     )
     attributed = sum(split.per_record.values())
-    row = EnergyIntervalRow(
-        id=new_id("nrg"),
-        replica_id=interval.replica_id,
-        deployment_id=interval.deployment_id,
-        datacenter_id=interval.datacenter_id,
-        source=interval.source,
-        started_at=interval.started_at,
-        ended_at=interval.ended_at,
-        energy_j=interval.energy_j,
-        attributed_j=attributed,
-        idle_j=split.idle_j,
-        requests=len(split.per_record),
-        carbon_intensity=intensity,
-        co2e_g=co2e_grams(interval.energy_j, intensity),
-    )
+    row = _interval_row(interval, intensity, attributed_j=attributed, idle_j=split.idle_j,
+                        requests=len(split.per_record), kind=SERVING)  # fmt: skip
     session.add(row)
     changes = Changes()
     for record_id, joules in sorted(split.per_record.items()):
@@ -115,22 +103,9 @@ async def record_startup(session: AsyncSession, *, interval: Interval) -> Energy
     intensity = await intensity_at(
         session, datacenter_id=interval.datacenter_id, moment=interval.started_at
     )
-    row = EnergyIntervalRow(
-        id=new_id("nrg"),
-        replica_id=interval.replica_id,
-        deployment_id=interval.deployment_id,
-        datacenter_id=interval.datacenter_id,
-        source=interval.source,
-        started_at=interval.started_at,
-        ended_at=interval.ended_at,
-        energy_j=interval.energy_j,
-        attributed_j=0.0,
-        idle_j=interval.energy_j,  # no request's: Σ attributed + idle = measured holds
-        requests=0,
-        carbon_intensity=intensity,
-        co2e_g=co2e_grams(interval.energy_j, intensity),
-        kind=STARTUP,
-    )
+    # no request's: Σ attributed + idle = measured holds
+    row = _interval_row(interval, intensity, attributed_j=0.0, idle_j=interval.energy_j,
+                        requests=0, kind=STARTUP)  # fmt: skip
     session.add(row)
     owner = await session.scalar(
         select(DeploymentRow.org_id).where(DeploymentRow.id == interval.deployment_id)
@@ -195,3 +170,25 @@ async def totals_by_datacenter(session: AsyncSession) -> dict[str, tuple[float, 
         func.sum(EnergyIntervalRow.co2e_g),
     ).group_by(EnergyIntervalRow.datacenter_id)
     return {dc: (float(j or 0), float(g or 0)) for dc, j, g in (await session.execute(query)).all()}
+
+
+def _interval_row(
+    interval: Interval, intensity: float, *, attributed_j: float, idle_j: float,
+    requests: int, kind: str,
+) -> EnergyIntervalRow:  # fmt: skip
+    return EnergyIntervalRow(
+        id=new_id("nrg"),
+        replica_id=interval.replica_id,
+        deployment_id=interval.deployment_id,
+        datacenter_id=interval.datacenter_id,
+        source=interval.source,
+        started_at=interval.started_at,
+        ended_at=interval.ended_at,
+        energy_j=interval.energy_j,
+        attributed_j=attributed_j,
+        idle_j=idle_j,
+        requests=requests,
+        carbon_intensity=intensity,
+        co2e_g=co2e_grams(interval.energy_j, intensity),
+        kind=kind,
+    )
