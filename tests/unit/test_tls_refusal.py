@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from souverain.node.supervisor import tls_refusal
+from souverain.node.engine_http import tls_refusal
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -178,6 +178,19 @@ def renumbered(
         state if state.error else replace(state, lora_id=ids.get(state.model_id))
         for state in states
     )
+
+
+def discard(done: Changed, *, committed: bool, named: Set[str | None]) -> None:
+    """Delete the clear copies no run of the engine will read: once `done` is recorded,
+    those of the adapters it unloaded; when the run it changed ended first (the next run
+    starts with the files the spec names, `named`), those it loaded that are not named."""
+    if committed:
+        for path in done.removed:
+            path.unlink(missing_ok=True)
+        return
+    for adapter in done.loaded:
+        if adapter.path and adapter.path not in named:
+            Path(adapter.path).unlink(missing_ok=True)
 
 
 def _file_name(adapter: HostedAdapter) -> str:

@@ -32,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -51,14 +49,13 @@ from souverain.core.fleet import (
     ReplicaSpec,
     ReplicaStatus,
 )
-from souverain.core.tls import client_context
 from souverain.energy.sources import PowerSource, pick_source, process_cpu_seconds
-from souverain.node import artifacts, hosted_adapters, runtime_adapters, scratch
-from souverain.node.engines.base import EngineLauncher, TlsFiles, chat_overhead_probes
+from souverain.node import artifacts, engine_http, hosted_adapters, runtime_adapters, scratch
+from souverain.node.engines.base import EngineLauncher, chat_overhead_probes
 from souverain.node.exits import CrashLoop, describe_exit, die_with_parent, log_tail
 from souverain.node.node_dir import node_dir, open_log
 from souverain.node.sealed import check_digest, decrypt_to
-from souverain.node.secret import SECRET_ENV, SECRET_FD_ENV, secret_pipe, write_secret_file
+from souverain.node.secret import SECRET_ENV, SECRET_FD_ENV, secret_pipe
 
 SourceFactory = Callable[[int], PowerSource]  # engine pid -> its power source
 
@@ -71,38 +68,6 @@ def _plain(error: BaseException) -> str:
     """An exception in words, without Python's internals."""
     text = str(error).splitlines()[0][:300] if str(error) else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def url_for(host: str, port: int, *, tls: bool = True) -> str:
-    scheme = "https" if tls else "http"
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
-# What OpenSSL says when the other end answers a TLS hello with something else (plain HTTP).
-# Any other TLS error (an engine closing mid-handshake as it starts or dies) is transient:
-# the probe tries again, and a restart is worth it.
-_NOT_TLS = frozenset(
-    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
-)
-
-
-def tls_refusal(error: BaseException) -> str | None:
-    """Why the engine's TLS was refused, if that is what `error` comes from."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"the engine's certificate was refused: {cause.verify_message}"
-        if isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS:
-            return f"the engine does not speak TLS as required: {cause.reason}"
-        cause = cause.__cause__ or cause.__context__
-    return None
 
 
 class EngineSupervisor:
@@ -311,14 +276,9 @@ class EngineSupervisor:
                 self._version = max(self._version + 1, time.time_ns())
                 self._changed.notify_all()
             named = {adapter.path for adapter in self._spec.adapters}
-        if current:
-            for path in done.removed:
-                path.unlink(missing_ok=True)
-            return
-        for adapter in done.loaded:
-            if adapter.path and adapter.path not in named:
-                Path(adapter.path).unlink(missing_ok=True)
-        raise RuntimeError("the engine restarted during the change of its adapters")
+        runtime_adapters.discard(done, committed=current, named=named)
+        if not current:
+            raise RuntimeError("the engine restarted during the change of its adapters")
 
     def _decrypt_adapter(self) -> Path:
         """The fine-tuned model's adapter, in clear in this node's private directory only
@@ -343,10 +303,10 @@ class EngineSupervisor:
 
     def _serve_once(self, model_path: Path) -> str:
         """Run the engine until it exits; returns why it did."""
-        port = free_port(self._host)
+        port = engine_http.free_port(self._host)
         self._rotate_log()
-        tls = self._tls_files()
-        url = url_for(self._host, port, tls=tls is not None)
+        tls = engine_http.tls_files(self._spec, self._scratch)
+        url = engine_http.url_for(self._host, port, tls=tls is not None)
         secret = secret_pipe(self._spec.secret)
         log = open_log(self._log_path)
         with self._lock:  # a new run numbers the adapters loaded at run time anew
@@ -391,24 +351,11 @@ class EngineSupervisor:
         process.wait()
         return self._exit_reason(process.returncode)
 
-    def _tls_files(self) -> TlsFiles | None:
-        credential = self._spec.tls
-        if credential is None:
-            return None
-        files = TlsFiles(self._scratch / "engine.crt", self._scratch / "engine.key")
-        write_secret_file(files.certificate, credential.certificate)
-        write_secret_file(files.key, credential.key)
-        return files
-
     def _client(self, timeout: httpx.Timeout | float) -> httpx.Client:
-        """A client that checks the engine as the gateway does."""
-        credential = self._spec.tls
-        verify = client_context(credential.authority) if credential is not None else True
-        return httpx.Client(timeout=timeout, verify=verify)
+        return engine_http.engine_client(self._spec, timeout)
 
     def _post(self, client: httpx.Client, url: str, **kwargs: object) -> httpx.Response:
-        extensions = {"sni_hostname": self._spec.server_name} if self._spec.tls else {}
-        return client.post(url, extensions=extensions, **kwargs)  # type: ignore[arg-type]
+        return engine_http.post(self._spec, client, url, **kwargs)
 
     def _measure_template(self, url: str) -> None:
         """How many prompt tokens the chat template adds, for admission's bound on what a
@@ -475,7 +422,7 @@ class EngineSupervisor:
                         self._mark("answered")
                         return None
                 except (httpx.HTTPError, ValueError) as error:
-                    if refused := tls_refusal(error):
+                    if refused := engine_http.tls_refusal(error):
                         self._untrusted = refused
                         return refused
                 self._stop.wait(PROBE_EVERY_S)

@@ -9,6 +9,7 @@ deployment shows (`scaling_reason`, `scaled_at`).
 The load is `deployment_demand`: each server process rewrites its own row per deployment
 every few seconds (requests its engines are answering, requests waiting for a replica).
 Rows not renewed for `DEMAND_FRESH_S` belong to a server that stopped and are ignored.
+`scale` is the reconciler's step that turns a round's reading into the count it wants.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.errors import InvalidRequestError
 from souverain.core.schemas.deployments import MAX_REPLICAS, ScalingFields
+from souverain.core.status import ReplicaState
 from souverain.db.demand import DeploymentDemandRow
 from souverain.db.tables import DeploymentRow
-from souverain.scheduler.autoscale import Decision, Limits, ScaleState
+from souverain.jobs.deployments.rounds import Event, Loaded, Outcome
+from souverain.scheduler.autoscale import Decision, Limits, ScaleState, decide, routed_ahead
 
 DEMAND_FRESH_S = 30.0
 DEFAULT_TARGET = 4.0
@@ -183,3 +186,37 @@ def starting_count(scaling: Scaling, replicas: int, *, replicas_given: bool) -> 
             param="replicas",
         )
     return min(max(replicas, scaling.min_replicas), scaling.max_replicas)
+
+
+def scale(loaded: Loaded, outcome: Outcome, lead_s: float) -> tuple[int, int | None]:
+    """The replicas wanted now: the fixed count, or the autoscaler's after this reading; and
+    how many of them take new requests when a scale-down is at most `lead_s` away (None:
+    all of them)."""
+    deployment = loaded.deployment
+    if not is_autoscaled(deployment) or loaded.now is None:
+        return deployment.replicas, None
+    in_flight, waiting, _ = loaded.busy
+    limits = limits_of(deployment)
+    decision = decide(
+        limits,
+        state_of(deployment),
+        in_flight + waiting,
+        loaded.now,
+        starting=any(r.state == ReplicaState.STARTING for r in loaded.replicas),
+    )
+    outcome.scaling = write_decision(deployment, decision, loaded.now)
+    if decision.changed:
+        outcome.events.append(
+            Event(
+                "deployment.scale",
+                "deployment",
+                deployment.id,
+                {"from": deployment.replicas, "to": decision.state.wanted,
+                 "reason": decision.reason, "in_flight": in_flight, "waiting": waiting},
+            )
+        )  # fmt: skip
+    ready = all(r.state == ReplicaState.READY for r in loaded.replicas)
+    if decision.changed or not ready:
+        return decision.state.wanted, None
+    ahead = routed_ahead(limits, decision.state, in_flight + waiting, loaded.now, lead_s=lead_s)
+    return decision.state.wanted, ahead

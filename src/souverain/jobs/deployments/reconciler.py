@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -38,7 +38,6 @@ from souverain.core.fleet import (
     actor_name_for,
 )
 from souverain.core.ids import new_id, replica_secret
-from souverain.core.policy import Policy
 from souverain.core.status import ReplicaState
 from souverain.db.tables import (
     DeploymentRow,
@@ -53,11 +52,11 @@ from souverain.files import service as files
 from souverain.jobs.cycle import run_cycle
 from souverain.jobs.deployments import autoscaling, live_adapters, sharing, statuses
 from souverain.jobs.deployments import draining as drain
+from souverain.jobs.deployments.rounds import Event, Loaded, Outcome
 from souverain.jobs.deployments.service import placement_policy
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.facade import ClusterFacade
 from souverain.jobs.lease import Lease
-from souverain.scheduler.autoscale import decide, routed_ahead
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import Placement, PlacementRequest
 from souverain.storage.crypto import unwrap
@@ -77,49 +76,6 @@ class CredentialIssuer(Protocol):
     """Issues a replica's TLS certificate (the installation's authority)."""
 
     async def issue_replica(self, replica_id: str) -> EngineCredential: ...
-
-
-@dataclass
-class Loaded:
-    deployment: DeploymentRow
-    model: ModelRow
-    artifact: ModelArtifactRow | None
-    replicas: list[ReplicaRow]
-    policy: Policy
-    adapter: ObjectGrant | None = None  # a fine-tuned model's LoRA adapter
-    adapter_error: str = ""
-    busy: tuple[int, int, int] = (0, 0, 0)  # (in flight, waiting, draining), as reported
-    now: datetime | None = None
-    hosted: list[sharing.Hosted] = field(default_factory=list)  # adapters it may hold
-    hosts: list[ReplicaRow] = field(default_factory=list)  # a shared one: its base's replicas
-    org_models: set[str] = field(default_factory=set)  # and its organisation's shared models
-    erased: set[str] = field(default_factory=set)  # adapters held whose keys are gone
-
-
-@dataclass(frozen=True)
-class Event:
-    action: str
-    target_type: str
-    target_id: str
-    details: dict[str, object]
-
-
-@dataclass
-class Outcome:
-    deletes: list[str] = field(default_factory=list)
-    inserts: list[ReplicaRow] = field(default_factory=list)
-    status: str = "pending"
-    reason: str = ""
-    remove_deployment: bool = False
-    org_id: str | None = None
-    events: list[Event] = field(default_factory=list)  # audited with the write-back
-    scaling: dict[str, object] = field(default_factory=dict)  # the row's new scaling values
-    drains: list[str] = field(default_factory=list)  # replicas that begin to drain
-    undrains: list[str] = field(default_factory=list)  # draining replicas needed again
-    adapters: dict[str, list[dict[str, object]]] = field(default_factory=dict)  # changed live
-
-    def replica_event(self, action: str, replica_id: str, **details: object) -> None:
-        self.events.append(Event(action, "replica", replica_id, details))
 
 
 class DeploymentReconciler:
@@ -244,7 +200,7 @@ class DeploymentReconciler:
         # a shared deployment is served by its base's replicas: none of its own
         desired, routed = (
             (0, None) if deployment.deleted or shared
-            else _scale(loaded, outcome, self.drain_grace_s)
+            else autoscaling.scale(loaded, outcome, self.drain_grace_s)
         )  # fmt: skip
         stale = await self._replace_stale(loaded, placer, live, desired, outcome)
         live, draining, held = await self._release(loaded, live, desired, routed, outcome)
@@ -477,37 +433,3 @@ class DeploymentReconciler:
             )
         if outcome.remove_deployment:
             await session.execute(delete(DeploymentRow).where(DeploymentRow.id == deployment.id))
-
-
-def _scale(loaded: Loaded, outcome: Outcome, lead_s: float) -> tuple[int, int | None]:
-    """The replicas wanted now: the fixed count, or the autoscaler's after this reading; and
-    how many of them take new requests when a scale-down is at most `lead_s` away (None:
-    all of them)."""
-    deployment = loaded.deployment
-    if not autoscaling.is_autoscaled(deployment) or loaded.now is None:
-        return deployment.replicas, None
-    in_flight, waiting, _ = loaded.busy
-    limits = autoscaling.limits_of(deployment)
-    decision = decide(
-        limits,
-        autoscaling.state_of(deployment),
-        in_flight + waiting,
-        loaded.now,
-        starting=any(r.state == ReplicaState.STARTING for r in loaded.replicas),
-    )
-    outcome.scaling = autoscaling.write_decision(deployment, decision, loaded.now)
-    if decision.changed:
-        outcome.events.append(
-            Event(
-                "deployment.scale",
-                "deployment",
-                deployment.id,
-                {"from": deployment.replicas, "to": decision.state.wanted,
-                 "reason": decision.reason, "in_flight": in_flight, "waiting": waiting},
-            )
-        )  # fmt: skip
-    ready = all(r.state == ReplicaState.READY for r in loaded.replicas)
-    if decision.changed or not ready:
-        return decision.state.wanted, None
-    ahead = routed_ahead(limits, decision.state, in_flight + waiting, loaded.now, lead_s=lead_s)
-    return decision.state.wanted, ahead
