@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, TypeVar
@@ -8,6 +7,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from souverain.client.errors import ApiError, error_of, stream_into
+from souverain.client.work import FilesAndBatches
 from souverain.core.schemas.billing import (
     BudgetOut,
     BudgetSetRequest,
@@ -48,14 +49,6 @@ from souverain.core.schemas.tenancy import (
 from souverain.core.schemas.usage import UsageReport
 
 T = TypeVar("T")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class SouverainClient:
@@ -102,7 +95,7 @@ class SouverainClient:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         response = self._http.request(method, path, json=payload, params=clean)
         if response.status_code >= 400:
-            raise _error(response)
+            raise error_of(response)
         return None if response.status_code == 204 else response.json()
 
     def _get(self, kind: type[T], path: str, **params: Any) -> T:
@@ -238,7 +231,7 @@ class SouverainClient:
 
     def download_export(self, org: str, export_id: str, into: Any) -> int:
         """Stream the archive into `into` (a binary file); the bytes written."""
-        return _stream_into(self._http, f"/api/orgs/{org}/exports/{export_id}/content", into)
+        return stream_into(self._http, f"/api/orgs/{org}/exports/{export_id}/content", into)
 
     def erase_org(self, org: str) -> dict[str, Any]:
         erased: dict[str, Any] = self._request("POST", f"/api/orgs/{org}/crypto-erase")
@@ -317,7 +310,7 @@ class SouverainClient:
         clean = {k: v for k, v in params.items() if v is not None} | {"format": "csv"}
         response = self._http.get("/api/usage", params=clean)
         if response.status_code >= 400:
-            raise _error(response)
+            raise error_of(response)
         return response.text
 
     # billing and quotas
@@ -336,7 +329,7 @@ class SouverainClient:
                 f"/api/orgs/{org}/invoices/{period}", params={"format": "csv"}
             )
             if response.status_code >= 400:
-                raise _error(response)
+                raise error_of(response)
             return response.text
         document: dict[str, Any] = self._request("GET", f"/api/orgs/{org}/invoices/{period}")
         return document
@@ -395,7 +388,7 @@ class SouverainClient:
         with self._http.stream("POST", "/v1/chat/completions", json=body, timeout=None) as response:
             if response.status_code >= 400:
                 response.read()
-                raise _error(response)
+                raise error_of(response)
             for line in response.iter_lines():
                 if not line.startswith("data:") or line.strip() == "data: [DONE]":
                     continue
@@ -408,95 +401,3 @@ class SouverainClient:
                     text = (choice.get("delta") or {}).get("content")
                     if text:
                         yield text
-
-
-class FilesAndBatches:
-    """/v1 files and batches, as the CLI uses them (plain dictionaries, OpenAI's shape)."""
-
-    def __init__(self, http: httpx.Client) -> None:
-        self._http = http
-
-    def _json(self, response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            raise _error(response)
-        return response.json()
-
-    def upload(self, path: str, purpose: str) -> dict[str, Any]:
-        with open(path, "rb") as handle:
-            files = {"file": (os.path.basename(path), handle)}
-            return self._json(  # type: ignore[no-any-return]
-                self._http.post("/v1/files", data={"purpose": purpose}, files=files, timeout=None)
-            )
-
-    def list_files(self) -> list[dict[str, Any]]:
-        return self._json(self._http.get("/v1/files"))["data"]  # type: ignore[no-any-return]
-
-    def delete_file(self, file_id: str) -> dict[str, Any]:
-        return self._json(self._http.delete(f"/v1/files/{file_id}"))  # type: ignore[no-any-return]
-
-    def download(self, file_id: str, into: Any) -> int:
-        return _stream_into(self._http, f"/v1/files/{file_id}/content", into)
-
-    def create_batch(self, file_id: str, endpoint: str) -> dict[str, Any]:
-        body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}
-        return self._json(self._http.post("/v1/batches", json=body))  # type: ignore[no-any-return]
-
-    def batch(self, batch_id: str) -> dict[str, Any]:
-        return self._json(self._http.get(f"/v1/batches/{batch_id}"))  # type: ignore[no-any-return]
-
-    def batches(self) -> list[dict[str, Any]]:
-        return self._json(self._http.get("/v1/batches"))["data"]  # type: ignore[no-any-return]
-
-    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
-        return self._json(self._http.post(f"/v1/batches/{batch_id}/cancel"))  # type: ignore[no-any-return]
-
-    def create_fine_tuning_job(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._json(self._http.post("/v1/fine_tuning/jobs", json=body))  # type: ignore[no-any-return]
-
-    def fine_tuning_job(self, job_id: str) -> dict[str, Any]:
-        return self._json(self._http.get(f"/v1/fine_tuning/jobs/{job_id}"))  # type: ignore[no-any-return]
-
-    def fine_tuning_jobs(self) -> list[dict[str, Any]]:
-        return self._json(self._http.get("/v1/fine_tuning/jobs"))["data"]  # type: ignore[no-any-return]
-
-    def fine_tuning_action(self, job_id: str, action: str) -> dict[str, Any]:
-        return self._json(self._http.post(f"/v1/fine_tuning/jobs/{job_id}/{action}"))  # type: ignore[no-any-return]
-
-    def fine_tuning_events(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
-        answer = self._http.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": limit})
-        return list(reversed(self._json(answer)["data"]))  # oldest first
-
-    def evaluate(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._json(self._http.post(f"/api/models/{model}/evaluations", json=body))  # type: ignore[no-any-return]
-
-    def evaluations(self, model: str) -> list[dict[str, Any]]:
-        return self._json(self._http.get(f"/api/models/{model}/evaluations"))["data"]  # type: ignore[no-any-return]
-
-    def model_card(self, model: str, *, markdown: bool) -> Any:
-        answer = self._http.get(
-            f"/api/models/{model}/card", params={"format": "markdown" if markdown else "json"}
-        )
-        if answer.status_code >= 400:
-            raise _error(answer)
-        return answer.text if markdown else answer.json()
-
-
-def _error(response: httpx.Response) -> ApiError:
-    try:
-        error = response.json()["error"]
-        return ApiError(response.status_code, str(error.get("code")), str(error.get("message")))
-    except (ValueError, KeyError, TypeError):
-        return ApiError(response.status_code, "http_error", response.text[:300])
-
-
-def _stream_into(http: httpx.Client, path: str, into: Any) -> int:
-    """A download streamed into `into` (a binary file); the bytes written."""
-    written = 0
-    with http.stream("GET", path, timeout=None) as answer:
-        if answer.status_code >= 400:
-            answer.read()
-            raise _error(answer)
-        for block in answer.iter_bytes():
-            into.write(block)
-            written += len(block)
-    return written
