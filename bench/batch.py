@@ -135,7 +135,9 @@ async def main() -> None:
         url = f"http://127.0.0.1:{port}"
         process, output = start_up(data_dir, port, Path(tmp) / "cli.json")
         try:
-            operator, _ = await first_token_after_start(url, output, process, time.perf_counter())
+            operator, _ = await first_token_after_start(
+                url, output, process, time.perf_counter(), Path(tmp) / "cli.json"
+            )
             key = await tenant_key(url, operator)
             sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
             rates = {c: await clients(sdk, args.requests, c, args.max_tokens) for c in (1, 2, 4)}

@@ -126,20 +126,26 @@ def start_up(
     return process, []
 
 
+def saved_key(config: Path) -> str | None:
+    return json.loads(config.read_text()).get("api_key") if config.exists() else None
+
+
 async def first_token_after_start(
-    url: str, output: list[str], process: subprocess.Popen[str], started: float
+    url: str, output: list[str], process: subprocess.Popen[str], started: float, config: Path
 ) -> tuple[str, float]:
+    """The operator key (`souverain up` saves it to `config` and prints it only to a
+    terminal) and the seconds from `started` to the first streamed token."""
     loop = asyncio.get_running_loop()
     assert process.stdout is not None
     deadline = time.monotonic() + 300
-    key = None
-    while key is None and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         line = await loop.run_in_executor(None, process.stdout.readline)
         output.append(line)
-        found = KEY_RE.search(line)
-        key = found.group(0) if found else None
-    if key is None:
-        raise SystemExit("no operator key in the output of souverain up:\n" + "".join(output[-40:]))
+        if "souverain is up" in line or not line:
+            break
+    key = saved_key(config)
+    if not key or not KEY_RE.fullmatch(key):
+        raise SystemExit("no operator key saved by souverain up:\n" + "".join(output[-40:]))
     async with httpx.AsyncClient(timeout=120) as client:
         while time.monotonic() < deadline:
             try:
@@ -185,7 +191,9 @@ async def main() -> None:
         started = time.perf_counter()
         process, output = start_up(data_dir, port, Path(tmp) / "cli.json")
         try:
-            key, to_first_token = await first_token_after_start(url, output, process, started)
+            key, to_first_token = await first_token_after_start(
+                url, output, process, started, Path(tmp) / "cli.json"
+            )
             print(f"souverain up (fresh data dir) → first streamed token: {to_first_token:.1f} s")
             with sqlite3.connect(data_dir / "souverain.db") as db:
                 replica_id, engine_url = db.execute(

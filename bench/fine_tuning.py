@@ -60,7 +60,9 @@ async def through_souverain(args: argparse.Namespace, tmp: Path) -> dict[str, fl
     url = f"http://127.0.0.1:{port}"
     process, output = start_up(data_dir, port, tmp / "cli.json")
     try:
-        operator, _ = await first_token_after_start(url, output, process, time.perf_counter())
+        operator, _ = await first_token_after_start(
+            url, output, process, time.perf_counter(), tmp / "cli.json"
+        )
         key = await tenant_key(url, operator)
         sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
         uploaded = await sdk.files.create(

@@ -251,7 +251,9 @@ async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[s
     url = f"http://127.0.0.1:{port}"
     process, output = start_up(data_dir, port, tmp / "cli.json")
     try:
-        operator, _ = await first_token_after_start(url, output, process, time.perf_counter())
+        operator, _ = await first_token_after_start(
+            url, output, process, time.perf_counter(), tmp / "cli.json"
+        )
         key = await tenant_key(url, operator)
         sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
 

@@ -85,7 +85,9 @@ async def compare_engines(rounds: int, max_tokens: int, concurrencies: list[int]
         process, output = start_up(data_dir, port, tmp / "cli.json", runtime="llama-server")
         processes = []
         try:
-            operator, to_first = await first_token_after_start(url, output, process, started)
+            operator, to_first = await first_token_after_start(
+                url, output, process, started, tmp / "cli.json"
+            )
             print(f"souverain up (llama-server runtime) → first streamed token: {to_first:.1f} s")
             with sqlite3.connect(data_dir / "souverain.db") as db:
                 replica_id, engine_url, runtime, slots = db.execute(
@@ -128,7 +130,9 @@ async def fairness_alone(rounds: int, max_tokens: int) -> None:
         url = f"http://127.0.0.1:{port}"
         process, output = start_up(tmp / "data", port, tmp / "cli.json", runtime="llama-server")
         try:
-            operator, _ = await first_token_after_start(url, output, process, time.perf_counter())
+            operator, _ = await first_token_after_start(
+                url, output, process, time.perf_counter(), tmp / "cli.json"
+            )
             async with httpx.AsyncClient(timeout=600) as client:
                 await ready(client, url, operator)  # warm
                 ratios = []
