@@ -39,6 +39,7 @@ class Seen:
     call: Call
     slot: Slot | None = None
     cache_scope: str = "s"
+    prefill_first: bool = False
     forced_tool: Forced | None = field(default=None)
     route: ReplicaRoute | None = None
 
@@ -86,6 +87,14 @@ class TestBodies:
         assert (sent["id_slot"], sent["cache_prompt"], sent["cache_scope"]) == (3, True, "s")
         assert sent["stream_options"] == {"include_usage": True} and sent["return_progress"]
         assert LLAMA_SERVER.headers() == {"Connection": "close"}
+
+    def test_an_outnumbered_organisations_request_asks_for_its_prompt_first(self) -> None:
+        first = exchange({"messages": []}, slot=Slot(1, warm=False), prefill_first=True)
+        assert json.loads(LLAMA_SERVER.body(first, b""))["prefill_first"] is True
+        plain = exchange({"messages": []}, slot=Slot(1, warm=False))
+        assert "prefill_first" not in json.loads(LLAMA_SERVER.body(plain, b""))
+        # only souverain's llama-server knows the field
+        assert LLAMA_CPP_PYTHON.body(first, b"{}") == b"{}"
 
     def test_a_shared_replica_gets_the_adapter_of_the_routes_model_only(self) -> None:
         from dataclasses import replace

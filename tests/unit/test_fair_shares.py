@@ -85,6 +85,21 @@ class TestTheBook:
         assert shares.next_change_in() is None
         assert not shares.seen("r", 8, 0, "y", set()).neighbours  # itself is no neighbour
 
+    def test_an_organisation_holding_fewer_slots_than_another_reads_its_prompt_first(
+        self,
+    ) -> None:
+        shares = SlotShares(POLICY)
+        assert not shares.outnumbered("r", "y")  # nobody there
+        for _ in range(3):
+            shares.take("r", "x", batch=False)
+        assert shares.outnumbered("r", "y") and not shares.outnumbered("r", "x")
+        shares.take("r", "y", batch=False)
+        assert shares.outnumbered("r", "y")  # 1 against 3
+        for _ in range(2):
+            shares.take("r", "y", batch=False)
+        assert not shares.outnumbered("r", "y") and not shares.outnumbered("r", "x")  # 3, 3
+        assert not shares.outnumbered("other", "y")  # per replica
+
 
 def route(slots: int) -> ReplicaRoute:
     return ReplicaRoute(

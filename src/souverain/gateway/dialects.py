@@ -87,7 +87,8 @@ class LlamaServer(Dialect):
         """The slot the gateway chose and the cache scope the engine keeps reuse within
         (`--cache-scopes`), in streams the usage chunk at the end and the prompt's size
         before the first token (so a stream cut short is still charged for its prompt),
-        and a forced tool call as a JSON schema. On a shared replica (`route.lora_id`) the
+        and a forced tool call as a JSON schema; `prefill_first` for a request whose
+        organisation the others outnumber on the replica. On a shared replica (`route.lora_id`) the
         request applies its model's adapter and no other; a request for the base model
         names none, so none applies (`--lora-init-without-apply`). A client cannot name
         one itself: the request schemas refuse a `lora` field."""
@@ -102,6 +103,8 @@ class LlamaServer(Dialect):
         if call.endpoint != "embeddings" and slot is not None:
             scope = exchange.cache_scope
             body = {**body, "id_slot": slot.index, "cache_prompt": True, "cache_scope": scope}
+            if exchange.prefill_first:  # outnumbered on the replica (gateway/shares.py)
+                body["prefill_first"] = True
             if call.stream:
                 body |= {"stream_options": {"include_usage": True}, "return_progress": True}
         return json.dumps(body, allow_nan=False).encode()

@@ -72,6 +72,7 @@ class Exchange:
         self._tracking: contextlib.AbstractContextManager[Slot | None] | None = None
         self.slot: Slot | None = None  # on a slotted replica: where the engine serves it
         self.forced_tool: Forced | None = None  # a tool call the gateway forces (llama-server)
+        self.prefill_first = False  # its prompt before the others' next step (gateway/shares.py)
         self._handed_over = False
         self._settled = False
         self._held: Settlement | None = None  # a batch line's, until its runner writes it
@@ -93,12 +94,11 @@ class Exchange:
         self.release()
         self.route = route
         self.dialect = dialect_of(route)
-        self._tracking = self.state.routes.track(
-            route,
-            self.cache_scope,
-            self.call.principal.org_id or "platform",
-            batch=self.call.queued_as_batch,
+        org, batch = self.call.principal.org_id or "platform", self.call.queued_as_batch
+        self.prefill_first = not batch and self.state.routes.shares.outnumbered(
+            route.replica_id, org
         )
+        self._tracking = self.state.routes.track(route, self.cache_scope, org, batch=batch)
         self.slot = self._tracking.__enter__()
 
     @cached_property

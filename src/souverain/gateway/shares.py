@@ -13,6 +13,11 @@ take a free slot now:
 * while another organisation has used the replica lately (`neighbour_s`), one organisation
   leaves it one slot in eight (`headroom`), so that the neighbour's next request starts at
   once, beside the burst, instead of waiting for one of it to end;
+* a live request of an organisation that holds fewer of the replica's slots than another
+  one asks the engine to read its prompt before the running streams' next step
+  (`outnumbered`, llama-server's `prefill_first`, scripts/patches/llama-server-scheduling.patch):
+  beside a burst, its first token then waits for its own prompt and at most the step in
+  progress, not for a step of every stream of the burst;
 * while live traffic is present (a live request in flight, or one that ended less than
   `live_s` ago), batch lines hold at most `batch_share` of the slots and never the last
   one: a live request finds a slot at once and is decoded beside fewer lines (on CPU
@@ -109,6 +114,17 @@ class SlotShares:
             for org, n in replica.held.items()
             if n
         }
+
+    def outnumbered(self, replica_id: str, org: str) -> bool:
+        """Whether another organisation holds more of the replica's slots than `org`: then
+        `org`'s next live request asks the engine to read its prompt before the others'
+        next step (`prefill_first`), so that its first token does not wait for a step of
+        every stream of the burst beside it."""
+        replica = self._replicas.get(replica_id)
+        if replica is None:
+            return False
+        mine = replica.held[org]
+        return any(n > mine for other, n in replica.held.items() if other != org)
 
     def take(self, replica_id: str, org: str, *, batch: bool) -> None:
         replica = self._replicas.setdefault(replica_id, _Replica())

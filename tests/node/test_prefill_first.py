@@ -1,0 +1,90 @@
+"""souverain's llama-server reads a `prefill_first` request's prompt before the running
+slots' next step (scripts/patches/llama-server-scheduling.patch; the gateway asks it for
+an organisation that another one outnumbers on the replica, gateway/shares.py): on the
+real engine, the request and the stream it was read before both answer exactly what each
+answers alone, to the last token."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from souverain.core.ids import new_id, replica_secret
+from souverain.node.supervisor import EngineSupervisor
+from tests.conftest import MASTER_KEY
+from tests.llamacpp_target import supervised_llamacpp
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+LONG = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+SHORT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@dataclass
+class Engine:
+    supervisor: EngineSupervisor
+    secret: str
+
+    def chat(
+        self, messages: list[dict[str, str]], max_tokens: int, **extra: object
+    ) -> dict[str, Any]:
+        url = self.supervisor.status().url
+        assert url is not None
+        body = {"model": "smollm2", "messages": messages, "max_tokens": max_tokens,
+                "temperature": 0, **extra}  # fmt: skip
+        headers = {"Authorization": f"Bearer {self.secret}"}
+        done = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
+        assert done.status_code == 200, done.text
+        return dict(done.json())
+
+    def stream(self, messages: list[dict[str, str]], max_tokens: int, pieces: list[str]) -> None:
+        url = self.supervisor.status().url
+        assert url is not None
+        body = {"model": "smollm2", "messages": messages, "max_tokens": max_tokens,
+                "temperature": 0, "stream": True}  # fmt: skip
+        headers = {"Authorization": f"Bearer {self.secret}"}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers,
+                          timeout=120) as answer:  # fmt: skip
+            for line in answer.iter_lines():
+                if line.startswith("data: {"):
+                    delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                    if delta:
+                        pieces.append(delta)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    replica_id = new_id("rep")
+    supervisor = supervised_llamacpp(replica_id, tmp_path_factory.mktemp("prefill-first"),
+                                     "llama-server", {"parallel": 2})  # fmt: skip
+    try:
+        yield Engine(supervisor, replica_secret(MASTER_KEY.encode(), replica_id))
+    finally:
+        supervisor.stop()
+
+
+def test_a_prompt_read_first_leaves_both_answers_as_they_are_alone(engine: Engine) -> None:
+    alone_long = engine.chat(LONG, 64)
+    alone_short = engine.chat(SHORT, 12)["choices"][0]["message"]["content"]
+    assert alone_long["usage"]["completion_tokens"] == 64  # long enough to be running
+
+    pieces: list[str] = []
+    running = threading.Thread(target=engine.stream, args=(LONG, 64, pieces))
+    running.start()
+    try:
+        while len(pieces) < 4 and running.is_alive():  # the long stream is generating
+            threading.Event().wait(0.01)
+        sent_at = len(pieces)
+        first = engine.chat(SHORT, 12, prefill_first=True)
+    finally:
+        running.join(120)
+    assert 4 <= sent_at < 60, sent_at  # it was read while the long one was generating
+    assert first["choices"][0]["message"]["content"] == alone_short
+    assert "".join(pieces) == alone_long["choices"][0]["message"]["content"]
+    assert engine.supervisor.status().restarts == 0
