@@ -85,6 +85,11 @@ class World:
 
 @pytest.fixture
 async def world(sessions: async_sessionmaker[AsyncSession]) -> World:
+    return await new_world(sessions)
+
+
+async def new_world(sessions: async_sessionmaker[AsyncSession]) -> World:
+    """A world in this database (a live server's too: its route table then knows it)."""
     factory = Factory(sessions)
     tenant = await factory.tenant()
     dc = await factory.datacenter(country="FR")

@@ -1,21 +1,26 @@
-"""A succeeded job's model is served at once by a running replica of its base that can hold
-adapters: a shared deployment, no replica (no engine) of its own. Only where no running
-replica can take the adapter (the base's replicas cannot hold adapters, or none runs where
-the job may be served) does it get a replica of its own. The real fine-tuning and
-deployment reconcilers on the real database, the in-memory cluster in place of Ray."""
+"""A succeeded job's model is served by its base's deployment that can hold adapters: a
+shared deployment, no replica (no engine) of its own, whether a replica of the base runs,
+is starting, or the base is scaled to zero (the first request for the model wakes it, and
+its replica starts with the adapter). Only where no deployment of the base would take the
+adapter (its replicas cannot hold adapters, or none runs or may run where the job's model
+may be served) does it get a replica of its own. The real fine-tuning and deployment
+reconcilers on the real database, the in-memory cluster in place of Ray."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, select, update
 
-from souverain.catalog.routes import load_ready_routes
+from souverain.catalog.routes import load_ready_routes, load_wakeable
 from souverain.core.fleet import SealedObject, training_actor_name
 from souverain.core.ids import new_id
+from souverain.db.demand import DeploymentDemandRow
 from souverain.db.jobs import FineTuningEventRow, FineTuningJobRow
-from souverain.db.tables import DeploymentRow, ModelArtifactRow, ModelRow, ReplicaRow
+from souverain.db.tables import DeploymentRow, ModelArtifactRow, ModelRow, ReplicaRow, utcnow
 from souverain.installation.authority import Issuer
 from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
 from souverain.jobs.energy import EnergyAccountant
@@ -29,6 +34,29 @@ from tests.jobs.test_shared_adapters import Shared
 async def base(world: World) -> AsyncIterator[Shared]:
     """A platform deployment of a llama.cpp base with one replica in the world's datacenter,
     running llama-server (as its node reports it)."""
+    async with base_deployment(world, replicas=1) as found:
+        await found.round()
+        await running_as(found, "llama-server")
+        yield found
+
+
+@pytest.fixture
+async def asleep(world: World) -> AsyncIterator[Shared]:
+    """A platform deployment of a llama.cpp base scaled to zero (minimum 0, no replica),
+    allowed only in the world's datacenter."""
+    async with base_deployment(
+        world, replicas=0, min_replicas=0, max_replicas=1, datacenters=[world.datacenter_id]
+    ) as found:
+        yield found
+
+
+@contextlib.asynccontextmanager
+async def base_deployment(
+    world: World, *, datacenters: list[str] | None = None, **counts: Any
+) -> AsyncIterator[Shared]:
+    """A platform deployment of a llama.cpp base (`counts`: replicas, min_replicas,
+    max_replicas; `datacenters`: the only ones it may run in) with its reconciler; its
+    rows removed after."""
     base_model, base_deployment = new_id("mdl"), new_id("dep")
     async with world.sessions.begin() as session:
         session.add(ModelRow(
@@ -42,8 +70,8 @@ async def base(world: World) -> AsyncIterator[Shared]:
         ))  # fmt: skip
         session.add(DeploymentRow(
             id=base_deployment, name=base_deployment, model_id=base_model, org_id=None,
-            engine="llamacpp", replicas=1, datacenters=[], cpus=1, gpus=0,
-            engine_args={}, status="pending", status_reason="", strategy="spread",
+            engine="llamacpp", cpus=1, gpus=0, engine_args={}, status="pending",
+            status_reason="", strategy="spread", datacenters=datacenters or [], **counts,
         ))  # fmt: skip
     reconciler = DeploymentReconciler(
         world.sessions, world.cluster, master_key=KEY,
@@ -53,13 +81,15 @@ async def base(world: World) -> AsyncIterator[Shared]:
         issuer=Issuer(world.sessions, KEY),
     )  # fmt: skip
     found = Shared(world, reconciler, base_deployment, world.datacenter_id, "", [])
-    await found.round()
-    await running_as(found, "llama-server")
-    yield found
-    async with world.sessions.begin() as session:
-        ids = [base_deployment, *found.made]
-        await session.execute(delete(ReplicaRow).where(ReplicaRow.deployment_id.in_(ids)))
-        await session.execute(delete(DeploymentRow).where(DeploymentRow.id.in_(ids)))
+    try:
+        yield found
+    finally:
+        async with world.sessions.begin() as session:
+            ids = [base_deployment, *found.made]
+            await session.execute(delete(DeploymentDemandRow).where(
+                DeploymentDemandRow.deployment_id.in_(ids)))  # fmt: skip
+            await session.execute(delete(ReplicaRow).where(ReplicaRow.deployment_id.in_(ids)))
+            await session.execute(delete(DeploymentRow).where(DeploymentRow.id.in_(ids)))
 
 
 async def running_as(base: Shared, runtime: str) -> None:
@@ -109,6 +139,19 @@ async def deployment_of(base: Shared, job: FineTuningJobRow) -> DeploymentRow:
     return deployment
 
 
+async def events(world: World, job: FineTuningJobRow) -> list[str]:
+    async with world.sessions() as session:
+        query = select(FineTuningEventRow.message).where(FineTuningEventRow.job_id == job.id)
+        return list((await session.execute(query)).scalars())
+
+
+async def routed(base: Shared, model_id: str | None) -> list[str]:
+    """The deployments the ready routes for a model name."""
+    async with base.world.sessions() as session:
+        routes = await load_ready_routes(session)
+    return [r.deployment_id for r in routes if r.model_id == model_id]
+
+
 def started_for(base: Shared, deployment_id: str) -> list[str]:
     """The engines the cluster was asked to start for a deployment."""
     specs = base.world.cluster.replica_specs.values()
@@ -123,11 +166,9 @@ class TestSucceededJobServing:
         deployment = await deployment_of(base, job)
         assert deployment.sharing == "shared", "a new engine would start for the model"
         assert deployment.org_id == job.org_id and deployment.replicas == 1
-        async with base.world.sessions() as session:
-            messages = (await session.execute(
-                select(FineTuningEventRow.message).where(FineTuningEventRow.job_id == job.id)
-            )).scalars().all()  # fmt: skip
-        assert any("served by a running replica of its base" in m for m in messages)
+        assert any(
+            "served by a running replica of its base" in m for m in await events(base.world, job)
+        )
         for _ in range(3):
             await base.round()
         assert started_for(base, deployment.id) == []  # the controller starts none for it
@@ -161,3 +202,62 @@ class TestSucceededJobServing:
             )
         job = await succeeded(base, jurisdictions=["FR"])
         assert (await deployment_of(base, job)).sharing == "dedicated"
+
+    async def test_a_starting_replica_of_the_base_serves_the_model(self, base: Shared) -> None:
+        async with base.world.sessions.begin() as session:
+            await session.execute(
+                update(ReplicaRow)
+                .where(ReplicaRow.deployment_id == base.base_deployment)
+                .values(state="starting", runtime=None, url=None)  # its node has not said yet
+            )
+        job = await succeeded(base)
+        assert (await deployment_of(base, job)).sharing == "shared"
+        assert any(
+            "replica of its base that is starting" in m for m in await events(base.world, job)
+        )
+
+
+async def wait_for_the_model(base: Shared) -> None:
+    """A request for the model waits: its server reports it waiting for the base at zero
+    (`gateway/demand.py`), the reading the controller scales on."""
+    async with base.world.sessions.begin() as session:
+        session.add(DeploymentDemandRow(
+            server_id=new_id("srv"), deployment_id=base.base_deployment, in_flight=0,
+            waiting=1, draining=0, updated_at=utcnow(),
+        ))  # fmt: skip
+
+
+class TestABaseScaledToZero:
+    async def test_the_model_is_shared_and_a_request_wakes_the_base_with_its_adapter(
+        self, asleep: Shared
+    ) -> None:
+        job = await succeeded(asleep, jurisdictions=["FR"])
+        deployment = await deployment_of(asleep, job)
+        assert deployment.sharing == "shared", "a new engine would start for the model"
+        assert any("once one starts" in m for m in await events(asleep.world, job))
+        async with asleep.world.sessions() as session:
+            woken = await load_wakeable(session)
+        # a request for the model wakes the base (and waits for the model's adapter)
+        assert {w.deployment_id for w in woken if w.model_id == job.result_model_id} == {
+            asleep.base_deployment,
+            deployment.id,
+        }
+        assert await routed(asleep, job.result_model_id) == []
+
+        await wait_for_the_model(asleep)
+        await asleep.round()
+        [replica] = await asleep.replicas()  # started with the adapter
+        assert [e["model"] for e in replica.adapters] == [job.result_model_id]
+        assert await routed(asleep, job.result_model_id) == [deployment.id]
+        assert started_for(asleep, deployment.id) == []  # no engine of its own
+
+    async def test_a_policy_that_excludes_the_bases_only_datacenter_gives_a_replica_of_its_own(
+        self, world: World
+    ) -> None:
+        germany = await Factory(world.sessions).datacenter(country="DE")
+        async with base_deployment(
+            world, replicas=0, min_replicas=0, max_replicas=1, datacenters=[germany]
+        ) as asleep:
+            job = await succeeded(asleep, jurisdictions=["FR"])
+            assert (await deployment_of(asleep, job)).sharing == "dedicated"
+            assert any("a replica of its own" in m for m in await events(world, job))

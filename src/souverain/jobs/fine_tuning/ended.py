@@ -19,6 +19,7 @@ from souverain.db.tables import utcnow
 from souverain.evidence import audit
 from souverain.jobs.fine_tuning import budget as training_budget
 from souverain.jobs.fine_tuning import service as fine_tuning
+from souverain.jobs.fine_tuning import serving
 from souverain.jobs.fine_tuning.context import Context
 from souverain.jobs.fine_tuning.outcome import register_model
 
@@ -125,7 +126,7 @@ async def _succeeded(
         await finish(session, ctx, job, FineTuningStatus.FAILED,
                      "Job failed: the adapter was not exported", level="error")  # fmt: skip
         return
-    model, sharing = await register_model(
+    model, served = await register_model(
         session, job, adapter, peft, serve_cpus=ctx.defaults.serve_cpus
     )
     job.fine_tuned_model, job.result_model_id = model.name, model.id
@@ -134,14 +135,19 @@ async def _succeeded(
     )
     await fine_tuning.add_event(
         session, job, f"New fine-tuned model created: {model.name}",
-        data={"model": model.name, "sharing": sharing},
+        data={"model": model.name, "sharing": served.sharing},
     )  # fmt: skip
-    await fine_tuning.add_event(session, job, _SERVED[sharing])
+    await fine_tuning.add_event(session, job, _SERVED[served.how or served.sharing])
 
 
-_SERVED = {
-    "shared": "The model is served by a running replica of its base, which loads its "
+_SERVED = {  # by how its base serves a shared model (serving.py), or `dedicated`
+    serving.READY: "The model is served by a running replica of its base, which loads its "
     "adapter: requests wait for it meanwhile",
-    "dedicated": "The model gets a replica of its own (no running replica of its base "
-    "could take its adapter): it answers once that replica is ready",
+    serving.STARTING: "The model is served by a replica of its base that is starting with "
+    "its adapter: requests wait for it meanwhile",
+    serving.WAKING: "The model is served by a replica of its base once one starts with its "
+    "adapter (none runs now: the first request starts one where the base is scaled to zero), "
+    "so requests wait for it meanwhile",
+    "dedicated": "The model gets a replica of its own (no deployment of its base could take "
+    "its adapter where the model may be served): it answers once that replica is ready",
 }

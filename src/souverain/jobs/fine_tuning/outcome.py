@@ -2,9 +2,9 @@
 `ft:<base>:<org>:<suffix>:<job>`, with the base model's artifact and the job's adapter,
 its lineage (data, hyperparameters, compute, energy, CO2e, where it ran; evaluations
 before and after for reinforcement), the capabilities it learned, and a deployment: on
-the shared replicas of its base where one can take its adapter now (no engine started for
-it; a request waits while the adapter loads), else of one replica of its own
-(`serving.py`)."""
+the shared replicas of its base wherever a deployment of the base will serve its adapter
+(running, starting or scaled to zero: no engine started for it; a request waits while
+the adapter loads), else of one replica of its own (`serving.py`)."""
 
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ async def register_model(
     peft: SealedObject,
     *,
     serve_cpus: float,
-) -> tuple[ModelRow, str]:
+) -> tuple[ModelRow, serving.Serving]:
     """The succeeded job as a model of its organisation: the base model's artifact plus
     the job's sealed adapter, its lineage, and a deployment; with how that deployment is
-    served (`shared` or `dedicated`)."""
+    served (`shared`, and how its base serves it, or `dedicated`)."""
     base = await session.get(ModelRow, job.base_model_id)
     assert base is not None
     artifact = (
@@ -69,9 +69,10 @@ async def register_model(
     await session.flush()
     _add_parts(session, job, model, artifact, adapter)
     deployment = _deployment(job, model, base, serve_cpus=serve_cpus)
-    deployment.sharing = await serving.sharing_for(session, job, base, deployment)
-    if deployment.sharing == sharing.SHARED:
-        deployment.status_reason = "a shared replica of its base is loading the adapter"
+    served = await serving.sharing_for(session, job, base, deployment)
+    deployment.sharing = served.sharing
+    if served.sharing == sharing.SHARED:
+        deployment.status_reason = _WAITING[served.how]
     session.add(deployment)
     await audit.record(
         session, actor=audit.SYSTEM_CONTROLLER, action="model.fine_tuned",
@@ -79,7 +80,14 @@ async def register_model(
         details={"job": job.id, "base": base.name, "adapter_sha256": adapter.sha256},
     )  # fmt: skip
     await session.flush()
-    return model, deployment.sharing
+    return model, served
+
+
+_WAITING = {  # a shared deployment's reason until the controller's first round
+    serving.READY: "a shared replica of its base is loading the adapter",
+    serving.STARTING: "a shared replica of its base is starting with the adapter",
+    serving.WAKING: "waiting for a replica of its base to start with the adapter",
+}
 
 
 def _add_parts(
