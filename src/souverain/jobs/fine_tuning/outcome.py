@@ -72,6 +72,8 @@ async def register_model(
     deployment.sharing = await serving.sharing_for(session, job, base, deployment)
     if deployment.sharing == sharing.SHARED:
         deployment.status_reason = "a shared replica of its base is loading the adapter"
+        # unloaded after its idle period without a request, loaded by the next one
+        deployment.min_replicas, deployment.max_replicas = 0, 1  # (idle_adapters.py)
     session.add(deployment)
     await audit.record(
         session, actor=audit.SYSTEM_CONTROLLER, action="model.fine_tuned",
