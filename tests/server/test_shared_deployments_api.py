@@ -100,6 +100,14 @@ class TestSharing:
             # more than one copy of an adapter means nothing on shared replicas
             error = refusal(await client.patch(path, json={"max_replicas": 2}))
             assert error["param"] == "max_replicas" and "at most 1" in error["message"]
+        reason = "unloaded from the shared replicas of its base: idle for 901s"
+        async with platform.sessions.begin() as session:  # as the controller writes it
+            await session.execute(update(DeploymentRow).where(
+                DeploymentRow.id == created["id"]).values(
+                replicas=0, status="idle", status_reason=reason))  # fmt: skip
+        listed = await cli(platform, key, "deployments", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "unloaded while idle" in listed.stdout and "idle for 901s" in listed.stdout
 
     async def test_each_tenant_sees_its_own_adapters_on_a_shared_replica(
         self, platform: Platform
