@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 
 from souverain.core.ids import new_id
 from souverain.core.roles import Role
+from souverain.db.demand import DeploymentDemandRow
 from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow, ReplicaRow
 from souverain.node.hosted_adapters import UNREADABLE
 from souverain.testing.factories import unique
@@ -34,9 +35,10 @@ class Loading:
     replica_id: str  # the base's replica that is to hold the adapter
 
 
-async def loading(platform: Platform) -> Loading:
+async def loading(platform: Platform, *, idle: bool = False) -> Loading:
     """A tenant's fine-tuned model just registered by its succeeded job: a shared deployment
-    whose adapter the base's one replica has not loaded yet."""
+    whose adapter the base's one replica has not loaded yet (`idle`: one the controller
+    unloaded after its idle period, as jobs/deployments/idle_adapters.py leaves it)."""
     tenant = await platform.factory.tenant()
     key = await platform.factory.new_member(tenant.org_id, Role.MEMBER)
     replica_id = new_id("rep")
@@ -63,9 +65,10 @@ async def loading(platform: Platform) -> Loading:
         ))  # fmt: skip
         session.add(DeploymentRow(
             id=deployment_id, name=unique("dep"), model_id=model_id, org_id=tenant.org_id,
-            engine=base.engine, replicas=1, datacenters=[], cpus=1, gpus=0, engine_args={},
-            status="pending", status_reason="a shared replica of its base is loading the adapter",
-            sharing="shared",
+            engine=base.engine, replicas=0 if idle else 1, datacenters=[], cpus=1, gpus=0,
+            engine_args={}, status="idle" if idle else "pending",
+            status_reason=IDLE_REASON if idle else "a shared replica of its base is loading "
+            "the adapter", sharing="shared", min_replicas=0, max_replicas=1,
         ))  # fmt: skip
         await _touch(session, replica_id)  # every server reloads its routes
     client = openai.AsyncOpenAI(
@@ -102,6 +105,22 @@ async def node_reports(platform: Platform, found: Loading, *, error: str) -> Non
         deployment.status_reason = (
             f"the adapter was refused: {error}" if error else "served by 1 shared replica(s)"
         )
+
+
+IDLE_REASON = (
+    "unloaded from the shared replicas of its base: idle for 301s (scale_down_idle_s 300); "
+    "the next request loads it again"
+)
+
+
+async def in_flight_seen(platform: Platform, deployment_id: str) -> bool:
+    """Whether a server told the controller that a request is being answered for this
+    deployment."""
+    async with platform.sessions() as session:
+        query = select(DeploymentDemandRow.in_flight).where(
+            DeploymentDemandRow.deployment_id == deployment_id
+        )
+        return any(count > 0 for count in (await session.execute(query)).scalars())
 
 
 @pytest.fixture
@@ -153,3 +172,39 @@ class TestAdapterBeingLoaded:
         assert "being loaded onto a shared replica of its base and was not ready within 1s" in (
             refused.value.message
         )
+
+
+class TestIdleUnloadedAdapter:
+    async def test_a_request_waits_for_the_adapter_to_be_loaded_again_and_is_answered(
+        self, platform: Platform
+    ) -> None:
+        found = await loading(platform, idle=True)
+        request = ask(found.client, found.model)
+        await wait_until(lambda: waiting_seen(platform, found.deployment_id), timeout_s=10)
+        assert not request.done(), f"refused while its adapter was unloaded: {request}"
+        async with platform.sessions.begin() as session:  # the controller: wanted again
+            await session.execute(update(DeploymentRow).where(
+                DeploymentRow.id == found.deployment_id).values(replicas=1))  # fmt: skip
+        await node_reports(platform, found, error="")
+        answer = await asyncio.wait_for(request, 30)
+        assert answer.choices[0].message.content  # type: ignore[attr-defined]
+        # its usage record names the shared deployment: the idle clock starts again from it
+        [record] = await usage_records(platform.sessions, 1, model=found.model)
+        assert (record.status, record.deployment_id) == ("ok", found.deployment_id)
+
+    async def test_an_answer_in_progress_is_reported_for_the_shared_deployment(
+        self, platform: Platform
+    ) -> None:
+        """A long answer on the shared replica counts for the model's own deployment (as
+        well as for the base's), so the controller does not take its adapter as idle."""
+        found = await loading(platform)
+        await node_reports(platform, found, error="")
+        stream = await found.client.chat.completions.create(
+            model=found.model, messages=[{"role": "user", "content": "hi #stall-stream"}],
+            max_tokens=8, stream=True,
+        )  # fmt: skip
+        try:
+            await anext(aiter(stream))
+            await wait_until(lambda: in_flight_seen(platform, found.deployment_id), timeout_s=10)
+        finally:
+            await stream.close()

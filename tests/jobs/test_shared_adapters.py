@@ -7,8 +7,10 @@ in-memory cluster in place of Ray (its replicas report every adapter loaded)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import pytest
 from sqlalchemy import delete, select, update
@@ -22,6 +24,7 @@ from souverain.db.tables import (
     ModelArtifactRow,
     ModelRow,
     ReplicaRow,
+    utcnow,
 )
 from souverain.files import service as files
 from souverain.installation.authority import Issuer
@@ -113,6 +116,16 @@ class Shared:
 
 @pytest.fixture
 async def shared(world: World) -> AsyncIterator[Shared]:
+    async with shared_base(world) as found:
+        yield found
+
+
+@contextlib.asynccontextmanager
+async def shared_base(
+    world: World, clock: Callable[[], datetime] = utcnow
+) -> AsyncIterator[Shared]:
+    """The base deployment of `Shared`, reconciled on `clock`; removed afterwards with the
+    shared deployments made on it."""
     factory = Factory(world.sessions)
     paris, berlin = world.datacenter_id, await factory.datacenter(country="DE")
     world.cluster.add_node(new_id("node"), berlin)
@@ -137,7 +150,7 @@ async def shared(world: World) -> AsyncIterator[Shared]:
         engine=EngineDefaults(threads=1, bind_host=None),
         energy=EnergyAccountant(world.sessions, interval_s=30.0, prompt_weight=1.0,
                                 completion_weight=3.0),
-        issuer=Issuer(world.sessions, KEY),
+        issuer=Issuer(world.sessions, KEY), clock=clock,
     )  # fmt: skip
     found = Shared(world, reconciler, base_deployment, paris, berlin, [])
     yield found

@@ -22,6 +22,7 @@ from souverain.db.demand import DeploymentDemandRow
 from souverain.db.jobs import FineTuningEventRow, FineTuningJobRow
 from souverain.db.tables import DeploymentRow, ModelArtifactRow, ModelRow, ReplicaRow, utcnow
 from souverain.installation.authority import Issuer
+from souverain.jobs.deployments import autoscaling
 from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.fine_tuning.reconciler import FineTuneReconciler, TrainingDefaults
@@ -166,6 +167,10 @@ class TestSucceededJobServing:
         deployment = await deployment_of(base, job)
         assert deployment.sharing == "shared", "a new engine would start for the model"
         assert deployment.org_id == job.org_id and deployment.replicas == 1
+        # its adapter is unloaded after the default idle period without a request
+        # (jobs/deployments/idle_adapters.py), and loaded again by the next one
+        assert (deployment.min_replicas, deployment.max_replicas) == (0, 1)
+        assert deployment.scale_down_idle_s == autoscaling.DEFAULT_IDLE_S
         assert any(
             "served by a running replica of its base" in m for m in await events(base.world, job)
         )

@@ -80,6 +80,35 @@ class TestSharing:
             wakeable = {w.deployment_id: w.shared for w in await load_wakeable(session)}
         assert wakeable[created.json()["id"]] is True
 
+    async def test_a_shared_deployment_can_be_set_to_unload_its_adapter_while_idle(
+        self, platform: Platform
+    ) -> None:
+        base = await platform.served_model()
+        alice = await platform.factory.tenant(roles={"alice": Role.OWNER})
+        key = (await platform.factory.member_key(alice, "alice", Role.OWNER)).key
+        mine = await fine_tuned(platform, base, alice)
+        asked = {"name": unique("d"), "model": mine, "sharing": "shared", "org": alice.org_id}
+        async with platform.client(key) as client:
+            created = (await client.post("/api/deployments", json=asked)).json()
+            path = f"/api/deployments/{created['id']}"
+            idle = await client.patch(path, json={"min_replicas": 0, "max_replicas": 1,
+                                                  "scale_down_idle_s": 900})  # fmt: skip
+            assert idle.status_code == 200, idle.text
+            shown = idle.json()
+            assert shown["autoscaling"] and shown["scale_down_idle_s"] == 900
+            assert (shown["min_replicas"], shown["max_replicas"]) == (0, 1)
+            # more than one copy of an adapter means nothing on shared replicas
+            error = refusal(await client.patch(path, json={"max_replicas": 2}))
+            assert error["param"] == "max_replicas" and "at most 1" in error["message"]
+        reason = "unloaded from the shared replicas of its base: idle for 901s"
+        async with platform.sessions.begin() as session:  # as the controller writes it
+            await session.execute(update(DeploymentRow).where(
+                DeploymentRow.id == created["id"]).values(
+                replicas=0, status="idle", status_reason=reason))  # fmt: skip
+        listed = await cli(platform, key, "deployments", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "unloaded while idle" in listed.stdout and "idle for 901s" in listed.stdout
+
     async def test_each_tenant_sees_its_own_adapters_on_a_shared_replica(
         self, platform: Platform
     ) -> None:

@@ -41,6 +41,23 @@ class TestSnapshot:
         await asyncio.gather(waiter, return_exceptions=True)
         assert board.snapshot() == {}
 
+    async def test_a_shared_models_requests_count_for_its_own_deployment_too(self) -> None:
+        """The base's deployment scales with them; the model's shared deployment learns
+        that its adapter is in use (it would be unloaded as idle otherwise)."""
+        route = ReplicaRoute(replica_id="r1", deployment_id="ft", host_deployment_id="base",
+                             lora_id=0, **COMMON)  # fmt: skip
+        table = table_of(route)
+        queue = FairQueue(table)
+        board = DemandBoard(table, queue, "server-a")
+        assert await queue.acquire("org-a", [route], set(), lambda r: None) is route
+        with table.track(route, "", "org-a"):
+            waiter = asyncio.ensure_future(queue.acquire("org-b", [route], set(), lambda r: None))
+            await asyncio.sleep(0)  # it queues: the only slot is taken
+            assert board.snapshot() == {"base": (1, 1, 0), "ft": (1, 1, 0)}
+            waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert board.snapshot() == {}
+
     async def test_a_request_waiting_for_a_deployment_at_zero_counts_as_waiting(self) -> None:
         table = table_of()
         board = DemandBoard(table, FairQueue(table), "server-a")

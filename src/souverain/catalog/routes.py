@@ -281,8 +281,9 @@ async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
 
 
 async def _loading(session: AsyncSession) -> list[Wakeable]:
-    """Shared deployments whose adapter is wanted loaded (jobs/deployments/sharing.is_active):
-    a request waits while a replica of the base loads it."""
+    """Shared deployments whose adapter is wanted loaded (jobs/deployments/sharing.is_active)
+    or was unloaded while idle (maximum 1: jobs/deployments/idle_adapters.py): a request
+    waits while a replica of the base loads it (again)."""
     query = select(
         DeploymentRow.id, DeploymentRow.org_id, DeploymentRow.model_id,
         DeploymentRow.status, DeploymentRow.status_reason,

@@ -231,6 +231,8 @@ def _replicas(d: Deployment) -> str:
 def _serves(d: Deployment) -> str:
     """Shared (its adapter on its base's replicas), or dedicated and the adapters its
     replicas hold for others (those you may see)."""
+    if d.sharing == "shared" and d.status == "idle":
+        return "shared (unloaded while idle)"
     if d.sharing == "shared":
         return "shared (on its base's replicas)"
     return f"dedicated, +{d.adapters} adapter(s)" if d.adapters else "dedicated"

@@ -316,6 +316,8 @@ class UsageRecordRow(Base):
         Index("ix_usage_records_org_created", "org_id", "created_at"),
         Index("ix_usage_records_status", "status"),
         Index("ix_usage_records_created", "created_at"),  # the latest records, platform-wide
+        # the latest request for a deployment (an idle shared adapter: idle_adapters.py)
+        Index("ix_usage_records_deployment_created", "deployment_id", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     org_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

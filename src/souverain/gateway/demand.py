@@ -19,11 +19,14 @@ queue like any other. A deployment that cannot start (failed, unschedulable) end
 with a 503 naming why; so does the timeout.
 
 A request for a fine-tuned model served by shared replicas of its base waits the same way
-while its adapter is being loaded (its job just succeeded, or a replica of the base with
-the adapter replaces one without it): until a route for the adapter is ready, bounded by
-the same timeout. An adapter the node refused ends the wait with a 503 and the refusal's
-category (the shared deployment's own status, written by the controller: it names this
-adapter's fault only, never another organisation's model or the node's paths).
+while its adapter is being loaded (its job just succeeded, it was unloaded while idle, or a
+replica of the base with the adapter replaces one without it): until a route for the
+adapter is ready, bounded by the same timeout. An adapter the node refused ends the wait
+with a 503 and the refusal's category (the shared deployment's own status, written by the
+controller: it names this adapter's fault only, never another organisation's model or the
+node's paths). Such a model's requests are counted for its shared deployment as well as
+for the base's deployment whose replica serves them, so that the controller knows its
+adapter is in use (jobs/deployments/idle_adapters.py).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class DemandBoard:
             in_flight[deployment] += count
             if replica not in routed:
                 draining[deployment] += count
+        in_flight.update(self._table.adapter_in_flight)  # a shared model's, for its own
         waiting = self._queue.waiting_by_deployment() + self._waking
         return {
             deployment: Load(in_flight[deployment], waiting[deployment], draining[deployment])
@@ -121,6 +125,7 @@ class DemandBoard:
     def _known(self) -> set[str]:
         """Deployments the table knows (a row for a deleted one would break its foreign key)."""
         known = set(self._table.deployment_of.values())
+        known |= {r.deployment_id for routes in self._table.routes.values() for r in routes}
         return known | {d.deployment_id for ds in self._table.wakeable.values() for d in ds}
 
     async def publish_forever(

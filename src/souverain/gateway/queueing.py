@@ -68,12 +68,14 @@ class FairQueue:
     def waiting_by_deployment(self) -> Counter[str]:
         """Requests waiting, counted against each deployment whose replicas could serve them
         (the load the autoscaler sees; gateway/demand.py): for a fine-tuned model on shared
-        replicas, its base's."""
+        replicas, its base's, and its own shared deployment's (its adapter is wanted)."""
         counts: Counter[str] = Counter()
         for line in self._lines.values():
             for waiter in line:
                 if not waiter.granted.done():
-                    counts.update({route.serving_deployment_id for route in waiter.routes})
+                    counts.update({route.serving_deployment_id for route in waiter.routes}
+                                  | {r.deployment_id for r in waiter.routes
+                                     if r.host_deployment_id})  # fmt: skip
         return counts
 
     def _live_waiting(self) -> bool:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Set
 
 from sqlalchemy import func, select
@@ -59,6 +59,9 @@ class RouteTable:
         # shared replica's is its base's, whatever model its requests ask for
         # (`ReplicaRoute.serving_deployment_id`): that deployment scales and drains it
         self.deployment_of: dict[str, str] = {}
+        # a fine-tuned model's shared deployment -> its requests in flight on shared replicas
+        # (they count for the base's deployment too): its adapter is in use, not idle
+        self.adapter_in_flight: Counter[str] = Counter()
         self.shares = SlotShares(shares)  # in flight by organisation and kind, per replica
         self.slots = SlotBook()
         self.loaded = False
@@ -284,6 +287,9 @@ class RouteTable:
         on a slotted replica, the slot it goes to (one where `cache_scope`'s prefix is
         likely cached)."""
         self.outstanding[route.replica_id] += 1
+        adapter = route.deployment_id if route.host_deployment_id else None
+        if adapter is not None:
+            self.adapter_in_flight[adapter] += 1
         self.shares.take(route.replica_id, org, batch=batch)
         slot = (
             self.slots.take(route.replica_id, route.slots, cache_scope) if route.slotted else None
@@ -295,6 +301,9 @@ class RouteTable:
                 self.slots.give_back(route.replica_id, slot)
             self.shares.give_back(route.replica_id, org, batch=batch)
             self.outstanding[route.replica_id] -= 1
+            if adapter is not None:
+                self.adapter_in_flight[adapter] -= 1
+                self.adapter_in_flight = +self.adapter_in_flight  # drop zeros
             self.on_release()
 
 

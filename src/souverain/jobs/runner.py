@@ -31,7 +31,7 @@ from souverain.evidence import audit_log
 from souverain.files import service as files
 from souverain.fleet import nodes as nodes_service
 from souverain.jobs import leader
-from souverain.jobs.deployments import autoscaling
+from souverain.jobs.deployments import autoscaling, idle_adapters
 from souverain.jobs.deployments.observer import ReplicaObserver
 from souverain.jobs.deployments.reconciler import (
     CredentialIssuer,
@@ -194,13 +194,19 @@ class Controller:
 
     async def wake_from_zero(self) -> None:
         """Reconcile at once a deployment at zero that a request waits for: its first
-        token should not also wait for the next round. (The lease keeps this and the
-        round from working on one deployment at the same time.)"""
+        token should not also wait for the next round; for a shared deployment whose
+        adapter was unloaded while idle, then the base deployments that load it again.
+        (The lease keeps this and the round from working on one deployment at the same
+        time.)"""
         async with self._sessions() as session:
             waking = await autoscaling.waking_from_zero(session, now=utcnow())
         if waking:
             placer = await self._placer(sync_nodes=False)
             for deployment_id in waking:
+                await self.deployments.reconcile(deployment_id, placer)
+            async with self._sessions() as session:  # an idle adapter wanted again: load it
+                hosts = await idle_adapters.hosts_of(session, waking)
+            for deployment_id in hosts:
                 await self.deployments.reconcile(deployment_id, placer)
 
     async def fine_tuning_cycle(self) -> None:

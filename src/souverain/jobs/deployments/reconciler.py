@@ -50,7 +50,13 @@ from souverain.db.tables import (
 from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.jobs.cycle import run_cycle
-from souverain.jobs.deployments import autoscaling, live_adapters, sharing, statuses
+from souverain.jobs.deployments import (
+    autoscaling,
+    idle_adapters,
+    live_adapters,
+    sharing,
+    statuses,
+)
 from souverain.jobs.deployments import draining as drain
 from souverain.jobs.deployments.rounds import Event, Loaded, Outcome
 from souverain.jobs.deployments.service import placement_policy
@@ -158,6 +164,8 @@ class DeploymentReconciler:
         if deployment.sharing == sharing.SHARED:
             loaded.hosts = await sharing.host_replicas(session, model)
             loaded.org_models = await sharing.org_models(session, deployment.org_id)
+            if idle_adapters.unloads_when_idle(deployment):
+                loaded.last_asked = await idle_adapters.last_asked(session, deployment.id)
         elif sharing.can_host(deployment, model):
             loaded.hosted = [
                 await self._hosted(session, shared, model)
@@ -213,9 +221,8 @@ class DeploymentReconciler:
                 live.append(placed)
         found_status = statuses.status_of(deployment, live + held + stale, desired, unschedulable)
         outcome.status, outcome.reason, outcome.remove_deployment = found_status
-        if shared:
-            found = sharing.served(loaded.model.id, loaded.hosts, loaded.org_models)
-            outcome.status, outcome.reason = sharing.shared_status(found)
+        if shared:  # loaded or unloaded while idle, then where its adapter is
+            outcome.status, outcome.reason = idle_adapters.shared_round(loaded, outcome)
         elif draining and outcome.status == "stopped":
             outcome.status = "draining"
             outcome.reason = f"scaled to zero; {draining} replica(s) finishing their requests"

@@ -31,6 +31,7 @@ class Loaded:
     hosts: list[ReplicaRow] = field(default_factory=list)  # a shared one: its base's replicas
     org_models: set[str] = field(default_factory=set)  # and its organisation's shared models
     erased: set[str] = field(default_factory=set)  # adapters held whose keys are gone
+    last_asked: datetime | None = None  # a shared one: its latest request (idle_adapters.py)
 
 
 @dataclass(frozen=True)

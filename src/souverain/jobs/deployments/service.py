@@ -292,6 +292,12 @@ def _rescale(deployment: DeploymentRow, request: DeploymentUpdateRequest) -> Non
     wanted = autoscaling.starting_count(
         scaling, replicas, replicas_given=request.replicas is not None
     )
+    if deployment.sharing == "shared" and max(wanted, scaling.max_replicas or 0) > 1:
+        raise InvalidRequestError(
+            "A shared deployment's adapter is loaded (1) or not (0): replicas and "
+            "max_replicas are at most 1 (min_replicas 0 unloads it while idle).",
+            param="max_replicas" if (scaling.max_replicas or 0) > 1 else "replicas",
+        )
     if wanted != deployment.replicas:
         deployment.scale_above, deployment.scale_below_since = 0, None
     deployment.replicas = wanted

@@ -19,7 +19,8 @@ Rules:
 - one adapter per model on a replica, however many shared deployments name it; at most
   `PER_REPLICA` adapters on a replica and `PER_ORG` of one organisation's, the oldest
   shared deployments first (a newer one past a cap waits, its status says why);
-- a shared deployment scaled to zero (replicas 0, no autoscaling maximum) is unloaded.
+- a shared deployment scaled to zero is unloaded: by its owner (replicas 0), or by the
+  controller while nobody asks for it (minimum 0, maximum 1: idle_adapters.py).
 """
 
 from __future__ import annotations
@@ -60,10 +61,9 @@ def can_host(base: DeploymentRow, model: ModelRow) -> bool:
 
 
 def is_active(deployment: DeploymentRow) -> bool:
-    """A shared deployment whose adapter should be loaded now."""
-    return not deployment.deleted and (
-        deployment.replicas > 0 or (deployment.max_replicas or 0) > 0
-    )
+    """A shared deployment whose adapter should be loaded now (`replicas` 1; an autoscaled
+    one at 0 is idle, its adapter unloaded until a request asks for it: idle_adapters.py)."""
+    return not deployment.deleted and deployment.replicas > 0
 
 
 async def shared_of(

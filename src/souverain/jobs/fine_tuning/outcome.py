@@ -73,6 +73,8 @@ async def register_model(
     deployment.sharing = served.sharing
     if served.sharing == sharing.SHARED:
         deployment.status_reason = _WAITING[served.how]
+        # unloaded after its idle period without a request, loaded by the next one
+        deployment.min_replicas, deployment.max_replicas = 0, 1  # (idle_adapters.py)
     session.add(deployment)
     await audit.record(
         session, actor=audit.SYSTEM_CONTROLLER, action="model.fine_tuned",
