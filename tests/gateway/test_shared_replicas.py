@@ -125,8 +125,8 @@ class TestLoadOnTheBase:
             return (await demand(platform)).get(shared.base_deployment_id) == (1, 1)
 
         await wait_until(seen, timeout_s=10)
-        # and for the model's own shared deployment (whose adapter is then not idle), which
-        # has no replica to scale: the base's load is not counted twice
+        # the same requests are reported for the model's own shared deployment too (its idle
+        # clock: its adapter is not idle while they run), beside the base's own count
         assert (await demand(platform)).get(shared.deployment_id) == (1, 1)
         await stream.close()
         await asyncio.wait_for(waiting, 30)

@@ -180,3 +180,40 @@ class TestIdleAdapter:
         assert await idle.loaded_nowhere(older) and await idle.loaded_everywhere(newer)
         assert (await idle.shared.deployment(older_deployment)).status == idle_adapters.IDLE
         assert (await idle.shared.deployment(newer_deployment)).status == "ready"
+
+    async def test_a_woken_adapter_waits_for_room_instead_of_evicting_one_in_use(
+        self, idle: Idle, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(sharing, "PER_ORG", 1)
+        older, older_deployment = await idle.model()
+        await idle.rounds(3)
+        newer, newer_deployment = await idle.model(unloads=False)
+        await idle.rounds(1, seconds=IDLE_S)
+        await idle.rounds(3)  # the older one idled out, the newer one took its room
+        assert await idle.loaded_nowhere(older) and await idle.loaded_everywhere(newer)
+
+        await idle.report(older_deployment, waiting=1)  # a request for the older one
+        await idle.wake()
+        await idle.rounds(2)
+        assert await idle.loaded_everywhere(newer) and await idle.loaded_nowhere(older)
+        assert (await idle.shared.deployment(newer_deployment)).status == "ready"
+        woken = await idle.shared.deployment(older_deployment)
+        assert woken.replicas == 1 and woken.status == "pending"
+        assert "its organisation has 1 adapters" in woken.status_reason
+
+    async def test_only_a_base_deployment_that_holds_adapters_is_woken(self, idle: Idle) -> None:
+        _, deployment_id = await idle.model()
+        one_adapter = new_id("dep")  # llama-cpp-python serves one adapter, fixed at start
+        async with idle.shared.world.sessions.begin() as session:
+            base = await session.get(DeploymentRow, idle.shared.base_deployment)
+            assert base is not None
+            session.add(DeploymentRow(
+                id=one_adapter, name=one_adapter, model_id=base.model_id, org_id=None,
+                engine="llamacpp", replicas=0, datacenters=[], cpus=1, gpus=0,
+                engine_args={"runtime": "llama-cpp-python"}, status="pending",
+                status_reason="",
+            ))  # fmt: skip
+        idle.shared.made.append(one_adapter)
+        async with idle.shared.world.sessions() as session:
+            hosts = await idle_adapters.hosts_of(session, [deployment_id])
+        assert hosts == [idle.shared.base_deployment]

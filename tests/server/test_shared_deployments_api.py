@@ -63,7 +63,7 @@ class TestSharing:
         async with platform.client(key) as client:
             for extra, param in (({"engine_args": {"parallel": 4}}, "engine_args"),
                                  ({"replicas": 3, "cpus": 2}, "replicas"),
-                                 ({"min_replicas": 0, "max_replicas": 2}, "min_replicas")):  # fmt: skip
+                                 ({"min_replicas": 0, "max_replicas": 2}, "max_replicas")):  # fmt: skip
                 error = refusal(await client.post("/api/deployments", json=asked | extra))
                 assert error["param"] == param and "shared deployment" in error["message"]
             created = await client.post("/api/deployments", json=asked)
@@ -108,6 +108,35 @@ class TestSharing:
         listed = await cli(platform, key, "deployments", "list")
         assert listed.returncode == 0, listed.stderr
         assert "unloaded while idle" in listed.stdout and "idle for 901s" in listed.stdout
+
+    async def test_a_shared_deployments_idle_period_has_a_floor_on_create_and_update(
+        self, platform: Platform
+    ) -> None:
+        base = await platform.served_model()
+        alice = await platform.factory.tenant(roles={"alice": Role.OWNER})
+        key = (await platform.factory.member_key(alice, "alice", Role.OWNER)).key
+        mine = await fine_tuned(platform, base, alice)
+        asked = {"name": unique("d"), "model": mine, "sharing": "shared", "org": alice.org_id,
+                 "min_replicas": 0, "max_replicas": 1}  # fmt: skip
+        async with platform.client(key) as client:
+            for idle_s in (0, 59):  # its adapter would come and go with each request
+                error = refusal(await client.post(
+                    "/api/deployments", json=asked | {"scale_down_idle_s": idle_s}))  # fmt: skip
+                assert error["param"] == "scale_down_idle_s" and "at least 60" in error["message"]
+            created = await client.post("/api/deployments", json=asked | {"scale_down_idle_s": 60})
+            assert created.status_code == 201, created.text
+            shown = created.json()
+            assert shown["autoscaling"] and shown["scale_down_idle_s"] == 60
+            assert (shown["min_replicas"], shown["max_replicas"]) == (0, 1)
+            path = f"/api/deployments/{shown['id']}"
+            error = refusal(await client.patch(path, json={"scale_down_idle_s": 0}))
+            assert error["param"] == "scale_down_idle_s" and "at least 60" in error["message"]
+            # the same refusal on create as on update: one copy of an adapter at most
+            error = refusal(await client.post(
+                "/api/deployments", json=asked | {"name": unique("d"), "max_replicas": 2}))  # fmt: skip
+            assert error["param"] == "max_replicas" and "at most 1" in error["message"]
+            kept = await client.get(path)
+        assert kept.json()["scale_down_idle_s"] == 60
 
     async def test_each_tenant_sees_its_own_adapters_on_a_shared_replica(
         self, platform: Platform

@@ -80,3 +80,14 @@ class TestSharedStatus:
         status, reason = sharing.shared_status(sharing.served("b", holding))
         assert status == "failed" and "no" in reason
         assert sharing.shared_status(sharing.served("c", holding))[0] == "pending"
+
+
+class TestHeldFirst:
+    def test_an_adapter_a_replica_holds_keeps_its_room_before_an_older_one(self) -> None:
+        older, newer = hosted("older"), hosted("newer")  # one organisation's, oldest first
+        capped = sharing.PER_ORG
+        others = [hosted(f"m{i}") for i in range(capped - 1)]
+        assert "newer" not in sharing.wanted_at(PARIS, [older, *others, newer])
+        holding = ("newer", *(f"m{i}" for i in range(capped - 1)))
+        kept = sharing.wanted_at(PARIS, [older, *others, newer], holding)
+        assert "newer" in kept and "older" not in kept

@@ -20,7 +20,10 @@ usage records name, so a short request between two reports still counts as one.
 A fine-tuning job's shared deployment is made with these limits (jobs/fine_tuning/outcome.py);
 a shared deployment without them (a fixed `replicas`) keeps its adapter loaded while
 `replicas` is 1, as before. `min_replicas: 1` keeps it loaded; `scale_down_idle_s` sets the
-idle period.
+idle period, at least `MIN_IDLE_S` (`check_limits`, on create as on update): each load is a
+fetch, decrypt and load inside the serving loop of every replica of the base, which stalls
+the other tenants' requests there, so a tenant may not make its adapter come and go with
+each request.
 """
 
 from __future__ import annotations
@@ -31,12 +34,31 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from souverain.core.errors import InvalidRequestError
 from souverain.db.tables import DeploymentRow, ModelRow, UsageRecordRow
 from souverain.jobs.deployments import autoscaling, sharing
 from souverain.jobs.deployments.rounds import Event, Loaded, Outcome
 from souverain.scheduler.autoscale import Decision, ScaleState, decide
 
 IDLE = "idle"
+MIN_IDLE_S = 60  # a shared deployment's shortest idle period
+
+
+def check_limits(scaling: autoscaling.Scaling, replicas: int) -> None:
+    """Refuse limits a shared deployment cannot have: more than one copy of its adapter,
+    or an idle period under `MIN_IDLE_S` (the same check on create and on update)."""
+    if max(replicas, scaling.max_replicas or 0) > 1:
+        raise InvalidRequestError(
+            "A shared deployment's adapter is loaded (1) or not (0): replicas and "
+            "max_replicas are at most 1 (min_replicas 0 unloads it while idle).",
+            param="max_replicas" if (scaling.max_replicas or 0) > 1 else "replicas",
+        )
+    if scaling.idle_s < MIN_IDLE_S:
+        raise InvalidRequestError(
+            f"A shared deployment's scale_down_idle_s is at least {MIN_IDLE_S} (loading its "
+            f"adapter pauses every replica of its base); got {scaling.idle_s}.",
+            param="scale_down_idle_s",
+        )
 
 
 def unloads_when_idle(deployment: DeploymentRow) -> bool:
@@ -116,8 +138,9 @@ def idle_status(deployment: DeploymentRow, scaling: dict[str, object]) -> tuple[
 
 
 async def hosts_of(session: AsyncSession, shared_ids: list[str]) -> list[str]:
-    """The deployments whose replicas may load these shared deployments' adapters (of their
-    models' base, the platform's or the same organisation's)."""
+    """The deployments whose replicas may load these shared deployments' adapters: of their
+    models' base, the platform's or the same organisation's, on an engine that holds
+    adapters (`sharing.can_host`, as the reconciler chooses them)."""
     if not shared_ids:
         return []
     shared = (
@@ -127,11 +150,16 @@ async def hosts_of(session: AsyncSession, shared_ids: list[str]) -> list[str]:
     )
     found: set[str] = set()
     for org_id, base_model_id in (await session.execute(shared)).all():
-        query = select(DeploymentRow.id).where(
-            DeploymentRow.model_id == base_model_id,
-            DeploymentRow.deleted.is_(False),
-            DeploymentRow.sharing != sharing.SHARED,
-            (DeploymentRow.org_id.is_(None)) | (DeploymentRow.org_id == org_id),
+        query = (
+            select(DeploymentRow, ModelRow)
+            .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
+            .where(
+                DeploymentRow.model_id == base_model_id,
+                DeploymentRow.deleted.is_(False),
+                DeploymentRow.sharing != sharing.SHARED,
+                (DeploymentRow.org_id.is_(None)) | (DeploymentRow.org_id == org_id),
+            )
         )
-        found.update((await session.execute(query)).scalars())
+        rows = (await session.execute(query)).all()
+        found.update(base.id for base, model in rows if sharing.can_host(base, model))
     return sorted(found)

@@ -280,8 +280,10 @@ class DeploymentReconciler:
         if not sharing.can_host(loaded.deployment, loaded.model):
             return []
         sites = placer.snapshot.datacenters
-        wanted = {r.id: sharing.wanted_at(sites[r.datacenter_id].site, loaded.hosted)
-                  for r in live if r.datacenter_id in sites}  # fmt: skip
+        wanted = {
+            r.id: sharing.wanted_at(sites[r.datacenter_id].site, loaded.hosted, sharing.held(r))
+            for r in live if r.datacenter_id in sites
+        }  # fmt: skip
         changed = await live_adapters.change_live(
             self._cluster, live, wanted, loaded.hosted, self.start_only
         )

@@ -36,7 +36,7 @@ from souverain.db.tables import (
 )
 from souverain.db.visibility import visible
 from souverain.evidence.audit import Actor, actor_of, record
-from souverain.jobs.deployments import autoscaling
+from souverain.jobs.deployments import autoscaling, idle_adapters
 from souverain.sovereignty import policies
 from souverain.tenancy import orgs
 
@@ -168,6 +168,8 @@ async def put_deployment(
     scaling = autoscaling.check_scaling(request, replicas=request.replicas)
     # the first count, inside the limits (a default of 1 under a minimum of 2 is 2)
     replicas = autoscaling.starting_count(scaling, request.replicas, replicas_given=False)
+    if request.sharing == "shared":
+        idle_adapters.check_limits(scaling, replicas)
     deployment = DeploymentRow(
         id=new_id("dep"),
         name=request.name,
@@ -200,11 +202,9 @@ async def put_deployment(
 
 
 # What a shared deployment has no use for: its base's replicas serve it, with their own
-# engine, resources and scaling; `replicas` only says whether its adapter is loaded (0/1).
-_NOT_FOR_SHARED = (
-    "engine_args", "cpus", "gpus", "strategy", "reasoning_default",
-    "min_replicas", "max_replicas", "target_busy_per_replica", "scale_down_idle_s",
-)  # fmt: skip
+# engine and resources; `replicas` only says whether its adapter is loaded (0/1), and its
+# limits whether it unloads while idle (idle_adapters.check_limits, as on update).
+_NOT_FOR_SHARED = ("engine_args", "cpus", "gpus", "strategy", "reasoning_default")
 
 
 def _check_shared(request: DeploymentCreateRequest, model: ModelRow) -> None:
@@ -292,12 +292,8 @@ def _rescale(deployment: DeploymentRow, request: DeploymentUpdateRequest) -> Non
     wanted = autoscaling.starting_count(
         scaling, replicas, replicas_given=request.replicas is not None
     )
-    if deployment.sharing == "shared" and max(wanted, scaling.max_replicas or 0) > 1:
-        raise InvalidRequestError(
-            "A shared deployment's adapter is loaded (1) or not (0): replicas and "
-            "max_replicas are at most 1 (min_replicas 0 unloads it while idle).",
-            param="max_replicas" if (scaling.max_replicas or 0) > 1 else "replicas",
-        )
+    if deployment.sharing == "shared":
+        idle_adapters.check_limits(scaling, wanted)
     if wanted != deployment.replicas:
         deployment.scale_above, deployment.scale_below_since = 0, None
     deployment.replicas = wanted

@@ -17,8 +17,9 @@ Rules:
   replaced, rolling: a new replica with the new set is placed, and the old one stops once
   enough new ones are ready (`to_stop`), so every model keeps answering;
 - one adapter per model on a replica, however many shared deployments name it; at most
-  `PER_REPLICA` adapters on a replica and `PER_ORG` of one organisation's, the oldest
-  shared deployments first (a newer one past a cap waits, its status says why);
+  `PER_REPLICA` adapters on a replica and `PER_ORG` of one organisation's: first those
+  the replica holds already, then the oldest shared deployments (one past a cap waits, its
+  status says why; an adapter woken after an idle unload never evicts one in use);
 - a shared deployment scaled to zero is unloaded: by its owner (replicas 0), or by the
   controller while nobody asks for it (minimum 0, maximum 1: idle_adapters.py).
 """
@@ -85,12 +86,17 @@ async def shared_of(
     return [(d, m) for d, m in found if base.org_id is None or d.org_id == base.org_id]
 
 
-def wanted_at(site: Site, hosted: Iterable[Hosted]) -> tuple[str, ...]:
+def wanted_at(site: Site, hosted: Iterable[Hosted], holding: Sequence[str] = ()) -> tuple[str, ...]:
     """The adapters a replica at `site` should hold, in a stable order: each model once,
-    within the caps, in `hosted`'s order (the oldest shared deployments first)."""
+    within the caps, those it is `holding` already first, then in `hosted`'s order (the
+    oldest shared deployments first), so an adapter coming back never evicts one in use."""
+    kept = set(holding)
+    ranked = [h for h in hosted if h.model_id in kept] + [
+        h for h in hosted if h.model_id not in kept
+    ]
     chosen: dict[str, None] = {}
     per_org: dict[str | None, int] = {}
-    for h in hosted:
+    for h in ranked:
         if h.error or h.model_id in chosen or exclusion(h.policy, site) is not None:
             continue
         if len(chosen) >= PER_REPLICA or per_org.get(h.org_id, 0) >= PER_ORG:
@@ -221,5 +227,5 @@ def shared_status(found: Served) -> tuple[str, str]:
     if found.starting:
         return "starting", "a shared replica of its base is starting with the adapter"
     if found.full:
-        return "pending", f"waiting: {found.full} (older shared deployments come first)"
+        return "pending", f"waiting: {found.full} (loaded adapters keep their room)"
     return "pending", "waiting for a replica of its base model that may hold the adapter"
