@@ -1,9 +1,11 @@
 """A succeeded job's model is served by its base's deployment that can hold adapters: a
 shared deployment, no replica (no engine) of its own, whether a replica of the base runs,
-is starting, or the base is scaled to zero (the first request for the model wakes it, and
-its replica starts with the adapter). Only where no deployment of the base would take the
-adapter (its replicas cannot hold adapters, or none runs or may run where the job's model
-may be served) does it get a replica of its own. The real fine-tuning and deployment
+is starting (kept, not replaced: it takes the adapter once ready), or the base is scaled
+to zero (the first request for the model wakes it, and its replica starts with the
+adapter). Only where no deployment of the base would take the adapter (its replicas cannot
+hold adapters, none runs or may run where the job's model may be served, a base at zero
+may be placed where it may not, or the organisation is at its cap) does it get a replica
+of its own. The real fine-tuning and deployment
 reconcilers on the real database, the in-memory cluster in place of Ray."""
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from souverain.db.demand import DeploymentDemandRow
 from souverain.db.jobs import FineTuningEventRow, FineTuningJobRow
 from souverain.db.tables import DeploymentRow, ModelArtifactRow, ModelRow, ReplicaRow, utcnow
 from souverain.installation.authority import Issuer
-from souverain.jobs.deployments import autoscaling
+from souverain.jobs.deployments import autoscaling, sharing
 from souverain.jobs.deployments.reconciler import DeploymentReconciler, EngineDefaults
 from souverain.jobs.energy import EnergyAccountant
 from souverain.jobs.fine_tuning.reconciler import FineTuneReconciler, TrainingDefaults
+from souverain.jobs.runner import Controller
 from souverain.testing.factories import Factory
 from tests.jobs.conftest import KEY, World
 from tests.jobs.test_shared_adapters import Shared
@@ -209,16 +212,41 @@ class TestSucceededJobServing:
         assert (await deployment_of(base, job)).sharing == "dedicated"
 
     async def test_a_starting_replica_of_the_base_serves_the_model(self, base: Shared) -> None:
-        async with base.world.sessions.begin() as session:
-            await session.execute(
-                update(ReplicaRow)
-                .where(ReplicaRow.deployment_id == base.base_deployment)
-                .values(state="starting", runtime=None, url=None)  # its node has not said yet
-            )
+        await starting(base)
         job = await succeeded(base)
         assert (await deployment_of(base, job)).sharing == "shared"
         assert any(
             "replica of its base that is starting" in m for m in await events(base.world, job)
+        )
+
+    async def test_the_starting_replica_is_kept_and_takes_the_adapter_once_ready(
+        self, base: Shared
+    ) -> None:
+        await starting(base)
+        [before] = await base.replicas()
+        job = await succeeded(base)
+        await deployment_of(base, job)
+        await base.reconciler.reconcile(base.base_deployment, await base.world.placer())
+        # not stopped and replaced for its new set: a base whose set changes more often
+        # than it takes to start would never become ready
+        assert [r.id for r in await base.replicas()] == [before.id]
+        assert base.world.cluster.changes == []  # not ready yet: nothing sent
+        await base.round()  # the observer: it is ready
+        await base.round()  # the wanted set is sent to it
+        [after] = await base.replicas()
+        assert after.id == before.id
+        assert base.world.cluster.changes == [(before.actor_name, (job.result_model_id,))]
+        assert [e["model"] for e in after.adapters] == [job.result_model_id]
+        assert await routed(base, job.result_model_id) == [(await deployment_of(base, job)).id]
+
+
+async def starting(base: Shared) -> None:
+    """The base's replica as its node first reports it: starting, its program not named."""
+    async with base.world.sessions.begin() as session:
+        await session.execute(
+            update(ReplicaRow)
+            .where(ReplicaRow.deployment_id == base.base_deployment)
+            .values(state="starting", runtime=None, url=None)
         )
 
 
@@ -266,3 +294,51 @@ class TestABaseScaledToZero:
             job = await succeeded(asleep, jurisdictions=["FR"])
             assert (await deployment_of(asleep, job)).sharing == "dedicated"
             assert any("a replica of its own" in m for m in await events(world, job))
+
+    async def test_a_base_that_may_wake_where_the_jobs_policy_excludes_gives_a_replica_of_its_own(
+        self, world: World
+    ) -> None:
+        # the base is placed by its own policy and carbon: in Germany as well as in France
+        germany = await Factory(world.sessions).datacenter(country="DE")
+        async with base_deployment(
+            world, replicas=0, min_replicas=0, max_replicas=1,
+            datacenters=[world.datacenter_id, germany],
+        ) as asleep:  # fmt: skip
+            job = await succeeded(asleep, jurisdictions=["FR"])
+            assert (await deployment_of(asleep, job)).sharing == "dedicated"
+
+    async def test_an_organisation_at_its_cap_on_the_base_gives_a_replica_of_its_own(
+        self, asleep: Shared
+    ) -> None:
+        for _ in range(sharing.PER_ORG):  # its shared models its first replica would hold
+            await asleep.fine_tuned(asleep.world.tenant.org_id)
+        job = await succeeded(asleep, jurisdictions=["FR"])
+        assert (await deployment_of(asleep, job)).sharing == "dedicated"
+
+    async def test_a_request_for_the_idle_model_wakes_the_base_started_with_its_adapter(
+        self, asleep: Shared
+    ) -> None:
+        job = await succeeded(asleep, jurisdictions=["FR"])
+        deployment = await deployment_of(asleep, job)
+        async with asleep.world.sessions.begin() as session:  # unloaded while idle
+            await session.execute(
+                update(DeploymentRow).where(DeploymentRow.id == deployment.id).values(replicas=0)
+            )
+        await wait_for_the_model(asleep)  # the server waits on the base and on the model
+        async with asleep.world.sessions.begin() as session:
+            session.add(DeploymentDemandRow(
+                server_id=new_id("srv"), deployment_id=deployment.id, in_flight=0,
+                waiting=1, draining=0, updated_at=utcnow(),
+            ))  # fmt: skip
+        controller = Controller(
+            asleep.world.sessions, asleep.world.cluster, master_key=KEY,
+            issuer=Issuer(asleep.world.sessions, KEY),
+            engine=EngineDefaults(threads=1, bind_host=None),
+        )  # fmt: skip
+        controller.deployments = asleep.reconciler
+        await controller.wake_from_zero()
+        # one engine started, with the adapter: not one without it, then another
+        [started] = started_for(asleep, asleep.base_deployment)
+        [replica] = await asleep.replicas()
+        assert replica.id == started
+        assert [e["model"] for e in replica.adapters] == [job.result_model_id]

@@ -194,8 +194,9 @@ class Controller:
 
     async def wake_from_zero(self) -> None:
         """Reconcile at once a deployment at zero that a request waits for: its first
-        token should not also wait for the next round; for a shared deployment whose
-        adapter was unloaded while idle, then the base deployments that load it again.
+        token should not also wait for the next round. The shared ones first, so a base at
+        zero woken in the same pass is placed with their adapters; for a shared deployment
+        whose adapter was unloaded while idle, then the base deployments that load it again.
         (The lease keeps this and the round from working on one deployment at the same
         time.)"""
         async with self._sessions() as session:

@@ -9,15 +9,20 @@ The replica's `adapters` column is written from the node's answer in the same ro
 the route table sees the new ids at once. An adapter its node could not fetch from the
 store (`ADAPTER_UNAVAILABLE`) makes the set be sent again the next round.
 
+A replica still starting whose engine may load adapters as it runs (`takes_when_ready`:
+its node has not named its program yet, or named llama-server, and it never answered
+`runtime_load` False) keeps its place: it is sent the wanted set once ready, so a base
+whose adapter set changes more often than it takes to start still becomes ready.
+
 The rolling replacement (sharing.py) stays the way for everything else: a replica whose
 engine loads adapters at start only (`runtime_load` False, remembered in `start_only` for
-as long as this controller runs), one not ready yet, or one that did not answer.
+as long as this controller runs), or one that did not answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from souverain.core.fleet import ADAPTER_UNAVAILABLE, AdapterState, HostedAdapter
@@ -25,6 +30,7 @@ from souverain.core.status import ReplicaState
 from souverain.db.tables import ReplicaRow
 from souverain.jobs.deployments import sharing
 from souverain.jobs.facade import ClusterFacade
+from souverain.node.hosted_adapters import RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,13 @@ def _to_retry(replica: ReplicaRow) -> bool:
     """Whether its node could not fetch one of its adapters from the store (a brief store
     or network error): the same set is sent again, once a round, and the node tries it."""
     return any(entry.get("error") == ADAPTER_UNAVAILABLE for entry in replica.adapters or ())
+
+
+def takes_when_ready(replica: ReplicaRow, start_only: Set[str]) -> bool:
+    """Whether a replica still starting will take a new set once ready, as it serves."""
+    if replica.state != ReplicaState.STARTING or replica.id in start_only:
+        return False
+    return replica.runtime is None or replica.runtime in RUNTIMES
 
 
 async def change_live(

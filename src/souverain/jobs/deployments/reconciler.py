@@ -274,9 +274,10 @@ class DeploymentReconciler:
         outcome: Outcome,
     ) -> list[ReplicaRow]:  # fmt: skip
         """Give the replicas whose adapters are not the set wanted where they run (sharing.py)
-        that set while they serve, where their engine can (live_adapters.py); take the
-        others out of `live`, stop those the new ones already cover, return the rest, which
-        serve until then. One that must drop an adapter at once and cannot stops now."""
+        that set while they serve, where their engine can (live_adapters.py; one still
+        starting there takes it once ready); take the others out of `live`, stop those
+        the new ones already cover, return the rest, which serve until then. One that
+        must drop an adapter at once and cannot stops now."""
         if not sharing.can_host(loaded.deployment, loaded.model):
             return []
         sites = placer.snapshot.datacenters
@@ -299,9 +300,12 @@ class DeploymentReconciler:
             if why := sharing.must_unload(replica, site, loaded.hosted, loaded.erased):
                 urgent[replica.id] = why
         live_ids = {done.replica_id for done in changed}
-        for replica in [r for r in stale if r.id in live_ids and r.id not in urgent]:
-            stale.remove(replica)  # kept an adapter in use: asked again next round
-            live.append(replica)
+        for replica in [r for r in stale if r.id not in urgent]:
+            # kept an adapter in use: asked again next round; or still starting on an
+            # engine that takes the wanted set once ready (live_adapters.py)
+            if replica.id in live_ids or live_adapters.takes_when_ready(replica, self.start_only):
+                stale.remove(replica)
+                live.append(replica)
         for replica in sharing.to_stop(stale, live, desired, urgent=set(urgent)):
             await asyncio.to_thread(self._cluster.stop_replica, replica.actor_name)
             outcome.deletes.append(replica.id)

@@ -13,7 +13,8 @@ Rules:
   (the shared deployment's constraints ∩ its organisation's ceiling), so a replica's set
   depends on where it runs (`wanted_at`);
 - a ready replica whose set is no longer the one wanted takes the new set while it serves
-  where its engine can (souverain's llama-server: live_adapters.py); otherwise it is
+  where its engine can (souverain's llama-server: live_adapters.py), and a starting one
+  there takes it once ready, unless it must drop an adapter at once; otherwise it is
   replaced, rolling: a new replica with the new set is placed, and the old one stops once
   enough new ones are ready (`to_stop`), so every model keeps answering;
 - one adapter per model on a replica, however many shared deployments name it; at most
@@ -188,9 +189,14 @@ def served(
 
 
 def _full(replica: ReplicaRow, org_models: Set[str]) -> str:
-    kept = set(held(replica))
     if replica.state != ReplicaState.READY:
         return ""
+    return cap_reached(set(held(replica)), org_models)
+
+
+def cap_reached(kept: Set[str], org_models: Set[str]) -> str:
+    """Why a replica holding `kept` takes no other adapter of the organisation whose shared
+    models are `org_models` (`PER_REPLICA`, `PER_ORG`); "" when it has room."""
     if len(kept) >= PER_REPLICA:
         return f"the shared replicas of its base hold {PER_REPLICA} adapters already"
     if len(kept & org_models) >= PER_ORG:

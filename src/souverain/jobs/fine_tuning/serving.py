@@ -16,10 +16,13 @@ deployment of the platform's or of the job's organisation: `sharing.can_host`) a
   so the replicas it has decide: one whose every replica is elsewhere or full would place
   a new one by carbon, not for this adapter;
 - it has none but will have one (scaled to zero with a maximum, or a count not placed yet,
-  and not failed or unschedulable), and its own placement (its constraints ∩ its
-  organisation's ceiling) ∩ the owner's policy allows a known datacenter (`WAKING`): its
-  first replica is placed there with the adapter, and a request for the model wakes a
-  base at zero as a request for the base does (catalog/routes.load_wakeable).
+  and not failed or unschedulable), every known datacenter its own placement (its
+  constraints ∩ its organisation's ceiling) allows is one the owner's policy allows too
+  (it is placed by its own policy and carbon, not for this adapter), and its first
+  replica would have room under the caps for the adapter beside those of the active
+  shared models it hosts (`WAKING`): that replica starts with the adapter, and a request
+  for the model wakes a base at zero as a request for the base does
+  (catalog/routes.load_wakeable).
 Otherwise (no such deployment) the model is `dedicated`. A tenant who wants replicas of its
 own deploys the model with `sharing: dedicated` (`souverain deployments create NAME --model
 ft:…`) and may scale the shared one to 0.
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.core.policy import Policy, Site, exclusion, intersect
+from souverain.core.policy import Policy, Site, exclusion
 from souverain.core.status import DeploymentStatus, ReplicaState
 from souverain.db.jobs import FineTuningJobRow
 from souverain.db.tables import DatacenterRow, DeploymentRow, ModelRow, ReplicaRow
@@ -102,8 +105,12 @@ async def _how(
         return READY if READY in states else STARTING if states else None
     if host.status in _CANNOT_START or not (host.replicas > 0 or (host.max_replicas or 0) > 0):
         return None
-    allowed = intersect(await placement_policy(session, deployment=host), policy)
-    return WAKING if any(exclusion(allowed, site) is None for site in sites.values()) else None
+    own = await placement_policy(session, deployment=host)
+    where = [site for site in sites.values() if exclusion(own, site) is None]
+    if not where or any(exclusion(policy, site) is not None for site in where):
+        return None
+    hosted = {model.id for _, model in await sharing.shared_of(session, host)}
+    return None if sharing.cap_reached(hosted, owned) else WAKING
 
 
 def _may_take(
@@ -117,5 +124,4 @@ def _may_take(
     unreported = replica.state == ReplicaState.STARTING and replica.runtime is None
     if replica.runtime not in RUNTIMES and not unreported:
         return False
-    held = set(sharing.held(replica))
-    return len(held) < sharing.PER_REPLICA and len(held & owned) < sharing.PER_ORG
+    return not sharing.cap_reached(set(sharing.held(replica)), owned)
