@@ -162,6 +162,26 @@ class TestAdapterBeingLoaded:
         )
         assert found.replica_id not in refused.value.message  # nothing of the shared replica
 
+    async def test_an_adapter_unloaded_as_the_request_arrives_is_a_503_to_retry(
+        self, platform: Platform
+    ) -> None:
+        """The engine no longer holds the adapter the route named (unloaded while idle as
+        the request went): not the client's mistake, so a 503 the SDKs retry, without the
+        engine's adapter number."""
+        found = await loading(platform)
+        request = found.client.chat.completions.create(
+            model=found.model, messages=[{"role": "user", "content": "#adapter-gone"}],
+            max_tokens=3,
+        )  # fmt: skip
+        pending = asyncio.ensure_future(request)
+        await wait_until(lambda: waiting_seen(platform, found.deployment_id), timeout_s=10)
+        await node_reports(platform, found, error="")
+        with pytest.raises(openai.APIStatusError) as refused:
+            await asyncio.wait_for(pending, 30)
+        assert refused.value.status_code == 503
+        assert "was unloaded as this request arrived" in refused.value.message
+        assert "lora adapter" not in refused.value.message
+
     async def test_no_adapter_in_time_is_a_clear_503(
         self, platform: Platform, short_wake: None
     ) -> None:

@@ -2,10 +2,12 @@
 slots' next step (scripts/patches/llama-server-scheduling.patch; the gateway asks it for
 an organisation that another one outnumbers on the replica, gateway/shares.py): on the
 real engine, the request and the stream it was read before both answer exactly what each
-answers alone, to the last token."""
+answers alone, to the last token, also when the stream applies an adapter the request
+does not (a shared replica), and the engine never stalls on them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -15,10 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
+from souverain.core.fleet import HostedAdapter
 from souverain.core.ids import new_id, replica_secret
 from souverain.node.supervisor import EngineSupervisor
+from souverain.storage.stores import LocalStore
 from tests.conftest import MASTER_KEY
 from tests.llamacpp_target import supervised_llamacpp
+from tests.lora_files import adapter_file, sealed_adapter
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -39,15 +44,20 @@ class Engine:
         body = {"model": "smollm2", "messages": messages, "max_tokens": max_tokens,
                 "temperature": 0, **extra}  # fmt: skip
         headers = {"Authorization": f"Bearer {self.secret}"}
+        # an engine that stalls on the request (it once could: the stream's adapter kept
+        # the request's prompt out of every step) times out here
         done = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=120)
         assert done.status_code == 200, done.text
         return dict(done.json())
 
-    def stream(self, messages: list[dict[str, str]], max_tokens: int, pieces: list[str]) -> None:
+    def stream(
+        self, messages: list[dict[str, str]], max_tokens: int, pieces: list[str],
+        extra: dict[str, object],
+    ) -> None:  # fmt: skip
         url = self.supervisor.status().url
         assert url is not None
         body = {"model": "smollm2", "messages": messages, "max_tokens": max_tokens,
-                "temperature": 0, "stream": True}  # fmt: skip
+                "temperature": 0, "stream": True, **extra}  # fmt: skip
         headers = {"Authorization": f"Bearer {self.secret}"}
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=headers,
                           timeout=120) as answer:  # fmt: skip
@@ -60,28 +70,39 @@ class Engine:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    directory = tmp_path_factory.mktemp("prefill-first")
+    sealed = asyncio.run(sealed_adapter(LocalStore(directory / "store"),
+                                        adapter_file(directory, seed=1).read_bytes(), "a"))  # fmt: skip
     replica_id = new_id("rep")
-    supervisor = supervised_llamacpp(replica_id, tmp_path_factory.mktemp("prefill-first"),
-                                     "llama-server", {"parallel": 2})  # fmt: skip
+    supervisor = supervised_llamacpp(replica_id, directory, "llama-server", {"parallel": 2},
+                                     adapters=(HostedAdapter("mdl_a", sealed),))  # fmt: skip
     try:
         yield Engine(supervisor, replica_secret(MASTER_KEY.encode(), replica_id))
     finally:
         supervisor.stop()
 
 
-def test_a_prompt_read_first_leaves_both_answers_as_they_are_alone(engine: Engine) -> None:
-    alone_long = engine.chat(LONG, 64)
-    alone_short = engine.chat(SHORT, 12)["choices"][0]["message"]["content"]
+@pytest.mark.parametrize(
+    "stream_extra",
+    [{}, {"lora": [{"id": 0, "scale": 1.0}]}],
+    ids=["same-model", "stream-on-an-adapter"],
+)
+def test_a_prompt_read_first_leaves_both_answers_as_they_are_alone(
+    engine: Engine, stream_extra: dict[str, object]
+) -> None:
+    long_extra = {"id_slot": 0, **stream_extra}  # the stream in the lower slot
+    alone_long = engine.chat(LONG, 64, **long_extra)
+    alone_short = engine.chat(SHORT, 12, id_slot=1)["choices"][0]["message"]["content"]
     assert alone_long["usage"]["completion_tokens"] == 64  # long enough to be running
 
     pieces: list[str] = []
-    running = threading.Thread(target=engine.stream, args=(LONG, 64, pieces))
+    running = threading.Thread(target=engine.stream, args=(LONG, 64, pieces, long_extra))
     running.start()
     try:
         while len(pieces) < 4 and running.is_alive():  # the long stream is generating
             threading.Event().wait(0.01)
         sent_at = len(pieces)
-        first = engine.chat(SHORT, 12, prefill_first=True)
+        first = engine.chat(SHORT, 12, id_slot=1, prefill_first=True)
     finally:
         running.join(120)
     assert 4 <= sent_at < 60, sent_at  # it was read while the long one was generating

@@ -248,31 +248,52 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
                 "not sent again because it may have been processed."
             ) from None
         if response.status >= 400:
-            raise await _upstream_error(exchange, response)
+            raw = await _error_body(response)
+            if _adapter_gone(route, response.status, raw):
+                # its adapter left the shared replica (unloaded while idle) as the request
+                # went: nothing was processed, and the next request waits for it to load
+                # (SDKs retry a 503 by themselves); not the client's mistake, nor a 400
+                # naming the engine's adapter number
+                log.info("replica %s no longer holds %s's adapter", route.replica_id,
+                         route.model_id)  # fmt: skip
+                raise ServiceUnavailableError(
+                    f"The adapter of '{exchange.call.model.name}' was unloaded as this request "
+                    "arrived; nothing was processed. Retry: it is loaded again on request."
+                )
+            raise await _upstream_error(exchange, response.status, raw)
         return response
     raise ServiceUnavailableError(
         f"No replica of '{exchange.call.model.name}' could be reached; retry shortly."
     )
 
 
-async def _upstream_error(exchange: Exchange, response: upstream.Response) -> SouverainError:
+async def _error_body(response: upstream.Response) -> bytes:
     try:
-        raw = await response.read()
+        return await response.read()
     except upstream.Broken:
-        raw = b""
+        return b""
     finally:
         response.close()
+
+
+def _adapter_gone(route: ReplicaRoute, status: int, raw: bytes) -> bool:
+    """souverain's llama-server refuses a request naming an adapter it no longer holds
+    (scripts/patches/llama-server-runtime-lora.patch) before it reads the prompt."""
+    return route.lora_id is not None and status == 400 and b"is not loaded" in raw
+
+
+async def _upstream_error(exchange: Exchange, status: int, raw: bytes) -> SouverainError:
     message = plain_engine_message(_engine_message(raw))
     if SAMPLING_LIMIT in message:  # it held the engine for everyone: counted like a crash
         await exchange.note_engine_failure("stopped a request whose sampler stalled it")
         return InvalidRequestError(f"The model engine stopped the request: {message}")
-    if 400 <= response.status < 500 and response.status not in (401, 403):
+    if 400 <= status < 500 and status not in (401, 403):
         return InvalidRequestError(
             f"The model engine refused the request: {message}"
             if message
             else "The model engine refused the request (a parameter this model cannot take)."
         )
-    return UpstreamError(f"The model engine failed (HTTP {response.status}).")
+    return UpstreamError(f"The model engine failed (HTTP {status}).")
 
 
 _INTERNALS = re.compile(

@@ -147,6 +147,10 @@ class StandInEngine:
         if self.fault == "sigill" and self.own_process and self._faulty():
             print("stand-in: executing an instruction this CPU does not have", flush=True)
             os.kill(os.getpid(), signal.SIGILL)
+        if "#adapter-gone" in prompt:  # souverain's llama-server, the adapter just unloaded
+            message = {"code": 400, "message": "lora adapter 0 is not loaded",
+                       "type": "invalid_request_error"}  # fmt: skip
+            return JSONResponse({"error": message}, status_code=400)
         if "#fail-500" in prompt:
             return JSONResponse({"error": {"message": "engine exploded"}}, status_code=500)
         if "#stall" in prompt and "#stall-stream" not in prompt:
