@@ -248,23 +248,28 @@ async def send(exchange: Exchange, routes: list[ReplicaRoute], content: bytes) -
                 "not sent again because it may have been processed."
             ) from None
         if response.status >= 400:
-            raw = await _error_body(response)
-            if _adapter_gone(route, response.status, raw):
-                # its adapter left the shared replica (unloaded while idle) as the request
-                # went: nothing was processed, and the next request waits for it to load
-                # (SDKs retry a 503 by themselves); not the client's mistake, nor a 400
-                # naming the engine's adapter number
-                log.info("replica %s no longer holds %s's adapter", route.replica_id,
-                         route.model_id)  # fmt: skip
-                raise ServiceUnavailableError(
-                    f"The adapter of '{exchange.call.model.name}' was unloaded as this request "
-                    "arrived; nothing was processed. Retry: it is loaded again on request."
-                )
-            raise await _upstream_error(exchange, response.status, raw)
+            raise await _refusal(exchange, route, response)
         return response
     raise ServiceUnavailableError(
         f"No replica of '{exchange.call.model.name}' could be reached; retry shortly."
     )
+
+
+async def _refusal(
+    exchange: Exchange, route: ReplicaRoute, response: upstream.Response
+) -> SouverainError:
+    """What the client is told of an engine's error answer."""
+    raw = await _error_body(response)
+    if _adapter_gone(route, response.status, raw):
+        # its adapter left the shared replica (unloaded while idle) as the request went:
+        # nothing was processed, and the next request waits for it to load (SDKs retry a
+        # 503 by themselves); not the client's mistake, nor a 400 naming the engine's number
+        log.info("replica %s no longer holds %s's adapter", route.replica_id, route.model_id)
+        return ServiceUnavailableError(
+            f"The adapter of '{exchange.call.model.name}' was unloaded as this request "
+            "arrived; nothing was processed. Retry: it is loaded again on request."
+        )
+    return await _upstream_error(exchange, response.status, raw)
 
 
 async def _error_body(response: upstream.Response) -> bytes:

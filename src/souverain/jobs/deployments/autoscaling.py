@@ -66,6 +66,19 @@ def state_of(deployment: DeploymentRow) -> ScaleState:
     return ScaleState(deployment.replicas, deployment.scale_above, deployment.scale_below_since)
 
 
+def scale_event(
+    deployment: DeploymentRow, decision: Decision, in_flight: int, waiting: int
+) -> Event:
+    """The audited `deployment.scale` of a decision that changed the wanted count."""
+    return Event(
+        "deployment.scale",
+        "deployment",
+        deployment.id,
+        {"from": deployment.replicas, "to": decision.state.wanted,
+         "reason": decision.reason, "in_flight": in_flight, "waiting": waiting},
+    )  # fmt: skip
+
+
 def write_decision(
     deployment: DeploymentRow, decision: Decision, now: datetime
 ) -> dict[str, object]:
@@ -209,15 +222,7 @@ def scale(loaded: Loaded, outcome: Outcome, lead_s: float) -> tuple[int, int | N
     )
     outcome.scaling = write_decision(deployment, decision, loaded.now)
     if decision.changed:
-        outcome.events.append(
-            Event(
-                "deployment.scale",
-                "deployment",
-                deployment.id,
-                {"from": deployment.replicas, "to": decision.state.wanted,
-                 "reason": decision.reason, "in_flight": in_flight, "waiting": waiting},
-            )
-        )  # fmt: skip
+        outcome.events.append(scale_event(deployment, decision, in_flight, waiting))
     ready = all(r.state == ReplicaState.READY for r in loaded.replicas)
     if decision.changed or not ready:
         return decision.state.wanted, None

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from souverain.core.errors import InvalidRequestError
 from souverain.db.tables import DeploymentRow, ModelRow, UsageRecordRow
 from souverain.jobs.deployments import autoscaling, sharing
-from souverain.jobs.deployments.rounds import Event, Loaded, Outcome
+from souverain.jobs.deployments.rounds import Loaded, Outcome
 from souverain.scheduler.autoscale import Decision, ScaleState, decide
 
 IDLE = "idle"
@@ -101,15 +101,7 @@ def step(loaded: Loaded, outcome: Outcome) -> int:
     decision = decide(limits, _state(deployment, loaded.last_asked), busy, loaded.now)
     if decision.changed:
         decision = Decision(decision.state, True, _reason(decision, busy))
-        outcome.events.append(
-            Event(
-                "deployment.scale",
-                "deployment",
-                deployment.id,
-                {"from": deployment.replicas, "to": decision.state.wanted,
-                 "reason": decision.reason, "in_flight": in_flight, "waiting": waiting},
-            )
-        )  # fmt: skip
+        outcome.events.append(autoscaling.scale_event(deployment, decision, in_flight, waiting))
     outcome.scaling = autoscaling.write_decision(deployment, decision, loaded.now)
     return decision.state.wanted
 
