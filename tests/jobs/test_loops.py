@@ -40,7 +40,10 @@ class TestLoops:
                     spec.deployment_id == deployment_id
                     for spec in world.cluster.replica_specs.values()
                 ),
-                timeout_s=5,
+                # the training start is held until the end, so any placement proves the
+                # loops apart; the session's database holds the earlier tests' deployments,
+                # which this controller reconciles too, so its rounds are not this test's alone
+                timeout_s=30,
             )
         finally:
             world.cluster.release_training()
