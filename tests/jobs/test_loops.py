@@ -4,15 +4,35 @@ does not delay replica placement."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.ids import new_id
+from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
 from souverain.db.tables import DeploymentRow
 from souverain.installation.authority import Issuer
 from souverain.jobs.deployments.reconciler import EngineDefaults
 from souverain.jobs.fine_tuning.reconciler import TrainingDefaults
 from souverain.jobs.runner import Controller
-from tests.conftest import wait_until
+from souverain.settings import normalise_database_url
+from tests.conftest import DATABASES, fresh_database_url, wait_until
 from tests.jobs.conftest import KEY, World
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+async def sessions(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A database of this module's own: the controller reconciles every deployment it
+    holds, so the other tests' leftovers would make its rounds theirs as well."""
+    directory = tmp_path_factory.mktemp(f"loops-{request.param}")
+    url = await fresh_database_url(request.param, directory, database="souverain_loops")
+    engine = create_engine_unpooled(normalise_database_url(url))
+    await upgrade(engine)
+    yield session_factory(engine)
+    await engine.dispose()
 
 
 class TestLoops:
@@ -41,8 +61,7 @@ class TestLoops:
                     for spec in world.cluster.replica_specs.values()
                 ),
                 # the training start is held until the end, so any placement proves the
-                # loops apart; the session's database holds the earlier tests' deployments,
-                # which this controller reconciles too, so its rounds are not this test's alone
+                # loops apart
                 timeout_s=30,
             )
         finally:
