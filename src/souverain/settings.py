@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 from platformdirs import user_config_dir, user_data_dir
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "souverain"}
@@ -221,12 +221,23 @@ class Settings(BaseSettings):
         description="Longest a request waits for a deployment scaled to zero to start a "
         "replica (then 503 with the reason).",
     )
-    queue_batch_share: float = Field(
-        default=0.25,
+    queue_batch_share: float | None = Field(
+        default=None,
         ge=0,
         le=1,
         description="Share of a replica's slots batch lines may hold while live requests "
-        "are present (never the last slot): live traffic finds a slot at once.",
+        "are present (never the last slot): live traffic finds a slot at once. Unset: by "
+        "replica, none on a replica without GPUs (every line decoded beside a live request "
+        "slows a CPU engine), 0.25 on one with GPUs. Set: that share on every replica.",
+    )
+    queue_batch_max_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A batch line that has waited this long for a replica may take one slot "
+        "beside live traffic (one such line per replica at a time, never the last free slot "
+        "while a live request waits), so that live requests following each other never "
+        "stall a batch for ever. Below SOUVERAIN_QUEUE_WAIT_S.",
     )
     queue_live_s: float = Field(
         default=1.0,
@@ -339,6 +350,15 @@ class Settings(BaseSettings):
         if not dev and (raw.lower() in _PLACEHOLDER_SECRETS or len(raw) < 32):
             raise ValueError("secret_key must be at least 32 characters and not a placeholder")
         return value
+
+    @model_validator(mode="after")
+    def _batch_ages_before_the_queue_gives_up(self) -> Settings:
+        if self.queue_batch_max_wait_s >= self.queue_wait_s:
+            raise ValueError(
+                "queue_batch_max_wait_s must be below queue_wait_s: a batch line that waited "
+                "that long would be refused before it could take a slot"
+            )
+        return self
 
     @property
     def sqlalchemy_url(self) -> str:

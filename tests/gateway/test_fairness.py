@@ -2,7 +2,8 @@
 burst waits in its own line and another tenant's request is served next; on a replica of
 several slots another tenant's waiting requests go before the burst's extra ones, and a
 neighbour seen lately finds a slot at once; lines are bounded (429 with Retry-After, never
-an unbounded pile)."""
+an unbounded pile). On a replica without GPUs no batch line starts beside a live request,
+until one has waited `queue_batch_max_wait_s`."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from souverain.catalog.routes import ReplicaRoute, load_ready_routes
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.db.tables import DeploymentRow
 from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.factories import Factory
@@ -31,6 +34,7 @@ pytestmark = pytest.mark.slow
 
 PER_ORG = 16
 SERVICE_S = 0.4  # "#slow" streams: 0.2 s a token, 2 tokens
+BATCH_MAX_WAIT_S = 3.0  # a batch line waiting this long takes a slot beside live traffic
 
 
 @dataclass
@@ -67,6 +71,7 @@ async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup
         secret_key=MASTER_KEY,  # type: ignore[arg-type]
         replica_refresh_s=0.2,
         queue_per_org=PER_ORG,
+        queue_batch_max_wait_s=BATCH_MAX_WAIT_S,
         port=free_port(),
     )
     engine = StandInEngine(secret_for=lambda r: replica_secret(MASTER_KEY.encode(), r))
@@ -226,3 +231,92 @@ async def test_a_batch_keys_requests_wait_behind_interactive_ones(setup: Setup) 
     arrived = [_tenant(body) for body in setup.engine.requests]
     assert status == 200 and all(code == 200 for code, _ in results)
     assert arrived.index("other") <= 2, arrived
+
+
+async def _batch_key(setup: Setup, tenant_key: str) -> str:
+    async with httpx.AsyncClient(
+        base_url=setup.url, headers={"Authorization": f"Bearer {tenant_key}"}
+    ) as client:
+        made = await client.post("/api/keys", json={"name": "nightly", "priority": "batch"})
+        assert made.status_code == 201, made.text
+        return str(made.json()["key"])
+
+
+async def test_a_route_carries_its_deployments_gpus(setup: Setup) -> None:
+    """The gateway knows which replicas have GPUs (their batch share depends on it)."""
+    [route] = [r for routes in (await _routes(setup)) for r in routes]
+    async with setup.factory.sessions.begin() as session:
+        await session.execute(update(DeploymentRow).values(gpus=2)
+                              .where(DeploymentRow.id == route.deployment_id))  # fmt: skip
+    try:
+        [route] = [r for routes in (await _routes(setup)) for r in routes]
+        assert route.gpus == 2
+    finally:
+        async with setup.factory.sessions.begin() as session:
+            await session.execute(update(DeploymentRow).values(gpus=0)
+                                  .where(DeploymentRow.id == route.deployment_id))  # fmt: skip
+
+
+@pytest.fixture
+async def cpu_replica(setup: Setup) -> AsyncIterator[tuple[str, str]]:
+    """The replica with eight slots (its deployment has no GPU), and a live key and a batch
+    key of one organisation, both known to the server."""
+    [route] = [r for routes in (await _routes(setup)) for r in routes]
+    assert route.gpus == 0
+    await setup.factory.replica_observed(route.replica_id, prompt_overhead=None,
+                                         runtime="stand-in", slots=8)  # fmt: skip
+    await asyncio.sleep(1.0)  # the server's route table reloads (every 0.2 s)
+    try:
+        live_key = await setup.key("cpu-live")
+        batch_key = await _batch_key(setup, live_key)
+        for key in (batch_key, live_key):
+            assert (await setup.stream(key, 1, "warm"))[0] == 200
+        await asyncio.sleep(1.5)  # live traffic of the warm-up is over
+        setup.engine.requests.clear()
+        setup.engine.peak_in_flight = 0
+        yield live_key, batch_key
+    finally:
+        await setup.factory.replica_observed(route.replica_id, prompt_overhead=None)
+
+
+async def test_on_a_cpu_replica_no_batch_line_is_decoded_beside_a_live_request(
+    setup: Setup, cpu_replica: tuple[str, str]
+) -> None:
+    """Eight slots, no GPU: while a live stream runs, the batch lines sent beside it wait
+    (seven slots free), so the engine decodes the live stream alone; they run after it."""
+    live_key, batch_key = cpu_replica
+    live = asyncio.create_task(setup.stream(live_key, 2, "live"))
+    await wait_until(lambda: setup.engine.in_flight >= 1)
+    batch = [asyncio.create_task(setup.stream(batch_key, 2, "batch")) for _ in range(3)]
+    status, _ = await live
+    beside_live = setup.engine.peak_in_flight
+    results = await asyncio.gather(*batch)
+    assert status == 200 and all(code == 200 for code, _ in results)
+    assert beside_live == 1, setup.engine.requests  # no line was decoded beside it
+    assert [_tenant(body) for body in setup.engine.requests] == ["live"] + ["batch"] * 3
+
+
+async def test_a_batch_line_that_waited_long_gets_a_slot_while_live_requests_follow(
+    setup: Setup, cpu_replica: tuple[str, str]
+) -> None:
+    """Live requests follow each other for longer than `queue_batch_max_wait_s`: the batch
+    does not pause for all of that time; one line at a time goes beside them."""
+    live_key, batch_key = cpu_replica
+    follow = asyncio.get_running_loop().time() + 2 * BATCH_MAX_WAIT_S
+
+    async def live_requests() -> list[int]:
+        statuses = []
+        while asyncio.get_running_loop().time() < follow:
+            statuses.append((await setup.stream(live_key, 2, "live"))[0])
+        return statuses
+
+    live = asyncio.create_task(live_requests())
+    await wait_until(lambda: setup.engine.in_flight >= 1)
+    batch = [asyncio.create_task(setup.stream(batch_key, 2, "batch")) for _ in range(2)]
+    statuses = await live
+    results = await asyncio.gather(*batch)
+    arrived = [_tenant(body) for body in setup.engine.requests]
+    assert all(code == 200 for code in statuses) and all(code == 200 for code, _ in results)
+    last_live = len(arrived) - 1 - arrived[::-1].index("live")
+    assert arrived.index("batch") < last_live, arrived  # served while live requests followed
+    assert setup.engine.peak_in_flight <= 2  # one live request and one aged line at most

@@ -2,7 +2,8 @@
 fair queue (`gateway/queueing.py`) hands freed slots out. A tenant alone uses every slot;
 while another waits, the tenant holding fewer slots is served first and the other holds
 no more than its share; live requests go before batch lines, which leave live traffic a
-slot. The clock is a counter the tests move."""
+slot (by default every slot of a replica without GPUs), and a batch line that waited long
+takes one all the same. The clock is a counter the tests move."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -55,7 +57,7 @@ class TestTheRule:
 
     def test_batch_lines_leave_live_traffic_a_slot(self) -> None:
         assert (batch_cap(1, 1.0), batch_cap(8, 1.0), batch_cap(8, 0.5)) == (0, 7, 4)
-        assert batch_cap(8, SharePolicy().batch_share) == 2  # the default: 2 of llama-server's 8
+        assert batch_cap(8, SharePolicy().batch_share_for(gpus=1)) == 2  # 2 of 8 with GPUs
         assert not may_take(seen(busy=7, held=7, batch=7, live=True), batch=True, policy=POLICY)
         assert may_take(seen(busy=7, held=7, batch=7), batch=True, policy=POLICY)  # no live
         assert may_take(seen(busy=7, held=7, batch=7, live=True), batch=False, policy=POLICY)
@@ -64,6 +66,38 @@ class TestTheRule:
         one = seen(slots=1, live=True)
         assert not may_take(one, batch=True, policy=POLICY)
         assert may_take(one, batch=False, policy=POLICY)
+
+    def test_by_default_a_replica_without_gpus_gives_batch_lines_no_slot_beside_live_traffic(
+        self,
+    ) -> None:
+        default = SharePolicy()
+        assert not may_take(seen(live=True), batch=True, policy=default)  # CPU: none of 8
+        assert may_take(seen(), batch=True, policy=default)  # no live traffic: every slot
+        assert may_take(seen(live=True, gpus=1), batch=True, policy=default)  # GPUs: 2 of 8
+        assert not may_take(seen(live=True, gpus=1, busy=2, batch=2), batch=True, policy=default)
+        # an operator's share applies to every replica
+        explicit = SharePolicy(batch_share=0.25)
+        assert may_take(seen(live=True, busy=1, batch=1), batch=True, policy=explicit)
+        assert not may_take(seen(live=True, gpus=1), batch=True, policy=SharePolicy(batch_share=0))
+
+    def test_a_batch_line_that_waited_long_takes_one_slot_beside_live_traffic(self) -> None:
+        default = SharePolicy(batch_max_wait_s=30.0)
+        live = seen(live=True, busy=1)
+        assert not may_take(live, batch=True, policy=default, waited_s=29.9)
+        assert may_take(live, batch=True, policy=default, waited_s=30.0)
+        # one such line per replica at a time
+        assert not may_take(seen(live=True, busy=2, batch=1), batch=True, policy=default,
+                            waited_s=300)  # fmt: skip
+        # while a live request waits: a free slot, but never the last one
+        waits = seen(live=True, live_waiting=True, busy=6)
+        assert may_take(waits, batch=True, policy=default, waited_s=30.0)
+        assert not may_take(waits, batch=True, policy=default, waited_s=1.0)
+        last = seen(slots=1, live=True, live_waiting=True)
+        assert not may_take(last, batch=True, policy=default, waited_s=300)
+        assert not may_take(seen(live=True, live_waiting=True, busy=7), batch=True,
+                            policy=default, waited_s=300)  # fmt: skip
+        # on a one-slot engine between two live requests, the aged line takes the slot
+        assert may_take(seen(slots=1, live=True), batch=True, policy=default, waited_s=30.0)
 
 
 class TestTheBook:
@@ -101,12 +135,12 @@ class TestTheBook:
         assert not shares.outnumbered("other", "y")  # per replica
 
 
-def route(slots: int) -> ReplicaRoute:
+def route(slots: int, gpus: int = 0) -> ReplicaRoute:
     return ReplicaRoute(
         replica_id="rep", deployment_id="d", deployment_org_id=None, model_id="m",
         model_name="m", url="http://x", node_id=None, datacenter_id="dc", country="FR",
         operator_country="FR", certifications=frozenset(), runtime="stand-in",
-        engine_slots=slots,
+        engine_slots=slots, gpus=gpus,
     )  # fmt: skip
 
 
@@ -115,6 +149,8 @@ class Replica:
     """One replica behind a fair queue; requests hold their slot until `finish`."""
 
     slots: int
+    gpus: int = 0
+    policy: SharePolicy = POLICY
     now: list[float] = field(default_factory=lambda: [0.0])
     granted: list[str] = field(default_factory=list)  # organisations, in the order served
     held: dict[str, list[contextlib.ExitStack]] = field(default_factory=dict)
@@ -122,9 +158,9 @@ class Replica:
 
     def __post_init__(self) -> None:
         self.table = RouteTable()
-        self.table.shares = SlotShares(POLICY, clock=lambda: self.now[0])
+        self.table.shares = SlotShares(self.policy, clock=lambda: self.now[0])
         self.queue = FairQueue(self.table, per_org=64, total=1024, wait_s=60)
-        self.route = route(self.slots)
+        self.route = route(self.slots, self.gpus)
 
     def close(self) -> None:
         for task in self.tasks:
@@ -155,11 +191,11 @@ class Replica:
 
 
 @pytest.fixture
-async def replicas() -> AsyncIterator[Callable[[int], Replica]]:
+async def replicas() -> AsyncIterator[Callable[..., Replica]]:
     made: list[Replica] = []
 
-    def make(slots: int) -> Replica:
-        made.append(Replica(slots))
+    def make(slots: int, **options: Any) -> Replica:
+        made.append(Replica(slots, **options))
         return made[-1]
 
     yield make
@@ -272,3 +308,61 @@ class TestTheQueue:
         await replica.settle()
         with pytest.raises(RateLimitedError):
             await replica.ask("x")
+
+
+DEFAULTS = SharePolicy(neighbour_s=10.0, live_s=1.0, batch_max_wait_s=30.0)  # share by replica
+
+
+class TestBatchBesideLiveByDefault:
+    async def test_on_a_cpu_replica_no_batch_line_starts_beside_a_live_request(
+        self, replicas: Callable[..., Replica]
+    ) -> None:
+        cpu = replicas(8, policy=DEFAULTS)
+        cpu.ask("x")
+        lines = [cpu.ask("b", batch=True) for _ in range(3)]
+        await cpu.settle()
+        assert cpu.granted == ["x"]  # seven slots free, none for the batch
+        cpu.ask("x")  # the next live request is decoded beside no line
+        await cpu.settle()
+        assert cpu.granted == ["x", "x"]
+        cpu.finish("x")
+        cpu.finish("x")
+        await cpu.settle()
+        assert cpu.granted == ["x", "x"]  # live traffic ended a moment ago
+        assert cpu.queue.next_change_in() == pytest.approx(1.0)
+        cpu.now[0] = 1.5
+        cpu.queue.dispatch()
+        await cpu.settle()
+        assert cpu.granted[2:] == ["b(batch)"] * 3  # then the batch has the replica
+        assert all(line.done() for line in lines)
+
+    async def test_on_a_gpu_replica_batch_lines_keep_a_quarter_beside_live_traffic(
+        self, replicas: Callable[..., Replica]
+    ) -> None:
+        gpu = replicas(8, gpus=1, policy=DEFAULTS)
+        gpu.ask("x")
+        [gpu.ask("b", batch=True) for _ in range(3)]
+        await gpu.settle()
+        assert gpu.granted == ["x", "b(batch)", "b(batch)"]  # 2 of 8
+
+    async def test_a_batch_line_that_waited_long_gets_a_slot_while_live_requests_follow(
+        self, replicas: Callable[..., Replica]
+    ) -> None:
+        cpu = replicas(8, policy=DEFAULTS)
+        cpu.ask("x")
+        [cpu.ask("b", batch=True) for _ in range(2)]
+        await cpu.settle()
+        assert cpu.queue.next_change_in() == pytest.approx(30.0)  # the queue looks again then
+        for second in range(1, 30):  # a live request every second, one beside the other
+            cpu.now[0] = float(second)
+            cpu.ask("x")
+            cpu.finish("x")
+            await cpu.settle()
+        assert "b(batch)" not in cpu.granted
+        cpu.now[0] = 30.0
+        cpu.queue.dispatch()
+        await cpu.settle()
+        assert cpu.granted.count("b(batch)") == 1  # one aged line at a time on the replica
+        cpu.ask("x")
+        await cpu.settle()
+        assert cpu.granted[-1] == "x"  # live requests still find a slot at once

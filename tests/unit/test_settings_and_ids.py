@@ -27,6 +27,20 @@ class TestSettings:
         monkeypatch.setenv("SOUVERAIN_PORT", "9123")
         assert Settings().port == 9123
 
+    def test_the_batch_share_is_by_replica_unless_the_operator_sets_one(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assert Settings().queue_batch_share is None
+        monkeypatch.setenv("SOUVERAIN_QUEUE_BATCH_SHARE", "0.5")
+        assert Settings().queue_batch_share == 0.5
+
+    def test_a_batch_line_ages_before_the_queue_gives_up_on_it(self) -> None:
+        assert Settings().queue_batch_max_wait_s == 30.0
+        with pytest.raises(ValidationError, match="queue_batch_max_wait_s"):
+            Settings(queue_batch_max_wait_s=120.0, queue_wait_s=120.0)
+        with pytest.raises(ValidationError):
+            Settings(queue_batch_max_wait_s=0.0)
+
 
 class TestKeys:
     def test_round_trip(self) -> None:

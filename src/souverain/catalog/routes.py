@@ -61,6 +61,7 @@ class ReplicaRoute:
     engine: str = "llamacpp"
     runtime: str | None = None  # what serves the engine on its node, as the replica says
     engine_slots: int | None = None  # as the replica says
+    gpus: int = 0  # the deployment's GPUs per replica; 0: a CPU engine (gateway/shares.py)
     lora_id: int | None = None  # a shared replica's adapter for this model (the engine's number)
     # a fine-tuned model's route to a shared replica: the base deployment the replica is of
     host_deployment_id: str | None = None
@@ -167,6 +168,7 @@ def _route(
         engine=deployment.engine,
         runtime=replica.runtime,
         engine_slots=replica.slots,
+        gpus=deployment.gpus,
         prompt_overhead=(
             None
             if replica.prompt_overhead_fixed is None

@@ -14,7 +14,10 @@ request's time at most, not forty. Lines are bounded (per organisation and in al
 them, or after waiting too long, the answer is 429 with Retry-After, never an unbounded
 pile. Batch lines wait in lines of their own, served only with slots no live request is
 waiting for, and hold at most a share of a replica's slots (never the last one) while live
-traffic is present: batches use what live traffic leaves. Each server process keeps its own queue.
+traffic is present, none on a replica without GPUs: batches use what live traffic leaves.
+A batch line that has waited long (`SharePolicy.batch_max_wait_s`) may take one slot beside
+live traffic all the same, so that a batch never stalls for ever; the queue looks again when
+its oldest line reaches that age. Each server process keeps its own queue.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class _Waiter:
     routes: list[ReplicaRoute]
     exclude: Set[str]
     claim: Claim
+    since: float  # when it began waiting (the shares' clock)
     granted: asyncio.Future[ReplicaRoute] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -106,7 +110,7 @@ class FairQueue:
             self._grant(line_key, found, claim)
             return found
         self._check_room(line_key)
-        waiter = _Waiter(routes, exclude, claim)
+        waiter = _Waiter(routes, exclude, claim, self._table.shares.now())
         self._lines.setdefault(line_key, deque()).append(waiter)
         self._waiting += 1
         self.dispatch()  # a slot may be free for it already
@@ -184,14 +188,14 @@ class FairQueue:
                 del self._lines[line_key]
         order = sorted(self._lines, key=lambda k: (k[0], self._holding(k), self._served.get(k, -1)))
         contending = {level: self._contending(level) for level in {k[0] for k in order}}
+        now = self._table.shares.now()
         for line_key in order:
             line = self._lines[line_key]
-            waiter, live = line[0], contending.get(0, {})
-            # a batch line never takes a slot a live request is waiting for
-            routes = [r for r in waiter.routes if not (line_key[0] and r.replica_id in live)]
+            waiter = line[0]
             route = self._table.pick_free(
-                routes, waiter.exclude, line_key[1],
+                waiter.routes, waiter.exclude, line_key[1],
                 batch=bool(line_key[0]), waiting=contending[line_key[0]],
+                live_waiting=contending.get(0, {}).keys(), waited_s=now - waiter.since,
             )  # fmt: skip
             if route is None:
                 continue
@@ -205,12 +209,27 @@ class FairQueue:
         return False
 
     def _wake_later(self) -> None:
-        """Requests left waiting may be refused only because someone used a replica lately:
-        look again when that runs out (nothing else would call `dispatch` then)."""
+        """Requests left waiting may be refused only because someone used a replica lately,
+        or a batch line only because it has not waited long enough yet: look again when
+        either runs out (nothing else would call `dispatch` then)."""
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
-        delay = self._table.shares.next_change_in() if self._lines else None
+        delay = self.next_change_in()
         if delay is not None:
             with contextlib.suppress(RuntimeError):  # no loop: nobody can be waiting
                 self._wake = asyncio.get_running_loop().call_later(delay + 0.01, self.dispatch)
+
+    def next_change_in(self) -> float | None:
+        """Seconds until a waiting request may be served without a slot freeing: a
+        neighbour's or live traffic's 'lately' runs out, or a line's first batch line
+        reaches the longest wait (then it may take a slot beside live traffic)."""
+        if not self._lines:
+            return None
+        shares = self._table.shares
+        now, bound = shares.now(), shares.policy.batch_max_wait_s
+        ends = [line[0].since + bound - now for (level, _), line in self._lines.items()
+                if level and line]  # fmt: skip
+        lately = shares.next_change_in()
+        changes = [end for end in ends if end > 0] + ([lately] if lately is not None else [])
+        return min(changes, default=None)

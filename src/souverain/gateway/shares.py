@@ -18,14 +18,20 @@ take a free slot now:
   (`outnumbered`, llama-server's `prefill_first`, scripts/patches/llama-server-scheduling.patch):
   beside a burst, its first token then waits for its own prompt and at most the step in
   progress, not for a step of every stream of the burst;
-* while live traffic is present (a live request in flight, or one that ended less than
-  `live_s` ago), batch lines hold at most `batch_share` of the slots and never the last
-  one: a live request finds a slot at once and is decoded beside fewer lines (on CPU
-  llama.cpp every line beside it slows it; docs/benchmarks.md). On a one-slot engine that
-  means batch lines wait while live requests follow each other.
+* a batch line never takes a slot a live request waits for, and while live traffic is
+  present (a live request in flight, or one that ended less than `live_s` ago) batch lines
+  hold at most the replica's batch share of the slots and never the last one, so that a
+  live request finds a slot at once and is decoded beside fewer lines. The share is the
+  operator's `batch_share` if set, else by replica: none on a replica without GPUs (a CPU
+  engine, where every line decoded beside a live request slows it: docs/benchmarks.md),
+  a quarter on one with GPUs (where one live stream would otherwise idle the other slots);
+* a batch line never stalls for ever: one that has waited `batch_max_wait_s` may take a
+  slot beside live traffic while no other batch line holds one of the replica (so at most
+  one such line at a time), but never the last free slot while a live request waits.
 
 The rule is pure (`Seen` in, yes or no out); `SlotShares` keeps the counts, with an
-injected clock, and says when the next "lately" expires so that the queue can look again.
+injected clock, and says when the next "lately" expires so that the queue can look again
+(the queue also looks again when its oldest batch line reaches `batch_max_wait_s`).
 """
 
 from __future__ import annotations
@@ -36,12 +42,23 @@ from collections import Counter
 from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
+CPU_BATCH_SHARE = 0.0  # a replica without GPUs: every line beside a live request slows it
+GPU_BATCH_SHARE = 0.25
+
 
 @dataclass(frozen=True)
 class SharePolicy:
-    batch_share: float = 0.25  # of a replica's slots batch lines may hold beside live traffic
+    # of a replica's slots batch lines may hold beside live traffic; None: by replica
+    batch_share: float | None = None
     neighbour_s: float = 10.0  # another organisation used the replica this recently: headroom
     live_s: float = 1.0  # live traffic counts as present this long after a live request ended
+    batch_max_wait_s: float = 30.0  # a batch line waiting this long may take a slot anyway
+
+    def batch_share_for(self, gpus: int) -> float:
+        """The operator's share if set, else none on a CPU replica and a quarter with GPUs."""
+        if self.batch_share is not None:
+            return self.batch_share
+        return GPU_BATCH_SHARE if gpus else CPU_BATCH_SHARE
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,8 @@ class Seen:
     contending: int  # other organisations waiting for it at the asker's priority
     neighbours: bool  # another organisation holds a slot or held one lately
     live: bool  # live traffic present (in flight or lately)
+    live_waiting: bool = False  # a live request waits for it
+    gpus: int = 0  # its deployment's GPUs per replica; 0: a CPU engine
 
 
 def headroom(slots: int) -> int:
@@ -73,15 +92,29 @@ def batch_cap(slots: int, batch_share: float) -> int:
     return max(0, min(slots - 1, math.floor(slots * batch_share)))
 
 
-def may_take(seen: Seen, *, batch: bool, policy: SharePolicy) -> bool:
+def may_take(seen: Seen, *, batch: bool, policy: SharePolicy, waited_s: float = 0.0) -> bool:
+    """Whether the asker may take a free slot now; `waited_s`: how long it has waited."""
     if seen.busy >= seen.slots:
         return False
-    if batch and seen.live and seen.batch >= batch_cap(seen.slots, policy.batch_share):
+    if batch and not batch_may_take(seen, policy, waited_s):
         return False
     cap = seen.slots - headroom(seen.slots) if seen.neighbours else seen.slots
     if seen.contending:
         cap = min(cap, fair_share(seen.slots, seen.contending + 1))
     return seen.held < cap
+
+
+def batch_may_take(seen: Seen, policy: SharePolicy, waited_s: float) -> bool:
+    """Whether a batch line may take a free slot as far as live traffic goes: not one a live
+    request waits for, within the batch share while live traffic is present; once it has
+    waited `batch_max_wait_s`, one slot while no batch line holds one, never the last free
+    slot while a live request waits."""
+    aged = waited_s >= policy.batch_max_wait_s and seen.batch == 0
+    if seen.live_waiting:
+        return aged and seen.slots - seen.busy > 1
+    if not seen.live:
+        return True
+    return aged or seen.batch < batch_cap(seen.slots, policy.batch_share_for(seen.gpus))
 
 
 @dataclass
@@ -146,15 +179,24 @@ class SlotShares:
         for idle in [o for o, t in replica.seen.items() if now - t > self.policy.neighbour_s]:
             del replica.seen[idle]
 
-    def may_take(
-        self, replica_id: str, slots: int, busy: int, org: str, *, batch: bool, waiting: Set[str]
-    ) -> bool:
-        """Whether `org` may take a free slot of the replica now; `waiting` names the
-        organisations with a request waiting for it at the asker's priority."""
-        view = self.seen(replica_id, slots, busy, org, waiting)
-        return may_take(view, batch=batch, policy=self.policy)
+    def now(self) -> float:
+        return self._clock()
 
-    def seen(self, replica_id: str, slots: int, busy: int, org: str, waiting: Set[str]) -> Seen:
+    def may_take(
+        self, replica_id: str, slots: int, busy: int, org: str, *, batch: bool,
+        waiting: Set[str], gpus: int = 0, live_waiting: bool = False, waited_s: float = 0.0,
+    ) -> bool:  # fmt: skip
+        """Whether `org` may take a free slot of the replica now; `waiting` names the
+        organisations with a request waiting for it at the asker's priority, `live_waiting`
+        says whether a live request waits for it, `waited_s` how long the asker has."""
+        view = self.seen(replica_id, slots, busy, org, waiting, gpus=gpus,
+                         live_waiting=live_waiting)  # fmt: skip
+        return may_take(view, batch=batch, policy=self.policy, waited_s=waited_s)
+
+    def seen(
+        self, replica_id: str, slots: int, busy: int, org: str, waiting: Set[str], *,
+        gpus: int = 0, live_waiting: bool = False,
+    ) -> Seen:  # fmt: skip
         replica = self._replicas.get(replica_id) or _Replica()
         now, policy = self._clock(), self.policy
         lately = {o for o, t in replica.seen.items() if now - t <= policy.neighbour_s}
@@ -167,6 +209,8 @@ class SlotShares:
             contending=len(waiting - {org}),
             neighbours=bool((set(replica.held) | lately) - {org}),
             live=live_in_flight > 0 or now - replica.live_seen <= policy.live_s,
+            live_waiting=live_waiting,
+            gpus=gpus,
         )
 
     def next_change_in(self) -> float | None:

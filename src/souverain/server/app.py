@@ -274,6 +274,7 @@ async def _start(settings: Settings, on_first_key: Callable[[str], None] | None)
             batch_share=settings.queue_batch_share,
             neighbour_s=settings.queue_neighbour_s,
             live_s=settings.queue_live_s,
+            batch_max_wait_s=settings.queue_batch_max_wait_s,
         )
     )
     await routes.refresh(sessions)
