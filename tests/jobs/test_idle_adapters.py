@@ -49,6 +49,18 @@ class Idle:
                     min_replicas=0, max_replicas=1, scale_down_idle_s=IDLE_S))  # fmt: skip
         return model_id, deployment_id
 
+    async def older_and_newer(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """Two models of the tenant: the older one loaded everywhere and unloading after
+        `IDLE_S`, then a newer one that keeps its adapter (not loaded yet)."""
+        older = await self.model()
+        await self.rounds(3)
+        return older, await self.model(unloads=False)
+
+    async def hosts_of(self, deployment_id: str) -> list[str]:
+        """The base deployments the controller's wake-up reconciles for the model."""
+        async with self.shared.world.sessions() as session:
+            return await idle_adapters.hosts_of(session, [deployment_id])
+
     async def rounds(self, count: int = 1, *, seconds: float = 1.0) -> None:
         for _ in range(count):
             await self.shared.round()
@@ -113,6 +125,12 @@ async def idle(world: World) -> AsyncIterator[Idle]:
                 await session.execute(delete(table).where(table.deployment_id.in_(shared.made)))
 
 
+@pytest.fixture
+def one_per_org(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica holds one adapter of an organisation at most (`sharing.PER_ORG`)."""
+    monkeypatch.setattr(sharing, "PER_ORG", 1)
+
+
 class TestIdleAdapter:
     async def test_an_unused_adapter_is_unloaded_and_a_waiting_request_loads_it_again(
         self, idle: Idle
@@ -140,9 +158,7 @@ class TestIdleAdapter:
         assert "unloaded from the shared replicas of its base" in unloaded["reason"]
 
         await idle.report(deployment_id, waiting=1)  # a request waits for it
-        async with idle.shared.world.sessions() as session:
-            hosts = await idle_adapters.hosts_of(session, [deployment_id])
-        assert hosts == [idle.shared.base_deployment]
+        assert await idle.hosts_of(deployment_id) == [idle.shared.base_deployment]
         await idle.wake()  # no round: the shared deployment, then its base, at once
         assert await idle.loaded_everywhere(model_id)
         row = await idle.shared.deployment(deployment_id)
@@ -164,13 +180,11 @@ class TestIdleAdapter:
         assert await idle.loaded_everywhere(model_id)
         assert (await idle.shared.deployment(deployment_id)).status == "ready"
 
+    @pytest.mark.usefixtures("one_per_org")
     async def test_an_idle_unload_makes_room_for_a_model_waiting_past_a_cap(
-        self, idle: Idle, monkeypatch: pytest.MonkeyPatch
+        self, idle: Idle
     ) -> None:
-        monkeypatch.setattr(sharing, "PER_ORG", 1)
-        older, older_deployment = await idle.model()
-        await idle.rounds(3)
-        newer, newer_deployment = await idle.model(unloads=False)
+        (older, older_deployment), (newer, newer_deployment) = await idle.older_and_newer()
         await idle.rounds(2)
         assert await idle.loaded_nowhere(newer)
         waiting = await idle.shared.deployment(newer_deployment)
@@ -181,13 +195,11 @@ class TestIdleAdapter:
         assert (await idle.shared.deployment(older_deployment)).status == idle_adapters.IDLE
         assert (await idle.shared.deployment(newer_deployment)).status == "ready"
 
+    @pytest.mark.usefixtures("one_per_org")
     async def test_a_woken_adapter_waits_for_room_instead_of_evicting_one_in_use(
-        self, idle: Idle, monkeypatch: pytest.MonkeyPatch
+        self, idle: Idle
     ) -> None:
-        monkeypatch.setattr(sharing, "PER_ORG", 1)
-        older, older_deployment = await idle.model()
-        await idle.rounds(3)
-        newer, newer_deployment = await idle.model(unloads=False)
+        (older, older_deployment), (newer, newer_deployment) = await idle.older_and_newer()
         await idle.rounds(1, seconds=IDLE_S)
         await idle.rounds(3)  # the older one idled out, the newer one took its room
         assert await idle.loaded_nowhere(older) and await idle.loaded_everywhere(newer)
@@ -214,6 +226,4 @@ class TestIdleAdapter:
                 status_reason="",
             ))  # fmt: skip
         idle.shared.made.append(one_adapter)
-        async with idle.shared.world.sessions() as session:
-            hosts = await idle_adapters.hosts_of(session, [deployment_id])
-        assert hosts == [idle.shared.base_deployment]
+        assert await idle.hosts_of(deployment_id) == [idle.shared.base_deployment]

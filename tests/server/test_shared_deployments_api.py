@@ -5,6 +5,10 @@ only; `deployments list` tells a shared deployment from a dedicated one."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
 from sqlalchemy import select, update
 
 from souverain.catalog.routes import load_wakeable
@@ -42,6 +46,35 @@ async def model_id_of(platform: Platform, name: str) -> str:
         return str((await session.execute(query)).scalar_one())
 
 
+async def owner(platform: Platform, user: str) -> tuple[Tenant, str]:
+    """A new organisation and the key of `user`, its owner."""
+    tenant = await platform.factory.tenant(roles={user: Role.OWNER})
+    return tenant, (await platform.factory.member_key(tenant, user, Role.OWNER)).key
+
+
+@dataclass
+class Mine:
+    """A served base model, and an organisation's owner (`key`) with a fine-tuned model of
+    it (`model`, its name)."""
+
+    base: str
+    tenant: Tenant
+    key: str
+    model: str
+
+    def asked(self, **fields: Any) -> dict[str, Any]:
+        """A shared deployment of the model, as its owner asks for it."""
+        return {"name": unique("d"), "model": self.model, "sharing": "shared",
+                "org": self.tenant.org_id} | fields  # fmt: skip
+
+
+@pytest.fixture
+async def alice(platform: Platform) -> Mine:
+    base = await platform.served_model()
+    tenant, key = await owner(platform, "alice")
+    return Mine(base, tenant, key, await fine_tuned(platform, base, tenant))
+
+
 class TestSharing:
     async def test_a_base_model_cannot_be_shared(self, platform: Platform) -> None:
         base = await platform.served_model()
@@ -53,14 +86,10 @@ class TestSharing:
         assert error["param"] == "sharing" and "not a fine-tuned model" in error["message"]
 
     async def test_options_a_shared_deployment_would_ignore_are_refused(
-        self, platform: Platform
+        self, platform: Platform, alice: Mine
     ) -> None:
-        base = await platform.served_model()
-        alice = await platform.factory.tenant(roles={"alice": Role.OWNER})
-        key = (await platform.factory.member_key(alice, "alice", Role.OWNER)).key
-        mine = await fine_tuned(platform, base, alice)
-        asked = {"name": unique("d"), "model": mine, "sharing": "shared", "org": alice.org_id}
-        async with platform.client(key) as client:
+        asked = alice.asked()
+        async with platform.client(alice.key) as client:
             for extra, param in (({"engine_args": {"parallel": 4}}, "engine_args"),
                                  ({"replicas": 3, "cpus": 2}, "replicas"),
                                  ({"min_replicas": 0, "max_replicas": 2}, "max_replicas")):  # fmt: skip
@@ -69,8 +98,8 @@ class TestSharing:
             created = await client.post("/api/deployments", json=asked)
         assert created.status_code == 201, created.text
         # the CLI sends every default: a plain `--shared` is accepted
-        made = await cli(platform, key, "deployments", "create", unique("d"),
-                         "--model", mine, "--shared", "--org", alice.org_id)  # fmt: skip
+        made = await cli(platform, alice.key, "deployments", "create", unique("d"),
+                         "--model", alice.model, "--shared", "--org", alice.tenant.org_id)  # fmt: skip
         assert made.returncode == 0, made.stderr + made.stdout
         async with platform.sessions.begin() as session:  # a row made before this check
             await session.execute(update(DeploymentRow).where(
@@ -81,15 +110,10 @@ class TestSharing:
         assert wakeable[created.json()["id"]] is True
 
     async def test_a_shared_deployment_can_be_set_to_unload_its_adapter_while_idle(
-        self, platform: Platform
+        self, platform: Platform, alice: Mine
     ) -> None:
-        base = await platform.served_model()
-        alice = await platform.factory.tenant(roles={"alice": Role.OWNER})
-        key = (await platform.factory.member_key(alice, "alice", Role.OWNER)).key
-        mine = await fine_tuned(platform, base, alice)
-        asked = {"name": unique("d"), "model": mine, "sharing": "shared", "org": alice.org_id}
-        async with platform.client(key) as client:
-            created = (await client.post("/api/deployments", json=asked)).json()
+        async with platform.client(alice.key) as client:
+            created = (await client.post("/api/deployments", json=alice.asked())).json()
             path = f"/api/deployments/{created['id']}"
             idle = await client.patch(path, json={"min_replicas": 0, "max_replicas": 1,
                                                   "scale_down_idle_s": 900})  # fmt: skip
@@ -105,20 +129,15 @@ class TestSharing:
             await session.execute(update(DeploymentRow).where(
                 DeploymentRow.id == created["id"]).values(
                 replicas=0, status="idle", status_reason=reason))  # fmt: skip
-        listed = await cli(platform, key, "deployments", "list")
+        listed = await cli(platform, alice.key, "deployments", "list")
         assert listed.returncode == 0, listed.stderr
         assert "unloaded while idle" in listed.stdout and "idle for 901s" in listed.stdout
 
     async def test_a_shared_deployments_idle_period_has_a_floor_on_create_and_update(
-        self, platform: Platform
+        self, platform: Platform, alice: Mine
     ) -> None:
-        base = await platform.served_model()
-        alice = await platform.factory.tenant(roles={"alice": Role.OWNER})
-        key = (await platform.factory.member_key(alice, "alice", Role.OWNER)).key
-        mine = await fine_tuned(platform, base, alice)
-        asked = {"name": unique("d"), "model": mine, "sharing": "shared", "org": alice.org_id,
-                 "min_replicas": 0, "max_replicas": 1}  # fmt: skip
-        async with platform.client(key) as client:
+        asked = alice.asked(min_replicas=0, max_replicas=1)
+        async with platform.client(alice.key) as client:
             for idle_s in (0, 59):  # its adapter would come and go with each request
                 error = refusal(await client.post(
                     "/api/deployments", json=asked | {"scale_down_idle_s": idle_s}))  # fmt: skip
@@ -139,27 +158,19 @@ class TestSharing:
         assert kept.json()["scale_down_idle_s"] == 60
 
     async def test_each_tenant_sees_its_own_adapters_on_a_shared_replica(
-        self, platform: Platform
+        self, platform: Platform, alice: Mine
     ) -> None:
-        base = await platform.served_model()
-        alice = await platform.factory.tenant(roles={"alice": Role.OWNER})
-        bob = await platform.factory.tenant(roles={"bob": Role.OWNER})
-        alice_key = (await platform.factory.member_key(alice, "alice", Role.OWNER)).key
-        bob_key = (await platform.factory.member_key(bob, "bob", Role.OWNER)).key
-        mine, theirs = (
-            await fine_tuned(platform, base, alice),
-            await fine_tuned(platform, base, bob),
-        )
-        async with platform.client(alice_key) as client:
-            created = await client.post("/api/deployments", json={
-                "name": unique("d"), "model": mine, "sharing": "shared", "org": alice.org_id})  # fmt: skip
+        bob, bob_key = await owner(platform, "bob")
+        theirs = await fine_tuned(platform, alice.base, bob)
+        async with platform.client(alice.key) as client:
+            created = await client.post("/api/deployments", json=alice.asked())
         assert created.status_code == 201, created.text
         assert created.json()["sharing"] == "shared"
-        held = [await model_id_of(platform, mine), await model_id_of(platform, theirs)]
+        held = [await model_id_of(platform, alice.model), await model_id_of(platform, theirs)]
         async with platform.sessions.begin() as session:  # as the observer writes it
             base_deployment = (await session.execute(
                 select(DeploymentRow.id).join(ModelRow, ModelRow.id == DeploymentRow.model_id)
-                .where(ModelRow.name == base))).scalar_one()  # fmt: skip
+                .where(ModelRow.name == alice.base))).scalar_one()  # fmt: skip
             await session.execute(update(ReplicaRow).where(
                 ReplicaRow.deployment_id == base_deployment).values(
                 adapters=[{"model": held[0], "error": ""}, {"model": held[1], "error": None}]))  # fmt: skip
@@ -171,10 +182,10 @@ class TestSharing:
             return [{k: a[k] for k in ("model_id", "state")}
                     for a in found["replica_details"][0]["adapters"]]  # fmt: skip
 
-        assert await replica_adapters(alice_key) == [{"model_id": held[0], "state": "loaded"}]
+        assert await replica_adapters(alice.key) == [{"model_id": held[0], "state": "loaded"}]
         assert await replica_adapters(bob_key) == [{"model_id": held[1], "state": "loading"}]
         assert len(await replica_adapters(await platform.operator_key())) == 2
-        listed = await cli(platform, alice_key, "deployments", "list")
+        listed = await cli(platform, alice.key, "deployments", "list")
         assert listed.returncode == 0, listed.stderr
         assert "shared (on its base's replicas)" in listed.stdout
         assert "dedicated, +1 adapter(s)" in listed.stdout

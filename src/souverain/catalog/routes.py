@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.catalog.constraints import constraints_of
+from souverain.catalog.hosting import SHARED, Owner, adapter_hosts
 from souverain.core.policy import Site, exclusion
 from souverain.db.metering import CarbonIntensityRow
 from souverain.db.tables import (
@@ -192,7 +192,7 @@ async def _adapter_routes(
     query = (
         select(DeploymentRow, ModelRow)
         .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
-        .where(DeploymentRow.sharing == "shared", DeploymentRow.deleted.is_(False))
+        .where(DeploymentRow.sharing == SHARED, DeploymentRow.deleted.is_(False))
         .order_by(DeploymentRow.created_at, DeploymentRow.id)
     )
     shared: dict[str, list[tuple[DeploymentRow, ModelRow]]] = {}
@@ -255,16 +255,6 @@ class Wakeable:
     shared: bool = False
 
 
-def hosts_adapters(engine: str, engine_args: Mapping[str, object]) -> bool:
-    """Whether a base model's deployment can hold fine-tuned models' adapters: on llama.cpp's
-    llama-server (llama-cpp-python serves one adapter, fixed at start), not for embeddings."""
-    return (
-        engine == "llamacpp"
-        and engine_args.get("runtime") != "llama-cpp-python"
-        and not engine_args.get("embedding")
-    )
-
-
 async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
     """Deployments at minimum 0, under their own model and under each fine-tuned model
     whose shared deployment their replicas would serve (`jobs/deployments/sharing.py`):
@@ -274,12 +264,11 @@ async def load_wakeable(session: AsyncSession) -> list[Wakeable]:
         DeploymentRow.deleted.is_(False),
         DeploymentRow.min_replicas == 0,
         DeploymentRow.max_replicas > 0,
-        DeploymentRow.sharing != "shared",  # its base's replicas serve it: none to wake
+        DeploymentRow.sharing != SHARED,  # its base's replicas serve it: none to wake
     )
     at_zero = list((await session.execute(query)).scalars())
     own = [_wakeable(row, row.model_id, row.org_id) for row in at_zero]
-    hosts = [row for row in at_zero if hosts_adapters(row.engine, row.engine_args)]
-    return own + await _hosts_to_wake(session, hosts) + await _loading(session)
+    return own + await _hosts_to_wake(session, at_zero) + await _loading(session)
 
 
 async def _loading(session: AsyncSession) -> list[Wakeable]:
@@ -291,32 +280,40 @@ async def _loading(session: AsyncSession) -> list[Wakeable]:
         DeploymentRow.status, DeploymentRow.status_reason,
     ).where(
         DeploymentRow.deleted.is_(False),
-        DeploymentRow.sharing == "shared",
+        DeploymentRow.sharing == SHARED,
         or_(DeploymentRow.replicas > 0, DeploymentRow.max_replicas > 0),
     )  # fmt: skip
     return [Wakeable(*row, shared=True) for row in (await session.execute(query)).all()]
 
 
-async def _hosts_to_wake(session: AsyncSession, hosts: list[DeploymentRow]) -> list[Wakeable]:
+async def _hosts_to_wake(session: AsyncSession, at_zero: list[DeploymentRow]) -> list[Wakeable]:
     """For each active shared deployment of a fine-tuned model of these deployments' models,
-    the ones that may hold its adapter: the platform's, or its own organisation's."""
-    if not hosts:
+    those of them that may hold its adapter (`hosting.adapter_hosts`: the platform's, or
+    its own organisation's, on an engine that holds adapters)."""
+    if not at_zero:
         return []
     query = (
-        select(DeploymentRow.model_id, DeploymentRow.org_id, ModelRow.base_model_id)
+        select(DeploymentRow.model_id, ModelRow.base_model_id, DeploymentRow.org_id)
         .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
         .where(
-            DeploymentRow.sharing == "shared",
+            DeploymentRow.sharing == SHARED,
             DeploymentRow.deleted.is_(False),
             (DeploymentRow.replicas > 0) | (DeploymentRow.max_replicas > 0),
-            ModelRow.base_model_id.in_({host.model_id for host in hosts}),
+            ModelRow.base_model_id.in_({row.model_id for row in at_zero}),
         )
     )
+    shared = [
+        (model_id, Owner(base, org_id))
+        for model_id, base, org_id in (await session.execute(query)).all()
+        if base is not None
+    ]
+    hosts = await adapter_hosts(session, [owner for _, owner in shared])
+    waking = {row.id for row in at_zero}
     found: dict[tuple[str, str], Wakeable] = {}
-    for model_id, org_id, base_model_id in (await session.execute(query)).all():
-        for host in hosts:
-            if host.model_id == base_model_id and host.org_id in (None, org_id):
-                found[(host.id, model_id)] = _wakeable(host, model_id, org_id)
+    for model_id, owner in shared:
+        for host in hosts[owner]:
+            if host.id in waking:
+                found[(host.id, model_id)] = _wakeable(host, model_id, owner.org_id)
     return list(found.values())
 
 

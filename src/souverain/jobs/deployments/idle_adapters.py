@@ -34,6 +34,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from souverain.catalog.hosting import Owner, adapter_hosts
 from souverain.core.errors import InvalidRequestError
 from souverain.db.tables import DeploymentRow, ModelRow, UsageRecordRow
 from souverain.jobs.deployments import autoscaling, sharing
@@ -130,28 +131,17 @@ def idle_status(deployment: DeploymentRow, scaling: dict[str, object]) -> tuple[
 
 
 async def hosts_of(session: AsyncSession, shared_ids: list[str]) -> list[str]:
-    """The deployments whose replicas may load these shared deployments' adapters: of their
-    models' base, the platform's or the same organisation's, on an engine that holds
-    adapters (`sharing.can_host`, as the reconciler chooses them)."""
+    """The deployments whose replicas may load these shared deployments' adapters
+    (`hosting.adapter_hosts`: of their models' base, the platform's or the same
+    organisation's, on an engine that holds adapters, as the reconciler chooses them)."""
     if not shared_ids:
         return []
     shared = (
-        select(DeploymentRow.org_id, ModelRow.base_model_id)
+        select(ModelRow.base_model_id, DeploymentRow.org_id)
         .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
         .where(DeploymentRow.id.in_(shared_ids), DeploymentRow.sharing == sharing.SHARED)
     )
-    found: set[str] = set()
-    for org_id, base_model_id in (await session.execute(shared)).all():
-        query = (
-            select(DeploymentRow, ModelRow)
-            .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
-            .where(
-                DeploymentRow.model_id == base_model_id,
-                DeploymentRow.deleted.is_(False),
-                DeploymentRow.sharing != sharing.SHARED,
-                (DeploymentRow.org_id.is_(None)) | (DeploymentRow.org_id == org_id),
-            )
-        )
-        rows = (await session.execute(query)).all()
-        found.update(base.id for base, model in rows if sharing.can_host(base, model))
-    return sorted(found)
+    rows = (await session.execute(shared)).all()
+    owners = [Owner(base, org) for base, org in rows if base is not None]
+    found = await adapter_hosts(session, owners)
+    return sorted({host.id for hosts in found.values() for host in hosts})

@@ -8,7 +8,8 @@ authenticated model id (gateway/dialects.py); the client never names one.
 
 Rules:
 - a base deployment hosts an adapter if it is the platform's or the adapter owner's own
-  (an organisation's private deployment never serves another's model), on llama.cpp;
+  (an organisation's private deployment never serves another's model), on llama.cpp's
+  llama-server: one rule for every selection, catalog/hosting.py;
 - an adapter goes only to a replica whose datacenter its owner's placement policy allows
   (the shared deployment's constraints ∩ its organisation's ceiling), so a replica's set
   depends on where it runs (`wanted_at`);
@@ -33,13 +34,15 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from souverain.catalog.routes import hosts_adapters
+from souverain.catalog.hosting import SHARED as SHARED
+from souverain.catalog.hosting import can_host as can_host
+from souverain.catalog.hosting import serves_org
 from souverain.core.fleet import ObjectGrant
 from souverain.core.policy import Policy, Site, exclusion
 from souverain.core.status import ReplicaState
 from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow, ReplicaRow
 
-SHARED, DEDICATED = "shared", "dedicated"
+DEDICATED = "dedicated"
 PER_REPLICA = 32  # adapters one shared replica holds at most
 PER_ORG = 8  # of which one organisation's, at most
 
@@ -56,12 +59,6 @@ class Hosted:
     error: str = ""  # why it cannot be loaded anywhere (erased, its key gone)
 
 
-def can_host(base: DeploymentRow, model: ModelRow) -> bool:
-    """Whether a deployment's replicas may hold adapters: a base model's, on llama.cpp's
-    llama-server (llama-cpp-python serves one adapter, fixed at start)."""
-    return model.base_model_id is None and hosts_adapters(base.engine, base.engine_args)
-
-
 def is_active(deployment: DeploymentRow) -> bool:
     """A shared deployment whose adapter should be loaded now (`replicas` 1; an autoscaled
     one at 0 is idle, its adapter unloaded until a request asks for it: idle_adapters.py)."""
@@ -72,7 +69,8 @@ async def shared_of(
     session: AsyncSession, base: DeploymentRow
 ) -> list[tuple[DeploymentRow, ModelRow]]:
     """The shared deployments `base` may host: fine-tuned models of its model, owned by
-    its organisation (or anyone's, for a platform deployment)."""
+    its organisation (or anyone's, for a platform deployment): `hosting.adapter_hosts`'s
+    rule seen from the base, which the caller has found `can_host`."""
     query = (
         select(DeploymentRow, ModelRow)
         .join(ModelRow, ModelRow.id == DeploymentRow.model_id)
@@ -84,7 +82,7 @@ async def shared_of(
         .order_by(DeploymentRow.created_at, DeploymentRow.id)  # the oldest first, for caps
     )
     found = [(d, m) for d, m in (await session.execute(query)).all() if is_active(d)]
-    return [(d, m) for d, m in found if base.org_id is None or d.org_id == base.org_id]
+    return [(d, m) for d, m in found if serves_org(base, d.org_id)]
 
 
 def wanted_at(site: Site, hosted: Iterable[Hosted], holding: Sequence[str] = ()) -> tuple[str, ...]:

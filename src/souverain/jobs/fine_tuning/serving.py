@@ -8,7 +8,7 @@ A dedicated one starts a whole engine (the base weights, slots, start-up time) f
 of adapter, so it is the fallback only.
 
 A deployment of the base hosts the model when it may hold adapters (a llama-server
-deployment of the platform's or of the job's organisation: `sharing.can_host`) and:
+deployment of the platform's or of the job's organisation: `hosting.adapter_hosts`) and:
 - it has replicas (ready or starting, not draining): one of them runs where the owner's
   placement policy allows (the job's jurisdictions ∩ its organisation's ceiling), on an
   engine that loads adapters, under the caps (`READY`, or `STARTING`: it starts with the
@@ -33,9 +33,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from souverain.catalog.hosting import Owner, adapter_hosts
 from souverain.core.policy import Policy, Site, exclusion
 from souverain.core.status import DeploymentStatus, ReplicaState
 from souverain.db.jobs import FineTuningJobRow
@@ -69,24 +70,13 @@ async def sharing_for(
     owned = await sharing.org_models(session, job.org_id)
     sites = {dc.id: site_of(dc) for dc in (await session.execute(select(DatacenterRow))).scalars()}
     found: set[str] = set()
-    for host in await _hosts(session, job, base):
+    owner = Owner(base.id, job.org_id)
+    for host in (await adapter_hosts(session, [owner]))[owner]:
         how = await _how(session, host, policy, sites, owned)
         if how is not None:
             found.add(how)
     best = next((how for how in _BEST_FIRST if how in found), None)
     return Serving(sharing.DEDICATED) if best is None else Serving(sharing.SHARED, best)
-
-
-async def _hosts(
-    session: AsyncSession, job: FineTuningJobRow, base: ModelRow
-) -> list[DeploymentRow]:
-    """The base's deployments that may hold the job's adapter."""
-    query = select(DeploymentRow).where(
-        DeploymentRow.model_id == base.id,
-        DeploymentRow.deleted.is_(False),
-        or_(DeploymentRow.org_id.is_(None), DeploymentRow.org_id == job.org_id),
-    )
-    return [d for d in (await session.execute(query)).scalars() if sharing.can_host(d, base)]
 
 
 async def _how(
