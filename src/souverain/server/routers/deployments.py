@@ -15,9 +15,11 @@ from souverain.core.schemas.deployments import (
     ReplicaUsage,
     UsageSums,
 )
+from souverain.core.schemas.usage import DeploymentStartup
 from souverain.db.tables import DeploymentRow, ModelRow, ReplicaRow
 from souverain.jobs.deployments import autoscaling, usage
 from souverain.jobs.deployments import service as deployments
+from souverain.metering import startups
 from souverain.server.deps import PrincipalDep, SessionDep
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
@@ -28,6 +30,8 @@ async def _out(
 ) -> list[Deployment]:
     replicas = await deployments.replicas_of(session, deployment_ids=[r.id for r in rows])
     owners = await deployments.adapter_owners(session, replicas)
+    own = [r.id for r in rows if _owns(principal, r)]  # a start is its owner's to know
+    starts = await startups.of_deployments(session, deployment_ids=own)
     result = []
     for row in rows:
         model = await session.get(ModelRow, row.model_id)
@@ -64,6 +68,11 @@ async def _out(
                 status=row.status,
                 status_reason=row.status_reason,
                 replica_details=[_replica(principal, r, owners) for r in reps],
+                startup=(
+                    DeploymentStartup.model_validate(starts.get(row.id, startups.Starts()))
+                    if row.id in own
+                    else None
+                ),
                 created_at=row.created_at,
                 updated_at=row.updated_at,
             )
