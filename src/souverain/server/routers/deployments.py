@@ -106,7 +106,8 @@ def _owns(principal: Principal, row: DeploymentRow) -> bool:
 
 @router.get("", response_model=list[Deployment])
 async def list_deployments(principal: PrincipalDep, session: SessionDep) -> list[Deployment]:
-    """Deployments with their status and, when pending, the reasons."""
+    """Deployments with their status and, when pending, the reasons; for your
+    organisation's own deployments, what their replicas' starts cost (`startup`)."""
     return await _out(
         session, await deployments.list_deployments(session, principal=principal), principal
     )
@@ -126,6 +127,10 @@ async def create_deployment(
 async def get_deployment(
     deployment: str, principal: PrincipalDep, session: SessionDep
 ) -> Deployment:
+    """A deployment by id or name. `startup`, for its own organisation and operators only
+    (null for anyone else): how many times its replicas started, their energy, CO2e and
+    CPU seconds in all, and the last start's wall time from placement to ready
+    (`wall_s`), its engine's spawn to ready (`engine_s`), CPU seconds and energy."""
     row = await deployments.get_deployment(session, principal=principal, ref=deployment)
     return (await _out(session, [row], principal))[0]
 
