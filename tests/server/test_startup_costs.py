@@ -30,7 +30,7 @@ class Clock:
         return self.now
 
 
-def status(state: str, joules: float) -> ReplicaStatus:
+def status(state: str, joules: float, cpu_s: float = START_CPU_S) -> ReplicaStatus:
     """What the node reports: at `ready`, the engine's CPU time and its start's marks."""
     ready = state == "ready"
     return ReplicaStatus(
@@ -38,7 +38,7 @@ def status(state: str, joules: float) -> ReplicaStatus:
         version=2 if ready else 1,
         start_marks=(("actor", 1000.0), ("spawned", 1001.0), ("ready", 1001.0 + ENGINE_S))
         if ready else (("actor", 1000.0),),
-        start_cpu_s=START_CPU_S if ready else None,
+        start_cpu_s=cpu_s if ready else None,
     )  # fmt: skip
 
 
@@ -54,15 +54,24 @@ async def started(platform: Platform, *, owner: Tenant | None) -> tuple[str, str
     )
     async with platform.sessions() as session:
         row = (await session.execute(query)).scalar_one()
+    await start_again(platform, row, joules=START_J, cpu_s=START_CPU_S)
+    return model, row.deployment_id
+
+
+async def start_again(
+    platform: Platform, row: ReplicaRow, *, joules: float, cpu_s: float, after_s: float = 0
+) -> None:
+    """The accountant follows `row` from starting to ready (a controller that first sees
+    it starting), `after_s` later than now."""
     clock = Clock()
+    clock.now += timedelta(seconds=after_s)
     accountant = EnergyAccountant(
         platform.sessions, interval_s=60, prompt_weight=1, completion_weight=1, clock=clock
     )
     accountant.observe(row, status("starting", 0.0))
     clock.now += timedelta(seconds=13)
-    accountant.observe(row, status("ready", START_J))
+    accountant.observe(row, status("ready", joules, cpu_s))
     await accountant.close_due()
-    return model, row.deployment_id
 
 
 async def get(platform: Platform, key: str, path: str) -> Any:
@@ -88,6 +97,24 @@ class TestDeploymentStartUp:
         assert last["energy_wh"] == 2.0 and last["wall_s"] > 0
         listed = await get(platform, admin.key, "/api/deployments")
         assert [d["startup"]["starts"] for d in listed if d["id"] == deployment_id] == [1]
+
+    async def test_the_last_start_is_the_latest_and_the_total_adds_them(
+        self, platform: Platform
+    ) -> None:
+        owner = await platform.factory.tenant(roles={"own": Role.OWNER})
+        admin = await platform.factory.member_key(owner, "own", Role.OWNER)
+        _, deployment_id = await started(platform, owner=owner)
+        async with platform.sessions() as session:
+            row = (
+                await session.execute(
+                    select(ReplicaRow).where(ReplicaRow.deployment_id == deployment_id)
+                )
+            ).scalar_one()
+        await start_again(platform, row, joules=3600.0, cpu_s=1.25, after_s=600)  # scaled up
+        startup = (await get(platform, admin.key, f"/api/deployments/{deployment_id}"))["startup"]
+        assert startup["starts"] == 2 and startup["energy_wh"] == 3.0
+        assert startup["cpu_s"] == START_CPU_S + 1.25
+        assert (startup["last"]["cpu_s"], startup["last"]["energy_wh"]) == (1.25, 1.0)
 
     async def test_a_deployment_never_started_says_so(self, platform: Platform) -> None:
         owner = await platform.factory.tenant(roles={"own": Role.OWNER})

@@ -59,16 +59,13 @@ async def of_deployments(session: AsyncSession, *, deployment_ids: list[str]) ->
     """Every start of each deployment, and its last one (deployments never started: none)."""
     if not deployment_ids:
         return {}
-    totals = select(
-        _I.deployment_id, func.count(), func.sum(_I.energy_j), func.sum(_I.co2e_g),
-        func.sum(_I.cpu_s),
-    ).where(_I.kind == STARTUP, _I.deployment_id.in_(deployment_ids)).group_by(_I.deployment_id)  # fmt: skip
-    latest = (
-        select(_I, func.row_number().over(partition_by=_I.deployment_id,
-                                          order_by=(_I.ended_at.desc(), _I.id.desc())).label("n"))
-        .where(_I.kind == STARTUP, _I.deployment_id.in_(deployment_ids))
-        .subquery()
-    )  # fmt: skip
+    starts = (_I.kind == STARTUP, _I.deployment_id.in_(deployment_ids))
+    sums = (func.count(), func.sum(_I.energy_j), func.sum(_I.co2e_g), func.sum(_I.cpu_s))
+    totals = select(_I.deployment_id, *sums).where(*starts).group_by(_I.deployment_id)
+    newest_first = func.row_number().over(
+        partition_by=_I.deployment_id, order_by=(_I.ended_at.desc(), _I.id.desc())
+    )
+    latest = select(_I, newest_first.label("n")).where(*starts).subquery()
     last_rows = (await session.execute(select(latest).where(latest.c.n == 1))).mappings()
     lasts = {row["deployment_id"]: _start(row) for row in last_rows}
     return {
