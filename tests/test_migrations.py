@@ -19,6 +19,7 @@ from souverain.core.ids import new_id
 from souverain.core.principal import Principal
 from souverain.core.roles import Role, scopes_of
 from souverain.db.engine import create_engine_unpooled, downgrade, session_factory, upgrade
+from souverain.db.metering import EnergyIntervalRow
 from souverain.db.tables import Base, UsageRecordRow, UsageRollupRow
 from souverain.metering import usage, usage_reports
 from souverain.metering.usage import OpenRecord, Settlement
@@ -186,3 +187,39 @@ def approx_group(group: usage_reports.Group) -> usage_reports.Group:
     return usage_reports.Group(
         **{k: pytest.approx(v) if isinstance(v, float) else v for k, v in values.items()}
     )
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+async def test_starts_recorded_before_0029_keep_their_energy_without_cpu_time(
+    kind: str, tmp_path: Path
+) -> None:
+    """0029 adds a start's CPU and wall-clock seconds: a start recorded before it keeps its
+    energy and reads as not reported (null), and going back down keeps the interval."""
+    engine = create_engine_unpooled(await empty_database(kind, tmp_path))
+    moment = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    before = {"id": "nrg_before", "replica_id": "rep_1", "deployment_id": "dep_1",
+              "datacenter_id": "dc", "source": "rapl", "started_at": moment,
+              "ended_at": moment + timedelta(seconds=20), "energy_j": 80.0, "attributed_j": 0.0,
+              "idle_j": 80.0, "requests": 0, "carbon_intensity": 50.0, "co2e_g": 0.001,
+              "kind": "startup"}  # fmt: skip
+    try:
+        await upgrade(engine, "0028")
+        async with engine.begin() as connection:
+            # the columns 0028 has only: the row as a start was recorded before 0029
+            await connection.execute(insert(EnergyIntervalRow.__table__), before)
+        await upgrade(engine)
+        async with session_factory(engine).begin() as session:
+            row = await session.get(EnergyIntervalRow, "nrg_before")
+            assert row is not None
+            assert (row.energy_j, row.cpu_s, row.engine_s) == (80.0, None, None)
+            row.cpu_s, row.engine_s = 3.5, 12.5
+        await downgrade(engine, "0028")
+        async with engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("energy_intervals")}
+            )
+            assert "cpu_s" not in columns
+            kept = await connection.scalar(text("SELECT energy_j FROM energy_intervals"))
+            assert kept == 80.0
+    finally:
+        await engine.dispose()

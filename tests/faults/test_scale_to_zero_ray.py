@@ -43,6 +43,10 @@ class TestScaleToZero:
         assert stopped["replicas"] == 0 and stopped["replica_details"] == []
         assert "idle for" in stopped["scaling_reason"]
         assert not engines & named_actors()  # no engine holds memory at zero
+        # its start, as the node read it: the engine process's CPU time, spawn to ready
+        await wait_until(lambda: _started(fleet, "sleepy"), timeout_s=15)
+        last = (await fleet.deployment("sleepy"))["startup"]["last"]
+        assert last["cpu_s"] > 0 and last["engine_s"] > 0 and last["wall_s"] >= last["engine_s"]
 
         sdk = openai.AsyncOpenAI(
             base_url=f"{fleet.url}/v1", api_key=fleet.operator, max_retries=0, timeout=120
@@ -59,6 +63,10 @@ class TestScaleToZero:
         scaled = [e for e in events if e["action"] == "deployment.scale"
                   and e["target_id"] == woken["id"]]  # fmt: skip
         assert len(scaled) >= 2  # down to zero, then up for the request
+
+
+async def _started(fleet: RayFleet, name: str) -> bool:
+    return bool((await fleet.deployment(name))["startup"]["starts"])
 
 
 async def streamed_words(sdk: openai.AsyncOpenAI, model: str) -> int:

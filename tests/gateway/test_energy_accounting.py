@@ -5,6 +5,7 @@ owner, never to the requests that followed it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -301,6 +302,38 @@ class TestStartUpEnergy:
         assert ledger.used_energy_j == pytest.approx(80.0)
         assert bill["energy"]["startup_kwh_own_deployments"] == pytest.approx(80.0 / 3.6e6)
         assert bill["energy"]["idle_kwh_own_deployments"] == 0.0  # not counted twice
+
+    async def test_a_start_keeps_the_cpu_and_wall_time_the_node_read(
+        self, platform: Platform
+    ) -> None:
+        """At ready the node reports the engine's CPU seconds since its spawn and the marks
+        of its start: the start's interval holds them beside its energy."""
+        _, replica_id = await serve(platform, 1)
+        clock = FakeClock()
+        accountant = EnergyAccountant(
+            platform.sessions, interval_s=10, prompt_weight=1, completion_weight=1, clock=clock
+        )
+        row = await replica(platform, replica_id)
+        accountant.observe(row, reading(0.0, "starting"))
+        clock.advance(9)
+        ready = replace(
+            reading(45.0), start_cpu_s=6.25,
+            start_marks=(("actor", 50.0), ("spawned", 51.0), ("listening", 53.0),
+                         ("ready", 59.5)),
+        )  # fmt: skip
+        accountant.observe(row, ready)
+        await accountant.close_due()
+        async with platform.sessions() as session:
+            start = (
+                await session.execute(
+                    select(EnergyIntervalRow).where(
+                        EnergyIntervalRow.replica_id == replica_id,
+                        EnergyIntervalRow.kind == "startup",
+                    )
+                )
+            ).scalar_one()
+        assert start.energy_j == pytest.approx(45.0)
+        assert (start.cpu_s, start.engine_s) == (6.25, 8.5)
 
     async def test_a_replica_first_seen_ready_has_no_start_to_account(
         self, platform: Platform

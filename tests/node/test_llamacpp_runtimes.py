@@ -72,6 +72,14 @@ async def test_the_replica_says_which_runtime_serves_it(target: LlamaTarget) -> 
     assert status.slots == (4 if status.runtime == "llama-server" else None)
 
 
+async def test_the_replica_says_what_its_start_took(target: LlamaTarget) -> None:
+    """The engine's CPU time from its spawn to ready (loading the model, the probe's
+    generation), read from its process: what the controller records as the start's."""
+    status = target.supervisor.status()
+    assert status.start_cpu_s is not None and status.start_cpu_s > 0.1
+    assert status.start_wall_s is not None and status.start_wall_s > 0
+
+
 async def test_chat_streamed_usage_equals_the_answer_and_one_record_each(
     target: LlamaTarget,
 ) -> None:

@@ -95,6 +95,21 @@ class TestReadiness:
         assert status.restarts >= 3
 
 
+class TestStartCost:
+    def test_a_ready_engine_reports_the_cpu_time_and_wall_time_of_its_start(
+        self, supervised: EngineSupervisor
+    ) -> None:
+        """The stand-in engine is a Python process of its own: its start (interpreter,
+        imports, the probe's generation) takes measurable CPU time, read at `ready`."""
+        assert supervised.status().start_cpu_s is None  # not ready yet: nothing to say
+        wait_for(supervised, "ready", 30)
+        status = supervised.status()
+        assert status.start_cpu_s is not None and status.start_cpu_s > 0
+        assert status.start_wall_s is not None and status.start_wall_s > 0
+        cores = os.cpu_count() or 1
+        assert status.start_cpu_s <= status.start_wall_s * cores + 0.1  # this start's only
+
+
 class TestExits:
     def test_an_exit_makes_the_replica_unready_at_once_then_it_comes_back(
         self, supervised: EngineSupervisor

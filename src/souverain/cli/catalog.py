@@ -18,6 +18,7 @@ from souverain.core.schemas.deployments import (
     UsageSums,
 )
 from souverain.core.schemas.models import ModelRegisterRequest
+from souverain.core.schemas.usage import DeploymentStartup
 
 models = typer.Typer(help="The model registry.", no_args_is_help=True)
 deployments = typer.Typer(help="Model deployments and their replicas.", no_args_is_help=True)
@@ -192,6 +193,32 @@ def deployments_list() -> None:
                 _last_scaling(d),
             )
         console.print(table)
+
+
+@deployments.command("show")
+def deployments_show(name: str) -> None:
+    """One deployment: its status, replicas and, for its own organisation, what its
+    replicas' starts cost (wall time, CPU seconds, energy)."""
+    with client() as c:
+        d = c.get_deployment(name)
+    console.print(f"{d.name} ({d.model}, {d.engine}): {d.status} {d.status_reason}".rstrip())
+    console.print(f"replicas {_replicas(d)}, serves {_serves(d)}")
+    for r in d.replica_details:
+        console.print(f"  {r.id} {r.state} in {r.datacenter_id} {r.reason}".rstrip())
+    if d.startup is not None:
+        console.print(_startup(d.startup))
+
+
+def _startup(startup: DeploymentStartup) -> str:
+    """The last start and every start, in one line each."""
+    total = (f"starts: {startup.starts}, {startup.energy_wh:.4g} Wh, "
+             f"{startup.co2e_g:.4g} g CO2e, {startup.cpu_s:.1f} CPU s")  # fmt: skip
+    last = startup.last
+    if last is None:
+        return total
+    cpu = f"{last.cpu_s:.1f} CPU s" if last.cpu_s is not None else "CPU time not reported"
+    return (f"last start: {last.wall_s:.1f} s from placement to ready, {cpu}, "
+            f"{last.energy_wh:.4g} Wh ({last.replica_id})\n{total}")  # fmt: skip
 
 
 @deployments.command("usage")

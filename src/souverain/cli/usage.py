@@ -59,6 +59,13 @@ def usage(
             f"[cyan]{bar}[/cyan]",
         )
     console.print(table)
+    if report.startup is not None:
+        start = report.startup
+        console.print(
+            f"Starts of your own deployments' replicas (not in the requests' energy): "
+            f"{start.starts}, {start.energy_wh:.4g} Wh, {start.co2e_g:.4g} g CO2e, "
+            f"{start.cpu_s:.1f} CPU s"
+        )
 
 
 def _languages(report: UsageReport) -> None:

@@ -159,6 +159,18 @@ class ReplicaStatus:
     # node): how long a cold start took, and where (`node/supervisor.py` names the steps).
     start_marks: tuple[tuple[str, float], ...] = ()
     adapters: tuple[AdapterState, ...] = ()  # a shared replica's, in the spec's order
+    # CPU seconds the engine process (and its children) spent from its spawn to `ready` in
+    # its last start; None until it is ready, or where the node cannot read it.
+    start_cpu_s: float | None = None
+
+    @property
+    def start_wall_s(self) -> float | None:
+        """Wall-clock seconds of the engine's last start, from `spawned` to `ready` (the
+        span `start_cpu_s` covers); None until it is ready."""
+        marks = dict(self.start_marks)
+        if "spawned" not in marks or "ready" not in marks:
+            return None
+        return max(0.0, marks["ready"] - marks["spawned"])
 
 
 UNANSWERED = "actor not answering"

@@ -92,6 +92,10 @@ class EnergyIntervalRow(Base):
     co2e_g: Mapped[float] = mapped_column(Float)
     # "serving", or "startup": placement to ready, the owner's (no request shares it)
     kind: Mapped[str] = mapped_column(String(16), default="serving")
+    # A start's only: the engine process's CPU seconds and wall-clock seconds from its
+    # spawn to its first ready, as the node read them (None: serving, or not reported)
+    cpu_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    engine_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class CarbonIntensityRow(Base):

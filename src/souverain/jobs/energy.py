@@ -20,8 +20,10 @@ first `ready` reading, and what its counter (cumulative since the actor started)
 then is the start's energy; its interval is not closed meanwhile, so nothing of the start
 is counted twice. It is written apart (`metering.energy.record_startup`: an interval of
 kind `startup`, charged to the owner's energy budgets) and the serving intervals begin
-there. Charging it to the requests that woke the replica would tell a tenant, through its
-own energy, whether another had used a shared model lately. A replica first seen already
+there, with the engine process's CPU and wall-clock seconds from its spawn to that ready
+(`ReplicaStatus.start_cpu_s`, read by the node's supervisor). Charging it to the requests
+that woke the replica would tell a tenant, through its own energy, whether another had used
+a shared model lately. A replica first seen already
 ready (adopted after a change-over) has no start to account: its counter holds more.
 """
 
@@ -65,6 +67,8 @@ class StartUp:
     placed_at: datetime
     ready_at: datetime
     energy_j: float
+    cpu_s: float | None = None  # the engine process's, spawn to ready (the node's reading)
+    engine_s: float | None = None  # wall clock, spawn to ready
 
 
 class EnergyAccountant:
@@ -115,7 +119,8 @@ class EnergyAccountant:
             placed_at = replica.created_at or interval.started_at
             self._starts.append(
                 StartUp(replica.id, replica.deployment_id, replica.datacenter_id,
-                        status.energy_source, placed_at, now, used)
+                        status.energy_source, placed_at, now, used,
+                        status.start_cpu_s, status.start_wall_s)
             )  # fmt: skip
             interval.started_at, interval.start_j = now, status.energy_j  # serving from here
 
@@ -141,6 +146,8 @@ class EnergyAccountant:
                             start.replica_id, start.deployment_id, start.datacenter_id,
                             start.source, start.placed_at, start.ready_at, start.energy_j,
                         ),
+                        cpu_s=start.cpu_s,
+                        engine_s=start.engine_s,
                     )  # fmt: skip
             except Exception:
                 log.exception("recording the start of replica %s failed", start.replica_id)

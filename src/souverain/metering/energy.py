@@ -95,17 +95,22 @@ async def record_interval(
     return row
 
 
-async def record_startup(session: AsyncSession, *, interval: Interval) -> EnergyIntervalRow:
+async def record_startup(
+    session: AsyncSession, *, interval: Interval, cpu_s: float | None = None,
+    engine_s: float | None = None,
+) -> EnergyIntervalRow:  # fmt: skip
     """A replica's start (placement to ready): an interval of kind `startup` that no request
     shares, charged to the energy budgets of the deployment's owner (its organisation's
     own budgets, not a project's: a deployment belongs to no project); a platform
-    deployment's start is the platform's."""
+    deployment's start is the platform's. `cpu_s` and `engine_s`: the engine process's
+    CPU and wall-clock seconds from its spawn to ready, where the node reported them."""
     intensity = await intensity_at(
         session, datacenter_id=interval.datacenter_id, moment=interval.started_at
     )
     # no request's: Σ attributed + idle = measured holds
     row = _interval_row(interval, intensity, attributed_j=0.0, idle_j=interval.energy_j,
                         requests=0, kind=STARTUP)  # fmt: skip
+    row.cpu_s, row.engine_s = cpu_s, engine_s
     session.add(row)
     owner = await session.scalar(
         select(DeploymentRow.org_id).where(DeploymentRow.id == interval.deployment_id)

@@ -33,7 +33,7 @@ from souverain.core.principal import Principal
 from souverain.core.roles import Scope
 from souverain.core.usage_spans import Piece, Span, cover
 from souverain.db.tables import UsageRecordRow
-from souverain.metering import usage_rollups
+from souverain.metering import startups, usage_rollups
 from souverain.metering.usage import OPEN, as_utc
 from souverain.tenancy import orgs
 
@@ -201,6 +201,26 @@ def _part(piece: Piece, scope: _Scope, group_by: str) -> Select[Any]:
     if group_by == "language":
         query = query.where(_U.language_tagged.is_(True))
     return query
+
+
+async def startups_of(
+    session: AsyncSession, *, principal: Principal, where: UsageFilter
+) -> startups.Starts | None:
+    """The starts of the organisation's own deployments in the range, apart from the
+    requests' energy: for a caller who sees the organisation's whole usage (an operator:
+    every deployment's, or the organisation's asked for). None when the question is
+    narrowed to a project, a key or a user: deployments belong to none of them."""
+    scope = await _scope_of(session, principal=principal, where=where)
+    names = {name for name, _ in scope.equal}
+    if not names <= {"org_id", "model"}:
+        return None
+    orgs = {value for name, value in scope.equal if name == "org_id"}
+    if len(orgs) > 1:  # an organisation and another: nothing is both's
+        return startups.Starts()
+    return await startups.of_organisation(
+        session, org_id=next(iter(orgs), None), since=scope.since, until=scope.until,
+        model=where.model, everyone=not orgs,
+    )  # fmt: skip
 
 
 def _level(scope: _Scope, group_by: str, span: Span) -> str:

@@ -24,7 +24,9 @@ A start is timed in steps (`start_marks`, wall clock on the node, in the status)
 HTTP answer, often "loading"), `answered` (the probe's generation), `ready` (after the chat
 template's overhead is measured: measured after `ready` instead, its two requests slowed
 the first real one by more than they saved). While an engine starts it is probed every
-50 ms: a scale-from-zero request may be waiting for it.
+50 ms: a scale-from-zero request may be waiting for it. At `ready` the engine process's CPU
+time (with its children's, from /proc through psutil) is read: the CPU seconds of that
+start (`start_cpu_s`), which the controller records with the start's energy.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class EngineSupervisor:
         self._energy_source = "estimate"
         self._untrusted = ""  # why the engine's TLS was refused, if it was
         self._marks: dict[str, float] = {"actor": time.time()}
+        self._start_cpu_s: float | None = None  # the last start's, read at `ready`
         self._scratch = scratch.claim("replica", spec.replica_id)
         self._thread = threading.Thread(
             target=self._run, name=f"engine-{spec.replica_id}", daemon=True
@@ -160,6 +163,7 @@ class EngineSupervisor:
                 measured_at=measured_at,
                 start_marks=tuple(self._marks.items()),
                 adapters=self._adapters,
+                start_cpu_s=self._start_cpu_s,
             )
 
     def watch(self, version: int, timeout_s: float) -> ReplicaStatus:
@@ -346,6 +350,9 @@ class EngineSupervisor:
             return not_ready
         self._crashes.clear()
         self._measure_template(url)
+        cpu_s = process_cpu_seconds(process.pid)  # since its spawn: this start's alone
+        with self._lock:
+            self._start_cpu_s = cpu_s if cpu_s > 0 else None  # 0: the node could not read it
         self._mark("ready")
         self._set("ready", url=url)
         process.wait()
@@ -435,6 +442,7 @@ class EngineSupervisor:
         with self._lock:
             if step == "spawned":  # a new start: the previous one's later steps are void
                 self._marks = {k: v for k, v in self._marks.items() if k == "actor"}
+                self._start_cpu_s = None
             if not (first and step in self._marks):
                 self._marks[step] = time.time()
 

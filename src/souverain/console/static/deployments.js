@@ -1,7 +1,7 @@
 // Deployments: status with the scheduler's reasons, replicas with their datacenter,
 // restarts and failures, the adapters a shared replica holds with their requests and
-// energy (yours one by one, the rest as one total); create, scale and delete for those
-// who manage.
+// energy (yours one by one, the rest as one total), what its starts cost (its owners');
+// create, scale and delete for those who manage.
 
 import { api, can, me } from "./app.js";
 import { errorBox, field, h, notice, num, qty, section, select, stateBadge, table, when } from "./ui.js";
@@ -46,6 +46,7 @@ function deploymentTable(deployments, usage, refresh) {
       { label: "status", cell: (d) => [stateBadge(d.status), d.status_reason ? h("div", { class: "reason" }, d.status_reason) : null, d.scaling_reason ? h("div", { class: "reason" }, `last scaling: ${d.scaling_reason}`) : null] },
       { label: "where", cell: (d) => (d.datacenters.length ? d.datacenters.join(", ") : d.jurisdictions ? d.jurisdictions.join(", ") : "any allowed") },
       { label: "replica details", cell: (d) => replicaList(d, usage.get(d.id), names) },
+      { label: "start-up", cell: startupOf },
       { label: "", cell: (d) => (mayChange(d) ? actions(d, refresh) : null) },
     ],
     deployments,
@@ -56,6 +57,21 @@ function deploymentTable(deployments, usage, refresh) {
 // The platform's own deployments are the operators'; an organisation's, its admins'.
 function mayChange(d) {
   return can("manage") && (can("platform") || (d.org_id !== null && d.org_id === me().org_id));
+}
+
+// What its replicas' starts cost (placement to first ready): its organisation's to know,
+// so the API gives it to its owners and operators only (null for anyone else).
+function startupOf(d) {
+  const s = d.startup;
+  if (!s) return null;
+  if (!s.last) return h("span", { class: "muted" }, "no start yet");
+  const cpu = s.last.cpu_s === null ? "CPU time not reported" : `${qty(s.last.cpu_s, 1)} CPU s`;
+  return h(
+    "div",
+    { class: "small", dataset: { startup: d.name } },
+    `last: ${qty(s.last.wall_s, 1)} s, ${cpu}, ${qty(s.last.energy_wh, 4)} Wh`,
+    h("div", { class: "muted" }, `${num(s.starts)} start${s.starts === 1 ? "" : "s"}: ${qty(s.energy_wh, 4)} Wh`),
+  );
 }
 
 function engineOf(d) {

@@ -47,6 +47,7 @@ async function report(since, metricName) {
     "div",
     {},
     section("Totals", totalsList(total)),
+    days.startup ? section("Starts of your own deployments", startupList(days.startup)) : null,
     section(`${metric.label} by day`, barChart(days.groups.map((g) => ({ label: g.key, value: metric.of(g) })), { unit: metric.unit, id: "usage-chart" })),
     BREAKDOWNS.map((name, i) => section(`By ${name}`, name === "language" ? languageTable(breakdowns[i].groups) : groupTable(name, breakdowns[i].groups))),
   );
@@ -75,6 +76,20 @@ function totalsList(t) {
     item("cost", "cost", euros(t.cost)),
     item("energy_j", "energy (kWh)", kwh(t.energy_j)),
     item("co2e_g", "CO2e (g)", qty(t.co2e_g, 4)),
+  );
+}
+
+// Replicas' starts (placement to first ready) are the deployment owner's, apart from the
+// requests' energy above; /api/usage gives them to those who see the whole organisation.
+function startupList(s) {
+  const item = (name, label, value, text) => h("div", { class: "stat", dataset: { stat: name, value } }, h("div", { class: "stat-value" }, text), h("div", { class: "muted" }, label));
+  return h(
+    "div",
+    { class: "stats", id: "usage-startup" },
+    item("starts", "replica starts", s.starts, num(s.starts)),
+    item("startup_energy_j", "start-up energy (kWh)", s.energy_j, kwh(s.energy_j)),
+    item("startup_co2e_g", "start-up CO2e (g)", s.co2e_g, qty(s.co2e_g, 4)),
+    item("startup_cpu_s", "start-up CPU (s)", s.cpu_s, qty(s.cpu_s, 1)),
   );
 }
 

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from souverain.core.schemas.common import Out, StrictRequest
 from souverain.core.schemas.policies import _jurisdictions
 from souverain.core.schemas.tenancy import Slug
+from souverain.core.schemas.usage import DeploymentStartup
 
 Strategy = Literal["spread", "binpack"]
 Sharing = Literal["dedicated", "shared"]
@@ -134,6 +135,9 @@ class Deployment(Out):
     status: str
     status_reason: str
     replica_details: list[Replica]
+    # Its replicas' starts (wall time, CPU seconds, energy): for its own organisation and
+    # operators only, null for anyone else (a tenant whose request woke a platform replica)
+    startup: DeploymentStartup | None = None
     created_at: datetime
     updated_at: datetime
 

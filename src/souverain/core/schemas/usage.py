@@ -46,7 +46,39 @@ class UsageGroup(Out):
     language_consistency: float | None = None
 
 
+class StartupSums(Out):
+    """Replicas' starts (placement to first ready) of your own deployments: your
+    organisation's energy, apart from any request's."""
+
+    starts: int
+    energy_j: float
+    energy_wh: float
+    co2e_g: float
+    cpu_s: float  # the engine processes' CPU seconds, spawn to ready, where nodes reported it
+
+
+class LastStart(Out):
+    replica_id: str
+    placed_at: datetime
+    ready_at: datetime
+    wall_s: float  # placement to ready: what a request waiting for the replica waited
+    engine_s: float | None  # the engine process's spawn to ready (the span `cpu_s` covers)
+    cpu_s: float | None  # None where the node did not report it
+    energy_j: float
+    energy_wh: float
+    co2e_g: float
+
+
+class DeploymentStartup(StartupSums):
+    """Every start of the deployment's replicas, and the last one."""
+
+    last: LastStart | None
+
+
 class UsageReport(Out):
     group_by: str
     groups: list[UsageGroup]
     records: list[UsageRecord]
+    # Your organisation's own deployments' starts in the range, when you see its whole
+    # usage (admins, auditors, operators) and no project or key is asked; else null.
+    startup: StartupSums | None = None

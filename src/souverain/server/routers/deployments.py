@@ -15,9 +15,11 @@ from souverain.core.schemas.deployments import (
     ReplicaUsage,
     UsageSums,
 )
+from souverain.core.schemas.usage import DeploymentStartup
 from souverain.db.tables import DeploymentRow, ModelRow, ReplicaRow
 from souverain.jobs.deployments import autoscaling, usage
 from souverain.jobs.deployments import service as deployments
+from souverain.metering import startups
 from souverain.server.deps import PrincipalDep, SessionDep
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
@@ -28,6 +30,8 @@ async def _out(
 ) -> list[Deployment]:
     replicas = await deployments.replicas_of(session, deployment_ids=[r.id for r in rows])
     owners = await deployments.adapter_owners(session, replicas)
+    own = [r.id for r in rows if _owns(principal, r)]  # a start is its owner's to know
+    starts = await startups.of_deployments(session, deployment_ids=own)
     result = []
     for row in rows:
         model = await session.get(ModelRow, row.model_id)
@@ -64,6 +68,11 @@ async def _out(
                 status=row.status,
                 status_reason=row.status_reason,
                 replica_details=[_replica(principal, r, owners) for r in reps],
+                startup=(
+                    DeploymentStartup.model_validate(starts.get(row.id, startups.Starts()))
+                    if row.id in own
+                    else None
+                ),
                 created_at=row.created_at,
                 updated_at=row.updated_at,
             )
@@ -97,7 +106,8 @@ def _owns(principal: Principal, row: DeploymentRow) -> bool:
 
 @router.get("", response_model=list[Deployment])
 async def list_deployments(principal: PrincipalDep, session: SessionDep) -> list[Deployment]:
-    """Deployments with their status and, when pending, the reasons."""
+    """Deployments with their status and, when pending, the reasons; for your
+    organisation's own deployments, what their replicas' starts cost (`startup`)."""
     return await _out(
         session, await deployments.list_deployments(session, principal=principal), principal
     )
@@ -117,6 +127,10 @@ async def create_deployment(
 async def get_deployment(
     deployment: str, principal: PrincipalDep, session: SessionDep
 ) -> Deployment:
+    """A deployment by id or name. `startup`, for its own organisation and operators only
+    (null for anyone else): how many times its replicas started, their energy, CO2e and
+    CPU seconds in all, and the last start's wall time from placement to ready
+    (`wall_s`), its engine's spawn to ready (`engine_s`), CPU seconds and energy."""
     row = await deployments.get_deployment(session, principal=principal, ref=deployment)
     return (await _out(session, [row], principal))[0]
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, Response
 
-from souverain.core.schemas.usage import UsageGroup, UsageRecord, UsageReport
+from souverain.core.schemas.usage import StartupSums, UsageGroup, UsageRecord, UsageReport
 from souverain.metering import usage_reports
 from souverain.metering.usage_reports import UsageFilter
 from souverain.server.deps import PrincipalDep, SessionDep
@@ -41,7 +41,9 @@ async def get_usage(
     """Requests, tokens, cost, energy and CO2e grouped by day, model, project, key,
     datacenter, status or language (reasoning requests per model and prompt language, with
     how many had prompt, thinking and answer in one language), plus the latest records. `format=csv` exports the records.
-    Members see their own usage; admins and auditors see their whole organisation."""
+    Members see their own usage; admins and auditors see their whole organisation, and
+    with it `startup`: the energy, CO2e and CPU seconds of its own deployments' replica
+    starts (placement to first ready) in the range, which no request's figures include."""
     where = UsageFilter(
         org_ref=org, since=since, until=until, model=model, project=project, key=key
     )
@@ -58,10 +60,12 @@ async def get_usage(
     groups = await usage_reports.aggregate(
         session, principal=principal, where=where, group_by=group_by
     )
+    starts = await usage_reports.startups_of(session, principal=principal, where=where)
     return UsageReport(
         group_by=group_by,
         groups=[UsageGroup.model_validate(group) for group in groups],
         records=[UsageRecord.model_validate(r) for r in records],
+        startup=StartupSums.model_validate(starts) if starts is not None else None,
     )
 
 
