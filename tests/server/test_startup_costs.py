@@ -98,6 +98,17 @@ class TestDeploymentStartUp:
         listed = await get(platform, admin.key, "/api/deployments")
         assert [d["startup"]["starts"] for d in listed if d["id"] == deployment_id] == [1]
 
+    async def test_a_member_sees_the_deployment_but_not_its_starts(
+        self, platform: Platform
+    ) -> None:
+        """A member sees its own usage only (as in the usage report): when a colleague's
+        request woke the deployment is not its to know."""
+        owner = await platform.factory.tenant(roles={"own": Role.OWNER, "mem": Role.MEMBER})
+        member = await platform.factory.member_key(owner, "mem", Role.MEMBER)
+        _, deployment_id = await started(platform, owner=owner)
+        found = await get(platform, member.key, f"/api/deployments/{deployment_id}")
+        assert found["id"] == deployment_id and found["startup"] is None
+
     async def test_the_last_start_is_the_latest_and_the_total_adds_them(
         self, platform: Platform
     ) -> None:

@@ -20,6 +20,7 @@ from souverain.db.tables import DeploymentRow, ModelRow, ReplicaRow
 from souverain.jobs.deployments import autoscaling, usage
 from souverain.jobs.deployments import service as deployments
 from souverain.metering import startups
+from souverain.metering.usage_reports import seen_by
 from souverain.server.deps import PrincipalDep, SessionDep
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
@@ -30,7 +31,7 @@ async def _out(
 ) -> list[Deployment]:
     replicas = await deployments.replicas_of(session, deployment_ids=[r.id for r in rows])
     owners = await deployments.adapter_owners(session, replicas)
-    own = [r.id for r in rows if _owns(principal, r)]  # a start is its owner's to know
+    own = [r.id for r in rows if _sees_starts(principal, r)]
     starts = await startups.of_deployments(session, deployment_ids=own)
     result = []
     for row in rows:
@@ -102,6 +103,15 @@ def _adapters(
 
 def _owns(principal: Principal, row: DeploymentRow) -> bool:
     return principal.is_operator or (row.org_id is not None and row.org_id == principal.org_id)
+
+
+def _sees_starts(principal: Principal, row: DeploymentRow) -> bool:
+    """A start is its owning organisation's to know, as its usage report says it: an
+    operator, or a key of that organisation that sees its whole usage (the manage or
+    audit scope, no project). A member sees only its own usage, and when a colleague's
+    request woke a deployment is not its own."""
+    whole = [("org_id", principal.org_id)]
+    return principal.is_operator or (_owns(principal, row) and seen_by(principal) == whole)
 
 
 @router.get("", response_model=list[Deployment])
