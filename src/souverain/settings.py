@@ -232,12 +232,13 @@ class Settings(BaseSettings):
     )
     queue_batch_max_wait_s: float = Field(
         default=30.0,
-        gt=0,
+        ge=0,
         le=3600,
         description="A batch line that has waited this long for a replica may take one slot "
-        "beside live traffic (one such line per replica at a time, never the last free slot "
-        "while a live request waits), so that live requests following each other never "
-        "stall a batch for ever. Below SOUVERAIN_QUEUE_WAIT_S.",
+        "beside live traffic (at most one such start per replica per this time, never the "
+        "last free slot of an engine of several), so that live requests following each "
+        "other never stall a batch for ever. Below SOUVERAIN_QUEUE_WAIT_S. 0: never (with "
+        "SOUVERAIN_QUEUE_BATCH_SHARE=0, no batch line runs beside live traffic).",
     )
     queue_live_s: float = Field(
         default=1.0,

@@ -108,6 +108,17 @@ class TestTheRule:
         assert may_take(seen(live=True, busy=1, aged_ago_s=30.0), batch=True, policy=default,
                         waited_s=40.0)  # fmt: skip
 
+    def test_an_aged_line_never_takes_the_last_free_slot(self) -> None:
+        default = SharePolicy(batch_max_wait_s=30.0)
+        assert not may_take(seen(live=True, busy=7), batch=True, policy=default, waited_s=300)
+        assert may_take(seen(live=True, busy=6), batch=True, policy=default, waited_s=300)
+
+    def test_ageing_turned_off_keeps_batch_lines_from_live_traffic(self) -> None:
+        never = SharePolicy(batch_share=0.0, batch_max_wait_s=0.0)
+        assert not may_take(seen(live=True, busy=1), batch=True, policy=never, waited_s=1e9)
+        assert not may_take(seen(slots=1, live=True), batch=True, policy=never, waited_s=1e9)
+        assert may_take(seen(busy=7), batch=True, policy=never)  # no live traffic: any slot
+
 
 class TestTheBook:
     def test_a_neighbour_and_live_traffic_are_seen_lately_then_forgotten(self) -> None:

@@ -39,7 +39,11 @@ class TestSettings:
         with pytest.raises(ValidationError, match="queue_batch_max_wait_s"):
             Settings(queue_batch_max_wait_s=120.0, queue_wait_s=120.0)
         with pytest.raises(ValidationError):
-            Settings(queue_batch_max_wait_s=0.0)
+            Settings(queue_batch_max_wait_s=-1.0)
+
+    def test_an_operator_may_turn_ageing_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SOUVERAIN_QUEUE_BATCH_MAX_WAIT_S", "0")
+        assert Settings().queue_batch_max_wait_s == 0.0
 
 
 class TestKeys:

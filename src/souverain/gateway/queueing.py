@@ -252,5 +252,5 @@ class FairQueue:
                 for (level, _), line in self._lines.items() if level and line
                 for route in line[0].routes if route.replica_id not in line[0].exclude]  # fmt: skip
         now, lately = shares.now(), shares.next_change_in()
-        changes = [end - now for end in ends if end > now]
+        changes = [end - now for end in ends if end is not None and end > now]
         return min(changes + ([lately] if lately is not None else []), default=None)

@@ -27,10 +27,12 @@ take a free slot now:
   a quarter on one with GPUs (where one live stream would otherwise idle the other slots);
 * a batch line never stalls for ever: one that has waited `batch_max_wait_s` ("aged") may
   take a slot beside live traffic while no other batch line holds one of the replica, but
-  never the last free slot while a live request waits. Its wait counts from the later of
-  its arrival and the replica's last aged start, so that a replica gives at most one aged
-  start per `batch_max_wait_s`: the lines of a batch all arrive together, and would
-  otherwise follow each other into that slot for good.
+  never the last free slot (on a one-slot engine, its slot between two live requests). Its
+  wait counts from the later of its arrival and the replica's last aged start, so that a
+  replica gives at most one aged start per `batch_max_wait_s`: the lines of a batch all
+  arrive together, and would otherwise follow each other into that slot for good.
+  `batch_max_wait_s` 0 turns ageing off: with a batch share of 0, no batch line then runs
+  beside live traffic.
 
 The rule is pure (`Seen` in, yes or no out); `SlotShares` keeps the counts and each
 replica's last aged start, with an injected clock, and says when the next "lately" expires
@@ -56,7 +58,8 @@ class SharePolicy:
     batch_share: float | None = None
     neighbour_s: float = 10.0  # another organisation used the replica this recently: headroom
     live_s: float = 1.0  # live traffic counts as present this long after a live request ended
-    # a batch line waiting this long may take a slot anyway (one per replica per this time)
+    # a batch line waiting this long may take a slot anyway (one per replica per this
+    # time); 0: never
     batch_max_wait_s: float = 30.0
 
     def batch_share_for(self, gpus: int) -> float:
@@ -124,12 +127,14 @@ def batch_may_take(seen: Seen, policy: SharePolicy, waited_s: float) -> bool:
 
 def is_aged(seen: Seen, policy: SharePolicy, waited_s: float) -> bool:
     """Whether a batch line may take a slot beside live traffic by having waited long: it
-    has waited `batch_max_wait_s`, counted from the later of its arrival and the replica's
-    last aged start; no batch line holds a slot of the replica; and the slot is not the last
-    free one while a live request waits."""
-    if min(waited_s, seen.aged_ago_s) < policy.batch_max_wait_s or seen.batch:
+    has waited `batch_max_wait_s` (0: never), counted from the later of its arrival and the
+    replica's last aged start; no batch line holds a slot of the replica; and the slot is
+    not its last free one, unless the engine has one slot and no live request waits."""
+    bound = policy.batch_max_wait_s
+    if not bound or min(waited_s, seen.aged_ago_s) < bound or seen.batch:
         return False
-    return not seen.live_waiting or seen.slots - seen.busy > 1
+    free = seen.slots - seen.busy
+    return free > 1 or (seen.slots == 1 and not seen.live_waiting)
 
 
 @dataclass
@@ -238,12 +243,14 @@ class SlotShares:
         another `batch_max_wait_s`."""
         self._replicas.setdefault(replica_id, _Replica()).aged_at = self._clock()
 
-    def ages_at(self, replica_id: str, since: float) -> float:
+    def ages_at(self, replica_id: str, since: float) -> float | None:
         """When a batch line waiting since `since` ages on the replica: `batch_max_wait_s`
-        after the later of that and the replica's last aged start."""
+        after the later of that and the replica's last aged start (None: ageing is off)."""
+        bound = self.policy.batch_max_wait_s
+        if not bound:
+            return None
         replica = self._replicas.get(replica_id)
-        aged_at = replica.aged_at if replica is not None else since
-        return max(since, aged_at) + self.policy.batch_max_wait_s
+        return max(since, replica.aged_at if replica is not None else since) + bound
 
     def next_change_in(self) -> float | None:
         """Seconds until the next 'lately' expires (then a refused slot may be given)."""
