@@ -232,12 +232,14 @@ class Settings(BaseSettings):
     )
     queue_batch_max_wait_s: float = Field(
         default=30.0,
-        gt=0,
+        ge=0,
         le=3600,
         description="A batch line that has waited this long for a replica may take one slot "
-        "beside live traffic (one such line per replica at a time, never the last free slot "
-        "while a live request waits), so that live requests following each other never "
-        "stall a batch for ever. Below SOUVERAIN_QUEUE_WAIT_S.",
+        "beside live traffic (at most one such start per replica per this time, never the "
+        "last free slot of an engine of several), so that live requests following each "
+        "other never stall a batch for ever. Set: below SOUVERAIN_QUEUE_WAIT_S; 0: never "
+        "(with SOUVERAIN_QUEUE_BATCH_SHARE=0, no batch line runs beside live traffic). "
+        "Unset: 30 s, or half SOUVERAIN_QUEUE_WAIT_S if that is shorter.",
     )
     queue_live_s: float = Field(
         default=1.0,
@@ -353,7 +355,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _batch_ages_before_the_queue_gives_up(self) -> Settings:
-        if self.queue_batch_max_wait_s >= self.queue_wait_s:
+        """An operator's queue_batch_max_wait_s must be below queue_wait_s; unset, it follows
+        a shorter queue_wait_s, so that a server whose queue waits 30 s or less still starts."""
+        if "queue_batch_max_wait_s" not in self.model_fields_set:
+            self.queue_batch_max_wait_s = min(30.0, self.queue_wait_s / 2)
+        elif self.queue_batch_max_wait_s >= self.queue_wait_s:
             raise ValueError(
                 "queue_batch_max_wait_s must be below queue_wait_s: a batch line that waited "
                 "that long would be refused before it could take a slot"

@@ -3,7 +3,8 @@ burst waits in its own line and another tenant's request is served next; on a re
 several slots another tenant's waiting requests go before the burst's extra ones, and a
 neighbour seen lately finds a slot at once; lines are bounded (429 with Retry-After, never
 an unbounded pile). On a replica without GPUs no batch line starts beside a live request,
-until one has waited `queue_batch_max_wait_s`."""
+until one has waited `queue_batch_max_wait_s`. The tests wait for the server's route table
+to show a replica's slots, never for a guessed time."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from souverain.core.ids import new_id, replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
 from souverain.db.tables import DeploymentRow
+from souverain.gateway.routing import RouteTable
 from souverain.server.app import create_app
 from souverain.settings import Settings
 from souverain.testing.factories import Factory
@@ -35,6 +37,9 @@ pytestmark = pytest.mark.slow
 PER_ORG = 16
 SERVICE_S = 0.4  # "#slow" streams: 0.2 s a token, 2 tokens
 BATCH_MAX_WAIT_S = 3.0  # a batch line waiting this long takes a slot beside live traffic
+# live traffic counts as present this long after a live request ended: longer than a busy
+# machine's gap between one live request and the next of the same client
+LIVE_S = 5.0
 
 
 @dataclass
@@ -43,6 +48,7 @@ class Setup:
     model: str
     factory: Factory
     engine: StandInEngine
+    table: RouteTable  # the server's
 
     async def key(self, name: str) -> str:
         tenant = await self.factory.tenant(roles={name: Role.MEMBER})
@@ -61,6 +67,16 @@ class Setup:
             await answer.aread()
         return answer.status_code, time.perf_counter() - started
 
+    async def slots_shown(self, replica_id: str, slots: int) -> None:
+        """Wait until the server's route table shows the replica with `slots` slots."""
+
+        def shown() -> bool:
+            routes = self.table.routes  # replaced whole by each reload
+            return any(r.replica_id == replica_id and r.slots == slots
+                       for model_routes in routes.values() for r in model_routes)  # fmt: skip
+
+        await wait_until(shown)
+
 
 @pytest.fixture(scope="module")
 async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup]:
@@ -72,10 +88,12 @@ async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup
         replica_refresh_s=0.2,
         queue_per_org=PER_ORG,
         queue_batch_max_wait_s=BATCH_MAX_WAIT_S,
+        queue_live_s=LIVE_S,
         port=free_port(),
     )
     engine = StandInEngine(secret_for=lambda r: replica_secret(MASTER_KEY.encode(), r))
-    with LiveServer(create_app(settings), port=settings.port) as server:
+    app = create_app(settings)
+    with LiveServer(app, port=settings.port) as server:
         db = create_engine_unpooled(settings.sqlalchemy_url)
         tls = await every_replica_files(session_factory(db), MASTER_KEY.encode(), directory / "tls")
         e = LiveServer(engine.app, tls=tls).start()
@@ -86,7 +104,7 @@ async def setup(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setup
             url=f"{e.url}/r/{replica}", datacenter_id=await factory.datacenter("fair-dc"),
             replica_id=replica, engine="llamacpp",
         )  # fmt: skip
-        found = Setup(server.url, model, factory, engine)
+        found = Setup(server.url, model, factory, engine, app.state.souverain.routes)
         key = await found.key("probe")
 
         async def routable() -> bool:
@@ -138,8 +156,8 @@ async def test_on_a_replica_of_several_slots_a_burst_leaves_one_for_another_tena
     [route] = [r for routes in (await _routes(setup)) for r in routes]
     await setup.factory.replica_observed(route.replica_id, prompt_overhead=None,
                                          runtime="stand-in", slots=8)  # fmt: skip
-    await asyncio.sleep(1.0)  # the server's route table reloads (every 0.2 s)
     try:
+        await setup.slots_shown(route.replica_id, 8)
         burst_key, other_key = await setup.key("burst8"), await setup.key("other8")
         assert (await setup.stream(other_key))[0] == 200  # the other tenant was here lately
         setup.engine.peak_in_flight = 0
@@ -156,6 +174,7 @@ async def test_on_a_replica_of_several_slots_a_burst_leaves_one_for_another_tena
         assert setup.engine.peak_in_flight == 8
     finally:
         await setup.factory.replica_observed(route.replica_id, prompt_overhead=None)
+        await setup.slots_shown(route.replica_id, 1)
 
 
 async def test_a_waiting_tenant_goes_before_the_bursts_extra_streams(setup: Setup) -> None:
@@ -166,8 +185,8 @@ async def test_a_waiting_tenant_goes_before_the_bursts_extra_streams(setup: Setu
     [route] = [r for routes in (await _routes(setup)) for r in routes]
     await setup.factory.replica_observed(route.replica_id, prompt_overhead=None,
                                          runtime="stand-in", slots=8)  # fmt: skip
-    await asyncio.sleep(1.0)  # the server's route table reloads (every 0.2 s)
     try:
+        await setup.slots_shown(route.replica_id, 8)
         x_key, y_key = await setup.key("tenant-x"), await setup.key("tenant-y")
         for key in (x_key, y_key):  # both keys known to the server: no lookup on the way
             assert (await setup.stream(key, 1, "warm"))[0] == 200
@@ -188,6 +207,7 @@ async def test_a_waiting_tenant_goes_before_the_bursts_extra_streams(setup: Setu
         assert setup.engine.peak_in_flight == 8
     finally:
         await setup.factory.replica_observed(route.replica_id, prompt_overhead=None)
+        await setup.slots_shown(route.replica_id, 1)
 
 
 def _tenant(body: dict[str, object]) -> str:
@@ -265,18 +285,19 @@ async def cpu_replica(setup: Setup) -> AsyncIterator[tuple[str, str]]:
     assert route.gpus == 0
     await setup.factory.replica_observed(route.replica_id, prompt_overhead=None,
                                          runtime="stand-in", slots=8)  # fmt: skip
-    await asyncio.sleep(1.0)  # the server's route table reloads (every 0.2 s)
     try:
+        await setup.slots_shown(route.replica_id, 8)
         live_key = await setup.key("cpu-live")
         batch_key = await _batch_key(setup, live_key)
         for key in (batch_key, live_key):
             assert (await setup.stream(key, 1, "warm"))[0] == 200
-        await asyncio.sleep(1.5)  # live traffic of the warm-up is over
+        await wait_until(lambda: setup.engine.in_flight == 0)  # the warm-up is over
         setup.engine.requests.clear()
         setup.engine.peak_in_flight = 0
         yield live_key, batch_key
     finally:
         await setup.factory.replica_observed(route.replica_id, prompt_overhead=None)
+        await setup.slots_shown(route.replica_id, 1)
 
 
 async def test_on_a_cpu_replica_no_batch_line_is_decoded_beside_a_live_request(
@@ -300,7 +321,8 @@ async def test_a_batch_line_that_waited_long_gets_a_slot_while_live_requests_fol
     setup: Setup, cpu_replica: tuple[str, str]
 ) -> None:
     """Live requests follow each other for longer than `queue_batch_max_wait_s`: the batch
-    does not pause for all of that time; one line at a time goes beside them."""
+    does not pause for all of that time; one line at a time goes beside them (live traffic
+    stays present between two of the client's requests however slow it is: `LIVE_S`)."""
     live_key, batch_key = cpu_replica
     follow = asyncio.get_running_loop().time() + 2 * BATCH_MAX_WAIT_S
 

@@ -99,6 +99,26 @@ class TestTheRule:
         # on a one-slot engine between two live requests, the aged line takes the slot
         assert may_take(seen(slots=1, live=True), batch=True, policy=default, waited_s=30.0)
 
+    def test_a_replica_gives_one_aged_start_per_longest_wait(self) -> None:
+        """The lines of a batch arrive together: a line that has waited 40 s does not age
+        while the replica's last aged start was 10 s ago, only 30 s after it."""
+        default = SharePolicy(batch_max_wait_s=30.0)
+        assert not may_take(seen(live=True, busy=1, aged_ago_s=10.0), batch=True,
+                            policy=default, waited_s=40.0)  # fmt: skip
+        assert may_take(seen(live=True, busy=1, aged_ago_s=30.0), batch=True, policy=default,
+                        waited_s=40.0)  # fmt: skip
+
+    def test_an_aged_line_never_takes_the_last_free_slot(self) -> None:
+        default = SharePolicy(batch_max_wait_s=30.0)
+        assert not may_take(seen(live=True, busy=7), batch=True, policy=default, waited_s=300)
+        assert may_take(seen(live=True, busy=6), batch=True, policy=default, waited_s=300)
+
+    def test_ageing_turned_off_keeps_batch_lines_from_live_traffic(self) -> None:
+        never = SharePolicy(batch_share=0.0, batch_max_wait_s=0.0)
+        assert not may_take(seen(live=True, busy=1), batch=True, policy=never, waited_s=1e9)
+        assert not may_take(seen(slots=1, live=True), batch=True, policy=never, waited_s=1e9)
+        assert may_take(seen(busy=7), batch=True, policy=never)  # no live traffic: any slot
+
 
 class TestTheBook:
     def test_a_neighbour_and_live_traffic_are_seen_lately_then_forgotten(self) -> None:
@@ -366,3 +386,27 @@ class TestBatchBesideLiveByDefault:
         cpu.ask("x")
         await cpu.settle()
         assert cpu.granted[-1] == "x"  # live requests still find a slot at once
+
+    async def test_a_batch_takes_a_slot_beside_live_traffic_once_per_longest_wait(
+        self, replicas: Callable[..., Replica]
+    ) -> None:
+        """Live traffic always in flight on eight slots without GPUs, and a batch's 16 lines
+        that arrived together, each lasting 10 s: one line starts beside it every 30 s, not
+        one as soon as the last ends; the queue looks again when the next may."""
+        cpu = replicas(8, policy=DEFAULTS)
+        cpu.ask("x")  # never ends
+        [cpu.ask("b", batch=True) for _ in range(16)]
+        await cpu.settle()
+        started: list[float] = []
+        wake = cpu.queue.next_change_in()
+        for second in range(1, 121):
+            cpu.now[0] = float(second)
+            if started and second == started[-1] + 10:
+                cpu.finish("b")  # the slot frees: the queue looks again
+            if wake is not None and second >= wake:  # the queue's timer
+                cpu.queue.dispatch()
+            await cpu.settle()
+            started += [float(second)] * (cpu.granted.count("b(batch)") - len(started))
+            delay = cpu.queue.next_change_in()
+            wake = None if delay is None else second + delay
+        assert started == [30.0, 60.0, 90.0, 120.0]

@@ -39,7 +39,21 @@ class TestSettings:
         with pytest.raises(ValidationError, match="queue_batch_max_wait_s"):
             Settings(queue_batch_max_wait_s=120.0, queue_wait_s=120.0)
         with pytest.raises(ValidationError):
-            Settings(queue_batch_max_wait_s=0.0)
+            Settings(queue_batch_max_wait_s=-1.0)
+
+    def test_a_queue_that_waits_30_s_or_less_still_starts_with_ageing_unset(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("SOUVERAIN_QUEUE_WAIT_S", "30")
+        assert Settings().queue_batch_max_wait_s == 15.0  # half the queue's wait
+        assert Settings(queue_wait_s=100.0).queue_batch_max_wait_s == 30.0
+        monkeypatch.setenv("SOUVERAIN_QUEUE_BATCH_MAX_WAIT_S", "30")  # set: checked
+        with pytest.raises(ValidationError, match="queue_batch_max_wait_s"):
+            Settings()
+
+    def test_an_operator_may_turn_ageing_off(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SOUVERAIN_QUEUE_BATCH_MAX_WAIT_S", "0")
+        assert Settings().queue_batch_max_wait_s == 0.0
 
 
 class TestKeys:

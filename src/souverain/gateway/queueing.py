@@ -15,9 +15,11 @@ them, or after waiting too long, the answer is 429 with Retry-After, never an un
 pile. Batch lines wait in lines of their own, served only with slots no live request is
 waiting for, and hold at most a share of a replica's slots (never the last one) while live
 traffic is present, none on a replica without GPUs: batches use what live traffic leaves.
-A batch line that has waited long (`SharePolicy.batch_max_wait_s`) may take one slot beside
-live traffic all the same, so that a batch never stalls for ever; the queue looks again when
-its oldest line reaches that age. Each server process keeps its own queue.
+A batch line that has waited long (`SharePolicy.batch_max_wait_s`, counted from the later
+of its arrival and the replica's last such start) may take one slot beside live traffic all
+the same, so that a batch never stalls for ever yet takes such a slot at most once per that
+time on each replica; the queue looks again when its oldest line ages. Each server process
+keeps its own queue.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from souverain.core.errors import RateLimitedError
 from souverain.gateway.routing import RouteTable
 
 Claim = Callable[[ReplicaRoute], None]
+_Contending = Mapping[str, Set[str]]  # replica -> organisations waiting for it
 
 
 @dataclass
@@ -154,7 +157,7 @@ class FairQueue:
             for idle in sorted(self._served, key=self._served.__getitem__)[: self._total]:
                 del self._served[idle]
 
-    def _contending(self, priority: int) -> Mapping[str, Set[str]]:
+    def _contending(self, priority: int) -> _Contending:
         """Replica -> the organisations whose next request at `priority` may go there."""
         waiting: dict[str, set[str]] = {}
         for (level, org), line in self._lines.items():
@@ -188,15 +191,10 @@ class FairQueue:
                 del self._lines[line_key]
         order = sorted(self._lines, key=lambda k: (k[0], self._holding(k), self._served.get(k, -1)))
         contending = {level: self._contending(level) for level in {k[0] for k in order}}
-        now = self._table.shares.now()
         for line_key in order:
             line = self._lines[line_key]
             waiter = line[0]
-            route = self._table.pick_free(
-                waiter.routes, waiter.exclude, line_key[1],
-                batch=bool(line_key[0]), waiting=contending[line_key[0]],
-                live_waiting=contending.get(0, {}).keys(), waited_s=now - waiter.since,
-            )  # fmt: skip
+            route, aged = self._pick(line_key, waiter, contending)
             if route is None:
                 continue
             line.popleft()
@@ -204,9 +202,31 @@ class FairQueue:
             if not line:
                 del self._lines[line_key]
             self._grant(line_key, route, waiter.claim)
+            if aged:
+                self._table.shares.took_aged(route.replica_id)
             waiter.granted.set_result(route)
             return True
         return False
+
+    def _pick(
+        self, line_key: tuple[int, str], waiter: _Waiter, contending: Mapping[int, _Contending]
+    ) -> tuple[ReplicaRoute | None, bool]:
+        """A replica with a slot the line's first request may take, and whether it is a
+        batch line's only by ageing (a slot it may take without is chosen first)."""
+        batch = bool(line_key[0])
+
+        def ask(since: float | None) -> ReplicaRoute | None:
+            return self._table.pick_free(
+                waiter.routes, waiter.exclude, line_key[1], batch=batch,
+                waiting=contending[line_key[0]], live_waiting=contending.get(0, {}).keys(),
+                since=since,
+            )  # fmt: skip
+
+        route = ask(None)
+        if route is not None or not batch:
+            return route, False
+        route = ask(waiter.since)
+        return route, route is not None
 
     def _wake_later(self) -> None:
         """Requests left waiting may be refused only because someone used a replica lately,
@@ -222,14 +242,15 @@ class FairQueue:
 
     def next_change_in(self) -> float | None:
         """Seconds until a waiting request may be served without a slot freeing: a
-        neighbour's or live traffic's 'lately' runs out, or a line's first batch line
-        reaches the longest wait (then it may take a slot beside live traffic)."""
+        neighbour's or live traffic's 'lately' runs out, or a line's first batch line ages
+        on one of its replicas (`SlotShares.ages_at`: then it may take a slot beside live
+        traffic)."""
         if not self._lines:
             return None
         shares = self._table.shares
-        now, bound = shares.now(), shares.policy.batch_max_wait_s
-        ends = [line[0].since + bound - now for (level, _), line in self._lines.items()
-                if level and line]  # fmt: skip
-        lately = shares.next_change_in()
-        changes = [end for end in ends if end > 0] + ([lately] if lately is not None else [])
-        return min(changes, default=None)
+        ends = [shares.ages_at(route.replica_id, line[0].since)
+                for (level, _), line in self._lines.items() if level and line
+                for route in line[0].routes if route.replica_id not in line[0].exclude]  # fmt: skip
+        now, lately = shares.now(), shares.next_change_in()
+        changes = [end - now for end in ends if end is not None and end > now]
+        return min(changes + ([lately] if lately is not None else []), default=None)

@@ -253,20 +253,20 @@ class RouteTable:
         batch: bool = False,
         waiting: Mapping[str, Set[str]] | None = None,
         live_waiting: Set[str] = frozenset(),
-        waited_s: float = 0.0,
+        since: float | None = None,
     ) -> ReplicaRoute | None:
         """Like `pick`, among replicas with a slot `org` may take now (gateway/shares.py):
         its fair share while other organisations wait (`waiting`: replica -> the
         organisations waiting for it), room left for a neighbour seen lately, and for live
         traffic if this is a batch line (`live_waiting`: the replicas a live request waits
-        for; `waited_s`: how long the line has waited)."""
+        for; `since`: when the line began waiting, None if it has just arrived)."""
         waiting = waiting or {}
         free = [
             r for r in routes
             if self.shares.may_take(r.replica_id, r.slots, self.outstanding[r.replica_id], org,
                                     batch=batch, waiting=waiting.get(r.replica_id, frozenset()),
                                     gpus=r.gpus, live_waiting=r.replica_id in live_waiting,
-                                    waited_s=waited_s)
+                                    since=since)
         ]  # fmt: skip
         return self.pick(free, exclude)
 

@@ -25,13 +25,19 @@ take a free slot now:
   operator's `batch_share` if set, else by replica: none on a replica without GPUs (a CPU
   engine, where every line decoded beside a live request slows it: docs/benchmarks.md),
   a quarter on one with GPUs (where one live stream would otherwise idle the other slots);
-* a batch line never stalls for ever: one that has waited `batch_max_wait_s` may take a
-  slot beside live traffic while no other batch line holds one of the replica (so at most
-  one such line at a time), but never the last free slot while a live request waits.
+* a batch line never stalls for ever: one that has waited `batch_max_wait_s` ("aged") may
+  take a slot beside live traffic while no other batch line holds one of the replica, but
+  never the last free slot (on a one-slot engine, its slot between two live requests). Its
+  wait counts from the later of its arrival and the replica's last aged start, so that a
+  replica gives at most one aged start per `batch_max_wait_s`: the lines of a batch all
+  arrive together, and would otherwise follow each other into that slot for good.
+  `batch_max_wait_s` 0 turns ageing off: with a batch share of 0, no batch line then runs
+  beside live traffic.
 
-The rule is pure (`Seen` in, yes or no out); `SlotShares` keeps the counts, with an
-injected clock, and says when the next "lately" expires so that the queue can look again
-(the queue also looks again when its oldest batch line reaches `batch_max_wait_s`).
+The rule is pure (`Seen` in, yes or no out); `SlotShares` keeps the counts and each
+replica's last aged start, with an injected clock, and says when the next "lately" expires
+so that the queue can look again (the queue also looks again when its oldest batch line
+ages, `ages_at`).
 """
 
 from __future__ import annotations
@@ -52,7 +58,9 @@ class SharePolicy:
     batch_share: float | None = None
     neighbour_s: float = 10.0  # another organisation used the replica this recently: headroom
     live_s: float = 1.0  # live traffic counts as present this long after a live request ended
-    batch_max_wait_s: float = 30.0  # a batch line waiting this long may take a slot anyway
+    # a batch line waiting this long may take a slot anyway (one per replica per this
+    # time); 0: never
+    batch_max_wait_s: float = 30.0
 
     def batch_share_for(self, gpus: int) -> float:
         """The operator's share if set, else none on a CPU replica and a quarter with GPUs."""
@@ -74,6 +82,7 @@ class Seen:
     live: bool  # live traffic present (in flight or lately)
     live_waiting: bool = False  # a live request waits for it
     gpus: int = 0  # its deployment's GPUs per replica; 0: a CPU engine
+    aged_ago_s: float = math.inf  # since a batch line last took a slot of it by ageing
 
 
 def headroom(slots: int) -> int:
@@ -106,15 +115,26 @@ def may_take(seen: Seen, *, batch: bool, policy: SharePolicy, waited_s: float = 
 
 def batch_may_take(seen: Seen, policy: SharePolicy, waited_s: float) -> bool:
     """Whether a batch line may take a free slot as far as live traffic goes: not one a live
-    request waits for, within the batch share while live traffic is present; once it has
-    waited `batch_max_wait_s`, one slot while no batch line holds one, never the last free
-    slot while a live request waits."""
-    aged = waited_s >= policy.batch_max_wait_s and seen.batch == 0
+    request waits for, within the batch share while live traffic is present, or as an aged
+    line (`is_aged`)."""
     if seen.live_waiting:
-        return aged and seen.slots - seen.busy > 1
+        return is_aged(seen, policy, waited_s)
     if not seen.live:
         return True
-    return aged or seen.batch < batch_cap(seen.slots, policy.batch_share_for(seen.gpus))
+    cap = batch_cap(seen.slots, policy.batch_share_for(seen.gpus))
+    return seen.batch < cap or is_aged(seen, policy, waited_s)
+
+
+def is_aged(seen: Seen, policy: SharePolicy, waited_s: float) -> bool:
+    """Whether a batch line may take a slot beside live traffic by having waited long: it
+    has waited `batch_max_wait_s` (0: never), counted from the later of its arrival and the
+    replica's last aged start; no batch line holds a slot of the replica; and the slot is
+    not its last free one, unless the engine has one slot and no live request waits."""
+    bound = policy.batch_max_wait_s
+    if not bound or min(waited_s, seen.aged_ago_s) < bound or seen.batch:
+        return False
+    free = seen.slots - seen.busy
+    return free > 1 or (seen.slots == 1 and not seen.live_waiting)
 
 
 @dataclass
@@ -123,6 +143,7 @@ class _Replica:
     batch: int = 0
     seen: dict[str, float] = field(default_factory=dict)  # organisation -> last release
     live_seen: float = -math.inf  # when a live request last released a slot
+    aged_at: float = -math.inf  # when a batch line last took a slot by ageing
 
 
 class SlotShares:
@@ -184,13 +205,16 @@ class SlotShares:
 
     def may_take(
         self, replica_id: str, slots: int, busy: int, org: str, *, batch: bool,
-        waiting: Set[str], gpus: int = 0, live_waiting: bool = False, waited_s: float = 0.0,
+        waiting: Set[str], gpus: int = 0, live_waiting: bool = False,
+        since: float | None = None,
     ) -> bool:  # fmt: skip
         """Whether `org` may take a free slot of the replica now; `waiting` names the
         organisations with a request waiting for it at the asker's priority, `live_waiting`
-        says whether a live request waits for it, `waited_s` how long the asker has."""
+        says whether a live request waits for it, `since` when the asker began waiting
+        (None: it has just arrived)."""
         view = self.seen(replica_id, slots, busy, org, waiting, gpus=gpus,
                          live_waiting=live_waiting)  # fmt: skip
+        waited_s = 0.0 if since is None else self._clock() - since
         return may_take(view, batch=batch, policy=self.policy, waited_s=waited_s)
 
     def seen(
@@ -211,7 +235,22 @@ class SlotShares:
             live=live_in_flight > 0 or now - replica.live_seen <= policy.live_s,
             live_waiting=live_waiting,
             gpus=gpus,
+            aged_ago_s=now - replica.aged_at,
         )
+
+    def took_aged(self, replica_id: str) -> None:
+        """A batch line took a slot of the replica by ageing: the next one may not before
+        another `batch_max_wait_s`."""
+        self._replicas.setdefault(replica_id, _Replica()).aged_at = self._clock()
+
+    def ages_at(self, replica_id: str, since: float) -> float | None:
+        """When a batch line waiting since `since` ages on the replica: `batch_max_wait_s`
+        after the later of that and the replica's last aged start (None: ageing is off)."""
+        bound = self.policy.batch_max_wait_s
+        if not bound:
+            return None
+        replica = self._replicas.get(replica_id)
+        return max(since, replica.aged_at if replica is not None else since) + bound
 
     def next_change_in(self) -> float | None:
         """Seconds until the next 'lately' expires (then a refused slot may be given)."""
