@@ -1,9 +1,12 @@
 """What a training node makes of its worker's exit (node/training_job.py): a reinforcement
 job whose reward collapsed stopped itself on purpose, so it fails at once with code
-`reward_collapsed` and the worker's own words, where a crashed worker is started again."""
+`reward_collapsed` and the worker's own words, where a crashed worker is started again; a
+worker asked to pause before its recipe could take the request (SIGTERM while it loads)
+is paused, not a death."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,3 +63,25 @@ class TestACollapsedRewardEndsTheJob:
         made, runs = supervisor(tmp_path, monkeypatch, code=1, lines=[])
         state, _, code = made._train()
         assert (state, code) == ("failed", "worker") and len(runs) == MAX_ATTEMPTS
+
+
+class TestAPauseWhileTheWorkerLoads:
+    def test_a_worker_stopped_by_the_pause_before_its_recipe_listened_is_paused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Out of budget while the model loads: the pause's SIGTERM ends the worker before
+        its recipe set its handler. The job is paused (to resume from its last checkpoint),
+        not failed as a worker that died three times."""
+        made, runs = supervisor(tmp_path, monkeypatch, code=-signal.SIGTERM, lines=[])
+        made._stop_asked = "pause"
+        assert made._train() == ("paused", "", "")
+        assert runs == [-signal.SIGTERM]
+
+    def test_a_worker_that_crashes_while_pausing_died_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        made, runs = supervisor(tmp_path, monkeypatch, code=-signal.SIGSEGV, lines=[])
+        made._stop_asked = "pause"
+        state, message, code = made._train()
+        assert (state, code) == ("failed", "worker") and len(runs) == 1
+        assert message.startswith("the training worker died once:"), message

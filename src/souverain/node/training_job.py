@@ -223,16 +223,18 @@ class TrainingSupervisor:
                 return "failed", self._message_of("collapsed"), "reward_collapsed"
             if code == 0:
                 return ("paused", "", "") if self._last("paused") else self._finish(out)
+            if asked == "pause" and code == -signal.SIGTERM:
+                # asked to pause before its recipe took the request (still loading the model
+                # or preparing the data): it stopped, and carries on from its last checkpoint
+                return "paused", "", ""
             attempts_left -= 1
             # The exit code or signal only: the worker's log stays on the node (and goes with
             # the job directory), since a traceback may quote training data.
             reason = describe_exit(code, build_hint="").replace("engine", "worker", 1)
             if attempts_left <= 0 or asked == "pause":
-                return (
-                    "failed",
-                    f"the training worker died {MAX_ATTEMPTS} times: {reason}",
-                    "worker",
-                )
+                deaths = MAX_ATTEMPTS - attempts_left
+                times = "once" if deaths == 1 else f"{deaths} times"
+                return "failed", f"the training worker died {times}: {reason}", "worker"
             self._attempt += 1
             self._event("restart", reason=reason, attempt=self._attempt)
 
