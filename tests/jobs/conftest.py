@@ -32,8 +32,17 @@ KEY = MASTER_KEY.encode()
 async def sessions(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    directory = tmp_path_factory.mktemp(f"jobs-{request.param}")
-    url = await fresh_database_url(request.param, directory, database="souverain_jobs")
+    async for made in migrated(request, tmp_path_factory, "jobs"):
+        yield made
+
+
+async def migrated(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A new, migrated database of `request.param`'s kind (on PostgreSQL one named
+    `souverain_{name}`), for a fixture to yield."""
+    directory = tmp_path_factory.mktemp(f"{name}-{request.param}")
+    url = await fresh_database_url(request.param, directory, database=f"souverain_{name}")
     engine = create_engine_unpooled(normalise_database_url(url))
     await upgrade(engine)
     yield session_factory(engine)

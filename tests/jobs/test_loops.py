@@ -10,15 +10,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.core.ids import new_id
-from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
 from souverain.db.tables import DeploymentRow
 from souverain.installation.authority import Issuer
 from souverain.jobs.deployments.reconciler import EngineDefaults
 from souverain.jobs.fine_tuning.reconciler import TrainingDefaults
 from souverain.jobs.runner import Controller
-from souverain.settings import normalise_database_url
-from tests.conftest import DATABASES, fresh_database_url, wait_until
-from tests.jobs.conftest import KEY, World
+from tests.conftest import DATABASES, wait_until
+from tests.jobs.conftest import KEY, World, migrated
 
 
 @pytest.fixture(scope="module", params=DATABASES)
@@ -27,12 +25,8 @@ async def sessions(
 ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """A database of this module's own: the controller reconciles every deployment it
     holds, so the other tests' leftovers would make its rounds theirs as well."""
-    directory = tmp_path_factory.mktemp(f"loops-{request.param}")
-    url = await fresh_database_url(request.param, directory, database="souverain_loops")
-    engine = create_engine_unpooled(normalise_database_url(url))
-    await upgrade(engine)
-    yield session_factory(engine)
-    await engine.dispose()
+    async for made in migrated(request, tmp_path_factory, "loops"):
+        yield made
 
 
 class TestLoops:
