@@ -35,6 +35,14 @@ if POSTGRES_URL:
     DATABASES.append(pytest.param("postgres", id="postgres", marks=pytest.mark.postgres))
 
 
+def on_one_database(fixture: str = "platform") -> pytest.MarkDecorator:
+    """Run a module, class or test on one database: PostgreSQL, the fleet's, when the
+    suite has it, else SQLite. For tests whose cost is Ray nodes, engines or `souverain`
+    processes rather than the database: the database code they reach is the platform's,
+    which the other tests run on both."""
+    return pytest.mark.parametrize(fixture, DATABASES[-1:], indirect=True)
+
+
 async def reset_postgres(url: str) -> None:
     engine = create_engine_unpooled(normalise_database_url(url))
     async with engine.begin() as connection:

@@ -21,7 +21,7 @@ import pytest
 
 from souverain.cluster import ray_cluster, ray_node, ray_tls
 from souverain.testing.live import free_port
-from tests.conftest import Platform
+from tests.conftest import Platform, on_one_database
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -88,6 +88,7 @@ async def head(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> 
         remove_node_dirs()
 
 
+@on_one_database()
 class TestHead:
     async def test_the_head_requires_its_token_and_keeps_its_files_private(
         self, head: Head
@@ -129,6 +130,7 @@ async def certify(platform: Platform, head: Head, ip: str, out: Path) -> None:
     assert done.returncode == 0, done.stderr + done.stdout
 
 
+@on_one_database()
 class TestJoin:
     async def join(
         self, platform: Platform, head: Head, home: Path, *extra: str, address: str | None = None

@@ -25,13 +25,14 @@ import pytest
 from souverain.cluster import ray_node, ray_tls
 from souverain.core.ids import new_id
 from tests.cluster import test_node_commands as nodes
-from tests.conftest import Platform
+from tests.conftest import Platform, on_one_database
 from tests.security.test_link_capture import LinkCapture, packets
 
 pytestmark = [
     pytest.mark.ray,
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("tcpdump") is None, reason="needs tcpdump (make tcpdump)"),
+    on_one_database(),
 ]
 
 IP = nodes.IP

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from souverain.core.roles import Role
 from souverain.db.tables import UsageRecordRow
-from tests.conftest import Platform
+from tests.conftest import Platform, on_one_database
 
 
 def lines(model: str, count: int, prefix: str = "line", **body: Any) -> bytes:
@@ -213,6 +213,7 @@ class TestCarbonAwareBatches:
         assert done.status == "cancelled" and done.request_counts.failed == 10
 
 
+@on_one_database()
 class TestCli:
     async def test_upload_run_follow_and_download(self, platform: Platform, tmp_path: Any) -> None:
         import os

@@ -23,7 +23,7 @@ from souverain.db.engine import create_engine_unpooled, session_factory, upgrade
 from souverain.db.tables import ProjectRow, utcnow
 from souverain.evidence import audit, audit_log
 from souverain.installation.signing import installation_key
-from tests.conftest import Platform, wait_until
+from tests.conftest import Platform, on_one_database, wait_until
 
 
 async def events(platform: Platform, key: str, **params: object) -> list[dict[str, object]]:
@@ -334,6 +334,7 @@ class TestPruning:
         await engine.dispose()
 
 
+@on_one_database()
 async def test_the_cli_verifies_the_live_chain(platform: Platform, tmp_path: Path) -> None:
     import os
     import subprocess

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from souverain.core.roles import Role
 from souverain.db.tables import DeploymentRow, utcnow
 from souverain.testing.factories import unique
-from tests.conftest import Platform
+from tests.conftest import Platform, on_one_database
 from tests.server.test_cli_coverage import SOUVERAIN
 
 
@@ -122,6 +122,7 @@ class TestLimits:
         assert seen["replicas"] == 3 and seen["scaling_reason"] == ""
 
 
+@on_one_database()
 class TestCommands:
     async def test_deployments_create_takes_limits_and_list_shows_them(
         self, platform: Platform

@@ -16,7 +16,9 @@ import openai
 
 from souverain.core.roles import Role
 from souverain.db.jobs import FineTuningJobRow
-from tests.conftest import Platform
+from tests.conftest import Platform, on_one_database
+
+pytestmark = on_one_database()  # every test runs `souverain` processes
 
 SOUVERAIN = str(Path(sys.executable).with_name("souverain"))
 

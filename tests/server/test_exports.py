@@ -19,7 +19,7 @@ from souverain.core.signing import load_public_key
 from souverain.jobs.exports.runner import ExportRunner
 from souverain.server.app import installation_signing_key
 from souverain.testing.factories import Tenant
-from tests.conftest import Platform, usage_records, wait_until
+from tests.conftest import Platform, on_one_database, usage_records, wait_until
 from tests.server.test_cli_coverage import cli
 
 
@@ -160,6 +160,7 @@ class TestExport:
         assert keyless.returncode != 0  # a key carried inside the file proves nothing
 
 
+@on_one_database()
 class TestExportCommands:
     async def test_create_show_download_and_verify_from_the_cli(
         self, platform: Platform, tmp_path: Path

@@ -14,7 +14,7 @@ from souverain.core.roles import Role
 from souverain.core.signing import load_public_key, verify
 from souverain.db.tables import UsageRecordRow
 from souverain.testing.factories import Tenant
-from tests.conftest import Platform
+from tests.conftest import Platform, on_one_database
 
 
 async def record(
@@ -121,6 +121,7 @@ class TestResidencyReport:
                 await client.get(f"/api/orgs/{tenant.org_name}/reports/residency", params=params)
             ).status_code == 404
 
+    @on_one_database()
     async def test_cli_writes_and_verifies_offline(
         self, platform: Platform, tmp_path: Path
     ) -> None:

@@ -16,7 +16,7 @@ from souverain.core.roles import Role
 from souverain.db.tables import DeploymentRow, ModelRow, ReplicaRow
 from souverain.jobs.energy import EnergyAccountant
 from souverain.testing.factories import Tenant
-from tests.conftest import Platform
+from tests.conftest import Platform, on_one_database
 from tests.server.test_autoscaling_api import cli
 
 START_J, START_CPU_S, ENGINE_S = 7200.0, 3.5, 12.5  # 2 Wh
@@ -172,6 +172,7 @@ class TestDeploymentStartUp:
         assert report["startup"]["energy_j"] == 0.0
 
 
+@on_one_database()
 class TestUsageReportStartUp:
     async def test_the_organisations_starts_are_a_line_apart_from_its_requests(
         self, platform: Platform
