@@ -193,6 +193,25 @@ class TestScaleToZero:
         answer = await asyncio.wait_for(request, 30)
         assert answer.choices[0].message.content  # type: ignore[attr-defined]
 
+    async def test_a_deployment_said_ready_with_no_replica_keeps_the_request_waiting(
+        self, platform: Platform
+    ) -> None:
+        # Between one replica's removal and the next one's start the deployment may still
+        # say ready while nothing serves it: the request waits on (a 451 is only for
+        # replicas that run where the caller may not go; before, this was a 503).
+        model, deployment_id = await asleep(platform)
+        request = ask(await sdk(platform), model)
+        await wait_until(lambda: waiting_seen(platform, deployment_id), timeout_s=10)
+        async with platform.sessions.begin() as session:
+            deployment = await session.get(DeploymentRow, deployment_id)
+            assert deployment is not None
+            deployment.replicas, deployment.status = 1, "ready"
+        await asyncio.sleep(1.0)  # the waiting request's route reloads (every 0.1 s) see it
+        assert not request.done()
+        await replica_ready(platform, deployment_id)
+        answer = await asyncio.wait_for(request, 30)
+        assert answer.choices[0].message.content  # type: ignore[attr-defined]
+
     @pytest.mark.parametrize(
         ("status", "reason"),
         [

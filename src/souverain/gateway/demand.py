@@ -168,13 +168,15 @@ async def wake(
         while True:
             await asyncio.sleep(0.1)  # a reload at most 10 times a second, for all waiters
             await table.refresh_if_older_than(sessions, 0.1)
-            compliant, _ = table.compliant_routes(principal, model)
+            compliant, excluded = table.compliant_routes(principal, model)
             routes = [r for r in compliant if r.replica_id not in exclude]
             if routes:
                 return routes
             woken = table.wakeable_for(principal, model)
-            if not exclude and woken and all(d.status == "ready" for d in woken):
+            if not exclude and excluded and woken and all(d.status == "ready" for d in woken):
                 return []  # all that could wake is up, none where the caller may go: 451
+            # Ready with no replica at all: one was just released or lost, and the next
+            # is not up yet; the request keeps waiting.
             _check_starting(woken, model.name)
             if time.monotonic() > deadline:
                 raise ServiceUnavailableError(
