@@ -103,6 +103,16 @@ async def replica_ready(
     return replica_id
 
 
+async def deployment_says(
+    platform: Platform, deployment_id: str, status: str, reason: str = ""
+) -> None:
+    """The controller has asked for one replica and the deployment says `status`."""
+    async with platform.sessions.begin() as session:
+        deployment = await session.get(DeploymentRow, deployment_id)
+        assert deployment is not None
+        deployment.replicas, deployment.status, deployment.status_reason = 1, status, reason
+
+
 def ask(client: openai.AsyncOpenAI, model: str) -> asyncio.Task[object]:
     return asyncio.ensure_future(
         client.chat.completions.create(
@@ -202,10 +212,7 @@ class TestScaleToZero:
         model, deployment_id = await asleep(platform)
         request = ask(await sdk(platform), model)
         await wait_until(lambda: waiting_seen(platform, deployment_id), timeout_s=10)
-        async with platform.sessions.begin() as session:
-            deployment = await session.get(DeploymentRow, deployment_id)
-            assert deployment is not None
-            deployment.replicas, deployment.status = 1, "ready"
+        await deployment_says(platform, deployment_id, "ready")
         await asyncio.sleep(1.0)  # the waiting request's route reloads (every 0.1 s) see it
         assert not request.done()
         await replica_ready(platform, deployment_id)
@@ -225,11 +232,7 @@ class TestScaleToZero:
         model, deployment_id = await asleep(platform)
         request = ask(await sdk(platform), model)
         await wait_until(lambda: waiting_seen(platform, deployment_id), timeout_s=10)
-        async with platform.sessions.begin() as session:
-            deployment = await session.get(DeploymentRow, deployment_id)
-            assert deployment is not None
-            deployment.replicas, deployment.status = 1, status
-            deployment.status_reason = reason
+        await deployment_says(platform, deployment_id, status, reason)
         with pytest.raises(openai.APIStatusError) as refused:
             await asyncio.wait_for(request, 30)
         assert refused.value.status_code == 503
