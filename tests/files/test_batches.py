@@ -36,7 +36,7 @@ async def member(platform: Platform) -> tuple[str, str]:
 
 
 def client(platform: Platform, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 async def wait_done(sdk: openai.OpenAI, batch_id: str, timeout_s: float = 60) -> Any:

@@ -37,7 +37,7 @@ async def owner(platform: Platform) -> tuple[str, str, str]:
 
 
 def sdk(platform: Platform, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+    return openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 class TestOpenAISdk:

@@ -32,7 +32,9 @@ def think(model: str, **extra: object) -> dict[str, object]:
 class TestOpenAIShape:
     async def test_reasoning_content_apart_and_counted(self, platform: Platform) -> None:
         model, key = await setup(platform)
-        sdk = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+        sdk = openai.AsyncOpenAI(
+            base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60
+        )
         answer = await sdk.chat.completions.create(
             model=model, reasoning_effort="medium",
             messages=[{"role": "user", "content": "why? #think"}],
@@ -47,7 +49,9 @@ class TestOpenAIShape:
 
     async def test_streamed_thinking_arrives_as_reasoning_deltas(self, platform: Platform) -> None:
         model, key = await setup(platform)
-        sdk = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+        sdk = openai.AsyncOpenAI(
+            base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60
+        )
         stream = await sdk.chat.completions.create(
             model=model, stream=True, stream_options={"include_usage": True},
             messages=[{"role": "user", "content": "why? #think"}],
@@ -152,7 +156,9 @@ class TestLanguages:
     async def test_languages_reach_the_record_and_the_report(self, platform: Platform) -> None:
         model, key = await setup(platform)
         plain = await platform.served_model()
-        sdk = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+        sdk = openai.AsyncOpenAI(
+            base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60
+        )
         await sdk.chat.completions.create(  # not a reasoning request: never tagged
             model=plain, messages=[{"role": "user", "content": FRENCH_TASK}]
         )
@@ -202,7 +208,9 @@ class TestDeploymentDefault:
         )
         tenant = await platform.factory.tenant(roles={"u": Role.MEMBER})
         key = (await platform.factory.member_key(tenant, "u", Role.MEMBER)).key
-        sdk = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+        sdk = openai.AsyncOpenAI(
+            base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60
+        )
         answer = await sdk.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "why? #think"}]
         )

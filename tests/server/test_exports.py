@@ -24,7 +24,7 @@ from tests.server.test_cli_coverage import cli
 
 
 def sdk(platform: Platform, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 async def runner(platform: Platform) -> ExportRunner:

@@ -23,7 +23,7 @@ async def tenant(platform: Platform) -> tuple[str, str, openai.OpenAI]:
     model = await platform.served_model()
     org = await platform.factory.tenant(roles={"o": Role.OWNER})
     key = (await platform.factory.member_key(org, "o", Role.OWNER)).key
-    sdk = openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+    sdk = openai.OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60)
     lines = (json.dumps(PROBLEM) + "\n").encode() * 4
     stored = await asyncio.to_thread(
         sdk.files.create, file=("rl.jsonl", io.BytesIO(lines)), purpose="fine-tune"

@@ -27,7 +27,9 @@ class TestRetentionSweep:
         tenant = await platform.factory.tenant(roles={"own": Role.OWNER})
         owner = await platform.factory.member_key(tenant, "own", Role.OWNER)
         model = await platform.served_model(owner_org_id=tenant.org_id)
-        client = openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=owner.key, max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=f"{platform.url}/v1", api_key=owner.key, max_retries=0, timeout=60
+        )
         kept = [await client.files.create(file=(f"n{i}.txt", b"notes"), purpose="user_data")
                 for i in range(3)]  # fmt: skip
         await client.chat.completions.create(
