@@ -26,6 +26,10 @@ QUESTIONS = ["what is the sea", "tell me a joke", "how are you", "name a color",
              "what time is it", "where is paris", "who are you", "say hello"]  # fmt: skip
 
 
+STEPS = 12  # both jobs: enough for the pirate answer to be learned
+EPOCHS = STEPS * 4 // len(QUESTIONS)  # batches of 4 samples
+
+
 def pirate_lines() -> bytes:
     """Every answer is 'ARRR! ' and the question shouted back: nothing the base model says."""
     return b"".join(
@@ -75,9 +79,9 @@ class TestFineTuning:
         job = client.fine_tuning.jobs.create(
             model=MODEL, training_file=uploaded.id, suffix="pirate", seed=7,
             method={"type": "supervised", "supervised": {"hyperparameters": {
-                "n_epochs": 6, "batch_size": 4, "learning_rate_multiplier": 10}}},
+                "n_epochs": EPOCHS, "batch_size": 4, "learning_rate_multiplier": 10}}},
         )  # fmt: skip
-        assert job.status == "queued" and job.hyperparameters.n_epochs == 6
+        assert job.status == "queued" and job.hyperparameters.n_epochs == EPOCHS
         deadline = time.monotonic() + 600
         worker_niceness: set[int] = set()
         while (job := client.fine_tuning.jobs.retrieve(job.id)).status != "succeeded":
@@ -92,14 +96,14 @@ class TestFineTuning:
         assert job.trained_tokens and job.trained_tokens > 0
         events = client.fine_tuning.jobs.list_events(job.id, limit=200).data
         messages = [e.message for e in events]
-        assert any(m.startswith("Step 12/12") for m in messages)
+        assert any(m.startswith(f"Step {STEPS}/{STEPS}") for m in messages)
         assert any(e.type == "metrics" and e.data and "train_loss" in e.data for e in events)
         assert not any("ARRR" in m or "paris" in m for m in messages)  # no training text
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
         assert [c.step_number for c in checkpoints] == sorted(
             (c.step_number for c in checkpoints), reverse=True
         )
-        assert checkpoints and checkpoints[0].step_number == 12
+        assert checkpoints and checkpoints[0].step_number == STEPS
         assert checkpoints[0].metrics.train_loss is not None
 
         # served at once by the base's running llama-server replica (a shared deployment,
@@ -133,7 +137,7 @@ class TestFineTuning:
         assert development["base_model"]["sha256"]
         [data] = development["training_data"]["files"]
         assert data["file_id"] == uploaded.id and len(data["sha256"]) == 64
-        assert development["design"]["steps"] == 12
+        assert development["design"]["steps"] == STEPS
         assert development["compute"]["cpu_hours"] > 0
         assert development["energy"]["kwh"] > 0
         assert development["where_trained"]["datacenter"]
@@ -141,8 +145,8 @@ class TestFineTuning:
         # the CLI: the tenant's jobs, their events, the card
         assert job.id in up.cli("finetune", "list", key=key).stdout
         shown = up.cli("finetune", "show", job.id, key=key).stdout
-        assert "succeeded" in shown and "step: 12/12" in shown
-        assert "Step 12/12" in up.cli("finetune", "events", job.id, key=key).stdout
+        assert "succeeded" in shown and f"step: {STEPS}/{STEPS}" in shown
+        assert f"Step {STEPS}/{STEPS}" in up.cli("finetune", "events", job.id, key=key).stdout
         followed = up.cli("finetune", "events", job.id, "--follow", key=key).stdout
         assert "succeeded" in followed
         assert "Model card" in up.cli("models", "card", model_id, key=key).stdout
@@ -162,13 +166,15 @@ class TestFineTuning:
                           timeout=30) as http:  # fmt: skip
             created = http.post("/v1/fine_tuning/jobs", json={
                 "model": MODEL, "training_files": [{"file_id": uploaded.id, "weight": 1}],
-                "hyperparameters": {"training_steps": 12, "learning_rate": 0.002,
+                "hyperparameters": {"training_steps": STEPS, "learning_rate": 0.002,
                                     "warmup_fraction": 0, "weight_decay": 0},
                 "suffix": "corsaire", "auto_start": False,
             })  # fmt: skip
             assert created.status_code == 200, created.text
             job = created.json()
-            assert job["status"] == "VALIDATED" and job["hyperparameters"]["training_steps"] == 12
+            assert (
+                job["status"] == "VALIDATED" and job["hyperparameters"]["training_steps"] == STEPS
+            )
             started = http.post(f"/v1/fine_tuning/jobs/{job['id']}/start")
             assert started.json()["status"] == "QUEUED"
             deadline = time.monotonic() + 600
@@ -179,7 +185,7 @@ class TestFineTuning:
                 assert time.monotonic() < deadline
                 time.sleep(2.0)
         assert job["events"] and job["checkpoints"]
-        assert job["checkpoints"][0]["step_number"] == 12
+        assert job["checkpoints"][0]["step_number"] == STEPS
         deadline = time.monotonic() + 180
         while True:
             try:
