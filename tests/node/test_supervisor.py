@@ -4,6 +4,7 @@ crash loop reported with the signal and the engine's last words, and recovery.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -252,3 +253,43 @@ class TestSecretStaysPrivate:
         assert (engines.parent.stat().st_mode & 0o777) == 0o700
         [log] = list(engines.iterdir())
         assert log.stat().st_mode & 0o777 == 0o600
+
+
+class TestTemplateOverhead:
+    def ready_overhead(self, replica: ReplicaSpec) -> tuple[int, int] | None:
+        supervisor = EngineSupervisor(replica, StandInLauncher(), host="127.0.0.1", node_id="n")
+        supervisor.start()
+        try:
+            wait_for(supervisor, "ready", 30)
+            return supervisor.status().prompt_overhead
+        finally:
+            supervisor.stop()
+
+    def test_measured_once_per_engine_and_model_on_a_node(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The second replica of a model on a node reads what the first measured (proved
+        by a value no engine would measure); other engine arguments are measured anew."""
+        monkeypatch.setenv("SOUVERAIN_NODE_DIR", str(tmp_path / "node-home"))
+        measured = self.ready_overhead(spec())
+        assert measured is not None and measured[0] > 0 and measured[1] > 0
+        cache = tmp_path / "node-home" / "node" / "chat-template-overhead.json"
+        assert cache.stat().st_mode & 0o777 == 0o600
+        [(key, value)] = json.loads(cache.read_text()).items()
+        assert value == list(measured)  # two integers under a digest: nothing of a request
+        cache.write_text(json.dumps({key: [measured[0] + 100, measured[1]]}))
+
+        assert self.ready_overhead(spec()) == (measured[0] + 100, measured[1])
+        assert self.ready_overhead(spec(token_delay=0.001)) == measured
+        assert len(json.loads(cache.read_text())) == 2
+
+    def test_a_damaged_cache_is_measured_again(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("SOUVERAIN_NODE_DIR", str(tmp_path / "node-home"))
+        measured = self.ready_overhead(spec())
+        cache = tmp_path / "node-home" / "node" / "chat-template-overhead.json"
+        [key] = json.loads(cache.read_text())
+        for damaged in ('{"' + key + '": ["12", 3]}', "not json", "[1, 2]"):
+            cache.write_text(damaged)
+            assert self.ready_overhead(spec()) == measured

@@ -22,8 +22,9 @@ engine's temporary files live in the same scratch directory, swept if the actor 
 A start is timed in steps (`start_marks`, wall clock on the node, in the status): `actor`
 (the supervisor exists), `spawned` (the engine process is running), `listening` (its first
 HTTP answer, often "loading"), `answered` (the probe's generation), `ready` (after the chat
-template's overhead is measured: measured after `ready` instead, its two requests slowed
-the first real one by more than they saved). While an engine starts it is probed every
+template's overhead is known: measured after `ready` instead, its two requests slowed the
+first real one by more than they saved; measured once per engine and model file on a node,
+node/template_cache.py). While an engine starts it is probed every
 50 ms: a scale-from-zero request may be waiting for it. At `ready` the engine process's CPU
 time (with its children's, from /proc through psutil) is read: the CPU seconds of that
 start (`start_cpu_s`), which the controller records with the start's energy.
@@ -52,7 +53,14 @@ from souverain.core.fleet import (
     ReplicaStatus,
 )
 from souverain.energy.sources import PowerSource, pick_source, process_cpu_seconds
-from souverain.node import artifacts, engine_http, hosted_adapters, runtime_adapters, scratch
+from souverain.node import (
+    artifacts,
+    engine_http,
+    hosted_adapters,
+    runtime_adapters,
+    scratch,
+    template_cache,
+)
 from souverain.node.engines.base import EngineLauncher, chat_overhead_probes
 from souverain.node.exits import CrashLoop, describe_exit, die_with_parent, log_tail
 from souverain.node.node_dir import node_dir, open_log
@@ -349,7 +357,7 @@ class EngineSupervisor:
             self._terminate(5.0)
             return not_ready
         self._crashes.clear()
-        self._measure_template(url)
+        self._measure_template(url, argv, model_path)
         cpu_s = process_cpu_seconds(process.pid)  # since its spawn: this start's alone
         with self._lock:
             self._start_cpu_s = cpu_s if cpu_s > 0 else None  # 0: the node could not read it
@@ -364,10 +372,18 @@ class EngineSupervisor:
     def _post(self, client: httpx.Client, url: str, **kwargs: object) -> httpx.Response:
         return engine_http.post(self._spec, client, url, **kwargs)
 
-    def _measure_template(self, url: str) -> None:
+    def _measure_template(self, url: str, argv: Sequence[str], model_path: Path) -> None:
         """How many prompt tokens the chat template adds, for admission's bound on what a
-        request may cost (an empty message is far from free: a default system prompt)."""
+        request may cost (an empty message is far from free: a default system prompt).
+        Measured once per engine and model file on this node, then read from the node's
+        cache (its two requests are a tenth of a start from zero)."""
         if not self._launcher.measures_chat_template or self._prompt_overhead is not None:
+            return
+        key = template_cache.key_of(self._launcher, self._spec, argv, model_path)
+        known = template_cache.known(key)
+        if known is not None:
+            with self._lock:
+                self._prompt_overhead = known
             return
         headers = {"Authorization": f"Bearer {self._spec.secret}"}
         counts = []
@@ -385,6 +401,7 @@ class EngineSupervisor:
             per_message = max(1, (three - one + 1) // 2)
             with self._lock:
                 self._prompt_overhead = (one, per_message)
+            template_cache.remember(key, (one, per_message))
 
     def _exit_reason(self, code: int | None) -> str:
         return describe_exit(
