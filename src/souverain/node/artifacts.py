@@ -76,9 +76,15 @@ def file_sha256(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
     return digest.hexdigest()
 
 
-def check_sha256(path: Path, expected: str) -> None:
+def file_marker(path: Path) -> str:
+    """The file as it is now: its real path, size, modification time and inode (a file
+    replaced or rewritten has another marker)."""
     info = path.stat()
-    marker = f"{path.resolve()}|{info.st_size}|{info.st_mtime_ns}|{info.st_ino}"
+    return f"{path.resolve()}|{info.st_size}|{info.st_mtime_ns}|{info.st_ino}"
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    marker = file_marker(path)
     cache_file = node_dir() / "verified.json"
     try:
         cache = json.loads(read_private(cache_file) or b"{}")

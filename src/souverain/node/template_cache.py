@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from souverain.core.fleet import ReplicaSpec
+from souverain.node.artifacts import file_marker
 from souverain.node.engines.base import EngineLauncher
 from souverain.node.node_dir import node_dir, read_private, write_private
 
@@ -75,9 +75,7 @@ def _path() -> Path:
 
 
 def _marker(path: Path) -> str:
-    real = Path(os.path.realpath(path))
     try:
-        info = real.stat()
+        return file_marker(path)
     except OSError:
-        return str(real)
-    return f"{real}|{info.st_size}|{info.st_mtime_ns}|{info.st_ino}"
+        return str(path)
