@@ -563,6 +563,8 @@ async def main() -> None:
                         help="only the rollout speed comparison (and its cold start)")  # fmt: skip
     parser.add_argument("--adapter", help="with --rollouts-only: a cold-start PEFT adapter")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     if args.trl_baseline:
         trl_baseline(args.trl_baseline)
         return
