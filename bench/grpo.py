@@ -373,14 +373,16 @@ async def reinforce(
             "model": job["fine_tuned_model"]}  # fmt: skip
 
 
+FIGURES: dict[str, Any] = {}  # this run's, written whole at every save
+
+
 def save(figures: dict[str, Any]) -> None:
+    """Add `figures` to this run's and write them all to bench/results/grpo.json (never an
+    earlier run's figures beside them)."""
+    FIGURES.update(figures)
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
-    earlier = (
-        json.loads((results / "grpo.json").read_text()) if (results / "grpo.json").exists() else {}
-    )
-    (results / "grpo.json").write_text(json.dumps({**earlier, **figures}, indent=1,
-                                                  ensure_ascii=False))  # fmt: skip
+    (results / "grpo.json").write_text(json.dumps(FIGURES, indent=1, ensure_ascii=False))
 
 
 async def evaluate(
@@ -504,6 +506,9 @@ def report(speed: dict[str, Any] | None, result: dict[str, Any] | None) -> None:
             b, a = default["before"]["overall"], default["after"]["overall"]
             for key in ("mean_reward", "pass_at_1", "format_rate"):
                 print(f"  {key:22s} {b.get(key)} → {a.get(key)}")
+            for key in ("mean_reward", "pass_at_1"):
+                bs, as_ = (b.get("sampled") or {}).get(key), (a.get("sampled") or {}).get(key)
+                print(f"  sampled {key:14s} {bs} → {as_}")
         for row in result.get("served", []):
             print(f"  served ({row['language']}): thinking in {row['reasoning_language']}, answer "
                   f"in {row['answer_language']}; Mistral chunks {row['mistral_chunks']}")  # fmt: skip
