@@ -3,7 +3,9 @@ slots' next step (scripts/patches/llama-server-scheduling.patch; the gateway ask
 an organisation that another one outnumbers on the replica, gateway/shares.py): on the
 real engine, the request and the stream it was read before both answer exactly what each
 answers alone, to the last token, also when the stream applies an adapter the request
-does not (a shared replica), and the engine never stalls on them."""
+does not (a shared replica), and the engine never stalls on them. A request that arrives
+while the stream decodes a step stops that step, and the stream decodes it again after
+the request's prompt, to the same answer."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +38,11 @@ SHORT = [{"role": "user", "content": "What is the capital of France?"}]
 class Engine:
     supervisor: EngineSupervisor
     secret: str
+    log: Path
+
+    def steps_stopped(self) -> int:
+        """The steps the engine says it stopped for a prefill_first prompt."""
+        return self.log.read_text(errors="replace").count("stopped the step of")
 
     def chat(
         self, messages: list[dict[str, str]], max_tokens: int, **extra: object
@@ -77,7 +85,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     supervisor = supervised_llamacpp(replica_id, directory, "llama-server", {"parallel": 2},
                                      adapters=(HostedAdapter("mdl_a", sealed),))  # fmt: skip
     try:
-        yield Engine(supervisor, replica_secret(MASTER_KEY.encode(), replica_id))
+        yield Engine(supervisor, replica_secret(MASTER_KEY.encode(), replica_id),
+                     directory / f"{replica_id}.log")  # fmt: skip
     finally:
         supervisor.stop()
 
@@ -108,4 +117,34 @@ def test_a_prompt_read_first_leaves_both_answers_as_they_are_alone(
     assert 4 <= sent_at < 60, sent_at  # it was read while the long one was generating
     assert first["choices"][0]["message"]["content"] == alone_short
     assert "".join(pieces) == alone_long["choices"][0]["message"]["content"]
+    assert engine.supervisor.status().restarts == 0
+
+
+def test_prompts_arriving_mid_step_stop_it_and_the_stream_decodes_it_again(
+    engine: Engine,
+) -> None:
+    long_extra = {"id_slot": 0}
+    alone_long = engine.chat(LONG, 96, **long_extra)["choices"][0]["message"]["content"]
+    alone_short = engine.chat(SHORT, 12, id_slot=1)["choices"][0]["message"]["content"]
+    stopped_before = engine.steps_stopped()
+
+    pieces: list[str] = []
+    running = threading.Thread(target=engine.stream, args=(LONG, 96, pieces, long_extra))
+    running.start()
+    answers: list[str] = []
+    try:
+        while len(pieces) < 4 and running.is_alive():
+            threading.Event().wait(0.01)
+        # one after another while the stream runs: each arrives during one of its steps
+        # (the stream's steps are most of the engine's time), or between two
+        while running.is_alive() and len(pieces) < 72 and len(answers) < 4:
+            answer = engine.chat(SHORT, 12, id_slot=1, prefill_first=True)
+            answers.append(answer["choices"][0]["message"]["content"])
+    finally:
+        running.join(120)
+    assert len(answers) >= 3, len(answers)
+    assert engine.steps_stopped() > stopped_before  # steps of the stream were stopped
+    assert answers == [alone_short] * len(answers)
+    # every stopped step was taken back and decoded again: the same stream, token for token
+    assert "".join(pieces) == alone_long
     assert engine.supervisor.status().restarts == 0
