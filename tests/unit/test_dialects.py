@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
+from pydantic import ValidationError
 
 from souverain.catalog.routes import ReplicaRoute
 from souverain.gateway.dialects import LLAMA_CPP_PYTHON, LLAMA_SERVER, OPENAI, dialect_of
 from souverain.gateway.exchange import Exchange
 from souverain.gateway.forced_tools import Forced
+from souverain.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from souverain.gateway.slots import Slot
 
 
@@ -129,3 +131,17 @@ class TestStreams:
         assert LLAMA_SERVER.prompt_tokens(progress) == 40
         assert OPENAI.prompt_tokens(progress) is None  # only llama-server's is taken as such
         assert all(d.prompt_tokens(token) is None for d in (OPENAI, LLAMA_CPP_PYTHON, LLAMA_SERVER))
+
+
+@pytest.mark.parametrize(
+    "field", ["prefill_first", "cache_scope", "id_slot", "lora", "cache_prompt", "n_probs"]
+)
+def test_a_client_cannot_write_what_the_gateway_tells_the_engine(field: str) -> None:
+    """The fields the gateway sets for llama-server (whose prompt goes first, whose cache a
+    request may reuse, which slot and adapter it takes) are refused in a client's body, so
+    no tenant can jump the queue or reach another's cached prompt by naming them."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], field: True}
+    with pytest.raises(ValidationError, match=field):
+        ChatCompletionRequest.model_validate(body)
+    with pytest.raises(ValidationError, match=field):
+        CompletionRequest.model_validate({"model": "m", "prompt": "hi", field: True})
