@@ -1,10 +1,12 @@
 """Batches against the best plain client, on `souverain up` (llama.cpp serving SmolLM2).
 
-    python bench/batch.py [--requests 80] [--max-tokens 16] [--upload-mib 128]
+    python bench/batch.py [--requests 80] [--max-tokens 16] [--upload-mib 128] [--rounds 1]
 
 1. The same N chat requests sent by concurrent openai SDK calls, at the concurrency (1, 2,
    4) that gives the most tokens/s, and then as one batch (create → completed): batch
-   tokens/s ÷ best-client tokens/s.
+   tokens/s ÷ best-client tokens/s; with `--rounds R`, R rounds of both in turn, and the
+   median of the rounds' ratios (each round against its own best client, since the
+   machine's speed drifts between rounds).
 2. Live latency (p50 of sequential requests) while a batch runs ÷ without one.
 3. Upload throughput of a file through /v1/files (parsed, hashed, encrypted, stored)
    ÷ a plain copy of the same file on the same disk.
@@ -129,6 +131,9 @@ async def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--live-rounds", type=int, default=12)
     parser.add_argument("--upload-mib", type=int, default=128)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="plain clients, then a batch, R times"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, port = Path(tmp) / "data", free_port()
@@ -140,9 +145,11 @@ async def main() -> None:
             )
             key = await tenant_key(url, operator)
             sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
-            rates = {c: await clients(sdk, args.requests, c, args.max_tokens) for c in (1, 2, 4)}
-            best = max(rates, key=rates.__getitem__)
-            batch_rate, _ = await run_batch(sdk, args.requests, args.max_tokens)
+            measured = []  # per round: the plain clients' rates, the batch's
+            for _ in range(max(1, args.rounds)):
+                rates = {c: await clients(sdk, args.requests, c, args.max_tokens)
+                         for c in (1, 2, 4)}  # fmt: skip
+                measured.append((rates, (await run_batch(sdk, args.requests, args.max_tokens))[0]))
             quiet = await live_p50(sdk, args.live_rounds, args.max_tokens)
             running = asyncio.create_task(run_batch(sdk, args.requests, args.max_tokens))
             await asyncio.sleep(2.0)  # the batch is running
@@ -155,10 +162,19 @@ async def main() -> None:
     print(
         f"{args.requests} requests, max_tokens={args.max_tokens}, souverain up (llama.cpp, SmolLM2)"
     )
-    for concurrency, rate in rates.items():
-        print(f"  plain client, concurrency {concurrency}: {rate:7.1f} tokens/s")
-    print(f"  one batch:                         {batch_rate:7.1f} tokens/s "
-          f"(ratio to the best client, concurrency {best}: {batch_rate / rates[best]:.3f})")  # fmt: skip
+    ratios = []
+    for n, (rates, batch_rate) in enumerate(measured):
+        best = max(rates, key=rates.__getitem__)
+        ratios.append(batch_rate / rates[best])
+        if len(measured) > 1:
+            print(f"  round {n}:")
+        for concurrency, rate in rates.items():
+            print(f"  plain client, concurrency {concurrency}: {rate:7.1f} tokens/s")
+        print(f"  one batch:                         {batch_rate:7.1f} tokens/s "
+              f"(ratio to the best client, concurrency {best}: {ratios[-1]:.3f})")  # fmt: skip
+    if len(ratios) > 1:
+        print(f"one batch ÷ the best plain client: median of {len(ratios)} rounds "
+              f"{statistics.median(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)})")  # fmt: skip
     print(f"live p50 latency: {quiet * 1000:.0f} ms alone, {busy * 1000:.0f} ms while a batch runs "
           f"(ratio {busy / quiet:.2f})")  # fmt: skip
     print(

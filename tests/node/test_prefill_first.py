@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ class Engine:
     def steps_stopped(self) -> int:
         """The steps the engine says it stopped for a prefill_first prompt."""
         return self.log.read_text(errors="replace").count("stopped the step of")
+
+    def errors(self) -> list[str]:
+        """The lines of the engine's log at level E (an operator's alarm)."""
+        return re.findall(r"(?m)^\S+ E .*$", self.log.read_text(errors="replace"))
 
     def chat(
         self, messages: list[dict[str, str]], max_tokens: int, **extra: object
@@ -144,6 +149,7 @@ def test_prompts_arriving_mid_step_stop_it_and_the_stream_decodes_it_again(
         running.join(120)
     assert len(answers) >= 3, len(answers)
     assert engine.steps_stopped() > stopped_before  # steps of the stream were stopped
+    assert engine.errors() == []  # a step stopped on purpose is no engine error
     assert answers == [alone_short] * len(answers)
     # every stopped step was taken back and decoded again: the same stream, token for token
     assert "".join(pieces) == alone_long
