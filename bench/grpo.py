@@ -316,7 +316,7 @@ async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[s
                 "steps": steps, "cold_start_s": round(cold_s, 1), "levels": args.levels,
                 "cold_levels": args.cold_levels, "learning_rate_multiplier": args.lr_multiplier,
                 "hyperparameters": HYPER, "runs": []}  # fmt: skip
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 run = await reinforce(http, args, cold["fine_tuned_model"], problems, heldout,
                                       steps, seed)  # fmt: skip
                 result["runs"].append(run)
@@ -555,6 +555,8 @@ async def main() -> None:
                         help="the generator's levels of the cold start's worked examples")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=2,
                         help="reinforcement jobs from the one cold start, seeds 0, 1, …")  # fmt: skip
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first of those seeds (a later run goes on where one stopped)")  # fmt: skip
     parser.add_argument("--lr-multiplier", type=float, default=RL_LR_MULTIPLIER,
                         help="the reinforcement job's learning_rate_multiplier (of 5e-5)")  # fmt: skip
     parser.add_argument("--on-default-level", action="store_true",
@@ -568,6 +570,8 @@ async def main() -> None:
                         help="only the rollout speed comparison (and its cold start)")  # fmt: skip
     parser.add_argument("--adapter", help="with --rollouts-only: a cold-start PEFT adapter")
     args = parser.parse_args()
+    if args.first_seed < 0:
+        parser.error("--first-seed must be at least 0")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     if args.trl_baseline:
