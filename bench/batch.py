@@ -135,6 +135,8 @@ async def main() -> None:
         "--rounds", type=int, default=1, help="plain clients, then a batch, R times"
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, port = Path(tmp) / "data", free_port()
         url = f"http://127.0.0.1:{port}"
@@ -146,7 +148,7 @@ async def main() -> None:
             key = await tenant_key(url, operator)
             sdk = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
             measured = []  # per round: the plain clients' rates, the batch's
-            for _ in range(max(1, args.rounds)):
+            for _ in range(args.rounds):
                 rates = {c: await clients(sdk, args.requests, c, args.max_tokens)
                          for c in (1, 2, 4)}  # fmt: skip
                 measured.append((rates, (await run_batch(sdk, args.requests, args.max_tokens))[0]))

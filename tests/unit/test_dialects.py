@@ -134,7 +134,7 @@ class TestStreams:
 
 
 @pytest.mark.parametrize(
-    "field", ["prefill_first", "cache_scope", "id_slot", "lora", "cache_prompt", "n_probs"]
+    "field", ["prefill_first", "cache_scope", "id_slot", "lora", "cache_prompt"]
 )
 def test_a_client_cannot_write_what_the_gateway_tells_the_engine(field: str) -> None:
     """The fields the gateway sets for llama-server (whose prompt goes first, whose cache a
