@@ -8,22 +8,28 @@ they would write it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import openai
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from souverain.core.ids import new_id
 from souverain.core.roles import Role
 from souverain.db.demand import DeploymentDemandRow
 from souverain.db.tables import DeploymentRow, ModelAdapterRow, ModelRow, ReplicaRow
+from souverain.gateway import routing
 from souverain.node.hosted_adapters import UNREADABLE
 from souverain.testing.factories import unique
 from tests.conftest import Platform, usage_records, wait_until
 from tests.gateway.test_scale_to_zero import ask, waiting_seen
+
+T = TypeVar("T")
+Loader = Callable[[AsyncSession], Awaitable[list[T]]]
 
 
 @dataclass
@@ -35,42 +41,62 @@ class Loading:
     replica_id: str  # the base's replica that is to hold the adapter
 
 
-async def loading(platform: Platform, *, idle: bool = False) -> Loading:
-    """A tenant's fine-tuned model just registered by its succeeded job: a shared deployment
-    whose adapter the base's one replica has not loaded yet (`idle`: one the controller
-    unloaded after its idle period, as jobs/deployments/idle_adapters.py leaves it)."""
+@dataclass
+class Base:
+    org_id: str
+    replica_id: str  # the base's one replica
+    base_name: str
+
+
+async def served_base(platform: Platform) -> Base:
     tenant = await platform.factory.tenant()
-    key = await platform.factory.new_member(tenant.org_id, Role.MEMBER)
     replica_id = new_id("rep")
     base_name, _ = await platform.factory.served_model(
         url=f"{platform.stand_in_url}/r/{replica_id}",
         datacenter_id=await platform.factory.datacenter("fr-test", country="FR"),
         replica_id=replica_id,
     )
+    return Base(tenant.org_id, replica_id, base_name)
+
+
+async def register(platform: Platform, base: Base, *, idle: bool = False) -> tuple[str, str, str]:
+    """What a succeeded job writes in one transaction: the fine-tuned model, its adapter and
+    its shared deployment (`idle`: one the controller unloaded after its idle period, as
+    jobs/deployments/idle_adapters.py leaves it). Its model id, deployment id and name."""
     model_id, deployment_id, name = new_id("mdl"), new_id("dep"), unique("ft")
+    org_id = base.org_id
     async with platform.sessions.begin() as session:
-        base = (
-            await session.execute(select(ModelRow).where(ModelRow.name == base_name))
+        base_row = (
+            await session.execute(select(ModelRow).where(ModelRow.name == base.base_name))
         ).scalar_one()
         session.add(ModelRow(
-            id=model_id, name=name, owner_org_id=tenant.org_id, engine=base.engine,
+            id=model_id, name=name, owner_org_id=org_id, engine=base_row.engine,
             capabilities=["chat", "completions"], context_length=4096, description="",
-            base_model_id=base.id,
+            base_model_id=base_row.id,
         ))  # fmt: skip
         await session.flush()
         session.add(ModelAdapterRow(
-            model_id=model_id, org_id=tenant.org_id, format="gguf-lora", store_uri="file:///x",
+            model_id=model_id, org_id=org_id, format="gguf-lora", store_uri="file:///x",
             object_key="adapter", object_id=f"{new_id('ftjob')}/adapter.gguf", wrapped_key="00",
             sha256="0" * 64, size_bytes=1, datacenter_id="fr-test",
         ))  # fmt: skip
         session.add(DeploymentRow(
-            id=deployment_id, name=unique("dep"), model_id=model_id, org_id=tenant.org_id,
-            engine=base.engine, replicas=0 if idle else 1, datacenters=[], cpus=1, gpus=0,
+            id=deployment_id, name=unique("dep"), model_id=model_id, org_id=org_id,
+            engine=base_row.engine, replicas=0 if idle else 1, datacenters=[], cpus=1, gpus=0,
             engine_args={}, status="idle" if idle else "pending",
             status_reason=IDLE_REASON if idle else "a shared replica of its base is loading "
             "the adapter", sharing="shared", min_replicas=0, max_replicas=1,
         ))  # fmt: skip
-        await _touch(session, replica_id)  # every server reloads its routes
+        await _touch(session, base.replica_id)  # every server reloads its routes
+    return model_id, deployment_id, name
+
+
+async def loading(platform: Platform, *, idle: bool = False) -> Loading:
+    """A tenant's fine-tuned model just registered by its succeeded job: a shared deployment
+    whose adapter the base's one replica has not loaded yet."""
+    base = await served_base(platform)
+    key = await platform.factory.new_member(base.org_id, Role.MEMBER)
+    model_id, deployment_id, name = await register(platform, base, idle=idle)
     client = openai.AsyncOpenAI(
         base_url=f"{platform.url}/v1", api_key=key.key, max_retries=0, timeout=60
     )
@@ -82,7 +108,7 @@ async def loading(platform: Platform, *, idle: bool = False) -> Loading:
             return False
 
     await wait_until(known, timeout_s=10)
-    return Loading(client, name, model_id, deployment_id, replica_id)
+    return Loading(client, name, model_id, deployment_id, base.replica_id)
 
 
 async def _touch(session: object, replica_id: str, **values: object) -> None:
@@ -192,6 +218,40 @@ class TestAdapterBeingLoaded:
         assert "being loaded onto a shared replica of its base and was not ready within 1s" in (
             refused.value.message
         )
+
+
+class TestJustRegistered:
+    async def test_a_model_the_route_table_knows_has_its_deployment_to_wait_for(
+        self, platform: Platform, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A job registers its model and shared deployment in one transaction while a server
+        reads its routes: whatever the moment, the table either does not know the model yet
+        (a 404 that a retry answers) or knows it with a deployment to wait for, never a
+        known model with nothing to wait for (a 503 "no ready replica" for a model that is
+        being loaded)."""
+        base = await served_base(platform)
+        registered: list[str] = []
+
+        this_test = asyncio.current_task()  # not the platform's own servers' refreshes
+
+        def committing_after(load: Loader[T]) -> Loader[T]:
+            async def read(session: AsyncSession) -> list[T]:
+                rows = await load(session)
+                if not registered and asyncio.current_task() is this_test:
+                    # the job commits right after the first of the table's reads
+                    registered.append((await register(platform, base))[0])
+                return rows
+
+            return read
+
+        monkeypatch.setattr(routing, "load_models", committing_after(routing.load_models))
+        monkeypatch.setattr(routing, "load_wakeable", committing_after(routing.load_wakeable))
+        table = routing.RouteTable()
+        await table.refresh(platform.sessions)
+        [model_id] = registered
+        assert model_id not in table.models or table.wakeable.get(model_id)
+        await table.refresh(platform.sessions)  # the next refresh knows both
+        assert model_id in table.models and table.wakeable.get(model_id)
 
 
 class TestIdleUnloadedAdapter:

@@ -108,12 +108,14 @@ class RouteTable:
 
     async def refresh(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         async with sessions() as session:
-            # Wakeable deployments first: on PostgreSQL each read sees the commits made
-            # before it, so a deployment read as ready has its replica in the routes read
-            # after (the other way round, a waiting request could see its deployment ready
-            # and no replica, and answer 451 or 503 instead of being served).
-            wakeable = await load_wakeable(session)
+            # Models, then wakeable deployments, then routes: each read sees the commits
+            # made before it, so a model read as known has the deployments registered with
+            # it (a request for a just-registered model waits for its replica instead of
+            # a 503), and a deployment read as ready has its replica in the routes (the
+            # other way round, a waiting request could see its deployment ready and no
+            # replica, and answer 451 or 503 instead of being served).
             models = await load_models(session)
+            wakeable = await load_wakeable(session)
             routes = await load_ready_routes(session)
             in_force = await policies.current_all(session)
             defaults = await load_default_projects(session)
