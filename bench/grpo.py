@@ -6,7 +6,10 @@
 1. Step time, same model, data, adapter, batch and CPU, both by hand (no server):
    souverain's recipe (`python -m souverain.training.grpo`: rollouts batched in llama.cpp)
    against TRL's GRPOTrainer (rollouts by transformers' `generate`), with the same reward
-   (magistral), beta 0, clip-higher and token-level loss. Prints the ratio.
+   (magistral), beta 0, clip-higher and token-level loss, and the same step: one
+   generation of 2 prompts × 8 completions trained in two optimiser steps of 8 (TRL's
+   `steps_per_generation`; `trl_config`), timed per generation. Prints the ratio.
+   bench/grpo_versus_trl.py runs both for the same minutes and compares what they learn.
 2. On `souverain up`, as a tenant: a cold-start supervised job on worked examples from
    the shipped generator (all five languages, every level: `--cold-levels`), then
    `--seeds` reinforcement jobs from it (magistral grader, seeds 0, 1, …), each sized to at
@@ -97,11 +100,13 @@ def jsonl(problems: list[mathgen.Problem], *, worked: bool) -> bytes:
 # -- 1. step time by hand ---------------------------------------------------------------
 
 
-def cold_start_by_hand(tmp: Path, samples: int, steps: int) -> Path:
-    """A PEFT adapter from the supervised recipe on worked examples (what both runs of the
-    speed comparison start from, so that completions have the same shape)."""
+def cold_start_by_hand(
+    tmp: Path, samples: int, steps: int, *, levels: tuple[int, ...] = (3,)
+) -> Path:
+    """A PEFT adapter from the supervised recipe on worked examples of `levels` (what both
+    runs of the speed comparison start from, so that completions have the same shape)."""
     model = builtin_path(MODEL)
-    (tmp / "cold.jsonl").write_bytes(jsonl(chosen("train", samples), worked=True))
+    (tmp / "cold.jsonl").write_bytes(jsonl(chosen("train", samples, levels=levels), worked=True))
     spec = {"base": {"path": str(model.parent), "gguf_file": model.name},
             "train": str(tmp / "cold.jsonl"), "valid": None, "output_dir": str(tmp / "cold"),
             "resume_from": None, "threads": 2,
@@ -130,15 +135,40 @@ def souverain_steps(tmp: Path, adapter: Path, steps: int) -> list[float]:
 
 
 def trl_steps(tmp: Path, adapter: Path, steps: int) -> list[float]:
-    """The same step with TRL's GRPOTrainer (its own process, like ours)."""
+    """The same step with TRL's GRPOTrainer (its own process, like ours): the time of each
+    of its generations with the optimiser steps that train on it (`trl_config`)."""
     spec = {"adapter": str(adapter), "data": str(tmp / "rl.jsonl"), "steps": steps}
     (tmp / "trl.json").write_text(json.dumps(spec))
     done = subprocess.run([sys.executable, __file__, "--trl-baseline", str(tmp / "trl.json")],
                           check=True, capture_output=True, text=True, timeout=7200)  # fmt: skip
-    return [float(x) for x in done.stdout.split()[-steps:]]
+    return [float(x) for x in json.loads(done.stdout.splitlines()[-1])["step_s"]]
+
+
+def trl_config(output_dir: str, steps: int) -> dict[str, Any]:
+    """GRPOConfig's arguments for souverain's step shape: a generation of `batch_size`
+    prompts × `group_size` completions, trained in `minibatches` optimiser steps (TRL's
+    `steps_per_generation`), so one souverain step is `minibatches` of TRL's; the same
+    sampling (temperature alone: no top-k, top-p 1), clipping, token-level loss, no KL,
+    constant learning rate, AdamW without weight decay, gradient norm 1."""
+    group, minibatches = HYPER["group_size"], HYPER["minibatches"]
+    return {
+        "output_dir": output_dir, "max_steps": steps * minibatches,
+        "per_device_train_batch_size": HYPER["batch_size"] * group // minibatches,
+        "steps_per_generation": minibatches, "gradient_accumulation_steps": 1,
+        "num_generations": group, "max_completion_length": HYPER["max_tokens"],
+        "temperature": HYPER["temperature"], "top_p": 1.0, "top_k": 0,
+        "beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.28, "loss_type": "dapo",
+        "learning_rate": 5e-5 * RL_LR_MULTIPLIER, "lr_scheduler_type": "constant",
+        "weight_decay": 0.0, "max_grad_norm": 1.0,
+        "logging_steps": 1, "save_strategy": "no", "report_to": [], "use_cpu": True,
+        "disable_tqdm": True, "dataloader_num_workers": 0,
+    }  # fmt: skip
 
 
 def trl_baseline(spec_path: str) -> None:
+    """TRL's GRPOTrainer from the spec's adapter on its data: `steps` souverain-sized steps,
+    or as many as fit in `minutes` (the step in progress then ends the run); prints one JSON
+    line: each step's seconds and mean reward; with `output`, saves the adapter there."""
     import torch
     from datasets import Dataset  # type: ignore[import-untyped]
     from peft import PeftModel
@@ -150,6 +180,7 @@ def trl_baseline(spec_path: str) -> None:
     from souverain.training.sft import load_model, load_tokenizer, precision
 
     spec = json.loads(Path(spec_path).read_text())
+    torch.manual_seed(spec.get("seed", 0))
     torch.set_num_threads(2)
     model_path = builtin_path(MODEL)
     base = {"path": str(model_path.parent), "gguf_file": model_path.name}
@@ -158,6 +189,7 @@ def trl_baseline(spec_path: str) -> None:
     items = read_items(Path(spec["data"]), system=SYSTEM_PROMPT)
     data = Dataset.from_list([{"prompt": i.messages, "answer": str(i.fields["answer"])}
                               for i in items])  # fmt: skip
+    rewarded: list[float] = []
 
     def magistral(
         completions: list[Any], answer: list[str], prompts: list[Any], **_: Any
@@ -169,36 +201,46 @@ def trl_baseline(spec_path: str) -> None:
             out.append(rewards.magistral(text, prompt=prompt[-1]["content"], reference=reference,
                                          tokens=len(ids), l_max=HYPER["max_tokens"],
                                          l_cache=HYPER["length_cache"]).reward)  # fmt: skip
+        rewarded.extend(out)
         return out
 
-    group = HYPER["group_size"]
-    config = GRPOConfig(
-        output_dir=str(Path(spec_path).parent / "trl-out"), max_steps=spec["steps"],
-        per_device_train_batch_size=HYPER["batch_size"] * group, num_generations=group,
-        max_completion_length=HYPER["max_tokens"], temperature=HYPER["temperature"],
-        beta=0.0, epsilon=0.2, epsilon_high=0.28, loss_type="dapo",
-        learning_rate=5e-5 * RL_LR_MULTIPLIER,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-        steps_per_generation=HYPER["minibatches"], dataloader_num_workers=0,
-        **precision(),  # float32 on CPUs, as souverain's own recipes
-    )  # fmt: skip
+    minutes = spec.get("minutes")
+    steps = spec.get("steps") or 1_000_000  # a time limit ends it first
+    arguments = trl_config(str(Path(spec_path).parent / "trl-out"), steps)
+    config = GRPOConfig(seed=spec.get("seed", 0), **arguments, **precision())  # float32 on CPUs
     trainer = GRPOTrainer(model=model, reward_funcs=[magistral], args=config,
                           train_dataset=data, processing_class=tokenizer)  # fmt: skip
+    per_step = HYPER["minibatches"]  # TRL's optimiser steps in one of souverain's steps
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:
-            self.last = time.monotonic()
+            self.started = self.last = time.monotonic()
             self.times: list[float] = []
+            self.rewards: list[float] = []
 
-        def on_step_end(self, *_: Any, **__: Any) -> None:
+        def on_train_begin(self, *_: Any, **__: Any) -> None:
+            self.started = self.last = time.monotonic()
+
+        def on_step_end(self, _args: Any, state: Any, control: Any, **__: Any) -> None:
+            if state.global_step % per_step:
+                return  # inside a generation: its optimiser steps are one souverain step
             now = time.monotonic()
             self.times.append(now - self.last)
             self.last = now
+            if rewarded:
+                self.rewards.append(statistics.fmean(rewarded))
+                rewarded.clear()
+            if minutes is not None and now - self.started >= minutes * 60:
+                control.should_training_stop = True
 
     clock = Clock()
     trainer.add_callback(clock)
     trainer.train()
-    print(" ".join(f"{t:.3f}" for t in clock.times))
+    if spec.get("output"):
+        model.save_pretrained(spec["output"])
+    print(json.dumps({"step_s": [round(t, 3) for t in clock.times],
+                      "reward_mean": [round(r, 4) for r in clock.rewards],
+                      "trained_s": round(time.monotonic() - clock.started, 1)}))  # fmt: skip
 
 
 def rollout_speed(tmp: Path, adapter: Path, rounds: int) -> dict[str, Any]:
