@@ -118,17 +118,27 @@ def cold_start_by_hand(
     return tmp / "cold" / "adapter"
 
 
-def souverain_steps(tmp: Path, adapter: Path, steps: int) -> list[float]:
+def recipe_spec(
+    tmp: Path, name: str, adapter: Path, *, valid: Path | None = None, **hyper: Any
+) -> Path:
+    """A spec of souverain's GRPO recipe from `adapter` on tmp/rl.jsonl (the step shape
+    of HYPER, overridden by `hyper`), output in tmp/`name`; its path."""
     model = builtin_path(MODEL)
-    (tmp / "rl.jsonl").write_bytes(jsonl(chosen("train", 64, skip=1000), worked=False))
     spec = {"base": {"path": str(model.parent), "gguf_file": model.name},
-            "train": str(tmp / "rl.jsonl"), "valid": None, "output_dir": str(tmp / "ours"),
-            "resume_from": None, "threads": 2, "grader": {"type": "magistral"},
-            "init_adapter": str(adapter),
-            "hyperparameters": {"max_steps": steps, "seq_len": 512, "save_steps": steps,
-                                "learning_rate": 5e-5 * RL_LR_MULTIPLIER, **HYPER}}  # fmt: skip
-    (tmp / "ours.json").write_text(json.dumps(spec))
-    subprocess.run([sys.executable, "-m", "souverain.training.grpo", str(tmp / "ours.json")],
+            "train": str(tmp / "rl.jsonl"), "valid": str(valid) if valid else None,
+            "output_dir": str(tmp / name), "resume_from": None, "threads": 2,
+            "grader": {"type": "magistral"}, "init_adapter": str(adapter),
+            "hyperparameters": {"seq_len": 512, "learning_rate": 5e-5 * RL_LR_MULTIPLIER,
+                                **HYPER, **hyper}}  # fmt: skip
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def souverain_steps(tmp: Path, adapter: Path, steps: int) -> list[float]:
+    (tmp / "rl.jsonl").write_bytes(jsonl(chosen("train", 64, skip=1000), worked=False))
+    spec = recipe_spec(tmp, "ours", adapter, max_steps=steps, save_steps=steps)
+    subprocess.run([sys.executable, "-m", "souverain.training.grpo", str(spec)],
                    check=True, capture_output=True, timeout=3600)  # fmt: skip
     lines = [json.loads(x) for x in (tmp / "ours" / "progress.jsonl").read_text().splitlines()]
     return [e["step_s"] for e in lines if e["type"] == "step"]

@@ -40,13 +40,12 @@ from grpo import (
     HYPER,
     MODEL,
     RL_LEVELS,
-    RL_LR_MULTIPLIER,
     chosen,
     cold_start_by_hand,
     jsonl,
+    recipe_spec,
 )
 
-from souverain.node.artifacts import builtin_path
 from souverain.training import evaluation, mathgen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,20 +60,6 @@ def save(**figures: Any) -> None:
     (results / "grpo_versus_trl.json").write_text(json.dumps(FIGURES, indent=1))
 
 
-def recipe_spec(tmp: Path, name: str, adapter: Path, **hyper: Any) -> Path:
-    """A spec of souverain's GRPO recipe from `adapter` on the reinforcement prompts."""
-    model = builtin_path(MODEL)
-    spec = {"base": {"path": str(model.parent), "gguf_file": model.name},
-            "train": str(tmp / "rl.jsonl"), "valid": None, "output_dir": str(tmp / name),
-            "resume_from": None, "threads": 2, "grader": {"type": "magistral"},
-            "init_adapter": str(adapter),
-            "hyperparameters": {"seq_len": 512, "learning_rate": 5e-5 * RL_LR_MULTIPLIER,
-                                **HYPER, **hyper}}  # fmt: skip
-    path = tmp / f"{name}.json"
-    path.write_text(json.dumps(spec))
-    return path
-
-
 def lines(progress: Path) -> list[dict[str, Any]]:
     if not progress.exists():
         return []
@@ -84,11 +69,8 @@ def lines(progress: Path) -> list[dict[str, Any]]:
 def evaluate(tmp: Path, name: str, adapter: Path, prompts: int) -> dict[str, Any]:
     """An evaluation job of the recipe (no step) on the held-out file: its report and its
     per-prompt scores (what a pairing needs)."""
-    spec = json.loads(recipe_spec(tmp, name, adapter, max_steps=0).read_text())
-    spec["valid"] = str(tmp / "heldout.jsonl")
-    spec["hyperparameters"]["eval_samples"] = prompts
-    path = tmp / f"{name}.json"
-    path.write_text(json.dumps(spec))
+    path = recipe_spec(tmp, name, adapter, valid=tmp / "heldout.jsonl", max_steps=0,
+                       eval_samples=prompts)  # fmt: skip
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "souverain.training.grpo", str(path)],
                    check=True, capture_output=True, timeout=4 * 3600)  # fmt: skip
@@ -145,10 +127,6 @@ def trl(tmp: Path, adapter: Path, minutes: float, seed: int) -> dict[str, Any]:
     )
     out = json.loads(done.stdout.splitlines()[-1])
     return {"adapter": spec["output"], "steps": len(out["step_s"]), **out}
-
-
-def change(before: dict[str, Any], after: dict[str, Any], seed: int) -> dict[str, Any]:
-    return evaluation.changes(before["scores"], after["scores"], seed=seed)
 
 
 def report(figures: dict[str, Any]) -> None:
@@ -250,7 +228,14 @@ def main() -> None:
         save(trl=theirs)
         for side, run in (("ours", mine), ("trl", theirs)):
             after = evaluate(tmp, f"eval-{side}", Path(run["adapter"]), args.heldout)
-            save(**{f"{side}_after": after, f"{side}_change": change(before, after, args.seed)})
+            save(
+                **{
+                    f"{side}_after": after,
+                    f"{side}_change": evaluation.changes(
+                        before["scores"], after["scores"], seed=args.seed
+                    ),
+                }
+            )
     report(FIGURES)
     plot(FIGURES, ROOT / "docs" / "grpo_versus_trl.png")
 
