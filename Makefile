@@ -40,8 +40,21 @@ lint: $(STAMP)  ## ruff, mypy --strict, import-linter layer contracts
 unit: $(STAMP)  ## the fast tests only (no Ray, no engine)
 	$(BIN)/pytest -q -m "not ray and not engine"
 
+# The suite runs as two streams at once, each test in exactly one: the tests of real Ray
+# clusters and engines (the heavy stream, on this terminal), and the platform's tests with the
+# stand-in engine, which mostly wait on HTTP round trips (the light stream,
+# SOUVERAIN_TEST_STREAM=light: its own PostgreSQL databases; its log follows). The tests that
+# change what the whole machine shares (marked exclusive: a PostgreSQL restart) run alone after.
+HEAVY = (ray or engine) and not exclusive
+LIGHT = not (ray or engine or exclusive)
 test: lint browser idp tcpdump  ## set up, lint, then the whole suite (PostgreSQL too when SOUVERAIN_TEST_POSTGRES_URL is set)
-	$(BIN)/pytest -q
+	@log="$$(mktemp)"; \
+	SOUVERAIN_TEST_STREAM=light $(BIN)/pytest -q -m "$(LIGHT)" > "$$log" 2>&1 & light=$$!; \
+	$(BIN)/pytest -q -m "$(HEAVY)"; heavy=$$?; \
+	wait $$light; light=$$?; \
+	echo "--- the light stream ($(LIGHT)):"; cat "$$log"; rm -f "$$log"; \
+	echo "--- alone (exclusive):"; $(BIN)/pytest -q -m exclusive; alone=$$?; \
+	test $$heavy = 0 && test $$light = 0 && test $$alone = 0
 
 # llama-server serves the gateway over HTTPS only: it is built with Debian's OpenSSL.
 SSL_APT = DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libssl-dev

@@ -60,6 +60,7 @@ HYPER = {"batch_size": 2, "group_size": 8, "max_tokens": 128, "length_cache": 32
          "temperature": 0.8, "minibatches": 2}  # fmt: skip
 # 5e-5 for the LoRA: the public sweep at this batch shape (2 prompts × 8) found 5e-5 best and
 # 1e-4 below the start (our first recipe run, at 1e-4, fell too; at 2e-4 the format collapsed).
+# Our own sweep (bench/grpo_sweep.py, 30 steps a rate) agrees: 5e-5 above both 2.5e-5 and 1e-4.
 RL_LR_MULTIPLIER = 1.0
 # The easiest levels: at the default level 3 the cold start's pass@8 is 0.07 (docs/benchmarks.md,
 # Point 1), so 93 % of groups teach nothing. Not yet checked against the per-level band that

@@ -66,6 +66,30 @@ def lines(progress: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in progress.read_text().splitlines() if x.strip()]
 
 
+def prepared(
+    tmp: Path,
+    args: argparse.Namespace,
+    heldout: list[mathgen.Problem],
+    cold_adapter: str | None = None,
+) -> Path:
+    """The cold-start adapter (`cold_adapter`, or the supervised recipe by hand on
+    --cold-samples worked examples of every level for --cold-epochs), with tmp/rl.jsonl
+    (--rl-samples prompts of the reinforcement levels the cold start was not taught) and
+    tmp/heldout.jsonl (`heldout`) written beside it."""
+    cold_problems = chosen("train", args.cold_samples, levels=COLD_LEVELS)
+    if cold_adapter:
+        cold = Path(cold_adapter)
+    else:
+        steps = -(-args.cold_samples * args.cold_epochs // 8)
+        cold = cold_start_by_hand(tmp, args.cold_samples, steps, levels=COLD_LEVELS)
+    taught = frozenset(p.question for p in cold_problems)
+    levels = mathgen.parse_levels(RL_LEVELS)
+    (tmp / "rl.jsonl").write_bytes(jsonl(
+        chosen("train", args.rl_samples, levels=levels, exclude=taught), worked=False))  # fmt: skip
+    (tmp / "heldout.jsonl").write_bytes(jsonl(heldout, worked=False))
+    return cold
+
+
 def evaluate(tmp: Path, name: str, adapter: Path, prompts: int) -> dict[str, Any]:
     """An evaluation job of the recipe (no step) on the held-out file: its report and its
     per-prompt scores (what a pairing needs)."""
@@ -79,12 +103,12 @@ def evaluate(tmp: Path, name: str, adapter: Path, prompts: int) -> dict[str, Any
     return {"report": report, "scores": scores, "seconds": round(time.monotonic() - started, 1)}
 
 
-def ours(tmp: Path, adapter: Path, minutes: float, seed: int) -> dict[str, Any]:
+def ours(tmp: Path, adapter: Path, minutes: float, seed: int, name: str = "ours") -> dict[str, Any]:
     """souverain's recipe for `minutes` from its first step, then paused (SIGTERM: the step
-    in progress ends, the adapter is saved as checkpoint-N)."""
-    spec = recipe_spec(tmp, "ours", adapter, max_steps=1_000_000, save_steps=1_000_000,
+    in progress ends, the adapter is saved as checkpoint-N), output in tmp/`name`."""
+    spec = recipe_spec(tmp, name, adapter, max_steps=1_000_000, save_steps=1_000_000,
                        seed=seed)  # fmt: skip
-    progress = tmp / "ours" / "progress.jsonl"
+    progress = tmp / name / "progress.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "souverain.training.grpo", str(spec)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     started = None
@@ -102,7 +126,7 @@ def ours(tmp: Path, adapter: Path, minutes: float, seed: int) -> dict[str, Any]:
         raise SystemExit(f"souverain's recipe ended {process.returncode}: {err.decode()[-2000:]}")
     steps = [e for e in events if e["type"] == "step"]
     return {
-        "adapter": str(tmp / "ours" / f"checkpoint-{paused[0]['step']}"),
+        "adapter": str(tmp / name / f"checkpoint-{paused[0]['step']}"),
         "steps": len(steps),
         "trained_s": round(time.monotonic() - (started or 0.0), 1),
         "step_s": [e["step_s"] for e in steps],
@@ -203,23 +227,13 @@ def main() -> None:
     if args.minutes <= 0 or args.heldout < 1 or args.cold_samples < 8 or args.rl_samples < 2:
         parser.error("--minutes must be above 0, --heldout at least 1, --cold-samples at "
                      "least 8 and --rl-samples at least 2")  # fmt: skip
-    levels = mathgen.parse_levels(RL_LEVELS)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         started = time.monotonic()
-        cold_problems = chosen("train", args.cold_samples, levels=COLD_LEVELS)
-        if args.cold_adapter:
-            cold = Path(args.cold_adapter)
-        else:
-            steps = -(-args.cold_samples * args.cold_epochs // 8)
-            cold = cold_start_by_hand(tmp, args.cold_samples, steps, levels=COLD_LEVELS)
+        heldout = chosen("heldout", args.heldout, levels=mathgen.parse_levels(RL_LEVELS))
+        cold = prepared(tmp, args, heldout, args.cold_adapter)
         save(minutes=args.minutes, cold_start_s=round(time.monotonic() - started, 1),
              hyperparameters=HYPER, levels=RL_LEVELS)  # fmt: skip
-        taught = frozenset(p.question for p in cold_problems)
-        (tmp / "rl.jsonl").write_bytes(jsonl(
-            chosen("train", args.rl_samples, levels=levels, exclude=taught), worked=False))  # fmt: skip
-        (tmp / "heldout.jsonl").write_bytes(jsonl(
-            chosen("heldout", args.heldout, levels=levels), worked=False))  # fmt: skip
         before = evaluate(tmp, "eval-cold", cold, args.heldout)
         save(cold=before)
         mine = ours(tmp, cold, args.minutes, args.seed)

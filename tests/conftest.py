@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from souverain.core.ids import replica_secret
 from souverain.core.roles import Role
 from souverain.db.engine import create_engine_unpooled, session_factory
+from souverain.gateway.state import AppState
 from souverain.server.app import create_app
 from souverain.settings import Settings, normalise_database_url
 from souverain.testing.factories import Factory
@@ -29,6 +30,15 @@ from souverain.testing.tls import every_replica_files
 
 MASTER_KEY = "0123456789abcdef" * 4
 POSTGRES_URL = os.environ.get("SOUVERAIN_TEST_POSTGRES_URL")
+# `make test` runs the suite as two streams at once; the light one names itself here, and
+# its PostgreSQL databases carry its name so that neither stream resets the other's.
+STREAM = os.environ.get("SOUVERAIN_TEST_STREAM", "")
+
+
+def stream_database(name: str) -> str:
+    """A PostgreSQL database's name as this stream uses it: the light stream's end in `_light`."""
+    return f"{name}_{STREAM}" if STREAM else name
+
 
 DATABASES = [pytest.param("sqlite", id="sqlite")]
 if POSTGRES_URL:
@@ -57,6 +67,8 @@ async def fresh_database_url(kind: str, directory: Path, *, database: str | None
     keeps the default one."""
     if kind == "postgres":
         assert POSTGRES_URL
+        if STREAM:
+            database = stream_database(database or "platform")
         url = POSTGRES_URL if database is None else await _own_database(POSTGRES_URL, database)
         await reset_postgres(url)
         return url
@@ -88,6 +100,7 @@ class Platform:
     stand_in_url: str
     stand_in: StandInEngine
     master_key: bytes
+    state: AppState  # the server's own, for what only it can tell (its connection pool)
 
     def secret_for(self, replica_id: str) -> str:
         return replica_secret(self.master_key, replica_id)
@@ -119,7 +132,9 @@ class Platform:
 
     def client(self, key: str | None = None) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30)
+        # Longer than the server's own waits (a pooled connection, SQLite's busy lock: 30 s),
+        # so a request stuck on one is answered with its cause rather than cut off here.
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -161,6 +176,7 @@ async def platform(
             stand_in_url=engine.url,
             stand_in=stand_in,
             master_key=MASTER_KEY.encode(),
+            state=server.app.state.souverain,
         )
         engine.stop()
         await engine_sessions.dispose()

@@ -26,9 +26,9 @@ from souverain.metering.usage import OpenRecord, Settlement
 from souverain.metering.usage_reports import UsageFilter
 from souverain.metering.usage_rollups import KEY, MEASURES, Bucket, Sums, contributions
 from souverain.settings import normalise_database_url
-from tests.conftest import DATABASES, POSTGRES_URL
+from tests.conftest import DATABASES, POSTGRES_URL, stream_database
 
-SCRATCH_DB = "souverain_migrations_test"
+SCRATCH_DB = stream_database("souverain_migrations_test")
 
 EXPECTED_TABLES = {
     "organisations",

@@ -251,19 +251,19 @@ class TestLifecycle:
         _, key = await owner(site, ceiling=["FR"])
         async with site.client(key) as client:
             stored = await upload(client, chats())
-            job_id = await job_with(client, stored["id"], 16)  # a checkpoint every 4 steps
-            await until(client, job_id, lambda v: v["souverain"]["step"] >= 5)
+            job_id = await job_with(client, stored["id"], 8)  # a checkpoint every 2 steps
+            await until(client, job_id, lambda v: v["souverain"]["step"] >= 3)
             [worker] = worker_processes(job_id)
             worker.send_signal(signal.SIGKILL)
-            await until(client, job_id, lambda v: v["souverain"]["step"] >= 9)
+            await until(client, job_id, lambda v: v["souverain"]["step"] >= 5)
             actor = ray.get_actor(training_actor_name(job_id), namespace=RAY_NAMESPACE)
             ray.kill(actor, no_restart=True)
             done = await until(client, job_id, lambda v: v["status"] == "SUCCESS")
             messages = await event_messages(client, job_id)
-        assert done["fine_tuned_model"] and done["souverain"]["step"] == 16
+        assert done["fine_tuned_model"] and done["souverain"]["step"] == 8
         assert any("training worker died" in m and "SIGKILL" in m for m in messages)
         assert any(m.startswith("The training worker was lost") for m in messages)
-        assert any("Job resumed in par1 from the checkpoint at step 8" in m for m in messages)
+        assert any("Job resumed in par1 from the checkpoint at step 4" in m for m in messages)
         assert done["souverain"]["attempt"] == 2
 
     async def test_an_over_long_sample_fails_with_its_line_before_any_training(

@@ -107,6 +107,7 @@ def pg_cluster() -> tuple[str, str]:
 
 
 @pytest.mark.postgres
+@pytest.mark.exclusive  # `make test` runs it alone: other tests use the same PostgreSQL server
 @pytest.mark.skipif(
     not POSTGRES_URL or shutil.which("pg_ctlcluster") is None,
     reason="needs the local PostgreSQL cluster and pg_ctlcluster",

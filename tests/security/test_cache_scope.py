@@ -5,7 +5,7 @@ engine refuses, one it fails, one the attacker cancels mid-prefill, or simply a 
 through another server process of the installation), then sends the victim's prompt
 with a guess of the secret. If the engine let the guess start from the victim's cached
 prefix, a right guess would come back much faster than a wrong one: on a one-slot
-replica a hit skips about 500 tokens. Whatever the move, the engine keeps a cached
+replica a hit skips about 250 tokens. Whatever the move, the engine keeps a cached
 prefix within the scope (organisation and model) that left it, so both take as long.
 """
 
@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 FILLER = " ".join(
     f"Clause {i}: the contractor shall deliver the goods in good order and condition."
-    for i in range(30)
-)  # about 500 tokens after the secret: what a cache hit would skip
-TOO_LONG = " ".join([FILLER] * 10)  # more than a slot's context (4,096 tokens)
+    for i in range(15)
+)  # about 250 tokens after the secret: what a cache hit would skip
+TOO_LONG = " ".join([FILLER] * 20)  # more than a slot's context (4,096 tokens)
+LONG = " ".join([FILLER] * 6)  # about 1,500 tokens: still being read 0.3 s after it was sent
 # An image part passes the gateway (OpenAI's shape) but a text-only llama-server refuses
 # it before any slot takes it.
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
@@ -93,7 +94,7 @@ async def failed(target: LlamaTarget, attacker: httpx.AsyncClient) -> None:
 
 async def cancelled(target: LlamaTarget, attacker: httpx.AsyncClient) -> None:
     """The client goes away while the engine reads a long prompt of its own."""
-    body = chat(target.model, f"Minutes of the meeting. {FILLER} {FILLER} {FILLER}")
+    body = chat(target.model, f"Minutes of the meeting. {LONG}")
     with contextlib.suppress(httpx.TimeoutException):
         await attacker.post("/v1/chat/completions", json=body, timeout=0.3)
     await asyncio.sleep(0.5)  # the engine notices the closed connection
@@ -114,9 +115,10 @@ async def rounds(
 
 
 def check_no_leak(what: str, right: list[float], wrong: list[float]) -> None:
-    """Only a faster right guess tells anything; a leak makes it 20 to 80 times faster
-    (measured on souverain's own code before the engine kept the scope), while a loaded
-    machine's noise goes either way."""
+    """Only a faster right guess tells anything; a leak made it 20 to 80 times faster
+    with twice this filler (measured on souverain's own code before the engine kept the
+    scope; a hit then skips all but a few tokens of either), while a loaded machine's noise
+    goes either way."""
     ratio = statistics.median(right) / statistics.median(wrong)
     print(f"[scope] {what}: right {statistics.median(right):.3f}s, "
           f"wrong {statistics.median(wrong):.3f}s, ratio {ratio:.2f}")  # fmt: skip

@@ -24,12 +24,18 @@ from sqlalchemy.pool import NullPool
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, connections: int | None = None) -> AsyncEngine:
+    """The process's engine; with `connections`, a pool of exactly that many (no overflow,
+    a longer wait for one): for work that must leave the main pool to others."""
+    pool: dict[str, Any] = {}
+    if connections is not None:
+        pool = {"pool_size": connections, "max_overflow": 0, "pool_timeout": 300}
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    pool = pool or {"pool_size": 10, "max_overflow": 20}
+    return create_async_engine(url, pool_pre_ping=True, **pool)
 
 
 def create_engine_unpooled(url: str) -> AsyncEngine:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from prometheus_client import start_http_server
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from souverain import __version__
 from souverain.db.engine import create_engine, session_factory, upgrade
@@ -173,15 +174,7 @@ async def _running(state: AppState, hooks: Sequence[Hook]) -> AsyncIterator[None
     )
     stop_trail = asyncio.Event()
     trail = asyncio.create_task(state.audit_trail.run(stop_trail))
-    runner = asyncio.create_task(
-        BatchRunner(
-            state,
-            lease_s=settings.batch_lease_s,
-            concurrency=settings.batch_concurrency,
-            at_once=settings.batch_at_once,
-            per_org=settings.batch_per_org,
-        ).run()
-    )
+    runner, batch_engine = _batch_runner(state)
     try:
         async with contextlib.AsyncExitStack() as stack:
             if settings.metrics_bind:
@@ -213,7 +206,23 @@ async def _running(state: AppState, hooks: Sequence[Hook]) -> AsyncIterator[None
 
         await state.upstream.close()
         await state.oidc.close()
+        await batch_engine.dispose()
         await state.engine.dispose()
+
+
+def _batch_runner(state: AppState) -> tuple[asyncio.Task[None], AsyncEngine]:
+    """The batch runner, on a database pool of its own: a batch's lines never hold every
+    connection while live requests wait for one. Its task and that pool's engine."""
+    settings = state.settings
+    engine = create_engine(settings.sqlalchemy_url, connections=settings.batch_db_connections)
+    runner = BatchRunner(
+        dataclasses.replace(state, engine=engine, sessions=session_factory(engine)),
+        lease_s=settings.batch_lease_s,
+        concurrency=settings.batch_concurrency,
+        at_once=settings.batch_at_once,
+        per_org=settings.batch_per_org,
+    )
+    return asyncio.create_task(runner.run()), engine
 
 
 def journal_directory(settings: Settings, server_id: str) -> Path:

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from souverain.core.errors import (
@@ -106,6 +107,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        if isinstance(error, PoolTimeoutError):  # every pooled connection in use for its wait
+            log.warning("the database's connections were all in use: %s", error)
+            message = "The database is busy right now; retry shortly."
+            body = error_body(503, message, ErrorCode.UNAVAILABLE)
+            return JSONResponse(body, 503, headers={"Retry-After": "1"})
         if is_database_away(error):
             log.warning("the database is unreachable: %s", type(error).__name__)
             message = "The database is unreachable right now; retry shortly."

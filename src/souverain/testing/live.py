@@ -23,6 +23,7 @@ class LiveServer:
         self, app: Any, *, port: int | None = None, host: str = "127.0.0.1",
         tls: TlsFiles | None = None,
     ) -> None:  # fmt: skip
+        self.app = app
         self.host = host
         self.port = port or free_port()
         self._scheme = "http" if tls is None else "https"

@@ -1,0 +1,186 @@
+"""souverain's GRPO recipe in several seeds from one cold start, each for the same minutes.
+
+    python bench/grpo_seeds.py [--seeds 2] [--first-seed 0] [--minutes 30] [--heldout 100]
+        [--heldout-templates 50]
+    python bench/grpo_seeds.py --report-only
+
+By hand (no server), as bench/grpo_versus_trl.py runs souverain's side: one cold start
+(the supervised recipe on worked examples of every level), then for each seed the
+recipe (`recipe_spec`: 2 prompts × 8 completions, two minibatches, magistral reward, the
+on-policy loop with its refills) for --minutes of wall-clock from its first step, paused
+at the limit (the step in progress ends it). The cold start and each seed's adapter are
+evaluated on the same held-out problems of the reinforcement levels: --heldout of the
+training templates and --heldout-templates of templates no training line uses, greedy and
+4 samples each at the training temperature with the same sampling seeds; each seed's
+change from the cold start is paired per prompt with its bootstrap 95 % interval, over
+all prompts and per template set. Writes every figure to bench/results/grpo_seeds.json as
+soon as it is known and draws each seed's reward by minute, and its held-out change, as
+docs/grpo_seeds.png.
+
+Machine time on 2 cores: the cold start (about 15 minutes), one evaluation per model
+(about 6 minutes at 150 problems), and --minutes per seed. Run it on an otherwise idle
+machine: the minutes are wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from grpo import HYPER, MODEL, RL_LEVELS, chosen
+from grpo_versus_trl import evaluate, ours, prepared
+
+from souverain.training import evaluation, mathgen
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "grpo_seeds.json"
+FIGURES: dict[str, Any] = {"seeds": {}}
+
+
+def save(**figures: Any) -> None:
+    FIGURES.update(figures)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(FIGURES, indent=1))
+
+
+def changes(before: dict[str, list[float]], after: dict[str, list[float]], parts: dict[str, range],
+            seed: int) -> dict[str, Any]:  # fmt: skip
+    """The paired change over all prompts and over each part of the held-out file."""
+    out = {"all": evaluation.changes(before, after, seed=seed)}
+    for name, kept in parts.items():
+        out[name] = evaluation.changes({k: [v[i] for i in kept] for k, v in before.items()},
+                                       {k: [v[i] for i in kept] for k, v in after.items()},
+                                       seed=seed)  # fmt: skip
+    return out
+
+
+def report(figures: dict[str, Any]) -> None:
+    print(f"cold start: {figures['cold_start_s'] / 60:.1f} min; {figures['minutes']} minutes a "
+          f"seed; held-out {figures['parts']}")  # fmt: skip
+    for seed, run in sorted(figures["seeds"].items()):
+        print(f"seed {seed}: {run['steps']} steps in {run['trained_s'] / 60:.1f} min, median step "
+              f"{statistics.median(run['step_s']):.1f} s (rollouts "
+              f"{statistics.median(run['rollout_s']):.1f} s, training "
+              f"{statistics.median(run['train_s']):.1f} s); refills in "
+              f"{sum(1 for r in run['refill_rounds'] if r)} steps")  # fmt: skip
+        for part, named in (run.get("change") or {}).items():
+            shown = ("sampled_mean_reward", "greedy_mean_reward")
+            if part == "all":
+                shown += ("sampled_pass_at_1", "greedy_pass_at_1")
+            for name in shown:
+                if name in named:
+                    c = named[name]
+                    print(f"  {part:8s} {name:20s} {c['before']} → {c['after']}, {c['delta']:+} "
+                          f"[{c['low']:+}, {c['high']:+}]")  # fmt: skip
+        after = (run.get("after") or {}).get("report")
+        if after:
+            languages = after.get("languages") or {}
+            print("  greedy language consistency: " + ", ".join(
+                f"{lang} {row.get('language_consistency')}" for lang, row in sorted(languages.items())))  # fmt: skip
+
+
+def held_out_panel(axis: Any, runs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Each named run's held-out change of sampled and greedy mean reward, with intervals."""
+    for offset, (name, label) in enumerate((("sampled_mean_reward", "sampled, T 0.8"),
+                                            ("greedy_mean_reward", "greedy"))):  # fmt: skip
+        xs, ys, lows, highs = [], [], [], []
+        for i, (_, run) in enumerate(runs):
+            c = (run.get("change") or {}).get("all", {}).get(name)
+            if c:
+                xs.append(i + 0.15 * (offset * 2 - 1))
+                ys.append(c["delta"])
+                lows.append(c["delta"] - c["low"])
+                highs.append(c["high"] - c["delta"])
+        axis.errorbar(xs, ys, yerr=[lows, highs], fmt="o", capsize=4, label=label)
+    axis.axhline(0, color="grey", linewidth=1)
+    axis.set_xticks(range(len(runs)), [label for label, _ in runs])
+    axis.set_ylabel("held-out mean reward change [95 %]")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend()
+
+
+def plot(figures: dict[str, Any], path: Path) -> None:
+    """Left: each seed's sampled reward of the training stream by minute (10-step mean).
+    Right: each seed's held-out change of sampled and greedy mean reward, with intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8),
+                                         gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
+    seeds = sorted(figures["seeds"].items())
+    for seed, run in seeds:
+        minutes = [sum(run["step_s"][: i + 1]) / 60 for i in range(len(run["step_s"]))]
+        rewards = run["reward_mean"]
+        mean = [statistics.fmean(rewards[max(0, i - 9) : i + 1]) for i in range(len(rewards))]
+        left.plot(minutes, mean, linewidth=2, label=f"seed {seed} ({run['steps']} steps)")
+    left.set_xlabel("minutes of training")
+    left.set_ylabel("training stream's reward (10-step mean)")
+    left.grid(alpha=0.3)
+    left.legend()
+    held_out_panel(right, [(f"seed {s}", run) for s, run in seeds])
+    figure.suptitle(f"souverain's GRPO recipe on {MODEL}, 2 CPU cores, "
+                    f"{figures['minutes']:g} minutes a seed from one cold start")  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--heldout", type=int, default=100)
+    parser.add_argument("--heldout-templates", type=int, default=50)
+    parser.add_argument("--cold-samples", type=int, default=300)
+    parser.add_argument("--cold-epochs", type=int, default=2)
+    parser.add_argument("--rl-samples", type=int, default=300)
+    parser.add_argument("--report-only", action="store_true",
+                        help="print and plot bench/results/grpo_seeds.json again")  # fmt: skip
+    args = parser.parse_args()
+    if args.report_only:
+        FIGURES.update(json.loads(RESULTS.read_text()))
+        report(FIGURES)
+        plot(FIGURES, ROOT / "docs" / "grpo_seeds.png")
+        return
+    if (args.minutes <= 0 or args.seeds < 1 or args.heldout < 1 or args.heldout_templates < 0
+            or args.cold_samples < 8 or args.rl_samples < 2):  # fmt: skip
+        parser.error("--minutes must be above 0, --seeds and --heldout at least 1, "
+                     "--heldout-templates at least 0, --cold-samples at least 8 and "
+                     "--rl-samples at least 2")  # fmt: skip
+    levels = mathgen.parse_levels(RL_LEVELS)
+    ranges = {"trained": range(args.heldout),
+              "unseen": range(args.heldout, args.heldout + args.heldout_templates)}  # fmt: skip
+    parts = {k: v for k, v in ranges.items() if len(v)}
+    prompts = args.heldout + args.heldout_templates
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        started = time.monotonic()
+        cold = prepared(tmp, args, chosen("heldout", args.heldout, levels=levels)
+                        + chosen("heldout-templates", args.heldout_templates, levels=levels))  # fmt: skip
+        save(minutes=args.minutes, cold_start_s=round(time.monotonic() - started, 1),
+             hyperparameters=HYPER, levels=RL_LEVELS,
+             parts={k: len(v) for k, v in parts.items()})  # fmt: skip
+        before = evaluate(tmp, "eval-cold", cold, prompts)
+        save(cold=before)
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            run = ours(tmp, cold, args.minutes, seed, name=f"seed-{seed}")
+            FIGURES["seeds"][str(seed)] = run
+            save()
+            after = evaluate(tmp, f"eval-seed-{seed}", Path(run["adapter"]), prompts)
+            run["after"] = after
+            run["change"] = changes(before["scores"], after["scores"], parts, seed)
+            save()
+            report(FIGURES)
+    plot(FIGURES, ROOT / "docs" / "grpo_seeds.png")
+
+
+if __name__ == "__main__":
+    main()
