@@ -170,6 +170,13 @@ class Settings(BaseSettings):
     energy_interval_s: float = Field(
         default=30.0, gt=0, le=3600, description="Energy attribution period."
     )
+    energy_settle_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long an energy interval waits after its last reading for the usage "
+        "records settled before it to be written (the usage journals' lag).",
+    )
     energy_watts_per_core: float = Field(
         default=10.0, gt=0, le=1000, description="For the CPU-time estimate."
     )
@@ -287,6 +294,13 @@ class Settings(BaseSettings):
     )
     batch_at_once: int = Field(
         default=8, ge=1, le=256, description="Batches one server process runs at once."
+    )
+    batch_db_connections: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Database connections one server process's batch work holds at most "
+        "(a pool of its own): a batch never takes the connections live requests wait on.",
     )
     batch_per_org: int = Field(
         default=2,

@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from souverain.core.fleet import ReplicaStatus, unanswered_status
 from souverain.core.ids import new_id
@@ -209,6 +209,43 @@ class TestEnergyAccountant:
         attributed = await usage_records(platform.sessions, 2, model=model)
         assert all(r.energy_j is not None and r.energy_j > 0 for r in attributed)
         assert sum(r.energy_j or 0 for r in attributed) == pytest.approx(60.0)
+
+    async def test_a_settlement_the_journal_writes_late_gets_the_reading_that_held_its_work(
+        self, platform: Platform
+    ) -> None:
+        """A settlement reaches the database through the usage journal, after the moment it
+        records (seconds when the database is busy). The interval cut at the reading that
+        held the request's work waits `settle_s` for it: the request gets that energy, not
+        the next interval's zero, and the interval is not written as idle."""
+        model, replica_id = await serve(platform, 1)
+        [record] = await usage_records(platform.sessions, 1, model=model)
+        written = update(UsageRecordRow).where(UsageRecordRow.id == record.id)
+        async with platform.sessions.begin() as session:  # still in the journal
+            await session.execute(written.values(status="open"))
+        clock = FakeClock()
+        accountant = EnergyAccountant(platform.sessions, interval_s=10, prompt_weight=1,
+                                      completion_weight=3, settle_s=5, clock=clock)  # fmt: skip
+        row = await replica(platform, replica_id)
+        for joules in (1000.0, 1200.0, 1300.0):  # the request's work, settled before the last
+            accountant.observe(row, reading(joules))
+            clock.advance(4)
+        await accountant.close_due()  # due: cut at the last reading, written 5 s later
+        async with platform.sessions.begin() as session:  # the journal catches up
+            await session.execute(written.values(status=record.status))
+        for _ in range(3):  # idle since: the meter does not move
+            accountant.observe(row, reading(1300.0))
+            clock.advance(6)
+            await accountant.close_due()
+        [attributed] = await usage_records(platform.sessions, 1, model=model)
+        async with platform.sessions() as session:
+            query = (
+                select(EnergyIntervalRow.energy_j, EnergyIntervalRow.idle_j)
+                .where(EnergyIntervalRow.replica_id == replica_id)
+                .order_by(EnergyIntervalRow.started_at)
+            )
+            first = (await session.execute(query)).first()
+        assert attributed.energy_j == pytest.approx(300.0)
+        assert first is not None and tuple(first) == (300.0, 0.0)  # none of it idle
 
     async def test_an_interval_whose_meter_did_not_move_keeps_the_known_rate(
         self, platform: Platform

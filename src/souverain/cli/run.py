@@ -89,6 +89,7 @@ def _controller(
             interval_s=settings.energy_interval_s,
             prompt_weight=settings.energy_prompt_weight,
             completion_weight=settings.energy_completion_weight,
+            settle_s=settings.energy_settle_s,
         ),
         signing_key=signing_key,
         seal_interval_s=settings.audit_seal_interval_s,

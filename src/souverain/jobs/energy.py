@@ -8,6 +8,12 @@ among the requests settled by the time of that last reading. A request settled a
 belongs to the next interval: its energy is in readings not taken yet, so closing at "now"
 would hand it a share of an interval that never saw it (zero joules, as readings come
 only with each long poll).
+A request's settlement reaches the database through its server's usage journal
+(`gateway/journal`), a few milliseconds after the moment it records, seconds when the
+database is busy. So an interval that is due is cut at its last reading, and written
+`settle_s` later (`energy_settle_s`): the requests settled before the cut are in the
+database by then, and the energy their work put in that reading is theirs, not idle
+energy, with the interval after it, which never saw their work, leaving them zero.
 If the actor restarts, its counter starts again from zero; the interval carries on from
 where it was. Energy between the last close and a controller change-over is not seen.
 A status the controller made up because the actor did not answer (`core.fleet.
@@ -54,6 +60,7 @@ class OpenInterval:
     start_j: float
     last_j: float
     read_at: datetime  # when `last_j` was read
+    cut: tuple[datetime, float] | None = None  # the reading it closes at, once due
 
 
 @dataclass(frozen=True)
@@ -79,10 +86,12 @@ class EnergyAccountant:
         interval_s: float,
         prompt_weight: float,
         completion_weight: float,
+        settle_s: float = 0.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
         self._interval_s = interval_s
+        self._settle_s = settle_s  # a cut is written this long after its reading
         self._weights = (prompt_weight, completion_weight)
         self._clock = clock
         self._open: dict[str, OpenInterval] = {}
@@ -110,7 +119,10 @@ class EnergyAccountant:
                 self._starting[replica.id] = status.energy_j
             return
         if status.energy_j < interval.last_j:  # the actor restarted: its counter began again
-            interval.start_j = status.energy_j - (interval.last_j - interval.start_j)
+            shift = status.energy_j - interval.last_j
+            interval.start_j += shift
+            if interval.cut is not None:
+                interval.cut = (interval.cut[0], interval.cut[1] + shift)
         interval.last_j, interval.read_at = status.energy_j, now
         interval.source = status.energy_source
         if status.state == "ready" and replica.id in self._starting:
@@ -156,16 +168,12 @@ class EnergyAccountant:
         now = self._clock()
         for replica_id, interval in list(self._open.items()):
             retired = replica_id in self._retired
-            if not retired and (
-                replica_id in self._starting  # the start is written whole once it ends
-                or (now - interval.started_at).total_seconds() < self._interval_s
-                or interval.read_at <= interval.started_at  # nothing read since the last close
-            ):
+            cut = (now, interval.last_j) if retired else self._cut(replica_id, interval, now)
+            if cut is None:
                 continue
-            # A replica going away gets no later interval: what it settled since is its last.
-            ends_at = now if retired else interval.read_at
+            ends_at, ends_j = cut
             try:
-                await self._close(interval, ends_at)
+                await self._close(interval, ends_at, ends_j)
             except Exception:
                 log.exception("closing the energy interval of replica %s failed", replica_id)
                 continue
@@ -173,10 +181,26 @@ class EnergyAccountant:
                 del self._open[replica_id]
                 self._retired.discard(replica_id)
             else:
-                interval.started_at, interval.start_j = ends_at, interval.last_j
+                interval.started_at, interval.start_j, interval.cut = ends_at, ends_j, None
 
-    async def _close(self, interval: OpenInterval, ends_at: datetime) -> None:
-        measured = max(0.0, interval.last_j - interval.start_j)
+    def _cut(
+        self, replica_id: str, interval: OpenInterval, now: datetime
+    ) -> tuple[datetime, float] | None:
+        """Where the interval closes now, or None while it is not due or its cut is less
+        than `settle_s` old (the journals may still be writing what settled before it).
+        A replica going away closes at once instead: what it settled since is its last."""
+        if interval.cut is None:
+            if (
+                replica_id in self._starting  # the start is written whole once it ends
+                or (now - interval.started_at).total_seconds() < self._interval_s
+                or interval.read_at <= interval.started_at  # nothing read since the last close
+            ):
+                return None
+            interval.cut = (interval.read_at, interval.last_j)
+        return interval.cut if (now - interval.cut[0]).total_seconds() >= self._settle_s else None
+
+    async def _close(self, interval: OpenInterval, ends_at: datetime, ends_j: float) -> None:
+        measured = max(0.0, ends_j - interval.start_j)
         prompt_weight, completion_weight = self._weights
         async with self._sessions.begin() as session:
             served = await energy.unattributed(

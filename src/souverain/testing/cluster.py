@@ -41,6 +41,7 @@ def controller_hook(
                 interval_s=energy_interval_s,
                 prompt_weight=1.0,
                 completion_weight=3.0,
+                settle_s=state.settings.energy_settle_s,
             ),
             training=TrainingDefaults(
                 threads=threads,
