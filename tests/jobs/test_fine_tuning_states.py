@@ -10,8 +10,10 @@ from sqlalchemy import func, select, update
 
 from souverain.core.fleet import SealedObject, training_actor_name
 from souverain.db.jobs import FineTuningJobRow
+from souverain.db.metering import BudgetRow
 from souverain.db.tables import ModelRow, OrganisationRow
 from souverain.jobs.fine_tuning.reconciler import FineTuneReconciler, TrainingDefaults
+from souverain.jobs.fine_tuning.running import BUDGET_SPENT
 from tests.jobs.conftest import KEY, World
 
 
@@ -140,3 +142,40 @@ class TestFollowing:
                 .where(ModelRow.owner_org_id == world.tenant.org_id)
             )
         assert models == 0
+
+
+class TestTheBudgetRunsOut:
+    async def test_a_job_paused_by_its_budget_is_given_what_it_holds_as_a_limit(
+        self, world: World
+    ) -> None:
+        """One share of room (8 CPU-hours × 10 W = 288 kJ): the top-up at half finds none,
+        and at three quarters the job is paused, with the energy it holds as the limit at
+        which its node stops the worker; a pause asked by a person carries none."""
+        async with world.sessions.begin() as session:
+            session.add(BudgetRow(id="bud-ft", org_id=world.tenant.org_id, energy_kwh=0.08))
+        job_id = await world.queued_job()
+        loop, name = reconciler(world), training_actor_name(job_id)
+        await loop.reconcile(job_id, await world.placer())
+        held = (await world.job(job_id)).reserved_cpu_hours * 3600 * 10.0
+        assert held == 288_000.0
+        world.cluster.set_training(name, state="running", energy_j=0.6 * held)
+        await loop.reconcile(job_id, await world.placer())
+        assert (await world.job(job_id)).wanted == "run"  # no room for more, a quarter to go
+        world.cluster.set_training(name, state="running", energy_j=0.8 * held)
+        await loop.reconcile(job_id, await world.placer())
+        job = await world.job(job_id)
+        assert (job.wanted, job.status_reason) == ("pause", BUDGET_SPENT)
+        assert (name, "pause") in world.cluster.signals
+        assert world.cluster.energy_limits[name] == held
+
+    async def test_a_pause_asked_by_a_person_carries_no_limit(self, world: World) -> None:
+        job_id = await world.queued_job()
+        loop, name = reconciler(world), training_actor_name(job_id)
+        await loop.reconcile(job_id, await world.placer())
+        async with world.sessions.begin() as session:  # what the pause route writes
+            job = await session.get(FineTuningJobRow, job_id)
+            assert job is not None
+            job.wanted = "pause"
+        world.cluster.set_training(name, state="running")
+        await loop.reconcile(job_id, await world.placer())
+        assert (name, "pause") in world.cluster.signals and name not in world.cluster.energy_limits

@@ -197,12 +197,18 @@ class RayCluster:
             return None
         return status
 
-    def signal_training(self, actor_name: str, what: str) -> None:
-        """`pause` (checkpoint, then stop) or `cancel` (stop now)."""
+    def signal_training(
+        self, actor_name: str, what: str, energy_limit_j: float | None = None
+    ) -> None:
+        """`pause` (checkpoint, then stop; stopped at once at `energy_limit_j`) or
+        `cancel` (stop now)."""
         actor = _find_actor(actor_name)
         if actor is not None:
             with contextlib.suppress(Exception):
-                ray.get(getattr(actor, what).remote(), timeout=10)
+                call = (
+                    actor.pause.remote(energy_limit_j) if what == "pause" else actor.cancel.remote()
+                )
+                ray.get(call, timeout=10)
 
     def training_worker_pid(self, actor_name: str) -> int | None:
         actor = _find_actor(actor_name)

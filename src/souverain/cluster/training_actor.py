@@ -26,8 +26,8 @@ class TrainingActor:
     def status(self, after_seq: int) -> TrainingStatus:
         return self._supervisor.status(after_seq)
 
-    def pause(self) -> bool:
-        self._supervisor.pause()
+    def pause(self, energy_limit_j: float | None = None) -> bool:
+        self._supervisor.pause(energy_limit_j)
         return True
 
     def cancel(self) -> bool:

@@ -16,7 +16,10 @@ it instead of training on, orphaned, over the job's plaintext.
 
 Events are the recipe's progress lines (numbers, never training text), numbered; the
 controller asks for those after the last one it has. Pause = SIGTERM (the recipe saves a
-checkpoint and stops); cancel = SIGKILL of the process group.
+checkpoint and stops); cancel = SIGKILL of the process group. A pause may carry an energy
+limit (the job's energy budget ran out: the limit is what the job holds): a worker still
+running when its energy reaches it is stopped there with SIGKILL, and the job is paused at
+its last sealed checkpoint, so a slow step or save never spends past the reservation.
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ class TrainingSupervisor:
         self._loss: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._stop_asked: str | None = None  # "pause" | "cancel"
+        self._energy_limit: float | None = None  # a pause's: SIGKILL once energy reaches it
+        self._halted = False  # stopped at the energy limit, not at a checkpoint
         self._cpu_before = 0.0  # CPU seconds of the workers that ended
         self._cpu_live = 0.0  # of the one running, as last read
         self._energy_before = 0.0
@@ -128,7 +133,11 @@ class TrainingSupervisor:
                 attempt=self._attempt,
             )
 
-    def pause(self) -> None:
+    def pause(self, energy_limit_j: float | None = None) -> None:
+        if energy_limit_j is not None:
+            with self._lock:
+                held = self._energy_limit
+                self._energy_limit = energy_limit_j if held is None else min(held, energy_limit_j)
         self._ask("pause", signal.SIGTERM)
 
     def cancel(self) -> None:
@@ -223,6 +232,9 @@ class TrainingSupervisor:
                 return "failed", self._message_of("collapsed"), "reward_collapsed"
             if code == 0:
                 return ("paused", "", "") if self._last("paused") else self._finish(out)
+            if asked == "pause" and self._halted:
+                self._event("halted", energy_j=round(self._energy(), 1))
+                return "paused", "", ""
             if asked == "pause" and code == -signal.SIGTERM:
                 # asked to pause before its recipe took the request (still loading the model
                 # or preparing the data): it stopped, and carries on from its last checkpoint
@@ -280,7 +292,19 @@ class TrainingSupervisor:
                     self._source = None
                 return code
             self._cpu_live = max(self._cpu_live, process_cpu_seconds(process.pid))
+            self._halt_at_limit(process)
             time.sleep(POLL_S)
+
+    def _halt_at_limit(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            limit = self._energy_limit
+        if limit is None or self._halted or self._energy() < limit:
+            return
+        log.warning("training job %s reached its energy limit while pausing: stopped",
+                    self._spec.job_id)  # fmt: skip
+        self._halted = True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
     def _follow(self, progress: Path, offset: int) -> int:
         try:

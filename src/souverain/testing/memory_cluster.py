@@ -36,6 +36,7 @@ class MemoryCluster:
     trainings: dict[str, TrainingStatus] = field(default_factory=dict)
     training_specs: dict[str, TrainingSpec] = field(default_factory=dict)
     signals: list[tuple[str, str]] = field(default_factory=list)
+    energy_limits: dict[str, float] = field(default_factory=dict)  # a pause's, per actor
     stopped: list[str] = field(default_factory=list)
     # replicas whose engine loads adapters at start only (by actor name), and every
     # change of adapters asked of a running one: (actor name, models wanted)
@@ -143,8 +144,12 @@ class MemoryCluster:
     ) -> TrainingStatus | None:
         return self.trainings.get(actor_name)
 
-    def signal_training(self, actor_name: str, what: str) -> None:
+    def signal_training(
+        self, actor_name: str, what: str, energy_limit_j: float | None = None
+    ) -> None:
         self.signals.append((actor_name, what))
+        if energy_limit_j is not None:
+            self.energy_limits[actor_name] = energy_limit_j
 
     def stop_training(self, actor_name: str) -> None:
         self.stopped.append(actor_name)

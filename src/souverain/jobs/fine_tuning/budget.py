@@ -9,7 +9,9 @@ reservation released. A job that finds no room waits in `queued` with the reason
 A running job reserves more as it consumes, as a stream reserves its upper bound: once
 an attempt has used half of what it holds, another reservation of the same size is made
 (`top_up`); when the budget has no room for it and three quarters are used, the job is
-paused with the reason, the last quarter covering the time it takes to stop.
+paused with the reason, the last quarter covering the time it takes to stop; a worker
+whose step or checkpoint would take longer is stopped on its node when its energy reaches
+what the job holds (`held_j`), and the job carries on from its last checkpoint once resumed.
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ async def top_up(
         except NoRoom:
             return job.live_energy_j < STOP_AT * _joules(job.reserved_cpu_hours, watts_per_core)
     return True
+
+
+def held_j(job: FineTuningJobRow, *, watts_per_core: float) -> float:
+    """The energy the running attempt holds on the budgets: it may not use more."""
+    return _joules(job.reserved_cpu_hours, watts_per_core)
 
 
 async def settle(session: AsyncSession, *, job: FineTuningJobRow, watts_per_core: float) -> None:

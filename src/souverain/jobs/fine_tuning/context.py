@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from souverain.jobs.facade import ClusterFacade
 
@@ -26,6 +27,13 @@ class Context:
     defaults: TrainingDefaults
 
 
-Effects = list[tuple[str, str]]
-"""(what, actor name): `stop`, or a signal (`pause`, `cancel`), sent once the apply has
-committed the facts they follow from."""
+class Effect(NamedTuple):
+    """`stop`, or a signal (`pause`, `cancel`) to an actor, sent once the apply has committed
+    the facts it follows from."""
+
+    what: str
+    actor_name: str
+    energy_limit_j: float | None = None  # a pause's: its worker is stopped at once there
+
+
+Effects = list[Effect]

@@ -70,6 +70,13 @@ def event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]
             "message",
             None,
         )
+    if kind == "halted":
+        return (
+            f"Stopped at the energy it holds ({event.get('energy_j', 0) / 3.6e6:.4f} kWh) before "
+            "its next checkpoint: resuming carries on from the last checkpoint",
+            "message",
+            None,
+        )
     if kind == "resumed":
         return f"Checkpoint at step {event['step']} restored on the node", "message", None
     return "", "message", None

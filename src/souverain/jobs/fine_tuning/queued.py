@@ -33,7 +33,7 @@ from souverain.evidence import audit
 from souverain.files import service as files
 from souverain.jobs.fine_tuning import budget as training_budget
 from souverain.jobs.fine_tuning import service as fine_tuning
-from souverain.jobs.fine_tuning.context import Context, Effects
+from souverain.jobs.fine_tuning.context import Context, Effect, Effects
 from souverain.jobs.fine_tuning.ended import settle
 from souverain.scheduler.placer import Placer
 from souverain.scheduler.types import Placement, PlacementRequest
@@ -114,7 +114,7 @@ async def apply(
         await settle(session, ctx, job)
     elif job.status != FineTuningStatus.QUEUED or job.wanted != Wanted.RUN:
         await settle(session, ctx, job)  # paused or cancelled while its actor started
-        after.append(("stop", spec.actor_name))
+        after.append(Effect("stop", spec.actor_name))
     else:
         await _running(session, job, spec, placing.node_id)
 

@@ -91,11 +91,12 @@ class FineTuneReconciler:
         if done is None:
             return
         cluster = self._ctx.cluster
-        for what, name in after:  # the facts they follow from are committed
-            if what == "stop":
-                await asyncio.to_thread(cluster.stop_training, name)
+        for effect in after:  # the facts they follow from are committed
+            if effect.what == "stop":
+                await asyncio.to_thread(cluster.stop_training, effect.actor_name)
             else:
-                await asyncio.to_thread(cluster.signal_training, name, what)
+                await asyncio.to_thread(cluster.signal_training, effect.actor_name, effect.what,
+                                        effect.energy_limit_j)  # fmt: skip
 
     async def _load(self, session: AsyncSession, job_id: str, placer: Placer) -> Loaded | None:
         job = await session.get(FineTuningJobRow, job_id)

@@ -27,7 +27,7 @@ from souverain.fleet import datacenters
 from souverain.jobs.fine_tuning import budget as training_budget
 from souverain.jobs.fine_tuning import ended
 from souverain.jobs.fine_tuning import service as fine_tuning
-from souverain.jobs.fine_tuning.context import Context, Effects
+from souverain.jobs.fine_tuning.context import Context, Effect, Effects
 from souverain.jobs.fine_tuning.events import event_words
 
 BUDGET_SPENT = "the energy budget has no room left for this job; raise it, then resume the job"
@@ -73,23 +73,29 @@ async def apply(
     await _record(session, job, status)
     if status.state in TRAINING_ENDED:
         await ended.ended(session, ctx, job, status)
-        after.append(("stop", name))
+        after.append(Effect("stop", name))
         return
     if job.wanted == Wanted.RUN and not await _top_up(session, ctx, job):
         job.wanted = Wanted.PAUSE
         job.status_reason = BUDGET_SPENT
         await fine_tuning.add_event(session, job, f"Pausing: {BUDGET_SPENT}", level="warn")
     if job.wanted == Wanted.CANCEL:
-        after.append(("cancel", name))
+        after.append(Effect("cancel", name))
     elif job.wanted == Wanted.PAUSE and status.state != "pausing":
-        after.append(("pause", name))
+        # paused by its budget: stopped at once, past its last checkpoint, at what it holds
+        limit = (
+            training_budget.held_j(job, watts_per_core=ctx.defaults.watts_per_core)
+            if job.status_reason == BUDGET_SPENT
+            else None
+        )
+        after.append(Effect("pause", name, limit))
     elif following.moved is not None and job.wanted != Wanted.MOVE:
         job.wanted = Wanted.MOVE
         await fine_tuning.add_event(
             session, job, f"The policy in force no longer allows {job.datacenter_id} "
             f"({following.moved}): checkpointing to carry on elsewhere", level="warn",
         )  # fmt: skip
-        after.append(("pause", name))
+        after.append(Effect("pause", name))
 
 
 async def _top_up(session: AsyncSession, ctx: Context, job: FineTuningJobRow) -> bool:
