@@ -1,7 +1,8 @@
 """The controller scales deployments on the load the gateways report: replicas added when it
 stays above target, removed after the idle period (drained first: stopped once the servers
 report nothing left on them, or at the limit), down to zero at minimum 0 and back up when
-a request waits; every change audited with its reason and shown on the deployment.
+a request waits; every change audited with its reason and shown on the deployment; a
+replica whose node left is placed again, unless Ray restarted it on a live node meanwhile.
 The real reconciler on the real database, the in-memory cluster in place of Ray, a clock
 the test moves."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -347,3 +349,33 @@ class TestWakingFromZero:
             assert asleep.deployment_id not in await autoscaling.waking_from_zero(
                 session, now=later
             )  # a stopped server's old report wakes nothing
+
+
+class TestALostNode:
+    """A replica read on a node that left the cluster is stopped and placed again, unless
+    its actor now answers from another node: Ray restarted it there (a host that rejoined)
+    after the round read the row, and it may already serve."""
+
+    async def lost(self, world: World) -> tuple[Scaler, ReplicaRow]:
+        scaler = Scaler(world, await autoscaled(world, low=1, high=1, replicas=1))
+        await scaler.round()
+        [replica] = await scaler.replica_rows()
+        async with world.sessions.begin() as session:  # as read before its node was lost
+            await session.execute(
+                update(ReplicaRow).where(ReplicaRow.id == replica.id).values(node_id="node-gone")
+            )
+        return scaler, replica
+
+    async def test_a_replica_restarted_on_a_live_node_keeps_serving(self, world: World) -> None:
+        scaler, replica = await self.lost(world)
+        await scaler.round()
+        [kept] = await scaler.replica_rows()
+        assert kept.id == replica.id and world.cluster.stopped == []
+
+    async def test_a_replica_still_on_the_lost_node_is_placed_again(self, world: World) -> None:
+        scaler, replica = await self.lost(world)
+        status = world.cluster.replicas[replica.actor_name]
+        world.cluster.replicas[replica.actor_name] = replace(status, node_id="node-gone")
+        await scaler.round()
+        [placed] = await scaler.replica_rows()
+        assert world.cluster.stopped == [replica.actor_name] and placed.id != replica.id

@@ -36,6 +36,7 @@ from souverain.core.fleet import (
     ObjectGrant,
     ReplicaSpec,
     actor_name_for,
+    carries_reading,
 )
 from souverain.core.ids import new_id, replica_secret
 from souverain.core.status import ReplicaState
@@ -319,6 +320,10 @@ class DeploymentReconciler:
         live = []
         for replica in loaded.replicas:
             reason = statuses.leave_reason(replica, loaded.policy, placer)
+            if reason == statuses.lost_node_reason(replica) and await self._restarted_elsewhere(
+                replica
+            ):
+                reason = None  # the observer writes its new node; its next round checks it
             if reason is not None:
                 log.warning(
                     "draining replica %s in %s: %s", replica.id, replica.datacenter_id, reason
@@ -336,6 +341,19 @@ class DeploymentReconciler:
             else:
                 live.append(replica)
         return live
+
+    async def _restarted_elsewhere(self, replica: ReplicaRow) -> bool:
+        """Read on a node that left the cluster, but its actor answers from another node:
+        Ray restarted it there (inside its datacenter: the label selector) after this round
+        read the row, and it may already serve. Stopping it would take a serving replica
+        away for a new one's whole start: the likely cause of a rejoined host that answered
+        once, then 503 for a start's length, in a loaded test run."""
+        status = await asyncio.to_thread(self._cluster.replica_status, replica.actor_name, 2.0)
+        return (
+            status is not None
+            and carries_reading(status)  # an answer of the actor's own, not a made-up one
+            and status.node_id not in (None, replica.node_id)
+        )
 
     async def _place_one(
         self, loaded: Loaded, placer: Placer, outcome: Outcome

@@ -53,6 +53,14 @@ def stopped_reason(deployment: DeploymentRow) -> str:
     return "scaled to zero"
 
 
+def on_lost_node(replica: ReplicaRow, placer: Placer) -> bool:
+    return replica.node_id is not None and replica.node_id not in placer.alive_nodes
+
+
+def lost_node_reason(replica: ReplicaRow) -> str:
+    return f"node {(replica.node_id or '')[:12]} lost"
+
+
 def leave_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | None:
     """Why a replica must stop where it is: its datacenter is gone or no longer allowed, its
     node left the cluster (Ray would restart the actor only inside that datacenter, and
@@ -63,8 +71,8 @@ def leave_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | N
     excluded = exclusion(policy, datacenter.site)
     if excluded is not None:
         return excluded
-    if replica.node_id is not None and replica.node_id not in placer.alive_nodes:
-        return f"node {replica.node_id[:12]} lost"
+    if on_lost_node(replica, placer):
+        return lost_node_reason(replica)
     refusal = placer.refused.get(replica.node_id or "")
     if refusal is not None and must_leave(refusal):
         return f"node {(replica.node_id or '')[:12]} refused: {refusal}"
