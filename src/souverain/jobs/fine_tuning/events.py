@@ -64,22 +64,25 @@ def event_words(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]
         return str(event.get("message", "the reward collapsed")), "message", data
     if kind == "loaded":
         return f"Base model loaded in {event['seconds']} s", "message", None
+    return _supervisor_words(event), "message", None
+
+
+def _supervisor_words(event: dict[str, Any]) -> str:
+    """The node's own events about its worker ('' for a kind it does not know)."""
+    kind = event["type"]
     if kind == "restart":
         return (
-            f"The training worker died ({event.get('reason', '')}); restarting from the last checkpoint",
-            "message",
-            None,
+            f"The training worker died ({event.get('reason', '')}); "
+            "restarting from the last checkpoint"
         )
     if kind == "halted":
         return (
             f"Stopped at the energy it holds ({event.get('energy_j', 0) / 3.6e6:.4f} kWh) before "
-            "its next checkpoint: resuming carries on from the last checkpoint",
-            "message",
-            None,
+            "its next checkpoint: resuming carries on from the last checkpoint"
         )
     if kind == "resumed":
-        return f"Checkpoint at step {event['step']} restored on the node", "message", None
-    return "", "message", None
+        return f"Checkpoint at step {event['step']} restored on the node"
+    return ""
 
 
 def _reinforcement(event: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
