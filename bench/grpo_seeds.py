@@ -84,6 +84,19 @@ def report(figures: dict[str, Any]) -> None:
                 f"{lang} {row.get('language_consistency')}" for lang, row in sorted(languages.items())))  # fmt: skip
 
 
+def stream_panel(
+    axis: Any, curves: list[tuple[str, list[float], list[float]]], xlabel: str
+) -> None:
+    """Each named curve's training-stream reward (a 10-step mean) against its x values."""
+    for label, xs, rewards in curves:
+        mean = [statistics.fmean(rewards[max(0, i - 9) : i + 1]) for i in range(len(rewards))]
+        axis.plot(xs, mean, linewidth=2, label=label)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("training stream's reward (10-step mean)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+
+
 def held_out_panel(axis: Any, runs: list[tuple[str, dict[str, Any]]]) -> None:
     """Each named run's held-out change of sampled and greedy mean reward, with intervals."""
     for offset, (name, label) in enumerate((("sampled_mean_reward", "sampled, T 0.8"),
@@ -115,15 +128,11 @@ def plot(figures: dict[str, Any], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8),
                                          gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
     seeds = sorted(figures["seeds"].items())
-    for seed, run in seeds:
-        minutes = [sum(run["step_s"][: i + 1]) / 60 for i in range(len(run["step_s"]))]
-        rewards = run["reward_mean"]
-        mean = [statistics.fmean(rewards[max(0, i - 9) : i + 1]) for i in range(len(rewards))]
-        left.plot(minutes, mean, linewidth=2, label=f"seed {seed} ({run['steps']} steps)")
-    left.set_xlabel("minutes of training")
-    left.set_ylabel("training stream's reward (10-step mean)")
-    left.grid(alpha=0.3)
-    left.legend()
+    minutes = [[sum(run["step_s"][: i + 1]) / 60 for i in range(len(run["step_s"]))]
+               for _, run in seeds]  # fmt: skip
+    stream_panel(left, [(f"seed {seed} ({run['steps']} steps)", xs, run["reward_mean"])
+                        for (seed, run), xs in zip(seeds, minutes, strict=True)],
+                 "minutes of training")  # fmt: skip
     held_out_panel(right, [(f"seed {s}", run) for s, run in seeds])
     figure.suptitle(f"souverain's GRPO recipe on {MODEL}, 2 CPU cores, "
                     f"{figures['minutes']:g} minutes a seed from one cold start")  # fmt: skip

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo import HYPER, MODEL, RL_LEVELS, RL_LR_MULTIPLIER, chosen, recipe_spec
-from grpo_seeds import changes, held_out_panel
+from grpo_seeds import changes, held_out_panel, stream_panel
 from grpo_versus_trl import evaluate, lines, prepared
 
 from souverain.training import mathgen
@@ -110,14 +110,8 @@ def plot(figures: dict[str, Any], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8),
                                          gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
     rates = sorted(figures["rates"].items(), key=lambda item: float(item[0]))
-    for rate, run in rates:
-        rewards = run["reward_mean"]
-        mean = [statistics.fmean(rewards[max(0, i - 9) : i + 1]) for i in range(len(rewards))]
-        left.plot(range(1, len(mean) + 1), mean, linewidth=2, label=f"lr {rate}")
-    left.set_xlabel("step")
-    left.set_ylabel("training stream's reward (10-step mean)")
-    left.grid(alpha=0.3)
-    left.legend()
+    stream_panel(left, [(f"lr {rate}", list(range(1, len(run["reward_mean"]) + 1)),
+                         run["reward_mean"]) for rate, run in rates], "step")  # fmt: skip
     held_out_panel(right, [(f"lr {r}", run) for r, run in rates])
     figure.suptitle(f"souverain's GRPO recipe on {MODEL}, 2 CPU cores: "
                     f"{figures['steps']} steps at each rate from one cold start")  # fmt: skip
