@@ -140,19 +140,38 @@ def plot(figures: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--minutes", type=float, default=30)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--first-seed", type=int, default=0)
+def shared_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The held-out set's, the cold start's and the reinforcement prompts' sizes, and
+    --report-only (print and plot `results` again), as the seeds and the sweep take them."""
     parser.add_argument("--heldout", type=int, default=100)
     parser.add_argument("--heldout-templates", type=int, default=50)
     parser.add_argument("--cold-samples", type=int, default=300)
     parser.add_argument("--cold-epochs", type=int, default=2)
     parser.add_argument("--rl-samples", type=int, default=300)
     parser.add_argument("--report-only", action="store_true",
-                        help="print and plot bench/results/grpo_seeds.json again")  # fmt: skip
+                        help=f"print and plot bench/results/{results.name} again")  # fmt: skip
+
+
+def cold_start(tmp: Path, args: argparse.Namespace) -> tuple[Path, dict[str, range], int]:
+    """The cold start, and the held-out problems it is evaluated on (the training templates'
+    `--heldout`, then `--heldout-templates` of templates no training line uses): the
+    adapter, the held-out parts by name, the number of held-out prompts."""
+    levels = mathgen.parse_levels(RL_LEVELS)
+    ranges = {"trained": range(args.heldout),
+              "unseen": range(args.heldout, args.heldout + args.heldout_templates)}  # fmt: skip
+    parts = {k: v for k, v in ranges.items() if len(v)}
+    cold = prepared(tmp, args, chosen("heldout", args.heldout, levels=levels)
+                    + chosen("heldout-templates", args.heldout_templates, levels=levels))  # fmt: skip
+    return cold, parts, args.heldout + args.heldout_templates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0)
+    shared_arguments(parser, RESULTS)
     args = parser.parse_args()
     if args.report_only:
         FIGURES.update(json.loads(RESULTS.read_text()))
@@ -164,16 +183,10 @@ def main() -> None:
         parser.error("--minutes must be above 0, --seeds and --heldout at least 1, "
                      "--heldout-templates at least 0, --cold-samples at least 8 and "
                      "--rl-samples at least 2")  # fmt: skip
-    levels = mathgen.parse_levels(RL_LEVELS)
-    ranges = {"trained": range(args.heldout),
-              "unseen": range(args.heldout, args.heldout + args.heldout_templates)}  # fmt: skip
-    parts = {k: v for k, v in ranges.items() if len(v)}
-    prompts = args.heldout + args.heldout_templates
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         started = time.monotonic()
-        cold = prepared(tmp, args, chosen("heldout", args.heldout, levels=levels)
-                        + chosen("heldout-templates", args.heldout_templates, levels=levels))  # fmt: skip
+        cold, parts, prompts = cold_start(tmp, args)
         save(minutes=args.minutes, cold_start_s=round(time.monotonic() - started, 1),
              hyperparameters=HYPER, levels=RL_LEVELS,
              parts={k: len(v) for k, v in parts.items()})  # fmt: skip

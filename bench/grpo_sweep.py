@@ -35,11 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from grpo import HYPER, MODEL, RL_LEVELS, RL_LR_MULTIPLIER, chosen, recipe_spec
-from grpo_seeds import changes, held_out_panel, stream_panel
-from grpo_versus_trl import evaluate, lines, prepared
-
-from souverain.training import mathgen
+from grpo import HYPER, MODEL, RL_LEVELS, RL_LR_MULTIPLIER, recipe_spec
+from grpo_seeds import changes, cold_start, held_out_panel, shared_arguments, stream_panel
+from grpo_versus_trl import evaluate, lines
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "grpo_sweep.json"
@@ -126,13 +124,7 @@ def main() -> None:
                         help="learning rates of the LoRA, comma-separated")  # fmt: skip
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--heldout", type=int, default=100)
-    parser.add_argument("--heldout-templates", type=int, default=50)
-    parser.add_argument("--cold-samples", type=int, default=300)
-    parser.add_argument("--cold-epochs", type=int, default=2)
-    parser.add_argument("--rl-samples", type=int, default=300)
-    parser.add_argument("--report-only", action="store_true",
-                        help="print and plot bench/results/grpo_sweep.json again")  # fmt: skip
+    shared_arguments(parser, RESULTS)
     args = parser.parse_args()
     if args.report_only:
         FIGURES.update(json.loads(RESULTS.read_text()))
@@ -148,16 +140,10 @@ def main() -> None:
         parser.error("--rates must each be in (0, 0.01), --steps and --heldout at least 1, "
                      "--heldout-templates at least 0, --cold-samples at least 8 and "
                      "--rl-samples at least 2")  # fmt: skip
-    levels = mathgen.parse_levels(RL_LEVELS)
-    ranges = {"trained": range(args.heldout),
-              "unseen": range(args.heldout, args.heldout + args.heldout_templates)}  # fmt: skip
-    parts = {k: v for k, v in ranges.items() if len(v)}
-    prompts = args.heldout + args.heldout_templates
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         started = time.monotonic()
-        cold = prepared(tmp, args, chosen("heldout", args.heldout, levels=levels)
-                        + chosen("heldout-templates", args.heldout_templates, levels=levels))  # fmt: skip
+        cold, parts, prompts = cold_start(tmp, args)
         save(steps=args.steps, seed=args.seed, recipe_rate=RECIPE_RATE,
              cold_start_s=round(time.monotonic() - started, 1), hyperparameters=HYPER,
              levels=RL_LEVELS, parts={k: len(v) for k, v in parts.items()})  # fmt: skip
