@@ -53,10 +53,6 @@ def stopped_reason(deployment: DeploymentRow) -> str:
     return "scaled to zero"
 
 
-def on_lost_node(replica: ReplicaRow, placer: Placer) -> bool:
-    return replica.node_id is not None and replica.node_id not in placer.alive_nodes
-
-
 def lost_node_reason(replica: ReplicaRow) -> str:
     return f"node {(replica.node_id or '')[:12]} lost"
 
@@ -71,7 +67,7 @@ def leave_reason(replica: ReplicaRow, policy: Policy, placer: Placer) -> str | N
     excluded = exclusion(policy, datacenter.site)
     if excluded is not None:
         return excluded
-    if on_lost_node(replica, placer):
+    if replica.node_id is not None and replica.node_id not in placer.alive_nodes:
         return lost_node_reason(replica)
     refusal = placer.refused.get(replica.node_id or "")
     if refusal is not None and must_leave(refusal):
