@@ -54,8 +54,19 @@ def on_one_database(fixture: str = "platform") -> pytest.MarkDecorator:
 
 
 async def reset_postgres(url: str) -> None:
+    """Empty a test database. A transaction still open on it is a finished fixture's
+    leftover (a database is claimed by one fixture at a time): it is disconnected first, as
+    its locks would hold the drop forever, and a lock still in the way fails the reset."""
     engine = create_engine_unpooled(normalise_database_url(url))
     async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND state LIKE 'idle in transaction%'"
+            )
+        )
+        await connection.execute(text("SET LOCAL lock_timeout = '60s'"))
         await connection.execute(text("DROP SCHEMA public CASCADE"))
         await connection.execute(text("CREATE SCHEMA public"))
     await engine.dispose()

@@ -105,6 +105,8 @@ class TestAPauseAtTheEnergyLimit:
         monkeypatch.setitem(training_job.RECIPES, "supervised", "stubborn")
         monkeypatch.setattr(training_job, "pick_source", lambda **k: EstimateSource(
             k["cpu_seconds"], watts_per_core=1000.0))  # fmt: skip
+        # at the niceness of training, a busy machine would starve it of the CPU it must spend
+        monkeypatch.setattr(training_job, "lower_priority", lambda pid: None)
         made = object.__new__(TrainingSupervisor)
         made._spec = SimpleNamespace(job_id="ftjob-limit", threads=1, method="supervised",  # type: ignore[assignment]
                                      watts_per_core=1000.0)  # fmt: skip
@@ -113,14 +115,19 @@ class TestAPauseAtTheEnergyLimit:
         made._cpu_before = made._cpu_live = made._energy_before = 0.0
         made._energy_limit, made._halted = None, False
         ended: list[int] = []
-        worker = threading.Thread(target=lambda: ended.append(made._run_worker(tmp_path)))
+        worker = threading.Thread(
+            target=lambda: ended.append(made._run_worker(tmp_path)), daemon=True
+        )
         worker.start()
-        deadline = time.monotonic() + 30
-        while made._energy() < 500 and time.monotonic() < deadline:  # half a CPU-second
-            time.sleep(0.05)
-        limit = made._energy() + 1500
-        made.pause(energy_limit_j=limit)
-        worker.join(timeout=30)
+        try:
+            deadline = time.monotonic() + 60
+            while made._energy() < 500 and time.monotonic() < deadline:  # half a CPU-second
+                time.sleep(0.05)
+            limit = made._energy() + 1500
+            made.pause(energy_limit_j=limit)
+            worker.join(timeout=120)
+        finally:  # the stubborn worker never outlives the test, whatever it asserts
+            made.cancel()
         assert ended == [-signal.SIGKILL] and made._halted
         # stopped within one reading of the limit: a core at 1 kW for POLL_S, and a tick
         assert limit <= made._energy() <= limit + 1000 * training_job.POLL_S + 20
