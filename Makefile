@@ -46,16 +46,16 @@ unit: $(STAMP)  ## the fast tests only (no Ray, no engine)
 # SOUVERAIN_TEST_STREAM=light: its own PostgreSQL databases; its log follows). The tests that
 # change what the whole machine shares (marked exclusive: a PostgreSQL restart) run alone after.
 # A stuck test fails with its stack (pytest-timeout: 10 minutes each in the light stream); a
-# stream still running at its bound (45 and 70 minutes) is interrupted, so it ends with the
+# stream still running at its bound (60 and 75 minutes) is interrupted, so it ends with the
 # summary of what it ran and where it stood rather than a silent wait.
 HEAVY = (ray or engine) and not exclusive
 LIGHT = not (ray or engine or exclusive)
 STREAM_BOUND = timeout --signal=INT --kill-after=60
 test: lint browser idp tcpdump  ## set up, lint, then the whole suite (PostgreSQL too when SOUVERAIN_TEST_POSTGRES_URL is set)
 	@log="$$(mktemp)"; \
-	SOUVERAIN_TEST_STREAM=light $(STREAM_BOUND) 2700 $(BIN)/pytest -q --timeout=600 -m "$(LIGHT)" \
+	SOUVERAIN_TEST_STREAM=light $(STREAM_BOUND) 3600 $(BIN)/pytest -q --timeout=600 -m "$(LIGHT)" \
 	  > "$$log" 2>&1 & light=$$!; \
-	$(STREAM_BOUND) 4200 $(BIN)/pytest -q -m "$(HEAVY)"; heavy=$$?; \
+	$(STREAM_BOUND) 4500 $(BIN)/pytest -q -m "$(HEAVY)"; heavy=$$?; \
 	wait $$light; light=$$?; \
 	echo "--- the light stream ($(LIGHT)):"; cat "$$log"; rm -f "$$log"; \
 	echo "--- alone (exclusive):"; $(BIN)/pytest -q -m exclusive; alone=$$?; \
