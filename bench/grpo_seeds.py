@@ -1,8 +1,8 @@
 """souverain's GRPO recipe in several seeds from one cold start, each for the same minutes.
 
     python bench/grpo_seeds.py [--seeds 2] [--first-seed 0] [--minutes 30] [--heldout 100]
-        [--heldout-templates 50]
-    python bench/grpo_seeds.py --report-only
+        [--heldout-templates 50] [--temperature 0.8 --tag NAME]
+    python bench/grpo_seeds.py --report-only [--tag NAME]
 
 By hand (no server), as bench/grpo_versus_trl.py runs souverain's side: one cold start
 (the supervised recipe on worked examples of every level), then for each seed the
@@ -15,7 +15,9 @@ training templates and --heldout-templates of templates no training line uses, g
 change from the cold start is paired per prompt with its bootstrap 95 % interval, over
 all prompts and per template set. Writes every figure to bench/results/grpo_seeds.json as
 soon as it is known and draws each seed's reward by minute, and its held-out change, as
-docs/grpo_seeds.png.
+docs/grpo_seeds.png. --temperature trains and evaluates at another temperature than the
+recipe's; --tag NAME writes bench/results/grpo_seeds-NAME.json and docs/grpo_seeds-NAME.png
+instead, so that such a run keeps the recipe's figures.
 
 Machine time on 2 cores: the cold start (about 15 minutes), one evaluation per model
 (about 6 minutes at 150 problems), and --minutes per seed. Run it on an otherwise idle
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 import time
@@ -42,10 +45,16 @@ RESULTS = ROOT / "bench" / "results" / "grpo_seeds.json"
 FIGURES: dict[str, Any] = {"seeds": {}}
 
 
+def tagged(path: Path, tag: str) -> Path:
+    """`path` with `-tag` before its suffix (itself without a tag)."""
+    return path.with_name(f"{path.stem}-{tag}{path.suffix}") if tag else path
+
+
 def save(**figures: Any) -> None:
     FIGURES.update(figures)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(FIGURES, indent=1))
+    results = tagged(RESULTS, FIGURES.get("tag", ""))
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps(FIGURES, indent=1))
 
 
 def changes(before: dict[str, list[float]], after: dict[str, list[float]], parts: dict[str, range],
@@ -61,7 +70,7 @@ def changes(before: dict[str, list[float]], after: dict[str, list[float]], parts
 
 def report(figures: dict[str, Any]) -> None:
     print(f"cold start: {figures['cold_start_s'] / 60:.1f} min; {figures['minutes']} minutes a "
-          f"seed; held-out {figures['parts']}")  # fmt: skip
+          f"seed at T {figures['hyperparameters']['temperature']}; held-out {figures['parts']}")  # fmt: skip
     for seed, run in sorted(figures["seeds"].items()):
         print(f"seed {seed}: {run['steps']} steps in {run['trained_s'] / 60:.1f} min, median step "
               f"{statistics.median(run['step_s']):.1f} s (rollouts "
@@ -97,9 +106,12 @@ def stream_panel(
     axis.legend()
 
 
-def held_out_panel(axis: Any, runs: list[tuple[str, dict[str, Any]]]) -> None:
-    """Each named run's held-out change of sampled and greedy mean reward, with intervals."""
-    for offset, (name, label) in enumerate((("sampled_mean_reward", "sampled, T 0.8"),
+def held_out_panel(
+    axis: Any, runs: list[tuple[str, dict[str, Any]]], temperature: float = HYPER["temperature"]
+) -> None:
+    """Each named run's held-out change of sampled (at `temperature`) and greedy mean
+    reward, with intervals."""
+    for offset, (name, label) in enumerate((("sampled_mean_reward", f"sampled, T {temperature:g}"),
                                             ("greedy_mean_reward", "greedy"))):  # fmt: skip
         xs, ys, lows, highs = [], [], [], []
         for i, (_, run) in enumerate(runs):
@@ -133,8 +145,9 @@ def plot(figures: dict[str, Any], path: Path) -> None:
     stream_panel(left, [(f"seed {seed} ({run['steps']} steps)", xs, run["reward_mean"])
                         for (seed, run), xs in zip(seeds, minutes, strict=True)],
                  "minutes of training")  # fmt: skip
-    held_out_panel(right, [(f"seed {s}", run) for s, run in seeds])
-    figure.suptitle(f"souverain's GRPO recipe on {MODEL}, 2 CPU cores, "
+    temperature = figures["hyperparameters"]["temperature"]
+    held_out_panel(right, [(f"seed {s}", run) for s, run in seeds], temperature)
+    figure.suptitle(f"souverain's GRPO recipe on {MODEL}, 2 CPU cores, T {temperature:g}, "
                     f"{figures['minutes']:g} minutes a seed from one cold start")  # fmt: skip
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -171,37 +184,45 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=HYPER["temperature"],
+                        help="of the rollouts and of the sampled evaluation")  # fmt: skip
+    parser.add_argument("--tag", default="", help="the results' and the plot's name suffix")
     shared_arguments(parser, RESULTS)
     args = parser.parse_args()
+    if not re.fullmatch(r"[a-z0-9.]*", args.tag):
+        parser.error("--tag must be lower-case letters, digits and dots")
+    figure_path = tagged(ROOT / "docs" / "grpo_seeds.png", args.tag)
     if args.report_only:
-        FIGURES.update(json.loads(RESULTS.read_text()))
+        FIGURES.update(json.loads(tagged(RESULTS, args.tag).read_text()))
         report(FIGURES)
-        plot(FIGURES, ROOT / "docs" / "grpo_seeds.png")
+        plot(FIGURES, figure_path)
         return
     if (args.minutes <= 0 or args.seeds < 1 or args.heldout < 1 or args.heldout_templates < 0
-            or args.cold_samples < 8 or args.rl_samples < 2):  # fmt: skip
+            or args.cold_samples < 8 or args.rl_samples < 2
+            or not 0.05 <= args.temperature <= 2.0):  # fmt: skip
         parser.error("--minutes must be above 0, --seeds and --heldout at least 1, "
-                     "--heldout-templates at least 0, --cold-samples at least 8 and "
-                     "--rl-samples at least 2")  # fmt: skip
+                     "--heldout-templates at least 0, --cold-samples at least 8, "
+                     "--rl-samples at least 2 and --temperature in [0.05, 2]")  # fmt: skip
+    sampling = {"temperature": args.temperature}
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         started = time.monotonic()
         cold, parts, prompts = cold_start(tmp, args)
-        save(minutes=args.minutes, cold_start_s=round(time.monotonic() - started, 1),
-             hyperparameters=HYPER, levels=RL_LEVELS,
+        save(tag=args.tag, minutes=args.minutes, cold_start_s=round(time.monotonic() - started, 1),
+             hyperparameters={**HYPER, **sampling}, levels=RL_LEVELS,
              parts={k: len(v) for k, v in parts.items()})  # fmt: skip
-        before = evaluate(tmp, "eval-cold", cold, prompts)
+        before = evaluate(tmp, "eval-cold", cold, prompts, **sampling)
         save(cold=before)
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            run = ours(tmp, cold, args.minutes, seed, name=f"seed-{seed}")
+            run = ours(tmp, cold, args.minutes, seed, name=f"seed-{seed}", **sampling)
             FIGURES["seeds"][str(seed)] = run
             save()
-            after = evaluate(tmp, f"eval-seed-{seed}", Path(run["adapter"]), prompts)
+            after = evaluate(tmp, f"eval-seed-{seed}", Path(run["adapter"]), prompts, **sampling)
             run["after"] = after
             run["change"] = changes(before["scores"], after["scores"], parts, seed)
             save()
             report(FIGURES)
-    plot(FIGURES, ROOT / "docs" / "grpo_seeds.png")
+    plot(FIGURES, figure_path)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Learning an unambiguous reward stays fast: GRPO with a `string_check` grader that the
 base model earns about a fifth of the time, by hand (no server), 20 steps.
 
-    python bench/grpo_string_check.py [--steps 20] [--threads 2] [--calibrate]
+    python bench/grpo_string_check.py [--steps 20] [--threads 2] [--temperature 0.8] [--calibrate]
 
 The task: asked to name a fruit, the answer must contain "apple" (`ilike`); SmolLM2-135M
 without an adapter names one sometimes. Prints the share of completions earning the reward
@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--temperature", type=float, default=HYPER["temperature"],
+                        help="of the rollouts (the job's `temperature`)")  # fmt: skip
     parser.add_argument(
         "--threads",
         type=int,
@@ -80,6 +82,9 @@ def main() -> None:
         help="CPU threads of the job (1 on a machine shared beyond its cores)",
     )
     args = parser.parse_args()
+    if not 0.05 <= args.temperature <= 2.0:
+        parser.error("--temperature must be in [0.05, 2]")
+    HYPER["temperature"] = args.temperature
     if args.calibrate:
         calibrate()
         return

@@ -90,11 +90,11 @@ def prepared(
     return cold
 
 
-def evaluate(tmp: Path, name: str, adapter: Path, prompts: int) -> dict[str, Any]:
-    """An evaluation job of the recipe (no step) on the held-out file: its report and its
-    per-prompt scores (what a pairing needs)."""
+def evaluate(tmp: Path, name: str, adapter: Path, prompts: int, **hyper: Any) -> dict[str, Any]:
+    """An evaluation job of the recipe (no step; `hyper` overrides its hyperparameters) on
+    the held-out file: its report and its per-prompt scores (what a pairing needs)."""
     path = recipe_spec(tmp, name, adapter, valid=tmp / "heldout.jsonl", max_steps=0,
-                       eval_samples=prompts)  # fmt: skip
+                       eval_samples=prompts, **hyper)  # fmt: skip
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "souverain.training.grpo", str(path)],
                    check=True, capture_output=True, timeout=4 * 3600)  # fmt: skip
@@ -103,11 +103,14 @@ def evaluate(tmp: Path, name: str, adapter: Path, prompts: int) -> dict[str, Any
     return {"report": report, "scores": scores, "seconds": round(time.monotonic() - started, 1)}
 
 
-def ours(tmp: Path, adapter: Path, minutes: float, seed: int, name: str = "ours") -> dict[str, Any]:
-    """souverain's recipe for `minutes` from its first step, then paused (SIGTERM: the step
-    in progress ends, the adapter is saved as checkpoint-N), output in tmp/`name`."""
+def ours(
+    tmp: Path, adapter: Path, minutes: float, seed: int, name: str = "ours", **hyper: Any
+) -> dict[str, Any]:
+    """souverain's recipe (`hyper` overrides its hyperparameters) for `minutes` from its
+    first step, then paused (SIGTERM: the step in progress ends, the adapter is saved as
+    checkpoint-N), output in tmp/`name`."""
     spec = recipe_spec(tmp, name, adapter, max_steps=1_000_000, save_steps=1_000_000,
-                       seed=seed)  # fmt: skip
+                       seed=seed, **hyper)  # fmt: skip
     progress = tmp / name / "progress.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "souverain.training.grpo", str(spec)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
