@@ -39,6 +39,7 @@ from grpo import HYPER, MODEL, RL_LEVELS, chosen
 from grpo_versus_trl import evaluate, ours, prepared
 
 from souverain.training import evaluation, mathgen
+from souverain.training.configs import GRPOConfig, bounds_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "grpo_seeds.json"
@@ -197,12 +198,13 @@ def main() -> None:
         report(FIGURES)
         plot(FIGURES, figure_path)
         return
+    low, high = bounds_of(GRPOConfig, "temperature")
     if (args.minutes <= 0 or args.seeds < 1 or args.heldout < 1 or args.heldout_templates < 0
             or args.cold_samples < 8 or args.rl_samples < 2
-            or not 0.05 <= args.temperature <= 2.0):  # fmt: skip
+            or not low <= args.temperature <= high):  # fmt: skip
         parser.error("--minutes must be above 0, --seeds and --heldout at least 1, "
                      "--heldout-templates at least 0, --cold-samples at least 8, "
-                     "--rl-samples at least 2 and --temperature in [0.05, 2]")  # fmt: skip
+                     f"--rl-samples at least 2 and --temperature in [{low:g}, {high:g}]")  # fmt: skip
     sampling = {"temperature": args.temperature}
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from e2e_tokens import MODEL  # noqa: E402
 
 from souverain.node.artifacts import builtin_path  # noqa: E402
+from souverain.training.configs import GRPOConfig, bounds_of  # noqa: E402
 
 PROMPTS = ["Name a fruit.", "Tell me the name of one fruit.", "Which fruit do you like?",
            "Give me an example of a fruit.", "What is a fruit you could eat for breakfast?",
@@ -82,8 +83,9 @@ def main() -> None:
         help="CPU threads of the job (1 on a machine shared beyond its cores)",
     )
     args = parser.parse_args()
-    if not 0.05 <= args.temperature <= 2.0:
-        parser.error("--temperature must be in [0.05, 2]")
+    low, high = bounds_of(GRPOConfig, "temperature")
+    if not low <= args.temperature <= high:
+        parser.error(f"--temperature must be in [{low:g}, {high:g}]")
     HYPER["temperature"] = args.temperature
     if args.calibrate:
         calibrate()
@@ -117,8 +119,8 @@ def main() -> None:
     )
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "grpo_string_check.json").write_text(json.dumps({"steps": steps, "reached": reached,
-                                                            "wall_s": wall}, indent=1))  # fmt: skip
+    figures = {"steps": steps, "reached": reached, "hyperparameters": HYPER, "wall_s": wall}
+    (out / "grpo_string_check.json").write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":
