@@ -7,10 +7,12 @@ import asyncio
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from souverain.db.jobs import FineTuningJobRow
 from souverain.jobs import leader
+from souverain.jobs.cycle import run_cycle
 from souverain.jobs.lease import Lease, LeaseLost
 from tests.jobs.conftest import World
 
@@ -64,6 +66,46 @@ class TestLease:
         work = asyncio.create_task(asyncio.sleep(30))
         assert not await lease.heartbeat(world.sessions, job_id, token, work)
         assert work.cancelled()
+
+
+class LockedAtRelease(Lease):
+    """A lease whose release write fails, as it does when the database stays locked."""
+
+    async def let_go(
+        self, sessions: async_sessionmaker[AsyncSession], key: str, token: str
+    ) -> None:
+        raise OperationalError("UPDATE fine_tuning_jobs", {}, Exception("database is locked"))
+
+
+class TestCycle:
+    async def test_a_round_cancelled_while_it_works_stays_cancelled_when_its_release_fails(
+        self, world: World
+    ) -> None:
+        """The controller stops its loops by cancelling them: a release that fails must not
+        turn the cancellation into an ordinary error that the loop survives."""
+        job_id = await world.queued_job()
+        lease = LockedAtRelease(
+            FineTuningJobRow.id, FineTuningJobRow.lock_token, FineTuningJobRow.lock_expires_at, 60
+        )
+        working = asyncio.Event()
+
+        async def load(session: AsyncSession) -> str:
+            return job_id
+
+        async def process(loaded: str) -> None:
+            working.set()
+            await asyncio.sleep(60)
+
+        async def apply(session: AsyncSession, loaded: str, outcome: None) -> None:
+            raise AssertionError("a cancelled round applies nothing")
+
+        round_ = asyncio.create_task(
+            run_cycle(world.sessions, lease, job_id, load=load, process=process, apply=apply)
+        )
+        await working.wait()
+        round_.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await round_
 
 
 class TestLeader:

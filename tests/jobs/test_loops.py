@@ -1,5 +1,5 @@
 """Each kind of long work runs in its own loop of the controller: a slow training start
-does not delay replica placement."""
+does not delay replica placement, and every loop ends when the controller steps down."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from souverain.db.tables import DeploymentRow
 from souverain.installation.authority import Issuer
 from souverain.jobs.deployments.reconciler import EngineDefaults
 from souverain.jobs.fine_tuning.reconciler import TrainingDefaults
-from souverain.jobs.runner import Controller
+from souverain.jobs.runner import Controller, Loop
 from tests.conftest import DATABASES, wait_until
 from tests.jobs.conftest import KEY, World, migrated
 
@@ -62,6 +62,32 @@ class TestLoops:
             world.cluster.release_training()
             stop.set()
             await running
+
+    async def test_a_loop_whose_body_turns_its_cancellation_into_an_error_still_ends(
+        self,
+    ) -> None:
+        """As a round does whose clean-up write fails while it is cancelled (the database
+        locked): the loop must not go on acting for a controller that stepped down."""
+        rounds = 0
+        entered = asyncio.Event()
+
+        async def body() -> None:
+            nonlocal rounds
+            rounds += 1
+            entered.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                raise RuntimeError("its clean-up write failed") from None
+
+        stopping = asyncio.Event()
+        task = asyncio.create_task(Loop("work", 0.01, body).run(stopping))
+        await entered.wait()
+        stopping.set()
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        assert task.done(), "the loop went on after the controller stepped down"
+        assert rounds == 1
 
 
 async def deploy(world: World) -> str:

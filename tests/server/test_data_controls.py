@@ -24,8 +24,9 @@ LINE = {"custom_id": "1", "method": "POST", "url": "/v1/chat/completions",
 
 
 def sdk(platform: Platform, key: str) -> openai.AsyncOpenAI:
-    # a request the server leaves unanswered fails here in 30 s, not the SDK's 600 s
-    return openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=30)
+    # a request the server leaves unanswered fails here in 60 s (as the platform's own client
+    # does: past SQLite's 30 s wait for a lock), not the SDK's 600 s
+    return openai.AsyncOpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 async def _stored(platform: Platform, org_id: str) -> tuple[int, int]:

@@ -60,6 +60,9 @@ async def run_cycle(
         log.warning("lost the lease on %s; dropping this round's writes", key)
         return None
     except BaseException:
-        await lease.let_go(sessions, key, token)
+        try:
+            await lease.let_go(sessions, key, token)
+        except Exception:  # the lease expires on its own; what ended the round goes on up
+            log.exception("letting go of %s failed; its lease will expire", key)
         raise
     return loaded, outcome

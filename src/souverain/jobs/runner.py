@@ -62,8 +62,11 @@ class Loop:
     last_ok: float = 0.0
     failures: int = 0
 
-    async def run(self) -> None:
-        while True:
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Until cancelled, and in any case once `stopping` is set: a body that turns its
+        cancellation into an error (a write that fails while it is cancelled) is logged
+        like any failure, and the loop still ends before its next round."""
+        while not stopping.is_set():
             try:
                 await self.body()
                 self.last_ok = time.monotonic()
@@ -173,7 +176,8 @@ class Controller:
         """Run every loop until `stop`, or until the lease cannot be renewed."""
         self.is_leader, self.led_since = True, time.monotonic()
         log.info("controller %s is leading", self.holder)
-        tasks = [asyncio.create_task(loop.run(), name=loop.name) for loop in self.loops]
+        stopping = asyncio.Event()
+        tasks = [asyncio.create_task(loop.run(stopping), name=loop.name) for loop in self.loops]
         tasks.append(asyncio.create_task(self.observer.run(), name="observer"))
         try:
             while not stop.is_set():
@@ -184,9 +188,13 @@ class Controller:
                     self.is_leader = False
                     break
         finally:
+            stopping.set()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, running = await asyncio.wait(tasks, timeout=self._lease_s)
+            for task in running:  # its rows' leases still fence what it would write
+                log.error("controller loop %r did not stop within %.0f s of stepping down",
+                          task.get_name(), self._lease_s)  # fmt: skip
 
     async def cycle(self) -> None:
         """Sync the nodes, then reconcile every deployment against them."""
