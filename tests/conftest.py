@@ -244,3 +244,32 @@ def anyio_backend() -> str:
 def _isolated_cli_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("SOUVERAIN_CONFIG", str(tmp_path / "cli-config.json"))
     yield
+
+
+_SESSION_LOOP: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _session_loop() -> None:
+    """The event loop every test shares, kept so that a test that times out reports what
+    each of its tasks was waiting on (pytest-timeout shows the threads only)."""
+    _SESSION_LOOP[:] = [asyncio.get_running_loop()]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and _SESSION_LOOP and "Timeout" in str(report.longrepr):
+        report.sections.append(("asyncio tasks at the timeout", _tasks(_SESSION_LOOP[0])))
+
+
+def _tasks(loop: asyncio.AbstractEventLoop, most: int = 40) -> str:
+    lines = []
+    for task in sorted(asyncio.all_tasks(loop), key=lambda t: t.get_name())[:most]:
+        lines.append(f"{task.get_name()}: {task.get_coro()!r}")
+        lines.extend(
+            f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+            for frame in task.get_stack(limit=8)
+        )
+    return "\n".join(lines)

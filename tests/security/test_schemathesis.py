@@ -11,6 +11,7 @@ Needs `schemathesis` (not a project dependency): skipped when it is not installe
 
 from __future__ import annotations
 
+import asyncio
 import time
 import warnings
 from collections import Counter
@@ -144,10 +145,16 @@ def _exercise(
 
 @pytest.fixture(scope="module")
 async def campaign(platform: Platform) -> Campaign:
+    """Run in a thread: its minutes of generating and sending would otherwise stop the event
+    loop that every test's tasks share."""
     key = (await platform.factory.operator()).key
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        return run_campaign(platform.url, key)
+
+    def run() -> Campaign:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return run_campaign(platform.url, key)
+
+    return await asyncio.to_thread(run)
 
 
 def report(findings: list[Finding]) -> str:
