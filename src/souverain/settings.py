@@ -335,7 +335,11 @@ class Settings(BaseSettings):
         "not ended (queued, running, paused) at once; more get 429.",
     )
     finetune_cpus: float = Field(
-        default=1.0, gt=0, le=1024, description="CPUs a fine-tuning job asks for on its node."
+        default=1.0,
+        gt=0,
+        le=1024,
+        description="CPUs a fine-tuning job asks for on its node, and the threads its "
+        "worker computes on (at least one).",
     )
     finetune_cpu_hours_per_job: float = Field(
         default=8.0,

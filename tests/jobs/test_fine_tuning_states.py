@@ -18,7 +18,7 @@ from tests.jobs.conftest import KEY, World
 
 
 def reconciler(world: World) -> FineTuneReconciler:
-    defaults = TrainingDefaults(threads=1, file_stores={world.datacenter_id: "file:///tmp"})
+    defaults = TrainingDefaults(file_stores={world.datacenter_id: "file:///tmp"})
     return FineTuneReconciler(world.sessions, world.cluster, master_key=KEY, defaults=defaults)
 
 
@@ -85,6 +85,20 @@ class TestPlacing:
         await reconciler(world).reconcile(job_id, await world.placer())
         job = await world.job(job_id)
         assert (job.status, job.reserved_cpu_hours, job.lock_token) == ("queued", 0, None)
+
+    async def test_a_worker_computes_on_the_cpus_its_job_reserved(self, world: World) -> None:
+        threads = {}
+        for cpus in (1.0, 2.5, 4.0):
+            job_id = await world.queued_job()
+            async with world.sessions.begin() as session:
+                job = await session.get(FineTuningJobRow, job_id)
+                assert job is not None
+                job.cpus = cpus
+            await reconciler(world).reconcile(job_id, await world.placer())
+            spec = world.cluster.training_specs[training_actor_name(job_id)]
+            assert spec.cpus == cpus  # what the node reserved for it
+            threads[cpus] = spec.threads
+        assert threads == {1.0: 1, 2.5: 2, 4.0: 4}  # not the engines' thread count
 
 
 class TestFollowing:

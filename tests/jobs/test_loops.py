@@ -41,7 +41,7 @@ class TestLoops:
             issuer=Issuer(world.sessions, KEY),
             engine=EngineDefaults(threads=1, bind_host=None),
             interval_s=0.05,
-            training=TrainingDefaults(threads=1, file_stores={world.datacenter_id: "file:///t"}),
+            training=TrainingDefaults(file_stores={world.datacenter_id: "file:///t"}),
         )
         world.cluster.hold_training()
         stop = asyncio.Event()

@@ -120,7 +120,7 @@ async def succeeded(base: Shared, *, jurisdictions: list[str] | None = None) -> 
         )
     loop = FineTuneReconciler(
         world.sessions, world.cluster, master_key=KEY,
-        defaults=TrainingDefaults(threads=1, file_stores={world.datacenter_id: "file:///tmp"}),
+        defaults=TrainingDefaults(file_stores={world.datacenter_id: "file:///tmp"}),
     )  # fmt: skip
     await loop.reconcile(job_id, await world.placer())
     sealed = tuple(

@@ -95,7 +95,6 @@ def _controller(
         seal_interval_s=settings.audit_seal_interval_s,
         retention_days=settings.audit_retention_days,
         training=TrainingDefaults(
-            threads=settings.engine_threads,
             file_stores=settings.file_stores_or_default,
             watts_per_core=settings.energy_watts_per_core,
             model_roots=tuple(str(root) for root in settings.model_roots_or_default),

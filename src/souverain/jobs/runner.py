@@ -115,10 +115,7 @@ class Controller:
             sessions,
             cluster,
             master_key=master_key,
-            defaults=training
-            or TrainingDefaults(
-                threads=engine.threads, file_stores={}, model_roots=engine.model_roots
-            ),
+            defaults=training or TrainingDefaults(file_stores={}, model_roots=engine.model_roots),
         )
         # Readings arrive with every long poll: at least two per energy interval.
         poll_s = min(observer_poll_s, self.energy.interval_s / 2)

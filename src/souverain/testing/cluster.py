@@ -44,7 +44,6 @@ def controller_hook(
                 settle_s=state.settings.energy_settle_s,
             ),
             training=TrainingDefaults(
-                threads=threads,
                 file_stores=state.file_stores,
                 watts_per_core=state.settings.energy_watts_per_core,
                 cpu_hours_per_job=state.settings.finetune_cpu_hours_per_job,

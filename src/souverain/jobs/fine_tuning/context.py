@@ -12,7 +12,6 @@ from souverain.jobs.facade import ClusterFacade
 
 @dataclass
 class TrainingDefaults:
-    threads: int
     file_stores: Mapping[str, str]
     watts_per_core: float = 10.0
     model_roots: tuple[str, ...] = ()

@@ -183,7 +183,7 @@ async def _spec(
         output_key=output_key,
         cpus=job.cpus,
         gpus=job.gpus,
-        threads=ctx.defaults.threads,
+        threads=_threads(job.cpus),
         resume=resume,
         resume_step=last.step if last is not None and resume is not None else 0,
         watts_per_core=ctx.defaults.watts_per_core,
@@ -193,6 +193,15 @@ async def _spec(
         grader=job.resolved.get("grader"),
         init_adapter=await _init_adapter(session, job, kek),
     )
+
+
+def _threads(cpus: float) -> int:
+    """A job's worker computes on as many threads as the CPUs it reserved, never more.
+    Torch's operations wait at each step for their slowest thread: a worker with more
+    threads than its cores, beside an engine that serves (it yields the CPU to engines),
+    has one thread starved and every step waits on it. Measured on 2 cores beside one busy
+    process: a step 10x slower on 2 threads than on 1 (docs/benchmarks.md)."""
+    return max(1, int(cpus))
 
 
 async def _last_checkpoint(
