@@ -101,9 +101,15 @@ async def stream_once(
 
 
 def start_up(
-    data_dir: Path, port: int, config: Path, runtime: str | None = None
+    data_dir: Path,
+    port: int,
+    config: Path,
+    runtime: str | None = None,
+    settings: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], list[str]]:
+    """`souverain up` in its own session; `settings` are SOUVERAIN_* variables it runs with."""
     env = {**os.environ, "SOUVERAIN_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+    env.update(settings or {})
     if runtime:
         env["SOUVERAIN_LLAMACPP_RUNTIME"] = runtime
     process = subprocess.Popen(

@@ -35,6 +35,8 @@ from e2e_tokens import MODEL, first_token_after_start, start_up
 from souverain.node.artifacts import builtin_path
 from souverain.testing.live import free_port
 
+THREADS = 2  # the by-hand run's, and the CPUs the job reserves
+
 
 def samples(n: int) -> bytes:
     return b"".join(
@@ -58,7 +60,9 @@ def steady_rate(steps: list[dict[str, Any]]) -> float:
 async def through_souverain(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     data_dir, port = tmp / "data", free_port()
     url = f"http://127.0.0.1:{port}"
-    process, output = start_up(data_dir, port, tmp / "cli.json")
+    # the job computes on the CPUs it reserves: as many as the by-hand run's threads
+    process, output = start_up(data_dir, port, tmp / "cli.json",
+                               settings={"SOUVERAIN_FINETUNE_CPUS": str(THREADS)})  # fmt: skip
     try:
         operator, _ = await first_token_after_start(
             url, output, process, time.perf_counter(), tmp / "cli.json"
@@ -124,7 +128,7 @@ def by_hand(args: argparse.Namespace, tmp: Path, name: str = "hand") -> float:
         "hyperparameters": {"max_steps": args.steps, "batch_size": min(8, args.samples),
                             "learning_rate": 2e-4, "seq_len": args.seq_len,
                             "save_steps": max(1, -(-args.steps // 4))},
-        "threads": 2,
+        "threads": THREADS,
     }  # fmt: skip
     (tmp / f"{name}.json").write_text(json.dumps(spec))
     subprocess.run([sys.executable, "-m", "souverain.training.sft", str(tmp / f"{name}.json")],

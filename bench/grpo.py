@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -50,6 +51,7 @@ import openai
 from batch import tenant_key
 from e2e_tokens import MODEL, first_token_after_start, start_up
 
+from souverain.cli.run import EMBEDDED_SPARE_CPUS
 from souverain.core.reasoning import SYSTEM_PROMPT
 from souverain.node.artifacts import builtin_path
 from souverain.testing.live import free_port
@@ -331,7 +333,13 @@ async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[s
     bench/results/grpo.json as soon as a seed ends, so a long run leaves what it reached."""
     data_dir, port = tmp / "data", free_port()
     url = f"http://127.0.0.1:{port}"
-    process, output = start_up(data_dir, port, tmp / "cli.json")
+    # each job computes on the 2 threads of the step measured above: it reserves 2 CPUs, and
+    # the embedded head offers one more than its default to make room for them
+    room = {
+        "SOUVERAIN_FINETUNE_CPUS": "2",
+        "SOUVERAIN_EMBEDDED_RAY_CPUS": str((os.cpu_count() or 1) + EMBEDDED_SPARE_CPUS + 1),
+    }
+    process, output = start_up(data_dir, port, tmp / "cli.json", settings=room)  # fmt: skip
     try:
         operator, _ = await first_token_after_start(
             url, output, process, time.perf_counter(), tmp / "cli.json"
