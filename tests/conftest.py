@@ -32,7 +32,8 @@ MASTER_KEY = "0123456789abcdef" * 4
 # The suite's Ray clusters (`ray.cluster_utils.Cluster`) start their workers at niceness 0,
 # as every production node does (an embedded head sets it; the README's join command has
 # it): at Ray's default of 15 an engine beside any busy process of the machine is starved.
-os.environ.setdefault("RAY_worker_niceness", "0")
+# The name is written out: importing it from cluster/ray_cluster.py would import Ray here.
+os.environ.setdefault("RAY_worker_niceness", "0")  # ray_cluster.WORKER_NICENESS_ENV
 POSTGRES_URL = os.environ.get("SOUVERAIN_TEST_POSTGRES_URL")
 # `make test` runs the suite as two streams at once; the light one names itself here, and
 # its PostgreSQL databases carry its name so that neither stream resets the other's.

@@ -88,8 +88,8 @@ class Settings(BaseSettings):
     embedded_ray_cpus: int | None = Field(
         default=None,
         ge=1,
-        description="CPUs the embedded head offers. Default: this machine's, plus 2, so that "
-        "a fine-tuning job and its model fit beside the built-in models.",
+        description="CPUs the embedded head offers. Default: this machine's, plus 3, so that "
+        "fine-tuning jobs and their models fit beside the built-in models.",
     )
 
     deploy_builtin_model: bool = Field(
@@ -339,7 +339,7 @@ class Settings(BaseSettings):
         gt=0,
         le=1024,
         description="CPUs a fine-tuning job asks for on its node, and the threads its "
-        "worker computes on (at least one).",
+        "worker computes on (at least one; asynchronous GRPO on one CPU takes two).",
     )
     finetune_cpu_hours_per_job: float = Field(
         default=8.0,
