@@ -1,7 +1,8 @@
 """Learning an unambiguous reward stays fast: GRPO with a `string_check` grader that the
 base model earns about a fifth of the time, by hand (no server), 20 steps.
 
-    python bench/grpo_string_check.py [--steps 20] [--threads 2] [--temperature 0.8] [--calibrate]
+    python bench/grpo_string_check.py [--steps 20] [--threads 2] [--temperature 0.8] [--seed 0]
+                                      [--calibrate]
 
 The task: asked to name a fruit, the answer must contain "apple" (`ilike`); SmolLM2-135M
 without an adapter names one sometimes. Prints the share of completions earning the reward
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--temperature", type=float, default=HYPER["temperature"],
                         help="of the rollouts (the job's `temperature`)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="of sampling and the fresh LoRA")
     parser.add_argument(
         "--threads",
         type=int,
@@ -98,7 +100,7 @@ def main() -> None:
                 "output_dir": str(Path(tmp) / "out"), "resume_from": None, "threads": args.threads,
                 "grader": GRADER, "init_adapter": None,
                 "hyperparameters": {"max_steps": args.steps, "seq_len": 256,
-                                    "learning_rate": args.learning_rate,
+                                    "learning_rate": args.learning_rate, "seed": args.seed,
                                     "save_steps": args.steps, **HYPER}}  # fmt: skip
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         started = time.monotonic()
@@ -119,7 +121,9 @@ def main() -> None:
     )
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    figures = {"steps": steps, "reached": reached, "hyperparameters": HYPER, "wall_s": wall}
+    figures = {"steps": steps, "reached": reached, "wall_s": wall,
+               "hyperparameters": {**HYPER, "learning_rate": args.learning_rate,
+                                   "seed": args.seed, "threads": args.threads}}  # fmt: skip
     (out / "grpo_string_check.json").write_text(json.dumps(figures, indent=1))
 
 
