@@ -339,7 +339,7 @@ async def learning(args: argparse.Namespace, tmp: Path, step_s: float) -> dict[s
         "SOUVERAIN_FINETUNE_CPUS": "2",
         "SOUVERAIN_EMBEDDED_RAY_CPUS": str((os.cpu_count() or 1) + EMBEDDED_SPARE_CPUS + 1),
     }
-    process, output = start_up(data_dir, port, tmp / "cli.json", settings=room)  # fmt: skip
+    process, output = start_up(data_dir, port, tmp / "cli.json", settings=room)
     try:
         operator, _ = await first_token_after_start(
             url, output, process, time.perf_counter(), tmp / "cli.json"

@@ -19,21 +19,21 @@ import subprocess
 import sys
 import time
 
+from e2e_tokens import MODEL
+
 from souverain.node.artifacts import builtin_path
 from souverain.node.training_job import TRAINING_NICENESS
-
-MODEL = "smollm2-135m-instruct"
 
 
 def step_seconds(threads: int, steps: int) -> float:
     """Seconds a step, measured in a child process at the workers' niceness."""
+    gguf = builtin_path(MODEL)
     code = (
         "import os, sys, time, torch\n"
         "from souverain.training.sft import load_model\n"
         f"os.nice({TRAINING_NICENESS})\n"
         f"torch.set_num_threads({threads})\n"
-        f"model = load_model({{'path': {str(builtin_path(MODEL).parent)!r},"
-        f" 'gguf_file': {builtin_path(MODEL).name!r}}})\n"
+        f"model = load_model({{'path': {str(gguf.parent)!r}, 'gguf_file': {gguf.name!r}}})\n"
         "x = torch.randint(0, 1000, (4, 64))\n"
         "model(input_ids=x, labels=x).loss.backward()  # warm\n"
         "started = time.monotonic()\n"
